@@ -1,0 +1,40 @@
+"""Wire facts of the yamux protocol (hashicorp/yamux spec.md), in one place.
+
+Header, 12 bytes, big endian: version (u8) | type (u8) | flags (u16) | stream id (u32) | length (u32).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+PROTOCOL_VERSION = 0
+HEADER = struct.Struct(">BBHII")
+HEADER_SIZE = HEADER.size  # 12
+
+#: Every stream starts with this much credit in each direction (spec: 256 KiB).
+INITIAL_STREAM_WINDOW = 256 * 1024
+#: Largest window we accept the peer granting us (HTTP/2's cap, leaves headroom in 32 bits).
+MAX_WINDOW = 2**31 - 1
+MAX_STREAM_ID = 2**32 - 1
+
+
+class FrameType(enum.IntEnum):
+    DATA = 0
+    WINDOW_UPDATE = 1
+    PING = 2
+    GO_AWAY = 3
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    SYN = 1
+    ACK = 2
+    FIN = 4
+    RST = 8
+
+
+class GoAwayCode(enum.IntEnum):
+    NORMAL = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2

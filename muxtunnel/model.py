@@ -1,0 +1,105 @@
+"""Resolved runtime configuration: what the YAML file and the command line turn into.
+
+Every value here is final: defaults filled in, `${VAR}` substituted, validated. Nothing is Optional
+unless "absent" has a meaning of its own (a service without a token of its own uses the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mux._config import MuxConfig
+
+ServiceType = Literal["tcp", "udp"]
+DEFAULT_CONTROL_PORT = 7835
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A token. Its repr and str never show the value."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRanges:
+    """Inclusive port ranges, e.g. parsed from `1024-65535,8080`."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and any(lo <= port <= hi for lo, hi in self.ranges)
+
+    def __str__(self) -> str:
+        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.ranges)
+
+
+ALL_UNPRIVILEGED_PORTS = PortRanges(((1024, 65535),))
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    """What the server knows of one service name: its own token and limits."""
+
+    name: str
+    token: Secret | None = None  # None: the server's default token applies
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    bind_host: str = "0.0.0.0"
+    bind_port: int = DEFAULT_CONTROL_PORT
+    #: Host the public service ports bind on (defaults to bind_host).
+    public_host: str = "0.0.0.0"
+    #: Default token for every service without a policy token of its own.
+    token: Secret | None = None
+    services: tuple[ServicePolicy, ...] = ()
+    allow_ports: PortRanges = ALL_UNPRIVILEGED_PORTS
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    auth_timeout_s: float = 5.0
+    #: On SIGTERM: how long live visitor connections get to finish after the GoAway.
+    drain_timeout_s: float = 10.0
+    max_visitors_per_service: int = 1024
+    udp_flow_idle_s: float = 60.0
+    udp_max_flows: int = 4096
+    #: Failed auth attempts per source address: burst, then refill per minute.
+    auth_failures_burst: int = 5
+    auth_failures_per_min: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """One service the client exposes."""
+
+    name: str
+    type: ServiceType
+    local_host: str
+    local_port: int
+    remote_port: int = 0  # 0: the server picks a free allowed port
+    token: Secret | None = None  # None: the client's default token applies
+
+    @property
+    def local(self) -> str:
+        return f"{self.local_host}:{self.local_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    server_host: str = "127.0.0.1"
+    server_port: int = DEFAULT_CONTROL_PORT
+    token: Secret | None = None
+    services: tuple[ServiceSpec, ...] = ()
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    udp_flow_idle_s: float = 60.0
+    udp_max_flows: int = 4096
