@@ -20,7 +20,7 @@ MIB = 1024 * KIB
 class MuxConfig:
     """Tunables of one session. Validated once, at construction."""
 
-    #: Largest Data frame we send; bounds how long one stream can hold the carrier (go-yamux: 64 KiB).
+    #: Largest Data frame we send: how long one stream may hold the carrier (go-yamux: 64 KiB).
     max_frame_bytes: int = 64 * KIB
     #: Receive window a stream may grow to by auto-tuning (go-yamux's MaxStreamWindowSize).
     max_stream_window_bytes: int = 16 * MIB

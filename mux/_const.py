@@ -1,6 +1,6 @@
 """Wire facts of the yamux protocol (hashicorp/yamux spec.md), in one place.
 
-Header, 12 bytes, big endian: version (u8) | type (u8) | flags (u16) | stream id (u32) | length (u32).
+Header, 12 bytes, big endian: version u8, type u8, flags u16, stream id u32, length u32.
 """
 
 from __future__ import annotations

@@ -1,0 +1,578 @@
+"""The multiplexer's pure core: bytes in, events and bytes out. No sockets, no clock, no `await`.
+
+What this module owns: the stream table, both directions of flow control, the order frames leave
+in, and every rule about what the peer may send. Whoever drives it (see `aio.py`) feeds carrier
+bytes to `receive_data`, writes what `data_to_send` returns, and passes the time in where a rule
+needs one.
+
+Rules that must stay true:
+
+1. Peer garbage yields events or `RemoteProtocolError`, never any other exception. On that error
+   a GoAway with the error's code is queued and the connection takes no further input.
+2. Nothing the peer sends grows memory without bound. Data is bounded by the receive windows
+   (checked from the header, before any body byte); streams by `max_streams` and the accept
+   backlog; replies the peer solicits (pongs, refusals) by `max_queued_pongs`, after which parsing
+   stops until the driver has written them out (`reading_paused`).
+3. Control frames (window updates, ACK, RST, pongs, GoAway) leave before any data. Data leaves
+   round-robin over the streams that have both bytes and credit, one frame of at most
+   `max_frame_bytes` each per turn, so a bulk stream cannot hold the carrier.
+4. Credit is returned only for bytes the consumer has read (`stream_read`): see `_window.py`.
+5. A stream leaves the table when both FINs have passed or either side reset it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from mux._config import MuxConfig
+from mux._const import (
+    HEADER,
+    HEADER_SIZE,
+    INITIAL_STREAM_WINDOW,
+    MAX_STREAM_ID,
+    MAX_WINDOW,
+    PROTOCOL_VERSION,
+    Flag,
+    FrameType,
+    GoAwayCode,
+)
+from mux._errors import LocalProtocolError, RemoteProtocolError
+from mux._events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    StreamAcked,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+from mux._frame import go_away, ping, window_update
+from mux._limits import TokenBucket
+from mux._window import ReceiveWindow, SessionBudget
+
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_DATA = FrameType.DATA
+_SYN, _ACK, _FIN, _RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
+
+Buffer = bytes | bytearray | memoryview
+
+
+class _Stream:
+    """Per-stream state of the core."""
+
+    __slots__ = (
+        "accepted",
+        "acked",
+        "chunks",
+        "fin_queued",
+        "fin_received",
+        "fin_sent",
+        "id",
+        "outbound",
+        "queued",
+        "recv",
+        "send_buffered",
+        "send_window",
+        "syn_pending",
+    )
+
+    def __init__(self, stream_id: int, outbound: bool) -> None:
+        self.id = stream_id
+        self.outbound = outbound
+        self.acked = not outbound  # inbound streams need no ACK from the peer
+        self.accepted = outbound  # outbound streams need no accept by us
+        self.syn_pending = False  # our SYN rides the first frame we send on this stream
+        self.send_window = INITIAL_STREAM_WINDOW
+        self.chunks: deque[memoryview] = deque()
+        self.send_buffered = 0
+        self.queued = False  # in the round-robin queue
+        self.fin_queued = False  # FIN goes out once `chunks` is empty
+        self.fin_sent = False
+        self.fin_received = False
+        self.recv = ReceiveWindow()
+
+    def sendable(self) -> bool:
+        if self.send_buffered:
+            return self.send_window > 0
+        return self.fin_queued and not self.fin_sent
+
+
+class Connection:
+    """One yamux session seen from one side. `client=True` opens odd stream ids."""
+
+    def __init__(self, *, client: bool, config: MuxConfig | None = None) -> None:
+        self.config = config or MuxConfig()
+        self.client = client
+        self._next_id = 1 if client else 2
+        self._peer_parity = 0 if client else 1
+        self._highest_peer_id = 0
+        self._streams: dict[int, _Stream] = {}
+        self._budget = SessionBudget(self.config.session_receive_budget_bytes)
+        self._resets = TokenBucket(self.config.reset_burst, self.config.reset_rate_per_s)
+        self._glitches = TokenBucket(self.config.glitch_burst, self.config.glitch_rate_per_s)
+        #: Round trip time as measured by the driver; feeds window auto-tuning.
+        self.rtt_s: float | None = None
+
+        self._control: list[Buffer] = []
+        self._solicited = 0  # replies the peer asked for that sit in `_control`
+        self._ready: deque[_Stream] = deque()
+        self._writable: list[int] = []
+
+        self._header_buf = bytearray()
+        self._retained: memoryview | None = None
+        self._body_left = 0
+        self._body_stream: _Stream | None = None
+        self._body_fin = False
+
+        self.unaccepted = 0  # inbound streams not yet accepted by the application
+        self.unacked = 0  # outbound streams the peer has not ACKed yet
+        self.local_go_away = False
+        self.remote_go_away: int | None = None
+        self.terminated: GoAwayCode | None = None
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def stream_ids(self) -> list[int]:
+        return list(self._streams)
+
+    def has_stream(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def send_window(self, stream_id: int) -> int:
+        return self._streams[stream_id].send_window
+
+    def receive_window(self, stream_id: int) -> int:
+        return self._streams[stream_id].recv.window
+
+    def receive_credit(self, stream_id: int) -> int:
+        return self._streams[stream_id].recv.credit
+
+    def send_buffered(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        return stream.send_buffered if stream else 0
+
+    def is_half_closed(self, stream_id: int) -> bool:
+        stream = self._streams.get(stream_id)
+        return stream is not None and (stream.fin_received or stream.fin_queued)
+
+    @property
+    def budget_used(self) -> int:
+        return self._budget.used
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while input is held back until the queued replies have been written."""
+        return self._retained is not None
+
+    @property
+    def can_open_stream(self) -> bool:
+        """False while the peer has `accept_backlog` of our streams un-ACKed (wait, then retry)."""
+        return self.unacked < self.config.accept_backlog
+
+    def has_data_to_send(self) -> bool:
+        return bool(self._control or self._ready)
+
+    # ------------------------------------------------------------------ local actions
+
+    def open_stream(self, initial_data: Buffer = b"") -> int:
+        """Open a stream; `initial_data` rides in the SYN frame. Returns the new stream id."""
+        self._check_usable()
+        if self.local_go_away or self.remote_go_away is not None:
+            raise LocalProtocolError("the session is going away: no new streams")
+        if len(self._streams) >= self.config.max_streams:
+            raise LocalProtocolError(f"too many open streams ({self.config.max_streams})")
+        stream_id = self._next_id
+        if stream_id > MAX_STREAM_ID:
+            raise LocalProtocolError("stream ids exhausted")
+        self._next_id += 2
+        reserved = self._budget.reserve(INITIAL_STREAM_WINDOW)
+        if reserved < INITIAL_STREAM_WINDOW:  # the peer may send a full initial window at once
+            self._budget.release(reserved)
+            raise LocalProtocolError("the session's receive budget is exhausted")
+        stream = _Stream(stream_id, outbound=True)
+        self._streams[stream_id] = stream
+        self.unacked += 1
+        if initial_data:
+            stream.syn_pending = True
+            self._buffer(stream, initial_data)
+        else:
+            self._control.append(window_update(stream_id, 0, _SYN))
+        return stream_id
+
+    def accept_stream(self, stream_id: int) -> None:
+        """The application took an inbound stream: ACK it (this is what frees the backlog)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.accepted:
+            return
+        stream.accepted = True
+        self.unaccepted -= 1
+        self._control.append(window_update(stream_id, 0, _ACK))
+
+    def send_data(self, stream_id: int, data: Buffer) -> None:
+        """Queue bytes on a stream; they leave as the peer's credit allows."""
+        stream = self._stream_for_sending(stream_id)
+        if data:
+            self._buffer(stream, data)
+
+    def send_eof(self, stream_id: int) -> None:
+        """Half-close: FIN once the bytes queued before it have left."""
+        stream = self._stream_for_sending(stream_id)
+        stream.fin_queued = True
+        if not stream.send_buffered and not stream.syn_pending:
+            self._emit_fin_now(stream)
+        else:
+            self._schedule(stream)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Abort a stream both ways with RST. Unknown or finished streams are ignored."""
+        stream = self._streams.get(stream_id)
+        if stream is None or self.terminated is not None:
+            return
+        if not (stream.outbound and stream.syn_pending):  # the peer knows of it
+            self._control.append(window_update(stream_id, 0, _RST))
+        self._remove(stream)
+
+    def stream_read(self, stream_id: int, amount: int, now: float) -> None:
+        """The consumer has read `amount` bytes of the stream: return credit as policy says."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.fin_received or self.terminated is not None:
+            return  # no more data will come: credit would be useless
+        delta = stream.recv.read(
+            amount, now, self.rtt_s, self.config.max_stream_window_bytes, self._budget
+        )
+        if delta:
+            self._control.append(window_update(stream_id, delta))
+
+    def ping(self, opaque: int) -> None:
+        self._check_usable()
+        self._control.append(ping(opaque & 0xFFFFFFFF, _SYN))
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
+        """Tell the peer we accept no new streams; open ones carry on."""
+        if self.local_go_away or self.terminated is not None:
+            return
+        self.local_go_away = True
+        self._control.append(go_away(code))
+
+    def take_writable(self) -> list[int]:
+        """Streams whose send buffer fell below `stream_send_buffer_bytes` since the last call."""
+        writable, self._writable = self._writable, []
+        return writable
+
+    # ------------------------------------------------------------------ output
+
+    def data_to_send(self, max_bytes: int | None = None) -> list[Buffer]:
+        """Buffers to write to the carrier, in order: all control frames, then data round-robin."""
+        out: list[Buffer] = self._control
+        self._control = []
+        self._solicited = 0
+        if self.terminated is not None:
+            return out
+        budget = self.config.write_batch_bytes if max_bytes is None else max_bytes
+        ready = self._ready
+        max_frame = self.config.max_frame_bytes
+        mark = self.config.stream_send_buffer_bytes
+        while ready and budget > 0:
+            stream = ready.popleft()
+            stream.queued = False
+            if stream.id not in self._streams or not stream.sendable():
+                continue
+            size = min(stream.send_buffered, stream.send_window, max_frame)
+            flags = 0
+            if stream.syn_pending:
+                flags |= _SYN
+                stream.syn_pending = False
+            was_full = stream.send_buffered >= mark
+            stream.send_buffered -= size
+            stream.send_window -= size
+            if stream.fin_queued and not stream.send_buffered:
+                flags |= _FIN
+                stream.fin_sent = True
+            out.append(_pack_header(PROTOCOL_VERSION, _DATA, flags, stream.id, size))
+            self._take_chunks(stream, size, out)
+            budget -= size + HEADER_SIZE
+            if was_full and stream.send_buffered < mark:
+                self._writable.append(stream.id)
+            if stream.fin_sent:
+                self._maybe_remove(stream)
+            elif stream.sendable():
+                stream.queued = True
+                ready.append(stream)
+        return out
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: Buffer, now: float) -> list[Event]:
+        """Feed carrier bytes (any chunking). Raises `RemoteProtocolError` on a broken peer."""
+        events: list[Event] = []
+        if self.terminated is not None:
+            return events
+        view = memoryview(data).cast("B") if data else memoryview(b"")
+        if self._retained is not None:
+            view = memoryview(bytes(self._retained) + bytes(view)) if view else self._retained
+            self._retained = None
+        try:
+            self._parse(view, now, events)
+        except RemoteProtocolError as exc:
+            self._terminate(exc.go_away_code)
+            raise
+        return events
+
+    def _parse(self, view: memoryview, now: float, events: list[Event]) -> None:
+        pos = 0
+        end = len(view)
+        while pos < end:
+            if self._body_left:
+                take = min(self._body_left, end - pos)
+                self._body_left -= take
+                stream = self._body_stream
+                if stream is not None and stream.id in self._streams:
+                    events.append(DataReceived(stream.id, view[pos : pos + take]))
+                pos += take
+                if not self._body_left:
+                    self._finish_body(events)
+                continue
+            start = pos
+            prior = len(self._header_buf)
+            if prior:
+                need = HEADER_SIZE - len(self._header_buf)
+                pos += min(need, end - pos)
+                self._header_buf += view[start:pos]
+                if len(self._header_buf) < HEADER_SIZE:
+                    return
+                header = _unpack_header(self._header_buf)
+            elif end - pos < HEADER_SIZE:
+                self._header_buf += view[pos:end]
+                return
+            else:
+                header = _unpack_header(view, pos)
+                pos += HEADER_SIZE
+            if header[2] & _SYN and self._solicited >= self.config.max_queued_pongs:
+                # A SYN may need a reply (pong, refusal) and too many replies are unwritten:
+                # hold this frame and everything after it until the driver drains the queue.
+                held = bytes(self._header_buf[:prior])
+                self._retained = memoryview(held + bytes(view[start:])) if held else view[start:]
+                self._header_buf.clear()
+                return
+            self._header_buf.clear()
+            self._on_header(*header, now=now, events=events)
+        return
+
+    def _finish_body(self, events: list[Event]) -> None:
+        stream = self._body_stream
+        self._body_stream = None
+        if stream is not None and self._body_fin:
+            self._body_fin = False
+            if stream.id in self._streams:
+                events.append(StreamEnded(stream.id))
+                self._maybe_remove(stream)
+
+    def _on_header(
+        self, version: int, type: int, flags: int, stream_id: int, length: int,
+        *, now: float, events: list[Event],
+    ) -> None:
+        if version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"unsupported protocol version {version}")
+        if type == FrameType.DATA or type == FrameType.WINDOW_UPDATE:
+            self._on_stream_frame(type, flags, stream_id, length, now, events)
+        elif type == FrameType.PING:
+            if stream_id != 0:
+                raise RemoteProtocolError(f"ping on stream {stream_id}; pings use stream 0")
+            if flags & _SYN:
+                self._glitch(now, "ping")
+                self._control.append(ping(length, _ACK))
+                self._solicited += 1
+            elif flags & _ACK:
+                events.append(PongReceived(length))
+            else:
+                self._glitch(now, "ping without SYN or ACK")
+        elif type == FrameType.GO_AWAY:
+            if stream_id != 0:
+                raise RemoteProtocolError(f"go away on stream {stream_id}; go away uses stream 0")
+            if self.remote_go_away is None:
+                self.remote_go_away = length
+                events.append(GoAwayReceived(length))
+            else:
+                self._glitch(now, "repeated go away")
+        else:
+            raise RemoteProtocolError(f"unknown frame type {type}")
+
+    def _on_stream_frame(
+        self, type: int, flags: int, stream_id: int, length: int, now: float, events: list[Event]
+    ) -> None:
+        is_data = type == _DATA
+        if stream_id == 0:
+            raise RemoteProtocolError("data or window update on stream 0")
+        if is_data and length > self.config.max_data_frame_bytes:
+            raise RemoteProtocolError(
+                f"data frame of {length} bytes exceeds the {self.config.max_data_frame_bytes} cap"
+            )
+        stream = self._streams.get(stream_id)
+        if flags & _SYN:
+            stream = self._on_syn(stream_id, now, events)
+        elif stream is None:
+            self._on_unknown_stream(stream_id, now)
+        if stream is None:  # refused or closed: drop the frame, but never read past a window
+            if is_data:
+                if length > INITIAL_STREAM_WINDOW and flags & _SYN:
+                    raise RemoteProtocolError(f"data frame of {length} bytes exceeds the window")
+                self._skip_body(length)
+            return
+        if flags & _ACK and stream.outbound and not stream.acked:
+            stream.acked = True
+            self.unacked -= 1
+            events.append(StreamAcked(stream_id))
+        if is_data:
+            if length:
+                if stream.fin_received:
+                    raise RemoteProtocolError(f"data on stream {stream_id} after its FIN")
+                if not stream.recv.fits(length):
+                    raise RemoteProtocolError(
+                        f"data frame of {length} bytes exceeds stream {stream_id}'s window "
+                        f"({stream.recv.credit} bytes)"
+                    )
+                stream.recv.received(length)
+                self._body_left = length
+                self._body_stream = stream
+            elif not flags:
+                self._glitch(now, "empty data frame")
+        elif length:
+            window = stream.send_window + length
+            if window > MAX_WINDOW:
+                raise RemoteProtocolError(f"window update takes stream {stream_id} above 2^31-1")
+            stream.send_window = window
+            if stream.send_buffered and not stream.queued:
+                self._schedule(stream)
+        elif not flags:
+            self._glitch(now, "empty window update")
+        if flags & _RST:
+            if self._body_left:  # the body of a Data|RST frame is dropped
+                self._body_stream = None
+            if not self._resets.take(now):
+                raise RemoteProtocolError("reset rate limit exceeded")
+            self._remove(stream)
+            events.append(StreamReset(stream_id))
+            return
+        if flags & _FIN and not stream.fin_received:
+            stream.fin_received = True
+            if self._body_left:
+                self._body_fin = True  # StreamEnded after the body's bytes
+            else:
+                events.append(StreamEnded(stream_id))
+                self._maybe_remove(stream)
+
+    def _on_syn(self, stream_id: int, now: float, events: list[Event]) -> _Stream | None:
+        if stream_id % 2 != self._peer_parity:
+            raise RemoteProtocolError(f"stream {stream_id} opened with our parity")
+        if stream_id in self._streams or stream_id <= self._highest_peer_id:
+            raise RemoteProtocolError(f"stream {stream_id} opened twice or out of order")
+        self._highest_peer_id = stream_id
+        refuse = (
+            self.local_go_away
+            or self.unaccepted >= self.config.accept_backlog
+            or len(self._streams) >= self.config.max_streams
+        )
+        window = 0 if refuse else self._budget.reserve(INITIAL_STREAM_WINDOW)
+        if window < INITIAL_STREAM_WINDOW:
+            self._budget.release(window)
+            if not self._resets.take(now):
+                raise RemoteProtocolError("reset rate limit exceeded (refused streams)")
+            self._control.append(window_update(stream_id, 0, _RST))
+            self._solicited += 1
+            return None
+        stream = _Stream(stream_id, outbound=False)
+        self._streams[stream_id] = stream
+        self.unaccepted += 1
+        events.append(StreamOpened(stream_id))
+        return stream
+
+    def _on_unknown_stream(self, stream_id: int, now: float) -> None:
+        if stream_id % 2 == self._peer_parity:
+            never_opened = stream_id > self._highest_peer_id
+        else:
+            never_opened = stream_id >= self._next_id
+        if never_opened:
+            raise RemoteProtocolError(f"frame for stream {stream_id}, which was never opened")
+        self._glitch(now, "frame for a closed stream")
+
+    def _skip_body(self, length: int) -> None:
+        self._body_left = length
+        self._body_stream = None
+
+    def _glitch(self, now: float, what: str) -> None:
+        if not self._glitches.take(now):
+            raise RemoteProtocolError(f"too many useless frames (last: {what})")
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_usable(self) -> None:
+        if self.terminated is not None:
+            raise LocalProtocolError("the session is closed")
+
+    def _stream_for_sending(self, stream_id: int) -> _Stream:
+        self._check_usable()
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is closed or was reset")
+        if stream.fin_queued:
+            raise LocalProtocolError(f"stream {stream_id} was already half-closed by us")
+        return stream
+
+    def _buffer(self, stream: _Stream, data: Buffer) -> None:
+        view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+        stream.chunks.append(view)
+        stream.send_buffered += len(view)
+        if not stream.queued and stream.send_window > 0:
+            self._schedule(stream)
+
+    def _schedule(self, stream: _Stream) -> None:
+        if not stream.queued:
+            stream.queued = True
+            self._ready.append(stream)
+
+    @staticmethod
+    def _take_chunks(stream: _Stream, size: int, out: list[Buffer]) -> None:
+        chunks = stream.chunks
+        while size:
+            chunk = chunks[0]
+            if len(chunk) <= size:
+                out.append(chunks.popleft())
+                size -= len(chunk)
+            else:
+                out.append(chunk[:size])
+                chunks[0] = chunk[size:]
+                size = 0
+
+    def _emit_fin_now(self, stream: _Stream) -> None:
+        stream.fin_sent = True
+        self._control.append(window_update(stream.id, 0, _FIN))
+        self._maybe_remove(stream)
+
+    def _maybe_remove(self, stream: _Stream) -> None:
+        if stream.fin_sent and stream.fin_received:
+            self._remove(stream)
+
+    def _remove(self, stream: _Stream) -> None:
+        if self._streams.pop(stream.id, None) is None:
+            return
+        self._budget.release(stream.recv.window)
+        if not stream.accepted:
+            self.unaccepted -= 1
+        if not stream.acked:
+            self.unacked -= 1
+        stream.chunks.clear()
+        stream.send_buffered = 0
+
+    def _terminate(self, code: GoAwayCode) -> None:
+        self._control.append(go_away(code))
+        self.terminated = code
+        self.local_go_away = True
+        self._ready.clear()
+        for stream in list(self._streams.values()):
+            self._remove(stream)

@@ -1,0 +1,79 @@
+"""Receive-side flow control of one stream, with auto-tuning.
+
+Policy (numbered so tests and SPEC.md can cite it):
+
+1. The peer may send at most `credit` bytes; a Data frame longer than that is a protocol error.
+2. Credit comes back only when the consumer has *read* bytes (`consumed`), never on arrival:
+   that is the backpressure from a slow reader all the way to the remote writer.
+3. An update is sent once the consumer has read at least half the window (hashicorp's rule), so a
+   bulk stream costs one WINDOW_UPDATE per half window, not one per read.
+4. Auto-tuning: if that update comes less than two round trips after the previous one, the
+   window was the bottleneck (the sender drained it within an RTT), so the window doubles, up to
+   `max_window`, as far as the session budget allows. Windows never shrink; a stream's growth
+   is returned to the budget when the stream leaves the table.
+
+Invariant: credit + unread + consumed == window (unread = bytes delivered, not yet read).
+"""
+
+from __future__ import annotations
+
+from mux._const import INITIAL_STREAM_WINDOW
+
+
+class SessionBudget:
+    """The bytes of receive window all streams of one session may hold together."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, wanted: int) -> int:
+        """Take up to `wanted` bytes; returns how many were granted."""
+        granted = max(0, min(wanted, self.limit - self.used))
+        self.used += granted
+        return granted
+
+    def release(self, amount: int) -> None:
+        self.used -= amount
+
+
+class ReceiveWindow:
+    __slots__ = ("consumed", "credit", "last_update_s", "window")
+
+    def __init__(self) -> None:
+        self.window = INITIAL_STREAM_WINDOW
+        self.credit = INITIAL_STREAM_WINDOW
+        self.consumed = 0
+        self.last_update_s: float | None = None
+
+    def fits(self, length: int) -> bool:
+        """Rule 1: may a Data frame of `length` bytes arrive now?"""
+        return length <= self.credit
+
+    def received(self, length: int) -> None:
+        self.credit -= length
+
+    def read(
+        self, amount: int, now: float, rtt_s: float | None, max_window: int, budget: SessionBudget
+    ) -> int:
+        """The consumer read `amount` bytes; returns the update delta to send now (0: none)."""
+        self.consumed += amount
+        if self.consumed < self.window // 2:  # rule 3
+            return 0
+        if (
+            rtt_s is not None
+            and self.last_update_s is not None
+            and now - self.last_update_s < 2 * rtt_s
+            and self.window < max_window
+        ):  # rule 4
+            growth = budget.reserve(min(self.window, max_window - self.window))
+            self.window += growth
+        else:
+            growth = 0
+        delta = self.consumed + growth
+        self.credit += delta
+        self.consumed = 0
+        self.last_update_s = now
+        return delta
