@@ -1,0 +1,266 @@
+"""Mutual challenge-response authentication of one service registration.
+
+Both sides derive `K = HKDF-SHA256(token, info="muxtunnel auth")`. The client proves it holds K
+with `client_tag` over a transcript of the service, its type, both nonces and an optional channel
+binding; the server answers with `server_tag` over the same fields under a different label, so the
+client knows it reached a server holding the same token. Each side contributes a fresh 32-byte
+nonce, which makes every transcript single-use: a captured exchange cannot be replayed.
+
+Rules this module keeps:
+- Tags are compared only with `hmac.compare_digest`.
+- An unknown service costs the same work and gets the same answer as a wrong token (`TokenBook`
+  hands out a random dummy key for it), so failures reveal nothing about which names exist.
+- Nothing here reads a clock or logs: `FailureLimiter` takes `now` from the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from muxtunnel.model import Secret, ServerConfig
+
+__all__ = [
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "TAG_BYTES",
+    "FailureLimiter",
+    "TokenBook",
+    "address_key",
+    "client_tag",
+    "derive_key",
+    "hkdf_sha256",
+    "new_nonce",
+    "server_tag",
+    "verify",
+    "verify_client_tag",
+    "verify_server_tag",
+]
+
+KEY_BYTES = 32
+NONCE_BYTES = 32
+TAG_BYTES = hashlib.sha256().digest_size  # 32
+
+_KEY_INFO = b"muxtunnel auth"
+_CLIENT_LABEL = b"muxtunnel v1 client"
+_SERVER_LABEL = b"muxtunnel v1 server"
+_FIELD_LENGTH = struct.Struct(">I")
+
+
+def hkdf_sha256(ikm: bytes, *, info: bytes, length: int = KEY_BYTES, salt: bytes = b"") -> bytes:
+    """HKDF (RFC 5869) with SHA-256: extract, then expand to `length` bytes."""
+    if not 0 < length <= 255 * TAG_BYTES:
+        raise ValueError(f"HKDF length must be 1..{255 * TAG_BYTES}, got {length}")
+    prk = hmac.digest(salt or bytes(TAG_BYTES), ikm, "sha256")
+    out, block = b"", b""
+    for counter in range(1, -(-length // TAG_BYTES) + 1):
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        out += block
+    return out[:length]
+
+
+def derive_key(token: Secret | str) -> bytes:
+    """The HMAC key for a token: HKDF-SHA256(token, info="muxtunnel auth")."""
+    value = token.value if isinstance(token, Secret) else token
+    if not value:
+        raise ValueError("token must not be empty")
+    return hkdf_sha256(value.encode("utf-8"), info=_KEY_INFO)
+
+
+def new_nonce() -> bytes:
+    """A fresh random nonce for one handshake."""
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def _transcript(label: bytes, fields: tuple[bytes, ...]) -> bytes:
+    # Every field is length-prefixed so no two different field tuples share an encoding.
+    parts = [_FIELD_LENGTH.pack(len(label)), label]
+    for item in fields:
+        parts += [_FIELD_LENGTH.pack(len(item)), item]
+    return b"".join(parts)
+
+
+def _tag(
+    key: bytes,
+    label: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes,
+) -> bytes:
+    fields = (service.encode("utf-8"), type.encode("utf-8"), server_nonce, client_nonce)
+    return hmac.digest(key, _transcript(label, (*fields, channel_binding)), "sha256")
+
+
+def client_tag(
+    key: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bytes:
+    """The client's proof that it holds `key`, for registering `service` in this handshake."""
+    return _tag(key, _CLIENT_LABEL, service, type, server_nonce, client_nonce, channel_binding)
+
+
+def server_tag(
+    key: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bytes:
+    """The server's proof, sent back once it accepted the client's tag."""
+    return _tag(key, _SERVER_LABEL, service, type, server_nonce, client_nonce, channel_binding)
+
+
+def verify(received: bytes, expected: bytes) -> bool:
+    """Constant-time comparison of a received tag with the expected one."""
+    return hmac.compare_digest(received, expected)
+
+
+def verify_client_tag(
+    key: bytes,
+    tag: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bool:
+    """Server side: does `tag` prove the client holds `key` for this transcript?"""
+    expected = client_tag(key, service, type, server_nonce, client_nonce, channel_binding)
+    return verify(tag, expected)
+
+
+def verify_server_tag(
+    key: bytes,
+    tag: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bool:
+    """Client side: does `tag` prove the server holds `key` for this transcript?"""
+    expected = server_tag(key, service, type, server_nonce, client_nonce, channel_binding)
+    return verify(tag, expected)
+
+
+class TokenBook:
+    """The server's keys: one per service with a token of its own, plus the default token's.
+
+    `key_for(name)` always returns a key. For a name that no token covers it returns a random
+    dummy key (fixed for the book's life) and `known=False`; the caller runs the same
+    verification with it and fails the same way, so a prober cannot tell names apart.
+    Accept a registration only if `known` *and* the tag verifies.
+    """
+
+    def __init__(self, default: Secret | None, per_service: Mapping[str, Secret | None]) -> None:
+        self._default = derive_key(default) if default else None
+        self._keys = {name: derive_key(token) for name, token in per_service.items() if token}
+        self._dummy = secrets.token_bytes(KEY_BYTES)
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> TokenBook:
+        return cls(config.token, {policy.name: policy.token for policy in config.services})
+
+    @property
+    def has_any_token(self) -> bool:
+        """False when no token is configured at all (the server must then refuse to start)."""
+        return self._default is not None or bool(self._keys)
+
+    def key_for(self, service: str) -> tuple[bytes, bool]:
+        """`(key, known)`: the service's own key, else the default key, else a dummy key."""
+        key = self._keys.get(service, self._default)
+        if key is None:
+            return self._dummy, False
+        return key, True
+
+
+def address_key(host: str) -> str:
+    """The unit a failure limit applies to: an IPv4 address, or the /64 of an IPv6 address.
+
+    One IPv6 host usually controls a whole /64, so limiting single v6 addresses limits nothing.
+    IPv4-mapped IPv6 addresses count as their IPv4 address. Non-IP strings are used as they are.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class FailureLimiter:
+    """Per-source token bucket of failed authentications.
+
+    Each source starts with `burst` tokens; every failure takes one; tokens come back at
+    `per_min` per minute up to `burst`. A source with less than one token is refused before any
+    verification work. At most `max_sources` sources are tracked: past that the one touched least
+    recently is forgotten, and a source whose bucket has refilled is dropped, so memory stays
+    bounded however many addresses an attacker uses. `now` is any monotonic time in seconds.
+    """
+
+    def __init__(self, burst: int, per_min: float, *, max_sources: int = 10_000) -> None:
+        if burst < 1 or per_min <= 0 or max_sources < 1:
+            raise ValueError("FailureLimiter needs burst >= 1, per_min > 0, max_sources >= 1")
+        self.burst = burst
+        self.per_s = per_min / 60.0
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _refill(self, source: str, now: float) -> _Bucket | None:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            return None
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.per_s)
+        bucket.updated = max(bucket.updated, now)
+        if bucket.tokens >= self.burst:
+            del self._buckets[source]
+            return None
+        return bucket
+
+    def allowed(self, source: str, now: float) -> bool:
+        """May `source` try to authenticate now?"""
+        bucket = self._refill(source, now)
+        return bucket is None or bucket.tokens >= 1.0
+
+    def retry_after(self, source: str, now: float) -> float:
+        """Seconds until `source` is allowed again (0 if it is allowed now)."""
+        bucket = self._refill(source, now)
+        if bucket is None or bucket.tokens >= 1.0:
+            return 0.0
+        return (1.0 - bucket.tokens) / self.per_s
+
+    def record_failure(self, source: str, now: float) -> None:
+        """Take one token from `source` (never below zero)."""
+        bucket = self._refill(source, now)
+        if bucket is None:
+            while len(self._buckets) >= self.max_sources:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[source] = _Bucket(float(self.burst), now)
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
+        self._buckets.move_to_end(source)
