@@ -1,0 +1,229 @@
+"""Tests of bench.delayproxy, the userspace long-fat-link emulator (loopback, fast)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from bench.delayproxy import DelayProxy, Direction, parse_rate
+
+Handler = Callable[[socket.socket], None]
+
+
+@contextmanager
+def tcp_server(handler: Handler) -> Iterator[tuple[str, int]]:
+    """A threaded loopback server calling handler(conn) per connection."""
+    ls = socket.create_server(("127.0.0.1", 0))
+    ls.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = ls.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            c.settimeout(None)
+            threading.Thread(target=_run, args=(c,), daemon=True).start()
+
+    def _run(c: socket.socket) -> None:
+        with c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                handler(c)
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # stopping the proxy aborts its connections
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()[:2]
+    finally:
+        stop.set()
+        t.join(2)
+        ls.close()
+
+
+def echo(c: socket.socket) -> None:
+    while data := c.recv(65536):
+        c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def rtts(addr: tuple[str, int], n: int) -> list[float]:
+    with socket.create_connection(addr, timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        out = []
+        msg = b"x" * 64
+        for _ in range(n):
+            t0 = time.perf_counter()
+            s.sendall(msg)
+            recv_exact(s, 64)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+def test_parse_rate() -> None:
+    assert parse_rate("100M") == 100e6
+    assert parse_rate("1.5k") == 1500
+    assert parse_rate("0") is None
+    assert parse_rate(None) is None
+
+
+def test_adds_configured_delay() -> None:
+    with tcp_server(echo) as up:
+        base = statistics.median(rtts(up, 10))
+        with DelayProxy(("127.0.0.1", 0), up, latency_ms=20).running() as addr:
+            rtt = statistics.median(rtts(addr, 8))
+    assert base < 0.005
+    # 20 ms each way -> 40 ms round trip; the event loop timer adds ~1 ms
+    assert 0.039 <= rtt <= 0.050, rtt
+
+
+def test_asymmetric_delay() -> None:
+    proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 0),
+                       up=Direction(latency_ms=5), down=Direction(latency_ms=25))
+    with tcp_server(echo) as up:
+        proxy.upstream = up
+        with proxy.running() as addr:
+            rtt = statistics.median(rtts(addr, 6))
+    assert 0.029 <= rtt <= 0.040, rtt
+
+
+def test_preserves_bytes_and_order_with_jitter() -> None:
+    payload = os.urandom(8 * 1024 * 1024)
+    with tcp_server(echo) as up, DelayProxy(
+        ("127.0.0.1", 0), up, latency_ms=3, jitter_ms=3, seed=1
+    ).running() as addr:
+        with socket.create_connection(addr, timeout=10) as s:
+            got = hashlib.sha256()
+            received = 0
+
+            def reader() -> None:
+                nonlocal received
+                while data := s.recv(1 << 20):
+                    got.update(data)
+                    received += len(data)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            view = memoryview(payload)
+            for off in range(0, len(payload), 100_003):  # odd-sized writes
+                s.sendall(view[off : off + 100_003])
+            s.shutdown(socket.SHUT_WR)
+            t.join(10)
+    assert received == len(payload)
+    assert got.hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+def test_half_close_passes_through() -> None:
+    request = os.urandom(300_000)
+    reply = os.urandom(200_000)
+    seen: dict[str, bytes] = {}
+
+    def handler(c: socket.socket) -> None:
+        buf = bytearray()
+        while data := c.recv(65536):  # read until the client's FIN
+            buf += data
+        seen["request"] = bytes(buf)
+        c.sendall(reply)  # reply only after EOF: needs a half-open connection
+        c.shutdown(socket.SHUT_WR)
+
+    with tcp_server(handler) as up, DelayProxy(
+        ("127.0.0.1", 0), up, latency_ms=5
+    ).running() as addr:
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while data := s.recv(65536):
+                got += data
+    assert seen["request"] == request
+    assert bytes(got) == reply
+
+
+def test_reset_propagates() -> None:
+    def resetter(c: socket.socket) -> None:
+        c.recv(10)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()
+
+    with tcp_server(resetter) as up, DelayProxy(("127.0.0.1", 0), up).running() as addr:
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(b"hello")
+            with pytest.raises(ConnectionResetError):
+                s.recv(10)
+
+
+def test_bandwidth_limit_roughly_holds() -> None:
+    size = 500_000  # at 8 Mbit/s = 1 MB/s: ~0.5 s
+    payload = os.urandom(size)
+    done: dict[str, float] = {}
+
+    def sink(c: socket.socket) -> None:
+        n = 0
+        while data := c.recv(65536):
+            n += len(data)
+        done["n"] = n
+        done["t"] = time.perf_counter()
+        c.sendall(b"k")
+
+    proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 0), rate_bps=8e6)
+    with tcp_server(sink) as up:
+        proxy.upstream = up
+        with proxy.running() as addr, socket.create_connection(addr, timeout=5) as s:
+            t0 = time.perf_counter()
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(1) == b"k"
+    elapsed = done["t"] - t0
+    assert done["n"] == size
+    assert 0.4 <= elapsed <= 0.7, elapsed
+
+
+def test_inflight_buffer_is_bounded() -> None:
+    cap = 256 * 1024
+    release = threading.Event()
+
+    def slow(c: socket.socket) -> None:
+        release.wait(5)  # do not read: the proxy must stop reading too
+        while c.recv(65536):
+            pass
+
+    proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 0), latency_ms=1, max_inflight=cap)
+    with tcp_server(slow) as up:
+        proxy.upstream = up
+        with proxy.running() as addr, socket.create_connection(addr, timeout=5) as s:
+            s.setblocking(False)
+            sent = 0
+            deadline = time.monotonic() + 1.0
+            chunk = b"z" * 65536
+            while time.monotonic() < deadline:
+                try:
+                    sent += s.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.01)
+            release.set()
+    # one read of up to 256 KiB may land after the threshold; kernel buffers hold the rest
+    assert proxy.stats.peak_inflight <= cap + 256 * 1024, proxy.stats.peak_inflight
+    assert sent > proxy.stats.peak_inflight  # the sender really was backpressured
