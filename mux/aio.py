@@ -1,0 +1,540 @@
+"""The anyio adapter: runs a `Connection` over any `anyio.abc.ByteStream`.
+
+Shape (after h11's trio example): one reader task feeds carrier bytes to the core and hands the
+events to streams; one writer task is the only one that writes to the carrier; a keepalive task
+pings; a sweeper resets streams stuck half-open. Protocol decisions live in the core; this module
+only moves bytes, keeps time and wakes tasks.
+
+What must stay true:
+
+1. The reader never waits on a stream: it appends to the stream's buffer (bounded by its receive
+   window) and wakes the reader of that stream. It only stops reading when the core asks it to
+   (`reading_paused`: too many replies the peer solicited are still unwritten).
+2. Exactly one task writes to the carrier. A write that makes no progress for `write_timeout_s`
+   kills the session.
+3. The first carrier error ends the session and is remembered: every stream operation after it
+   raises `SessionClosed`. Bytes already received are still readable first; a stream the peer had
+   not finished ends in an error, never in a clean EOF.
+4. Foreign exceptions (OSError and anyio's stream errors from the carrier) are translated here,
+   once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from types import TracebackType
+from typing import Self
+
+import anyio
+import anyio.abc
+
+from mux._config import MuxConfig
+from mux._connection import Connection
+from mux._const import GoAwayCode
+from mux._errors import LocalProtocolError, RemoteProtocolError
+from mux._events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    StreamAcked,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+)
+
+_CARRIER_ERRORS = (
+    OSError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
+
+
+class SessionClosed(anyio.BrokenResourceError):
+    """The session is over (carrier closed or broken, protocol error, keepalive timeout)."""
+
+
+class StreamResetError(anyio.BrokenResourceError):
+    """The stream was reset (by the peer, by us, or by a timeout)."""
+
+
+class Session:
+    """A multiplexed session over one carrier. Use as `async with Session(...) as session:`."""
+
+    def __init__(
+        self,
+        transport: anyio.abc.ByteStream,
+        *,
+        client: bool,
+        config: MuxConfig | None = None,
+    ) -> None:
+        self.config = config or MuxConfig()
+        self.conn = Connection(client=client, config=self.config)
+        self._transport = transport
+        self._streams: dict[int, MuxStream] = {}
+        self._accept_queue: deque[MuxStream] = deque()
+        self._accept_wakeup = anyio.Event()
+        self._open_wakeup = anyio.Event()
+        self._writer_wakeup: anyio.Event | None = None
+        self._drained = anyio.Event()
+        self._pings: dict[int, anyio.Event] = {}
+        self._ping_ids = itertools.count(1)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._error: SessionClosed | None = None
+        self._closed_event = anyio.Event()
+        #: Latest measured round trip time in seconds (None until the first pong).
+        self.rtt_s: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._reader, name="mux reader")
+        self._tg.start_soon(self._writer, name="mux writer")
+        self._tg.start_soon(self._sweeper, name="mux sweeper")
+        if self.config.enable_keepalive:
+            self._tg.start_soon(self._keepalive, name="mux keepalive")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    @property
+    def closed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        return None if self._error is None else str(self._error)
+
+    async def wait_closed(self) -> None:
+        """Return once the session is over, for whatever reason."""
+        await self._closed_event.wait()
+
+    async def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
+        """Refuse new streams from now on; streams already open carry on."""
+        if self._error is None:
+            self.conn.go_away(code)
+            self._wake_writer()
+            await anyio.lowlevel.checkpoint()
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """GoAway, then wait until every stream has finished. False if the time ran out."""
+        await self.go_away()
+        limit = self.config.go_away_drain_s if timeout_s is None else timeout_s
+        with anyio.move_on_after(limit):
+            while self._streams and self._error is None:
+                await anyio.sleep(0.02)
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        """Send GoAway and what is queued (within the write timeout), then close the carrier."""
+        if self._error is not None:
+            return
+        with anyio.CancelScope(shield=True):
+            self.conn.go_away(GoAwayCode.NORMAL)
+            with anyio.move_on_after(min(1.0, self.config.write_timeout_s)):
+                await self._flush()
+            await self._fail("session closed locally")
+
+    # ------------------------------------------------------------------ streams
+
+    async def open_stream(self, initial_data: bytes = b"") -> MuxStream:
+        """Open a stream; `initial_data` rides in its first frame (no extra round trip)."""
+        while True:
+            self._raise_if_closed()
+            if self.conn.can_open_stream:
+                break
+            self._open_wakeup = anyio.Event()
+            await self._open_wakeup.wait()
+        try:
+            stream_id = self.conn.open_stream(initial_data)
+        except LocalProtocolError as exc:
+            raise SessionClosed(str(exc)) from exc
+        stream = MuxStream(self, stream_id, anyio.current_time())
+        self._streams[stream_id] = stream
+        self._wake_writer()
+        return stream
+
+    async def accept_stream(self) -> MuxStream:
+        """Wait for the next stream the peer opens. Raises `SessionClosed` when the session ends."""
+        while not self._accept_queue:
+            self._raise_if_closed()
+            self._accept_wakeup = anyio.Event()
+            await self._accept_wakeup.wait()
+        stream = self._accept_queue.popleft()
+        self.conn.accept_stream(stream.stream_id)
+        self._wake_writer()
+        return stream
+
+    async def ping(self) -> float:
+        """Round trip time to the peer, in seconds."""
+        self._raise_if_closed()
+        opaque = next(self._ping_ids) & 0xFFFFFFFF
+        done = self._pings[opaque] = anyio.Event()
+        started = anyio.current_time()
+        self.conn.ping(opaque)
+        self._wake_writer()
+        try:
+            await done.wait()
+        finally:
+            self._pings.pop(opaque, None)
+        self._raise_if_closed()
+        rtt = anyio.current_time() - started
+        self.rtt_s = self.conn.rtt_s = rtt
+        return rtt
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _reader(self) -> None:
+        conn = self.conn
+        receive = self._transport.receive
+        size = self.config.read_size_bytes
+        try:
+            while True:
+                data = await receive(size)
+                self._dispatch(conn.receive_data(data, anyio.current_time()))
+                while conn.reading_paused:
+                    self._drained = anyio.Event()
+                    self._wake_writer()
+                    await self._drained.wait()
+                    self._dispatch(conn.receive_data(b"", anyio.current_time()))
+                if conn.has_data_to_send():
+                    self._wake_writer()
+        except RemoteProtocolError as exc:
+            with anyio.move_on_after(min(1.0, self.config.write_timeout_s), shield=True):
+                await self._flush()
+            await self._fail(f"protocol error by the peer: {exc}")
+        except anyio.EndOfStream:
+            await self._fail("the peer closed the connection")
+        except _CARRIER_ERRORS as exc:
+            await self._fail(f"connection lost: {exc!r}")
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                if not self.conn.has_data_to_send():
+                    self._drained.set()
+                    self._writer_wakeup = anyio.Event()
+                    await self._writer_wakeup.wait()
+                    self._writer_wakeup = None
+                await self._write_batch()
+        except TimeoutError:
+            await self._fail(f"write stalled for {self.config.write_timeout_s} s")
+        except _CARRIER_ERRORS as exc:
+            await self._fail(f"connection lost while writing: {exc!r}")
+
+    async def _write_batch(self) -> None:
+        buffers = self.conn.data_to_send()
+        for stream_id in self.conn.take_writable():
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream._wake_sender()
+        self._drained.set()
+        if buffers:
+            payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+            with anyio.fail_after(self.config.write_timeout_s):
+                await self._transport.send(bytes(payload))
+
+    async def _flush(self) -> None:
+        while self.conn.has_data_to_send():
+            await self._write_batch()
+
+    async def _keepalive(self) -> None:
+        interval = self.config.keepalive_interval_s
+        first = True
+        while self._error is None:
+            if not first:
+                await anyio.sleep(interval)
+            first = False
+            try:
+                with anyio.fail_after(self.config.keepalive_timeout_s):
+                    await self.ping()
+            except TimeoutError:
+                await self._fail(f"keepalive timeout ({self.config.keepalive_timeout_s} s)")
+            except SessionClosed:
+                return
+
+    async def _sweeper(self) -> None:
+        """Reset streams whose SYN went unanswered or that stayed half-closed too long."""
+        open_limit = self.config.stream_open_timeout_s
+        half_limit = self.config.half_closed_timeout_s
+        period = min(max(min(open_limit, half_limit) / 10, 0.05), 5.0)
+        while self._error is None:
+            await anyio.sleep(period)
+            now = anyio.current_time()
+            for stream in list(self._streams.values()):
+                if stream._acked_at is None and now - stream._opened_at > open_limit:
+                    stream._abort("the peer did not acknowledge the stream in time")
+                elif (
+                    stream._half_closed_at is not None
+                    and now - stream._half_closed_at > half_limit
+                ):
+                    stream._abort("the stream stayed half-closed too long")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _dispatch(self, events: list[Event]) -> None:
+        streams = self._streams
+        for event in events:
+            if type(event) is DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_data(event.data)
+            elif isinstance(event, StreamOpened):
+                stream = MuxStream(self, event.stream_id, anyio.current_time(), acked=True)
+                streams[event.stream_id] = stream
+                self._accept_queue.append(stream)
+                self._accept_wakeup.set()
+            elif isinstance(event, StreamEnded):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_eof()
+            elif isinstance(event, StreamReset):
+                stream = streams.pop(event.stream_id, None)
+                if stream is not None:
+                    stream._on_reset("the peer reset the stream")
+                self._open_wakeup.set()
+            elif isinstance(event, StreamAcked):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._acked_at = anyio.current_time()
+                self._open_wakeup.set()
+            elif isinstance(event, PongReceived):
+                waiter = self._pings.get(event.opaque)
+                if waiter is not None:
+                    waiter.set()
+            elif isinstance(event, GoAwayReceived):
+                self._open_wakeup.set()
+
+    def _wake_writer(self) -> None:
+        if self._writer_wakeup is not None:
+            self._writer_wakeup.set()
+
+    def _forget(self, stream: MuxStream) -> None:
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+        self._open_wakeup.set()
+
+    def _raise_if_closed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def _fail(self, reason: str) -> None:
+        """End the session once: remember why, close the carrier, wake every waiter."""
+        if self._error is not None:
+            return
+        self._error = SessionClosed(reason)
+        for stream in list(self._streams.values()):
+            stream._on_session_closed()
+        self._streams.clear()
+        self._accept_wakeup.set()
+        self._open_wakeup.set()
+        self._drained.set()
+        self._wake_writer()
+        for waiter in self._pings.values():
+            waiter.set()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+            try:
+                await self._transport.aclose()
+            except _CARRIER_ERRORS:
+                pass
+        self._closed_event.set()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+
+class MuxStream(anyio.abc.ByteStream):
+    """One stream of a session: an `anyio.abc.ByteStream` with `reset()`."""
+
+    def __init__(
+        self, session: Session, stream_id: int, opened_at: float, *, acked: bool = False
+    ) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self._conn = session.conn
+        self._buffer: deque[memoryview] = deque()
+        self._buffered = 0
+        self._rx_wakeup: anyio.Event | None = None
+        self._tx_wakeup: anyio.Event | None = None
+        self._eof_received = False
+        self._eof_sent = False
+        self._closed = False
+        self._error: anyio.BrokenResourceError | None = None
+        self._opened_at = opened_at
+        self._acked_at: float | None = opened_at if acked else None
+        self._half_closed_at: float | None = None
+
+    # ------------------------------------------------------------------ ByteStream
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while not self._buffer:
+            if self._eof_received:
+                raise anyio.EndOfStream
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise anyio.ClosedResourceError
+            self._rx_wakeup = anyio.Event()
+            await self._rx_wakeup.wait()
+        buffer = self._buffer
+        first = buffer[0]
+        if len(first) >= max_bytes:
+            data = bytes(first[:max_bytes])
+            if len(first) > max_bytes:
+                buffer[0] = first[max_bytes:]
+            else:
+                buffer.popleft()
+        else:
+            parts = [buffer.popleft()]
+            size = len(first)
+            while buffer and size + len(buffer[0]) <= max_bytes:
+                chunk = buffer.popleft()
+                parts.append(chunk)
+                size += len(chunk)
+            data = b"".join(parts)
+        self._buffered -= len(data)
+        conn = self._conn
+        conn.stream_read(self.stream_id, len(data), anyio.current_time())
+        if conn.has_data_to_send():
+            self.session._wake_writer()
+        return data
+
+    async def send(self, item: bytes) -> None:
+        self._check_sendable()
+        conn = self._conn
+        try:
+            conn.send_data(self.stream_id, item)
+        except LocalProtocolError as exc:
+            raise self._error or StreamResetError(str(exc)) from exc
+        self.session._wake_writer()
+        mark = self.session.config.stream_send_buffer_bytes
+        while conn.send_buffered(self.stream_id) >= mark:
+            self._tx_wakeup = anyio.Event()
+            await self._tx_wakeup.wait()
+            self._check_sendable()
+
+    async def send_eof(self) -> None:
+        if self._eof_sent:
+            return
+        self._check_sendable()
+        self._eof_sent = True
+        try:
+            self._conn.send_eof(self.stream_id)
+        except LocalProtocolError as exc:
+            raise self._error or StreamResetError(str(exc)) from exc
+        self.session._wake_writer()
+        self._on_half_close()
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close both ways: FIN; or RST if bytes the peer sent are left unread (like TCP)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._error is None:
+            if self._buffer:
+                self.reset()
+            elif not self._eof_sent:
+                self._eof_sent = True
+                try:
+                    self._conn.send_eof(self.stream_id)
+                except LocalProtocolError:
+                    pass
+                self.session._wake_writer()
+                self._on_half_close()
+        self._wake_all()
+        await anyio.lowlevel.checkpoint()
+
+    def reset(self) -> None:
+        """Abort the stream both ways (RST). Bytes not yet sent are dropped."""
+        if self._error is not None:
+            return
+        self._conn.reset_stream(self.stream_id)
+        self.session._wake_writer()
+        self._on_reset("the stream was reset locally")
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def is_reset(self) -> bool:
+        return isinstance(self._error, StreamResetError)
+
+    # ------------------------------------------------------------------ called by the session
+
+    def _on_data(self, data: memoryview) -> None:
+        if self._closed:  # nobody will read it: refuse it, as TCP does
+            self.reset()
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._rx_wakeup is not None:
+            self._rx_wakeup.set()
+            self._rx_wakeup = None
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._on_half_close()
+        self._wake_all()
+
+    def _on_half_close(self) -> None:
+        if self._eof_sent and self._eof_received:
+            self._half_closed_at = None
+            self.session._forget(self)
+        elif self._half_closed_at is None:
+            self._half_closed_at = anyio.current_time()
+
+    def _on_reset(self, reason: str) -> None:
+        if self._error is None:
+            self._error = StreamResetError(reason)
+        self.session._forget(self)
+        self._wake_all()
+
+    def _on_session_closed(self) -> None:
+        if self._error is None:
+            self._error = self.session._error
+        self._wake_all()
+
+    def _abort(self, reason: str) -> None:
+        self._conn.reset_stream(self.stream_id)
+        self.session._wake_writer()
+        self._on_reset(reason)
+
+    def _wake_sender(self) -> None:
+        if self._tx_wakeup is not None:
+            self._tx_wakeup.set()
+            self._tx_wakeup = None
+
+    def _wake_all(self) -> None:
+        if self._rx_wakeup is not None:
+            self._rx_wakeup.set()
+            self._rx_wakeup = None
+        self._wake_sender()
+
+    def _check_sendable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._eof_sent or self._closed:
+            raise anyio.ClosedResourceError
+
+    def __repr__(self) -> str:
+        return f"<MuxStream {self.stream_id}>"
+
+
+__all__ = ["MuxStream", "Session", "SessionClosed", "StreamResetError"]
