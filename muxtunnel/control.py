@@ -1,0 +1,364 @@
+"""The control protocol spoken on a session's first stream, and the header of each visitor stream.
+
+Wire format: each message is a msgpack map preceded by its length as a 2-byte big-endian
+integer. The map's `kind` key names the message; the other keys are the dataclass fields below
+(bytes as msgpack bin, text as msgpack str). Keys a receiver does not know are ignored, so a
+later version may add optional fields; anything missing or of the wrong type is an error.
+
+Exchange (client C, server S):
+    C -> S  Hello(version, client_nonce, client_name)
+    S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
+    C -> S  Register(service, type, remote_port, tag)     tag = auth.client_tag(...)
+    S -> C  Registered(..., tag)                          tag = auth.server_tag(...), or Error
+    C -> S  Unregister(service)                           any time later
+Each visitor stream the server opens starts with one VisitorHeader, framed the same way.
+
+Peer bytes enter only through `receive_message` / `read_visitor_header`; whatever they hold,
+those raise `ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream`
+through, nothing else. A message longer than `MAX_MESSAGE_BYTES` is refused from its length
+prefix, before any of its body is read. Deadlines are the caller's: wrap calls in
+`anyio.fail_after`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self, TypeAlias
+
+import anyio
+import msgpack  # type: ignore[import-untyped]
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
+from muxtunnel.model import ServiceType
+from muxtunnel.specs import SERVICE_TYPES, SpecError, validate_service_name
+
+__all__ = [
+    "AUTH_FAILED",
+    "BAD_REQUEST",
+    "INTERNAL_ERROR",
+    "MAX_MESSAGE_BYTES",
+    "PORT_IN_USE",
+    "PORT_NOT_ALLOWED",
+    "PROTOCOL_VERSION",
+    "RATE_LIMITED",
+    "SERVICE_TAKEN",
+    "VERSION_MISMATCH",
+    "Challenge",
+    "ControlError",
+    "Error",
+    "Hello",
+    "Message",
+    "Register",
+    "Registered",
+    "Unregister",
+    "VisitorHeader",
+    "decode_message",
+    "decode_visitor_header",
+    "encode_message",
+    "encode_visitor_header",
+    "read_visitor_header",
+    "receive_message",
+    "send_message",
+]
+
+PROTOCOL_VERSION = 1
+#: Largest message body. Control messages are a few hundred bytes; 4 KiB leaves room for error
+#: text while keeping what an unauthenticated peer can make us buffer small.
+MAX_MESSAGE_BYTES = 4096
+_PREFIX = struct.Struct(">H")
+_MAX_TEXT_CHARS = 255  # names and host strings
+_MAX_ERROR_MESSAGE_CHARS = 1024
+
+# Error codes (Error.code). A peer may send codes we do not know; treat them as a refusal.
+AUTH_FAILED = "auth_failed"
+PORT_NOT_ALLOWED = "port_not_allowed"
+PORT_IN_USE = "port_in_use"
+SERVICE_TAKEN = "service_taken"
+BAD_REQUEST = "bad_request"
+VERSION_MISMATCH = "version_mismatch"
+RATE_LIMITED = "rate_limited"
+INTERNAL_ERROR = "internal_error"
+
+
+class ControlError(Exception):
+    """The peer sent a malformed control message. `code` is the Error code to answer with."""
+
+    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- field checks: raise ValueError, turned into ControlError where peer bytes are decoded ---
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an integer")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _check_bytes(name: str, value: object, size: int) -> None:
+    if type(value) is not bytes or len(value) != size:
+        raise ValueError(f"{name} must be {size} bytes")
+
+
+def _check_text(name: str, value: object, max_chars: int, *, empty_ok: bool = False) -> None:
+    if type(value) is not str:
+        raise ValueError(f"{name} must be a string")
+    if len(value) > max_chars or (not value and not empty_ok):
+        raise ValueError(f"{name} must be 1..{max_chars} characters")
+    if not value.isprintable():
+        raise ValueError(f"{name} must hold only printable characters")
+
+
+def _check_service(value: object) -> None:
+    if type(value) is not str:
+        raise ValueError("service must be a string")
+    try:
+        validate_service_name(value)
+    except SpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_type(value: object) -> None:
+    if value not in SERVICE_TYPES:
+        raise ValueError(f"type must be one of {', '.join(SERVICE_TYPES)}")
+
+
+class _Wire:
+    """Shared `to_wire`/`from_wire`: fields map to keys of the same name, plus `kind`."""
+
+    WIRE_KIND: ClassVar[str]
+    __slots__ = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"kind": self.WIRE_KIND}
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            wire[item.name] = getattr(self, item.name)
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Self:
+        """Build from a decoded map; `ControlError` if a field is missing or invalid.
+
+        A missing field that has a default takes it (a peer of an older version may not send it).
+        """
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if item.name in data:
+                values[item.name] = data[item.name]
+            elif item.default is dataclasses.MISSING:
+                raise ControlError(f"{cls.WIRE_KIND!r} message lacks field {item.name!r}")
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ControlError(f"bad {cls.WIRE_KIND!r} message: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_Wire):
+    """Client -> server, first: the protocol version it speaks and its half of the nonces."""
+
+    WIRE_KIND: ClassVar[str] = "hello"
+    version: int
+    client_nonce: bytes
+    #: Free text for the server's logs (e.g. the client host name); not authenticated.
+    client_name: str
+
+    def __post_init__(self) -> None:
+        _check_int("version", self.version, 0, 0xFFFF)
+        _check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
+        _check_text("client_name", self.client_name, _MAX_TEXT_CHARS, empty_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(_Wire):
+    """Server -> client, answering Hello: the server's version and nonce for this session."""
+
+    WIRE_KIND: ClassVar[str] = "challenge"
+    version: int
+    server_nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_int("version", self.version, 0, 0xFFFF)
+        _check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Register(_Wire):
+    """Client -> server: expose `service`; `tag` proves the client holds the service's token."""
+
+    WIRE_KIND: ClassVar[str] = "register"
+    service: str
+    type: ServiceType
+    #: Public port wanted; 0 lets the server pick one from its allowed ports.
+    remote_port: int
+    tag: bytes
+
+    def __post_init__(self) -> None:
+        _check_service(self.service)
+        _check_type(self.type)
+        _check_int("remote_port", self.remote_port, 0, 65535)
+        _check_bytes("tag", self.tag, TAG_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(_Wire):
+    """Server -> client: the service is live at `public_host:public_port`; `tag` is the
+    server's proof that it holds the same token."""
+
+    WIRE_KIND: ClassVar[str] = "registered"
+    service: str
+    type: ServiceType
+    public_host: str
+    public_port: int
+    tag: bytes
+
+    def __post_init__(self) -> None:
+        _check_service(self.service)
+        _check_type(self.type)
+        _check_text("public_host", self.public_host, _MAX_TEXT_CHARS)
+        _check_int("public_port", self.public_port, 1, 65535)
+        _check_bytes("tag", self.tag, TAG_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister(_Wire):
+    """Client -> server: stop exposing `service` (its visitors are closed)."""
+
+    WIRE_KIND: ClassVar[str] = "unregister"
+    service: str
+
+    def __post_init__(self) -> None:
+        _check_service(self.service)
+
+
+@dataclass(frozen=True, slots=True)
+class Error(_Wire):
+    """Either side: a request failed. `service` names the registration it concerns, if any.
+
+    For a failed authentication the server says `auth_failed` and nothing more, whether the
+    service is unknown or the token is wrong.
+    """
+
+    WIRE_KIND: ClassVar[str] = "error"
+    code: str
+    message: str
+    service: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_text("code", self.code, 64)
+        _check_text("message", self.message, _MAX_ERROR_MESSAGE_CHARS, empty_ok=True)
+        if self.service is not None:
+            _check_service(self.service)
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorHeader(_Wire):
+    """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
+
+    WIRE_KIND: ClassVar[str] = "visitor"
+    service: str
+    type: ServiceType
+    peer_host: str
+    peer_port: int
+
+    def __post_init__(self) -> None:
+        _check_service(self.service)
+        _check_type(self.type)
+        _check_text("peer_host", self.peer_host, _MAX_TEXT_CHARS)
+        _check_int("peer_port", self.peer_port, 0, 65535)
+
+
+Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error
+_MESSAGE_KINDS: dict[str, type[Message]] = {
+    cls.WIRE_KIND: cls for cls in (Hello, Challenge, Register, Registered, Unregister, Error)
+}
+
+
+# --- framing ---
+
+
+def _frame(wire: dict[str, Any]) -> bytes:
+    body: bytes = msgpack.packb(wire, use_bin_type=True)
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"{wire['kind']!r} message of {len(body)} bytes exceeds the limit")
+    return _PREFIX.pack(len(body)) + body
+
+
+def _unpack_map(body: bytes) -> dict[str, Any]:
+    try:
+        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ControlError(f"undecodable message: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ControlError("message is not a map")
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        raise ControlError("message lacks a string 'kind'")
+    return data
+
+
+async def _receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
+    buffer = bytearray()
+    while len(buffer) < size:
+        chunk = await stream.receive(size - len(buffer))
+        if not chunk:
+            raise anyio.EndOfStream
+        buffer += chunk
+    return bytes(buffer)
+
+
+async def _receive_frame(stream: ByteReceiveStream) -> bytes:
+    (size,) = _PREFIX.unpack(await _receive_exactly(stream, _PREFIX.size))
+    if size > MAX_MESSAGE_BYTES:
+        raise ControlError(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    if size == 0:
+        raise ControlError("empty message")
+    return await _receive_exactly(stream, size)
+
+
+def encode_message(message: Message) -> bytes:
+    """Length prefix plus msgpack body. `ValueError` if it would exceed the size limit."""
+    return _frame(message.to_wire())
+
+
+def decode_message(body: bytes) -> Message:
+    """Decode one message body (without its length prefix)."""
+    data = _unpack_map(body)
+    cls = _MESSAGE_KINDS.get(data["kind"])
+    if cls is None:
+        raise ControlError(f"unknown message kind {data['kind'][:64]!r}")
+    return cls.from_wire(data)
+
+
+async def send_message(stream: ByteSendStream, message: Message) -> None:
+    """Write one framed message."""
+    await stream.send(encode_message(message))
+
+
+async def receive_message(stream: ByteReceiveStream) -> Message:
+    """Read one framed message. `ControlError` on garbage; `anyio.EndOfStream` on EOF."""
+    return decode_message(await _receive_frame(stream))
+
+
+def encode_visitor_header(header: VisitorHeader) -> bytes:
+    """The framed header, to write as the first bytes of a visitor stream."""
+    return _frame(header.to_wire())
+
+
+def decode_visitor_header(body: bytes) -> VisitorHeader:
+    """Decode a visitor header body (without its length prefix)."""
+    data = _unpack_map(body)
+    if data["kind"] != VisitorHeader.WIRE_KIND:
+        raise ControlError(f"expected a visitor header, got {data['kind'][:64]!r}")
+    return VisitorHeader.from_wire(data)
+
+
+async def read_visitor_header(stream: ByteReceiveStream) -> VisitorHeader:
+    """Read the header at the start of a visitor stream; the stream then carries raw bytes."""
+    return decode_visitor_header(await _receive_frame(stream))
