@@ -1,0 +1,1 @@
+"""Interop tests: our mux against hashicorp/yamux through a small Go peer."""
