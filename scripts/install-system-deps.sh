@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages muxtunnel's tests, benchmarks and CI use. Idempotent: when every
+# package is already installed it changes nothing and needs no network.
+#
+#   golang-go, golang-github-hashicorp-yamux-dev   build the Go yamux peer of tests/interop
+#   iperf3, socat, openssh-server, openssh-client  traffic and the ssh -R baseline for benchmarks
+#   nftables, iproute2                             network namespaces and impaired links in tests
+#   curl, ca-certificates, make, python3-venv      the Makefile and the project's .venv
+#
+# Runs apt-get as root, or through sudo when run as another user.
+set -euo pipefail
+
+PACKAGES=(
+    golang-go golang-github-hashicorp-yamux-dev
+    iperf3 socat openssh-server openssh-client
+    nftables iproute2
+    curl ca-certificates make python3-venv
+)
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$package")
+    fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-system-deps: all ${#PACKAGES[@]} packages already installed"
+    exit 0
+fi
+
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+        echo "install-system-deps: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    as_root=(sudo)
+fi
+
+echo "install-system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${missing[@]}"
