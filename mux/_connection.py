@@ -470,9 +470,11 @@ class Connection:
     def _on_syn(self, stream_id: int, now: float, events: list[Event]) -> _Stream | None:
         if stream_id % 2 != self._peer_parity:
             raise RemoteProtocolError(f"stream {stream_id} opened with our parity")
-        if stream_id in self._streams or stream_id <= self._highest_peer_id:
-            raise RemoteProtocolError(f"stream {stream_id} opened twice or out of order")
-        self._highest_peer_id = stream_id
+        if stream_id in self._streams:
+            raise RemoteProtocolError(f"stream {stream_id} opened twice")
+        # Ids may arrive out of order: hashicorp/yamux picks ids first and sends SYNs later from
+        # concurrent goroutines. So only a live id is a duplicate; a lower, closed one is new.
+        self._highest_peer_id = max(self._highest_peer_id, stream_id)
         refuse = (
             self.local_go_away
             or self.unaccepted >= self.config.accept_backlog

@@ -79,6 +79,7 @@ class Session:
         self._open_wakeup = anyio.Event()
         self._writer_wakeup: anyio.Event | None = None
         self._drained = anyio.Event()
+        self._write_lock = anyio.Lock()
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -145,8 +146,7 @@ class Session:
             return
         with anyio.CancelScope(shield=True):
             self.conn.go_away(GoAwayCode.NORMAL)
-            with anyio.move_on_after(min(1.0, self.config.write_timeout_s)):
-                await self._flush()
+            await self._flush_quietly()
             await self._fail("session closed locally")
 
     # ------------------------------------------------------------------ streams
@@ -218,8 +218,7 @@ class Session:
                 if conn.has_data_to_send():
                     self._wake_writer()
         except RemoteProtocolError as exc:
-            with anyio.move_on_after(min(1.0, self.config.write_timeout_s), shield=True):
-                await self._flush()
+            await self._flush_quietly()
             await self._fail(f"protocol error by the peer: {exc}")
         except anyio.EndOfStream:
             await self._fail("the peer closed the connection")
@@ -241,20 +240,28 @@ class Session:
             await self._fail(f"connection lost while writing: {exc!r}")
 
     async def _write_batch(self) -> None:
-        buffers = self.conn.data_to_send()
-        for stream_id in self.conn.take_writable():
-            stream = self._streams.get(stream_id)
-            if stream is not None:
-                stream._wake_sender()
-        self._drained.set()
-        if buffers:
-            payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
-            with anyio.fail_after(self.config.write_timeout_s):
-                await self._transport.send(bytes(payload))
+        # The writer task is the carrier's writer; a final flush (close, protocol error) may
+        # race it, so frames are taken and written under one lock: never interleaved, in order.
+        async with self._write_lock:
+            buffers = self.conn.data_to_send()
+            for stream_id in self.conn.take_writable():
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    stream._wake_sender()
+            self._drained.set()
+            if buffers:
+                payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+                with anyio.fail_after(self.config.write_timeout_s):
+                    await self._transport.send(bytes(payload))
 
-    async def _flush(self) -> None:
-        while self.conn.has_data_to_send():
-            await self._write_batch()
+    async def _flush_quietly(self) -> None:
+        """Write what is queued (the GoAway last of all), briefly; the session ends anyway."""
+        with anyio.move_on_after(min(1.0, self.config.write_timeout_s), shield=True):
+            try:
+                while self.conn.has_data_to_send():
+                    await self._write_batch()
+            except (TimeoutError, *_CARRIER_ERRORS):
+                pass
 
     async def _keepalive(self) -> None:
         interval = self.config.keepalive_interval_s
@@ -429,6 +436,21 @@ class MuxStream(anyio.abc.ByteStream):
             self._tx_wakeup = anyio.Event()
             await self._tx_wakeup.wait()
             self._check_sendable()
+
+    def send_nowait(self, item: bytes) -> bool:
+        """Queue `item` only if the stream's send buffer has room; False (nothing queued) if not.
+
+        For traffic that must be dropped rather than delayed (datagrams): it never waits.
+        """
+        self._check_sendable()
+        if self._conn.send_buffered(self.stream_id) >= self.session.config.stream_send_buffer_bytes:
+            return False
+        try:
+            self._conn.send_data(self.stream_id, item)
+        except LocalProtocolError as exc:
+            raise self._error or StreamResetError(str(exc)) from exc
+        self.session._wake_writer()
+        return True
 
     async def send_eof(self) -> None:
         if self._eof_sent:

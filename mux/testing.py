@@ -1,0 +1,430 @@
+"""Helpers for testing the multiplexer and anything built on it.
+
+- `FrameBuilder` writes any frame, valid or not; `parse_frames` reads frames back for assertions.
+- `feed` drives a core whole, byte by byte, or with trailing bytes (h11's `tr()` idea).
+- `ConnectionPair` pumps bytes between two cores, optionally in random chunks.
+- `memory_stream_pair` is a bounded in-memory `ByteStream` pair (a carrier that can stall);
+  `tcp_stream_pair` is the same over real loopback sockets; `session_pair` runs two `Session`s
+  over either.
+
+This module and `aio.py` are the only parts of `mux` that may import anyio.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import NamedTuple
+
+import anyio
+import anyio.abc
+
+from mux._config import MuxConfig
+from mux._connection import Connection
+from mux._const import HEADER, HEADER_SIZE, PROTOCOL_VERSION, Flag, FrameType
+from mux._events import DataReceived, Event, PongReceived, StreamOpened
+from mux.aio import Session
+
+Buffer = bytes | bytearray | memoryview
+
+# ---------------------------------------------------------------------------------------- frames
+
+
+class Frame(NamedTuple):
+    """One decoded frame. `body` is empty for everything but Data."""
+
+    version: int
+    type: int
+    flags: int
+    stream_id: int
+    length: int
+    body: bytes = b""
+
+    def has(self, flag: Flag) -> bool:
+        return bool(self.flags & flag)
+
+
+class FrameBuilder:
+    """Builds frames as bytes, including malformed ones (the h2 test suite's FrameFactory idea).
+
+    Every builder takes `version` and the raw fields, so a test can lie about any of them:
+    `data(1, b"abc", length=2**32 - 1)` writes a Data header claiming 4 GiB followed by 3 bytes.
+    """
+
+    def __init__(self, version: int = PROTOCOL_VERSION) -> None:
+        self.version = version
+
+    def frame(
+        self,
+        type: int,
+        flags: int = 0,
+        stream_id: int = 0,
+        length: int = 0,
+        body: Buffer = b"",
+        *,
+        version: int | None = None,
+    ) -> bytes:
+        version = self.version if version is None else version
+        return HEADER.pack(version, type, int(flags), stream_id, length) + bytes(body)
+
+    def data(
+        self,
+        stream_id: int,
+        body: Buffer = b"",
+        flags: int = 0,
+        *,
+        length: int | None = None,
+        version: int | None = None,
+    ) -> bytes:
+        length = len(body) if length is None else length
+        return self.frame(FrameType.DATA, flags, stream_id, length, body, version=version)
+
+    def window_update(
+        self, stream_id: int, delta: int = 0, flags: int = 0, *, version: int | None = None
+    ) -> bytes:
+        return self.frame(FrameType.WINDOW_UPDATE, flags, stream_id, delta, version=version)
+
+    def syn(self, stream_id: int, body: Buffer = b"") -> bytes:
+        """Open a stream: a WindowUpdate with SYN, or a Data frame with SYN when `body` is given."""
+        if body:
+            return self.data(stream_id, body, Flag.SYN)
+        return self.window_update(stream_id, 0, Flag.SYN)
+
+    def ack(self, stream_id: int) -> bytes:
+        return self.window_update(stream_id, 0, Flag.ACK)
+
+    def fin(self, stream_id: int) -> bytes:
+        return self.window_update(stream_id, 0, Flag.FIN)
+
+    def rst(self, stream_id: int) -> bytes:
+        return self.window_update(stream_id, 0, Flag.RST)
+
+    def ping(self, opaque: int = 0, *, ack: bool = False, stream_id: int = 0) -> bytes:
+        flags = Flag.ACK if ack else Flag.SYN
+        return self.frame(FrameType.PING, flags, stream_id, opaque)
+
+    def go_away(self, code: int = 0, *, stream_id: int = 0) -> bytes:
+        return self.frame(FrameType.GO_AWAY, 0, stream_id, code)
+
+
+def parse_frames(data: Buffer) -> list[Frame]:
+    """Decode what a core wrote. Data bodies are taken from the stream; the input must be whole."""
+    view = memoryview(bytes(data))
+    frames: list[Frame] = []
+    pos = 0
+    while pos < len(view):
+        if len(view) - pos < HEADER_SIZE:
+            raise ValueError(f"{len(view) - pos} trailing bytes are not a frame header")
+        version, type, flags, stream_id, length = HEADER.unpack_from(view, pos)
+        pos += HEADER_SIZE
+        body = b""
+        if type == FrameType.DATA:
+            if len(view) - pos < length:
+                raise ValueError(f"data frame claims {length} bytes, {len(view) - pos} follow")
+            body = bytes(view[pos : pos + length])
+            pos += length
+        frames.append(Frame(version, type, flags, stream_id, length, body))
+    return frames
+
+
+def drain_frames(conn: Connection, max_bytes: int | None = None) -> list[Frame]:
+    """Everything `conn` wants to write now, decoded."""
+    return parse_frames(b"".join(bytes(b) for b in conn.data_to_send(max_bytes)))
+
+
+# ---------------------------------------------------------------------------------------- events
+
+
+def merge_events(events: Iterable[Event]) -> list[Event]:
+    """Events with adjacent DataReceived of one stream joined (and copied out of the input).
+
+    Feeding the same bytes in different chunks yields the same merged events.
+    """
+    merged: list[Event] = []
+    for event in events:
+        if isinstance(event, DataReceived):
+            last = merged[-1] if merged else None
+            if isinstance(last, DataReceived) and last.stream_id == event.stream_id:
+                merged[-1] = DataReceived(
+                    event.stream_id, memoryview(bytes(last.data) + event.data)
+                )
+                continue
+            event = DataReceived(event.stream_id, memoryview(bytes(event.data)))
+        merged.append(event)
+    return merged
+
+
+#: How `feed` may cut the input: in one piece, one byte at a time, or followed by a partial frame.
+FEED_MODES = ("whole", "bytewise", "trailing")
+_TRAILER_OPAQUE = 0x7EA1_7A11
+
+
+def feed(conn: Connection, data: Buffer, mode: str = "whole", now: float = 0.0) -> list[Event]:
+    """Feed `data` to `conn` as `mode` says; returns the merged events.
+
+    "trailing" feeds `data` plus the first bytes of a pong, checks that those bytes produced
+    nothing yet, then completes the pong and strips its event: the input's events must not depend
+    on what follows them.
+    """
+    data = bytes(data)
+    if mode == "whole":
+        return merge_events(conn.receive_data(data, now))
+    if mode == "bytewise":
+        events: list[Event] = []
+        for i in range(len(data)):
+            events += conn.receive_data(data[i : i + 1], now)
+        return merge_events(events)
+    if mode == "trailing":
+        trailer = FrameBuilder().ping(_TRAILER_OPAQUE, ack=True)
+        events = merge_events(conn.receive_data(data + trailer[:5], now))
+        if conn.terminated is not None or conn.reading_paused:
+            return events
+        rest = conn.receive_data(trailer[5:], now)
+        if rest != [PongReceived(_TRAILER_OPAQUE)]:
+            raise AssertionError(f"the trailing frame was not parsed on its own: {rest!r}")
+        return events
+    raise ValueError(f"unknown feed mode {mode!r}")
+
+
+# ---------------------------------------------------------------------------------------- two cores
+
+
+def random_chunks(data: bytes, rng: random.Random, max_chunk: int) -> list[bytes]:
+    """`data` cut at random points into pieces of 1..max_chunk bytes."""
+    pieces = []
+    pos = 0
+    while pos < len(data):
+        size = rng.randint(1, max_chunk)
+        pieces.append(data[pos : pos + size])
+        pos += size
+    return pieces
+
+
+class ConnectionPair:
+    """A client and a server core wired back to back (h11's ConnectionPair idea).
+
+    `pump()` moves bytes both ways until neither side has anything to say, cutting them into
+    random chunks when `max_chunk` is set, and returns each side's events. With `auto_accept` the
+    pair accepts inbound streams as they arrive; with `auto_read` it consumes every delivered byte
+    at once (returning credit), as a fast application would.
+    """
+
+    def __init__(
+        self,
+        config: MuxConfig | None = None,
+        *,
+        client_config: MuxConfig | None = None,
+        server_config: MuxConfig | None = None,
+        max_chunk: int | None = None,
+        seed: int = 0,
+        auto_accept: bool = False,
+        auto_read: bool = False,
+    ) -> None:
+        self.client = Connection(client=True, config=client_config or config)
+        self.server = Connection(client=False, config=server_config or config)
+        self.max_chunk = max_chunk
+        self.rng = random.Random(seed)
+        self.auto_accept = auto_accept
+        self.auto_read = auto_read
+        self.now = 0.0
+        #: Bytes each side has written in total (index by the sending core).
+        self.bytes_sent = {id(self.client): 0, id(self.server): 0}
+
+    def peer(self, conn: Connection) -> Connection:
+        return self.server if conn is self.client else self.client
+
+    def step(self, sender: Connection, max_bytes: int | None = None) -> tuple[list[Event], ...]:
+        """One `data_to_send` of `sender` written into its peer: (sender's, receiver's) events.
+
+        The sender's events come from parsing it had held back (`reading_paused`) until its
+        replies were written, which this call just did.
+        """
+        receiver = self.peer(sender)
+        data = b"".join(bytes(b) for b in sender.data_to_send(max_bytes))
+        sender_events: list[Event] = []
+        if sender.reading_paused:
+            sender_events = sender.receive_data(b"", self.now)
+            self._react(sender, sender_events)
+        receiver_events: list[Event] = []
+        if data:
+            self.bytes_sent[id(sender)] += len(data)
+            pieces = [data] if not self.max_chunk else random_chunks(data, self.rng, self.max_chunk)
+            for piece in pieces:
+                receiver_events += receiver.receive_data(piece, self.now)
+            self._react(receiver, receiver_events)
+        return merge_events(sender_events), merge_events(receiver_events)
+
+    def quiet(self) -> bool:
+        """Neither side has bytes to write or input held back."""
+        return not any(c.has_data_to_send() or c.reading_paused for c in (self.client, self.server))
+
+    def pump(self, max_rounds: int = 10_000) -> tuple[list[Event], list[Event]]:
+        """Exchange bytes until both sides are quiet: (client's events, server's events)."""
+        client_events: list[Event] = []
+        server_events: list[Event] = []
+        for _ in range(max_rounds):
+            mine, theirs = self.step(self.client)
+            client_events += mine
+            server_events += theirs
+            mine, theirs = self.step(self.server)
+            server_events += mine
+            client_events += theirs
+            if self.quiet():
+                return merge_events(client_events), merge_events(server_events)
+        raise AssertionError(f"the connections were still talking after {max_rounds} rounds")
+
+    def _react(self, conn: Connection, events: list[Event]) -> None:
+        if conn.terminated is not None:
+            return
+        for event in events:
+            if self.auto_accept and isinstance(event, StreamOpened):
+                conn.accept_stream(event.stream_id)
+            elif self.auto_read and isinstance(event, DataReceived):
+                conn.stream_read(event.stream_id, len(event.data), self.now)
+
+
+# ---------------------------------------------------------------------------------------- carriers
+
+
+class _Pipe:
+    """One direction of a memory carrier: a bounded byte buffer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buffer = bytearray()
+        self.eof = False  # the writer half-closed
+        self.broken = False  # either end aborted: every operation fails
+        self.reader_gone = False  # the reading end was closed: writes fail
+        self.changed = anyio.Event()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class MemoryByteStream(anyio.abc.ByteStream):
+    """One end of `memory_stream_pair`: behaves like a socket whose buffers hold `capacity`.
+
+    `send` returns once its bytes fit in the buffer, so a peer that stops reading stalls the
+    writer, as a full TCP window does. Concurrent sends raise `anyio.BusyResourceError`, as
+    anyio's socket streams do.
+    """
+
+    def __init__(self, incoming: _Pipe, outgoing: _Pipe) -> None:
+        self._in = incoming
+        self._out = outgoing
+        self._closed = False
+        self._send_guard = anyio.ResourceGuard("writing to")
+        self._receive_guard = anyio.ResourceGuard("reading from")
+        #: Bytes written through this end so far.
+        self.bytes_sent = 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        with self._receive_guard:
+            await anyio.lowlevel.checkpoint()
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if self._in.broken:
+                    raise anyio.BrokenResourceError("the peer aborted the connection")
+                if self._in.buffer:
+                    data = bytes(self._in.buffer[:max_bytes])
+                    del self._in.buffer[:max_bytes]
+                    self._in.notify()
+                    return data
+                if self._in.eof:
+                    raise anyio.EndOfStream
+                await self._in.changed.wait()
+
+    async def send(self, item: bytes) -> None:
+        with self._send_guard:
+            await anyio.lowlevel.checkpoint()
+            view = memoryview(bytes(item))
+            while view:
+                self._check_writable()
+                room = self._out.capacity - len(self._out.buffer)
+                if room > 0:
+                    self._out.buffer += view[:room]
+                    self.bytes_sent += min(room, len(view))
+                    view = view[room:]
+                    self._out.notify()
+                else:
+                    await self._out.changed.wait()
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._out.eof:
+            raise anyio.ClosedResourceError  # we half-closed
+        if self._out.broken or self._out.reader_gone:
+            raise anyio.BrokenResourceError("the peer closed the connection")
+
+    async def send_eof(self) -> None:
+        if not self._closed:
+            self._out.eof = True
+            self._out.notify()
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._out.eof = True
+            self._in.reader_gone = True
+            self._in.buffer.clear()
+            self._out.notify()
+            self._in.notify()
+        await anyio.lowlevel.checkpoint()
+
+    def abort(self) -> None:
+        """Tear the connection down like a TCP reset: both ends fail at once."""
+        self._closed = True
+        for pipe in (self._in, self._out):
+            pipe.broken = True
+            pipe.buffer.clear()
+            pipe.notify()
+
+
+def memory_stream_pair(capacity: int = 256 * 1024) -> tuple[MemoryByteStream, MemoryByteStream]:
+    """Two connected in-memory byte streams; each direction buffers at most `capacity` bytes."""
+    a_to_b, b_to_a = _Pipe(capacity), _Pipe(capacity)
+    return MemoryByteStream(b_to_a, a_to_b), MemoryByteStream(a_to_b, b_to_a)
+
+
+@asynccontextmanager
+async def tcp_stream_pair() -> AsyncIterator[tuple[anyio.abc.SocketStream, anyio.abc.SocketStream]]:
+    """Two ends of a real TCP connection on 127.0.0.1 (closed on exit)."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0) as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        server = await listener.accept()  # type: ignore[attr-defined]
+    async with client, server:
+        yield client, server
+
+
+@asynccontextmanager
+async def session_pair(
+    carrier: str = "memory",
+    config: MuxConfig | None = None,
+    *,
+    client_config: MuxConfig | None = None,
+    server_config: MuxConfig | None = None,
+    capacity: int = 256 * 1024,
+) -> AsyncIterator[tuple[Session, Session]]:
+    """A client and a server `Session` over a "memory" or a "tcp" carrier."""
+    if carrier == "memory":
+        left, right = memory_stream_pair(capacity)
+        async with (
+            Session(left, client=True, config=client_config or config) as client,
+            Session(right, client=False, config=server_config or config) as server,
+        ):
+            yield client, server
+    elif carrier == "tcp":
+        async with (
+            tcp_stream_pair() as (left_tcp, right_tcp),
+            Session(left_tcp, client=True, config=client_config or config) as client,
+            Session(right_tcp, client=False, config=server_config or config) as server,
+        ):
+            yield client, server
+    else:
+        raise ValueError(f"unknown carrier {carrier!r}")
