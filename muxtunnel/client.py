@@ -1,0 +1,259 @@
+"""`muxtunnel up`: keep one session to the server, register services, serve visitors.
+
+The client opens the control channel (the session's first stream), proves it holds each
+service's token, checks the server's proof in return, and from then on accepts the streams the
+server opens, one per visitor. When the session ends it reconnects with exponential backoff and
+jitter and registers again. Failures a retry cannot fix (a wrong token, a port the server does
+not allow) end the client instead: retrying them forever would only hide them.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import MuxStream, Session
+from muxtunnel import control
+from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
+from muxtunnel.control import Challenge, Error, Hello, Register, Registered
+from muxtunnel.model import ClientConfig, ServiceSpec
+from muxtunnel.proxy import pipe
+from muxtunnel.transport import TransportError, connect
+from muxtunnel.udp import UdpCounters, serve_flow
+
+log = structlog.get_logger("muxtunnel.client")
+
+#: How long the server may take to answer a control request.
+CONTROL_TIMEOUT_S = 10.0
+#: How long the server may take to send a visitor stream's header after opening it.
+HEADER_TIMEOUT_S = 10.0
+#: Registration errors that no retry can fix.
+_FINAL_CODES = {control.AUTH_FAILED, control.PORT_NOT_ALLOWED, control.VERSION_MISMATCH}
+
+
+class FatalError(Exception):
+    """A failure to report to the user and exit on; the message is one readable line."""
+
+
+class RetryableError(Exception):
+    """A failure worth another attempt after the backoff."""
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """What the client knows about a service while it runs (also shown by the live console)."""
+
+    spec: ServiceSpec
+    public: str | None = None
+    remote_port: int = 0
+    connections: int = 0
+    connections_total: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    udp: UdpCounters = field(default_factory=UdpCounters)
+
+
+Announce = Callable[[ServiceState], None]
+
+
+def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
+    """Exponential backoff with jitter: about low·2^attempt, capped at high, never in lock step."""
+    ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
+    return max(low_s, random.uniform(ceiling / 2, ceiling))
+
+
+class Client:
+    def __init__(self, config: ClientConfig, announce: Announce | None = None) -> None:
+        if not config.services:
+            raise FatalError("no services to expose: give --tcp/--udp or client.services")
+        self.config = config
+        self.services = {spec.name: ServiceState(spec) for spec in config.services}
+        self.announce = announce or (lambda state: None)
+        self.session: Session | None = None
+        self.connected = anyio.Event()
+        self.reconnects = 0
+
+    @property
+    def server(self) -> str:
+        return f"{self.config.server_host}:{self.config.server_port}"
+
+    async def run(self) -> None:
+        """Serve until cancelled; raises `FatalError` for failures a retry cannot fix."""
+        attempt = 0
+        first = True
+        while True:
+            try:
+                await self._session_once(first)
+                attempt = 0
+                reason = self.session.close_reason if self.session else "closed"
+                log.warning("session ended", server=self.server, reason=reason)
+            except RetryableError as exc:
+                log.warning("connection failed", server=self.server, error=str(exc))
+            finally:
+                self.connected = anyio.Event()
+            first = False
+            self.reconnects += 1
+            delay = backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
+            attempt += 1
+            log.info("reconnecting", server=self.server, in_s=round(delay, 2), attempt=attempt)
+            await anyio.sleep(delay)
+
+    async def stop(self) -> None:
+        """Graceful end: GoAway and close the session (the caller then cancels `run`)."""
+        if self.session is not None:
+            await self.session.aclose()
+
+    async def _session_once(self, first: bool) -> None:
+        try:
+            carrier = await connect(self.config.server_host, self.config.server_port)
+        except TransportError as exc:
+            raise RetryableError(str(exc)) from None
+        try:
+            async with Session(carrier, client=True, config=self.config.mux) as session:
+                self.session = session
+                channel = await session.open_stream()
+                with anyio.fail_after(CONTROL_TIMEOUT_S):
+                    nonces = await self._hello(channel)
+                    for state in self.services.values():
+                        await self._register(channel, state, nonces, first)
+                log.info("session opened", server=self.server, services=len(self.services))
+                self.connected.set()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_control, channel, tg.cancel_scope)
+                    while True:
+                        tg.start_soon(self._on_stream, await session.accept_stream())
+        except TimeoutError:
+            raise RetryableError("the server did not answer in time") from None
+        except control.ControlError as exc:
+            raise RetryableError(f"bad message from the server: {exc}") from None
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            if self.connected.is_set():
+                return  # a session that was up ended: the caller reconnects
+            raise RetryableError(f"the server closed the connection: {exc or 'EOF'}") from None
+        finally:
+            for state in self.services.values():
+                state.public = None
+
+    async def _hello(self, channel: MuxStream) -> tuple[bytes, bytes]:
+        client_nonce = new_nonce()
+        await control.send_message(
+            channel, Hello(control.PROTOCOL_VERSION, client_nonce, socket.gethostname()[:255])
+        )
+        reply = await control.receive_message(channel)
+        if isinstance(reply, Error):
+            raise FatalError(f"server refused the connection: {reply.message}")
+        if not isinstance(reply, Challenge):
+            raise control.ControlError(f"expected a challenge, got {type(reply).__name__}")
+        return reply.server_nonce, client_nonce
+
+    async def _register(
+        self, channel: MuxStream, state: ServiceState, nonces: tuple[bytes, bytes], first: bool
+    ) -> None:
+        spec = state.spec
+        token = spec.token or self.config.token
+        if token is None:
+            raise FatalError(
+                f"service {spec.name!r} has no token: set --token or a token in config"
+            )
+        key = derive_key(token)
+        server_nonce, client_nonce = nonces
+        tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce)
+        # After a reconnect, ask for the port the server picked before, so visitors keep it.
+        port = spec.remote_port or state.remote_port
+        await control.send_message(channel, Register(spec.name, spec.type, port, tag))
+        reply = await control.receive_message(channel)
+        if isinstance(reply, Error):
+            message = f"service {spec.name!r}: {reply.message}"
+            if reply.code in _FINAL_CODES or (first and reply.code != control.RATE_LIMITED):
+                raise FatalError(message)
+            raise RetryableError(message)
+        if not isinstance(reply, Registered) or reply.service != spec.name:
+            raise control.ControlError(f"unexpected answer to registering {spec.name!r}")
+        if not verify_server_tag(key, reply.tag, spec.name, spec.type, server_nonce, client_nonce):
+            raise FatalError("the server could not prove it knows the token: refusing it")
+        host = reply.public_host
+        if host in ("0.0.0.0", "::", ""):
+            host = self.config.server_host
+        state.remote_port = reply.public_port
+        state.public = (
+            f"[{host}]:{reply.public_port}" if ":" in host else f"{host}:{reply.public_port}"
+        )
+        log.info(
+            "service registered",
+            service=spec.name,
+            type=spec.type,
+            public=state.public,
+            local=spec.local,
+        )
+        self.announce(state)
+
+    async def _watch_control(self, channel: MuxStream, scope: anyio.CancelScope) -> None:
+        """The control channel stays open for the session; its end ends the session."""
+        try:
+            while True:
+                message = await control.receive_message(channel)
+                if isinstance(message, Error):
+                    log.warning(
+                        "server error",
+                        code=message.code,
+                        message=message.message,
+                        service=message.service,
+                    )
+        except (anyio.EndOfStream, anyio.BrokenResourceError, control.ControlError):
+            pass
+        scope.cancel()
+
+    async def _on_stream(self, stream: MuxStream) -> None:
+        try:
+            with anyio.fail_after(HEADER_TIMEOUT_S):
+                header = await control.read_visitor_header(stream)
+        except (TimeoutError, control.ControlError, anyio.EndOfStream, anyio.BrokenResourceError):
+            stream.reset()
+            return
+        state = self.services.get(header.service)
+        if state is None or state.spec.type != header.type:
+            log.warning("visitor for an unknown service", service=header.service)
+            stream.reset()
+            return
+        spec = state.spec
+        if spec.type == "udp":
+            await serve_flow(stream, (spec.local_host, spec.local_port), state.udp)
+            return
+        peer = f"{header.peer_host}:{header.peer_port}"
+        started = anyio.current_time()
+        try:
+            target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
+        except TransportError as exc:
+            log.warning(
+                "local service unreachable",
+                service=spec.name,
+                local=spec.local,
+                error=str(exc),
+                peer=peer,
+            )
+            stream.reset()
+            return
+        state.connections += 1
+        state.connections_total += 1
+        log.info("visitor opened", service=spec.name, peer=peer)
+        try:
+            result = await pipe(stream, target)
+        finally:
+            state.connections -= 1
+        state.bytes_in += result.forward_bytes
+        state.bytes_out += result.backward_bytes
+        log.info(
+            "visitor closed",
+            service=spec.name,
+            peer=peer,
+            bytes_in=result.forward_bytes,
+            bytes_out=result.backward_bytes,
+            duration_s=round(anyio.current_time() - started, 3),
+            error=result.error,
+        )

@@ -1,0 +1,435 @@
+"""`muxtunnel listen`: accept clients, authenticate their services, bind public ports.
+
+One carrier per client, one mux session on it. The client opens the session's first stream as
+the control channel; every later stream is opened by the server, one per visitor (TCP
+connection or UDP flow). Streams a client opens after the control channel are reset: a client
+can only ask, over the control channel, for what its tokens allow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import MuxStream, Session
+from muxtunnel import control
+from muxtunnel.auth import (
+    FailureLimiter,
+    TokenBook,
+    address_key,
+    new_nonce,
+    server_tag,
+    verify_client_tag,
+)
+from muxtunnel.control import Error, Hello, Register, Registered, Unregister, VisitorHeader
+from muxtunnel.model import ServerConfig, ServiceType
+from muxtunnel.proxy import pipe
+from muxtunnel.transport import (
+    TransportError,
+    abort,
+    listen_tcp,
+    listen_udp,
+    local_port,
+    peer_address,
+)
+from muxtunnel.udp import UdpCounters, UdpForwarder
+
+log = structlog.get_logger("muxtunnel.server")
+
+#: Random ports tried when a client lets the server pick (a few hundred tries finds a free port
+#: unless the allowed ranges are nearly full; then the client is told no port is free).
+_PICK_ATTEMPTS = 200
+
+
+@dataclass(eq=False)
+class ActiveService:
+    """A registered service: its public socket and live counters."""
+
+    name: str
+    type: ServiceType
+    port: int
+    session_id: int
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    visitors: int = 0
+    visitors_total: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    udp: UdpCounters = field(default_factory=UdpCounters)
+    started: float = field(default_factory=anyio.current_time)
+
+
+class Registry:
+    """Live services of all sessions, by name and by (type, port)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, ActiveService] = {}
+        self.ports: set[tuple[str, int]] = set()
+
+    def add(self, service: ActiveService) -> None:
+        self.by_name[service.name] = service
+        self.ports.add((service.type, service.port))
+
+    def remove(self, service: ActiveService) -> None:
+        if self.by_name.get(service.name) is service:
+            del self.by_name[service.name]
+            self.ports.discard((service.type, service.port))
+        service.scope.cancel()
+
+
+class RegistrationError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.tokens = TokenBook.from_config(config)
+        self.failures = FailureLimiter(config.auth_failures_burst, config.auth_failures_per_min)
+        self.registry = Registry()
+        self.sessions: dict[int, ClientSession] = {}
+        self._session_ids = itertools.count(1)
+        self._accepting = anyio.CancelScope()
+        self.port: int | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled. Reports the bound control port through `task_status`."""
+        listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
+        self.port = local_port(listener)
+        log.info(
+            "listening",
+            bind=f"{self.config.bind_host}:{self.port}",
+            allow_ports=str(self.config.allow_ports),
+        )
+        task_status.started(self.port)
+        async with listener:
+            with self._accepting:
+                await listener.serve(self._on_carrier)
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new clients or visitors, GoAway, wait for transfers, then close."""
+        self._accepting.cancel()
+        for session in list(self.sessions.values()):
+            session.stop_services()
+        with anyio.move_on_after(self.config.drain_timeout_s):
+            async with anyio.create_task_group() as tg:
+                for session in list(self.sessions.values()):
+                    tg.start_soon(session.session.drain, self.config.drain_timeout_s)
+        for session in list(self.sessions.values()):
+            await session.session.aclose()
+
+    async def _on_carrier(self, stream: anyio.abc.SocketStream) -> None:
+        session_id = next(self._session_ids)
+        host, port = peer_address(stream)
+        started = anyio.current_time()
+        client = ClientSession(self, session_id, host, port)
+        self.sessions[session_id] = client
+        try:
+            async with Session(stream, client=False, config=self.config.mux) as session:
+                client.session = session
+                await client.run()
+        finally:
+            del self.sessions[session_id]
+            client.stop_services()
+            if client.authenticated:
+                log.info(
+                    "session closed",
+                    session=session_id,
+                    peer=f"{host}:{port}",
+                    duration_s=round(anyio.current_time() - started, 3),
+                    reason=client.close_reason,
+                )
+
+
+class ClientSession:
+    """One connected client: its control channel and the services it registered."""
+
+    session: Session
+
+    def __init__(self, server: Server, session_id: int, host: str, port: int) -> None:
+        self.server = server
+        self.config = server.config
+        self.id = session_id
+        self.peer = f"{host}:{port}"
+        self.source = address_key(host)
+        self.services: dict[str, ActiveService] = {}
+        self.authenticated = False
+        self.close_reason = "client disconnected"
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await self._serve_control()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            except control.ControlError as exc:
+                self.close_reason = f"bad control message: {exc}"
+                log.warning("bad control message", session=self.id, peer=self.peer, error=str(exc))
+            except TimeoutError:
+                self.close_reason = "no authentication in time"
+                log.warning(
+                    "authentication timeout",
+                    session=self.id,
+                    peer=self.peer,
+                    timeout_s=self.config.auth_timeout_s,
+                )
+            tg.cancel_scope.cancel()
+
+    async def _serve_control(self) -> None:
+        with anyio.fail_after(self.config.auth_timeout_s) as deadline:
+            channel = await self.session.accept_stream()
+            self._tg_start(self._refuse_client_streams)
+            hello = await control.receive_message(channel)
+            if not isinstance(hello, Hello):
+                raise control.ControlError(f"expected hello, got {type(hello).__name__}")
+            if hello.version != control.PROTOCOL_VERSION:
+                await control.send_message(
+                    channel,
+                    Error(
+                        control.VERSION_MISMATCH,
+                        f"server speaks protocol {control.PROTOCOL_VERSION}, "
+                        f"client {hello.version}",
+                    ),
+                )
+                return
+            server_nonce = new_nonce()
+            await control.send_message(
+                channel, control.Challenge(control.PROTOCOL_VERSION, server_nonce)
+            )
+            while True:
+                message = await control.receive_message(channel)
+                if isinstance(message, Register):
+                    if not await self._register(channel, message, server_nonce, hello.client_nonce):
+                        return
+                    if self.authenticated:
+                        deadline.deadline = float("inf")
+                elif isinstance(message, Unregister):
+                    self._unregister(message.service)
+                else:
+                    raise control.ControlError(f"unexpected {type(message).__name__} message")
+                if self.authenticated:
+                    break
+        while True:  # authenticated: no deadline any more
+            message = await control.receive_message(channel)
+            if isinstance(message, Register):
+                if not await self._register(channel, message, server_nonce, hello.client_nonce):
+                    return
+            elif isinstance(message, Unregister):
+                self._unregister(message.service)
+            else:
+                raise control.ControlError(f"unexpected {type(message).__name__} message")
+
+    def _tg_start(self, func: object) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(func)  # type: ignore[arg-type]
+
+    async def _refuse_client_streams(self) -> None:
+        while True:
+            stream = await self.session.accept_stream()
+            log.warning("client opened a stream; refused", session=self.id, peer=self.peer)
+            stream.reset()
+
+    async def _register(
+        self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
+    ) -> bool:
+        """Handle one registration; False when the session must end (failed authentication)."""
+        now = anyio.current_time()
+        if not self.server.failures.allowed(self.source, now):
+            retry = self.server.failures.retry_after(self.source, now)
+            log.warning(
+                "auth rate limited", session=self.id, peer=self.peer, retry_after_s=round(retry, 1)
+            )
+            await control.send_message(
+                channel,
+                Error(
+                    control.RATE_LIMITED,
+                    f"too many failed attempts; retry in {retry:.0f} s",
+                    request.service,
+                ),
+            )
+            self.close_reason = "rate limited"
+            return False
+        key, known = self.server.tokens.key_for(request.service)
+        valid = verify_client_tag(
+            key, request.tag, request.service, request.type, server_nonce, client_nonce
+        )
+        if not (valid and known):
+            self.server.failures.record_failure(self.source, now)
+            log.warning(
+                "authentication failed", session=self.id, peer=self.peer, service=request.service
+            )
+            await control.send_message(
+                channel,
+                Error(
+                    control.AUTH_FAILED,
+                    "authentication failed: wrong token or unknown service",
+                    request.service,
+                ),
+            )
+            self.close_reason = "authentication failed"
+            return False
+        if not self.authenticated:
+            self.authenticated = True
+            log.info("session opened", session=self.id, peer=self.peer)
+        try:
+            service = await self._activate(request)
+        except RegistrationError as exc:
+            log.warning(
+                "registration refused",
+                session=self.id,
+                service=request.service,
+                code=exc.code,
+                reason=exc.message,
+            )
+            await control.send_message(channel, Error(exc.code, exc.message, request.service))
+            return True
+        tag = server_tag(key, request.service, request.type, server_nonce, client_nonce)
+        await control.send_message(
+            channel,
+            Registered(request.service, request.type, self.config.public_host, service.port, tag),
+        )
+        return True
+
+    async def _activate(self, request: Register) -> ActiveService:
+        registry = self.server.registry
+        existing = registry.by_name.get(request.service)
+        if existing is not None:
+            if existing.session_id == self.id:
+                raise RegistrationError(
+                    control.BAD_REQUEST, f"service {request.service!r} is already registered"
+                )
+            raise RegistrationError(
+                control.SERVICE_TAKEN,
+                f"service {request.service!r} is already served by another client",
+            )
+        allowed = self.config.allow_ports
+        if request.remote_port and request.remote_port not in allowed:
+            raise RegistrationError(
+                control.PORT_NOT_ALLOWED,
+                f"port {request.remote_port} is not allowed (allowed: {allowed})",
+            )
+        if (request.type, request.remote_port) in registry.ports:
+            raise RegistrationError(
+                control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
+            )
+        sock = await self._bind(request.type, request.remote_port)
+        service = ActiveService(request.service, request.type, local_port(sock), self.id)
+        registry.add(service)
+        self.services[service.name] = service
+        assert self._tg is not None
+        self._tg.start_soon(self._serve_service, service, sock)
+        log.info(
+            "service opened",
+            session=self.id,
+            service=service.name,
+            type=service.type,
+            public=f"{self.config.public_host}:{service.port}",
+        )
+        return service
+
+    async def _bind(
+        self, type: ServiceType, port: int
+    ) -> anyio.abc.Listener[anyio.abc.SocketStream] | anyio.abc.UDPSocket:
+        host = self.config.public_host
+        binder = listen_tcp if type == "tcp" else listen_udp
+        if port:
+            try:
+                return await binder(host, port)
+            except TransportError as exc:
+                raise RegistrationError(control.PORT_IN_USE, str(exc)) from None
+        ranges = self.config.allow_ports.ranges
+        weights = [hi - lo + 1 for lo, hi in ranges]
+        for _ in range(_PICK_ATTEMPTS):
+            lo, hi = random.choices(ranges, weights)[0]
+            candidate = random.randint(lo, hi)
+            if (type, candidate) in self.server.registry.ports:
+                continue
+            try:
+                return await binder(host, candidate)
+            except TransportError:
+                continue
+        raise RegistrationError(control.PORT_IN_USE, "no free port in the allowed ranges")
+
+    async def _serve_service(
+        self,
+        service: ActiveService,
+        sock: anyio.abc.Listener[anyio.abc.SocketStream] | anyio.abc.UDPSocket,
+    ) -> None:
+        try:
+            with service.scope:
+                if isinstance(sock, anyio.abc.UDPSocket):
+                    async with sock:
+                        await UdpForwarder(
+                            sock,
+                            self.session,
+                            service.name,
+                            idle_s=self.config.udp_flow_idle_s,
+                            max_flows=self.config.udp_max_flows,
+                            counters=service.udp,
+                        ).run()
+                else:
+                    async with sock:
+                        await sock.serve(lambda visitor: self._on_visitor(service, visitor))
+        finally:
+            self.server.registry.remove(service)
+            self.services.pop(service.name, None)
+            log.info(
+                "service closed",
+                session=self.id,
+                service=service.name,
+                duration_s=round(anyio.current_time() - service.started, 3),
+                visitors=service.visitors_total,
+            )
+
+    async def _on_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
+        host, port = peer_address(visitor)
+        if service.visitors >= self.config.max_visitors_per_service or self.session.closed:
+            await abort(visitor)
+            return
+        service.visitors += 1
+        service.visitors_total += 1
+        started = anyio.current_time()
+        try:
+            header = control.encode_visitor_header(VisitorHeader(service.name, "tcp", host, port))
+            try:
+                stream = await self.session.open_stream(header)
+            except anyio.BrokenResourceError:
+                await abort(visitor)
+                return
+            log.info("visitor opened", session=self.id, service=service.name, peer=f"{host}:{port}")
+            result = await pipe(visitor, stream)
+            service.bytes_in += result.forward_bytes
+            service.bytes_out += result.backward_bytes
+            log.info(
+                "visitor closed",
+                session=self.id,
+                service=service.name,
+                peer=f"{host}:{port}",
+                bytes_in=result.forward_bytes,
+                bytes_out=result.backward_bytes,
+                duration_s=round(anyio.current_time() - started, 3),
+                error=result.error,
+            )
+        finally:
+            service.visitors -= 1
+
+    def _unregister(self, name: str) -> None:
+        service = self.services.get(name)
+        if service is not None:
+            self.server.registry.remove(service)
+
+    def stop_services(self) -> None:
+        """Free every public port of this session at once (a reconnect may bind them again)."""
+        for service in list(self.services.values()):
+            self.server.registry.remove(service)

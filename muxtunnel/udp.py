@@ -1,0 +1,206 @@
+"""UDP over mux streams: one stream per visitor address, datagrams framed by a 2-byte length.
+
+Datagrams are never truncated and never queued without bound: an oversize datagram or one that
+finds its flow's send buffer full is dropped and counted. A flow idle for `idle_s` expires; past
+`max_flows` the least recently active flow is evicted. Both end the flow's stream with RST.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from mux import MuxStream, Session
+from muxtunnel.control import VisitorHeader, encode_visitor_header
+
+#: Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes).
+MAX_DATAGRAM_BYTES = 65507
+_LENGTH = struct.Struct(">H")
+_FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+Address = tuple[str, int]
+
+
+def frame(datagram: bytes) -> bytes:
+    return _LENGTH.pack(len(datagram)) + datagram
+
+
+class DatagramReader:
+    """Turns the bytes of a flow's stream back into the datagrams that were framed into it."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        datagrams = []
+        offset = 0
+        while len(buffer) - offset >= 2:
+            (size,) = _LENGTH.unpack_from(buffer, offset)
+            if len(buffer) - offset - 2 < size:
+                break
+            datagrams.append(bytes(buffer[offset + 2 : offset + 2 + size]))
+            offset += 2 + size
+        del buffer[:offset]
+        return datagrams
+
+
+@dataclass(slots=True)
+class UdpCounters:
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    dropped_oversize: int = 0
+    dropped_backpressure: int = 0
+    flows_opened: int = 0
+    flows_expired: int = 0
+    flows_evicted: int = 0
+
+    def dropped(self) -> dict[str, int]:
+        return {"oversize": self.dropped_oversize, "backpressure": self.dropped_backpressure}
+
+
+def queue_datagram(stream: MuxStream, datagram: bytes, counters: UdpCounters) -> None:
+    """Send one datagram on a flow's stream, or drop and count it; never waits."""
+    if len(datagram) > MAX_DATAGRAM_BYTES:
+        counters.dropped_oversize += 1
+    elif stream.send_nowait(frame(datagram)):
+        counters.datagrams_in += 1
+        counters.bytes_in += len(datagram)
+    else:
+        counters.dropped_backpressure += 1
+
+
+@dataclass(slots=True)
+class _Flow:
+    stream: MuxStream
+    last_active: float
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class UdpForwarder:
+    """Server side of one UDP service: the public socket and its flows to the client."""
+
+    def __init__(
+        self,
+        sock: anyio.abc.UDPSocket,
+        session: Session,
+        service: str,
+        *,
+        idle_s: float,
+        max_flows: int,
+        counters: UdpCounters | None = None,
+    ) -> None:
+        self.sock = sock
+        self.session = session
+        self.service = service
+        self.idle_s = idle_s
+        self.max_flows = max_flows
+        self.counters = counters or UdpCounters()
+        self.flows: OrderedDict[Address, _Flow] = OrderedDict()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._expire)
+            async for datagram, address in self.sock:
+                await self._on_datagram(datagram, (str(address[0]), int(address[1])), tg)
+
+    async def _on_datagram(
+        self, datagram: bytes, address: Address, tg: anyio.abc.TaskGroup
+    ) -> None:
+        flow = self.flows.get(address)
+        if flow is not None:
+            flow.last_active = anyio.current_time()
+            self.flows.move_to_end(address)
+            queue_datagram(flow.stream, datagram, self.counters)
+            return
+        if len(datagram) > MAX_DATAGRAM_BYTES:
+            self.counters.dropped_oversize += 1
+            return
+        while len(self.flows) >= self.max_flows:
+            _, oldest = self.flows.popitem(last=False)
+            self.counters.flows_evicted += 1
+            self._end(oldest)
+        header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
+        try:
+            stream = await self.session.open_stream(header + frame(datagram))
+        except anyio.BrokenResourceError:
+            return
+        self.counters.flows_opened += 1
+        self.counters.datagrams_in += 1
+        self.counters.bytes_in += len(datagram)
+        flow = self.flows[address] = _Flow(stream, anyio.current_time())
+        tg.start_soon(self._replies, flow, address)
+
+    async def _replies(self, flow: _Flow, address: Address) -> None:
+        reader = DatagramReader()
+        with flow.scope:
+            try:
+                while True:
+                    for datagram in reader.feed(await flow.stream.receive()):
+                        await self.sock.sendto(datagram, *address)
+                        self.counters.datagrams_out += 1
+                        self.counters.bytes_out += len(datagram)
+                        flow.last_active = anyio.current_time()
+            except (anyio.EndOfStream, *_FAILURES):
+                pass
+        if self.flows.get(address) is flow:
+            del self.flows[address]
+            self._end(flow)
+
+    async def _expire(self) -> None:
+        while True:
+            await anyio.sleep(min(self.idle_s / 4, 5.0))
+            deadline = anyio.current_time() - self.idle_s
+            for address, flow in list(self.flows.items()):
+                if flow.last_active < deadline:
+                    del self.flows[address]
+                    self.counters.flows_expired += 1
+                    self._end(flow)
+
+    @staticmethod
+    def _end(flow: _Flow) -> None:
+        flow.stream.reset()
+        flow.scope.cancel()
+
+
+async def serve_flow(stream: MuxStream, target: Address, counters: UdpCounters) -> None:
+    """Client side of one flow: a connected UDP socket towards the local service.
+
+    The server owns the flow's lifetime (idle expiry, eviction): it ends the stream, and that ends
+    this socket.
+    """
+    reader = DatagramReader()
+    try:
+        sock = await anyio.create_connected_udp_socket(target[0], target[1])
+    except OSError:
+        stream.reset()
+        return
+    async with sock, anyio.create_task_group() as tg:
+
+        async def to_target() -> None:
+            try:
+                while True:
+                    for datagram in reader.feed(await stream.receive()):
+                        await sock.send(datagram)
+            except (anyio.EndOfStream, *_FAILURES):
+                pass
+            tg.cancel_scope.cancel()
+
+        async def from_target() -> None:
+            try:
+                while True:
+                    queue_datagram(stream, await sock.receive(), counters)
+            except _FAILURES:
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(to_target)
+        tg.start_soon(from_target)
+    stream.reset()
