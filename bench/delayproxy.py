@@ -413,8 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{d}-latency-ms", type=float, default=None)
         ap.add_argument(f"--{d}-jitter-ms", type=float, default=None)
         ap.add_argument(f"--{d}-rate", default=None)
-    ap.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT,
-                    help="bytes queued per direction before reading pauses")
+    ap.add_argument(
+        "--max-inflight",
+        type=int,
+        default=DEFAULT_MAX_INFLIGHT,
+        help="bytes queued per direction before reading pauses",
+    )
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args(argv)
 
@@ -428,8 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             parse_rate(a.rate if rate is None else rate),
         )
 
-    proxy = DelayProxy(a.listen, a.upstream, up=direction("up"), down=direction("down"),
-                       max_inflight=a.max_inflight, seed=a.seed)
+    proxy = DelayProxy(
+        a.listen,
+        a.upstream,
+        up=direction("up"),
+        down=direction("down"),
+        max_inflight=a.max_inflight,
+        seed=a.seed,
+    )
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

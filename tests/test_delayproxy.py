@@ -101,8 +101,12 @@ def test_adds_configured_delay() -> None:
 
 
 def test_asymmetric_delay() -> None:
-    proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 0),
-                       up=Direction(latency_ms=5), down=Direction(latency_ms=25))
+    proxy = DelayProxy(
+        ("127.0.0.1", 0),
+        ("127.0.0.1", 0),
+        up=Direction(latency_ms=5),
+        down=Direction(latency_ms=25),
+    )
     with tcp_server(echo) as up:
         proxy.upstream = up
         with proxy.running() as addr:
@@ -112,9 +116,10 @@ def test_asymmetric_delay() -> None:
 
 def test_preserves_bytes_and_order_with_jitter() -> None:
     payload = os.urandom(8 * 1024 * 1024)
-    with tcp_server(echo) as up, DelayProxy(
-        ("127.0.0.1", 0), up, latency_ms=3, jitter_ms=3, seed=1
-    ).running() as addr:
+    with (
+        tcp_server(echo) as up,
+        DelayProxy(("127.0.0.1", 0), up, latency_ms=3, jitter_ms=3, seed=1).running() as addr,
+    ):
         with socket.create_connection(addr, timeout=10) as s:
             got = hashlib.sha256()
             received = 0
@@ -149,9 +154,10 @@ def test_half_close_passes_through() -> None:
         c.sendall(reply)  # reply only after EOF: needs a half-open connection
         c.shutdown(socket.SHUT_WR)
 
-    with tcp_server(handler) as up, DelayProxy(
-        ("127.0.0.1", 0), up, latency_ms=5
-    ).running() as addr:
+    with (
+        tcp_server(handler) as up,
+        DelayProxy(("127.0.0.1", 0), up, latency_ms=5).running() as addr,
+    ):
         with socket.create_connection(addr, timeout=5) as s:
             s.sendall(request)
             s.shutdown(socket.SHUT_WR)

@@ -1,0 +1,178 @@
+"""`python -m bench`: compare muxtunnel with direct, socat, ssh -R and Go yamux tunnels.
+
+Sets up everything on loopback (iperf3 server, echo server, each path's processes),
+runs bounded measurements, tears everything down (also on Ctrl-C), then prints the
+report and writes JSON, markdown and PNG charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import shlex
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import charts, machine, paths, proc, report, targets
+from bench.iperf import IperfServer
+from bench.proc import Proc, StartError
+from bench.suite import Plan, Runner
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (~1-2 min): -t 2, 1 repeat, fewer figures, LFN at 50 ms only",
+    )
+    ap.add_argument("-t", "--time", type=float, default=None, help="seconds per iperf3 run (5)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per figure (3)")
+    ap.add_argument(
+        "--paths", default=None, help="comma list of paths: " + ",".join(p.key for p in paths.PATHS)
+    )
+    ap.add_argument("--rtts", default=None, help="long-fat-link RTTs in ms (50,200); 0 = none")
+    ap.add_argument("--no-lfn", action="store_true", help="skip the long-fat-link runs")
+    ap.add_argument("--udp-len", type=int, default=None, help="UDP datagram payload bytes (1400)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="run listen/up under py-spy (if installed) or cProfile; "
+        "profiles go to the results directory",
+    )
+    ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default bench/results, quick runs: "
+        "bench/results/quick, other partial runs: bench/results/custom)",
+    )
+    return ap.parse_args(argv)
+
+
+def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
+    plan = Plan.quick() if a.quick else Plan()
+    custom = False
+    if a.time is not None:
+        plan.seconds, custom = a.time, True
+    if a.repeats is not None:
+        plan.repeats, custom = a.repeats, True
+    if a.udp_len is not None:
+        plan.udp_len, custom = a.udp_len, True
+    if a.rtts is not None:
+        plan.lfn_rtts = tuple(float(x) for x in a.rtts.split(",") if float(x) > 0)
+        custom = True
+    if a.no_lfn:
+        plan.lfn_rtts, custom = (), True
+    if a.paths:
+        custom = True
+    mode = "quick" if a.quick else "custom" if custom else "full"
+    return plan, mode
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    plan, mode = make_plan(a)
+    out = a.out or (RESULTS if mode == "full" else RESULTS / mode)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    atexit.register(proc.stop_all)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+    tmp = RESULTS / "tmp" / "run"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    specs = paths.select(a.paths.split(",") if a.paths else None)
+    t0 = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": mode,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": "python -m bench "
+            + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+            "machine": machine.facts(),
+        },
+        "plan": {
+            "seconds": plan.seconds,
+            "repeats": plan.repeats,
+            "tcp_modes": list(plan.tcp_modes),
+            "udp_rates": list(plan.udp_rates),
+            "udp_len": plan.udp_len,
+            "latency_idle_n": plan.latency_idle_n,
+            "conn_seconds": plan.conn_seconds,
+            "lfn_rtts": list(plan.lfn_rtts),
+            "lfn_repeats": plan.lfn_repeats,
+            "first_byte_n": plan.first_byte_n,
+        },
+        "paths": {},
+        "lfn": {},
+    }
+    console.rule(f"muxtunnel bench ({mode}): {', '.join(s.key for s in specs)}")
+    try:
+        env = paths.Env(
+            tmp=tmp, iperf=("127.0.0.1", 0), echo=("127.0.0.1", 0), results=out, profile=a.profile
+        )
+        if any(s.key.startswith("yamux") for s in specs):
+            env.gotunnel, env.gotunnel_note = paths.build_gotunnel(tmp)
+            if env.gotunnel_note:
+                console.print(f"[yellow]{env.gotunnel_note}[/yellow]")
+        with IperfServer(tmp) as server:
+            echo = Proc(
+                "echo", [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"], log_dir=tmp
+            )
+            try:
+                m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
+                env.iperf = server.address
+                env.echo = (m.group(1), int(m.group(2)))
+                runner = Runner(env, server, plan, console)
+                for spec in specs:
+                    results["paths"][spec.key] = runner.run_path(spec)
+                for rtt in plan.lfn_rtts:
+                    per: dict[str, Any] = {}
+                    results["lfn"][f"{rtt:g}"] = per
+                    for spec in specs:
+                        if spec.lfn:
+                            per[spec.key] = runner.run_lfn(spec, rtt)
+            finally:
+                echo.stop()
+    except KeyboardInterrupt:
+        console.print("[red]interrupted: stopping every process; no report written[/red]")
+        proc.stop_all()
+        return 130
+    except StartError as e:
+        console.print(f"[red]cannot run the bench: {e}[/red]")
+        proc.stop_all()
+        return 2
+    results["meta"]["elapsed_s"] = time.monotonic() - t0
+    results["targets"] = targets.evaluate(results)
+    chart_files: list[str] = []
+    if not a.no_charts:
+        chart_files, note = charts.render(results, out)
+        if note:
+            console.print(f"[yellow]{note}[/yellow]")
+    jp, mp = report.write(results, out, chart_files)
+    report.print_tables(results, console)
+    console.print(
+        f"wrote {jp}, {mp}"
+        + (f" and {len(chart_files)} charts" if chart_files else "")
+        + f" in {results['meta']['elapsed_s']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A small TCP echo server: the second service behind each path, used by latency probes.
+
+``python -m bench.echo --listen 127.0.0.1:0`` prints ``listening HOST:PORT`` when ready
+and echoes every byte back (TCP_NODELAY), half-closing after the client's EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from typing import cast
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = cast(asyncio.Transport, transport)
+        sock = self.t.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.t.write(data)
+
+    def eof_received(self) -> bool:
+        if self.t.can_write_eof():
+            self.t.write_eof()
+        return False  # close once the reply is flushed
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(_Echo, host, port, reuse_address=True, backlog=1024)
+    h, p = server.sockets[0].getsockname()[:2]
+    print(f"listening {h}:{p}", flush=True)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.echo")
+    ap.add_argument("--listen", default="127.0.0.1:0")
+    a = ap.parse_args(argv)
+    host, _, port = a.listen.rpartition(":")
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.run(serve(host or "127.0.0.1", int(port)))
+    except ImportError:
+        asyncio.run(serve(host or "127.0.0.1", int(port)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

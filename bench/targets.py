@@ -1,0 +1,208 @@
+"""muxtunnel's performance targets, checked against a run's results.
+
+Each target yields a row: the measured value, what it is compared with, the ratio,
+and ok = True / False / None (None: a figure is missing, e.g. a peer was skipped).
+"Yamux tunnel" means the Go hashicorp/yamux tunnel at its default 256 KiB window;
+"plain relay" means socat (one TCP connection per visitor, no mux).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.stats import ratio
+
+MUX = "muxtunnel"
+YAMUX = "yamux256k"
+SSH = "ssh"
+RELAY = "socat"
+
+
+def _get(d: Any, *keys: str) -> float | None:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d or d[k] is None:
+            return None
+        d = d[k]
+    if isinstance(d, int | float) and not math.isnan(d):
+        return float(d)
+    return None
+
+
+def _row(
+    tid: str,
+    text: str,
+    value: float | None,
+    unit: str,
+    ref: float | None,
+    ref_label: str,
+    factor: float,
+    higher_is_better: bool,
+) -> dict[str, Any]:
+    """value must be >= factor*ref (higher_is_better) or <= factor*ref."""
+    r = ratio(value, ref)
+    if value is None or ref is None:
+        ok = None
+    elif higher_is_better:
+        ok = value >= factor * ref
+    else:
+        ok = value <= factor * ref
+    return {
+        "id": tid,
+        "target": text,
+        "value": value,
+        "unit": unit,
+        "reference": ref,
+        "reference_label": ref_label,
+        "ratio": r,
+        "ok": ok,
+    }
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    paths = results.get("paths", {})
+    lfn = results.get("lfn", {})
+    rows: list[dict[str, Any]] = []
+
+    def tcp(key: str, mode: str) -> float | None:
+        return _get(paths.get(key), "tcp", mode, "bps", "median")
+
+    def load_p99(key: str) -> float | None:
+        return _get(paths.get(key), "latency", "load", "p99_ms")
+
+    mux_p1 = tcp(MUX, "P1")
+    rows.append(
+        _row(
+            "tcp-p1-yamux",
+            "TCP -P1 >= 2.0x yamux(256K) tunnel",
+            mux_p1,
+            "bit/s",
+            tcp(YAMUX, "P1"),
+            "Go yamux 256K",
+            2.0,
+            True,
+        )
+    )
+    rows.append(
+        _row(
+            "tcp-p1-ssh", "TCP -P1 >= ssh -R", mux_p1, "bit/s", tcp(SSH, "P1"), "ssh -R", 1.0, True
+        )
+    )
+    rows.append(
+        _row(
+            "tcp-p8-yamux",
+            "TCP -P8 >= 1.5x yamux(256K) tunnel",
+            tcp(MUX, "P8"),
+            "bit/s",
+            tcp(YAMUX, "P8"),
+            "Go yamux 256K",
+            1.5,
+            True,
+        )
+    )
+    rows.append(
+        _row(
+            "udp-1g-socat",
+            "UDP -b 1G received >= socat relay",
+            _get(paths.get(MUX), "udp", "1G", "bps", "median"),
+            "bit/s",
+            _get(paths.get(RELAY), "udp", "1G", "bps", "median"),
+            "socat",
+            1.0,
+            True,
+        )
+    )
+
+    l50 = lfn.get("50", {})
+    mux_l50 = _get(l50.get(MUX), "tcp", "bps", "median")
+    rows.append(
+        _row(
+            "lfn50-yamux",
+            "LFN 50 ms, one stream >= 10x yamux(256K)",
+            mux_l50,
+            "bit/s",
+            _get(l50.get(YAMUX), "tcp", "bps", "median"),
+            "Go yamux 256K",
+            10.0,
+            True,
+        )
+    )
+    rows.append(
+        _row(
+            "lfn50-ssh",
+            "LFN 50 ms, one stream >= 2x ssh -R",
+            mux_l50,
+            "bit/s",
+            _get(l50.get(SSH), "tcp", "bps", "median"),
+            "ssh -R",
+            2.0,
+            True,
+        )
+    )
+
+    mux_load = load_p99(MUX)
+    rows.append(
+        _row(
+            "load-p99-abs",
+            "latency under load p99 <= 5 ms",
+            mux_load,
+            "ms",
+            5.0,
+            "5 ms",
+            1.0,
+            False,
+        )
+    )
+    rows.append(
+        _row(
+            "load-p99-yamux",
+            "latency under load p99 <= yamux(256K) tunnel's",
+            mux_load,
+            "ms",
+            load_p99(YAMUX),
+            "Go yamux 256K",
+            1.0,
+            False,
+        )
+    )
+    rows.append(
+        _row(
+            "load-p99-relay",
+            "latency under load p99 <= 2x plain relay's",
+            mux_load,
+            "ms",
+            load_p99(RELAY),
+            "socat",
+            2.0,
+            False,
+        )
+    )
+
+    fb = _get(l50.get(MUX), "first_byte", "p50_ms")
+    rtt = _get(l50.get(MUX), "rtt", "p50_ms")
+    rows.append(
+        _row(
+            "lfn50-first-byte",
+            "new visitor at 50 ms RTT: first byte ~ 1 RTT (<= 1.5 RTT)",
+            fb,
+            "ms",
+            rtt,
+            "measured RTT",
+            1.5,
+            False,
+        )
+    )
+
+    rows.append(
+        _row(
+            "rss-p1",
+            "peak RSS listen+up during TCP -P1 <= 41 MiB",
+            _get(paths.get(MUX), "tcp", "P1", "peak_rss_mib", "max"),
+            "MiB",
+            41.0,
+            "41 MiB",
+            1.0,
+            False,
+        )
+    )
+    return rows
