@@ -83,6 +83,7 @@ class Session:
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks_scope: anyio.CancelScope | None = None
         self._error: SessionClosed | None = None
         self._closed_event = anyio.Event()
         #: Latest measured round trip time in seconds (None until the first pong).
@@ -93,12 +94,21 @@ class Session:
     async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._reader, name="mux reader")
-        self._tg.start_soon(self._writer, name="mux writer")
-        self._tg.start_soon(self._sweeper, name="mux sweeper")
-        if self.config.enable_keepalive:
-            self._tg.start_soon(self._keepalive, name="mux keepalive")
+        await self._tg.start(self._run_tasks, name="mux session")
         return self
+
+    async def _run_tasks(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        # The session's tasks live in a group of their own, so that ending the session cancels
+        # them and never the code inside the caller's `async with`: that code learns of the end
+        # from `SessionClosed` on its next stream operation.
+        async with anyio.create_task_group() as tasks:
+            self._tasks_scope = tasks.cancel_scope
+            tasks.start_soon(self._reader, name="mux reader")
+            tasks.start_soon(self._writer, name="mux writer")
+            tasks.start_soon(self._sweeper, name="mux sweeper")
+            if self.config.enable_keepalive:
+                tasks.start_soon(self._keepalive, name="mux keepalive")
+            task_status.started()
 
     async def __aexit__(
         self,
@@ -109,7 +119,10 @@ class Session:
         await self.aclose()
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+        # The session's own tasks never raise; the caller's exception (if any) propagates as it
+        # is instead of being wrapped in the task group's exception group.
+        await self._tg.__aexit__(None, None, None)
+        return None
 
     @property
     def closed(self) -> bool:
@@ -363,8 +376,8 @@ class Session:
             except _CARRIER_ERRORS:
                 pass
         self._closed_event.set()
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
+        if self._tasks_scope is not None:
+            self._tasks_scope.cancel()
 
 
 class MuxStream(anyio.abc.ByteStream):

@@ -141,18 +141,22 @@ def merge_events(events: Iterable[Event]) -> list[Event]:
 
     Feeding the same bytes in different chunks yields the same merged events.
     """
-    merged: list[Event] = []
+    merged: list[Event | list[DataReceived]] = []
     for event in events:
         if isinstance(event, DataReceived):
             last = merged[-1] if merged else None
-            if isinstance(last, DataReceived) and last.stream_id == event.stream_id:
-                merged[-1] = DataReceived(
-                    event.stream_id, memoryview(bytes(last.data) + event.data)
-                )
-                continue
-            event = DataReceived(event.stream_id, memoryview(bytes(event.data)))
-        merged.append(event)
-    return merged
+            if isinstance(last, list) and last[0].stream_id == event.stream_id:
+                last.append(event)
+            else:
+                merged.append([event])
+        else:
+            merged.append(event)
+    return [
+        DataReceived(item[0].stream_id, memoryview(b"".join(e.data for e in item)))
+        if isinstance(item, list)
+        else item
+        for item in merged
+    ]
 
 
 #: How `feed` may cut the input: in one piece, one byte at a time, or followed by a partial frame.

@@ -126,8 +126,11 @@ class Client:
                 self.connected.set()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_control, channel, tg.cancel_scope)
-                    while True:
-                        tg.start_soon(self._on_stream, await session.accept_stream())
+                    try:
+                        while True:
+                            tg.start_soon(self._on_stream, await session.accept_stream())
+                    except anyio.BrokenResourceError:
+                        tg.cancel_scope.cancel()
         except TimeoutError:
             raise RetryableError("the server did not answer in time") from None
         except control.ControlError as exc:

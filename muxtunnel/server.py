@@ -235,10 +235,13 @@ class ClientSession:
         self._tg.start_soon(func)  # type: ignore[arg-type]
 
     async def _refuse_client_streams(self) -> None:
-        while True:
-            stream = await self.session.accept_stream()
-            log.warning("client opened a stream; refused", session=self.id, peer=self.peer)
-            stream.reset()
+        try:
+            while True:
+                stream = await self.session.accept_stream()
+                log.warning("client opened a stream; refused", session=self.id, peer=self.peer)
+                stream.reset()
+        except anyio.BrokenResourceError:
+            pass
 
     async def _register(
         self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
