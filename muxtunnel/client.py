@@ -213,6 +213,14 @@ class Client:
         scope.cancel()
 
     async def _on_stream(self, stream: MuxStream) -> None:
+        """One visitor. A bug here must cost this visitor only, never the session."""
+        try:
+            await self._serve_visitor(stream)
+        except Exception:
+            log.exception("visitor handler failed", stream=stream.stream_id)
+            stream.reset()
+
+    async def _serve_visitor(self, stream: MuxStream) -> None:
         try:
             with anyio.fail_after(HEADER_TIMEOUT_S):
                 header = await control.read_visitor_header(stream)

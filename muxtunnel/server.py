@@ -396,6 +396,14 @@ class ClientSession:
             )
 
     async def _on_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
+        """One visitor. A bug here must cost this visitor only, never the server."""
+        try:
+            await self._serve_visitor(service, visitor)
+        except Exception:
+            log.exception("visitor handler failed", session=self.id, service=service.name)
+            await abort(visitor)
+
+    async def _serve_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
         host, port = peer_address(visitor)
         if service.visitors >= self.config.max_visitors_per_service or self.session.closed:
             await abort(visitor)

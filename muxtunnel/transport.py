@@ -86,7 +86,7 @@ async def abort(stream: anyio.abc.ByteStream) -> None:
         try:
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        except OSError:
+        except (OSError, ValueError):  # already closed (uvloop says so with ValueError)
             pass
     with anyio.CancelScope(shield=True):
         try:
