@@ -1,0 +1,134 @@
+"""Logging: structlog to stderr, readable on a terminal, JSON lines for machines.
+
+`configure_logging` is called once by the CLI; library code only calls `get_logger`, at import
+time if it likes (the logger is bound lazily, so it follows whatever configuration is current).
+Standard-library loggers (anyio, asyncio) are routed through the same renderer.
+
+Secrets: `model.Secret` already hides its value in repr; the `_redact` step below also replaces
+any Secret and any value logged under a key such as `token` with `<secret>`, and tracebacks are
+rendered without local variables, since a local may hold a raw token.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO, cast
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+
+from muxtunnel.model import Secret
+
+__all__ = ["LogFormat", "configure_logging", "get_logger"]
+
+LogFormat = Literal["console", "json", "auto"]
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+_SECRET_KEYS = frozenset({"token", "secret", "password", "key"})
+_REDACTED = "<secret>"
+_handler: logging.Handler | None = None  # the stdlib handler we installed, replaced on reconfigure
+
+
+def _redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    for name, value in event.items():
+        if isinstance(value, Secret) or (name in _SECRET_KEYS and isinstance(value, str | bytes)):
+            event[name] = _REDACTED
+    return event
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def parse_level(level: str) -> int:
+    """`debug`/`info`/`warning`/`error`/`critical` (any case) as a logging level number."""
+    try:
+        return _LEVELS[level.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown log level {level!r}; use one of {', '.join(_LEVELS)}") from None
+
+
+def configure_logging(
+    format: LogFormat = "auto", level: str = "info", *, stream: TextIO | None = None
+) -> None:
+    """Send logs at `level` and above to `stream` (default stderr).
+
+    `console`: aligned, coloured when `stream` is a terminal. `json`: one JSON object per line.
+    `auto`: console on a terminal, JSON otherwise (a pipe, a file, a service manager).
+    """
+    global _handler
+    out = sys.stderr if stream is None else stream
+    threshold = parse_level(level)
+    if format not in ("console", "json", "auto"):
+        raise ValueError(f"unknown log format {format!r}; use console, json or auto")
+    console = format == "console" or (format == "auto" and _isatty(out))
+    renderer: Processor
+    if console:
+        tty = _isatty(out)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=tty,
+            exception_formatter=(
+                structlog.dev.RichTracebackFormatter(show_locals=False)
+                if tty
+                else structlog.dev.plain_traceback
+            ),
+        )
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    finishing: list[Processor] = [structlog.processors.StackInfoRenderer()]
+    if not console:
+        finishing.append(structlog.processors.format_exc_info)
+    structlog.configure(
+        processors=[*shared, *finishing, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        # Off so a reconfiguration (tests, --log-level at startup) reaches existing loggers;
+        # our log volume is far too low for the lookup to matter.
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *finishing,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    _handler = handler
+
+
+def get_logger(component: str | None = None, **context: object) -> FilteringBoundLogger:
+    """A logger whose every line carries `component=...` (if given) and `context`.
+
+    Lines from standard-library loggers carry `logger=<their name>` instead.
+    """
+    initial: MutableMapping[str, Any] = dict(context)
+    if component is not None:
+        initial["component"] = component
+    return cast(FilteringBoundLogger, structlog.get_logger(**initial))
