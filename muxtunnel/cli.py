@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"muxtunnel {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="YAML config file")
+    common.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
     common.add_argument("--token", help="shared token (default: $MUXTUNNEL_TOKEN or the config)")
     common.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
     common.add_argument(
