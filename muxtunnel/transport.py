@@ -52,6 +52,10 @@ async def listen_udp(host: str, port: int) -> anyio.abc.UDPSocket:
 
 
 def bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
+    # uvloop's create_datagram_endpoint raises an errno-less OSError("could not bind to
+    # local_addr ...") *from* the real one: look through such wrappers for the errno.
+    while exc.errno is None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__
     if exc.errno == errno.EADDRINUSE:
         return f"{kind} port {port} on {host} is already in use"
     if exc.errno == errno.EACCES:
