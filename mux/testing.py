@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import anyio
 import anyio.abc
@@ -330,13 +330,13 @@ class MemoryByteStream(anyio.abc.ByteStream):
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
-                if self._in.broken:
-                    raise anyio.BrokenResourceError("the peer aborted the connection")
-                if self._in.buffer:
+                if self._in.buffer:  # like TCP, bytes that arrived before a reset stay readable
                     data = bytes(self._in.buffer[:max_bytes])
                     del self._in.buffer[:max_bytes]
                     self._in.notify()
                     return data
+                if self._in.broken:
+                    raise anyio.BrokenResourceError("the peer reset the connection")
                 if self._in.eof:
                     raise anyio.EndOfStream
                 await self._in.changed.wait()
@@ -371,21 +371,26 @@ class MemoryByteStream(anyio.abc.ByteStream):
         await anyio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        if not self._closed:
+        """Close both ways: FIN, or a reset if received bytes are left unread (as TCP does)."""
+        if self._in.buffer:
+            self.abort()
+        elif not self._closed:
             self._closed = True
             self._out.eof = True
             self._in.reader_gone = True
-            self._in.buffer.clear()
             self._out.notify()
             self._in.notify()
         await anyio.lowlevel.checkpoint()
 
     def abort(self) -> None:
-        """Tear the connection down like a TCP reset: both ends fail at once."""
+        """Reset the connection, like closing a socket with SO_LINGER 0.
+
+        Our end fails at once; the peer may still read what had reached it, then fails too.
+        """
         self._closed = True
+        self._in.buffer.clear()
         for pipe in (self._in, self._out):
             pipe.broken = True
-            pipe.buffer.clear()
             pipe.notify()
 
 
@@ -398,10 +403,19 @@ def memory_stream_pair(capacity: int = 256 * 1024) -> tuple[MemoryByteStream, Me
 @asynccontextmanager
 async def tcp_stream_pair() -> AsyncIterator[tuple[anyio.abc.SocketStream, anyio.abc.SocketStream]]:
     """Two ends of a real TCP connection on 127.0.0.1 (closed on exit)."""
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0) as listener:
+    multi = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with multi:
+        listener = cast(anyio.abc.SocketListener, multi.listeners[0])
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        client = await anyio.connect_tcp("127.0.0.1", port)
-        server = await listener.accept()  # type: ignore[attr-defined]
+        async with anyio.create_task_group() as tg:
+            accepted: list[anyio.abc.SocketStream] = []
+
+            async def accept() -> None:
+                accepted.append(await listener.accept())
+
+            tg.start_soon(accept)
+            client = await anyio.connect_tcp("127.0.0.1", port)
+        server = accepted[0]
     async with client, server:
         yield client, server
 
