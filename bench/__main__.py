@@ -44,8 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--udp-len", type=int, default=None, help="UDP datagram payload bytes (1400)")
     ap.add_argument(
         "--profile",
-        action="store_true",
-        help="run listen/up under py-spy (if installed) or cProfile; "
+        nargs="?",
+        const="auto",
+        choices=["auto", "py-spy", "cprofile"],
+        help="run listen/up under py-spy (auto: if installed) or cProfile; "
         "profiles go to the results directory",
     )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python -m bench "
             + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
             "machine": machine.facts(),
+            "loadavg_start": machine.loadavg(),
         },
         "plan": {
             "seconds": plan.seconds,
@@ -158,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.stop_all()
         return 2
     results["meta"]["elapsed_s"] = time.monotonic() - t0
+    results["meta"]["loadavg_end"] = machine.loadavg()
     results["targets"] = targets.evaluate(results)
     chart_files: list[str] = []
     if not a.no_charts:

@@ -26,10 +26,11 @@ def _bars(
         med = [v[0] / scale if _ok(v[0]) else 0 for v in vals]
         lo = [max(0.0, (v[0] - v[1]) / scale) if _ok(v[0]) else 0 for v in vals]
         hi = [max(0.0, (v[2] - v[0]) / scale) if _ok(v[0]) else 0 for v in vals]
-        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=name)
+        spread = any(lo) or any(hi)
+        ax.bar(xs, med, width, yerr=[lo, hi] if spread else None, capsize=2, label=name)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=15, ha="right")
-    if log:
+    if log and any(v[0] > 0 for vals in series.values() for v in vals if _ok(v[0])):
         ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
@@ -51,7 +52,7 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[list[str], str]:
     except ImportError:
         return [], "matplotlib not installed (pip install -e '.[bench]'): no charts"
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [e for e in results["paths"].values() if e.get("status") != "skipped"]
+    paths = [e for e in results["paths"].values() if e.get("status") in ("ok", "partial")]
     written: list[str] = []
 
     def save(fig: Any, name: str) -> None:
@@ -125,6 +126,8 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[list[str], str]:
                     for e in paths
                 ]
         _bars(ax, [e["label"] for e in paths], series, 1.0, log=True)
+        ax.axhline(5, color="red", lw=0.8, ls="--", label="muxtunnel target: load p99 5 ms")
+        ax.legend(fontsize=8)
         ax.set_ylabel("ms (log)")
         ax.set_title("64-byte request/response, idle and under an iperf3 -P1 bulk flow")
         save(fig, "latency.png")
@@ -136,6 +139,8 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[list[str], str]:
         for per in lfn.values():
             keys += [k for k in per if k not in keys and per[k].get("status") != "skipped"]
         labels = {k: e["label"] for k, e in results["paths"].items()}
+        for per in lfn.values():
+            labels.update({k: e["label"] for k, e in per.items() if e.get("label")})
         if keys:
             fig, ax = plt.subplots(figsize=(9, 4.5))
             _bars(

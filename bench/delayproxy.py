@@ -39,7 +39,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -230,7 +230,7 @@ class _Conn:
             if t is not None:
                 sock = t.get_extra_info("socket")
                 if sock is not None:
-                    with contextlib.suppress(OSError):
+                    with contextlib.suppress(OSError, ValueError):  # already closed
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 t.abort()
         self.proxy._conns.discard(self)
@@ -363,13 +363,15 @@ class DelayProxy:
             conn.client.resume_reading()
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[Address]:
+    def running(
+        self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    ) -> Iterator[Address]:
         """Run the proxy on its own event loop in a daemon thread; yield its address."""
         ready = threading.Event()
         box: dict[str, object] = {}
 
         def main() -> None:
-            loop = asyncio.new_event_loop()
+            loop = (loop_factory or asyncio.new_event_loop)()
             box["loop"] = loop
             try:
                 loop.run_until_complete(self.start())

@@ -52,6 +52,14 @@ def _module_version(name: str) -> str:
         return "not installed"
 
 
+def loadavg() -> str:
+    """1/5/15-minute load averages: other work on the machine skews every figure."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def facts() -> dict[str, str]:
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     return {

@@ -42,7 +42,7 @@ class Env:
     results: Path
     gotunnel: Path | None = None
     gotunnel_note: str = ""
-    profile: bool = False
+    profile: str | None = None  # None, "auto", "py-spy" or "cprofile"
     muxtunnel: Path = REPO / ".venv" / "bin" / "muxtunnel"
     notes: list[str] = field(default_factory=list)
 
@@ -377,12 +377,11 @@ def _profiled(argv: list[str], env: Env, role: str) -> tuple[list[str], str]:
     if not env.profile:
         return argv, ""
     env.results.mkdir(parents=True, exist_ok=True)
-    pyspy = shutil.which("py-spy") or (
-        str(Path(sys.executable).parent / "py-spy")
-        if (Path(sys.executable).parent / "py-spy").exists()
-        else None
-    )
-    if pyspy:
+    venv_pyspy = Path(sys.executable).parent / "py-spy"
+    pyspy = shutil.which("py-spy") or (str(venv_pyspy) if venv_pyspy.exists() else None)
+    if env.profile == "py-spy" and not pyspy:
+        raise StartError("py-spy not installed (pip install py-spy)")
+    if pyspy and env.profile != "cprofile":
         out = env.results / f"profile-{role}.svg"
         return [pyspy, "record", "--rate", "200", "--output", str(out), "--", *argv], str(out)
     out = env.results / f"profile-{role}.prof"
@@ -413,7 +412,7 @@ def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
         if out:
             notes.append(f"listen profiled to {out}")
         listen = stack.enter_context(
-            _proc("muxtunnel-listen", listen_argv, env, env=penv, stop_signal=signal.SIGINT)
+            _proc("muxtunnel-listen", listen_argv, env, extra_env=penv, stop_signal=signal.SIGINT)
         )
         listen.wait_listening(control, 15)
         target: Address = (LOCAL, control)
@@ -435,7 +434,7 @@ def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
         if out:
             notes.append(f"up profiled to {out}")
         up = stack.enter_context(
-            _proc("muxtunnel-up", up_argv, env, env=penv, stop_signal=signal.SIGINT)
+            _proc("muxtunnel-up", up_argv, env, extra_env=penv, stop_signal=signal.SIGINT)
         )
         wait = 20 if rtt_ms is None else 40
         addrs: dict[str, Address] = {}

@@ -48,7 +48,7 @@ class Proc:
         argv: Sequence[str],
         *,
         log_dir: Path,
-        env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
         stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
@@ -58,8 +58,8 @@ class Proc:
         self._cond = threading.Condition()
         self.log_path = log_dir / f"{name}.log"
         full_env = dict(os.environ)
-        if env:
-            full_env.update(env)
+        if extra_env:
+            full_env.update(extra_env)
         try:
             self.popen = subprocess.Popen(
                 self.argv,

@@ -155,6 +155,8 @@ def lfn_rows(results: dict[str, Any]) -> Rows:
     for per_rtt in results.get("lfn", {}).values():
         keys += [k for k in per_rtt if k not in keys]
     labels = {k: e["label"] for k, e in results["paths"].items()}
+    for per_rtt in results.get("lfn", {}).values():
+        labels.update({k: e["label"] for k, e in per_rtt.items() if e.get("label")})
     rows = []
     for k in keys:
         row = [labels.get(k, k)]
@@ -198,6 +200,19 @@ def target_rows(results: dict[str, Any]) -> Rows:
     return header, rows
 
 
+def target_summary(results: dict[str, Any]) -> str:
+    rows = results.get("targets", [])
+    missed = [t["target"] for t in rows if t["ok"] is False]
+    met = sum(1 for t in rows if t["ok"] is True)
+    na = sum(1 for t in rows if t["ok"] is None)
+    text = f"muxtunnel met {met} of {len(rows)} targets"
+    if na:
+        text += f" ({na} not measurable in this run)"
+    if missed:
+        text += "; MISSED: " + "; ".join(missed)
+    return text
+
+
 def note_rows(results: dict[str, Any]) -> Rows:
     rows = []
     for e in results["paths"].values():
@@ -239,6 +254,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
                 style = "green"
             t.add_row(*row, style=style)
         console.print(t)
+    console.print(target_summary(results), style="bold")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

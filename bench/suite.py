@@ -264,7 +264,8 @@ class Runner:
     # -- long fat link ------------------------------------------------------------------
     def run_lfn(self, spec: PathSpec, rtt_ms: float) -> dict[str, Any]:
         key = f"{spec.key}@{rtt_ms:g}ms"
-        entry: dict[str, Any] = {"key": key, "status": "ok", "notes": []}
+        label = spec.label + (" (delay proxy only)" if spec.kind == "reference" else "")
+        entry: dict[str, Any] = {"key": key, "label": label, "status": "ok", "notes": []}
         plan = self.plan
         self.log(key, "starting")
         try:

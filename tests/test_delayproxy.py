@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -16,6 +17,20 @@ import pytest
 from bench.delayproxy import DelayProxy, Direction, parse_rate
 
 Handler = Callable[[socket.socket], None]
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def _uvloop_factory() -> LoopFactory:
+    uvloop = pytest.importorskip("uvloop")
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
+    """The proxy CLI runs on uvloop when installed, the library on the caller's loop."""
+    if request.param == "uvloop":
+        return _uvloop_factory()
+    return asyncio.new_event_loop
 
 
 @contextmanager
@@ -90,17 +105,17 @@ def test_parse_rate() -> None:
     assert parse_rate(None) is None
 
 
-def test_adds_configured_delay() -> None:
+def test_adds_configured_delay(loop_factory: LoopFactory) -> None:
     with tcp_server(echo) as up:
         base = statistics.median(rtts(up, 10))
-        with DelayProxy(("127.0.0.1", 0), up, latency_ms=20).running() as addr:
+        with DelayProxy(("127.0.0.1", 0), up, latency_ms=20).running(loop_factory) as addr:
             rtt = statistics.median(rtts(addr, 8))
     assert base < 0.005
     # 20 ms each way -> 40 ms round trip; the event loop timer adds ~1 ms
     assert 0.039 <= rtt <= 0.050, rtt
 
 
-def test_asymmetric_delay() -> None:
+def test_asymmetric_delay(loop_factory: LoopFactory) -> None:
     proxy = DelayProxy(
         ("127.0.0.1", 0),
         ("127.0.0.1", 0),
@@ -109,16 +124,18 @@ def test_asymmetric_delay() -> None:
     )
     with tcp_server(echo) as up:
         proxy.upstream = up
-        with proxy.running() as addr:
+        with proxy.running(loop_factory) as addr:
             rtt = statistics.median(rtts(addr, 6))
     assert 0.029 <= rtt <= 0.040, rtt
 
 
-def test_preserves_bytes_and_order_with_jitter() -> None:
+def test_preserves_bytes_and_order_with_jitter(loop_factory: LoopFactory) -> None:
     payload = os.urandom(8 * 1024 * 1024)
     with (
         tcp_server(echo) as up,
-        DelayProxy(("127.0.0.1", 0), up, latency_ms=3, jitter_ms=3, seed=1).running() as addr,
+        DelayProxy(("127.0.0.1", 0), up, latency_ms=3, jitter_ms=3, seed=1).running(
+            loop_factory
+        ) as addr,
     ):
         with socket.create_connection(addr, timeout=10) as s:
             got = hashlib.sha256()
@@ -141,7 +158,7 @@ def test_preserves_bytes_and_order_with_jitter() -> None:
     assert got.hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
-def test_half_close_passes_through() -> None:
+def test_half_close_passes_through(loop_factory: LoopFactory) -> None:
     request = os.urandom(300_000)
     reply = os.urandom(200_000)
     seen: dict[str, bytes] = {}
@@ -156,7 +173,7 @@ def test_half_close_passes_through() -> None:
 
     with (
         tcp_server(handler) as up,
-        DelayProxy(("127.0.0.1", 0), up, latency_ms=5).running() as addr,
+        DelayProxy(("127.0.0.1", 0), up, latency_ms=5).running(loop_factory) as addr,
     ):
         with socket.create_connection(addr, timeout=5) as s:
             s.sendall(request)
@@ -168,20 +185,20 @@ def test_half_close_passes_through() -> None:
     assert bytes(got) == reply
 
 
-def test_reset_propagates() -> None:
+def test_reset_propagates(loop_factory: LoopFactory) -> None:
     def resetter(c: socket.socket) -> None:
         c.recv(10)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         c.close()
 
-    with tcp_server(resetter) as up, DelayProxy(("127.0.0.1", 0), up).running() as addr:
+    with tcp_server(resetter) as up, DelayProxy(("127.0.0.1", 0), up).running(loop_factory) as addr:
         with socket.create_connection(addr, timeout=5) as s:
             s.sendall(b"hello")
             with pytest.raises(ConnectionResetError):
                 s.recv(10)
 
 
-def test_bandwidth_limit_roughly_holds() -> None:
+def test_bandwidth_limit_roughly_holds(loop_factory: LoopFactory) -> None:
     size = 500_000  # at 8 Mbit/s = 1 MB/s: ~0.5 s
     payload = os.urandom(size)
     done: dict[str, float] = {}
@@ -197,7 +214,7 @@ def test_bandwidth_limit_roughly_holds() -> None:
     proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 0), rate_bps=8e6)
     with tcp_server(sink) as up:
         proxy.upstream = up
-        with proxy.running() as addr, socket.create_connection(addr, timeout=5) as s:
+        with proxy.running(loop_factory) as addr, socket.create_connection(addr, timeout=5) as s:
             t0 = time.perf_counter()
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
@@ -207,7 +224,7 @@ def test_bandwidth_limit_roughly_holds() -> None:
     assert 0.4 <= elapsed <= 0.7, elapsed
 
 
-def test_inflight_buffer_is_bounded() -> None:
+def test_inflight_buffer_is_bounded(loop_factory: LoopFactory) -> None:
     cap = 256 * 1024
     release = threading.Event()
 
@@ -219,7 +236,7 @@ def test_inflight_buffer_is_bounded() -> None:
     proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 0), latency_ms=1, max_inflight=cap)
     with tcp_server(slow) as up:
         proxy.upstream = up
-        with proxy.running() as addr, socket.create_connection(addr, timeout=5) as s:
+        with proxy.running(loop_factory) as addr, socket.create_connection(addr, timeout=5) as s:
             s.setblocking(False)
             sent = 0
             deadline = time.monotonic() + 1.0
