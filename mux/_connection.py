@@ -57,6 +57,8 @@ _DATA = FrameType.DATA
 _SYN, _ACK, _FIN, _RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
 
 Buffer = bytes | bytearray | memoryview
+#: Out-of-order SYNs accepted this far behind the highest id seen (in ids of the peer's parity).
+_MAX_SKIPPED_IDS = 1024
 
 
 class _Stream:
@@ -108,6 +110,7 @@ class Connection:
         self._next_id = 1 if client else 2
         self._peer_parity = 0 if client else 1
         self._highest_peer_id = 0
+        self._skipped_peer_ids: set[int] = set()  # peer ids jumped over, that may still come
         self._streams: dict[int, _Stream] = {}
         self._budget = SessionBudget(self.config.session_receive_budget_bytes)
         self._resets = TokenBucket(self.config.reset_burst, self.config.reset_rate_per_s)
@@ -473,8 +476,21 @@ class Connection:
         if stream_id in self._streams:
             raise RemoteProtocolError(f"stream {stream_id} opened twice")
         # Ids may arrive out of order: hashicorp/yamux picks ids first and sends SYNs later from
-        # concurrent goroutines. So only a live id is a duplicate; a lower, closed one is new.
-        self._highest_peer_id = max(self._highest_peer_id, stream_id)
+        # concurrent goroutines. An id below the highest seen is new only if it was skipped over
+        # (and recently: the set of skipped ids is bounded); otherwise it is a reuse.
+        highest = self._highest_peer_id
+        if stream_id <= highest:
+            if stream_id not in self._skipped_peer_ids:
+                raise RemoteProtocolError(f"stream {stream_id} reuses a closed stream's id")
+            self._skipped_peer_ids.discard(stream_id)
+        else:
+            lowest_unseen = highest + 2 if highest else 2 - self._peer_parity
+            first_skipped = max(lowest_unseen, stream_id - 2 * _MAX_SKIPPED_IDS)
+            self._skipped_peer_ids.update(range(first_skipped, stream_id, 2))
+            if len(self._skipped_peer_ids) > _MAX_SKIPPED_IDS:
+                floor = stream_id - 2 * _MAX_SKIPPED_IDS
+                self._skipped_peer_ids = {i for i in self._skipped_peer_ids if i >= floor}
+            self._highest_peer_id = stream_id
         refuse = (
             self.local_go_away
             or self.unaccepted >= self.config.accept_backlog

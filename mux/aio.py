@@ -330,6 +330,9 @@ class Session:
                 stream = streams.pop(event.stream_id, None)
                 if stream is not None:
                     stream._on_reset("the peer reset the stream")
+                    if stream in self._accept_queue:  # never accepted: nobody will read it
+                        self._accept_queue.remove(stream)
+                        stream._buffer.clear()
                 self._open_wakeup.set()
             elif isinstance(event, StreamAcked):
                 stream = streams.get(event.stream_id)
@@ -404,6 +407,8 @@ class MuxStream(anyio.abc.ByteStream):
     # ------------------------------------------------------------------ ByteStream
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise anyio.ClosedResourceError
         while not self._buffer:
             if self._eof_received:
                 raise anyio.EndOfStream
@@ -563,9 +568,11 @@ class MuxStream(anyio.abc.ByteStream):
         self._wake_sender()
 
     def _check_sendable(self) -> None:
+        if self._closed:  # our own close comes first, whatever happened since
+            raise anyio.ClosedResourceError
         if self._error is not None:
             raise self._error
-        if self._eof_sent or self._closed:
+        if self._eof_sent:
             raise anyio.ClosedResourceError
 
     def __repr__(self) -> str:

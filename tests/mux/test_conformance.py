@@ -218,10 +218,6 @@ def test_conformance(case: Case, feed_mode: str) -> None:
     assert conn.budget_used == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SYN for an id that was used and closed opens a new stream (ids are reused)",
-)
 def test_syn_reusing_a_closed_id_is_a_protocol_error() -> None:
     conn = Connection(client=False)
     conn.receive_data(F.syn(1) + F.rst(1), 0.0)

@@ -177,7 +177,6 @@ def xfail_mux(request: pytest.FixtureRequest, kind: str, reason: str) -> None:
 async def test_aclose_after_eof_received_then_receive_raises_closed(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_mux(request, kind, MUX_RECEIVE_AFTER_ACLOSE)
     async with open_pair(kind) as pair:
         await pair.b.send_eof()
         with pytest.raises(anyio.EndOfStream):
@@ -190,7 +189,6 @@ async def test_aclose_after_eof_received_then_receive_raises_closed(
 async def test_aclose_with_unread_data_then_operations_raise_closed(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
-    xfail_mux(request, kind, MUX_RECEIVE_AFTER_ACLOSE)
     async with open_pair(kind) as pair:
         await pair.b.send(b"unread")
         await anyio.sleep(0.05)
