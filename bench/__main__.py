@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run listen/up under py-spy (auto: if installed) or cProfile; "
         "profiles go to the results directory",
     )
+    ap.add_argument(
+        "--mux-log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=None,
+        help="--log-level for muxtunnel listen/up (default: the CLI's own default)",
+    )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
     ap.add_argument(
         "--out",
@@ -75,8 +81,8 @@ def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
         custom = True
     if a.no_lfn:
         plan.lfn_rtts, custom = (), True
-    if a.paths:
-        custom = True
+    if a.paths or a.mux_log_level or a.profile:
+        custom = True  # not comparable with the reference run
     mode = "quick" if a.quick else "custom" if custom else "full"
     return plan, mode
 
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             "lfn_rtts": list(plan.lfn_rtts),
             "lfn_repeats": plan.lfn_repeats,
             "first_byte_n": plan.first_byte_n,
+            "mux_log_level": a.mux_log_level or "default",
+            "profile": a.profile,
         },
         "paths": {},
         "lfn": {},
@@ -127,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     console.rule(f"muxtunnel bench ({mode}): {', '.join(s.key for s in specs)}")
     try:
         env = paths.Env(
-            tmp=tmp, iperf=("127.0.0.1", 0), echo=("127.0.0.1", 0), results=out, profile=a.profile
+            tmp=tmp,
+            iperf=("127.0.0.1", 0),
+            echo=("127.0.0.1", 0),
+            results=out,
+            profile=a.profile,
+            mux_log_level=a.mux_log_level,
         )
         if any(s.key.startswith("yamux") for s in specs):
             env.gotunnel, env.gotunnel_note = paths.build_gotunnel(tmp)

@@ -398,7 +398,12 @@ class DelayProxy:
             assert self.address is not None
             yield self.address
         finally:
-            loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
+
+            def _stop() -> None:
+                if not stop.done():
+                    stop.set_result(None)
+
+            loop.call_soon_threadsafe(_stop)
             t.join(timeout=5)
 
 

@@ -43,6 +43,7 @@ class Env:
     gotunnel: Path | None = None
     gotunnel_note: str = ""
     profile: str | None = None  # None, "auto", "py-spy" or "cprofile"
+    mux_log_level: str | None = None  # None: muxtunnel's default
     muxtunnel: Path = REPO / ".venv" / "bin" / "muxtunnel"
     notes: list[str] = field(default_factory=list)
 
@@ -406,8 +407,9 @@ def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     control, pub, echo = free_port(), free_port(udp_too=True), free_port()
     notes: list[str] = []
     with ExitStack() as stack:
+        log = ["--log-level", env.mux_log_level] if env.mux_log_level else []
         listen_argv, out = _profiled(
-            [str(exe), "listen", "--bind", f"{LOCAL}:{control}"], env, "listen"
+            [str(exe), "listen", "--bind", f"{LOCAL}:{control}", *log], env, "listen"
         )
         if out:
             notes.append(f"listen profiled to {out}")
@@ -429,6 +431,7 @@ def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
             f"iperfu={env.iperf[0]}:{env.iperf[1]}:{pub}",
             "--tcp",
             f"echo={env.echo[0]}:{env.echo[1]}:{echo}",
+            *log,
         ]
         up_argv, out = _profiled(up_argv, env, "up")
         if out:

@@ -166,7 +166,11 @@ class Runner:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        out = {**latency.summary_ms(samples), "bulk_bps": res.bps, "bulk_ok": res.ok}
+        out: dict[str, Any] = {
+            **latency.summary_ms(samples),
+            "bulk_bps": res.bps,
+            "bulk_ok": res.ok,
+        }
         if not res.ok:
             out["bulk_error"] = res.error
             self.server.restart()
