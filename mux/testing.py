@@ -3,6 +3,7 @@
 - `FrameBuilder` writes any frame, valid or not; `parse_frames` reads frames back for assertions.
 - `feed` drives a core whole, byte by byte, or with trailing bytes (h11's `tr()` idea).
 - `ConnectionPair` pumps bytes between two cores, optionally in random chunks.
+- `RawPeer` speaks raw frames on the far end of a carrier, for peers that misbehave.
 - `memory_stream_pair` is a bounded in-memory `ByteStream` pair (a carrier that can stall);
   `tcp_stream_pair` is the same over real loopback sockets; `session_pair` runs two `Session`s
   over either.
@@ -13,7 +14,7 @@ This module and `aio.py` are the only parts of `mux` that may import anyio.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import NamedTuple, cast
 
@@ -126,6 +127,26 @@ def parse_frames(data: Buffer) -> list[Frame]:
             pos += length
         frames.append(Frame(version, type, flags, stream_id, length, body))
     return frames
+
+
+class FrameReader:
+    """Incremental `parse_frames`: feed bytes in any chunks, get whole frames back."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: Buffer) -> list[Frame]:
+        self._buffer += data
+        frames: list[Frame] = []
+        while len(self._buffer) >= HEADER_SIZE:
+            version, type, flags, stream_id, length = HEADER.unpack_from(self._buffer)
+            body_size = length if type == FrameType.DATA else 0
+            if len(self._buffer) < HEADER_SIZE + body_size:
+                break
+            body = bytes(self._buffer[HEADER_SIZE : HEADER_SIZE + body_size])
+            del self._buffer[: HEADER_SIZE + body_size]
+            frames.append(Frame(version, type, flags, stream_id, length, body))
+        return frames
 
 
 def drain_frames(conn: Connection, max_bytes: int | None = None) -> list[Frame]:
@@ -446,3 +467,50 @@ async def session_pair(
             yield client, server
     else:
         raise ValueError(f"unknown carrier {carrier!r}")
+
+
+class RawPeer:
+    """A hand-driven peer on the far end of a carrier: writes raw frames, reads decoded ones.
+
+    For tests that need a peer to misbehave in ways a `Session` never would.
+    """
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.reader = FrameReader()
+        #: Every frame read so far, in order.
+        self.frames: list[Frame] = []
+        #: True once the carrier ended (EOF, reset or closed).
+        self.closed = False
+
+    async def send(self, *frames: bytes) -> None:
+        await self.stream.send(b"".join(frames))
+
+    async def read(self) -> list[Frame]:
+        """One carrier read, decoded (empty once the carrier has ended)."""
+        if self.closed:
+            return []
+        try:
+            data = await self.stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.closed = True
+            return []
+        frames = self.reader.feed(data)
+        self.frames += frames
+        return frames
+
+    async def expect(self, predicate: Callable[[Frame], bool], timeout_s: float = 5.0) -> Frame:
+        """Read until a frame matches (frames that do not are kept in `frames`)."""
+        with anyio.fail_after(timeout_s):
+            while not self.closed:
+                for frame in await self.read():
+                    if predicate(frame):
+                        return frame
+        raise AssertionError(f"the carrier ended first; frames were {self.frames[-10:]!r}")
+
+    async def read_until_closed(self, timeout_s: float = 5.0) -> list[Frame]:
+        """Read until the carrier ends; returns every frame read so far."""
+        with anyio.fail_after(timeout_s):
+            while not self.closed:
+                await self.read()
+        return self.frames
