@@ -64,20 +64,20 @@ CLOSED = (anyio.ClosedResourceError, anyio.BrokenResourceError)
 async def open_pair(kind: str) -> AsyncIterator[Pair]:
     with anyio.fail_after(30):
         if kind == "tcp":
-            async with tcp_stream_pair() as (a, b):
+            async with tcp_stream_pair() as (tcp_a, tcp_b):
                 # anyio's asyncio socket lets the transport's RuntimeError through here.
-                yield Pair(kind, a, b, reset_tcp, (*CLOSED, RuntimeError))
+                yield Pair(kind, tcp_a, tcp_b, reset_tcp, (*CLOSED, RuntimeError))
         elif kind == "memory":
-            a, b = memory_stream_pair()
-            async with a, b:
-                yield Pair(kind, a, b, reset_memory, CLOSED)
+            mem_a, mem_b = memory_stream_pair()
+            async with mem_a, mem_b:
+                yield Pair(kind, mem_a, mem_b, reset_memory, CLOSED)
         else:
             carrier = kind.removeprefix("mux-over-")
             async with session_pair(carrier, CONFIG) as (client, server):
-                a = await client.open_stream()
-                b = await server.accept_stream()
-                async with a, b:
-                    yield Pair(kind, a, b, reset_mux, CLOSED)
+                mux_a = await client.open_stream()
+                mux_b = await server.accept_stream()
+                async with mux_a, mux_b:
+                    yield Pair(kind, mux_a, mux_b, reset_mux, CLOSED)
 
 
 @pytest.fixture(params=KINDS)
