@@ -9,7 +9,8 @@ written to the other side no earlier than that. Per direction it supports
 * ``rate_bps`` a bandwidth limit, modelled as a link that serialises chunks,
 * a bounded in-flight buffer (``max_inflight``, default 32 MiB, enough for the
   bandwidth-delay product of 1 Gbit/s x 200 ms); when it is full the proxy stops
-  reading, so the sender feels TCP backpressure instead of the proxy growing.
+  reading, so the sender feels TCP backpressure instead of the proxy growing
+  (exact on asyncio; uvloop drains the socket first, adding up to its receive buffer).
 
 Half-close passes through (EOF is delayed like data and becomes ``shutdown(SHUT_WR)``),
 a reset on one side aborts the other side.
@@ -427,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         help="bytes queued per direction before reading pauses",
     )
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run on uvloop; it drains a socket after pause_reading(), so the in-flight "
+        "bound grows by the socket's receive buffer (asyncio keeps it exact)",
+    )
     a = ap.parse_args(argv)
 
     def direction(d: str) -> Direction:
@@ -458,11 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         await stop.wait()
         await proxy.close()
 
-    try:
-        import uvloop  # type: ignore[import-not-found]
+    if a.uvloop:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
 
         uvloop.run(serve())
-    except ImportError:
+    else:
         asyncio.run(serve())
     return 0
 

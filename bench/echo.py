@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     host, _, port = a.listen.rpartition(":")
     try:
-        import uvloop  # type: ignore[import-not-found]
-
-        uvloop.run(serve(host or "127.0.0.1", int(port)))
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         asyncio.run(serve(host or "127.0.0.1", int(port)))
+    else:
+        uvloop.run(serve(host or "127.0.0.1", int(port)))
     return 0
 
 
