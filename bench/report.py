@@ -301,13 +301,24 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
     meta = results["meta"]
     plan = results["plan"]
     out = [f"# muxtunnel benchmark ({meta['mode']} run)", ""]
-    out.append(f"Run {meta['started']}, {meta['elapsed_s']:.0f} s, `{meta['command']}`.")
-    if meta["mode"] != "full":
+    out.append(
+        f"Run {meta['started']}, {meta['elapsed_s']:.0f} s, `{meta['command']}`; "
+        f"load average {meta.get('loadavg_start', '?')} at the start, "
+        f"{meta.get('loadavg_end', '?')} at the end (other work on the machine skews "
+        "every figure)."
+    )
+    if meta["mode"] == "quick":
         out += [
             "",
             "**Quick smoke run: fewer figures, shorter runs, no repeats. "
             "Not the reference report.**",
         ]
+    elif meta["mode"] != "full":
+        out += [
+            "",
+            "**Custom run (subset of paths or changed settings). Not the reference report.**",
+        ]
+    out += ["", f"**{target_summary(results)}.**"]
     out += [
         "",
         "## Machine",
