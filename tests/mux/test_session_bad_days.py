@@ -419,10 +419,11 @@ async def test_peer_syn_after_our_goaway_is_reset() -> None:
 # ---------------------------------------------------------------------------------------- scale
 
 
-async def run_many_streams(total: int, concurrency: int, carrier: str) -> None:
+async def run_many_streams(total: int, concurrency: int, carrier: str, timeout_s: float) -> None:
+    """Open, echo and close `total` small streams, `concurrency` at a time, on one session."""
     config = QUIET
     assert concurrency <= config.max_streams
-    with anyio.fail_after(30):
+    with anyio.fail_after(timeout_s):
         async with session_pair(carrier, config) as (client, server):
             async with anyio.create_task_group() as servers:
                 servers.start_soon(echo_server, server, servers)
@@ -458,13 +459,14 @@ async def run_many_streams(total: int, concurrency: int, carrier: str) -> None:
 
 
 async def test_2000_streams_one_session() -> None:
-    await run_many_streams(2000, 256, "tcp")
+    """Below the accept backlog: no opener ever waits for an ACK."""
+    await run_many_streams(2000, QUIET.accept_backlog - 1, "tcp", timeout_s=20)
 
 
-@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=LOST_WAKEUP + " (hangs once 256 SYNs wait for ACKs)")
 async def test_10000_streams_one_session() -> None:
-    await run_many_streams(10_000, QUIET.max_streams, "tcp")
+    """max_streams openers at once: most of them wait for the backlog at some point."""
+    await run_many_streams(10_000, QUIET.max_streams, "tcp", timeout_s=10)
 
 
 # ---------------------------------------------------------------------------------------- waiters
