@@ -119,6 +119,18 @@ CASES = [
     Case("data beyond the window", [F.syn(1), F.data(1, length=WINDOW + 1)], error=1),
     Case("syn data beyond the window", [F.data(1, flags=Flag.SYN, length=WINDOW + 1)], error=1),
     Case("data beyond the 16 MiB cap", [F.syn(1), F.data(1, length=16 * MIB + 1)], error=1),
+    Case(
+        "data within the window but beyond max_data_frame_bytes",
+        [F.syn(1), F.data(1, length=64 * KIB + 1)],
+        error=1,
+        config=MuxConfig(max_data_frame_bytes=64 * KIB),
+    ),
+    Case(
+        "data beyond max_data_frame_bytes on a closed stream",
+        [F.syn(1), F.rst(1), F.data(1, length=64 * KIB + 1)],
+        error=1,
+        config=MuxConfig(max_data_frame_bytes=64 * KIB),
+    ),
     Case("4 GiB data on an open stream", [F.syn(1), F.data(1, length=2**32 - 1)], error=1),
     Case("4 GiB data with syn", [F.data(1, flags=Flag.SYN, length=2**32 - 1)], error=1),
     Case("4 GiB data on an unknown stream", [F.data(9, length=2**32 - 1)], error=1),
@@ -285,6 +297,14 @@ def test_queued_pongs_are_capped_and_parsing_pauses() -> None:
         answered += [f.length for f in frames]
     assert not conn.reading_paused
     assert answered == [*range(cap, 10 * cap), 999]
+
+
+def test_a_huge_ping_flood_queues_only_the_cap() -> None:
+    conn = Connection(client=False)
+    cap = conn.config.max_queued_pongs
+    conn.receive_data(F.ping(3) * 100_000, 0.0)
+    queued = b"".join(bytes(b) for b in conn.data_to_send())
+    assert len(queued) == cap * 12
 
 
 def test_pause_holds_a_frame_split_across_inputs(feed_mode: str) -> None:
