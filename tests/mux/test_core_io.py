@@ -216,3 +216,16 @@ def test_frame_builder_can_lie() -> None:
     assert raw[HEADER_SIZE:] == b"abc"
     with pytest.raises(ValueError):
         parse_frames(raw)
+
+
+def test_syn_may_carry_extra_window(feed_mode: str) -> None:
+    """hashicorp/yamux opens with a window update whose delta raises our send window."""
+    client = Connection(client=True)
+    stream_id = client.open_stream()
+    client.data_to_send()
+    events = feed(client, F.window_update(stream_id, 1000, Flag.ACK), feed_mode)
+    assert events == [StreamAcked(stream_id)]
+    assert client.send_window(stream_id) == INITIAL_STREAM_WINDOW + 1000
+    server = Connection(client=False)
+    assert feed(server, F.window_update(1, 5000, Flag.SYN), feed_mode) == [StreamOpened(1)]
+    assert server.send_window(1) == INITIAL_STREAM_WINDOW + 5000

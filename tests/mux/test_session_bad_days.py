@@ -513,3 +513,28 @@ async def test_accept_stream_waiters_all_get_a_stream() -> None:
                     for _ in range(3):
                         await client.open_stream(b"hi")
             assert sorted(s.stream_id for s in accepted) == [1, 3, 5]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the half-closed timeout counts from the FIN, not from the last byte: a stream still "
+    "carrying data one way is reset",
+)
+async def test_half_closed_stream_still_carrying_data_is_not_reset() -> None:
+    """A visitor sends its request and FIN, then downloads for longer than the timeout."""
+    config = QUIET.replace(half_closed_timeout_s=0.3)
+    with anyio.fail_after(10):
+        async with session_pair("memory", config) as (client, server):
+            stream = await client.open_stream(b"GET /big")
+            await stream.send_eof()
+            peer = await server.accept_stream()
+            assert await receive_all(peer) == b"GET /big"
+            received = 0
+            deadline = anyio.current_time() + 1.0  # three timeouts long, never idle
+            while anyio.current_time() < deadline:
+                await peer.send(b"d" * 1000)
+                received += len(await stream.receive())
+                await anyio.sleep(0.01)
+            await peer.send_eof()
+            received += len(await receive_all(stream))
+            assert received > 0
