@@ -169,9 +169,18 @@ class Session:
         while True:
             self._raise_if_closed()
             if self.conn.can_open_stream:
-                break
+                return self.open_stream_nowait(initial_data)
             self._open_wakeup = anyio.Event()
             await self._open_wakeup.wait()
+
+    def open_stream_nowait(self, initial_data: bytes = b"") -> MuxStream:
+        """Open a stream now or raise `SessionClosed`/`WouldBlock` (backlog of un-ACKed SYNs full).
+
+        For callers that must not wait (a datagram that cannot open its flow now is dropped).
+        """
+        self._raise_if_closed()
+        if not self.conn.can_open_stream:
+            raise anyio.WouldBlock
         try:
             stream_id = self.conn.open_stream(initial_data)
         except LocalProtocolError as exc:

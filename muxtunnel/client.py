@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ class ServiceState:
     bytes_in: int = 0
     bytes_out: int = 0
     udp: UdpCounters = field(default_factory=UdpCounters)
+    flows: OrderedDict[int, MuxStream] = field(default_factory=OrderedDict)
 
 
 Announce = Callable[[ServiceState], None]
@@ -234,7 +236,19 @@ class Client:
             return
         spec = state.spec
         if spec.type == "udp":
-            await serve_flow(stream, (spec.local_host, spec.local_port), state.udp)
+            # At most udp_max_flows per service: the oldest flow makes room for a new one.
+            while len(state.flows) >= self.config.udp_max_flows:
+                state.flows.popitem(last=False)[1].reset()
+            state.flows[stream.stream_id] = stream
+            try:
+                await serve_flow(
+                    stream,
+                    (spec.local_host, spec.local_port),
+                    state.udp,
+                    idle_s=self.config.udp_flow_idle_s,
+                )
+            finally:
+                state.flows.pop(stream.stream_id, None)
             return
         peer = f"{header.peer_host}:{header.peer_port}"
         started = anyio.current_time()

@@ -33,7 +33,6 @@ from muxtunnel.transport import (
     TransportError,
     abort,
     listen_tcp,
-    listen_udp,
     local_port,
     peer_address,
 )
@@ -45,6 +44,8 @@ log = structlog.get_logger("muxtunnel.server")
 #: unless the allowed ranges are nearly full; then the client is told no port is free).
 _PICK_ATTEMPTS = 200
 
+_PublicSocket = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
+
 
 @dataclass(eq=False)
 class ActiveService:
@@ -54,7 +55,10 @@ class ActiveService:
     type: ServiceType
     port: int
     session_id: int
+    #: Cancelled: the service and all its visitors stop.
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Cancelled: the public socket closes, open visitor connections carry on.
+    listener_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     visitors: int = 0
     visitors_total: int = 0
     bytes_in: int = 0
@@ -111,21 +115,29 @@ class Server:
             allow_ports=str(self.config.allow_ports),
         )
         task_status.started(self.port)
-        async with listener:
-            with self._accepting:
-                await listener.serve(self._on_carrier)
+        # Carriers run in a group outside the accepting scope: stopping to accept new clients
+        # (shutdown) must not cancel the sessions that are draining.
+        async with anyio.create_task_group() as carriers:
+            async with listener:
+                with self._accepting:
+                    await listener.serve(self._on_carrier, task_group=carriers)
 
     async def shutdown(self) -> None:
-        """Graceful stop: no new clients or visitors, GoAway, wait for transfers, then close."""
+        """Graceful stop: no new clients or visitors, GoAway, wait for transfers, then close.
+
+        Visitor connections still open after `drain_timeout_s` are reset with their sessions.
+        """
         self._accepting.cancel()
-        for session in list(self.sessions.values()):
-            session.stop_services()
+        sessions = list(self.sessions.values())
+        for client in sessions:
+            client.stop_accepting()
+            if not client.session.closed:
+                await client.session.go_away()
         with anyio.move_on_after(self.config.drain_timeout_s):
-            async with anyio.create_task_group() as tg:
-                for session in list(self.sessions.values()):
-                    tg.start_soon(session.session.drain, self.config.drain_timeout_s)
-        for session in list(self.sessions.values()):
-            await session.session.aclose()
+            while any(client.visitors() for client in sessions):
+                await anyio.sleep(0.05)
+        for client in sessions:
+            await client.session.aclose()
 
     async def _on_carrier(self, stream: anyio.abc.SocketStream) -> None:
         session_id = next(self._session_ids)
@@ -326,8 +338,11 @@ class ClientSession:
             raise RegistrationError(
                 control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
             )
-        sock = await self._bind(request.type, request.remote_port)
-        service = ActiveService(request.service, request.type, local_port(sock), self.id)
+        sock = await self._bind(request.service, request.type, request.remote_port)
+        port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
+        service = ActiveService(request.service, request.type, port, self.id)
+        if isinstance(sock, UdpForwarder):
+            sock.counters = service.udp
         registry.add(service)
         self.services[service.name] = service
         assert self._tg is not None
@@ -341,11 +356,21 @@ class ClientSession:
         )
         return service
 
-    async def _bind(
-        self, type: ServiceType, port: int
-    ) -> anyio.abc.Listener[anyio.abc.SocketStream] | anyio.abc.UDPSocket:
+    async def _bind(self, name: str, type: ServiceType, port: int) -> _PublicSocket:
         host = self.config.public_host
-        binder = listen_tcp if type == "tcp" else listen_udp
+
+        async def binder(host: str, port: int) -> _PublicSocket:
+            if type == "tcp":
+                return await listen_tcp(host, port)
+            forwarder = UdpForwarder(
+                self.session,
+                name,
+                idle_s=self.config.udp_flow_idle_s,
+                max_flows=self.config.udp_max_flows,
+            )
+            await forwarder.bind(host, port)
+            return forwarder
+
         if port:
             try:
                 return await binder(host, port)
@@ -367,23 +392,21 @@ class ClientSession:
     async def _serve_service(
         self,
         service: ActiveService,
-        sock: anyio.abc.Listener[anyio.abc.SocketStream] | anyio.abc.UDPSocket,
+        sock: _PublicSocket,
     ) -> None:
         try:
             with service.scope:
-                if isinstance(sock, anyio.abc.UDPSocket):
-                    async with sock:
-                        await UdpForwarder(
-                            sock,
-                            self.session,
-                            service.name,
-                            idle_s=self.config.udp_flow_idle_s,
-                            max_flows=self.config.udp_max_flows,
-                            counters=service.udp,
-                        ).run()
+                if isinstance(sock, UdpForwarder):
+                    with service.listener_scope:  # datagrams have nothing to drain
+                        await sock.run()
                 else:
-                    async with sock:
-                        await sock.serve(lambda visitor: self._on_visitor(service, visitor))
+                    async with anyio.create_task_group() as visitors:
+                        with service.listener_scope:
+                            async with sock:
+                                await sock.serve(
+                                    lambda visitor: self._on_visitor(service, visitor),
+                                    task_group=visitors,
+                                )
         finally:
             self.server.registry.remove(service)
             self.services.pop(service.name, None)
@@ -439,6 +462,15 @@ class ClientSession:
         service = self.services.get(name)
         if service is not None:
             self.server.registry.remove(service)
+
+    def visitors(self) -> int:
+        """Visitor connections and UDP flows open on this session."""
+        return sum(service.visitors for service in self.services.values())
+
+    def stop_accepting(self) -> None:
+        """Close the public sockets; visitor connections already open carry on."""
+        for service in self.services.values():
+            service.listener_scope.cancel()
 
     def stop_services(self) -> None:
         """Free every public port of this session at once (a reconnect may bind them again)."""

@@ -1,14 +1,22 @@
 """UDP over mux streams: one stream per visitor address, datagrams framed by a 2-byte length.
 
-Datagrams are never truncated and never queued without bound: an oversize datagram or one that
-finds its flow's send buffer full is dropped and counted. A flow idle for `idle_s` expires; past
-`max_flows` the least recently active flow is evicted. Both end the flow's stream with RST.
+Datagrams are never truncated and never queued without bound: an oversize datagram, one that
+finds its flow's send buffer full, or one whose socket's write buffer is full is dropped and
+counted. A flow idle for `idle_s` expires; past `max_flows` the least recently active flow is
+evicted. Both end the flow's stream with RST.
+
+Datagrams go through asyncio datagram protocols rather than anyio's UDP sockets: each datagram
+is then framed and queued from the protocol callback, with no task switch per datagram, which is
+what lets a Python process keep up with a fast UDP sender. (anyio still structures everything
+else; this module requires the asyncio backend, which is what muxtunnel runs on.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -16,9 +24,12 @@ import anyio.abc
 
 from mux import MuxStream, Session
 from muxtunnel.control import VisitorHeader, encode_visitor_header
+from muxtunnel.transport import TransportError, bind_error
 
 #: Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes).
 MAX_DATAGRAM_BYTES = 65507
+#: Bytes a UDP socket may hold unsent before further datagrams to it are dropped.
+SOCKET_BUFFER_LIMIT_BYTES = 1024 * 1024
 _LENGTH = struct.Struct(">H")
 _FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -70,11 +81,73 @@ def queue_datagram(stream: MuxStream, datagram: bytes, counters: UdpCounters) ->
     """Send one datagram on a flow's stream, or drop and count it; never waits."""
     if len(datagram) > MAX_DATAGRAM_BYTES:
         counters.dropped_oversize += 1
-    elif stream.send_nowait(frame(datagram)):
+        return
+    try:
+        queued = stream.send_nowait(frame(datagram))
+    except _FAILURES:
+        return  # the flow is ending; its reader cleans up
+    if queued:
         counters.datagrams_in += 1
         counters.bytes_in += len(datagram)
     else:
         counters.dropped_backpressure += 1
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self.on_datagram = on_datagram
+        self.closed = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable and friends: UDP offers no delivery promise anyway
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+class UdpEndpoint:
+    """A UDP socket driven by a protocol callback; sends drop rather than queue without bound."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, protocol: _Protocol) -> None:
+        self.transport = transport
+        self.protocol = protocol
+
+    @property
+    def port(self) -> int:
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def send(self, datagram: bytes, address: Address | None = None) -> bool:
+        buffered: int = self.transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if buffered > SOCKET_BUFFER_LIMIT_BYTES:
+            return False
+        self.transport.sendto(datagram, address)
+        return True
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def open_endpoint(
+    on_datagram: Callable[[bytes, Address], None],
+    *,
+    local: Address | None = None,
+    remote: Address | None = None,
+) -> UdpEndpoint:
+    """Bind (`local`) or connect (`remote`) a UDP socket whose datagrams go to `on_datagram`."""
+    loop = asyncio.get_running_loop()
+    protocol = _Protocol(on_datagram)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: protocol, local_addr=local, remote_addr=remote
+        )
+    except OSError as exc:
+        if local is not None:
+            raise TransportError(bind_error(local[0], local[1], "udp", exc)) from None
+        raise
+    return UdpEndpoint(transport, protocol)
 
 
 @dataclass(slots=True)
@@ -89,7 +162,6 @@ class UdpForwarder:
 
     def __init__(
         self,
-        sock: anyio.abc.UDPSocket,
         session: Session,
         service: str,
         *,
@@ -97,29 +169,47 @@ class UdpForwarder:
         max_flows: int,
         counters: UdpCounters | None = None,
     ) -> None:
-        self.sock = sock
         self.session = session
         self.service = service
         self.idle_s = idle_s
         self.max_flows = max_flows
         self.counters = counters or UdpCounters()
         self.flows: OrderedDict[Address, _Flow] = OrderedDict()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._endpoint: UdpEndpoint | None = None
+
+    async def bind(self, host: str, port: int) -> None:
+        """Bind the public socket; datagrams are dropped until `run` starts."""
+        self._endpoint = await open_endpoint(self._on_datagram, local=(host, port))
+
+    @property
+    def port(self) -> int:
+        assert self._endpoint is not None
+        return self._endpoint.port
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._expire)
-            async for datagram, address in self.sock:
-                await self._on_datagram(datagram, (str(address[0]), int(address[1])), tg)
+        assert self._endpoint is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._expire)
+                await self._endpoint.protocol.closed.wait()
+        finally:
+            self._tg = None
+            self._endpoint.close()
+            for flow in self.flows.values():
+                self._end(flow)
+            self.flows.clear()
 
-    async def _on_datagram(
-        self, datagram: bytes, address: Address, tg: anyio.abc.TaskGroup
-    ) -> None:
+    def _on_datagram(self, datagram: bytes, address: Address) -> None:
         flow = self.flows.get(address)
         if flow is not None:
             flow.last_active = anyio.current_time()
             self.flows.move_to_end(address)
             queue_datagram(flow.stream, datagram, self.counters)
             return
+        if self._tg is None:
+            return  # not serving yet, or any more
         if len(datagram) > MAX_DATAGRAM_BYTES:
             self.counters.dropped_oversize += 1
             return
@@ -129,25 +219,31 @@ class UdpForwarder:
             self._end(oldest)
         header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
         try:
-            stream = await self.session.open_stream(header + frame(datagram))
+            stream = self.session.open_stream_nowait(header + frame(datagram))
+        except anyio.WouldBlock:
+            self.counters.dropped_backpressure += 1
+            return
         except anyio.BrokenResourceError:
             return
         self.counters.flows_opened += 1
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(datagram)
         flow = self.flows[address] = _Flow(stream, anyio.current_time())
-        tg.start_soon(self._replies, flow, address)
+        self._tg.start_soon(self._replies, flow, address)
 
     async def _replies(self, flow: _Flow, address: Address) -> None:
+        assert self._endpoint is not None
         reader = DatagramReader()
         with flow.scope:
             try:
                 while True:
                     for datagram in reader.feed(await flow.stream.receive()):
-                        await self.sock.sendto(datagram, *address)
-                        self.counters.datagrams_out += 1
-                        self.counters.bytes_out += len(datagram)
-                        flow.last_active = anyio.current_time()
+                        if self._endpoint.send(datagram, address):
+                            self.counters.datagrams_out += 1
+                            self.counters.bytes_out += len(datagram)
+                        else:
+                            self.counters.dropped_backpressure += 1
+                    flow.last_active = anyio.current_time()
             except (anyio.EndOfStream, *_FAILURES):
                 pass
         if self.flows.get(address) is flow:
@@ -170,37 +266,51 @@ class UdpForwarder:
         flow.scope.cancel()
 
 
-async def serve_flow(stream: MuxStream, target: Address, counters: UdpCounters) -> None:
+async def serve_flow(
+    stream: MuxStream, target: Address, counters: UdpCounters, *, idle_s: float | None = None
+) -> None:
     """Client side of one flow: a connected UDP socket towards the local service.
 
-    The server owns the flow's lifetime (idle expiry, eviction): it ends the stream, and that ends
-    this socket.
+    The server owns the flow's lifetime (idle expiry, eviction) and ends the stream, which ends
+    this socket; `idle_s` lets the client end an idle flow sooner, on its own terms.
     """
-    reader = DatagramReader()
+    last_active = anyio.current_time()
+
+    def from_target(datagram: bytes, _: Address) -> None:
+        nonlocal last_active
+        last_active = anyio.current_time()
+        queue_datagram(stream, datagram, counters)
+
     try:
-        sock = await anyio.create_connected_udp_socket(target[0], target[1])
+        endpoint = await open_endpoint(from_target, remote=target)
     except OSError:
         stream.reset()
         return
-    async with sock, anyio.create_task_group() as tg:
+    reader = DatagramReader()
 
-        async def to_target() -> None:
+    async def expire() -> None:
+        assert idle_s is not None
+        while anyio.current_time() - last_active < idle_s:
+            await anyio.sleep(max(last_active + idle_s - anyio.current_time(), 0.01))
+        stream.reset()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            if idle_s is not None:
+                tg.start_soon(expire)
             try:
                 while True:
-                    for datagram in reader.feed(await stream.receive()):
-                        await sock.send(datagram)
+                    data = await stream.receive()
+                    last_active = anyio.current_time()
+                    for datagram in reader.feed(data):
+                        if endpoint.send(datagram):
+                            counters.datagrams_out += 1
+                            counters.bytes_out += len(datagram)
+                        else:
+                            counters.dropped_backpressure += 1
             except (anyio.EndOfStream, *_FAILURES):
                 pass
             tg.cancel_scope.cancel()
-
-        async def from_target() -> None:
-            try:
-                while True:
-                    queue_datagram(stream, await sock.receive(), counters)
-            except _FAILURES:
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(to_target)
-        tg.start_soon(from_target)
-    stream.reset()
+    finally:
+        endpoint.close()
+        stream.reset()
