@@ -170,7 +170,6 @@ class Session:
             self._raise_if_closed()
             if self.conn.can_open_stream:
                 return self.open_stream_nowait(initial_data)
-            self._open_wakeup = anyio.Event()
             await self._open_wakeup.wait()
 
     def open_stream_nowait(self, initial_data: bytes = b"") -> MuxStream:
@@ -194,7 +193,6 @@ class Session:
         """Wait for the next stream the peer opens. Raises `SessionClosed` when the session ends."""
         while not self._accept_queue:
             self._raise_if_closed()
-            self._accept_wakeup = anyio.Event()
             await self._accept_wakeup.wait()
         stream = self._accept_queue.popleft()
         self.conn.accept_stream(stream.stream_id)
@@ -330,7 +328,7 @@ class Session:
                 stream = MuxStream(self, event.stream_id, anyio.current_time(), acked=True)
                 streams[event.stream_id] = stream
                 self._accept_queue.append(stream)
-                self._accept_wakeup.set()
+                self._notify_accept()
             elif isinstance(event, StreamEnded):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -342,18 +340,28 @@ class Session:
                     if stream in self._accept_queue:  # never accepted: nobody will read it
                         self._accept_queue.remove(stream)
                         stream._buffer.clear()
-                self._open_wakeup.set()
+                self._notify_open()
             elif isinstance(event, StreamAcked):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream._acked_at = anyio.current_time()
-                self._open_wakeup.set()
+                self._notify_open()
             elif isinstance(event, PongReceived):
                 waiter = self._pings.get(event.opaque)
                 if waiter is not None:
                     waiter.set()
             elif isinstance(event, GoAwayReceived):
-                self._open_wakeup.set()
+                self._notify_open()
+
+    # Many tasks may wait to open or accept: each wait is on the current event, and a
+    # notification sets it and puts a fresh one in place, so no waiter is ever left behind.
+    def _notify_open(self) -> None:
+        self._open_wakeup.set()
+        self._open_wakeup = anyio.Event()
+
+    def _notify_accept(self) -> None:
+        self._accept_wakeup.set()
+        self._accept_wakeup = anyio.Event()
 
     def _wake_writer(self) -> None:
         if self._writer_wakeup is not None:
@@ -362,7 +370,7 @@ class Session:
     def _forget(self, stream: MuxStream) -> None:
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
-        self._open_wakeup.set()
+        self._notify_open()
 
     def _raise_if_closed(self) -> None:
         if self._error is not None:
@@ -376,8 +384,8 @@ class Session:
         for stream in list(self._streams.values()):
             stream._on_session_closed()
         self._streams.clear()
-        self._accept_wakeup.set()
-        self._open_wakeup.set()
+        self._notify_accept()
+        self._notify_open()
         self._drained.set()
         self._wake_writer()
         for waiter in self._pings.values():
@@ -411,6 +419,7 @@ class MuxStream(anyio.abc.ByteStream):
         self._error: anyio.BrokenResourceError | None = None
         self._opened_at = opened_at
         self._acked_at: float | None = opened_at if acked else None
+        #: While half-closed: when the stream last carried data (the sweeper resets it when idle).
         self._half_closed_at: float | None = None
 
     # ------------------------------------------------------------------ ByteStream
@@ -453,6 +462,8 @@ class MuxStream(anyio.abc.ByteStream):
     async def send(self, item: bytes) -> None:
         self._check_sendable()
         conn = self._conn
+        if self._half_closed_at is not None:  # still busy one way: not a stuck stream
+            self._half_closed_at = anyio.current_time()
         try:
             conn.send_data(self.stream_id, item)
         except LocalProtocolError as exc:
@@ -533,6 +544,8 @@ class MuxStream(anyio.abc.ByteStream):
             return
         self._buffer.append(data)
         self._buffered += len(data)
+        if self._half_closed_at is not None:  # still busy one way: not a stuck stream
+            self._half_closed_at = anyio.current_time()
         if self._rx_wakeup is not None:
             self._rx_wakeup.set()
             self._rx_wakeup = None

@@ -39,10 +39,6 @@ from mux.testing import (
 pytestmark = pytest.mark.anyio
 
 F = FrameBuilder()
-LOST_WAKEUP = (
-    "Session.open_stream/accept_stream replace the shared wakeup Event before each wait, so "
-    "with several waiters only the last one is ever woken"
-)
 #: No keepalive unless a test is about it: a raw peer does not answer pings.
 QUIET = MuxConfig(enable_keepalive=False)
 
@@ -463,7 +459,6 @@ async def test_2000_streams_one_session() -> None:
     await run_many_streams(2000, QUIET.accept_backlog - 1, "tcp", timeout_s=20)
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_WAKEUP + " (hangs once 256 SYNs wait for ACKs)")
 async def test_10000_streams_one_session() -> None:
     """max_streams openers at once: most of them wait for the backlog at some point."""
     await run_many_streams(10_000, QUIET.max_streams, "tcp", timeout_s=10)
@@ -472,7 +467,6 @@ async def test_10000_streams_one_session() -> None:
 # ---------------------------------------------------------------------------------------- waiters
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_WAKEUP)
 async def test_open_stream_waiters_all_wake_when_the_backlog_frees() -> None:
     backlog = QUIET.accept_backlog
     with anyio.fail_after(10):
@@ -496,7 +490,6 @@ async def test_open_stream_waiters_all_wake_when_the_backlog_frees() -> None:
             assert len(opened) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_WAKEUP)
 async def test_accept_stream_waiters_all_get_a_stream() -> None:
     with anyio.fail_after(10):
         async with session_pair("memory", QUIET) as (client, server):
@@ -515,11 +508,6 @@ async def test_accept_stream_waiters_all_get_a_stream() -> None:
             assert sorted(s.stream_id for s in accepted) == [1, 3, 5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the half-closed timeout counts from the FIN, not from the last byte: a stream still "
-    "carrying data one way is reset",
-)
 async def test_half_closed_stream_still_carrying_data_is_not_reset() -> None:
     """A visitor sends its request and FIN, then downloads for longer than the timeout."""
     config = QUIET.replace(half_closed_timeout_s=0.3)
