@@ -34,6 +34,8 @@ log = structlog.get_logger("muxtunnel.client")
 CONTROL_TIMEOUT_S = 10.0
 #: How long the server may take to send a visitor stream's header after opening it.
 HEADER_TIMEOUT_S = 10.0
+#: On SIGTERM/SIGINT, how long live visitor connections get to finish before the session closes.
+DRAIN_S = 5.0
 #: Registration errors that no retry can fix.
 _FINAL_CODES = {control.AUTH_FAILED, control.PORT_NOT_ALLOWED, control.VERSION_MISMATCH}
 
@@ -107,9 +109,18 @@ class Client:
             await anyio.sleep(delay)
 
     async def stop(self) -> None:
-        """Graceful end: GoAway and close the session (the caller then cancels `run`)."""
-        if self.session is not None:
-            await self.session.aclose()
+        """Graceful end: GoAway, let live visitors finish (a few seconds at most), then close.
+
+        The caller then cancels `run`.
+        """
+        session = self.session
+        if session is None or session.closed:
+            return
+        await session.go_away()
+        with anyio.move_on_after(DRAIN_S):
+            while any(state.connections for state in self.services.values()):
+                await anyio.sleep(0.05)
+        await session.aclose()
 
     async def _session_once(self, first: bool) -> None:
         try:
