@@ -65,6 +65,26 @@ def read_on_demand(stream: anyio.abc.SocketStream) -> None:
             pass
 
 
+def address_of(stream: anyio.abc.SocketStream) -> tuple[str, int] | None:
+    """The peer's address, or None when its connection is already gone.
+
+    A peer that connects and resets at once can be gone before its handler runs; anyio under
+    uvloop then fails with AttributeError (the raw socket is None), not with OSError.
+    """
+    try:
+        return peer_address(stream)
+    except (OSError, AttributeError):
+        return None
+
+
+async def drop(stream: anyio.abc.SocketStream) -> None:
+    """Abort a connection that may already be gone (RST if it is not); never raises."""
+    try:
+        await abort(stream)
+    except (OSError, AttributeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
 @dataclass(eq=False)
 class ActiveService:
     """A registered service: its public socket and live counters."""
@@ -159,8 +179,12 @@ class Server:
 
     async def _on_carrier(self, stream: anyio.abc.SocketStream) -> None:
         read_on_demand(stream)
+        address = address_of(stream)
+        if address is None:  # reset before we got to it
+            await drop(stream)
+            return
         session_id = next(self._session_ids)
-        host, port = peer_address(stream)
+        host, port = address
         started = anyio.current_time()
         client = ClientSession(self, session_id, host, port)
         self.sessions[session_id] = client
@@ -457,12 +481,16 @@ class ClientSession:
             await self._serve_visitor(service, visitor)
         except Exception:
             log.exception("visitor handler failed", session=self.id, service=service.name)
-            await abort(visitor)
+            await drop(visitor)
 
     async def _serve_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
-        host, port = peer_address(visitor)
+        address = address_of(visitor)
+        if address is None:  # reset before we got to it
+            await drop(visitor)
+            return
+        host, port = address
         if service.visitors >= self.config.max_visitors_per_service or self.session.closed:
-            await abort(visitor)
+            await drop(visitor)
             return
         service.visitors += 1
         service.visitors_total += 1
@@ -472,7 +500,7 @@ class ClientSession:
             try:
                 stream = await self.session.open_stream(header)
             except anyio.BrokenResourceError:
-                await abort(visitor)
+                await drop(visitor)
                 return
             log.info("visitor opened", session=self.id, service=service.name, peer=f"{host}:{port}")
             result = await pipe(visitor, stream)
