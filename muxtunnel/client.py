@@ -22,10 +22,13 @@ import structlog
 from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
-from muxtunnel.control import Challenge, Error, Hello, Register, Registered
+from muxtunnel.compress import CompressedStream
+from muxtunnel.control import Challenge, Error, Hello, Register, Registered, Unregister
+from muxtunnel.limits import MeteredStream, ServiceTraffic
 from muxtunnel.model import ClientConfig, ServiceSpec
 from muxtunnel.proxy import pipe
-from muxtunnel.transport import TransportError, connect
+from muxtunnel.tls import TlsError, TlsVerifyError, client_context, connect_tls
+from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udp import UdpCounters, serve_flow
 
 log = structlog.get_logger("muxtunnel.client")
@@ -61,6 +64,8 @@ class ServiceState:
     bytes_out: int = 0
     udp: UdpCounters = field(default_factory=UdpCounters)
     flows: OrderedDict[int, MuxStream] = field(default_factory=OrderedDict)
+    #: Agreed with the server at registration (None: visitor bytes travel as they are).
+    compression: str | None = None
 
 
 Announce = Callable[[ServiceState], None]
@@ -82,6 +87,18 @@ class Client:
         self.session: Session | None = None
         self.connected = anyio.Event()
         self.reconnects = 0
+        #: Built once, so a bad certificate file is reported at start (exit 2), not per retry.
+        self.tls_context = client_context(config.tls) if config.tls else None
+        self.traffic: dict[str, ServiceTraffic] = {}
+        # The live session's control channel and handshake, for registrations after a reload.
+        self._channel: MuxStream | None = None
+        self._nonces = (b"", b"")
+        self._binding = b""
+        self._replies: anyio.abc.ObjectReceiveStream[Registered | Error] | None = None
+        self._control_lock = anyio.Lock()
+
+    def traffic_of(self, name: str) -> ServiceTraffic:
+        return self.traffic.setdefault(name, ServiceTraffic())
 
     @property
     def server(self) -> str:
@@ -89,6 +106,17 @@ class Client:
 
     async def run(self) -> None:
         """Serve until cancelled; raises `FatalError` for failures a retry cannot fix."""
+        if self.config.metrics is None and self.config.admin is None:
+            await self._run_sessions()
+            return
+        from muxtunnel.admin import run_endpoints
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_endpoints, self.config.metrics, self.config.admin, self)
+            await self._run_sessions()
+            tg.cancel_scope.cancel()
+
+    async def _run_sessions(self) -> None:
         attempt = 0
         first = True
         while True:
@@ -122,23 +150,45 @@ class Client:
                 await anyio.sleep(0.05)
         await session.aclose()
 
-    async def _session_once(self, first: bool) -> None:
+    async def _connect(self) -> anyio.abc.ByteStream:
+        """The carrier: TCP, wrapped in TLS when configured (sets the channel binding)."""
+        host, port = self.config.server_host, self.config.server_port
         try:
-            carrier = await connect(self.config.server_host, self.config.server_port)
+            carrier = await connect(host, port)
         except TransportError as exc:
             raise RetryableError(str(exc)) from None
+        self._binding = b""
+        if self.config.tls is None:
+            return carrier
+        try:
+            with anyio.fail_after(CONTROL_TIMEOUT_S):
+                tls, self._binding = await connect_tls(
+                    carrier, self.config.tls, host, self.tls_context
+                )
+        except TlsVerifyError as exc:
+            await abort(carrier)
+            raise FatalError(str(exc)) from None
+        except (TlsError, TimeoutError) as exc:
+            await abort(carrier)
+            raise RetryableError(str(exc) or "TLS handshake timed out") from None
+        return tls
+
+    async def _session_once(self, first: bool) -> None:
+        carrier = await self._connect()
         try:
             async with Session(carrier, client=True, config=self.config.mux) as session:
                 self.session = session
                 channel = await session.open_stream()
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     nonces = await self._hello(channel)
-                    for state in self.services.values():
+                    for state in list(self.services.values()):
                         await self._register(channel, state, nonces, first)
                 log.info("session opened", server=self.server, services=len(self.services))
+                send, self._replies = anyio.create_memory_object_stream[Registered | Error](16)
+                self._channel, self._nonces = channel, nonces
                 self.connected.set()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_control, channel, tg.cancel_scope)
+                async with anyio.create_task_group() as tg, send:
+                    tg.start_soon(self._watch_control, channel, tg.cancel_scope, send)
                     try:
                         while True:
                             tg.start_soon(self._on_stream, await session.accept_stream())
@@ -151,8 +201,13 @@ class Client:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if self.connected.is_set():
                 return  # a session that was up ended: the caller reconnects
-            raise RetryableError(f"the server closed the connection: {exc or 'EOF'}") from None
+            hint = ""
+            if self.config.tls is not None and self.config.tls.cert is None:
+                hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
+            reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
+            raise RetryableError(reason) from None
         finally:
+            self._channel, self._replies = None, None
             for state in self.services.values():
                 state.public = None
 
@@ -169,8 +224,14 @@ class Client:
         return reply.server_nonce, client_nonce
 
     async def _register(
-        self, channel: MuxStream, state: ServiceState, nonces: tuple[bytes, bytes], first: bool
+        self,
+        channel: MuxStream,
+        state: ServiceState,
+        nonces: tuple[bytes, bytes],
+        first: bool,
+        replies: anyio.abc.ObjectReceiveStream[Registered | Error] | None = None,
     ) -> None:
+        """Register one service; `replies` carries the answers once `_watch_control` runs."""
         spec = state.spec
         token = spec.token or self.config.token
         if token is None:
@@ -179,20 +240,35 @@ class Client:
             )
         key = derive_key(token)
         server_nonce, client_nonce = nonces
-        tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce)
+        tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce, self._binding)
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
-        await control.send_message(channel, Register(spec.name, spec.type, port, tag))
-        reply = await control.receive_message(channel)
+        level = spec.compression_level if spec.compression else 0
+        request = Register(spec.name, spec.type, port, tag, spec.compression, level)
+        await control.send_message(channel, request)
+        if replies is None:
+            reply = await control.receive_message(channel)
+        else:
+            reply = await replies.receive()
         if isinstance(reply, Error):
             message = f"service {spec.name!r}: {reply.message}"
+            tls = self.config.tls
+            if reply.code == control.AUTH_FAILED and tls is not None and tls.insecure:
+                message += (
+                    " (with --insecure TLS this is also what a man in the middle looks like: "
+                    "his certificate changes the channel binding; pin the server's with "
+                    "--server-fingerprint)"
+                )
             if reply.code in _FINAL_CODES or (first and reply.code != control.RATE_LIMITED):
                 raise FatalError(message)
             raise RetryableError(message)
         if not isinstance(reply, Registered) or reply.service != spec.name:
             raise control.ControlError(f"unexpected answer to registering {spec.name!r}")
-        if not verify_server_tag(key, reply.tag, spec.name, spec.type, server_nonce, client_nonce):
+        if not verify_server_tag(
+            key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding
+        ):
             raise FatalError("the server could not prove it knows the token: refusing it")
+        state.compression = reply.compression if spec.compression else None
         host = reply.public_host
         if host in ("0.0.0.0", "::", ""):
             host = self.config.server_host
@@ -209,21 +285,101 @@ class Client:
         )
         self.announce(state)
 
-    async def _watch_control(self, channel: MuxStream, scope: anyio.CancelScope) -> None:
-        """The control channel stays open for the session; its end ends the session."""
+    async def _watch_control(
+        self,
+        channel: MuxStream,
+        scope: anyio.CancelScope,
+        replies: anyio.abc.ObjectSendStream[Registered | Error],
+    ) -> None:
+        """The control channel stays open for the session; its end ends the session.
+
+        Answers to registrations made later (after a reload) go to `replies`.
+        """
         try:
             while True:
                 message = await control.receive_message(channel)
-                if isinstance(message, Error):
+                if isinstance(message, Error) and message.code == control.SERVICE_CLOSED:
+                    state = self.services.get(message.service or "")
+                    if state is not None:
+                        state.public = None
                     log.warning(
-                        "server error",
-                        code=message.code,
-                        message=message.message,
+                        "service closed by the server",
                         service=message.service,
+                        reason=message.message,
                     )
-        except (anyio.EndOfStream, anyio.BrokenResourceError, control.ControlError):
+                elif isinstance(message, Registered) or (
+                    isinstance(message, Error) and message.service is not None
+                ):
+                    replies.send_nowait(message)
+                elif isinstance(message, Error):
+                    log.warning("server error", code=message.code, message=message.message)
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.WouldBlock,
+            control.ControlError,
+        ):
             pass
         scope.cancel()
+
+    # --- changes while running (hot reload) ---
+
+    async def reload(self, config: ClientConfig) -> None:
+        """Put a new config in force (see `muxtunnel.reload`)."""
+        from muxtunnel.reload import reload_client
+
+        await reload_client(self, config)
+
+    async def add_service(self, spec: ServiceSpec) -> bool:
+        """Start exposing `spec`; on a live session it is registered at once. False if refused."""
+        state = self.services[spec.name] = ServiceState(spec)
+        async with self._control_lock:
+            channel, replies = self._channel, self._replies
+            if channel is None or replies is None or not self.connected.is_set():
+                return True  # registered with the others when the session (re)starts
+            try:
+                with anyio.fail_after(CONTROL_TIMEOUT_S):
+                    await self._register(channel, state, self._nonces, True, replies)
+            except (FatalError, RetryableError, control.ControlError, TimeoutError) as exc:
+                log.error("service refused; left out until the next reload", error=str(exc))
+                self.services.pop(spec.name, None)
+                return False
+            except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+                pass  # the session ended: the next one registers the service
+        return True
+
+    async def remove_service(self, name: str) -> None:
+        """Stop exposing `name`; the server closes its public port and its visitors."""
+        state = self.services.pop(name, None)
+        async with self._control_lock:
+            if state is None or self._channel is None or state.public is None:
+                return
+            try:
+                await control.send_message(self._channel, Unregister(name))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+        log.info("service removed", service=name)
+
+    def update_local(self, spec: ServiceSpec) -> None:
+        """A new local address for a service: visitors from now on go there."""
+        state = self.services.get(spec.name)
+        if state is not None:
+            state.spec = spec
+            log.info("service local address changed", service=spec.name, local=spec.local)
+
+    def replace_services(self, specs: tuple[ServiceSpec, ...]) -> None:
+        """Take `specs` as the services to register on the next session."""
+        old = self.services
+        self.services = {}
+        for spec in specs:
+            state = self.services[spec.name] = ServiceState(spec)
+            if spec.name in old and old[spec.name].spec.remote_port == spec.remote_port:
+                state.remote_port = old[spec.name].remote_port
+
+    async def restart_session(self) -> None:
+        """Close the session now; `run` reconnects (with the current config) after a short wait."""
+        if self.session is not None and not self.session.closed:
+            await self.session.aclose()
 
     async def _on_stream(self, stream: MuxStream) -> None:
         """One visitor. A bug here must cost this visitor only, never the session."""
@@ -278,10 +434,16 @@ class Client:
         state.connections += 1
         state.connections_total += 1
         log.info("visitor opened", service=spec.name, peer=peer)
+        traffic = self.traffic_of(spec.name)
+        meter = traffic.open(spec.name, peer)
+        tunnel: anyio.abc.ByteStream = stream
+        if state.compression:
+            tunnel = CompressedStream(stream, spec.compression_level)
         try:
-            result = await pipe(stream, target)
+            result = await pipe(tunnel, MeteredStream(target, meter, receive_is_in=False))
         finally:
             state.connections -= 1
+            traffic.close(meter)
         state.bytes_in += result.forward_bytes
         state.bytes_out += result.backward_bytes
         log.info(

@@ -39,9 +39,12 @@ from mux._config import MuxConfig
 from muxtunnel.model import (
     DEFAULT_CONTROL_PORT,
     ClientConfig,
+    ClientTls,
+    Endpoint,
     PortRanges,
     Secret,
     ServerConfig,
+    ServerTls,
     ServicePolicy,
     ServiceSpec,
 )
@@ -54,6 +57,7 @@ from muxtunnel.specs import (
     validate_host,
     validate_service_name,
 )
+from muxtunnel.tls import parse_fingerprint
 
 __all__ = [
     "ENV_TOKEN",
@@ -493,14 +497,24 @@ def _server_services(node: _Node, env: Mapping[str, str]) -> tuple[ServicePolicy
     policies, names = [], dict[str, _Node]()
     for item in _list(node):
         entry = _entry(item)
-        _check_keys(entry, ("name", "token"))
+        _check_keys(entry, _POLICY_KEYS)
         name_node = _present(entry, "name")
         if name_node is None:
             _fail(entry, "missing required key 'name'")
         name = _parsed(name_node, validate_service_name, _string(name_node, env))
         _unique_name(names, name, name_node)
         token_node = _present(entry, "token")
-        policies.append(ServicePolicy(name, _token(token_node, env) if token_node else None))
+        limits: dict[str, Any] = {}
+        if node := _present(entry, "bandwidth_bytes_per_s"):
+            limits["bandwidth_bytes_per_s"] = _size(node, env)
+            if limits["bandwidth_bytes_per_s"] < 1:
+                _fail(node, "must be at least 1 byte per second")
+        if node := _present(entry, "max_connections"):
+            limits["max_connections"] = _count(node, env)
+        if node := _present(entry, "compression"):
+            limits["compression"] = _bool(node, env)
+        token = _token(token_node, env) if token_node else None
+        policies.append(ServicePolicy(name, token, **limits))
     return tuple(policies)
 
 
@@ -510,7 +524,7 @@ def _client_services(node: _Node, env: Mapping[str, str]) -> tuple[ServiceSpec, 
     specs, names = [], dict[str, _Node]()
     for item in _list(node):
         entry = _entry(item)
-        _check_keys(entry, ("name", "type", "local", "remote_port", "token"))
+        _check_keys(entry, _SPEC_KEYS)
         local_node = _present(entry, "local")
         if local_node is None:
             _fail(entry, "missing required key 'local'")
@@ -531,6 +545,9 @@ def _client_services(node: _Node, env: Mapping[str, str]) -> tuple[ServiceSpec, 
             name = _parsed(name_node, validate_service_name, _string(name_node, env))
         _unique_name(names, name, name_node or entry)
         remote, token = _present(entry, "remote_port"), _present(entry, "token")
+        compression, level = _compression(entry, env)
+        if compression and kind == "udp":
+            _fail(_present(entry, "compression") or entry, "compression is for tcp services only")
         specs.append(
             ServiceSpec(
                 name=name,
@@ -539,9 +556,149 @@ def _client_services(node: _Node, env: Mapping[str, str]) -> tuple[ServiceSpec, 
                 local_port=port,
                 remote_port=_int(remote, env, 0, 65535) if remote else 0,
                 token=_token(token, env) if token else None,
+                compression=compression,
+                compression_level=level,
             )
         )
     return tuple(specs)
+
+
+_POLICY_KEYS = ("name", "token", "bandwidth_bytes_per_s", "max_connections", "compression")
+_SPEC_KEYS = (
+    "name", "type", "local", "remote_port", "token", "compression", "compression_level",
+)  # fmt: skip
+_LEVELS = (1, 22)  # zstd's levels
+
+
+def _compression(entry: _Map, env: Mapping[str, str]) -> tuple[str | None, int]:
+    """`compression: zstd | none | true | false` and `compression_level: 1..22` (default 3)."""
+    algorithm: str | None = None
+    if node := _present(entry, "compression"):
+        value = _value(node, env, "'zstd' or 'none'")
+        if value is True or value == "zstd":
+            algorithm = "zstd"
+        elif value not in (False, "none"):
+            _wrong(node, "'zstd' or 'none'", value)
+    level = 3
+    if node := _present(entry, "compression_level"):
+        level = _int(node, env, *_LEVELS)
+    return algorithm, level
+
+
+def _path(node: _Node, env: Mapping[str, str]) -> str:
+    """A file path; relative paths in a file are relative to that file's folder."""
+    path = os.path.expanduser(_string(node, env))
+    if not path:
+        _fail(node, "the path must not be empty")
+    if node.line and not os.path.isabs(path):
+        path = os.path.join(os.path.dirname(os.path.abspath(node.file)), path)
+    return path
+
+
+def _overridden(node: _Node, kind: type[T]) -> T | None:
+    if isinstance(node, _Scalar) and isinstance(node.value, kind):
+        return node.value
+    return None
+
+
+def _server_tls(node: _Node, env: Mapping[str, str]) -> ServerTls | None:
+    if done := _overridden(node, ServerTls):
+        return done
+    section = _entry(node)
+    _check_keys(section, ("cert", "key", "client_ca"))
+    cert, key = _present(section, "cert"), _present(section, "key")
+    if cert is None or key is None:
+        _fail(section, "TLS needs both 'cert' and 'key' (`muxtunnel cert` makes a pair)")
+    client_ca = _present(section, "client_ca")
+    return ServerTls(
+        _path(cert, env), _path(key, env), _path(client_ca, env) if client_ca else None
+    )
+
+
+def _client_tls(node: _Node, env: Mapping[str, str]) -> ClientTls | None:
+    if done := _overridden(node, ClientTls):
+        return done
+    if isinstance(node, _Scalar):  # `tls: false` (off) or `tls: true` (needs a way to verify)
+        if not _bool(node, env):
+            return None
+        section = _Map(node.file, node.line, node.path)
+    else:
+        section = _entry(node)
+        _check_keys(
+            section, ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
+        )
+        if (enabled := _present(section, "enabled")) and not _bool(enabled, env):
+            return None
+    fields: dict[str, Any] = {}
+    if ca := _present(section, "ca"):
+        fields["ca"] = "system" if _string(ca, env) == "system" else _path(ca, env)
+    if pins := _present(section, "fingerprint"):
+        items = pins.items if isinstance(pins, _List) else [pins]
+        if isinstance(pins, _Scalar) and isinstance(pins.value, tuple | list):  # flags
+            items = [_Scalar(pins.file, 0, pins.path, None, text) for text in pins.value]
+        fields["fingerprints"] = tuple(
+            _parsed_value(item, parse_fingerprint, _string(item, env)) for item in items
+        )
+    if insecure := _present(section, "insecure"):
+        fields["insecure"] = _bool(insecure, env)
+    cert, key = _present(section, "cert"), _present(section, "key")
+    if (cert is None) != (key is None):
+        _fail(section, "a client certificate needs both 'cert' and 'key'")
+    if cert is not None and key is not None:
+        fields["cert"], fields["key"] = _path(cert, env), _path(key, env)
+    if name := _present(section, "server_name"):
+        fields["server_name"] = _parsed(name, validate_host, _string(name, env))
+    settings = ClientTls(**fields)
+    if not (settings.ca or settings.fingerprints or settings.insecure):
+        _fail(
+            section,
+            "TLS needs a way to verify the server: a CA file (ca, or 'system' for the system's "
+            "CAs), a pinned fingerprint (fingerprint: sha256:...), or, knowingly, insecure: true",
+        )
+    return settings
+
+
+def _parsed_value(node: _Node, parse: Callable[[str], T], text: str) -> T:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        _fail(node, str(exc))
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: an address only this machine can reach."""
+    return host in ("::1", "localhost") or host.startswith("127.")
+
+
+def _endpoint(node: _Node, env: Mapping[str, str]) -> Endpoint | None:
+    """`HOST:PORT` (or a port: loopback), or a mapping `{bind, token}`; false for off."""
+    if done := _overridden(node, Endpoint):
+        return done
+    if isinstance(node, _Scalar):
+        bind_node, token_node = node, None
+    else:
+        section = _entry(node)
+        _check_keys(section, ("bind", "token"))
+        found = _present(section, "bind")
+        if found is None:
+            _fail(section, "missing required key 'bind'")
+        bind_node, token_node = found, _present(section, "token")
+    text = _value(bind_node, env, "HOST:PORT")
+    if text is False:
+        return None
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        _wrong(bind_node, "HOST:PORT", text)
+    host, port = _parsed(
+        bind_node, lambda t: parse_host_port(t, default_host="127.0.0.1"), str(text)
+    )
+    token = _token(token_node, env) if token_node else None
+    if token is None and not is_loopback(host):
+        _fail(
+            node,
+            f"{host} is not a loopback address: give a bearer token (token: ...) "
+            "so that nobody else can read it",
+        )
+    return Endpoint(host, port, token)
 
 
 # YAML key -> reader; each key is also the name of the model field it fills.
@@ -557,6 +714,10 @@ _SERVER_FIELDS: dict[str, _Reader] = {
     "auth_failures_burst": _count,
     "auth_failures_per_min": _positive,
     "mux": _mux,
+    "tls": _server_tls,
+    "metrics": _endpoint,
+    "admin": _endpoint,
+    "compression_level_max": lambda node, env: _int(node, env, *_LEVELS),
 }
 _SERVER_KEYS = ("bind", "public_host", *_SERVER_FIELDS)
 _CLIENT_FIELDS: dict[str, _Reader] = {
@@ -567,6 +728,9 @@ _CLIENT_FIELDS: dict[str, _Reader] = {
     "udp_flow_idle_s": _positive,
     "udp_max_flows": _count,
     "mux": _mux,
+    "tls": _client_tls,
+    "metrics": _endpoint,
+    "admin": _endpoint,
 }
 _CLIENT_KEYS = ("server", *_CLIENT_FIELDS)
 
@@ -618,11 +782,29 @@ def _overlay(
     for key, value in overrides.items():
         if key not in allowed:
             raise TypeError(f"unknown {role} config override {key!r}")
-        if value is not None:
+        if isinstance(value, Mapping):  # flags for some keys of a sub-section (tls, admin)
+            items[key] = _overlay_mapping(items.get(key), section, key, value)
+        elif value is not None:
             items[key] = _Scalar("command line", 0, key, None, value)
     if _absent(items.get("token")) and env.get(ENV_TOKEN):
         items["token"] = _Scalar("environment", 0, ENV_TOKEN, None, env[ENV_TOKEN])
     return _Map(section.file, section.line, section.path, items)
+
+
+def _overlay_mapping(
+    node: _Node | None, section: _Map, key: str, values: Mapping[str, object]
+) -> _Map:
+    """Flags that set some keys of a sub-section: they go on top of the file's keys."""
+    if isinstance(node, _Map):
+        base = dict(node.items)
+    elif node is None or _absent(node) or "bind" in values:
+        base = {}
+    else:
+        base = {"bind": node}  # `admin: HOST:PORT` in the file, a token from the command line
+    for name, value in values.items():
+        if value is not None:
+            base[name] = _Scalar("command line", 0, f"{key}.{name}", None, value)
+    return _Map(section.file, section.line, _child(section.path, key), base)
 
 
 @overload

@@ -8,8 +8,9 @@ later version may add optional fields; anything missing or of the wrong type is 
 Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
     S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
-    C -> S  Register(service, type, remote_port, tag)     tag = auth.client_tag(...)
-    S -> C  Registered(..., tag)                          tag = auth.server_tag(...), or Error
+    C -> S  Register(service, type, remote_port, tag[, compression, compression_level])
+    S -> C  Registered(..., tag[, compression])           or Error
+                                    (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
 Each visitor stream the server opens starts with one VisitorHeader, framed the same way.
 
@@ -44,6 +45,7 @@ __all__ = [
     "PORT_NOT_ALLOWED",
     "PROTOCOL_VERSION",
     "RATE_LIMITED",
+    "SERVICE_CLOSED",
     "SERVICE_TAKEN",
     "VERSION_MISMATCH",
     "Challenge",
@@ -81,6 +83,8 @@ BAD_REQUEST = "bad_request"
 VERSION_MISMATCH = "version_mismatch"
 RATE_LIMITED = "rate_limited"
 INTERNAL_ERROR = "internal_error"
+#: Server -> client, unasked: a live service was closed (e.g. the server's config changed).
+SERVICE_CLOSED = "service_closed"
 
 
 class ControlError(Exception):
@@ -129,16 +133,27 @@ def _check_type(value: object) -> None:
         raise ValueError(f"type must be one of {', '.join(SERVICE_TYPES)}")
 
 
+def _check_compression(value: object) -> None:
+    if value is not None:
+        _check_text("compression", value, 16)
+
+
 class _Wire:
     """Shared `to_wire`/`from_wire`: fields map to keys of the same name, plus `kind`."""
 
     WIRE_KIND: ClassVar[str]
+    #: Fields added in later versions: left off the wire while they hold their default, so a
+    #: message that uses no new feature is byte for byte what older versions send.
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ()
     __slots__ = ()
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"kind": self.WIRE_KIND}
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            wire[item.name] = getattr(self, item.name)
+            value = getattr(self, item.name)
+            if item.name in self.EXTENSIONS and value == item.default:
+                continue
+            wire[item.name] = value
         return wire
 
     @classmethod
@@ -193,17 +208,23 @@ class Register(_Wire):
     """Client -> server: expose `service`; `tag` proves the client holds the service's token."""
 
     WIRE_KIND: ClassVar[str] = "register"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "compression_level")
     service: str
     type: ServiceType
     #: Public port wanted; 0 lets the server pick one from its allowed ports.
     remote_port: int
     tag: bytes
+    #: Optional (later versions): compression asked for ("zstd"), and the level to use.
+    compression: str | None = None
+    compression_level: int = 0
 
     def __post_init__(self) -> None:
         _check_service(self.service)
         _check_type(self.type)
         _check_int("remote_port", self.remote_port, 0, 65535)
         _check_bytes("tag", self.tag, TAG_BYTES)
+        _check_compression(self.compression)
+        _check_int("compression_level", self.compression_level, 0, 22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +233,14 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression",)
     service: str
     type: ServiceType
     public_host: str
     public_port: int
     tag: bytes
+    #: Optional (later versions): the compression both sides use on visitor streams, if any.
+    compression: str | None = None
 
     def __post_init__(self) -> None:
         _check_service(self.service)
@@ -224,6 +248,7 @@ class Registered(_Wire):
         _check_text("public_host", self.public_host, _MAX_TEXT_CHARS)
         _check_int("public_port", self.public_port, 1, 65535)
         _check_bytes("tag", self.tag, TAG_BYTES)
+        _check_compression(self.compression)
 
 
 @dataclass(frozen=True, slots=True)

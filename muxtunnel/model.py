@@ -52,6 +52,56 @@ class ServicePolicy:
 
     name: str
     token: Secret | None = None  # None: the server's default token applies
+    #: Visitor bytes per second, each direction, all visitors of the service together.
+    bandwidth_bytes_per_s: int | None = None  # None: unlimited
+    #: Concurrent visitor connections (the lower of this and max_visitors_per_service applies).
+    max_connections: int | None = None
+    #: May the client ask for compressed visitor streams?
+    compression: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A local HTTP endpoint (metrics, admin API): where it binds and the bearer token, if any."""
+
+    host: str
+    port: int
+    token: Secret | None = None
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS on the server's control port. Paths are absolute or relative to the working dir."""
+
+    cert: str
+    key: str
+    #: Mutual TLS: clients must present a certificate this CA file (PEM) vouches for.
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """TLS towards the server and how the server's certificate is verified.
+
+    At least one of `ca`, `fingerprints` or `insecure` is set (the loader makes sure): the client
+    never falls back to an unverified connection on its own.
+    """
+
+    #: PEM file of trusted CAs, or "system" for the system's trust store.
+    ca: str | None = None
+    #: Pinned SHA-256 fingerprints of the server certificate (lowercase hex, no separators).
+    fingerprints: tuple[str, ...] = ()
+    #: Accept any certificate (channel binding still exposes a relaying man in the middle).
+    insecure: bool = False
+    #: Client certificate and key for mutual TLS.
+    cert: str | None = None
+    key: str | None = None
+    #: Name checked against the certificate with `ca` (default: the server's host).
+    server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +124,12 @@ class ServerConfig:
     #: Failed auth attempts per source address: burst, then refill per minute.
     auth_failures_burst: int = 5
     auth_failures_per_min: float = 5.0
+    tls: ServerTls | None = None
+    #: Prometheus endpoint and admin API; None: off.
+    metrics: Endpoint | None = None
+    admin: Endpoint | None = None
+    #: Highest zstd level the server compresses with, whatever level a client asks for.
+    compression_level_max: int = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +142,9 @@ class ServiceSpec:
     local_port: int
     remote_port: int = 0  # 0: the server picks a free allowed port
     token: Secret | None = None  # None: the client's default token applies
+    #: "zstd" to compress visitor bytes through the tunnel (TCP only), None for none.
+    compression: str | None = None
+    compression_level: int = 3
 
     @property
     def local(self) -> str:
@@ -103,3 +162,6 @@ class ClientConfig:
     reconnect_max_s: float = 30.0
     udp_flow_idle_s: float = 60.0
     udp_max_flows: int = 4096
+    tls: ClientTls | None = None
+    metrics: Endpoint | None = None
+    admin: Endpoint | None = None

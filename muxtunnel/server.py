@@ -26,9 +26,12 @@ from muxtunnel.auth import (
     server_tag,
     verify_client_tag,
 )
+from muxtunnel.compress import ALGORITHMS, CompressedStream
 from muxtunnel.control import Error, Hello, Register, Registered, Unregister, VisitorHeader
+from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.model import ServerConfig, ServiceType
 from muxtunnel.proxy import pipe
+from muxtunnel.tls import ServerTlsContext, TlsError
 from muxtunnel.transport import (
     TransportError,
     abort,
@@ -103,6 +106,11 @@ class ActiveService:
     bytes_out: int = 0
     udp: UdpCounters = field(default_factory=UdpCounters)
     started: float = field(default_factory=anyio.current_time)
+    #: Agreed at registration: visitor streams are compressed with this (None: not at all).
+    compression: str | None = None
+    compression_level: int = 3
+    #: Set once the public socket is closed and the service's tasks are over.
+    ended: anyio.Event = field(default_factory=anyio.Event)
 
 
 class Registry:
@@ -140,25 +148,64 @@ class Server:
         self._session_ids = itertools.count(1)
         self._accepting = anyio.CancelScope()
         self.port: int | None = None
+        #: TLS on the control port (None: plain TCP); swapped by a reload.
+        self.tls = ServerTlsContext.load(config.tls) if config.tls else None
+        #: Per service name, kept across registrations: byte totals and enforced limits.
+        self.traffic: dict[str, ServiceTraffic] = {}
+        self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
+        self.auth_failures = 0
+        self.started = 0.0
+
+    def traffic_of(self, name: str) -> ServiceTraffic:
+        return self.traffic.setdefault(name, ServiceTraffic())
+
+    def limiter_of(self, name: str) -> ServiceLimiter:
+        return self.limiters.setdefault(name, ServiceLimiter())
+
+    async def reload(self, config: ServerConfig) -> None:
+        """Put a new config in force (see `muxtunnel.reload`)."""
+        from muxtunnel.reload import reload_server
+
+        await reload_server(self, config)
+
+    async def close_service(self, service: ActiveService, reason: str) -> None:
+        """Close a live service (its visitors too) and tell its client why."""
+        log.warning("service closed by the server", service=service.name, reason=reason)
+        self.registry.remove(service)
+        client = self.sessions.get(service.session_id)
+        if client is not None and client.channel is not None:
+            message = Error(control.SERVICE_CLOSED, reason, service.name)
+            try:
+                await control.send_message(client.channel, message)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until cancelled. Reports the bound control port through `task_status`."""
+        self.started = anyio.current_time()
         listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
         self.port = local_port(listener)
         log.info(
             "listening",
             bind=f"{self.config.bind_host}:{self.port}",
             allow_ports=str(self.config.allow_ports),
+            tls=self.tls.fingerprint if self.tls else None,
         )
-        task_status.started(self.port)
-        # Carriers run in a group outside the accepting scope: stopping to accept new clients
-        # (shutdown) must not cancel the sessions that are draining.
-        async with anyio.create_task_group() as carriers:
-            async with listener:
-                with self._accepting:
-                    await listener.serve(self._on_carrier, task_group=carriers)
+        async with anyio.create_task_group() as endpoints:
+            if self.config.metrics or self.config.admin:
+                from muxtunnel.admin import run_endpoints
+
+                await endpoints.start(run_endpoints, self.config.metrics, self.config.admin, self)
+            task_status.started(self.port)
+            # Carriers run in a group outside the accepting scope: stopping to accept new
+            # clients (shutdown) must not cancel the sessions that are draining.
+            async with anyio.create_task_group() as carriers:
+                async with listener:
+                    with self._accepting:
+                        await listener.serve(self._on_carrier, task_group=carriers)
+            endpoints.cancel_scope.cancel()
 
     async def shutdown(self) -> None:
         """Graceful stop: no new clients or visitors, GoAway, wait for transfers, then close.
@@ -186,10 +233,22 @@ class Server:
         session_id = next(self._session_ids)
         host, port = address
         started = anyio.current_time()
-        client = ClientSession(self, session_id, host, port)
+        carrier: anyio.abc.ByteStream = stream
+        binding = b""
+        if self.tls is not None:
+            tls = self.tls  # this handshake's certificate, even if a reload swaps it meanwhile
+            try:
+                with anyio.fail_after(self.config.auth_timeout_s):
+                    carrier = await tls.accept(stream)
+            except (TlsError, TimeoutError) as exc:
+                log.warning("tls handshake failed", peer=f"{host}:{port}", error=str(exc))
+                await abort(stream)
+                return
+            binding = tls.binding
+        client = ClientSession(self, session_id, host, port, binding)
         self.sessions[session_id] = client
         try:
-            async with Session(stream, client=False, config=self.config.mux) as session:
+            async with Session(carrier, client=False, config=self.config.mux) as session:
                 client.session = session
                 await client.run()
         finally:
@@ -210,9 +269,14 @@ class ClientSession:
 
     session: Session
 
-    def __init__(self, server: Server, session_id: int, host: str, port: int) -> None:
+    def __init__(
+        self, server: Server, session_id: int, host: str, port: int, binding: bytes = b""
+    ) -> None:
         self.server = server
-        self.config = server.config
+        #: SHA-256 of the TLS certificate this session was accepted with (b"" without TLS).
+        self.binding = binding
+        self.started = anyio.current_time()
+        self.channel: MuxStream | None = None
         self.id = session_id
         self.peer = f"{host}:{port}"
         self.source = address_key(host)
@@ -220,6 +284,14 @@ class ClientSession:
         self.authenticated = False
         self.close_reason = "client disconnected"
         self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.server.config  # the server's current one: a reload reaches live sessions
+
+    @property
+    def has_session(self) -> bool:
+        return hasattr(self, "session")
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -243,7 +315,7 @@ class ClientSession:
 
     async def _serve_control(self) -> None:
         with anyio.fail_after(self.config.auth_timeout_s) as deadline:
-            channel = await self.session.accept_stream()
+            channel = self.channel = await self.session.accept_stream()
             self._tg_start(self._refuse_client_streams)
             hello = await control.receive_message(channel)
             if not isinstance(hello, Hello):
@@ -270,7 +342,7 @@ class ClientSession:
                     if self.authenticated:
                         deadline.deadline = float("inf")
                 elif isinstance(message, Unregister):
-                    self._unregister(message.service)
+                    await self._unregister(message.service)
                 else:
                     raise control.ControlError(f"unexpected {type(message).__name__} message")
                 if self.authenticated:
@@ -281,7 +353,7 @@ class ClientSession:
                 if not await self._register(channel, message, server_nonce, hello.client_nonce):
                     return
             elif isinstance(message, Unregister):
-                self._unregister(message.service)
+                await self._unregister(message.service)
             else:
                 raise control.ControlError(f"unexpected {type(message).__name__} message")
 
@@ -314,7 +386,12 @@ class ClientSession:
     async def _register(
         self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
     ) -> bool:
-        """Handle one registration; False when the session must end (failed authentication)."""
+        """Handle one registration; False when the session must end.
+
+        A failed authentication ends a session that has not authenticated yet; one that has
+        (a client adding a service after a reload) stays up for its other services, but the
+        failure still counts against the source's rate limit.
+        """
         now = anyio.current_time()
         if not self.server.failures.allowed(self.source, now):
             retry = self.server.failures.retry_after(self.source, now)
@@ -332,11 +409,13 @@ class ClientSession:
             self.close_reason = "rate limited"
             return False
         key, known = self.server.tokens.key_for(request.service)
+        nonces = (server_nonce, client_nonce)
         valid = verify_client_tag(
-            key, request.tag, request.service, request.type, server_nonce, client_nonce
+            key, request.tag, request.service, request.type, *nonces, self.binding
         )
         if not (valid and known):
             self.server.failures.record_failure(self.source, now)
+            self.server.auth_failures += 1
             log.warning(
                 "authentication failed", session=self.id, peer=self.peer, service=request.service
             )
@@ -348,6 +427,8 @@ class ClientSession:
                     request.service,
                 ),
             )
+            if self.authenticated:
+                return True
             self.close_reason = "authentication failed"
             return False
         if not self.authenticated:
@@ -365,12 +446,27 @@ class ClientSession:
             )
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
-        tag = server_tag(key, request.service, request.type, server_nonce, client_nonce)
+        tag = server_tag(
+            key, request.service, request.type, server_nonce, client_nonce, self.binding
+        )
+        public_host, compression = self.config.public_host, service.compression
         await control.send_message(
             channel,
-            Registered(request.service, request.type, self.config.public_host, service.port, tag),
+            Registered(request.service, request.type, public_host, service.port, tag, compression),
         )
         return True
+
+    def _compression(self, request: Register) -> tuple[str | None, int]:
+        """The compression to use for a service: what the client asked, if policy allows it."""
+        policy = next((p for p in self.config.services if p.name == request.service), None)
+        if (
+            request.compression not in ALGORITHMS
+            or request.type != "tcp"
+            or (policy is not None and not policy.compression)
+        ):
+            return None, 0
+        level = min(request.compression_level or 3, self.config.compression_level_max)
+        return request.compression, level
 
     async def _activate(self, request: Register) -> ActiveService:
         registry = self.server.registry
@@ -397,6 +493,7 @@ class ClientSession:
         sock = await self._bind(request.service, request.type, request.remote_port)
         port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
         service = ActiveService(request.service, request.type, port, self.id)
+        service.compression, service.compression_level = self._compression(request)
         if isinstance(sock, UdpForwarder):
             sock.counters = service.udp
         registry.add(service)
@@ -466,6 +563,7 @@ class ClientSession:
         finally:
             self.server.registry.remove(service)
             self.services.pop(service.name, None)
+            service.ended.set()
             log.info(
                 "service closed",
                 session=self.id,
@@ -489,12 +587,25 @@ class ClientSession:
             await drop(visitor)
             return
         host, port = address
-        if service.visitors >= self.config.max_visitors_per_service or self.session.closed:
+        limiter = self.server.limiter_of(service.name)
+        limit = self.config.max_visitors_per_service
+        if limiter.max_connections is not None:
+            limit = min(limit, limiter.max_connections)
+        if service.visitors >= limit or self.session.closed:
             await drop(visitor)
             return
         service.visitors += 1
         service.visitors_total += 1
         started = anyio.current_time()
+        traffic = self.server.traffic_of(service.name)
+        meter = traffic.open(service.name, f"{host}:{port}")
+        metered = MeteredStream(
+            visitor,
+            meter,
+            receive_is_in=True,
+            receive_bucket=limiter.inbound,
+            send_bucket=limiter.outbound,
+        )
         try:
             header = control.encode_visitor_header(VisitorHeader(service.name, "tcp", host, port))
             try:
@@ -503,7 +614,10 @@ class ClientSession:
                 await drop(visitor)
                 return
             log.info("visitor opened", session=self.id, service=service.name, peer=f"{host}:{port}")
-            result = await pipe(visitor, stream)
+            tunnel: anyio.abc.ByteStream = stream
+            if service.compression:
+                tunnel = CompressedStream(stream, service.compression_level)
+            result = await pipe(metered, tunnel)
             service.bytes_in += result.forward_bytes
             service.bytes_out += result.backward_bytes
             log.info(
@@ -518,11 +632,15 @@ class ClientSession:
             )
         finally:
             service.visitors -= 1
+            traffic.close(meter)
 
-    def _unregister(self, name: str) -> None:
+    async def _unregister(self, name: str) -> None:
+        """Close a service; returns once its public port is free (the client may re-register)."""
         service = self.services.get(name)
         if service is not None:
             self.server.registry.remove(service)
+            with anyio.move_on_after(5):
+                await service.ended.wait()
 
     def visitors(self) -> int:
         """Visitor connections and UDP flows open on this session."""

@@ -1,0 +1,261 @@
+"""Hot reload: SIGHUP or a changed config file re-reads the config of `listen` or `up`.
+
+A new config is read and checked completely before anything changes; a config that does not
+load (a syntax error, a missing secret, an unreadable certificate, no token left) is rejected
+with the reason logged, and the old one stays in force. Then only what changed is touched:
+
+- server: tokens, service policies (limits apply at once, also to running connections),
+  allowed ports, timeouts and the TLS certificate (new connections) are swapped in place. A live
+  service whose token changed or whose port is no longer allowed is closed, and its client told.
+- client: services are compared by name: new ones are registered and removed ones unregistered
+  over the live control channel; a changed one is registered again (a change of its local
+  address alone applies to new visitors, without a restart). A new server address, TLS setting
+  or mux setting needs a new session, so the client reconnects.
+- everywhere: addresses that are bound once (control port, public host, metrics, admin API)
+  keep their old value and a warning says that a restart is needed.
+
+Visitors of services that did not change never notice a reload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+import structlog
+
+from muxtunnel.auth import TokenBook
+from muxtunnel.config import ConfigError
+from muxtunnel.model import ClientConfig, ServerConfig, ServiceSpec
+from muxtunnel.tls import ServerTlsContext, TlsError, client_context
+
+if TYPE_CHECKING:
+    from muxtunnel.client import Client
+    from muxtunnel.server import Server
+
+__all__ = ["ConfigWatcher", "ReloadError", "ServiceDiff", "diff_services", "reload_client",
+           "reload_server"]  # fmt: skip
+
+log = structlog.get_logger("muxtunnel.reload")
+
+#: How often the config file's modification time is checked.
+POLL_INTERVAL_S = 1.0
+C = TypeVar("C", ServerConfig, ClientConfig)
+
+
+class ReloadError(Exception):
+    """The new config cannot be applied; the old one stays. The message says why."""
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+class ConfigWatcher(Generic[C]):
+    """Re-reads the config on SIGHUP and when `path` changes (checked every second).
+
+    `load` reads the file (with the command line's overrides) and raises `ConfigError`;
+    `apply` puts a loaded config in force and raises `ReloadError` to reject it.
+    """
+
+    def __init__(
+        self,
+        path: str | None,
+        load: Callable[[], C],
+        apply: Callable[[C], Awaitable[None]],
+        *,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        use_signal: bool = True,
+    ) -> None:
+        self.path = path
+        self.load = load
+        self.apply = apply
+        self.poll_interval_s = poll_interval_s
+        self.use_signal = use_signal
+        self.reloads = 0
+        self.rejected = 0
+        self._lock = anyio.Lock()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            if self.path is not None:
+                tg.start_soon(self._poll)
+            if self.use_signal:
+                tg.start_soon(self._signals)
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                log.info("reload requested", trigger="SIGHUP")
+                await self.reload()
+
+    async def _poll(self) -> None:
+        assert self.path is not None
+        last = _stamp(self.path)
+        while True:
+            await anyio.sleep(self.poll_interval_s)
+            stamp = _stamp(self.path)
+            if stamp is not None and stamp != last:
+                last = stamp
+                log.info("reload requested", trigger="file changed", file=self.path)
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Load and apply the config now; False (and the reason logged) if it was rejected."""
+        async with self._lock:
+            try:
+                config = self.load()
+                await self.apply(config)
+            except (ConfigError, ReloadError) as exc:
+                self.rejected += 1
+                log.error("config reload rejected; keeping the running config", reason=str(exc))
+                return False
+            self.reloads += 1
+            return True
+
+
+def _keep_bound(old: C, new: C, fields: tuple[str, ...]) -> C:
+    """Bound addresses cannot move without a restart: keep the old values, and say so."""
+    kept = {}
+    for name in fields:
+        if getattr(old, name) != getattr(new, name):
+            log.warning("changing this needs a restart; keeping the running value", key=name)
+            kept[name] = getattr(old, name)
+    return dataclasses.replace(new, **kept) if kept else new
+
+
+# --- server ---
+
+
+async def reload_server(server: Server, new: ServerConfig) -> None:
+    """Put `new` in force on a running server (see the module docstring)."""
+    old = server.config
+    new = _keep_bound(old, new, ("bind_host", "bind_port", "public_host", "metrics", "admin"))
+    try:
+        tls = ServerTlsContext.load(new.tls) if new.tls else None
+    except TlsError as exc:
+        raise ReloadError(str(exc)) from None
+    tokens = TokenBook.from_config(new)
+    if not tokens.has_any_token:
+        raise ReloadError("the new config has no token at all")
+    old_tokens = server.tokens
+    server.config, server.tokens, server.tls = new, tokens, tls
+    server.failures.burst = new.auth_failures_burst
+    server.failures.per_s = new.auth_failures_per_min / 60.0
+    policies = {policy.name: policy for policy in new.services}
+    for name in set(server.limiters) | set(policies):
+        server.limiter_of(name).update(policies.get(name))
+    closed = []
+    for service in list(server.registry.by_name.values()):
+        before, _ = old_tokens.key_for(service.name)
+        after, known = tokens.key_for(service.name)
+        if not known or not hmac.compare_digest(before, after):
+            reason = "its token changed in the server's config"
+        elif service.port not in new.allow_ports:
+            reason = f"port {service.port} is no longer allowed (allowed: {new.allow_ports})"
+        else:
+            continue
+        closed.append(service.name)
+        await server.close_service(service, reason)
+    log.info(
+        "config reloaded",
+        services_with_policy=len(policies),
+        allow_ports=str(new.allow_ports),
+        closed=closed,
+        tls=tls.fingerprint if tls else None,
+    )
+
+
+# --- client ---
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceDiff:
+    added: tuple[ServiceSpec, ...] = ()
+    removed: tuple[str, ...] = ()
+    #: Changed in a way the server sees (type, port, token, compression): register again.
+    changed: tuple[ServiceSpec, ...] = ()
+    #: Only the local address changed: new visitors go to the new one, nothing restarts.
+    local_only: tuple[ServiceSpec, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed or self.local_only)
+
+
+def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
+    """What `new` changes in the services of `old` (tokens resolved against each default)."""
+    before = {spec.name: spec for spec in old.services}
+    after = {spec.name: spec for spec in new.services}
+
+    def remote_view(spec: ServiceSpec, config: ClientConfig) -> tuple[object, ...]:
+        token = spec.token or config.token
+        return (spec.type, spec.remote_port, token, spec.compression, spec.compression_level)
+
+    changed, local_only = [], []
+    for name in before.keys() & after.keys():
+        a, b = before[name], after[name]
+        if remote_view(a, old) != remote_view(b, new):
+            changed.append(b)
+        elif a != b:
+            local_only.append(b)
+    return ServiceDiff(
+        added=tuple(spec for name, spec in after.items() if name not in before),
+        removed=tuple(name for name in before if name not in after),
+        changed=tuple(sorted(changed, key=lambda s: s.name)),
+        local_only=tuple(sorted(local_only, key=lambda s: s.name)),
+    )
+
+
+_SESSION_FIELDS = ("server_host", "server_port", "tls", "mux")
+
+
+async def reload_client(client: Client, new: ClientConfig) -> None:
+    """Put `new` in force on a running client (see the module docstring)."""
+    old = client.config
+    new = _keep_bound(old, new, ("metrics", "admin"))
+    if not new.services:
+        raise ReloadError("the new config has no services")
+    missing = [spec.name for spec in new.services if not (spec.token or new.token)]
+    if missing:
+        raise ReloadError(f"no token for service(s) {', '.join(missing)}")
+    tls_context = None
+    if new.tls is not None:
+        try:
+            tls_context = client_context(new.tls)
+        except TlsError as exc:
+            raise ReloadError(str(exc)) from None
+    diff = diff_services(old, new)
+    reconnect = any(getattr(old, name) != getattr(new, name) for name in _SESSION_FIELDS)
+    client.config = new
+    client.tls_context = tls_context
+    if reconnect:
+        # The services are re-registered on the new session anyway.
+        client.replace_services(new.services)
+        log.info("config reloaded; reconnecting", server=client.server)
+        await client.restart_session()
+        return
+    for name in diff.removed:
+        await client.remove_service(name)
+    for spec in diff.local_only:
+        client.update_local(spec)
+    for spec in diff.changed:
+        await client.remove_service(spec.name)
+        await client.add_service(spec)
+    for spec in diff.added:
+        await client.add_service(spec)
+    log.info(
+        "config reloaded",
+        added=[spec.name for spec in diff.added],
+        removed=list(diff.removed),
+        restarted=[spec.name for spec in diff.changed],
+        local_changed=[spec.name for spec in diff.local_only],
+    )

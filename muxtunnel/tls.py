@@ -1,0 +1,292 @@
+"""TLS on the carrier: contexts, certificate pinning, channel binding, self-signed pairs.
+
+The server presents a certificate; the client verifies it against a CA file (or the system's
+trust store), against pinned SHA-256 fingerprints, or, only when the user said `insecure`, not at
+all. Either side may ask the other for a certificate (mutual TLS).
+
+Channel binding: both sides feed SHA-256(server certificate DER) into the auth tags (the
+`channel_binding` argument of `muxtunnel.auth`): the server hashes the certificate it presents,
+the client the one it received. A man in the middle who terminates TLS with a certificate of his
+own and relays to the real server makes the two hashes differ, so authentication fails even for
+a client that was told to accept any certificate.
+
+Errors: `TlsConfigError` for files that cannot be used (exit 2 material), `TlsVerifyError` when
+the peer's certificate is refused (no retry fixes it), `TlsError` for a failed handshake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import re
+import ssl
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from muxtunnel.model import ClientTls, ServerTls
+
+__all__ = [
+    "FINGERPRINT_PREFIX",
+    "ServerTlsContext",
+    "TlsConfigError",
+    "TlsError",
+    "TlsVerifyError",
+    "client_context",
+    "connect_tls",
+    "format_fingerprint",
+    "generate_self_signed",
+    "parse_fingerprint",
+]
+
+FINGERPRINT_PREFIX = "sha256:"
+_HEX_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+#: Alerts a server sends when it refuses our client certificate: retrying cannot help.
+_CLIENT_CERT_REFUSED = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UN")
+_HANDSHAKE_FAILURES = (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
+
+
+class TlsError(Exception):
+    """A TLS handshake failed; the message is meant for the user."""
+
+
+class TlsConfigError(TlsError):
+    """A certificate, key or CA file cannot be used."""
+
+
+class TlsVerifyError(TlsError):
+    """The peer's certificate was refused (CA, hostname or pinned fingerprint)."""
+
+
+def parse_fingerprint(text: str) -> str:
+    """`sha256:AB:CD...` (or bare hex, any case, colons optional) -> 64 lowercase hex digits."""
+    value = text.strip()
+    if value.lower().startswith(FINGERPRINT_PREFIX):
+        value = value[len(FINGERPRINT_PREFIX) :]
+    value = value.replace(":", "").lower()
+    if not _HEX_FINGERPRINT.fullmatch(value):
+        raise ValueError(
+            f"expected a SHA-256 fingerprint like 'sha256:' and 64 hex digits, got {text!r}"
+        )
+    return value
+
+
+def format_fingerprint(der: bytes) -> str:
+    """The fingerprint of a DER certificate as users pin it: `sha256:` and 64 hex digits."""
+    return FINGERPRINT_PREFIX + hashlib.sha256(der).hexdigest()
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def first_certificate_der(path: str) -> bytes:
+    """DER of the first certificate in a PEM file (the leaf of a chain)."""
+    match = _PEM_CERT.search(_read(path, "certificate"))
+    if match is None:
+        raise TlsConfigError(f"no PEM certificate in {path}")
+    return ssl.PEM_cert_to_DER_cert(match.group(0).decode("ascii"))
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
+    _read(cert, "certificate")
+    _read(key, "key")
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(
+            f"cannot use certificate {cert} with key {key}: {exc.reason or exc}"
+        ) from None
+
+
+def _load_ca(context: ssl.SSLContext, ca: str) -> None:
+    if ca == "system":
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        return
+    _read(ca, "CA file")
+    try:
+        context.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(f"cannot use CA file {ca}: {exc.reason or exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTlsContext:
+    """The server's TLS context together with the channel binding of its certificate."""
+
+    context: ssl.SSLContext
+    #: SHA-256 of the certificate the server presents (what clients feed into their tags).
+    binding: bytes
+    fingerprint: str
+
+    @classmethod
+    def load(cls, settings: ServerTls) -> ServerTlsContext:
+        """Read the files now: a bad file is reported at start (or reload), not per client."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_chain(context, settings.cert, settings.key)
+        if settings.client_ca:
+            _load_ca(context, settings.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        der = first_certificate_der(settings.cert)
+        return cls(context, hashlib.sha256(der).digest(), format_fingerprint(der))
+
+    async def accept(self, stream: anyio.abc.ByteStream) -> TLSStream:
+        """Run the server side of the handshake; `TlsError` if it fails."""
+        try:
+            return await TLSStream.wrap(
+                stream, server_side=True, ssl_context=self.context, standard_compatible=False
+            )
+        except _HANDSHAKE_FAILURES as exc:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except (OSError, anyio.BrokenResourceError):
+                    pass
+            raise TlsError(f"TLS handshake failed: {_reason(exc)}") from None
+
+
+def client_context(settings: ClientTls) -> ssl.SSLContext:
+    """The client's context. Pins are checked after the handshake by `connect_tls`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.ca:
+        _load_ca(context, settings.ca)
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        # Only pins (checked below) or an explicit `insecure` get here: see ClientTls.
+        assert settings.fingerprints or settings.insecure, "ClientTls without a way to verify"
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.cert and settings.key:
+        _load_chain(context, settings.cert, settings.key)
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc.verify_message or str(exc)
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, anyio.EndOfStream):
+        return "the peer closed the connection"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return _reason(cause)
+    return str(exc) or type(exc).__name__
+
+
+def client_cert_refused(exc: BaseException) -> bool:
+    """Did the server refuse our client certificate (or the lack of one)?"""
+    text = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}".upper().replace(" ", "_")
+    return any(alert in text for alert in _CLIENT_CERT_REFUSED)
+
+
+async def connect_tls(
+    stream: anyio.abc.ByteStream,
+    settings: ClientTls,
+    host: str,
+    context: ssl.SSLContext | None = None,
+) -> tuple[TLSStream, bytes]:
+    """Client handshake over `stream`; returns the TLS stream and the channel binding.
+
+    Raises `TlsVerifyError` when the certificate is refused (CA, hostname, pin) or the server
+    refuses ours, `TlsError` for other handshake failures.
+    """
+    context = context or client_context(settings)
+    name = settings.server_name or host
+    try:
+        tls = await TLSStream.wrap(
+            stream,
+            server_side=False,
+            hostname=name,
+            ssl_context=context,
+            standard_compatible=False,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise TlsVerifyError(
+            f"the server's certificate was refused: {_reason(exc)} "
+            "(pin it with --server-fingerprint, or give the right --tls-ca)"
+        ) from None
+    except _HANDSHAKE_FAILURES as exc:
+        if client_cert_refused(exc):
+            raise TlsVerifyError(
+                f"the server refused our client certificate: {_reason(exc)}"
+            ) from None
+        raise TlsError(f"TLS handshake with {host} failed: {_reason(exc)}") from None
+    der = tls.extra(TLSAttribute.peer_certificate_binary)
+    if not der:
+        await tls.aclose()
+        raise TlsVerifyError("the server presented no certificate")
+    seen = hashlib.sha256(der).hexdigest()
+    if settings.fingerprints and seen not in settings.fingerprints:
+        await tls.aclose()
+        pinned = ", ".join(FINGERPRINT_PREFIX + pin for pin in settings.fingerprints)
+        raise TlsVerifyError(
+            f"the server's certificate fingerprint {FINGERPRINT_PREFIX}{seen} does not match "
+            f"the pinned {pinned}: refusing to connect (a changed certificate or a man in the "
+            "middle)"
+        )
+    return tls, hashlib.sha256(der).digest()
+
+
+def generate_self_signed(
+    names: list[str], *, days: int = 3650, client: bool = False
+) -> tuple[bytes, bytes, bytes]:
+    """A new ECDSA P-256 key and a self-signed certificate for `names` (DNS names or IPs).
+
+    Returns `(certificate PEM, key PEM, certificate DER)`. A client certificate (`client=True`)
+    is marked for client authentication, a server one for server authentication.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
+    alt_names: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt_names.append(x509.DNSName(name))
+    now = datetime.datetime.now(datetime.UTC)
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key_pem,
+        cert.public_bytes(serialization.Encoding.DER),
+    )
