@@ -713,6 +713,8 @@ _SERVER_FIELDS: dict[str, _Reader] = {
     "udp_max_flows": _count,
     "auth_failures_burst": _count,
     "auth_failures_per_min": _positive,
+    "max_preauth_connections": _count,
+    "max_preauth_per_source": _count,
     "mux": _mux,
     "tls": _server_tls,
     "metrics": _endpoint,

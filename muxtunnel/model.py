@@ -124,6 +124,9 @@ class ServerConfig:
     #: Failed auth attempts per source address: burst, then refill per minute.
     auth_failures_burst: int = 5
     auth_failures_per_min: float = 5.0
+    #: Connections not authenticated yet, in all and per source address (per /64 for IPv6).
+    max_preauth_connections: int = 256
+    max_preauth_per_source: int = 16
     tls: ServerTls | None = None
     #: Prometheus endpoint and admin API; None: off.
     metrics: Endpoint | None = None

@@ -138,11 +138,76 @@ class RegistrationError(Exception):
         self.message = message
 
 
+class PreAuthTicket:
+    """A connection's place among those not yet authenticated; `scope` is cancelled to evict it."""
+
+    __slots__ = ("scope", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.scope = anyio.CancelScope()
+
+
+class PreAuthGate:
+    """Bounds the connections that have not authenticated yet (the slowloris defence).
+
+    At most `per_source` per address (per /64 for IPv6): a connection beyond that is refused at
+    once. At most `total` in all: when full, the oldest one is evicted to make room, so a flood
+    from many addresses costs honest clients nothing (they authenticate within a round trip or
+    two, long before they become the oldest) and cannot lock them out for a whole
+    `auth_timeout_s`. Refusals and evictions are counted, and logged at counts 1, 2, 4, 8, ...:
+    never a line per connection.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[PreAuthTicket, None] = {}  # oldest first
+        self._by_source: dict[str, int] = {}
+        self.refused = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def admit(self, source: str, total: int, per_source: int) -> PreAuthTicket | None:
+        if self._by_source.get(source, 0) >= per_source:
+            self.refused += 1
+            _log_doubling("pre-auth connection refused: too many from its address",
+                          self.refused, source=source, limit=per_source)  # fmt: skip
+            return None
+        while len(self._waiting) >= total:
+            oldest = next(iter(self._waiting))
+            self.release(oldest)
+            oldest.scope.cancel()
+            self.evicted += 1
+            _log_doubling("pre-auth connection evicted: too many waiting to authenticate",
+                          self.evicted, limit=total)  # fmt: skip
+        ticket = PreAuthTicket(source)
+        self._waiting[ticket] = None
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+        return ticket
+
+    def release(self, ticket: PreAuthTicket) -> None:
+        """The connection authenticated or ended: it no longer counts."""
+        if self._waiting.pop(ticket, 0) is None:
+            left = self._by_source[ticket.source] - 1
+            if left:
+                self._by_source[ticket.source] = left
+            else:
+                del self._by_source[ticket.source]
+
+
+def _log_doubling(event: str, count: int, **context: object) -> None:
+    if count & (count - 1) == 0:  # 1, 2, 4, 8, ...
+        log.warning(event, count=count, **context)
+
+
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.tokens = TokenBook.from_config(config)
         self.failures = FailureLimiter(config.auth_failures_burst, config.auth_failures_per_min)
+        #: Connections that have not authenticated yet (bounded per address and in all).
+        self.preauth = PreAuthGate()
         self.registry = Registry()
         self.sessions: dict[int, ClientSession] = {}
         self._session_ids = itertools.count(1)
@@ -230,6 +295,23 @@ class Server:
         if address is None:  # reset before we got to it
             await drop(stream)
             return
+        ticket = self.preauth.admit(
+            address_key(address[0]),
+            self.config.max_preauth_connections,
+            self.config.max_preauth_per_source,
+        )
+        if ticket is None:
+            await drop(stream)
+            return
+        try:
+            with ticket.scope:
+                await self._serve_carrier(stream, address, ticket)
+        finally:
+            self.preauth.release(ticket)
+
+    async def _serve_carrier(
+        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: PreAuthTicket
+    ) -> None:
         session_id = next(self._session_ids)
         host, port = address
         started = anyio.current_time()
@@ -247,6 +329,7 @@ class Server:
             binding = tls.binding
         client = ClientSession(self, session_id, host, port, binding)
         self.sessions[session_id] = client
+        client.preauth = ticket
         try:
             async with Session(carrier, client=False, config=self.config.mux) as session:
                 client.session = session
@@ -283,6 +366,8 @@ class ClientSession:
         self.services: dict[str, ActiveService] = {}
         self.authenticated = False
         self.close_reason = "client disconnected"
+        #: Its place among unauthenticated connections, released once it authenticates.
+        self.preauth: PreAuthTicket | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -433,6 +518,8 @@ class ClientSession:
             return False
         if not self.authenticated:
             self.authenticated = True
+            if self.preauth is not None:
+                self.server.preauth.release(self.preauth)
             log.info("session opened", session=self.id, peer=self.peer)
         try:
             service = await self._activate(request)
