@@ -90,6 +90,8 @@ class Client:
         #: Built once, so a bad certificate file is reported at start (exit 2), not per retry.
         self.tls_context = client_context(config.tls) if config.tls else None
         self.traffic: dict[str, ServiceTraffic] = {}
+        #: Bound ports of the metrics endpoint and admin API ("metrics", "admin"), once running.
+        self.endpoint_ports: dict[str, int] = {}
         # The live session's control channel and handshake, for registrations after a reload.
         self._channel: MuxStream | None = None
         self._nonces = (b"", b"")
@@ -112,7 +114,9 @@ class Client:
         from muxtunnel.admin import run_endpoints
 
         async with anyio.create_task_group() as tg:
-            await tg.start(run_endpoints, self.config.metrics, self.config.admin, self)
+            self.endpoint_ports = await tg.start(
+                run_endpoints, self.config.metrics, self.config.admin, self
+            )
             await self._run_sessions()
             tg.cancel_scope.cancel()
 

@@ -220,6 +220,8 @@ class Server:
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
         self.auth_failures = 0
         self.started = 0.0
+        #: Bound ports of the metrics endpoint and admin API ("metrics", "admin"), once running.
+        self.endpoint_ports: dict[str, int] = {}
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         return self.traffic.setdefault(name, ServiceTraffic())
@@ -262,7 +264,9 @@ class Server:
             if self.config.metrics or self.config.admin:
                 from muxtunnel.admin import run_endpoints
 
-                await endpoints.start(run_endpoints, self.config.metrics, self.config.admin, self)
+                self.endpoint_ports = await endpoints.start(
+                    run_endpoints, self.config.metrics, self.config.admin, self
+                )
             task_status.started(self.port)
             # Carriers run in a group outside the accepting scope: stopping to accept new
             # clients (shutdown) must not cancel the sessions that are draining.

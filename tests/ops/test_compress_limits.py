@@ -1,0 +1,151 @@
+"""Compression through the tunnel; bandwidth and connection limits enforced by the server."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import anyio.abc
+import pytest
+
+from muxtunnel.compress import CompressedStream
+from muxtunnel.model import ServicePolicy
+
+from .helpers import (
+    WAIT_S,
+    client_config,
+    digest,
+    echo_service,
+    echo_through,
+    public_port,
+    running_client,
+    running_server,
+    server_config,
+    tcp,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_compressed_service_round_trip() -> None:
+    text = b"".join(b"line %d of a very compressible log\n" % i for i in range(40_000))
+    noise = os.urandom(500_000)
+    async with echo_service() as local, running_server(server_config()) as server:
+        assert server.port is not None
+        spec = tcp("logs", local, compression="zstd", compression_level=6)
+        async with running_client(client_config(server.port, spec)) as client:
+            assert server.registry.by_name["logs"].compression == "zstd"
+            assert client.services["logs"].compression == "zstd"
+            port = public_port(client, "logs")
+            for payload in (text, noise, b"x"):
+                assert digest(await echo_through(port, payload)) == digest(payload)
+
+
+async def test_compression_is_off_when_the_server_policy_says_so() -> None:
+    policy = ServicePolicy("logs", compression=False)
+    async with echo_service() as local, running_server(server_config(services=(policy,))) as s:
+        assert s.port is not None
+        spec = tcp("logs", local, compression="zstd")
+        async with running_client(client_config(s.port, spec)) as client:
+            assert client.services["logs"].compression is None
+            assert await echo_through(public_port(client, "logs"), b"plain") == b"plain"
+
+
+async def test_compressed_stream_flushes_every_write() -> None:
+    left, right = anyio.create_memory_object_stream[bytes](100)
+
+    class Pipe(anyio.abc.ByteStream):
+        async def send(self, item: bytes) -> None:
+            await left.send(item)
+
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            return await right.receive()
+
+        async def send_eof(self) -> None:
+            await left.aclose()
+
+        async def aclose(self) -> None:
+            await left.aclose()
+
+    sender, receiver = CompressedStream(Pipe()), CompressedStream(Pipe())
+    await sender.send(b"ping " * 1000)
+    assert await receiver.receive(1 << 20) == b"ping " * 1000  # no waiting for more input
+    assert sender.wire_sent < sender.plain_sent / 20
+
+
+RATE = 1_000_000  # bytes per second, each direction
+
+
+async def _source(stream: anyio.abc.SocketStream) -> None:
+    """Local service: sends as fast as it may, and counts what it receives."""
+    block = os.urandom(64 * 1024)
+    try:
+        while True:
+            await stream.send(block)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass
+
+
+async def _measure(receive: anyio.abc.ByteReceiveStream, seconds: float) -> float:
+    """Bytes per second over `seconds`, counted from the first byte."""
+    await receive.receive()
+    started, total = anyio.current_time(), 0
+    with anyio.move_on_after(seconds):
+        while True:
+            total += len(await receive.receive())
+    return total / (anyio.current_time() - started)
+
+
+async def test_bandwidth_limit_holds_both_ways_within_10_percent() -> None:
+    uploads: list[float] = []
+
+    async def service(stream: anyio.abc.SocketStream) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_source, stream)
+            uploads.append(await _measure(stream, 3.0))
+            tg.cancel_scope.cancel()
+
+    policy = ServicePolicy("bulk", bandwidth_bytes_per_s=RATE)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    local = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with (
+        anyio.create_task_group() as tg,
+        running_server(server_config(services=(policy,))) as s,
+    ):
+        tg.start_soon(listener.serve, service)
+        assert s.port is not None
+        async with running_client(client_config(s.port, tcp("bulk", local))) as client:
+            async with await anyio.connect_tcp("127.0.0.1", public_port(client, "bulk")) as visitor:
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(_source, visitor)
+                    download = await _measure(visitor, 3.0)
+                    await wait_until(lambda: uploads, WAIT_S)
+                    inner.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
+    print(f"download {download:.0f} B/s, upload {uploads[0]:.0f} B/s, limit {RATE}")
+    assert 0.9 * RATE <= download <= 1.1 * RATE, download
+    assert 0.9 * RATE <= uploads[0] <= 1.1 * RATE, uploads[0]
+
+
+async def test_max_connections_per_service() -> None:
+    policy = ServicePolicy("web", max_connections=2)
+    async with echo_service() as local, running_server(server_config(services=(policy,))) as s:
+        assert s.port is not None
+        async with running_client(client_config(s.port, tcp("web", local))) as client:
+            port = public_port(client, "web")
+            first = await anyio.connect_tcp("127.0.0.1", port)
+            second = await anyio.connect_tcp("127.0.0.1", port)
+            for stream in (first, second):
+                await stream.send(b"hi")
+                assert await stream.receive() == b"hi"
+            third = await anyio.connect_tcp("127.0.0.1", port)
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                with anyio.fail_after(WAIT_S):
+                    await third.send(b"hi")
+                    await third.receive()
+            await first.aclose()
+            await wait_until(lambda: s.registry.by_name["web"].visitors < 2)
+            assert await echo_through(port, b"again") == b"again"
+            await second.aclose()
+            await third.aclose()
