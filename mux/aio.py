@@ -21,6 +21,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 from types import TracebackType
@@ -30,7 +31,7 @@ import anyio
 import anyio.abc
 
 from mux._config import MuxConfig
-from mux._connection import Connection
+from mux._connection import Buffer, Connection
 from mux._const import GoAwayCode
 from mux._errors import LocalProtocolError, RemoteProtocolError
 from mux._events import (
@@ -50,6 +51,167 @@ _CARRIER_ERRORS = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
 )
+
+
+class _StreamCarrier:
+    """Any `ByteStream` as the carrier (TLS, memory, trio sockets): buffers joined per write."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, read_size: int) -> None:
+        self._stream = stream
+        self._read_size = read_size
+
+    async def receive(self) -> Buffer:
+        return await self._stream.receive(self._read_size)
+
+    async def send(self, buffers: list[Buffer], timeout_s: float) -> None:
+        payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+        with anyio.fail_after(timeout_s):
+            await self._stream.send(bytes(payload))
+
+    async def flush(self) -> None:
+        """Nothing to do: `send` returns once the stream has taken the bytes."""
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _TransportCarrier(asyncio.Protocol):
+    """Fast path: a carrier that is anyio's asyncio/uvloop socket stream, driven as a protocol.
+
+    anyio's stream costs a loop round trip per read and per write, and its zero write-buffer
+    limit stops the writer until the kernel has taken every byte. Here the transport keeps
+    reading until `_MAX_QUEUED` bytes wait for the reader task; writes are gathered
+    (`writelines`: one writev under uvloop, no join) and only wait when the transport holds
+    more than `_WRITE_HIGH` bytes. Everything else still goes through the anyio stream: closing,
+    socket options, the caller's view of it.
+    """
+
+    #: Bytes read from the socket and not yet parsed beyond which reading pauses.
+    _MAX_QUEUED = 1 << 20
+    #: Bytes the transport may hold unsent before `send` waits for it to drain to a quarter.
+    _WRITE_HIGH = 256 * 1024
+
+    @classmethod
+    def attach(cls, stream: anyio.abc.ByteStream) -> _TransportCarrier | None:
+        """Take over `stream`'s transport, or None if `stream` is not anyio's asyncio socket."""
+        # uvloop's transports do not subclass asyncio.Transport: recognise anyio's class instead.
+        if type(stream).__module__ != "anyio._backends._asyncio":
+            return None
+        transport: asyncio.Transport | None = getattr(stream, "_transport", None)
+        protocol = getattr(stream, "_protocol", None)
+        unread: deque[bytes] | None = getattr(protocol, "read_queue", None)
+        if (
+            transport is None
+            or not hasattr(transport, "set_protocol")
+            or not isinstance(unread, deque)
+            or transport.is_closing()
+        ):
+            return None
+        carrier = cls(stream, transport)
+        # Bytes anyio's protocol has read but nobody has received yet come first.
+        carrier._chunks.extend(unread)
+        carrier._queued = sum(len(chunk) for chunk in unread)
+        unread.clear()
+        carrier._eof = bool(getattr(protocol, "is_at_eof", False))
+        transport.set_protocol(carrier)
+        transport.set_write_buffer_limits(cls._WRITE_HIGH, cls._WRITE_HIGH // 4)
+        transport.resume_reading()  # anyio pauses reading between receives
+        return carrier
+
+    def __init__(self, stream: anyio.abc.ByteStream, transport: asyncio.Transport) -> None:
+        self._stream = stream
+        self._transport = transport
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._eof = False
+        self._lost: BaseException | None = None  # set once the connection is gone
+        self._read_paused = False
+        self._write_paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+
+    # -- called by the session's tasks
+
+    async def receive(self) -> Buffer:
+        while not self._chunks:
+            if self._eof:
+                raise anyio.EndOfStream
+            if self._lost is not None:
+                raise anyio.BrokenResourceError from self._lost
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        data = self._chunks.popleft()
+        self._queued -= len(data)
+        if self._read_paused and self._queued < self._MAX_QUEUED // 2:
+            self._read_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def send(self, buffers: list[Buffer], timeout_s: float) -> None:
+        if self._lost is not None or self._transport.is_closing():
+            raise anyio.BrokenResourceError from self._lost
+        self._transport.writelines(buffers)
+        if self._write_paused:
+            with anyio.fail_after(timeout_s):
+                while self._write_paused and self._lost is None:
+                    self._drain = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._drain
+                    finally:
+                        self._drain = None
+            if self._lost is not None:
+                raise anyio.BrokenResourceError from self._lost
+
+    async def flush(self) -> None:
+        """Wait until the transport has handed every byte to the kernel (closing discards them)."""
+        self._transport.set_write_buffer_limits(0, 0)  # pauses us unless the buffer is empty
+        while self._write_paused and self._lost is None:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    # -- asyncio.Protocol, called by the event loop
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._queued += len(data)
+        if self._queued >= self._MAX_QUEUED and not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return True  # keep the transport: the session decides when to close it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or anyio.BrokenResourceError("the carrier was closed")
+        self._wake_reader()
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_reader(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+    def _wake_drain(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
 
 
 class SessionClosed(anyio.BrokenResourceError):
@@ -73,6 +235,9 @@ class Session:
         self.config = config or MuxConfig()
         self.conn = Connection(client=client, config=self.config)
         self._transport = transport
+        self._carrier: _StreamCarrier | _TransportCarrier = _StreamCarrier(
+            transport, self.config.read_size_bytes
+        )
         self._streams: dict[int, MuxStream] = {}
         self._accept_queue: deque[MuxStream] = deque()
         self._accept_wakeup = anyio.Event()
@@ -92,6 +257,7 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
+        self._carrier = _TransportCarrier.attach(self._transport) or self._carrier
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self._run_tasks, name="mux session")
@@ -224,11 +390,10 @@ class Session:
 
     async def _reader(self) -> None:
         conn = self.conn
-        receive = self._transport.receive
-        size = self.config.read_size_bytes
+        receive = self._carrier.receive
         try:
             while True:
-                data = await receive(size)
+                data = await receive()
                 self._dispatch(conn.receive_data(data, anyio.current_time()))
                 while conn.reading_paused:
                     self._drained = anyio.Event()
@@ -270,9 +435,7 @@ class Session:
                     stream._wake_sender()
             self._drained.set()
             if buffers:
-                payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
-                with anyio.fail_after(self.config.write_timeout_s):
-                    await self._transport.send(bytes(payload))
+                await self._carrier.send(buffers, self.config.write_timeout_s)
 
     async def _flush_quietly(self) -> None:
         """Write what is queued (the GoAway last of all), briefly; the session ends anyway."""
@@ -280,6 +443,7 @@ class Session:
             try:
                 while self.conn.has_data_to_send():
                     await self._write_batch()
+                await self._carrier.flush()
             except (TimeoutError, *_CARRIER_ERRORS):
                 pass
 
@@ -392,7 +556,7 @@ class Session:
             waiter.set()
         with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
             try:
-                await self._transport.aclose()
+                await self._carrier.aclose()
             except _CARRIER_ERRORS:
                 pass
         self._closed_event.set()
