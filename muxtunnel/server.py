@@ -219,6 +219,7 @@ class Server:
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
         self.auth_failures = 0
+        self.tls_failures = 0
         self.started = 0.0
         #: Bound ports of the metrics endpoint and admin API ("metrics", "admin"), once running.
         self.endpoint_ports: dict[str, int] = {}
@@ -327,7 +328,10 @@ class Server:
                 with anyio.fail_after(self.config.auth_timeout_s):
                     carrier = await tls.accept(stream)
             except (TlsError, TimeoutError) as exc:
-                log.warning("tls handshake failed", peer=f"{host}:{port}", error=str(exc))
+                self.tls_failures += 1  # logged at counts 1, 2, 4, ...: a flood is not a log
+                _log_doubling(
+                    "tls handshake failed", self.tls_failures, peer=f"{host}:{port}", error=str(exc)
+                )
                 await abort(stream)
                 return
             binding = tls.binding
