@@ -1,0 +1,1 @@
+"""Faults with real processes: kills, signals and a frozen carrier, with transfers running."""
