@@ -1,0 +1,1 @@
+"""Impaired links: loss, bandwidth and blackholes in network namespaces; latency by proxy."""
