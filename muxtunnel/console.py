@@ -47,8 +47,9 @@ class Panel:
             table.add_column(column)
         now = anyio.current_time()
         for name, state in client.services.items():
-            bytes_in = state.bytes_in + state.udp.bytes_in
-            bytes_out = state.bytes_out + state.udp.bytes_out
+            traffic = client.traffic_of(name)  # live: counts bytes of open connections too
+            bytes_in = traffic.bytes_in + state.udp.bytes_in
+            bytes_out = traffic.bytes_out + state.udp.bytes_out
             last_in, last_out, last_t = self._last.get(name, (bytes_in, bytes_out, now))
             span = max(now - last_t, 1e-3)
             self._last[name] = (bytes_in, bytes_out, now)
