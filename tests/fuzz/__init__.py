@@ -1,0 +1,1 @@
+"""Fuzzing: hypothesis properties (default run) and an atheris target (by hand)."""
