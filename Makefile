@@ -30,9 +30,10 @@ bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench
 
-## make stress: the slow tests (1 GiB transfers, floods, faults).
+## make stress: the slow tests plus every attack, fault and impaired-link test, then a table of
+## their figures (peak RSS, fds, CPU s, honest-session latency). FIGURES=file.json keeps them.
 stress: setup
-	$(PY) -m pytest -q -m slow -p no:cacheprovider
+	MUXTUNNEL_FIGURES=$(FIGURES) $(PY) -m pytest -q -p no:cacheprovider -m "slow or stress"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
