@@ -134,7 +134,7 @@ def test_row19_preauth_slowloris(live: LiveTunnel, figures) -> None:
 def test_row19_preauth_flood_from_many_addresses(live: LiveTunnel, figures) -> None:
     """640 idle connections from 40 addresses (16 each, every one within its per-address cap)
     overflow the global cap of 256: the oldest are evicted, fds stay within the cap, and an
-    honest client still authenticates within 2 s (it waits in the kernel's accept queue behind
+    honest client still authenticates within 3 s (it waits in the kernel's accept queue behind
     the flood; once accepted it is never the oldest, so never evicted)."""
     live.check_alive()
     pid = live.listen.pid
@@ -159,7 +159,7 @@ def test_row19_preauth_flood_from_many_addresses(live: LiveTunnel, figures) -> N
         admitted=admitted,
         honest_auth_s=round(auth_s, 3),
     )
-    assert auth_s < 2.0, f"the honest client needed {auth_s:.2f} s to authenticate"
+    assert auth_s < 3.0, f"the honest client needed {auth_s:.2f} s to authenticate"
     assert admitted <= PREAUTH_TOTAL
     assert meter.peak_fds <= baseline_fds + PREAUTH_TOTAL + 48, meter.peak_fds
     honest.assert_healthy(p99_ms=HONEST_P99_MS)

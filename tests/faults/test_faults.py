@@ -27,6 +27,7 @@ from e2e.harness import (
     kill_process_group,
     wait_until,
 )
+from stress.live import FrameTap
 from stress.visitors import EchoExact, Idle, Streamer, summarize, wait_all
 from stress_report import fd_count
 
@@ -107,16 +108,19 @@ def test_sigkill_up_mid_transfer(harness: Harness, tcp_echo: TcpEchoServer, figu
 def test_sigterm_listen_with_transfers_running(
     harness: Harness, tcp_echo: TcpEchoServer, figures
 ) -> None:
-    """SIGTERM `listen` (drain 3 s) with 3 transfers that finish within the drain and 2 that
-    never would: the first are byte-exact, the others end in an error at the deadline, no new
-    visitor gets in meanwhile, listen exits 0, and `up` serves again through a restarted
-    listen."""
-    drain_s = 3.0
+    """SIGTERM `listen` (drain 4 s) with 3 transfers that finish within the drain and 2 that
+    never would: a GoAway goes out on the carrier, the first are byte-exact, the others end in
+    an error at the deadline, no new visitor gets in meanwhile, listen exits 0, and `up` serves
+    again through a restarted listen."""
+    drain_s = 4.0
     config = harness.write("server.yaml", f"server:\n  drain_timeout_s: {drain_s}\n")
     client = harness.write("client.yaml", CLIENT_FAST)
     listen = harness.listen("--config", config)
+    tap = FrameTap((listen.host, listen.port))
     remote = free_port()
-    up = harness.up(listen, tcp=[f"echo={tcp_echo.port}:{remote}"], config=client)
+    up = harness.up(
+        f"{tap.address[0]}:{tap.address[1]}", tcp=[f"echo={tcp_echo.port}:{remote}"], config=client
+    )
     address = ("127.0.0.1", remote)
     forever = [Streamer(address, rate_bps=200_000) for _ in range(2)]
     for visitor in forever:
@@ -136,9 +140,11 @@ def test_sigterm_listen_with_transfers_running(
     forever_ended = max(v.ended_at for v in forever) - stopped
     exit_code = listen.wait_exit(drain_s + 10)
     exited = time.monotonic() - stopped
+    go_aways = [(round(t - stopped, 2), code) for t, code in tap.go_aways]
     restarted = harness.listen(port=listen.port)
     up.wait_announced(2, timeout_s=10)
     assert echo_works(*address)
+    tap.close()
     figures.record(
         "fault: SIGTERM listen with transfers",
         drain_s=drain_s,
@@ -146,7 +152,9 @@ def test_sigterm_listen_with_transfers_running(
         endless=" ".join(f"{k}={v}" for k, v in summarize(forever).items()),
         endless_cut_s=round(forever_ended, 2),
         exited_s=round(exited, 2),
+        go_away_at_s=go_aways[0][0] if go_aways else None,
     )
+    assert go_aways and go_aways[0][1] == 0 and go_aways[0][0] < 1.0, go_aways
     assert refused_new, "a new visitor got in after SIGTERM"
     assert summarize(finishing) == {"ok": 3}
     errors_only(forever)

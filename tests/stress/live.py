@@ -376,3 +376,59 @@ class AuthClient:
         assert isinstance(reply, control.Registered), reply
         assert verify_server_tag(key, reply.tag, service, kind, server_nonce, client_nonce)
         return reply.public_port
+
+
+# ---------------------------------------------------------------------------------------- tap
+
+
+class FrameTap:
+    """A TCP relay in front of a mux server that decodes the frames the server sends.
+
+    `up --server` points at `address`; every connection is relayed to `upstream` byte for byte
+    (threads, no delay), and the frames going back to the client are parsed on the way, so a
+    test can see a GoAway on the wire. `go_aways` holds (monotonic time, code) pairs.
+    """
+
+    def __init__(self, upstream: Address) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: Address = self.listener.getsockname()[:2]
+        self.go_aways: list[tuple[float, int]] = []
+        self._socks: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            server.settimeout(None)
+            self._socks += [client, server]
+            reader = FrameReader()
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, reader), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, reader: FrameReader | None) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if reader is not None:
+                    for frame in reader.feed(data):
+                        if frame.type == FrameType.GO_AWAY:
+                            self.go_aways.append((time.monotonic(), frame.length))
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            with contextlib.suppress(OSError):
+                dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                dst.close()
+
+    def close(self) -> None:
+        self._closed = True
+        for sock in [self.listener, *self._socks]:
+            with contextlib.suppress(OSError):
+                sock.close()
