@@ -9,8 +9,14 @@ Policy (numbered so tests and SPEC.md can cite it):
    bulk stream costs one WINDOW_UPDATE per half window, not one per read.
 4. Auto-tuning: if that update comes less than two round trips after the previous one, the
    window was the bottleneck (the sender drained it within an RTT), so the window doubles, up to
-   `max_window`, as far as the session budget allows. Windows never shrink; a stream's growth
-   is returned to the budget when the stream leaves the table.
+   `max_window`, as far as the session budget allows, but only while the reader keeps up (at
+   most a quarter of the window delivered and unread): a reader working through a backlog is
+   itself the bottleneck, and a bigger window would only queue more bytes in our memory and in
+   front of every other stream of the carrier. Windows never shrink; a stream's growth
+   is returned to the budget when the stream leaves the table. Round trips shorter than
+   `MIN_TUNING_RTT_S` count as that long: below it (loopback, a LAN) the credit round trip is
+   set by how soon two busy event loops get to the update and to the data it lets through, not
+   by the wire, and a window sized for the wire alone starves the stream.
 
 Invariant: credit + unread + consumed == window (unread = bytes delivered, not yet read).
 """
@@ -18,6 +24,10 @@ Invariant: credit + unread + consumed == window (unread = bytes delivered, not y
 from __future__ import annotations
 
 from mux._const import INITIAL_STREAM_WINDOW
+
+#: Rule 4's floor for the round trip time. About one busy event-loop turn on each side; on
+#: loopback it lets a bulk stream grow to 2-4 MiB, where a 0.1 ms ping would hold it at 512 KiB.
+MIN_TUNING_RTT_S = 0.001
 
 
 class SessionBudget:
@@ -62,10 +72,12 @@ class ReceiveWindow:
         self.consumed += amount
         if self.consumed < self.window // 2:  # rule 3
             return 0
+        unread = self.window - self.credit - self.consumed
         if (
             rtt_s is not None
             and self.last_update_s is not None
-            and now - self.last_update_s < 2 * rtt_s
+            and now - self.last_update_s < 2 * max(rtt_s, MIN_TUNING_RTT_S)
+            and unread <= self.window // 4
             and self.window < max_window
         ):  # rule 4
             growth = budget.reserve(min(self.window, max_window - self.window))

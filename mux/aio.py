@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from types import TracebackType
 from typing import Self
@@ -44,6 +45,13 @@ from mux._events import (
     StreamOpened,
     StreamReset,
 )
+
+#: The core's clock: window tuning compares intervals of a fraction of a millisecond, and uvloop's
+#: loop clock (`anyio.current_time()`) only ticks in whole milliseconds.
+_now = time.monotonic
+#: Round trips remembered for the core's window tuning, which gets the shortest of them: a ping
+#: that queued behind bulk data measures the queue, and growing windows for it grows the queue.
+_RTT_SAMPLES = 5
 
 _CARRIER_ERRORS = (
     OSError,
@@ -253,6 +261,7 @@ class Session:
         self._closed_event = anyio.Event()
         #: Latest measured round trip time in seconds (None until the first pong).
         self.rtt_s: float | None = None
+        self._rtt_samples: deque[float] = deque(maxlen=_RTT_SAMPLES)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -370,7 +379,7 @@ class Session:
         self._raise_if_closed()
         opaque = next(self._ping_ids) & 0xFFFFFFFF
         done = self._pings[opaque] = anyio.Event()
-        started = anyio.current_time()
+        started = _now()
         self.conn.ping(opaque)
         self._wake_writer()
         try:
@@ -378,8 +387,10 @@ class Session:
         finally:
             self._pings.pop(opaque, None)
         self._raise_if_closed()
-        rtt = anyio.current_time() - started
-        self.rtt_s = self.conn.rtt_s = rtt
+        rtt = _now() - started
+        self.rtt_s = rtt
+        self._rtt_samples.append(rtt)
+        self.conn.rtt_s = min(self._rtt_samples)
         return rtt
 
     @property
@@ -394,12 +405,12 @@ class Session:
         try:
             while True:
                 data = await receive()
-                self._dispatch(conn.receive_data(data, anyio.current_time()))
+                self._dispatch(conn.receive_data(data, _now()))
                 while conn.reading_paused:
                     self._drained = anyio.Event()
                     self._wake_writer()
                     await self._drained.wait()
-                    self._dispatch(conn.receive_data(b"", anyio.current_time()))
+                    self._dispatch(conn.receive_data(b"", _now()))
                 if conn.has_data_to_send():
                     self._wake_writer()
         except RemoteProtocolError as exc:
@@ -618,7 +629,7 @@ class MuxStream(anyio.abc.ByteStream):
             data = b"".join(parts)
         self._buffered -= len(data)
         conn = self._conn
-        conn.stream_read(self.stream_id, len(data), anyio.current_time())
+        conn.stream_read(self.stream_id, len(data), _now())
         if conn.has_data_to_send():
             self.session._wake_writer()
         return data

@@ -1,0 +1,78 @@
+"""Receive-window auto-tuning (rule 4 of `mux/_window.py`): the RTT floor and the reader's lag."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from mux import Connection, MuxConfig
+from mux._const import INITIAL_STREAM_WINDOW, FrameType
+from mux._events import DataReceived
+from mux._window import MIN_TUNING_RTT_S
+from mux.testing import FrameBuilder, drain_frames, session_pair
+
+F = FrameBuilder()
+WINDOW = INITIAL_STREAM_WINDOW
+
+
+def opened(rtt_s: float | None) -> Connection:
+    conn = Connection(client=False, config=MuxConfig(max_stream_window_bytes=16 * WINDOW))
+    conn.rtt_s = rtt_s
+    conn.receive_data(F.syn(1), 0.0)
+    conn.accept_stream(1)
+    drain_frames(conn)
+    return conn
+
+
+def deliver(conn: Connection, size: int, now: float) -> None:
+    events = conn.receive_data(F.data(1, b"d" * size), now)
+    assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == size
+
+
+def updates(conn: Connection) -> list[int]:
+    return [f.length for f in drain_frames(conn) if f.type == FrameType.WINDOW_UPDATE]
+
+
+def test_a_sub_millisecond_rtt_counts_as_the_floor() -> None:
+    """Updates 1.5 ms apart grow the window although the pings said 0.1 ms."""
+    conn = opened(rtt_s=0.0001)
+    now = 0.0
+    for _ in range(3):
+        half = conn.receive_window(1) // 2
+        deliver(conn, half, now)
+        conn.stream_read(1, half, now)
+        updates(conn)
+        now += 1.5 * MIN_TUNING_RTT_S
+    assert conn.receive_window(1) == 4 * WINDOW
+
+
+def test_updates_slower_than_two_floors_do_not_grow() -> None:
+    conn = opened(rtt_s=0.0001)
+    for i in range(4):
+        deliver(conn, WINDOW // 2, i * 3 * MIN_TUNING_RTT_S)
+        conn.stream_read(1, WINDOW // 2, i * 3 * MIN_TUNING_RTT_S)
+    assert conn.receive_window(1) == WINDOW
+
+
+def test_no_growth_while_the_reader_lags_behind() -> None:
+    """The whole window arrived, the reader took half at once: the reader is the bottleneck."""
+    conn = opened(rtt_s=0.1)
+    deliver(conn, WINDOW // 2, 0.0)
+    conn.stream_read(1, WINDOW // 2, 0.0)  # first update: nothing to compare with
+    assert updates(conn) == [WINDOW // 2]
+    deliver(conn, WINDOW, 0.01)
+    conn.stream_read(1, WINDOW // 2, 0.01)  # fast, but half the window still waits unread
+    assert updates(conn) == [WINDOW // 2]
+    assert conn.receive_window(1) == WINDOW
+    conn.stream_read(1, WINDOW // 2, 0.02)  # caught up, still fast: now it grows
+    assert updates(conn) == [WINDOW // 2 + WINDOW]
+    assert conn.receive_window(1) == 2 * WINDOW
+
+
+@pytest.mark.anyio
+async def test_session_feeds_the_core_the_shortest_recent_rtt() -> None:
+    async with session_pair("memory", MuxConfig(enable_keepalive=False)) as (client, _server):
+        with anyio.fail_after(5):
+            rtts = [await client.ping() for _ in range(3)]
+        assert client.rtt_s == rtts[-1]
+        assert client.conn.rtt_s == min(rtts)
