@@ -38,7 +38,9 @@ pytestmark = pytest.mark.stress
 F = FrameBuilder()
 RSS_GROWTH_MIB = 24.0
 MAX_LOG_LINES = 10
-HONEST_P99_MS = 500.0
+#: Generous: attack windows are short (p99 is about the worst sample) and the machine shared;
+#: the figures table shows the real numbers.
+HONEST_P99_MS = 1000.0
 PROTOCOL_ERROR = GoAwayCode.PROTOCOL_ERROR
 #: Frames per flood chunk.
 BATCH = 2000

@@ -25,7 +25,9 @@ from .conftest import AUTH_TIMEOUT_S, MAX_VISITORS, UDP_MAX_FLOWS, LiveTunnel
 pytestmark = pytest.mark.stress
 
 F = FrameBuilder()
-HONEST_P99_MS = 500.0
+#: Generous: attack windows are short (p99 is about the worst sample) and the machine shared;
+#: the figures table shows the real numbers.
+HONEST_P99_MS = 1000.0
 #: Pre-auth limits of the server (ServerConfig defaults).
 PREAUTH_PER_SOURCE = 16
 PREAUTH_TOTAL = 256
