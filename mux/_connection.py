@@ -62,6 +62,10 @@ _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.R
 Buffer = bytes | bytearray | memoryview
 #: Out-of-order SYNs accepted this far behind the highest id seen (in ids of the peer's parity).
 _MAX_SKIPPED_IDS = 1024
+#: A WindowUpdate smaller than this, without flags, counts as a useless frame.
+_SMALL_UPDATE_BYTES = 1024
+#: Smallest Data frame we send while more bytes are waiting (see `_Stream.sendable`).
+_MIN_DATA_FRAME_BYTES = 1024
 
 
 class _Stream:
@@ -100,7 +104,10 @@ class _Stream:
 
     def sendable(self) -> bool:
         if self.send_buffered:
-            return self.send_window > 0
+            # No frame under _MIN_DATA_FRAME_BYTES unless it empties the buffer: a peer that
+            # grants credit a byte at a time gets no one-byte frames (honest windows are
+            # 256 KiB and more, so this only ever waits for the next update).
+            return self.send_window >= min(self.send_buffered, _MIN_DATA_FRAME_BYTES)
         return self.fin_queued and not self.fin_sent
 
 
@@ -452,6 +459,10 @@ class Connection:
             window = stream.send_window + length
             if window > MAX_WINDOW:
                 raise RemoteProtocolError(f"window update takes stream {stream_id} above 2^31-1")
+            if length < _SMALL_UPDATE_BYTES and not flags:
+                # Honest peers return credit by the half window; a dribble of tiny updates would
+                # make us send tiny frames (13 bytes of work per byte).
+                self._glitch(now, "tiny window update")
             stream.send_window = window
             if stream.send_buffered and not stream.queued:
                 self._schedule(stream)
@@ -460,7 +471,10 @@ class Connection:
         if flags & _RST:
             if self._body_left:  # the body of a Data|RST frame is dropped
                 self._body_stream = None
-            if not self._resets.take(now):
+            # Rapid reset: a peer that opens streams and resets them before we took them makes
+            # us pay for nothing. Resets of streams we opened, or that are already in use,
+            # are ordinary (a visitor hung up, a service was down) and do not count.
+            if not stream.outbound and not stream.accepted and not self._resets.take(now):
                 raise RemoteProtocolError("reset rate limit exceeded")
             self._remove(stream)
             events.append(StreamReset(stream_id))

@@ -377,6 +377,8 @@ class Session:
     async def ping(self) -> float:
         """Round trip time to the peer, in seconds."""
         self._raise_if_closed()
+        if self.conn.terminated is not None:  # a protocol error; _fail is on its way
+            raise SessionClosed("the session ended with a protocol error")
         opaque = next(self._ping_ids) & 0xFFFFFFFF
         done = self._pings[opaque] = anyio.Event()
         started = _now()
@@ -717,6 +719,10 @@ class MuxStream(anyio.abc.ByteStream):
         if self._closed:  # nobody will read it: refuse it, as TCP does
             self.reset()
             return
+        if len(data) * 4 < len(data.obj):  # type: ignore[arg-type]
+            # A small slice would pin the whole carrier read it came from (up to 256 KiB) for
+            # as long as it stays unread: keep a copy instead. Large slices stay zero-copy.
+            data = memoryview(bytes(data))
         self._buffer.append(data)
         self._buffered += len(data)
         if self._half_closed_at is not None:  # still busy one way: not a stuck stream

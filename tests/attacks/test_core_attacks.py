@@ -238,12 +238,6 @@ async def test_row6_full_windows_never_read_stay_within_the_receive_budget(figur
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="MuxStream keeps memoryview slices of the carrier's read buffers: one unread byte "
-    "pins a whole 256 KiB read, so window accounting (1 byte) and memory (256 KiB) diverge; "
-    "aio.MuxStream._on_data should copy slices much smaller than their buffer",
-)
 async def test_row6_unread_bytes_do_not_pin_whole_read_buffers(figures) -> None:
     """Per read of the carrier, the peer sends 1 byte on stream A (never read) and ~200 KiB on
     stream B (read at once). A holds 200 bytes of window; memory must hold about that much,
@@ -395,12 +389,6 @@ async def test_row13_granted_windows_but_a_carrier_that_never_drains(figures) ->
 # ---------------------------------------------------------------------------------------- row 14
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a WindowUpdate of 1 byte is legal and not a glitch, and the sender emits a Data "
-    "frame for any credit: 20 000 WU(1) buy 20 000 one-byte frames (13x overhead); count small "
-    "deltas (< 1 KiB, no flags) as glitches and/or hold back Data frames below 1 KiB",
-)
 def test_row14_window_dribble_is_bounded(figures) -> None:
     """With 1 MiB queued and the window used up, the peer grants 1 byte at a time, 20 000 times:
     we emit at most 1000 Data frames, or the glitch limiter ends the session first."""
@@ -649,12 +637,6 @@ def test_row16_open_close_cycles_keep_memory_flat(figures) -> None:
 # ---------------------------------------------------------------------------------------- resets
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reset limiter counts every RST from the peer, also on streams the application "
-    "has long accepted: a tunnel's visitors resetting their connections (or UDP flows evicted) "
-    "end the whole session after 1000 (+33/s); only early resets (before accept) are rapid reset",
-)
 def test_resets_of_accepted_streams_do_not_end_the_session() -> None:
     """The peer opens 3000 streams one after another; each is accepted, carries data, and is
     then reset by the peer (as a visitor's RST reaches `up`, or an evicted UDP flow). That is
@@ -672,12 +654,6 @@ def test_resets_of_accepted_streams_do_not_end_the_session() -> None:
     assert conn.terminated is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reset limiter also counts the peer resetting streams *we* opened (a client "
-    "whose local service is down resets every visitor stream the server opens): 1000 such "
-    "refusals end the session; only resets of the peer's own streams can be rapid reset",
-)
 def test_peer_refusing_our_streams_does_not_end_the_session() -> None:
     conn = Connection(client=False)
     for n in range(3000):
@@ -690,18 +666,9 @@ def test_peer_refusing_our_streams_does_not_end_the_session() -> None:
 
 # ------------------------------------------------------------------------------------ first read
 
-KEEPALIVE_RACE = (
-    "a protocol error in the session's first read terminates the core before the keepalive "
-    "task's first ping; Session.ping() then calls Connection.ping() on the terminated core, "
-    "whose LocalProtocolError escapes _keepalive (it catches TimeoutError and SessionClosed "
-    "only) and the session's task group: `async with Session` raises it and listen exits. "
-    "One unauthenticated SYN with the wrong parity stops the server. ping() should raise "
-    "SessionClosed once the core is terminated"
-)
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, reason=KEEPALIVE_RACE)
 async def test_protocol_error_in_the_first_read_ends_only_the_session() -> None:
     async with tcp_stream_pair() as (ours, theirs):
         await theirs.send(F.syn(2))

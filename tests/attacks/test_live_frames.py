@@ -31,7 +31,6 @@ from mux import FrameType, GoAwayCode
 from mux.testing import FrameBuilder
 
 from .conftest import AUTH_TIMEOUT_S, LiveTunnel
-from .test_core_attacks import KEEPALIVE_RACE
 
 pytestmark = pytest.mark.stress
 
@@ -189,7 +188,6 @@ def test_frame_attack_on_a_live_server(live: LiveTunnel, attack: Attack, figures
 
 
 
-@pytest.mark.xfail(strict=True, reason=KEEPALIVE_RACE)
 def test_one_bad_frame_first_thing_does_not_stop_the_server(harness: Harness) -> None:
     """A raw connection whose very first frame breaks the protocol (a SYN with the server's
     parity), ten times over: each session ends, the server keeps running."""
