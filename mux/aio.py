@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -67,14 +68,20 @@ class _StreamCarrier:
     def __init__(self, stream: anyio.abc.ByteStream, read_size: int) -> None:
         self._stream = stream
         self._read_size = read_size
+        self._lock = anyio.Lock()
 
     async def receive(self) -> Buffer:
         return await self._stream.receive(self._read_size)
 
-    async def send(self, buffers: list[Buffer], timeout_s: float) -> None:
-        payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
-        with anyio.fail_after(timeout_s):
-            await self._stream.send(bytes(payload))
+    async def write(self, take: Callable[[], list[Buffer]], timeout_s: float) -> None:
+        """Write the frames `take()` returns. A final flush (close, protocol error) may race
+        the writer task, so frames are taken and sent under one lock: whole, and in order."""
+        async with self._lock:
+            buffers = take()
+            if buffers:
+                payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+                with anyio.fail_after(timeout_s):
+                    await self._stream.send(bytes(payload))
 
     async def flush(self) -> None:
         """Nothing to do: `send` returns once the stream has taken the bytes."""
@@ -134,9 +141,9 @@ class _TransportCarrier(asyncio.Protocol):
         self._eof = False
         self._lost: BaseException | None = None  # set once the connection is gone
         self._read_paused = False
-        self._write_paused = False
         self._reader: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
+        self._room = asyncio.Event()  # set while the transport takes more (or has failed)
+        self._room.set()
 
     # -- called by the session's tasks
 
@@ -158,30 +165,25 @@ class _TransportCarrier(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
-    async def send(self, buffers: list[Buffer], timeout_s: float) -> None:
+    async def write(self, take: Callable[[], list[Buffer]], timeout_s: float) -> None:
+        """Write the frames `take()` returns. No lock needed (anyio's costs a loop trip per
+        batch): taking frames and handing them to the transport is one synchronous step, so
+        the batches of racing writers stay whole and in order; only the wait for room yields."""
         if self._lost is not None or self._transport.is_closing():
             raise anyio.BrokenResourceError from self._lost
-        self._transport.writelines(buffers)
-        if self._write_paused:
+        buffers = take()
+        if buffers:
+            self._transport.writelines(buffers)
+        if not self._room.is_set():
             with anyio.fail_after(timeout_s):
-                while self._write_paused and self._lost is None:
-                    self._drain = asyncio.get_running_loop().create_future()
-                    try:
-                        await self._drain
-                    finally:
-                        self._drain = None
+                await self._room.wait()
             if self._lost is not None:
                 raise anyio.BrokenResourceError from self._lost
 
     async def flush(self) -> None:
         """Wait until the transport has handed every byte to the kernel (closing discards them)."""
         self._transport.set_write_buffer_limits(0, 0)  # pauses us unless the buffer is empty
-        while self._write_paused and self._lost is None:
-            self._drain = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
+        await self._room.wait()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -204,22 +206,18 @@ class _TransportCarrier(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = exc or anyio.BrokenResourceError("the carrier was closed")
         self._wake_reader()
-        self._wake_drain()
+        self._room.set()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        if self._lost is None:
+            self._room.clear()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_drain()
+        self._room.set()
 
     def _wake_reader(self) -> None:
         if self._reader is not None and not self._reader.done():
             self._reader.set_result(None)
-
-    def _wake_drain(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
 
 
 class SessionClosed(anyio.BrokenResourceError):
@@ -252,7 +250,6 @@ class Session:
         self._open_wakeup = anyio.Event()
         self._writer_wakeup: anyio.Event | None = None
         self._drained = anyio.Event()
-        self._write_lock = anyio.Lock()
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -438,17 +435,17 @@ class Session:
             await self._fail(f"connection lost while writing: {exc!r}")
 
     async def _write_batch(self) -> None:
-        # The writer task is the carrier's writer; a final flush (close, protocol error) may
-        # race it, so frames are taken and written under one lock: never interleaved, in order.
-        async with self._write_lock:
-            buffers = self.conn.data_to_send()
-            for stream_id in self.conn.take_writable():
-                stream = self._streams.get(stream_id)
-                if stream is not None:
-                    stream._wake_sender()
-            self._drained.set()
-            if buffers:
-                await self._carrier.send(buffers, self.config.write_timeout_s)
+        await self._carrier.write(self._take_batch, self.config.write_timeout_s)
+
+    def _take_batch(self) -> list[Buffer]:
+        """The next frames for the carrier; wakes the senders whose buffers now have room."""
+        buffers = self.conn.data_to_send()
+        for stream_id in self.conn.take_writable():
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream._wake_sender()
+        self._drained.set()
+        return buffers
 
     async def _flush_quietly(self) -> None:
         """Write what is queued (the GoAway last of all), briefly; the session ends anyway."""
