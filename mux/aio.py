@@ -1,17 +1,25 @@
 """The anyio adapter: runs a `Connection` over any `anyio.abc.ByteStream`.
 
 Shape (after h11's trio example): one reader task feeds carrier bytes to the core and hands the
-events to streams; one writer task is the only one that writes to the carrier; a keepalive task
+events to streams; one writer task writes whatever has to wait for the carrier; a keepalive task
 pings; a sweeper resets streams stuck half-open. Protocol decisions live in the core; this module
 only moves bytes, keeps time and wakes tasks.
+
+The carrier is driven one of two ways. `_TransportCarrier` is the fast path for anyio's
+asyncio/uvloop socket streams: it takes over the transport as its protocol, reads ahead a
+bounded amount and writes batches with `writelines`, and a write that cannot block happens
+right away in the task that queued the frames. `_StreamCarrier` serves any other `ByteStream`
+(TLS, memory, trio) through `receive`/`send`, all writes from the writer task.
 
 What must stay true:
 
 1. The reader never waits on a stream: it appends to the stream's buffer (bounded by its receive
    window) and wakes the reader of that stream. It only stops reading when the core asks it to
    (`reading_paused`: too many replies the peer solicited are still unwritten).
-2. Exactly one task writes to the carrier. A write that makes no progress for `write_timeout_s`
-   kills the session.
+2. Writes never interleave and keep the core's order: frames are taken from the core and handed
+   to the carrier in one step (synchronously on the fast path, under a lock otherwise). Only the
+   writer task (or a final flush) waits for the carrier; a write that makes no progress for
+   `write_timeout_s` kills the session.
 3. The first carrier error ends the session and is remembered: every stream operation after it
    raises `SessionClosed`. Bytes already received are still readable first; a stream the peer had
    not finished ends in an error, never in a clean EOF.
@@ -82,6 +90,10 @@ class _StreamCarrier:
                 payload = buffers[0] if len(buffers) == 1 else b"".join(buffers)
                 with anyio.fail_after(timeout_s):
                     await self._stream.send(bytes(payload))
+
+    def write_nowait(self, take: Callable[[], list[Buffer]]) -> bool:
+        """Never: a stream's `send` may wait, so only the writer task writes."""
+        return False
 
     async def flush(self) -> None:
         """Nothing to do: `send` returns once the stream has taken the bytes."""
@@ -179,6 +191,15 @@ class _TransportCarrier(asyncio.Protocol):
                 await self._room.wait()
             if self._lost is not None:
                 raise anyio.BrokenResourceError from self._lost
+
+    def write_nowait(self, take: Callable[[], list[Buffer]]) -> bool:
+        """Write the frames `take()` returns if that cannot wait (the transport has room)."""
+        if not self._room.is_set() or self._lost is not None or self._transport.is_closing():
+            return False
+        buffers = take()
+        if buffers:
+            self._transport.writelines(buffers)
+        return True
 
     async def flush(self) -> None:
         """Wait until the transport has handed every byte to the kernel (closing discards them)."""
@@ -538,6 +559,12 @@ class Session:
         self._accept_wakeup = anyio.Event()
 
     def _wake_writer(self) -> None:
+        """Frames were queued in the core: write them now if that cannot block, else wake the
+        writer. Writing from the task that queued them saves a task switch per bulk chunk and
+        a loop turn for a small message; the writer task still does every write that has to
+        wait for room (and what one batch left over)."""
+        if self._carrier.write_nowait(self._take_batch) and not self.conn.has_data_to_send():
+            return
         if self._writer_wakeup is not None:
             self._writer_wakeup.set()
 
