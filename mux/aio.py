@@ -113,9 +113,12 @@ class _TransportCarrier(asyncio.Protocol):
     socket options, the caller's view of it.
     """
 
-    #: Bytes read from the socket and not yet parsed beyond which reading pauses.
-    _MAX_QUEUED = 1 << 20
-    #: Bytes the transport may hold unsent before `send` waits for it to drain to a quarter.
+    #: Bytes read from the socket and not yet parsed beyond which reading pauses. Small: what the
+    #: loop reads in one turn it must also parse before any task runs, so a deep read-ahead
+    #: only lengthens the turns every other stream waits for (1 MiB -> 256 KiB: echo p99
+    #: beside a 9 Gbit/s stream 7.6 -> 5.9 ms, throughput the same).
+    _MAX_QUEUED = 256 * 1024
+    #: Bytes the transport may hold unsent before `write` waits for it to drain to a quarter.
     _WRITE_HIGH = 256 * 1024
 
     @classmethod
