@@ -340,6 +340,8 @@ class Connection:
     def _parse(self, view: memoryview, now: float, events: list[Event]) -> None:
         pos = 0
         end = len(view)
+        streams = self._streams
+        max_data = self.config.max_data_frame_bytes
         while pos < end:
             if self._body_left:
                 take = min(self._body_left, end - pos)
@@ -366,6 +368,22 @@ class Connection:
             else:
                 header = _unpack_header(view, pos)
                 pos += HEADER_SIZE
+                version, type, flags, stream_id, length = header
+                if not (version or flags) and type == _DATA and 0 < length <= end - pos:
+                    # The bulk of any transfer: a plain Data frame, whole in this chunk, for an
+                    # open stream. Same checks and outcome as the general path below, without
+                    # its calls and the body bookkeeping (a third of the cost of a frame).
+                    stream = streams.get(stream_id)
+                    if (
+                        stream is not None
+                        and length <= max_data
+                        and not stream.fin_received
+                        and stream.recv.fits(length)
+                    ):
+                        stream.recv.received(length)
+                        events.append(DataReceived(stream_id, view[pos : pos + length]))
+                        pos += length
+                        continue
             if header[2] & _SYN and self._solicited >= self.config.max_queued_pongs:
                 # A SYN may need a reply (pong, refusal) and too many replies are unwritten:
                 # hold this frame and everything after it until the driver drains the queue.
