@@ -5,6 +5,7 @@
 SPEC.md beside this file for our reading of it.
 """
 
+from mux._anyio_seam import pause_reading, read_one_chunk_per_wait
 from mux._config import MuxConfig
 from mux._connection import Connection
 from mux._const import Flag, FrameType, GoAwayCode
@@ -43,4 +44,6 @@ __all__ = [
     "StreamOpened",
     "StreamReset",
     "StreamResetError",
+    "pause_reading",
+    "read_one_chunk_per_wait",
 ]

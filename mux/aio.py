@@ -40,6 +40,7 @@ from typing import Self
 import anyio
 import anyio.abc
 
+from mux._anyio_seam import socket_internals
 from mux._config import MuxConfig
 from mux._connection import Buffer, Connection
 from mux._const import GoAwayCode
@@ -124,25 +125,17 @@ class _TransportCarrier(asyncio.Protocol):
     @classmethod
     def attach(cls, stream: anyio.abc.ByteStream) -> _TransportCarrier | None:
         """Take over `stream`'s transport, or None if `stream` is not anyio's asyncio socket."""
-        # uvloop's transports do not subclass asyncio.Transport: recognise anyio's class instead.
-        if type(stream).__module__ != "anyio._backends._asyncio":
+        internals = socket_internals(stream)
+        if internals is None:
             return None
-        transport: asyncio.Transport | None = getattr(stream, "_transport", None)
-        protocol = getattr(stream, "_protocol", None)
-        unread: deque[bytes] | None = getattr(protocol, "read_queue", None)
-        if (
-            transport is None
-            or not hasattr(transport, "set_protocol")
-            or not isinstance(unread, deque)
-            or transport.is_closing()
-        ):
-            return None
+        transport = internals.transport
         carrier = cls(stream, transport)
         # Bytes anyio's protocol has read but nobody has received yet come first.
+        unread = internals.unread
         carrier._chunks.extend(unread)
         carrier._queued = sum(len(chunk) for chunk in unread)
         unread.clear()
-        carrier._eof = bool(getattr(protocol, "is_at_eof", False))
+        carrier._eof = internals.at_eof
         transport.set_protocol(carrier)
         transport.set_write_buffer_limits(cls._WRITE_HIGH, cls._WRITE_HIGH // 4)
         transport.resume_reading()  # anyio pauses reading between receives

@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session
+from mux import MuxStream, Session, pause_reading
 from muxtunnel import control
 from muxtunnel.auth import (
     FailureLimiter,
@@ -48,24 +48,6 @@ log = structlog.get_logger("muxtunnel.server")
 _PICK_ATTEMPTS = 200
 
 _PublicSocket = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
-
-
-def read_on_demand(stream: anyio.abc.SocketStream) -> None:
-    """Make an accepted socket read only while someone waits in `receive()`.
-
-    anyio's asyncio listener hands out accepted sockets with reading switched on (its
-    `connect_tcp` pauses them; `accept` does not), and `receive()` only pauses reading again
-    once its queue has run dry. A peer that sends faster than we consume from the first byte on
-    (a flooding carrier, a visitor pushing into a slow tunnel) never lets it run dry, so every
-    byte it sends was queued in our memory: 64 MiB of pings in 0.2 s under uvloop. Pausing here
-    restores TCP backpressure. A no-op where the stream has no such transport (trio).
-    """
-    pause = getattr(getattr(stream, "_transport", None), "pause_reading", None)
-    if callable(pause):
-        try:
-            pause()
-        except RuntimeError:  # already closed
-            pass
 
 
 def address_of(stream: anyio.abc.SocketStream) -> tuple[str, int] | None:
@@ -295,7 +277,7 @@ class Server:
             await client.session.aclose()
 
     async def _on_carrier(self, stream: anyio.abc.SocketStream) -> None:
-        read_on_demand(stream)
+        pause_reading(stream)
         address = address_of(stream)
         if address is None:  # reset before we got to it
             await drop(stream)
@@ -669,7 +651,7 @@ class ClientSession:
 
     async def _on_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
         """One visitor. A bug here must cost this visitor only, never the server."""
-        read_on_demand(visitor)
+        pause_reading(visitor)
         try:
             await self._serve_visitor(service, visitor)
         except Exception:

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from mux import read_one_chunk_per_wait
+
 
 class TransportError(Exception):
     """A connect or bind failed; the message is meant for the user."""
@@ -25,31 +27,6 @@ def tune_socket(stream: anyio.abc.SocketStream) -> None:
     sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def read_one_chunk_per_wait(stream: anyio.abc.ByteStream) -> None:
-    """Make an asyncio/uvloop socket stream read at most one chunk (<= 256 KiB) per `receive()`.
-
-    anyio resumes reading while `receive()` waits and pauses it again only once the waiting task
-    runs; in between, the loop reads for as long as the socket has data (uvloop: up to 32 reads
-    of 256 KiB per readiness event). One wait could so queue 8 MiB and hold the event loop for
-    milliseconds: every other stream of the process waited (64 B echo p99 beside a bulk stream,
-    6.5 ms -> 1.2 ms on the reply's hop through `listen`), and the memory was ours, not the
-    kernel's. Pausing inside `data_received` stops that at one read. This reaches into anyio's
-    asyncio stream (`_transport`, `_protocol`); any other stream (trio, TLS) is left alone.
-    """
-    transport: Any = getattr(stream, "_transport", None)
-    protocol: Any = getattr(stream, "_protocol", None)
-    received = getattr(protocol, "data_received", None)
-    if transport is None or not callable(received) or not hasattr(transport, "set_protocol"):
-        return
-
-    def data_received(data: bytes) -> None:
-        received(data)
-        transport.pause_reading()  # anyio's receive() resumes it when it waits again
-
-    protocol.data_received = data_received
-    transport.set_protocol(protocol)  # uvloop caches the protocol's bound methods
 
 
 class _OneChunkListener(anyio.abc.Listener[anyio.abc.SocketStream]):
