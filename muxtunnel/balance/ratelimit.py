@@ -49,8 +49,8 @@ __all__ = [
 log = structlog.get_logger("muxtunnel.balance")
 
 #: Sources tracked per service. nginx sizes its `limit_req` zones the same way: "one megabyte
-#: zone can keep about 16 thousand 64-byte states". Ours cost about 400 bytes each (measured by
-#: tests/balance/test_balance_ratelimit.py), so a full table is about 6 MiB.
+#: zone can keep about 16 thousand 64-byte states". Ours cost about 300 bytes each (measured by
+#: tests/balance/test_balance_ratelimit.py), so a full table is about 4.6 MiB.
 MAX_SOURCES = 16 * 1024
 #: `Retry-After` when a source is at its connection cap: no bucket says when a slot frees, and
 #: one second is the smallest delay the header can express.
