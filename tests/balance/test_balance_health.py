@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -186,20 +185,24 @@ def test_host_header_brackets_ipv6() -> None:
 
 
 class Changes:
-    """The monitor's callback: every change, with the time and the checks counted so far."""
+    """The monitor's callback: every change with its time, read back in order by `next`."""
 
     def __init__(self) -> None:
-        self.send, self.receive = anyio.create_memory_object_stream[tuple[float, HealthChange]](
-            math.inf
-        )
-        self.monitor: HealthMonitor | None = None
+        self.seen: list[tuple[float, HealthChange]] = []
+        self._read = 0
+        self._arrived = anyio.Event()
 
     async def __call__(self, change: HealthChange) -> None:
-        self.send.send_nowait((anyio.current_time(), change))
+        self.seen.append((anyio.current_time(), change))
+        self._arrived.set()
 
     async def next(self, timeout_s: float) -> tuple[float, HealthChange]:
         with anyio.fail_after(timeout_s):
-            return await self.receive.receive()
+            while self._read >= len(self.seen):
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+        self._read += 1
+        return self.seen[self._read - 1]
 
 
 async def _outage_and_recovery(
