@@ -56,15 +56,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _connect(host: str, port: int) -> anyio.abc.SocketStream:
-    return await anyio.connect_tcp(host, port)
-
-
 async def probe_tcp(host: str, port: int, timeout_s: float) -> ProbeResult:
     """Healthy when a TCP connection to `host:port` succeeds within `timeout_s`."""
     with anyio.move_on_after(timeout_s):
         try:
-            stream = await _connect(host, port)
+            stream = await anyio.connect_tcp(host, port)
         except OSError as exc:
             return ProbeResult(False, f"connect: {_describe(exc)}")
         await stream.aclose()
@@ -80,7 +76,7 @@ async def probe_http(host: str, port: int, path: str, timeout_s: float) -> Probe
     """Healthy when `GET path` on `host:port` answers 2xx or 3xx within `timeout_s`."""
     with anyio.move_on_after(timeout_s):
         try:
-            stream = await _connect(host, port)
+            stream = await anyio.connect_tcp(host, port)
         except OSError as exc:
             return ProbeResult(False, f"connect: {_describe(exc)}")
         async with stream:
@@ -172,7 +168,8 @@ class HealthMonitor:
     async def run(self) -> None:
         """Check until cancelled: the first check at once, then one every `interval_s`.
 
-        `on_change` must not raise: an exception from it ends the loop.
+        `on_change` is awaited for every change, the first one included (unknown to healthy or
+        unhealthy). It must not raise: an exception from it ends the loop.
         """
         interval_s = self.settings.interval_s
         next_at = anyio.current_time()

@@ -156,10 +156,14 @@ def _default_burst(rate_per_s: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """`rate_limit: {new_per_s, burst}`: new visitors of a service, all sources together."""
+    """`rate_limit: {new_per_s, burst}`: new visitors of a service, all sources together.
+
+    `burst` is how many may arrive at once after a quiet spell; left out (or 0) it is one
+    second's worth of `new_per_s`.
+    """
 
     new_per_s: float
-    burst: int = 0  # 0: one second's worth of new_per_s
+    burst: int = 0
 
     def __post_init__(self) -> None:
         _positive("rate_limit.new_per_s", self.new_per_s)

@@ -62,8 +62,12 @@ class MemberSnapshot:
 
     @property
     def available(self) -> bool:
-        """Would it get new visitors now (healthy, weighted, circuit not open)?"""
-        return self.healthy and self.weight > 0 and self.circuit.state is not CircuitState.OPEN
+        """Would it get a new visitor now (healthy, weighted, circuit letting one through)?"""
+        circuit = self.circuit
+        lets_through = circuit.state is CircuitState.CLOSED or (
+            circuit.state is CircuitState.HALF_OPEN and not circuit.probing
+        )
+        return self.healthy and self.weight > 0 and lets_through
 
 
 @dataclass(frozen=True, slots=True)

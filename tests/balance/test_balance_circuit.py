@@ -169,8 +169,12 @@ def test_group_skips_an_open_member_and_probes_it_with_one_visitor() -> None:
     probes = [v for v in got if v is not None and v.handle == "m1"]
     assert len(probes) == 1 and probes[0].probe
     assert all(not v.probe for v in got if v is not None and v.handle != "m1")
+    probing = group.snapshot(5.2).members[1]
+    assert probing.circuit.state is CircuitState.HALF_OPEN and probing.circuit.probing
+    assert not probing.available
     probes[0].succeeded(5.5)
-    assert group.snapshot(5.5).members[1].circuit.state is CircuitState.CLOSED
+    closed = group.snapshot(5.5).members[1]
+    assert closed.circuit.state is CircuitState.CLOSED and closed.available
     handles = [group.pick(6.0).handle for _ in range(6)]  # type: ignore[union-attr]
     assert handles.count("m1") == 2
 
