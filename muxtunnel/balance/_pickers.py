@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from muxtunnel.balance.member import Member
@@ -48,44 +48,49 @@ class Picker(Protocol):
     def removed(self, index: int) -> None: ...
 
 
-class RoundRobin:
-    """The next usable member after the last one chosen."""
+class _Rotation:
+    """A cursor over the members in join order, kept in place when one before it leaves."""
 
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(
-        self, members: Sequence[Member[Any]], usable: Usable, key: bytes | None
-    ) -> Member[Any] | None:
+    def _in_turn(self, members: Sequence[Member[Any]]) -> Iterator[tuple[int, Member[Any]]]:
+        """Every member once, starting at the cursor."""
         count = len(members)
         for step in range(count):
             index = (self._next + step) % count
-            member = members[index]
-            if usable(member):
-                self._next = (index + 1) % count
-                return member
-        return None
+            yield index, members[index]
+
+    def _chose(self, index: int, members: Sequence[Member[Any]]) -> Member[Any]:
+        self._next = (index + 1) % len(members)
+        return members[index]
 
     def removed(self, index: int) -> None:
         if index < self._next:
             self._next -= 1
 
 
-class LeastConnections:
-    """Fewest open visitors per unit of weight; ties round robin."""
-
-    def __init__(self) -> None:
-        self._next = 0
+class RoundRobin(_Rotation):
+    """The next usable member after the last one chosen."""
 
     def choose(
         self, members: Sequence[Member[Any]], usable: Usable, key: bytes | None
     ) -> Member[Any] | None:
-        count = len(members)
+        for index, member in self._in_turn(members):
+            if usable(member):
+                return self._chose(index, members)
+        return None
+
+
+class LeastConnections(_Rotation):
+    """Fewest open visitors per unit of weight; ties round robin."""
+
+    def choose(
+        self, members: Sequence[Member[Any]], usable: Usable, key: bytes | None
+    ) -> Member[Any] | None:
         best: Member[Any] | None = None
         best_index = 0
-        for step in range(count):
-            index = (self._next + step) % count
-            member = members[index]
+        for index, member in self._in_turn(members):
             if not usable(member):
                 continue
             # a/w < b/v without division: exact for integers.
@@ -94,13 +99,7 @@ class LeastConnections:
                 or member.open_visitors * best.weight < best.open_visitors * member.weight
             ):
                 best, best_index = member, index
-        if best is not None:
-            self._next = (best_index + 1) % count
-        return best
-
-    def removed(self, index: int) -> None:
-        if index < self._next:
-            self._next -= 1
+        return None if best is None else self._chose(best_index, members)
 
 
 class Random:
