@@ -142,8 +142,9 @@ class Group(Generic[H]):
     ) -> Visit[H] | None:
         """A member for a new visitor, as a `Visit`; None when no member may take it.
 
-        `key` is what a hashing policy hashes (the source address for `hash_source`, the header
-        value for `hash_header`); other policies ignore it. `exclude`: member ids not to pick
+        `key` is what a hashing policy hashes (the source IP, without the port, for
+        `hash_source`; the header's value for `hash_header`); other policies ignore it, and a
+        hashing policy sends a visitor without a key round robin. `exclude`: member ids not to pick
         (the member whose dial just failed, for a retry).
         """
 
