@@ -120,8 +120,9 @@ class LeaseKeeper:
     async def acquire(self, leases: Sequence[Lease], *, atomic: bool = True) -> ClaimOutcome:
         """Take `leases` in the store and hold those taken. Raises `RegistryUnavailable`."""
         outcome = await self.store.acquire(leases, self.lease_s, atomic=atomic)
-        refused = {lost.lease for lost in outcome.lost}
-        self.hold([lease for lease in leases if lease not in refused])
+        if outcome.won or not atomic:
+            refused = {lost.lease for lost in outcome.lost}
+            self.hold([lease for lease in leases if lease not in refused])
         return outcome
 
     async def release(self, leases: Sequence[Lease]) -> None:
