@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 
 from muxtunnel.cluster import MemoryStore, RedisStore, RegistryStore
-from muxtunnel.cluster.testing import RedisServer, RedisServerMissing
+from muxtunnel.cluster.testing import RedisServer, RedisServerMissing, TlsFiles
 
 
 def in_ci() -> bool:
@@ -19,10 +19,10 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def new_redis_server(directory: Path) -> RedisServer:
+def new_redis_server(directory: Path, tls: TlsFiles | None = None) -> RedisServer:
     """A started redis-server, or a skip (a failure under CI) when there is none."""
     try:
-        server = RedisServer(directory)
+        server = RedisServer(directory, tls=tls)
     except RedisServerMissing as exc:
         if in_ci():
             pytest.fail(f"the Redis registry tests cannot run in CI: {exc}", pytrace=False)
