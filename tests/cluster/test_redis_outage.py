@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -28,10 +27,7 @@ from muxtunnel.cluster import (
     RegistryStore,
     RegistryUnavailable,
 )
-from muxtunnel.cluster.testing import RedisServer, TlsFiles
-from muxtunnel.tls import generate_self_signed
-
-from .helpers import new_redis_server
+from muxtunnel.cluster.testing import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -190,24 +186,3 @@ async def test_after_a_restart_a_name_another_node_took_first_is_reported_lost(
     finally:
         await a.aclose()
         await b.aclose()
-
-
-async def test_rediss_reaches_a_tls_server_and_refuses_an_unknown_certificate(
-    tmp_path: Path,
-) -> None:
-    cert_pem, key_pem, _ = generate_self_signed(["127.0.0.1"])
-    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
-    server = new_redis_server(tmp_path / "redis", tls=TlsFiles(str(cert), str(key)))
-    trusted = RedisStore.from_url(f"{server.tls_url}?ssl_ca_certs={cert}", timeout_s=2.0)
-    untrusted = RedisStore.from_url(server.tls_url, timeout_s=2.0)
-    try:
-        assert (await trusted.acquire([Claim(WEB, A1)], 5.0)).won
-        assert (await trusted.lookup([WEB]))[WEB].owner == A1  # type: ignore[union-attr]
-        with pytest.raises(RegistryUnavailable, match=r"(?i)certificate"):
-            await untrusted.lookup([WEB])
-    finally:
-        await trusted.aclose()
-        await untrusted.aclose()
-        server.close()
