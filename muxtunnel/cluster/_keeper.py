@@ -32,7 +32,7 @@ from muxtunnel.cluster._model import (
     Lost,
     NodeIdInUse,
     NodeRecord,
-    RegistryUnavailable,
+    RegistryError,
 )
 from muxtunnel.cluster._store import RegistryStore
 from muxtunnel.log import get_logger
@@ -126,12 +126,12 @@ class LeaseKeeper:
         return outcome
 
     async def release(self, leases: Sequence[Lease]) -> None:
-        """Stop holding `leases` and give them up in the store. Never raises for an unreachable
-        store: the leases then run out on their own within `lease_s`."""
+        """Stop holding `leases` and give them up in the store. Never raises a registry error
+        (an unreachable store, an error answer): the leases then run out within `lease_s`."""
         self.forget(leases)
         try:
             await self.store.release(leases)
-        except RegistryUnavailable as exc:
+        except RegistryError as exc:
             self._release_failures += 1
             if _power_of_two(self._release_failures):
                 log.warning(
@@ -194,7 +194,10 @@ class LeaseKeeper:
                     gone = list(outcome.lost)
                     refused = {x.lease for x in gone}
                     retaken = [lease for lease in dropped if lease not in refused]
-        except (RegistryUnavailable, TimeoutError) as exc:
+        except (RegistryError, TimeoutError) as exc:
+            # RegistryError beyond RegistryUnavailable: the store answered with an error (out
+            # of memory, data under our prefix we cannot read). Same handling: keep what is
+            # held, say why, try again; a renewal loop must not die of one bad answer.
             self._round_failed(exc)
             return False
         self._round_succeeded()

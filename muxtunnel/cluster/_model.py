@@ -329,7 +329,8 @@ def _describe_lease(lease: Lease) -> str:
 
 @dataclass(frozen=True)
 class ClaimOutcome:
-    """What `acquire` did: everything was taken (`won`), or nothing, and why."""
+    """What `acquire` did: everything asked for was taken (`won`), or `lost` says what was not
+    and why (all or nothing: then nothing was taken)."""
 
     lost: tuple[Lost, ...] = ()
 
@@ -339,5 +340,5 @@ class ClaimOutcome:
         return not self.lost
 
     def reason(self) -> str:
-        """Why nothing was taken, in one line ("" when won)."""
+        """Why, in one line ("" when won)."""
         return "; ".join(lost.reason() for lost in self.lost)

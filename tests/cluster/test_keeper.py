@@ -27,6 +27,7 @@ from muxtunnel.cluster import (
     NodeIdInUse,
     NodeRecord,
     Owner,
+    RegistryError,
     RegistryUnavailable,
 )
 
@@ -185,6 +186,39 @@ async def test_release_while_the_store_is_down_does_not_raise_and_the_lease_runs
     store.unavailable = None
     clock.advance(LEASE_S)
     assert await store.lookup([WEB]) == {}
+
+
+class ErrorStore(MemoryStore):
+    """A memory store that answers renewals and releases with an error, as an out-of-memory
+    Redis does."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.failing = False
+
+    async def renew(self, leases: Sequence[Lease], lease_s: float) -> list[Lost]:
+        if self.failing:
+            raise RegistryError("OOM command not allowed when used memory > 'maxmemory'")
+        return await super().renew(leases, lease_s)
+
+    async def release(self, leases: Sequence[Lease]) -> int:
+        if self.failing:
+            raise RegistryError("OOM command not allowed when used memory > 'maxmemory'")
+        return await super().release(leases)
+
+
+async def test_an_error_answer_fails_the_round_but_not_the_keeper() -> None:
+    clock = FakeClock()
+    store = ErrorStore(clock)
+    keeper = LeaseKeeper(store, lease_s=LEASE_S)
+    assert (await keeper.acquire([Claim(WEB, A1), Claim(PORT, A1)])).won
+    store.failing = True
+    assert not await keeper.renew_once()
+    assert keeper.status().last_error is not None and "OOM" in keeper.status().last_error
+    await keeper.release([Claim(PORT, A1)])  # does not raise either
+    assert keeper.held == {Claim(WEB, A1)}
+    store.failing = False
+    assert await keeper.renew_once() and keeper.status().available
 
 
 class GatedStore(MemoryStore):
