@@ -241,7 +241,7 @@ class LeaseKeeper:
             self._down_since = now
         if _power_of_two(self._failures):
             log.warning(
-                "registry unavailable; keeping what this node holds, retrying",
+                "registry renewal failed; keeping what this node holds, retrying",
                 failures=self._failures,
                 held=len(self._held),
                 error=self._last_error,

@@ -57,7 +57,8 @@ class RegistryStore(Protocol):
         ...
 
     async def lookup(self, keys: Sequence[ClaimKey]) -> dict[ClaimKey, Holding]:
-        """Who holds each key now; free keys are left out."""
+        """Who holds each key now; free keys are left out. One round trip for any number of
+        keys: e.g. every location prefix of an HTTP visitor's path, to pick the longest held."""
         ...
 
     async def nodes(self) -> list[NodeRecord]:

@@ -158,7 +158,7 @@ async def test_an_unreachable_store_keeps_all_held_logs_at_doubling_counts_and_r
     with capture_logs() as logs:
         for _ in range(9):
             assert not await keeper.renew_once()
-    warnings = [e for e in logs if e["event"].startswith("registry unavailable")]
+    warnings = [e for e in logs if e["event"].startswith("registry renewal failed")]
     assert [e["failures"] for e in warnings] == [1, 2, 4, 8]
     assert "connection refused" in warnings[0]["error"]
     status = keeper.status()
