@@ -6,6 +6,7 @@ by the keeper's own loop on the real clock where its timing is the point.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -297,8 +298,9 @@ async def test_retries_back_off_and_never_wait_longer_than_a_renewal_interval() 
     # 0.01 s doubling (times 0.5..1 jitter) up to the 0.2 s interval: about 5 quick retries,
     # then one every 0.1..0.2 s. Not a busy loop, and never idle for more than the interval.
     assert 6 <= len(store.renewals) <= 30, gaps
-    assert gaps[0] < 0.05 and max(gaps) < 0.2 + 0.15, gaps
-    assert gaps[3] > gaps[0], gaps  # 0.04..0.08 s after 0.005..0.01 s: it backs off
+    assert sum(gaps[:3]) < 0.3, gaps  # quick at first: 0.035..0.07 s expected
+    assert statistics.median(gaps[-5:]) >= 0.08, gaps  # then at the 0.1..0.2 s cap
+    assert max(gaps) < 0.2 + 0.3, gaps  # never much above the interval (timer slack only)
 
 
 async def test_register_node_waits_out_a_dead_record_of_its_id() -> None:

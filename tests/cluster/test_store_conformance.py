@@ -115,8 +115,8 @@ async def test_a_node_that_stops_renewing_loses_its_claim_within_the_lease(
         while not (await b.acquire([Claim(WEB, B1)], LEASE_S)).won:
             await registry.pass_time(0.02)
     lived_s = registry.now() - start
-    # Not before the lease ends, and at most one poll step (plus a loaded machine) after.
-    assert LEASE_S - 0.02 <= lived_s <= LEASE_S + 0.25, lived_s
+    # Not before the lease ends; after it, by a poll step plus what a loaded machine adds.
+    assert LEASE_S - 0.02 <= lived_s <= LEASE_S + 0.4, lived_s
     assert (await a.lookup([WEB]))[WEB].owner == B1  # type: ignore[union-attr]
     lost = await a.renew([Claim(WEB, A1)], LEASE_S)
     assert [x.holder.owner for x in lost] == [B1]  # type: ignore[union-attr]
