@@ -11,6 +11,12 @@ Every write is one Lua script (`_lua.py`) run through EVALSHA, falling back to l
 the server does not know it (after a restart). Listing walks keys with SCAN, which costs in
 proportion to the whole database: fine for status, never used on a visitor's path.
 
+Server requirements: Redis 5 or newer (scripts replicate their effects, so they may read
+`TIME` before writing; tested with Debian 12's 7.0), one primary (Redis Cluster is not
+supported: one script touches keys of many slots), and, with ACLs, EVALSHA, SCRIPT LOAD, MGET
+and SCAN allowed on the prefix. Nothing needs persistence: after a restart that lost the data,
+every node's lease keeper takes its leases again within one renewal interval.
+
 Failure: each call runs under `timeout_s` as a whole (connecting, waiting for a pooled
 connection, the command); a refused connection, a timeout, a server still loading its data or a
 read-only replica become `RegistryUnavailable`. Connections come from a blocking pool of at
