@@ -13,9 +13,11 @@ proportion to the whole database: fine for status, never used on a visitor's pat
 
 Server requirements: Redis 5 or newer (scripts replicate their effects, so they may read
 `TIME` before writing; tested with Debian 12's 7.0), one primary (Redis Cluster is not
-supported: one script touches keys of many slots), and, with ACLs, EVALSHA, SCRIPT LOAD, MGET
-and SCAN allowed on the prefix. Nothing needs persistence: after a restart that lost the data,
-every node's lease keeper takes its leases again within one renewal interval.
+supported: one script touches keys of many slots), and, with ACLs, on keys under the prefix:
+EVALSHA, SCRIPT LOAD, MGET, SCAN, CLIENT SETNAME and what the scripts run (GET, SET, DEL,
+PEXPIRE, PTTL, TIME, ZADD, ZREM, ZSCORE, ZRANGE, ZRANGEBYSCORE, ZREMRANGEBYSCORE). Nothing
+needs persistence: after a restart that lost the data, every node's lease keeper takes its
+leases again within about one renewal interval.
 
 Failure: each call runs under `timeout_s` as a whole (connecting, waiting for a pooled
 connection, the command); a refused connection, a timeout, a server still loading its data or a
