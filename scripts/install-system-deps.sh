@@ -6,6 +6,8 @@
 #   iperf3, socat, openssh-server, openssh-client  traffic and the ssh -R baseline for benchmarks
 #   nftables, iproute2                             network namespaces and impaired links in tests
 #   curl, ca-certificates, make, python3-venv      the Makefile and the project's .venv
+#   redis-server                                   the cluster registry's store; tests start their
+#                                                  own throwaway server on a free loopback port
 #
 # Runs apt-get as root, or through sudo when run as another user.
 set -euo pipefail
@@ -15,6 +17,7 @@ PACKAGES=(
     iperf3 socat openssh-server openssh-client
     nftables iproute2
     curl ca-certificates make python3-venv
+    redis-server
 )
 
 missing=()
