@@ -23,7 +23,7 @@ import structlog
 from muxtunnel import __version__
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 from muxtunnel.log import configure_logging
-from muxtunnel.model import ClientConfig, ServerConfig
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ClientConfig, ServerConfig
 from muxtunnel.specs import SpecError, parse_service_spec
 from muxtunnel.tls import TlsError
 
@@ -122,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--compress",
         nargs="?",
-        const=3,
+        const=DEFAULT_COMPRESSION_LEVEL,
         type=int,
         metavar="LEVEL",
-        help="zstd-compress every TCP service (level 1-22, default 3)",
+        help=f"zstd-compress every TCP service (level 1-22, default {DEFAULT_COMPRESSION_LEVEL})",
     )
 
     status = commands.add_parser("status", help="show what a running listen/up is doing")

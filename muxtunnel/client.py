@@ -37,8 +37,6 @@ log = structlog.get_logger("muxtunnel.client")
 CONTROL_TIMEOUT_S = 10.0
 #: How long the server may take to send a visitor stream's header after opening it.
 HEADER_TIMEOUT_S = 10.0
-#: On SIGTERM/SIGINT, how long live visitor connections get to finish before the session closes.
-DRAIN_S = 5.0
 #: Registration errors that no retry can fix.
 _FINAL_CODES = {control.AUTH_FAILED, control.PORT_NOT_ALLOWED, control.VERSION_MISMATCH}
 
@@ -141,7 +139,7 @@ class Client:
             await anyio.sleep(delay)
 
     async def stop(self) -> None:
-        """Graceful end: GoAway, let live visitors finish (a few seconds at most), then close.
+        """Graceful end: GoAway, let live visitors finish (`drain_timeout_s` at most), then close.
 
         The caller then cancels `run`.
         """
@@ -149,7 +147,7 @@ class Client:
         if session is None or session.closed:
             return
         await session.go_away()
-        with anyio.move_on_after(DRAIN_S):
+        with anyio.move_on_after(self.config.drain_timeout_s):
             while any(state.connections for state in self.services.values()):
                 await anyio.sleep(0.05)
         await session.aclose()

@@ -29,7 +29,7 @@ from muxtunnel.auth import (
 from muxtunnel.compress import ALGORITHMS, CompressedStream
 from muxtunnel.control import Error, Hello, Register, Registered, Unregister, VisitorHeader
 from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
-from muxtunnel.model import ServerConfig, ServiceType
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ServerConfig, ServiceType
 from muxtunnel.proxy import pipe
 from muxtunnel.tls import ServerTlsContext, TlsError
 from muxtunnel.transport import (
@@ -90,7 +90,7 @@ class ActiveService:
     started: float = field(default_factory=anyio.current_time)
     #: Agreed at registration: visitor streams are compressed with this (None: not at all).
     compression: str | None = None
-    compression_level: int = 3
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
     #: Set once the public socket is closed and the service's tasks are over.
     ended: anyio.Event = field(default_factory=anyio.Event)
 
@@ -542,7 +542,8 @@ class ClientSession:
             or (policy is not None and not policy.compression)
         ):
             return None, 0
-        level = min(request.compression_level or 3, self.config.compression_level_max)
+        level = request.compression_level or DEFAULT_COMPRESSION_LEVEL
+        level = min(level, self.config.compression_level_max)
         return request.compression, level
 
     async def _activate(self, request: Register) -> ActiveService:
