@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import anyio
 import anyio.abc
 
 from muxtunnel.model import ServicePolicy
+from muxtunnel.transport import abort
 
 __all__ = [
     "ConnectionMeter",
@@ -140,9 +139,6 @@ class ServiceTraffic:
         return self.closed_out + sum(meter.bytes_out for meter in self.live)
 
 
-_LINGER_ZERO = struct.pack("ii", 1, 0)
-
-
 class MeteredStream(anyio.abc.ByteStream):
     """Counts (and, with buckets, throttles) the bytes of one socket as they pass.
 
@@ -204,23 +200,14 @@ class MeteredStream(anyio.abc.ByteStream):
         await self.inner.send_eof()
 
     async def aclose(self) -> None:
-        if not self._aborting:
+        if self._aborting:
+            await abort(self.inner)
+        else:
             await self.inner.aclose()
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.inner.aclose()
-            except (OSError, anyio.BrokenResourceError):
-                pass
 
     def reset(self) -> None:
-        """Make the coming `aclose` abortive (RST), as `transport.abort` does for sockets."""
+        """Make the coming `aclose` abortive (`transport.abort`: RST for a socket)."""
         self._aborting = True
-        try:
-            sock = self.inner.extra(anyio.abc.SocketAttribute.raw_socket)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        except (OSError, ValueError, anyio.TypedAttributeLookupError):
-            pass
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session, pause_reading
+from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.auth import (
     FailureLimiter,
@@ -48,26 +48,6 @@ log = structlog.get_logger("muxtunnel.server")
 _PICK_ATTEMPTS = 200
 
 _PublicSocket = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
-
-
-def address_of(stream: anyio.abc.SocketStream) -> tuple[str, int] | None:
-    """The peer's address, or None when its connection is already gone.
-
-    A peer that connects and resets at once can be gone before its handler runs; anyio under
-    uvloop then fails with AttributeError (the raw socket is None), not with OSError.
-    """
-    try:
-        return peer_address(stream)
-    except (OSError, AttributeError):
-        return None
-
-
-async def drop(stream: anyio.abc.SocketStream) -> None:
-    """Abort a connection that may already be gone (RST if it is not); never raises."""
-    try:
-        await abort(stream)
-    except (OSError, AttributeError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
 
 
 @dataclass(eq=False)
@@ -277,10 +257,9 @@ class Server:
             await client.session.aclose()
 
     async def _on_carrier(self, stream: anyio.abc.SocketStream) -> None:
-        pause_reading(stream)
-        address = address_of(stream)
+        address = peer_address(stream)
         if address is None:  # reset before we got to it
-            await drop(stream)
+            await abort(stream)
             return
         ticket = self.preauth.admit(
             address_key(address[0]),
@@ -288,7 +267,7 @@ class Server:
             self.config.max_preauth_per_source,
         )
         if ticket is None:
-            await drop(stream)
+            await abort(stream)
             return
         try:
             with ticket.scope:
@@ -652,17 +631,16 @@ class ClientSession:
 
     async def _on_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
         """One visitor. A bug here must cost this visitor only, never the server."""
-        pause_reading(visitor)
         try:
             await self._serve_visitor(service, visitor)
         except Exception:
             log.exception("visitor handler failed", session=self.id, service=service.name)
-            await drop(visitor)
+            await abort(visitor)
 
     async def _serve_visitor(self, service: ActiveService, visitor: anyio.abc.SocketStream) -> None:
-        address = address_of(visitor)
+        address = peer_address(visitor)
         if address is None:  # reset before we got to it
-            await drop(visitor)
+            await abort(visitor)
             return
         host, port = address
         limiter = self.server.limiter_of(service.name)
@@ -670,7 +648,7 @@ class ClientSession:
         if limiter.max_connections is not None:
             limit = min(limit, limiter.max_connections)
         if service.visitors >= limit or self.session.closed:
-            await drop(visitor)
+            await abort(visitor)
             return
         service.visitors += 1
         service.visitors_total += 1
@@ -689,7 +667,7 @@ class ClientSession:
             try:
                 stream = await self.session.open_stream(header)
             except anyio.BrokenResourceError:
-                await drop(visitor)
+                await abort(visitor)
                 return
             log.info("visitor opened", session=self.id, service=service.name, peer=f"{host}:{port}")
             tunnel: anyio.abc.ByteStream = stream
