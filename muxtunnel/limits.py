@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 
 from muxtunnel.model import ServicePolicy
+from muxtunnel.status import ConnectionRow, TrafficRow
 from muxtunnel.transport import abort
 
 __all__ = [
@@ -91,6 +92,7 @@ class ServiceLimiter:
             self.outbound.set_rate(rate)
 
     def describe(self) -> dict[str, int | None]:
+        """The limits in force, as the status document shows them."""
         return {
             "bandwidth_bytes_per_s": int(self.inbound.rate) if self.inbound else None,
             "max_connections": self.max_connections,
@@ -137,6 +139,19 @@ class ServiceTraffic:
     @property
     def bytes_out(self) -> int:
         return self.closed_out + sum(meter.bytes_out for meter in self.live)
+
+    def row(self, name: str) -> TrafficRow:
+        """The service's counters as a status row."""
+        return TrafficRow(
+            name, self.bytes_in, self.bytes_out, len(self.live), self.connections_total
+        )
+
+    def connection_rows(self, now: float) -> list[ConnectionRow]:
+        """The live connections as status rows (unsorted)."""
+        return [
+            ConnectionRow(m.service, m.peer, now - m.started, m.bytes_in, m.bytes_out)
+            for m in self.live
+        ]
 
 
 class MeteredStream(anyio.abc.ByteStream):

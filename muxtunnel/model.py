@@ -173,3 +173,7 @@ class ClientConfig:
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+
+    def services_without_token(self) -> tuple[str, ...]:
+        """Names of the services with no token: neither their own nor the default one."""
+        return tuple(spec.name for spec in self.services if not (spec.token or self.token))
