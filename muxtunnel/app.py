@@ -4,7 +4,8 @@ This is the one place that wires the process together: logging, the event loop (
 installed), the server or client, its metrics and admin endpoints (fed by its `status`), the
 live console, the config watcher (changes go down through `apply_config`), SIGINT/SIGTERM
 (a graceful stop, then cancellation), and the exit codes. Everything below is built and
-connected here; none of it knows about the others it does not import.
+connected here; none of it knows about the others it does not import. What a process does
+not use it does not import (the other side, the endpoints, the console): idle memory stays low.
 
 Exit codes: 0 after SIGINT/SIGTERM (graceful), 2 for usage and config errors, 1 for fatal
 runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr and
@@ -20,22 +21,23 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 import structlog
 
-from muxtunnel.client import Client, FatalError, ServiceState
 from muxtunnel.config import ConfigError
 from muxtunnel.log import LogFormat, configure_logging
 from muxtunnel.model import ClientConfig, ServerConfig
 from muxtunnel.reload import ConfigWatcher
-from muxtunnel.server import Server
 from muxtunnel.specs import SpecError
 from muxtunnel.tls import TlsError
 from muxtunnel.transport import TransportError
-from muxtunnel.web import run_endpoints
+
+if TYPE_CHECKING:  # each role imports its side only, and the endpoints only when configured
+    from muxtunnel.client import Client, ServiceState
+    from muxtunnel.server import Server
 
 __all__ = [
     "EXIT_OK",
@@ -130,19 +132,21 @@ async def serve(
     async with anyio.create_task_group() as tg:
 
         async def run(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
-            if isinstance(target, Server):
-                await target.run(task_status=task_status)  # started once its port is bound
-            else:
-                task_status.started()
-                await target.run()
+            await target.run(task_status=task_status)  # a server's: once its port is bound
             tg.cancel_scope.cancel()  # the endpoints end with it
 
-        ports = await tg.start(run_endpoints, config.metrics, config.admin, target.status)
+        ports: dict[str, int] = {}
+        if config.metrics is not None or config.admin is not None:
+            from muxtunnel.web import run_endpoints
+
+            ports = await tg.start(run_endpoints, config.metrics, config.admin, target.status)
         await tg.start(run)
         task_status.started(ports)
 
 
 async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
+    from muxtunnel.server import Server
+
     server = Server(load())
     if not server.tokens.has_any_token:
         return _fail(
@@ -168,6 +172,8 @@ def _announce(state: ServiceState) -> None:
 
 
 async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
+    from muxtunnel.client import Client, FatalError
+
     config = load()
     missing = config.services_without_token()
     if missing:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import anyio
+import anyio.abc
 import structlog
 
 from mux import MuxStream, Session
@@ -81,8 +82,15 @@ class Client:
 
     # --- running ---
 
-    async def run(self) -> None:
-        """Serve until cancelled; raises `FatalError` for failures a retry cannot fix."""
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; raises `FatalError` for failures a retry cannot fix.
+
+        Reports through `task_status` at once: there is nothing to wait for before the first
+        connection attempt.
+        """
+        task_status.started()
         attempt = 0
         first = True
         while True:
