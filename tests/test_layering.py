@@ -298,3 +298,16 @@ MAX_MODULE_LINES = 400
 def test_muxtunnel_modules_stay_small(module: str) -> None:
     lines = MUXTUNNEL_MODULES[module].read_text().count("\n")
     assert lines <= MAX_MODULE_LINES, f"{module}: {lines} lines"
+
+
+#: What the composition root imports only once the process needs it: a server never loads the
+#: client's code, and prometheus_client waits for a metrics or admin endpoint (idle memory).
+ON_DEMAND = ("muxtunnel.server", "muxtunnel.client", "muxtunnel.web")
+
+
+def test_the_composition_root_imports_sides_and_endpoints_on_demand() -> None:
+    edges = import_edges("muxtunnel.app", MUXTUNNEL_MODULES["muxtunnel.app"], MUXTUNNEL_MODULES)
+    assert {rank_key(target) for target, _ in edges} >= {"server", "client", "web"}
+    for target, top_level in edges:
+        on_demand = any(target == name or target.startswith(name + ".") for name in ON_DEMAND)
+        assert not (on_demand and top_level), f"muxtunnel.app imports {target} at load"
