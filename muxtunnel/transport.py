@@ -49,7 +49,8 @@ __all__ = [
 CONNECT_TIMEOUT_S = 10.0
 #: Bytes a UDP socket may hold unsent before further datagrams to it are dropped.
 UDP_BUFFER_LIMIT_BYTES = 1024 * 1024
-#: Pending connections the kernel queues per listener (the usual somaxconn of current Linux).
+#: Connections the kernel may queue per listener before we accept them: room for a burst of
+#: new visitors (picked; the kernel caps it at net.core.somaxconn, 4096 since Linux 5.4).
 LISTEN_BACKLOG = 1024
 
 Address = tuple[str, int]

@@ -30,8 +30,9 @@ __all__ = ["ClientSession"]
 
 log = structlog.get_logger("muxtunnel.server")
 
-#: How long an Unregister waits for the service's public port to be free before it answers
-#: nothing and moves on: closing a listener takes a loop turn, so this only bounds a bug.
+#: How long an Unregister waits for the service's public port to close and its visitors to be
+#: cut before the next control message is read anyway: that takes a few loop turns, the bound
+#: only keeps a stuck close from stalling the control channel.
 UNREGISTER_WAIT_S = 5.0
 
 
