@@ -17,7 +17,7 @@ import structlog
 
 from mux import MuxStream, Session
 from muxtunnel import __version__, control
-from muxtunnel.client import _visitors as visitors
+from muxtunnel.client import _visitors
 from muxtunnel.client._session import Control, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
@@ -166,7 +166,7 @@ class Client:
                 state.public = None
 
     async def _on_stream(self, stream: MuxStream) -> None:
-        await visitors.serve(self, stream)
+        await _visitors.serve(self, stream)
 
     def _token(self, spec: ServiceSpec) -> Secret | None:
         return spec.token or self.config.token

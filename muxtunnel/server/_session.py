@@ -20,7 +20,7 @@ from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
 from muxtunnel.control import Error, Hello, Register, Registered, Unregister
-from muxtunnel.server import _services as services
+from muxtunnel.server import _services
 from muxtunnel.server._admission import PreAuthTicket
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
@@ -252,7 +252,7 @@ class ClientSession:
         return True
 
     async def _activate(self, request: Register) -> ActiveService:
-        service, sock = await services.open_service(self.host, self.session, self.id, request)
+        service, sock = await _services.open_service(self.host, self.session, self.id, request)
         self.host.registry.add(service)
         self.services[service.name] = service
         assert self._tg is not None
@@ -266,9 +266,9 @@ class ClientSession:
         )
         return service
 
-    async def _serve_service(self, service: ActiveService, sock: services.PublicSocket) -> None:
+    async def _serve_service(self, service: ActiveService, sock: _services.PublicSocket) -> None:
         try:
-            await services.serve(self.host, self.session, self.id, service, sock)
+            await _services.serve(self.host, self.session, self.id, service, sock)
         finally:
             self.host.registry.remove(service)
             if self.services.get(service.name) is service:
