@@ -21,9 +21,10 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+## make lint: ruff and mypy --strict, as CI runs them before the tests.
 lint: setup
 	$(VENV)/bin/ruff check mux muxtunnel tests bench
-	$(VENV)/bin/mypy --strict mux
+	$(VENV)/bin/mypy --strict mux muxtunnel
 
 ## make bench: iperf3 runs against real peers, report under bench/results/.
 bench: setup

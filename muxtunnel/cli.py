@@ -1,10 +1,7 @@
-"""Command line: parse arguments, load config, run `listen`, `up`, `status` or `cert`.
+"""Command line: parse the arguments of `listen`, `up`, `status` and `cert`, then call `app`.
 
-No logic of its own: features live in their modules (tls, admin, reload, ...).
-
-Exit codes: 0 after SIGINT/SIGTERM (graceful), 2 for usage and config errors, 1 for fatal
-runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr and
-a structured log line.
+What is here turns flags into config overrides (flags win over the config file); running the
+process (logging, signals, reload, exit codes) is `muxtunnel.app`'s.
 """
 
 from __future__ import annotations
@@ -12,27 +9,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import anyio
-import structlog
-
-from muxtunnel import __version__
-from muxtunnel.config import ConfigError, load_client_config, load_server_config
-from muxtunnel.log import configure_logging
-from muxtunnel.model import ClientConfig, ServerConfig
+from muxtunnel import __version__, app
+from muxtunnel.config import load_client_config, load_server_config
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ClientConfig, ServerConfig
 from muxtunnel.specs import SpecError, parse_service_spec
-from muxtunnel.tls import TlsError
+from muxtunnel.status import DEFAULT_ADMIN_ADDRESS
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
-
-log = structlog.get_logger("muxtunnel")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `muxtunnel` argument parser."""
     parser = argparse.ArgumentParser(
         prog="muxtunnel",
         description="Reverse tunnel for TCP and UDP: every visitor rides one connection.",
@@ -122,15 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--compress",
         nargs="?",
-        const=3,
+        const=DEFAULT_COMPRESSION_LEVEL,
         type=int,
         metavar="LEVEL",
-        help="zstd-compress every TCP service (level 1-22, default 3)",
+        help=f"zstd-compress every TCP service (level 1-22, default {DEFAULT_COMPRESSION_LEVEL})",
     )
 
     status = commands.add_parser("status", help="show what a running listen/up is doing")
     status.add_argument(
-        "--admin", metavar="HOST:PORT", default="127.0.0.1:7836", help="its admin API address"
+        "--admin",
+        metavar="HOST:PORT",
+        default=DEFAULT_ADMIN_ADDRESS,
+        help="its admin API address",
     )
     status.add_argument(
         "--admin-token",
@@ -158,90 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run `muxtunnel` with `argv` (default: the process's arguments); returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "status":
-        return _status_main(args)
+        return app.status(args.admin, args.admin_token, as_json=args.json)
     if args.command == "cert":
-        return _cert_main(args)
-    configure_logging(args.log_format, args.log_level)
-    try:
-        if args.command == "listen":
-            return _run(_listen_main, args)
-        return _run(_up_main, args)
-    except (ConfigError, SpecError) as exc:
-        return _fail(EXIT_USAGE, str(exc), kind="config")
-    except TlsError as exc:
-        return _fail(EXIT_USAGE, str(exc), kind="tls")
-
-
-def _fail(code: int, message: str, **context: Any) -> int:
-    log.error("fatal", error=message, **context)
-    print(f"muxtunnel: {message}", file=sys.stderr, flush=True)
-    return code
-
-
-def _run(entry: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
-    backend_options = {}
-    try:
-        import uvloop  # noqa: F401  (optional, measurably faster event loop)
-
-        backend_options["use_uvloop"] = True
-    except ImportError:
-        pass
-    try:
-        return anyio.run(entry, args, backend_options=backend_options)
-    except KeyboardInterrupt:
-        return EXIT_OK
-
-
-async def _until_signal(
-    run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
-) -> None:
-    """Run `run`; on SIGINT/SIGTERM call `stop` (graceful), then cancel what is left.
-
-    An exception from `run` is raised as it is (not inside an exception group).
-    """
-    failures: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("stopping", signal=signal.Signals(signum).name)
-                    with anyio.move_on_after(60):
-                        await stop()
-                    tg.cancel_scope.cancel()
-                    return
-
-        async def main_task() -> None:
-            try:
-                await run()
-            except Exception as exc:
-                while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-                    exc = exc.exceptions[0]  # raised through a task group
-                failures.append(exc)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        tg.start_soon(main_task)
-    if failures:
-        raise failures[0]
-
-
-async def _with_reload(
-    run: Callable[[], Awaitable[None]], args: argparse.Namespace, load: Any, apply: Any
-) -> None:
-    """Run `run` with a config watcher beside it (SIGHUP, and the file unless --no-watch)."""
-    from muxtunnel.reload import ConfigWatcher
-
-    path = None if args.no_watch else args.config
-    watcher = ConfigWatcher(path, load, apply)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watcher.run)
-        try:
-            await run()
-        finally:
-            tg.cancel_scope.cancel()
+        return app.cert(args.out, args.name, days=args.days, client=args.client, force=args.force)
+    options = app.Options(
+        log_format=args.log_format,
+        log_level=args.log_level,
+        watch_path=None if args.no_watch else args.config,
+        console=args.command == "up" and not args.no_console,
+    )
+    if args.command == "listen":
+        return app.listen(lambda: _load_server(args), options)
+    return app.up(lambda: _load_client(args), options)
 
 
 def _endpoint_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -253,7 +177,7 @@ def _endpoint_overrides(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
-def _server_overrides(args: argparse.Namespace) -> dict[str, object]:
+def _load_server(args: argparse.Namespace) -> ServerConfig:
     overrides: dict[str, object] = {
         "bind": args.bind,
         "token": args.token,
@@ -264,32 +188,8 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, object]:
     tls = {"cert": args.tls_cert, "key": args.tls_key, "client_ca": args.tls_client_ca}
     if any(tls.values()):
         overrides["tls"] = tls
-    return {k: v for k, v in overrides.items() if v is not None}
-
-
-async def _listen_main(args: argparse.Namespace) -> int:
-    from muxtunnel.server import Server
-    from muxtunnel.transport import TransportError
-
-    def load() -> ServerConfig:
-        return load_server_config(args.config, _server_overrides(args))
-
-    config = load()
-    server = Server(config)
-    if not server.tokens.has_any_token:
-        return _fail(
-            EXIT_USAGE,
-            "no token configured: set --token, $MUXTUNNEL_TOKEN or "
-            "server.token (refusing to run an open server)",
-            kind="config",
-        )
-    try:
-        await _until_signal(
-            lambda: _with_reload(server.run, args, load, server.reload), server.shutdown
-        )
-    except TransportError as exc:
-        return _fail(EXIT_RUNTIME, str(exc), kind="bind")
-    return EXIT_OK
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return load_server_config(args.config, given)
 
 
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -325,105 +225,6 @@ def _load_client(args: argparse.Namespace) -> ClientConfig:
         for spec in config.services
     )
     return dataclasses.replace(config, services=services)
-
-
-async def _up_main(args: argparse.Namespace) -> int:
-    from muxtunnel.client import Client, FatalError, ServiceState
-    from muxtunnel.transport import TransportError
-
-    config = _load_client(args)
-    missing = [spec.name for spec in config.services if not (spec.token or config.token)]
-    if missing:
-        return _fail(
-            EXIT_USAGE,
-            f"no token for service(s) {', '.join(missing)}: set --token, "
-            "$MUXTUNNEL_TOKEN or client.token",
-            kind="config",
-        )
-
-    def announce(state: ServiceState) -> None:
-        spec = state.spec
-        print(f"{spec.name} {spec.type} {state.public} -> {spec.local}", flush=True)
-
-    try:
-        client = Client(config, announce)
-    except FatalError as exc:
-        return _fail(EXIT_USAGE, str(exc), kind="config")
-    use_console = sys.stdout.isatty() and not args.no_console and args.log_format != "json"
-
-    async def run() -> None:
-        if use_console:
-            from muxtunnel.console import run_with_console
-
-            await run_with_console(client)
-        else:
-            await client.run()
-
-    try:
-        await _until_signal(
-            lambda: _with_reload(run, args, lambda: _load_client(args), client.reload),
-            client.stop,
-        )
-    except FatalError as exc:
-        return _fail(EXIT_RUNTIME, str(exc), kind="fatal")
-    except TransportError as exc:
-        return _fail(EXIT_RUNTIME, str(exc), kind="bind")
-    return EXIT_OK
-
-
-def _status_main(args: argparse.Namespace) -> int:
-    import json
-
-    from muxtunnel.admin import StatusError, fetch_status, print_status
-
-    try:
-        data = fetch_status(args.admin, args.admin_token)
-    except StatusError as exc:
-        print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
-        return EXIT_RUNTIME
-    if args.json:
-        print(json.dumps(data, indent=1))
-    else:
-        print_status(data)
-    return EXIT_OK
-
-
-def _cert_main(args: argparse.Namespace) -> int:
-    import socket
-
-    from muxtunnel.tls import format_fingerprint, generate_self_signed
-
-    names = args.name or [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    base = "client" if args.client else "server"
-    cert_path = os.path.join(args.out, f"{base}.crt")
-    key_path = os.path.join(args.out, f"{base}.key")
-    existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
-    if existing and not args.force:
-        print(f"muxtunnel: {existing[0]} exists (--force overwrites)", file=sys.stderr)
-        return EXIT_USAGE
-    if args.days < 1:
-        print("muxtunnel: --days must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    cert_pem, key_pem, der = generate_self_signed(names, days=args.days, client=args.client)
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with open(cert_path, "wb") as handle:
-            handle.write(cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
-        os.chmod(key_path, 0o600)
-    except OSError as exc:
-        print(f"muxtunnel: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    fingerprint = format_fingerprint(der)
-    print(f"wrote {cert_path} and {key_path} for {', '.join(names)}", file=sys.stderr)
-    if args.client:
-        print(f"on the server: --tls-client-ca {cert_path}", file=sys.stderr)
-    else:
-        print(f"on clients: --server-fingerprint {fingerprint}", file=sys.stderr)
-    print(fingerprint, flush=True)
-    return EXIT_OK
 
 
 if __name__ == "__main__":

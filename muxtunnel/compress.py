@@ -22,6 +22,8 @@ import anyio
 import anyio.abc
 import zstandard
 
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL
+
 __all__ = ["ALGORITHMS", "CompressedStream", "compression_ratio"]
 
 #: Algorithms a service may ask for; the only one is zstd.
@@ -103,7 +105,7 @@ class _OutputBound:
 class CompressedStream(anyio.abc.ByteStream):
     """Wraps a `ByteStream`: sends are zstd-compressed (flushed per send), receives decompressed."""
 
-    def __init__(self, inner: anyio.abc.ByteStream, level: int = 3) -> None:
+    def __init__(self, inner: anyio.abc.ByteStream, level: int = DEFAULT_COMPRESSION_LEVEL) -> None:
         self.inner = inner
         self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
         self._decompressor = zstandard.ZstdDecompressor(
@@ -156,7 +158,9 @@ class CompressedStream(anyio.abc.ByteStream):
         return self.inner.extra_attributes
 
 
-def compression_ratio(data: bytes, level: int = 3, write_bytes: int = 64 * 1024) -> float:
+def compression_ratio(
+    data: bytes, level: int = DEFAULT_COMPRESSION_LEVEL, write_bytes: int = 64 * 1024
+) -> float:
     """Plain / wire bytes for `data` written in `write_bytes` pieces (for benchmarks and docs)."""
     compressor = zstandard.ZstdCompressor(level=level).compressobj()
     wire = 0

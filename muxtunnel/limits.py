@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ import anyio
 import anyio.abc
 
 from muxtunnel.model import ServicePolicy
+from muxtunnel.status import ConnectionRow, TrafficRow
+from muxtunnel.transport import abort
 
 __all__ = [
     "ConnectionMeter",
@@ -92,6 +92,7 @@ class ServiceLimiter:
             self.outbound.set_rate(rate)
 
     def describe(self) -> dict[str, int | None]:
+        """The limits in force, as the status document shows them."""
         return {
             "bandwidth_bytes_per_s": int(self.inbound.rate) if self.inbound else None,
             "max_connections": self.max_connections,
@@ -139,8 +140,18 @@ class ServiceTraffic:
     def bytes_out(self) -> int:
         return self.closed_out + sum(meter.bytes_out for meter in self.live)
 
+    def row(self, name: str) -> TrafficRow:
+        """The service's counters as a status row."""
+        return TrafficRow(
+            name, self.bytes_in, self.bytes_out, len(self.live), self.connections_total
+        )
 
-_LINGER_ZERO = struct.pack("ii", 1, 0)
+    def connection_rows(self, now: float) -> list[ConnectionRow]:
+        """The live connections as status rows (unsorted)."""
+        return [
+            ConnectionRow(m.service, m.peer, now - m.started, m.bytes_in, m.bytes_out)
+            for m in self.live
+        ]
 
 
 class MeteredStream(anyio.abc.ByteStream):
@@ -204,23 +215,14 @@ class MeteredStream(anyio.abc.ByteStream):
         await self.inner.send_eof()
 
     async def aclose(self) -> None:
-        if not self._aborting:
+        if self._aborting:
+            await abort(self.inner)
+        else:
             await self.inner.aclose()
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.inner.aclose()
-            except (OSError, anyio.BrokenResourceError):
-                pass
 
     def reset(self) -> None:
-        """Make the coming `aclose` abortive (RST), as `transport.abort` does for sockets."""
+        """Make the coming `aclose` abortive (`transport.abort`: RST for a socket)."""
         self._aborting = True
-        try:
-            sock = self.inner.extra(anyio.abc.SocketAttribute.raw_socket)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        except (OSError, ValueError, anyio.TypedAttributeLookupError):
-            pass
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

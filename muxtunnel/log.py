@@ -21,7 +21,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from muxtunnel.model import Secret
 
-__all__ = ["LogFormat", "configure_logging", "get_logger"]
+__all__ = ["LogFormat", "configure_logging", "get_logger", "log_doubling"]
 
 LogFormat = Literal["console", "json", "auto"]
 _LEVELS = {
@@ -132,3 +132,13 @@ def get_logger(component: str | None = None, **context: object) -> FilteringBoun
     if component is not None:
         initial["component"] = component
     return cast(FilteringBoundLogger, structlog.get_logger(**initial))
+
+
+def log_doubling(logger: Any, event: str, count: int, **context: object) -> None:
+    """Log the `count`-th refusal of something at counts 1, 2, 4, 8, ...: a flood is not a log.
+
+    For every limit that refuses or drops: the caller counts (for its metrics), this decides
+    which counts get a warning line.
+    """
+    if count & (count - 1) == 0:
+        logger.warning(event, count=count, **context)

@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mux._config import MuxConfig
+from mux import MuxConfig
 
 ServiceType = Literal["tcp", "udp"]
 DEFAULT_CONTROL_PORT = 7835
+#: zstd level when none is asked for: zstd's own default (ZSTD_CLEVEL_DEFAULT), fast and a good
+#: ratio on text; `compression_level_max` caps what clients may ask the server for.
+DEFAULT_COMPRESSION_LEVEL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +150,7 @@ class ServiceSpec:
     token: Secret | None = None  # None: the client's default token applies
     #: "zstd" to compress visitor bytes through the tunnel (TCP only), None for none.
     compression: str | None = None
-    compression_level: int = 3
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
 
     @property
     def local(self) -> str:
@@ -163,8 +166,14 @@ class ClientConfig:
     mux: MuxConfig = field(default_factory=MuxConfig)
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    #: On SIGTERM: how long live visitor connections get to finish after the GoAway.
+    drain_timeout_s: float = 5.0
     udp_flow_idle_s: float = 60.0
     udp_max_flows: int = 4096
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+
+    def services_without_token(self) -> tuple[str, ...]:
+        """Names of the services with no token: neither their own nor the default one."""
+        return tuple(spec.name for spec in self.services if not (spec.token or self.token))

@@ -19,7 +19,8 @@ from muxtunnel.transport import abort
 #: Bytes asked per read. Large reads mean fewer trips through the event loop per megabyte.
 CHUNK_BYTES = 256 * 1024
 
-_FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+#: How a stream fails (`transport` maps the socket layer's own errors to these).
+_FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 @dataclass(slots=True)

@@ -15,6 +15,11 @@ with the reason logged, and the old one stays in force. Then only what changed i
   keep their old value and a warning says that a restart is needed.
 
 Visitors of services that did not change never notice a reload.
+
+This module decides, and never imports the server or the client: `ConfigWatcher` loads a new
+config and hands it to an `apply` callable (`Server.apply_config`, `Client.apply_config`),
+which calls `server_changes` / `client_changes` here to learn what to do, and does it to the
+fields it owns. Either raises `ReloadError` to reject the config.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import hmac
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import structlog
@@ -32,14 +37,17 @@ import structlog
 from muxtunnel.auth import TokenBook
 from muxtunnel.config import ConfigError
 from muxtunnel.model import ClientConfig, ServerConfig, ServiceSpec
-from muxtunnel.tls import ServerTlsContext, TlsError, client_context
 
-if TYPE_CHECKING:
-    from muxtunnel.client import Client
-    from muxtunnel.server import Server
-
-__all__ = ["ConfigWatcher", "ReloadError", "ServiceDiff", "diff_services", "reload_client",
-           "reload_server"]  # fmt: skip
+__all__ = [
+    "ClientChanges",
+    "ConfigWatcher",
+    "ReloadError",
+    "ServerChanges",
+    "ServiceDiff",
+    "client_changes",
+    "diff_services",
+    "server_changes",
+]
 
 log = structlog.get_logger("muxtunnel.reload")
 
@@ -55,7 +63,7 @@ class ReloadError(Exception):
 def _stamp(path: str) -> tuple[int, int, int] | None:
     try:
         info = os.stat(path)
-    except OSError:
+    except OSError:  # the file is being replaced, or gone: wait for the next change
         return None
     return info.st_mtime_ns, info.st_size, info.st_ino
 
@@ -77,8 +85,8 @@ class ConfigWatcher(Generic[C]):
         use_signal: bool = True,
     ) -> None:
         self.path = path
-        self.load = load
-        self.apply = apply
+        self.load: Callable[[], C] = load
+        self.apply: Callable[[C], Awaitable[None]] = apply
         self.poll_interval_s = poll_interval_s
         self.use_signal = use_signal
         self.reloads = 0
@@ -86,6 +94,7 @@ class ConfigWatcher(Generic[C]):
         self._lock = anyio.Lock()
 
     async def run(self) -> None:
+        """Watch until cancelled."""
         async with anyio.create_task_group() as tg:
             if self.path is not None:
                 tg.start_soon(self._poll)
@@ -135,51 +144,50 @@ def _keep_bound(old: C, new: C, fields: tuple[str, ...]) -> C:
 
 # --- server ---
 
+#: Bound once at start: a reload keeps their running values.
+SERVER_BOUND_FIELDS = ("bind_host", "bind_port", "public_host", "metrics", "admin")
 
-async def reload_server(server: Server, new: ServerConfig) -> None:
-    """Put `new` in force on a running server (see the module docstring)."""
-    old = server.config
-    new = _keep_bound(old, new, ("bind_host", "bind_port", "public_host", "metrics", "admin"))
-    try:
-        tls = ServerTlsContext.load(new.tls) if new.tls else None
-    except TlsError as exc:
-        raise ReloadError(str(exc)) from None
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerChanges:
+    """What a new server config changes."""
+
+    #: The config to put in force (bound addresses kept).
+    config: ServerConfig
+    tokens: TokenBook
+    old_tokens: TokenBook
+
+    def close_reason(self, name: str, port: int) -> str | None:
+        """Why a live service must close under the new config, or None if it may stay."""
+        before, _ = self.old_tokens.key_for(name)
+        after, known = self.tokens.key_for(name)
+        if not known or not hmac.compare_digest(before, after):
+            return "its token changed in the server's config"
+        if port not in self.config.allow_ports:
+            return f"port {port} is no longer allowed (allowed: {self.config.allow_ports})"
+        return None
+
+
+def server_changes(old: ServerConfig, new: ServerConfig) -> ServerChanges:
+    """What putting `new` in force on a server running `old` means; `ReloadError` if it can't."""
+    new = _keep_bound(old, new, SERVER_BOUND_FIELDS)
     tokens = TokenBook.from_config(new)
     if not tokens.has_any_token:
         raise ReloadError("the new config has no token at all")
-    old_tokens = server.tokens
-    server.config, server.tokens, server.tls = new, tokens, tls
-    server.failures.burst = new.auth_failures_burst
-    server.failures.per_s = new.auth_failures_per_min / 60.0
-    policies = {policy.name: policy for policy in new.services}
-    for name in set(server.limiters) | set(policies):
-        server.limiter_of(name).update(policies.get(name))
-    closed = []
-    for service in list(server.registry.by_name.values()):
-        before, _ = old_tokens.key_for(service.name)
-        after, known = tokens.key_for(service.name)
-        if not known or not hmac.compare_digest(before, after):
-            reason = "its token changed in the server's config"
-        elif service.port not in new.allow_ports:
-            reason = f"port {service.port} is no longer allowed (allowed: {new.allow_ports})"
-        else:
-            continue
-        closed.append(service.name)
-        await server.close_service(service, reason)
-    log.info(
-        "config reloaded",
-        services_with_policy=len(policies),
-        allow_ports=str(new.allow_ports),
-        closed=closed,
-        tls=tls.fingerprint if tls else None,
-    )
+    return ServerChanges(new, tokens, TokenBook.from_config(old))
 
 
 # --- client ---
 
+CLIENT_BOUND_FIELDS = ("metrics", "admin")
+#: A change to any of these needs a new session.
+_SESSION_FIELDS = ("server_host", "server_port", "tls", "mux")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServiceDiff:
+    """How two clients' service lists differ, by name."""
+
     added: tuple[ServiceSpec, ...] = ()
     removed: tuple[str, ...] = ()
     #: Changed in a way the server sees (type, port, token, compression): register again.
@@ -215,47 +223,24 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
     )
 
 
-_SESSION_FIELDS = ("server_host", "server_port", "tls", "mux")
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientChanges:
+    """What a new client config changes."""
+
+    #: The config to put in force (bound addresses kept).
+    config: ClientConfig
+    services: ServiceDiff
+    #: The session must be replaced (its services are then registered anew anyway).
+    reconnect: bool
 
 
-async def reload_client(client: Client, new: ClientConfig) -> None:
-    """Put `new` in force on a running client (see the module docstring)."""
-    old = client.config
-    new = _keep_bound(old, new, ("metrics", "admin"))
+def client_changes(old: ClientConfig, new: ClientConfig) -> ClientChanges:
+    """What putting `new` in force on a client running `old` means; `ReloadError` if it can't."""
+    new = _keep_bound(old, new, CLIENT_BOUND_FIELDS)
     if not new.services:
         raise ReloadError("the new config has no services")
-    missing = [spec.name for spec in new.services if not (spec.token or new.token)]
+    missing = new.services_without_token()
     if missing:
         raise ReloadError(f"no token for service(s) {', '.join(missing)}")
-    tls_context = None
-    if new.tls is not None:
-        try:
-            tls_context = client_context(new.tls)
-        except TlsError as exc:
-            raise ReloadError(str(exc)) from None
-    diff = diff_services(old, new)
     reconnect = any(getattr(old, name) != getattr(new, name) for name in _SESSION_FIELDS)
-    client.config = new
-    client.tls_context = tls_context
-    if reconnect:
-        # The services are re-registered on the new session anyway.
-        client.replace_services(new.services)
-        log.info("config reloaded; reconnecting", server=client.server)
-        await client.restart_session()
-        return
-    for name in diff.removed:
-        await client.remove_service(name)
-    for spec in diff.local_only:
-        client.update_local(spec)
-    for spec in diff.changed:
-        await client.remove_service(spec.name)
-        await client.add_service(spec)
-    for spec in diff.added:
-        await client.add_service(spec)
-    log.info(
-        "config reloaded",
-        added=[spec.name for spec in diff.added],
-        removed=list(diff.removed),
-        restarted=[spec.name for spec in diff.changed],
-        local_changed=[spec.name for spec in diff.local_only],
-    )
+    return ClientChanges(new, diff_services(old, new), reconnect)

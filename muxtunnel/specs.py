@@ -16,6 +16,7 @@ __all__ = [
     "MAX_SERVICE_NAME_CHARS",
     "SERVICE_TYPES",
     "SpecError",
+    "format_host_port",
     "parse_host_port",
     "parse_port",
     "parse_port_ranges",
@@ -132,6 +133,11 @@ def parse_host_port(
             raise SpecError(f"missing port in {text!r} (expected HOST:PORT)")
         return host, default_port
     return host, parse_port(port_text)
+
+
+def format_host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets: what `parse_host_port` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_port_ranges(text: str) -> PortRanges:

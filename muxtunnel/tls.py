@@ -28,6 +28,7 @@ import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from muxtunnel.model import ClientTls, ServerTls
+from muxtunnel.transport import abort
 
 __all__ = [
     "FINGERPRINT_PREFIX",
@@ -49,6 +50,7 @@ _PEM_CERT = re.compile(
 )
 #: Alerts a server sends when it refuses our client certificate: retrying cannot help.
 _CLIENT_CERT_REFUSED = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UN")
+#: How a handshake fails: ssl's errors (OSErrors), or the carrier's; mapped to `TlsError` here.
 _HANDSHAKE_FAILURES = (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
 
 
@@ -148,11 +150,7 @@ class ServerTlsContext:
                 stream, server_side=True, ssl_context=self.context, standard_compatible=False
             )
         except _HANDSHAKE_FAILURES as exc:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await stream.aclose()
-                except (OSError, anyio.BrokenResourceError):
-                    pass
+            await abort(stream)
             raise TlsError(f"TLS handshake failed: {_reason(exc)}") from None
 
 

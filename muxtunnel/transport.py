@@ -1,11 +1,26 @@
-"""The one seam between muxtunnel and the network: carriers and visitor sockets.
+"""The one seam between muxtunnel and the network: TCP carriers and visitors, UDP endpoints.
 
-Everything above this module sees `anyio.abc.ByteStream`s; socket options and the translation of
-connect/bind failures into readable errors happen here, once.
+Above this module there are anyio `ByteStream`s and two kinds of failure, never the foreign
+exceptions of the socket layer (httpcore's `map_exceptions` at its backend is the model):
+
+- `TransportError` when a connect or a bind fails; its message is meant for the user;
+- anyio's `EndOfStream`, `BrokenResourceError` and `ClosedResourceError` when a stream ends or
+  fails. anyio's asyncio socket streams raise only those from `receive`/`send`/`send_eof`/
+  `aclose`; what can still surface is caught here: `OSError`, `AttributeError` (uvloop hands
+  out a None raw socket once the peer is gone) and `ValueError` (uvloop's `setsockopt` on a
+  closed socket). So `peer_address` returns None for a connection that is already gone, and
+  `abort` never raises. Nobody above catches `OSError` or `AttributeError` for a socket
+  (`tests/test_layering.py` checks).
+
+What the carriers and visitors need of their sockets is also set here, once: TCP_NODELAY
+(frames of many streams share a carrier, none should wait for Nagle), and accepted or
+connected sockets read only while someone waits, at most one chunk per wait (backpressure and
+a fair event loop; the anyio internals this takes are in `mux._anyio_seam`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 import struct
@@ -15,22 +30,45 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from mux import read_one_chunk_per_wait
+from mux import pause_reading, read_one_chunk_per_wait
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "Address",
+    "TransportError",
+    "UdpEndpoint",
+    "abort",
+    "connect",
+    "listen_tcp",
+    "local_port",
+    "open_udp",
+    "peer_address",
+]
+
+#: How long a TCP connect may take (the server, or a local service) before it counts as failed.
+CONNECT_TIMEOUT_S = 10.0
+#: Bytes a UDP socket may hold unsent before further datagrams to it are dropped.
+UDP_BUFFER_LIMIT_BYTES = 1024 * 1024
+#: Connections the kernel may queue per listener before we accept them: room for a burst of
+#: new visitors (picked; the kernel caps it at net.core.somaxconn, 4096 since Linux 5.4).
+LISTEN_BACKLOG = 1024
+
+Address = tuple[str, int]
 
 
 class TransportError(Exception):
     """A connect or bind failed; the message is meant for the user."""
 
 
-def tune_socket(stream: anyio.abc.SocketStream) -> None:
+def _tune(stream: anyio.abc.SocketStream) -> None:
     """TCP_NODELAY: frames of many streams share the carrier, none should wait for Nagle."""
     sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _OneChunkListener(anyio.abc.Listener[anyio.abc.SocketStream]):
-    """A TCP listener whose accepted streams read one chunk per wait (see above)."""
+class _ReadOnWaitListener(anyio.abc.Listener[anyio.abc.SocketStream]):
+    """A TCP listener whose accepted sockets read only while someone waits, one chunk a wait."""
 
     def __init__(self, inner: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
         self._inner = inner
@@ -42,6 +80,7 @@ class _OneChunkListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     ) -> None:
         async def serve_one(stream: anyio.abc.SocketStream) -> None:
             read_one_chunk_per_wait(stream)
+            pause_reading(stream)
             await handler(stream)
 
         await self._inner.serve(serve_one, task_group)
@@ -54,7 +93,10 @@ class _OneChunkListener(anyio.abc.Listener[anyio.abc.SocketStream]):
         return self._inner.extra_attributes
 
 
-async def connect(host: str, port: int, *, timeout_s: float = 10.0) -> anyio.abc.SocketStream:
+async def connect(
+    host: str, port: int, *, timeout_s: float = CONNECT_TIMEOUT_S
+) -> anyio.abc.SocketStream:
+    """A TCP connection to `host:port`; `TransportError` if it cannot be made in time."""
     try:
         with anyio.fail_after(timeout_s):
             stream = await anyio.connect_tcp(host, port)
@@ -62,27 +104,23 @@ async def connect(host: str, port: int, *, timeout_s: float = 10.0) -> anyio.abc
         raise TransportError(f"connecting to {host}:{port} timed out after {timeout_s} s") from None
     except OSError as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    tune_socket(stream)
+    _tune(stream)
     read_one_chunk_per_wait(stream)
     return stream
 
 
 async def listen_tcp(host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+    """A TCP listener on `host:port` (0: any free port); `TransportError` if it cannot bind."""
     try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, backlog=1024)
+        listener = await anyio.create_tcp_listener(
+            local_host=host, local_port=port, backlog=LISTEN_BACKLOG
+        )
     except OSError as exc:
-        raise TransportError(bind_error(host, port, "tcp", exc)) from None
-    return _OneChunkListener(listener)
+        raise TransportError(_bind_error(host, port, "tcp", exc)) from None
+    return _ReadOnWaitListener(listener)
 
 
-async def listen_udp(host: str, port: int) -> anyio.abc.UDPSocket:
-    try:
-        return await anyio.create_udp_socket(local_host=host, local_port=port)
-    except OSError as exc:
-        raise TransportError(bind_error(host, port, "udp", exc)) from None
-
-
-def bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
+def _bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
     # uvloop's create_datagram_endpoint raises an errno-less OSError("could not bind to
     # local_addr ...") *from* the real one: look through such wrappers for the errno.
     while exc.errno is None and isinstance(exc.__cause__, OSError):
@@ -97,11 +135,20 @@ def bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
 
 
 def local_port(listener: anyio.TypedAttributeProvider) -> int:
+    """The port a listener is bound to."""
     return int(listener.extra(anyio.abc.SocketAttribute.local_port))
 
 
-def peer_address(stream: anyio.abc.SocketStream) -> tuple[str, int]:
-    address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+def peer_address(stream: anyio.abc.SocketStream) -> Address | None:
+    """The peer's address, or None when its connection is already gone.
+
+    A peer that connects and resets at once can be gone before its handler runs; anyio under
+    uvloop then fails with AttributeError (the raw socket is None), not with OSError.
+    """
+    try:
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except (OSError, AttributeError):
+        return None
     if isinstance(address, tuple):
         return str(address[0]), int(address[1])
     return str(address), 0
@@ -111,20 +158,99 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 async def abort(stream: anyio.abc.ByteStream) -> None:
-    """Close so the other end sees a failure: RST for TCP sockets, reset for mux streams."""
-    reset = getattr(stream, "reset", None)
-    if callable(reset):
-        reset()
-        await stream.aclose()
-        return
-    if isinstance(stream, anyio.abc.SocketStream):
-        try:
-            sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        except (OSError, ValueError):  # already closed (uvloop says so with ValueError)
-            pass
+    """Close so the other end sees a failure: RST for TCP sockets, reset for mux streams.
+
+    Anything with a `reset()` (a mux stream, or a wrapper of one) is reset; a TCP socket gets
+    SO_LINGER 0, so that closing it sends RST. Never raises, and finishes even when cancelled.
+    """
     with anyio.CancelScope(shield=True):
+        reset = getattr(stream, "reset", None)
+        if callable(reset):
+            reset()
+        elif isinstance(stream, anyio.abc.SocketStream):
+            try:
+                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            except (OSError, ValueError, AttributeError):  # gone already (see peer_address)
+                pass
         try:
             await stream.aclose()
-        except (OSError, anyio.BrokenResourceError):
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+
+
+# --- UDP ---
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self.on_datagram = on_datagram
+        self.closed = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable and friends: UDP offers no delivery promise anyway
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+
+class UdpEndpoint:
+    """A UDP socket driven by a protocol callback; sends drop rather than queue without bound.
+
+    Datagrams go through an asyncio datagram protocol rather than anyio's UDP sockets: each is
+    handed to `on_datagram` from the loop's callback, with no task switch per datagram, which
+    is what lets a Python process keep up with a fast UDP sender. (This needs the asyncio
+    backend, which is what muxtunnel runs on.)
+    """
+
+    def __init__(self, transport: asyncio.DatagramTransport, protocol: _DatagramProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    @property
+    def port(self) -> int:
+        """The local port."""
+        return int(self._transport.get_extra_info("sockname")[1])
+
+    def send(self, datagram: bytes, address: Address | None = None) -> bool:
+        """Send one datagram, or drop it (False) while the socket's buffer is full."""
+        buffered: int = self._transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if buffered > UDP_BUFFER_LIMIT_BYTES:
+            return False
+        self._transport.sendto(datagram, address)
+        return True
+
+    async def wait_closed(self) -> None:
+        """Return once the socket is closed."""
+        await self._protocol.closed.wait()
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self._transport.close()
+
+
+async def open_udp(
+    on_datagram: Callable[[bytes, Address], None],
+    *,
+    local: Address | None = None,
+    remote: Address | None = None,
+) -> UdpEndpoint:
+    """Bind (`local`) or connect (`remote`) a UDP socket whose datagrams go to `on_datagram`.
+
+    `TransportError` if the socket cannot be bound or connected.
+    """
+    loop = asyncio.get_running_loop()
+    protocol = _DatagramProtocol(on_datagram)
+    try:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: protocol, local_addr=local, remote_addr=remote
+        )
+    except OSError as exc:
+        if local is not None:
+            raise TransportError(_bind_error(local[0], local[1], "udp", exc)) from None
+        where = f"{remote[0]}:{remote[1]}" if remote is not None else "?"
+        raise TransportError(f"cannot reach udp {where}: {exc.strerror or exc}") from None
+    return UdpEndpoint(transport, protocol)

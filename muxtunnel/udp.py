@@ -5,18 +5,15 @@ finds its flow's send buffer full, or one whose socket's write buffer is full is
 counted. A flow idle for `idle_s` expires; past `max_flows` the least recently active flow is
 evicted. Both end the flow's stream with RST.
 
-Datagrams go through asyncio datagram protocols rather than anyio's UDP sockets: each datagram
-is then framed and queued from the protocol callback, with no task switch per datagram, which is
-what lets a Python process keep up with a fast UDP sender. (anyio still structures everything
-else; this module requires the asyncio backend, which is what muxtunnel runs on.)
+The sockets are `transport.UdpEndpoint`s: each datagram is framed and queued from the loop's
+callback, with no task switch per datagram, which is what lets a Python process keep up with a
+fast UDP sender.
 """
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,16 +21,12 @@ import anyio.abc
 
 from mux import MuxStream, Session
 from muxtunnel.control import VisitorHeader, encode_visitor_header
-from muxtunnel.transport import TransportError, bind_error
+from muxtunnel.transport import Address, TransportError, UdpEndpoint, open_udp
 
 #: Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes).
 MAX_DATAGRAM_BYTES = 65507
-#: Bytes a UDP socket may hold unsent before further datagrams to it are dropped.
-SOCKET_BUFFER_LIMIT_BYTES = 1024 * 1024
 _LENGTH = struct.Struct(">H")
-_FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-Address = tuple[str, int]
+_FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 def frame(datagram: bytes) -> bytes:
@@ -93,63 +86,6 @@ def queue_datagram(stream: MuxStream, datagram: bytes, counters: UdpCounters) ->
         counters.dropped_backpressure += 1
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
-        self.on_datagram = on_datagram
-        self.closed = asyncio.Event()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.on_datagram(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP port unreachable and friends: UDP offers no delivery promise anyway
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set()
-
-
-class UdpEndpoint:
-    """A UDP socket driven by a protocol callback; sends drop rather than queue without bound."""
-
-    def __init__(self, transport: asyncio.DatagramTransport, protocol: _Protocol) -> None:
-        self.transport = transport
-        self.protocol = protocol
-
-    @property
-    def port(self) -> int:
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    def send(self, datagram: bytes, address: Address | None = None) -> bool:
-        buffered: int = self.transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        if buffered > SOCKET_BUFFER_LIMIT_BYTES:
-            return False
-        self.transport.sendto(datagram, address)
-        return True
-
-    def close(self) -> None:
-        self.transport.close()
-
-
-async def open_endpoint(
-    on_datagram: Callable[[bytes, Address], None],
-    *,
-    local: Address | None = None,
-    remote: Address | None = None,
-) -> UdpEndpoint:
-    """Bind (`local`) or connect (`remote`) a UDP socket whose datagrams go to `on_datagram`."""
-    loop = asyncio.get_running_loop()
-    protocol = _Protocol(on_datagram)
-    try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: protocol, local_addr=local, remote_addr=remote
-        )
-    except OSError as exc:
-        if local is not None:
-            raise TransportError(bind_error(local[0], local[1], "udp", exc)) from None
-        raise
-    return UdpEndpoint(transport, protocol)
-
-
 @dataclass(slots=True)
 class _Flow:
     stream: MuxStream
@@ -180,7 +116,7 @@ class UdpForwarder:
 
     async def bind(self, host: str, port: int) -> None:
         """Bind the public socket; datagrams are dropped until `run` starts."""
-        self._endpoint = await open_endpoint(self._on_datagram, local=(host, port))
+        self._endpoint = await open_udp(self._on_datagram, local=(host, port))
 
     @property
     def port(self) -> int:
@@ -193,7 +129,7 @@ class UdpForwarder:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._expire)
-                await self._endpoint.protocol.closed.wait()
+                await self._endpoint.wait_closed()
         finally:
             self._tg = None
             self._endpoint.close()
@@ -282,8 +218,8 @@ async def serve_flow(
         queue_datagram(stream, datagram, counters)
 
     try:
-        endpoint = await open_endpoint(from_target, remote=target)
-    except OSError:
+        endpoint = await open_udp(from_target, remote=target)
+    except TransportError:
         stream.reset()
         return
     reader = DatagramReader()

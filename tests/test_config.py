@@ -491,3 +491,11 @@ def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("MUXTUNNEL_TEST_HOST", "from-environ.example")
     path = write(tmp_path, "client:\n  server: ${MUXTUNNEL_TEST_HOST}\n")
     assert load_client_config(path).server_host == "from-environ.example"
+
+
+def test_client_drain_timeout_is_configurable(tmp_path: Path) -> None:
+    path = write(tmp_path, "client:\n  drain_timeout_s: 2.5\n  services: [{local: 3000}]\n")
+    assert load_client_config(path).drain_timeout_s == 2.5
+    assert load_client_config(None).drain_timeout_s == ClientConfig().drain_timeout_s
+    bad = write(tmp_path, "client:\n  drain_timeout_s: -1\n", "bad.yaml")
+    assert "client.drain_timeout_s: must be at least 0" in error_of(lambda: load_client_config(bad))

@@ -28,8 +28,8 @@ from muxtunnel.config import ConfigError, load_client_config, load_server_config
 
 pytestmark = pytest.mark.stress
 
-SERVER_KEYS = tuple(getattr(config_module, "_SERVER_KEYS", ("bind", "token", "allow_ports")))
-CLIENT_KEYS = tuple(getattr(config_module, "_CLIENT_KEYS", ("server", "token", "services")))
+SERVER_KEYS = config_module.SERVER_KEYS
+CLIENT_KEYS = config_module.CLIENT_KEYS
 MUX_KEYS = tuple(f.name for f in dataclasses.fields(MuxConfig))
 SERVICE_KEYS = ("name", "type", "local", "remote_port", "token", "compression")
 KEYS = tuple(k for k in {*SERVER_KEYS, *CLIENT_KEYS, *MUX_KEYS, *SERVICE_KEYS} if k != "include")

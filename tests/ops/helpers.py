@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from muxtunnel.app import serve
 from muxtunnel.client import Client
 from muxtunnel.model import ClientConfig, Secret, ServerConfig, ServiceSpec
 from muxtunnel.server import Server
@@ -86,6 +87,20 @@ async def running_client(config: ClientConfig, *, wait: bool = True) -> AsyncIte
             await wait_until(lambda: all(s.public for s in client.services.values()))
         try:
             yield client
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serving(target: Server | Client) -> AsyncIterator[dict[str, int]]:
+    """Run `target` as `listen`/`up` do, with its metrics and admin endpoints; yields their
+    ports. A client's services are registered by then."""
+    async with anyio.create_task_group() as tg:
+        ports = await tg.start(serve, target)
+        if isinstance(target, Client):
+            await wait_until(lambda: all(s.public for s in target.services.values()))
+        try:
+            yield ports
         finally:
             tg.cancel_scope.cancel()
 

@@ -10,17 +10,12 @@ import anyio.abc
 import pytest
 
 from muxtunnel import cli
-from muxtunnel.admin import StatusError, fetch_status
+from muxtunnel.client import Client
 from muxtunnel.model import Endpoint, Secret
+from muxtunnel.server import Server
+from muxtunnel.statusview import StatusError, fetch_status
 
-from .helpers import (
-    client_config,
-    public_port,
-    running_client,
-    running_server,
-    server_config,
-    tcp,
-)
+from .helpers import client_config, public_port, server_config, serving, tcp
 
 pytestmark = pytest.mark.anyio
 
@@ -59,14 +54,13 @@ async def test_metrics_and_admin_api_while_a_transfer_runs(
     local = listener.extra(anyio.abc.SocketAttribute.local_port)
     endpoint = Endpoint("127.0.0.1", 0)
     admin = Endpoint("127.0.0.1", 0, ADMIN_TOKEN)
-    async with (
-        anyio.create_task_group() as tg,
-        running_server(server_config(metrics=endpoint, admin=admin)) as server,
-    ):
+    server = Server(server_config(metrics=endpoint, admin=admin))
+    async with anyio.create_task_group() as tg, serving(server) as server_ports:
         tg.start_soon(listener.serve, _trickle)
         assert server.port is not None
         config = client_config(server.port, tcp("feed", local), metrics=endpoint, admin=endpoint)
-        async with running_client(config) as client:
+        client = Client(config)
+        async with serving(client) as client_ports:
             port = public_port(client, "feed")
             async with await anyio.connect_tcp("127.0.0.1", port) as visitor:
                 host, visitor_port = visitor.extra(anyio.abc.SocketAttribute.local_address)[:2]
@@ -77,7 +71,7 @@ async def test_metrics_and_admin_api_while_a_transfer_runs(
                         got += len(await visitor.receive())
                 scrapes = []
                 for _ in range(2):
-                    text = await anyio.to_thread.run_sync(_scrape, server.endpoint_ports["metrics"])
+                    text = await anyio.to_thread.run_sync(_scrape, server_ports["metrics"])
                     scrapes.append(text)
                     with anyio.move_on_after(0.4):
                         while True:
@@ -92,9 +86,7 @@ async def test_metrics_and_admin_api_while_a_transfer_runs(
                 assert _value(scrapes[1], "muxtunnel_services") == 1
                 assert _value(scrapes[1], "muxtunnel_open_streams") >= 2
                 assert _value(scrapes[1], "muxtunnel_auth_failures_total") == 0
-                client_text = await anyio.to_thread.run_sync(
-                    _scrape, client.endpoint_ports["metrics"]
-                )
+                client_text = await anyio.to_thread.run_sync(_scrape, client_ports["metrics"])
                 assert (
                     _value(
                         client_text,
@@ -106,7 +98,7 @@ async def test_metrics_and_admin_api_while_a_transfer_runs(
                 )
                 assert _value(client_text, "muxtunnel_reconnects_total") == 0
 
-                address = f"127.0.0.1:{server.endpoint_ports['admin']}"
+                address = f"127.0.0.1:{server_ports['admin']}"
                 with pytest.raises(StatusError, match="bearer token"):
                     await anyio.to_thread.run_sync(fetch_status, address, None)
                 data = await anyio.to_thread.run_sync(fetch_status, address, ADMIN_TOKEN.value)
@@ -125,7 +117,7 @@ async def test_metrics_and_admin_api_while_a_transfer_runs(
                 assert "muxtunnel listen" in shown
                 assert f"127.0.0.1:{port}" in shown and visitor_address in shown
 
-                client_admin = f"127.0.0.1:{client.endpoint_ports['admin']}"
+                client_admin = f"127.0.0.1:{client_ports['admin']}"
                 args = ["status", "--admin", client_admin]
                 assert await anyio.to_thread.run_sync(cli.main, args) == 0
                 shown = capsys.readouterr().out

@@ -80,7 +80,7 @@ async def test_client_reload_adds_removes_and_restarts_without_losing_a_byte(
             watcher = ConfigWatcher(
                 str(path),
                 lambda: load_client_config(path),
-                client.reload,
+                client.apply_config,
                 poll_interval_s=0.1,
                 use_signal=False,
             )
@@ -158,7 +158,7 @@ async def test_server_reload_on_sighup_applies_tokens_and_limits(tmp_path: Path)
         specs = (tcp("web", echo), tcp("db", echo))
         async with running_client(client_config(server.port, *specs)) as client:
             watcher = ConfigWatcher(
-                None, lambda: load_server_config(path), server.reload, use_signal=True
+                None, lambda: load_server_config(path), server.apply_config, use_signal=True
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watcher.run)

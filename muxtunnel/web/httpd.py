@@ -60,7 +60,7 @@ async def _read_head(stream: anyio.abc.ByteStream) -> bytes | None:
             return None
         try:
             buffer += await stream.receive(4096)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
             return None
     return bytes(buffer[: buffer.index(b"\r\n\r\n")])
 
@@ -125,7 +125,7 @@ async def serve_http(
                 data, _ = handle_request(head, routes, token)
                 try:
                     await stream.send(data)
-                except (anyio.BrokenResourceError, OSError):
+                except anyio.BrokenResourceError:
                     pass
 
     async with listener:

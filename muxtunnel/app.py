@@ -1,0 +1,319 @@
+"""The composition root: what `muxtunnel listen`, `up`, `status` and `cert` run.
+
+This is the one place that wires the process together: logging, the event loop (uvloop when
+installed), the server or client, its metrics and admin endpoints (fed by its `status`), the
+live console, the config watcher (changes go down through `apply_config`), SIGINT/SIGTERM
+(a graceful stop, then cancellation), and the exit codes. Everything below is built and
+connected here; none of it knows about the others it does not import. What a process does
+not use it does not import (the other side, the endpoints, the console): idle memory stays low.
+
+Exit codes: 0 after SIGINT/SIGTERM (graceful), 2 for usage and config errors, 1 for fatal
+runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr and
+a structured log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.abc
+import structlog
+
+from muxtunnel.config import ConfigError
+from muxtunnel.log import LogFormat, configure_logging
+from muxtunnel.model import ClientConfig, ServerConfig
+from muxtunnel.reload import ConfigWatcher
+from muxtunnel.specs import SpecError
+from muxtunnel.tls import TlsError
+from muxtunnel.transport import TransportError
+
+if TYPE_CHECKING:  # each role imports its side only, and the endpoints only when configured
+    from muxtunnel.client import Client, ServiceState
+    from muxtunnel.server import Server
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_RUNTIME",
+    "EXIT_USAGE",
+    "STOP_TIMEOUT_S",
+    "Options",
+    "cert",
+    "listen",
+    "serve",
+    "status",
+    "up",
+]
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+#: After SIGINT/SIGTERM, how long the graceful stop (GoAway, drain, close) may take before what
+#: is left is cancelled: above either side's drain timeout as usually configured (10 s, 5 s).
+STOP_TIMEOUT_S = 60.0
+
+log = structlog.get_logger("muxtunnel")
+C = TypeVar("C", ServerConfig, ClientConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to run `listen` or `up`, beyond the config: what the command line said."""
+
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+    #: The config file to reload when it changes (None: none, or not watched); SIGHUP always
+    #: reloads.
+    watch_path: str | None = None
+    #: `up`: the live panel, if stdout is a terminal and the log is not JSON.
+    console: bool = True
+
+
+def _fail(code: int, message: str, **context: Any) -> int:
+    log.error("fatal", error=message, **context)
+    print(f"muxtunnel: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _run(entry: Callable[..., Awaitable[int]], *args: object) -> int:
+    backend_options = {}
+    try:
+        import uvloop  # noqa: F401  (optional, measurably faster event loop)
+
+        backend_options["use_uvloop"] = True
+    except ImportError:
+        pass
+    try:
+        return anyio.run(entry, *args, backend_options=backend_options)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _start(entry: Callable[..., Awaitable[int]], *args: object, options: Options) -> int:
+    """Configure logging, then run `entry` on the event loop; config errors exit 2."""
+    configure_logging(options.log_format, options.log_level)
+    try:
+        return _run(entry, *args)
+    except (ConfigError, SpecError) as exc:
+        return _fail(EXIT_USAGE, str(exc), kind="config")
+    except TlsError as exc:
+        return _fail(EXIT_USAGE, str(exc), kind="tls")
+
+
+# --- listen and up ---
+
+
+def listen(load: Callable[[], ServerConfig], options: Options) -> int:
+    """`muxtunnel listen`: run a server with the config `load` returns (also on each reload)."""
+    return _start(_listen, load, options, options=options)
+
+
+def up(load: Callable[[], ClientConfig], options: Options) -> int:
+    """`muxtunnel up`: run a client with the config `load` returns (also on each reload)."""
+    return _start(_up, load, options, options=options)
+
+
+async def serve(
+    target: Server | Client,
+    *,
+    task_status: anyio.abc.TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run `target` with its metrics endpoint and admin API (when configured) until cancelled.
+
+    Reports the endpoints' bound ports ({"metrics": ..., "admin": ...}) once they listen and
+    a server's control port is bound too. Returns when `target.run` does.
+    """
+    config = target.config
+    async with anyio.create_task_group() as tg:
+
+        async def run(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+            await target.run(task_status=task_status)  # a server's: once its port is bound
+            tg.cancel_scope.cancel()  # the endpoints end with it
+
+        ports: dict[str, int] = {}
+        if config.metrics is not None or config.admin is not None:
+            from muxtunnel.web import run_endpoints
+
+            ports = await tg.start(run_endpoints, config.metrics, config.admin, target.status)
+        await tg.start(run)
+        task_status.started(ports)
+
+
+async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
+    from muxtunnel.server import Server
+
+    server = Server(load())
+    if not server.tokens.has_any_token:
+        return _fail(
+            EXIT_USAGE,
+            "no token configured: set --token, $MUXTUNNEL_TOKEN or "
+            "server.token (refusing to run an open server)",
+            kind="config",
+        )
+    try:
+        await _until_signal(
+            lambda: _with_reload(lambda: serve(server), options, load, server.apply_config),
+            server.shutdown,
+        )
+    except TransportError as exc:
+        return _fail(EXIT_RUNTIME, str(exc), kind="bind")
+    return EXIT_OK
+
+
+def _announce(state: ServiceState) -> None:
+    """One line on stdout per registered service: what scripts wait for."""
+    spec = state.spec
+    print(f"{spec.name} {spec.type} {state.public} -> {spec.local}", flush=True)
+
+
+async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
+    from muxtunnel.client import Client, FatalError
+
+    config = load()
+    missing = config.services_without_token()
+    if missing:
+        return _fail(
+            EXIT_USAGE,
+            f"no token for service(s) {', '.join(missing)}: set --token, "
+            "$MUXTUNNEL_TOKEN or client.token",
+            kind="config",
+        )
+    try:
+        client = Client(config, _announce)
+    except FatalError as exc:
+        return _fail(EXIT_USAGE, str(exc), kind="config")
+    use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
+
+    async def run() -> None:
+        if not use_console:
+            await serve(client)
+            return
+        from muxtunnel.console import show  # rich's live panel, only on a terminal
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(show, client.status)
+            await serve(client)
+            tg.cancel_scope.cancel()
+
+    try:
+        await _until_signal(
+            lambda: _with_reload(run, options, load, client.apply_config), client.stop
+        )
+    except FatalError as exc:
+        return _fail(EXIT_RUNTIME, str(exc), kind="fatal")
+    except TransportError as exc:
+        return _fail(EXIT_RUNTIME, str(exc), kind="bind")
+    return EXIT_OK
+
+
+async def _until_signal(
+    run: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `run`; on SIGINT/SIGTERM call `stop` (graceful), then cancel what is left.
+
+    An exception from `run` is raised as it is (not inside an exception group).
+    """
+    failures: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    with anyio.move_on_after(STOP_TIMEOUT_S):
+                        await stop()
+                    tg.cancel_scope.cancel()
+                    return
+
+        async def main_task() -> None:
+            try:
+                await run()
+            except Exception as exc:
+                while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                    exc = exc.exceptions[0]  # raised through a task group
+                failures.append(exc)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        tg.start_soon(main_task)
+    if failures:
+        raise failures[0]
+
+
+async def _with_reload(
+    run: Callable[[], Awaitable[None]],
+    options: Options,
+    load: Callable[[], C],
+    apply: Callable[[C], Awaitable[None]],
+) -> None:
+    """Run `run` with a config watcher beside it (SIGHUP, and the file if it is watched)."""
+    watcher = ConfigWatcher(options.watch_path, load, apply)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watcher.run)
+        try:
+            await run()
+        finally:
+            tg.cancel_scope.cancel()
+
+
+# --- status and cert ---
+
+
+def status(address: str, token: str | None, *, as_json: bool = False) -> int:
+    """`muxtunnel status`: print what the `listen` or `up` whose admin API is `address` does."""
+    from muxtunnel.statusview import StatusError, fetch_status, print_status
+
+    try:
+        data = fetch_status(address, token)
+    except StatusError as exc:
+        print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
+        return EXIT_RUNTIME
+    if as_json:
+        print(json.dumps(data, indent=1))
+    else:
+        print_status(data)
+    return EXIT_OK
+
+
+def cert(
+    out: str, names: list[str] | None, *, days: int, client: bool = False, force: bool = False
+) -> int:
+    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint."""
+    from muxtunnel.tls import format_fingerprint, generate_self_signed
+
+    names = names or [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    base = "client" if client else "server"
+    cert_path = os.path.join(out, f"{base}.crt")
+    key_path = os.path.join(out, f"{base}.key")
+    existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
+    if existing and not force:
+        print(f"muxtunnel: {existing[0]} exists (--force overwrites)", file=sys.stderr)
+        return EXIT_USAGE
+    if days < 1:
+        print("muxtunnel: --days must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    cert_pem, key_pem, der = generate_self_signed(names, days=days, client=client)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(cert_path, "wb") as handle:
+            handle.write(cert_pem)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem)
+        os.chmod(key_path, 0o600)
+    except OSError as exc:
+        print(f"muxtunnel: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    fingerprint = format_fingerprint(der)
+    print(f"wrote {cert_path} and {key_path} for {', '.join(names)}", file=sys.stderr)
+    if client:
+        print(f"on the server: --tls-client-ca {cert_path}", file=sys.stderr)
+    else:
+        print(f"on clients: --server-fingerprint {fingerprint}", file=sys.stderr)
+    print(fingerprint, flush=True)
+    return EXIT_OK

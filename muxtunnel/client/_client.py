@@ -1,0 +1,279 @@
+"""`muxtunnel up`: keep one session to the server, register services, serve visitors.
+
+When the session ends the client reconnects with exponential backoff and jitter and registers
+again. Failures a retry cannot fix (a wrong token, a port the server does not allow) end the
+client instead: retrying them forever would only hide them. The client owns every field below:
+a reload reaches them through `apply_config`, and whoever shows state through `status()`, a
+snapshot.
+"""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import MuxStream, Session
+from muxtunnel import __version__, control
+from muxtunnel.client import _visitors
+from muxtunnel.client._session import Control, open_carrier
+from muxtunnel.client._state import (
+    CONTROL_TIMEOUT_S,
+    Announce,
+    FatalError,
+    RetryableError,
+    ServiceState,
+)
+from muxtunnel.forward import Visitors
+from muxtunnel.limits import ServiceTraffic
+from muxtunnel.model import ClientConfig, Secret, ServiceSpec
+from muxtunnel.reload import ReloadError, client_changes
+from muxtunnel.status import ClientStatus, SessionRow
+from muxtunnel.tls import TlsError, client_context
+
+__all__ = ["Client", "backoff_s"]
+
+log = structlog.get_logger("muxtunnel.client")
+
+
+def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
+    """Exponential backoff with jitter: about low·2^attempt, capped at high, never in lock step."""
+    ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
+    return max(low_s, random.uniform(ceiling / 2, ceiling))
+
+
+class Client:
+    """The service side: one session to the server, carrying every visitor of every service."""
+
+    def __init__(self, config: ClientConfig, announce: Announce | None = None) -> None:
+        if not config.services:
+            raise FatalError("no services to expose: give --tcp/--udp or client.services")
+        self.config = config
+        self.services = {spec.name: ServiceState(spec) for spec in config.services}
+        self.announce: Announce = announce or (lambda state: None)
+        self.session: Session | None = None
+        self.connected = anyio.Event()
+        self.reconnects = 0
+        #: Built once, so a bad certificate file is reported at start (exit 2), not per retry.
+        self.tls_context = client_context(config.tls) if config.tls else None
+        self.traffic: dict[str, ServiceTraffic] = {}
+        #: TCP visitors in flight: a graceful stop waits for it to drain.
+        self.visitors = Visitors()
+        #: The live session's control channel, for registrations after a reload.
+        self._control: Control | None = None
+        self._session_started = 0.0
+
+    def traffic_of(self, name: str) -> ServiceTraffic:
+        """Byte totals and live meters of a service."""
+        return self.traffic.setdefault(name, ServiceTraffic())
+
+    @property
+    def server(self) -> str:
+        """The server's control address."""
+        return f"{self.config.server_host}:{self.config.server_port}"
+
+    @property
+    def online(self) -> bool:
+        """A session is up and its services were registered: the one "online" rule."""
+        session = self.session
+        return session is not None and not session.closed and self.connected.is_set()
+
+    # --- running ---
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; raises `FatalError` for failures a retry cannot fix.
+
+        Reports through `task_status` at once: there is nothing to wait for before the first
+        connection attempt.
+        """
+        task_status.started()
+        attempt = 0
+        first = True
+        while True:
+            try:
+                await self._session_once(first)
+                attempt = 0
+                reason = self.session.close_reason if self.session else "closed"
+                log.warning("session ended", server=self.server, reason=reason)
+            except RetryableError as exc:
+                log.warning("connection failed", server=self.server, error=str(exc))
+            finally:
+                self.connected = anyio.Event()
+            first = False
+            self.reconnects += 1
+            delay = backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
+            attempt += 1
+            log.info("reconnecting", server=self.server, in_s=round(delay, 2), attempt=attempt)
+            await anyio.sleep(delay)
+
+    async def stop(self) -> None:
+        """Graceful end: GoAway, let live visitors finish (`drain_timeout_s` at most), then close.
+
+        The caller then cancels `run`.
+        """
+        session = self.session
+        if session is None or session.closed:
+            return
+        await session.go_away()
+        with anyio.move_on_after(self.config.drain_timeout_s):
+            await self.visitors.drained()
+        await session.aclose()
+
+    async def _session_once(self, first: bool) -> None:
+        carrier, binding = await open_carrier(self.config, self.tls_context)
+        try:
+            async with Session(carrier, client=True, config=self.config.mux) as session:
+                self.session = session
+                channel = Control(await session.open_stream(), self.config, binding, self.announce)
+                with anyio.fail_after(CONTROL_TIMEOUT_S):
+                    await channel.hello()
+                    for state in list(self.services.values()):
+                        await channel.register(state, self._token(state.spec), first=first)
+                log.info("session opened", server=self.server, services=len(self.services))
+                self._control, self._session_started = channel, anyio.current_time()
+                self.connected.set()
+                async with anyio.create_task_group() as tg:
+
+                    async def watch() -> None:
+                        await channel.watch(self._service_closed)
+                        tg.cancel_scope.cancel()  # the control channel's end ends the session
+
+                    tg.start_soon(watch)
+                    try:
+                        while True:
+                            tg.start_soon(self._on_stream, await session.accept_stream())
+                    except anyio.BrokenResourceError:
+                        tg.cancel_scope.cancel()
+        except TimeoutError:
+            raise RetryableError("the server did not answer in time") from None
+        except control.ControlError as exc:
+            raise RetryableError(f"bad message from the server: {exc}") from None
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            if self.connected.is_set():
+                return  # a session that was up ended: the caller reconnects
+            hint = ""
+            if self.config.tls is not None and self.config.tls.cert is None:
+                hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
+            reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
+            raise RetryableError(reason) from None
+        finally:
+            self._control = None
+            for state in self.services.values():
+                state.public = None
+
+    async def _on_stream(self, stream: MuxStream) -> None:
+        await _visitors.serve(self, stream)
+
+    def _token(self, spec: ServiceSpec) -> Secret | None:
+        return spec.token or self.config.token
+
+    def _service_closed(self, name: str | None) -> None:
+        state = self.services.get(name or "")
+        if state is not None:
+            state.public = None
+
+    # --- changes and status ---
+
+    async def apply_config(self, new: ClientConfig) -> None:
+        """Put a new config in force (see `muxtunnel.reload`); `ReloadError` rejects it."""
+        changes = client_changes(self.config, new)
+        tls_context = None
+        if changes.config.tls is not None:
+            try:
+                tls_context = client_context(changes.config.tls)
+            except TlsError as exc:
+                raise ReloadError(str(exc)) from None
+        self.config, self.tls_context = changes.config, tls_context
+        if changes.reconnect:
+            # The services are registered anew on the new session anyway.
+            self._replace_services(changes.config.services)
+            log.info("config reloaded; reconnecting", server=self.server)
+            if self.session is not None and not self.session.closed:
+                await self.session.aclose()  # `run` reconnects after a short wait
+            return
+        diff = changes.services
+        for name in diff.removed:
+            await self._remove_service(name)
+        for spec in diff.local_only:
+            state = self.services.get(spec.name)
+            if state is not None:  # None: refused at its last registration
+                state.spec = spec
+                log.info("service local address changed", service=spec.name, local=spec.local)
+        for spec in diff.changed:
+            await self._remove_service(spec.name)
+            await self._add_service(spec)
+        for spec in diff.added:
+            await self._add_service(spec)
+        log.info(
+            "config reloaded",
+            added=[spec.name for spec in diff.added],
+            removed=list(diff.removed),
+            restarted=[spec.name for spec in diff.changed],
+            local_changed=[spec.name for spec in diff.local_only],
+        )
+
+    async def _add_service(self, spec: ServiceSpec) -> None:
+        """Start exposing `spec`: at once on a live session, else with the next one."""
+        state = self.services[spec.name] = ServiceState(spec)
+        channel = self._control
+        if channel is None:
+            return  # registered with the others when the session (re)starts
+        try:
+            await channel.register_later(state, self._token(spec))
+        except (FatalError, RetryableError, control.ControlError, TimeoutError) as exc:
+            log.error("service refused; left out until the next reload", error=str(exc))
+            self.services.pop(spec.name, None)
+        except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+            pass  # the session ended: the next one registers the service
+
+    async def _remove_service(self, name: str) -> None:
+        """Stop exposing `name`; the server closes its public port and its visitors."""
+        state = self.services.pop(name, None)
+        channel = self._control
+        if state is None or channel is None or state.public is None:
+            return
+        await channel.unregister(name)
+        log.info("service removed", service=name)
+
+    def _replace_services(self, specs: tuple[ServiceSpec, ...]) -> None:
+        """Take `specs` as the services to register on the next session."""
+        old = self.services
+        self.services = {}
+        for spec in specs:
+            state = self.services[spec.name] = ServiceState(spec)
+            if spec.name in old and old[spec.name].spec.remote_port == spec.remote_port:
+                state.remote_port = old[spec.name].remote_port
+
+    def status(self) -> ClientStatus:
+        """What the client is doing now, as an immutable snapshot."""
+        now = anyio.current_time()
+        sessions: tuple[SessionRow, ...] = ()
+        session = self.session
+        if self.online and session is not None:
+            registered = tuple(name for name, state in self.services.items() if state.public)
+            sessions = (
+                SessionRow(
+                    id=0,
+                    peer=self.server,
+                    age_s=now - self._session_started,
+                    rtt_s=session.rtt_s,
+                    streams=session.stream_count,
+                    services=registered,
+                ),
+            )
+        services = tuple(state.row(self.traffic.get(name)) for name, state in self.services.items())
+        connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
+        connections.sort(key=lambda row: -row.age_s)
+        return ClientStatus(
+            version=__version__,
+            server=self.server,
+            reconnects=self.reconnects,
+            sessions=sessions,
+            services=services,
+            connections=tuple(connections),
+            traffic=tuple(row.traffic() for row in services),
+        )

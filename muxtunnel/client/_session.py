@@ -1,0 +1,218 @@
+"""The client's side of one session: the carrier, and the control channel on it.
+
+The client opens the control channel (the session's first stream), proves it holds each
+service's token, and checks the server's proof in return. While the session lives the channel
+stays open: the server may tell of a service it closed, and registrations made after a reload
+get their answers through it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from mux import MuxStream
+from muxtunnel import control
+from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
+from muxtunnel.client._state import (
+    CONTROL_TIMEOUT_S,
+    Announce,
+    FatalError,
+    RetryableError,
+    ServiceState,
+)
+from muxtunnel.control import Challenge, Error, Hello, Register, Registered, Unregister
+from muxtunnel.model import ClientConfig, Secret
+from muxtunnel.specs import format_host_port
+from muxtunnel.tls import TlsError, TlsVerifyError, connect_tls
+from muxtunnel.transport import TransportError, abort, connect
+
+__all__ = ["Control", "open_carrier"]
+
+log = structlog.get_logger("muxtunnel.client")
+
+#: Registration errors that no retry can fix.
+_FINAL_CODES = {control.AUTH_FAILED, control.PORT_NOT_ALLOWED, control.VERSION_MISMATCH}
+#: Answers to registrations made while the channel is watched, waiting to be read (a client
+#: registers one service at a time, so a few would do).
+_REPLY_BUFFER = 16
+
+Reply = Registered | Error
+
+
+async def open_carrier(
+    config: ClientConfig, tls_context: ssl.SSLContext | None
+) -> tuple[anyio.abc.ByteStream, bytes]:
+    """The carrier: TCP, wrapped in TLS when configured; and its channel binding (b"": none)."""
+    host, port = config.server_host, config.server_port
+    try:
+        carrier = await connect(host, port)
+    except TransportError as exc:
+        raise RetryableError(str(exc)) from None
+    if config.tls is None:
+        return carrier, b""
+    try:
+        with anyio.fail_after(CONTROL_TIMEOUT_S):
+            return await connect_tls(carrier, config.tls, host, tls_context)
+    except TlsVerifyError as exc:
+        await abort(carrier)
+        raise FatalError(str(exc)) from None
+    except (TlsError, TimeoutError) as exc:
+        await abort(carrier)
+        raise RetryableError(str(exc) or "TLS handshake timed out") from None
+
+
+class Control:
+    """The control channel of one session: handshake, registrations, the server's notices.
+
+    `config` is the one the session was opened with: what it says of the server (its host, TLS)
+    cannot change without a new session. Tokens can, so each registration is given its own.
+    """
+
+    def __init__(
+        self, channel: MuxStream, config: ClientConfig, binding: bytes, announce: Announce
+    ) -> None:
+        self.channel = channel
+        self._config = config
+        self._binding = binding
+        self._announce = announce
+        self._nonces = (b"", b"")
+        #: Answers to `register_later`, passed on by `watch` (before it runs, registrations
+        #: read the channel themselves).
+        self._send: MemoryObjectSendStream[Reply]
+        self._replies: MemoryObjectReceiveStream[Reply]
+        self._send, self._replies = anyio.create_memory_object_stream[Reply](_REPLY_BUFFER)
+        self._lock = anyio.Lock()
+
+    async def hello(self) -> None:
+        """Open the exchange: our nonce out, the server's in."""
+        client_nonce = new_nonce()
+        await control.send_message(
+            self.channel,
+            Hello(control.PROTOCOL_VERSION, client_nonce, socket.gethostname()[:255]),
+        )
+        reply = await control.receive_message(self.channel)
+        if isinstance(reply, Error):
+            raise FatalError(f"server refused the connection: {reply.message}")
+        if not isinstance(reply, Challenge):
+            raise control.ControlError(f"expected a challenge, got {type(reply).__name__}")
+        self._nonces = reply.server_nonce, client_nonce
+
+    async def register(self, state: ServiceState, token: Secret | None, *, first: bool) -> None:
+        """Register one service, before `watch` runs; updates `state` and announces it.
+
+        Raises `FatalError` for what no retry fixes (a wrong token, a port the server does not
+        allow; on the `first` session anything but a rate limit), `RetryableError` otherwise.
+        """
+        await self._register(state, token, first, None)
+
+    async def register_later(self, state: ServiceState, token: Secret | None) -> None:
+        """Register one more service once `watch` runs (after a reload); errors as above.
+
+        `anyio.EndOfStream` (or a broken stream) if the session ends meanwhile.
+        """
+        async with self._lock:
+            with anyio.fail_after(CONTROL_TIMEOUT_S):
+                await self._register(state, token, True, self._replies)
+
+    async def unregister(self, name: str) -> None:
+        """Ask the server to stop exposing `name` (it closes the port and the visitors)."""
+        async with self._lock:
+            try:
+                await control.send_message(self.channel, Unregister(name))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+
+    async def _register(
+        self,
+        state: ServiceState,
+        token: Secret | None,
+        first: bool,
+        replies: MemoryObjectReceiveStream[Reply] | None,
+    ) -> None:
+        spec = state.spec
+        if token is None:
+            raise FatalError(
+                f"service {spec.name!r} has no token: set --token or a token in config"
+            )
+        key = derive_key(token)
+        server_nonce, client_nonce = self._nonces
+        tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce, self._binding)
+        # After a reconnect, ask for the port the server picked before, so visitors keep it.
+        port = spec.remote_port or state.remote_port
+        level = spec.compression_level if spec.compression else 0
+        request = Register(spec.name, spec.type, port, tag, spec.compression, level)
+        await control.send_message(self.channel, request)
+        if replies is None:
+            reply = await control.receive_message(self.channel)
+        else:
+            reply = await replies.receive()
+        if isinstance(reply, Error):
+            message = f"service {spec.name!r}: {reply.message}"
+            tls = self._config.tls
+            if reply.code == control.AUTH_FAILED and tls is not None and tls.insecure:
+                message += (
+                    " (with --insecure TLS this is also what a man in the middle looks like: "
+                    "his certificate changes the channel binding; pin the server's with "
+                    "--server-fingerprint)"
+                )
+            if reply.code in _FINAL_CODES or (first and reply.code != control.RATE_LIMITED):
+                raise FatalError(message)
+            raise RetryableError(message)
+        if not isinstance(reply, Registered) or reply.service != spec.name:
+            raise control.ControlError(f"unexpected answer to registering {spec.name!r}")
+        if not verify_server_tag(
+            key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding
+        ):
+            raise FatalError("the server could not prove it knows the token: refusing it")
+        state.compression = reply.compression if spec.compression else None
+        host = reply.public_host
+        if host in ("0.0.0.0", "::", ""):
+            host = self._config.server_host
+        state.remote_port = reply.public_port
+        state.public = format_host_port(host, reply.public_port)
+        log.info(
+            "service registered",
+            service=spec.name,
+            type=spec.type,
+            public=state.public,
+            local=spec.local,
+        )
+        self._announce(state)
+
+    async def watch(self, on_closed: Callable[[str | None], None]) -> None:
+        """Read the channel until it ends: the session ends with it.
+
+        A service the server closed goes to `on_closed`; answers to `register_later` go to it.
+        """
+        send = self._send
+        try:
+            async with send:
+                while True:
+                    message = await control.receive_message(self.channel)
+                    if isinstance(message, Error) and message.code == control.SERVICE_CLOSED:
+                        on_closed(message.service)
+                        log.warning(
+                            "service closed by the server",
+                            service=message.service,
+                            reason=message.message,
+                        )
+                    elif isinstance(message, Registered) or (
+                        isinstance(message, Error) and message.service is not None
+                    ):
+                        send.send_nowait(message)
+                    elif isinstance(message, Error):
+                        log.warning("server error", code=message.code, message=message.message)
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.WouldBlock,
+            control.ControlError,
+        ):
+            pass

@@ -1,0 +1,82 @@
+"""What the client knows of each service, how its failures are told apart, its timeouts."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mux import MuxStream
+from muxtunnel.limits import ServiceTraffic
+from muxtunnel.model import ServiceSpec
+from muxtunnel.status import ServiceRow
+from muxtunnel.udp import UdpCounters
+
+__all__ = [
+    "CONTROL_TIMEOUT_S",
+    "HEADER_TIMEOUT_S",
+    "Announce",
+    "FatalError",
+    "RetryableError",
+    "ServiceState",
+]
+
+#: How long the server may take to answer a control request (and a TLS handshake to finish).
+CONTROL_TIMEOUT_S = 10.0
+#: How long the server may take to send a visitor stream's header after opening it.
+HEADER_TIMEOUT_S = 10.0
+
+
+class FatalError(Exception):
+    """A failure to report to the user and exit on; the message is one readable line."""
+
+
+class RetryableError(Exception):
+    """A failure worth another attempt after the backoff."""
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """What the client knows about a service while it runs."""
+
+    spec: ServiceSpec
+    #: The public address the server gave it, while registered.
+    public: str | None = None
+    #: The port the server picked, asked for again after a reconnect so that visitors keep it.
+    remote_port: int = 0
+    udp: UdpCounters = field(default_factory=UdpCounters)
+    #: Its UDP flows, least recently opened first (the first to go past `udp_max_flows`).
+    flows: OrderedDict[int, MuxStream] = field(default_factory=OrderedDict)
+    #: Agreed with the server at registration (None: visitor bytes travel as they are).
+    compression: str | None = None
+
+    def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
+        """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""
+        spec, udp = self.spec, self.udp
+        dropped = None
+        if spec.type == "udp":
+            # The client's UDP counters see datagrams from the local service as `in` (they
+            # go into the stream) and those to it as `out`: the other way round of a row's.
+            open_, total, bytes_in, bytes_out = 0, udp.flows_opened, udp.bytes_out, udp.bytes_in
+            dropped = udp.dropped()
+        elif traffic is None:
+            open_ = total = bytes_in = bytes_out = 0
+        else:
+            open_, total = len(traffic.live), traffic.connections_total
+            bytes_in, bytes_out = traffic.bytes_in, traffic.bytes_out
+        return ServiceRow(
+            name=spec.name,
+            type=spec.type,
+            public=self.public,
+            open_connections=open_,
+            connections_total=total,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            compression=self.compression,
+            udp_dropped=dropped,
+            local=spec.local,
+        )
+
+
+#: Called once a service is registered (the command line prints its public address).
+Announce = Callable[[ServiceState], None]

@@ -1,0 +1,108 @@
+"""One visitor stream the server opened: read its header, then serve a UDP flow or a TCP visitor.
+
+A TCP visitor gets a connection to the local service and is forwarded (`muxtunnel.forward`); a
+UDP flow gets a connected UDP socket (`muxtunnel.udp.serve_flow`). A stream for a service the
+client does not know, or whose header is late or malformed, is reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import anyio
+import structlog
+
+from mux import MuxStream
+from muxtunnel import control
+from muxtunnel.client._state import CONTROL_TIMEOUT_S, HEADER_TIMEOUT_S, ServiceState
+from muxtunnel.forward import Visitors, forward, guarded
+from muxtunnel.limits import ServiceTraffic
+from muxtunnel.model import ClientConfig
+from muxtunnel.transport import TransportError, connect
+from muxtunnel.udp import serve_flow
+
+__all__ = ["Host", "serve"]
+
+log = structlog.get_logger("muxtunnel.client")
+
+
+class Host(Protocol):
+    """The client, as its visitors see it (`Client` is the one implementation)."""
+
+    @property
+    def config(self) -> ClientConfig:
+        """The config in force now."""
+        ...
+
+    @property
+    def services(self) -> Mapping[str, ServiceState]:
+        """The services by name."""
+        ...
+
+    @property
+    def visitors(self) -> Visitors:
+        """TCP visitors in flight: a graceful stop waits for it to drain."""
+        ...
+
+    def traffic_of(self, name: str) -> ServiceTraffic:
+        """Byte totals and live meters of a service."""
+        ...
+
+
+async def serve(host: Host, stream: MuxStream) -> None:
+    """Serve one visitor stream; a bug here costs this visitor only, never the session."""
+    await guarded(_serve(host, stream), stream, stream=stream.stream_id)
+
+
+async def _serve(host: Host, stream: MuxStream) -> None:
+    try:
+        with anyio.fail_after(HEADER_TIMEOUT_S):
+            header = await control.read_visitor_header(stream)
+    except (TimeoutError, control.ControlError, anyio.EndOfStream, anyio.BrokenResourceError):
+        stream.reset()
+        return
+    state = host.services.get(header.service)
+    if state is None or state.spec.type != header.type:
+        log.warning("visitor for an unknown service", service=header.service)
+        stream.reset()
+        return
+    spec, config = state.spec, host.config
+    if spec.type == "udp":
+        # At most udp_max_flows per service: the oldest flow makes room for a new one.
+        while len(state.flows) >= config.udp_max_flows:
+            state.flows.popitem(last=False)[1].reset()
+        state.flows[stream.stream_id] = stream
+        try:
+            await serve_flow(
+                stream,
+                (spec.local_host, spec.local_port),
+                state.udp,
+                idle_s=config.udp_flow_idle_s,
+            )
+        finally:
+            state.flows.pop(stream.stream_id, None)
+        return
+    peer = f"{header.peer_host}:{header.peer_port}"
+    try:
+        target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
+    except TransportError as exc:
+        log.warning(
+            "local service unreachable",
+            service=spec.name,
+            local=spec.local,
+            error=str(exc),
+            peer=peer,
+        )
+        stream.reset()
+        return
+    with host.visitors.track():
+        await forward(
+            target,
+            stream,
+            visitor_side=False,
+            service=spec.name,
+            peer=peer,
+            traffic=host.traffic_of(spec.name),
+            compression_level=spec.compression_level if state.compression else None,
+        )

@@ -1,0 +1,179 @@
+"""The `client:` section: keys, their readers, and the resolved `ClientConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from muxtunnel.config import _values as v
+from muxtunnel.config._tree import (
+    List,
+    Map,
+    Node,
+    Scalar,
+    check_keys,
+    fail,
+    present,
+    string,
+    value,
+    wrong,
+)
+from muxtunnel.model import (
+    DEFAULT_COMPRESSION_LEVEL,
+    DEFAULT_CONTROL_PORT,
+    ClientConfig,
+    ClientTls,
+    ServiceSpec,
+)
+from muxtunnel.specs import (
+    DEFAULT_LOCAL_HOST,
+    SERVICE_TYPES,
+    parse_host_port,
+    validate_host,
+    validate_service_name,
+)
+from muxtunnel.tls import parse_fingerprint
+
+__all__ = ["CLIENT_KEYS", "client"]
+
+_SPEC_KEYS = (
+    "name", "type", "local", "remote_port", "token", "compression", "compression_level",
+)  # fmt: skip
+_TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
+
+
+def _compression(entry: Map, env: Mapping[str, str]) -> tuple[str | None, int]:
+    """`compression: zstd | none | true | false` and `compression_level: 1..22`."""
+    algorithm: str | None = None
+    if node := present(entry, "compression"):
+        found = value(node, env, "'zstd' or 'none'")
+        if found is True or found == "zstd":
+            algorithm = "zstd"
+        elif found not in (False, "none"):
+            wrong(node, "'zstd' or 'none'", found)
+    level = DEFAULT_COMPRESSION_LEVEL
+    if node := present(entry, "compression_level"):
+        level = v.integer(node, env, *v.ZSTD_LEVELS)
+    return algorithm, level
+
+
+def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
+    if isinstance(node, Scalar) and node.yaml_node is None:
+        return v.override_list(node, ServiceSpec)
+    specs, names = [], dict[str, Node]()
+    for item in v.items(node):
+        entry = v.entry(item)
+        check_keys(entry, _SPEC_KEYS)
+        local_node = present(entry, "local")
+        if local_node is None:
+            fail(entry, "missing required key 'local'")
+        local = value(local_node, env, "HOST:PORT or a port")
+        if isinstance(local, bool) or not isinstance(local, str | int):
+            wrong(local_node, "HOST:PORT or a port", local)
+        host, port = v.parsed(
+            local_node, lambda t: parse_host_port(t, default_host=DEFAULT_LOCAL_HOST), str(local)
+        )
+        kind = "tcp"
+        if type_node := present(entry, "type"):
+            kind = string(type_node, env)
+            if kind not in SERVICE_TYPES:
+                fail(type_node, f"expected 'tcp' or 'udp', got {kind!r}")
+        name_node = present(entry, "name")
+        name = f"{kind}-{port}"
+        if name_node is not None:
+            name = v.parsed(name_node, validate_service_name, string(name_node, env))
+        v.unique_name(names, name, name_node or entry)
+        remote, token = present(entry, "remote_port"), present(entry, "token")
+        compression, level = _compression(entry, env)
+        if compression and kind == "udp":
+            fail(present(entry, "compression") or entry, "compression is for tcp services only")
+        specs.append(
+            ServiceSpec(
+                name=name,
+                type="udp" if kind == "udp" else "tcp",
+                local_host=host,
+                local_port=port,
+                remote_port=v.integer(remote, env, 0, 65535) if remote else 0,
+                token=v.token(token, env) if token else None,
+                compression=compression,
+                compression_level=level,
+            )
+        )
+    return tuple(specs)
+
+
+def _fingerprints(pins: Node, env: Mapping[str, str]) -> tuple[str, ...]:
+    pin_nodes: list[Node] = pins.items if isinstance(pins, List) else [pins]
+    if isinstance(pins, Scalar) and isinstance(pins.value, tuple | list):  # flags
+        pin_nodes = [Scalar(pins.file, 0, pins.path, None, text) for text in pins.value]
+    return tuple(v.parsed(item, parse_fingerprint, string(item, env)) for item in pin_nodes)
+
+
+def _tls(node: Node, env: Mapping[str, str]) -> ClientTls | None:
+    if done := v.overridden(node, ClientTls):
+        return done
+    if isinstance(node, Scalar):  # `tls: false` (off) or `tls: true` (needs a way to verify)
+        if not v.boolean(node, env):
+            return None
+        section = Map(node.file, node.line, node.path)
+    else:
+        section = v.entry(node)
+        check_keys(section, _TLS_KEYS)
+        if (enabled := present(section, "enabled")) and not v.boolean(enabled, env):
+            return None
+    fields: dict[str, Any] = {}
+    if ca := present(section, "ca"):
+        fields["ca"] = "system" if string(ca, env) == "system" else v.path(ca, env)
+    if pins := present(section, "fingerprint"):
+        fields["fingerprints"] = _fingerprints(pins, env)
+    if insecure := present(section, "insecure"):
+        fields["insecure"] = v.boolean(insecure, env)
+    cert, key = present(section, "cert"), present(section, "key")
+    if (cert is None) != (key is None):
+        fail(section, "a client certificate needs both 'cert' and 'key'")
+    if cert is not None and key is not None:
+        fields["cert"], fields["key"] = v.path(cert, env), v.path(key, env)
+    if name := present(section, "server_name"):
+        fields["server_name"] = v.parsed(name, validate_host, string(name, env))
+    settings = ClientTls(**fields)
+    if not (settings.ca or settings.fingerprints or settings.insecure):
+        fail(
+            section,
+            "TLS needs a way to verify the server: a CA file (ca, or 'system' for the system's "
+            "CAs), a pinned fingerprint (fingerprint: sha256:...), or, knowingly, insecure: true",
+        )
+    return settings
+
+
+# YAML key -> reader; each key is also the name of the model field it fills.
+_FIELDS: dict[str, v.Reader] = {
+    "token": v.token,
+    "services": _services,
+    "reconnect_min_s": v.positive,
+    "reconnect_max_s": v.positive,
+    "drain_timeout_s": v.non_negative,
+    "udp_flow_idle_s": v.positive,
+    "udp_max_flows": v.count,
+    "mux": v.mux,
+    "tls": _tls,
+    "metrics": v.endpoint,
+    "admin": v.endpoint,
+}
+#: Every key `client:` may hold.
+CLIENT_KEYS = ("server", *_FIELDS)
+
+
+def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
+    """Resolve a `client:` section (with the command line's overrides on it)."""
+    check_keys(section, CLIENT_KEYS)
+    fields = v.fields(section, _FIELDS, env)
+    host, port = ClientConfig().server_host, DEFAULT_CONTROL_PORT
+    if node := present(section, "server"):
+        text = string(node, env)
+        host, port = v.parsed(node, lambda t: parse_host_port(t, default_port=port), text)
+    config = ClientConfig(server_host=host, server_port=port, **fields)
+    if config.reconnect_max_s < config.reconnect_min_s:
+        where = present(section, "reconnect_max_s") or present(section, "reconnect_min_s")
+        assert where is not None
+        fail(where, "reconnect_max_s must not be less than reconnect_min_s")
+    return config

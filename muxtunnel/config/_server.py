@@ -1,0 +1,128 @@
+"""The `server:` section: keys, their readers, and the resolved `ServerConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from muxtunnel.config import _values as v
+from muxtunnel.config._tree import (
+    List,
+    Map,
+    Node,
+    Scalar,
+    check_keys,
+    fail,
+    present,
+    string,
+    value,
+    wrong,
+)
+from muxtunnel.model import (
+    DEFAULT_CONTROL_PORT,
+    PortRanges,
+    ServerConfig,
+    ServerTls,
+    ServicePolicy,
+)
+from muxtunnel.specs import parse_host_port, parse_port_ranges, validate_host, validate_service_name
+
+__all__ = ["SERVER_KEYS", "server"]
+
+_PORTS = "a port list like '1024-65535,8080'"
+_POLICY_KEYS = ("name", "token", "bandwidth_bytes_per_s", "max_connections", "compression")
+
+
+def _allow_ports(node: Node, env: Mapping[str, str]) -> PortRanges:
+    if done := v.overridden(node, PortRanges):
+        return done
+    texts = []
+    for item in node.items if isinstance(node, List) else [node]:
+        found = value(item, env, _PORTS)
+        if isinstance(found, bool) or not isinstance(found, str | int):
+            wrong(item, _PORTS, found)
+        texts.append(str(found))
+    if not texts:
+        fail(node, "the list of allowed ports is empty")
+    return v.parsed(node, parse_port_ranges, ",".join(texts))
+
+
+def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
+    if isinstance(node, Scalar) and node.yaml_node is None:
+        return v.override_list(node, ServicePolicy)
+    policies, names = [], dict[str, Node]()
+    for item in v.items(node):
+        entry = v.entry(item)
+        check_keys(entry, _POLICY_KEYS)
+        name_node = present(entry, "name")
+        if name_node is None:
+            fail(entry, "missing required key 'name'")
+        name = v.parsed(name_node, validate_service_name, string(name_node, env))
+        v.unique_name(names, name, name_node)
+        token_node = present(entry, "token")
+        limits: dict[str, Any] = {}
+        if found := present(entry, "bandwidth_bytes_per_s"):
+            limits["bandwidth_bytes_per_s"] = v.size(found, env)
+            if limits["bandwidth_bytes_per_s"] < 1:
+                fail(found, "must be at least 1 byte per second")
+        if found := present(entry, "max_connections"):
+            limits["max_connections"] = v.count(found, env)
+        if found := present(entry, "compression"):
+            limits["compression"] = v.boolean(found, env)
+        token = v.token(token_node, env) if token_node else None
+        policies.append(ServicePolicy(name, token, **limits))
+    return tuple(policies)
+
+
+def _tls(node: Node, env: Mapping[str, str]) -> ServerTls | None:
+    if done := v.overridden(node, ServerTls):
+        return done
+    section = v.entry(node)
+    check_keys(section, ("cert", "key", "client_ca"))
+    cert, key = present(section, "cert"), present(section, "key")
+    if cert is None or key is None:
+        fail(section, "TLS needs both 'cert' and 'key' (`muxtunnel cert` makes a pair)")
+    client_ca = present(section, "client_ca")
+    return ServerTls(
+        v.path(cert, env), v.path(key, env), v.path(client_ca, env) if client_ca else None
+    )
+
+
+# YAML key -> reader; each key is also the name of the model field it fills.
+_FIELDS: dict[str, v.Reader] = {
+    "token": v.token,
+    "allow_ports": _allow_ports,
+    "services": _services,
+    "auth_timeout_s": v.positive,
+    "drain_timeout_s": v.non_negative,
+    "max_visitors_per_service": v.count,
+    "udp_flow_idle_s": v.positive,
+    "udp_max_flows": v.count,
+    "auth_failures_burst": v.count,
+    "auth_failures_per_min": v.positive,
+    "max_preauth_connections": v.count,
+    "max_preauth_per_source": v.count,
+    "mux": v.mux,
+    "tls": _tls,
+    "metrics": v.endpoint,
+    "admin": v.endpoint,
+    "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
+}
+#: Every key `server:` may hold.
+SERVER_KEYS = ("bind", "public_host", *_FIELDS)
+
+
+def server(section: Map, env: Mapping[str, str]) -> ServerConfig:
+    """Resolve a `server:` section (with the command line's overrides on it)."""
+    check_keys(section, SERVER_KEYS)
+    fields = v.fields(section, _FIELDS, env)
+    host, port = ServerConfig().bind_host, DEFAULT_CONTROL_PORT
+    if node := present(section, "bind"):
+        text = string(node, env)
+        host, port = v.parsed(
+            node, lambda t: parse_host_port(t, default_port=port, default_host=host), text
+        )
+    public_host = host
+    if node := present(section, "public_host"):
+        public_host = v.parsed(node, validate_host, string(node, env).strip("[]"))
+    return ServerConfig(bind_host=host, bind_port=port, public_host=public_host, **fields)

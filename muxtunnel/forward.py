@@ -1,0 +1,146 @@
+"""The visitor plumbing both sides share: count, guard, meter, compress, pipe, log.
+
+A visitor is one TCP connection through the tunnel: on the server, the visitor's socket and the
+mux stream opened for it; on the client, that stream and the socket to the local service. Both
+sides, for each visitor:
+
+- count it in a `Visitors` tracker while it is in flight, so that a graceful stop waits for the
+  count to reach zero on an event (no polling);
+- run its handler behind a barrier (`guarded`): a bug costs this visitor only (logged, its
+  connection aborted), never the session or the process;
+- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts),
+  the tunnel side compressed if agreed, piped both ways with half-close, and one
+  "visitor closed" line with the byte counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import anyio.abc
+import structlog
+
+from muxtunnel.compress import CompressedStream
+from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.proxy import PipeResult, pipe
+from muxtunnel.transport import abort
+
+__all__ = ["Visitors", "forward", "guarded"]
+
+log = structlog.get_logger("muxtunnel.forward")
+
+
+class Visitors:
+    """Visitors in flight, counted; `drained()` waits until none is left.
+
+    A tracker may have a parent (a service's inside its server's): a visitor counted in one is
+    counted in its parents too, so a per-service limit and a whole-process drain read the same
+    counts and nobody has to add them up.
+    """
+
+    __slots__ = ("_idle", "_parent", "count", "total")
+
+    def __init__(self, parent: Visitors | None = None) -> None:
+        self.count = 0
+        self.total = 0
+        self._parent = parent
+        self._idle: anyio.Event | None = None  # made by the first waiter, set at zero
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one visitor for the duration of the `with` block."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        self.count += 1
+        self.total += 1
+        if self._parent is not None:
+            self._parent._enter()
+
+    def _leave(self) -> None:
+        self.count -= 1
+        if not self.count and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+        if self._parent is not None:
+            self._parent._leave()
+
+    async def drained(self) -> None:
+        """Return once no visitor is in flight (at once if none is)."""
+        while self.count:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+async def guarded(
+    handler: Awaitable[None], connection: anyio.abc.ByteStream, **context: object
+) -> None:
+    """Await one visitor's handler; a bug in it costs this visitor only, never the process.
+
+    The exception is logged with `context`, and `connection` (the visitor's socket, or its mux
+    stream) is aborted, so that its peer sees a failure rather than a hang.
+    """
+    try:
+        await handler
+    except Exception:
+        log.exception("visitor handler failed", **context)
+        await abort(connection)
+
+
+async def forward(
+    socket: anyio.abc.ByteStream,
+    stream: anyio.abc.ByteStream,
+    *,
+    visitor_side: bool,
+    service: str,
+    peer: str,
+    traffic: ServiceTraffic,
+    compression_level: int | None = None,
+    limiter: ServiceLimiter | None = None,
+    **context: object,
+) -> PipeResult:
+    """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
+
+    `socket` is the visitor's own connection when `visitor_side` (the server), the local
+    service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
+    and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
+    side; `limiter` throttles the socket side. `context` goes into both log lines.
+    """
+    started = anyio.current_time()
+    log.info("visitor opened", **context, service=service, peer=peer)
+    meter = traffic.open(service, peer)
+    try:
+        metered = MeteredStream(
+            socket,
+            meter,
+            receive_is_in=visitor_side,
+            receive_bucket=limiter.inbound if limiter is not None else None,
+            send_bucket=limiter.outbound if limiter is not None else None,
+        )
+        tunnel: anyio.abc.ByteStream = stream
+        if compression_level is not None:
+            tunnel = CompressedStream(stream, compression_level)
+        if visitor_side:
+            result = await pipe(metered, tunnel)
+        else:
+            result = await pipe(tunnel, metered)
+    finally:
+        traffic.close(meter)
+    log.info(
+        "visitor closed",
+        **context,
+        service=service,
+        peer=peer,
+        bytes_in=result.forward_bytes,
+        bytes_out=result.backward_bytes,
+        duration_s=round(anyio.current_time() - started, 3),
+        error=result.error,
+    )
+    return result

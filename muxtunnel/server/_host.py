@@ -1,0 +1,65 @@
+"""What a client session may use of the server that accepted it.
+
+`Server` is the one implementation; sessions see it through this protocol so that they neither
+import it (no circle) nor assign to its fields: they read the config in force (a reload reaches
+live sessions), use the shared tables, and report through methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from muxtunnel.auth import FailureLimiter, TokenBook
+from muxtunnel.forward import Visitors
+from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.model import ServerConfig
+from muxtunnel.server._admission import PreAuthGate
+from muxtunnel.server._registry import Registry
+
+__all__ = ["Host"]
+
+
+class Host(Protocol):
+    """The server, as its sessions see it."""
+
+    @property
+    def config(self) -> ServerConfig:
+        """The config in force now."""
+        ...
+
+    @property
+    def tokens(self) -> TokenBook:
+        """The service tokens in force now."""
+        ...
+
+    @property
+    def failures(self) -> FailureLimiter:
+        """Failed authentications per source address."""
+        ...
+
+    @property
+    def preauth(self) -> PreAuthGate:
+        """Connections that have not authenticated yet."""
+        ...
+
+    @property
+    def registry(self) -> Registry:
+        """Live services of all sessions."""
+        ...
+
+    @property
+    def visitors(self) -> Visitors:
+        """TCP visitors in flight, all sessions (each service's tracker counts into it)."""
+        ...
+
+    def traffic_of(self, name: str) -> ServiceTraffic:
+        """Byte totals and live meters of a service name (kept across registrations)."""
+        ...
+
+    def limiter_of(self, name: str) -> ServiceLimiter:
+        """The limits enforced on a service name (kept across registrations)."""
+        ...
+
+    def auth_failed(self, source: str, now: float) -> None:
+        """Count a failed authentication from `source`."""
+        ...

@@ -1,0 +1,247 @@
+"""`muxtunnel listen`: accept clients' carriers, run a session on each, apply config changes.
+
+One carrier per client, one mux session on it (`ClientSession`). The server owns every field
+below: sessions reach them through the `Host` protocol, a reload through `apply_config`, and
+whoever shows state through `status()`, a snapshot.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import Session
+from muxtunnel import __version__, control
+from muxtunnel.auth import FailureLimiter, TokenBook, address_key
+from muxtunnel.control import Error
+from muxtunnel.forward import Visitors
+from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import log_doubling
+from muxtunnel.model import ServerConfig
+from muxtunnel.reload import ReloadError, server_changes
+from muxtunnel.server._admission import PreAuthGate, PreAuthTicket
+from muxtunnel.server._registry import ActiveService, Registry
+from muxtunnel.server._session import ClientSession
+from muxtunnel.specs import format_host_port
+from muxtunnel.status import ServerStatus
+from muxtunnel.tls import ServerTlsContext, TlsError
+from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+
+__all__ = ["Server"]
+
+log = structlog.get_logger("muxtunnel.server")
+
+
+class Server:
+    """The public side: accepts clients, authenticates their services, binds public ports."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.tokens = TokenBook.from_config(config)
+        self.failures = FailureLimiter(config.auth_failures_burst, config.auth_failures_per_min)
+        #: Connections that have not authenticated yet (bounded per address and in all).
+        self.preauth = PreAuthGate()
+        self.registry = Registry()
+        self.sessions: dict[int, ClientSession] = {}
+        #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
+        self.visitors = Visitors()
+        #: TLS on the control port (None: plain TCP); swapped by a reload.
+        self.tls = ServerTlsContext.load(config.tls) if config.tls else None
+        #: Per service name, kept across registrations: byte totals and enforced limits.
+        self.traffic: dict[str, ServiceTraffic] = {}
+        self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
+        self.auth_failures = 0
+        self.tls_failures = 0
+        self.started = 0.0
+        #: The bound control port, once running.
+        self.port: int | None = None
+        self._session_ids = itertools.count(1)
+        self._accepting = anyio.CancelScope()
+
+    def traffic_of(self, name: str) -> ServiceTraffic:
+        """Byte totals and live meters of a service name (kept across registrations)."""
+        return self.traffic.setdefault(name, ServiceTraffic())
+
+    def limiter_of(self, name: str) -> ServiceLimiter:
+        """The limits enforced on a service name (kept across registrations)."""
+        return self.limiters.setdefault(name, ServiceLimiter())
+
+    def auth_failed(self, source: str, now: float) -> None:
+        """Count a failed authentication from `source` (against its rate limit too)."""
+        self.failures.record_failure(source, now)
+        self.auth_failures += 1
+
+    # --- running ---
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled, or until `shutdown` has stopped accepting and sessions ended.
+
+        Reports the bound control port through `task_status`.
+        """
+        self.started = anyio.current_time()
+        listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
+        self.port = local_port(listener)
+        log.info(
+            "listening",
+            bind=f"{self.config.bind_host}:{self.port}",
+            allow_ports=str(self.config.allow_ports),
+            tls=self.tls.fingerprint if self.tls else None,
+        )
+        task_status.started(self.port)
+        # Carriers run in a group outside the accepting scope: stopping to accept new clients
+        # (shutdown) must not cancel the sessions that are draining.
+        async with anyio.create_task_group() as carriers:
+            async with listener:
+                with self._accepting:
+                    await listener.serve(self._on_carrier, task_group=carriers)
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new clients or visitors, GoAway, wait for transfers, then close.
+
+        Visitor connections still open after `drain_timeout_s` are reset with their sessions.
+        """
+        self._accepting.cancel()
+        sessions = list(self.sessions.values())
+        for client in sessions:
+            client.stop_accepting()
+            if not client.session.closed:
+                await client.session.go_away()
+        with anyio.move_on_after(self.config.drain_timeout_s):
+            await self.visitors.drained()
+        for client in sessions:
+            await client.session.aclose()
+
+    async def _on_carrier(self, stream: anyio.abc.SocketStream) -> None:
+        address = peer_address(stream)
+        if address is None:  # reset before we got to it
+            await abort(stream)
+            return
+        ticket = self.preauth.admit(
+            address_key(address[0]),
+            self.config.max_preauth_connections,
+            self.config.max_preauth_per_source,
+        )
+        if ticket is None:
+            await abort(stream)
+            return
+        try:
+            with ticket.scope:
+                await self._serve_carrier(stream, address, ticket)
+        finally:
+            self.preauth.release(ticket)
+
+    async def _serve_carrier(
+        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: PreAuthTicket
+    ) -> None:
+        session_id = next(self._session_ids)
+        started = anyio.current_time()
+        carrier: anyio.abc.ByteStream = stream
+        binding = b""
+        if self.tls is not None:
+            tls = self.tls  # this handshake's certificate, even if a reload swaps it meanwhile
+            try:
+                with anyio.fail_after(self.config.auth_timeout_s):
+                    carrier = await tls.accept(stream)
+            except (TlsError, TimeoutError) as exc:
+                self.tls_failures += 1
+                log_doubling(
+                    log,
+                    "tls handshake failed",
+                    self.tls_failures,
+                    peer=format_host_port(*address),
+                    error=str(exc),
+                )
+                await abort(stream)
+                return
+            binding = tls.binding
+        client: ClientSession | None = None
+        try:
+            async with Session(carrier, client=False, config=self.config.mux) as session:
+                client = ClientSession(self, session_id, address, session, binding, ticket)
+                self.sessions[session_id] = client
+                await client.run()
+        finally:
+            if client is not None:
+                del self.sessions[session_id]
+                client.stop_services()
+            if client is not None and client.authenticated:
+                log.info(
+                    "session closed",
+                    session=session_id,
+                    peer=client.peer,
+                    duration_s=round(anyio.current_time() - started, 3),
+                    reason=client.close_reason,
+                )
+
+    # --- changes and status ---
+
+    async def apply_config(self, new: ServerConfig) -> None:
+        """Put a new config in force (see `muxtunnel.reload`); `ReloadError` rejects it.
+
+        Tokens, policies, allowed ports, timeouts and the TLS certificate are swapped in place;
+        a live service whose token changed or whose port is no longer allowed is closed, and
+        its client told.
+        """
+        changes = server_changes(self.config, new)
+        try:
+            tls = ServerTlsContext.load(changes.config.tls) if changes.config.tls else None
+        except TlsError as exc:
+            raise ReloadError(str(exc)) from None
+        new = changes.config
+        self.config, self.tokens, self.tls = new, changes.tokens, tls
+        self.failures.burst = new.auth_failures_burst
+        self.failures.per_s = new.auth_failures_per_min / 60.0
+        policies = {policy.name: policy for policy in new.services}
+        for name in set(self.limiters) | set(policies):
+            self.limiter_of(name).update(policies.get(name))
+        closed = []
+        for service in list(self.registry.by_name.values()):
+            reason = changes.close_reason(service.name, service.port)
+            if reason is not None:
+                closed.append(service.name)
+                await self.close_service(service, reason)
+        log.info(
+            "config reloaded",
+            services_with_policy=len(policies),
+            allow_ports=str(new.allow_ports),
+            closed=closed,
+            tls=tls.fingerprint if tls else None,
+        )
+
+    async def close_service(self, service: ActiveService, reason: str) -> None:
+        """Close a live service (its visitors too) and tell its client why."""
+        log.warning("service closed by the server", service=service.name, reason=reason)
+        self.registry.remove(service)
+        client = self.sessions.get(service.session_id)
+        if client is not None:
+            await client.tell(Error(control.SERVICE_CLOSED, reason, service.name))
+
+    def status(self) -> ServerStatus:
+        """What the server is doing now, as an immutable snapshot."""
+        now = anyio.current_time()
+        sessions = [row for s in self.sessions.values() if (row := s.row(now)) is not None]
+        public_host = self.config.public_host
+        services = [
+            service.row(public_host, self.traffic.get(name), self.limiters.get(name))
+            for name, service in sorted(self.registry.by_name.items())
+        ]
+        connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
+        connections.sort(key=lambda row: -row.age_s)
+        traffic = [t.row(name) for name, t in sorted(self.traffic.items())]
+        traffic += [row.traffic() for row in services if row.type == "udp"]
+        return ServerStatus(
+            version=__version__,
+            bind=format_host_port(self.config.bind_host, self.port or self.config.bind_port),
+            tls=self.tls.fingerprint if self.tls else None,
+            uptime_s=now - self.started,
+            auth_failures=self.auth_failures,
+            sessions=tuple(sessions),
+            services=tuple(services),
+            connections=tuple(connections),
+            traffic=tuple(traffic),
+        )

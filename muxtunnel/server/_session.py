@@ -1,0 +1,291 @@
+"""One connected client: its control channel, its authentication, the services it registers.
+
+The client opens the session's first stream as the control channel; every later stream is
+opened by the server, one per visitor. Streams a client opens after the control channel are
+reset: a client can only ask, over the control channel, for what its tokens allow.
+
+Until its first successful registration a session is unauthenticated: it holds a place at the
+pre-auth gate and must finish within `auth_timeout_s`. A failed authentication ends such a
+session; one that has authenticated (a client adding a service after a reload) stays up for its
+other services, but every failure counts against its source's rate limit.
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import MuxStream, Session
+from muxtunnel import control
+from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
+from muxtunnel.control import Error, Hello, Register, Registered, Unregister
+from muxtunnel.server import _services
+from muxtunnel.server._admission import PreAuthTicket
+from muxtunnel.server._host import Host
+from muxtunnel.server._registry import ActiveService, RegistrationError
+from muxtunnel.status import SessionRow
+
+__all__ = ["ClientSession"]
+
+log = structlog.get_logger("muxtunnel.server")
+
+#: How long an Unregister waits for the service's public port to close and its visitors to be
+#: cut before the next control message is read anyway: that takes a few loop turns, the bound
+#: only keeps a stuck close from stalling the control channel.
+UNREGISTER_WAIT_S = 5.0
+
+
+class ClientSession:
+    """One connected client: its control channel and the services it registered."""
+
+    def __init__(
+        self,
+        host: Host,
+        session_id: int,
+        peer: tuple[str, int],
+        session: Session,
+        binding: bytes = b"",
+        preauth: PreAuthTicket | None = None,
+    ) -> None:
+        self.host = host
+        self.id = session_id
+        self.session = session
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.source = address_key(peer[0])
+        #: SHA-256 of the TLS certificate this session was accepted with (b"" without TLS).
+        self.binding = binding
+        #: Its place among unauthenticated connections, released once it authenticates.
+        self.preauth = preauth
+        self.started = anyio.current_time()
+        self.channel: MuxStream | None = None
+        self.services: dict[str, ActiveService] = {}
+        self.authenticated = False
+        self.close_reason = "client disconnected"
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def row(self, now: float) -> SessionRow | None:
+        """The session as a status row; None until it has authenticated."""
+        if not self.authenticated:
+            return None
+        return SessionRow(
+            id=self.id,
+            peer=self.peer,
+            age_s=now - self.started,
+            rtt_s=self.session.rtt_s,
+            streams=self.session.stream_count,
+            services=tuple(self.services),
+        )
+
+    async def run(self) -> None:
+        """Serve the control channel until it ends (or the client breaks the protocol)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await self._serve_control()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            except control.ControlError as exc:
+                self.close_reason = f"bad control message: {exc}"
+                log.warning("bad control message", session=self.id, peer=self.peer, error=str(exc))
+            except TimeoutError:
+                self.close_reason = "no authentication in time"
+                log.warning(
+                    "authentication timeout",
+                    session=self.id,
+                    peer=self.peer,
+                    timeout_s=self.host.config.auth_timeout_s,
+                )
+            tg.cancel_scope.cancel()
+
+    async def tell(self, message: Error) -> None:
+        """Send `message` on the control channel, if there is one still open."""
+        if self.channel is None:
+            return
+        try:
+            await control.send_message(self.channel, message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    def stop_accepting(self) -> None:
+        """Close the public sockets; visitor connections already open carry on."""
+        for service in self.services.values():
+            service.listener_scope.cancel()
+
+    def stop_services(self) -> None:
+        """Free every public port of this session at once (a reconnect may bind them again)."""
+        for service in list(self.services.values()):
+            self.host.registry.remove(service)
+
+    # --- the control channel ---
+
+    async def _serve_control(self) -> None:
+        assert self._tg is not None
+        with anyio.fail_after(self.host.config.auth_timeout_s) as deadline:
+            channel = self.channel = await self.session.accept_stream()
+            self._tg.start_soon(self._refuse_client_streams)
+            hello = await control.receive_message(channel)
+            if not isinstance(hello, Hello):
+                raise control.ControlError(f"expected hello, got {type(hello).__name__}")
+            if hello.version != control.PROTOCOL_VERSION:
+                await control.send_message(
+                    channel,
+                    Error(
+                        control.VERSION_MISMATCH,
+                        f"server speaks protocol {control.PROTOCOL_VERSION}, "
+                        f"client {hello.version}",
+                    ),
+                )
+                return
+            nonces = new_nonce(), hello.client_nonce
+            await control.send_message(
+                channel, control.Challenge(control.PROTOCOL_VERSION, nonces[0])
+            )
+            while not self.authenticated:
+                if not await self._handle(channel, nonces):
+                    return
+            deadline.deadline = float("inf")
+        while True:  # authenticated: no deadline any more
+            if not await self._handle(channel, nonces):
+                return
+
+    async def _handle(self, channel: MuxStream, nonces: tuple[bytes, bytes]) -> bool:
+        """Read and answer one control message; False when the session must end."""
+        message = await control.receive_message(channel)
+        if isinstance(message, Register):
+            return await self._register(channel, message, *nonces)
+        if isinstance(message, Unregister):
+            await self._unregister(message.service)
+            return True
+        raise control.ControlError(f"unexpected {type(message).__name__} message")
+
+    async def _refuse_client_streams(self) -> None:
+        """Reset every stream the client opens after the control channel.
+
+        One log line for the first and one with the count when the session ends: a line per
+        stream would let any peer, authenticated or not, write our log at 12 bytes a line.
+        """
+        refused = 0
+        try:
+            while True:
+                stream = await self.session.accept_stream()
+                stream.reset()
+                refused += 1
+                if refused == 1:
+                    log.warning("client opened a stream; refused", session=self.id, peer=self.peer)
+        except anyio.BrokenResourceError:
+            pass
+        finally:
+            if refused > 1:
+                log.warning(
+                    "client streams refused", session=self.id, peer=self.peer, count=refused
+                )
+
+    async def _register(
+        self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
+    ) -> bool:
+        """Handle one registration; False when the session must end (see the module doc)."""
+        host = self.host
+        now = anyio.current_time()
+        if not host.failures.allowed(self.source, now):
+            retry = host.failures.retry_after(self.source, now)
+            log.warning(
+                "auth rate limited", session=self.id, peer=self.peer, retry_after_s=round(retry, 1)
+            )
+            await control.send_message(
+                channel,
+                Error(
+                    control.RATE_LIMITED,
+                    f"too many failed attempts; retry in {retry:.0f} s",
+                    request.service,
+                ),
+            )
+            self.close_reason = "rate limited"
+            return False
+        key, known = host.tokens.key_for(request.service)
+        nonces = (server_nonce, client_nonce)
+        valid = verify_client_tag(
+            key, request.tag, request.service, request.type, *nonces, self.binding
+        )
+        if not (valid and known):
+            host.auth_failed(self.source, now)
+            log.warning(
+                "authentication failed", session=self.id, peer=self.peer, service=request.service
+            )
+            await control.send_message(
+                channel,
+                Error(
+                    control.AUTH_FAILED,
+                    "authentication failed: wrong token or unknown service",
+                    request.service,
+                ),
+            )
+            if self.authenticated:
+                return True
+            self.close_reason = "authentication failed"
+            return False
+        if not self.authenticated:
+            self.authenticated = True
+            if self.preauth is not None:
+                host.preauth.release(self.preauth)
+            log.info("session opened", session=self.id, peer=self.peer)
+        try:
+            service = await self._activate(request)
+        except RegistrationError as exc:
+            log.warning(
+                "registration refused",
+                session=self.id,
+                service=request.service,
+                code=exc.code,
+                reason=exc.message,
+            )
+            await control.send_message(channel, Error(exc.code, exc.message, request.service))
+            return True
+        tag = server_tag(
+            key, request.service, request.type, server_nonce, client_nonce, self.binding
+        )
+        public_host, compression = host.config.public_host, service.compression
+        await control.send_message(
+            channel,
+            Registered(request.service, request.type, public_host, service.port, tag, compression),
+        )
+        return True
+
+    async def _activate(self, request: Register) -> ActiveService:
+        service, sock = await _services.open_service(self.host, self.session, self.id, request)
+        self.host.registry.add(service)
+        self.services[service.name] = service
+        assert self._tg is not None
+        self._tg.start_soon(self._serve_service, service, sock)
+        log.info(
+            "service opened",
+            session=self.id,
+            service=service.name,
+            type=service.type,
+            public=f"{self.host.config.public_host}:{service.port}",
+        )
+        return service
+
+    async def _serve_service(self, service: ActiveService, sock: _services.PublicSocket) -> None:
+        try:
+            await _services.serve(self.host, self.session, self.id, service, sock)
+        finally:
+            self.host.registry.remove(service)
+            if self.services.get(service.name) is service:
+                del self.services[service.name]
+            service.ended.set()
+            log.info(
+                "service closed",
+                session=self.id,
+                service=service.name,
+                duration_s=round(anyio.current_time() - service.started, 3),
+                visitors=service.in_flight.total,
+            )
+
+    async def _unregister(self, name: str) -> None:
+        """Close a service; returns once its public port is free (the client may re-register)."""
+        service = self.services.get(name)
+        if service is not None:
+            self.host.registry.remove(service)
+            with anyio.move_on_after(UNREGISTER_WAIT_S):
+                await service.ended.wait()

@@ -1,0 +1,166 @@
+"""`muxtunnel status`: fetch the status document of a running `listen` or `up`, render tables.
+
+It speaks to the admin API over HTTP (`urllib`, no event loop needed) and knows the document
+only as JSON, so it works against any version that serves `/api/v1/status`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from muxtunnel.status import STATUS_PATH
+
+__all__ = ["FETCH_TIMEOUT_S", "StatusError", "fetch_status", "print_status", "render_status"]
+
+#: How long `muxtunnel status` waits for the admin API to answer.
+FETCH_TIMEOUT_S = 5.0
+
+
+class StatusError(Exception):
+    """`muxtunnel status` could not get an answer; the message is for the user."""
+
+
+def fetch_status(
+    address: str, token: str | None, timeout_s: float = FETCH_TIMEOUT_S
+) -> dict[str, Any]:
+    """GET the status document from a running `listen` or `up`."""
+    request = urllib.request.Request(f"http://{address}{STATUS_PATH}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            data = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise StatusError(
+                f"{address} wants a bearer token: give --admin-token or $MUXTUNNEL_ADMIN_TOKEN"
+            ) from None
+        raise StatusError(f"{address} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StatusError(f"cannot reach the admin API at {address}: {reason}") from None
+    except ValueError:
+        raise StatusError(f"{address} did not answer with JSON") from None
+    if not isinstance(data, dict) or data.get("role") not in ("server", "client"):
+        raise StatusError(f"{address} is not a muxtunnel admin API")
+    return data
+
+
+def _size(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    if not rows:
+        table.add_row(*(["-"] * len(columns)))
+    return table
+
+
+def render_status(data: dict[str, Any]) -> Group:
+    """Rich tables for a status document (either role)."""
+    parts: list[Any] = []
+    if data["role"] == "server":
+        tls = f"  tls {data['tls']}" if data.get("tls") else ""
+        parts.append(
+            Text.assemble(
+                ("muxtunnel listen ", "bold"),
+                f"{data['bind']}  up {_age(data['uptime_s'])}  "
+                f"auth failures {data['auth_failures']}{tls}",
+            )
+        )
+        parts.append(
+            _table(
+                "sessions",
+                ["id", "peer", "age", "rtt", "streams", "services"],
+                [
+                    [
+                        str(s["id"]),
+                        s["peer"],
+                        _age(s["age_s"]),
+                        f"{s['rtt_ms']} ms" if s["rtt_ms"] is not None else "-",
+                        str(s["streams"]),
+                        ", ".join(s["services"]),
+                    ]
+                    for s in data["sessions"]
+                ],
+            )
+        )
+    else:
+        online = "online" if data["connected"] else "connecting"
+        rtt = f"  rtt {data['rtt_ms']} ms" if data.get("rtt_ms") is not None else ""
+        parts.append(
+            Text.assemble(
+                ("muxtunnel up ", "bold"),
+                f"server {data['server']}  {online}{rtt}  reconnects {data['reconnects']}",
+            )
+        )
+    columns = ["service", "type", "public address", "conns", "in", "out", "compression"]
+    if data["role"] == "client":
+        columns.insert(3, "local")
+    rows = []
+    for s in data["services"]:
+        row = [
+            s["name"],
+            s["type"],
+            s["public"] or "-",
+            str(s["connections"]),
+            _size(s["bytes_in"]),
+            _size(s["bytes_out"]),
+            s.get("compression") or "-",
+        ]
+        if data["role"] == "client":
+            row.insert(3, s["local"])
+        rows.append(row)
+    parts.append(_table("services", columns, rows))
+    parts.append(
+        _table(
+            "connections",
+            ["service", "peer", "age", "in", "out"],
+            [
+                [
+                    c["service"],
+                    c["peer"],
+                    _age(c["age_s"]),
+                    _size(c["bytes_in"]),
+                    _size(c["bytes_out"]),
+                ]
+                for c in data["connections"]
+            ],
+        )
+    )
+    return Group(*parts)
+
+
+def print_status(data: dict[str, Any], console: Console | None = None) -> None:
+    """Print the tables; wide enough not to cut addresses when piped (rich assumes 80)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+    console.print(render_status(data))

@@ -1,0 +1,88 @@
+"""Prometheus metrics of `listen` and `up`, read from a status snapshot at scrape time.
+
+Nothing on the data path updates a metric: the collector takes a snapshot (`status()`) when
+Prometheus scrapes, on the event loop's thread (the endpoint is served by `web.httpd`, not by
+prometheus_client's thread), so it sees consistent state and costs nothing between scrapes.
+Byte counters include the bytes of connections still open, so they grow during a transfer, not
+only when it ends; they are per service name and outlive registrations, as counters must.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from muxtunnel.status import ServerStatus, Status
+
+__all__ = ["CONTENT_TYPE", "StatusCollector", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_P = "muxtunnel_"
+
+
+def render(collector: Collector) -> bytes:
+    """The text exposition of one collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
+
+
+class StatusCollector(Collector):
+    """The metrics of either role, from the snapshot `status()` returns at each scrape."""
+
+    def __init__(self, status: Callable[[], Status]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status()
+        sessions = GaugeMetricFamily(
+            _P + "sessions", "Authenticated client sessions (client: 1 while connected)"
+        )
+        sessions.add_metric([], len(status.sessions))
+        streams = GaugeMetricFamily(_P + "open_streams", "Open mux streams, all sessions")
+        streams.add_metric([], sum(row.streams for row in status.sessions))
+        services = GaugeMetricFamily(_P + "services", "Registered services")
+        services.add_metric([], sum(1 for row in status.services if row.public))
+        rtt = GaugeMetricFamily(
+            _P + "session_rtt_seconds", "Latest keepalive round trip", labels=["session"]
+        )
+        for session in status.sessions:
+            if session.rtt_s is not None:
+                rtt.add_metric([str(session.id)], session.rtt_s)
+        connections = GaugeMetricFamily(
+            _P + "service_open_connections", "Open visitor connections (TCP)", labels=["service"]
+        )
+        traffic = CounterMetricFamily(
+            _P + "service_bytes",
+            "Visitor bytes per service; direction in = towards the service",
+            labels=["service", "direction"],
+        )
+        connections_total = CounterMetricFamily(
+            _P + "service_connections", "Visitor connections or UDP flows", labels=["service"]
+        )
+        for row in status.traffic:
+            traffic.add_metric([row.name, "in"], row.bytes_in)
+            traffic.add_metric([row.name, "out"], row.bytes_out)
+            connections.add_metric([row.name], row.open_connections)
+            connections_total.add_metric([row.name], row.connections_total)
+        dropped = CounterMetricFamily(
+            _P + "udp_datagrams_dropped",
+            "UDP datagrams dropped, by reason",
+            labels=["service", "reason"],
+        )
+        for service in status.services:
+            for reason, count in (service.udp_dropped or {}).items():
+                dropped.add_metric([service.name, reason], count)
+        yield from (sessions, services, streams, connections, traffic, connections_total)
+        yield from (dropped, rtt)
+        if isinstance(status, ServerStatus):
+            failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
+            failures.add_metric([], status.auth_failures)
+            yield failures
+        else:
+            reconnects = CounterMetricFamily(_P + "reconnects", "Sessions to the server lost")
+            reconnects.add_metric([], status.reconnects)
+            yield reconnects
