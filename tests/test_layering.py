@@ -82,6 +82,9 @@ MUXTUNNEL_RANKS = {
     "limits": 2,
     "proxy": 2,
     "control": 2,
+    # engines a server or client drives: pure decisions plus their own narrow I/O seams
+    "balance": 1,
+    "cluster": 2,
     # what both sides share
     "config": 3,
     "udp": 3,
@@ -274,6 +277,9 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.app": "writing certificate files",
     "muxtunnel.log": "isatty() of a stream that may have none",
     "muxtunnel.statusview": "urllib's errors: the HTTP client of `muxtunnel status`",
+    "muxtunnel.balance.probe": "health probes: a refused or reset connect is a probe result",
+    "muxtunnel.cluster._redis": "the registry's seam: redis and socket errors -> RegistryUnavailable",
+    "muxtunnel.cluster.testing": "a throwaway redis-server for tests: its process and port",
 }
 _FOREIGN = {"OSError", "AttributeError", "ConnectionError", "ConnectionResetError",
             "BrokenPipeError", "EnvironmentError", "IOError", "error"}  # fmt: skip
