@@ -1,0 +1,434 @@
+"""The HTTP/1.1 reverse proxy for one visitor connection: route each request, forward it.
+
+Theory of operation (one `HttpConnection` per visitor connection, one task):
+1. Read a request head within its deadline: `head_timeout_s` from the first byte (or from the
+   accept, for the first request), after at most `idle_timeout_s` of keep-alive idleness.
+   Caps: `max_header_bytes` (h11 refuses beyond it: 431) and `max_header_count` (431).
+2. Route it by Host (or the authority of an absolute-form target) and path: unknown -> 404
+   naming the host; then Expect (417 unless 100-continue) and basic auth (401).
+3. Reuse the upstream connection when the route's target is the one it serves and both sides
+   kept it alive, else open a new one through `Upstream` (502 / 504 when that fails). While
+   the visitor is idle between requests the kept upstream is watched: a service that closes
+   its idle keep-alive connection is noticed then, not by the next request. A reused stream
+   that fails before answering a bodiless request is retried once on a fresh one.
+4. Run the `Exchange`; on 101 both sides become a raw byte pipe (`proxy.pipe`) with what h11
+   had buffered replayed first.
+5. Errors the proxy answers itself close the connection unless the request was read whole;
+   a failure after the response started resets the visitor (it must not take a truncated
+   body for a whole one) and the service's stream likewise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+import h11
+import structlog
+
+from muxtunnel.proxy import pipe
+from muxtunnel.transport import TransportError, abort
+from muxtunnel.vhost._exchange import (
+    IO_ERRORS,
+    Exchange,
+    ExchangeFailure,
+    UpstreamBroken,
+    UpstreamConnection,
+    UpstreamSlow,
+    VisitorBroke,
+    VisitorGone,
+    VisitorSide,
+)
+from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, connection_tokens, request_headers
+from muxtunnel.vhost.limits import log_doubling
+from muxtunnel.vhost.names import InvalidHostError, normalise_host
+from muxtunnel.vhost.pages import error_response
+from muxtunnel.vhost.proxy_protocol import encode_proxy_header
+from muxtunnel.vhost.routes import Route, routing_path
+from muxtunnel.vhost.streams import PrefixedStream, linger_close
+from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor
+
+if TYPE_CHECKING:
+    from muxtunnel.vhost.engine import VhostEngine
+
+__all__ = ["HttpConnection"]
+
+log = structlog.get_logger("muxtunnel.vhost")
+
+_OPEN_ERRORS = (UpstreamUnavailable, TransportError, *IO_ERRORS)
+
+
+class _Refusal(Exception):
+    """A request the proxy answers itself with `status` (and counts under `reason`)."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class HttpConnection:
+    """Serves one visitor connection until it ends; `run` never raises for I/O trouble."""
+
+    def __init__(self, engine: VhostEngine, stream: anyio.abc.ByteStream, visitor: Visitor) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.visitor = visitor
+        self.side = VisitorSide(stream, engine.config)
+        self.forwarded = ForwardedFor(visitor.host, visitor.port)
+        self.proto = visitor.scheme.encode()
+        self.upstream: UpstreamConnection | None = None
+        self._aborted = False
+
+    async def run(self) -> None:
+        try:
+            first = True
+            while True:
+                request = await self._read_head(first)
+                if request is None or not await self._handle(request):
+                    break
+                self.side.conn.start_next_cycle()
+                first = False
+        except VisitorGone:
+            self._aborted = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._drop_upstream(abortive=self._aborted)
+                if self._aborted:
+                    await abort(self.side.stream)
+                else:
+                    try:
+                        await self.side.stream.aclose()
+                    except IO_ERRORS:
+                        pass
+
+    # ------------------------------------------------------------------ request heads
+
+    async def _read_head(self, first: bool) -> h11.Request | None:
+        conn = self.side.conn
+        config = self.config
+        deadline: float | None = anyio.current_time() + config.head_timeout_s if first else None
+        received = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = "headers_too_large" if status == 431 else "bad_request"
+                await self._refuse(_Refusal(status, reason, f"Malformed request: {exc}"), None)
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed (or PAUSED, which a finished cycle cannot give)
+            if deadline is None:
+                size = await self._receive_idle()
+                if not size:
+                    return None  # idle too long, or the visitor closed between requests
+                received += size
+                deadline = anyio.current_time() + config.head_timeout_s
+                continue
+            size = await self.side.receive(deadline - anyio.current_time())
+            if size is not None:
+                received += size
+                continue
+            count = self.engine.counters.refuse("head_timeout")
+            log_doubling("request head too slow: connection closed", count,
+                         visitor=self.visitor.host, received_bytes=received)  # fmt: skip
+            if received:
+                await self._refuse(_Refusal(408, "head_timeout", "The request took too long."),
+                                   None, count=False)  # fmt: skip
+            return None
+
+    async def _receive_idle(self) -> int | None:
+        """Wait for the next request's first bytes; watch a kept upstream meanwhile."""
+        up = self.upstream
+        if up is None:
+            return await self.side.receive(self.config.idle_timeout_s)
+
+        async def watch() -> None:
+            try:
+                await up.stream.receive(1)  # bytes now would be a protocol error: either way
+            except (anyio.EndOfStream, *IO_ERRORS):
+                pass
+            up.dead = True
+
+        size: int | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            try:
+                size = await self.side.receive(self.config.idle_timeout_s)
+            finally:
+                tg.cancel_scope.cancel()
+        return size
+
+    # ------------------------------------------------------------------ one request
+
+    async def _handle(self, request: h11.Request) -> bool:
+        """Answer one request; True when the connection may carry another."""
+        route: Route | None = None
+        try:
+            if len(request.headers) > self.config.max_header_count:
+                raise _Refusal(431, "headers_too_large", "Too many header fields.")
+            if request.method == b"CONNECT":
+                raise _Refusal(405, "method_not_allowed", "This is not a forward proxy.")
+            host, path, target = _host_and_path(request)
+            try:
+                name = normalise_host(host)
+            except InvalidHostError as exc:
+                raise _Refusal(400, "bad_request", f"Invalid Host header: {exc}") from None
+            routes = self.engine.http_routes
+            route = routes.lookup(name, routing_path(path))
+            if route is None:
+                where = f"{name}{path[:200]}" if routes.has_host(name) else name
+                raise _Refusal(404, "unknown_host", f"No service is registered for {where}.")
+            expect = [v.strip().lower() for n, v in request.headers if n == b"expect"]
+            if expect and expect != [b"100-continue"]:
+                raise _Refusal(
+                    417, "expectation_failed", "Only 'Expect: 100-continue' is supported."
+                )
+            if route.auth_credentials is not None:
+                authorization = next((v for n, v in request.headers if n == b"authorization"), None)
+                if not basic_auth_ok(authorization, route.auth_credentials):
+                    raise _Refusal(
+                        401, "unauthorized", "This service needs a user name and password."
+                    )
+        except _Refusal as refusal:
+            return await self._refuse(refusal, route)
+        return await self._forward(request, route, host, target)
+
+    async def _forward(
+        self, request: h11.Request, route: Route, host: bytes, target: bytes
+    ) -> bool:
+        conn = self.side.conn
+        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
+        upgrade = None
+        if b"upgrade" in connection_tokens(request.headers):
+            upgrade = next((v for n, v in request.headers if n == b"upgrade"), None)
+        request_complete = False
+        if not chunked and not any(
+            n == b"content-length" and v.strip() != b"0" for n, v in request.headers
+        ):
+            event = conn.next_event()  # a bodiless request's end is already parsed: no I/O
+            request_complete = type(event) is h11.EndOfMessage
+        upstream_request = h11.Request(
+            method=request.method,
+            target=target,
+            headers=request_headers(
+                request.headers.raw_items(),
+                visitor=self.forwarded,
+                proto=self.proto,
+                host=host,
+                host_rewrite=route.host_rewrite,
+                remove=route.remove_headers,
+                set_headers=route.set_headers,
+                strip_authorization=route.auth_credentials is not None,
+                upgrade=upgrade,
+                chunked=chunked,
+            ),
+        )
+        timeout_s = route.target.options.response_timeout_s or self.config.response_timeout_s
+        retried = False
+        while True:
+            try:
+                up = await self._upstream_for(route)
+                if conn.they_are_waiting_for_100_continue:
+                    continue_100 = h11.InformationalResponse(status_code=100, headers=[])
+                    await self.side.send(conn.send(continue_100))
+            except ExchangeFailure as exc:
+                return await self._failed(exc, None, route)
+            exchange = Exchange(
+                self.side, up, route, upstream_request,
+                request_complete=request_complete, chunked=chunked, response_timeout_s=timeout_s,
+            )  # fmt: skip
+            await exchange.run()
+            failure = exchange.failure
+            if (
+                isinstance(failure, UpstreamBroken)
+                and up.reused
+                and not retried
+                and exchange.received_bytes == 0
+                and request_complete
+                and exchange.request_complete
+            ):
+                retried = True  # the service closed its idle keep-alive stream just now
+                await self._drop_upstream(abortive=True)
+                continue
+            break
+        if failure is not None:
+            return await self._failed(failure, exchange, route)
+        if exchange.switched:
+            await self._tunnel(up, route)
+            return False
+        if up.reusable:
+            up.conn.start_next_cycle()
+        else:
+            await self._drop_upstream(abortive=False)
+        if _cycle_done(conn):
+            return True
+        await linger_close(
+            self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
+        )
+        return False
+
+    async def _upstream_for(self, route: Route) -> UpstreamConnection:
+        up = self.upstream
+        if up is not None:
+            if not up.dead and up.target == route.target:
+                up.reused = True
+                return up
+            await self._drop_upstream(abortive=False)
+        target = route.target
+        try:
+            with anyio.fail_after(self.config.upstream_open_timeout_s):
+                stream = await self.engine.upstream.open(target, self.visitor)
+        except TimeoutError:
+            raise UpstreamSlow("opening a stream to the service timed out") from None
+        except _OPEN_ERRORS as exc:
+            raise UpstreamBroken(f"the service is unavailable: {exc}") from None
+        self.upstream = up = UpstreamConnection(
+            stream, target, self.config.max_response_header_bytes
+        )
+        if target.options.proxy_protocol is not None:
+            header = encode_proxy_header(
+                target.options.proxy_protocol,
+                (self.visitor.host, self.visitor.port),
+                (self.visitor.local_host, self.visitor.local_port),
+            )
+            try:
+                with anyio.fail_after(self.config.send_timeout_s):
+                    await stream.send(header)
+            except (TimeoutError, *IO_ERRORS) as exc:
+                raise UpstreamBroken(f"sending the PROXY header failed: {exc!r}") from None
+        return up
+
+    async def _drop_upstream(self, *, abortive: bool) -> None:
+        up, self.upstream = self.upstream, None
+        if up is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if abortive:
+                await abort(up.stream)
+            else:
+                try:
+                    await up.stream.aclose()
+                except IO_ERRORS:
+                    pass
+
+    async def _tunnel(self, up: UpstreamConnection, route: Route) -> None:
+        self.upstream = None  # pipe owns (and closes) both streams from here
+        visitor_bytes, visitor_closed = self.side.conn.trailing_data
+        up_bytes, up_closed = up.conn.trailing_data
+        result = await pipe(
+            PrefixedStream(self.side.stream, bytes(visitor_bytes), visitor_closed),
+            PrefixedStream(up.stream, bytes(up_bytes), up_closed),
+        )
+        route.counters.bytes_in += result.forward_bytes
+        route.counters.bytes_out += result.backward_bytes
+
+    # ------------------------------------------------------------------ answers of our own
+
+    async def _failed(
+        self, failure: ExchangeFailure, exchange: Exchange | None, route: Route
+    ) -> bool:
+        await self._drop_upstream(abortive=True)
+        if isinstance(failure, VisitorGone) or (exchange is not None and exchange.response_started):
+            self._aborted = True  # the visitor must see a failure, not a clean end
+            raise VisitorGone(str(failure))
+        if isinstance(failure, VisitorBroke):
+            refusal = _Refusal(400, "bad_request", f"Malformed request body: {failure}")
+        elif isinstance(failure, UpstreamSlow):
+            refusal = _Refusal(504, "upstream_timeout", "The service did not answer in time.")
+        else:
+            refusal = _Refusal(
+                502, "upstream_unavailable", "The service is not reachable right now."
+            )
+        count = route.counters.refuse(refusal.reason)
+        log_doubling("request failed", count, service=route.target.service,
+                     status=refusal.status, error=str(failure))  # fmt: skip
+        return await self._refuse(refusal, route, count=False)
+
+    async def _refuse(self, refusal: _Refusal, route: Route | None, *, count: bool = True) -> bool:
+        """Answer with an error page; True if the connection can go on."""
+        conn = self.side.conn
+        if count:
+            if route is not None:
+                route.counters.refuse(refusal.reason)
+            else:
+                total = self.engine.counters.refuse(refusal.reason)
+                log_doubling("request refused", total, reason=refusal.reason, status=refusal.status,
+                             visitor=self.visitor.host)  # fmt: skip
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self._aborted = True
+            return False
+        keep = self._request_read_whole()
+        extra = (
+            [(b"WWW-Authenticate", route.auth_challenge)]
+            if refusal.status == 401 and route and route.auth_challenge
+            else None
+        )
+        response, body = error_response(
+            refusal.status, refusal.detail, close=not keep, extra_headers=extra
+        )
+        if route is not None:
+            route.counters.count_response(refusal.status)
+        try:
+            data = (
+                conn.send(response) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            )
+        except h11.LocalProtocolError:
+            self._aborted = True
+            return False
+        await self.side.send(data)
+        if keep and _cycle_done(conn):
+            return True
+        await linger_close(
+            self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
+        )
+        return False
+
+    def _request_read_whole(self) -> bool:
+        """Has the visitor's request ended (so the connection can carry another)?"""
+        conn = self.side.conn
+        if conn.their_state is h11.SEND_BODY:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            return type(event) is h11.EndOfMessage
+        return conn.their_state is h11.DONE
+
+
+def _cycle_done(conn: h11.Connection) -> bool:
+    """Both sides finished this request/response and kept the connection alive."""
+    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+
+def _host_and_path(request: h11.Request) -> tuple[bytes, str, bytes]:
+    """(Host as the visitor sent it, the path to route by, the target to send upstream)."""
+    hosts = [value for name, value in request.headers if name == b"host"]
+    if len(hosts) > 1:
+        raise _Refusal(400, "bad_request", "More than one Host header.")
+    target = request.target
+    if target.startswith(b"/"):
+        if not hosts:
+            raise _Refusal(400, "bad_request", "The request has no Host header.")
+        path = target.partition(b"?")[0].partition(b"#")[0]
+        return hosts[0], path.decode("latin-1"), target
+    if target == b"*" and request.method == b"OPTIONS":
+        if not hosts:
+            raise _Refusal(400, "bad_request", "The request has no Host header.")
+        return hosts[0], "/", target
+    lowered = target[:8].lower()
+    if lowered.startswith((b"http://", b"https://")):
+        # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
+        parts = urlsplit(target.decode("latin-1"))
+        if not parts.netloc or "@" in parts.netloc:
+            raise _Refusal(400, "bad_request", "Invalid absolute request target.")
+        route_path = parts.path or "/"
+        origin = route_path + (f"?{parts.query}" if parts.query else "")
+        return parts.netloc.encode("latin-1"), route_path, origin.encode("latin-1")
+    raise _Refusal(400, "bad_request", "The request target must be a path.")
