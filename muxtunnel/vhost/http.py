@@ -58,6 +58,8 @@ __all__ = ["HttpConnection"]
 log = structlog.get_logger("muxtunnel.vhost")
 
 _OPEN_ERRORS = (UpstreamUnavailable, TransportError, *IO_ERRORS)
+#: Statuses after which we close even a connection that could carry another request.
+_CLOSING_STATUSES = frozenset({400, 408, 431, 501})
 
 
 class _Refusal(Exception):
@@ -173,6 +175,9 @@ class HttpConnection:
         try:
             if len(request.headers) > self.config.max_header_count:
                 raise _Refusal(431, "headers_too_large", "Too many header fields.")
+            if _head_bytes(request) > self.config.max_header_bytes:
+                # h11 caps only heads still incomplete; one that arrived whole is measured here.
+                raise _Refusal(431, "headers_too_large", "The request head is too large.")
             if request.method == b"CONNECT":
                 raise _Refusal(405, "method_not_allowed", "This is not a forward proxy.")
             host, path, target = _host_and_path(request)
@@ -364,7 +369,9 @@ class HttpConnection:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self._aborted = True
             return False
-        keep = self._request_read_whole()
+        # A request that broke the protocol (or took too long) ends the connection whatever
+        # is left of it; the others keep a connection whose request was read whole.
+        keep = refusal.status not in _CLOSING_STATUSES and self._request_read_whole()
         extra = (
             [(b"WWW-Authenticate", route.auth_challenge)]
             if refusal.status == 401 and route and route.auth_challenge
@@ -400,6 +407,14 @@ class HttpConnection:
                 return False
             return type(event) is h11.EndOfMessage
         return conn.their_state is h11.DONE
+
+
+def _head_bytes(request: h11.Request) -> int:
+    """The size of a request head as sent (within a few bytes of line endings)."""
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
 
 
 def _cycle_done(conn: h11.Connection) -> bool:

@@ -107,6 +107,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
             return
+        if path.startswith("/bytes/"):
+            total = int(path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            block = b"x" * 65536
+            while total:
+                self.wfile.write(block[: min(total, len(block))])
+                total -= min(total, len(block))
+            return
         if path.startswith("/status/"):
             status = int(path.split("/")[2])
             self.send_response(status)
@@ -138,11 +148,19 @@ class _BackendServer(ThreadingHTTPServer):
     name = ""
     requests = 0
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a proxy that resets us on purpose (504, aborted visitor) is no test failure
+
 
 @contextmanager
-def backend(name: str) -> Iterator[_BackendServer]:
-    """An HTTP/1.1 server on 127.0.0.1 that answers with JSON describing the request."""
-    server = _BackendServer(("127.0.0.1", 0), _Handler)
+def backend(name: str, *, idle_timeout_s: float | None = None) -> Iterator[_BackendServer]:
+    """An HTTP/1.1 server on 127.0.0.1 that answers with JSON describing the request.
+
+    Paths: `/slow/<s>` answers after s seconds, `/bytes/<n>` sends n bytes, `/status/<code>`,
+    `/chunked-response`. `idle_timeout_s`: close keep-alive connections idle that long.
+    """
+    handler = type("Handler", (_Handler,), {"timeout": idle_timeout_s})
+    server = _BackendServer(("127.0.0.1", 0), handler)
     server.name = name
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
