@@ -241,7 +241,7 @@ class HttpConnection:
             try:
                 up = await self._upstream_for(route)
                 if conn.they_are_waiting_for_100_continue:
-                    continue_100 = h11.InformationalResponse(status_code=100, headers=[])
+                    continue_100 = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
                     await self.side.send(conn.send(continue_100))
             except ExchangeFailure as exc:
                 return await self._failed(exc, None, route)
