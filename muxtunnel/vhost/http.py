@@ -47,7 +47,7 @@ from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.pages import error_response
 from muxtunnel.vhost.proxy_protocol import encode_proxy_header
 from muxtunnel.vhost.routes import Route, routing_path
-from muxtunnel.vhost.streams import PrefixedStream, linger_close
+from muxtunnel.vhost.streams import CountingStream, PrefixedStream, linger_close
 from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor
 
 if TYPE_CHECKING:
@@ -241,7 +241,9 @@ class HttpConnection:
             try:
                 up = await self._upstream_for(route)
                 if conn.they_are_waiting_for_100_continue:
-                    continue_100 = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                    continue_100 = h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue"
+                    )
                     await self.side.send(conn.send(continue_100))
             except ExchangeFailure as exc:
                 return await self._failed(exc, None, route)
@@ -327,12 +329,10 @@ class HttpConnection:
         self.upstream = None  # pipe owns (and closes) both streams from here
         visitor_bytes, visitor_closed = self.side.conn.trailing_data
         up_bytes, up_closed = up.conn.trailing_data
-        result = await pipe(
-            PrefixedStream(self.side.stream, bytes(visitor_bytes), visitor_closed),
+        await pipe(
+            CountingStream(self.side.stream, bytes(visitor_bytes), visitor_closed, route.counters),
             PrefixedStream(up.stream, bytes(up_bytes), up_closed),
         )
-        route.counters.bytes_in += result.forward_bytes
-        route.counters.bytes_out += result.backward_bytes
 
     # ------------------------------------------------------------------ answers of our own
 

@@ -8,7 +8,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
-__all__ = ["NoHalfCloseStream", "PrefixedStream", "linger_close"]
+from muxtunnel.vhost.counters import ServiceCounters
+
+__all__ = ["CountingStream", "NoHalfCloseStream", "PrefixedStream", "linger_close"]
 
 _IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -53,6 +55,31 @@ class PrefixedStream(anyio.abc.ByteStream):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self.inner.extra_attributes
+
+
+class CountingStream(PrefixedStream):
+    """A visitor's stream in a raw pipe: bytes counted into a service's counters as they pass
+    (received: towards the service, `bytes_in`; sent: `bytes_out`), so readers see live
+    figures while a long WebSocket or TLS connection runs."""
+
+    def __init__(
+        self,
+        inner: anyio.abc.ByteStream,
+        prefix: bytes,
+        prefix_eof: bool,
+        counters: ServiceCounters,
+    ) -> None:
+        super().__init__(inner, prefix, prefix_eof)
+        self.counters = counters
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await super().receive(max_bytes)
+        self.counters.bytes_in += len(data)
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
+        self.counters.bytes_out += len(item)
 
 
 class NoHalfCloseStream(PrefixedStream):

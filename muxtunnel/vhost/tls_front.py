@@ -28,6 +28,7 @@ from muxtunnel.vhost.http import HttpConnection
 from muxtunnel.vhost.limits import log_doubling
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.proxy_protocol import encode_proxy_header
+from muxtunnel.vhost.routes import Route
 from muxtunnel.vhost.sni import (
     ALERT_UNRECOGNIZED_NAME,
     MAX_CLIENT_HELLO_BYTES,
@@ -36,7 +37,7 @@ from muxtunnel.vhost.sni import (
     parse_client_hello,
     tls_alert,
 )
-from muxtunnel.vhost.streams import NoHalfCloseStream, PrefixedStream
+from muxtunnel.vhost.streams import CountingStream, NoHalfCloseStream, PrefixedStream
 from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ async def serve_tls_connection(
             name = None
     route = engine.tls_routes.lookup(name) if name is not None else None
     if route is not None:
-        await _passthrough(engine, stream, visitor, hello_bytes, route.target, route.counters)
+        await _passthrough(engine, stream, visitor, hello_bytes, route)
         return
     context = engine.tls_context
     if context is not None and (name is None or engine.http_routes.has_host(name)):
@@ -122,13 +123,9 @@ async def _passthrough(
     stream: anyio.abc.ByteStream,
     visitor: Visitor,
     hello_bytes: bytes,
-    target: object,
-    counters: object,
+    route: Route,
 ) -> None:
-    from muxtunnel.vhost.counters import ServiceCounters
-    from muxtunnel.vhost.routes import RouteTarget
-
-    assert isinstance(target, RouteTarget) and isinstance(counters, ServiceCounters)
+    target, counters = route.target, route.counters
     try:
         with anyio.fail_after(engine.config.upstream_open_timeout_s):
             upstream = await engine.upstream.open(target, visitor)
@@ -147,9 +144,7 @@ async def _passthrough(
         await abort(stream)
         return
     counters.tunnels += 1
-    result = await pipe(PrefixedStream(stream, hello_bytes), upstream)
-    counters.bytes_in += result.forward_bytes
-    counters.bytes_out += result.backward_bytes
+    await pipe(CountingStream(stream, hello_bytes, False, counters), upstream)
 
 
 async def _terminate(

@@ -162,7 +162,9 @@ def backend(name: str, *, idle_timeout_s: float | None = None) -> Iterator[_Back
     handler = type("Handler", (_Handler,), {"timeout": idle_timeout_s})
     server = _BackendServer(("127.0.0.1", 0), handler)
     server.name = name
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield server
@@ -239,7 +241,9 @@ def running_proxy(
             portal.start_task_soon(tls_listener.serve, engine.serve_tls),
         ]
         try:
-            yield Proxy(portal, engine, upstream, local_port(http_listener), local_port(tls_listener))
+            yield Proxy(
+                portal, engine, upstream, local_port(http_listener), local_port(tls_listener)
+            )
         finally:
             for task in tasks:
                 task.cancel()
@@ -287,7 +291,9 @@ def request(
     return Reply(response.status, response.headers, data)
 
 
-def raw_exchange(port: int, data: bytes, *, until_closed: bool = True, wait_s: float = TIMEOUT_S) -> bytes:
+def raw_exchange(
+    port: int, data: bytes, *, until_closed: bool = True, wait_s: float = TIMEOUT_S
+) -> bytes:
     """Send raw bytes, read until the proxy closes (or `wait_s` passes)."""
     with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
         sock.sendall(data)

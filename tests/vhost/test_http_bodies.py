@@ -43,7 +43,9 @@ def _upload_with_peak(proxy: Proxy, total_bytes: int) -> tuple[dict[str, object]
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        reply = request(proxy.http_port, "up.example.com", "/upload", method="PUT", body=_chunks(total_bytes))
+        reply = request(
+            proxy.http_port, "up.example.com", "/upload", method="PUT", body=_chunks(total_bytes)
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -163,11 +165,26 @@ def test_kept_upstream_closed_while_idle_is_replaced(proxy: Proxy) -> None:
         try:
             first = request(proxy.http_port, "app.example.com", connection=conn)
             time.sleep(0.5)  # the backend closes its idle connection meanwhile
-            upload = request(proxy.http_port, "app.example.com", method="POST", body=b"x" * 100000, connection=conn)
+            upload = request(
+                proxy.http_port,
+                "app.example.com",
+                method="POST",
+                body=b"x" * 100000,
+                connection=conn,
+            )
             time.sleep(0.5)
             get = request(proxy.http_port, "app.example.com", connection=conn)
         finally:
             conn.close()
         assert (first.status, upload.status, get.status) == (200, 200, 200)
         assert upload.json()["body_bytes"] == 100000
-        assert len({first.json()["client_port"], upload.json()["client_port"], get.json()["client_port"]}) == 3
+        assert (
+            len(
+                {
+                    first.json()["client_port"],
+                    upload.json()["client_port"],
+                    get.json()["client_port"],
+                }
+            )
+            == 3
+        )

@@ -70,7 +70,9 @@ def misbehaving_backend(reply: bytes, *, reset: bool) -> Iterator[tuple[str, int
             conn.recv(65536)
             conn.sendall(reply)
             if reset:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -175,7 +177,10 @@ def test_slowloris_head_is_cut_at_the_deadline_and_others_are_served() -> None:
     config = VhostConfig(head_timeout_s=0.5)
     with running_proxy(config) as proxy, backend("a") as a:
         proxy.add_http("a", ["a.example.com"], address_of(a))
-        slow = [socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) for _ in range(20)]
+        slow = [
+            socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S)
+            for _ in range(20)
+        ]
         try:
             for sock in slow:
                 sock.sendall(b"GET / HTTP/1.1\r\nHost: a.exa")

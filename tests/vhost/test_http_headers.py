@@ -106,11 +106,17 @@ def test_basic_auth_401_then_200_and_the_password_stays_with_us(proxy: Proxy) ->
         missing = request(proxy.http_port, "app.example.com")
         assert missing.status == 401
         assert missing.headers["WWW-Authenticate"] == 'Basic realm="staging", charset="UTF-8"'
-        wrong = request(proxy.http_port, "app.example.com", headers={"Authorization": _basic("alice", "nope")})
+        wrong = request(
+            proxy.http_port, "app.example.com", headers={"Authorization": _basic("alice", "nope")}
+        )
         assert wrong.status == 401
-        other_scheme = request(proxy.http_port, "app.example.com", headers={"Authorization": "Bearer x"})
+        other_scheme = request(
+            proxy.http_port, "app.example.com", headers={"Authorization": "Bearer x"}
+        )
         assert other_scheme.status == 401
-        good = request(proxy.http_port, "app.example.com", headers={"Authorization": _basic("alice", "s3cret")})
+        good = request(
+            proxy.http_port, "app.example.com", headers={"Authorization": _basic("alice", "s3cret")}
+        )
         assert good.status == 200
         assert good.seen_header("Authorization") == []
         assert app.requests == 1

@@ -83,7 +83,9 @@ def test_keep_alive_connection_switches_services_and_reuses_upstreams(proxy: Pro
         conn = http.client.HTTPConnection("127.0.0.1", proxy.http_port, timeout=TIMEOUT_S)
         try:
             seen = []
-            for host in ["alpha.example.com"] * 3 + ["beta.example.com"] * 2 + ["alpha.example.com"]:
+            for host in (
+                ["alpha.example.com"] * 3 + ["beta.example.com"] * 2 + ["alpha.example.com"]
+            ):
                 reply = request(proxy.http_port, host, connection=conn)
                 seen.append((reply.json()["backend"], reply.json()["client_port"]))
             visitor_socket = conn.sock
@@ -103,10 +105,15 @@ def test_pipelined_requests_to_two_hosts_answer_in_order(proxy: Proxy) -> None:
     with backend("alpha") as alpha, backend("beta") as beta:
         proxy.add_http("alpha", ["alpha.example.com"], address_of(alpha))
         proxy.add_http("beta", ["beta.example.com"], address_of(beta))
-        pipelined = b"".join(
-            f"GET /n{i} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-            for i, host in enumerate(["alpha.example.com", "beta.example.com", "alpha.example.com"])
-        ) + b"POST /n3 HTTP/1.1\r\nHost: beta.example.com\r\nContent-Length: 5\r\n\r\nhello"
+        pipelined = (
+            b"".join(
+                f"GET /n{i} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+                for i, host in enumerate(
+                    ["alpha.example.com", "beta.example.com", "alpha.example.com"]
+                )
+            )
+            + b"POST /n3 HTTP/1.1\r\nHost: beta.example.com\r\nContent-Length: 5\r\n\r\nhello"
+        )
         with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
             sock.sendall(pipelined)
             responses = read_responses(sock, 4)
