@@ -10,7 +10,7 @@ import anyio.abc
 
 from muxtunnel.vhost.counters import ServiceCounters
 
-__all__ = ["CountingStream", "NoHalfCloseStream", "PrefixedStream", "linger_close"]
+__all__ = ["CountingStream", "PrefixedStream", "linger_close"]
 
 _IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -82,20 +82,6 @@ class CountingStream(PrefixedStream):
         self.counters.bytes_out += len(item)
 
 
-class NoHalfCloseStream(PrefixedStream):
-    """A stream that cannot half-close (TLS as anyio offers it): `send_eof` is deferred.
-
-    The visitor learns that the service finished writing when the whole connection closes,
-    which `proxy.pipe` does once the other direction ends too. Data is never lost.
-    """
-
-    def __init__(self, inner: anyio.abc.ByteStream) -> None:
-        super().__init__(inner, b"")
-
-    async def send_eof(self) -> None:
-        return
-
-
 async def linger_close(stream: anyio.abc.ByteStream, *, timeout_s: float, max_bytes: int) -> None:
     """Half-close, then read and discard for a while before closing.
 
@@ -110,7 +96,7 @@ async def linger_close(stream: anyio.abc.ByteStream, *, timeout_s: float, max_by
                 drained = 0
                 while drained < max_bytes:
                     drained += len(await stream.receive())
-        except (anyio.EndOfStream, NotImplementedError, *_IO_ERRORS):
+        except (anyio.EndOfStream, *_IO_ERRORS):
             pass
         try:
             await stream.aclose()

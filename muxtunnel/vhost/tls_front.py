@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 import structlog
-from anyio.streams.tls import TLSStream
 
 from muxtunnel.proxy import pipe
 from muxtunnel.transport import TransportError, abort
@@ -37,7 +36,8 @@ from muxtunnel.vhost.sni import (
     parse_client_hello,
     tls_alert,
 )
-from muxtunnel.vhost.streams import CountingStream, NoHalfCloseStream, PrefixedStream
+from muxtunnel.vhost.streams import CountingStream, PrefixedStream
+from muxtunnel.vhost.tls_stream import TlsServerStream
 from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor
 
 if TYPE_CHECKING:
@@ -152,13 +152,11 @@ async def _terminate(
 ) -> None:
     try:
         with anyio.fail_after(engine.config.tls_handshake_timeout_s):
-            tls = await TLSStream.wrap(
-                stream, server_side=True, ssl_context=context, standard_compatible=False
-            )
+            tls = await TlsServerStream.accept(stream, context)
     except (TimeoutError, ssl.SSLError, anyio.EndOfStream, *IO_ERRORS) as exc:
         count = engine.counters.refuse("tls_handshake_failed")
         log_doubling("tls handshake with a visitor failed", count,
                      visitor=visitor.host, error=str(exc) or type(exc).__name__)  # fmt: skip
         await abort(stream)
         return
-    await HttpConnection(engine, NoHalfCloseStream(tls), visitor.with_scheme("https")).run()
+    await HttpConnection(engine, tls, visitor.with_scheme("https")).run()
