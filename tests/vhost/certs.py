@@ -22,7 +22,7 @@ def make_cert(folder: Path, name: str, dns_names: list[str]) -> CertFiles:
     """A self-signed certificate valid for `dns_names` (wildcards allowed); its own CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

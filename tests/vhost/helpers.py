@@ -35,6 +35,7 @@ from muxtunnel.vhost import (
 from muxtunnel.vhost.counters import CountersSnapshot
 
 TIMEOUT_S = 10.0
+_NO_OPTIONS = RouteOptions()
 
 
 def require_tool(name: str) -> str:
@@ -200,7 +201,7 @@ class Proxy:
         address: tuple[str, int] | None,
         *,
         locations: Iterable[str] = ("/",),
-        options: RouteOptions = RouteOptions(),
+        options: RouteOptions = _NO_OPTIONS,
         owner: str = "client-1",
     ) -> None:
         if address is not None:
@@ -215,7 +216,7 @@ class Proxy:
         hosts: Iterable[str],
         address: tuple[str, int],
         *,
-        options: RouteOptions = RouteOptions(),
+        options: RouteOptions = _NO_OPTIONS,
         owner: str = "client-1",
     ) -> None:
         self.upstream.addresses[service] = address

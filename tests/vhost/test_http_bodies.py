@@ -147,8 +147,9 @@ def test_curl_upload_with_expect_100_continue(proxy: Proxy) -> None:
         proxy.add_http("app", ["app.example.com"], address_of(app))
         body = b"z" * (2 * MiB)
         result = subprocess.run(
-            [curl, "-sS", "--max-time", "10", "-H", "Host: app.example.com", "-H", "Expect: 100-continue",
-             "--data-binary", "@-", "-w", "\n%{http_code} %{time_total}", f"http://127.0.0.1:{proxy.http_port}/up"],
+            [curl, "-sS", "--max-time", "10", "-H", "Host: app.example.com",
+             "-H", "Expect: 100-continue", "--data-binary", "@-",
+             "-w", "\n%{http_code} %{time_total}", f"http://127.0.0.1:{proxy.http_port}/up"],
             input=body, capture_output=True, check=True, timeout=TIMEOUT_S + 5,
         )  # fmt: skip
         *_, status_line = result.stdout.decode().splitlines()

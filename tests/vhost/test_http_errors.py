@@ -129,7 +129,8 @@ def test_slow_service_is_a_504_after_its_timeout(proxy: Proxy) -> None:
         (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
         (b"GET / HTTP/1.1\r\nHost: bad host!\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a.example.com\r\nHost: b.example.com\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+         400),
         (b"GET / HTTP/1.1\r\nHost: a.example.com\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
         (b"GET relative HTTP/1.1\r\nHost: a.example.com\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),

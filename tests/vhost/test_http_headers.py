@@ -131,10 +131,8 @@ def test_401_keeps_a_bodiless_connection_alive(proxy: Proxy) -> None:
         proxy.add_http("app", ["app.example.com"], address_of(app), options=options)
         auth = _basic("alice", "s3cret")
         with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
-            sock.sendall(
-                b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n"
-                + f"GET / HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: {auth}\r\n\r\n".encode()
-            )
+            with_auth = f"GET / HTTP/1.1\r\nHost: app.example.com\r\nAuthorization: {auth}\r\n\r\n"
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n" + with_auth.encode())
             first, second = read_responses(sock, 2)
         assert (first.status, second.status) == (401, 200)
         assert "close" not in first.headers.get("connection", "")

@@ -52,14 +52,26 @@ def parse_v2(data: bytes) -> tuple[int, int, tuple[str, int], tuple[str, int]] |
         return None  # LOCAL
     if family >> 4 == 1:
         src, dst, sport, dport = struct.unpack("!4s4sHH", body[:12])
-        return version_command & 0xF, family, (str(ipaddress.IPv4Address(src)), sport), (str(ipaddress.IPv4Address(dst)), dport)
+        return (
+            version_command & 0xF,
+            family,
+            (str(ipaddress.IPv4Address(src)), sport),
+            (str(ipaddress.IPv4Address(dst)), dport),
+        )
     src, dst, sport, dport = struct.unpack("!16s16sHH", body[:36])
-    return version_command & 0xF, family, (str(ipaddress.IPv6Address(src)), sport), (str(ipaddress.IPv6Address(dst)), dport)
+    return (
+        version_command & 0xF,
+        family,
+        (str(ipaddress.IPv6Address(src)), sport),
+        (str(ipaddress.IPv6Address(dst)), dport),
+    )
 
 
 def test_v2_headers_match_the_spec_layout() -> None:
     v4 = encode_v2(("192.168.0.1", 56324), ("192.168.0.11", 443))
-    assert v4 == V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes([192, 168, 0, 1, 192, 168, 0, 11]) + struct.pack("!HH", 56324, 443)
+    assert v4 == V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes(
+        [192, 168, 0, 1, 192, 168, 0, 11]
+    ) + struct.pack("!HH", 56324, 443)
     assert parse_v2(v4) == (1, 0x11, ("192.168.0.1", 56324), ("192.168.0.11", 443))
     v6 = encode_v2(("2001:db8::1", 1234), ("2001:db8::2", 80))
     assert v6[12:16] == b"\x21\x21\x00\x24" and len(v6) == 16 + 36
@@ -76,6 +88,11 @@ def test_v2_headers_match_the_spec_layout() -> None:
 
 # ---------------------------------------------------------------------------------- nginx
 
+_NGINX_REPLY = (
+    "client=$proxy_protocol_addr:$proxy_protocol_port"
+    " server=$proxy_protocol_server_addr:$proxy_protocol_server_port"
+    " peer=$remote_addr host=$host"
+)
 _NGINX_CONF = """
 daemon off;
 master_process off;
@@ -93,7 +110,7 @@ http {{
     server {{
         listen 127.0.0.1:{port} proxy_protocol;
         location / {{
-            return 200 "client=$proxy_protocol_addr:$proxy_protocol_port server=$proxy_protocol_server_addr:$proxy_protocol_server_port peer=$remote_addr host=$host\\n";
+            return 200 "{reply}\\n";
         }}
     }}
 }}
@@ -113,7 +130,7 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     folder: Path = tmp_path_factory.mktemp("nginx")
     port = _free_port()
     conf = folder / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(dir=folder, port=port))
+    conf.write_text(_NGINX_CONF.format(dir=folder, port=port, reply=_NGINX_REPLY))
     process = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -134,7 +151,9 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 def _ask_nginx(port: int, header: bytes) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as sock:
-        sock.sendall(header + b"GET / HTTP/1.1\r\nHost: pp.example.com\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            header + b"GET / HTTP/1.1\r\nHost: pp.example.com\r\nConnection: close\r\n\r\n"
+        )
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

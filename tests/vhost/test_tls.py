@@ -95,7 +95,8 @@ def test_sni_passthrough_with_openssl_s_client(proxy: Proxy, certs: dict[str, Ce
             [openssl, "s_client", "-connect", f"127.0.0.1:{proxy.tls_port}",
              "-servername", "secure.example.com", "-CAfile", certs["secure"].cert,
              "-verify_return_error", "-quiet"],
-            input=b"GET /via-openssl HTTP/1.1\r\nHost: secure.example.com\r\nConnection: close\r\n\r\n",
+            input=b"GET /via-openssl HTTP/1.1\r\nHost: secure.example.com\r\n"
+                  b"Connection: close\r\n\r\n",
             capture_output=True, timeout=TIMEOUT_S,
         )  # fmt: skip
         assert b'"backend": "secure"' in result.stdout, result.stderr
@@ -114,7 +115,8 @@ def test_unknown_or_missing_sni_gets_an_unrecognized_name_alert(
                 with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
                     context.wrap_socket(raw, server_hostname="other.example.com")
         result = subprocess.run(
-            [openssl, "s_client", "-connect", f"127.0.0.1:{proxy.tls_port}", "-servername", "nope.example.com"],
+            [openssl, "s_client", "-connect", f"127.0.0.1:{proxy.tls_port}",
+             "-servername", "nope.example.com"],
             input=b"", capture_output=True, timeout=TIMEOUT_S,
         )  # fmt: skip
         assert (
