@@ -6,8 +6,8 @@ import socket
 import time
 
 import anyio
-import pytest
 import anyio.abc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
