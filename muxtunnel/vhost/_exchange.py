@@ -175,12 +175,13 @@ class Exchange:
     async def run(self) -> None:
         """Run to the end of the response (or a failure, recorded in `failure`)."""
         try:
-            await self._send_up(self.up.conn.send(self.request))
-            if self.request_complete:
-                await self._send_up(self.up.conn.send(h11.EndOfMessage()))
+            head = self.up.conn.send(self.request)
+            if self.request_complete:  # head and end in one send
+                await self._send_up(head + self.up.conn.send(h11.EndOfMessage()))
                 self._start_response_clock()
                 await self._response()
                 return
+            await self._send_up(head)
         except ExchangeFailure as exc:
             self._fail(exc)
             return
@@ -205,6 +206,8 @@ class Exchange:
         self._head_scope.deadline = anyio.current_time() + self.response_timeout_s
 
     async def _send_up(self, data: bytes) -> None:
+        if not data:
+            return
         try:
             with anyio.fail_after(self.send_timeout_s):
                 await self.up.stream.send(data)
@@ -215,6 +218,8 @@ class Exchange:
         self.counters.bytes_in += len(data)
 
     async def _send_visitor(self, data: bytes) -> None:
+        if not data:
+            return
         await self.visitor.send(data)
         self.counters.bytes_out += len(data)
 
@@ -231,23 +236,27 @@ class Exchange:
             self._start_response_clock()
             return
 
+    def _up_event(self) -> object:
+        """The next event h11 can parse from the service's bytes already received (or NEED_DATA)."""
+        try:
+            return self.up.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise UpstreamBroken(f"the service's response is not HTTP/1.1: {exc}") from None
+
+    async def _receive_up(self) -> None:
+        try:
+            data = await self.up.stream.receive(CHUNK_BYTES)
+        except anyio.EndOfStream:
+            data = b""
+        except IO_ERRORS as exc:
+            raise UpstreamBroken(f"the service's stream failed: {exc!r}") from None
+        self.received_bytes += len(data)
+        self.up.conn.receive_data(data)
+
     async def _next_up_event(self) -> object:
-        conn = self.up.conn
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise UpstreamBroken(f"the service's response is not HTTP/1.1: {exc}") from None
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.up.stream.receive(CHUNK_BYTES)
-            except anyio.EndOfStream:
-                data = b""
-            except IO_ERRORS as exc:
-                raise UpstreamBroken(f"the service's stream failed: {exc!r}") from None
-            self.received_bytes += len(data)
-            conn.receive_data(data)
+        while (event := self._up_event()) is h11.NEED_DATA:
+            await self._receive_up()
+        return event
 
     async def _response(self) -> None:
         visitor_conn = self.visitor.conn
@@ -261,7 +270,7 @@ class Exchange:
                         await self._switch(event)
                         return
                     if event.status_code != 100:  # 100: answered by us already, or not asked
-                        await self._send_visitor_event(event)
+                        await self._send_visitor(self._to_visitor(event))
                     continue
                 raise UpstreamBroken(
                     f"the service closed before responding ({type(event).__name__})"
@@ -273,38 +282,52 @@ class Exchange:
         if not self.request_complete:
             headers.append((b"Connection", b"close"))
         response = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
-        await self._send_visitor_event(response)
+        # Bytes for the visitor are gathered while h11 has events without waiting for the
+        # service, and sent before any wait: a small response goes out in one send.
+        pending = [self._to_visitor(response)]
+        pending_bytes = len(pending[0])
         self.status = event.status_code
         self.counters.count_response(event.status_code)
         has_length = any(name == b"content-length" for name, _ in event.headers)
         while True:
-            event = await self._next_up_event()
-            if type(event) is h11.Data:
-                await self._send_visitor_event(event)
+            event = self._up_event()
+            if event is h11.NEED_DATA:
+                if pending:
+                    await self._send_visitor(b"".join(pending))
+                    pending.clear()
+                    pending_bytes = 0
+                await self._receive_up()
+            elif type(event) is h11.Data:
+                data = self._to_visitor(event)
+                pending.append(data)
+                pending_bytes += len(data)
+                if pending_bytes >= CHUNK_BYTES:
+                    await self._send_visitor(b"".join(pending))
+                    pending.clear()
+                    pending_bytes = 0
             elif type(event) is h11.EndOfMessage:
                 # Only a chunked body can carry trailers to the visitor.
                 chunked = not has_length and visitor_conn.their_http_version == b"1.1"
                 trailers = list(event.headers.raw_items()) if chunked else []
-                await self._send_visitor_event(h11.EndOfMessage(headers=trailers))
+                pending.append(self._to_visitor(h11.EndOfMessage(headers=trailers)))
+                await self._send_visitor(b"".join(pending))
                 self.response_done = True
                 return
             else:
                 raise UpstreamBroken(f"the service's response ended early ({type(event).__name__})")
 
-    async def _send_visitor_event(self, event: h11.Event) -> None:
+    def _to_visitor(self, event: h11.Event) -> bytes:
+        """The bytes of `event` for the visitor (h11 checks it fits the visitor's state)."""
         try:
-            data = self.visitor.conn.send(event)
+            return self.visitor.conn.send(event) or b""
         except h11.LocalProtocolError as exc:
             raise UpstreamBroken(f"cannot forward the service's response: {exc}") from None
-        if data:
-            await self._send_visitor(data)
 
     async def _switch(self, event: h11.InformationalResponse) -> None:
         # h11 (both sides) refuses a 101 that no request proposed: UpstreamBroken below.
         headers = response_headers(event.headers.raw_items(), upgrade=True)
-        await self._send_visitor_event(
-            h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason)
-        )
+        switch = h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason)
+        await self._send_visitor(self._to_visitor(switch))
         self.status = 101
         self.counters.count_response(101)
         self.switched = True

@@ -58,6 +58,8 @@ __all__ = ["HttpConnection"]
 log = structlog.get_logger("muxtunnel.vhost")
 
 _OPEN_ERRORS = (UpstreamUnavailable, TransportError, *IO_ERRORS)
+#: Idle time of a keep-alive visitor after which its kept upstream is watched for closing.
+_WATCH_AFTER_S = 0.1
 #: Statuses after which we close even a connection that could carry another request.
 _CLOSING_STATUSES = frozenset({400, 408, 431, 501})
 
@@ -146,10 +148,21 @@ class HttpConnection:
             return None
 
     async def _receive_idle(self) -> int | None:
-        """Wait for the next request's first bytes; watch a kept upstream meanwhile."""
+        """Wait for the next request's first bytes; watch a kept upstream meanwhile.
+
+        The watch (a task reading the upstream) costs about as much as the rest of a small
+        request, so it starts only once the visitor has been idle for `_WATCH_AFTER_S`: a
+        service closes an idle keep-alive connection after seconds, not milliseconds, and a
+        bodiless request that meets a just-closed one is retried anyway.
+        """
         up = self.upstream
+        timeout_s = self.config.idle_timeout_s
         if up is None:
-            return await self.side.receive(self.config.idle_timeout_s)
+            return await self.side.receive(timeout_s)
+        size = await self.side.receive(min(timeout_s, _WATCH_AFTER_S))
+        if size is not None or timeout_s <= _WATCH_AFTER_S:
+            return size
+        timeout_s -= _WATCH_AFTER_S
 
         async def watch() -> None:
             try:
@@ -158,11 +171,11 @@ class HttpConnection:
                 pass
             up.dead = True
 
-        size: int | None = None
+        size = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             try:
-                size = await self.side.receive(self.config.idle_timeout_s)
+                size = await self.side.receive(timeout_s)
             finally:
                 tg.cancel_scope.cancel()
         return size
