@@ -21,7 +21,6 @@ Theory of operation (one `HttpConnection` per visitor connection, one task):
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -29,7 +28,7 @@ import h11
 import structlog
 
 from muxtunnel.proxy import pipe
-from muxtunnel.transport import TransportError, abort
+from muxtunnel.transport import abort
 from muxtunnel.vhost._exchange import (
     IO_ERRORS,
     Exchange,
@@ -41,14 +40,20 @@ from muxtunnel.vhost._exchange import (
     VisitorGone,
     VisitorSide,
 )
+from muxtunnel.vhost._request import (
+    CLOSING_STATUSES,
+    Refusal,
+    cycle_done,
+    head_bytes,
+    host_and_path,
+)
 from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, connection_tokens, request_headers
 from muxtunnel.vhost.limits import log_doubling
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.pages import error_response
-from muxtunnel.vhost.proxy_protocol import encode_proxy_header
 from muxtunnel.vhost.routes import Route, routing_path
 from muxtunnel.vhost.streams import CountingStream, PrefixedStream, linger_close
-from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor
+from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor, open_service
 
 if TYPE_CHECKING:
     from muxtunnel.vhost.engine import VhostEngine
@@ -57,21 +62,8 @@ __all__ = ["HttpConnection"]
 
 log = structlog.get_logger("muxtunnel.vhost")
 
-_OPEN_ERRORS = (UpstreamUnavailable, TransportError, *IO_ERRORS)
 #: Idle time of a keep-alive visitor after which its kept upstream is watched for closing.
 _WATCH_AFTER_S = 0.1
-#: Statuses after which we close even a connection that could carry another request.
-_CLOSING_STATUSES = frozenset({400, 408, 431, 501})
-
-
-class _Refusal(Exception):
-    """A request the proxy answers itself with `status` (and counts under `reason`)."""
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
 
 
 class HttpConnection:
@@ -122,7 +114,7 @@ class HttpConnection:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 reason = "headers_too_large" if status == 431 else "bad_request"
-                await self._refuse(_Refusal(status, reason, f"Malformed request: {exc}"), None)
+                await self._refuse(Refusal(status, reason, f"Malformed request: {exc}"), None)
                 return None
             if isinstance(event, h11.Request):
                 return event
@@ -143,7 +135,7 @@ class HttpConnection:
             log_doubling("request head too slow: connection closed", count,
                          visitor=self.visitor.host, received_bytes=received)  # fmt: skip
             if received:
-                await self._refuse(_Refusal(408, "head_timeout", "The request took too long."),
+                await self._refuse(Refusal(408, "head_timeout", "The request took too long."),
                                    None, count=False)  # fmt: skip
             return None
 
@@ -187,34 +179,34 @@ class HttpConnection:
         route: Route | None = None
         try:
             if len(request.headers) > self.config.max_header_count:
-                raise _Refusal(431, "headers_too_large", "Too many header fields.")
-            if _head_bytes(request) > self.config.max_header_bytes:
+                raise Refusal(431, "headers_too_large", "Too many header fields.")
+            if head_bytes(request) > self.config.max_header_bytes:
                 # h11 caps only heads still incomplete; one that arrived whole is measured here.
-                raise _Refusal(431, "headers_too_large", "The request head is too large.")
+                raise Refusal(431, "headers_too_large", "The request head is too large.")
             if request.method == b"CONNECT":
-                raise _Refusal(405, "method_not_allowed", "This is not a forward proxy.")
-            host, path, target = _host_and_path(request)
+                raise Refusal(405, "method_not_allowed", "This is not a forward proxy.")
+            host, path, target = host_and_path(request)
             try:
                 name = normalise_host(host)
             except InvalidHostError as exc:
-                raise _Refusal(400, "bad_request", f"Invalid Host header: {exc}") from None
+                raise Refusal(400, "bad_request", f"Invalid Host header: {exc}") from None
             routes = self.engine.http_routes
             route = routes.lookup(name, routing_path(path))
             if route is None:
                 where = f"{name}{path[:200]}" if routes.has_host(name) else name
-                raise _Refusal(404, "unknown_host", f"No service is registered for {where}.")
+                raise Refusal(404, "unknown_host", f"No service is registered for {where}.")
             expect = [v.strip().lower() for n, v in request.headers if n == b"expect"]
             if expect and expect != [b"100-continue"]:
-                raise _Refusal(
+                raise Refusal(
                     417, "expectation_failed", "Only 'Expect: 100-continue' is supported."
                 )
             if route.auth_credentials is not None:
                 authorization = next((v for n, v in request.headers if n == b"authorization"), None)
                 if not basic_auth_ok(authorization, route.auth_credentials):
-                    raise _Refusal(
+                    raise Refusal(
                         401, "unauthorized", "This service needs a user name and password."
                     )
-        except _Refusal as refusal:
+        except Refusal as refusal:
             return await self._refuse(refusal, route)
         return await self._forward(request, route, host, target)
 
@@ -287,7 +279,7 @@ class HttpConnection:
             up.conn.start_next_cycle()
         else:
             await self._drop_upstream(abortive=False)
-        if _cycle_done(conn):
+        if cycle_done(conn):
             return True
         await linger_close(
             self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
@@ -301,28 +293,17 @@ class HttpConnection:
                 up.reused = True
                 return up
             await self._drop_upstream(abortive=False)
-        target = route.target
         try:
-            with anyio.fail_after(self.config.upstream_open_timeout_s):
-                stream = await self.engine.upstream.open(target, self.visitor)
+            stream = await open_service(
+                self.engine.upstream, route.target, self.visitor, self.config
+            )
         except TimeoutError:
             raise UpstreamSlow("opening a stream to the service timed out") from None
-        except _OPEN_ERRORS as exc:
+        except UpstreamUnavailable as exc:
             raise UpstreamBroken(f"the service is unavailable: {exc}") from None
         self.upstream = up = UpstreamConnection(
-            stream, target, self.config.max_response_header_bytes
+            stream, route.target, self.config.max_response_header_bytes
         )
-        if target.options.proxy_protocol is not None:
-            header = encode_proxy_header(
-                target.options.proxy_protocol,
-                (self.visitor.host, self.visitor.port),
-                (self.visitor.local_host, self.visitor.local_port),
-            )
-            try:
-                with anyio.fail_after(self.config.send_timeout_s):
-                    await stream.send(header)
-            except (TimeoutError, *IO_ERRORS) as exc:
-                raise UpstreamBroken(f"sending the PROXY header failed: {exc!r}") from None
         return up
 
     async def _drop_upstream(self, *, abortive: bool) -> None:
@@ -357,11 +338,11 @@ class HttpConnection:
             self._aborted = True  # the visitor must see a failure, not a clean end
             raise VisitorGone(str(failure))
         if isinstance(failure, VisitorBroke):
-            refusal = _Refusal(400, "bad_request", f"Malformed request body: {failure}")
+            refusal = Refusal(400, "bad_request", f"Malformed request body: {failure}")
         elif isinstance(failure, UpstreamSlow):
-            refusal = _Refusal(504, "upstream_timeout", "The service did not answer in time.")
+            refusal = Refusal(504, "upstream_timeout", "The service did not answer in time.")
         else:
-            refusal = _Refusal(
+            refusal = Refusal(
                 502, "upstream_unavailable", "The service is not reachable right now."
             )
         count = route.counters.refuse(refusal.reason)
@@ -369,7 +350,7 @@ class HttpConnection:
                      status=refusal.status, error=str(failure))  # fmt: skip
         return await self._refuse(refusal, route, count=False)
 
-    async def _refuse(self, refusal: _Refusal, route: Route | None, *, count: bool = True) -> bool:
+    async def _refuse(self, refusal: Refusal, route: Route | None, *, count: bool = True) -> bool:
         """Answer with an error page; True if the connection can go on."""
         conn = self.side.conn
         if count:
@@ -384,7 +365,7 @@ class HttpConnection:
             return False
         # A request that broke the protocol (or took too long) ends the connection whatever
         # is left of it; the others keep a connection whose request was read whole.
-        keep = refusal.status not in _CLOSING_STATUSES and self._request_read_whole()
+        keep = refusal.status not in CLOSING_STATUSES and self._request_read_whole()
         extra = (
             [(b"WWW-Authenticate", route.auth_challenge)]
             if refusal.status == 401 and route and route.auth_challenge
@@ -403,7 +384,7 @@ class HttpConnection:
             self._aborted = True
             return False
         await self.side.send(data)
-        if keep and _cycle_done(conn):
+        if keep and cycle_done(conn):
             return True
         await linger_close(
             self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
@@ -420,43 +401,3 @@ class HttpConnection:
                 return False
             return type(event) is h11.EndOfMessage
         return conn.their_state is h11.DONE
-
-
-def _head_bytes(request: h11.Request) -> int:
-    """The size of a request head as sent (within a few bytes of line endings)."""
-    size = len(request.method) + len(request.target) + 12
-    for name, value in request.headers:
-        size += len(name) + len(value) + 4
-    return size
-
-
-def _cycle_done(conn: h11.Connection) -> bool:
-    """Both sides finished this request/response and kept the connection alive."""
-    return conn.our_state is h11.DONE and conn.their_state is h11.DONE
-
-
-def _host_and_path(request: h11.Request) -> tuple[bytes, str, bytes]:
-    """(Host as the visitor sent it, the path to route by, the target to send upstream)."""
-    hosts = [value for name, value in request.headers if name == b"host"]
-    if len(hosts) > 1:
-        raise _Refusal(400, "bad_request", "More than one Host header.")
-    target = request.target
-    if target.startswith(b"/"):
-        if not hosts:
-            raise _Refusal(400, "bad_request", "The request has no Host header.")
-        path = target.partition(b"?")[0].partition(b"#")[0]
-        return hosts[0], path.decode("latin-1"), target
-    if target == b"*" and request.method == b"OPTIONS":
-        if not hosts:
-            raise _Refusal(400, "bad_request", "The request has no Host header.")
-        return hosts[0], "/", target
-    lowered = target[:8].lower()
-    if lowered.startswith((b"http://", b"https://")):
-        # RFC 9112 §3.2.2: the authority of an absolute-form target replaces Host.
-        parts = urlsplit(target.decode("latin-1"))
-        if not parts.netloc or "@" in parts.netloc:
-            raise _Refusal(400, "bad_request", "Invalid absolute request target.")
-        route_path = parts.path or "/"
-        origin = route_path + (f"?{parts.query}" if parts.query else "")
-        return parts.netloc.encode("latin-1"), route_path, origin.encode("latin-1")
-    raise _Refusal(400, "bad_request", "The request target must be a path.")

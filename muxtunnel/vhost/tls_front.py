@@ -21,12 +21,11 @@ import anyio.abc
 import structlog
 
 from muxtunnel.proxy import pipe
-from muxtunnel.transport import TransportError, abort
+from muxtunnel.transport import abort
 from muxtunnel.vhost._exchange import IO_ERRORS
 from muxtunnel.vhost.http import HttpConnection
 from muxtunnel.vhost.limits import log_doubling
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
-from muxtunnel.vhost.proxy_protocol import encode_proxy_header
 from muxtunnel.vhost.routes import Route
 from muxtunnel.vhost.sni import (
     ALERT_UNRECOGNIZED_NAME,
@@ -38,7 +37,7 @@ from muxtunnel.vhost.sni import (
 )
 from muxtunnel.vhost.streams import CountingStream, PrefixedStream
 from muxtunnel.vhost.tls_stream import TlsServerStream
-from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor
+from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor, open_service
 
 if TYPE_CHECKING:
     from muxtunnel.vhost.engine import VhostEngine
@@ -127,17 +126,8 @@ async def _passthrough(
 ) -> None:
     target, counters = route.target, route.counters
     try:
-        with anyio.fail_after(engine.config.upstream_open_timeout_s):
-            upstream = await engine.upstream.open(target, visitor)
-        if target.options.proxy_protocol is not None:
-            header = encode_proxy_header(
-                target.options.proxy_protocol,
-                (visitor.host, visitor.port),
-                (visitor.local_host, visitor.local_port),
-            )
-            with anyio.fail_after(engine.config.send_timeout_s):
-                await upstream.send(header)
-    except (TimeoutError, UpstreamUnavailable, TransportError, *IO_ERRORS) as exc:
+        upstream = await open_service(engine.upstream, target, visitor, engine.config)
+    except (TimeoutError, UpstreamUnavailable) as exc:
         count = counters.refuse("upstream_unavailable")
         log_doubling("tls connection failed: service unavailable", count,
                      service=target.service, error=str(exc) or type(exc).__name__)  # fmt: skip

@@ -12,12 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+import anyio
 import anyio.abc
 
-from muxtunnel.transport import TransportError, connect
+from muxtunnel.transport import TransportError, abort, connect
+from muxtunnel.vhost.config import VhostConfig
+from muxtunnel.vhost.proxy_protocol import encode_proxy_header
 from muxtunnel.vhost.routes import RouteTarget
 
-__all__ = ["DirectUpstream", "Upstream", "UpstreamUnavailable", "Visitor"]
+__all__ = ["DirectUpstream", "Upstream", "UpstreamUnavailable", "Visitor", "open_service"]
 
 
 class UpstreamUnavailable(Exception):
@@ -83,3 +86,39 @@ class DirectUpstream:
             return await connect(address[0], address[1], timeout_s=self.timeout_s)
         except TransportError as exc:
             raise UpstreamUnavailable(str(exc)) from None
+
+
+_OPEN_ERRORS = (
+    UpstreamUnavailable,
+    TransportError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+
+
+async def open_service(
+    upstream: Upstream, target: RouteTarget, visitor: Visitor, config: VhostConfig
+) -> anyio.abc.ByteStream:
+    """A stream to `target`'s service, its PROXY header (if the route wants one) sent.
+
+    Raises `TimeoutError` past `upstream_open_timeout_s` (a 504) and `UpstreamUnavailable` for
+    every other failure (a 502), whatever the `Upstream` raised.
+    """
+    try:
+        with anyio.fail_after(config.upstream_open_timeout_s):
+            stream = await upstream.open(target, visitor)
+    except _OPEN_ERRORS as exc:
+        raise UpstreamUnavailable(str(exc) or type(exc).__name__) from None
+    version = target.options.proxy_protocol
+    if version is not None:
+        header = encode_proxy_header(
+            version, (visitor.host, visitor.port), (visitor.local_host, visitor.local_port)
+        )
+        try:
+            with anyio.fail_after(config.send_timeout_s):
+                await stream.send(header)
+        except (TimeoutError, *_OPEN_ERRORS) as exc:
+            await abort(stream)
+            raise UpstreamUnavailable(f"sending the PROXY header failed: {exc!r}") from None
+    return stream
