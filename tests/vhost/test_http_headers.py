@@ -136,3 +136,40 @@ def test_401_keeps_a_bodiless_connection_alive(proxy: Proxy) -> None:
             first, second = read_responses(sock, 2)
         assert (first.status, second.status) == (401, 200)
         assert "close" not in first.headers.get("connection", "")
+
+
+def test_ipv6_visitor_on_loopback_reaches_the_service_with_its_address() -> None:
+    import os
+
+    import pytest
+    from anyio.from_thread import start_blocking_portal
+
+    from muxtunnel.transport import listen_tcp, local_port
+    from muxtunnel.vhost import DirectUpstream, RouteTarget, VhostEngine
+
+    def unavailable(why: str) -> None:
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(why)
+
+    if not socket.has_ipv6:
+        unavailable("no IPv6 on this machine")
+    with backend("app") as app, start_blocking_portal("asyncio") as portal:
+        engine = VhostEngine(DirectUpstream({"app": address_of(app)}))
+        engine.http_routes.add(RouteTarget("app", "c1"), ["app.example.com"])
+        try:
+            listener = portal.call(listen_tcp, "::1", 0)
+        except Exception as exc:  # no ::1 configured
+            unavailable(f"cannot listen on ::1: {exc}")
+        task = portal.start_task_soon(listener.serve, engine.serve_http)
+        try:
+            with socket.create_connection(("::1", local_port(listener)), timeout=TIMEOUT_S) as sock:
+                port = sock.getsockname()[1]
+                sock.sendall(
+                    b"GET / HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n"
+                )
+                (reply,) = read_responses(sock, 1)
+        finally:
+            task.cancel()
+            portal.call(listener.aclose)
+        report = reply.body.decode()
+        assert '["X-Forwarded-For", "::1"]' in report
+        assert f'for=\\"[::1]:{port}\\"' in report
