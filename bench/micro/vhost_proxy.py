@@ -58,25 +58,87 @@ async def _run_backend() -> None:
 # ---------------------------------------------------------------------------------- relays
 
 
-async def _run_relay(kind: str, backend_port: int) -> None:
+async def _run_relay(kind: str, backend_port: int, mux: bool) -> None:
+    """Serve visitors on a port (printed); with `mux`, reach the backend through a mux session
+    to a `muxclient` process (the carrier port is printed second), as `listen` reaches `up`."""
     import anyio
 
-    from muxtunnel.proxy import pipe
-    from muxtunnel.transport import connect, listen_tcp, local_port
-    from muxtunnel.vhost import DirectUpstream, RouteTarget, VhostEngine
+    from mux import Session
+    from muxtunnel.transport import listen_tcp, local_port
 
     listener = await listen_tcp("127.0.0.1", 0)
     print(local_port(listener), flush=True)
+    session: Session | None = None
+    if mux:
+        carriers = await listen_tcp("127.0.0.1", 0)
+        print(local_port(carriers), flush=True)
+        accepted: list[anyio.abc.SocketStream] = []
+        got_one = anyio.Event()
+
+        async def take(stream: anyio.abc.SocketStream) -> None:
+            accepted.append(stream)
+            got_one.set()
+            await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(carriers.serve, take)
+            await got_one.wait()
+            async with Session(accepted[0], client=False) as session:
+                await _serve_visitors(kind, listener, backend_port, session)
+        return
+    await _serve_visitors(kind, listener, backend_port, None)
+
+
+async def _serve_visitors(kind: str, listener: object, backend_port: int, session: object) -> None:
+    import anyio
+
+    from mux import Session
+    from muxtunnel.proxy import pipe
+    from muxtunnel.transport import connect
+    from muxtunnel.vhost import DirectUpstream, RouteTarget, VhostEngine, Visitor
+
+    assert isinstance(listener, anyio.abc.Listener)
+    assert session is None or isinstance(session, Session)
+
+    async def open_upstream() -> anyio.abc.ByteStream:
+        if session is not None:
+            return await session.open_stream()
+        return await connect("127.0.0.1", backend_port)
+
     if kind == "pipe":
 
         async def handle(stream: anyio.abc.SocketStream) -> None:
-            await pipe(stream, await connect("127.0.0.1", backend_port))
+            await pipe(stream, await open_upstream())
 
         await listener.serve(handle)
-    else:
-        engine = VhostEngine(DirectUpstream({"app": ("127.0.0.1", backend_port)}))
-        engine.http_routes.add(RouteTarget("app", "bench"), [HOST])
-        await listener.serve(engine.serve_http)
+        return
+
+    class MuxUpstream(DirectUpstream):
+        async def open(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
+            return await open_upstream()
+
+    engine = VhostEngine(MuxUpstream({}))
+    engine.http_routes.add(RouteTarget("app", "bench"), [HOST])
+    await listener.serve(engine.serve_http)
+
+
+async def _run_mux_client(carrier_port: int, backend_port: int) -> None:
+    """The `up` side: one carrier to the relay, every stream piped to the backend."""
+    import anyio
+
+    from mux import Session
+    from muxtunnel.proxy import pipe
+    from muxtunnel.transport import connect
+
+    carrier = await connect("127.0.0.1", carrier_port)
+    async with Session(carrier, client=True) as session, anyio.create_task_group() as tg:
+        while True:
+            stream = await session.accept_stream()
+
+            async def serve(stream: anyio.abc.ByteStream = stream) -> None:
+                await pipe(stream, await connect("127.0.0.1", backend_port))
+
+            tg.start_soon(serve)
 
 
 # ---------------------------------------------------------------------------------- client
@@ -170,6 +232,25 @@ def _spawn(*args: str, uvloop: bool) -> tuple[subprocess.Popen[str], int]:
     return process, int(process.stdout.readline())
 
 
+def _spawn_relay(
+    kind: str, backend_port: int, args: argparse.Namespace, processes: list[subprocess.Popen[str]]
+) -> tuple[subprocess.Popen[str], int]:
+    """A relay (and, with --mux, its mux client process); returns the relay and its port."""
+    extra = ["--mux"] if args.mux else []
+    relay, port = _spawn("--role", kind, "--port", str(backend_port), *extra, uvloop=args.uvloop)
+    processes.append(relay)
+    if args.mux:
+        assert relay.stdout is not None
+        carrier_port = int(relay.stdout.readline())
+        client = subprocess.Popen(
+            [sys.executable, "-m", "bench.micro.vhost_proxy", "--role", "muxclient",
+             "--port", str(backend_port), "--carrier-port", str(carrier_port)]
+            + (["--uvloop"] if args.uvloop else []),
+        )  # fmt: skip
+        processes.append(client)
+    return relay, port
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
@@ -197,8 +278,13 @@ def _measure(port: int, args: argparse.Namespace, relay: int | None = None) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    roles = ["driver", "backend", "pipe", "vhost", "client", "muxclient"]
+    parser.add_argument("--role", choices=roles, default="driver")
+    parser.add_argument("--carrier-port", type=int, default=0)
     parser.add_argument(
-        "--role", choices=["driver", "backend", "pipe", "vhost", "client"], default="driver"
+        "--mux",
+        action="store_true",
+        help="relays reach the backend through a mux session to a second process (as listen/up)",
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -221,7 +307,12 @@ def main() -> None:
     if args.role in ("pipe", "vhost"):
         import anyio
 
-        anyio.run(_run_relay, args.role, args.port, backend="asyncio")
+        anyio.run(_run_relay, args.role, args.port, args.mux, backend="asyncio")
+        return
+    if args.role == "muxclient":
+        import anyio
+
+        anyio.run(_run_mux_client, args.carrier_port, args.port, backend="asyncio")
         return
     if args.role == "client":
         asyncio.run(_run_client(args.port, args.seconds, args.connections, args.keepalive))
@@ -232,13 +323,9 @@ def main() -> None:
     processes = [backend]
     try:
         rows = [("direct", _measure(backend_port, args))]
-        pipe, pipe_port = _spawn("--role", "pipe", "--port", str(backend_port), uvloop=args.uvloop)
-        processes.append(pipe)
+        pipe, pipe_port = _spawn_relay("pipe", backend_port, args, processes)
         rows.append(("raw pipe", _measure(pipe_port, args, pipe.pid)))
-        vhost, vhost_port = _spawn(
-            "--role", "vhost", "--port", str(backend_port), uvloop=args.uvloop
-        )
-        processes.append(vhost)
+        vhost, vhost_port = _spawn_relay("vhost", backend_port, args, processes)
         spy = None
         if args.profile:
             py_spy = shutil.which("py-spy") or os.path.join(
@@ -258,6 +345,8 @@ def main() -> None:
             process.terminate()
             process.wait(30)
     mode = "keep-alive" if args.keepalive else "a new connection per request"
+    if args.mux:
+        mode += ", relays reach the backend through a mux session (as listen/up)"
     loop = "uvloop" if args.uvloop else "asyncio"
     print(f"HTTP GET, {mode}, {args.connections} connections, {args.seconds:g} s each, {loop}")
     print(f"{'path':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'relay CPU us/req':>17}")

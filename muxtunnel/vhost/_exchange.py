@@ -16,13 +16,13 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
 import h11
 
+from muxtunnel.vhost._deadline import Deadline
 from muxtunnel.vhost.config import VhostConfig
 from muxtunnel.vhost.headers import response_headers
 from muxtunnel.vhost.routes import Route, RouteTarget
@@ -67,36 +67,45 @@ class UpstreamSlow(ExchangeFailure):
 
 
 class VisitorSide:
-    """The visitor's stream and h11 state machine, with bounded sends and receives."""
+    """The visitor's stream and h11 state machine, with bounded sends and receives.
 
-    __slots__ = ("config", "conn", "stream")
+    Waits of the connection's own task are bounded by its lazy `deadline` (set by
+    `HttpConnection`; expiry cancels the whole connection); the request-body task of an
+    `Exchange` runs beside it and bounds its waits with scopes of its own.
+    """
+
+    __slots__ = ("config", "conn", "deadline", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream, config: VhostConfig) -> None:
         self.stream = stream
         self.config = config
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self.deadline: Deadline | None = None
 
     async def send(self, data: bytes) -> None:
+        deadline = self.deadline
         try:
-            with anyio.fail_after(self.config.send_timeout_s):
+            if deadline is not None:
+                deadline.set(self.config.send_timeout_s, "send_visitor")
                 await self.stream.send(data)
+            else:
+                with anyio.fail_after(self.config.send_timeout_s):
+                    await self.stream.send(data)
         except TimeoutError:
             raise VisitorGone("the visitor stopped reading") from None
         except IO_ERRORS as exc:
             raise VisitorGone(f"sending to the visitor failed: {exc!r}") from None
 
-    async def receive(self, timeout_s: float) -> int | None:
-        """Feed one chunk (or EOF: 0) to h11; its size, or None if `timeout_s` passed first."""
-        with anyio.move_on_after(timeout_s):
-            try:
-                data = await self.stream.receive(CHUNK_BYTES)
-            except anyio.EndOfStream:
-                data = b""
-            except IO_ERRORS as exc:
-                raise VisitorGone(f"receiving from the visitor failed: {exc!r}") from None
-            self.conn.receive_data(data)
-            return len(data)
-        return None
+    async def receive(self) -> int:
+        """Feed one chunk (or EOF: 0) to h11; bounded by whatever the caller set."""
+        try:
+            data = await self.stream.receive(CHUNK_BYTES)
+        except anyio.EndOfStream:
+            data = b""
+        except IO_ERRORS as exc:
+            raise VisitorGone(f"receiving from the visitor failed: {exc!r}") from None
+        self.conn.receive_data(data)
+        return len(data)
 
     async def next_body_event(self) -> h11.Data | h11.EndOfMessage:
         """The next piece of the request body; the visitor may pause `idle_timeout_s` at most."""
@@ -106,9 +115,10 @@ class VisitorSide:
             except h11.RemoteProtocolError as exc:
                 raise VisitorBroke(str(exc)) from None
             if event is h11.NEED_DATA:
-                if await self.receive(self.config.idle_timeout_s) is None:
-                    raise VisitorGone("the request body stalled")
-                continue
+                with anyio.move_on_after(self.config.idle_timeout_s):
+                    await self.receive()
+                    continue
+                raise VisitorGone("the request body stalled")
             if isinstance(event, (h11.Data, h11.EndOfMessage)):
                 return event
             raise VisitorGone(f"the visitor closed mid-request ({type(event).__name__})")
@@ -159,13 +169,13 @@ class Exchange:
         self.chunked = chunked
         self.response_timeout_s = response_timeout_s
         self.send_timeout_s = visitor.config.send_timeout_s
+        self.deadline = visitor.deadline
         self.failure: ExchangeFailure | None = None
         #: Bytes received from the service (a reused stream that gave none may be retried).
         self.received_bytes = 0
         self.status: int | None = None  # final status sent to the visitor
         self.response_done = False
         self.switched = False
-        self._head_scope = anyio.CancelScope(deadline=math.inf)
         self._trailers: list[tuple[bytes, bytes]] = []
 
     @property
@@ -173,18 +183,24 @@ class Exchange:
         return self.status is not None
 
     async def run(self) -> None:
-        """Run to the end of the response (or a failure, recorded in `failure`)."""
+        """Run to the end of the response (or a failure, recorded in `failure`).
+
+        A wait of this (the connection's) task that outlives its deadline cancels the whole
+        connection: `HttpConnection` answers for it from `deadline.expired`.
+        """
         try:
             head = self.up.conn.send(self.request)
             if self.request_complete:  # head and end in one send
-                await self._send_up(head + self.up.conn.send(h11.EndOfMessage()))
+                await self._send_up(head + self.up.conn.send(h11.EndOfMessage()), lazy=True)
                 self._start_response_clock()
                 await self._response()
                 return
-            await self._send_up(head)
+            await self._send_up(head, lazy=True)
         except ExchangeFailure as exc:
             self._fail(exc)
             return
+        if self.deadline is not None:
+            self.deadline.clear()  # no response clock while the body uploads
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._guard, self._request_body, tg.cancel_scope)
             await self._guard(self._response, tg.cancel_scope)
@@ -203,14 +219,20 @@ class Exchange:
             self.failure = exc
 
     def _start_response_clock(self) -> None:
-        self._head_scope.deadline = anyio.current_time() + self.response_timeout_s
+        if self.deadline is not None:
+            self.deadline.set(self.response_timeout_s, "response")
 
-    async def _send_up(self, data: bytes) -> None:
+    async def _send_up(self, data: bytes, *, lazy: bool = False) -> None:
+        """Send to the service; `lazy`: on the connection's task, under its deadline."""
         if not data:
             return
         try:
-            with anyio.fail_after(self.send_timeout_s):
+            if lazy and self.deadline is not None:
+                self.deadline.set(self.send_timeout_s, "send_up")
                 await self.up.stream.send(data)
+            else:
+                with anyio.fail_after(self.send_timeout_s):
+                    await self.up.stream.send(data)
         except TimeoutError:
             raise UpstreamSlow("the service stopped reading the request") from None
         except IO_ERRORS as exc:
@@ -260,23 +282,22 @@ class Exchange:
 
     async def _response(self) -> None:
         visitor_conn = self.visitor.conn
-        with self._head_scope:
-            while True:
-                event = await self._next_up_event()
-                if type(event) is h11.Response:
-                    break
-                if type(event) is h11.InformationalResponse:
-                    if event.status_code == 101:
-                        await self._switch(event)
-                        return
-                    if event.status_code != 100:  # 100: answered by us already, or not asked
-                        await self._send_visitor(self._to_visitor(event))
-                    continue
-                raise UpstreamBroken(
-                    f"the service closed before responding ({type(event).__name__})"
-                )
-        if self._head_scope.cancelled_caught:
-            raise UpstreamSlow(f"the service did not respond within {self.response_timeout_s:g} s")
+        while True:  # bounded by the response clock, once the request is sent whole
+            event = await self._next_up_event()
+            if type(event) is h11.Response:
+                break
+            if type(event) is h11.InformationalResponse:
+                if event.status_code == 101:
+                    await self._switch(event)
+                    return
+                if event.status_code != 100:  # 100: answered by us already, or not asked
+                    await self._send_visitor(self._to_visitor(event))
+                    if self.request_complete:
+                        self._start_response_clock()  # the send above had its own deadline
+                    elif self.deadline is not None:
+                        self.deadline.clear()
+                continue
+            raise UpstreamBroken(f"the service closed before responding ({type(event).__name__})")
         assert type(event) is h11.Response
         headers = response_headers(event.headers.raw_items())
         if not self.request_complete:
@@ -296,6 +317,8 @@ class Exchange:
                     await self._send_visitor(b"".join(pending))
                     pending.clear()
                     pending_bytes = 0
+                if self.deadline is not None:
+                    self.deadline.clear()  # a streaming body may pause as long as it likes
                 await self._receive_up()
             elif type(event) is h11.Data:
                 data = self._to_visitor(event)

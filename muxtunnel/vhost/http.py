@@ -29,6 +29,7 @@ import structlog
 
 from muxtunnel.proxy import pipe
 from muxtunnel.transport import abort
+from muxtunnel.vhost._deadline import Deadline
 from muxtunnel.vhost._exchange import (
     IO_ERRORS,
     Exchange,
@@ -77,20 +78,38 @@ class HttpConnection:
         self.forwarded = ForwardedFor(visitor.host, visitor.port)
         self.proto = visitor.scheme.encode()
         self.upstream: UpstreamConnection | None = None
+        self.deadline: Deadline
         self._aborted = False
+        self._head_received = 0
+        #: The route and exchange in flight, for answering a deadline that expired in it.
+        self._current: tuple[Route, Exchange] | None = None
 
     async def run(self) -> None:
+        scope = anyio.CancelScope()
+        self.deadline = deadline = Deadline(scope)
+        self.side.deadline = deadline
         try:
-            first = True
-            while True:
-                request = await self._read_head(first)
-                if request is None or not await self._handle(request):
-                    break
-                self.side.conn.start_next_cycle()
-                first = False
-        except VisitorGone:
-            self._aborted = True
+            with scope:
+                try:
+                    first = True
+                    while True:
+                        request = await self._read_head(first)
+                        if request is None or not await self._handle(request):
+                            break
+                        self.side.conn.start_next_cycle()
+                        first = False
+                except VisitorGone:
+                    self._aborted = True
+            if deadline.expired is not None:
+                deadline.close()
+                self.side.deadline = None  # answers from here on carry scopes of their own
+                try:
+                    with anyio.move_on_after(self.config.send_timeout_s):
+                        await self._expired(deadline.expired)
+                except VisitorGone:
+                    self._aborted = True
         finally:
+            deadline.close()
             with anyio.CancelScope(shield=True):
                 await self._drop_upstream(abortive=self._aborted)
                 if self._aborted:
@@ -101,13 +120,43 @@ class HttpConnection:
                     except IO_ERRORS:
                         pass
 
+    async def _expired(self, what: str) -> None:
+        """Answer for the wait that outlived the connection's deadline (`Deadline.expired`)."""
+        if what == "idle":
+            return  # a keep-alive connection nobody used: close it quietly
+        if what == "head":
+            count = self.engine.counters.refuse("head_timeout")
+            log_doubling("request head too slow: connection closed", count,
+                         visitor=self.visitor.host, received_bytes=self._head_received)  # fmt: skip
+            if self._head_received:
+                refusal = Refusal(408, "head_timeout", "The request took too long.")
+                await self._refuse(refusal, None, count=False)
+            return
+        current = self._current
+        if what in ("response", "send_up") and current is not None:
+            route, exchange = current
+            timeout_s = exchange.response_timeout_s if what == "response" else None
+            reason = (
+                f"the service did not respond within {timeout_s:g} s"
+                if timeout_s is not None
+                else "the service stopped reading the request"
+            )
+            try:
+                await self._failed(UpstreamSlow(reason), exchange, route)
+            except VisitorGone:
+                self._aborted = True
+            return
+        self._aborted = True  # the visitor stopped reading: it must see a failure
+
     # ------------------------------------------------------------------ request heads
 
     async def _read_head(self, first: bool) -> h11.Request | None:
         conn = self.side.conn
         config = self.config
-        deadline: float | None = anyio.current_time() + config.head_timeout_s if first else None
-        received = 0
+        timed = first  # the first request's head is due within head_timeout_s of the accept
+        if first:
+            self.deadline.set(config.head_timeout_s, "head")
+        self._head_received = received = 0
         while True:
             try:
                 event = conn.next_event()
@@ -120,26 +169,18 @@ class HttpConnection:
                 return event
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed (or PAUSED, which a finished cycle cannot give)
-            if deadline is None:
+            if not timed and not received:
                 size = await self._receive_idle()
                 if not size:
-                    return None  # idle too long, or the visitor closed between requests
-                received += size
-                deadline = anyio.current_time() + config.head_timeout_s
-                continue
-            size = await self.side.receive(deadline - anyio.current_time())
-            if size is not None:
-                received += size
-                continue
-            count = self.engine.counters.refuse("head_timeout")
-            log_doubling("request head too slow: connection closed", count,
-                         visitor=self.visitor.host, received_bytes=received)  # fmt: skip
-            if received:
-                await self._refuse(Refusal(408, "head_timeout", "The request took too long."),
-                                   None, count=False)  # fmt: skip
-            return None
+                    return None  # the visitor closed between requests
+            else:
+                if not timed:  # a head in pieces: the rest is due within head_timeout_s
+                    self.deadline.set(config.head_timeout_s, "head")
+                    timed = True
+                size = await self.side.receive()
+            self._head_received = received = received + size
 
-    async def _receive_idle(self) -> int | None:
+    async def _receive_idle(self) -> int:
         """Wait for the next request's first bytes; watch a kept upstream meanwhile.
 
         The watch (a task reading the upstream) costs about as much as the rest of a small
@@ -147,14 +188,12 @@ class HttpConnection:
         service closes an idle keep-alive connection after seconds, not milliseconds, and a
         bodiless request that meets a just-closed one is retried anyway.
         """
+        self.deadline.set(self.config.idle_timeout_s, "idle")
         up = self.upstream
-        timeout_s = self.config.idle_timeout_s
         if up is None:
-            return await self.side.receive(timeout_s)
-        size = await self.side.receive(min(timeout_s, _WATCH_AFTER_S))
-        if size is not None or timeout_s <= _WATCH_AFTER_S:
-            return size
-        timeout_s -= _WATCH_AFTER_S
+            return await self.side.receive()
+        with anyio.move_on_after(_WATCH_AFTER_S):
+            return await self.side.receive()
 
         async def watch() -> None:
             try:
@@ -163,11 +202,11 @@ class HttpConnection:
                 pass
             up.dead = True
 
-        size = None
+        size = 0
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             try:
-                size = await self.side.receive(timeout_s)
+                size = await self.side.receive()
             finally:
                 tg.cancel_scope.cancel()
         return size
@@ -256,7 +295,9 @@ class HttpConnection:
                 self.side, up, route, upstream_request,
                 request_complete=request_complete, chunked=chunked, response_timeout_s=timeout_s,
             )  # fmt: skip
+            self._current = (route, exchange)
             await exchange.run()
+            self._current = None
             failure = exchange.failure
             if (
                 isinstance(failure, UpstreamBroken)
@@ -281,6 +322,7 @@ class HttpConnection:
             await self._drop_upstream(abortive=False)
         if cycle_done(conn):
             return True
+        self.deadline.clear()  # lingering is bounded by its own timeout
         await linger_close(
             self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
         )
@@ -320,6 +362,7 @@ class HttpConnection:
                     pass
 
     async def _tunnel(self, up: UpstreamConnection, route: Route) -> None:
+        self.deadline.clear()  # a raw pipe lasts as long as its peers like
         self.upstream = None  # pipe owns (and closes) both streams from here
         visitor_bytes, visitor_closed = self.side.conn.trailing_data
         up_bytes, up_closed = up.conn.trailing_data
@@ -386,6 +429,7 @@ class HttpConnection:
         await self.side.send(data)
         if keep and cycle_done(conn):
             return True
+        self.deadline.clear()  # lingering is bounded by its own timeout
         await linger_close(
             self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
         )

@@ -206,3 +206,97 @@ def test_idle_connection_is_closed_without_an_answer() -> None:
         started = time.monotonic()
         assert raw_exchange(proxy.http_port, b"") == b""
         assert time.monotonic() - started < 2.0
+
+
+def _wait_for_connections(proxy: Proxy, count: int) -> None:
+    """Until the engine serves `count` visitor connections (bounded by TIMEOUT_S)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    live = lambda: proxy.portal.call(lambda: len(proxy.engine.limiter))  # noqa: E731
+    while live() != count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live() == count
+
+
+def test_visitor_that_stops_reading_is_cut_off() -> None:
+    with running_proxy(VhostConfig(send_timeout_s=0.5)) as proxy, backend("big") as big:
+        proxy.add_http("big", ["big.example.com"], address_of(big))
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /bytes/268435456 HTTP/1.1\r\nHost: big.example.com\r\n\r\n")
+            _wait_for_connections(proxy, 1)
+            _wait_for_connections(proxy, 0)  # never reading: the proxy gives up on us
+            elapsed = time.monotonic() - started
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(1 << 20):
+                    pass
+        assert 0.4 < elapsed < 5.0
+
+
+def test_stalled_request_body_is_cut_off() -> None:
+    with running_proxy(VhostConfig(idle_timeout_s=0.5)) as proxy, backend("app") as app:
+        proxy.add_http("app", ["app.example.com"], address_of(app))
+        with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 100\r\n\r\n")
+            sock.sendall(b"x" * 10)  # ... and nothing more
+            started = time.monotonic()
+            with pytest.raises(ConnectionResetError):
+                sock.recv(65536)  # reset, not a clean end: the body never arrived whole
+            assert time.monotonic() - started < 5.0
+        assert app.requests == 0 or app.requests == 1  # it may have started reading; never done
+
+
+@contextmanager
+def deaf_backend() -> Iterator[tuple[str, int]]:
+    """Accepts connections and never reads from them."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        host, port = server.getsockname()[:2]
+        yield host, port
+    finally:
+        stop.set()
+        thread.join(TIMEOUT_S)
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_service_that_stops_reading_the_body_is_a_504() -> None:
+    with running_proxy(VhostConfig(send_timeout_s=0.5)) as proxy, deaf_backend() as address:
+        proxy.add_http("deaf", ["deaf.example.com"], address)
+        with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
+            total = 256 * 1024 * 1024
+            head = f"PUT / HTTP/1.1\r\nHost: deaf.example.com\r\nContent-Length: {total}\r\n"
+            sock.sendall(head.encode() + b"\r\n")
+
+            def upload() -> None:
+                try:
+                    block = b"u" * 65536
+                    for _ in range(total // len(block)):
+                        sock.sendall(block)
+                except OSError:
+                    pass  # the proxy answered and closed: expected
+
+            uploader = threading.Thread(target=upload, daemon=True)
+            uploader.start()
+            answer = sock.recv(65536)
+            uploader.join(TIMEOUT_S)
+        assert answer.startswith(b"HTTP/1.1 504 "), answer[:80]
+        assert proxy.snapshot().services["deaf"].refusals["upstream_timeout"] == 1
