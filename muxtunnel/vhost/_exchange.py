@@ -299,7 +299,8 @@ class Exchange:
                 continue
             raise UpstreamBroken(f"the service closed before responding ({type(event).__name__})")
         assert type(event) is h11.Response
-        headers = response_headers(event.headers.raw_items())
+        raw = event.headers.raw_items()
+        headers = response_headers(raw)
         if not self.request_complete:
             headers.append((b"Connection", b"close"))
         response = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
@@ -309,7 +310,7 @@ class Exchange:
         pending_bytes = len(pending[0])
         self.status = event.status_code
         self.counters.count_response(event.status_code)
-        has_length = any(name == b"content-length" for name, _ in event.headers)
+        has_length = any(name.lower() == b"content-length" for name, _ in raw)
         while True:
             event = self._up_event()
             if event is h11.NEED_DATA:

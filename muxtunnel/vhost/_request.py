@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-__all__ = ["CLOSING_STATUSES", "Refusal", "cycle_done", "head_bytes", "host_and_path"]
+__all__ = ["CLOSING_STATUSES", "Refusal", "RequestHead", "cycle_done", "host_and_path"]
 
 #: Statuses after which we close even a connection that could carry another request: the
 #: request broke the protocol (or took too long), so whatever follows it cannot be trusted.
@@ -23,12 +23,60 @@ class Refusal(Exception):
         self.detail = detail
 
 
-def head_bytes(request: h11.Request) -> int:
-    """The size of a request head as sent (within a few bytes of line endings)."""
-    size = len(request.method) + len(request.target) + 12
-    for name, value in request.headers:
-        size += len(name) + len(value) + 4
-    return size
+class RequestHead:
+    """What routing and forwarding need of a request, read in one pass over its headers.
+
+    (h11's `Headers` iterate slowly, one `__getitem__` per pair; `raw_items()` is one list.)
+    """
+
+    __slots__ = (
+        "authorization",
+        "chunked",
+        "connection_tokens",
+        "count",
+        "expect",
+        "has_body",
+        "hosts",
+        "raw",
+        "size",
+        "upgrade",
+    )
+
+    def __init__(self, request: h11.Request) -> None:
+        self.raw = raw = request.headers.raw_items()
+        self.count = len(raw)
+        size = len(request.method) + len(request.target) + 12  # request line, within a few bytes
+        hosts: list[bytes] = []
+        expect: list[bytes] = []
+        tokens: set[bytes] = set()
+        authorization = upgrade = None
+        chunked = has_body = False
+        for name, value in raw:
+            size += len(name) + len(value) + 4
+            lower = name.lower()
+            if lower == b"host":
+                hosts.append(value)
+            elif lower == b"content-length":
+                has_body = has_body or value.strip() != b"0"
+            elif lower == b"transfer-encoding":
+                chunked = has_body = True
+            elif lower == b"connection":
+                tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            elif lower == b"expect":
+                expect.append(value.strip().lower())
+            elif lower == b"authorization":
+                authorization = authorization or value
+            elif lower == b"upgrade":
+                upgrade = upgrade or value
+        self.size = size
+        self.hosts = hosts
+        self.expect = expect
+        self.connection_tokens = tokens
+        self.authorization: bytes | None = authorization
+        #: The Upgrade value, when the request asks to switch (`Connection: upgrade` too).
+        self.upgrade: bytes | None = upgrade if b"upgrade" in tokens else None
+        self.chunked = chunked
+        self.has_body = has_body
 
 
 def cycle_done(conn: h11.Connection) -> bool:
@@ -36,9 +84,8 @@ def cycle_done(conn: h11.Connection) -> bool:
     return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
 
-def host_and_path(request: h11.Request) -> tuple[bytes, str, bytes]:
+def host_and_path(request: h11.Request, hosts: list[bytes]) -> tuple[bytes, str, bytes]:
     """(Host as the visitor sent it, the path to route by, the target to send upstream)."""
-    hosts = [value for name, value in request.headers if name == b"host"]
     if len(hosts) > 1:
         raise Refusal(400, "bad_request", "More than one Host header.")
     target = request.target

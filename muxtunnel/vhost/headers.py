@@ -110,15 +110,17 @@ def request_headers(
     strip_authorization: bool = False,
     upgrade: bytes | None = None,
     chunked: bool = False,
+    connection: set[bytes] | None = None,
 ) -> list[Header]:
     """The headers the service receives for a visitor request with headers `raw`.
 
     `host`: the visitor's Host (as sent, or the authority of an absolute-form target); the
     service gets `host_rewrite` instead when given, first in the list. `upgrade`: the Upgrade
     value when the request asks to switch protocols (else None: Upgrade is dropped).
-    `chunked`: the body is chunked.
+    `chunked`: the body is chunked. `connection`: the tokens of the Connection headers, when
+    the caller has them already.
     """
-    drop = connection_tokens(raw)
+    drop = set(connection) if connection is not None else connection_tokens(raw)
     drop.update(HOP_BY_HOP)
     drop.update(_FORWARDED_SET)
     drop.update(remove)

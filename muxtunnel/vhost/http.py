@@ -44,11 +44,11 @@ from muxtunnel.vhost._exchange import (
 from muxtunnel.vhost._request import (
     CLOSING_STATUSES,
     Refusal,
+    RequestHead,
     cycle_done,
-    head_bytes,
     host_and_path,
 )
-from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, connection_tokens, request_headers
+from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
 from muxtunnel.vhost.limits import log_doubling
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.pages import error_response
@@ -216,15 +216,16 @@ class HttpConnection:
     async def _handle(self, request: h11.Request) -> bool:
         """Answer one request; True when the connection may carry another."""
         route: Route | None = None
+        head = RequestHead(request)
         try:
-            if len(request.headers) > self.config.max_header_count:
+            if head.count > self.config.max_header_count:
                 raise Refusal(431, "headers_too_large", "Too many header fields.")
-            if head_bytes(request) > self.config.max_header_bytes:
+            if head.size > self.config.max_header_bytes:
                 # h11 caps only heads still incomplete; one that arrived whole is measured here.
                 raise Refusal(431, "headers_too_large", "The request head is too large.")
             if request.method == b"CONNECT":
                 raise Refusal(405, "method_not_allowed", "This is not a forward proxy.")
-            host, path, target = host_and_path(request)
+            host, path, target = host_and_path(request, head.hosts)
             try:
                 name = normalise_host(host)
             except InvalidHostError as exc:
@@ -234,40 +235,32 @@ class HttpConnection:
             if route is None:
                 where = f"{name}{path[:200]}" if routes.has_host(name) else name
                 raise Refusal(404, "unknown_host", f"No service is registered for {where}.")
-            expect = [v.strip().lower() for n, v in request.headers if n == b"expect"]
-            if expect and expect != [b"100-continue"]:
+            if head.expect and head.expect != [b"100-continue"]:
                 raise Refusal(
                     417, "expectation_failed", "Only 'Expect: 100-continue' is supported."
                 )
             if route.auth_credentials is not None:
-                authorization = next((v for n, v in request.headers if n == b"authorization"), None)
-                if not basic_auth_ok(authorization, route.auth_credentials):
+                if not basic_auth_ok(head.authorization, route.auth_credentials):
                     raise Refusal(
                         401, "unauthorized", "This service needs a user name and password."
                     )
         except Refusal as refusal:
             return await self._refuse(refusal, route)
-        return await self._forward(request, route, host, target)
+        return await self._forward(request, head, route, host, target)
 
     async def _forward(
-        self, request: h11.Request, route: Route, host: bytes, target: bytes
+        self, request: h11.Request, head: RequestHead, route: Route, host: bytes, target: bytes
     ) -> bool:
         conn = self.side.conn
-        chunked = any(n == b"transfer-encoding" for n, _ in request.headers)
-        upgrade = None
-        if b"upgrade" in connection_tokens(request.headers):
-            upgrade = next((v for n, v in request.headers if n == b"upgrade"), None)
         request_complete = False
-        if not chunked and not any(
-            n == b"content-length" and v.strip() != b"0" for n, v in request.headers
-        ):
+        if not head.has_body:
             event = conn.next_event()  # a bodiless request's end is already parsed: no I/O
             request_complete = type(event) is h11.EndOfMessage
         upstream_request = h11.Request(
             method=request.method,
             target=target,
             headers=request_headers(
-                request.headers.raw_items(),
+                head.raw,
                 visitor=self.forwarded,
                 proto=self.proto,
                 host=host,
@@ -275,8 +268,9 @@ class HttpConnection:
                 remove=route.remove_headers,
                 set_headers=route.set_headers,
                 strip_authorization=route.auth_credentials is not None,
-                upgrade=upgrade,
-                chunked=chunked,
+                upgrade=head.upgrade,
+                chunked=head.chunked,
+                connection=head.connection_tokens,
             ),
         )
         timeout_s = route.target.options.response_timeout_s or self.config.response_timeout_s
@@ -293,7 +287,8 @@ class HttpConnection:
                 return await self._failed(exc, None, route)
             exchange = Exchange(
                 self.side, up, route, upstream_request,
-                request_complete=request_complete, chunked=chunked, response_timeout_s=timeout_s,
+                request_complete=request_complete, chunked=head.chunked,
+                response_timeout_s=timeout_s,
             )  # fmt: skip
             self._current = (route, exchange)
             await exchange.run()
