@@ -154,15 +154,20 @@ class _BackendServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def backend(name: str, *, idle_timeout_s: float | None = None) -> Iterator[_BackendServer]:
+def backend(
+    name: str, *, idle_timeout_s: float | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[_BackendServer]:
     """An HTTP/1.1 server on 127.0.0.1 that answers with JSON describing the request.
 
     Paths: `/slow/<s>` answers after s seconds, `/bytes/<n>` sends n bytes, `/status/<code>`,
     `/chunked-response`. `idle_timeout_s`: close keep-alive connections idle that long.
+    `tls`: serve HTTPS with this (server) context.
     """
     handler = type("Handler", (_Handler,), {"timeout": idle_timeout_s})
     server = _BackendServer(("127.0.0.1", 0), handler)
     server.name = name
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )

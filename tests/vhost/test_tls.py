@@ -7,12 +7,10 @@ import json
 import socket
 import ssl
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect
@@ -23,7 +21,6 @@ from .certs import CertFiles, make_cert
 from .helpers import (
     TIMEOUT_S,
     Proxy,
-    _Handler,
     address_of,
     backend,
     read_responses,
@@ -42,26 +39,11 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CertFiles]:
     }
 
 
-@contextmanager
-def https_backend(name: str, cert: CertFiles) -> Iterator[ThreadingHTTPServer]:
+def https_backend(name: str, cert: CertFiles) -> AbstractContextManager[Any]:
     """The JSON backend of `helpers`, behind TLS with its own certificate."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.name = name  # type: ignore[attr-defined]
-    server.requests = 0  # type: ignore[attr-defined]
-    server.daemon_threads = True
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert.cert, cert.key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT_S)
+    return backend(name, tls=context)
 
 
 def tls_get(port: int, server_name: str, cafile: str, path: str = "/") -> dict[str, object]:
