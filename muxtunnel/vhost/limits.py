@@ -28,9 +28,13 @@ def log_doubling(event: str, count: int, **context: object) -> None:
 
 
 def source_key(host: str) -> str:
-    """The unit a per-source cap counts: the IPv4 address, or the IPv6 /64."""
+    """The unit a per-source cap counts: the IPv4 address, or the IPv6 /64.
+
+    The same rule as `muxtunnel.auth.address_key` (this package may not import it yet; the
+    integration should keep one of the two).
+    """
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return host
     if isinstance(address, ipaddress.IPv6Address):
