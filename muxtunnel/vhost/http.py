@@ -8,14 +8,18 @@ Theory of operation (one `HttpConnection` per visitor connection, one task):
    naming the host; then Expect (417 unless 100-continue) and basic auth (401).
 3. Reuse the upstream connection when the route's target is the one it serves and both sides
    kept it alive, else open a new one through `Upstream` (502 / 504 when that fails). While
-   the visitor is idle between requests the kept upstream is watched: a service that closes
-   its idle keep-alive connection is noticed then, not by the next request. A reused stream
-   that fails before answering a bodiless request is retried once on a fresh one.
+   the visitor is idle between requests (past `_WATCH_AFTER_S`) the kept upstream is watched:
+   a service that closes its idle keep-alive connection is noticed then, not by the next
+   request. A reused stream that fails before answering a bodiless request is retried once.
 4. Run the `Exchange`; on 101 both sides become a raw byte pipe (`proxy.pipe`) with what h11
    had buffered replayed first.
 5. Errors the proxy answers itself close the connection unless the request was read whole;
    a failure after the response started resets the visitor (it must not take a truncated
    body for a whole one) and the service's stream likewise.
+
+Timeouts of this task's waits (idle, head, sends, the response clock) share one lazy
+`Deadline`: when one passes, the connection's scope is cancelled and `_expired` answers for it
+(408, 504, or a reset). The request-body task of an `Exchange` bounds its waits by scopes.
 """
 
 from __future__ import annotations
@@ -48,13 +52,14 @@ from muxtunnel.vhost._request import (
     cycle_done,
     host_and_path,
 )
+from muxtunnel.vhost._slot import UpstreamSlot
 from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
 from muxtunnel.vhost.limits import log_doubling
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.pages import error_response
 from muxtunnel.vhost.routes import Route, routing_path
 from muxtunnel.vhost.streams import CountingStream, PrefixedStream, linger_close
-from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor, open_service
+from muxtunnel.vhost.upstream import Visitor
 
 if TYPE_CHECKING:
     from muxtunnel.vhost.engine import VhostEngine
@@ -77,7 +82,7 @@ class HttpConnection:
         self.side = VisitorSide(stream, engine.config)
         self.forwarded = ForwardedFor(visitor.host, visitor.port)
         self.proto = visitor.scheme.encode()
-        self.upstream: UpstreamConnection | None = None
+        self.slot = UpstreamSlot(engine.upstream, visitor, engine.config)
         self.deadline: Deadline
         self._aborted = False
         self._head_received = 0
@@ -111,7 +116,7 @@ class HttpConnection:
         finally:
             deadline.close()
             with anyio.CancelScope(shield=True):
-                await self._drop_upstream(abortive=self._aborted)
+                await self.slot.drop(abortive=self._aborted)
                 if self._aborted:
                     await abort(self.side.stream)
                 else:
@@ -189,27 +194,11 @@ class HttpConnection:
         bodiless request that meets a just-closed one is retried anyway.
         """
         self.deadline.set(self.config.idle_timeout_s, "idle")
-        up = self.upstream
-        if up is None:
+        if self.slot.current is None:
             return await self.side.receive()
         with anyio.move_on_after(_WATCH_AFTER_S):
             return await self.side.receive()
-
-        async def watch() -> None:
-            try:
-                await up.stream.receive(1)  # bytes now would be a protocol error: either way
-            except (anyio.EndOfStream, *IO_ERRORS):
-                pass
-            up.dead = True
-
-        size = 0
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            try:
-                size = await self.side.receive()
-            finally:
-                tg.cancel_scope.cancel()
-        return size
+        return await self.slot.while_watching(self.side.receive)
 
     # ------------------------------------------------------------------ one request
 
@@ -277,7 +266,8 @@ class HttpConnection:
         retried = False
         while True:
             try:
-                up = await self._upstream_for(route)
+                self.deadline.clear()  # opening is bounded by its own timeout
+                up = await self.slot.acquire(route)
                 if conn.they_are_waiting_for_100_continue:
                     continue_100 = h11.InformationalResponse(
                         status_code=100, headers=[], reason=b"Continue"
@@ -303,7 +293,7 @@ class HttpConnection:
                 and exchange.request_complete
             ):
                 retried = True  # the service closed its idle keep-alive stream just now
-                await self._drop_upstream(abortive=True)
+                await self.slot.drop(abortive=True)
                 continue
             break
         if failure is not None:
@@ -314,7 +304,7 @@ class HttpConnection:
         if up.reusable:
             up.conn.start_next_cycle()
         else:
-            await self._drop_upstream(abortive=False)
+            await self.slot.drop(abortive=False)
         if cycle_done(conn):
             return True
         self.deadline.clear()  # lingering is bounded by its own timeout
@@ -323,42 +313,9 @@ class HttpConnection:
         )
         return False
 
-    async def _upstream_for(self, route: Route) -> UpstreamConnection:
-        up = self.upstream
-        if up is not None:
-            if not up.dead and up.target == route.target:
-                up.reused = True
-                return up
-            await self._drop_upstream(abortive=False)
-        try:
-            stream = await open_service(
-                self.engine.upstream, route.target, self.visitor, self.config
-            )
-        except TimeoutError:
-            raise UpstreamSlow("opening a stream to the service timed out") from None
-        except UpstreamUnavailable as exc:
-            raise UpstreamBroken(f"the service is unavailable: {exc}") from None
-        self.upstream = up = UpstreamConnection(
-            stream, route.target, self.config.max_response_header_bytes
-        )
-        return up
-
-    async def _drop_upstream(self, *, abortive: bool) -> None:
-        up, self.upstream = self.upstream, None
-        if up is None:
-            return
-        with anyio.CancelScope(shield=True):
-            if abortive:
-                await abort(up.stream)
-            else:
-                try:
-                    await up.stream.aclose()
-                except IO_ERRORS:
-                    pass
-
     async def _tunnel(self, up: UpstreamConnection, route: Route) -> None:
         self.deadline.clear()  # a raw pipe lasts as long as its peers like
-        self.upstream = None  # pipe owns (and closes) both streams from here
+        self.slot.take()  # pipe owns (and closes) both streams from here
         visitor_bytes, visitor_closed = self.side.conn.trailing_data
         up_bytes, up_closed = up.conn.trailing_data
         await pipe(
@@ -371,7 +328,7 @@ class HttpConnection:
     async def _failed(
         self, failure: ExchangeFailure, exchange: Exchange | None, route: Route
     ) -> bool:
-        await self._drop_upstream(abortive=True)
+        await self.slot.drop(abortive=True)
         if isinstance(failure, VisitorGone) or (exchange is not None and exchange.response_started):
             self._aborted = True  # the visitor must see a failure, not a clean end
             raise VisitorGone(str(failure))
