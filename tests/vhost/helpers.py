@@ -40,7 +40,8 @@ _NO_OPTIONS = RouteOptions()
 
 def require_tool(name: str) -> str:
     """The path of a command-line tool; skip without it, but fail under CI=true."""
-    path = shutil.which(name)
+    # nginx lives in /usr/sbin, which a non-login PATH may lack.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
         message = f"{name} is not installed (scripts/install-system-deps.sh installs it)"
         if os.environ.get("CI") == "true":
