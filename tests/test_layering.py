@@ -85,6 +85,8 @@ MUXTUNNEL_RANKS = {
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,
+    # the HTTP/HTTPS virtual-host engine the server drives (it pipes with proxy, dials via transport)
+    "vhost": 3,
     # what both sides share
     "config": 3,
     "udp": 3,
