@@ -85,7 +85,7 @@ MUXTUNNEL_RANKS = {
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,
-    # the HTTP/HTTPS virtual-host engine the server drives (it pipes with proxy, dials via transport)
+    # the HTTP/HTTPS virtual-host engine the server drives (pipes with proxy, dials via transport)
     "vhost": 3,
     # what both sides share
     "config": 3,
@@ -280,7 +280,7 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.log": "isatty() of a stream that may have none",
     "muxtunnel.statusview": "urllib's errors: the HTTP client of `muxtunnel status`",
     "muxtunnel.balance.probe": "health probes: a refused or reset connect is a probe result",
-    "muxtunnel.cluster._redis": "the registry's seam: redis and socket errors -> RegistryUnavailable",
+    "muxtunnel.cluster._redis": "the registry seam: redis and socket errors -> RegistryUnavailable",
     "muxtunnel.cluster.testing": "a throwaway redis-server for tests: its process and port",
 }
 _FOREIGN = {"OSError", "AttributeError", "ConnectionError", "ConnectionResetError",
