@@ -218,7 +218,7 @@ def test_secret_of_wrong_type_is_not_printed() -> None:
         ("client:\n  services:\n    - local: [1]\n", 3, "client.services[0].local",
          "expected HOST:PORT or a port, got a list"),
         ("client:\n  services:\n    - {local: 1, type: sctp}\n", 3, "client.services[0].type",
-         "expected 'tcp' or 'udp', got 'sctp'"),
+         "expected one of tcp, udp, http, https, got 'sctp'"),
         ("client:\n  services:\n    - {local: 1, name: 'a b'}\n", 3, "client.services[0].name",
          "may hold only"),
         ("client:\n  services:\n    - {local: 1, remote_port: 70000}\n", 3,
