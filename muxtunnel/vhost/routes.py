@@ -343,6 +343,11 @@ class RouteTable:
             dot = host.find(".", dot + 1)
         return False
 
+    def owners(self, host: str) -> set[str]:
+        """Who holds routes on exactly this normalised host (no wildcard lookup)."""
+        entry = self._hosts.get(host)
+        return {route.target.owner for route in entry.routes} if entry is not None else set()
+
     def routes(self) -> list[Route]:
         """Every route, grouped by target (for admin listings)."""
         return [route for routes in self._by_target.values() for route in routes]
