@@ -15,8 +15,9 @@ import time
 import anyio
 import pytest
 from stress.live import ATTACKER_IP, AuthClient, Refused, connect_from, log_lines
-from stress_report import ProcMeter, fd_count
+from stress_report import ProcMeter
 
+from bench.procstat import fd_count
 from mux.testing import FrameBuilder
 from muxtunnel import control
 

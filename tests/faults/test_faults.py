@@ -29,7 +29,8 @@ from e2e.harness import (
 )
 from stress.live import FrameTap
 from stress.visitors import EchoExact, Idle, Streamer, summarize, wait_all
-from stress_report import fd_count
+
+from bench.procstat import fd_count
 
 pytestmark = pytest.mark.stress
 

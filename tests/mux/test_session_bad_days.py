@@ -31,6 +31,8 @@ from mux.testing import (
     FrameBuilder,
     MemoryByteStream,
     RawPeer,
+    echo_stream,
+    echo_streams,
     memory_stream_pair,
     session_pair,
     tcp_stream_pair,
@@ -62,25 +64,6 @@ async def session_and_raw_peer(
 
 def is_go_away(frame: Frame) -> bool:
     return frame.type == FrameType.GO_AWAY
-
-
-async def echo(stream: MuxStream) -> None:
-    async with stream:
-        while True:
-            try:
-                data = await stream.receive()
-            except anyio.EndOfStream:
-                break
-            await stream.send(data)
-        await stream.send_eof()
-
-
-async def echo_server(session: Session, task_group: anyio.abc.TaskGroup) -> None:
-    try:
-        while True:
-            task_group.start_soon(echo, await session.accept_stream())
-    except SessionClosed:
-        pass
 
 
 async def receive_all(stream: anyio.abc.ByteStream) -> bytes:
@@ -277,7 +260,7 @@ async def test_slow_reader_does_not_stall_other_streams() -> None:
                     await slow.send_eof()
 
                 tg.start_soon(flood_slow)
-                tg.start_soon(echo, fast_peer)
+                tg.start_soon(echo_stream, fast_peer)
                 await anyio.sleep(0.2)  # the slow stream's window is full by now
                 assert server.conn.receive_credit(slow_peer.stream_id) == 0
                 started = anyio.current_time()
@@ -422,7 +405,7 @@ async def run_many_streams(total: int, concurrency: int, carrier: str, timeout_s
     with anyio.fail_after(timeout_s):
         async with session_pair(carrier, config) as (client, server):
             async with anyio.create_task_group() as servers:
-                servers.start_soon(echo_server, server, servers)
+                servers.start_soon(echo_streams, server, servers)
                 limiter = anyio.Semaphore(concurrency)
                 peak = 0
                 failures: list[str] = []
