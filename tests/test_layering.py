@@ -77,17 +77,18 @@ MUX_RANKS = {
     "_config": 1,
     "_frame": 1,
     "_window": 1,
-    "_connection": 2,  # the sans-IO core
-    "_carrier": 3,
-    "_stream": 3,
-    "aio": 4,  # Session: the adapter
-    "_echo": 5,
-    "__init__": 6,  # the public surface
-    "__main__": 7,
-    "testing.frames": 5,  # test helpers: not in the wheel
-    "testing.pairs": 6,
-    "testing.peers": 6,
-    "testing.__init__": 7,
+    "_state": 2,
+    "_connection": 3,  # the sans-IO core
+    "_carrier": 4,
+    "_stream": 4,
+    "aio": 5,  # Session: the adapter
+    "_echo": 6,
+    "__init__": 7,  # the public surface
+    "__main__": 8,
+    "testing.frames": 6,  # test helpers: not in the wheel
+    "testing.pairs": 7,
+    "testing.peers": 7,
+    "testing.__init__": 8,
 }
 
 
