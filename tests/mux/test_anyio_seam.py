@@ -21,13 +21,6 @@ from mux._carrier import TransportCarrier
 from mux.testing import memory_stream_pair, tcp_stream_pair
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    if request.param == "uvloop" and os.environ.get("CI") != "true":
-        pytest.importorskip("uvloop")
-    return "asyncio", {"use_uvloop": request.param == "uvloop"}
-
-
 def test_anyio_is_in_the_range_the_seam_was_checked_against() -> None:
     major, minor = (int(part) for part in version("anyio").split(".")[:2])
     assert (major, minor) == (4, 16), version("anyio")

@@ -21,13 +21,6 @@ from mux.testing import FrameBuilder, FrameReader, memory_stream_pair, tcp_strea
 QUIET = MuxConfig(enable_keepalive=False)
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return "asyncio", {"use_uvloop": request.param == "uvloop"}
-
-
 @pytest.mark.anyio
 async def test_tcp_carrier_takes_the_fast_path_memory_does_not() -> None:
     async with tcp_stream_pair() as (left, _right):
