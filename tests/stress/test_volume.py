@@ -54,17 +54,18 @@ async def run_flood(total: int, size: int, figures, label: str) -> None:
         async with session_pair(
             "tcp", client_config=opener, server_config=acceptor
         ) as (client, server):
-            # The acceptor holds every stream it accepts until all SYNs have been sent:
-            # at most `max_streams` fit, the rest must be refused.
+            # The acceptor holds every stream it accepts until it has answered every SYN (an
+            # ACK or a refusal: the opener then has none un-ACKed): at most `max_streams` fit,
+            # the rest must be refused. (Not a fixed sleep: on a loaded machine SYNs still in
+            # flight would meet streams already finished, and fewer or none would be refused.)
             go = anyio.Event()
             opened = 0
             async with anyio.create_task_group() as servers:
                 servers.start_soon(echo_streams, server, servers, go)
 
                 async def release() -> None:
-                    while opened < total:
+                    while opened < total or client.conn.unacked:
                         await anyio.sleep(0.02)
-                    await anyio.sleep(0.3)
                     go.set()
 
                 servers.start_soon(release)
