@@ -232,3 +232,26 @@ def test_reload_keeps_web_binds_and_takes_the_rest() -> None:
     # A web service on port 80 is no reason to close it, whatever allow_ports says.
     assert server_changes(old, old).close_reason("app", 80, "http") is None
     assert server_changes(old, old).close_reason("db", 80, "tcp") is not None
+
+
+def test_status_document_of_web_services() -> None:
+    from muxtunnel.status import ServerStatus, ServiceRow, WebRow
+    from muxtunnel.web.metrics import StatusCollector, render
+
+    service = ServiceRow(
+        "app", "http", "http://app.example.com", 1, 3, 10, 20,
+        urls=("http://app.example.com", "https://app.example.com"),
+        responses={"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 1, "5xx": 0},
+    )  # fmt: skip
+    web = WebRow("example.com", "0.0.0.0:80", None, False, 7, {"unknown_host": 2})
+    status = ServerStatus("1", "0.0.0.0:7835", None, 1.0, 0, (), (service,), web=web)
+    document = status.to_dict()
+    assert document["web"] == {
+        "domain": "example.com", "http": "0.0.0.0:80", "https": None, "terminates_tls": False,
+        "connections_total": 7, "refusals": {"unknown_host": 2}, "internal_errors": 0,
+    }  # fmt: skip
+    assert document["services"][0]["urls"][1] == "https://app.example.com"
+    assert document["services"][0]["responses"]["2xx"] == 3
+    text = render(StatusCollector(lambda: status)).decode()
+    assert 'muxtunnel_http_refusals_total{reason="unknown_host",service=""} 2.0' in text
+    assert "muxtunnel_http_connections_total 7.0" in text
