@@ -11,6 +11,8 @@ from mux._config import MuxConfig
 from muxtunnel.config import ConfigError, load_client_config, load_config, load_server_config
 from muxtunnel.model import (
     ClientConfig,
+    HttpFront,
+    HttpOptions,
     PortRanges,
     Secret,
     ServerConfig,
@@ -53,6 +55,7 @@ def test_example_loads_for_the_server() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
     assert config.services == (ServicePolicy("ssh", Secret("ssh-0123456789")),)
+    assert config.http == HttpFront("example.com", "0.0.0.0", 80)
 
 
 def test_example_loads_for_the_client() -> None:
@@ -63,6 +66,7 @@ def test_example_loads_for_the_client() -> None:
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
         ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-0123456789")),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
+        ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
     )
 
 

@@ -67,13 +67,11 @@ WEB_SERVICE_KEYS = (
 _HTTP_ONLY = ("locations", "host_rewrite", "request_headers", "basic_auth", "response_timeout_s")
 
 
-def _texts(node: Node, env: Mapping[str, str], what: str) -> list[tuple[Node, str]]:
-    """A string or a list of strings, each with its node."""
+def _texts(node: Node, env: Mapping[str, str]) -> list[tuple[Node, str]]:
+    """A string or a (possibly empty) list of strings, each with its node."""
     if isinstance(node, Scalar) and isinstance(node.value, tuple | list):  # command line
         return [(node, str(item)) for item in node.value]
     nodes = node.items if isinstance(node, List) else [node]
-    if not nodes:
-        fail(node, f"expected {what}, got an empty list")
     return [(item, string(item, env)) for item in nodes]
 
 
@@ -82,7 +80,7 @@ def domain_patterns(node: Node, env: Mapping[str, str]) -> tuple[str, ...]:
     from muxtunnel.vhost.names import normalise_domain
 
     patterns = []
-    for item, text in _texts(node, env, "a list of domain names"):
+    for item, text in _texts(node, env):
         if text.strip() == "*":
             patterns.append("*")
         else:
@@ -170,10 +168,10 @@ def http_options(
     else:
         v.parsed(name_node, _name_as_subdomain, name)
     if found := present(entry, "custom_domains"):
-        texts = _texts(found, env, "a list of domain names")
+        texts = _texts(found, env)
         fields["custom_domains"] = tuple(v.parsed(n, normalise_domain, t) for n, t in texts)
     if found := present(entry, "locations"):
-        texts = _texts(found, env, "a list of paths")
+        texts = _texts(found, env)
         fields["locations"] = tuple(v.parsed(n, normalise_location, t) for n, t in texts)
     if found := present(entry, "host_rewrite"):
         fields["host_rewrite"] = string(found, env)
@@ -230,5 +228,5 @@ def _request_headers(
             set_headers.append((header, string(item, env)))
     remove: tuple[str, ...] = ()
     if found := present(section, "remove"):
-        remove = tuple(text for _, text in _texts(found, env, "a list of header names"))
+        remove = tuple(text for _, text in _texts(found, env))
     return tuple(set_headers), remove
