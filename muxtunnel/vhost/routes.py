@@ -175,7 +175,11 @@ class Route:
         self.remove_headers = frozenset(
             name.lower().encode() for name in (*options.remove_headers, *dict(options.set_headers))
         )
-        self.set_headers = tuple((n.encode(), v.encode()) for n, v in options.set_headers)
+        # Stripped: a field value has no leading or trailing whitespace (RFC 9110 §5.5), and
+        # the proxy sends these without h11's checks (`_parsed`).
+        self.set_headers = tuple(
+            (n.encode(), v.strip(" \t").encode()) for n, v in options.set_headers
+        )
         auth = options.basic_auth
         self.auth_credentials = auth.credentials if auth else None
         self.auth_challenge = auth.challenge if auth else None
