@@ -219,6 +219,12 @@ def test_hot_reload_adds_and_removes_an_http_service(harness: Harness) -> None:
         config.write_text("client:\n  services:\n" + second)
         wait_status(web.http_port, f"one.{DOMAIN}", 404)
         assert get(web.http_port, f"two.{DOMAIN}").json()["backend"] == "two"
+        # A changed web option registers the service again: its new name, the old one gone.
+        changed = second.replace("}", ", subdomain: deux, host_rewrite: 'localhost:1'}")
+        config.write_text("client:\n  services:\n" + changed)
+        answer = wait_status(web.http_port, f"deux.{DOMAIN}", 200)
+        assert answer.seen("Host") == ["localhost:1"]
+        assert get(web.http_port, f"two.{DOMAIN}").status == 404
 
 
 @pytest.fixture
@@ -299,3 +305,25 @@ def test_http_service_needs_web_ports_on_the_server(harness: Harness) -> None:
     assert up.wait_exit(20) == 1
     assert "serves no http or https services" in " ".join(up.error_lines())
     assert host_port(listen.host, listen.port) == listen.address
+
+
+def test_server_reload_closes_a_service_whose_custom_domain_is_no_longer_allowed(
+    harness: Harness,
+) -> None:
+    policy = "server:\n  http:\n    custom_domains: ['*.example.net']\n"
+    config = harness.write("listen.yaml", policy)
+    web = web_listen(harness, config=config)
+    with backend("shop") as shop:
+        client = harness.write(
+            "up.yaml",
+            "client:\n  services:\n"
+            f"    - {{name: shop, type: http, local: {shop.server_address[1]},"
+            " custom_domains: [www.example.net]}\n",
+        )
+        up = harness.up(web.listen, config=client, wait=False)
+        up.wait_announced(1)
+        assert get(web.http_port, "www.example.net").json()["backend"] == "shop"
+        config.write_text("server:\n  http:\n    custom_domains: []\n")
+        wait_status(web.http_port, "www.example.net", 404)
+        web.listen.wait_event("service closed by the server")
+        assert get(web.http_port, f"shop.{DOMAIN}").status == 404
