@@ -221,18 +221,21 @@ class WebFront:
             )
         hosts = self._hosts(request)
         owner = f"session-{service.session_id}"
-        orphan = self._orphans.pop(request.service, None)
-        if orphan is not None:  # the name's own routes from its last session: taken over
-            self._drop_routes(orphan, request.service)
+        # The name's own routes from its last session (in their grace) are taken over: the
+        # registration proved the name's token.
+        orphan = self._orphans.get(request.service)
         tables = (self.engine.http_routes, self.engine.tls_routes)
         for host in hosts:
-            held = set().union(*(table.owners(host) for table in tables)) - {owner}
+            held = set().union(*(table.owners(host) for table in tables)) - {owner, orphan}
             if held:
                 raise RegistrationError(
                     control.DOMAIN_TAKEN, f"{host} is already served by another client"
                 )
         table = self.engine.tls_routes if request.type == "https" else self.engine.http_routes
         target = RouteTarget(request.service, owner, self._options(request))
+        if orphan is not None:
+            del self._orphans[request.service]
+            self._drop_routes(orphan, request.service)
         locations = request.locations or ("/",)
         try:
             if request.type == "https":
