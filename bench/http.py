@@ -234,8 +234,9 @@ def run(env: Env, plan: HttpPlan, log: Callable[[str], None]) -> dict[str, Any]:
 def rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The report's table: one row per path and connection mode."""
     section = results.get("http") or {}
+    # CPU per request (CPU % / requests/s) is what other load on the machine changes least.
     header = ["path", "connections", "requests/s", "p50 ms", "p99 ms", "vs --tcp",
-              "errors", "CPU % listen", "CPU % up"]  # fmt: skip
+              "errors", "listen CPU us/req", "up CPU us/req"]  # fmt: skip
     table = []
     paths = section.get("paths", {})
     for key, entry in paths.items():
@@ -251,8 +252,8 @@ def rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             table.append([
                 entry["label"], label, f"{rate:.0f}", f"{figures['p50_ms']['median']:.2f}",
                 f"{figures['p99_ms']['median']:.2f}", versus, f"{errors:.0f}",
-                f"{cpu['listen']['median']:.0f}" if "listen" in cpu else "-",
-                f"{cpu['up']['median']:.0f}" if "up" in cpu else "-",
+                f"{cpu['listen']['median'] / rate * 1e4:.0f}" if "listen" in cpu else "-",
+                f"{cpu['up']['median'] / rate * 1e4:.0f}" if "up" in cpu else "-",
             ])  # fmt: skip
     if section.get("status") == "skipped":
         table.append(["http", "skipped", *section.get("notes", [""])[:1], *[""] * 6])
@@ -275,6 +276,7 @@ HOW = """\
   {page_bytes}-byte static file, {repeats} run(s) per figure (median): direct, through the same
   service exposed by `up --tcp` (its own public port) and by `up --http` (the shared web port,
   routed by Host). Keep-alive: wrk reuses its connections; new per request: `Connection:
-  close`, a new visitor connection (and a new mux stream) per request. CPU % of listen and up
-  over each run.
+  close`, a new visitor connection (and a new mux stream) per request. CPU of listen and up
+  over each run, per request (their CPU % / requests/s): the figure other load on the machine
+  changes least.
 """
