@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from muxtunnel.config import _balance, _web
 from muxtunnel.config import _values as v
-from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -33,6 +33,7 @@ __all__ = ["SERVER_KEYS", "server"]
 _PORTS = "a port list like '1024-65535,8080'"
 _POLICY_KEYS = (
     "name", "token", "bandwidth_bytes_per_s", "max_connections", "compression", "custom_domains",
+    *_balance.POLICY_KEYS,
 )  # fmt: skip
 
 
@@ -74,6 +75,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             limits["compression"] = v.boolean(found, env)
         if found := present(entry, "custom_domains"):
             limits["custom_domains"] = _web.domain_patterns(found, env)
+        limits.update(_balance.policy_fields(entry, env))
         token = v.token(token_node, env) if token_node else None
         policies.append(ServicePolicy(name, token, **limits))
     return tuple(policies)
