@@ -1,19 +1,27 @@
 """The control protocol spoken on a session's first stream, and the header of each visitor stream.
 
-Wire format: each message is a msgpack map preceded by its length as a 2-byte big-endian
-integer. The map's `kind` key names the message; the other keys are the dataclass fields below
-(bytes as msgpack bin, text as msgpack str). Keys a receiver does not know are ignored, so a
-later version may add optional fields; anything missing or of the wrong type is an error.
+Wire format (`muxtunnel.wire`): each message is a msgpack map preceded by its length as a
+2-byte big-endian integer. The map's `kind` key names the message; the other keys are the
+dataclass fields below (bytes as msgpack bin, text as msgpack str). Keys a receiver does not
+know are ignored, so a later version may add optional fields; anything missing or of the wrong
+type is an error.
 
 Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
-    S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
+    S -> C  Challenge(version, server_nonce[, features])  or Error(version_mismatch)
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
-                     proxy_protocol, and the web options of an http/https service])
-    S -> C  Registered(..., tag[, compression, urls])     or Error
+                     proxy_protocol, the web options of an http/https service, the group
+                     fields of a load-balancing group's member])
+    S -> C  Registered(..., tag[, compression, urls, member])  or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
-Each visitor stream the server opens starts with one VisitorHeader, framed the same way.
+    C -> S  MemberUpdate(service, healthy, weight, detail)  any time later, to a server whose
+                                    Challenge listed the FEATURE_GROUPS feature
+Each visitor stream the server opens starts with one VisitorHeader, framed the same way. When
+the header says `confirm` (a group member's streams), the client's first byte back is
+`DIAL_CONFIRMED` once its local dial succeeded, and only after sending it does it write the
+visitor's bytes to the service; a failed dial resets the stream instead. Until that byte the
+server may replay the visitor's first bytes to another member.
 
 Peer bytes enter only through `receive_message` / `read_visitor_header`; whatever they hold,
 those raise `ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream`
@@ -25,56 +33,34 @@ prefix, before any of its body is read. Deadlines are the caller's: wrap calls i
 from __future__ import annotations
 
 import dataclasses
-import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeAlias
 
-import anyio
-import msgpack  # type: ignore[import-untyped]
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
-from muxtunnel.model import ServiceSpec, ServiceType
+from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
+from muxtunnel.wire import (
+    BAD_REQUEST,
+    MAX_MESSAGE_BYTES,
+    ControlError,
+    frame,
+    receive_frame,
+    unpack_map,
+)
 
 __all__ = [
-    "AUTH_FAILED",
-    "BAD_REQUEST",
-    "DOMAIN_NOT_ALLOWED",
-    "DOMAIN_TAKEN",
-    "INTERNAL_ERROR",
-    "MAX_MESSAGE_BYTES",
-    "PORT_IN_USE",
-    "PORT_NOT_ALLOWED",
-    "PROTOCOL_VERSION",
-    "RATE_LIMITED",
-    "SERVICE_CLOSED",
-    "SERVICE_TAKEN",
-    "UNSUPPORTED",
-    "VERSION_MISMATCH",
-    "Challenge",
-    "ControlError",
-    "Error",
-    "Hello",
-    "Message",
-    "Register",
-    "Registered",
-    "Unregister",
-    "VisitorHeader",
-    "decode_message",
-    "decode_visitor_header",
-    "encode_message",
-    "encode_visitor_header",
-    "read_visitor_header",
-    "receive_message",
-    "send_message",
-]
+    "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED", "DOMAIN_TAKEN",
+    "FEATURE_GROUPS", "INTERNAL_ERROR", "MAX_MESSAGE_BYTES", "PORT_IN_USE", "PORT_NOT_ALLOWED",
+    "PROTOCOL_VERSION", "RATE_LIMITED", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED",
+    "VERSION_MISMATCH", "Challenge", "ControlError", "Error", "Hello", "MemberUpdate", "Message",
+    "Register", "Registered", "Unregister", "VisitorHeader", "decode_message",
+    "decode_visitor_header", "encode_message", "encode_visitor_header", "read_visitor_header",
+    "receive_message", "send_message",
+]  # fmt: skip
 
 PROTOCOL_VERSION = 1
-#: Largest message body. Control messages are a few hundred bytes; 4 KiB leaves room for error
-#: text while keeping what an unauthenticated peer can make us buffer small.
-MAX_MESSAGE_BYTES = 4096
-_PREFIX = struct.Struct(">H")
 _MAX_ERROR_MESSAGE_CHARS = 1024
 
 # Error codes (Error.code). A peer may send codes we do not know; treat them as a refusal.
@@ -82,7 +68,6 @@ AUTH_FAILED = "auth_failed"
 PORT_NOT_ALLOWED = "port_not_allowed"
 PORT_IN_USE = "port_in_use"
 SERVICE_TAKEN = "service_taken"
-BAD_REQUEST = "bad_request"
 VERSION_MISMATCH = "version_mismatch"
 RATE_LIMITED = "rate_limited"
 INTERNAL_ERROR = "internal_error"
@@ -95,13 +80,11 @@ DOMAIN_NOT_ALLOWED = "domain_not_allowed"
 #: The server does not serve this kind of service (http/https without web ports).
 UNSUPPORTED = "unsupported"
 
-
-class ControlError(Exception):
-    """The peer sent a malformed control message. `code` is the Error code to answer with."""
-
-    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.code = code
+#: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
+#: MemberUpdate, VisitorHeader.confirm).
+FEATURE_GROUPS = "groups"
+#: A group member's first byte on a visitor stream: its local dial succeeded.
+DIAL_CONFIRMED = b"\x00"
 
 
 class _Wire:
@@ -161,12 +144,16 @@ class Challenge(_Wire):
     """Server -> client, answering Hello: the server's version and nonce for this session."""
 
     WIRE_KIND: ClassVar[str] = "challenge"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("features",)
     version: int
     server_nonce: bytes
+    #: Optional (later versions): what the server supports beyond version 1 (FEATURE_GROUPS).
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         fields.check_int("version", self.version, 0, 0xFFFF)
         fields.check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
+        object.__setattr__(self, "features", fields.texts("features", self.features))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +168,7 @@ class Register(_Wire):
     EXTENSIONS: ClassVar[tuple[str, ...]] = (
         "compression", "compression_level", "proxy_protocol", "subdomain", "custom_domains",
         "locations", "host_rewrite", "set_headers", "remove_headers", "basic_auth",
-        "response_timeout_s",
+        "response_timeout_s", "group", "group_key", "group_proof", "weight", "healthy", "instance",
     )  # fmt: skip
     service: str
     type: ServiceType
@@ -202,6 +189,16 @@ class Register(_Wire):
     remove_headers: tuple[str, ...] = ()
     basic_auth: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
     response_timeout_s: float | None = None
+    #: A member of the load-balancing group `group` (its public name; the tag covers it): the
+    #: group token's public key and this handshake's proof of it (b"": no group token), its
+    #: weight, its target's health now, and a random id of its client process (a reconnect of
+    #: the same process takes its own place back; `fields.check_group_options`).
+    group: str | None = None
+    group_key: bytes = b""
+    group_proof: bytes = dataclasses.field(default=b"", repr=False)
+    weight: int = 1
+    healthy: bool = True
+    instance: bytes = b""
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -211,15 +208,19 @@ class Register(_Wire):
         fields.check_compression(self.compression)
         fields.check_int("compression_level", self.compression_level, 0, 22)
         fields.check_web_options(self)
+        fields.check_group_options(self)
 
     @classmethod
-    def of(cls, spec: ServiceSpec, tag: bytes, remote_port: int) -> Register:
-        """The registration of `spec`, asking for `remote_port`."""
+    def of(cls, spec: ServiceSpec, tag: bytes, remote_port: int, **group: Any) -> Register:
+        """The registration of `spec`, asking for `remote_port`; a group member's `group_key`,
+        `group_proof`, `healthy` and `instance` come as keywords."""
         level = spec.compression_level if spec.compression else 0
+        if spec.group is not None:
+            group.update(group=spec.group.name, weight=spec.group.weight)
         web = spec.http
         if web is None:
             return cls(spec.name, spec.type, remote_port, tag, spec.compression, level,
-                       spec.proxy_protocol)  # fmt: skip
+                       spec.proxy_protocol, **group)  # fmt: skip
         auth = web.basic_auth
         return cls(
             spec.name, spec.type, 0, tag, spec.compression, level, spec.proxy_protocol,
@@ -227,7 +228,7 @@ class Register(_Wire):
             host_rewrite=web.host_rewrite, set_headers=web.set_headers,
             remove_headers=web.remove_headers,
             basic_auth=(auth.user, auth.password.value) if auth is not None else None,
-            response_timeout_s=web.response_timeout_s,
+            response_timeout_s=web.response_timeout_s, **group,
         )  # fmt: skip
 
 
@@ -237,7 +238,7 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls", "member")
     service: str
     type: ServiceType
     public_host: str
@@ -247,6 +248,8 @@ class Registered(_Wire):
     compression: str | None = None
     #: http/https: where visitors reach the service (`http://app.example.com`), first the main.
     urls: tuple[str, ...] = ()
+    #: A group's member: its id in the group (status rows and logs of the server show it).
+    member: str | None = None
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -256,6 +259,7 @@ class Registered(_Wire):
         fields.check_bytes("tag", self.tag, TAG_BYTES)
         fields.check_compression(self.compression)
         object.__setattr__(self, "urls", fields.texts("urls", self.urls))
+        fields.optional_text("member", self.member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,74 +298,58 @@ class VisitorHeader(_Wire):
     """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
 
     WIRE_KIND: ClassVar[str] = "visitor"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("confirm",)
     service: str
     type: ServiceType
     peer_host: str
     peer_port: int
+    #: Optional (later versions): send `DIAL_CONFIRMED` before the service's bytes.
+    confirm: bool = False
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
         fields.check_type(self.type)
         fields.check_text("peer_host", self.peer_host, fields.MAX_TEXT_CHARS)
         fields.check_int("peer_port", self.peer_port, 0, 65535)
+        fields.check_bool("confirm", self.confirm)
 
 
-Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error
+@dataclass(frozen=True, slots=True)
+class MemberUpdate(_Wire):
+    """Client -> server: a group member's target turned healthy or unhealthy, or its weight
+    changed (a reload); sent only to a server that listed FEATURE_GROUPS."""
+
+    WIRE_KIND: ClassVar[str] = "member_update"
+    service: str
+    healthy: bool
+    weight: int
+    #: What the deciding health check saw ("connected", "HTTP 503", ...).
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        fields.check_service(self.service)
+        fields.check_bool("healthy", self.healthy)
+        fields.check_int("weight", self.weight, 0, MAX_WEIGHT)
+        fields.check_text("detail", self.detail, fields.MAX_TEXT_CHARS, empty_ok=True)
+
+
+Message: TypeAlias = (
+    Hello | Challenge | Register | Registered | Unregister | Error | MemberUpdate
+)  # fmt: skip
 _MESSAGE_KINDS: dict[str, type[Message]] = {
-    cls.WIRE_KIND: cls for cls in (Hello, Challenge, Register, Registered, Unregister, Error)
+    cls.WIRE_KIND: cls
+    for cls in (Hello, Challenge, Register, Registered, Unregister, Error, MemberUpdate)
 }
-
-
-# --- framing ---
-
-
-def _frame(wire: dict[str, Any]) -> bytes:
-    body: bytes = msgpack.packb(wire, use_bin_type=True)
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise ValueError(f"{wire['kind']!r} message of {len(body)} bytes exceeds the limit")
-    return _PREFIX.pack(len(body)) + body
-
-
-def _unpack_map(body: bytes) -> dict[str, Any]:
-    try:
-        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ControlError(f"undecodable message: {type(exc).__name__}") from None
-    if not isinstance(data, dict):
-        raise ControlError("message is not a map")
-    kind = data.get("kind")
-    if not isinstance(kind, str):
-        raise ControlError("message lacks a string 'kind'")
-    return data
-
-
-async def _receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
-    buffer = bytearray()
-    while len(buffer) < size:
-        chunk = await stream.receive(size - len(buffer))
-        if not chunk:
-            raise anyio.EndOfStream
-        buffer += chunk
-    return bytes(buffer)
-
-
-async def _receive_frame(stream: ByteReceiveStream) -> bytes:
-    (size,) = _PREFIX.unpack(await _receive_exactly(stream, _PREFIX.size))
-    if size > MAX_MESSAGE_BYTES:
-        raise ControlError(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
-    if size == 0:
-        raise ControlError("empty message")
-    return await _receive_exactly(stream, size)
 
 
 def encode_message(message: Message) -> bytes:
     """Length prefix plus msgpack body. `ValueError` if it would exceed the size limit."""
-    return _frame(message.to_wire())
+    return frame(message.to_wire())
 
 
 def decode_message(body: bytes) -> Message:
     """Decode one message body (without its length prefix)."""
-    data = _unpack_map(body)
+    data = unpack_map(body)
     cls = _MESSAGE_KINDS.get(data["kind"])
     if cls is None:
         raise ControlError(f"unknown message kind {data['kind'][:64]!r}")
@@ -375,17 +363,17 @@ async def send_message(stream: ByteSendStream, message: Message) -> None:
 
 async def receive_message(stream: ByteReceiveStream) -> Message:
     """Read one framed message. `ControlError` on garbage; `anyio.EndOfStream` on EOF."""
-    return decode_message(await _receive_frame(stream))
+    return decode_message(await receive_frame(stream))
 
 
 def encode_visitor_header(header: VisitorHeader) -> bytes:
     """The framed header, to write as the first bytes of a visitor stream."""
-    return _frame(header.to_wire())
+    return frame(header.to_wire())
 
 
 def decode_visitor_header(body: bytes) -> VisitorHeader:
     """Decode a visitor header body (without its length prefix)."""
-    data = _unpack_map(body)
+    data = unpack_map(body)
     if data["kind"] != VisitorHeader.WIRE_KIND:
         raise ControlError(f"expected a visitor header, got {data['kind'][:64]!r}")
     return VisitorHeader.from_wire(data)
@@ -393,4 +381,4 @@ def decode_visitor_header(body: bytes) -> VisitorHeader:
 
 async def read_visitor_header(stream: ByteReceiveStream) -> VisitorHeader:
     """Read the header at the start of a visitor stream; the stream then carries raw bytes."""
-    return decode_visitor_header(await _receive_frame(stream))
+    return decode_visitor_header(await receive_frame(stream))
