@@ -17,17 +17,20 @@ import structlog
 from mux import Session
 from muxtunnel import __version__, control
 from muxtunnel.auth import FailureLimiter, TokenBook, address_key
-from muxtunnel.control import Error
+from muxtunnel.balance.ratelimit import VisitorLimiter
+from muxtunnel.control import Error, MemberUpdate, Register
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import log_doubling
-from muxtunnel.model import ServerConfig
+from muxtunnel.model import ServerConfig, ServicePolicy
 from muxtunnel.reload import ReloadError, server_changes
 from muxtunnel.server._admission import PreAuthGate, PreAuthTicket
+from muxtunnel.server._group_visitors import rows as group_rows
+from muxtunnel.server._groups import Groups
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
-from muxtunnel.status import ServerStatus
+from muxtunnel.status import AdmissionRow, ServerStatus, ServiceRow
 from muxtunnel.tls import ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
 
@@ -57,6 +60,12 @@ class Server:
         #: Per service name, kept across registrations: byte totals and enforced limits.
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
+        #: Per service name with `rate_limit`/`per_source`, kept across registrations (and
+        #: across a reload that drops the limits: the counts of refusals stay).
+        self.admissions: dict[str, VisitorLimiter] = {}
+        self._update_admissions(config.services)
+        #: Load-balancing groups, by name.
+        self.groups = Groups(self)
         #: The shared HTTP/HTTPS ports (None: not configured); imported only when configured.
         self.web: WebFront | None = None
         if config.http is not None:
@@ -84,6 +93,50 @@ class Server:
         self.failures.record_failure(source, now)
         self.auth_failures += 1
 
+    def visitor_limiter(self, name: str) -> VisitorLimiter | None:
+        """The rate limits on new visitors of a service name (None: it has none)."""
+        limiter = self.admissions.get(name)
+        if limiter is None or (limiter.rate_limit is None and limiter.per_source is None):
+            return None
+        return limiter
+
+    def _update_admissions(self, policies: tuple[ServicePolicy, ...]) -> None:
+        by_name = {policy.name: policy for policy in policies}
+        for name in set(self.admissions) | set(by_name):
+            policy = by_name.get(name)
+            rate, per_source = (policy.rate_limit, policy.per_source) if policy else (None, None)
+            limiter = self.admissions.get(name)
+            if limiter is not None:
+                limiter.update(rate, per_source)
+            elif rate is not None or per_source is not None:
+                self.admissions[name] = VisitorLimiter(name, rate, per_source)
+
+    # --- load-balancing groups (`Host`'s side of `_groups.Groups`) ---
+
+    def is_group(self, name: str) -> bool:
+        """Is `name` a live load-balancing group?"""
+        return name in self.groups.by_name
+
+    def group_proof_ok(
+        self, request: Register, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> bool:
+        """Does a member's registration prove its group's token (if the group has one)?"""
+        return self.groups.proof_ok(request, nonces, binding)
+
+    async def join_group(
+        self, session: Session, session_id: int, client_name: str, request: Register
+    ) -> ActiveService:
+        """A member's registration, in its group (`RegistrationError` if refused)."""
+        return await self.groups.join(session, session_id, client_name, request)
+
+    def leave_group(self, service: ActiveService) -> None:
+        """A member's registration ended: it leaves its group, its visitors are cut."""
+        self.groups.leave(service)
+
+    def update_member(self, service: ActiveService, update: MemberUpdate) -> None:
+        """A member's client reported its health or weight."""
+        self.groups.update(service, update)
+
     # --- running ---
 
     async def run(
@@ -105,6 +158,7 @@ class Server:
         # Carriers run in a group outside the accepting scope: stopping to accept new clients
         # (shutdown) must not cancel the sessions that are draining.
         async with anyio.create_task_group() as carriers:
+            await carriers.start(self.groups.run)
             if self.web is not None:
                 await carriers.start(self.web.run)
             task_status.started(self.port)
@@ -118,6 +172,7 @@ class Server:
         Visitor connections still open after `drain_timeout_s` are reset with their sessions.
         """
         self._accepting.cancel()
+        self.groups.stop_accepting()
         if self.web is not None:
             self.web.stop_accepting()
         sessions = list(self.sessions.values())
@@ -214,12 +269,17 @@ class Server:
         policies = {policy.name: policy for policy in new.services}
         for name in set(self.limiters) | set(policies):
             self.limiter_of(name).update(policies.get(name))
+        self._update_admissions(new.services)
         closed = []
         for service in list(self.registry.by_name.values()):
             reason = changes.close_reason(service.name, service.port, service.type)
             if reason is not None:
                 closed.append(service.name)
                 await self.close_service(service, reason)
+        for group, reason in self.groups.apply(changes):
+            closed.append(group.name)
+            for member in group.group.members:
+                await self.close_service(member.handle.service, reason)
         if self.web is not None:
             for service in self.web.apply(new, web_tls):
                 if self.registry.by_name.get(service.name) is service:
@@ -257,6 +317,9 @@ class Server:
             )
             for name, service in sorted(self.registry.by_name.items())
         ]
+        groups = group_rows(self.groups.by_name, public_host, now)
+        services += [self._group_service_row(row.name, now) for row in groups]
+        services.sort(key=lambda row: row.name)
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
         traffic = [t.row(name) for name, t in sorted(self.traffic.items())]
@@ -273,4 +336,30 @@ class Server:
             traffic=tuple(traffic),
             web=self.web.row() if self.web is not None else None,
             web_traffic=tuple(web_rows.values()),
+            groups=tuple(groups),
+            admissions=tuple(
+                AdmissionRow(s.service, s.admitted_total, dict(s.refused), s.sources_tracked)
+                for s in (limiter.snapshot() for _, limiter in sorted(self.admissions.items()))
+            ),
+        )
+
+    def _group_service_row(self, name: str, now: float) -> ServiceRow:
+        group = self.groups.by_name[name]
+        traffic, limiter = self.traffic.get(name), self.limiters.get(name)
+        udp = group.type == "udp"
+        public = group.urls[0] if group.urls else format_host_port(
+            self.config.public_host, group.port
+        )  # fmt: skip
+        return ServiceRow(
+            name=name,
+            type=group.type,
+            public=public,
+            open_connections=0 if udp else group.in_flight.count,
+            connections_total=group.udp.flows_opened if udp else group.in_flight.total,
+            bytes_in=group.udp.bytes_in if udp else (traffic.bytes_in if traffic else 0),
+            bytes_out=group.udp.bytes_out if udp else (traffic.bytes_out if traffic else 0),
+            udp_dropped=group.udp.dropped() if udp else None,
+            limits=limiter.describe() if limiter is not None else {},
+            urls=group.urls,
+            members=len(group.group),
         )

@@ -4,12 +4,16 @@ A TCP visitor is counted, checked against its service's limits, given a mux stre
 bytes are its `VisitorHeader`, then a PROXY protocol header if the service asked for one) and
 forwarded (`muxtunnel.forward`). A UDP service's datagrams are handled by its `UdpForwarder`,
 one stream per visitor address. HTTP and HTTPS services have no socket of their own: they are
-routes on the server's shared web ports (`_web.WebFront`).
+routes on the server's shared web ports (`_web.WebFront`). Rate limits (`rate_limit`,
+`per_source`) admit each new visitor first: a refused TCP visitor gets a reset, a refused UDP
+flow is not created. A member of a load-balancing group is registered by its group
+(`_groups`): its group holds the public socket, it only waits here until it leaves.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -17,10 +21,13 @@ import structlog
 
 from mux import Session
 from muxtunnel import control
+from muxtunnel.auth import address_key
+from muxtunnel.balance.ratelimit import Admission, Refusal
 from muxtunnel.compress import ALGORITHMS
 from muxtunnel.control import Register, VisitorHeader
 from muxtunnel.forward import Visitors, forward, guarded
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
+from muxtunnel.server._balanced import AdmittedUdp
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.transport import (
@@ -34,7 +41,9 @@ from muxtunnel.transport import (
 )
 from muxtunnel.udp import UdpForwarder
 
-__all__ = ["PublicSocket", "open_service", "serve"]
+__all__ = [
+    "PublicSocket", "admit", "bind", "compression", "open_service", "proxy_header", "serve",
+]  # fmt: skip
 
 log = structlog.get_logger("muxtunnel.server")
 
@@ -47,10 +56,11 @@ _Bound = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
 PublicSocket = _Bound | None
 
 
-def _compression(host: Host, request: Register) -> tuple[str | None, int]:
-    """The compression to use for a service: what the client asked, if policy allows it."""
+def compression(host: Host, request: Register, name: str) -> tuple[str | None, int]:
+    """The compression to use for a service: what the client asked, if the policy of `name`
+    (the service's, or its group's) allows it."""
     config = host.config
-    policy = next((p for p in config.services if p.name == request.service), None)
+    policy = next((p for p in config.services if p.name == name), None)
     if (
         request.compression not in ALGORITHMS
         or request.type == "udp"
@@ -66,8 +76,14 @@ async def open_service(
 ) -> tuple[ActiveService, PublicSocket]:
     """Check a registration and bind its public socket; `RegistrationError` if refused.
 
-    The caller adds the service to the registry and serves it.
+    The caller adds the service to the registry and serves it. (A group's member is registered
+    by its group: `Host.join_group`.)
     """
+    if host.is_group(request.service):
+        raise RegistrationError(
+            control.SERVICE_TAKEN,
+            f"service {request.service!r} is a load-balancing group: join it with group",
+        )
     existing = host.registry.by_name.get(request.service)
     if existing is not None:
         if existing.session_id == session_id:
@@ -90,21 +106,26 @@ async def open_service(
         raise RegistrationError(
             control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
         )
-    sock = await _bind(host, session, request.service, request.type, request.remote_port)
+    name = request.service
+
+    def forwarder() -> UdpForwarder:
+        config = host.config
+        return AdmittedUdp(
+            name, idle_s=config.udp_flow_idle_s, max_flows=config.udp_max_flows,
+            limiter=lambda: host.visitor_limiter(name), session=session, key_of=address_key,
+        )  # fmt: skip
+
+    sock = await bind(host, request.type, request.remote_port, forwarder)
     port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
-    service = ActiveService(
-        request.service, request.type, port, session_id, Visitors(parent=host.visitors)
-    )
-    service.compression, service.compression_level = _compression(host, request)
+    service = ActiveService(name, request.type, port, session_id, Visitors(parent=host.visitors))
+    service.compression, service.compression_level = compression(host, request, name)
     service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
     if isinstance(sock, UdpForwarder):
         sock.counters = service.udp
     return service, sock
 
 
-def _web_service(
-    host: Host, session: Session, session_id: int, request: Register
-) -> ActiveService:
+def _web_service(host: Host, session: Session, session_id: int, request: Register) -> ActiveService:
     web = host.web
     if web is None:
         raise RegistrationError(
@@ -119,25 +140,25 @@ def _web_service(
         session_id,
         Visitors(parent=host.visitors),
     )
-    service.compression, service.compression_level = _compression(host, request)
+    service.compression, service.compression_level = compression(host, request, request.service)
     web.register(request, service, session)
     return service
 
 
-async def _bind(
-    host: Host, session: Session, name: str, type: ServiceType, port: int
+async def bind(
+    host: Host, type: ServiceType, port: int, forwarder: Callable[[], UdpForwarder]
 ) -> _Bound:
+    """A public socket of `type` on `port` (0: a free allowed one); `forwarder` makes the UDP
+    one. `RegistrationError` if no port can be bound."""
     config = host.config
     public_host = config.public_host
 
     async def binder(port: int) -> _Bound:
         if type == "tcp":
             return await listen_tcp(public_host, port)
-        forwarder = UdpForwarder(
-            session, name, idle_s=config.udp_flow_idle_s, max_flows=config.udp_max_flows
-        )
-        await forwarder.bind(public_host, port)
-        return forwarder
+        udp = forwarder()
+        await udp.bind(public_host, port)
+        return udp
 
     if port:
         try:
@@ -163,6 +184,12 @@ async def serve(
 ) -> None:
     """Serve a service's public socket until its scope is cancelled (or the socket fails)."""
     with service.scope:
+        if service.member is not None:  # its group serves its visitors
+            try:
+                await anyio.sleep_forever()
+            finally:
+                host.leave_group(service)
+            return
         if sock is None:  # a web service: its routes live until it ends
             try:
                 await anyio.sleep_forever()
@@ -207,10 +234,39 @@ async def _serve_visitor(
     if service.visitors >= limit or session.closed:
         await abort(visitor)
         return
+    admission = admit(host, service.name, address[0])
+    if isinstance(admission, Refusal):
+        await abort(visitor)
+        return
+    try:
+        await _forward_visitor(host, session, session_id, service, visitor, address)
+    finally:
+        if admission is not None:
+            admission.release()
+
+
+def admit(host: Host, name: str, peer_host: str) -> Admission | Refusal | None:
+    """A new visitor's admission by the rate limits of `name` (None: it has none); a refusal
+    is counted and logged by the limiter."""
+    limiter = host.visitor_limiter(name)
+    if limiter is None:
+        return None
+    return limiter.admit(address_key(peer_host), anyio.current_time())
+
+
+async def _forward_visitor(
+    host: Host,
+    session: Session,
+    session_id: int,
+    service: ActiveService,
+    visitor: anyio.abc.SocketStream,
+    address: Address,
+) -> None:
     peer_host, peer_port = address
+    limiter = host.limiter_of(service.name)
     preamble = b""
     if service.proxy_protocol is not None:
-        preamble = _proxy_header(service.proxy_protocol, address, visitor)
+        preamble = proxy_header(service.proxy_protocol, address, visitor)
     with service.in_flight.track():
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port)
         try:
@@ -232,7 +288,7 @@ async def _serve_visitor(
         )
 
 
-def _proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
+def proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
     """The PROXY protocol header telling the local service who the visitor is."""
     from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
 
