@@ -122,9 +122,16 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
 def _fits_one_message(entry: Map, spec: ServiceSpec) -> None:
     """A registration travels in one control message: refuse options too long for it."""
     from muxtunnel import control
+    from muxtunnel.auth import GROUP_KEY_BYTES, GROUP_PROOF_BYTES
+    from muxtunnel.fields import INSTANCE_BYTES
 
+    group: dict[str, object] = {}
+    if spec.group is not None:  # the largest a member's fields can be
+        group = {"group_key": bytes(GROUP_KEY_BYTES), "group_proof": bytes(GROUP_PROOF_BYTES),
+                 "instance": bytes(INSTANCE_BYTES)}  # fmt: skip
     try:
-        control.encode_message(control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port))
+        register = control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port, **group)
+        control.encode_message(register)
     except ValueError as exc:
         fail(
             entry,

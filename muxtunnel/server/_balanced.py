@@ -78,7 +78,7 @@ class BalancedStream(anyio.abc.ByteStream):
         self,
         group: Group[MemberHandle],
         peer: Address,
-        key: str | None,
+        key: str | bytes | None,
         *,
         preamble: Callable[[MemberHandle], bytes] | None = None,
         on_retry: Callable[[], None] | None = None,

@@ -39,6 +39,7 @@ from muxtunnel.balance.group import Group
 from muxtunnel.balance.settings import GroupSettings, PolicyKind
 from muxtunnel.control import MemberUpdate, Register
 from muxtunnel.forward import Visitors, guarded
+from muxtunnel.model import WEB_TYPES
 from muxtunnel.reload import ServerChanges
 from muxtunnel.server import _services
 from muxtunnel.server._balanced import AdmittedUdp
@@ -247,6 +248,10 @@ class Groups:
                 control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
             )
         engine: Group[MemberHandle] = Group(name, self.settings(name))
+        configured = host.tokens.group_keys.get(name)
+        key = configured if configured is not None else (request.group_key or None)
+        if request.type in WEB_TYPES:
+            return self._create_web(name, request, engine, key, configured is not None)
 
         def forwarder() -> UdpForwarder:
             config = host.config
@@ -257,8 +262,6 @@ class Groups:
 
         sock = await _services.bind(host, request.type, request.remote_port, forwarder)
         port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
-        configured = host.tokens.group_keys.get(name)
-        key = configured if configured is not None else (request.group_key or None)
         group = GroupService(
             name, request.type, port, engine, key, configured is not None,
             Visitors(parent=host.visitors),
@@ -268,23 +271,60 @@ class Groups:
         if engine.settings.policy.kind is PolicyKind.HASH_HEADER:
             log.warning("a hash_header policy needs HTTP requests: visitors go round robin",
                         group=name, type=request.type)  # fmt: skip
-        self.by_name[name] = group
-        host.registry.ports.add((request.type, port))
-        self._tg.start_soon(self._serve, group, sock)
-        log.info("group opened", group=name, type=request.type,
-                 public=format_host_port(host.config.public_host, port),
-                 policy=str(engine.settings.policy))  # fmt: skip
+        self._start(group, sock)
         return group
+
+    def _create_web(
+        self,
+        name: str,
+        request: Register,
+        engine: Group[MemberHandle],
+        key: bytes | None,
+        configured: bool,
+    ) -> GroupService:
+        web = self.host.web
+        if web is None:
+            raise RegistrationError(
+                control.UNSUPPORTED,
+                "this server serves no http or https services (it needs listen --domain with "
+                "--http-bind or --https-bind)",
+            )
+        group = GroupService(
+            name, request.type, web.public_port(request.type), engine, key, configured,
+            Visitors(parent=self.host.visitors),
+        )  # fmt: skip
+        web.register_group(group, request)
+        self._start(group, None)
+        return group
+
+    def _start(self, group: GroupService, sock: _services.PublicSocket) -> None:
+        assert self._tg is not None
+        name, host = group.name, self.host
+        self.by_name[name] = group
+        if sock is not None:
+            host.registry.ports.add((group.type, group.port))
+        self._tg.start_soon(self._serve, group, sock)
+        public = group.urls[0] if group.urls else format_host_port(
+            host.config.public_host, group.port
+        )  # fmt: skip
+        log.info("group opened", group=name, type=group.type, public=public,
+                 policy=str(group.group.settings.policy))  # fmt: skip
 
     def _close(self, group: GroupService) -> None:
         if self.by_name.get(group.name) is group:
             del self.by_name[group.name]
-            self.host.registry.ports.discard((group.type, group.port))
+            if group.type in WEB_TYPES:
+                if self.host.web is not None:
+                    self.host.web.release_group(group)
+            else:
+                self.host.registry.ports.discard((group.type, group.port))
         group.scope.cancel()
 
     async def _serve(self, group: GroupService, sock: _services.PublicSocket) -> None:
         try:
             with group.scope:
+                if sock is None:  # web routes: they live until the group closes
+                    await anyio.sleep_forever()
                 if isinstance(sock, UdpForwarder):
                     with group.listener_scope:  # datagrams have nothing to drain
                         await sock.run()

@@ -71,7 +71,10 @@ class Server:
         if config.http is not None:
             from muxtunnel.server._web import WebFront
 
-            self.web = WebFront(config, self.registry, self.traffic_of, self.limiter_of)
+            self.web = WebFront(
+                config, self.registry, self.traffic_of, self.limiter_of,
+                self.visitor_limiter, self.groups.by_name,
+            )  # fmt: skip
         self.auth_failures = 0
         self.tls_failures = 0
         self.started = 0.0
