@@ -96,12 +96,19 @@ class Client:
         Reports through `task_status` at once: there is nothing to wait for before the first
         connection attempt. Health checks run beside it, across sessions.
         """
+        fatal: FatalError | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(self.checks.run)
             for state in self.services.values():
                 self.checks.start(state)
             task_status.started()
-            await self._reconnect_loop()
+            try:
+                await self._reconnect_loop()
+            except FatalError as exc:  # raised as itself, not in the task group's group
+                fatal = exc
+                tg.cancel_scope.cancel()
+        if fatal is not None:
+            raise fatal
 
     async def _reconnect_loop(self) -> None:
         attempt = 0
