@@ -326,8 +326,10 @@ class AdmittedUdp(UdpForwarder):
                 admission.release()
             return None
         visit.succeeded(now)
+        handle.streams.add(stream)  # reset when the member leaves
 
         def on_end() -> None:
+            handle.streams.discard(stream)
             visit.close()
             if admission is not None:
                 admission.release()
