@@ -34,10 +34,7 @@ async def serve_visitor(host: Host, group: GroupService, visitor: anyio.abc.Sock
         await abort(visitor)
         return
     limiter = host.limiter_of(group.name)
-    limit = host.config.max_visitors_per_service
-    if limiter.max_connections is not None:
-        limit = min(limit, limiter.max_connections)
-    if group.in_flight.count >= limit:
+    if group.in_flight.count >= limiter.connections_allowed(host.config.max_visitors_per_service):
         await abort(visitor)
         return
     admission = _services.admit(host, group.name, address[0])

@@ -237,16 +237,8 @@ class Groups:
         host = self.host
         if self._tg is None or not self._accepting:
             raise RegistrationError(control.INTERNAL_ERROR, "the server is not serving groups")
-        allowed = host.config.allow_ports
-        if request.remote_port and request.remote_port not in allowed:
-            raise RegistrationError(
-                control.PORT_NOT_ALLOWED,
-                f"port {request.remote_port} is not allowed (allowed: {allowed})",
-            )
-        if (request.type, request.remote_port) in host.registry.ports:
-            raise RegistrationError(
-                control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
-            )
+        if request.type not in WEB_TYPES:
+            _services.check_port(host, request)
         engine: Group[MemberHandle] = Group(name, self.settings(name))
         configured = host.tokens.group_keys.get(name)
         key = configured if configured is not None else (request.group_key or None)

@@ -42,7 +42,8 @@ from muxtunnel.transport import (
 from muxtunnel.udp import UdpForwarder
 
 __all__ = [
-    "PublicSocket", "admit", "bind", "compression", "open_service", "proxy_header", "serve",
+    "PublicSocket", "admit", "bind", "check_port", "compression", "open_service",
+    "proxy_header", "serve",
 ]  # fmt: skip
 
 log = structlog.get_logger("muxtunnel.server")
@@ -96,16 +97,7 @@ async def open_service(
         )
     if request.type in WEB_TYPES:
         return _web_service(host, session, session_id, request), None
-    allowed = host.config.allow_ports
-    if request.remote_port and request.remote_port not in allowed:
-        raise RegistrationError(
-            control.PORT_NOT_ALLOWED,
-            f"port {request.remote_port} is not allowed (allowed: {allowed})",
-        )
-    if (request.type, request.remote_port) in host.registry.ports:
-        raise RegistrationError(
-            control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
-        )
+    check_port(host, request)
     name = request.service
 
     def forwarder() -> UdpForwarder:
@@ -123,6 +115,20 @@ async def open_service(
     if isinstance(sock, UdpForwarder):
         sock.counters = service.udp
     return service, sock
+
+
+def check_port(host: Host, request: Register) -> None:
+    """May `request` have the port it asks for (`RegistrationError` if not)?"""
+    allowed = host.config.allow_ports
+    if request.remote_port and request.remote_port not in allowed:
+        raise RegistrationError(
+            control.PORT_NOT_ALLOWED,
+            f"port {request.remote_port} is not allowed (allowed: {allowed})",
+        )
+    if (request.type, request.remote_port) in host.registry.ports:
+        raise RegistrationError(
+            control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
+        )
 
 
 def _web_service(host: Host, session: Session, session_id: int, request: Register) -> ActiveService:
@@ -227,10 +233,7 @@ async def _serve_visitor(
     if address is None:  # reset before we got to it
         await abort(visitor)
         return
-    limiter = host.limiter_of(service.name)
-    limit = host.config.max_visitors_per_service
-    if limiter.max_connections is not None:
-        limit = min(limit, limiter.max_connections)
+    limit = host.limiter_of(service.name).connections_allowed(host.config.max_visitors_per_service)
     if service.visitors >= limit or session.closed:
         await abort(visitor)
         return

@@ -284,9 +284,7 @@ class WebFront:
         else:
             open_now = live.service.visitors
         limiter = self.limiter_of(name)
-        limit = self.config.max_visitors_per_service
-        if limiter.max_connections is not None:
-            limit = min(limit, limiter.max_connections)
+        limit = limiter.connections_allowed(self.config.max_visitors_per_service)
         if open_now >= limit:
             raise UpstreamUnavailable(f"service {name!r} has {limit} connections open")
         admission = admit(self.visitor_limiter(name), name, visitor)
