@@ -148,6 +148,17 @@ def visit_many(
     return tally
 
 
+def open_visitor(cluster: Cluster) -> tuple[socket.socket, str]:
+    """A long-lived visitor: connected, its member's name read; closed by the caller."""
+    sock = socket.create_connection((cluster.host, cluster.port), timeout=20)
+    name = b""
+    while not name.endswith(b"\n"):
+        chunk = sock.recv(1)
+        assert chunk, "the visitor was closed"
+        name += chunk
+    return sock, name.decode().strip()
+
+
 def _member_yaml(index: int, port: int, group: dict[str, Any]) -> str:
     entry = {"name": f"web-{index}", "local": port, "group": "web", **group}
     return "client:\n  services:\n    - " + json.dumps(entry) + "\n"

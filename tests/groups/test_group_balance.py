@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .cluster import Cluster, visit, visit_many
+from .cluster import Cluster, open_visitor, visit, visit_many
 
 VISITORS = 3000
 #: The issue's bound: each member's share within ±5% of what the policy promises.
@@ -93,17 +93,6 @@ def test_hash_source_is_sticky_and_a_leaving_member_moves_only_its_keys(
     assert served_by_source(cluster, rounds=1) == placed
     figures.record("groups: hash_source 60 sources", keys=dict(counts),
                    moved=counts["web-2"], kept=60 - counts["web-2"])  # fmt: skip
-
-
-def open_visitor(cluster: Cluster) -> tuple[socket.socket, str]:
-    """A long-lived visitor: connected, its member's name read; closed by the caller."""
-    sock = socket.create_connection((cluster.host, cluster.port), timeout=20)
-    name = b""
-    while not name.endswith(b"\n"):
-        chunk = sock.recv(1)
-        assert chunk, "the visitor was closed"
-        name += chunk
-    return sock, name.decode().strip()
 
 
 def test_least_connections_fills_the_member_with_the_fewest_open_visitors(

@@ -4,6 +4,7 @@ every visitor whole meanwhile."""
 
 from __future__ import annotations
 
+import socket
 import statistics
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 from testenv import within_load
 
-from .cluster import Cluster, VisitFailed, visit, visit_many
+from .cluster import Cluster, VisitFailed, open_visitor, visit, visit_many
 
 HEALTH = {"type": "tcp", "interval_s": 0.2, "timeout_s": 0.1, "unhealthy_after": 2,
           "healthy_after": 2}  # fmt: skip
@@ -65,8 +66,12 @@ def test_an_unhealthy_member_gets_no_new_visitors_and_no_visitor_fails(
     cluster.server(lb="round_robin", circuit={"failures": 1000, "window_s": 1})
     for index in range(3):
         cluster.member(index, health=HEALTH)
+    held: list[tuple[socket.socket, str]] = []
     try:
         baseline_s = baseline_visit_s(cluster)
+        while not held or held[-1][1] != "web-1":  # a long-lived visitor on web-1
+            held.append(open_visitor(cluster))
+        open_on_web1 = held[-1][0]
         visitors = Visitors(cluster)
         time.sleep(0.5)
         killed_at = time.monotonic()
@@ -80,6 +85,10 @@ def test_an_unhealthy_member_gets_no_new_visitors_and_no_visitor_fails(
         # Nothing picked it since it was reported: the group stopped sending visitors there.
         assert members["web-1"]["visitors_total"] == picked_when_unhealthy
         assert "connect" in members["web-1"]["health_detail"], members["web-1"]
+        # Open visitors are not cut: the one on web-1 still has its service.
+        open_on_web1.sendall(b"still there")
+        assert open_on_web1.recv(64) == b"still there"
+        assert members["web-1"]["connections"] == 1
         failed = [outcome for _, outcome in results if isinstance(outcome, VisitFailed)]
         assert not failed, failed[:5]  # the picks of web-1 meanwhile were retried elsewhere
         after_kill = [o for at, o in results if at > killed_at]
@@ -102,6 +111,8 @@ def test_an_unhealthy_member_gets_no_new_visitors_and_no_visitor_fails(
             retried=group["retries_total"], failed=len(failed),
         )  # fmt: skip
     finally:
+        for sock, _ in held:
+            sock.close()
         cluster.echoes[1].stop()
         cluster.echoes[1].start()
         for index in range(3):
@@ -114,6 +125,7 @@ def test_the_circuit_opens_half_opens_and_closes_again(cluster: Cluster, figures
     cluster.server(lb="round_robin", circuit={"failures": 3, "window_s": window_s, "cooldown_s": 1})
     time.sleep(window_s)  # failed dials of earlier tests fall out of the window
     start = cluster.members()["web-1"]
+    retries_before = cluster.group()["retries_total"]
     cluster.echoes[1].stop()
     try:
         # Closed -> open: three failed dials in the window, each visitor retried elsewhere.
@@ -147,9 +159,12 @@ def test_the_circuit_opens_half_opens_and_closes_again(cluster: Cluster, figures
         assert tally.served["web-1"] >= 5, tally.served
         member = cluster.members()["web-1"]
         assert member["circuit"] == "closed" and member["available"], member
-        figures.record("groups: circuit breaker", opened=member["circuit_opened_total"],
-                       dial_failures=member["dial_failures"],
-                       retried=cluster.group()["retries_total"])  # fmt: skip
+        figures.record(
+            "groups: circuit breaker (3 failures, cooldown 1 s)",
+            opened=member["circuit_opened_total"] - start["circuit_opened_total"],
+            dial_failures=member["dial_failures"] - start["dial_failures"],
+            retried=cluster.group()["retries_total"] - retries_before,
+        )
     finally:
         cluster.echoes[1].stop()
         cluster.echoes[1].start()
