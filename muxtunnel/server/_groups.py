@@ -133,7 +133,7 @@ class Groups:
             async with self._creating:
                 group = self.by_name.get(name) or await self._create(name, request)
         self._check_fits(group, request)
-        member_id = self._member_id(group, session, client_name, request)
+        member_id, replaced = self._member_id(group, session, client_name, request)
         service = ActiveService(request.service, request.type, group.port, session_id, Visitors())
         service.compression, service.compression_level = _services.compression(
             self.host, request, name
@@ -143,6 +143,9 @@ class Groups:
         handle = MemberHandle(session, service, member_id, name, request.instance)
         service.member = handle
         group.group.add_member(member_id, handle, weight=request.weight, healthy=request.healthy)
+        if replaced is not None:
+            reason = "the same client registered it again on a new session"
+            await self.host.close_service(replaced.service, reason)
         return service
 
     def _check_fits(self, group: GroupService, request: Register) -> None:
@@ -161,11 +164,12 @@ class Groups:
 
     def _member_id(
         self, group: GroupService, session: Session, client_name: str, request: Register
-    ) -> str:
+    ) -> tuple[str, MemberHandle | None]:
+        """The new member's id, and the member it replaces (a reconnect), if any."""
         base = f"{client_name[:_CLIENT_NAME_CHARS] or 'client'}/{request.service}"
         engine = group.group
         if base not in engine:
-            return base
+            return base, None
         old = engine.member(base).handle
         if old.session is session:
             raise RegistrationError(
@@ -173,13 +177,12 @@ class Groups:
             )
         if request.instance and hmac.compare_digest(old.instance, request.instance):
             engine.remove_member(base)  # the same process, back before its old session ended
-            self.host.registry.remove(old.service)
             log.info("group member replaced by its reconnect", group=group.name, member=base)
-            return base
+            return base, old
         number = 2
         while f"{base}#{number}" in engine:
             number += 1
-        return f"{base}#{number}"
+        return f"{base}#{number}", None
 
     def leave(self, service: ActiveService) -> None:
         """A member's registration ended: its visitors are cut, an empty group closes."""

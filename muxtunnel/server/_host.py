@@ -75,6 +75,10 @@ class Host(Protocol):
         """Count a failed authentication from `source`."""
         ...
 
+    async def close_service(self, service: ActiveService, reason: str) -> None:
+        """Close a live service (its visitors too) and tell its client why."""
+        ...
+
     def visitor_limiter(self, name: str) -> VisitorLimiter | None:
         """The rate limits on new visitors of a service name (None: it has none)."""
         ...
