@@ -138,13 +138,13 @@ class BalancedStream(anyio.abc.ByteStream):
             if service.compression:
                 tunnel = CompressedStream(raw, service.compression_level)
             self._tunnel = tunnel
+            # The member's PROXY protocol header, then what the visitor sent so far: taken and
+            # handed to the stream in one step, so that a concurrent `send` comes after it.
             first = self._preamble(handle) if self._preamble is not None else b""
-            replay = bytes(self._replay or b"")
+            first += self._replay or b""
             try:
-                if first:  # the member's PROXY protocol header
+                if first:
                     await tunnel.send(first)
-                if replay:
-                    await tunnel.send(replay)
                 if self._eof:
                     await tunnel.send_eof()
             except _FAILURES:
