@@ -56,7 +56,7 @@ async def serve_visitor(host: Host, group: GroupService, visitor: anyio.abc.Sock
     )  # fmt: skip
     try:
         if not await stream.start():
-            group.failed_total += 1
+            group.visitor_failed("no member available")
             await abort(visitor)
             return
         with group.in_flight.track():
@@ -66,7 +66,7 @@ async def serve_visitor(host: Host, group: GroupService, visitor: anyio.abc.Sock
                 limiter=limiter, group=group.name,
             )  # fmt: skip
         if stream.failed:
-            group.failed_total += 1
+            group.visitor_failed("every dial it was given failed")
     finally:
         if admission is not None:
             admission.release()

@@ -11,17 +11,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
+import structlog
 
 from mux import MuxStream, Session
 from muxtunnel.balance.group import Group
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import log_doubling
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServiceRow
 from muxtunnel.udp import UdpCounters
 
 __all__ = ["ActiveService", "GroupService", "MemberHandle", "RegistrationError", "Registry"]
+
+log = structlog.get_logger("muxtunnel.server")
 
 
 class RegistrationError(Exception):
@@ -144,6 +148,11 @@ class GroupService:
     urls: tuple[str, ...] = ()
     retries_total: int = 0
     failed_total: int = 0
+
+    def visitor_failed(self, why: str) -> None:
+        """A visitor no member could take: counted, and logged at doubling counts."""
+        self.failed_total += 1
+        log_doubling(log, "group visitor failed", self.failed_total, group=self.name, why=why)
 
 
 class Registry:

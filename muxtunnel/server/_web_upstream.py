@@ -122,14 +122,14 @@ async def open_member(
             admission.release()
         raise
     if not started:
-        group.failed_total += 1
+        group.visitor_failed("no member available")
         if admission is not None:
             admission.release()
         raise UpstreamUnavailable(f"no member of group {group.name!r} is available")
 
     def closed() -> None:
         if stream.failed:
-            group.failed_total += 1
+            group.visitor_failed("every dial it was given failed")
         if admission is not None:
             admission.release()
 
