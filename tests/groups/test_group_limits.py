@@ -16,12 +16,18 @@ from .cluster import Cluster, NamedEcho, VisitFailed, visit
 RATE_TOLERANCE = 0.10
 
 
+#: How a refused TCP visitor ends: a reset, seen on connect, send, shutdown (ENOTCONN: the
+#: reset came first) or receive; never a clean EOF.
+RESETS = ("ConnectionResetError", "BrokenPipeError", "OSError: [Errno 107]")
+
+
 def hammer(
     cluster: Cluster, seconds: float, source: str | None = None, threads: int = 4
 ) -> tuple[int, int, float]:
     """Visitors as fast as `threads` threads can make them for `seconds`: (admitted, refused,
-    the seconds from the first to the last attempt)."""
+    the seconds from the first to the last attempt). Every refused one must see a reset."""
     admitted = refused = 0
+    not_reset: list[str] = []
     lock = threading.Lock()
     first = last = 0.0
     started = time.monotonic()
@@ -33,8 +39,10 @@ def hammer(
             try:
                 visit(cluster.host, cluster.port, source=source, timeout_s=10)
                 ok = True
-            except VisitFailed:
+            except VisitFailed as exc:
                 ok = False
+                if not str(exc).startswith(RESETS):
+                    not_reset.append(str(exc))
             with lock:
                 first = first or at
                 last = max(last, at)
@@ -46,6 +54,7 @@ def hammer(
         worker.start()
     for worker in workers:
         worker.join(seconds + 30)
+    assert not not_reset, not_reset[:5]
     return admitted, refused, last - first
 
 
@@ -87,6 +96,7 @@ def test_per_source_limits_hold_each_source_to_its_own_rate(cluster: Cluster, fi
             worker.start()
         for worker in workers:
             worker.join(60)
+        assert set(results) == {"127.0.0.2", "127.0.0.3"}  # both hammers ran to their end
         for source, (admitted, refused, seconds) in results.items():
             expected = rate + rate * seconds  # the burst is one second's worth
             assert abs(admitted - expected) <= expected * RATE_TOLERANCE, (source, admitted)
