@@ -248,7 +248,9 @@ class Client:
         old, state.spec = state.spec, spec
         if old.local != spec.local:
             log.info("service local address changed", service=spec.name, local=spec.local)
-        if old.group != spec.group or old.local != spec.local:
+        old_health = old.group.health if old.group is not None else None
+        new_health = spec.group.health if spec.group is not None else None
+        if old_health != new_health or old.local != spec.local:
             self.checks.stop(state)
             self.checks.start(state)
         old_weight = old.group.weight if old.group is not None else None
