@@ -82,3 +82,10 @@ def test_a_member_refuses_a_server_without_groups() -> None:
     with pytest.raises(FatalError, match="does not take load-balancing groups"):
         control._membership(ServiceState(member("web-a")))
     assert control._membership(ServiceState(ServiceSpec("db", "tcp", "127.0.0.1", 9))) == {}
+
+
+def test_a_members_status_row_says_its_group_and_health() -> None:
+    state = ServiceState(member("web-a"))
+    row = state.row(None)
+    assert (row.group, row.health) == ("web", None)  # no health check: nothing to say
+    assert ServiceState(ServiceSpec("db", "tcp", "127.0.0.1", 9)).row(None).group is None
