@@ -21,6 +21,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -139,7 +140,12 @@ async def serve(
         if config.metrics is not None or config.admin is not None:
             from muxtunnel.web import run_endpoints
 
-            ports = await tg.start(run_endpoints, config.metrics, config.admin, target.status)
+            ports = await tg.start(
+                partial(run_endpoints, refusals=target.refusals),
+                config.metrics,
+                config.admin,
+                target.status,
+            )
         await tg.start(run)
         task_status.started(ports)
 

@@ -8,8 +8,8 @@ later version may add optional fields; anything missing or of the wrong type is 
 Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
     S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
-    C -> S  Register(service, type, remote_port, tag[, compression, compression_level])
-    S -> C  Registered(..., tag[, compression])           or Error
+    C -> S  Register(service, type, remote_port, tag[, compression, level, fallback])
+    S -> C  Registered(..., tag[, compression, compression_level])   or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
 Each visitor stream the server opens starts with one VisitorHeader, framed the same way.
@@ -33,13 +33,23 @@ import msgpack  # type: ignore[import-untyped]
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
+from muxtunnel.log import safe_text
 from muxtunnel.model import ServiceType
-from muxtunnel.specs import SERVICE_TYPES, SpecError, validate_service_name
+from muxtunnel.wirecheck import (
+    check_bool,
+    check_bytes,
+    check_compression,
+    check_int,
+    check_service,
+    check_text,
+    check_type,
+)
 
 __all__ = [
     "AUTH_FAILED",
     "BAD_REQUEST",
     "INTERNAL_ERROR",
+    "LIMIT_REACHED",
     "MAX_MESSAGE_BYTES",
     "PORT_IN_USE",
     "PORT_NOT_ALLOWED",
@@ -73,6 +83,8 @@ MAX_MESSAGE_BYTES = 4096
 _PREFIX = struct.Struct(">H")
 _MAX_TEXT_CHARS = 255  # names and host strings
 _MAX_ERROR_MESSAGE_CHARS = 1024
+#: An error message's UTF-8 bytes: with the rest of its message, well within MAX_MESSAGE_BYTES.
+_MAX_ERROR_MESSAGE_BYTES = 3072
 
 # Error codes (Error.code). A peer may send codes we do not know; treat them as a refusal.
 AUTH_FAILED = "auth_failed"
@@ -83,6 +95,8 @@ BAD_REQUEST = "bad_request"
 VERSION_MISMATCH = "version_mismatch"
 RATE_LIMITED = "rate_limited"
 INTERNAL_ERROR = "internal_error"
+#: A limit of the server's config: services per session, sessions per address.
+LIMIT_REACHED = "limit_reached"
 #: Server -> client, unasked: a live service was closed (e.g. the server's config changed).
 SERVICE_CLOSED = "service_closed"
 
@@ -95,63 +109,20 @@ class ControlError(Exception):
         self.code = code
 
 
-# --- field checks: raise ValueError, turned into ControlError where peer bytes are decoded ---
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if type(value) is not int:
-        raise ValueError(f"{name} must be an integer")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-
-
-def _check_bytes(name: str, value: object, size: int) -> None:
-    if type(value) is not bytes or len(value) != size:
-        raise ValueError(f"{name} must be {size} bytes")
-
-
-def _check_text(name: str, value: object, max_chars: int, *, empty_ok: bool = False) -> None:
-    if type(value) is not str:
-        raise ValueError(f"{name} must be a string")
-    if len(value) > max_chars or (not value and not empty_ok):
-        raise ValueError(f"{name} must be 1..{max_chars} characters")
-    if not value.isprintable():
-        raise ValueError(f"{name} must hold only printable characters")
-
-
-def _check_service(value: object) -> None:
-    if type(value) is not str:
-        raise ValueError("service must be a string")
-    try:
-        validate_service_name(value)
-    except SpecError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _check_type(value: object) -> None:
-    if value not in SERVICE_TYPES:
-        raise ValueError(f"type must be one of {', '.join(SERVICE_TYPES)}")
-
-
-def _check_compression(value: object) -> None:
-    if value is not None:
-        _check_text("compression", value, 16)
-
-
 class _Wire:
     """Shared `to_wire`/`from_wire`: fields map to keys of the same name, plus `kind`."""
 
     WIRE_KIND: ClassVar[str]
-    #: Fields added in later versions: left off the wire while they hold their default, so a
-    #: message that uses no new feature is byte for byte what older versions send.
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ()
     __slots__ = ()
 
     def to_wire(self) -> dict[str, Any]:
+        """The map to send. Fields with a default (optional ones, added by later versions) are
+        left off while they hold it: a message that uses no new feature is what older versions
+        send, and what they expect."""
         wire: dict[str, Any] = {"kind": self.WIRE_KIND}
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, item.name)
-            if item.name in self.EXTENSIONS and value == item.default:
+            if item.default is not dataclasses.MISSING and value == item.default:
                 continue
             wire[item.name] = value
         return wire
@@ -185,9 +156,9 @@ class Hello(_Wire):
     client_name: str
 
     def __post_init__(self) -> None:
-        _check_int("version", self.version, 0, 0xFFFF)
-        _check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
-        _check_text("client_name", self.client_name, _MAX_TEXT_CHARS, empty_ok=True)
+        check_int("version", self.version, 0, 0xFFFF)
+        check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
+        check_text("client_name", self.client_name, _MAX_TEXT_CHARS, empty_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +170,8 @@ class Challenge(_Wire):
     server_nonce: bytes
 
     def __post_init__(self) -> None:
-        _check_int("version", self.version, 0, 0xFFFF)
-        _check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
+        check_int("version", self.version, 0, 0xFFFF)
+        check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +179,6 @@ class Register(_Wire):
     """Client -> server: expose `service`; `tag` proves the client holds the service's token."""
 
     WIRE_KIND: ClassVar[str] = "register"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "compression_level")
     service: str
     type: ServiceType
     #: Public port wanted; 0 lets the server pick one from its allowed ports.
@@ -217,14 +187,18 @@ class Register(_Wire):
     #: Optional (later versions): compression asked for ("zstd"), and the level to use.
     compression: str | None = None
     compression_level: int = 0
+    #: Optional: the client takes a visitor stream uncompressed when its header says so (the
+    #: server falls back to that when a session's compression budget is spent).
+    compression_fallback: bool = False
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
-        _check_type(self.type)
-        _check_int("remote_port", self.remote_port, 0, 65535)
-        _check_bytes("tag", self.tag, TAG_BYTES)
-        _check_compression(self.compression)
-        _check_int("compression_level", self.compression_level, 0, 22)
+        check_service(self.service)
+        check_type(self.type)
+        check_int("remote_port", self.remote_port, 0, 65535)
+        check_bytes("tag", self.tag, TAG_BYTES)
+        check_compression(self.compression)
+        check_int("compression_level", self.compression_level, 0, 22)
+        check_bool("compression_fallback", self.compression_fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,22 +207,24 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression",)
     service: str
     type: ServiceType
     public_host: str
     public_port: int
     tag: bytes
-    #: Optional (later versions): the compression both sides use on visitor streams, if any.
+    #: Optional (later versions): the compression both sides use on visitor streams, if any,
+    #: and the level both compress with (0: the client's own, as before this field).
     compression: str | None = None
+    compression_level: int = 0
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
-        _check_type(self.type)
-        _check_text("public_host", self.public_host, _MAX_TEXT_CHARS)
-        _check_int("public_port", self.public_port, 1, 65535)
-        _check_bytes("tag", self.tag, TAG_BYTES)
-        _check_compression(self.compression)
+        check_service(self.service)
+        check_type(self.type)
+        check_text("public_host", self.public_host, _MAX_TEXT_CHARS)
+        check_int("public_port", self.public_port, 1, 65535)
+        check_bytes("tag", self.tag, TAG_BYTES)
+        check_compression(self.compression)
+        check_int("compression_level", self.compression_level, 0, 22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +235,7 @@ class Unregister(_Wire):
     service: str
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
+        check_service(self.service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +243,8 @@ class Error(_Wire):
     """Either side: a request failed. `service` names the registration it concerns, if any.
 
     For a failed authentication the server says `auth_failed` and nothing more, whether the
-    service is unknown or the token is wrong.
+    service is unknown or the token is wrong. `message` is made safe at construction, never
+    refused (a refusal may quote a long port list): escaped and shortened (`safe_text`).
     """
 
     WIRE_KIND: ClassVar[str] = "error"
@@ -276,10 +253,14 @@ class Error(_Wire):
     service: str | None = None
 
     def __post_init__(self) -> None:
-        _check_text("code", self.code, 64)
-        _check_text("message", self.message, _MAX_ERROR_MESSAGE_CHARS, empty_ok=True)
+        check_text("code", self.code, 64)
+        if type(self.message) is not str:
+            raise ValueError("message must be a string")
+        safe = safe_text(self.message, _MAX_ERROR_MESSAGE_CHARS, _MAX_ERROR_MESSAGE_BYTES)
+        if safe is not self.message:
+            object.__setattr__(self, "message", safe)
         if self.service is not None:
-            _check_service(self.service)
+            check_service(self.service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +272,16 @@ class VisitorHeader(_Wire):
     type: ServiceType
     peer_host: str
     peer_port: int
+    #: Optional: False when this stream travels uncompressed although its service agreed
+    #: compression (only for a client that registered with `compression_fallback`).
+    compressed: bool = True
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
-        _check_type(self.type)
-        _check_text("peer_host", self.peer_host, _MAX_TEXT_CHARS)
-        _check_int("peer_port", self.peer_port, 0, 65535)
+        check_service(self.service)
+        check_type(self.type)
+        check_text("peer_host", self.peer_host, _MAX_TEXT_CHARS)
+        check_int("peer_port", self.peer_port, 0, 65535)
+        check_bool("compressed", self.compressed)
 
 
 Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error

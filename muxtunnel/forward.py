@@ -8,9 +8,10 @@ sides, for each visitor:
   count to reach zero on an event (no polling);
 - run its handler behind a barrier (`guarded`): a bug costs this visitor only (logged, its
   connection aborted), never the session or the process;
-- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts),
-  the tunnel side compressed if agreed, piped both ways with half-close, and one
-  "visitor closed" line with the byte counts.
+- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts,
+  an idle timeout reads the time of the last byte and may cut it through `meter.scope`), the
+  tunnel side compressed if agreed, piped both ways with half-close, and one "visitor closed"
+  line with the byte counts.
 """
 
 from __future__ import annotations
@@ -127,11 +128,17 @@ async def forward(
         tunnel: anyio.abc.ByteStream = stream
         if compression_level is not None:
             tunnel = CompressedStream(stream, compression_level)
-        if visitor_side:
-            result = await pipe(metered, tunnel)
-        else:
-            result = await pipe(tunnel, metered)
+        result: PipeResult | None = None
+        with anyio.CancelScope() as meter.scope:  # an idle timeout may cancel it
+            if visitor_side:
+                result = await pipe(metered, tunnel)
+            else:
+                result = await pipe(tunnel, metered)
+        if result is None:  # cut from outside (the pipe aborted both ends)
+            error = "idle timeout" if meter.idle_closed else "cancelled"
+            result = PipeResult(meter.bytes_in, meter.bytes_out, error)
     finally:
+        meter.scope = None
         traffic.close(meter)
     log.info(
         "visitor closed",

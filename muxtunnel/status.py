@@ -170,6 +170,8 @@ class ServerStatus:
     #: Open visitor connections, oldest first.
     connections: tuple[ConnectionRow, ...] = ()
     traffic: tuple[TrafficRow, ...] = ()
+    #: Refusals so far, by reason (`log.Refusals`): every limit that said no, counted.
+    refusals: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `GET /api/v1/status`."""
@@ -191,6 +193,7 @@ class ServerStatus:
                 for row in self.services
             ],
             "connections": [row.to_dict() for row in self.connections],
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 
@@ -210,6 +213,8 @@ class ClientStatus:
     services: tuple[ServiceRow, ...] = ()
     connections: tuple[ConnectionRow, ...] = ()
     traffic: tuple[TrafficRow, ...] = ()
+    #: Refusals so far, by reason (`log.Refusals`).
+    refusals: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def connected(self) -> bool:
@@ -232,6 +237,7 @@ class ClientStatus:
             "reconnects": self.reconnects,
             "services": [{**row.to_dict(), "local": row.local} for row in self.services],
             "connections": [row.to_dict() for row in self.connections],
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 

@@ -28,6 +28,7 @@ from muxtunnel.client._state import (
 )
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.status import ClientStatus, SessionRow
@@ -61,6 +62,8 @@ class Client:
         self.traffic: dict[str, ServiceTraffic] = {}
         #: TCP visitors in flight: a graceful stop waits for it to drain.
         self.visitors = Visitors()
+        #: What this side refused or failed per visitor, by reason (logged doubling).
+        self.refusals = Refusals(log)
         #: The live session's control channel, for registrations after a reload.
         self._control: Control | None = None
         self._session_started = 0.0
@@ -276,4 +279,5 @@ class Client:
             services=services,
             connections=tuple(connections),
             traffic=tuple(row.traffic() for row in services),
+            refusals=dict(self.refusals.counts),
         )

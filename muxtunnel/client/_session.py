@@ -147,7 +147,9 @@ class Control:
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
         level = spec.compression_level if spec.compression else 0
-        request = Register(spec.name, spec.type, port, tag, spec.compression, level)
+        request = Register(
+            spec.name, spec.type, port, tag, spec.compression, level, bool(spec.compression)
+        )
         await control.send_message(self.channel, request)
         if replies is None:
             reply = await control.receive_message(self.channel)
@@ -172,6 +174,8 @@ class Control:
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
         state.compression = reply.compression if spec.compression else None
+        # An older server says no level: ours, as it was then.
+        state.compression_level = reply.compression_level or spec.compression_level
         host = reply.public_host
         if host in ("0.0.0.0", "::", ""):
             host = self._config.server_host

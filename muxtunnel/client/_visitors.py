@@ -18,6 +18,7 @@ from muxtunnel import control
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, HEADER_TIMEOUT_S, ServiceState
 from muxtunnel.forward import Visitors, forward, guarded
 from muxtunnel.limits import ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
 from muxtunnel.transport import TransportError, connect
 from muxtunnel.udp import serve_flow
@@ -45,6 +46,11 @@ class Host(Protocol):
         """TCP visitors in flight: a graceful stop waits for it to drain."""
         ...
 
+    @property
+    def refusals(self) -> Refusals:
+        """What the client refused or failed per visitor, by reason (logged doubling)."""
+        ...
+
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
         ...
@@ -64,7 +70,9 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         return
     state = host.services.get(header.service)
     if state is None or state.spec.type != header.type:
-        log.warning("visitor for an unknown service", service=header.service)
+        host.refusals.refuse(
+            "unknown_service", "visitor for an unknown service", service=header.service
+        )
         stream.reset()
         return
     spec, config = state.spec, host.config
@@ -87,7 +95,9 @@ async def _serve(host: Host, stream: MuxStream) -> None:
     try:
         target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
     except TransportError as exc:
-        log.warning(
+        # One line per visitor while the service is down would let visitors write our log.
+        host.refusals.refuse(
+            "local_unreachable",
             "local service unreachable",
             service=spec.name,
             local=spec.local,
@@ -96,6 +106,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         )
         stream.reset()
         return
+    compressed = state.compression is not None and header.compressed
     with host.visitors.track():
         await forward(
             target,
@@ -104,5 +115,5 @@ async def _serve(host: Host, stream: MuxStream) -> None:
             service=spec.name,
             peer=peer,
             traffic=host.traffic_of(spec.name),
-            compression_level=spec.compression_level if state.compression else None,
+            compression_level=state.compression_level if compressed else None,
         )

@@ -2,8 +2,8 @@
 
 Modules: `_server` (accepts carriers, owns the state, `apply_config`, `status`), `_session`
 (one client: control channel, authentication, registrations), `_services` (public sockets and
-their visitors), `_registry` (live services), `_admission` (the pre-auth gate), `_host` (what a
-session may use of its server).
+their visitors), `_registry` (live services and reserved ports), `_host` (what a session may use
+of its server). The pre-auth gate is `muxtunnel.admission`, shared with the HTTP endpoints.
 """
 
 from muxtunnel.server._server import Server

@@ -8,6 +8,7 @@ whoever shows state through `status()`, a snapshot.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import anyio
 import anyio.abc
@@ -15,14 +16,14 @@ import structlog
 
 from mux import Session
 from muxtunnel import __version__, control
+from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import FailureLimiter, TokenBook, address_key
 from muxtunnel.control import Error
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
-from muxtunnel.log import log_doubling
+from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.reload import ReloadError, server_changes
-from muxtunnel.server._admission import PreAuthGate, PreAuthTicket
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
@@ -34,6 +35,13 @@ __all__ = ["Server"]
 
 log = structlog.get_logger("muxtunnel.server")
 
+#: Per-name state (traffic totals, limiter) of a name that is no longer registered is kept this
+#: long, so a client that reconnects finds its totals; and for at most this many such names,
+#: so names registered and dropped in a loop cost bounded memory (about 290 B and four metric
+#: series each).
+RETIRED_NAME_GRACE_S = 300.0
+MAX_RETIRED_NAMES = 1024
+
 
 class Server:
     """The public side: accepts clients, authenticates their services, binds public ports."""
@@ -42,8 +50,12 @@ class Server:
         self.config = config
         self.tokens = TokenBook.from_config(config)
         self.failures = FailureLimiter(config.auth_failures_burst, config.auth_failures_per_min)
+        #: Every refusal, by reason: counted for the metrics, logged at doubling counts.
+        self.refusals = Refusals(log)
         #: Connections that have not authenticated yet (bounded per address and in all).
-        self.preauth = PreAuthGate()
+        self.preauth = AdmissionGate(self.refusals)
+        #: Authenticated sessions per source address.
+        self.sources: Counter[str] = Counter()
         self.registry = Registry()
         self.sessions: dict[int, ClientSession] = {}
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
@@ -54,7 +66,6 @@ class Server:
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
         self.auth_failures = 0
-        self.tls_failures = 0
         self.started = 0.0
         #: The bound control port, once running.
         self.port: int | None = None
@@ -74,6 +85,40 @@ class Server:
         self.failures.record_failure(source, now)
         self.auth_failures += 1
 
+    def admit_session(self, source: str) -> bool:
+        """Count one more authenticated session from `source`; False if it has its maximum."""
+        if self.sources[source] >= self.config.max_sessions_per_source:
+            return False
+        self.sources[source] += 1
+        return True
+
+    def _session_ended(self, source: str) -> None:
+        self.sources[source] -= 1
+        if self.sources[source] <= 0:
+            del self.sources[source]
+
+    def prune(self) -> None:
+        """Forget the traffic and limiter of names unregistered long ago (see RETIRED_NAME_*).
+
+        Names still registered, configured with a policy, or with a live connection are kept.
+        """
+        registry = self.registry
+        registry.expire()
+        retired = registry.retired
+        horizon = anyio.current_time() - RETIRED_NAME_GRACE_S
+        excess = len(retired) - MAX_RETIRED_NAMES
+        for name, since in list(retired.items()):  # oldest first
+            if since > horizon and excess <= 0:
+                break
+            traffic = self.traffic.get(name)
+            if traffic is not None and traffic.live:
+                continue  # its last visitors are on their way out; next time
+            del retired[name]
+            excess -= 1
+            self.traffic.pop(name, None)
+            if not any(policy.name == name for policy in self.config.services):
+                self.limiters.pop(name, None)
+
     # --- running ---
 
     async def run(
@@ -84,7 +129,9 @@ class Server:
         Reports the bound control port through `task_status`.
         """
         self.started = anyio.current_time()
-        listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
+        listener = await listen_tcp(
+            self.config.bind_host, self.config.bind_port, name="control", refusals=self.refusals
+        )
         self.port = local_port(listener)
         log.info(
             "listening",
@@ -136,7 +183,7 @@ class Server:
             self.preauth.release(ticket)
 
     async def _serve_carrier(
-        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: PreAuthTicket
+        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: Ticket
     ) -> None:
         session_id = next(self._session_ids)
         started = anyio.current_time()
@@ -148,11 +195,9 @@ class Server:
                 with anyio.fail_after(self.config.auth_timeout_s):
                     carrier = await tls.accept(stream)
             except (TlsError, TimeoutError) as exc:
-                self.tls_failures += 1
-                log_doubling(
-                    log,
+                self.refusals.refuse(
+                    "tls_failed",
                     "tls handshake failed",
-                    self.tls_failures,
                     peer=format_host_port(*address),
                     error=str(exc),
                 )
@@ -170,6 +215,7 @@ class Server:
                 del self.sessions[session_id]
                 client.stop_services()
             if client is not None and client.authenticated:
+                self._session_ended(client.source)
                 log.info(
                     "session closed",
                     session=session_id,
@@ -216,6 +262,7 @@ class Server:
     async def close_service(self, service: ActiveService, reason: str) -> None:
         """Close a live service (its visitors too) and tell its client why."""
         log.warning("service closed by the server", service=service.name, reason=reason)
+        service.released = True  # the server's decision: no reservation of its port
         self.registry.remove(service)
         client = self.sessions.get(service.session_id)
         if client is not None:
@@ -244,4 +291,5 @@ class Server:
             services=tuple(services),
             connections=tuple(connections),
             traffic=tuple(traffic),
+            refusals=dict(self.refusals.counts),
         )

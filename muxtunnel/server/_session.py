@@ -18,12 +18,13 @@ import structlog
 
 from mux import MuxStream, Session
 from muxtunnel import control
+from muxtunnel.admission import Ticket
 from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
 from muxtunnel.control import Error, Hello, Register, Registered, Unregister
 from muxtunnel.server import _services
-from muxtunnel.server._admission import PreAuthTicket
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
+from muxtunnel.server._services import SessionQuotas
 from muxtunnel.status import SessionRow
 
 __all__ = ["ClientSession"]
@@ -46,7 +47,7 @@ class ClientSession:
         peer: tuple[str, int],
         session: Session,
         binding: bytes = b"",
-        preauth: PreAuthTicket | None = None,
+        preauth: Ticket | None = None,
     ) -> None:
         self.host = host
         self.id = session_id
@@ -60,6 +61,8 @@ class ClientSession:
         self.started = anyio.current_time()
         self.channel: MuxStream | None = None
         self.services: dict[str, ActiveService] = {}
+        #: What its services share: streams and compression memory, each a guaranteed share.
+        self.quotas = SessionQuotas.for_config(host.config)
         self.authenticated = False
         self.close_reason = "client disconnected"
         self._tg: anyio.abc.TaskGroup | None = None
@@ -87,10 +90,17 @@ class ClientSession:
                 pass
             except control.ControlError as exc:
                 self.close_reason = f"bad control message: {exc}"
-                log.warning("bad control message", session=self.id, peer=self.peer, error=str(exc))
+                self.host.refusals.refuse(
+                    "bad_control_message",
+                    "bad control message",
+                    session=self.id,
+                    peer=self.peer,
+                    error=str(exc),
+                )
             except TimeoutError:
                 self.close_reason = "no authentication in time"
-                log.warning(
+                self.host.refusals.refuse(
+                    "auth_timeout",
                     "authentication timeout",
                     session=self.id,
                     peer=self.peer,
@@ -189,8 +199,12 @@ class ClientSession:
         now = anyio.current_time()
         if not host.failures.allowed(self.source, now):
             retry = host.failures.retry_after(self.source, now)
-            log.warning(
-                "auth rate limited", session=self.id, peer=self.peer, retry_after_s=round(retry, 1)
+            host.refusals.refuse(
+                "auth_rate_limited",
+                "auth rate limited",
+                session=self.id,
+                peer=self.peer,
+                retry_after_s=round(retry, 1),
             )
             await control.send_message(
                 channel,
@@ -209,8 +223,12 @@ class ClientSession:
         )
         if not (valid and known):
             host.auth_failed(self.source, now)
-            log.warning(
-                "authentication failed", session=self.id, peer=self.peer, service=request.service
+            host.refusals.refuse(
+                "auth_failed",
+                "authentication failed",
+                session=self.id,
+                peer=self.peer,
+                service=request.service,
             )
             await control.send_message(
                 channel,
@@ -225,34 +243,70 @@ class ClientSession:
             self.close_reason = "authentication failed"
             return False
         if not self.authenticated:
+            if not host.admit_session(self.source):
+                limit = host.config.max_sessions_per_source
+                host.refusals.refuse(
+                    "sessions_per_source",
+                    "session refused: too many from its address",
+                    peer=self.peer,
+                    limit=limit,
+                )
+                await control.send_message(
+                    channel,
+                    Error(
+                        control.LIMIT_REACHED,
+                        f"this address has {limit} sessions already (max_sessions_per_source)",
+                        request.service,
+                    ),
+                )
+                self.close_reason = "too many sessions from its address"
+                return False
             self.authenticated = True
             if self.preauth is not None:
                 host.preauth.release(self.preauth)
             log.info("session opened", session=self.id, peer=self.peer)
         try:
-            service = await self._activate(request)
+            service = await self._activate(request, key)
         except RegistrationError as exc:
-            log.warning(
+            host.refusals.refuse(
+                f"register_{exc.code}",
                 "registration refused",
                 session=self.id,
                 service=request.service,
                 code=exc.code,
-                reason=exc.message,
+                detail=exc.message,
             )
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
         tag = server_tag(
             key, request.service, request.type, server_nonce, client_nonce, self.binding
         )
-        public_host, compression = host.config.public_host, service.compression
+        compression = service.compression
+        level = service.compression_level if compression else 0
         await control.send_message(
             channel,
-            Registered(request.service, request.type, public_host, service.port, tag, compression),
+            Registered(
+                request.service,
+                request.type,
+                host.config.public_host,
+                service.port,
+                tag,
+                compression,
+                level,
+            ),
         )
         return True
 
-    async def _activate(self, request: Register) -> ActiveService:
-        service, sock = await _services.open_service(self.host, self.session, self.id, request)
+    async def _activate(self, request: Register, key: bytes) -> ActiveService:
+        limit = self.host.config.max_services_per_session
+        if len(self.services) >= limit:
+            raise RegistrationError(
+                control.LIMIT_REACHED,
+                f"this session has {limit} services already (max_services_per_session)",
+            )
+        service, sock = await _services.open_service(
+            self.host, self.session, self.id, request, key, self.quotas
+        )
         self.host.registry.add(service)
         self.services[service.name] = service
         assert self._tg is not None
@@ -270,7 +324,9 @@ class ClientSession:
         try:
             await _services.serve(self.host, self.session, self.id, service, sock)
         finally:
-            self.host.registry.remove(service)
+            # Its session ended (or the socket failed): the port stays its own for a while.
+            self.host.registry.remove(service, self.host.config.port_reservation_s)
+            self.host.prune()
             if self.services.get(service.name) is service:
                 del self.services[service.name]
             service.ended.set()
@@ -286,6 +342,7 @@ class ClientSession:
         """Close a service; returns once its public port is free (the client may re-register)."""
         service = self.services.get(name)
         if service is not None:
+            service.released = True  # given up on purpose: no reservation
             self.host.registry.remove(service)
             with anyio.move_on_after(UNREGISTER_WAIT_S):
                 await service.ended.wait()

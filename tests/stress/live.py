@@ -36,6 +36,9 @@ from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
 
 Address = tuple[str, int]
 
+#: Round trips a probe window needs before it can be judged.
+MIN_WINDOW_SAMPLES = 5
+
 #: Source addresses for attackers; the honest `up` and visitors use 127.0.0.1.
 ATTACKER_IP = "127.0.0.2"
 
@@ -100,10 +103,35 @@ class ProbeWindow:
     errors: list[str] = field(default_factory=list)
     max_gap_s: float = 0.0  # longest time without a completed round trip
 
-    def figures(self) -> dict[str, float]:
-        return {**latency_figures(self.samples), "honest_max_gap_s": self.max_gap_s}
+    @property
+    def success_pct(self) -> float:
+        """Round trips that succeeded, in percent of those tried (100 when none was tried)."""
+        tried = len(self.samples) + len(self.errors)
+        return 100.0 * len(self.samples) / tried if tried else 100.0
 
-    def assert_healthy(self, p99_ms: float, max_gap_s: float = 2.0, min_samples: int = 5) -> None:
+    def figures(self) -> dict[str, float]:
+        return {
+            **latency_figures(self.samples),
+            "honest_ok_pct": self.success_pct,
+            "honest_max_gap_s": self.max_gap_s,
+        }
+
+    def assert_shared_fate(self, *, min_ok_pct: float = 99.0, p99_ms: float = 100.0) -> None:
+        """The neighbour's bar during an attack: at least `min_ok_pct` % of its round trips
+        succeeded, with p99 under `p99_ms` (the isolation issue's promise)."""
+        figures = latency_figures(self.samples)
+        tried = len(self.samples) + len(self.errors)
+        assert tried >= MIN_WINDOW_SAMPLES, f"only {tried} honest round trips tried"
+        assert self.success_pct >= min_ok_pct, (
+            f"the honest neighbour got {len(self.samples)} of {tried} answers: {self.errors[:3]}"
+        )
+        assert figures["honest_p99_ms"] < p99_ms, (
+            f"honest p99 {figures['honest_p99_ms']:.1f} ms >= {p99_ms} ms"
+        )
+
+    def assert_healthy(
+        self, p99_ms: float, max_gap_s: float = 2.0, min_samples: int = MIN_WINDOW_SAMPLES
+    ) -> None:
         """The honest session answered throughout: no error, p99 and gaps within bounds."""
         figures = latency_figures(self.samples)
         assert not self.errors, f"the honest session failed: {self.errors[:3]}"
@@ -118,6 +146,8 @@ class HonestProbe:
     """Echo round trips of `size` bytes every `interval_s` on one visitor connection, in a thread.
 
     Errors are recorded (and the connection re-made), never raised; `window()` reports them.
+    With `fresh`, every round trip is a new visitor (connect, echo, close): what a neighbour
+    sees when a service's new connections are starved while old ones carry on.
     """
 
     def __init__(
@@ -128,8 +158,10 @@ class HonestProbe:
         interval_s: float = 0.01,
         timeout_s: float = 5.0,
         source: str = "127.0.0.1",
+        fresh: bool = False,
     ) -> None:
         self.address = address
+        self.fresh = fresh
         self.size = size
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -158,10 +190,12 @@ class HonestProbe:
         payload = secrets.token_bytes(self.size)
         while not self._stop.is_set():
             try:
+                started = time.monotonic()
                 if sock is None:
                     sock = connect_from(self.source, self.address, self.timeout_s)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                started = time.monotonic()
+                if not self.fresh:
+                    started = time.monotonic()
                 sock.sendall(payload)
                 got = b""
                 while len(got) < self.size:
@@ -171,6 +205,9 @@ class HonestProbe:
                     got += chunk
                 if got != payload:
                     raise AssertionError("the echo came back different")
+                if self.fresh:
+                    sock.close()
+                    sock = None
                 self._note(time.monotonic() - started, None)
             except (OSError, AssertionError) as exc:
                 self._note(None, f"{type(exc).__name__}: {exc}")
