@@ -4,32 +4,134 @@ The isolation findings are about shared fate: one visitor, one client or one bad
 hurt what shares the server or the session. Each test here starts its own `listen` (with the
 limits the finding is about) and one `up` exposing
 
-- `a`: the service under attack; its local side is a `TcpTarget` that accepts and holds every
-  connection without a thread per connection (a flood of 1000 idle visitors costs one thread);
+- `a`: the service under attack; its local side is an `EchoSink`, an echo service in one
+  thread (a flood of 1000 idle visitors costs no thread each) that closes on EOF;
 - `b`: the honest neighbour on the same session, a TCP echo service, probed all along by an
   `HonestProbe` (fresh connections by default: a neighbour whose new visitors are refused is
   starved even while an old connection still answers);
 - optionally `u`: a UDP echo service on the same session.
 
 Attackers connect from 127.0.0.2 and up (`spread` hands out several source addresses), the
-honest neighbour from 127.0.0.1.
+honest neighbour from 127.0.0.1. Floods of idle connections run in a `Holder`, a process of
+their own, so that they do not compete with the probe's thread for this process's GIL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import resource
+import selectors
 import socket
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2e.harness import Harness, Listen, TcpEchoServer, TcpTarget, UdpEchoServer, Up, free_port
+from e2e.harness import Harness, Listen, TcpEchoServer, UdpEchoServer, Up, free_port
 from stress.live import HonestProbe, connect_from
 from stress_report import ProcMeter
 
 Address = tuple[str, int]
+
+
+class EchoSink:
+    """A TCP echo service in one thread (selectors): holds any number of idle connections,
+    echoes what arrives, and closes a connection on its EOF."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0), backlog=4096)
+        self.sock.setblocking(False)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.connections = 0
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            for key, _ in self._selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.sock:
+                    with contextlib.suppress(OSError):
+                        conn, _ = self.sock.accept()
+                        conn.setblocking(False)
+                        self._selector.register(conn, selectors.EVENT_READ)
+                        self.connections += 1
+                    continue
+                try:
+                    data = sock.recv(65536)
+                    if data:
+                        sock.send(data)  # small echoes; a full buffer drops the rest
+                        continue
+                except OSError:
+                    pass
+                self._selector.unregister(sock)
+                sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(5)
+        for key in list(self._selector.get_map().values()):
+            with contextlib.suppress(OSError):
+                key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+
+
+class Holder:
+    """An attacker process holding idle connections (`tests/attacks/holder.py`)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("holder.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _ask(self, command: str) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        assert answer[:1] == ["ok"], answer
+        return int(answer[1])
+
+    def open(
+        self, address: Address, count: int, per_source: int, first: int = 10, send: bytes = b""
+    ) -> int:
+        """Open `count` connections from `count / per_source` addresses; how many connected."""
+        extra = f" {send.hex()}" if send else ""
+        return self._ask(f"open {address[0]} {address[1]} {count} {per_source} {first}{extra}")
+
+    def close_all(self, *, reset: bool = False) -> int:
+        return self._ask("rst" if reset else "close")
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, AssertionError, IndexError):
+            self.close_all()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def holder() -> Iterator[Holder]:
+    attacker = Holder()
+    try:
+        yield attacker
+    finally:
+        attacker.stop()
 
 
 @dataclass
@@ -39,7 +141,7 @@ class Neighbours:
     harness: Harness
     listen: Listen
     up: Up
-    target: TcpTarget
+    target: EchoSink
     echo: TcpEchoServer
     udp_echo: UdpEchoServer | None
     publics: dict[str, Address] = field(default_factory=dict)
@@ -75,7 +177,7 @@ def start(
 ) -> Neighbours:
     """Start `listen` (its `server:` section given as indented YAML lines) and `up` with `a`,
     `b` (and `u` if `udp`). `*_nofile` lowers a process's RLIMIT_NOFILE once it runs."""
-    target, echo = TcpTarget(), TcpEchoServer()
+    target, echo = EchoSink(), TcpEchoServer()
     udp_echo = UdpEchoServer() if udp else None
     server_config = harness.write("server.yaml", "server:\n" + (server_yaml or "  {}\n"))
     listen = harness.listen("--config", server_config, *listen_args)
