@@ -26,9 +26,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from e2e.harness import Harness, Listen, TcpEchoServer, UdpEchoServer, Up, free_port
