@@ -177,8 +177,14 @@ class UdpForwarder:
         except (anyio.WouldBlock, anyio.BrokenResourceError) as exc:
             if streams is not None:
                 streams.give_back()
-            if isinstance(exc, anyio.WouldBlock):
+            if isinstance(exc, anyio.WouldBlock):  # the client has not ACKed its backlog yet
                 self.counters.dropped_backpressure += 1
+                if self.refusals is not None:
+                    self.refusals.refuse(
+                        "udp_flow_backlog",
+                        "udp flow refused: the client has not taken the last ones yet",
+                        service=self.service,
+                    )
             return
         self.counters.flows_opened += 1
         self.counters.datagrams_in += 1

@@ -8,6 +8,9 @@ line on stdout:
                                                         each sends SEND, hex, if given)
     close                                          ->  ok CLOSED (all connections held)
     rst                                            ->  ok CLOSED (the same, with RST)
+    udp HOST PORT COUNT SOURCE [BATCH PAUSE_MS]    ->  ok SENT (one 1-byte datagram from each
+                                                        of COUNT new ports of SOURCE, pausing
+                                                        after each BATCH)
 
 The flood runs outside the test process so that its connect loop does not compete for the GIL
 with the honest probe's thread: the probe then measures the tunnel, not the test.
@@ -19,6 +22,7 @@ import contextlib
 import socket
 import struct
 import sys
+import time
 
 LINGER_ZERO = struct.pack("ii", 1, 0)
 
@@ -52,6 +56,21 @@ def main() -> None:
                 held.append(sock)
                 opened += 1
             print(f"ok {opened}", flush=True)
+        elif words[0] == "udp":
+            host, port, count, where = words[1], int(words[2]), int(words[3]), words[4]
+            batch, pause_ms = (int(words[5]), int(words[6])) if len(words) > 6 else (count, 0)
+            sent = 0
+            for n in range(count):
+                if n and n % batch == 0:
+                    time.sleep(pause_ms / 1000)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    try:
+                        sock.bind((where, 0))
+                        sock.sendto(b"x", (host, port))
+                    except OSError:
+                        continue
+                    sent += 1
+            print(f"ok {sent}", flush=True)
         elif words[0] in ("close", "rst"):
             for sock in held:
                 with contextlib.suppress(OSError):

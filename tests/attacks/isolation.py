@@ -19,6 +19,7 @@ their own, so that they do not compete with the probe's thread for this process'
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import selectors
 import socket
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,20 @@ class Holder:
         """Open `count` connections from `count / per_source` addresses; how many connected."""
         extra = f" {send.hex()}" if send else ""
         return self._ask(f"open {address[0]} {address[1]} {count} {per_source} {first}{extra}")
+
+    def udp(
+        self,
+        address: Address,
+        count: int,
+        source: str = "127.0.0.2",
+        *,
+        batch: int = 100,
+        pause_s: float = 0.05,
+    ) -> int:
+        """One 1-byte datagram from each of `count` source ports of `source`, pausing after
+        each `batch` (so that flows open rather than meet a full SYN backlog); how many sent."""
+        pause_ms = round(pause_s * 1000)
+        return self._ask(f"udp {address[0]} {address[1]} {count} {source} {batch} {pause_ms}")
 
     def close_all(self, *, reset: bool = False) -> int:
         return self._ask("rst" if reset else "close")
@@ -209,6 +225,31 @@ def neighbours(harness: Harness, **options: Any) -> Iterator[Neighbours]:
         yield tunnel
     finally:
         tunnel.close()
+
+
+def status(port: int, token: str | None = None, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The admin API's status document of the process whose admin port is `port`."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/status")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        document: dict[str, Any] = json.loads(response.read())
+    return document
+
+
+def udp_echoes(address: Address, count: int, timeout_s: float = 1.0) -> int:
+    """Datagrams of a new flow (from 127.0.0.1) that came back echoed, of `count` sent."""
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout_s)
+        for n in range(count):
+            sock.sendto(b"legit %d" % n, address)
+            with contextlib.suppress(TimeoutError):
+                while sock.recv(100) != b"legit %d" % n:
+                    pass
+                answered += 1
+    return answered
 
 
 def spread(count: int, per_source: int, first: int = 10) -> Iterator[str]:
