@@ -190,20 +190,23 @@ def start(
     udp: bool = False,
     listen_nofile: int | None = None,
     up_nofile: int | None = None,
+    ports: dict[str, int] | None = None,
+    allow_ports: str = "20000-32767",
 ) -> Neighbours:
     """Start `listen` (its `server:` section given as indented YAML lines) and `up` with `a`,
-    `b` (and `u` if `udp`). `*_nofile` lowers a process's RLIMIT_NOFILE once it runs."""
+    `b` (and `u` if `udp`) on `ports` (default: free ones). `*_nofile` lowers a process's
+    RLIMIT_NOFILE once it runs."""
     target, echo = EchoSink(), TcpEchoServer()
     udp_echo = UdpEchoServer() if udp else None
     server_config = harness.write("server.yaml", "server:\n" + (server_yaml or "  {}\n"))
-    listen = harness.listen("--config", server_config, *listen_args)
+    listen = harness.listen("--config", server_config, *listen_args, allow_ports=allow_ports)
     if listen_nofile is not None:
         resource.prlimit(listen.pid, resource.RLIMIT_NOFILE, (listen_nofile, listen_nofile))
     client_config = harness.write(
         "client.yaml",
         "client:\n  reconnect_min_s: 0.1\n  reconnect_max_s: 1.0\n" + client_yaml,
     )
-    ports = {name: free_port() for name in ("a", "b", "u")}
+    ports = ports or {name: free_port() for name in ("a", "b", "u")}
     up = harness.up(
         listen,
         tcp=[f"a={target.port}:{ports['a']}", f"b={echo.port}:{ports['b']}"],
