@@ -454,6 +454,11 @@ class AuthClient:
         assert verify_server_tag(key, reply.tag, service, kind, server_nonce, client_nonce)
         return reply.public_port
 
+    async def unregister(self, service: str) -> None:
+        """Give `service` up (the server answers nothing; the next message waits for it)."""
+        assert self.channel is not None
+        await control.send_message(self.channel, control.Unregister(service))
+
 
 # ---------------------------------------------------------------------------------------- tap
 
