@@ -157,12 +157,13 @@ class ServerConfig:
     #: Prometheus endpoint and admin API; None: off.
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
-    #: Highest zstd level either side compresses with, whatever level a client asks for. Level 3
-    #: (zstd's default) holds about 1.3 MiB per compressed stream, level 9 about 10.5 MiB
-    #: (`bench/micro/compression.py` measures it).
+    #: Highest zstd level either side compresses with, whatever level a client asks for. An
+    #: idle compressed stream holds 0.8 MiB at level 3 (zstd's default), 10 MiB at level 9
+    #: (`python -m bench.micro.compression --memory`).
     compression_level_max: int = 3
-    #: zstd memory one session may hold for its compressed visitor streams (estimated per
-    #: stream from the level); beyond it, new visitors go uncompressed.
+    #: zstd memory one session may hold for its compressed visitor streams, each charged
+    #: zstd's estimate with a full window (3.3 MiB at level 3: 19 streams); beyond it, new
+    #: visitors go uncompressed (or are refused, for a client too old to be told).
     compression_budget_bytes: int = 64 * 1024 * 1024
 
 
