@@ -200,6 +200,26 @@ class Session:
         self._wake_writer()
         return stream
 
+    def refuse_streams(self) -> None:
+        """Take no more streams from the peer: each new one is refused with RST at once, and
+        counted against its reset budget, so a peer that keeps opening them loses the session
+        (`Connection.refuse_streams`). Streams waiting to be accepted are refused too."""
+        if self._error is not None:
+            return
+        waiting = list(self._accept_queue)
+        self._accept_queue.clear()
+        self.conn.refuse_streams(_now())
+        for stream in waiting:
+            self._streams.pop(stream.stream_id, None)
+            stream._on_reset("refused: the session takes no more streams")
+            stream._buffer.clear()
+        self._wake_writer()
+
+    @property
+    def refused_streams(self) -> int:
+        """Streams the peer opened that were refused with RST (limits, GoAway, refusal)."""
+        return self.conn.refused_streams
+
     async def ping(self) -> float:
         """Round trip time to the peer, in seconds."""
         self._raise_if_closed()

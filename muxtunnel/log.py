@@ -166,11 +166,12 @@ class Refusals:
         self._logger = logger
         self.counts: dict[str, int] = {}
 
-    def refuse(self, reason: str, event: str, **context: object) -> int:
-        """Count one refusal for `reason`; log `event` if this count is a power of two."""
-        count = self.counts.get(reason, 0) + 1
-        self.counts[reason] = count
-        log_doubling(self._logger, event, count, reason=reason, **context)
+    def refuse(self, reason: str, event: str, *, n: int = 1, **context: object) -> int:
+        """Count `n` refusals for `reason`; log `event` if the count passed a power of two."""
+        before = self.counts.get(reason, 0)
+        count = self.counts[reason] = before + n
+        if n > 0 and count.bit_length() > before.bit_length():
+            self._logger.warning(event, count=count, reason=reason, **context)
         return count
 
     def __getitem__(self, reason: str) -> int:

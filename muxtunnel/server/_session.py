@@ -2,7 +2,9 @@
 
 The client opens the session's first stream as the control channel; every later stream is
 opened by the server, one per visitor. Streams a client opens after the control channel are
-reset: a client can only ask, over the control channel, for what its tokens allow.
+refused by the mux core itself (`Session.refuse_streams`): RST at once, charged to the
+client's reset budget, so a client that keeps opening them loses its session. A client can only
+ask, over the control channel, for what its tokens allow.
 
 Until its first successful registration a session is unauthenticated: it holds a place at the
 pre-auth gate and must finish within `auth_timeout_s`. A failed authentication ends such a
@@ -87,7 +89,8 @@ class ClientSession:
             try:
                 await self._serve_control()
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
+                if self.session.closed:  # the mux session's own reason says more
+                    self.close_reason = self.session.close_reason or self.close_reason
             except control.ControlError as exc:
                 self.close_reason = f"bad control message: {exc}"
                 self.host.refusals.refuse(
@@ -107,6 +110,15 @@ class ClientSession:
                     timeout_s=self.host.config.auth_timeout_s,
                 )
             tg.cancel_scope.cancel()
+        if refused := self.session.refused_streams:
+            self.host.refusals.refuse(
+                "client_streams",
+                "streams opened by a client refused",
+                n=refused,
+                session=self.id,
+                peer=self.peer,
+                close_reason=self.session.close_reason,
+            )
 
     async def tell(self, message: Error) -> None:
         """Send `message` on the control channel, if there is one still open."""
@@ -133,7 +145,7 @@ class ClientSession:
         assert self._tg is not None
         with anyio.fail_after(self.host.config.auth_timeout_s) as deadline:
             channel = self.channel = await self.session.accept_stream()
-            self._tg.start_soon(self._refuse_client_streams)
+            self.session.refuse_streams()
             hello = await control.receive_message(channel)
             if not isinstance(hello, Hello):
                 raise control.ControlError(f"expected hello, got {type(hello).__name__}")
@@ -168,28 +180,6 @@ class ClientSession:
             await self._unregister(message.service)
             return True
         raise control.ControlError(f"unexpected {type(message).__name__} message")
-
-    async def _refuse_client_streams(self) -> None:
-        """Reset every stream the client opens after the control channel.
-
-        One log line for the first and one with the count when the session ends: a line per
-        stream would let any peer, authenticated or not, write our log at 12 bytes a line.
-        """
-        refused = 0
-        try:
-            while True:
-                stream = await self.session.accept_stream()
-                stream.reset()
-                refused += 1
-                if refused == 1:
-                    log.warning("client opened a stream; refused", session=self.id, peer=self.peer)
-        except anyio.BrokenResourceError:
-            pass
-        finally:
-            if refused > 1:
-                log.warning(
-                    "client streams refused", session=self.id, peer=self.peer, count=refused
-                )
 
     async def _register(
         self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
