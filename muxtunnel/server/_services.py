@@ -214,7 +214,13 @@ async def serve(
                 await sock.run()
             return
         async with anyio.create_task_group() as visitors:
-            visitors.start_soon(_close_idle_visitors, host, service)
+            sweeper = anyio.CancelScope()
+
+            async def sweep() -> None:
+                with sweeper:
+                    await _close_idle_visitors(host, service)
+
+            visitors.start_soon(sweep)
             with service.listener_scope:
                 async with sock:
 
@@ -227,7 +233,9 @@ async def serve(
                         )
 
                     await sock.serve(on_visitor, task_group=visitors)
-            visitors.cancel_scope.cancel()  # the sweeper; a graceful stop waits elsewhere
+            # No new visitors (a graceful stop): the open ones may finish, idle ones still cut.
+            await service.in_flight.drained()
+            sweeper.cancel()
 
 
 def idle_timeout_s(host: Host, name: str) -> float:
