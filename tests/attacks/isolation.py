@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
-import selectors
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -34,56 +32,63 @@ from pathlib import Path
 from typing import Any
 
 from e2e.harness import Harness, Listen, TcpEchoServer, UdpEchoServer, Up, free_port
-from stress.live import HonestProbe, connect_from
+from stress.live import HonestProbe, ProbeWindow, connect_from
 from stress_report import ProcMeter
 
 Address = tuple[str, int]
 
 
+_ECHO_SINK = """
+import contextlib, selectors, socket, sys
+server = socket.create_server((sys.argv[1], 0), backlog=4096)
+server.setblocking(False)
+print(server.getsockname()[1], flush=True)
+selector = selectors.DefaultSelector()
+selector.register(server, selectors.EVENT_READ)
+selector.register(sys.stdin, selectors.EVENT_READ)
+while True:
+    for key, _ in selector.select():
+        sock = key.fileobj
+        if sock is sys.stdin:
+            sys.exit(0)  # the test closed our stdin: done
+        if sock is server:
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                conn.setblocking(False)
+                selector.register(conn, selectors.EVENT_READ)
+            continue
+        try:
+            data = sock.recv(65536)
+            if data:
+                sock.send(data)  # small echoes; a full buffer drops the rest
+                continue
+        except OSError:
+            pass
+        selector.unregister(sock)
+        sock.close()
+"""
+
+
 class EchoSink:
-    """A TCP echo service in one thread (selectors): holds any number of idle connections,
-    echoes what arrives, and closes a connection on its EOF."""
+    """A TCP echo service in a process of its own, one thread (selectors): holds any number of
+    idle connections, echoes what arrives, closes a connection on its EOF. Out of the test's
+    process, so that a flood of visitors does not compete with the probe's thread."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.sock = socket.create_server((host, 0), backlog=4096)
-        self.sock.setblocking(False)
-        self.host, self.port = host, self.sock.getsockname()[1]
-        self.connections = 0
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.sock, selectors.EVENT_READ)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed:
-            for key, _ in self._selector.select(timeout=0.1):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock is self.sock:
-                    with contextlib.suppress(OSError):
-                        conn, _ = self.sock.accept()
-                        conn.setblocking(False)
-                        self._selector.register(conn, selectors.EVENT_READ)
-                        self.connections += 1
-                    continue
-                try:
-                    data = sock.recv(65536)
-                    if data:
-                        sock.send(data)  # small echoes; a full buffer drops the rest
-                        continue
-                except OSError:
-                    pass
-                self._selector.unregister(sock)
-                sock.close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ECHO_SINK, host], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        self.host, self.port = host, int(self.proc.stdout.readline())
 
     def close(self) -> None:
-        self._closed = True
-        self._thread.join(5)
-        for key in list(self._selector.get_map().values()):
-            with contextlib.suppress(OSError):
-                key.fileobj.close()  # type: ignore[union-attr]
-        self._selector.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 class Holder:
@@ -304,12 +309,25 @@ def served_within(address: Address, timeout_s: float) -> float | None:
     return None
 
 
+def quiet_window(probe: HonestProbe, seconds: float = 0.5) -> ProbeWindow:
+    """The probe's round trips over `seconds` before an attack: its baseline."""
+    start = probe.mark()
+    time.sleep(seconds)
+    return probe.since(start)
+
+
 def shared_fate(
-    probe_window: Any, listen_meter: ProcMeter, up_meter: ProcMeter
+    probe_window: ProbeWindow,
+    listen_meter: ProcMeter,
+    up_meter: ProcMeter,
+    quiet: ProbeWindow | None = None,
 ) -> dict[str, float | int]:
-    """The shared-fate columns: the neighbour's figures, and peak RSS/fds of both processes."""
+    """The shared-fate columns: the neighbour's figures (and its p99 before the attack), and
+    peak RSS/fds of both processes."""
+    before = {} if quiet is None else {"quiet_p99_ms": quiet.figures()["honest_p99_ms"]}
     return {
         **probe_window.figures(),
+        **before,
         "rss_mib": listen_meter.peak_rss_mib,
         "fds": listen_meter.peak_fds,
         "up_rss_mib": up_meter.peak_rss_mib,

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from e2e.harness import Harness, free_port
 
-from .isolation import holder, neighbours, served_within, shared_fate
+from .isolation import holder, neighbours, quiet_window, served_within, shared_fate
 
 pytestmark = pytest.mark.stress
 
@@ -50,6 +50,7 @@ def test_f1_listen_out_of_fds_keeps_serving_and_recovers(harness: Harness, figur
     ) as tunnel:
         with tunnel.probe("b", fresh=False) as probe, holder() as attacker:
             probe.wait_samples(10)
+            quiet = quiet_window(probe)
             scrapes: list[int | str] = []
 
             def scrape() -> None:  # waits in the admin port's backlog while fds are out
@@ -72,7 +73,7 @@ def test_f1_listen_out_of_fds_keeps_serving_and_recovers(harness: Harness, figur
             failed_accepts = tunnel.listen.events("accept failed; backing off")
         figures.record(
             "isolation 1: listen at 1024 fds, 1100 idle visitors",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             connected=connected,
             recovered_s=None if recovered_s is None else round(recovered_s, 2),
             accept_error_lines=len(failed_accepts),
@@ -85,7 +86,7 @@ def test_f1_listen_out_of_fds_keeps_serving_and_recovers(harness: Harness, figur
         assert scrapes == [200], scrapes
         # Doubling counts: one line at each power of two, not one per failed accept.
         assert len(failed_accepts) <= 1 + max(e["count"] for e in failed_accepts).bit_length()
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
 
 
 def test_f1_up_metrics_out_of_fds_keeps_serving(harness: Harness, figures) -> None:
@@ -98,6 +99,7 @@ def test_f1_up_metrics_out_of_fds_keeps_serving(harness: Harness, figures) -> No
     ) as tunnel:
         with tunnel.probe("b", fresh=False) as probe, holder() as attacker:
             probe.wait_samples(10)
+            quiet = quiet_window(probe)
             scrapes: list[int | str] = []
 
             def scrape() -> None:
@@ -118,10 +120,10 @@ def test_f1_up_metrics_out_of_fds_keeps_serving(harness: Harness, figures) -> No
             scraper.join(15)
         figures.record(
             "isolation 1: up at 128 fds, 200 idle visitors, metrics scraped",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             connected=connected,
         )
         assert alive_during and tunnel.up.running(), tunnel.up.describe()
         assert tunnel.up.events("accept failed; backing off"), "EMFILE was never reached"
         assert scrapes == [200], scrapes
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)

@@ -17,7 +17,7 @@ import time
 import pytest
 from e2e.harness import Harness, free_port
 
-from .isolation import echo_seconds, holder, neighbours, shared_fate, status
+from .isolation import echo_seconds, holder, neighbours, quiet_window, shared_fate, status
 
 pytestmark = pytest.mark.stress
 
@@ -35,6 +35,7 @@ def test_f4_compressed_visitors_stay_within_the_session_budget(harness: Harness,
     ) as tunnel:
         with tunnel.probe("b") as probe, holder() as attacker:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 held = attacker.open(tunnel.public("a"), VISITORS, per_source=50, send=b"x")
@@ -46,12 +47,12 @@ def test_f4_compressed_visitors_stay_within_the_session_budget(harness: Harness,
             refusals = status(admin).get("refusals", {})
         figures.record(
             "isolation 4: 150 one-byte visitors asking zstd level 9",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             rss_growth_mib=listen_meter.rss_growth_mib,
             up_rss_growth_mib=up_meter.rss_growth_mib,
             uncompressed=refusals.get("compression_fallback", 0),
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert held == VISITORS
         assert listen_meter.rss_growth_mib < 64, listen_meter.rss_growth_mib
         assert up_meter.rss_growth_mib < 64, up_meter.rss_growth_mib

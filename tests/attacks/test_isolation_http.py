@@ -17,7 +17,7 @@ from e2e.harness import Harness, free_port
 
 from bench.procstat import fd_count
 
-from .isolation import holder, neighbours, shared_fate
+from .isolation import holder, neighbours, quiet_window, shared_fate
 
 pytestmark = pytest.mark.stress
 
@@ -43,6 +43,7 @@ def test_f9_half_sent_requests_hold_few_fds(harness: Harness, figures) -> None:
         baseline = fd_count(tunnel.listen.pid)
         with tunnel.probe("b") as probe, holder() as attacker:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 held = attacker.open(
@@ -53,12 +54,12 @@ def test_f9_half_sent_requests_hold_few_fds(harness: Harness, figures) -> None:
                 scrape = _status_code(f"http://127.0.0.1:{admin}/api/v1/status")
         figures.record(
             "isolation 9: 1500 half-sent admin requests",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             connected=held,
             fds_over_baseline=fds_during - baseline,
             scrape=scrape,
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert held >= CONNECTIONS - 10
         assert listen_meter.peak_fds <= baseline + 32 + 64, (listen_meter.peak_fds, baseline)
         assert fds_during <= baseline + 32 + 8, (fds_during, baseline)

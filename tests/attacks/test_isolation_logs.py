@@ -12,7 +12,7 @@ import pytest
 from e2e.harness import Harness, free_port
 from stress.live import AuthClient, Refused, log_lines
 
-from .isolation import neighbours, shared_fate, status
+from .isolation import neighbours, quiet_window, shared_fate, status
 
 pytestmark = pytest.mark.stress
 
@@ -55,6 +55,7 @@ def test_f10_failed_logins_and_refused_registrations_log_at_doubling_counts(
 
         with tunnel.probe("b") as probe:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             before = len(tunnel.listen.events())
             lines_before = log_lines(tunnel.listen)
             listen_meter, up_meter = tunnel.meters()
@@ -65,11 +66,11 @@ def test_f10_failed_logins_and_refused_registrations_log_at_doubling_counts(
             refusals = status(admin).get("refusals", {})
         figures.record(
             "isolation 10: 600 failed logins, 2000 refused registrations",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             log_lines=log_lines(tunnel.listen) - lines_before,
             warnings=warnings(new),
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert failed == FAILED_LOGINS and refused == REFUSED_REGISTRATIONS
         # Doubling counts: about log2(n) lines per reason; the rest of the log is one
         # "session opened"/"session closed" pair per authenticated session (one here).

@@ -19,7 +19,7 @@ import pytest
 from e2e.harness import Harness, TcpEchoServer, free_port
 from stress.live import AuthClient, Refused
 
-from .isolation import echo_seconds, neighbours, shared_fate, status
+from .isolation import echo_seconds, neighbours, quiet_window, shared_fate, status
 
 pytestmark = pytest.mark.stress
 
@@ -61,6 +61,7 @@ def test_f6_a_reconnecting_owner_keeps_its_port(harness: Harness, figures) -> No
             owner = harness.up(tunnel.listen, tcp=[spec], token=owner_token)
             assert echo_seconds(("127.0.0.1", owner_port)) < 5
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 owner.kill()  # its carrier is gone: the server ends the session
@@ -75,11 +76,11 @@ def test_f6_a_reconnecting_owner_keeps_its_port(harness: Harness, figures) -> No
             owner_echo.close()
         figures.record(
             "isolation 6: port squatting during the owner's reconnect",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             squatter=squat,
             picked=picked,
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert squat == "port_in_use", squat
         assert picked == spare_port, (picked, spare_port, owner_port)
         assert back.services()["owner"].port == owner_port
@@ -141,6 +142,7 @@ def test_f7_a_refusal_quoting_a_long_port_list_does_not_crash_listen(
     ):
         address = (tunnel.listen.host, tunnel.listen.port)
         probe.wait_samples(5)
+        quiet = quiet_window(probe)
         listen_meter, up_meter = tunnel.meters()
         with listen_meter, up_meter, probe.window() as honest:
             refused = _portal_call(_register, address, "127.0.0.4", "x", harness.token, 40001)
@@ -153,7 +155,7 @@ def test_f7_a_refusal_quoting_a_long_port_list_does_not_crash_listen(
         closed = tunnel.up.events("service closed by the server")
         figures.record(
             "isolation 7: refusals quoting a 200-entry allow_ports",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             refused=refused,
         )
         assert alive_after_refusal and alive_after_reload, tunnel.listen.describe()
@@ -162,4 +164,4 @@ def test_f7_a_refusal_quoting_a_long_port_list_does_not_crash_listen(
         reason = closed[0]["reason"]
         assert len(reason) <= 1024 and reason.endswith("..."), reason
         assert reason.startswith(f"port {ports['a']} is no longer allowed (allowed: ")
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)

@@ -27,6 +27,7 @@ from .isolation import (
     echo_seconds,
     holder,
     neighbours,
+    quiet_window,
     shared_fate,
     status,
     udp_echoes,
@@ -59,6 +60,7 @@ def test_f2_udp_source_ports_do_not_take_the_tcp_services_streams(
     with neighbours(harness, udp=True, listen_args=("--admin", f"127.0.0.1:{admin}")) as tunnel:
         with tunnel.probe("b") as probe, holder() as attacker:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 sent = attacker.udp(tunnel.public("u"), SOURCES)
@@ -68,14 +70,14 @@ def test_f2_udp_source_ports_do_not_take_the_tcp_services_streams(
             evicted_lines = tunnel.listen.events("udp flow evicted to make room for a new one")
         figures.record(
             "isolation 2: 1100 UDP source ports, TCP neighbour",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             datagrams=sent,
             legit_udp=f"{legit}/5",
             evicted=refusals.get("udp_flow_evicted", 0),
             log_lines=len(evicted_lines),
         )
         assert sent >= 1000
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert legit == 5, f"a new honest UDP flow got {legit} of 5 answers"
         assert refusals.get("udp_flow_evicted", 0) > 0, refusals
         assert len(evicted_lines) <= refusals["udp_flow_evicted"].bit_length()
@@ -92,6 +94,7 @@ def test_f3_idle_visitors_from_one_address_do_not_starve_the_neighbour(
     with neighbours(harness, listen_args=("--admin", f"127.0.0.1:{admin}")) as tunnel:
         with tunnel.probe("b") as probe, holder() as attacker:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 connected = attacker.open(tunnel.public("a"), SOURCES, per_source=SOURCES)
@@ -100,12 +103,12 @@ def test_f3_idle_visitors_from_one_address_do_not_starve_the_neighbour(
             held = next(s["connections"] for s in document["services"] if s["name"] == "a")
         figures.record(
             "isolation 3: 1100 idle visitors from one address",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             connected=connected,
             held=held,
             refused=document.get("refusals", {}).get("visitors_per_source", 0),
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert held <= 256, held
         assert document["refusals"].get("visitors_per_source", 0) >= connected - 256
 
@@ -120,6 +123,7 @@ def test_f3_idle_visitors_from_many_addresses_leave_the_neighbour_its_share(
     with neighbours(harness, listen_args=("--admin", f"127.0.0.1:{admin}")) as tunnel:
         with tunnel.probe("b") as probe, holder() as attacker:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 connected = attacker.open(tunnel.public("a"), SOURCES, per_source=100)
@@ -128,12 +132,12 @@ def test_f3_idle_visitors_from_many_addresses_leave_the_neighbour_its_share(
             held = next(s["connections"] for s in document["services"] if s["name"] == "a")
         figures.record(
             "isolation 3: 1100 idle visitors from 11 addresses",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             connected=connected,
             held=held,
             refused=document.get("refusals", {}).get("stream_quota", 0),
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         # Two services share 1023 streams: each is guaranteed 255, and may borrow the half
         # nobody is guaranteed: `a` stops at 1023 - 255.
         assert held <= 1023 - 255, held
@@ -209,6 +213,7 @@ def test_f5_a_client_has_caps_on_services_and_sessions(harness: Harness, figures
 
         with tunnel.probe("b") as probe:
             probe.wait_samples(5)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 with anyio.from_thread.start_blocking_portal() as portal:
@@ -216,11 +221,11 @@ def test_f5_a_client_has_caps_on_services_and_sessions(harness: Harness, figures
             refusals = status(admin).get("refusals", {})
         figures.record(
             "isolation 5: 100 services on one session, 30 sessions from one address",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             services=registered,
             sessions=sessions,
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         assert registered == 64, (registered, codes[:3])
         assert sessions == 16, (sessions, codes[-3:])
         assert set(codes) == {"limit_reached"}, set(codes)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from e2e.harness import Harness, free_port
 
-from .isolation import neighbours, shared_fate, status
+from .isolation import neighbours, quiet_window, shared_fate, status
 
 pytestmark = pytest.mark.stress
 
@@ -30,6 +30,7 @@ def test_f8_a_client_opening_streams_loses_its_session(harness: Harness, figures
     with neighbours(harness, listen_args=("--admin", f"127.0.0.1:{admin}")) as tunnel:
         with tunnel.probe("b", fresh=False) as probe:
             probe.wait_samples(10)
+            quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 flood = subprocess.run(
@@ -57,12 +58,12 @@ def test_f8_a_client_opening_streams_loses_its_session(harness: Harness, figures
         opened, reason = int(words[1]), " ".join(words[3:])
         figures.record(
             "isolation 8: a client opening streams of its own",
-            **shared_fate(honest, listen_meter, up_meter),
+            **shared_fate(honest, listen_meter, up_meter, quiet),
             opened=opened,
             refused=refusals.get("client_streams", 0),
             reason=reason[:40],
         )
-        honest.assert_shared_fate()
+        honest.assert_shared_fate(quiet=quiet)
         # GoAway(1) once its reset budget (1000 at once) is spent.
         assert ended and "reset rate limit" in ended[0], (ended, reason)
         assert opened < 2000, opened

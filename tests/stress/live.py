@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 from e2e.harness import Proc
 from stress_report import latency_figures
+from testenv import within_load
 
 from mux import FrameType, MuxConfig, MuxStream, Session
 from mux.testing import Frame, FrameReader
@@ -117,17 +118,28 @@ class ProbeWindow:
             "honest_max_gap_s": self.max_gap_s,
         }
 
-    def assert_shared_fate(self, *, min_ok_pct: float = 99.0, p99_ms: float = 100.0) -> None:
+    def assert_shared_fate(
+        self,
+        *,
+        min_ok_pct: float = 99.0,
+        p99_ms: float = 100.0,
+        quiet: ProbeWindow | None = None,
+    ) -> None:
         """The neighbour's bar during an attack: at least `min_ok_pct` % of its round trips
-        succeeded, with p99 under `p99_ms` (the isolation issue's promise)."""
+        succeeded, with p99 under `p99_ms` (the isolation issue's promise). With `quiet`, the
+        same probe's window before the attack, the bound stretches by 4 times its p99: a
+        machine slowed by other work is slow at both (`testenv.within_load`)."""
         figures = latency_figures(self.samples)
         tried = len(self.samples) + len(self.errors)
         assert tried >= MIN_WINDOW_SAMPLES, f"only {tried} honest round trips tried"
         assert self.success_pct >= min_ok_pct, (
             f"the honest neighbour got {len(self.samples)} of {tried} answers: {self.errors[:3]}"
         )
-        assert figures["honest_p99_ms"] < p99_ms, (
-            f"honest p99 {figures['honest_p99_ms']:.1f} ms >= {p99_ms} ms"
+        bound_ms = p99_ms
+        if quiet is not None:
+            bound_ms = within_load(p99_ms, latency_figures(quiet.samples)["honest_p99_ms"])
+        assert figures["honest_p99_ms"] < bound_ms, (
+            f"honest p99 {figures['honest_p99_ms']:.1f} ms >= {bound_ms:.1f} ms"
         )
 
     def assert_healthy(
