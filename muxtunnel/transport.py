@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import socket
 import struct
@@ -43,6 +44,7 @@ from muxtunnel.log import Refusals
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "Address",
+    "TcpListener",
     "TransportError",
     "UdpEndpoint",
     "abort",
@@ -51,6 +53,7 @@ __all__ = [
     "local_port",
     "open_udp",
     "peer_address",
+    "setup_done",
 ]
 
 #: How long a TCP connect may take (the server, or a local service) before it counts as failed.
@@ -81,7 +84,7 @@ def _tune(stream: anyio.abc.SocketStream) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _Listener(anyio.abc.Listener[anyio.abc.SocketStream]):
+class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     """A TCP listener with an accept loop of our own (anyio's lets the first accept error out).
 
     Accepted sockets read only while someone waits, one chunk a wait. An accept that fails,
@@ -105,25 +108,40 @@ class _Listener(anyio.abc.Listener[anyio.abc.SocketStream]):
         self,
         handler: Callable[[anyio.abc.SocketStream], Any],
         task_group: anyio.abc.TaskGroup | None = None,
+        *,
+        setting_up: int | None = None,
     ) -> None:
+        """Accept and hand each connection to `handler` in `task_group` until cancelled.
+
+        With `setting_up`, at most that many connections are between their accept and the
+        handler's `setup_done()` (or its end): a flood of new connections then waits in the
+        kernel's queue instead of filling the event loop with their setups, and what the loop
+        already serves (other services' visitors) keeps its turn.
+        """
+        slots = anyio.Semaphore(setting_up) if setting_up else None
         async with contextlib.AsyncExitStack() as stack:
             if task_group is None:
                 task_group = await stack.enter_async_context(anyio.create_task_group())
             async with anyio.create_task_group() as loops:
                 for sock in self._sockets:
-                    loops.start_soon(self._accept_loop, sock, handler, task_group)
+                    loops.start_soon(self._accept_loop, sock, handler, task_group, slots)
 
     async def _accept_loop(
         self,
         sock: anyio.abc.SocketListener,
         handler: Callable[[anyio.abc.SocketStream], Any],
         task_group: anyio.abc.TaskGroup,
+        slots: anyio.Semaphore | None,
     ) -> None:
         backoff_s = 0.0
         while True:
+            if slots is not None:
+                await slots.acquire()
             try:
                 stream = await sock.accept()
             except OSError as exc:
+                if slots is not None:
+                    slots.release()
                 backoff_s = min(max(2 * backoff_s, ACCEPT_BACKOFF_MIN_S), ACCEPT_BACKOFF_MAX_S)
                 self.refusals.refuse(
                     "accept_error",
@@ -136,11 +154,16 @@ class _Listener(anyio.abc.Listener[anyio.abc.SocketStream]):
                 await anyio.sleep(backoff_s)
                 continue
             backoff_s = 0.0
-            task_group.start_soon(self._serve_one, handler, stream)
+            task_group.start_soon(self._serve_one, handler, stream, slots)
 
     async def _serve_one(
-        self, handler: Callable[[anyio.abc.SocketStream], Any], stream: anyio.abc.SocketStream
+        self,
+        handler: Callable[[anyio.abc.SocketStream], Any],
+        stream: anyio.abc.SocketStream,
+        slots: anyio.Semaphore | None,
     ) -> None:
+        slot = _Slot(slots)
+        token = _SETUP_SLOT.set(slot)
         try:
             read_one_chunk_per_wait(stream)
             pause_reading(stream)
@@ -153,6 +176,9 @@ class _Listener(anyio.abc.Listener[anyio.abc.SocketStream]):
             if count & (count - 1) == 0:
                 log.exception("connection handler failed", listener=self.name, count=count)
             await abort(stream)
+        finally:
+            slot.release()
+            _SETUP_SLOT.reset(token)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -160,6 +186,31 @@ class _Listener(anyio.abc.Listener[anyio.abc.SocketStream]):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._inner.extra_attributes
+
+
+class _Slot:
+    """A connection's place among those being set up; released once."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: anyio.Semaphore | None) -> None:
+        self._slots = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
+_SETUP_SLOT: contextvars.ContextVar[_Slot] = contextvars.ContextVar("muxtunnel_setup_slot")
+
+
+def setup_done() -> None:
+    """The connection this task serves is set up: its listener may accept the next one (see
+    `setting_up` of a listener's `serve`). Nothing outside such a handler."""
+    slot = _SETUP_SLOT.get(None)
+    if slot is not None:
+        slot.release()
 
 
 async def connect(
@@ -180,10 +231,10 @@ async def connect(
 
 async def listen_tcp(
     host: str, port: int, *, name: str = "tcp", refusals: Refusals | None = None
-) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+) -> TcpListener:
     """A TCP listener on `host:port` (0: any free port); `TransportError` if it cannot bind.
 
-    Its `serve` never ends for an accept error (see `_Listener`): those are counted in
+    Its `serve` never ends for an accept error (see `TcpListener`): those are counted in
     `refusals` as "accept_error", `name` saying which listener in the log.
     """
     try:
@@ -192,7 +243,7 @@ async def listen_tcp(
         )
     except OSError as exc:
         raise TransportError(_bind_error(host, port, "tcp", exc)) from None
-    return _Listener(listener, name, refusals if refusals is not None else Refusals(log))
+    return TcpListener(listener, name, refusals if refusals is not None else Refusals(log))
 
 
 def _bind_error(host: str, port: int, kind: str, exc: OSError) -> str:

@@ -13,6 +13,7 @@ fast UDP sender.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -241,12 +242,18 @@ class UdpForwarder:
 
 
 async def serve_flow(
-    stream: MuxStream, target: Address, counters: UdpCounters, *, idle_s: float | None = None
+    stream: MuxStream,
+    target: Address,
+    counters: UdpCounters,
+    *,
+    idle_s: float | None = None,
+    dial_slots: anyio.Semaphore | None = None,
 ) -> None:
     """Client side of one flow: a connected UDP socket towards the local service.
 
     The server owns the flow's lifetime (idle expiry, eviction) and ends the stream, which ends
-    this socket; `idle_s` lets the client end an idle flow sooner, on its own terms.
+    this socket; `idle_s` lets the client end an idle flow sooner, on its own terms. The socket
+    is opened holding one of `dial_slots` (its service's: see the client's visitors).
     """
     last_active = anyio.current_time()
 
@@ -256,7 +263,8 @@ async def serve_flow(
         queue_datagram(stream, datagram, counters)
 
     try:
-        endpoint = await open_udp(from_target, remote=target)
+        async with dial_slots if dial_slots is not None else contextlib.nullcontext():
+            endpoint = await open_udp(from_target, remote=target)
     except TransportError:
         stream.reset()
         return

@@ -21,7 +21,7 @@ from muxtunnel.admission import AdmissionGate
 from muxtunnel.log import Refusals, safe_text
 from muxtunnel.quota import Quota
 from muxtunnel.server._registry import ActiveService, Registry
-from muxtunnel.transport import _Listener
+from muxtunnel.transport import TcpListener
 from muxtunnel.web.httpd import DENIED, _read_head
 
 
@@ -219,7 +219,7 @@ async def test_the_accept_loop_backs_off_and_keeps_serving(
     async with await anyio.connect_tcp("127.0.0.1", await _echo_port()) as client:
         logger = Recorder()
         refusals = Refusals(logger)
-        listener = _Listener(FlakyListener(5, client), "test", refusals)
+        listener = TcpListener(FlakyListener(5, client), "test", refusals)
         handled: list[anyio.abc.SocketStream] = []
 
         async def handler(stream: anyio.abc.SocketStream) -> None:

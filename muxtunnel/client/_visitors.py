@@ -55,6 +55,10 @@ class Host(Protocol):
         """Byte totals and live meters of a service."""
         ...
 
+    def dial_slots(self, name: str) -> anyio.Semaphore:
+        """Visitors of service `name` that may connect to it at once (see `DIALS_PER_SERVICE`)."""
+        ...
+
 
 async def serve(host: Host, stream: MuxStream) -> None:
     """Serve one visitor stream; a bug here costs this visitor only, never the session."""
@@ -87,13 +91,15 @@ async def _serve(host: Host, stream: MuxStream) -> None:
                 (spec.local_host, spec.local_port),
                 state.udp,
                 idle_s=config.udp_flow_idle_s,
+                dial_slots=host.dial_slots(spec.name),
             )
         finally:
             state.flows.pop(stream.stream_id, None)
         return
     peer = f"{header.peer_host}:{header.peer_port}"
     try:
-        target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
+        async with host.dial_slots(spec.name):
+            target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
     except TransportError as exc:
         # One line per visitor while the service is down would let visitors write our log.
         host.refusals.refuse(

@@ -32,7 +32,15 @@ from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ServerConfig, ServiceType
 from muxtunnel.quota import Quota
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
-from muxtunnel.transport import TransportError, abort, listen_tcp, local_port, peer_address
+from muxtunnel.transport import (
+    TcpListener,
+    TransportError,
+    abort,
+    listen_tcp,
+    local_port,
+    peer_address,
+    setup_done,
+)
 from muxtunnel.udp import UdpForwarder
 
 __all__ = ["PublicSocket", "SessionQuotas", "open_service", "serve"]
@@ -45,7 +53,11 @@ PICK_ATTEMPTS = 200
 #: Idle visitors are looked for every quarter of the timeout, but at least this often.
 IDLE_CHECK_MAX_S = 5.0
 
-PublicSocket = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
+#: Visitors of one service between their accept and their stream's opening: a flood of new
+#: visitors waits in the kernel's accept queue rather than filling the event loop.
+SETTING_UP = 4
+
+PublicSocket = TcpListener | UdpForwarder
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +244,7 @@ async def serve(
                             service=service.name,
                         )
 
-                    await sock.serve(on_visitor, task_group=visitors)
+                    await sock.serve(on_visitor, task_group=visitors, setting_up=SETTING_UP)
             # No new visitors (a graceful stop): the open ones may finish, idle ones still cut.
             await service.in_flight.drained()
             sweeper.cancel()
@@ -359,6 +371,7 @@ async def _forward_visitor(
         except anyio.BrokenResourceError:
             await abort(visitor)
             return
+        setup_done()
         await forward(
             visitor,
             stream,
