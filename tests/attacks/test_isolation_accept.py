@@ -35,6 +35,20 @@ def _get(url: str, timeout_s: float) -> int:
         return int(response.status)
 
 
+def scrape_later(url: str) -> tuple[threading.Thread, list[int | str]]:
+    """A thread (not started) that GETs `url`, waiting up to 20 s (in a backlog while fds are
+    out), and the list its status code or error lands in."""
+    results: list[int | str] = []
+
+    def scrape() -> None:
+        try:
+            results.append(_get(url, 20))
+        except OSError as exc:
+            results.append(repr(exc))
+
+    return threading.Thread(target=scrape, daemon=True), results
+
+
 def test_f1_listen_out_of_fds_keeps_serving_and_recovers(harness: Harness, figures) -> None:
     """`listen` limited to 1024 fds, 1100 idle visitors on service `a`: its public-port accept
     loop hits EMFILE, and so do the admin API's and the control port's when they are asked
@@ -51,19 +65,11 @@ def test_f1_listen_out_of_fds_keeps_serving_and_recovers(harness: Harness, figur
         with tunnel.probe("b", fresh=False) as probe, holder() as attacker:
             probe.wait_samples(10)
             quiet = quiet_window(probe)
-            scrapes: list[int | str] = []
-
-            def scrape() -> None:  # waits in the admin port's backlog while fds are out
-                try:
-                    scrapes.append(_get(f"http://127.0.0.1:{admin}/api/v1/status", 20))
-                except OSError as exc:
-                    scrapes.append(repr(exc))
-
+            scraper, scrapes = scrape_later(f"http://127.0.0.1:{admin}/api/v1/status")
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 connected = attacker.open(tunnel.public("a"), ATTACKERS, per_source=100)
                 time.sleep(0.5)
-                scraper = threading.Thread(target=scrape, daemon=True)
                 scraper.start()
                 time.sleep(1.5)
                 alive_during = tunnel.listen.running()
@@ -100,19 +106,11 @@ def test_f1_up_metrics_out_of_fds_keeps_serving(harness: Harness, figures) -> No
         with tunnel.probe("b", fresh=False) as probe, holder() as attacker:
             probe.wait_samples(10)
             quiet = quiet_window(probe)
-            scrapes: list[int | str] = []
-
-            def scrape() -> None:
-                try:
-                    scrapes.append(_get(f"http://127.0.0.1:{metrics}/metrics", 20))
-                except OSError as exc:
-                    scrapes.append(repr(exc))
-
+            scraper, scrapes = scrape_later(f"http://127.0.0.1:{metrics}/metrics")
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
                 connected = attacker.open(tunnel.public("a"), 200, per_source=50)
                 time.sleep(1.0)
-                scraper = threading.Thread(target=scrape, daemon=True)
                 scraper.start()
                 time.sleep(1.0)
                 alive_during = tunnel.up.running()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -83,13 +84,12 @@ def test_f2_udp_source_ports_do_not_take_the_tcp_services_streams(
         assert len(evicted_lines) <= refusals["udp_flow_evicted"].bit_length()
 
 
-def test_f3_idle_visitors_from_one_address_do_not_starve_the_neighbour(
-    harness: Harness, figures
-) -> None:
-    """1100 idle connections from one address to service `a`, and more every 50 ms (each
-    grabbing whatever stream was freed): at most `max_visitors_per_source` (256) are let in,
-    the rest refused at once and counted; service `b` of the same client keeps answering new
-    visitors."""
+def idle_flood(
+    harness: Harness, figures: Any, label: str, per_source: int, reason: str
+) -> tuple[int, int, int]:
+    """1100 idle connections to `a`, `per_source` from each address, and more every 50 ms
+    (each grabbing whatever stream was freed), with the neighbour probing `b`: (connected,
+    held by `a`, refused for `reason`). The neighbour's bar is asserted here."""
     admin = free_port()
     with neighbours(harness, listen_args=("--admin", f"127.0.0.1:{admin}")) as tunnel:
         with tunnel.probe("b") as probe, holder() as attacker:
@@ -97,51 +97,45 @@ def test_f3_idle_visitors_from_one_address_do_not_starve_the_neighbour(
             quiet = quiet_window(probe)
             listen_meter, up_meter = tunnel.meters()
             with listen_meter, up_meter, probe.window() as honest:
-                connected = attacker.open(tunnel.public("a"), SOURCES, per_source=SOURCES)
-                connected += keep_flooding(attacker, tunnel.public("a"), 1.5, SOURCES)
+                connected = attacker.open(tunnel.public("a"), SOURCES, per_source=per_source)
+                connected += keep_flooding(attacker, tunnel.public("a"), 1.5, per_source)
                 document = status(admin)
-            held = next(s["connections"] for s in document["services"] if s["name"] == "a")
+        held = next(s["connections"] for s in document["services"] if s["name"] == "a")
+        refused = document.get("refusals", {}).get(reason, 0)
         figures.record(
-            "isolation 3: 1100 idle visitors from one address",
+            label,
             **shared_fate(honest, listen_meter, up_meter, quiet),
             connected=connected,
             held=held,
-            refused=document.get("refusals", {}).get("visitors_per_source", 0),
+            refused=refused,
         )
         honest.assert_shared_fate(quiet=quiet)
-        assert held <= 256, held
-        assert document["refusals"].get("visitors_per_source", 0) >= connected - 256
+    return connected, held, refused
+
+
+def test_f3_idle_visitors_from_one_address_do_not_starve_the_neighbour(
+    harness: Harness, figures
+) -> None:
+    """1100 idle connections from one address to service `a`: at most
+    `max_visitors_per_source` (256) are let in, the rest refused at once and counted; service
+    `b` of the same client keeps answering new visitors."""
+    label = "isolation 3: 1100 idle visitors from one address"
+    connected, held, refused = idle_flood(harness, figures, label, SOURCES, "visitors_per_source")
+    assert held <= 256, held
+    assert refused >= connected - 256
 
 
 def test_f3_idle_visitors_from_many_addresses_leave_the_neighbour_its_share(
     harness: Harness, figures
 ) -> None:
-    """1100 idle connections to `a` from 11 addresses (under the per-address cap), and more
-    every 50 ms: `a` stops at its share of the session's 1023 visitor streams, and `b` keeps
-    answering new visitors."""
-    admin = free_port()
-    with neighbours(harness, listen_args=("--admin", f"127.0.0.1:{admin}")) as tunnel:
-        with tunnel.probe("b") as probe, holder() as attacker:
-            probe.wait_samples(5)
-            quiet = quiet_window(probe)
-            listen_meter, up_meter = tunnel.meters()
-            with listen_meter, up_meter, probe.window() as honest:
-                connected = attacker.open(tunnel.public("a"), SOURCES, per_source=100)
-                connected += keep_flooding(attacker, tunnel.public("a"), 1.5, 100)
-                document = status(admin)
-            held = next(s["connections"] for s in document["services"] if s["name"] == "a")
-        figures.record(
-            "isolation 3: 1100 idle visitors from 11 addresses",
-            **shared_fate(honest, listen_meter, up_meter, quiet),
-            connected=connected,
-            held=held,
-            refused=document.get("refusals", {}).get("stream_quota", 0),
-        )
-        honest.assert_shared_fate(quiet=quiet)
-        # Two services share 1023 streams: each is guaranteed 255, and may borrow the half
-        # nobody is guaranteed: `a` stops at 1023 - 255.
-        assert held <= 1023 - 255, held
-        assert document["refusals"].get("stream_quota", 0) >= connected - held
+    """1100 idle connections to `a` from 11 addresses (under the per-address cap): `a` stops at
+    its share of the session's 1023 visitor streams, and `b` keeps answering new visitors."""
+    label = "isolation 3: 1100 idle visitors from 11 addresses"
+    connected, held, refused = idle_flood(harness, figures, label, 100, "stream_quota")
+    # Two services share 1023 streams: each is guaranteed 255, and may borrow the half
+    # nobody is guaranteed: `a` stops at 1023 - 255.
+    assert held <= 1023 - 255, held
+    assert refused >= connected - held
 
 
 def test_f3_idle_timeout_closes_silent_visitors_unless_the_service_opts_out(
