@@ -11,7 +11,7 @@ from anyio.abc import ByteStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from muxtunnel import control
+from muxtunnel import framing
 from muxtunnel.control import (
     AUTH_FAILED,
     BAD_REQUEST,
@@ -158,7 +158,7 @@ def test_largest_allowed_message_is_accepted() -> None:
 
 def test_encode_refuses_an_oversize_message() -> None:
     with pytest.raises(ValueError, match="exceeds"):
-        control._frame({"kind": "unregister", "pad": "p" * MAX_MESSAGE_BYTES})
+        framing.frame({"kind": "unregister", "pad": "p" * MAX_MESSAGE_BYTES})
 
 
 @pytest.mark.parametrize(

@@ -88,12 +88,13 @@ MUXTUNNEL_RANKS = {
     "compress": 1,
     "quota": 1,
     "admission": 2,
-    "wirecheck": 1,
+    "framing": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
     "limits": 2,
     "proxy": 2,
     "control": 2,
+    "fields": 1,  # checks of control message fields
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,

@@ -51,6 +51,8 @@ class ServiceState:
     #: the level both sides compress with (the server's cap applies to ours too).
     compression: str | None = None
     compression_level: int = 0
+    #: http/https: every URL the server routes to it (`public` is the first).
+    urls: tuple[str, ...] = ()
 
     def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
         """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""
@@ -77,6 +79,7 @@ class ServiceState:
             compression=self.compression,
             udp_dropped=dropped,
             local=spec.local,
+            urls=self.urls if self.public else (),
         )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from muxtunnel.config import _values as v
+from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -31,14 +32,9 @@ __all__ = ["SERVER_KEYS", "server"]
 
 _PORTS = "a port list like '1024-65535,8080'"
 _POLICY_KEYS = (
-    "name",
-    "token",
-    "bandwidth_bytes_per_s",
-    "max_connections",
-    "compression",
-    "port",
-    "idle_timeout_s",
-)
+    "name", "token", "bandwidth_bytes_per_s", "max_connections", "compression", "custom_domains",
+    "port", "idle_timeout_s",
+)  # fmt: skip
 
 
 def _allow_ports(node: Node, env: Mapping[str, str]) -> PortRanges:
@@ -77,6 +73,8 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             limits["max_connections"] = v.count(found, env)
         if found := present(entry, "compression"):
             limits["compression"] = v.boolean(found, env)
+        if found := present(entry, "custom_domains"):
+            limits["custom_domains"] = _web.domain_patterns(found, env)
         if found := present(entry, "port"):
             limits["port"] = v.integer(found, env, 1, 65535)
             v.unique_name(ports, str(limits["port"]), found, what="pinned port")
@@ -126,6 +124,8 @@ _FIELDS: dict[str, v.Reader] = {
     "admin": v.endpoint,
     "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
     "compression_budget_bytes": v.size,
+    "http": _web.http_front,
+    "https": _web.https_front,
 }
 #: Every key `server:` may hold.
 SERVER_KEYS = ("bind", "public_host", *_FIELDS)
@@ -144,4 +144,6 @@ def server(section: Map, env: Mapping[str, str]) -> ServerConfig:
     public_host = host
     if node := present(section, "public_host"):
         public_host = v.parsed(node, validate_host, string(node, env).strip("[]"))
+    if (node := present(section, "https")) and "http" not in fields:
+        fail(node, "the HTTPS port needs a domain: set http.domain (or --domain)")
     return ServerConfig(bind_host=host, bind_port=port, public_host=public_host, **fields)

@@ -7,7 +7,7 @@ live sessions), use the shared tables, and report through methods.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from muxtunnel.admission import AdmissionGate
 from muxtunnel.auth import FailureLimiter, TokenBook
@@ -16,6 +16,9 @@ from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.server._registry import Registry
+
+if TYPE_CHECKING:  # loaded only by a server with web ports
+    from muxtunnel.server._web import WebFront
 
 __all__ = ["Host"]
 
@@ -46,6 +49,11 @@ class Host(Protocol):
     @property
     def registry(self) -> Registry:
         """Live services of all sessions."""
+        ...
+
+    @property
+    def web(self) -> WebFront | None:
+        """The shared web ports (None: the server serves no http/https services)."""
         ...
 
     @property

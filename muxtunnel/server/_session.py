@@ -109,6 +109,8 @@ class ClientSession:
                     peer=self.peer,
                     timeout_s=self.host.config.auth_timeout_s,
                 )
+            for service in self.services.values():
+                service.session_lost = True  # before its task ends: web names wait for it
             tg.cancel_scope.cancel()
         if refused := self.session.refused_streams:
             self.host.refusals.refuse(
@@ -271,17 +273,18 @@ class ClientSession:
         tag = server_tag(
             key, request.service, request.type, server_nonce, client_nonce, self.binding
         )
-        compression = service.compression
+        public_host, compression = host.config.public_host, service.compression
         level = service.compression_level if compression else 0
         await control.send_message(
             channel,
             Registered(
                 request.service,
                 request.type,
-                host.config.public_host,
+                public_host,
                 service.port,
                 tag,
                 compression,
+                service.urls,
                 level,
             ),
         )
@@ -301,12 +304,13 @@ class ClientSession:
         self.services[service.name] = service
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
+        public = f"{self.host.config.public_host}:{service.port}"
         log.info(
             "service opened",
             session=self.id,
             service=service.name,
             type=service.type,
-            public=f"{self.host.config.public_host}:{service.port}",
+            public=service.urls[0] if service.urls else public,
         )
         return service
 
