@@ -17,13 +17,13 @@ import anyio
 
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
 from muxtunnel.quota import Quota, Share
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServiceRow
 from muxtunnel.udp import UdpCounters
 
-__all__ = ["ActiveService", "RegistrationError", "Registry", "Reservation"]
+__all__ = ["ActiveService", "RegistrationError", "Registry", "Reservation", "admit_web_visitor"]
 
 
 class RegistrationError(Exception):
@@ -114,6 +114,21 @@ class ActiveService:
             urls=self.urls,
             responses=responses,
         )
+
+
+def admit_web_visitor(
+    service: ActiveService, config: ServerConfig, limiter: ServiceLimiter
+) -> str | None:
+    """Why a web service's new visitor gets no stream to its client (None: it took one of the
+    service's share of streams, to give back with `service.streams.give_back()`)."""
+    limit = config.max_visitors_per_service
+    if limiter.max_connections is not None:
+        limit = min(limit, limiter.max_connections)
+    if service.visitors >= limit:
+        return f"service {service.name!r} has {limit} connections open"
+    if not service.streams.take():
+        return f"service {service.name!r} has its share of its session's streams"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
