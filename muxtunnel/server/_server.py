@@ -115,7 +115,13 @@ class Server:
         registry = self.registry
         registry.expire()
         retired = registry.retired
-        horizon = anyio.current_time() - RETIRED_NAME_GRACE_S
+        now = anyio.current_time()
+        # A visitor that outlived its service may have made its name's state anew: retire it.
+        policies = {policy.name for policy in self.config.services}
+        orphans = self.traffic.keys() | (self.limiters.keys() - policies)
+        for name in orphans - registry.by_name.keys():
+            retired.setdefault(name, now)
+        horizon = now - RETIRED_NAME_GRACE_S
         excess = len(retired) - MAX_RETIRED_NAMES
         for name, since in list(retired.items()):  # oldest first
             if since > horizon and excess <= 0:
@@ -128,7 +134,7 @@ class Server:
             self.traffic.pop(name, None)
             if self.web is not None:  # a web service's response counters
                 self.web.engine.counters.services.pop(name, None)
-            if not any(policy.name == name for policy in self.config.services):
+            if name not in policies:
                 self.limiters.pop(name, None)
 
     # --- running ---

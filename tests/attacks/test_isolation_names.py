@@ -8,8 +8,12 @@ about 290 B and four series each, for ever. Now a name no longer registered is f
 
 from __future__ import annotations
 
+import contextlib
+import urllib.request
+
 import anyio
 import pytest
+from e2e.harness import Harness, free_port
 from ops.helpers import running_server, server_config
 from stress.live import AuthClient
 
@@ -17,7 +21,12 @@ from muxtunnel.model import PortRanges, ServicePolicy
 from muxtunnel.server import _server
 from muxtunnel.web.metrics import StatusCollector, render
 
+from .isolation import neighbours, quiet_window, shared_fate
+
 pytestmark = pytest.mark.stress
+
+#: More names than the server keeps for retired names (MAX_RETIRED_NAMES).
+CHURNED = 1100
 
 
 def series_names(body: bytes) -> set[str]:
@@ -67,3 +76,38 @@ async def test_f11_name_churn_keeps_a_bounded_number_of_names(
     assert "n0" in server.limiters  # configured: kept whatever happens to its traffic
     assert series == kept, sorted(series)
     assert totals_again == 60
+
+
+@pytest.mark.slow
+def test_f11_name_churn_against_a_live_listen(harness: Harness, figures) -> None:
+    """1100 names through a real `listen` (register, one visitor, unregister): its metrics keep
+    series for at most `MAX_RETIRED_NAMES` (1024) of them, and the neighbour is served."""
+    metrics = free_port()
+    with neighbours(harness, listen_args=("--metrics", f"127.0.0.1:{metrics}")) as tunnel:
+        address = (tunnel.listen.host, tunnel.listen.port)
+
+        async def churn() -> None:
+            async with AuthClient(address, source="127.0.0.9") as client:
+                for n in range(CHURNED):
+                    port = await client.register(f"churn-{n}", harness.token)
+                    with contextlib.suppress(OSError):
+                        async with await anyio.connect_tcp("127.0.0.1", port) as visitor:
+                            await visitor.send(b"x")
+                    await client.unregister(f"churn-{n}")
+
+        with tunnel.probe("b") as probe:
+            probe.wait_samples(5)
+            quiet = quiet_window(probe)
+            listen_meter, up_meter = tunnel.meters()
+            with listen_meter, up_meter, probe.window() as honest:
+                with anyio.from_thread.start_blocking_portal() as portal:
+                    portal.call(churn)
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+                series = {name for name in series_names(r.read()) if name.startswith("churn-")}
+        figures.record(
+            "isolation 11: 1100 names through a live listen",
+            **shared_fate(honest, listen_meter, up_meter, quiet),
+            names_in_metrics=len(series),
+        )
+        honest.assert_shared_fate(quiet=quiet)
+        assert len(series) <= 1024, len(series)
