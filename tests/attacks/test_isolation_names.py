@@ -26,7 +26,7 @@ from .isolation import neighbours, quiet_window, shared_fate
 pytestmark = pytest.mark.stress
 
 #: More names than the server keeps for retired names (MAX_RETIRED_NAMES).
-CHURNED = 1100
+CHURNED = 1200
 
 
 def series_names(body: bytes) -> set[str]:
@@ -80,7 +80,7 @@ async def test_f11_name_churn_keeps_a_bounded_number_of_names(
 
 @pytest.mark.slow
 def test_f11_name_churn_against_a_live_listen(harness: Harness, figures) -> None:
-    """1100 names through a real `listen` (register, one visitor, unregister): its metrics keep
+    """1200 names through a real `listen` (register, one visitor, unregister): its metrics keep
     series for at most `MAX_RETIRED_NAMES` (1024) of them, and the neighbour is served."""
     metrics = free_port()
     with neighbours(harness, listen_args=("--metrics", f"127.0.0.1:{metrics}")) as tunnel:
@@ -88,12 +88,25 @@ def test_f11_name_churn_against_a_live_listen(harness: Harness, figures) -> None
 
         async def churn() -> None:
             async with AuthClient(address, source="127.0.0.9") as client:
-                for n in range(CHURNED):
-                    port = await client.register(f"churn-{n}", harness.token)
-                    with contextlib.suppress(OSError):
-                        async with await anyio.connect_tcp("127.0.0.1", port) as visitor:
-                            await visitor.send(b"x")
-                    await client.unregister(f"churn-{n}")
+                session = client.session
+                assert session is not None
+
+                async def take_visitors() -> None:  # so that each one's forward starts
+                    with contextlib.suppress(anyio.BrokenResourceError):
+                        while True:
+                            (await session.accept_stream()).reset()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(take_visitors)
+                    for n in range(CHURNED):
+                        port = await client.register(f"churn-{n}", harness.token)
+                        with contextlib.suppress(OSError):
+                            async with await anyio.connect_tcp("127.0.0.1", port) as visitor:
+                                await visitor.send(b"x")
+                                with contextlib.suppress(anyio.BrokenResourceError):
+                                    await visitor.receive()  # the reset: it was forwarded
+                        await client.unregister(f"churn-{n}")
+                    tg.cancel_scope.cancel()
 
         with tunnel.probe("b") as probe:
             probe.wait_samples(5)
@@ -105,7 +118,7 @@ def test_f11_name_churn_against_a_live_listen(harness: Harness, figures) -> None
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
                 series = {name for name in series_names(r.read()) if name.startswith("churn-")}
         figures.record(
-            "isolation 11: 1100 names through a live listen",
+            "isolation 11: 1200 names through a live listen",
             **shared_fate(honest, listen_meter, up_meter, quiet),
             names_in_metrics=len(series),
         )
