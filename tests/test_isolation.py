@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from typing import Any
 
 import anyio
@@ -216,7 +217,8 @@ async def test_the_accept_loop_backs_off_and_keeps_serving(
 ) -> None:
     """Five EMFILE in a row: counted, logged at 1, 2 and 4, backed off, and the next
     connection is still served; a handler that raises costs its connection only."""
-    async with await anyio.connect_tcp("127.0.0.1", await _echo_port()) as client:
+    server = socket.create_server(("127.0.0.1", 0))  # its backlog takes the connect
+    async with await anyio.connect_tcp("127.0.0.1", server.getsockname()[1]) as client:
         logger = Recorder()
         refusals = Refusals(logger)
         listener = TcpListener(FlakyListener(5, client), "test", refusals)
@@ -233,22 +235,11 @@ async def test_the_accept_loop_backs_off_and_keeps_serving(
                     await anyio.sleep(0.01)
                 await anyio.sleep(0.05)
                 tg.cancel_scope.cancel()
+    server.close()
     assert refusals["accept_error"] == 5
     assert [context["count"] for _, context in logger.lines] == [1, 2, 4]
     assert [context["backoff_s"] for _, context in logger.lines] == [0.005, 0.01, 0.04]
     assert listener.handler_failures == 1
-
-
-async def _echo_port() -> int:
-    import socket
-
-    server = socket.create_server(("127.0.0.1", 0))
-    server.listen()
-    _keep.append(server)  # accepted by the kernel's backlog: enough for a connect
-    return int(server.getsockname()[1])
-
-
-_keep: list[Any] = []
 
 
 # --- the HTTP head reader ---
