@@ -86,6 +86,9 @@ MUXTUNNEL_RANKS = {
     "log": 1,
     "transport": 1,  # the network seam
     "compress": 1,
+    "quota": 1,
+    "admission": 2,
+    "framing": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
     "limits": 2,
