@@ -1,32 +1,33 @@
 """The control protocol spoken on a session's first stream, and the header of each visitor stream.
 
-Wire format (`muxtunnel.wire`): each message is a msgpack map preceded by its length as a
-2-byte big-endian integer. The map's `kind` key names the message; the other keys are the
-dataclass fields below (bytes as msgpack bin, text as msgpack str). Keys a receiver does not
-know are ignored, so a later version may add optional fields; anything missing or of the wrong
-type is an error.
+Wire format: each message is a msgpack map preceded by its length as a 2-byte big-endian
+integer. The map's `kind` key names the message; the other keys are the dataclass fields below
+(bytes as msgpack bin, text as msgpack str). Keys a receiver does not know are ignored, so a
+later version may add optional fields; anything missing or of the wrong type is an error.
 
 Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
     S -> C  Challenge(version, server_nonce[, features])  or Error(version_mismatch)
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
-                     proxy_protocol, the web options of an http/https service, the group
-                     fields of a load-balancing group's member])
-    S -> C  Registered(..., tag[, compression, urls, member])  or Error
+                     proxy_protocol, the web options of an http/https service,
+                     compression_fallback, the group fields of a load-balancing group's
+                     member])
+    S -> C  Registered(..., tag[, compression, urls, compression_level, member])   or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
     C -> S  MemberUpdate(service, healthy, weight, detail)  any time later, to a server whose
-                                    Challenge listed the FEATURE_GROUPS feature
-Each visitor stream the server opens starts with one VisitorHeader, framed the same way. When
-the header says `confirm` (a group member's streams), the client's first byte back is
-`DIAL_CONFIRMED` once its local dial succeeded, and only after sending it does it write the
-visitor's bytes to the service; a failed dial resets the stream instead. Until that byte the
-server may replay the visitor's first bytes to another member.
+                                    Challenge listed FEATURE_GROUPS
+Each visitor stream the server opens starts with one VisitorHeader, framed the same way; with
+`compressed: false` (only to a client that registered with `compression_fallback`) the stream
+travels uncompressed although its service agreed compression. With `confirm` (a group member's
+streams) the client's first byte back is `DIAL_CONFIRMED`, sent once its local dial succeeded
+and before any visitor byte goes to the service (a failed dial resets the stream instead):
+until then the server may replay the visitor's first bytes to another member.
 
 Peer bytes enter only through `receive_message` / `read_visitor_header`; whatever they hold,
 those raise `ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream`
 through, nothing else. A message longer than `MAX_MESSAGE_BYTES` is refused from its length
-prefix, before any of its body is read. Deadlines are the caller's: wrap calls in
+prefix, before any of its body is read (`framing`). Deadlines are the caller's: wrap calls in
 `anyio.fail_after`.
 """
 
@@ -40,34 +41,31 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
+from muxtunnel.framing import MAX_MESSAGE_BYTES, ControlError, frame, receive_frame, unpack_map
+from muxtunnel.log import safe_text
 from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
-from muxtunnel.wire import (
-    BAD_REQUEST,
-    MAX_MESSAGE_BYTES,
-    ControlError,
-    frame,
-    receive_frame,
-    unpack_map,
-)
 
 __all__ = [
     "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED", "DOMAIN_TAKEN",
-    "FEATURE_GROUPS", "INTERNAL_ERROR", "MAX_MESSAGE_BYTES", "PORT_IN_USE", "PORT_NOT_ALLOWED",
-    "PROTOCOL_VERSION", "RATE_LIMITED", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED",
-    "VERSION_MISMATCH", "Challenge", "ControlError", "Error", "Hello", "MemberUpdate", "Message",
-    "Register", "Registered", "Unregister", "VisitorHeader", "decode_message",
-    "decode_visitor_header", "encode_message", "encode_visitor_header", "read_visitor_header",
-    "receive_message", "send_message",
+    "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES", "PORT_IN_USE",
+    "PORT_NOT_ALLOWED", "PROTOCOL_VERSION", "RATE_LIMITED", "SERVICE_CLOSED", "SERVICE_TAKEN",
+    "UNSUPPORTED", "VERSION_MISMATCH", "Challenge", "ControlError", "Error", "Hello",
+    "MemberUpdate", "Message", "Register", "Registered", "Unregister", "VisitorHeader",
+    "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
+    "read_visitor_header", "receive_message", "send_message",
 ]  # fmt: skip
 
 PROTOCOL_VERSION = 1
 _MAX_ERROR_MESSAGE_CHARS = 1024
+#: An error message's UTF-8 bytes: with the rest of its message, well within MAX_MESSAGE_BYTES.
+_MAX_ERROR_MESSAGE_BYTES = 3072
 
 # Error codes (Error.code). A peer may send codes we do not know; treat them as a refusal.
 AUTH_FAILED = "auth_failed"
 PORT_NOT_ALLOWED = "port_not_allowed"
 PORT_IN_USE = "port_in_use"
 SERVICE_TAKEN = "service_taken"
+BAD_REQUEST = "bad_request"
 VERSION_MISMATCH = "version_mismatch"
 RATE_LIMITED = "rate_limited"
 INTERNAL_ERROR = "internal_error"
@@ -79,6 +77,8 @@ DOMAIN_TAKEN = "domain_taken"
 DOMAIN_NOT_ALLOWED = "domain_not_allowed"
 #: The server does not serve this kind of service (http/https without web ports).
 UNSUPPORTED = "unsupported"
+#: A limit of the server's config: services per session, sessions per address.
+LIMIT_REACHED = "limit_reached"
 
 #: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
 #: MemberUpdate, VisitorHeader.confirm).
@@ -168,7 +168,8 @@ class Register(_Wire):
     EXTENSIONS: ClassVar[tuple[str, ...]] = (
         "compression", "compression_level", "proxy_protocol", "subdomain", "custom_domains",
         "locations", "host_rewrite", "set_headers", "remove_headers", "basic_auth",
-        "response_timeout_s", "group", "group_key", "group_proof", "weight", "healthy", "instance",
+        "response_timeout_s", "compression_fallback", "group", "group_key", "group_proof",
+        "weight", "healthy", "instance",
     )  # fmt: skip
     service: str
     type: ServiceType
@@ -189,10 +190,11 @@ class Register(_Wire):
     remove_headers: tuple[str, ...] = ()
     basic_auth: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
     response_timeout_s: float | None = None
-    #: A member of the load-balancing group `group` (its public name; the tag covers it): the
-    #: group token's public key and this handshake's proof of it (b"": no group token), its
-    #: weight, its target's health now, and a random id of its client process (a reconnect of
-    #: the same process takes its own place back; `fields.check_group_options`).
+    #: The client takes a visitor stream uncompressed when its header says so (the server
+    #: falls back to that when a session's compression budget is spent).
+    compression_fallback: bool = False
+    #: A member of the group `group` (the tag covers it): its group token's public key and
+    #: proof, weight, health now, process id (`fields.check_group_options`).
     group: str | None = None
     group_key: bytes = b""
     group_proof: bytes = dataclasses.field(default=b"", repr=False)
@@ -207,6 +209,7 @@ class Register(_Wire):
         fields.check_bytes("tag", self.tag, TAG_BYTES)
         fields.check_compression(self.compression)
         fields.check_int("compression_level", self.compression_level, 0, 22)
+        fields.check_bool("compression_fallback", self.compression_fallback)
         fields.check_web_options(self)
         fields.check_group_options(self)
 
@@ -215,15 +218,16 @@ class Register(_Wire):
         """The registration of `spec`, asking for `remote_port`; a group member's `group_key`,
         `group_proof`, `healthy` and `instance` come as keywords."""
         level = spec.compression_level if spec.compression else 0
+        web, fallback = spec.http, bool(spec.compression)
         if spec.group is not None:
             group.update(group=spec.group.name, weight=spec.group.weight)
-        web = spec.http
         if web is None:
             return cls(spec.name, spec.type, remote_port, tag, spec.compression, level,
-                       spec.proxy_protocol, **group)  # fmt: skip
+                       spec.proxy_protocol, compression_fallback=fallback, **group)  # fmt: skip
         auth = web.basic_auth
         return cls(
             spec.name, spec.type, 0, tag, spec.compression, level, spec.proxy_protocol,
+            compression_fallback=fallback,
             subdomain=web.subdomain, custom_domains=web.custom_domains, locations=web.locations,
             host_rewrite=web.host_rewrite, set_headers=web.set_headers,
             remove_headers=web.remove_headers,
@@ -238,7 +242,7 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls", "member")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls", "compression_level", "member")
     service: str
     type: ServiceType
     public_host: str
@@ -248,6 +252,8 @@ class Registered(_Wire):
     compression: str | None = None
     #: http/https: where visitors reach the service (`http://app.example.com`), first the main.
     urls: tuple[str, ...] = ()
+    #: The zstd level both sides use (0: the client's own, as before this field).
+    compression_level: int = 0
     #: A group's member: its id in the group (status rows and logs of the server show it).
     member: str | None = None
 
@@ -259,6 +265,7 @@ class Registered(_Wire):
         fields.check_bytes("tag", self.tag, TAG_BYTES)
         fields.check_compression(self.compression)
         object.__setattr__(self, "urls", fields.texts("urls", self.urls))
+        fields.check_int("compression_level", self.compression_level, 0, 22)
         fields.optional_text("member", self.member)
 
 
@@ -278,7 +285,8 @@ class Error(_Wire):
     """Either side: a request failed. `service` names the registration it concerns, if any.
 
     For a failed authentication the server says `auth_failed` and nothing more, whether the
-    service is unknown or the token is wrong.
+    service is unknown or the token is wrong. `message` is made safe at construction, never
+    refused (a refusal may quote a long port list): escaped and shortened (`safe_text`).
     """
 
     WIRE_KIND: ClassVar[str] = "error"
@@ -288,7 +296,10 @@ class Error(_Wire):
 
     def __post_init__(self) -> None:
         fields.check_text("code", self.code, 64)
-        fields.check_text("message", self.message, _MAX_ERROR_MESSAGE_CHARS, empty_ok=True)
+        if type(self.message) is not str:
+            raise ValueError("message must be a string")
+        safe = safe_text(self.message, _MAX_ERROR_MESSAGE_CHARS, _MAX_ERROR_MESSAGE_BYTES)
+        object.__setattr__(self, "message", safe)
         if self.service is not None:
             fields.check_service(self.service)
 
@@ -298,12 +309,14 @@ class VisitorHeader(_Wire):
     """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
 
     WIRE_KIND: ClassVar[str] = "visitor"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("confirm",)
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compressed", "confirm")
     service: str
     type: ServiceType
     peer_host: str
     peer_port: int
-    #: Optional (later versions): send `DIAL_CONFIRMED` before the service's bytes.
+    #: False: this stream travels uncompressed although its service agreed compression.
+    compressed: bool = True
+    #: A group member's stream: send `DIAL_CONFIRMED` before the service's bytes.
     confirm: bool = False
 
     def __post_init__(self) -> None:
@@ -311,6 +324,7 @@ class VisitorHeader(_Wire):
         fields.check_type(self.type)
         fields.check_text("peer_host", self.peer_host, fields.MAX_TEXT_CHARS)
         fields.check_int("peer_port", self.peer_port, 0, 65535)
+        fields.check_bool("compressed", self.compressed)
         fields.check_bool("confirm", self.confirm)
 
 
@@ -333,13 +347,14 @@ class MemberUpdate(_Wire):
         fields.check_text("detail", self.detail, fields.MAX_TEXT_CHARS, empty_ok=True)
 
 
-Message: TypeAlias = (
-    Hello | Challenge | Register | Registered | Unregister | Error | MemberUpdate
-)  # fmt: skip
+Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error | MemberUpdate
 _MESSAGE_KINDS: dict[str, type[Message]] = {
     cls.WIRE_KIND: cls
     for cls in (Hello, Challenge, Register, Registered, Unregister, Error, MemberUpdate)
 }
+
+
+# --- messages on the wire (`framing`) ---
 
 
 def encode_message(message: Message) -> bytes:

@@ -37,14 +37,14 @@ def check_int(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
-def check_bytes(name: str, value: object, size: int) -> None:
-    if type(value) is not bytes or len(value) != size:
-        raise ValueError(f"{name} must be {size} bytes")
-
-
 def check_bool(name: str, value: object) -> None:
     if type(value) is not bool:
         raise ValueError(f"{name} must be true or false")
+
+
+def check_bytes(name: str, value: object, size: int) -> None:
+    if type(value) is not bytes or len(value) != size:
+        raise ValueError(f"{name} must be {size} bytes")
 
 
 def check_text(name: str, value: object, max_chars: int, *, empty_ok: bool = False) -> None:

@@ -246,6 +246,8 @@ class ServerStatus:
     #: The shared web ports (None: off), and their counters per service name.
     web: WebRow | None = None
     web_traffic: tuple[WebTrafficRow, ...] = ()
+    #: Refusals so far, by reason (`log.Refusals`): every limit that said no, counted.
+    refusals: Mapping[str, int] = field(default_factory=dict)
     #: Load-balancing groups, by name; rate limits of the service names that have them.
     groups: tuple[GroupRow, ...] = ()
     admissions: tuple[AdmissionRow, ...] = ()
@@ -271,6 +273,7 @@ class ServerStatus:
             ],
             "connections": [row.to_dict() for row in self.connections],
             "web": self.web.to_dict() if self.web is not None else None,
+            "refusals": dict(sorted(self.refusals.items())),
             "groups": [row.to_dict() for row in self.groups],
             "rate_limits": [row.to_dict() for row in self.admissions],
         }
@@ -292,6 +295,8 @@ class ClientStatus:
     services: tuple[ServiceRow, ...] = ()
     connections: tuple[ConnectionRow, ...] = ()
     traffic: tuple[TrafficRow, ...] = ()
+    #: Refusals so far, by reason (`log.Refusals`).
+    refusals: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def connected(self) -> bool:
@@ -314,6 +319,7 @@ class ClientStatus:
             "reconnects": self.reconnects,
             "services": [{**row.to_dict(), "local": row.local} for row in self.services],
             "connections": [row.to_dict() for row in self.connections],
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 

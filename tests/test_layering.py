@@ -89,13 +89,15 @@ MUXTUNNEL_RANKS = {
     "log": 1,
     "transport": 1,  # the network seam
     "compress": 1,
+    "quota": 1,
+    "admission": 2,
+    "framing": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
     "limits": 2,
     "proxy": 2,
     "control": 2,
     "fields": 1,  # checks of control message fields
-    "wire": 1,  # the framing of control messages
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,

@@ -17,9 +17,6 @@ Invariants:
 - one task at a time settles an attempt (reads its confirmation, retries): `_lock`;
 - every picked member gets one outcome (`Visit.succeeded` or `failed`) and one `close`.
 
-`AdmittedUdp` is a UDP service's socket: each new flow is admitted by the service's rate limits
-and goes to the member its group picks (or to the session of a service outside groups); flows
-are not retried (a datagram has no dial to confirm).
 """
 
 from __future__ import annotations
@@ -29,22 +26,20 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from mux import MuxStream, Session
+from mux import MuxStream
 from muxtunnel import control
 from muxtunnel.balance.group import Group
 from muxtunnel.balance.member import Visit
-from muxtunnel.balance.ratelimit import Admission, VisitorLimiter
-from muxtunnel.compress import CompressedStream
+from muxtunnel.compress import CompressedStream, stream_memory_bytes
 from muxtunnel.control import VisitorHeader
+from muxtunnel.log import Refusals
 from muxtunnel.server._registry import MemberHandle
 from muxtunnel.transport import Address
-from muxtunnel.udp import OnEnd, UdpForwarder, frame
 
 __all__ = [
     "ATTEMPTS",
     "CONFIRM_TIMEOUT_S",
     "REPLAY_LIMIT_BYTES",
-    "AdmittedUdp",
     "BalancedStream",
     "DialFailed",
 ]
@@ -82,8 +77,13 @@ class BalancedStream(anyio.abc.ByteStream):
         *,
         preamble: Callable[[MemberHandle], bytes] | None = None,
         on_retry: Callable[[], None] | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self._group = group
+        self._refusals = refusals
+        #: What the current attempt holds of its member's session: one stream, and the
+        #: compression memory of a compressed stream (bytes).
+        self._holds: tuple[MemberHandle, int] | None = None
         self._peer = peer
         self._key = key
         self._preamble = preamble
@@ -122,20 +122,28 @@ class BalancedStream(anyio.abc.ByteStream):
             visit = self._group.pick(now, key=self._key, exclude=self._tried)
             if visit is None:
                 return False
-            self._attempt += 1
             self._tried.add(visit.member.member_id)
             handle = visit.handle
-            header = VisitorHeader(handle.service.name, handle.service.type, *self._peer, True)
+            memory = self._hold(handle)
+            if memory is None:  # its session's streams or memory are taken: not its fault
+                visit.close()
+                continue
+            self._attempt += 1
+            service = handle.service
+            header = VisitorHeader(
+                service.name, service.type, *self._peer, compressed=memory > 0 or not
+                service.compression, confirm=True,
+            )  # fmt: skip
             try:
                 raw = await handle.session.open_stream(control.encode_visitor_header(header))
             except anyio.BrokenResourceError:  # its session just ended
                 visit.failed(anyio.current_time())
+                self._release()
                 continue
             self._visit, self._raw = visit, raw
             handle.streams.add(raw)
-            service = handle.service
             tunnel: anyio.abc.ByteStream = raw
-            if service.compression:
+            if memory:
                 tunnel = CompressedStream(raw, service.compression_level)
             self._tunnel = tunnel
             # The member's PROXY protocol header, then what the visitor sent so far: taken and
@@ -152,12 +160,42 @@ class BalancedStream(anyio.abc.ByteStream):
             return True
         return False
 
+    def _hold(self, handle: MemberHandle) -> int | None:
+        """Take one of the member's session's streams, and compression memory if its streams
+        are compressed: the bytes of memory taken (0: uncompressed), or None if refused."""
+        service = handle.service
+        if not service.streams.take():
+            self._refuse("stream_quota", "its member has its share of the session's streams")
+            return None
+        memory = stream_memory_bytes(service.compression_level) if service.compression else 0
+        if memory and not service.compression_memory.take(memory):
+            memory = 0
+            if not service.compression_fallback:
+                service.streams.give_back()
+                self._refuse("compression_budget", "the member's compression budget is spent")
+                return None
+        self._holds = (handle, memory)
+        return memory
+
+    def _release(self) -> None:
+        holds, self._holds = self._holds, None
+        if holds is not None:
+            handle, memory = holds
+            handle.service.streams.give_back()
+            if memory:
+                handle.service.compression_memory.give_back(memory)
+
+    def _refuse(self, reason: str, why: str) -> None:
+        if self._refusals is not None:
+            self._refusals.refuse(reason, f"group visitor not given to a member: {why}")
+
     def _drop_attempt(self) -> None:
         raw, self._raw = self._raw, None
         if raw is not None:
             raw.reset()
             if self._visit is not None:
                 self._visit.handle.streams.discard(raw)
+        self._release()
 
     async def _settle(self) -> None:
         """Wait for the current attempt's confirmation; retry once on a failed dial."""
@@ -260,78 +298,9 @@ class BalancedStream(anyio.abc.ByteStream):
         finally:
             if raw is not None and self._visit is not None:
                 self._visit.handle.streams.discard(raw)
+            self._release()
             self._close_visit()
 
     def _close_visit(self) -> None:
         if self._visit is not None:
             self._visit.close()
-
-
-class AdmittedUdp(UdpForwarder):
-    """A UDP service's socket: each new flow is admitted by the rate limits in force, then
-    opened on the member its group picks (or on the one session of a service outside groups)."""
-
-    def __init__(
-        self,
-        service: str,
-        *,
-        idle_s: float,
-        max_flows: int,
-        limiter: Callable[[], VisitorLimiter | None],
-        group: Group[MemberHandle] | None = None,
-        session: Session | None = None,
-        key_of: Callable[[str], str] = str,
-    ) -> None:
-        super().__init__(session, service, idle_s=idle_s, max_flows=max_flows)
-        self.group = group
-        self._limiter = limiter
-        self._key_of = key_of
-
-    def _open_flow(
-        self, address: Address, datagram: bytes
-    ) -> tuple[MuxStream, OnEnd | None] | None:
-        now = anyio.current_time()
-        source = self._key_of(address[0])
-        admission: Admission | None = None
-        limiter = self._limiter()
-        if limiter is not None:
-            answer = limiter.admit(source, now)
-            if not isinstance(answer, Admission):
-                return None  # counted and logged by the limiter
-            admission = answer
-        if self.group is None:
-            opened = super()._open_flow(address, datagram)
-            if opened is None:
-                if admission is not None:
-                    admission.release()
-                return None
-            return opened[0], admission.release if admission is not None else None
-        visit = self.group.pick(now, key=source)
-        stream = None
-        if visit is not None:
-            handle = visit.handle
-            header = VisitorHeader(handle.service.name, "udp", *address)
-            try:
-                stream = handle.session.open_stream_nowait(
-                    control.encode_visitor_header(header) + frame(datagram)
-                )
-            except anyio.WouldBlock:
-                self.counters.dropped_backpressure += 1
-            except anyio.BrokenResourceError:
-                pass
-        if visit is None or stream is None:
-            if visit is not None:
-                visit.failed(now)
-            if admission is not None:
-                admission.release()
-            return None
-        visit.succeeded(now)
-        handle.streams.add(stream)  # reset when the member leaves
-
-        def on_end() -> None:
-            handle.streams.discard(stream)
-            visit.close()
-            if admission is not None:
-                admission.release()
-
-        return stream, on_end

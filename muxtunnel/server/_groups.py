@@ -38,18 +38,20 @@ from muxtunnel.auth import address_key, verify_group_proof
 from muxtunnel.balance.group import Group
 from muxtunnel.balance.settings import GroupSettings, PolicyKind
 from muxtunnel.control import MemberUpdate, Register
-from muxtunnel.forward import Visitors, guarded
+from muxtunnel.forward import Visitors
 from muxtunnel.model import WEB_TYPES
+from muxtunnel.quota import Share
 from muxtunnel.reload import ServerChanges
 from muxtunnel.server import _services
-from muxtunnel.server._balanced import AdmittedUdp
-from muxtunnel.server._group_visitors import serve_visitor
+from muxtunnel.server._admitted_udp import AdmittedUdp
+from muxtunnel.server._group_visitors import serve_tcp
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import (
     ActiveService,
     GroupService,
     MemberHandle,
     RegistrationError,
+    Reservation,
 )
 from muxtunnel.specs import format_host_port
 from muxtunnel.transport import local_port
@@ -117,10 +119,17 @@ class Groups:
         )
 
     async def join(
-        self, session: Session, session_id: int, client_name: str, request: Register
+        self,
+        session: Session,
+        session_id: int,
+        client_name: str,
+        request: Register,
+        key: bytes,
+        shares: tuple[Share, Share],
     ) -> ActiveService:
         """Add a member (creating its group if it is the first); `RegistrationError` if the
-        registration does not fit the group."""
+        registration does not fit the group. `key` is the group name's key the member proved
+        (the group's port is reserved for it, see `_registry`)."""
         name = request.group
         assert name is not None
         if name in self.host.registry.by_name:
@@ -131,13 +140,18 @@ class Groups:
         group = self.by_name.get(name)
         if group is None:
             async with self._creating:
-                group = self.by_name.get(name) or await self._create(name, request)
+                group = self.by_name.get(name) or await self._create(name, request, key)
         self._check_fits(group, request)
         member_id, replaced = self._member_id(group, session, client_name, request)
-        service = ActiveService(request.service, request.type, group.port, session_id, Visitors())
+        streams, memory = shares
+        service = ActiveService(
+            request.service, request.type, group.port, session_id, Visitors(), key=key,
+            streams=streams, compression_memory=memory,
+        )  # fmt: skip
         service.compression, service.compression_level = _services.compression(
             self.host, request, name
         )
+        service.compression_fallback = request.compression_fallback
         service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
         service.urls = group.urls
         handle = MemberHandle(session, service, member_id, name, request.instance)
@@ -200,6 +214,12 @@ class Groups:
         group.group.remove_member(handle.member_id)
         if not len(group.group):
             self._close(group)
+            if not service.released and group.type not in WEB_TYPES:  # its session was lost
+                # The port stays the group's a while, as a plain service's does: its members
+                # reconnect and ask for it, and nobody else may take it meanwhile.
+                until = anyio.current_time() + self.host.config.port_reservation_s
+                reservation = Reservation(group.name, service.key, until)
+                self.host.registry.reserved[(group.type, group.port)] = reservation
 
     def update(self, service: ActiveService, update: MemberUpdate) -> None:
         """A member's client reported its target's health, or a new weight."""
@@ -236,29 +256,29 @@ class Groups:
 
     # --- the group's public socket ---
 
-    async def _create(self, name: str, request: Register) -> GroupService:
+    async def _create(self, name: str, request: Register, key: bytes) -> GroupService:
         host = self.host
         if self._tg is None or not self._accepting:
             raise RegistrationError(control.INTERNAL_ERROR, "the server is not serving groups")
-        if request.type not in WEB_TYPES:
-            _services.check_port(host, request)
+        port = 0 if request.type in WEB_TYPES else _services.port_for(host, request, key, name)
         engine: Group[MemberHandle] = Group(name, self.settings(name))
         configured = host.tokens.group_keys.get(name)
-        key = configured if configured is not None else (request.group_key or None)
+        group_key = configured if configured is not None else (request.group_key or None)
         if request.type in WEB_TYPES:
-            return self._create_web(name, request, engine, key, configured is not None)
+            return self._create_web(name, request, engine, group_key, configured is not None)
 
         def forwarder() -> UdpForwarder:
             config = host.config
             return AdmittedUdp(
                 name, idle_s=config.udp_flow_idle_s, max_flows=config.udp_max_flows,
                 limiter=lambda: host.visitor_limiter(name), group=engine, key_of=address_key,
+                refusals=host.refusals,
             )  # fmt: skip
 
-        sock = await _services.bind(host, request.type, request.remote_port, forwarder)
+        sock = await _services.bind(host, name, request.type, port, forwarder)
         port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
         group = GroupService(
-            name, request.type, port, engine, key, configured is not None,
+            name, request.type, port, engine, group_key, configured is not None,
             Visitors(parent=host.visitors),
         )  # fmt: skip
         if isinstance(sock, UdpForwarder):
@@ -325,18 +345,7 @@ class Groups:
                         await sock.run()
                     return
                 assert sock is not None
-                async with anyio.create_task_group() as visitors:
-                    with group.listener_scope:
-                        async with sock:
-
-                            async def on_visitor(visitor: anyio.abc.SocketStream) -> None:
-                                await guarded(
-                                    serve_visitor(self.host, group, visitor),
-                                    visitor,
-                                    group=group.name,
-                                )
-
-                            await sock.serve(on_visitor, task_group=visitors)
+                await serve_tcp(self.host, group, sock)
         finally:
             self._close(group)
             for member in group.group.members:  # the socket failed under them: they end too

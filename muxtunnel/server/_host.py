@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from mux import Session
+from muxtunnel.admission import AdmissionGate
 from muxtunnel.auth import FailureLimiter, TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
 from muxtunnel.control import MemberUpdate, Register
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
-from muxtunnel.server._admission import PreAuthGate
+from muxtunnel.quota import Share
 from muxtunnel.server._registry import ActiveService, Registry
 
 if TYPE_CHECKING:  # loaded only by a server with web ports
@@ -44,7 +46,7 @@ class Host(Protocol):
         ...
 
     @property
-    def preauth(self) -> PreAuthGate:
+    def preauth(self) -> AdmissionGate:
         """Connections that have not authenticated yet."""
         ...
 
@@ -61,6 +63,19 @@ class Host(Protocol):
     @property
     def visitors(self) -> Visitors:
         """TCP visitors in flight, all sessions (each service's tracker counts into it)."""
+        ...
+
+    @property
+    def refusals(self) -> Refusals:
+        """Every refusal of the server, by reason (counted for the metrics, logged doubling)."""
+        ...
+
+    def admit_session(self, source: str) -> bool:
+        """Count one more authenticated session from `source`; False if it has its maximum."""
+        ...
+
+    def prune(self) -> None:
+        """Forget the per-name state (traffic, limits) of names gone for longer than a while."""
         ...
 
     def traffic_of(self, name: str) -> ServiceTraffic:
@@ -96,9 +111,17 @@ class Host(Protocol):
         ...
 
     async def join_group(
-        self, session: Session, session_id: int, client_name: str, request: Register
+        self,
+        session: Session,
+        session_id: int,
+        client_name: str,
+        request: Register,
+        key: bytes,
+        shares: tuple[Share, Share],
     ) -> ActiveService:
-        """A member's registration, in its group (`RegistrationError` if refused)."""
+        """A member's registration, in its group (`RegistrationError` if refused): `key` is the
+        one its client proved (the group name's), `shares` its session's streams and
+        compression memory for it."""
         ...
 
     def leave_group(self, service: ActiveService) -> None:

@@ -8,6 +8,7 @@ whoever shows state through `status()`, a snapshot.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,21 +17,24 @@ import structlog
 
 from mux import Session
 from muxtunnel import __version__, control
+from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import FailureLimiter, TokenBook, address_key
 from muxtunnel.balance.ratelimit import VisitorLimiter
 from muxtunnel.control import Error, MemberUpdate, Register
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
-from muxtunnel.log import log_doubling
-from muxtunnel.model import ServerConfig, ServicePolicy
+from muxtunnel.log import Refusals
+from muxtunnel.model import ServerConfig
+from muxtunnel.quota import Share
 from muxtunnel.reload import ReloadError, server_changes
-from muxtunnel.server._admission import PreAuthGate, PreAuthTicket
+from muxtunnel.server._group_visitors import group_service_row
 from muxtunnel.server._group_visitors import rows as group_rows
 from muxtunnel.server._groups import Groups
+from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
-from muxtunnel.status import AdmissionRow, ServerStatus, ServiceRow
+from muxtunnel.status import ServerStatus
 from muxtunnel.tls import ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
 
@@ -41,6 +45,13 @@ __all__ = ["Server"]
 
 log = structlog.get_logger("muxtunnel.server")
 
+#: Per-name state (traffic totals, limiter) of a name that is no longer registered is kept this
+#: long, so a client that reconnects finds its totals; and for at most this many such names,
+#: so names registered and dropped in a loop cost bounded memory (about 290 B and four metric
+#: series each).
+RETIRED_NAME_GRACE_S = 300.0
+MAX_RETIRED_NAMES = 1024
+
 
 class Server:
     """The public side: accepts clients, authenticates their services, binds public ports."""
@@ -49,8 +60,12 @@ class Server:
         self.config = config
         self.tokens = TokenBook.from_config(config)
         self.failures = FailureLimiter(config.auth_failures_burst, config.auth_failures_per_min)
+        #: Every refusal, by reason: counted for the metrics, logged at doubling counts.
+        self.refusals = Refusals(log)
         #: Connections that have not authenticated yet (bounded per address and in all).
-        self.preauth = PreAuthGate()
+        self.preauth = AdmissionGate(self.refusals)
+        #: Authenticated sessions per source address.
+        self.sources: Counter[str] = Counter()
         self.registry = Registry()
         self.sessions: dict[int, ClientSession] = {}
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
@@ -60,10 +75,8 @@ class Server:
         #: Per service name, kept across registrations: byte totals and enforced limits.
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
-        #: Per service name with `rate_limit`/`per_source`, kept across registrations (and
-        #: across a reload that drops the limits: the counts of refusals stay).
-        self.admissions: dict[str, VisitorLimiter] = {}
-        self._update_admissions(config.services)
+        #: Rate limits on new visitors, per service name.
+        self.rate_limits = RateLimits(config.services)
         #: Load-balancing groups, by name.
         self.groups = Groups(self)
         #: The shared HTTP/HTTPS ports (None: not configured); imported only when configured.
@@ -73,10 +86,9 @@ class Server:
 
             self.web = WebFront(
                 config, self.registry, self.traffic_of, self.limiter_of,
-                self.visitor_limiter, self.groups.by_name,
+                self.visitor_limiter, self.groups.by_name, self.refusals,
             )  # fmt: skip
         self.auth_failures = 0
-        self.tls_failures = 0
         self.started = 0.0
         #: The bound control port, once running.
         self.port: int | None = None
@@ -96,23 +108,51 @@ class Server:
         self.failures.record_failure(source, now)
         self.auth_failures += 1
 
+    def admit_session(self, source: str) -> bool:
+        """Count one more authenticated session from `source`; False if it has its maximum."""
+        if self.sources[source] >= self.config.max_sessions_per_source:
+            return False
+        self.sources[source] += 1
+        return True
+
+    def _session_ended(self, source: str) -> None:
+        self.sources[source] -= 1
+        if self.sources[source] <= 0:
+            del self.sources[source]
+
+    def prune(self) -> None:
+        """Forget the traffic and limiter of names unregistered long ago (see RETIRED_NAME_*).
+
+        Names still registered, configured with a policy, or with a live connection are kept.
+        """
+        registry = self.registry
+        registry.expire()
+        retired = registry.retired
+        now = anyio.current_time()
+        # A visitor that outlived its service may have made its name's state anew: retire it.
+        policies = {policy.name for policy in self.config.services}
+        orphans = self.traffic.keys() | (self.limiters.keys() - policies)
+        for name in orphans - registry.by_name.keys() - self.groups.by_name.keys():
+            retired.setdefault(name, now)
+        horizon = now - RETIRED_NAME_GRACE_S
+        excess = len(retired) - MAX_RETIRED_NAMES
+        for name, since in list(retired.items()):  # oldest first
+            if since > horizon and excess <= 0:
+                break
+            traffic = self.traffic.get(name)
+            if traffic is not None and traffic.live:
+                continue  # its last visitors are on their way out; next time
+            del retired[name]
+            excess -= 1
+            self.traffic.pop(name, None)
+            if self.web is not None:  # a web service's response counters
+                self.web.engine.counters.services.pop(name, None)
+            if name not in policies:
+                self.limiters.pop(name, None)
+
     def visitor_limiter(self, name: str) -> VisitorLimiter | None:
         """The rate limits on new visitors of a service name (None: it has none)."""
-        limiter = self.admissions.get(name)
-        if limiter is None or (limiter.rate_limit is None and limiter.per_source is None):
-            return None
-        return limiter
-
-    def _update_admissions(self, policies: tuple[ServicePolicy, ...]) -> None:
-        by_name = {policy.name: policy for policy in policies}
-        for name in set(self.admissions) | set(by_name):
-            policy = by_name.get(name)
-            rate, per_source = (policy.rate_limit, policy.per_source) if policy else (None, None)
-            limiter = self.admissions.get(name)
-            if limiter is not None:
-                limiter.update(rate, per_source)
-            elif rate is not None or per_source is not None:
-                self.admissions[name] = VisitorLimiter(name, rate, per_source)
+        return self.rate_limits.of(name)
 
     # --- load-balancing groups (`Host`'s side of `_groups.Groups`) ---
 
@@ -127,10 +167,16 @@ class Server:
         return self.groups.proof_ok(request, nonces, binding)
 
     async def join_group(
-        self, session: Session, session_id: int, client_name: str, request: Register
+        self,
+        session: Session,
+        session_id: int,
+        client_name: str,
+        request: Register,
+        key: bytes,
+        shares: tuple[Share, Share],
     ) -> ActiveService:
         """A member's registration, in its group (`RegistrationError` if refused)."""
-        return await self.groups.join(session, session_id, client_name, request)
+        return await self.groups.join(session, session_id, client_name, request, key, shares)
 
     def leave_group(self, service: ActiveService) -> None:
         """A member's registration ended: it leaves its group, its visitors are cut."""
@@ -150,7 +196,9 @@ class Server:
         Reports the bound control port through `task_status`.
         """
         self.started = anyio.current_time()
-        listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
+        listener = await listen_tcp(
+            self.config.bind_host, self.config.bind_port, name="control", refusals=self.refusals
+        )
         self.port = local_port(listener)
         log.info(
             "listening",
@@ -208,7 +256,7 @@ class Server:
             self.preauth.release(ticket)
 
     async def _serve_carrier(
-        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: PreAuthTicket
+        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: Ticket
     ) -> None:
         session_id = next(self._session_ids)
         started = anyio.current_time()
@@ -220,11 +268,9 @@ class Server:
                 with anyio.fail_after(self.config.auth_timeout_s):
                     carrier = await tls.accept(stream)
             except (TlsError, TimeoutError) as exc:
-                self.tls_failures += 1
-                log_doubling(
-                    log,
+                self.refusals.refuse(
+                    "tls_failed",
                     "tls handshake failed",
-                    self.tls_failures,
                     peer=format_host_port(*address),
                     error=str(exc),
                 )
@@ -242,6 +288,7 @@ class Server:
                 del self.sessions[session_id]
                 client.stop_services()
             if client is not None and client.authenticated:
+                self._session_ended(client.source)
                 log.info(
                     "session closed",
                     session=session_id,
@@ -272,7 +319,7 @@ class Server:
         policies = {policy.name: policy for policy in new.services}
         for name in set(self.limiters) | set(policies):
             self.limiter_of(name).update(policies.get(name))
-        self._update_admissions(new.services)
+        self.rate_limits.update(new.services)
         closed = []
         for service in list(self.registry.by_name.values()):
             reason = changes.close_reason(service.name, service.port, service.type)
@@ -300,6 +347,7 @@ class Server:
     async def close_service(self, service: ActiveService, reason: str) -> None:
         """Close a live service (its visitors too) and tell its client why."""
         log.warning("service closed by the server", service=service.name, reason=reason)
+        service.released = True  # the server's decision: no reservation of its port
         self.registry.remove(service)
         client = self.sessions.get(service.session_id)
         if client is not None:
@@ -321,7 +369,10 @@ class Server:
             for name, service in sorted(self.registry.by_name.items())
         ]
         groups = group_rows(self.groups.by_name, public_host, now)
-        services += [self._group_service_row(row.name, now) for row in groups]
+        services += [
+            group_service_row(group, public_host, self.traffic.get(name), self.limiters.get(name))
+            for name, group in self.groups.by_name.items()
+        ]
         services.sort(key=lambda row: row.name)
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
@@ -339,30 +390,7 @@ class Server:
             traffic=tuple(traffic),
             web=self.web.row() if self.web is not None else None,
             web_traffic=tuple(web_rows.values()),
+            refusals=dict(self.refusals.counts),
             groups=tuple(groups),
-            admissions=tuple(
-                AdmissionRow(s.service, s.admitted_total, dict(s.refused), s.sources_tracked)
-                for s in (limiter.snapshot() for _, limiter in sorted(self.admissions.items()))
-            ),
-        )
-
-    def _group_service_row(self, name: str, now: float) -> ServiceRow:
-        group = self.groups.by_name[name]
-        traffic, limiter = self.traffic.get(name), self.limiters.get(name)
-        udp = group.type == "udp"
-        public = group.urls[0] if group.urls else format_host_port(
-            self.config.public_host, group.port
-        )  # fmt: skip
-        return ServiceRow(
-            name=name,
-            type=group.type,
-            public=public,
-            open_connections=0 if udp else group.in_flight.count,
-            connections_total=group.udp.flows_opened if udp else group.in_flight.total,
-            bytes_in=group.udp.bytes_in if udp else (traffic.bytes_in if traffic else 0),
-            bytes_out=group.udp.bytes_out if udp else (traffic.bytes_out if traffic else 0),
-            udp_dropped=group.udp.dropped() if udp else None,
-            limits=limiter.describe() if limiter is not None else {},
-            urls=group.urls,
-            members=len(group.group),
+            admissions=self.rate_limits.rows(),
         )

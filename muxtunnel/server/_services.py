@@ -1,19 +1,23 @@
 """A session's public sockets: binding them, and serving the visitors that arrive on them.
 
-A TCP visitor is counted, checked against its service's limits, given a mux stream (whose first
-bytes are its `VisitorHeader`, then a PROXY protocol header if the service asked for one) and
-forwarded (`muxtunnel.forward`). A UDP service's datagrams are handled by its `UdpForwarder`,
-one stream per visitor address. HTTP and HTTPS services have no socket of their own: they are
-routes on the server's shared web ports (`_web.WebFront`). Rate limits (`rate_limit`,
-`per_source`) admit each new visitor first: a refused TCP visitor gets a reset, a refused UDP
-flow is not created. A member of a load-balancing group is registered by its group
-(`_groups`): its group holds the public socket, it only waits here until it leaves.
+A public port belongs to one service: the one holding it, the one it is reserved for after its
+session ended (`_registry`), or the one the server's config pins it to (`services[].port`).
+
+A session's services share its streams and its compression memory, each with a guaranteed
+share (`SessionQuotas`, `muxtunnel.quota`). A TCP service's visitors are admitted and forwarded
+by `_visitors`. A UDP service's datagrams are handled by its `UdpForwarder`, one stream per
+visitor address, within the same stream share. HTTP and HTTPS services have no socket of their
+own: they are routes on the server's shared web ports (`_web.WebFront`). Rate limits
+(`rate_limit`, `per_source`) admit each new visitor first: a refused TCP visitor gets a reset,
+a refused UDP flow is not created. A member of a load-balancing group is registered by its
+group (`_groups`): its group holds the public socket, it only waits here until it leaves.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
@@ -22,28 +26,20 @@ import structlog
 from mux import Session
 from muxtunnel import control
 from muxtunnel.auth import address_key
-from muxtunnel.balance.ratelimit import Admission, Refusal
 from muxtunnel.compress import ALGORITHMS
-from muxtunnel.control import Register, VisitorHeader
-from muxtunnel.forward import Visitors, forward, guarded
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
-from muxtunnel.server._balanced import AdmittedUdp
+from muxtunnel.control import Register
+from muxtunnel.forward import Visitors
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
+from muxtunnel.quota import Quota
+from muxtunnel.server import _visitors
+from muxtunnel.server._admitted_udp import AdmittedUdp
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
-from muxtunnel.transport import (
-    Address,
-    TransportError,
-    abort,
-    listen_tcp,
-    local_address,
-    local_port,
-    peer_address,
-)
+from muxtunnel.transport import TcpListener, TransportError, listen_tcp, local_port
 from muxtunnel.udp import UdpForwarder
 
 __all__ = [
-    "PublicSocket", "admit", "bind", "check_port", "compression", "open_service",
-    "proxy_header", "serve",
+    "PublicSocket", "SessionQuotas", "bind", "compression", "open_service", "port_for", "serve",
 ]  # fmt: skip
 
 log = structlog.get_logger("muxtunnel.server")
@@ -52,9 +48,22 @@ log = structlog.get_logger("muxtunnel.server")
 #: unless the allowed ranges are nearly full; then the client is told no port is free).
 PICK_ATTEMPTS = 200
 
-_Bound = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
+_Bound = TcpListener | UdpForwarder
 #: None: a web service (its visitors arrive through the shared web ports).
 PublicSocket = _Bound | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuotas:
+    """What one session's services share: its streams, and its compression memory (bytes)."""
+
+    streams: Quota
+    compression: Quota
+
+    @classmethod
+    def for_config(cls, config: ServerConfig) -> SessionQuotas:
+        # One stream is the control channel; the rest are visitors' and UDP flows'.
+        return cls(Quota(config.mux.max_streams - 1), Quota(config.compression_budget_bytes))
 
 
 def compression(host: Host, request: Register, name: str) -> tuple[str | None, int]:
@@ -72,13 +81,62 @@ def compression(host: Host, request: Register, name: str) -> tuple[str | None, i
     return request.compression, min(level, config.compression_level_max)
 
 
+def pinned_ports(config: ServerConfig) -> dict[str, int]:
+    """Service name -> the port the config pins it to."""
+    return {p.name: p.port for p in config.services if p.port is not None}
+
+
+def port_for(host: Host, request: Register, key: bytes, name: str | None = None) -> int:
+    """The port a registration under public name `name` (default: its service's) may have
+    (0: pick one); `RegistrationError` if it may not."""
+    config, registry = host.config, host.registry
+    name = request.service if name is None else name
+    pins = pinned_ports(config)
+    port = request.remote_port
+    mine = pins.get(name)
+    if mine is not None:
+        if port not in (0, mine):
+            raise RegistrationError(
+                control.PORT_NOT_ALLOWED, f"service {name!r} is pinned to port {mine}"
+            )
+        port = mine
+    elif port in pins.values():
+        raise RegistrationError(control.PORT_IN_USE, f"port {port} is pinned to another service")
+    elif port and port not in config.allow_ports:
+        raise RegistrationError(
+            control.PORT_NOT_ALLOWED,
+            f"port {port} is not allowed (allowed: {config.allow_ports})",
+        )
+    if not port:
+        return 0
+    if (request.type, port) in registry.ports:
+        raise RegistrationError(
+            control.PORT_IN_USE, f"{request.type} port {port} is already in use"
+        )
+    reservation = registry.reservation(request.type, port)
+    if reservation is not None and not reservation.belongs_to(name, key):
+        left_s = reservation.until - anyio.current_time()
+        raise RegistrationError(
+            control.PORT_IN_USE,
+            f"{request.type} port {port} is reserved for the service that held it "
+            f"(for {left_s:.0f} more seconds)",
+        )
+    return port
+
+
 async def open_service(
-    host: Host, session: Session, session_id: int, request: Register
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
 ) -> tuple[ActiveService, PublicSocket]:
     """Check a registration and bind its public socket; `RegistrationError` if refused.
 
-    The caller adds the service to the registry and serves it. (A group's member is registered
-    by its group: `Host.join_group`.)
+    `key` is the one the client proved it holds (the port's owner is name and key). The caller
+    adds the service to the registry and serves it. (A group's member is registered by its group:
+    `Host.join_group`.)
     """
     if host.is_group(request.service):
         raise RegistrationError(
@@ -96,8 +154,8 @@ async def open_service(
             f"service {request.service!r} is already served by another client",
         )
     if request.type in WEB_TYPES:
-        return _web_service(host, session, session_id, request), None
-    check_port(host, request)
+        return _web_service(host, session, session_id, request, key, quotas), None
+    port = port_for(host, request, key)
     name = request.service
 
     def forwarder() -> UdpForwarder:
@@ -105,33 +163,37 @@ async def open_service(
         return AdmittedUdp(
             name, idle_s=config.udp_flow_idle_s, max_flows=config.udp_max_flows,
             limiter=lambda: host.visitor_limiter(name), session=session, key_of=address_key,
+            refusals=host.refusals,
         )  # fmt: skip
 
-    sock = await bind(host, request.type, request.remote_port, forwarder)
+    sock = await bind(host, name, request.type, port, forwarder)
     port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
-    service = ActiveService(name, request.type, port, session_id, Visitors(parent=host.visitors))
+    service = ActiveService(
+        request.service,
+        request.type,
+        port,
+        session_id,
+        Visitors(parent=host.visitors),
+        key=key,
+        streams=quotas.streams.share(request.service),
+        compression_memory=quotas.compression.share(request.service),
+    )
     service.compression, service.compression_level = compression(host, request, name)
+    service.compression_fallback = request.compression_fallback
     service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
     if isinstance(sock, UdpForwarder):
-        sock.counters = service.udp
+        sock.counters, sock.streams = service.udp, service.streams
     return service, sock
 
 
-def check_port(host: Host, request: Register) -> None:
-    """May `request` have the port it asks for (`RegistrationError` if not)?"""
-    allowed = host.config.allow_ports
-    if request.remote_port and request.remote_port not in allowed:
-        raise RegistrationError(
-            control.PORT_NOT_ALLOWED,
-            f"port {request.remote_port} is not allowed (allowed: {allowed})",
-        )
-    if (request.type, request.remote_port) in host.registry.ports:
-        raise RegistrationError(
-            control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
-        )
-
-
-def _web_service(host: Host, session: Session, session_id: int, request: Register) -> ActiveService:
+def _web_service(
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
+) -> ActiveService:
     web = host.web
     if web is None:
         raise RegistrationError(
@@ -145,23 +207,28 @@ def _web_service(host: Host, session: Session, session_id: int, request: Registe
         web.public_port(request.type),
         session_id,
         Visitors(parent=host.visitors),
+        key=key,
     )
     service.compression, service.compression_level = compression(host, request, request.service)
     web.register(request, service, session)
+    service.streams = quotas.streams.share(request.service)
+    service.compression_memory = quotas.compression.share(request.service)
     return service
 
 
 async def bind(
-    host: Host, type: ServiceType, port: int, forwarder: Callable[[], UdpForwarder]
+    host: Host, name: str, type: ServiceType, port: int, forwarder: Callable[[], UdpForwarder]
 ) -> _Bound:
-    """A public socket of `type` on `port` (0: a free allowed one); `forwarder` makes the UDP
-    one. `RegistrationError` if no port can be bound."""
-    config = host.config
+    """A public socket of `type` for `name` on `port` (0: a free allowed one); `forwarder`
+    makes the UDP one. `RegistrationError` if no port can be bound."""
+    config, registry = host.config, host.registry
     public_host = config.public_host
 
     async def binder(port: int) -> _Bound:
         if type == "tcp":
-            return await listen_tcp(public_host, port)
+            return await listen_tcp(
+                public_host, port, name=f"service {name}", refusals=host.refusals
+            )
         udp = forwarder()
         await udp.bind(public_host, port)
         return udp
@@ -173,10 +240,15 @@ async def bind(
             raise RegistrationError(control.PORT_IN_USE, str(exc)) from None
     ranges = config.allow_ports.ranges
     weights = [hi - lo + 1 for lo, hi in ranges]
+    pinned = set(pinned_ports(config).values())
     for _ in range(PICK_ATTEMPTS):
         lo, hi = random.choices(ranges, weights)[0]
         candidate = random.randint(lo, hi)
-        if (type, candidate) in host.registry.ports:
+        if (
+            (type, candidate) in registry.ports
+            or candidate in pinned
+            or registry.reservation(type, candidate) is not None
+        ):
             continue
         try:
             return await binder(candidate)
@@ -207,93 +279,4 @@ async def serve(
             with service.listener_scope:  # datagrams have nothing to drain
                 await sock.run()
             return
-        async with anyio.create_task_group() as visitors:
-            with service.listener_scope:
-                async with sock:
-
-                    async def on_visitor(visitor: anyio.abc.SocketStream) -> None:
-                        await guarded(
-                            _serve_visitor(host, session, session_id, service, visitor),
-                            visitor,
-                            session=session_id,
-                            service=service.name,
-                        )
-
-                    await sock.serve(on_visitor, task_group=visitors)
-
-
-async def _serve_visitor(
-    host: Host,
-    session: Session,
-    session_id: int,
-    service: ActiveService,
-    visitor: anyio.abc.SocketStream,
-) -> None:
-    address = peer_address(visitor)
-    if address is None:  # reset before we got to it
-        await abort(visitor)
-        return
-    limit = host.limiter_of(service.name).connections_allowed(host.config.max_visitors_per_service)
-    if service.visitors >= limit or session.closed:
-        await abort(visitor)
-        return
-    admission = admit(host, service.name, address[0])
-    if isinstance(admission, Refusal):
-        await abort(visitor)
-        return
-    try:
-        await _forward_visitor(host, session, session_id, service, visitor, address)
-    finally:
-        if admission is not None:
-            admission.release()
-
-
-def admit(host: Host, name: str, peer_host: str) -> Admission | Refusal | None:
-    """A new visitor's admission by the rate limits of `name` (None: it has none); a refusal
-    is counted and logged by the limiter."""
-    limiter = host.visitor_limiter(name)
-    if limiter is None:
-        return None
-    return limiter.admit(address_key(peer_host), anyio.current_time())
-
-
-async def _forward_visitor(
-    host: Host,
-    session: Session,
-    session_id: int,
-    service: ActiveService,
-    visitor: anyio.abc.SocketStream,
-    address: Address,
-) -> None:
-    peer_host, peer_port = address
-    limiter = host.limiter_of(service.name)
-    preamble = b""
-    if service.proxy_protocol is not None:
-        preamble = proxy_header(service.proxy_protocol, address, visitor)
-    with service.in_flight.track():
-        header = VisitorHeader(service.name, "tcp", peer_host, peer_port)
-        try:
-            stream = await session.open_stream(control.encode_visitor_header(header))
-        except anyio.BrokenResourceError:
-            await abort(visitor)
-            return
-        await forward(
-            visitor,
-            stream,
-            visitor_side=True,
-            service=service.name,
-            peer=f"{peer_host}:{peer_port}",
-            traffic=host.traffic_of(service.name),
-            compression_level=service.compression_level if service.compression else None,
-            limiter=limiter,
-            preamble=preamble,
-            session=session_id,
-        )
-
-
-def proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
-    """The PROXY protocol header telling the local service who the visitor is."""
-    from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
-
-    local = local_address(visitor) or ("0.0.0.0", 0)
-    return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)
+        await _visitors.serve_tcp(host, session, session_id, service, sock)

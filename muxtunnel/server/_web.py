@@ -36,7 +36,9 @@ from muxtunnel import control
 from muxtunnel.balance.ratelimit import VisitorLimiter
 from muxtunnel.control import Register, VisitorHeader
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import HttpFront, HttpsFront, ServerConfig, ServerTls
+from muxtunnel.server import _registry
 from muxtunnel.server._registry import ActiveService, GroupService, RegistrationError, Registry
 from muxtunnel.server._web_names import (
     claimed_hosts,
@@ -54,6 +56,7 @@ from muxtunnel.vhost import (
     RouteConflict,
     RouteTable,
     RouteTarget,
+    UpstreamRefused,
     UpstreamUnavailable,
     VhostConfig,
     VhostEngine,
@@ -102,6 +105,7 @@ class WebFront:
         limiter_of: Callable[[str], ServiceLimiter],
         visitor_limiter: Callable[[str], VisitorLimiter | None] = lambda _: None,
         groups: Mapping[str, GroupService] | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         assert config.http is not None
         self.config = config
@@ -113,6 +117,7 @@ class WebFront:
         #: by `group:NAME` and live as long as the group).
         self.visitor_limiter = visitor_limiter
         self.groups: Mapping[str, GroupService] = groups if groups is not None else {}
+        self.refusals = refusals
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
             self, vhost_config(self.front), tls_context=self.tls.context if self.tls else None
@@ -276,37 +281,46 @@ class WebFront:
         group picks; 502s and 429s are raised here."""
         name = target.service
         group = self.groups.get(name) if target.owner.startswith(GROUP_OWNER) else None
-        live = self._live.get(name)
-        if group is not None:
-            open_now = group.in_flight.count
-        elif live is None or live.owner != target.owner or live.session.closed:
-            raise UpstreamUnavailable(f"the client serving {name!r} is offline")
-        else:
-            open_now = live.service.visitors
         limiter = self.limiter_of(name)
-        limit = limiter.connections_allowed(self.config.max_visitors_per_service)
-        if open_now >= limit:
-            raise UpstreamUnavailable(f"service {name!r} has {limit} connections open")
-        admission = admit(self.visitor_limiter(name), name, visitor)
-        traffic = self.traffic_of(name)
         if group is not None:
+            limit = limiter.connections_allowed(self.config.max_visitors_per_service)
+            if group.in_flight.count >= limit:
+                raise UpstreamUnavailable(f"service {name!r} has {limit} connections open")
+            admission = admit(self.visitor_limiter(name), name, visitor)
             return await open_member(
-                group, visitor, traffic=traffic, limiter=limiter, admission=admission
-            )
-        assert live is not None
+                group, visitor, traffic=self.traffic_of(name), limiter=limiter,
+                admission=admission, refusals=self.refusals,
+            )  # fmt: skip
+        live = self._live.get(name)
+        if live is None or live.owner != target.owner or live.session.closed:
+            raise UpstreamUnavailable(f"the client serving {name!r} is offline")
         service = live.service
+        if refused := _registry.admit_web_visitor(service, self.config, limiter):
+            raise UpstreamUnavailable(refused)  # else it took one of the service's streams
+        try:
+            admission = admit(self.visitor_limiter(name), name, visitor)
+        except UpstreamRefused:
+            service.streams.give_back()
+            raise
         header = VisitorHeader(name, service.type, visitor.host, visitor.port)
         try:
             stream = await live.session.open_stream(control.encode_visitor_header(header))
         except BaseException:
+            service.streams.give_back()
             if admission is not None:
                 admission.release()
             raise
+
+        def closed() -> None:
+            service.streams.give_back()
+            if admission is not None:
+                admission.release()
+
         return ServiceStream(
-            stream, name, traffic=traffic, limiter=limiter, in_flight=service.in_flight,
+            stream, name, traffic=self.traffic_of(name), limiter=limiter,
+            in_flight=service.in_flight, on_close=closed,
             compression_level=service.compression_level if service.compression else None,
             peer=format_host_port(visitor.host, visitor.port),
-            on_close=admission.release if admission is not None else None,
         )  # fmt: skip
 
     # --- changes and status ---

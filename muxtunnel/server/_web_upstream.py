@@ -23,6 +23,7 @@ from muxtunnel.balance.settings import Policy, PolicyKind
 from muxtunnel.compress import CompressedStream
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.server._balanced import BalancedStream
 from muxtunnel.server._registry import GroupService
 from muxtunnel.specs import format_host_port
@@ -106,6 +107,7 @@ async def open_member(
     traffic: ServiceTraffic,
     limiter: ServiceLimiter,
     admission: Admission | None,
+    refusals: Refusals | None = None,
 ) -> ServiceStream:
     """A request's stream to the member its group picks (`UpstreamUnavailable`: none can
     take it). The admission is released when the stream closes."""
@@ -114,7 +116,8 @@ async def open_member(
     def retried() -> None:
         group.retries_total += 1
 
-    stream = BalancedStream(group.group, (visitor.host, visitor.port), key, on_retry=retried)
+    peer = (visitor.host, visitor.port)
+    stream = BalancedStream(group.group, peer, key, on_retry=retried, refusals=refusals)
     try:
         started = await stream.start()
     except BaseException:

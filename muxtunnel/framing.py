@@ -1,10 +1,8 @@
-"""The framing of the control protocol (`muxtunnel.control`): a 2-byte big-endian length, then a
-msgpack map whose `kind` key names the message.
+"""How control messages travel: a 2-byte big-endian length, then one msgpack map.
 
-Peer bytes enter only through `receive_frame` and `unpack_map`; whatever they hold, those raise
-`ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream` through. A
-frame longer than `MAX_MESSAGE_BYTES` is refused from its length prefix, before any of its body
-is read.
+The map's `kind` key names the message (`muxtunnel.control` defines them). A frame longer than
+`MAX_MESSAGE_BYTES` is refused from its length prefix, before any of its body is read; whatever
+else a peer sends raises `ControlError`, or lets `anyio.EndOfStream` through at EOF.
 """
 
 from __future__ import annotations
@@ -16,33 +14,25 @@ import anyio
 import msgpack  # type: ignore[import-untyped]
 from anyio.abc import ByteReceiveStream
 
-__all__ = [
-    "BAD_REQUEST",
-    "MAX_MESSAGE_BYTES",
-    "ControlError",
-    "frame",
-    "receive_frame",
-    "unpack_map",
-]
+__all__ = ["MAX_MESSAGE_BYTES", "ControlError", "frame", "receive_frame", "unpack_map"]
 
 #: Largest message body. Control messages are a few hundred bytes; 4 KiB leaves room for error
 #: text while keeping what an unauthenticated peer can make us buffer small.
 MAX_MESSAGE_BYTES = 4096
 _PREFIX = struct.Struct(">H")
-#: The error code of a malformed message (`control.Error.code`).
-BAD_REQUEST = "bad_request"
 
 
 class ControlError(Exception):
-    """The peer sent a malformed control message. `code` is the Error code to answer with."""
+    """The peer sent a malformed control message. `code` is the Error code to answer with
+    (`control.BAD_REQUEST` unless said)."""
 
-    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
+    def __init__(self, message: str, code: str = "bad_request") -> None:
         super().__init__(message)
         self.code = code
 
 
 def frame(wire: dict[str, Any]) -> bytes:
-    """Length prefix plus msgpack body. `ValueError` if it would exceed the size limit."""
+    """Length prefix plus msgpack body of `wire`; `ValueError` over `MAX_MESSAGE_BYTES`."""
     body: bytes = msgpack.packb(wire, use_bin_type=True)
     if len(body) > MAX_MESSAGE_BYTES:
         raise ValueError(f"{wire['kind']!r} message of {len(body)} bytes exceeds the limit")
@@ -50,7 +40,7 @@ def frame(wire: dict[str, Any]) -> bytes:
 
 
 def unpack_map(body: bytes) -> dict[str, Any]:
-    """A frame's body as a map with a string `kind`; `ControlError` for anything else."""
+    """The map of one frame's body, with a string `kind`; `ControlError` otherwise."""
     try:
         data = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -74,7 +64,7 @@ async def _receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
 
 
 async def receive_frame(stream: ByteReceiveStream) -> bytes:
-    """The body of the next frame (deadlines are the caller's)."""
+    """The body of the next frame on `stream` (its length checked before it is read)."""
     (size,) = _PREFIX.unpack(await _receive_exactly(stream, _PREFIX.size))
     if size > MAX_MESSAGE_BYTES:
         raise ControlError(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
