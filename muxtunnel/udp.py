@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -90,19 +91,28 @@ def queue_datagram(stream: MuxStream, datagram: bytes, counters: UdpCounters) ->
         counters.dropped_backpressure += 1
 
 
+#: Called once when a flow ends (a subclass's bookkeeping for it).
+OnEnd = Callable[[], None]
+
+
 @dataclass(slots=True)
 class _Flow:
     stream: MuxStream
     last_active: float
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    on_end: OnEnd | None = None
 
 
 class UdpForwarder:
-    """Server side of one UDP service: the public socket and its flows to the client."""
+    """Server side of one UDP service: the public socket and its flows to the client.
+
+    `_open_flow` opens a new flow's stream on `session`; a subclass may decide otherwise (which
+    member of a group, whether the flow may be created at all) and then passes no session.
+    """
 
     def __init__(
         self,
-        session: Session,
+        session: Session | None,
         service: str,
         *,
         idle_s: float,
@@ -172,26 +182,41 @@ class UdpForwarder:
                     )
                 return
             self._evict_oldest()
-        header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
-        try:
-            stream = self.session.open_stream_nowait(header + frame(datagram))
-        except (anyio.WouldBlock, anyio.BrokenResourceError) as exc:
+        opened = self._open_flow(address, datagram)
+        if opened is None:
             if streams is not None:
                 streams.give_back()
-            if isinstance(exc, anyio.WouldBlock):  # the client has not ACKed its backlog yet
-                self.counters.dropped_backpressure += 1
-                if self.refusals is not None:
-                    self.refusals.refuse(
-                        "udp_flow_backlog",
-                        "udp flow refused: the client has not taken the last ones yet",
-                        service=self.service,
-                    )
             return
+        stream, on_end = opened
         self.counters.flows_opened += 1
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(datagram)
-        flow = self.flows[address] = _Flow(stream, anyio.current_time())
+        flow = self.flows[address] = _Flow(stream, anyio.current_time(), on_end=on_end)
         self._tg.start_soon(self._replies, flow, address)
+
+    def _open_flow(
+        self, address: Address, datagram: bytes
+    ) -> tuple[MuxStream, OnEnd | None] | None:
+        """The stream of a new flow, with its first datagram; None if it cannot open now."""
+        assert self.session is not None
+        header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
+        try:
+            return self.session.open_stream_nowait(header + frame(datagram)), None
+        except anyio.WouldBlock:  # the client has not ACKed its backlog yet
+            self.backlog_full()
+        except anyio.BrokenResourceError:
+            pass
+        return None
+
+    def backlog_full(self) -> None:
+        """A new flow's stream could not open: the client has not taken the last ones yet."""
+        self.counters.dropped_backpressure += 1
+        if self.refusals is not None:
+            self.refusals.refuse(
+                "udp_flow_backlog",
+                "udp flow refused: the client has not taken the last ones yet",
+                service=self.service,
+            )
 
     async def _replies(self, flow: _Flow, address: Address) -> None:
         assert self._endpoint is not None
@@ -239,6 +264,9 @@ class UdpForwarder:
         flow.scope.cancel()
         if self.streams is not None:
             self.streams.give_back()
+        on_end, flow.on_end = flow.on_end, None
+        if on_end is not None:
+            on_end()
 
 
 async def serve_flow(

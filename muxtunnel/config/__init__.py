@@ -32,7 +32,16 @@ from typing import Literal, overload
 
 from muxtunnel.config._client import CLIENT_KEYS, client
 from muxtunnel.config._server import SERVER_KEYS, server
-from muxtunnel.config._tree import ConfigError, Map, Node, Scalar, absent, child, read_tree
+from muxtunnel.config._tree import (
+    ConfigError,
+    Map,
+    Node,
+    Scalar,
+    absent,
+    child,
+    read_secret_file,
+    read_tree,
+)
 from muxtunnel.config._values import mapping
 from muxtunnel.model import ClientConfig, ServerConfig
 
@@ -44,6 +53,7 @@ __all__ = [
     "load_client_config",
     "load_config",
     "load_server_config",
+    "read_secret_file",
 ]
 
 Role = Literal["server", "client"]

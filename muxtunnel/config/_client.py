@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from muxtunnel.auth import TAG_BYTES
+from muxtunnel.config import _balance, _web
 from muxtunnel.config import _values as v
-from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -43,7 +43,7 @@ __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
     "name", "type", "local", "remote_port", "token", "compression", "compression_level",
-    *_web.WEB_SERVICE_KEYS,
+    *_web.WEB_SERVICE_KEYS, *_balance.GROUP_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -112,6 +112,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
             compression_level=level,
             http=_web.http_options(entry, kind, name, name_node or entry, env),
             proxy_protocol=protocol,
+            group=_balance.group_spec(entry, env),
         )
         _fits_one_message(entry, spec)
         specs.append(spec)
@@ -121,9 +122,16 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
 def _fits_one_message(entry: Map, spec: ServiceSpec) -> None:
     """A registration travels in one control message: refuse options too long for it."""
     from muxtunnel import control
+    from muxtunnel.auth import GROUP_KEY_BYTES, GROUP_PROOF_BYTES
+    from muxtunnel.fields import INSTANCE_BYTES
 
+    group: dict[str, object] = {}
+    if spec.group is not None:  # the largest a member's fields can be
+        group = {"group_key": bytes(GROUP_KEY_BYTES), "group_proof": bytes(GROUP_PROOF_BYTES),
+                 "instance": bytes(INSTANCE_BYTES)}  # fmt: skip
     try:
-        control.encode_message(control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port))
+        register = control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port, **group)
+        control.encode_message(register)
     except ValueError as exc:
         fail(
             entry,

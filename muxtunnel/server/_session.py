@@ -22,7 +22,7 @@ from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.admission import Ticket
 from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
-from muxtunnel.control import Error, Hello, Register, Registered, Unregister
+from muxtunnel.control import Error, Hello, MemberUpdate, Register, Registered, Unregister
 from muxtunnel.server import _services
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
@@ -62,6 +62,8 @@ class ClientSession:
         self.preauth = preauth
         self.started = anyio.current_time()
         self.channel: MuxStream | None = None
+        #: What its Hello said it is called (free text: group member ids start with it).
+        self.client_name = ""
         self.services: dict[str, ActiveService] = {}
         #: What its services share: streams and compression memory, each a guaranteed share.
         self.quotas = SessionQuotas.for_config(host.config)
@@ -161,10 +163,12 @@ class ClientSession:
                     ),
                 )
                 return
+            self.client_name = hello.client_name
             nonces = new_nonce(), hello.client_nonce
-            await control.send_message(
-                channel, control.Challenge(control.PROTOCOL_VERSION, nonces[0])
+            challenge = control.Challenge(
+                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,)
             )
+            await control.send_message(channel, challenge)
             while not self.authenticated:
                 if not await self._handle(channel, nonces):
                     return
@@ -180,6 +184,11 @@ class ClientSession:
             return await self._register(channel, message, *nonces)
         if isinstance(message, Unregister):
             await self._unregister(message.service)
+            return True
+        if isinstance(message, MemberUpdate) and self.authenticated:
+            service = self.services.get(message.service)
+            if service is not None:
+                self.host.update_member(service, message)
             return True
         raise control.ControlError(f"unexpected {type(message).__name__} message")
 
@@ -208,11 +217,16 @@ class ClientSession:
             )
             self.close_reason = "rate limited"
             return False
-        key, known = host.tokens.key_for(request.service)
+        # A group's member is authenticated by its group's name: the name's token, and the
+        # group's own token if it has one.
+        group = request.group or ""
+        key, known = host.tokens.key_for(group or request.service)
         nonces = (server_nonce, client_nonce)
         valid = verify_client_tag(
-            key, request.tag, request.service, request.type, *nonces, self.binding
+            key, request.tag, request.service, request.type, *nonces, self.binding, group
         )
+        if valid and known and group:
+            valid = host.group_proof_ok(request, nonces, self.binding)
         if not (valid and known):
             host.auth_failed(self.source, now)
             host.refusals.refuse(
@@ -260,6 +274,8 @@ class ClientSession:
         try:
             service = await self._activate(request, key)
         except RegistrationError as exc:
+            if exc.code == control.AUTH_FAILED:  # a group token that lost a race to another
+                host.auth_failed(self.source, now)
             host.refusals.refuse(
                 f"register_{exc.code}",
                 "registration refused",
@@ -271,10 +287,11 @@ class ClientSession:
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
         tag = server_tag(
-            key, request.service, request.type, server_nonce, client_nonce, self.binding
+            key, request.service, request.type, server_nonce, client_nonce, self.binding, group
         )
         public_host, compression = host.config.public_host, service.compression
         level = service.compression_level if compression else 0
+        member = service.member.member_id if service.member is not None else None
         await control.send_message(
             channel,
             Registered(
@@ -286,31 +303,49 @@ class ClientSession:
                 compression,
                 service.urls,
                 level,
+                member,
             ),
         )
         return True
 
     async def _activate(self, request: Register, key: bytes) -> ActiveService:
-        limit = self.host.config.max_services_per_session
+        host = self.host
+        sock: _services.PublicSocket = None
+        limit = host.config.max_services_per_session
         if len(self.services) >= limit:
             raise RegistrationError(
                 control.LIMIT_REACHED,
                 f"this session has {limit} services already (max_services_per_session)",
             )
-        service, sock = await _services.open_service(
-            self.host, self.session, self.id, request, key, self.quotas
-        )
-        self.host.registry.add(service)
+        if request.service in self.services:
+            raise RegistrationError(
+                control.BAD_REQUEST, f"service {request.service!r} is already registered"
+            )
+        if request.group is not None:
+            shares = (
+                self.quotas.streams.share(request.service),
+                self.quotas.compression.share(request.service),
+            )
+            service = await host.join_group(
+                self.session, self.id, self.client_name, request, key, shares
+            )
+        else:
+            service, sock = await _services.open_service(
+                host, self.session, self.id, request, key, self.quotas
+            )
+            host.registry.add(service)
         self.services[service.name] = service
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
-        public = f"{self.host.config.public_host}:{service.port}"
+        public = f"{host.config.public_host}:{service.port}"
         log.info(
             "service opened",
             session=self.id,
             service=service.name,
             type=service.type,
             public=service.urls[0] if service.urls else public,
+            group=request.group,
+            member=service.member.member_id if service.member is not None else None,
         )
         return service
 
