@@ -9,6 +9,7 @@ endpoints, service lists given on the command line).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -193,8 +194,22 @@ def mux(node: Node, env: Mapping[str, str]) -> MuxConfig:
 
 
 def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: an address only this machine can reach."""
-    return host in ("::1", "localhost") or host.startswith("127.")
+    """127.0.0.0/8, ::1 (or ::ffff:127.x.y.z) or the name `localhost`: only this machine reaches it.
+
+    Addresses are parsed, never matched as text: `127.example.net` is a name anybody may own.
+    Of names only `localhost` itself counts (any case, as RFC 6761 reserves it and every resolver
+    we know answers it from /etc/hosts); `foo.localhost` and every other name do not, since what
+    they resolve to is up to a resolver, not to this check.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def endpoint(node: Node, env: Mapping[str, str]) -> Endpoint | None:
