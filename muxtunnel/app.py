@@ -270,13 +270,13 @@ def status(address: str, token: str | None, *, as_json: bool = False) -> int:
 
     try:
         data = fetch_status(address, token)
+        if as_json:
+            print(json.dumps(data, indent=1))
+        else:
+            print_status(data)
     except StatusError as exc:
         print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
         return EXIT_RUNTIME
-    if as_json:
-        print(json.dumps(data, indent=1))
-    else:
-        print_status(data)
     return EXIT_OK
 
 

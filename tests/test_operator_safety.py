@@ -4,10 +4,18 @@ never follows a planted symlink, and empty UDP datagrams arrive."""
 
 from __future__ import annotations
 
+import http.server
+import io
+import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
+from muxtunnel import cli
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 from muxtunnel.config._values import is_loopback
 
@@ -63,3 +71,133 @@ def test_an_endpoint_on_loopback_needs_no_token(tmp_path: Path) -> None:
     config = load_server_config(path, env={})
     assert config.metrics is not None and config.metrics.host == "127.0.0.9"
     assert config.admin is not None and config.admin.host == "localhost"
+
+
+# --- finding 14: text from the other side is shown as it is, never read as rich markup ---
+
+MARKUP = "[/x][bold]b[/bold][link=http://e]l[/link]"
+
+
+def _hostile_server_document() -> dict[str, object]:
+    return {
+        "role": "server",
+        "version": "1",
+        "bind": f"{MARKUP}:7835",
+        "tls": MARKUP,
+        "uptime_s": 5.0,
+        "auth_failures": 0,
+        "sessions": [
+            {
+                "id": 1,
+                "peer": MARKUP,
+                "age_s": 1.0,
+                "rtt_ms": 0.5,
+                "streams": 2,
+                "services": [MARKUP],
+            }
+        ],
+        "services": [
+            {
+                "name": MARKUP,
+                "type": "tcp[/y]",
+                "public": f"{MARKUP}:8080",
+                "connections": 1,
+                "bytes_in": 10,
+                "bytes_out": 20,
+                "compression": MARKUP,
+            }
+        ],
+        "connections": [
+            {
+                "service": MARKUP,
+                "peer": f"{MARKUP}:5555",
+                "age_s": 1.0,
+                "bytes_in": 1,
+                "bytes_out": 2,
+            }
+        ],
+    }
+
+
+def _hostile_client_document() -> dict[str, object]:
+    document = _hostile_server_document()
+    for key in ("bind", "tls", "uptime_s", "auth_failures", "sessions"):
+        del document[key]
+    services = document["services"]
+    assert isinstance(services, list)
+    services[0]["local"] = MARKUP
+    document.update(role="client", server=MARKUP, connected=True, rtt_ms=1.0, reconnects=0)
+    return document
+
+
+@pytest.mark.parametrize("document", [_hostile_server_document, _hostile_client_document])
+def test_status_tables_show_markup_as_text(document: Callable[[], dict[str, Any]]) -> None:
+    from rich.console import Console
+
+    from muxtunnel.statusview import print_status
+
+    out = io.StringIO()
+    print_status(document(), Console(file=out, width=400, color_system=None))
+    text = out.getvalue()
+    assert text.count("[/x]") >= 3, text  # names, addresses and peers, each shown as sent
+    assert "[link=http://e]" in text
+
+
+def test_status_command_survives_a_hostile_admin_api(capsys: pytest.CaptureFixture[str]) -> None:
+    """`muxtunnel status` against an admin API that answers markup: tables, exit 0."""
+    body = json.dumps(_hostile_server_document()).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code = cli.main(["status", "--admin", f"127.0.0.1:{server.server_port}"])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[/x]" in out
+
+
+def test_a_malformed_status_document_is_an_error_not_a_crash() -> None:
+    from muxtunnel.statusview import StatusError, render_status
+
+    document = _hostile_server_document()
+    document["uptime_s"] = "soon"
+    with pytest.raises(StatusError, match="malformed"):
+        render_status(document)
+
+
+def test_live_panel_shows_markup_as_text() -> None:
+    from rich.console import Console
+
+    from muxtunnel.console import Panel
+    from muxtunnel.status import ClientStatus, ServiceRow, SessionRow
+
+    status = ClientStatus(
+        version="1",
+        server=f"{MARKUP}:7835",
+        reconnects=0,
+        sessions=(SessionRow(0, MARKUP, 1.0, 0.001, 2, (MARKUP,)),),
+        services=(ServiceRow(MARKUP, "tcp", f"{MARKUP}:8080", local=MARKUP),),
+    )
+    out = io.StringIO()
+
+    async def render() -> None:  # the panel reads the event loop's clock
+        Console(file=out, width=400, color_system=None).print(Panel().render(status))
+
+    anyio.run(render)
+    assert out.getvalue().count("[/x]") >= 3, out.getvalue()
