@@ -217,10 +217,38 @@ class UdpEndpoint:
 
     def send(self, datagram: bytes, address: Address | None = None) -> bool:
         """Send one datagram, or drop it (False) while the socket's buffer is full."""
+        if not datagram:
+            return self._send_empty(address)
         buffered: int = self._transport.get_write_buffer_size()  # type: ignore[attr-defined]
         if buffered > UDP_BUFFER_LIMIT_BYTES:
             return False
         self._transport.sendto(datagram, address)
+        return True
+
+    def _send_empty(self, address: Address | None) -> bool:
+        """A 0-byte datagram, straight to the socket: both asyncio's and uvloop's `sendto`
+        silently discard empty data, yet a UDP service may use one (a keepalive, a probe).
+
+        It may overtake datagrams the transport still buffers, which UDP allows. Like the
+        transport, a full socket buffer drops it (False) and any other error (ICMP port
+        unreachable, ...) counts it as sent, as `error_received` does for the others.
+        """
+        raw = self._transport.get_extra_info("socket")
+        fd = raw.fileno() if raw is not None and not self._transport.is_closing() else -1
+        if fd < 0:
+            return False
+        sock = socket.socket(fileno=fd)  # borrows the fd: detached below, never closed here
+        try:
+            if address is None:
+                sock.send(b"")
+            else:
+                sock.sendto(b"", address)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            pass
+        finally:
+            sock.detach()
         return True
 
     async def wait_closed(self) -> None:

@@ -201,3 +201,42 @@ def test_live_panel_shows_markup_as_text() -> None:
 
     anyio.run(render)
     assert out.getvalue().count("[/x]") >= 3, out.getvalue()
+
+
+# --- finding 17: empty datagrams are datagrams ---
+
+LOOPS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_udp_endpoint_sends_empty_datagrams(anyio_backend: object) -> None:
+    """Bound (an address per datagram) and connected sockets alike, on asyncio and uvloop."""
+    from muxtunnel.transport import open_udp
+
+    received: list[bytes] = []
+    got = anyio.Event()
+
+    def on_datagram(data: bytes, _: tuple[str, int]) -> None:
+        received.append(data)
+        if len(received) == 4:
+            got.set()
+
+    target = await open_udp(on_datagram, local=("127.0.0.1", 0))
+    bound = await open_udp(lambda data, address: None, local=("127.0.0.1", 0))
+    connected = await open_udp(lambda data, address: None, remote=("127.0.0.1", target.port))
+    try:
+        assert bound.send(b"", ("127.0.0.1", target.port))
+        assert bound.send(b"a", ("127.0.0.1", target.port))
+        assert connected.send(b"")
+        assert connected.send(b"b")
+        with anyio.fail_after(5):
+            await got.wait()
+    finally:
+        for endpoint in (target, bound, connected):
+            endpoint.close()
+    assert sorted(received) == [b"", b"", b"a", b"b"]
+    assert not connected.send(b"")  # closed: dropped, not an error
