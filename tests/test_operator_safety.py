@@ -240,3 +240,57 @@ async def test_udp_endpoint_sends_empty_datagrams(anyio_backend: object) -> None
             endpoint.close()
     assert sorted(received) == [b"", b"", b"a", b"b"]
     assert not connected.send(b"")  # closed: dropped, not an error
+
+
+# --- finding 15 (limiter): rotating through addresses does not reset a blocked one ---
+
+
+def test_limiter_keeps_a_blocked_source_while_10000_others_fail_once() -> None:
+    from muxtunnel.auth import FailureLimiter
+
+    limiter = FailureLimiter(burst=5, per_min=5)  # the server's defaults: 10 000 sources
+    for _ in range(5):
+        limiter.record_failure("203.0.113.7", 0.0)
+    assert not limiter.allowed("203.0.113.7", 0.0)
+    for i in range(20_000):  # an attacker's other addresses, one failure each
+        limiter.record_failure(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 1.0)
+    assert len(limiter) == limiter.max_sources  # bounded all the same
+    assert not limiter.allowed("203.0.113.7", 1.0)
+    assert limiter.retry_after("203.0.113.7", 1.0) == pytest.approx(11.0)
+
+
+def test_limiter_forgets_the_source_with_most_tokens_first() -> None:
+    from muxtunnel.auth import FailureLimiter
+
+    limiter = FailureLimiter(burst=5, per_min=60, max_sources=3)  # a token a second
+    for _ in range(4):
+        limiter.record_failure("many", 0.0)  # 1 token left
+    limiter.record_failure("old", 0.0)  # 4 tokens, but 2 s ago: refilled to 5 by now
+    limiter.record_failure("one", 1.5)  # 4 tokens
+    limiter.record_failure("new", 1.9)  # full: the one with most tokens now goes ("old")
+    assert len(limiter) == 3
+    assert limiter.retry_after("many", 1.9) == 0.0 and limiter._buckets["many"].tokens < 3
+    assert "old" not in limiter._buckets
+    limiter.record_failure("newer", 1.9)  # next: "one" (4.4 tokens) before "new" (4)
+    assert set(limiter._buckets) == {"many", "new", "newer"}
+
+
+def test_limiter_evicts_the_longest_blocked_when_every_source_is_blocked() -> None:
+    from muxtunnel.auth import FailureLimiter
+
+    limiter = FailureLimiter(burst=1, per_min=60, max_sources=2)
+    limiter.record_failure("a", 0.0)
+    limiter.record_failure("b", 0.5)
+    limiter.record_failure("c", 0.6)  # a is the closest to its next try: it goes
+    assert set(limiter._buckets) == {"b", "c"}
+
+
+def test_limiter_heap_stays_bounded_under_repeated_failures() -> None:
+    from muxtunnel.auth import FailureLimiter
+
+    limiter = FailureLimiter(burst=1_000_000, per_min=1, max_sources=10)
+    for i in range(10_000):
+        limiter.record_failure(str(i % 10), 0.0)
+    assert len(limiter._heap) <= 2 * len(limiter) + 64
+    limiter.per_s = 2.0  # a reload changes the rate: keys are recomputed
+    assert len(limiter._heap) == len(limiter)
