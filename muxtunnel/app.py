@@ -72,6 +72,8 @@ class Options:
     watch_path: str | None = None
     #: `up`: the live panel, if stdout is a terminal and the log is not JSON.
     console: bool = True
+    #: Secret flags given a value on the command line (`--token`, ...): warned about once.
+    secrets_on_command_line: tuple[str, ...] = ()
 
 
 def _fail(code: int, message: str, **context: Any) -> int:
@@ -97,6 +99,14 @@ def _run(entry: Callable[..., Awaitable[int]], *args: object) -> int:
 def _start(entry: Callable[..., Awaitable[int]], *args: object, options: Options) -> int:
     """Configure logging, then run `entry` on the event loop; config errors exit 2."""
     configure_logging(options.log_format, options.log_level)
+    if options.secrets_on_command_line:
+        flags = options.secrets_on_command_line
+        log.warning(
+            "secret on the command line",
+            flags=list(flags),
+            hint="any local user can read the command line (ps, /proc/PID/cmdline); use "
+            f"{' / '.join(flag + '-file FILE' for flag in flags)} or the environment instead",
+        )
     try:
         return _run(entry, *args)
     except (ConfigError, SpecError) as exc:

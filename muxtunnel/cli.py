@@ -13,7 +13,15 @@ import sys
 from collections.abc import Sequence
 
 from muxtunnel import __version__, app
-from muxtunnel.config import load_client_config, load_server_config
+from muxtunnel.argv import hide_secrets
+from muxtunnel.config import (
+    ENV_ADMIN_TOKEN,
+    MIN_TOKEN_CHARS,
+    ConfigError,
+    load_client_config,
+    load_server_config,
+    load_token_file,
+)
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ClientConfig, ServerConfig
 from muxtunnel.specs import SpecError, parse_service_spec
 from muxtunnel.status import DEFAULT_ADMIN_ADDRESS
@@ -30,7 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"muxtunnel {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
-    common.add_argument("--token", help="shared token (default: $MUXTUNNEL_TOKEN or the config)")
+    tokens = common.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        help="shared token; visible to every local user in the process list: prefer "
+        "--token-file or $MUXTUNNEL_TOKEN (default: $MUXTUNNEL_TOKEN or the config)",
+    )
+    tokens.add_argument(
+        "--token-file", metavar="FILE", help="read the shared token from FILE (one line, mode 0600)"
+    )
+    common.add_argument(
+        "--allow-weak-token",
+        action="store_true",
+        default=None,
+        help=f"accept tokens shorter than {MIN_TOKEN_CHARS} characters (not recommended)",
+    )
     common.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
     common.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -41,12 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--admin", metavar="HOST:PORT", help="serve the admin API here (off by default)"
     )
-    common.add_argument(
-        "--admin-token",
-        metavar="TOKEN",
-        default=os.environ.get("MUXTUNNEL_ADMIN_TOKEN"),
-        help="bearer token for the admin API and metrics (default: $MUXTUNNEL_ADMIN_TOKEN)",
-    )
+    _admin_token_flags(common, "bearer token for the admin API and metrics")
     common.add_argument(
         "--no-watch",
         action="store_true",
@@ -125,12 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ADMIN_ADDRESS,
         help="its admin API address",
     )
-    status.add_argument(
-        "--admin-token",
-        metavar="TOKEN",
-        default=os.environ.get("MUXTUNNEL_ADMIN_TOKEN"),
-        help="bearer token (default: $MUXTUNNEL_ADMIN_TOKEN)",
-    )
+    _admin_token_flags(status, "bearer token")
     status.add_argument("--json", action="store_true", help="print the JSON document as it is")
 
     cert = commands.add_parser("cert", help="make a self-signed certificate and key")
@@ -150,11 +162,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _admin_token_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help=f"{what}; visible in the process list: prefer --admin-token-file or "
+        f"${ENV_ADMIN_TOKEN} (default: ${ENV_ADMIN_TOKEN})",
+    )
+    tokens.add_argument(
+        "--admin-token-file", metavar="FILE", help=f"read the {what} from FILE (one line)"
+    )
+
+
+#: Flags whose value is a secret: given on the command line, any local user can read it.
+SECRET_FLAGS = ("--token", "--admin-token")
+
+
+def secrets_on_command_line(args: argparse.Namespace) -> tuple[str, ...]:
+    """The secret flags that were given a value on the command line."""
+    return tuple(flag for flag in SECRET_FLAGS if getattr(args, flag[2:].replace("-", "_"), None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `muxtunnel` with `argv` (default: the process's arguments); returns the exit code."""
     args = build_parser().parse_args(argv)
+    exposed = secrets_on_command_line(args)
+    if argv is None and exposed:  # the process's own command line: mask it where we can
+        hide_secrets([getattr(args, flag[2:].replace("-", "_")) for flag in exposed])
     if args.command == "status":
-        return app.status(args.admin, args.admin_token, as_json=args.json)
+        try:
+            token = _admin_token(args)
+        except ConfigError as exc:
+            print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
+            return app.EXIT_USAGE
+        return app.status(args.admin, token, as_json=args.json)
     if args.command == "cert":
         return app.cert(args.out, args.name, days=args.days, client=args.client, force=args.force)
     options = app.Options(
@@ -162,25 +204,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         watch_path=None if args.no_watch else args.config,
         console=args.command == "up" and not args.no_console,
+        secrets_on_command_line=exposed,
     )
     if args.command == "listen":
         return app.listen(lambda: _load_server(args), options)
     return app.up(lambda: _load_client(args), options)
 
 
+def _admin_token(args: argparse.Namespace) -> str | None:
+    """`muxtunnel status`'s bearer token: the flag, the file, or the environment."""
+    if args.admin_token_file:
+        return load_token_file(args.admin_token_file).value
+    return args.admin_token or os.environ.get(ENV_ADMIN_TOKEN)
+
+
 def _endpoint_overrides(args: argparse.Namespace) -> dict[str, object]:
+    bearer: dict[str, object] = {"token": args.admin_token or os.environ.get(ENV_ADMIN_TOKEN)}
+    if args.admin_token_file:
+        bearer = {"token_file": args.admin_token_file}
     overrides: dict[str, object] = {}
     if args.metrics:
-        overrides["metrics"] = {"bind": args.metrics, "token": args.admin_token}
+        overrides["metrics"] = {"bind": args.metrics, **bearer}
     if args.admin:
-        overrides["admin"] = {"bind": args.admin, "token": args.admin_token}
+        overrides["admin"] = {"bind": args.admin, **bearer}
     return overrides
+
+
+def _token_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "token": args.token,
+        "token_file": args.token_file,
+        "allow_weak_token": args.allow_weak_token,
+    }
 
 
 def _load_server(args: argparse.Namespace) -> ServerConfig:
     overrides: dict[str, object] = {
         "bind": args.bind,
-        "token": args.token,
+        **_token_overrides(args),
         "allow_ports": args.allow_ports,
         "public_host": args.public_host,
         **_endpoint_overrides(args),
@@ -195,7 +256,7 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     specs = [parse_service_spec(text, "tcp") for text in args.tcp]
     specs += [parse_service_spec(text, "udp") for text in args.udp]
-    overrides: dict[str, object] = {"server": args.server, "token": args.token}
+    overrides: dict[str, object] = {"server": args.server, **_token_overrides(args)}
     overrides.update(_endpoint_overrides(args))
     if specs:
         overrides["services"] = specs

@@ -23,7 +23,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 EXAMPLE = ROOT / "config.example.yaml"
 EXAMPLE_ENV = {
     "MUXTUNNEL_TOKEN": "example-token-0123456789",
-    "MUXTUNNEL_SSH_TOKEN": "ssh-0123456789",
+    "MUXTUNNEL_SSH_TOKEN": "ssh-token-0123456789",
 }
 
 
@@ -53,7 +53,7 @@ def test_example_loads_for_the_server() -> None:
     assert (config.bind_host, config.bind_port, config.public_host) == ("0.0.0.0", 7835, "0.0.0.0")
     assert config.token == Secret("example-token-0123456789")
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
-    assert config.services == (ServicePolicy("ssh", Secret("ssh-0123456789")),)
+    assert config.services == (ServicePolicy("ssh", Secret("ssh-token-0123456789")),)
     assert config.mux.session_receive_budget_bytes == 256 * 1024 * 1024
     assert config.mux.max_stream_window_bytes == 16 * 1024 * 1024
 
@@ -64,7 +64,7 @@ def test_example_loads_for_the_client() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.services == (
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
-        ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-0123456789")),
+        ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-token-0123456789")),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
     )
     assert (config.reconnect_min_s, config.reconnect_max_s) == (0.5, 30.0)
@@ -430,20 +430,20 @@ def test_overrides_win_over_the_file() -> None:
         path,
         {
             "bind": "127.0.0.1:7000",
-            "token": "flag-token",
+            "token": "flag-token-0123456789",
             "allow_ports": "9000-9100",
             "public_host": None,  # not given on the command line
             "udp_max_flows": 5,
             "mux": MuxConfig(max_streams=8),
         },
-        env={"MUXTUNNEL_TOKEN": "env-token"},
+        env={"MUXTUNNEL_TOKEN": "env-token-0123456789"},
     )
     assert (config.bind_host, config.bind_port, config.public_host) == (
         "127.0.0.1",
         7000,
         "127.0.0.1",
     )
-    assert config.token == Secret("flag-token")
+    assert config.token == Secret("flag-token-0123456789")
     assert config.allow_ports == PortRanges(((9000, 9100),))
     assert config.udp_max_flows == 5 and config.mux == MuxConfig(max_streams=8)
     assert config.auth_timeout_s == 2.5  # untouched file value
@@ -478,13 +478,14 @@ def test_unknown_override_is_a_programming_error() -> None:
 
 
 def test_env_token_applies_only_when_nothing_else_sets_one(tmp_path: Path) -> None:
-    env = {"MUXTUNNEL_TOKEN": "env-token"}
-    assert load_client_config(None, env=env).token == Secret("env-token")
-    assert load_client_config(None, {"token": Secret("flag")}, env=env).token == Secret("flag")
-    path = write(tmp_path, "client:\n  token: file-token\n")
-    assert load_client_config(path, env=env).token == Secret("file-token")
+    env = {"MUXTUNNEL_TOKEN": "env-token-0123456789"}
+    assert load_client_config(None, env=env).token == Secret("env-token-0123456789")
+    flag = Secret("flag-token-0123456789")
+    assert load_client_config(None, {"token": flag}, env=env).token == flag
+    path = write(tmp_path, "client:\n  token: file-token-0123456789\n")
+    assert load_client_config(path, env=env).token == Secret("file-token-0123456789")
     assert load_client_config(None, env={"MUXTUNNEL_TOKEN": ""}).token is None
-    assert load_server_config(None, env=env).token == Secret("env-token")
+    assert load_server_config(None, env=env).token == Secret("env-token-0123456789")
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

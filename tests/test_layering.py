@@ -76,6 +76,7 @@ MUXTUNNEL_RANKS = {
     "auth": 1,
     "log": 1,
     "transport": 1,  # the network seam
+    "argv": 1,  # masks secrets in the command line the kernel shows
     "compress": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
@@ -273,6 +274,8 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
+    "muxtunnel.config._values": "reading token files",
+    "muxtunnel.argv": "reading /proc/self/stat and /proc/self/cmdline",
     "muxtunnel.reload": "stat() of the config file",
     "muxtunnel.app": "writing certificate files",
     "muxtunnel.log": "isatty() of a stream that may have none",

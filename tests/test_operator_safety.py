@@ -18,6 +18,7 @@ import pytest
 from muxtunnel import cli
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 from muxtunnel.config._values import is_loopback
+from muxtunnel.model import Secret
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:
@@ -294,3 +295,133 @@ def test_limiter_heap_stays_bounded_under_repeated_failures() -> None:
     assert len(limiter._heap) <= 2 * len(limiter) + 64
     limiter.per_s = 2.0  # a reload changes the rate: keys are recomputed
     assert len(limiter._heap) == len(limiter)
+
+
+# --- finding 15 (strength): short tokens are refused, with a way to make a good one ---
+
+STRONG = "strong-token-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("role", "text"),
+    [
+        ("server", "server:\n  token: abc\n"),
+        ("server", "server:\n  token: " + STRONG + "\n  services:\n    - {name: a, token: abc}\n"),
+        ("server", "server:\n  token: " + STRONG + "\n  admin: {bind: '0.0.0.0:1', token: abc}\n"),
+        ("client", "client:\n  token: abc\n"),
+        ("client", "client:\n  services:\n    - {local: 1, token: abc}\n"),
+        ("client", "client:\n  metrics: {bind: '127.0.0.1:1', token: abc}\n"),
+    ],
+)
+def test_short_tokens_are_refused_with_how_to_make_one(
+    tmp_path: Path, role: str, text: str
+) -> None:
+    load = load_server_config if role == "server" else load_client_config
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    message = str(info.value)
+    assert "too short (3 characters, at least 16" in message
+    assert "openssl rand -base64 32" in message and "secrets.token_urlsafe(32)" in message
+    assert "--allow-weak-token" in message
+    assert "abc" not in message.replace("abcdef", "")  # the token itself is never shown
+    weak = write(tmp_path, text.replace(f"{role}:\n", f"{role}:\n  allow_weak_token: true\n"))
+    load(weak, env={})  # knowingly: accepted
+    load(path, {"allow_weak_token": True}, env={})
+
+
+def test_short_tokens_from_the_command_line_and_environment_are_refused() -> None:
+    with pytest.raises(ConfigError, match="command line: token: the token is too short"):
+        load_server_config(None, {"token": "abc"}, env={})
+    with pytest.raises(ConfigError, match="environment: MUXTUNNEL_TOKEN: the token is too short"):
+        load_client_config(None, env={"MUXTUNNEL_TOKEN": "abc"})
+    assert load_server_config(None, {"token": STRONG}, env={}).token == Secret(STRONG)
+
+
+def test_listen_refuses_a_short_token_and_says_how_to_make_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli.main(["listen", "--bind", "127.0.0.1:0", "--token", "abc", "--log-format", "json"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "openssl rand -base64 32" in err and "--allow-weak-token" in err
+
+
+# --- finding 12: tokens from files ---
+
+
+def test_token_files_everywhere_a_token_goes(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    for name in ("default", "web", "admin"):
+        (tmp_path / "secrets" / name).write_text(f"  {name}-token-0123456789\n")
+    path = write(
+        tmp_path,
+        "server:\n"
+        "  token_file: secrets/default\n"  # relative to the config file's folder
+        "  services:\n"
+        "    - {name: web, token_file: secrets/web}\n"
+        "  admin: {bind: '0.0.0.0:7836', token_file: secrets/admin}\n",
+    )
+    config = load_server_config(path, env={})
+    assert config.token == Secret("default-token-0123456789")
+    assert config.services[0].token == Secret("web-token-0123456789")
+    assert config.admin is not None and config.admin.token == Secret("admin-token-0123456789")
+    client = write(
+        tmp_path,
+        "client:\n  token_file: secrets/default\n  services:\n"
+        "    - {local: 80, token_file: secrets/web}\n",
+        "client.yaml",
+    )
+    loaded = load_client_config(client, env={})
+    assert loaded.token == Secret("default-token-0123456789")
+    assert loaded.services[0].token == Secret("web-token-0123456789")
+
+
+def test_a_token_file_flag_replaces_the_files_token(tmp_path: Path) -> None:
+    token_path = tmp_path / "token"
+    token_path.write_text(STRONG + "\n")
+    path = write(tmp_path, "server:\n  token: file-token-0123456789\n")
+    config = load_server_config(path, {"token_file": str(token_path)}, env={})
+    assert config.token == Secret(STRONG)
+    path = write(tmp_path, f"server:\n  token_file: {token_path}\n")
+    config = load_server_config(path, {"token": "flag-token-0123456789"}, env={})
+    assert config.token == Secret("flag-token-0123456789")
+    env = {"MUXTUNNEL_TOKEN": "env-token-0123456789"}  # the file's token_file beats it
+    assert load_server_config(path, env=env).token == Secret(STRONG)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read the token file"),
+        ("", "is empty"),
+        (" \n", "is empty"),
+        ("one-token-0123456789\ntwo-token-0123456789\n", "more than one line"),
+        ("x" * 5000, "not a token file"),
+    ],
+)
+def test_unusable_token_files_are_config_errors(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    token_path = tmp_path / "token"
+    if content is not None:
+        token_path.write_text(content)
+    path = write(tmp_path, f"client:\n  token_file: {token_path}\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_client_config(path, env={})
+    assert str(info.value).startswith(f"{path}:2: client.token_file:")
+
+
+def test_token_and_token_file_together_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(STRONG)
+    path = write(tmp_path, f"client:\n  token: {STRONG}\n  token_file: token\n")
+    with pytest.raises(ConfigError, match="either 'token' or 'token_file', not both"):
+        load_client_config(path, env={})
+
+
+def test_help_steers_to_token_files(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("listen", "up", "status"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "-token-file" in out and "process list" in out, command

@@ -37,7 +37,8 @@ from muxtunnel.tls import parse_fingerprint
 __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
-    "name", "type", "local", "remote_port", "token", "compression", "compression_level",
+    "name", "type", "local", "remote_port", "token", "token_file", "compression",
+    "compression_level",
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -83,7 +84,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         if name_node is not None:
             name = v.parsed(name_node, validate_service_name, string(name_node, env))
         v.unique_name(names, name, name_node or entry)
-        remote, token = present(entry, "remote_port"), present(entry, "token")
+        remote = present(entry, "remote_port")
         compression, level = _compression(entry, env)
         if compression and kind == "udp":
             fail(present(entry, "compression") or entry, "compression is for tcp services only")
@@ -94,7 +95,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
                 local_host=host,
                 local_port=port,
                 remote_port=v.integer(remote, env, 0, 65535) if remote else 0,
-                token=v.token(token, env) if token else None,
+                token=v.secret(entry, env),
                 compression=compression,
                 compression_level=level,
             )
@@ -147,7 +148,6 @@ def _tls(node: Node, env: Mapping[str, str]) -> ClientTls | None:
 
 # YAML key -> reader; each key is also the name of the model field it fills.
 _FIELDS: dict[str, v.Reader] = {
-    "token": v.token,
     "services": _services,
     "reconnect_min_s": v.positive,
     "reconnect_max_s": v.positive,
@@ -160,13 +160,15 @@ _FIELDS: dict[str, v.Reader] = {
     "admin": v.endpoint,
 }
 #: Every key `client:` may hold.
-CLIENT_KEYS = ("server", *_FIELDS)
+CLIENT_KEYS = ("server", *v.TOKEN_KEYS, "allow_weak_token", *_FIELDS)
 
 
 def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
     """Resolve a `client:` section (with the command line's overrides on it)."""
     check_keys(section, CLIENT_KEYS)
     fields = v.fields(section, _FIELDS, env)
+    fields["token"] = v.secret(section, env)
+    v.refuse_weak_tokens(section, env)
     host, port = ClientConfig().server_host, DEFAULT_CONTROL_PORT
     if node := present(section, "server"):
         text = string(node, env)

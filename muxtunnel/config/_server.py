@@ -30,7 +30,9 @@ from muxtunnel.specs import parse_host_port, parse_port_ranges, validate_host, v
 __all__ = ["SERVER_KEYS", "server"]
 
 _PORTS = "a port list like '1024-65535,8080'"
-_POLICY_KEYS = ("name", "token", "bandwidth_bytes_per_s", "max_connections", "compression")
+_POLICY_KEYS = (
+    "name", "token", "token_file", "bandwidth_bytes_per_s", "max_connections", "compression",
+)  # fmt: skip
 
 
 def _allow_ports(node: Node, env: Mapping[str, str]) -> PortRanges:
@@ -59,7 +61,6 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             fail(entry, "missing required key 'name'")
         name = v.parsed(name_node, validate_service_name, string(name_node, env))
         v.unique_name(names, name, name_node)
-        token_node = present(entry, "token")
         limits: dict[str, Any] = {}
         if found := present(entry, "bandwidth_bytes_per_s"):
             limits["bandwidth_bytes_per_s"] = v.size(found, env)
@@ -69,8 +70,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             limits["max_connections"] = v.count(found, env)
         if found := present(entry, "compression"):
             limits["compression"] = v.boolean(found, env)
-        token = v.token(token_node, env) if token_node else None
-        policies.append(ServicePolicy(name, token, **limits))
+        policies.append(ServicePolicy(name, v.secret(entry, env), **limits))
     return tuple(policies)
 
 
@@ -90,7 +90,6 @@ def _tls(node: Node, env: Mapping[str, str]) -> ServerTls | None:
 
 # YAML key -> reader; each key is also the name of the model field it fills.
 _FIELDS: dict[str, v.Reader] = {
-    "token": v.token,
     "allow_ports": _allow_ports,
     "services": _services,
     "auth_timeout_s": v.positive,
@@ -109,13 +108,15 @@ _FIELDS: dict[str, v.Reader] = {
     "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
 }
 #: Every key `server:` may hold.
-SERVER_KEYS = ("bind", "public_host", *_FIELDS)
+SERVER_KEYS = ("bind", "public_host", *v.TOKEN_KEYS, "allow_weak_token", *_FIELDS)
 
 
 def server(section: Map, env: Mapping[str, str]) -> ServerConfig:
     """Resolve a `server:` section (with the command line's overrides on it)."""
     check_keys(section, SERVER_KEYS)
     fields = v.fields(section, _FIELDS, env)
+    fields["token"] = v.secret(section, env)
+    v.refuse_weak_tokens(section, env)
     host, port = ServerConfig().bind_host, DEFAULT_CONTROL_PORT
     if node := present(section, "bind"):
         text = string(node, env)

@@ -26,7 +26,7 @@ def test_server_keys(tmp_path: Path) -> None:
         tmp_path,
         """
 server:
-  token: t-0123456789
+  token: t-0123456789abcdef
   tls: {cert: certs/s.crt, key: /etc/s.key, client_ca: ca.pem}
   metrics: "127.0.0.1:9100"
   admin: {bind: "0.0.0.0:7836", token: admin-0123456789}
@@ -51,7 +51,7 @@ def test_client_keys_and_flags(tmp_path: Path) -> None:
         f"""
 client:
   server: example.com
-  token: t-0123456789
+  token: t-0123456789abcdef
   tls: {{fingerprint: ["{PIN}"], cert: c.crt, key: c.key}}
   admin: 7837
   services:
@@ -123,6 +123,6 @@ def test_cert_command_prints_the_fingerprint_to_pin(
 def test_up_with_tls_and_no_way_to_verify_is_a_usage_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["up", "--server", "127.0.0.1:1", "--token", "t-0123456789", "--tcp", "1", "--tls"]
+    argv = ["up", "--server", "127.0.0.1:1", "--token", "t-0123456789abcdef", "--tcp", "1", "--tls"]
     assert cli.main(argv) == 2
     assert "TLS needs a way to verify the server" in capsys.readouterr().err
