@@ -293,29 +293,36 @@ def status(address: str, token: str | None, *, as_json: bool = False) -> int:
 def cert(
     out: str, names: list[str] | None, *, days: int, client: bool = False, force: bool = False
 ) -> int:
-    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint."""
+    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint.
+
+    Files are created, never opened as they are: a link or a file someone else left at either
+    path is refused, or with `force` replaced by a new file (see `muxtunnel.files`).
+    """
+    from muxtunnel import files
     from muxtunnel.tls import format_fingerprint, generate_self_signed
 
     names = names or [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
     base = "client" if client else "server"
     cert_path = os.path.join(out, f"{base}.crt")
     key_path = os.path.join(out, f"{base}.key")
-    existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
-    if existing and not force:
-        print(f"muxtunnel: {existing[0]} exists (--force overwrites)", file=sys.stderr)
-        return EXIT_USAGE
     if days < 1:
         print("muxtunnel: --days must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    existing = [path for path in (cert_path, key_path) if os.path.lexists(path)]
+    if existing and not force:
+        print(f"muxtunnel: {existing[0]} exists (--force replaces it)", file=sys.stderr)
+        return EXIT_USAGE
     cert_pem, key_pem, der = generate_self_signed(names, days=days, client=client)
+    pair = {key_path: (key_pem, files.PRIVATE), cert_path: (cert_pem, files.PUBLIC)}
     try:
-        os.makedirs(out, exist_ok=True)
-        with open(cert_path, "wb") as handle:
-            handle.write(cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
-        os.chmod(key_path, 0o600)
+        files.make_private_dir(out)
+        if force:
+            files.replace(pair)
+        else:
+            files.create(pair)
+    except FileExistsError as exc:  # appeared since the check above
+        print(f"muxtunnel: {exc.filename} exists (--force replaces it)", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"muxtunnel: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_RUNTIME

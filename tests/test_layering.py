@@ -77,6 +77,7 @@ MUXTUNNEL_RANKS = {
     "log": 1,
     "transport": 1,  # the network seam
     "argv": 1,  # masks secrets in the command line the kernel shows
+    "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -425,3 +426,63 @@ def test_help_steers_to_token_files(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([command, "--help"])
         out = " ".join(capsys.readouterr().out.split())
         assert "-token-file" in out and "process list" in out, command
+
+
+# --- finding 13: `muxtunnel cert` never writes through a link or into someone else's file ---
+
+
+def test_cert_refuses_a_dangling_symlink_at_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "server.key").symlink_to(elsewhere / "stolen.key")  # dangling: points nowhere yet
+    assert cli.main(["cert", "--out", str(out)]) == 2
+    assert "server.key exists" in capsys.readouterr().err
+    assert not (elsewhere / "stolen.key").exists()  # the key did not go where the link points
+    assert not (out / "server.crt").exists()
+
+
+def test_cert_force_replaces_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "server.key").symlink_to(elsewhere / "stolen.key")
+    (out / "server.crt").symlink_to(elsewhere / "victim.crt")
+    (elsewhere / "victim.crt").write_text("someone else's file\n")
+    assert cli.main(["cert", "--out", str(out), "--force"]) == 0
+    assert not (elsewhere / "stolen.key").exists()
+    assert (elsewhere / "victim.crt").read_text() == "someone else's file\n"
+    for name, mode in (("server.key", 0o600), ("server.crt", 0o644)):
+        path = out / name
+        assert not path.is_symlink() and path.is_file()
+        assert path.stat().st_mode & 0o777 == mode
+    assert b"PRIVATE KEY" in (out / "server.key").read_bytes()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_cert_force_does_not_keep_a_file_another_user_created(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    planted = out / "server.key"
+    planted.write_text("")
+    planted.chmod(0o666)
+    if os.geteuid() == 0:
+        os.chown(planted, 65534, 65534)  # nobody's file, as another user would leave it
+    before = planted.stat()
+    assert cli.main(["cert", "--out", str(out), "--force"]) == 0
+    after = planted.stat()
+    assert after.st_ino != before.st_ino  # a new file, not the planted one written into
+    assert after.st_uid == os.geteuid()
+    assert after.st_mode & 0o777 == 0o600
+
+
+def test_cert_keeps_the_key_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        assert cli.main(["cert", "--out", str(tmp_path / "fresh")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "fresh" / "server.key").stat().st_mode & 0o777 == 0o600
