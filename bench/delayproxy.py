@@ -360,7 +360,9 @@ class DelayProxy:
             self.stats.errors.append(f"connect {self.upstream}: {e}")
             conn.abort()
             return
-        if conn.client is not None and not conn.closed:
+        # Not if the in-flight cap paused it meanwhile (uvloop may read before a pause made in
+        # connection_made takes hold): resuming then would lift that cap for good.
+        if conn.client is not None and not conn.closed and not conn.up.src_paused:
             conn.client.resume_reading()
 
     @contextlib.contextmanager

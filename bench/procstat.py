@@ -1,4 +1,8 @@
-"""CPU and memory of process trees, read from /proc (no psutil).
+"""CPU, memory and file descriptors of processes and process trees, read from /proc (no psutil).
+
+The one home of the project's /proc readers: the benchmarks meter process trees with `Meter`,
+and the tests' figures table (`tests/stress_report.py`) meters one process with these same
+readers.
 
 CPU: utime+stime+cutime+cstime summed over a process and its live descendants,
 so children that exited and were reaped during a run (socat forks one per
@@ -63,13 +67,16 @@ def descendants(roots: Iterable[int]) -> set[int]:
     return out
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """utime+stime+cutime+cstime of the given processes, in seconds."""
+def cpu_seconds(pids: Iterable[int], *, children: bool = True) -> float:
+    """utime+stime of the given processes, in seconds; with `children`, plus cutime+cstime
+    (the children they have reaped)."""
     ticks = 0
     for pid in pids:
         f = _stat_fields(pid)
         if f is not None:
-            ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+            ticks += int(f[11]) + int(f[12])
+            if children:
+                ticks += int(f[13]) + int(f[14])
     return ticks / CLK_TCK
 
 
@@ -88,11 +95,25 @@ def rss_kib(pid: int) -> int:
     return _status_kib(pid, "VmRSS:")
 
 
+def rss_mib(pid: int) -> float:
+    return rss_kib(pid) / 1024
+
+
 def peak_kib(pid: int) -> int:
+    """VmHWM: the peak resident set since start or since `reset_peak`."""
     return _status_kib(pid, "VmHWM:")
 
 
+def fd_count(pid: int) -> int:
+    """Open file descriptors of `pid` (0 if it is gone or not ours to read)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def reset_peak(pids: Iterable[int]) -> bool:
+    """Restart VmHWM at the current RSS (writing 5 to clear_refs; needs the right to)."""
     ok = True
     for pid in pids:
         try:

@@ -17,7 +17,13 @@ Rules that must stay true:
    round-robin over the streams that have both bytes and credit, one frame of at most
    `max_frame_bytes` each per turn, so a bulk stream cannot hold the carrier.
 4. Credit is returned only for bytes the consumer has read (`stream_read`): see `_window.py`.
-5. A stream leaves the table when both FINs have passed or either side reset it.
+5. A stream leaves the table when it reaches `CLOSED` in `_state.py`'s transition table: both
+   FINs have passed or either side reset it. Every change of a stream's half-close state goes
+   through that table.
+
+Longer than the project's ~400 lines: the parser, the scheduler and the stream table share the
+per-frame state (the partial header, the body being skipped, the ready queue), and splitting
+them would put an attribute lookup through another object on the per-frame path.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from mux._events import (
 )
 from mux._frame import go_away, ping, window_update
 from mux._limits import TokenBucket
+from mux._state import StreamInput, StreamState, next_state
 from mux._window import ReceiveWindow, SessionBudget
 
 _unpack_header = HEADER.unpack_from
@@ -58,6 +65,14 @@ _pack_header = HEADER.pack
 _DATA, _WINDOW_UPDATE = int(FrameType.DATA), int(FrameType.WINDOW_UPDATE)
 _PING, _GO_AWAY = int(FrameType.PING), int(FrameType.GO_AWAY)
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
+# Stream states as plain ints, for the same reason (see `_state.py`). OPEN, by far the most
+# common, is 0: `if stream.state:` costs what testing one boolean did before the state table.
+_OPEN, _REMOTE_CLOSED, _CLOSED = (
+    int(StreamState.OPEN), int(StreamState.REMOTE_CLOSED), int(StreamState.CLOSED)
+)
+assert _OPEN == 0
+#: States in which our FIN waits to be written.
+_FIN_PENDING = frozenset((int(StreamState.LOCAL_CLOSING), int(StreamState.CLOSING)))
 
 Buffer = bytes | bytearray | memoryview
 #: Out-of-order SYNs accepted this far behind the highest id seen (in ids of the peer's parity).
@@ -72,34 +87,27 @@ class _Stream:
     """Per-stream state of the core."""
 
     __slots__ = (
-        "accepted",
-        "acked",
         "chunks",
-        "fin_queued",
-        "fin_received",
-        "fin_sent",
         "id",
         "outbound",
         "queued",
         "recv",
         "send_buffered",
         "send_window",
+        "state",
         "syn_pending",
     )
 
     def __init__(self, stream_id: int, outbound: bool) -> None:
         self.id = stream_id
         self.outbound = outbound
-        self.acked = not outbound  # inbound streams need no ACK from the peer
-        self.accepted = outbound  # outbound streams need no accept by us
+        #: `int(StreamState)`: changed only through `Connection._transition`.
+        self.state = _OPEN
         self.syn_pending = False  # our SYN rides the first frame we send on this stream
         self.send_window = INITIAL_STREAM_WINDOW
         self.chunks: deque[memoryview] = deque()
         self.send_buffered = 0
         self.queued = False  # in the round-robin queue
-        self.fin_queued = False  # FIN goes out once `chunks` is empty
-        self.fin_sent = False
-        self.fin_received = False
         self.recv = ReceiveWindow()
 
     def sendable(self) -> bool:
@@ -108,7 +116,9 @@ class _Stream:
             # grants credit a byte at a time gets no one-byte frames (honest windows are
             # 256 KiB and more, so this only ever waits for the next update).
             return self.send_window >= min(self.send_buffered, _MIN_DATA_FRAME_BYTES)
-        return self.fin_queued and not self.fin_sent
+        if not self.state:  # OPEN (0): see `_OPEN`
+            return False
+        return self.state in _FIN_PENDING
 
 
 class Connection:
@@ -139,8 +149,8 @@ class Connection:
         self._body_stream: _Stream | None = None
         self._body_fin = False
 
-        self.unaccepted = 0  # inbound streams not yet accepted by the application
-        self.unacked = 0  # outbound streams the peer has not ACKed yet
+        self._unaccepted: set[int] = set()  # inbound streams the application has not accepted
+        self._unacked: set[int] = set()  # outbound streams the peer has not ACKed yet
         self.local_go_away = False
         self.remote_go_away: int | None = None
         self.terminated: GoAwayCode | None = None
@@ -150,6 +160,21 @@ class Connection:
     @property
     def stream_count(self) -> int:
         return len(self._streams)
+
+    @property
+    def unaccepted(self) -> int:
+        """Inbound streams waiting for the application's accept (the accept backlog)."""
+        return len(self._unaccepted)
+
+    @property
+    def unacked(self) -> int:
+        """Outbound streams waiting for the peer's ACK."""
+        return len(self._unacked)
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """Where the stream is in its half-close lifecycle (`CLOSED` once it left the table)."""
+        stream = self._streams.get(stream_id)
+        return StreamState.CLOSED if stream is None else StreamState(stream.state)
 
     def stream_ids(self) -> list[int]:
         return list(self._streams)
@@ -172,7 +197,7 @@ class Connection:
 
     def is_half_closed(self, stream_id: int) -> bool:
         stream = self._streams.get(stream_id)
-        return stream is not None and (stream.fin_received or stream.fin_queued)
+        return stream is not None and stream.state != _OPEN
 
     @property
     def budget_used(self) -> int:
@@ -186,7 +211,7 @@ class Connection:
     @property
     def can_open_stream(self) -> bool:
         """False while the peer has `accept_backlog` of our streams un-ACKed (wait, then retry)."""
-        return self.unacked < self.config.accept_backlog
+        return len(self._unacked) < self.config.accept_backlog
 
     def has_data_to_send(self) -> bool:
         return bool(self._control or self._ready)
@@ -210,7 +235,7 @@ class Connection:
             raise LocalProtocolError("the session's receive budget is exhausted")
         stream = _Stream(stream_id, outbound=True)
         self._streams[stream_id] = stream
-        self.unacked += 1
+        self._unacked.add(stream_id)
         if initial_data:
             stream.syn_pending = True
             self._buffer(stream, initial_data)
@@ -220,11 +245,9 @@ class Connection:
 
     def accept_stream(self, stream_id: int) -> None:
         """The application took an inbound stream: ACK it (this is what frees the backlog)."""
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.accepted:
+        if stream_id not in self._unaccepted:  # unknown, gone, ours, or accepted already
             return
-        stream.accepted = True
-        self.unaccepted -= 1
+        self._unaccepted.discard(stream_id)
         self._control.append(window_update(stream_id, 0, _ACK))
 
     def send_data(self, stream_id: int, data: Buffer) -> None:
@@ -236,7 +259,7 @@ class Connection:
     def send_eof(self, stream_id: int) -> None:
         """Half-close: FIN once the bytes queued before it have left."""
         stream = self._stream_for_sending(stream_id)
-        stream.fin_queued = True
+        self._transition(stream, StreamInput.SEND_EOF)
         if not stream.send_buffered and not stream.syn_pending:
             self._emit_fin_now(stream)
         else:
@@ -249,12 +272,13 @@ class Connection:
             return
         if not (stream.outbound and stream.syn_pending):  # the peer knows of it
             self._control.append(window_update(stream_id, 0, _RST))
+        self._transition(stream, StreamInput.RESET)
         self._remove(stream)
 
     def stream_read(self, stream_id: int, amount: int, now: float) -> None:
         """The consumer has read `amount` bytes of the stream: return credit as policy says."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.fin_received or self.terminated is not None:
+        if stream is None or stream.state >= _REMOTE_CLOSED or self.terminated is not None:
             return  # no more data will come: credit would be useless
         delta = stream.recv.read(
             amount, now, self.rtt_s, self.config.max_stream_window_bytes, self._budget
@@ -304,15 +328,17 @@ class Connection:
             was_full = stream.send_buffered >= mark
             stream.send_buffered -= size
             stream.send_window -= size
-            if stream.fin_queued and not stream.send_buffered:
+            fin = False
+            if stream.state and not stream.send_buffered and stream.state in _FIN_PENDING:
+                fin = True
                 flags |= _FIN
-                stream.fin_sent = True
             out.append(_pack_header(PROTOCOL_VERSION, _DATA, flags, stream.id, size))
             self._take_chunks(stream, size, out)
             budget -= size + HEADER_SIZE
             if was_full and stream.send_buffered < mark:
                 self._writable.append(stream.id)
-            if stream.fin_sent:
+            if fin:
+                self._transition(stream, StreamInput.FIN_WRITTEN)
                 self._maybe_remove(stream)
             elif stream.sendable():
                 stream.queued = True
@@ -377,7 +403,7 @@ class Connection:
                     if (
                         stream is not None
                         and length <= max_data
-                        and not stream.fin_received
+                        and (not stream.state or stream.state < _REMOTE_CLOSED)
                         and stream.recv.fits(length)
                     ):
                         stream.recv.received(length)
@@ -455,13 +481,12 @@ class Connection:
                     raise RemoteProtocolError(f"data frame of {length} bytes exceeds the window")
                 self._skip_body(length)
             return
-        if flags & _ACK and stream.outbound and not stream.acked:
-            stream.acked = True
-            self.unacked -= 1
+        if flags & _ACK and stream_id in self._unacked:
+            self._unacked.discard(stream_id)
             events.append(StreamAcked(stream_id))
         if is_data:
             if length:
-                if stream.fin_received:
+                if stream.state >= _REMOTE_CLOSED:
                     raise RemoteProtocolError(f"data on stream {stream_id} after its FIN")
                 if not stream.recv.fits(length):
                     raise RemoteProtocolError(
@@ -492,13 +517,14 @@ class Connection:
             # Rapid reset: a peer that opens streams and resets them before we took them makes
             # us pay for nothing. Resets of streams we opened, or that are already in use,
             # are ordinary (a visitor hung up, a service was down) and do not count.
-            if not stream.outbound and not stream.accepted and not self._resets.take(now):
+            if stream_id in self._unaccepted and not self._resets.take(now):
                 raise RemoteProtocolError("reset rate limit exceeded")
+            self._transition(stream, StreamInput.RESET)
             self._remove(stream)
             events.append(StreamReset(stream_id))
             return
-        if flags & _FIN and not stream.fin_received:
-            stream.fin_received = True
+        if flags & _FIN and stream.state < _REMOTE_CLOSED:
+            self._transition(stream, StreamInput.RECV_FIN)
             if self._body_left:
                 self._body_fin = True  # StreamEnded after the body's bytes
             else:
@@ -528,7 +554,7 @@ class Connection:
             self._highest_peer_id = stream_id
         refuse = (
             self.local_go_away
-            or self.unaccepted >= self.config.accept_backlog
+            or len(self._unaccepted) >= self.config.accept_backlog
             or len(self._streams) >= self.config.max_streams
         )
         window = 0 if refuse else self._budget.reserve(INITIAL_STREAM_WINDOW)
@@ -541,7 +567,7 @@ class Connection:
             return None
         stream = _Stream(stream_id, outbound=False)
         self._streams[stream_id] = stream
-        self.unaccepted += 1
+        self._unaccepted.add(stream_id)
         events.append(StreamOpened(stream_id))
         return stream
 
@@ -573,7 +599,7 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is closed or was reset")
-        if stream.fin_queued:
+        if stream.state and stream.state != _REMOTE_CLOSED:  # neither OPEN (0) nor REMOTE_CLOSED
             raise LocalProtocolError(f"stream {stream_id} was already half-closed by us")
         return stream
 
@@ -603,22 +629,26 @@ class Connection:
                 size = 0
 
     def _emit_fin_now(self, stream: _Stream) -> None:
-        stream.fin_sent = True
+        self._transition(stream, StreamInput.FIN_WRITTEN)
         self._control.append(window_update(stream.id, 0, _FIN))
         self._maybe_remove(stream)
 
+    @staticmethod
+    def _transition(stream: _Stream, event: StreamInput) -> None:
+        stream.state = next_state(stream.id, stream.state, event)
+
     def _maybe_remove(self, stream: _Stream) -> None:
-        if stream.fin_sent and stream.fin_received:
+        if stream.state == _CLOSED:
             self._remove(stream)
 
     def _remove(self, stream: _Stream) -> None:
+        """Take the stream out of the table (both FINs passed, a reset, or the session's end)."""
         if self._streams.pop(stream.id, None) is None:
             return
+        stream.state = _CLOSED
         self._budget.release(stream.recv.window)
-        if not stream.accepted:
-            self.unaccepted -= 1
-        if not stream.acked:
-            self.unacked -= 1
+        self._unaccepted.discard(stream.id)
+        self._unacked.discard(stream.id)
         stream.chunks.clear()
         stream.send_buffered = 0
 

@@ -1,4 +1,8 @@
-"""Echo peers for interoperability checks against any yamux implementation."""
+"""Echo peers for interoperability checks against any yamux implementation (`python -m mux`).
+
+`echo_stream` is the project's one echo loop: the tests, the benchmarks and the Go interop
+checks all echo with it (tests reach it as `mux.testing.echo_stream`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import anyio
 import anyio.abc
 
 from mux._config import MuxConfig
-from mux.aio import MuxStream, Session
+from mux.aio import MuxStream, Session, SessionClosed
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -20,9 +24,14 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def echo_stream(stream: MuxStream) -> None:
-    """Send back every byte; half-close after the peer's FIN."""
+async def echo_stream(stream: MuxStream, go: anyio.Event | None = None) -> None:
+    """Send back every byte (once `go` is set, if given); half-close after the peer's FIN.
+
+    A reset or the end of the session ends the echo quietly: the peer sees it on its side.
+    """
     try:
+        if go is not None:
+            await go.wait()
         async with stream:
             while True:
                 try:
@@ -35,16 +44,24 @@ async def echo_stream(stream: MuxStream) -> None:
         pass  # reset or session gone: nothing to echo to
 
 
+async def echo_streams(
+    session: Session, task_group: anyio.abc.TaskGroup, go: anyio.Event | None = None
+) -> None:
+    """Echo every stream the peer opens, each in a task of `task_group`, until the session ends."""
+    try:
+        while True:
+            task_group.start_soon(echo_stream, await session.accept_stream(), go)
+    except SessionClosed:
+        pass
+
+
 async def serve_session(transport: anyio.abc.ByteStream, client: bool, config: MuxConfig) -> None:
     async with (
         Session(transport, client=client, config=config) as session,
         anyio.create_task_group() as tg,
     ):
-        try:
-            while True:
-                tg.start_soon(echo_stream, await session.accept_stream())
-        except anyio.BrokenResourceError:
-            tg.cancel_scope.cancel()
+        await echo_streams(session, tg)
+        tg.cancel_scope.cancel()
 
 
 async def echo_server(listen: str, client_side: bool, config: MuxConfig) -> None:

@@ -8,6 +8,9 @@
 #   curl, ca-certificates, make, python3-venv      the Makefile and the project's .venv
 #   redis-server                                   the cluster registry's store; tests start their
 #                                                  own throwaway server on a free loopback port
+#   nginx                                          a real PROXY protocol reader for tests/vhost
+#                                                  (started by the tests on loopback, never as a
+#                                                  system service: see below)
 #
 # Runs apt-get as root, or through sudo when run as another user.
 set -euo pipefail
@@ -17,7 +20,7 @@ PACKAGES=(
     iperf3 socat openssh-server openssh-client
     nftables iproute2
     curl ca-certificates make python3-venv
-    redis-server
+    redis-server nginx
 )
 
 missing=()
@@ -42,6 +45,14 @@ fi
 
 echo "install-system-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as nginx start a system service on install; the tests start their own copies,
+# so keep the package scripts from starting anything (exit code 101: "action forbidden").
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
+    "${as_root[@]}" chmod 755 "$policy"
+    trap '"${as_root[@]}" rm -f "$policy"' EXIT
+fi
 "${as_root[@]}" apt-get update
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y --no-install-recommends "${missing[@]}"

@@ -6,7 +6,8 @@ bound they asserted. `pytest_terminal_summary` (wired in `tests/conftest.py`) pr
 row per record, so `make stress` shows regressions at a glance; with `MUXTUNNEL_FIGURES=FILE`
 the records are also written to FILE as JSON.
 
-`ProcMeter` reads those figures for one process from /proc (no psutil).
+`ProcMeter` meters one process over a window with the project's /proc readers
+(`bench/procstat.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from bench.procstat import cpu_seconds, fd_count, peak_kib, reset_peak, rss_mib
+
 FIGURES_KEY = pytest.StashKey["Figures"]()
 #: Columns printed for every record, in this order; anything else goes to "other".
 COLUMNS = (
@@ -33,7 +36,6 @@ COLUMNS = (
     ("honest_p99_ms", "honest p99 ms"),
     ("seconds", "seconds"),
 )
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -97,53 +99,6 @@ def _fmt(value: Any) -> str:
 # ------------------------------------------------------------------------------------ /proc
 
 
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_mib(pid: int) -> float:
-    return _status_kib(pid, "VmRSS:") / 1024
-
-
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM: the peak resident set since start or since `reset_peak`."""
-    return _status_kib(pid, "VmHWM:") / 1024
-
-
-def reset_peak(pid: int) -> bool:
-    """Restart VmHWM at the current RSS (writing 5 to clear_refs; needs the right to)."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def fd_count(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
 class ProcMeter:
     """Peak RSS, peak fds and CPU seconds of one process over a window (`with meter:`).
 
@@ -171,8 +126,8 @@ class ProcMeter:
         self.baseline_rss_mib = rss_mib(self.pid)
         self.peak_fds = self.baseline_fds
         self.peak_rss_mib = self.baseline_rss_mib
-        self._hwm = reset_peak(self.pid)
-        self._cpu0 = cpu_seconds(self.pid)
+        self._hwm = reset_peak([self.pid])
+        self._cpu0 = cpu_seconds([self.pid], children=False)
         self._t0 = time.monotonic()
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -193,8 +148,8 @@ class ProcMeter:
             self._thread.join(5)
         self.sample()
         if self._hwm:
-            self.peak_rss_mib = max(self.peak_rss_mib, peak_rss_mib(self.pid))
-        self.cpu_s = cpu_seconds(self.pid) - self._cpu0
+            self.peak_rss_mib = max(self.peak_rss_mib, peak_kib(self.pid) / 1024)
+        self.cpu_s = cpu_seconds([self.pid], children=False) - self._cpu0
         self.seconds = time.monotonic() - self._t0
 
     @property

@@ -13,7 +13,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MUX = ROOT / "mux"
-ANYIO_ALLOWED = {"aio.py", "_anyio_seam.py", "testing.py", "_echo.py", "__main__.py", "__init__.py"}
+ANYIO_ALLOWED = {
+    "_anyio_seam.py",
+    "_carrier.py",
+    "_stream.py",
+    "aio.py",
+    "_echo.py",
+    "__main__.py",
+    "testing/pairs.py",
+    "testing/peers.py",
+}
 
 
 def imported_modules(source: str) -> set[str]:
@@ -87,6 +96,8 @@ MUXTUNNEL_RANKS = {
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,
+    # the HTTP/HTTPS virtual-host engine the server drives (pipes with proxy, dials via transport)
+    "vhost": 3,
     # what both sides share
     "config": 3,
     "udp": 3,
@@ -282,7 +293,7 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.log": "isatty() of a stream that may have none",
     "muxtunnel.statusview": "urllib's errors: the HTTP client of `muxtunnel status`",
     "muxtunnel.balance.probe": "health probes: a refused or reset connect is a probe result",
-    "muxtunnel.cluster._redis": "the registry's seam: redis and socket errors -> RegistryUnavailable",
+    "muxtunnel.cluster._redis": "the registry seam: redis and socket errors -> RegistryUnavailable",
     "muxtunnel.cluster.testing": "a throwaway redis-server for tests: its process and port",
 }
 _FOREIGN = {"OSError", "AttributeError", "ConnectionError", "ConnectionResetError",
@@ -321,3 +332,76 @@ def test_the_composition_root_imports_sides_and_endpoints_on_demand() -> None:
     for target, top_level in edges:
         on_demand = any(target == name or target.startswith(name + ".") for name in ON_DEMAND)
         assert not (on_demand and top_level), f"muxtunnel.app imports {target} at load"
+
+
+# ------------------------------------------------------------------------------- mux: one way
+
+#: Every module of `mux` and its layer. A module imports only modules of lower layers, so there
+#: is no circle (not even one that only type checking would follow); a new module needs a row.
+MUX_RANKS = {
+    "_const": 0,
+    "_events": 0,
+    "_limits": 0,
+    "_anyio_seam": 0,
+    "_errors": 1,
+    "_config": 1,
+    "_frame": 1,
+    "_window": 1,
+    "_state": 2,
+    "_connection": 3,  # the sans-IO core
+    "_carrier": 4,
+    "_stream": 4,
+    "aio": 5,  # Session: the adapter
+    "_echo": 6,
+    "__init__": 7,  # the public surface
+    "__main__": 8,
+    "testing.frames": 6,  # test helpers: not in the wheel
+    "testing.pairs": 7,
+    "testing.peers": 7,
+    "testing.__init__": 8,
+}
+
+
+def mux_module(path: Path) -> str:
+    return ".".join(path.relative_to(MUX).with_suffix("").parts)
+
+
+def mux_imports(source: str) -> set[str]:
+    """The `mux` modules `source` imports (as `MUX_RANKS` names), wherever the statement is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        for module in modules:
+            if module == "mux":
+                found.add("__init__")
+            elif module.startswith("mux."):
+                name = module.removeprefix("mux.")
+                found.add(name if name in MUX_RANKS else f"{name}.__init__")
+    return found
+
+
+def test_every_mux_module_has_a_rank() -> None:
+    assert {mux_module(path) for path in MUX_FILES} == set(MUX_RANKS)
+
+
+@pytest.mark.parametrize("path", MUX_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_mux_imports_point_down(path: Path) -> None:
+    module = mux_module(path)
+    upward = {
+        imported: MUX_RANKS.get(imported)
+        for imported in mux_imports(path.read_text())
+        if MUX_RANKS.get(imported, 99) >= MUX_RANKS[module]
+    }
+    assert not upward, f"{module} (rank {MUX_RANKS[module]}) imports {upward}"
+
+
+def test_mux_imports_sees_packages_and_type_only_imports() -> None:
+    source = (
+        "from mux import A\nimport mux.aio\nfrom mux.testing import B\n"
+        "if TYPE_CHECKING:\n    from mux._stream import C\n"
+    )
+    assert mux_imports(source) == {"__init__", "aio", "testing.__init__", "_stream"}

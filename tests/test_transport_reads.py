@@ -12,17 +12,16 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+import testenv
 
 from muxtunnel.transport import connect, listen_tcp, local_port
 
 PAYLOAD = bytes(range(256)) * 16384  # 4 MiB
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
+@pytest.fixture(params=testenv.ANYIO_BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return "asyncio", {"use_uvloop": request.param == "uvloop"}
+    return testenv.anyio_backend(request.param)
 
 
 def queued(stream: anyio.abc.SocketStream) -> int:

@@ -17,7 +17,7 @@ import time
 import anyio
 
 from mux import MuxConfig, MuxStream, Session
-from mux.testing import session_pair
+from mux.testing import echo_stream, session_pair
 
 CHUNK = 64 * 1024
 CONFIG = MuxConfig(enable_keepalive=False)
@@ -42,19 +42,8 @@ async def _serve(session: Session, task_group: anyio.abc.TaskGroup, echo_first: 
             stream = await session.accept_stream()
         except anyio.BrokenResourceError:
             return
-        task_group.start_soon(_echo if echo_first and first else _sink, stream)
+        task_group.start_soon(echo_stream if echo_first and first else _sink, stream)
         first = False
-
-
-async def _echo(stream: MuxStream) -> None:
-    async with stream:
-        while True:
-            try:
-                data = await stream.receive()
-            except anyio.EndOfStream:
-                break
-            await stream.send(data)
-        await stream.send_eof()
 
 
 async def _write(session: Session, size: int) -> None:

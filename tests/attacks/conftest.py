@@ -4,10 +4,14 @@
 expensive part): a `listen` with small, test-friendly limits, an honest `up` exposing a TCP and a
 UDP echo service, and an `HonestProbe` doing round trips through the TCP service all along.
 Attackers connect from 127.0.0.2 and up, so per-address limits never hit the honest client.
+
+The floods open about 2000 sockets in this process (and as many in `listen`), past the usual
+soft limit of 1024 open files: `open_files` raises it for the whole folder first.
 """
 
 from __future__ import annotations
 
+import resource
 import secrets
 import time
 from collections.abc import Generator, Iterator
@@ -17,6 +21,7 @@ import pytest
 from e2e.conftest import harness
 from e2e.harness import Harness, Listen, TcpEchoServer, UdpEchoServer, Up, free_port
 from stress.live import HonestProbe
+from testenv import raise_open_files_limit, skip_or_fail
 
 __all__ = ["harness"]
 
@@ -62,6 +67,25 @@ class LiveTunnel:
             if not window.errors and len(window.samples) >= 5:
                 return
         raise AssertionError(f"the honest session did not answer for {timeout_s} s")
+
+
+#: Open files the floods need: 2000 attacker sockets, the visitors, the harness, with room.
+OPEN_FILES = 8192
+#: Below this the floods cannot run at all (row 19 opens 2000 sockets from one source).
+MIN_OPEN_FILES = 4096
+
+
+@pytest.fixture(scope="package", autouse=True)
+def open_files() -> Iterator[None]:
+    """Raise the soft RLIMIT_NOFILE for these tests (and the processes they start)."""
+    soft, hard = raise_open_files_limit(OPEN_FILES)
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if now != resource.RLIM_INFINITY and now < MIN_OPEN_FILES:
+        skip_or_fail(f"the attack tests need {MIN_OPEN_FILES} open files; the hard limit is {hard}")
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.fixture

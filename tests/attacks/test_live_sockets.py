@@ -15,8 +15,10 @@ import time
 import anyio
 import pytest
 from stress.live import ATTACKER_IP, AuthClient, Refused, connect_from, log_lines
-from stress_report import ProcMeter, fd_count
+from stress_report import ProcMeter
+from testenv import within_load
 
+from bench.procstat import fd_count
 from mux.testing import FrameBuilder
 from muxtunnel import control
 
@@ -45,6 +47,17 @@ def honest_auth_seconds(live: LiveTunnel, service: str = "svc-a") -> float:
                 return anyio.current_time() - started
 
     return anyio.run(run)
+
+
+def new_visitor_seconds(live: LiveTunnel) -> float:
+    """Connect a new visitor to the TCP service and get one echo: seconds it took (OSError if
+    the tunnel did not serve it)."""
+    started = time.monotonic()
+    with connect_from("127.0.0.1", live.tcp_public, timeout_s=1) as sock:
+        sock.sendall(b"ping")
+        if sock.recv(4) != b"ping":
+            raise ConnectionError("no echo")
+    return time.monotonic() - started
 
 
 def still_open(socks: list[socket.socket]) -> list[socket.socket]:
@@ -80,6 +93,7 @@ def test_row19_preauth_slowloris(live: LiveTunnel, figures) -> None:
     lines_before = log_lines(live.listen)
     hello = control.encode_message(control.Hello(control.PROTOCOL_VERSION, b"n" * 32, "slow"))
     closed_at: dict[socket.socket, float] = {}
+    quiet_auth_s = honest_auth_seconds(live)
     try:
         with ProcMeter(pid) as meter, live.probe.window() as honest:
             started = time.monotonic()
@@ -124,8 +138,12 @@ def test_row19_preauth_slowloris(live: LiveTunnel, figures) -> None:
     assert len(socks) >= 1900, "the attacker could not even connect"
     assert len(admitted) <= PREAUTH_PER_SOURCE
     assert refused_at_once >= len(socks) - PREAUTH_PER_SOURCE
-    assert auth_s < 1.0, f"the honest client needed {auth_s:.2f} s to authenticate"
+    # Under a second on a quiet machine; never near the 5 s deadline that would mean it queued
+    # behind the idle connections.
+    auth_bound_s = min(within_load(1.0, quiet_auth_s), AUTH_TIMEOUT_S - 1.0)
+    assert auth_s < auth_bound_s, f"the honest client needed {auth_s:.2f} s to authenticate"
     assert len(times) == len(watched), f"{len(watched) - len(times)} outlived the deadline"
+    # The closes are polled every 0.2 s through 17 sockets; 3 s of room for a loaded machine.
     assert AUTH_TIMEOUT_S - 0.5 <= times[0] and times[-1] <= AUTH_TIMEOUT_S + 3.0, times
     assert meter.peak_fds <= baseline_fds + PREAUTH_PER_SOURCE + 32, meter.peak_fds
     assert after_fds <= baseline_fds + 2
@@ -142,6 +160,7 @@ def test_row19_preauth_flood_from_many_addresses(live: LiveTunnel, figures) -> N
     pid = live.listen.pid
     baseline_fds = fd_count(pid)
     socks: list[socket.socket] = []
+    quiet_auth_s = honest_auth_seconds(live)
     try:
         with ProcMeter(pid) as meter, live.probe.window() as honest:
             for source in range(10, 50):
@@ -161,7 +180,8 @@ def test_row19_preauth_flood_from_many_addresses(live: LiveTunnel, figures) -> N
         admitted=admitted,
         honest_auth_s=round(auth_s, 3),
     )
-    assert auth_s < 3.0, f"the honest client needed {auth_s:.2f} s to authenticate"
+    auth_bound_s = min(within_load(3.0, quiet_auth_s), AUTH_TIMEOUT_S - 1.0)
+    assert auth_s < auth_bound_s, f"the honest client needed {auth_s:.2f} s to authenticate"
     assert admitted <= PREAUTH_TOTAL
     assert meter.peak_fds <= baseline_fds + PREAUTH_TOTAL + 48, meter.peak_fds
     honest.assert_healthy(p99_ms=HONEST_P99_MS)
@@ -178,6 +198,7 @@ def test_row20_public_port_connection_flood(live: LiveTunnel, figures) -> None:
     pid = live.listen.pid
     baseline_fds = fd_count(pid)
     socks: list[socket.socket] = []
+    quiet_visit_s = new_visitor_seconds(live)
     try:
         with ProcMeter(pid) as meter, live.probe.window() as honest:
             for _ in range(2000):
@@ -192,11 +213,9 @@ def test_row20_public_port_connection_flood(live: LiveTunnel, figures) -> None:
     recovered = None
     while time.monotonic() - stopped < 5:
         try:
-            with connect_from("127.0.0.1", live.tcp_public, timeout_s=1) as sock:
-                sock.sendall(b"ping")
-                if sock.recv(4) == b"ping":
-                    recovered = time.monotonic() - stopped
-                    break
+            new_visitor_seconds(live)
+            recovered = time.monotonic() - stopped
+            break
         except OSError:
             time.sleep(0.05)
     figures.record(
@@ -210,7 +229,7 @@ def test_row20_public_port_connection_flood(live: LiveTunnel, figures) -> None:
     # Every visitor beyond the cap costs the server an fd for a moment only.
     assert meter.peak_fds <= baseline_fds + MAX_VISITORS + 64, meter.peak_fds
     assert held <= MAX_VISITORS
-    assert recovered is not None and recovered < 1.0, recovered
+    assert recovered is not None and recovered < within_load(1.0, quiet_visit_s), recovered
     assert meter.rss_growth_mib < 64
     honest.assert_healthy(p99_ms=HONEST_P99_MS)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testenv import skip_or_fail
 
 from .harness import (
     Harness,
@@ -33,7 +34,7 @@ CLIENT_TIMEOUT_S = 30.0
 def _need(program: str) -> str:
     path = shutil.which(program)
     if path is None:
-        pytest.skip(f"{program} is not installed")
+        skip_or_fail(f"{program} is not installed")
     return path
 
 

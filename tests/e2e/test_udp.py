@@ -14,6 +14,7 @@ import socket
 import time
 
 import pytest
+from testenv import skip_or_fail
 
 from .harness import Harness, UdpEchoServer, free_port
 
@@ -105,7 +106,7 @@ def test_oversize_datagrams_are_dropped_ipv6(harness: Harness) -> None:
     try:
         udp_echo = UdpEchoServer("::1")
     except OSError as exc:
-        pytest.skip(f"no IPv6 loopback: {exc}")
+        skip_or_fail(f"no IPv6 loopback: {exc}")
     try:
         listen = harness.listen(host="::1")
         remote = free_port("::1")

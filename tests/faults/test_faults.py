@@ -29,7 +29,9 @@ from e2e.harness import (
 )
 from stress.live import FrameTap
 from stress.visitors import EchoExact, Idle, Streamer, summarize, wait_all
-from stress_report import fd_count
+from testenv import within_load
+
+from bench.procstat import fd_count
 
 pytestmark = pytest.mark.stress
 
@@ -69,7 +71,9 @@ def test_sigkill_up_mid_transfer(harness: Harness, tcp_echo: TcpEchoServer, figu
     listen = harness.listen()
     remote = free_port()
     spec = [f"echo={tcp_echo.port}:{remote}"]
+    started = time.monotonic()
     up = harness.up(listen, tcp=spec)
+    up_start_s = time.monotonic() - started  # the baseline the time bounds stretch with
     address = ("127.0.0.1", remote)
     idle = [Idle(address) for _ in range(20)]
     busy = [Streamer(address) for _ in range(4)]
@@ -98,7 +102,8 @@ def test_sigkill_up_mid_transfer(harness: Harness, tcp_echo: TcpEchoServer, figu
         fds_freed=fds_before - fds_after,
     )
     errors_only([*idle, *busy])
-    assert detected < 3.0
+    # The kernel closes the carrier at once: 1 s on a quiet machine, stretched by load.
+    assert detected < within_load(1.0, up_start_s), (detected, up_start_s)
     assert fds_after <= fds_before - len(idle) - len(busy)
 
 
@@ -118,9 +123,11 @@ def test_sigterm_listen_with_transfers_running(
     listen = harness.listen("--config", config)
     tap = FrameTap((listen.host, listen.port))
     remote = free_port()
+    started = time.monotonic()
     up = harness.up(
         f"{tap.address[0]}:{tap.address[1]}", tcp=[f"echo={tcp_echo.port}:{remote}"], config=client
     )
+    up_start_s = time.monotonic() - started  # the baseline the time bounds stretch with
     address = ("127.0.0.1", remote)
     forever = [Streamer(address, rate_bps=200_000) for _ in range(2)]
     for visitor in forever:
@@ -154,12 +161,14 @@ def test_sigterm_listen_with_transfers_running(
         exited_s=round(exited, 2),
         go_away_at_s=go_aways[0][0] if go_aways else None,
     )
-    assert go_aways and go_aways[0][1] == 0 and go_aways[0][0] < 1.0, go_aways
+    # The GoAway leaves at once (well before the drain ends): 0.5 s, stretched by load.
+    go_away_bound_s = min(within_load(0.5, up_start_s), drain_s - 1)
+    assert go_aways and go_aways[0][1] == 0 and go_aways[0][0] < go_away_bound_s, go_aways
     assert refused_new, "a new visitor got in after SIGTERM"
     assert summarize(finishing) == {"ok": 3}
     errors_only(forever)
-    assert drain_s - 0.5 <= forever_ended <= drain_s + 3
-    assert exit_code == 0 and exited < drain_s + 5
+    assert drain_s - 0.5 <= forever_ended <= within_load(drain_s + 1, up_start_s)
+    assert exit_code == 0 and exited < within_load(drain_s + 2, up_start_s)
     assert restarted.running() and up.running()
 
 
@@ -175,7 +184,9 @@ def test_sigkill_listen_client_reconnects_with_bounded_backoff(
     )
     listen = harness.listen()
     remote = free_port()
+    started = time.monotonic()
     up = harness.up(listen, tcp=[f"svc={target.port}:{remote}"], config=client)
+    up_start_s = time.monotonic() - started  # the baseline the time bounds stretch with
     visitors = [Idle(("127.0.0.1", remote)) for _ in range(3)]
     local = []
     for visitor in visitors:
@@ -218,12 +229,14 @@ def test_sigkill_listen_client_reconnects_with_bounded_backoff(
         # nothing was left unread), nothing muxtunnel can choose.
         visitors=" ".join(f"{k}={v}" for k, v in summarize(visitors).items()),
     )
-    assert detected < 0.5 + 0.5 + 0.5
+    # Within keepalive interval + timeout (0.5 + 0.5 s) and 0.5 s more, plus one start-up of
+    # `up` measured in this test: a loaded machine delays the log line, not the detection.
+    assert detected < within_load(0.5 + 0.5 + 0.5, up_start_s, factor=1), (detected, up_start_s)
     assert all(outcome == "ConnectionResetError" for outcome in local_outcomes), local_outcomes
     # Backoff 0.5 s doubling to 2 s (with jitter down to half): about 4 attempts in 6 s.
     assert 2 <= len(attempts) <= 8, attempts
     assert not gaps or min(gaps) >= 0.2
-    assert reregistered < 2.0 + 2.0
+    assert reregistered < within_load(2.0 + 1.0, up_start_s)  # longest backoff + registering
 
 
 # ---------------------------------------------------------------------------------------- carrier
@@ -262,9 +275,11 @@ def test_half_open_carrier_is_detected_by_keepalive_on_both_ends(
     proxy, proxy_port = start_proxy(harness, listen.port)
     try:
         remote = free_port()
+        started = time.monotonic()
         up = harness.up(
             f"127.0.0.1:{proxy_port}", tcp=[f"echo={tcp_echo.port}:{remote}"], config=client
         )
+        up_start_s = time.monotonic() - started  # the baseline the time bounds stretch with
         address = ("127.0.0.1", remote)
         visitors = [Streamer(address, rate_bps=100_000) for _ in range(2)]
         for visitor in visitors:
@@ -294,7 +309,9 @@ def test_half_open_carrier_is_detected_by_keepalive_on_both_ends(
         visitors=" ".join(f"{k}={v}" for k, v in summarize(visitors).items()),
     )
     assert "keepalive" in reason, reason
-    assert up_detect < 0.5 + 0.5 + 1.5
-    assert listen_detect < 0.5 + 0.5 + 1.5
+    # keepalive interval + timeout (0.5 + 0.5 s), 0.5 s more, stretched by load
+    detect_bound_s = within_load(0.5 + 0.5 + 0.5, up_start_s)
+    assert up_detect < detect_bound_s, (up_detect, up_start_s)
+    assert listen_detect < detect_bound_s, (listen_detect, up_start_s)
     errors_only(visitors)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,31 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mux._config import MuxConfig
-from muxtunnel import config as config_module
+from mux import MuxConfig
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 
 pytestmark = pytest.mark.stress
 
-SERVER_KEYS = config_module.SERVER_KEYS
-CLIENT_KEYS = config_module.CLIENT_KEYS
+
+def loader_keys(section: str) -> tuple[str, ...]:
+    """The keys the loader accepts in `section`, as its own "unknown key" error lists them: the
+    vocabulary comes through the public API, and if that message changes this fails loudly
+    (never a silent fallback to a handful of keys)."""
+    load = load_server_config if section == "server" else load_client_config
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_text(f"{section}:\n  not-a-key:\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load(path, env={})
+    _, found, listed = str(info.value).partition("expected one of: ")
+    keys = tuple(listed.split(", "))
+    if not found or len(keys) < 5:
+        raise AssertionError(f"cannot read the {section} keys from: {info.value}")
+    return keys
+
+
+SERVER_KEYS = loader_keys("server")
+CLIENT_KEYS = loader_keys("client")
 MUX_KEYS = tuple(f.name for f in dataclasses.fields(MuxConfig))
 SERVICE_KEYS = ("name", "type", "local", "remote_port", "token", "compression")
 KEYS = tuple(k for k in {*SERVER_KEYS, *CLIENT_KEYS, *MUX_KEYS, *SERVICE_KEYS} if k != "include")

@@ -8,13 +8,16 @@ need file names unique across `tests/`.
 from __future__ import annotations
 
 import pytest
+import testenv
 
 from mux.testing import FEED_MODES, FrameBuilder
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=testenv.ANYIO_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """Every async test here runs on plain asyncio and on uvloop (production's loop); the
+    pure-core tests take no event loop and run once."""
+    return testenv.anyio_backend(request.param)
 
 
 @pytest.fixture

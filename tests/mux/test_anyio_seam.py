@@ -17,15 +17,8 @@ import pytest
 
 from mux import pause_reading, read_one_chunk_per_wait
 from mux._anyio_seam import socket_internals
-from mux.aio import _TransportCarrier
+from mux._carrier import TransportCarrier
 from mux.testing import memory_stream_pair, tcp_stream_pair
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    if request.param == "uvloop" and os.environ.get("CI") != "true":
-        pytest.importorskip("uvloop")
-    return "asyncio", {"use_uvloop": request.param == "uvloop"}
 
 
 def test_anyio_is_in_the_range_the_seam_was_checked_against() -> None:
@@ -41,7 +34,7 @@ async def test_connected_and_accepted_sockets_expose_what_the_seam_reads() -> No
             assert internals is not None, f"anyio changed its asyncio {type(stream).__name__}"
             assert isinstance(internals.unread, deque)
             assert internals.at_eof is False
-            assert _TransportCarrier.attach(stream) is not None
+            assert TransportCarrier.attach(stream) is not None
 
 
 @pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""The session's fast path for asyncio/uvloop socket carriers (`_TransportCarrier` in `aio.py`).
+"""The session's fast path for asyncio/uvloop socket carriers (`TransportCarrier` in `_carrier.py`).
 
 Sessions over loopback TCP use it, on plain asyncio and on uvloop; memory carriers use the generic
 `ByteStream` path. These tests pin the edges of the takeover: bytes anyio had already read, the
@@ -14,28 +14,21 @@ import anyio.abc
 import pytest
 
 from mux import MuxConfig, Session
+from mux._carrier import StreamCarrier, TransportCarrier
 from mux._const import Flag, FrameType
-from mux.aio import _StreamCarrier, _TransportCarrier
 from mux.testing import FrameBuilder, FrameReader, memory_stream_pair, tcp_stream_pair
 
 QUIET = MuxConfig(enable_keepalive=False)
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    return "asyncio", {"use_uvloop": request.param == "uvloop"}
-
-
 @pytest.mark.anyio
 async def test_tcp_carrier_takes_the_fast_path_memory_does_not() -> None:
     async with tcp_stream_pair() as (left, _right):
-        assert _TransportCarrier.attach(left) is not None
+        assert TransportCarrier.attach(left) is not None
     left_mem, _right_mem = memory_stream_pair(1024)
-    assert _TransportCarrier.attach(left_mem) is None
+    assert TransportCarrier.attach(left_mem) is None
     session = Session(left_mem, client=True, config=QUIET)
-    assert isinstance(session._carrier, _StreamCarrier)
+    assert isinstance(session._carrier, StreamCarrier)
 
 
 @pytest.mark.anyio
@@ -50,7 +43,7 @@ async def test_bytes_read_before_the_session_started_are_parsed_first() -> None:
                 server_side._transport.resume_reading()  # type: ignore[attr-defined]
                 await anyio.sleep(0.01)
         async with Session(server_side, client=False, config=QUIET) as session:
-            assert isinstance(session._carrier, _TransportCarrier)
+            assert isinstance(session._carrier, TransportCarrier)
             with anyio.fail_after(5):
                 stream = await session.accept_stream()
                 received = b""
@@ -108,7 +101,7 @@ async def test_aclose_flushes_queued_frames_and_go_away_before_closing() -> None
                     await stream.send(payload)
                     while session.conn.send_buffered(stream.stream_id):
                         await anyio.sleep(0.001)
-                    assert isinstance(session._carrier, _TransportCarrier)
+                    assert isinstance(session._carrier, TransportCarrier)
                 # The session has closed: everything it had written must have arrived.
     assert bytes(got) == b"x" + payload
     assert go_away

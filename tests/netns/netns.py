@@ -63,15 +63,19 @@ class NetnsPair:
         self.addr = {self.a: f"10.99.{subnet}.1", self.b: f"10.99.{subnet}.2"}
         self._created: list[str] = []
         try:
-            self._setup()
-        except Exception as exc:
+            for ns in (self.a, self.b):
+                run("ip", "netns", "add", ns)
+                self._created.append(ns)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             self.close()
             raise NetnsUnavailable(f"cannot build network namespaces here: {exc}") from exc
+        try:
+            self._setup()
+        except BaseException:  # our own setup failed (a bad nft rule, say): an error, no skip
+            self.close()
+            raise
 
     def _setup(self) -> None:
-        for ns in (self.a, self.b):
-            run("ip", "netns", "add", ns)
-            self._created.append(ns)
         a, b = self.a, self.b
         # Created in `a` directly, the peer moved to `b`: the root namespace never holds it.
         run("ip", "-n", a, "link", "add", self.dev[a], "type", "veth", "peer", "name", self.dev[b])

@@ -38,13 +38,16 @@ def test_latency_and_jitter(harness: Harness, tcp_echo: TcpEchoServer, figures) 
             f"{proxy[0]}:{proxy[1]}", tcp=[f"echo={tcp_echo.port}:{remote}"], config=client
         )
         address = ("127.0.0.1", remote)
-        with HonestProbe(address, interval_s=0.05) as probe, probe.window() as rtt:
-            visitors = [EchoExact(address, 4 * MIB, seed=i) for i in range(2)]
-            started = time.monotonic()
-            for visitor in visitors:
-                visitor.start()
-            assert not wait_all(visitors, 60), summarize(visitors)
-            seconds = time.monotonic() - started
+        with HonestProbe(address, interval_s=0.05) as probe:
+            with probe.window(min_samples=10) as idle:  # the same path with nothing else on it
+                probe.wait_samples(10)
+            with probe.window() as rtt:
+                visitors = [EchoExact(address, 4 * MIB, seed=i) for i in range(2)]
+                started = time.monotonic()
+                for visitor in visitors:
+                    visitor.start()
+                assert not wait_all(visitors, 60), summarize(visitors)
+                seconds = time.monotonic() - started
         teardowns = up.events("session ended")  # before the proxy goes away with the block
     figures.record(
         "delay proxy: 25 +- 10 ms each way, 2 x 4 MiB echo",
@@ -54,7 +57,9 @@ def test_latency_and_jitter(harness: Harness, tcp_echo: TcpEchoServer, figures) 
         teardowns=len(teardowns),
     )
     assert summarize(visitors) == {"ok": 2}
-    assert max(v.max_stall_s for v in visitors) < 10.0
+    assert max(v.max_stall_s for v in visitors) < 10.0  # 200x the round trip: a real stall
     assert teardowns == []
-    latency = rtt.figures()
-    assert 40 <= latency["honest_p50_ms"] <= 200, latency
+    latency, idle_p50_ms = rtt.figures(), idle.figures()["honest_p50_ms"]
+    # Never under the 50 ms added (less jitter); the transfers may at most quadruple what the
+    # same path took idle just before (a loaded machine slows both alike).
+    assert 40 <= latency["honest_p50_ms"] <= 4 * idle_p50_ms, (latency, idle_p50_ms)

@@ -75,6 +75,10 @@ async def test_compressed_stream_flushes_every_write() -> None:
 
 
 RATE = 1_000_000  # bytes per second, each direction
+#: The ceiling is the limit's promise (within 10% over 3 s). The floor only catches a limiter
+#: that throttles far below its rate (a bucket refilled at half speed, or counting bytes twice,
+#: gives 0.5x or less); late timer wake-ups on a loaded 2-core machine cost up to ~20%.
+FLOOR, CEILING = 0.75, 1.1
 
 
 async def _source(stream: anyio.abc.SocketStream) -> None:
@@ -97,7 +101,7 @@ async def _measure(receive: anyio.abc.ByteReceiveStream, seconds: float) -> floa
     return total / (anyio.current_time() - started)
 
 
-async def test_bandwidth_limit_holds_both_ways_within_10_percent() -> None:
+async def test_bandwidth_limit_holds_both_ways() -> None:
     uploads: list[float] = []
 
     async def service(stream: anyio.abc.SocketStream) -> None:
@@ -124,8 +128,8 @@ async def test_bandwidth_limit_holds_both_ways_within_10_percent() -> None:
                     inner.cancel_scope.cancel()
         tg.cancel_scope.cancel()
     print(f"download {download:.0f} B/s, upload {uploads[0]:.0f} B/s, limit {RATE}")
-    assert 0.9 * RATE <= download <= 1.1 * RATE, download
-    assert 0.9 * RATE <= uploads[0] <= 1.1 * RATE, uploads[0]
+    assert FLOOR * RATE <= download <= CEILING * RATE, download
+    assert FLOOR * RATE <= uploads[0] <= CEILING * RATE, uploads[0]
 
 
 async def test_max_connections_per_service() -> None:

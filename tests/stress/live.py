@@ -36,6 +36,10 @@ from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
 
 Address = tuple[str, int]
 
+#: Round trips a probe window needs before `assert_healthy` can judge it: a window shorter than
+#: a few probe intervals is extended (see `HonestProbe.window`) until it has this many.
+MIN_WINDOW_SAMPLES = 5
+
 #: Source addresses for attackers; the honest `up` and visitors use 127.0.0.1.
 ATTACKER_IP = "127.0.0.2"
 
@@ -103,7 +107,9 @@ class ProbeWindow:
     def figures(self) -> dict[str, float]:
         return {**latency_figures(self.samples), "honest_max_gap_s": self.max_gap_s}
 
-    def assert_healthy(self, p99_ms: float, max_gap_s: float = 2.0, min_samples: int = 5) -> None:
+    def assert_healthy(
+        self, p99_ms: float, max_gap_s: float = 2.0, min_samples: int = MIN_WINDOW_SAMPLES
+    ) -> None:
         """The honest session answered throughout: no error, p99 and gaps within bounds."""
         figures = latency_figures(self.samples)
         assert not self.errors, f"the honest session failed: {self.errors[:3]}"
@@ -202,19 +208,29 @@ class HonestProbe:
         return window
 
     @contextlib.contextmanager
-    def window(self) -> Iterator[ProbeWindow]:
-        """`with probe.window() as w:` fills `w` when the block ends."""
+    def window(self, min_samples: int = MIN_WINDOW_SAMPLES) -> Iterator[ProbeWindow]:
+        """`with probe.window() as w:` fills `w` when the block ends.
+
+        A block that ends within a few probe intervals holds too few round trips to judge:
+        the window then stays open (at most `timeout_s` more) until it has `min_samples`, so
+        it also covers the honest session right after what the block did.
+        """
         result = ProbeWindow()
         start = time.monotonic()
         try:
             yield result
-        finally:
+        except BaseException:
+            self._fill(result, start, 0)
+            raise
+        self._fill(result, start, min_samples)
+
+    def _fill(self, result: ProbeWindow, start: float, min_samples: int) -> None:
+        got = self.since(start)
+        deadline = time.monotonic() + self.timeout_s
+        while len(got.samples) < min_samples and not got.errors and time.monotonic() < deadline:
+            time.sleep(self.interval_s)
             got = self.since(start)
-            result.samples, result.errors, result.max_gap_s = (
-                got.samples,
-                got.errors,
-                got.max_gap_s,
-            )
+        result.samples, result.errors, result.max_gap_s = got.samples, got.errors, got.max_gap_s
 
     def wait_samples(self, count: int, timeout_s: float = 10.0) -> None:
         start = time.monotonic()
@@ -235,6 +251,26 @@ class RawCarrier:
     def __init__(self, address: Address, source: str = ATTACKER_IP) -> None:
         self.sock = connect_from(source, address)
         self.reader = FrameReader()
+        #: GoAway codes read so far (by `flood(reading=True)` and `read_until_closed`).
+        self.go_aways: list[int] = []
+
+    def _feed(self, data: bytes) -> list[Frame]:
+        frames = self.reader.feed(data)
+        self.go_aways += [f.length for f in frames if f.type == FrameType.GO_AWAY]
+        return frames
+
+    def _read_available(self) -> None:
+        """Read what has arrived, without waiting (a socket with a timeout would first wait
+        for data that long, whatever the flags)."""
+        timeout_s = self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        try:
+            while data := self.sock.recv(1 << 18):
+                self._feed(data)
+        except OSError:  # nothing there yet (BlockingIOError), or the connection ended
+            pass
+        finally:
+            self.sock.settimeout(timeout_s)
 
     def send(self, data: bytes, timeout_s: float = 2.0) -> bool:
         """Write `data`; False if the peer stopped reading (timeout) or closed the connection."""
@@ -246,9 +282,16 @@ class RawCarrier:
         return True
 
     def flood(
-        self, chunks: Callable[[int], bytes], duration_s: float, max_bytes: int = 256 << 20
+        self,
+        chunks: Callable[[int], bytes],
+        duration_s: float,
+        max_bytes: int = 256 << 20,
+        *,
+        reading: bool = False,
     ) -> int:
-        """Send `chunks(0)`, `chunks(1)`, ... for `duration_s`, never reading; bytes sent.
+        """Send `chunks(0)`, `chunks(1)`, ... for `duration_s`; bytes sent. Never reads, unless
+        `reading`: then what the peer answers is read between sends, so its replies (and its
+        GoAway) are not held up behind a full receive window.
 
         Stops early when the peer stops reading (a send makes no progress for 0.5 s), when it
         closes the connection, or after `max_bytes`.
@@ -265,6 +308,8 @@ class RawCarrier:
                 break
             sent += count
             view = view[count:]
+            if reading:
+                self._read_available()
             if not view:
                 n += 1
                 view = memoryview(chunks(n))
@@ -274,7 +319,7 @@ class RawCarrier:
         """Read frames until the peer closes: (closed, seconds waited, GoAway codes seen)."""
         started = time.monotonic()
         deadline = started + timeout_s
-        codes: list[int] = []
+        codes = self.go_aways
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -288,7 +333,7 @@ class RawCarrier:
                 return True, time.monotonic() - started, codes
             if not data:
                 return True, time.monotonic() - started, codes
-            codes += [f.length for f in self.reader.feed(data) if f.type == FrameType.GO_AWAY]
+            self._feed(data)
 
     def wait_frame(self, predicate: Callable[[Frame], bool], timeout_s: float = 5.0) -> Frame:
         """Read frames until one matches (e.g. the server's first keepalive ping)."""
@@ -301,7 +346,7 @@ class RawCarrier:
                 break
             if not data:
                 break
-            for frame in self.reader.feed(data):
+            for frame in self._feed(data):
                 if predicate(frame):
                     return frame
         raise AssertionError("the expected frame did not come")

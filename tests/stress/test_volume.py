@@ -19,11 +19,11 @@ import random
 
 import anyio
 import pytest
-from stress_report import rss_mib
 
-from mux import MuxConfig, MuxStream, Session, SessionClosed, StreamResetError
+from bench.procstat import rss_mib
+from mux import MuxConfig, StreamResetError
 from mux._const import INITIAL_STREAM_WINDOW
-from mux.testing import session_pair
+from mux.testing import echo_streams, session_pair
 
 pytestmark = pytest.mark.stress
 
@@ -33,32 +33,6 @@ QUIET = MuxConfig(enable_keepalive=False)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-async def echo(stream: MuxStream, go: anyio.Event | None = None) -> None:
-    try:
-        if go is not None:
-            await go.wait()
-        async with stream:
-            while True:
-                try:
-                    data = await stream.receive()
-                except anyio.EndOfStream:
-                    break
-                await stream.send(data)
-            await stream.send_eof()
-    except anyio.BrokenResourceError:
-        pass
-
-
-async def echo_server(
-    session: Session, tg: anyio.abc.TaskGroup, go: anyio.Event | None = None
-) -> None:
-    try:
-        while True:
-            tg.start_soon(echo, await session.accept_stream(), go)
-    except SessionClosed:
-        pass
 
 
 async def run_flood(total: int, size: int, figures, label: str) -> None:
@@ -80,17 +54,18 @@ async def run_flood(total: int, size: int, figures, label: str) -> None:
         async with session_pair(
             "tcp", client_config=opener, server_config=acceptor
         ) as (client, server):
-            # The acceptor holds every stream it accepts until all SYNs have been sent:
-            # at most `max_streams` fit, the rest must be refused.
+            # The acceptor holds every stream it accepts until it has answered every SYN (an
+            # ACK or a refusal: the opener then has none un-ACKed): at most `max_streams` fit,
+            # the rest must be refused. (Not a fixed sleep: on a loaded machine SYNs still in
+            # flight would meet streams already finished, and fewer or none would be refused.)
             go = anyio.Event()
             opened = 0
             async with anyio.create_task_group() as servers:
-                servers.start_soon(echo_server, server, servers, go)
+                servers.start_soon(echo_streams, server, servers, go)
 
                 async def release() -> None:
-                    while opened < total:
+                    while opened < total or client.conn.unacked:
                         await anyio.sleep(0.02)
-                    await anyio.sleep(0.3)
                     go.set()
 
                 servers.start_soon(release)

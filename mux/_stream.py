@@ -1,0 +1,273 @@
+"""One stream of a session, as an `anyio.abc.ByteStream`; and the errors its users see.
+
+What this module owns: a stream's receive buffer (bytes the core delivered, not yet read), its
+wakeups, and its view of its own end (EOF sent or received, closed, reset, session gone). The
+protocol state of the stream lives in the core (`Connection`); this side only moves bytes and
+wakes tasks.
+
+What it may import: anyio's public API and the core (`mux._connection`, `mux._config`,
+`mux._errors`). Never `mux.aio`: a stream reaches its session only through `StreamOwner`, the
+five things it needs of it.
+
+What must stay true:
+
+1. The session never waits on a stream: it appends to `_buffer` (bounded by the stream's
+   receive window in the core) and wakes the stream's reader.
+2. Credit goes back to the peer only for bytes a caller has received (`stream_read`).
+3. Once a stream has failed (reset, session gone) every operation raises that error, except
+   that bytes already buffered are still handed out first; a stream whose peer had not sent
+   its FIN never ends in a clean EOF.
+4. The session's table forgets a stream (`StreamOwner._forget`) exactly when the stream is done
+   both ways or failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from mux._config import MuxConfig
+from mux._connection import Connection
+from mux._errors import LocalProtocolError
+
+__all__ = ["MuxStream", "SessionClosed", "StreamOwner", "StreamResetError", "clock"]
+
+#: The core's clock: window tuning compares intervals of a fraction of a millisecond, and uvloop's
+#: loop clock (`anyio.current_time()`) only ticks in whole milliseconds.
+clock = time.monotonic
+
+
+class SessionClosed(anyio.BrokenResourceError):
+    """The session is over (carrier closed or broken, protocol error, keepalive timeout)."""
+
+
+class StreamResetError(anyio.BrokenResourceError):
+    """The stream was reset (by the peer, by us, or by a timeout)."""
+
+
+class StreamOwner(Protocol):
+    """What a stream needs of its session (`mux.aio.Session` is the one implementation)."""
+
+    conn: Connection
+    config: MuxConfig
+    #: Why the session ended; None while it runs.
+    _error: SessionClosed | None
+
+    def _wake_writer(self) -> None:
+        """Frames were queued in the core: get them written."""
+        ...
+
+    def _forget(self, stream: MuxStream) -> None:
+        """The stream is done: drop it from the session's table."""
+        ...
+
+
+class MuxStream(anyio.abc.ByteStream):
+    """One stream of a session: an `anyio.abc.ByteStream` with `reset()`."""
+
+    def __init__(
+        self, session: StreamOwner, stream_id: int, opened_at: float, *, acked: bool = False
+    ) -> None:
+        #: The session the stream belongs to.
+        self.session = session
+        self.stream_id = stream_id
+        self._conn = session.conn
+        self._buffer: deque[memoryview] = deque()
+        self._buffered = 0
+        self._rx_wakeup: anyio.Event | None = None
+        self._tx_wakeup: anyio.Event | None = None
+        self._eof_received = False
+        self._eof_sent = False
+        self._closed = False
+        self._error: anyio.BrokenResourceError | None = None
+        self._opened_at = opened_at
+        self._acked_at: float | None = opened_at if acked else None
+        #: While half-closed: when the stream last carried data (the sweeper resets it when idle).
+        self._half_closed_at: float | None = None
+
+    # ------------------------------------------------------------------ ByteStream
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        while not self._buffer:
+            if self._eof_received:
+                raise anyio.EndOfStream
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise anyio.ClosedResourceError
+            self._rx_wakeup = anyio.Event()
+            await self._rx_wakeup.wait()
+        buffer = self._buffer
+        first = buffer[0]
+        if len(first) >= max_bytes:
+            data = bytes(first[:max_bytes])
+            if len(first) > max_bytes:
+                buffer[0] = first[max_bytes:]
+            else:
+                buffer.popleft()
+        else:
+            parts = [buffer.popleft()]
+            size = len(first)
+            while buffer and size + len(buffer[0]) <= max_bytes:
+                chunk = buffer.popleft()
+                parts.append(chunk)
+                size += len(chunk)
+            data = b"".join(parts)
+        self._buffered -= len(data)
+        conn = self._conn
+        conn.stream_read(self.stream_id, len(data), clock())
+        if conn.has_data_to_send():
+            self.session._wake_writer()
+        return data
+
+    async def send(self, item: bytes) -> None:
+        self._check_sendable()
+        conn = self._conn
+        if self._half_closed_at is not None:  # still busy one way: not a stuck stream
+            self._half_closed_at = anyio.current_time()
+        try:
+            conn.send_data(self.stream_id, item)
+        except LocalProtocolError as exc:
+            raise self._error or StreamResetError(str(exc)) from exc
+        self.session._wake_writer()
+        mark = self.session.config.stream_send_buffer_bytes
+        while conn.send_buffered(self.stream_id) >= mark:
+            self._tx_wakeup = anyio.Event()
+            await self._tx_wakeup.wait()
+            self._check_sendable()
+
+    def send_nowait(self, item: bytes) -> bool:
+        """Queue `item` only if the stream's send buffer has room; False (nothing queued) if not.
+
+        For traffic that must be dropped rather than delayed (datagrams): it never waits.
+        """
+        self._check_sendable()
+        if self._conn.send_buffered(self.stream_id) >= self.session.config.stream_send_buffer_bytes:
+            return False
+        try:
+            self._conn.send_data(self.stream_id, item)
+        except LocalProtocolError as exc:
+            raise self._error or StreamResetError(str(exc)) from exc
+        self.session._wake_writer()
+        return True
+
+    async def send_eof(self) -> None:
+        if self._eof_sent:
+            return
+        self._check_sendable()
+        self._eof_sent = True
+        try:
+            self._conn.send_eof(self.stream_id)
+        except LocalProtocolError as exc:
+            raise self._error or StreamResetError(str(exc)) from exc
+        self.session._wake_writer()
+        self._on_half_close()
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close both ways: FIN; or RST if bytes the peer sent are left unread (like TCP)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._error is None:
+            if self._buffer:
+                self.reset()
+            elif not self._eof_sent:
+                self._eof_sent = True
+                try:
+                    self._conn.send_eof(self.stream_id)
+                except LocalProtocolError:
+                    pass
+                self.session._wake_writer()
+                self._on_half_close()
+        self._wake_all()
+        await anyio.lowlevel.checkpoint()
+
+    def reset(self) -> None:
+        """Abort the stream both ways (RST). Bytes not yet sent are dropped."""
+        if self._error is not None:
+            return
+        self._conn.reset_stream(self.stream_id)
+        self.session._wake_writer()
+        self._on_reset("the stream was reset locally")
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def is_reset(self) -> bool:
+        return isinstance(self._error, StreamResetError)
+
+    # ------------------------------------------------------------------ called by the session
+
+    def _on_data(self, data: memoryview) -> None:
+        if self._closed:  # nobody will read it: refuse it, as TCP does
+            self.reset()
+            return
+        if len(data) * 4 < len(data.obj):  # type: ignore[arg-type]
+            # A small slice would pin the whole carrier read it came from (up to 256 KiB) for
+            # as long as it stays unread: keep a copy instead. Large slices stay zero-copy.
+            data = memoryview(bytes(data))
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._half_closed_at is not None:  # still busy one way: not a stuck stream
+            self._half_closed_at = anyio.current_time()
+        if self._rx_wakeup is not None:
+            self._rx_wakeup.set()
+            self._rx_wakeup = None
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._on_half_close()
+        self._wake_all()
+
+    def _on_half_close(self) -> None:
+        if self._eof_sent and self._eof_received:
+            self._half_closed_at = None
+            self.session._forget(self)
+        elif self._half_closed_at is None:
+            self._half_closed_at = anyio.current_time()
+
+    def _on_reset(self, reason: str) -> None:
+        if self._error is None:
+            self._error = StreamResetError(reason)
+        self.session._forget(self)
+        self._wake_all()
+
+    def _on_session_closed(self) -> None:
+        if self._error is None:
+            self._error = self.session._error
+        self._wake_all()
+
+    def _abort(self, reason: str) -> None:
+        self._conn.reset_stream(self.stream_id)
+        self.session._wake_writer()
+        self._on_reset(reason)
+
+    def _wake_sender(self) -> None:
+        if self._tx_wakeup is not None:
+            self._tx_wakeup.set()
+            self._tx_wakeup = None
+
+    def _wake_all(self) -> None:
+        if self._rx_wakeup is not None:
+            self._rx_wakeup.set()
+            self._rx_wakeup = None
+        self._wake_sender()
+
+    def _check_sendable(self) -> None:
+        if self._closed:  # our own close comes first, whatever happened since
+            raise anyio.ClosedResourceError
+        if self._error is not None:
+            raise self._error
+        if self._eof_sent:
+            raise anyio.ClosedResourceError
+
+    def __repr__(self) -> str:
+        return f"<MuxStream {self.stream_id}>"

@@ -1,0 +1,395 @@
+"""The HTTP/1.1 reverse proxy for one visitor connection: route each request, forward it.
+
+Theory of operation (one `HttpConnection` per visitor connection, one task):
+1. Read a request head within its deadline: `head_timeout_s` from the first byte (or from the
+   accept, for the first request), after at most `idle_timeout_s` of keep-alive idleness.
+   Caps: `max_header_bytes` (h11 refuses beyond it: 431) and `max_header_count` (431).
+2. Route it by Host (or the authority of an absolute-form target) and path: unknown -> 404
+   naming the host; then Expect (417 unless 100-continue) and basic auth (401).
+3. Reuse the upstream connection when the route's target is the one it serves and both sides
+   kept it alive, else open a new one through `Upstream` (502 / 504 when that fails). While
+   the visitor is idle between requests (past `_WATCH_AFTER_S`) the kept upstream is watched:
+   a service that closes its idle keep-alive connection is noticed then, not by the next
+   request. A reused stream that fails before answering a bodiless request is retried once.
+4. Run the `Exchange`; on 101 both sides become a raw byte pipe (`proxy.pipe`) with what h11
+   had buffered replayed first.
+5. Errors the proxy answers itself close the connection unless the request was read whole;
+   a failure after the response started resets the visitor (it must not take a truncated
+   body for a whole one) and the service's stream likewise.
+
+Timeouts of this task's waits (idle, head, sends, the response clock) share one lazy
+`Deadline`: when one passes, the connection's scope is cancelled and `_expired` answers for it
+(408, 504, or a reset). The request-body task of an `Exchange` bounds its waits by scopes.
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import h11
+import structlog
+
+from muxtunnel.proxy import pipe
+from muxtunnel.transport import abort
+from muxtunnel.vhost._deadline import Deadline
+from muxtunnel.vhost._engine_view import EngineView
+from muxtunnel.vhost._exchange import (
+    IO_ERRORS,
+    Exchange,
+    ExchangeFailure,
+    UpstreamBroken,
+    UpstreamConnection,
+    UpstreamSlow,
+    VisitorBroke,
+    VisitorGone,
+    VisitorSide,
+)
+from muxtunnel.vhost._request import (
+    CLOSING_STATUSES,
+    Refusal,
+    RequestHead,
+    cycle_done,
+    host_and_path,
+)
+from muxtunnel.vhost._slot import UpstreamSlot
+from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
+from muxtunnel.vhost.limits import log_doubling
+from muxtunnel.vhost.names import InvalidHostError, normalise_host
+from muxtunnel.vhost.pages import error_response
+from muxtunnel.vhost.routes import Route, routing_path
+from muxtunnel.vhost.streams import CountingStream, PrefixedStream, linger_close
+from muxtunnel.vhost.upstream import Visitor
+
+__all__ = ["HttpConnection"]
+
+log = structlog.get_logger("muxtunnel.vhost")
+
+#: Idle time of a keep-alive visitor after which its kept upstream is watched for closing.
+_WATCH_AFTER_S = 0.1
+
+
+class HttpConnection:
+    """Serves one visitor connection until it ends; `run` never raises for I/O trouble."""
+
+    def __init__(self, engine: EngineView, stream: anyio.abc.ByteStream, visitor: Visitor) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.visitor = visitor
+        self.side = VisitorSide(stream, engine.config)
+        self.forwarded = ForwardedFor(visitor.host, visitor.port)
+        self.proto = visitor.scheme.encode()
+        self.slot = UpstreamSlot(engine.upstream, visitor, engine.config)
+        self.deadline: Deadline
+        self._aborted = False
+        self._head_received = 0
+        #: The route and exchange in flight, for answering a deadline that expired in it.
+        self._current: tuple[Route, Exchange] | None = None
+
+    async def run(self) -> None:
+        scope = anyio.CancelScope()
+        self.deadline = deadline = Deadline(scope)
+        self.side.deadline = deadline
+        try:
+            with scope:
+                try:
+                    first = True
+                    while True:
+                        request = await self._read_head(first)
+                        if request is None or not await self._handle(request):
+                            break
+                        self.side.conn.start_next_cycle()
+                        first = False
+                except VisitorGone:
+                    self._aborted = True
+            if deadline.expired is not None:
+                deadline.close()
+                self.side.deadline = None  # answers from here on carry scopes of their own
+                try:
+                    with anyio.move_on_after(self.config.send_timeout_s):
+                        await self._expired(deadline.expired)
+                except VisitorGone:
+                    self._aborted = True
+        finally:
+            deadline.close()
+            with anyio.CancelScope(shield=True):
+                await self.slot.drop(abortive=self._aborted)
+                if self._aborted:
+                    await abort(self.side.stream)
+                else:
+                    try:
+                        await self.side.stream.aclose()
+                    except IO_ERRORS:
+                        pass
+
+    async def _expired(self, what: str) -> None:
+        """Answer for the wait that outlived the connection's deadline (`Deadline.expired`)."""
+        if what == "idle":
+            return  # a keep-alive connection nobody used: close it quietly
+        if what == "head":
+            count = self.engine.counters.refuse("head_timeout")
+            log_doubling("request head too slow: connection closed", count,
+                         visitor=self.visitor.host, received_bytes=self._head_received)  # fmt: skip
+            if self._head_received:
+                refusal = Refusal(408, "head_timeout", "The request took too long.")
+                await self._refuse(refusal, None, count=False)
+            return
+        current = self._current
+        if what in ("response", "send_up") and current is not None:
+            route, exchange = current
+            timeout_s = exchange.response_timeout_s if what == "response" else None
+            reason = (
+                f"the service did not respond within {timeout_s:g} s"
+                if timeout_s is not None
+                else "the service stopped reading the request"
+            )
+            try:
+                await self._failed(UpstreamSlow(reason), exchange, route)
+            except VisitorGone:
+                self._aborted = True
+            return
+        self._aborted = True  # the visitor stopped reading: it must see a failure
+
+    # ------------------------------------------------------------------ request heads
+
+    async def _read_head(self, first: bool) -> h11.Request | None:
+        conn = self.side.conn
+        config = self.config
+        timed = first  # the first request's head is due within head_timeout_s of the accept
+        if first:
+            self.deadline.set(config.head_timeout_s, "head")
+        self._head_received = received = 0
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = "headers_too_large" if status == 431 else "bad_request"
+                await self._refuse(Refusal(status, reason, f"Malformed request: {exc}"), None)
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed (or PAUSED, which a finished cycle cannot give)
+            if not timed and not received:
+                size = await self._receive_idle()
+                if not size:
+                    return None  # the visitor closed between requests
+            else:
+                if not timed:  # a head in pieces: the rest is due within head_timeout_s
+                    self.deadline.set(config.head_timeout_s, "head")
+                    timed = True
+                size = await self.side.receive()
+            self._head_received = received = received + size
+
+    async def _receive_idle(self) -> int:
+        """Wait for the next request's first bytes; watch a kept upstream meanwhile.
+
+        The watch (a task reading the upstream) costs about as much as the rest of a small
+        request, so it starts only once the visitor has been idle for `_WATCH_AFTER_S`: a
+        service closes an idle keep-alive connection after seconds, not milliseconds, and a
+        bodiless request that meets a just-closed one is retried anyway.
+        """
+        self.deadline.set(self.config.idle_timeout_s, "idle")
+        if self.slot.current is None:
+            return await self.side.receive()
+        with anyio.move_on_after(_WATCH_AFTER_S):
+            return await self.side.receive()
+        return await self.slot.while_watching(self.side.receive)
+
+    # ------------------------------------------------------------------ one request
+
+    async def _handle(self, request: h11.Request) -> bool:
+        """Answer one request; True when the connection may carry another."""
+        route: Route | None = None
+        head = RequestHead(request)
+        try:
+            if head.count > self.config.max_header_count:
+                raise Refusal(431, "headers_too_large", "Too many header fields.")
+            if head.size > self.config.max_header_bytes:
+                # h11 caps only heads still incomplete; one that arrived whole is measured here.
+                raise Refusal(431, "headers_too_large", "The request head is too large.")
+            if request.method == b"CONNECT":
+                raise Refusal(405, "method_not_allowed", "This is not a forward proxy.")
+            host, path, target = host_and_path(request, head.hosts)
+            try:
+                name = normalise_host(host)
+            except InvalidHostError as exc:
+                raise Refusal(400, "bad_request", f"Invalid Host header: {exc}") from None
+            routes = self.engine.http_routes
+            route = routes.lookup(name, routing_path(path))
+            if route is None:
+                where = f"{name}{path[:200]}" if routes.has_host(name) else name
+                raise Refusal(404, "unknown_host", f"No service is registered for {where}.")
+            if head.expect and head.expect != [b"100-continue"]:
+                raise Refusal(
+                    417, "expectation_failed", "Only 'Expect: 100-continue' is supported."
+                )
+            if route.auth_credentials is not None:
+                if not basic_auth_ok(head.authorization, route.auth_credentials):
+                    raise Refusal(
+                        401, "unauthorized", "This service needs a user name and password."
+                    )
+        except Refusal as refusal:
+            return await self._refuse(refusal, route)
+        return await self._forward(request, head, route, host, target)
+
+    async def _forward(
+        self, request: h11.Request, head: RequestHead, route: Route, host: bytes, target: bytes
+    ) -> bool:
+        conn = self.side.conn
+        request_complete = False
+        if not head.has_body:
+            event = conn.next_event()  # a bodiless request's end is already parsed: no I/O
+            request_complete = type(event) is h11.EndOfMessage
+        upstream_request = h11.Request(
+            method=request.method,
+            target=target,
+            headers=request_headers(
+                head.raw,
+                visitor=self.forwarded,
+                proto=self.proto,
+                host=host,
+                host_rewrite=route.host_rewrite,
+                remove=route.remove_headers,
+                set_headers=route.set_headers,
+                strip_authorization=route.auth_credentials is not None,
+                upgrade=head.upgrade,
+                chunked=head.chunked,
+                connection=head.connection_tokens,
+            ),
+        )
+        timeout_s = route.target.options.response_timeout_s or self.config.response_timeout_s
+        retried = False
+        while True:
+            try:
+                self.deadline.clear()  # opening is bounded by its own timeout
+                up = await self.slot.acquire(route)
+                if conn.they_are_waiting_for_100_continue:
+                    continue_100 = h11.InformationalResponse(
+                        status_code=100, headers=[], reason=b"Continue"
+                    )
+                    await self.side.send(conn.send(continue_100))
+            except ExchangeFailure as exc:
+                return await self._failed(exc, None, route)
+            exchange = Exchange(
+                self.side, up, route, upstream_request,
+                request_complete=request_complete, chunked=head.chunked,
+                response_timeout_s=timeout_s,
+            )  # fmt: skip
+            self._current = (route, exchange)
+            await exchange.run()
+            self._current = None
+            failure = exchange.failure
+            if (
+                isinstance(failure, UpstreamBroken)
+                and up.reused
+                and not retried
+                and exchange.received_bytes == 0
+                and request_complete
+                and exchange.request_complete
+            ):
+                retried = True  # the service closed its idle keep-alive stream just now
+                await self.slot.drop(abortive=True)
+                continue
+            break
+        if failure is not None:
+            return await self._failed(failure, exchange, route)
+        if exchange.switched:
+            await self._tunnel(up, route)
+            return False
+        if up.reusable:
+            up.conn.start_next_cycle()
+        else:
+            await self.slot.drop(abortive=False)
+        if cycle_done(conn):
+            return True
+        self.deadline.clear()  # lingering is bounded by its own timeout
+        await linger_close(
+            self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
+        )
+        return False
+
+    async def _tunnel(self, up: UpstreamConnection, route: Route) -> None:
+        self.deadline.clear()  # a raw pipe lasts as long as its peers like
+        self.slot.take()  # pipe owns (and closes) both streams from here
+        visitor_bytes, visitor_closed = self.side.conn.trailing_data
+        up_bytes, up_closed = up.conn.trailing_data
+        await pipe(
+            CountingStream(self.side.stream, bytes(visitor_bytes), visitor_closed, route.counters),
+            PrefixedStream(up.stream, bytes(up_bytes), up_closed),
+        )
+
+    # ------------------------------------------------------------------ answers of our own
+
+    async def _failed(
+        self, failure: ExchangeFailure, exchange: Exchange | None, route: Route
+    ) -> bool:
+        await self.slot.drop(abortive=True)
+        if isinstance(failure, VisitorGone) or (exchange is not None and exchange.response_started):
+            self._aborted = True  # the visitor must see a failure, not a clean end
+            raise VisitorGone(str(failure))
+        if isinstance(failure, VisitorBroke):
+            refusal = Refusal(400, "bad_request", f"Malformed request body: {failure}")
+        elif isinstance(failure, UpstreamSlow):
+            refusal = Refusal(504, "upstream_timeout", "The service did not answer in time.")
+        else:
+            refusal = Refusal(
+                502, "upstream_unavailable", "The service is not reachable right now."
+            )
+        count = route.counters.refuse(refusal.reason)
+        log_doubling("request failed", count, service=route.target.service,
+                     status=refusal.status, error=str(failure))  # fmt: skip
+        return await self._refuse(refusal, route, count=False)
+
+    async def _refuse(self, refusal: Refusal, route: Route | None, *, count: bool = True) -> bool:
+        """Answer with an error page; True if the connection can go on."""
+        conn = self.side.conn
+        if count:
+            if route is not None:
+                route.counters.refuse(refusal.reason)
+            else:
+                total = self.engine.counters.refuse(refusal.reason)
+                log_doubling("request refused", total, reason=refusal.reason, status=refusal.status,
+                             visitor=self.visitor.host)  # fmt: skip
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self._aborted = True
+            return False
+        # A request that broke the protocol (or took too long) ends the connection whatever
+        # is left of it; the others keep a connection whose request was read whole.
+        keep = refusal.status not in CLOSING_STATUSES and self._request_read_whole()
+        extra = (
+            [(b"WWW-Authenticate", route.auth_challenge)]
+            if refusal.status == 401 and route and route.auth_challenge
+            else None
+        )
+        response, body = error_response(
+            refusal.status, refusal.detail, close=not keep, extra_headers=extra
+        )
+        if route is not None:
+            route.counters.count_response(refusal.status)
+        try:
+            data = (
+                conn.send(response) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            )
+        except h11.LocalProtocolError:
+            self._aborted = True
+            return False
+        await self.side.send(data)
+        if keep and cycle_done(conn):
+            return True
+        self.deadline.clear()  # lingering is bounded by its own timeout
+        await linger_close(
+            self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
+        )
+        return False
+
+    def _request_read_whole(self) -> bool:
+        """Has the visitor's request ended (so the connection can carry another)?"""
+        conn = self.side.conn
+        if conn.their_state is h11.SEND_BODY:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            return type(event) is h11.EndOfMessage
+        return conn.their_state is h11.DONE
