@@ -9,17 +9,26 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import structlog
 
 from muxtunnel import cli
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 from muxtunnel.config._values import is_loopback
 from muxtunnel.model import Secret
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """`cli.main` configures logging onto the stderr of its test (capsys): undo it after."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> str:
