@@ -200,11 +200,19 @@ class TransportCarrier(asyncio.Protocol):
         return True
 
     async def flush(self) -> None:
-        """Wait until the transport has handed every byte to the kernel (closing discards them)."""
-        self._transport.set_write_buffer_limits(0, 0)  # pauses us unless the buffer is empty
+        """Wait until the transport has handed every byte on (aborting would discard them)."""
+        if self._transport.get_write_buffer_size() == 0:
+            return  # an SSL transport pauses at a limit of 0 even when empty, and never resumes
+        self._transport.set_write_buffer_limits(0, 0)  # pauses us until the buffer is empty
         await self._room.wait()
 
     async def aclose(self) -> None:
+        if self._transport.get_extra_info("ssl_object") is not None:
+            # TLS: close, not abort. The SSL transport hands its last records to the socket,
+            # sends close_notify, and closes once the peer answers (or its shutdown timeout
+            # ends); anyio's `aclose` would abort and could drop what the socket still holds.
+            self._transport.close()
+            return
         await self._stream.aclose()
 
     # -- asyncio.Protocol, called by the event loop
