@@ -27,6 +27,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from mux import start_tls
 from muxtunnel.model import ClientTls, ServerTls
 from muxtunnel.transport import abort
 
@@ -50,6 +51,9 @@ _PEM_CERT = re.compile(
 )
 #: Alerts a server sends when it refuses our client certificate: retrying cannot help.
 _CLIENT_CERT_REFUSED = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UN")
+#: After close_notify, how long a closing carrier waits for the peer's before closing its socket:
+#: a live peer answers within one round trip; a dead one must not hold the socket long.
+SHUTDOWN_TIMEOUT_S = 5.0
 #: How a handshake fails: ssl's errors (OSErrors), or the carrier's; mapped to `TlsError` here.
 _HANDSHAKE_FAILURES = (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
 
@@ -143,15 +147,47 @@ class ServerTlsContext:
         der = first_certificate_der(settings.cert)
         return cls(context, hashlib.sha256(der).digest(), format_fingerprint(der))
 
-    async def accept(self, stream: anyio.abc.ByteStream) -> TLSStream:
+    async def accept(self, stream: anyio.abc.ByteStream) -> anyio.abc.ByteStream:
         """Run the server side of the handshake; `TlsError` if it fails."""
         try:
-            return await TLSStream.wrap(
-                stream, server_side=True, ssl_context=self.context, standard_compatible=False
-            )
+            upgraded, _ = await _handshake(stream, self.context, server_side=True)
         except _HANDSHAKE_FAILURES as exc:
             await abort(stream)
             raise TlsError(f"TLS handshake failed: {_reason(exc)}") from None
+        return upgraded
+
+
+async def _handshake(
+    stream: anyio.abc.ByteStream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    hostname: str | None = None,
+) -> tuple[anyio.abc.ByteStream, bytes | None]:
+    """TLS over `stream`; returns the TLS stream and the peer's certificate (DER) if any.
+
+    An anyio socket stream is upgraded on its own transport (`mux.start_tls`): the session's
+    carrier fast path then drives the loop's SSL transport directly, as it drives a TCP one.
+    Any other stream is wrapped in anyio's `TLSStream`.
+    """
+    upgraded = await start_tls(
+        stream,
+        context,
+        server_side=server_side,
+        server_hostname=hostname,
+        shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+    )
+    if upgraded is not None:
+        tls_stream, ssl_object = upgraded
+        return tls_stream, ssl_object.getpeercert(binary_form=True)
+    wrapped = await TLSStream.wrap(
+        stream,
+        server_side=server_side,
+        hostname=hostname,
+        ssl_context=context,
+        standard_compatible=False,
+    )
+    return wrapped, wrapped.extra(TLSAttribute.peer_certificate_binary)
 
 
 def client_context(settings: ClientTls) -> ssl.SSLContext:
@@ -196,7 +232,7 @@ async def connect_tls(
     settings: ClientTls,
     host: str,
     context: ssl.SSLContext | None = None,
-) -> tuple[TLSStream, bytes]:
+) -> tuple[anyio.abc.ByteStream, bytes]:
     """Client handshake over `stream`; returns the TLS stream and the channel binding.
 
     Raises `TlsVerifyError` when the certificate is refused (CA, hostname, pin) or the server
@@ -205,13 +241,7 @@ async def connect_tls(
     context = context or client_context(settings)
     name = settings.server_name or host
     try:
-        tls = await TLSStream.wrap(
-            stream,
-            server_side=False,
-            hostname=name,
-            ssl_context=context,
-            standard_compatible=False,
-        )
+        tls, der = await _handshake(stream, context, server_side=False, hostname=name)
     except ssl.SSLCertVerificationError as exc:
         raise TlsVerifyError(
             f"the server's certificate was refused: {_reason(exc)} "
@@ -223,7 +253,6 @@ async def connect_tls(
                 f"the server refused our client certificate: {_reason(exc)}"
             ) from None
         raise TlsError(f"TLS handshake with {host} failed: {_reason(exc)}") from None
-    der = tls.extra(TLSAttribute.peer_certificate_binary)
     if not der:
         await tls.aclose()
         raise TlsVerifyError("the server presented no certificate")
