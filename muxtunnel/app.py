@@ -158,6 +158,12 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
     from muxtunnel.server import Server
 
     server = Server(load())
+    if server.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out to get TLS",
+        )
     if not server.tokens.has_any_token:
         return _fail(
             EXIT_USAGE,
@@ -197,6 +203,12 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         client = Client(config, _announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
+    if config.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
+        )
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
 
     async def run() -> None:

@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listen = commands.add_parser("listen", parents=[common], help="run the public server")
+    listen.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plaintext carrier: everything clients send crosses the network readable "
+        "(default: TLS, with a self-signed certificate made on the first start)",
+    )
+    listen.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the server keeps its own certificate (default: $XDG_STATE_HOME/muxtunnel "
+        "or ~/.local/state/muxtunnel)",
+    )
     listen.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     listen.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     listen.add_argument(
@@ -106,7 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain log lines even on a terminal (no live panel)",
     )
-    up.add_argument("--tls", action="store_true", help="connect with TLS (needs a way to verify)")
+    up.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plaintext carrier, for a server run with --no-tls (default: TLS; without a CA or "
+        "a pinned fingerprint the server's certificate is trusted on first use)",
+    )
+    up.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the client remembers servers' fingerprints, known_hosts (default: "
+        "$XDG_STATE_HOME/muxtunnel or ~/.local/state/muxtunnel)",
+    )
+    up.add_argument("--tls", action="store_true", help="connect with TLS (the default)")
     up.add_argument(
         "--tls-ca", metavar="FILE", help="verify the server with this CA file, or 'system'"
     )
@@ -184,9 +208,22 @@ def secrets_on_command_line(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(flag for flag in SECRET_FLAGS if getattr(args, flag[2:].replace("-", "_"), None))
 
 
+#: Flags that say how to do TLS, which `--no-tls` contradicts.
+TLS_FLAGS = (
+    "tls", "tls_cert", "tls_key", "tls_client_ca", "tls_ca", "server_fingerprint", "insecure",
+    "tls_server_name",
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `muxtunnel` with `argv` (default: the process's arguments); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "no_tls", False):
+        given = [name for name in TLS_FLAGS if getattr(args, name, None)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            parser.error(f"--no-tls contradicts {flag}: give one or the other")
     exposed = secrets_on_command_line(args)
     if argv is None and exposed:  # the process's own command line: mask it where we can
         hide_secrets([getattr(args, flag[2:].replace("-", "_")) for flag in exposed])
@@ -249,6 +286,9 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
     tls = {"cert": args.tls_cert, "key": args.tls_key, "client_ca": args.tls_client_ca}
     if any(tls.values()):
         overrides["tls"] = tls
+    if args.no_tls:
+        overrides["tls"] = False
+    overrides["state_dir"] = args.state_dir
     given = {k: v for k, v in overrides.items() if v is not None}
     return load_server_config(args.config, given)
 
@@ -270,6 +310,9 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     }
     if args.tls or any(value is not None for value in tls.values()):
         overrides["tls"] = {"enabled": True, **tls}
+    if args.no_tls:
+        overrides["tls"] = False
+    overrides["state_dir"] = args.state_dir
     return {k: v for k, v in overrides.items() if v is not None}
 
 

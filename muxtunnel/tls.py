@@ -29,7 +29,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from mux import start_tls
 from muxtunnel.model import ClientTls, ServerTls
-from muxtunnel.transport import abort
+from muxtunnel.transport import TransportError, abort, connect
 
 __all__ = [
     "FINGERPRINT_PREFIX",
@@ -68,6 +68,27 @@ class TlsConfigError(TlsError):
 
 class TlsVerifyError(TlsError):
     """The peer's certificate was refused (CA, hostname or pinned fingerprint)."""
+
+
+#: What OpenSSL says when the other side's first bytes are not TLS at all.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE")
+#: What each side says then: which flag makes the two agree.
+CLIENT_SPEAKS_PLAINTEXT = (
+    "the client does not speak TLS (`up --no-tls`?): leave --no-tls out there, or start "
+    "listen with --no-tls as well"
+)
+SERVER_SPEAKS_PLAINTEXT = (
+    "the server does not speak TLS (`listen --no-tls`?): give up --no-tls as well "
+    "(tls: false), or start listen without --no-tls"
+)
+SERVER_SPEAKS_TLS = (
+    "the server speaks TLS (the default) and closed our plaintext connection: leave --no-tls "
+    "(tls: false) out, or start listen with --no-tls as well"
+)
+
+
+def _not_tls(exc: BaseException) -> bool:
+    return any(reason in _reason(exc) for reason in _NOT_TLS)
 
 
 def parse_fingerprint(text: str) -> str:
@@ -153,7 +174,8 @@ class ServerTlsContext:
             upgraded, _ = await _handshake(stream, self.context, server_side=True)
         except _HANDSHAKE_FAILURES as exc:
             await abort(stream)
-            raise TlsError(f"TLS handshake failed: {_reason(exc)}") from None
+            hint = f": {CLIENT_SPEAKS_PLAINTEXT}" if _not_tls(exc) else ""
+            raise TlsError(f"TLS handshake failed: {_reason(exc)}{hint}") from None
         return upgraded
 
 
@@ -191,7 +213,8 @@ async def _handshake(
 
 
 def client_context(settings: ClientTls) -> ssl.SSLContext:
-    """The client's context. Pins are checked after the handshake by `connect_tls`."""
+    """The client's context. Pins are checked after the handshake by `connect_tls`, known
+    hosts (trust on first use) by the client with `muxtunnel.trust`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.ca:
@@ -199,8 +222,10 @@ def client_context(settings: ClientTls) -> ssl.SSLContext:
         context.check_hostname = True
         context.verify_mode = ssl.CERT_REQUIRED
     else:
-        # Only pins (checked below) or an explicit `insecure` get here: see ClientTls.
-        assert settings.fingerprints or settings.insecure, "ClientTls without a way to verify"
+        # Only pins (checked below), known hosts or an explicit `insecure` get here.
+        assert settings.fingerprints or settings.known_hosts or settings.insecure, (
+            "ClientTls without a way to verify"
+        )
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if settings.cert and settings.key:
@@ -252,6 +277,9 @@ async def connect_tls(
             raise TlsVerifyError(
                 f"the server refused our client certificate: {_reason(exc)}"
             ) from None
+        if _not_tls(exc):  # a plaintext server answered: no retry makes it speak TLS
+            message = f"TLS handshake with {host} failed: {SERVER_SPEAKS_PLAINTEXT}"
+            raise TlsVerifyError(message) from None
         raise TlsError(f"TLS handshake with {host} failed: {_reason(exc)}") from None
     if not der:
         await tls.aclose()
@@ -317,3 +345,23 @@ def generate_self_signed(
         key_pem,
         cert.public_bytes(serialization.Encoding.DER),
     )
+
+
+async def speaks_tls(host: str, port: int, timeout_s: float) -> bool:
+    """Does `host:port` complete a TLS handshake? What a plaintext client asks once the server
+    has closed on it, to say which flag is wrong rather than retry forever."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await connect(host, port, timeout_s=timeout_s)
+            try:
+                tls, _ = await _handshake(stream, context, server_side=False, hostname=host)
+            except _HANDSHAKE_FAILURES:
+                await abort(stream)
+                return False
+    except (TransportError, TimeoutError):
+        return False
+    await abort(tls)
+    return True

@@ -11,9 +11,11 @@ from mux._config import MuxConfig
 from muxtunnel.config import ConfigError, load_client_config, load_config, load_server_config
 from muxtunnel.model import (
     ClientConfig,
+    ClientTls,
     PortRanges,
     Secret,
     ServerConfig,
+    ServerTls,
     ServicePolicy,
     ServiceSpec,
 )
@@ -159,8 +161,16 @@ def test_example_needs_its_secrets_from_the_environment() -> None:
 # --- valid files ---
 
 
+#: A state directory of its own, and the TLS defaults the loader derives from it.
+STATE_ENV = {"XDG_STATE_HOME": "/state"}
+SERVER_TLS = ServerTls(
+    "/state/muxtunnel/server.crt", "/state/muxtunnel/server.key", self_signed=True
+)
+CLIENT_TLS = ClientTls(known_hosts="/state/muxtunnel/known_hosts")
+
+
 def test_full_server_config() -> None:
-    config = load_server_config(config_path("valid/server.yaml"), env={})
+    config = load_server_config(config_path("valid/server.yaml"), env=STATE_ENV)
     assert config == ServerConfig(
         bind_host="::",
         bind_port=9000,
@@ -184,11 +194,12 @@ def test_full_server_config() -> None:
         udp_max_flows=100,
         auth_failures_burst=3,
         auth_failures_per_min=0.5,
+        tls=SERVER_TLS,
     )
 
 
 def test_full_client_config() -> None:
-    config = load_client_config(config_path("valid/client.yaml"), env={})
+    config = load_client_config(config_path("valid/client.yaml"), env=STATE_ENV)
     assert config == ClientConfig(
         server_host="tunnel.example.com",
         server_port=7835,
@@ -201,6 +212,7 @@ def test_full_client_config() -> None:
         mux=MuxConfig(keepalive_timeout_s=5),
         reconnect_min_s=1.0,
         reconnect_max_s=60.0,
+        tls=CLIENT_TLS,
     )
 
 
@@ -211,8 +223,9 @@ def test_tokens_never_show_in_repr() -> None:
 
 def test_empty_sections_give_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\nclient: {}\n")
-    assert load_server_config(path, env={}) == ServerConfig()
-    assert load_client_config(path, env={}) == ClientConfig()
+    # TLS is the loader's default: the server's own pair, trust on first use.
+    assert load_server_config(path, env=STATE_ENV) == ServerConfig(tls=SERVER_TLS)
+    assert load_client_config(path, env=STATE_ENV) == ClientConfig(tls=CLIENT_TLS)
 
 
 def test_no_file_at_all_uses_overrides_and_defaults() -> None:

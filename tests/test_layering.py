@@ -90,6 +90,7 @@ MUXTUNNEL_RANKS = {
     "compress": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
+    "trust": 3,  # the state directory: the server's own pair, the client's known servers
     "limits": 2,
     "proxy": 2,
     "control": 2,
@@ -288,6 +289,7 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.config._values": "reading token files",
     "muxtunnel.argv": "reading /proc/self/stat and /proc/self/cmdline",
+    "muxtunnel.trust": "reading and writing the known-hosts file",
     "muxtunnel.reload": "stat() of the config file",
     "muxtunnel.app": "writing certificate files",
     "muxtunnel.log": "isatty() of a stream that may have none",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
@@ -30,10 +31,11 @@ from muxtunnel.client._state import (
 from muxtunnel.control import Challenge, Error, Hello, Register, Registered, Unregister
 from muxtunnel.model import ClientConfig, Secret
 from muxtunnel.specs import format_host_port
-from muxtunnel.tls import TlsError, TlsVerifyError, connect_tls
+from muxtunnel.tls import FINGERPRINT_PREFIX, TlsError, TlsVerifyError, connect_tls
 from muxtunnel.transport import TransportError, abort, connect
+from muxtunnel.trust import KnownHosts, check_known_host
 
-__all__ = ["Control", "open_carrier"]
+__all__ = ["Carrier", "Control", "open_carrier"]
 
 log = structlog.get_logger("muxtunnel.client")
 
@@ -46,26 +48,62 @@ _REPLY_BUFFER = 16
 Reply = Registered | Error
 
 
-async def open_carrier(
-    config: ClientConfig, tls_context: ssl.SSLContext | None
-) -> tuple[anyio.abc.ByteStream, bytes]:
-    """The carrier: TCP, wrapped in TLS when configured; and its channel binding (b"": none)."""
+@dataclass(frozen=True, slots=True)
+class Carrier:
+    """The connection a session runs on, and what TLS made of it."""
+
+    stream: anyio.abc.ByteStream
+    #: SHA-256 of the server's certificate, fed into the auth tags (b"": plaintext).
+    binding: bytes = b""
+    #: Trust on first use: remembers the server's fingerprint; to be called once the server
+    #: has proven it holds the token (None: nothing to remember).
+    remember: Callable[[], None] | None = None
+
+
+async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None) -> Carrier:
+    """The carrier: TCP, in TLS unless configured off, the server's certificate checked."""
     host, port = config.server_host, config.server_port
     try:
-        carrier = await connect(host, port)
+        stream = await connect(host, port)
     except TransportError as exc:
         raise RetryableError(str(exc)) from None
     if config.tls is None:
-        return carrier, b""
+        return Carrier(stream)
     try:
         with anyio.fail_after(CONTROL_TIMEOUT_S):
-            return await connect_tls(carrier, config.tls, host, tls_context)
+            tls, binding = await connect_tls(stream, config.tls, host, tls_context)
     except TlsVerifyError as exc:
-        await abort(carrier)
+        await abort(stream)
         raise FatalError(str(exc)) from None
     except (TlsError, TimeoutError) as exc:
-        await abort(carrier)
+        await abort(stream)
         raise RetryableError(str(exc) or "TLS handshake timed out") from None
+    settings = config.tls
+    if settings.ca or settings.fingerprints or settings.insecure or not settings.known_hosts:
+        return Carrier(tls, binding)
+    known_hosts, address = settings.known_hosts, format_host_port(host, port)
+    fingerprint = FINGERPRINT_PREFIX + binding.hex()
+    try:
+        if check_known_host(known_hosts, address, fingerprint):
+            return Carrier(tls, binding)
+    except TlsError as exc:  # a changed certificate, or a file that cannot be read
+        await abort(tls)
+        raise FatalError(str(exc)) from None
+
+    def remember() -> None:
+        try:
+            KnownHosts(known_hosts).remember(address, fingerprint)
+        except TlsError as exc:  # the session works; the next one asks again
+            log.warning("cannot remember the server", server=address, error=str(exc))
+            return
+        log.info(
+            "server trusted on first use",
+            server=address,
+            fingerprint=fingerprint,
+            known_hosts=known_hosts,
+        )
+
+    return Carrier(tls, binding, remember)
 
 
 class Control:

@@ -89,8 +89,8 @@ def _overlay_mapping(
     """Flags that set some keys of a sub-section: they go on top of the file's keys."""
     if isinstance(node, Map):
         base = dict(node.items)
-    elif node is None or absent(node) or "bind" in values:
-        base = {}
+    elif node is None or absent(node) or "bind" in values or key == "tls":
+        base = {}  # flags for `tls` replace a `tls: true/false` of the file
     else:
         base = {"bind": node}  # `admin: HOST:PORT` in the file, a token from the command line
     for name, given in values.items():

@@ -33,6 +33,7 @@ from muxtunnel.config._tree import (
 )
 from muxtunnel.model import Endpoint, Secret, ServicePolicy, ServiceSpec
 from muxtunnel.specs import parse_host_port
+from muxtunnel.trust import default_state_dir
 
 T = TypeVar("T")
 #: A reader of one YAML key: node and environment in, model value out.
@@ -206,6 +207,22 @@ def path(node: Node, env: Mapping[str, str]) -> str:
         fail(node, "the path must not be empty")
     if node.line and not os.path.isabs(found):
         found = os.path.join(os.path.dirname(os.path.abspath(node.file)), found)
+    return found
+
+
+def state_dir(section: Map, env: Mapping[str, str], why: str) -> str:
+    """`state_dir:` (or `--state-dir`), else $XDG_STATE_HOME/muxtunnel or
+    ~/.local/state/muxtunnel: where the process keeps what must outlive it. The variables come
+    from `env` (what `${VAR}` reads), else from the process's own environment."""
+    if node := present(section, "state_dir"):
+        return os.path.abspath(path(node, env))
+    found = default_state_dir(env) or default_state_dir(os.environ)
+    if found is None:
+        fail(
+            section,
+            f"no state directory for {why}: set state_dir (--state-dir); neither "
+            "$XDG_STATE_HOME nor $HOME is set",
+        )
     return found
 
 

@@ -29,6 +29,7 @@ from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
 from muxtunnel.tls import ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+from muxtunnel.trust import load_server_tls
 
 __all__ = ["Server"]
 
@@ -49,7 +50,12 @@ class Server:
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
         self.visitors = Visitors()
         #: TLS on the control port (None: plain TCP); swapped by a reload.
-        self.tls = ServerTlsContext.load(config.tls) if config.tls else None
+        self.tls: ServerTlsContext | None = None
+        #: The path of a self-signed certificate made by this process (to say so once).
+        self.tls_created: str | None = None
+        if config.tls is not None:
+            self.tls, created = load_server_tls(config.tls)
+            self.tls_created = config.tls.cert if created else None
         #: Per service name, kept across registrations: byte totals and enforced limits.
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
@@ -86,6 +92,14 @@ class Server:
         self.started = anyio.current_time()
         listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
         self.port = local_port(listener)
+        if self.tls is not None and self.tls_created is not None:
+            log.info(
+                "tls certificate created",
+                cert=self.tls_created,
+                fingerprint=self.tls.fingerprint,
+                hint="clients trust it on first use and refuse another one later; to pin it: "
+                f"up --server-fingerprint {self.tls.fingerprint}",
+            )
         log.info(
             "listening",
             bind=f"{self.config.bind_host}:{self.port}",
@@ -189,7 +203,7 @@ class Server:
         """
         changes = server_changes(self.config, new)
         try:
-            tls = ServerTlsContext.load(changes.config.tls) if changes.config.tls else None
+            tls = load_server_tls(changes.config.tls)[0] if changes.config.tls else None
         except TlsError as exc:
             raise ReloadError(str(exc)) from None
         new = changes.config

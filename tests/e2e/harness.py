@@ -304,8 +304,16 @@ class Harness:
         self._names: dict[str, int] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a child: ours without MUXTUNNEL_*, and a state directory of the
+        test's own (listen's certificate, up's known hosts: TLS as by default, never in the
+        real home)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MUXTUNNEL_")}
-        env.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", **extra)
+        env.update(
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            XDG_STATE_HOME=str(self.log_dir / "state"),
+            **extra,
+        )
         return env
 
     def _name(self, base: str) -> str:
