@@ -17,7 +17,7 @@ import pytest
 
 from mux import MuxConfig, Session, start_tls
 from mux._anyio_seam import socket_internals
-from mux._carrier import TransportCarrier
+from mux._carrier import TlsTransportCarrier
 from mux.testing import memory_stream_pair, tcp_stream_pair
 
 pytestmark = pytest.mark.anyio
@@ -122,12 +122,12 @@ async def test_a_session_over_tls_takes_the_fast_path_and_loses_nothing(
 ) -> None:
     data = bytes(range(256)) * 16 * 1024  # 4 MiB, both ways at once
     async with tls_pair(contexts) as (client_stream, server_stream, _):
-        client_carrier = TransportCarrier.attach(client_stream)
-        assert client_carrier is not None  # the SSL transport, driven as a protocol
         async with (
             Session(client_stream, client=True, config=MuxConfig()) as client,
             Session(server_stream, client=False, config=MuxConfig()) as server,
         ):
+            for session in (client, server):  # the SSL transport, driven as a protocol
+                assert isinstance(session._carrier, TlsTransportCarrier)
             with anyio.fail_after(WAIT_S):
                 outgoing = await client.open_stream()
                 incoming = await server.accept_stream()
