@@ -32,7 +32,12 @@ from muxtunnel.model import ClientTls, ServerTls
 from muxtunnel.transport import TransportError, abort, connect
 
 __all__ = [
+    "CLIENT_SPEAKS_PLAINTEXT",
+    "CLIENT_SPEAKS_TLS",
     "FINGERPRINT_PREFIX",
+    "SERVER_SPEAKS_PLAINTEXT",
+    "SERVER_SPEAKS_TLS",
+    "SHUTDOWN_TIMEOUT_S",
     "ServerTlsContext",
     "TlsConfigError",
     "TlsError",
@@ -42,6 +47,7 @@ __all__ = [
     "format_fingerprint",
     "generate_self_signed",
     "parse_fingerprint",
+    "speaks_tls",
 ]
 
 FINGERPRINT_PREFIX = "sha256:"
@@ -80,6 +86,10 @@ CLIENT_SPEAKS_PLAINTEXT = (
 SERVER_SPEAKS_PLAINTEXT = (
     "the server does not speak TLS (`listen --no-tls`?): give up --no-tls as well "
     "(tls: false), or start listen without --no-tls"
+)
+CLIENT_SPEAKS_TLS = (
+    "the client speaks TLS (the default) and this server runs with --no-tls: give up --no-tls "
+    "as well, or start listen without it"
 )
 SERVER_SPEAKS_TLS = (
     "the server speaks TLS (the default) and closed our plaintext connection: leave --no-tls "
@@ -277,9 +287,6 @@ async def connect_tls(
             raise TlsVerifyError(
                 f"the server refused our client certificate: {_reason(exc)}"
             ) from None
-        if _not_tls(exc):  # a plaintext server answered: no retry makes it speak TLS
-            message = f"TLS handshake with {host} failed: {SERVER_SPEAKS_PLAINTEXT}"
-            raise TlsVerifyError(message) from None
         raise TlsError(f"TLS handshake with {host} failed: {_reason(exc)}") from None
     if not der:
         await tls.aclose()

@@ -18,7 +18,7 @@ import anyio.abc
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mux import MuxStream
+from mux import MuxConfig, MuxStream, Session, SessionClosed
 from muxtunnel import control
 from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
 from muxtunnel.client._state import (
@@ -31,7 +31,13 @@ from muxtunnel.client._state import (
 from muxtunnel.control import Challenge, Error, Hello, Register, Registered, Unregister
 from muxtunnel.model import ClientConfig, Secret
 from muxtunnel.specs import format_host_port
-from muxtunnel.tls import FINGERPRINT_PREFIX, TlsError, TlsVerifyError, connect_tls
+from muxtunnel.tls import (
+    FINGERPRINT_PREFIX,
+    SERVER_SPEAKS_PLAINTEXT,
+    TlsError,
+    TlsVerifyError,
+    connect_tls,
+)
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.trust import KnownHosts, check_known_host
 
@@ -46,6 +52,7 @@ _FINAL_CODES = {control.AUTH_FAILED, control.PORT_NOT_ALLOWED, control.VERSION_M
 _REPLY_BUFFER = 16
 
 Reply = Registered | Error
+_STREAM_ENDED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,9 @@ async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None)
         raise FatalError(str(exc)) from None
     except (TlsError, TimeoutError) as exc:
         await abort(stream)
+        if await _speaks_plaintext(host, port):  # a plaintext server: no retry fixes that
+            message = f"TLS handshake with {host} failed: {SERVER_SPEAKS_PLAINTEXT}"
+            raise FatalError(message) from None
         raise RetryableError(str(exc) or "TLS handshake timed out") from None
     settings = config.tls
     if settings.ca or settings.fingerprints or settings.insecure or not settings.known_hosts:
@@ -104,6 +114,25 @@ async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None)
         )
 
     return Carrier(tls, binding, remember)
+
+
+#: How long the plaintext probe waits for the server's answer to a ping.
+PROBE_TIMEOUT_S = 5.0
+
+
+async def _speaks_plaintext(host: str, port: int) -> bool:
+    """Does `host:port` answer a multiplexer ping in plaintext? What a TLS client asks once
+    its handshake failed: what a plaintext server answers a TLS hello with varies (an alert
+    about the version or the message, or just the end of the connection)."""
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT_S):
+            stream = await connect(host, port, timeout_s=PROBE_TIMEOUT_S)
+            config = MuxConfig(enable_keepalive=False)
+            async with Session(stream, client=True, config=config) as session:
+                await session.ping()
+    except (TransportError, TimeoutError, SessionClosed, *_STREAM_ENDED):
+        return False
+    return True
 
 
 class Control:

@@ -27,13 +27,15 @@ from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
-from muxtunnel.tls import ServerTlsContext, TlsError
+from muxtunnel.tls import CLIENT_SPEAKS_TLS, ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
 from muxtunnel.trust import load_server_tls
 
 __all__ = ["Server"]
 
 log = structlog.get_logger("muxtunnel.server")
+#: How the multiplexer names a TLS hello (its first byte, 0x16, read as a frame's version).
+_TLS_HELLO = "unsupported protocol version 22"
 
 
 class Server:
@@ -190,6 +192,15 @@ class Server:
                     peer=client.peer,
                     duration_s=round(anyio.current_time() - started, 3),
                     reason=client.close_reason,
+                )
+            elif client is not None and _TLS_HELLO in (client.session.close_reason or ""):
+                self.tls_failures += 1
+                log_doubling(
+                    log,
+                    "tls handshake failed",
+                    self.tls_failures,
+                    peer=format_host_port(*address),
+                    error=f"a TLS hello on a plaintext port: {CLIENT_SPEAKS_TLS}",
                 )
 
     # --- changes and status ---

@@ -120,3 +120,11 @@ def test_tls_up_against_a_plaintext_listen_says_which_flag_fixes_it(
     assert up.wait_exit(FATAL_EXIT_S) == 1, up.describe()
     message = up.error_lines()[-1]
     assert "the server does not speak TLS" in message and "give up --no-tls" in message
+    listen.wait_for(
+        lambda: any(
+            "the client speaks TLS" in event["error"] and "--no-tls" in event["error"]
+            for event in listen.events("tls handshake failed")
+        ),
+        FATAL_EXIT_S,
+        "the server's log line about a TLS client",
+    )
