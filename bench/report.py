@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import http
+
 Rows = tuple[list[str], list[list[str]]]  # (header, rows)
 
 
@@ -230,6 +232,7 @@ SECTIONS = [
     ("CPU and memory of the path's own processes (100 % = one core)", resource_rows),
     ("Latency: 64-byte request/response; short visitor connections", latency_rows),
     ("Long fat link: delay proxy between the tunnel's two halves", lfn_rows),
+    ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
     ("Targets for muxtunnel", target_rows),
     ("Notes", note_rows),
 ]
@@ -331,6 +334,9 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
             out += ["", f"## {title}", "", _md_table(header, rows)]
     if charts:
         out += ["", "## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts]
+    how_http = ""
+    if results.get("http"):
+        how_http = http.HOW.format(**results["http"]["plan"])
     out += [
         "",
         HOW.format(
@@ -339,7 +345,8 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
             udp_len=plan["udp_len"],
             lat_n=plan["latency_idle_n"],
             conn_s=plan["conn_seconds"],
-        ),
+        )
+        + how_http,
     ]
     return "\n".join(out) + "\n"
 

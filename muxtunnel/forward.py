@@ -104,6 +104,7 @@ async def forward(
     traffic: ServiceTraffic,
     compression_level: int | None = None,
     limiter: ServiceLimiter | None = None,
+    preamble: bytes = b"",
     **context: object,
 ) -> PipeResult:
     """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
@@ -111,7 +112,8 @@ async def forward(
     `socket` is the visitor's own connection when `visitor_side` (the server), the local
     service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
     and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
-    side; `limiter` throttles the socket side. `context` goes into both log lines.
+    side; `limiter` throttles the socket side. `preamble` goes down the tunnel first, before
+    the visitor's bytes (a PROXY protocol header). `context` goes into both log lines.
     """
     started = anyio.current_time()
     log.info("visitor opened", **context, service=service, peer=peer)
@@ -127,6 +129,13 @@ async def forward(
         tunnel: anyio.abc.ByteStream = stream
         if compression_level is not None:
             tunnel = CompressedStream(stream, compression_level)
+        if preamble:
+            try:
+                await tunnel.send(preamble)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await abort(socket)
+                await abort(stream)
+                return PipeResult(error="the tunnel failed before the visitor's first byte")
         if visitor_side:
             result = await pipe(metered, tunnel)
         else:
