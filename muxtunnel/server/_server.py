@@ -178,14 +178,7 @@ class Server:
                 with anyio.fail_after(self.config.auth_timeout_s):
                     carrier = await tls.accept(stream)
             except (TlsError, TimeoutError) as exc:
-                self.tls_failures += 1
-                log_doubling(
-                    log,
-                    "tls handshake failed",
-                    self.tls_failures,
-                    peer=format_host_port(*address),
-                    error=str(exc),
-                )
+                self._tls_failed(address, str(exc))
                 await abort(stream)
                 return
             binding = tls.binding
@@ -208,14 +201,18 @@ class Server:
                     reason=client.close_reason,
                 )
             elif client is not None and _TLS_HELLO in (client.session.close_reason or ""):
-                self.tls_failures += 1
-                log_doubling(
-                    log,
-                    "tls handshake failed",
-                    self.tls_failures,
-                    peer=format_host_port(*address),
-                    error=f"a TLS hello on a plaintext port: {CLIENT_SPEAKS_TLS}",
-                )
+                self._tls_failed(address, f"a TLS hello on a plaintext port: {CLIENT_SPEAKS_TLS}")
+
+    def _tls_failed(self, address: tuple[str, int], error: str) -> None:
+        """Count a failed TLS handshake; log it at doubling counts (a flood is not a log)."""
+        self.tls_failures += 1
+        log_doubling(
+            log,
+            "tls handshake failed",
+            self.tls_failures,
+            peer=format_host_port(*address),
+            error=error,
+        )
 
     # --- changes and status ---
 

@@ -4,7 +4,6 @@ lost, not even those anyio read before the handshake. On plain asyncio and on uv
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import ssl
 from collections.abc import AsyncIterator
@@ -27,33 +26,12 @@ WAIT_S = 20.0
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a fresh self-signed certificate, and a client that pins nothing."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from muxtunnel.tls import generate_self_signed  # any certificate will do
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert_pem, key_pem, _ = generate_self_signed(["localhost"], days=1)
     folder: Path = tmp_path_factory.mktemp("tls-seam")
-    (folder / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (folder / "c.pem").write_bytes(cert_pem)
+    (folder / "k.pem").write_bytes(key_pem)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(folder / "c.pem", folder / "k.pem")
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
