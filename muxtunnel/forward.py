@@ -8,9 +8,10 @@ sides, for each visitor:
   count to reach zero on an event (no polling);
 - run its handler behind a barrier (`guarded`): a bug costs this visitor only (logged, its
   connection aborted), never the session or the process;
-- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts),
-  the tunnel side compressed if agreed, piped both ways with half-close, and one
-  "visitor closed" line with the byte counts.
+- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts,
+  an idle timeout reads the time of the last byte and may cut it through `meter.scope`), the
+  tunnel side compressed if agreed, piped both ways with half-close, and one "visitor closed"
+  line with the byte counts.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from muxtunnel.transport import abort
 __all__ = ["Visitors", "forward", "guarded"]
 
 log = structlog.get_logger("muxtunnel.forward")
+#: Visitor handlers that raised, in this process (see `guarded`).
+_handler_failures = 0
 
 
 class Visitors:
@@ -84,13 +87,18 @@ async def guarded(
 ) -> None:
     """Await one visitor's handler; a bug in it costs this visitor only, never the process.
 
-    The exception is logged with `context`, and `connection` (the visitor's socket, or its mux
-    stream) is aborted, so that its peer sees a failure rather than a hang.
+    The exception is logged with `context` (at counts 1, 2, 4, ...: a bug a visitor can trigger
+    must not let it write the log), and `connection` (the visitor's socket, or its mux stream) is
+    aborted, so that its peer sees a failure rather than a hang.
     """
+    global _handler_failures
     try:
         await handler
     except Exception:
-        log.exception("visitor handler failed", **context)
+        # A bug, which a visitor may be able to trigger at will: tracebacks at counts 1, 2, 4...
+        _handler_failures += 1
+        if _handler_failures & (_handler_failures - 1) == 0:
+            log.exception("visitor handler failed", count=_handler_failures, **context)
         await abort(connection)
 
 
@@ -136,11 +144,17 @@ async def forward(
                 await abort(socket)
                 await abort(stream)
                 return PipeResult(error="the tunnel failed before the visitor's first byte")
-        if visitor_side:
-            result = await pipe(metered, tunnel)
-        else:
-            result = await pipe(tunnel, metered)
+        result: PipeResult | None = None
+        with anyio.CancelScope() as meter.scope:  # an idle timeout may cancel it
+            if visitor_side:
+                result = await pipe(metered, tunnel)
+            else:
+                result = await pipe(tunnel, metered)
+        if result is None:  # cut from outside (the pipe aborted both ends)
+            error = "idle timeout" if meter.idle_closed else "cancelled"
+            result = PipeResult(meter.bytes_in, meter.bytes_out, error)
     finally:
+        meter.scope = None
         traffic.close(meter)
     log.info(
         "visitor closed",

@@ -88,6 +88,9 @@ MUXTUNNEL_RANKS = {
     "argv": 1,  # masks secrets in the command line the kernel shows
     "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
+    "quota": 1,
+    "admission": 2,
+    "framing": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
     "trust": 3,  # the state directory: the server's own pair, the client's known servers
