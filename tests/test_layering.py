@@ -85,6 +85,7 @@ MUXTUNNEL_RANKS = {
     "auth": 1,
     "log": 1,
     "transport": 1,  # the network seam
+    "datagrams": 1,  # its UDP half
     "argv": 1,  # masks secrets in the command line the kernel shows
     "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
@@ -289,6 +290,7 @@ def test_rich_waits_for_a_terminal(module: str) -> None:
 #: Modules that may catch the socket layer's own exceptions, and why.
 FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
+    "muxtunnel.datagrams": "the network seam's UDP half: bind errors, a 0-byte send's errors",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.config._values": "reading token files",

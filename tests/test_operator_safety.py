@@ -226,7 +226,7 @@ LOOPS = [
 @pytest.mark.parametrize("anyio_backend", LOOPS)
 async def test_udp_endpoint_sends_empty_datagrams(anyio_backend: object) -> None:
     """Bound (an address per datagram) and connected sockets alike, on asyncio and uvloop."""
-    from muxtunnel.transport import open_udp
+    from muxtunnel.datagrams import open_udp
 
     received: list[bytes] = []
     got = anyio.Event()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from muxtunnel.datagrams import open_udp
 from muxtunnel.model import ServiceSpec
-from muxtunnel.transport import open_udp
 
 from .helpers import WAIT_S, client_config, running_client, running_server, server_config
 
