@@ -1,0 +1,238 @@
+"""The fast path's HTTP/1.1 wire parsing: plain request heads, response heads, chunk framing.
+
+Pure functions and one small state machine, no I/O. Each pass over a head is a regex of the
+standard library (C): one `fullmatch` validates the whole header block, one `findall` splits it.
+
+Invariants:
+- `parse_request_head` accepts only what needs no judgement: an origin-form HTTP/1.1 request
+  line, CRLF line ends, token names, values without control bytes, no body (no
+  Transfer-Encoding, Content-Length absent or 0), no Upgrade, no Expect. Anything else returns
+  None and the caller hands the bytes to h11, the strict parser, which decides (400, 431, a
+  body, an upgrade). So the fast path never frames a request differently than h11 would.
+- A response head is refused (`ValueError`, a 502 to the caller) unless its framing is
+  unambiguous (RFC 9112 §6.3): chunked as the only coding, or one Content-Length value.
+- `ChunkScanner` only finds where a chunked body ends: the bytes pass through unchanged, so
+  its state is a count and a phase, never the body.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ChunkScanner",
+    "FastRequest",
+    "ResponseHead",
+    "find_response_head",
+    "parse_request_head",
+    "parse_response_head",
+]
+
+Header = tuple[bytes, bytes]
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_VCHAR = rb"[\x21-\x7e\x80-\xff]"
+# A field value (RFC 9110 §5.5) without its surrounding whitespace; obs-fold is not accepted.
+_VALUE = rb"(?:" + _VCHAR + rb"(?:[ \t]*" + _VCHAR + rb")*)?"
+_LINE = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*"
+_REQUEST_HEADERS = re.compile(rb"(?:" + _LINE + rb"\r\n)*")
+_REQUEST_HEADER = re.compile(_LINE + rb"\r\n")
+_RESPONSE_HEADERS = re.compile(rb"(?:" + _LINE + rb"\r?\n)*")
+_RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e\x80-\xff]*) HTTP/1\.1")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([ \t\x21-\x7e\x80-\xff]*))?")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[ \t\x21-\x7e\x80-\xff]*)?\r\n")
+#: A chunk-size line (with extensions) or a trailer line may be this long before we give up.
+MAX_CHUNK_LINE_BYTES = 4096
+
+
+class FastRequest:
+    """A bodiless HTTP/1.1 request head the fast path can forward without h11."""
+
+    __slots__ = ("authorization", "close", "connection_tokens", "headers", "host", "method",
+                 "size", "target")  # fmt: skip
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        host: bytes,
+        tokens: set[bytes],
+        authorization: bytes | None,
+        size: int,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.host = host
+        self.connection_tokens = tokens
+        #: The visitor asked to close after this request.
+        self.close = b"close" in tokens
+        self.authorization = authorization
+        self.size = size
+
+
+def parse_request_head(head: bytes) -> FastRequest | None:
+    """`head`: a request's bytes up to (without) its blank line; None: h11 must judge it."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = len(head)
+    line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+    if line is None:
+        return None
+    block = head[line_end + 2 :] + b"\r\n" if line_end < len(head) else b""
+    if _REQUEST_HEADERS.fullmatch(block) is None:
+        return None
+    headers: list[Header] = _REQUEST_HEADER.findall(block)
+    host: bytes | None = None
+    tokens: set[bytes] = set()
+    authorization = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"host":
+            if host is not None:
+                return None
+            host = value
+        elif lower == b"content-length":
+            if value != b"0":
+                return None
+        elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
+            return None
+        elif lower == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif lower == b"authorization":
+            if authorization is not None:
+                return None
+            authorization = value
+    if host is None:
+        return None
+    return FastRequest(line[1], line[2], headers, host, tokens, authorization, len(head) + 4)
+
+
+def find_response_head(data: bytes) -> tuple[int, int] | None:
+    """(end of the head, start of the body) of a response head in `data`, if it is whole."""
+    match = _HEAD_END.search(data)
+    return None if match is None else (match.start(), match.end())
+
+
+class ResponseHead:
+    """A service's response head: status, headers for the visitor, and how its body ends."""
+
+    __slots__ = ("chunked", "headers", "keep_alive", "length", "reason", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[Header] = []
+        #: The body is chunked (its framing passes through to the visitor unchanged).
+        self.chunked = False
+        #: Content-Length, or None: chunked, or delimited by the service closing.
+        self.length: int | None = None
+        #: The service keeps the connection open after this response.
+        self.keep_alive = True
+
+
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"}
+)
+
+
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Parse a response head (up to its blank line); `ValueError` when it is not HTTP/1.x
+    or its framing is ambiguous. Hop-by-hop headers are left out of `headers`."""
+    line_end = head.find(b"\n")
+    if line_end < 0:
+        line_end = len(head)
+    first = head[: line_end - 1] if head[line_end - 1 : line_end] == b"\r" else head[:line_end]
+    line = _STATUS_LINE.fullmatch(first)
+    if line is None:
+        raise ValueError(f"not an HTTP/1.x status line: {first[:80]!r}")
+    block = head[line_end + 1 :] + b"\r\n" if line_end < len(head) else b""
+    if _RESPONSE_HEADERS.fullmatch(block) is None:
+        raise ValueError("malformed response header line")
+    raw: list[Header] = _RESPONSE_HEADER.findall(block)
+    out = ResponseHead()
+    out.status = int(line[2])
+    out.reason = line[3] or b""
+    out.keep_alive = line[1] == b"1"
+    codings: list[bytes] = []
+    lengths: set[bytes] = set()
+    drop: set[bytes] = set()
+    for name, value in raw:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            codings.extend(c.strip().lower() for c in value.split(b","))
+        elif lower == b"content-length":
+            lengths.update(v.strip() for v in value.split(b","))
+        elif lower == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            drop |= tokens
+            if b"close" in tokens:
+                out.keep_alive = False
+    if codings:
+        if codings != [b"chunked"]:
+            raise ValueError(f"unsupported Transfer-Encoding: {b', '.join(codings)!r}")
+        out.chunked = True
+        drop.add(b"content-length")  # RFC 9112 §6.3: chunked wins, the length goes
+    elif lengths:
+        if len(lengths) != 1 or not (value := next(iter(lengths))).isdigit() or len(value) > 18:
+            raise ValueError(f"invalid Content-Length: {sorted(lengths)!r}")
+        out.length = int(value)
+    drop |= _HOP_BY_HOP
+    out.headers = [(n, v) for n, v in raw if n.lower() not in drop]
+    return out
+
+
+class ChunkScanner:
+    """Finds the end of a chunked body whose bytes pass through unchanged."""
+
+    __slots__ = ("_data_left", "_phase", "done")
+
+    def __init__(self) -> None:
+        self._phase = "size"  # size | data | crlf | trailer
+        self._data_left = 0
+        self.done = False
+
+    def scan(self, data: bytes, start: int = 0) -> int:
+        """How far into `data` (from `start`) the body goes, as far as it can be told now;
+        bytes after that wait for more. `done` when the body ended there. `ValueError`: not
+        chunked framing."""
+        pos = start
+        end = len(data)
+        while pos < end and not self.done:
+            phase = self._phase
+            if phase == "data":
+                take = min(self._data_left, end - pos)
+                pos += take
+                self._data_left -= take
+                if not self._data_left:
+                    self._phase = "crlf"
+                continue
+            if phase == "crlf":
+                if end - pos < 2:
+                    return pos
+                if data[pos : pos + 2] != b"\r\n":
+                    raise ValueError("a chunk does not end with CRLF")
+                pos += 2
+                self._phase = "size"
+                continue
+            line_end = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE_BYTES)
+            if line_end < 0:
+                if end - pos >= MAX_CHUNK_LINE_BYTES:
+                    raise ValueError("a chunk-size or trailer line is too long")
+                return pos
+            if phase == "size":
+                match = _CHUNK_SIZE.fullmatch(data, pos, line_end + 2)
+                if match is None:
+                    raise ValueError("invalid chunk-size line")
+                size = int(match[1], 16)
+                self._phase = "data" if size else "trailer"
+                self._data_left = size
+            elif line_end == pos:  # the blank line after the trailers
+                self.done = True
+            elif _RESPONSE_HEADER.fullmatch(data, pos, line_end + 2) is None:
+                raise ValueError("invalid trailer line")
+            pos = line_end + 2
+        return pos
