@@ -164,14 +164,9 @@ class Heads:
     async def _receive_idle(self, receive: Callable[[], Awaitable[int]]) -> int:
         """Wait for the next request's first bytes; watch a kept upstream meanwhile.
 
-        The watch (a task reading the upstream) costs about as much as the rest of a small
-        request, so it starts only once the visitor has been idle for `_WATCH_AFTER_S`: a
-        service closes an idle keep-alive connection after seconds, not milliseconds, and a
-        bodiless request that meets a just-closed one is retried anyway.
+        The watch (a task reading the upstream) starts only once the visitor has been idle
+        for `_WATCH_AFTER_S`: a service closes an idle keep-alive connection after seconds,
+        not milliseconds, and a bodiless request that meets a just-closed one is retried.
         """
         self.deadline.set(self.config.idle_timeout_s, "idle")
-        if self.slot.current is None:
-            return await receive()
-        with anyio.move_on_after(_WATCH_AFTER_S):
-            return await receive()
-        return await self.slot.while_watching(receive)
+        return await self.slot.while_watching(receive, _WATCH_AFTER_S)

@@ -3,9 +3,11 @@ upstreams kept or dropped by it, and h11 taking over mid-connection where it mus
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -261,3 +263,16 @@ def test_visitor_connection_close_is_honoured(proxy: Proxy) -> None:
             (reply,) = read_responses(sock, 1)
             assert reply.headers["connection"] == "close"
             assert sock.recv(100) == b""
+
+
+def test_an_idle_pause_keeps_a_live_upstream(proxy: Proxy) -> None:
+    with backend("app") as app:
+        proxy.add_http("app", ["app.example.com"], address_of(app))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.http_port, timeout=TIMEOUT_S)
+        try:
+            first = request(proxy.http_port, "app.example.com", connection=conn)
+            time.sleep(0.3)  # past the 100 ms after which the kept upstream is watched
+            second = request(proxy.http_port, "app.example.com", connection=conn)
+        finally:
+            conn.close()
+        assert first.json()["client_port"] == second.json()["client_port"]
