@@ -144,19 +144,19 @@ class FastExchange:
             if head.status == 101:
                 raise UpstreamBroken("the service switched protocols unasked")
             if head.status != 100:  # 100: nobody asked (no Expect), h11 drops it as well
-                await self._send_visitor(_head_bytes(head, head.headers))
+                await self._send_visitor(_head_bytes(head, b""))
                 if self.deadline is not None:
                     self.deadline.set(self.response_timeout_s, "response")
-        headers = head.headers
+        extra = b""
         bodiless = self.head_only or head.status in (204, 304)
         close_delimited = not head.chunked and head.length is None
         if head.chunked or (close_delimited and head.status not in (204, 304)):
             # As h11 frames a body of unknown length for an HTTP/1.1 visitor (a HEAD's
             # headers are the GET's: RFC 9110 §9.3.2).
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            extra = b"Transfer-Encoding: chunked\r\n"
         if self.visitor_close:
-            headers.append((b"Connection", b"close"))
-        out = _head_bytes(head, headers)
+            extra += b"Connection: close\r\n"
+        out = _head_bytes(head, extra)
         self.status = head.status
         self.counters.count_response(head.status)
         if bodiless:
@@ -229,8 +229,5 @@ class FastExchange:
                 return
 
 
-def _head_bytes(head: ResponseHead, headers: list[tuple[bytes, bytes]]) -> bytes:
-    lines = [b"HTTP/1.1 %d %b\r\n" % (head.status, head.reason)]
-    lines.extend(b"%b: %b\r\n" % pair for pair in headers)
-    lines.append(b"\r\n")
-    return b"".join(lines)
+def _head_bytes(head: ResponseHead, extra: bytes) -> bytes:
+    return b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (head.status, head.reason, head.lines, extra)

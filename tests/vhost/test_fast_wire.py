@@ -95,14 +95,22 @@ def test_response_framing_follows_rfc_9112() -> None:
     )
     assert (head.status, head.reason, head.length, head.chunked) == (200, b"OK", 12, False)
     assert head.keep_alive
-    assert head.headers == [(b"Content-Length", b"12"), (b"X-Kept", b"yes")]
+    assert head.lines == b"Content-Length: 12\r\nX-Kept: yes\r\n"  # as sent, hop-by-hop out
     chunked = parse_response_head(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked"
     )
     assert chunked.chunked and chunked.length is None
-    assert chunked.headers == []  # chunked wins: the length and the coding are not forwarded
-    old = parse_response_head(b"HTTP/1.0 200 OK\nContent-Length: 1, 1\nconnection: keep-alive")
+    assert chunked.lines == b""  # chunked wins: the length and the coding are not forwarded
+    old = parse_response_head(b"HTTP/1.0 200 OK\nContent-Length: 1, 1 \nconnection: keep-alive")
     assert old.length == 1 and not old.keep_alive  # HTTP/1.0: never reused
+    assert old.lines == b"Content-Length: 1, 1\r\n"  # bare LF lines are written anew
+    named = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nx-kept:  yes \r\n"
+        b"TE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive"
+    )
+    assert named.lines == b"x-kept: yes\r\n" and not named.keep_alive
+    spaced = parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-LENGTH:   7  \r\nKeep-Alive: 5")
+    assert (spaced.length, spaced.lines) == (7, b"content-LENGTH:   7  \r\n")
     assert not parse_response_head(b"HTTP/1.1 204 No Content\r\nConnection: close").keep_alive
     until_close = parse_response_head(b"HTTP/1.1 200 OK")
     assert until_close.length is None and not until_close.chunked and until_close.reason == b"OK"
