@@ -44,9 +44,6 @@ class FastExchange:
                  "max_head_bytes", "received_bytes", "request", "response_timeout_s", "status",
                  "up", "visitor", "visitor_close")  # fmt: skip
 
-    #: Fields `HttpConnection` reads of any exchange.
-    request_complete = True
-
     def __init__(
         self,
         visitor: VisitorSide,

@@ -71,6 +71,8 @@ class Heads:
                 or b"\n\r\n" in buffer
                 or buffer.startswith(b"\r\n")
             ):
+                if not timed and buffer:  # h11 reads the rest within head_timeout_s
+                    self.deadline.set(config.head_timeout_s, "head")
                 self.to_h11()  # h11 says what is wrong with it (or skips the empty line)
                 return None
             if not timed and not buffer:
