@@ -36,6 +36,7 @@ __all__ = [
     "client_tag",
     "derive_key",
     "hkdf_sha256",
+    "labelled_tag",
     "new_nonce",
     "server_tag",
     "verify",
@@ -97,6 +98,20 @@ def _tag(
 ) -> bytes:
     fields = (service.encode("utf-8"), type.encode("utf-8"), server_nonce, client_nonce)
     return hmac.digest(key, _transcript(label, (*fields, channel_binding)), "sha256")
+
+
+def labelled_tag(
+    key: bytes,
+    label: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bytes:
+    """This module's transcript tag under another `label`: for exchanges of their own (a
+    visitor's, `muxtunnel.visitauth`) whose tags must never pass for a client's or a server's."""
+    return _tag(key, label, service, type, server_nonce, client_nonce, channel_binding)
 
 
 def client_tag(

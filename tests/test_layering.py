@@ -83,6 +83,7 @@ MUXTUNNEL_RANKS = {
     # building blocks that need only the vocabulary
     "specs": 1,
     "auth": 1,
+    "visitauth": 1,  # visitor tokens: their tags and sealed keys
     "log": 1,
     "transport": 1,  # the network seam
     "compress": 1,
