@@ -96,6 +96,7 @@ MUXTUNNEL_RANKS = {
     "proxy": 2,
     "control": 2,
     "fields": 1,  # checks of control message fields
+    "visitmsg": 1,  # the control messages of private services (`control` decodes them)
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,
