@@ -27,6 +27,7 @@ from muxtunnel.model import (
     WEB_TYPES,
     ClientConfig,
     ClientTls,
+    Secret,
     ServiceSpec,
     ServiceType,
 )
@@ -43,7 +44,7 @@ __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
     "name", "type", "local", "remote_port", "token", "compression", "compression_level",
-    *_web.WEB_SERVICE_KEYS,
+    "public", "visitor_token", *_web.WEB_SERVICE_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -96,6 +97,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         compression, level = _compression(entry, env)
         if compression and kind == "udp":
             fail(present(entry, "compression") or entry, "compression is for tcp services only")
+        private, visitor_tokens = _privacy(entry, kind, env)
         protocol = None
         if found := present(entry, "proxy_protocol"):
             if kind == "udp":
@@ -112,10 +114,32 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
             compression_level=level,
             http=_web.http_options(entry, kind, name, name_node or entry, env),
             proxy_protocol=protocol,
+            private=private,
+            visitor_tokens=visitor_tokens,
         )
         _fits_one_message(entry, spec)
         specs.append(spec)
     return tuple(specs)
+
+
+def _privacy(
+    entry: Map, kind: ServiceType, env: Mapping[str, str]
+) -> tuple[bool, tuple[Secret, ...]]:
+    """`public: false` and its `visitor_token`s (a token, or a list of them)."""
+    private = False
+    if node := present(entry, "public"):
+        private = not v.boolean(node, env)
+        if private and kind not in ("tcp", "udp"):
+            fail(node, f"an {kind} service cannot be private: only tcp and udp services can")
+    tokens: tuple[Secret, ...] = ()
+    if node := present(entry, "visitor_token"):
+        if not private:
+            fail(node, "visitor_token is for private services (public: false)")
+        tokens = v.visitor_tokens(node, env)
+    if private and (own := present(entry, "token")) is not None:
+        if v.token(own, env) in tokens:
+            fail(node or entry, "a visitor token must differ from the service's token")
+    return private, tokens
 
 
 def _fits_one_message(entry: Map, spec: ServiceSpec) -> None:
@@ -203,6 +227,9 @@ def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
         text = string(node, env)
         host, port = v.parsed(node, lambda t: parse_host_port(t, default_port=port), text)
     config = ClientConfig(server_host=host, server_port=port, **fields)
+    for spec in config.services:
+        if spec.private and config.token is not None and config.token in spec.visitor_tokens:
+            fail(section, f"service {spec.name!r}: a visitor token must differ from the token")
     if config.reconnect_max_s < config.reconnect_min_s:
         where = present(section, "reconnect_max_s") or present(section, "reconnect_min_s")
         assert where is not None

@@ -30,7 +30,7 @@ from muxtunnel.config._tree import (
     value,
     wrong,
 )
-from muxtunnel.model import Endpoint, Secret, ServicePolicy, ServiceSpec
+from muxtunnel.model import Endpoint, Secret, ServicePolicy, ServiceSpec, VisitSpec
 from muxtunnel.specs import parse_host_port
 
 T = TypeVar("T")
@@ -54,6 +54,22 @@ def token(node: Node, env: Mapping[str, str]) -> Secret:
     if not found:
         fail(node, "the token must not be empty")
     return Secret(found)
+
+
+def visitor_tokens(node: Node, env: Mapping[str, str]) -> tuple[Secret, ...]:
+    """`visitor_token`: one token or a list of them (duplicates dropped), at most 32."""
+    from muxtunnel.visitauth import MAX_VISITOR_TOKENS
+
+    if isinstance(node, Scalar) and isinstance(node.value, tuple | list):  # the command line
+        nodes: list[Node] = [Scalar(node.file, 0, node.path, None, item) for item in node.value]
+    else:
+        nodes = node.items if isinstance(node, List) else [node]
+    found = tuple(dict.fromkeys(token(item, env) for item in nodes))
+    if not found:
+        fail(node, "give at least one visitor token")
+    if len(found) > MAX_VISITOR_TOKENS:
+        fail(node, f"at most {MAX_VISITOR_TOKENS} visitor tokens per service")
+    return found
 
 
 def integer(node: Node, env: Mapping[str, str], low: int, high: int | None = None) -> int:
@@ -238,7 +254,7 @@ def unique_name(
     names[name] = node
 
 
-_Service = TypeVar("_Service", ServicePolicy, ServiceSpec)
+_Service = TypeVar("_Service", ServicePolicy, ServiceSpec, VisitSpec)
 
 
 def override_list(node: Scalar, cls: type[_Service]) -> tuple[_Service, ...]:
