@@ -162,13 +162,15 @@ class ServerChanges:
     tokens: TokenBook
     old_tokens: TokenBook
 
-    def close_reason(self, name: str, port: int, type: str = "tcp") -> str | None:
+    def close_reason(
+        self, name: str, port: int, type: str = "tcp", private: bool = False
+    ) -> str | None:
         """Why a live service must close under the new config, or None if it may stay."""
         before, _ = self.old_tokens.key_for(name)
         after, known = self.tokens.key_for(name)
         if not known or not hmac.compare_digest(before, after):
             return "its token changed in the server's config"
-        if type in WEB_TYPES:  # on the shared web ports: no port of its own
+        if type in WEB_TYPES or private:  # on the web ports, or private: no port of its own
             return None
         pins = {p.name: p.port for p in self.config.services if p.port is not None}
         if name in pins:  # a pinned port is its own, allowed or not

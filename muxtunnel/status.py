@@ -74,7 +74,10 @@ class SessionRow:
     rtt_s: float | None
     #: Open mux streams, the control channel included.
     streams: int
+    #: The services it registered (a visitor session: the private services it may visit).
     services: tuple[str, ...] = ()
+    #: "client" (it registers services) or "visitor" (`muxtunnel visit`).
+    role: str = "client"
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -85,6 +88,7 @@ class SessionRow:
             "rtt_ms": _ms(self.rtt_s),
             "streams": self.streams,
             "services": sorted(self.services),
+            "role": self.role,
         }
 
 
@@ -117,6 +121,10 @@ class ServiceRow:
     urls: tuple[str, ...] = ()
     #: http: final responses to its visitors by status class ("2xx": 10, ...); None otherwise.
     responses: Mapping[str, int] | None = None
+    #: No public port: reached through `muxtunnel visit` only.
+    private: bool = False
+    #: Server, private services: `visit` sessions allowed to reach it now.
+    visitor_sessions: int = 0
 
     @property
     def connections(self) -> int:
@@ -144,6 +152,9 @@ class ServiceRow:
             row["urls"] = list(self.urls)
         if self.responses is not None:
             row["responses"] = dict(self.responses)
+        if self.private:
+            row["private"] = True
+            row["visitor_sessions"] = self.visitor_sessions
         return row
 
 

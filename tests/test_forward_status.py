@@ -123,7 +123,7 @@ def test_status_documents_keep_their_keys() -> None:
     }  # fmt: skip
     assert server["sessions"] == [
         {"id": 1, "peer": "10.0.0.1:5000", "age_s": 2.5, "rtt_ms": 12.3, "streams": 3,
-         "services": ["web"]}
+         "services": ["web"], "role": "client"}
     ]  # fmt: skip
     assert set(server["services"][0]) == {
         "name", "type", "public", "session", "connections", "bytes_in", "bytes_out",

@@ -15,6 +15,7 @@ from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
+from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._registry import Registry
 
 if TYPE_CHECKING:  # loaded only by a server with web ports
@@ -49,6 +50,11 @@ class Host(Protocol):
     @property
     def registry(self) -> Registry:
         """Live services of all sessions."""
+        ...
+
+    @property
+    def private(self) -> PrivateBook:
+        """Visitor keys and grants of private services."""
         ...
 
     @property

@@ -25,12 +25,13 @@ from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.reload import ReloadError, server_changes
+from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
 from muxtunnel.tls import ServerTlsContext, TlsError
-from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+from muxtunnel.transport import abort, listen_tcp, local_address, local_port, peer_address
 
 if TYPE_CHECKING:  # the web ports (and h11) are loaded only when configured
     from muxtunnel.server._web import WebFront
@@ -61,6 +62,8 @@ class Server:
         #: Authenticated sessions per source address.
         self.sources: Counter[str] = Counter()
         self.registry = Registry()
+        #: Visitor keys and visits of private services.
+        self.private = PrivateBook(config)
         self.sessions: dict[int, ClientSession] = {}
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
         self.visitors = Visitors()
@@ -131,6 +134,7 @@ class Server:
                 continue  # its last visitors are on their way out; next time
             del retired[name]
             excess -= 1
+            self.private.forget((name,))
             self.traffic.pop(name, None)
             if self.web is not None:  # a web service's response counters
                 self.web.engine.counters.services.pop(name, None)
@@ -229,7 +233,8 @@ class Server:
         client: ClientSession | None = None
         try:
             async with Session(carrier, client=False, config=self.config.mux) as session:
-                client = ClientSession(self, session_id, address, session, binding, ticket)
+                local = local_address(stream) or ("0.0.0.0", 0)
+                client = ClientSession(self, session_id, address, session, binding, ticket, local)
                 self.sessions[session_id] = client
                 await client.run()
         finally:
@@ -268,9 +273,10 @@ class Server:
         policies = {policy.name: policy for policy in new.services}
         for name in set(self.limiters) | set(policies):
             self.limiter_of(name).update(policies.get(name))
+        self.private.apply(new)  # visits its visitor tokens no longer cover are revoked
         closed = []
         for service in list(self.registry.by_name.values()):
-            reason = changes.close_reason(service.name, service.port, service.type)
+            reason = changes.close_reason(service.name, service.port, service.type, service.private)
             if reason is not None:
                 closed.append(service.name)
                 await self.close_service(service, reason)
@@ -309,6 +315,7 @@ class Server:
                 self.traffic.get(name),
                 self.limiters.get(name),
                 web_rows[name].responses if name in web_rows and service.type == "http" else None,
+                self.private.visitor_sessions(name),
             )
             for name, service in sorted(self.registry.by_name.items())
         ]

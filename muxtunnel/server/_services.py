@@ -120,11 +120,13 @@ async def open_service(
     request: Register,
     key: bytes,
     quotas: SessionQuotas,
+    visitor_keys: frozenset[bytes] = frozenset(),
 ) -> tuple[ActiveService, PublicSocket]:
     """Check a registration and bind its public socket; `RegistrationError` if refused.
 
     `key` is the one the client proved it holds (the port's owner is name and key). The caller
-    adds the service to the registry and serves it.
+    adds the service to the registry and serves it. A private service binds nothing: its
+    `visitor_keys` (opened from the registration) let visitors in through `_visit`.
     """
     existing = host.registry.by_name.get(request.service)
     if existing is not None:
@@ -138,6 +140,8 @@ async def open_service(
         )
     if request.type in WEB_TYPES:
         return _web_service(host, session, session_id, request, key, quotas), None
+    if request.private:
+        return _private_service(host, session, session_id, request, key, quotas, visitor_keys)
     port = _port_for(host, request, key)
     sock = await _bind(host, session, request.service, request.type, port)
     port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
@@ -157,6 +161,41 @@ async def open_service(
     if isinstance(sock, UdpForwarder):
         sock.counters, sock.streams = service.udp, service.streams
     return service, sock
+
+
+def _private_service(
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
+    visitor_keys: frozenset[bytes],
+) -> tuple[ActiveService, PublicSocket]:
+    name = request.service
+    if not visitor_keys and not host.private.policy_keys.get(name):
+        raise RegistrationError(
+            control.BAD_REQUEST,
+            f"private service {name!r} has no visitor token: give it visitor_token (or the "
+            "server's services[].visitor_token)",
+        )
+    service = ActiveService(
+        name,
+        request.type,
+        0,
+        session_id,
+        Visitors(parent=host.visitors),
+        key=key,
+        streams=quotas.streams.share(name),
+        compression_memory=quotas.compression.share(name),
+        private=True,
+        visitor_keys=visitor_keys,
+        provider=session,
+    )
+    service.compression, service.compression_level = _compression(host, request)
+    service.compression_fallback = request.compression_fallback
+    service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
+    return service, None
 
 
 def _web_service(
@@ -237,6 +276,9 @@ async def serve(
 ) -> None:
     """Serve a service's public socket until its scope is cancelled (or the socket fails)."""
     with service.scope:
+        if service.private:
+            await _serve_private(host, service)
+            return
         if sock is None:  # a web service: its routes live until it ends
             try:
                 await anyio.sleep_forever()
@@ -249,3 +291,25 @@ async def serve(
                 await sock.run()
             return
         await _visitors.serve_tcp(host, session, session_id, service, sock)
+
+
+async def _serve_private(host: Host, service: ActiveService) -> None:
+    """A private service has no socket: its visitors come spliced from visitor sessions
+    (`_visit`). Until it ends, idle ones are cut; on a graceful stop the open ones may finish;
+    when it ends (its scope cancelled), every one of them is cut."""
+    try:
+        async with anyio.create_task_group() as tg:
+            sweeper = anyio.CancelScope()
+
+            async def sweep() -> None:
+                with sweeper:
+                    await _visitors.close_idle_visitors(host, service)
+
+            tg.start_soon(sweep)
+            with service.listener_scope:
+                await anyio.sleep_forever()
+            await service.in_flight.drained()
+            sweeper.cancel()
+    finally:
+        for scope in list(service.splices):
+            scope.cancel()

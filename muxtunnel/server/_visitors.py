@@ -32,7 +32,8 @@ from muxtunnel.transport import (
     setup_done,
 )
 
-__all__ = ["SETTING_UP", "idle_timeout_s", "serve_tcp"]
+__all__ = ["REFUSED", "SETTING_UP", "close_idle_visitors", "idle_timeout_s", "proxy_header",
+           "refusal", "serve_tcp"]  # fmt: skip
 
 #: Idle visitors are looked for every quarter of the timeout, but at least this often.
 IDLE_CHECK_MAX_S = 5.0
@@ -53,7 +54,7 @@ async def serve_tcp(
 
         async def sweep() -> None:
             with sweeper:
-                await _close_idle_visitors(host, service)
+                await close_idle_visitors(host, service)
 
         visitors.start_soon(sweep)
         with service.listener_scope:
@@ -79,7 +80,7 @@ def idle_timeout_s(host: Host, name: str) -> float:
     return host.config.visitor_idle_timeout_s if own is None else own
 
 
-async def _close_idle_visitors(host: Host, service: ActiveService) -> None:
+async def close_idle_visitors(host: Host, service: ActiveService) -> None:
     """Close the service's visitors that moved no byte either way for the idle timeout."""
     traffic = host.traffic_of(service.name)
     while True:
@@ -103,7 +104,7 @@ async def _close_idle_visitors(host: Host, service: ActiveService) -> None:
                     )
 
 
-def _refusal(host: Host, service: ActiveService, session: Session, source: str) -> str | None:
+def refusal(host: Host, service: ActiveService, session: Session, source: str) -> str | None:
     """Why a new visitor of `service` from `source` must be refused (None: it may come in)."""
     config = host.config
     limiter = host.limiter_of(service.name)
@@ -119,7 +120,8 @@ def _refusal(host: Host, service: ActiveService, session: Session, source: str) 
     return None
 
 
-_REFUSED = {
+#: The log line of each refusal reason.
+REFUSED = {
     "visitors_per_service": "visitor refused: its service has max_visitors_per_service",
     "visitors_per_source": "visitor refused: its address has max_visitors_per_source",
     "stream_quota": "visitor refused: its service has its share of the session's streams",
@@ -139,12 +141,12 @@ async def _serve_visitor(
         await abort(visitor)
         return
     source = address_key(address[0])
-    reason = _refusal(host, service, session, source)
+    reason = refusal(host, service, session, source)
     if reason is None and not service.streams.take():
         reason = "stream_quota"
     if reason is not None:
-        if reason in _REFUSED:
-            host.refusals.refuse(reason, _REFUSED[reason], service=service.name, source=source)
+        if reason in REFUSED:
+            host.refusals.refuse(reason, REFUSED[reason], service=service.name, source=source)
         await abort(visitor)
         return
     service.sources[source] += 1
@@ -155,7 +157,7 @@ async def _serve_visitor(
             if not service.compression_fallback:  # its client knows no other way
                 host.refusals.refuse(
                     "compression_budget",
-                    _REFUSED["compression_budget"],
+                    REFUSED["compression_budget"],
                     service=service.name,
                     source=source,
                 )
@@ -188,7 +190,8 @@ async def _forward_visitor(
     peer_host, peer_port = address
     preamble = b""
     if service.proxy_protocol is not None:
-        preamble = _proxy_header(service.proxy_protocol, address, visitor)
+        local = local_address(visitor) or ("0.0.0.0", 0)
+        preamble = proxy_header(service.proxy_protocol, address, local)
     with service.in_flight.track():
         plain = bool(service.compression) and not compressed
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port, compressed=not plain)
@@ -212,9 +215,9 @@ async def _forward_visitor(
         )
 
 
-def _proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
-    """The PROXY protocol header telling the local service who the visitor is."""
+def proxy_header(version: str, peer: Address, local: Address) -> bytes:
+    """The PROXY protocol header telling the local service who the visitor is, and where it
+    came in (`local`)."""
     from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
 
-    local = local_address(visitor) or ("0.0.0.0", 0)
     return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)
