@@ -1,4 +1,4 @@
-"""The composition root: what `muxtunnel listen`, `up`, `status` and `cert` run.
+"""The composition root: what `muxtunnel listen`, `up`, `visit`, `status` and `cert` run.
 
 This is the one place that wires the process together: logging, the event loop (uvloop when
 installed), the server or client, its metrics and admin endpoints (fed by its `status`), the
@@ -38,7 +38,7 @@ from muxtunnel.tls import TlsError
 from muxtunnel.transport import TransportError
 
 if TYPE_CHECKING:  # each role imports its side only, and the endpoints only when configured
-    from muxtunnel.client import Client, ServiceState
+    from muxtunnel.client import Client, ServiceState, Visitor, VisitState
     from muxtunnel.server import Server
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "serve",
     "status",
     "up",
+    "visit",
 ]
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -135,8 +136,13 @@ def up(load: Callable[[], ClientConfig], options: Options) -> int:
     return _start(_up, load, options, options=options)
 
 
+def visit(load: Callable[[], ClientConfig], options: Options) -> int:
+    """`muxtunnel visit`: reach private services with the config `load` returns."""
+    return _start(_visit, load, options, options=options)
+
+
 async def serve(
-    target: Server | Client,
+    target: Server | Client | Visitor,
     *,
     task_status: anyio.abc.TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -227,6 +233,41 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
     try:
         await _until_signal(
             lambda: _with_reload(run, options, load, client.apply_config), client.stop
+        )
+    except FatalError as exc:
+        return _fail(EXIT_RUNTIME, str(exc), kind="fatal")
+    except TransportError as exc:
+        return _fail(EXIT_RUNTIME, str(exc), kind="bind")
+    return EXIT_OK
+
+
+def _announce_visit(state: VisitState, server: str) -> None:
+    """One line on stdout per private service served locally: what scripts wait for."""
+    spec = state.spec
+    print(f"{spec.name} {spec.type} {state.bound} -> {spec.name}@{server}", flush=True)
+
+
+async def _visit(load: Callable[[], ClientConfig], options: Options) -> int:
+    from muxtunnel.client import FatalError, Visitor
+
+    config = load()
+    if not config.visits:
+        return _fail(EXIT_USAGE, "no private service to visit: give NAME or visitor.services",
+                     kind="config")  # fmt: skip
+    missing = config.services_without_token()
+    if missing:
+        return _fail(
+            EXIT_USAGE,
+            f"no visitor token for {', '.join(missing)}: set --token, $MUXTUNNEL_VISITOR_TOKEN "
+            "or visitor.token",
+            kind="config",
+        )
+    visitor = Visitor(config, _announce_visit)
+    _settle_gc()
+    try:
+        await _until_signal(
+            lambda: _with_reload(lambda: serve(visitor), options, load, visitor.apply_config),
+            visitor.stop,
         )
     except FatalError as exc:
         return _fail(EXIT_RUNTIME, str(exc), kind="fatal")

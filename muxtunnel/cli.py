@@ -1,4 +1,5 @@
-"""Command line: parse the arguments of `listen`, `up`, `status` and `cert`, then call `app`.
+"""Command line: parse the arguments of `listen`, `up`, `visit`, `status` and `cert`, then call
+`app`.
 
 What is here turns flags into config overrides (flags win over the config file); running the
 process (logging, signals, reload, exit codes) is `muxtunnel.app`'s.
@@ -11,11 +12,30 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from muxtunnel import __version__, app
-from muxtunnel.config import load_client_config, load_server_config
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ClientConfig, ServerConfig
-from muxtunnel.specs import SpecError, parse_service_spec
+from muxtunnel.config import (
+    ENV_VISITOR_TOKEN,
+    load_client_config,
+    load_server_config,
+    load_visitor_config,
+)
+from muxtunnel.model import (
+    DEFAULT_COMPRESSION_LEVEL,
+    ClientConfig,
+    Secret,
+    ServerConfig,
+    ServiceSpec,
+    VisitSpec,
+)
+from muxtunnel.specs import (
+    DEFAULT_LOCAL_HOST,
+    SpecError,
+    parse_host_port,
+    parse_service_spec,
+    validate_service_name,
+)
 from muxtunnel.status import DEFAULT_ADMIN_ADDRESS
 
 __all__ = ["build_parser", "main"]
@@ -114,37 +134,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain log lines even on a terminal (no live panel)",
     )
-    up.add_argument("--tls", action="store_true", help="connect with TLS (needs a way to verify)")
     up.add_argument(
-        "--tls-ca", metavar="FILE", help="verify the server with this CA file, or 'system'"
-    )
-    up.add_argument(
-        "--server-fingerprint",
-        action="append",
-        metavar="sha256:HEX",
-        help="pin the server certificate's SHA-256 fingerprint; repeatable",
-    )
-    up.add_argument(
-        "--insecure",
+        "--private",
         action="store_true",
-        help="TLS without verifying the server's certificate (not recommended)",
-    )
-    up.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
-    up.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
-    up.add_argument(
-        "--tls-server-name", metavar="NAME", help="name to check in the certificate (with --tls-ca)"
+        help="the --tcp/--udp services get no public port: they are reached with muxtunnel "
+        "visit and a visitor token",
     )
     up.add_argument(
-        "--compress",
-        nargs="?",
-        const=DEFAULT_COMPRESSION_LEVEL,
-        type=int,
-        metavar="LEVEL",
-        help=f"zstd-compress every TCP and web service (level 1-22, default "
-        f"{DEFAULT_COMPRESSION_LEVEL})",
+        "--visitor-token",
+        action="append",
+        metavar="TOKEN",
+        help="a visitor token of the --private services; repeatable (default: "
+        f"${ENV_VISITOR_TOKEN})",
     )
+    _client_tls_flags(up)
+    _compress_flag(up, "every TCP and web service")
 
-    status = commands.add_parser("status", help="show what a running listen/up is doing")
+    visit = commands.add_parser(
+        "visit", parents=[common], help="reach a private service through the server"
+    )
+    visit.add_argument(
+        "name", nargs="?", metavar="NAME", help="the private service (or visitor.services)"
+    )
+    visit.add_argument("--server", metavar="HOST:PORT", help="server address (default port 7835)")
+    visit.add_argument(
+        "--bind",
+        metavar="HOST:PORT",
+        help="where NAME is served locally (default 127.0.0.1 and a free port, printed)",
+    )
+    visit.add_argument("--udp", action="store_true", help="NAME is a UDP service")
+    _client_tls_flags(visit)
+    _compress_flag(visit, "NAME's connections to the server (TCP)")
+
+    status = commands.add_parser("status", help="show what a running listen/up/visit is doing")
     status.add_argument(
         "--admin",
         metavar="HOST:PORT",
@@ -176,6 +198,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """How `up` and `visit` connect to the server with TLS."""
+    parser.add_argument(
+        "--tls", action="store_true", help="connect with TLS (needs a way to verify)"
+    )
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="verify the server with this CA file, or 'system'"
+    )
+    parser.add_argument(
+        "--server-fingerprint",
+        action="append",
+        metavar="sha256:HEX",
+        help="pin the server certificate's SHA-256 fingerprint; repeatable",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="TLS without verifying the server's certificate (not recommended)",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check in the certificate (with --tls-ca)"
+    )
+
+
+def _compress_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--compress",
+        nargs="?",
+        const=DEFAULT_COMPRESSION_LEVEL,
+        type=int,
+        metavar="LEVEL",
+        help=f"zstd-compress {what} (level 1-22, default {DEFAULT_COMPRESSION_LEVEL})",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `muxtunnel` with `argv` (default: the process's arguments); returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -191,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "listen":
         return app.listen(lambda: _load_server(args), options)
+    if args.command == "visit":
+        return app.visit(lambda: _load_visitor(args), options)
     return app.up(lambda: _load_client(args), options)
 
 
@@ -225,12 +286,34 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     specs = [parse_service_spec(text, "tcp") for text in args.tcp]
     specs += [parse_service_spec(text, "udp") for text in args.udp]
+    if args.private:
+        if args.http or args.https:
+            raise SpecError("--private is for --tcp and --udp services (web services are public)")
+        specs = _private(specs, args.visitor_token)
+    elif args.visitor_token:
+        raise SpecError("--visitor-token is for --private services")
     specs += [parse_service_spec(text, "http") for text in args.http]
     specs += [parse_service_spec(text, "https") for text in args.https]
     overrides: dict[str, object] = {"server": args.server, "token": args.token}
     overrides.update(_endpoint_overrides(args))
     if specs:
         overrides["services"] = specs
+    overrides.update(_tls_overrides(args))
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _private(specs: list[ServiceSpec], given: list[str] | None) -> list[ServiceSpec]:
+    """`--private`: the services and their visitor tokens (the flags', else the variable's)."""
+    texts = given or ([os.environ[ENV_VISITOR_TOKEN]] if os.environ.get(ENV_VISITOR_TOKEN) else [])
+    if not texts:
+        raise SpecError(f"--private needs a visitor token: --visitor-token or ${ENV_VISITOR_TOKEN}")
+    if not specs:
+        raise SpecError("--private applies to the --tcp and --udp services: give one")
+    tokens = tuple(dict.fromkeys(Secret(text) for text in texts if text))
+    return [dataclasses.replace(spec, private=True, visitor_tokens=tokens) for spec in specs]
+
+
+def _tls_overrides(args: argparse.Namespace) -> dict[str, object]:
     tls = {
         "ca": args.tls_ca,
         "fingerprint": args.server_fingerprint,
@@ -240,23 +323,54 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
         "server_name": args.tls_server_name,
     }
     if args.tls or any(value is not None for value in tls.values()):
-        overrides["tls"] = {"enabled": True, **tls}
-    return {k: v for k, v in overrides.items() if v is not None}
+        return {"tls": {"enabled": True, **tls}}
+    return {}
+
+
+def _compress_level(args: argparse.Namespace) -> int | None:
+    if args.compress is not None and not 1 <= args.compress <= 22:
+        raise SpecError(f"--compress: the zstd level must be 1..22, got {args.compress}")
+    return args.compress  # type: ignore[no-any-return]
 
 
 def _load_client(args: argparse.Namespace) -> ClientConfig:
     config = load_client_config(args.config, _client_overrides(args))
-    if args.compress is None:
+    level = _compress_level(args)
+    if level is None:
         return config
-    if not 1 <= args.compress <= 22:
-        raise SpecError(f"--compress: the zstd level must be 1..22, got {args.compress}")
     services = tuple(
-        dataclasses.replace(spec, compression="zstd", compression_level=args.compress)
+        dataclasses.replace(spec, compression="zstd", compression_level=level)
         if spec.type != "udp"
         else spec
         for spec in config.services
     )
     return dataclasses.replace(config, services=services)
+
+
+def _load_visitor(args: argparse.Namespace) -> ClientConfig:
+    overrides: dict[str, object] = {"server": args.server, "token": args.token}
+    overrides.update(_endpoint_overrides(args))
+    overrides.update(_tls_overrides(args))
+    level = _compress_level(args)
+    if args.name is not None:
+        validate_service_name(args.name)
+        host, port = DEFAULT_LOCAL_HOST, 0
+        if args.bind:
+            host, port = parse_host_port(args.bind, default_host=DEFAULT_LOCAL_HOST)
+        kind: Literal["tcp", "udp"] = "udp" if args.udp else "tcp"
+        overrides["services"] = [VisitSpec(args.name, kind, host, port)]
+    elif args.bind or args.udp:
+        raise SpecError("--bind and --udp describe NAME: give the service's name")
+    config = load_visitor_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+    if level is None:
+        return config
+    visits = tuple(
+        dataclasses.replace(spec, compression="zstd", compression_level=level)
+        if spec.type == "tcp"
+        else spec
+        for spec in config.visits
+    )
+    return dataclasses.replace(config, visits=visits)
 
 
 if __name__ == "__main__":

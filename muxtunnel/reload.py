@@ -232,9 +232,14 @@ class ServiceDiff:
     changed: tuple[ServiceSpec, ...] = ()
     #: Only the local address changed: new visitors go to the new one, nothing restarts.
     local_only: tuple[ServiceSpec, ...] = ()
+    #: A private service's visitor tokens changed (maybe its local address too): its new keys
+    #: go to the server, nothing restarts, visits with a dropped token are revoked.
+    visitor_tokens: tuple[ServiceSpec, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed or self.local_only)
+        return bool(
+            self.added or self.removed or self.changed or self.local_only or self.visitor_tokens
+        )
 
 
 def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
@@ -246,14 +251,16 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
         token = spec.token or config.token
         return (
             spec.type, spec.remote_port, token, spec.compression, spec.compression_level,
-            spec.http, spec.proxy_protocol,
+            spec.http, spec.proxy_protocol, spec.private,
         )  # fmt: skip
 
-    changed, local_only = [], []
+    changed, local_only, keys = [], [], []
     for name in before.keys() & after.keys():
         a, b = before[name], after[name]
         if remote_view(a, old) != remote_view(b, new):
             changed.append(b)
+        elif set(a.visitor_tokens) != set(b.visitor_tokens):
+            keys.append(b)
         elif a != b:
             local_only.append(b)
     return ServiceDiff(
@@ -261,6 +268,7 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
         removed=tuple(name for name in before if name not in after),
         changed=tuple(sorted(changed, key=lambda s: s.name)),
         local_only=tuple(sorted(local_only, key=lambda s: s.name)),
+        visitor_tokens=tuple(sorted(keys, key=lambda s: s.name)),
     )
 
 

@@ -125,6 +125,8 @@ class ServiceRow:
     private: bool = False
     #: Server, private services: `visit` sessions allowed to reach it now.
     visitor_sessions: int = 0
+    #: `visit`: whether the service's provider is online (None: not known, or not `visit`).
+    provider_online: bool | None = None
 
     @property
     def connections(self) -> int:
@@ -155,6 +157,8 @@ class ServiceRow:
         if self.private:
             row["private"] = True
             row["visitor_sessions"] = self.visitor_sessions
+        if self.provider_online is not None:
+            row["provider_online"] = self.provider_online
         return row
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -98,11 +99,17 @@ class _Flow:
 
 
 class UdpForwarder:
-    """Server side of one UDP service: the public socket and its flows to the client."""
+    """Server side of one UDP service: the public socket and its flows to the client.
+
+    `muxtunnel visit` serves a private UDP service locally with one too: its flows go to the
+    server, over whichever session is up (`session`, None while there is none), and
+    `new_flow` says whether a new visitor address may open a flow now (False: the datagram
+    is dropped; the hook counts and logs why).
+    """
 
     def __init__(
         self,
-        session: Session,
+        session: Session | None,
         service: str,
         *,
         idle_s: float,
@@ -110,8 +117,10 @@ class UdpForwarder:
         counters: UdpCounters | None = None,
         streams: Share | None = None,
         refusals: Refusals | None = None,
+        new_flow: Callable[[Address], bool] | None = None,
     ) -> None:
         self.session = session
+        self.new_flow = new_flow
         self.service = service
         self.idle_s = idle_s
         self.max_flows = max_flows
@@ -158,6 +167,9 @@ class UdpForwarder:
         if len(datagram) > MAX_DATAGRAM_BYTES:
             self.counters.dropped_oversize += 1
             return
+        session = self.session
+        if session is None or (self.new_flow is not None and not self.new_flow(address)):
+            return
         while len(self.flows) >= self.max_flows:
             self._evict_oldest()
         streams = self.streams
@@ -174,7 +186,7 @@ class UdpForwarder:
             self._evict_oldest()
         header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
         try:
-            stream = self.session.open_stream_nowait(header + frame(datagram))
+            stream = session.open_stream_nowait(header + frame(datagram))
         except (anyio.WouldBlock, anyio.BrokenResourceError) as exc:
             if streams is not None:
                 streams.give_back()

@@ -27,11 +27,20 @@ from muxtunnel.client._state import (
     RetryableError,
     ServiceState,
 )
-from muxtunnel.control import Challenge, Error, Hello, Register, Registered, Unregister
-from muxtunnel.model import ClientConfig, Secret
+from muxtunnel.control import (
+    Challenge,
+    Error,
+    Hello,
+    Register,
+    Registered,
+    Unregister,
+    VisitorKeys,
+)
+from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.specs import format_host_port
 from muxtunnel.tls import TlsError, TlsVerifyError, connect_tls
 from muxtunnel.transport import TransportError, abort, connect
+from muxtunnel.visitauth import seal_keys, visitor_key
 
 __all__ = ["Control", "open_carrier"]
 
@@ -127,6 +136,29 @@ class Control:
             with anyio.fail_after(CONTROL_TIMEOUT_S):
                 await self._register(state, token, True, self._replies)
 
+    async def update_visitor_keys(self, state: ServiceState, token: Secret | None) -> None:
+        """A private service's visitor tokens changed (a reload): send their keys; the service
+        and its visitors stay up. Errors as `register_later`."""
+        spec = state.spec
+        if token is None:
+            raise FatalError(f"service {spec.name!r} has no token")
+        key = derive_key(token)
+        async with self._lock:
+            with anyio.fail_after(CONTROL_TIMEOUT_S):
+                sealed = self._sealed_keys(spec, key)
+                await control.send_message(self.channel, VisitorKeys(spec.name, sealed))
+                reply = await self._replies.receive()
+        if isinstance(reply, Error):
+            raise RetryableError(f"service {spec.name!r}: {reply.message}")
+        log.info("visitor tokens changed", service=spec.name, tokens=len(spec.visitor_tokens))
+
+    def _sealed_keys(self, spec: ServiceSpec, key: bytes) -> bytes:
+        """A private service's visitor keys, sealed for the server (b"" for a public one)."""
+        if not spec.private:
+            return b""
+        keys = [visitor_key(token) for token in spec.visitor_tokens]
+        return seal_keys(key, spec.name, *self._nonces, self._binding, keys)
+
     async def unregister(self, name: str) -> None:
         """Ask the server to stop exposing `name` (it closes the port and the visitors)."""
         async with self._lock:
@@ -152,7 +184,7 @@ class Control:
         tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce, self._binding)
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
-        request = Register.of(spec, tag, port)
+        request = Register.of(spec, tag, port, self._sealed_keys(spec, key))
         await control.send_message(self.channel, request)
         if replies is None:
             reply = await control.receive_message(self.channel)
@@ -176,6 +208,11 @@ class Control:
             key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
+        if spec.private and not reply.private:  # the session's end closes what it opened
+            raise FatalError(
+                f"service {spec.name!r}: the server does not know private services (it is "
+                "older): refusing to expose it on a public port"
+            )
         state.compression = reply.compression if spec.compression else None
         # An older server says no level: ours, as it was then.
         state.compression_level = reply.compression_level or spec.compression_level
@@ -187,6 +224,8 @@ class Control:
         state.urls = reply.urls
         if spec.http is not None and reply.urls:
             state.public = reply.urls[0]
+        if spec.private:
+            state.public = "private"
         log.info(
             "service registered",
             service=spec.name,

@@ -325,7 +325,7 @@ class ClientSession(AuthSteps):
             session=self.id,
             service=service.name,
             type=service.type,
-            public=service.urls[0] if service.urls else public,
+            public="private" if service.private else service.urls[0] if service.urls else public,
         )
         return service
 
