@@ -356,7 +356,9 @@ def _load_visitor(args: argparse.Namespace) -> ClientConfig:
         validate_service_name(args.name)
         host, port = DEFAULT_LOCAL_HOST, 0
         if args.bind:
-            host, port = parse_host_port(args.bind, default_host=DEFAULT_LOCAL_HOST)
+            host, port = parse_host_port(
+                args.bind, default_host=DEFAULT_LOCAL_HOST, allow_zero=True
+            )
         kind: Literal["tcp", "udp"] = "udp" if args.udp else "tcp"
         overrides["services"] = [VisitSpec(args.name, kind, host, port)]
     elif args.bind or args.udp:

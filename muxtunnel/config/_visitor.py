@@ -56,7 +56,9 @@ def _visits(node: Node, env: Mapping[str, str]) -> tuple[VisitSpec, ...]:
             if isinstance(text, bool) or not isinstance(text, str | int):
                 wrong(bind, "HOST:PORT or a port", text)
             host, port = v.parsed(
-                bind, lambda t: parse_host_port(t, default_host=DEFAULT_LOCAL_HOST), str(text)
+                bind,
+                lambda t: parse_host_port(t, default_host=DEFAULT_LOCAL_HOST, allow_zero=True),
+                str(text),
             )
         compression, level = _compression(entry, env)
         if compression and kind == "udp":

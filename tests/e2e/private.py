@@ -176,7 +176,7 @@ def start_sshd(harness: Harness) -> Sshd:
         "PermitRootLogin": "prohibit-password", "PubkeyAuthentication": "yes",
         "PasswordAuthentication": "no", "KbdInteractiveAuthentication": "no", "UsePAM": "no",
         "StrictModes": "no", "X11Forwarding": "no", "PrintMotd": "no", "UseDNS": "no",
-        "LogLevel": "ERROR", "AllowTcpForwarding": "yes",
+        "LogLevel": "ERROR", "AllowTcpForwarding": "yes", "Subsystem": "sftp internal-sftp",
     }  # fmt: skip
     config = directory / "sshd_config"
     config.write_text("".join(f"{key} {value}\n" for key, value in settings.items()))
