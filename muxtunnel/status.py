@@ -291,6 +291,8 @@ class ClientStatus:
     traffic: tuple[TrafficRow, ...] = ()
     #: Refusals so far, by reason (`log.Refusals`).
     refusals: Mapping[str, int] = field(default_factory=dict)
+    #: What runs: "up", or "visit" (its services are the private ones it serves locally).
+    command: str = "up"
 
     @property
     def connected(self) -> bool:
@@ -306,6 +308,7 @@ class ClientStatus:
         """The JSON document of `GET /api/v1/status`."""
         return {
             "role": self.role,
+            "command": self.command,
             "version": self.version,
             "server": self.server,
             "connected": self.connected,

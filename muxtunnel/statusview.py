@@ -105,7 +105,8 @@ def render_status(data: dict[str, Any]) -> Group:
                         _age(s["age_s"]),
                         f"{s['rtt_ms']} ms" if s["rtt_ms"] is not None else "-",
                         str(s["streams"]),
-                        ", ".join(s["services"]),
+                        ("visits " if s.get("role") == "visitor" else "")
+                        + ", ".join(s["services"]),
                     ]
                     for s in data["sessions"]
                 ],
@@ -116,7 +117,7 @@ def render_status(data: dict[str, Any]) -> Group:
         rtt = f"  rtt {data['rtt_ms']} ms" if data.get("rtt_ms") is not None else ""
         parts.append(
             Text.assemble(
-                ("muxtunnel up ", "bold"),
+                (f"muxtunnel {data.get('command', 'up')} ", "bold"),
                 f"server {data['server']}  {online}{rtt}  reconnects {data['reconnects']}",
             )
         )
@@ -134,15 +135,22 @@ def render_status(data: dict[str, Any]) -> Group:
     columns = ["service", "type", "public address", "conns", "in", "out", "compression"]
     if data["role"] == "client":
         columns.insert(3, "local")
+    if data.get("command") == "visit":  # it serves private services locally
+        columns[2:4] = ["served at", "reaches"]
     with_requests = any("responses" in s for s in data["services"])
     if with_requests:
         columns.append("responses")
     rows = []
     for s in data["services"]:
+        public = s["public"] or "-"
+        if data["role"] == "server" and s.get("private"):
+            public = f"private, {s['visitor_sessions']} visitor session(s)"
+        if s.get("provider_online") is False:
+            public += " (provider offline)"
         row = [
             s["name"],
             s["type"],
-            s["public"] or "-",
+            public,
             str(s["connections"]),
             _size(s["bytes_in"]),
             _size(s["bytes_out"]),

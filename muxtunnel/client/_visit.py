@@ -313,4 +313,5 @@ class Visitor:
             connections=tuple(connections),
             traffic=tuple(row.traffic() for row in services),
             refusals=dict(self.refusals.counts),
+            command="visit",
         )
