@@ -328,3 +328,48 @@ def _get(address: str, path: str) -> str:
         while chunk := sock.recv(65536):
             data += chunk
     return data.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["visit", "--server", "127.0.0.1:1", "--token", "visitor-token-0001"],
+            "no private service",
+        ),
+        (["visit", "--server", "127.0.0.1:1", "ssh"], "no visitor token for ssh"),
+        (["visit", "--server", "127.0.0.1:1", "--bind", "2222"], "--bind and --udp describe NAME"),
+        (["up", "--server", "127.0.0.1:1", "--tcp", "22", "--private"], "needs a visitor token"),
+        (
+            [
+                "up",
+                "--server",
+                "127.0.0.1:1",
+                "--http",
+                "a=80",
+                "--tcp",
+                "22",
+                "--private",
+                "--visitor-token",
+                "visitor-token-0001",
+            ],
+            "--private is for --tcp and --udp",
+        ),
+        (["up", "--tcp", "22", "--visitor-token", "visitor-token-0001"], "for --private services"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(harness: Harness, args: list[str], message: str) -> None:
+    proc = harness.run(*args, "--log-format", "json", env=harness.env(MUXTUNNEL_TOKEN="t" * 20))
+    assert proc.returncode == 2
+    assert message in _one_error_line(proc)
+
+
+def test_a_local_port_in_use_ends_visit(harness: Harness) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--server", "127.0.0.1:1", "--token", "visitor-token-0001", "ssh"]
+        proc = harness.run("visit", *args, "--bind", f"127.0.0.1:{port}", "--log-format", "json")
+    assert proc.returncode == 1
+    assert str(port) in _one_error_line(proc)
