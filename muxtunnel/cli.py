@@ -310,6 +310,9 @@ def _private(specs: list[ServiceSpec], given: list[str] | None) -> list[ServiceS
     if not specs:
         raise SpecError("--private applies to the --tcp and --udp services: give one")
     tokens = tuple(dict.fromkeys(Secret(text) for text in texts if text))
+    for spec in specs:
+        if spec.remote_port:
+            raise SpecError(f"--private: {spec.name} has no public port (no :REMOTE_PORT)")
     return [dataclasses.replace(spec, private=True, visitor_tokens=tokens) for spec in specs]
 
 

@@ -74,6 +74,10 @@ client:
         ),
         ("{name: w, local: 80, public: false, visitor_token: []}", "at least one visitor token"),
         ("{name: w, local: 80, public: nope}", "true or false"),
+        (
+            f"{{name: w, local: 80, remote_port: 8080, public: false, visitor_token: {V1}}}",
+            "leave remote_port out",
+        ),
     ],
 )
 def test_private_service_mistakes_are_refused(tmp_path: Path, entry: str, message: str) -> None:

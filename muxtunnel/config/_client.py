@@ -98,6 +98,8 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         if compression and kind == "udp":
             fail(present(entry, "compression") or entry, "compression is for tcp services only")
         private, visitor_tokens = _privacy(entry, kind, env)
+        if private and remote is not None:
+            fail(remote, "a private service has no public port: leave remote_port out")
         protocol = None
         if found := present(entry, "proxy_protocol"):
             if kind == "udp":

@@ -356,6 +356,10 @@ def _get(address: str, path: str) -> str:
             "--private is for --tcp and --udp",
         ),
         (["up", "--tcp", "22", "--visitor-token", "visitor-token-0001"], "for --private services"),
+        (
+            ["up", "--tcp", "22:2222", "--private", "--visitor-token", "visitor-token-0001"],
+            "has no public port",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(harness: Harness, args: list[str], message: str) -> None:

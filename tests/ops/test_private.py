@@ -274,3 +274,31 @@ async def test_the_book_keeps_a_providers_keys_while_a_visitor_holds_a_grant() -
 
 def _policy(name: str, token: Secret) -> ServicePolicy:
     return ServicePolicy(name, visitor_tokens=(token,))
+
+
+async def test_the_services_limits_apply_to_its_visitors() -> None:
+    """The server policy's max_connections holds for visitors through `visit` too (they are
+    admitted by the same check as a public port's: `_visitors.refusal`)."""
+    policy = ServicePolicy("db", max_connections=2, idle_timeout_s=0.0)
+    config = server_config(services=(policy,))
+    async with echo_service() as echo, running_server(config) as server:
+        assert server.port is not None
+        spec = tcp("db", echo, private=True, visitor_tokens=(VISITOR,))
+        async with (
+            running_client(client_config(server.port, spec)),
+            running_visitor(visitor_config(server.port, VisitSpec("db", "tcp"))) as visitor,
+        ):
+            port = bound_port(visitor, "db")
+            held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(2)]
+            for stream in held:
+                await stream.send(b"hold")
+                assert await stream.receive() == b"hold"
+            async with await anyio.connect_tcp("127.0.0.1", port) as third:
+                await third.send(b"no room")
+                with anyio.fail_after(WAIT_S), pytest.raises(anyio.BrokenResourceError):
+                    await third.receive()  # reset: the service has max_connections open
+            assert server.status().refusals["visitors_per_service"] == 1
+            for stream in held:
+                await stream.aclose()
+            await wait_until(lambda: server.registry.by_name["db"].visitors == 0)
+            assert await echo_through(port, b"room again") == b"room again"
