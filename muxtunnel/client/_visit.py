@@ -27,7 +27,7 @@ from mux import Session
 from muxtunnel import __version__, control
 from muxtunnel.client._client import backoff_s
 from muxtunnel.client._session import open_carrier
-from muxtunnel.client._state import CONTROL_TIMEOUT_S, RetryableError
+from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError
 from muxtunnel.client._visit_control import VisitControl, VisitState
 from muxtunnel.control import VisitorHeader, encode_visitor_header
 from muxtunnel.forward import Visitors, forward
@@ -172,8 +172,9 @@ class Visitor:
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     await channel.hello()
                     for state in self.visits.values():
-                        token = state.spec.token or self.config.token
-                        await channel.visit(state, token, first=first)
+                        if state.revoked is None:
+                            token = state.spec.token or self.config.token
+                            await channel.visit(state, token, first=first)
                 log.info("session opened", server=self.server, services=len(self.visits))
                 self._session_started = anyio.current_time()
                 for forwarder in self._flows.values():
@@ -183,7 +184,7 @@ class Visitor:
                     if not state.announced:
                         state.announced = True
                         self.announce(state, self.server)
-                await channel.watch_visits(self._presence)
+                await channel.watch_visits(self._presence, self._revoked)
         except TimeoutError:
             raise RetryableError("the server did not answer in time") from None
         except control.ControlError as exc:
@@ -207,6 +208,17 @@ class Visitor:
             log.warning("the provider is offline: connections are reset until it is back",
                         service=name)  # fmt: skip
 
+    def _revoked(self, name: str | None, message: str) -> None:
+        """The server revoked the visitor token of `name`: its connections were cut, it is
+        never visited again; `FatalError` once every service is revoked (no retry helps)."""
+        state = self.visits.get(name or "")
+        if state is not None:
+            state.revoked, state.granted, state.online = message, False, False
+            log.error("visitor token revoked: connections are reset from now on",
+                      service=name, reason=message)  # fmt: skip
+        if all(state.revoked is not None for state in self.visits.values()):
+            raise FatalError(message)
+
     # --- local connections ---
 
     def _flow_gate(self, state: VisitState) -> Callable[[tuple[str, int]], bool]:
@@ -218,6 +230,12 @@ class Visitor:
     def _may_open(self, state: VisitState, peer: str = "") -> bool:
         """May a new local connection (or flow) of `state`'s service go to the server now?
         If not, say why (counted, logged at doubling counts)."""
+        if state.revoked is not None:
+            self.refusals.refuse(
+                "visit_revoked", "connection reset: the server revoked the visitor token",
+                service=state.spec.name, peer=peer or None,
+            )  # fmt: skip
+            return False
         if not self.online:
             self.refusals.refuse(
                 "server_offline", "connection reset: not connected to the server",

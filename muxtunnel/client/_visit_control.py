@@ -47,6 +47,8 @@ class VisitState:
     compression_level: int = 0
     #: The line `NAME tcp HOST:PORT -> NAME@SERVER` was printed.
     announced: bool = False
+    #: Why the server revoked its visitor token (None: it did not): never visited again.
+    revoked: str | None = None
     udp: UdpCounters = field(default_factory=UdpCounters)
 
     def row(self, traffic: ServiceTraffic | None, server: str) -> ServiceRow:
@@ -129,16 +131,20 @@ class VisitControl(Control):
             log.warning("the provider is offline: connections are reset until it is back",
                         service=spec.name)  # fmt: skip
 
-    async def watch_visits(self, on_presence: Callable[[str, bool], None]) -> None:
-        """Read the server's notices until the channel ends; `FatalError` when a visitor token
-        was revoked (no retry lets it in again)."""
+    async def watch_visits(
+        self,
+        on_presence: Callable[[str, bool], None],
+        on_revoked: Callable[[str | None, str], None],
+    ) -> None:
+        """Read the server's notices until the channel ends: a provider came or went
+        (`on_presence`), a visitor token was revoked (`on_revoked`, which may raise)."""
         try:
             while True:
                 message = await control.receive_message(self.channel)
                 if isinstance(message, Presence):
                     on_presence(message.service, message.online)
                 elif isinstance(message, Error) and message.code == control.ACCESS_REVOKED:
-                    raise FatalError(message.message)
+                    on_revoked(message.service, message.message)
                 elif isinstance(message, Error):
                     log.warning("server error", code=message.code, message=message.message,
                                 service=message.service)  # fmt: skip

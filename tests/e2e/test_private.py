@@ -377,3 +377,35 @@ def test_a_local_port_in_use_ends_visit(harness: Harness) -> None:
         proc = harness.run("visit", *args, "--bind", f"127.0.0.1:{port}", "--log-format", "json")
     assert proc.returncode == 1
     assert str(port) in _one_error_line(proc)
+
+
+TWO = """\
+client:
+  services:
+    - {{name: a, local: {port}, public: false, visitor_token: [{a}]}}
+    - {{name: b, local: {port}, public: false, visitor_token: [{b}]}}
+"""
+
+
+def test_one_revoked_service_of_several_leaves_visit_serving_the_others(
+    harness: Harness, tcp_echo: TcpEchoServer
+) -> None:
+    a, b, spare = visitor_token(), visitor_token(), visitor_token()
+    listen = harness.listen()
+    config = harness.write("up.yaml", TWO.format(port=tcp_echo.port, a=a, b=b))
+    harness.up(listen, config=config).wait_announced(2)
+    visits = harness.write(
+        "visit.yaml",
+        f"visitor:\n  services:\n    - {{name: a, token: {a}}}\n    - {{name: b, token: {b}}}\n",
+    )
+    visit = start_visit(harness, listen, None, spare, config=visits)
+    visit.wait_for(lambda: len(visit.bound()) == 2, 10, "both lines")
+    config.write_text(TWO.format(port=tcp_echo.port, a=spare, b=b))
+    visit.wait_event("visitor token revoked: connections are reset from now on")
+    assert _reset_at_once(*visit.address("a")) < 5.0
+    assert visit.events("connection reset: the server revoked the visitor token")
+    assert echo_roundtrip(*visit.address("b"), b"still") == b"still"
+    assert visit.running() and visit.error_lines() == []
+    config.write_text(TWO.format(port=tcp_echo.port, a=spare, b=spare))
+    assert visit.wait_exit(FATAL_EXIT_S) == 1
+    assert "visitor token revoked for 'b'" in _one_error_line(visit)
