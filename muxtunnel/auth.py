@@ -6,6 +6,13 @@ binding; the server answers with `server_tag` over the same fields under a diffe
 client knows it reached a server holding the same token. Each side contributes a fresh 32-byte
 nonce, which makes every transcript single-use: a captured exchange cannot be replayed.
 
+A member of a load-balancing group registers under the group's name: its tags cover the group
+too, and it may also have to prove the group's own token. That proof is an Ed25519 signature
+over the same transcript, with a key pair derived from the group token: the server needs only
+the public key, which is what a group's first member hands it when no group token is
+configured (README, "Load balancing"). A public key lets nobody sign, so it may cross a
+plain-TCP carrier, and a later member proves the token without the server ever holding it.
+
 Rules this module keeps:
 - Tags are compared only with `hmac.compare_digest`.
 - An unknown service costs the same work and gets the same answer as a wrong token (`TokenBook`
@@ -24,9 +31,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from muxtunnel.model import Secret, ServerConfig
 
 __all__ = [
+    "GROUP_KEY_BYTES",
+    "GROUP_PROOF_BYTES",
     "KEY_BYTES",
     "NONCE_BYTES",
     "TAG_BYTES",
@@ -35,12 +47,15 @@ __all__ = [
     "address_key",
     "client_tag",
     "derive_key",
+    "group_key_pair",
+    "group_proof",
     "hkdf_sha256",
     "labelled_tag",
     "new_nonce",
     "server_tag",
     "verify",
     "verify_client_tag",
+    "verify_group_proof",
     "verify_server_tag",
 ]
 
@@ -51,6 +66,11 @@ TAG_BYTES = hashlib.sha256().digest_size  # 32
 _KEY_INFO = b"muxtunnel auth"
 _CLIENT_LABEL = b"muxtunnel v1 client"
 _SERVER_LABEL = b"muxtunnel v1 server"
+_GROUP_LABEL = b"muxtunnel v1 group"
+_GROUP_KEY_INFO = b"muxtunnel group key"
+#: An Ed25519 public key and signature (RFC 8032).
+GROUP_KEY_BYTES = 32
+GROUP_PROOF_BYTES = 64
 _FIELD_LENGTH = struct.Struct(">I")
 
 
@@ -95,9 +115,11 @@ def _tag(
     server_nonce: bytes,
     client_nonce: bytes,
     channel_binding: bytes,
+    group: str = "",
 ) -> bytes:
     fields = (service.encode("utf-8"), type.encode("utf-8"), server_nonce, client_nonce)
-    return hmac.digest(key, _transcript(label, (*fields, channel_binding)), "sha256")
+    extra = (group.encode("utf-8"),) if group else ()
+    return hmac.digest(key, _transcript(label, (*fields, channel_binding, *extra)), "sha256")
 
 
 def labelled_tag(
@@ -121,9 +143,13 @@ def client_tag(
     server_nonce: bytes,
     client_nonce: bytes,
     channel_binding: bytes = b"",
+    group: str = "",
 ) -> bytes:
-    """The client's proof that it holds `key`, for registering `service` in this handshake."""
-    return _tag(key, _CLIENT_LABEL, service, type, server_nonce, client_nonce, channel_binding)
+    """The client's proof that it holds `key`, for registering `service` in this handshake
+    (as a member of `group`, if given)."""
+    return _tag(
+        key, _CLIENT_LABEL, service, type, server_nonce, client_nonce, channel_binding, group
+    )
 
 
 def server_tag(
@@ -133,9 +159,12 @@ def server_tag(
     server_nonce: bytes,
     client_nonce: bytes,
     channel_binding: bytes = b"",
+    group: str = "",
 ) -> bytes:
     """The server's proof, sent back once it accepted the client's tag."""
-    return _tag(key, _SERVER_LABEL, service, type, server_nonce, client_nonce, channel_binding)
+    return _tag(
+        key, _SERVER_LABEL, service, type, server_nonce, client_nonce, channel_binding, group
+    )
 
 
 def verify(received: bytes, expected: bytes) -> bool:
@@ -151,9 +180,10 @@ def verify_client_tag(
     server_nonce: bytes,
     client_nonce: bytes,
     channel_binding: bytes = b"",
+    group: str = "",
 ) -> bool:
     """Server side: does `tag` prove the client holds `key` for this transcript?"""
-    expected = client_tag(key, service, type, server_nonce, client_nonce, channel_binding)
+    expected = client_tag(key, service, type, server_nonce, client_nonce, channel_binding, group)
     return verify(tag, expected)
 
 
@@ -165,10 +195,71 @@ def verify_server_tag(
     server_nonce: bytes,
     client_nonce: bytes,
     channel_binding: bytes = b"",
+    group: str = "",
 ) -> bool:
     """Client side: does `tag` prove the server holds `key` for this transcript?"""
-    expected = server_tag(key, service, type, server_nonce, client_nonce, channel_binding)
+    expected = server_tag(key, service, type, server_nonce, client_nonce, channel_binding, group)
     return verify(tag, expected)
+
+
+def group_key_pair(token: Secret | str) -> tuple[Ed25519PrivateKey, bytes]:
+    """The signing key of a group token, and its public key (raw, `GROUP_KEY_BYTES`)."""
+    value = token.value if isinstance(token, Secret) else token
+    if not value:
+        raise ValueError("token must not be empty")
+    seed = hkdf_sha256(value.encode("utf-8"), info=_GROUP_KEY_INFO)
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    return private, private.public_key().public_bytes_raw()
+
+
+def _group_transcript(
+    public_key: bytes,
+    service: str,
+    group: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes,
+) -> bytes:
+    fields = (service.encode("utf-8"), group.encode("utf-8"), server_nonce, client_nonce)
+    return _transcript(_GROUP_LABEL, (*fields, channel_binding, public_key))
+
+
+def group_proof(
+    private: Ed25519PrivateKey,
+    service: str,
+    group: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bytes:
+    """A member's proof that it holds its group's token, for this handshake only."""
+    public = private.public_key().public_bytes_raw()
+    transcript = _group_transcript(
+        public, service, group, server_nonce, client_nonce, channel_binding
+    )
+    return private.sign(transcript)
+
+
+def verify_group_proof(
+    public_key: bytes,
+    proof: bytes,
+    service: str,
+    group: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bool:
+    """Server side: does `proof` show the member holds the token whose public key this is?"""
+    if len(public_key) != GROUP_KEY_BYTES or len(proof) != GROUP_PROOF_BYTES:
+        return False
+    transcript = _group_transcript(
+        public_key, service, group, server_nonce, client_nonce, channel_binding
+    )
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(proof, transcript)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 class TokenBook:
@@ -180,14 +271,28 @@ class TokenBook:
     Accept a registration only if `known` *and* the tag verifies.
     """
 
-    def __init__(self, default: Secret | None, per_service: Mapping[str, Secret | None]) -> None:
+    def __init__(
+        self,
+        default: Secret | None,
+        per_service: Mapping[str, Secret | None],
+        group_tokens: Mapping[str, Secret | None] | None = None,
+    ) -> None:
         self._default = derive_key(default) if default else None
         self._keys = {name: derive_key(token) for name, token in per_service.items() if token}
         self._dummy = secrets.token_bytes(KEY_BYTES)
+        #: Public keys of the group tokens the server's config sets, by group name.
+        self.group_keys = {
+            name: group_key_pair(token)[1] for name, token in (group_tokens or {}).items() if token
+        }
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> TokenBook:
-        return cls(config.token, {policy.name: policy.token for policy in config.services})
+        policies = config.services
+        return cls(
+            config.token,
+            {policy.name: policy.token for policy in policies},
+            {policy.name: policy.group_token for policy in policies},
+        )
 
     @property
     def has_any_token(self) -> bool:

@@ -20,10 +20,13 @@ from muxtunnel.config import (
     load_client_config,
     load_server_config,
     load_visitor_config,
+    read_secret_file,
 )
 from muxtunnel.model import (
     DEFAULT_COMPRESSION_LEVEL,
+    MAX_WEIGHT,
     ClientConfig,
+    GroupSpec,
     Secret,
     ServerConfig,
     ServiceSpec,
@@ -128,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SPEC",
         help="like --http, for a service that speaks TLS itself (routed by SNI); repeatable",
+    )
+    up.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the --tcp/--udp/--http/--https services join the load-balancing group NAME",
+    )
+    up.add_argument(
+        "--group-token",
+        metavar="TOKEN",
+        help="the group's token, if it has one (--group-token-file keeps it out of ps)",
+    )
+    up.add_argument("--group-token-file", metavar="FILE", help="read the group's token from FILE")
+    up.add_argument(
+        "--weight",
+        type=int,
+        metavar="N",
+        help=f"this member's share of new visitors (0-{MAX_WEIGHT}, default 1; needs --group)",
     )
     up.add_argument(
         "--no-console",
@@ -283,6 +303,28 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
     return load_server_config(args.config, given)
 
 
+def _group(args: argparse.Namespace) -> GroupSpec | None:
+    """`--group` and the flags that go with it; read again on every reload (the token file)."""
+    given = [f"--{name}" for name in ("group-token", "group-token-file", "weight")
+             if getattr(args, name.replace("-", "_")) is not None]  # fmt: skip
+    if args.group is None:
+        if given:
+            raise SpecError(f"{given[0]} needs --group")
+        return None
+    validate_service_name(args.group)
+    if args.weight is not None and not 0 <= args.weight <= MAX_WEIGHT:
+        raise SpecError(f"--weight must be between 0 and {MAX_WEIGHT}, got {args.weight}")
+    token = args.group_token
+    if args.group_token_file is not None:
+        if token is not None:
+            raise SpecError("give --group-token or --group-token-file, not both")
+        token = read_secret_file(args.group_token_file)
+    if token is not None and not token:
+        raise SpecError("the group token must not be empty")
+    secret = Secret(token) if token else None
+    return GroupSpec(args.group, secret, 1 if args.weight is None else args.weight)
+
+
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     specs = [parse_service_spec(text, "tcp") for text in args.tcp]
     specs += [parse_service_spec(text, "udp") for text in args.udp]
@@ -294,6 +336,13 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
         raise SpecError("--visitor-token is for --private services")
     specs += [parse_service_spec(text, "http") for text in args.http]
     specs += [parse_service_spec(text, "https") for text in args.https]
+    group = _group(args)
+    if group is not None:
+        if args.private:
+            raise SpecError("--private and --group: a private service is no group member")
+        if not specs:
+            raise SpecError("--group applies to the services of --tcp/--udp/--http/--https")
+        specs = [_joined(spec, group) for spec in specs]
     overrides: dict[str, object] = {"server": args.server, "token": args.token}
     overrides.update(_endpoint_overrides(args))
     if specs:
@@ -334,6 +383,10 @@ def _compress_level(args: argparse.Namespace) -> int | None:
     if args.compress is not None and not 1 <= args.compress <= 22:
         raise SpecError(f"--compress: the zstd level must be 1..22, got {args.compress}")
     return args.compress  # type: ignore[no-any-return]
+
+
+def _joined(spec: ServiceSpec, group: GroupSpec) -> ServiceSpec:
+    return dataclasses.replace(spec, group=group)
 
 
 def _load_client(args: argparse.Namespace) -> ClientConfig:

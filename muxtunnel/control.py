@@ -7,18 +7,25 @@ later version may add optional fields; anything missing or of the wrong type is 
 
 Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
-    S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
+    S -> C  Challenge(version, server_nonce[, features])  or Error(version_mismatch)
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
                      proxy_protocol, the web options of an http/https service,
-                     compression_fallback])
-    S -> C  Registered(..., tag[, compression, urls, compression_level])   or Error
+                     compression_fallback, the group fields of a load-balancing group's
+                     member, private and visitor_keys])
+    S -> C  Registered(..., tag[, compression, urls, compression_level, member, private])
+                                                          or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
+    C -> S  MemberUpdate(service, healthy, weight, detail)  any time later, to a server whose
+                                    Challenge listed FEATURE_GROUPS
     C -> S  VisitorKeys(service, visitor_keys)            a private service's keys changed
     S -> C  Registered(...)                               or Error
 Each visitor stream the server opens starts with one VisitorHeader, framed the same way; with
 `compressed: false` (only to a client that registered with `compression_fallback`) the stream
-travels uncompressed although its service agreed compression.
+travels uncompressed although its service agreed compression. With `confirm` (a group member's
+streams) the client's first byte back is `DIAL_CONFIRMED`, sent once its local dial succeeded
+and before any visitor byte goes to the service (a failed dial resets the stream instead):
+until then the server may replay the visitor's first bytes to another member.
 
 A private service (`Register.private`) has no public port: its visitor keys come sealed in the
 registration (`muxtunnel.visitauth`), and `muxtunnel visit` (V) reaches it:
@@ -40,7 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
@@ -49,48 +56,19 @@ from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
 from muxtunnel.framing import MAX_MESSAGE_BYTES, ControlError, frame, receive_frame, unpack_map
 from muxtunnel.framing import Wire as _Wire
 from muxtunnel.log import safe_text
-from muxtunnel.model import ServiceSpec, ServiceType
+from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
 from muxtunnel.visitmsg import ACCESS_REVOKED, PRIVATE_TYPES, Presence, Visit, Visited, VisitorKeys
 
 __all__ = [
-    "ACCESS_REVOKED",
-    "AUTH_FAILED",
-    "BAD_REQUEST",
-    "DOMAIN_NOT_ALLOWED",
-    "DOMAIN_TAKEN",
-    "INTERNAL_ERROR",
-    "LIMIT_REACHED",
-    "MAX_MESSAGE_BYTES",
-    "PORT_IN_USE",
-    "PORT_NOT_ALLOWED",
-    "PRIVATE_TYPES",
-    "PROTOCOL_VERSION",
-    "RATE_LIMITED",
-    "SERVICE_CLOSED",
-    "SERVICE_TAKEN",
-    "UNSUPPORTED",
-    "VERSION_MISMATCH",
-    "Challenge",
-    "ControlError",
-    "Error",
-    "Hello",
-    "Message",
-    "Presence",
-    "Register",
-    "Registered",
-    "Unregister",
-    "Visit",
-    "Visited",
-    "VisitorHeader",
-    "VisitorKeys",
-    "decode_message",
-    "decode_visitor_header",
-    "encode_message",
-    "encode_visitor_header",
-    "read_visitor_header",
-    "receive_message",
-    "send_message",
-]
+    "ACCESS_REVOKED", "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED",
+    "DOMAIN_TAKEN", "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES",
+    "PORT_IN_USE", "PORT_NOT_ALLOWED", "PRIVATE_TYPES", "PROTOCOL_VERSION", "RATE_LIMITED",
+    "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH", "Challenge",
+    "ControlError", "Error", "Hello", "MemberUpdate", "Message", "Presence", "Register",
+    "Registered", "Unregister", "Visit", "Visited", "VisitorHeader", "VisitorKeys",
+    "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
+    "read_visitor_header", "receive_message", "send_message",
+]  # fmt: skip
 
 PROTOCOL_VERSION = 1
 _MAX_ERROR_MESSAGE_CHARS = 1024
@@ -117,6 +95,12 @@ UNSUPPORTED = "unsupported"
 #: A limit of the server's config: services per session, sessions per address.
 LIMIT_REACHED = "limit_reached"
 
+#: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
+#: MemberUpdate, VisitorHeader.confirm).
+FEATURE_GROUPS = "groups"
+#: A group member's first byte on a visitor stream: its local dial succeeded.
+DIAL_CONFIRMED = b"\x00"
+
 
 @dataclass(frozen=True, slots=True)
 class Hello(_Wire):
@@ -139,12 +123,16 @@ class Challenge(_Wire):
     """Server -> client, answering Hello: the server's version and nonce for this session."""
 
     WIRE_KIND: ClassVar[str] = "challenge"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("features",)
     version: int
     server_nonce: bytes
+    #: Optional (later versions): what the server supports beyond version 1 (FEATURE_GROUPS).
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         fields.check_int("version", self.version, 0, 0xFFFF)
         fields.check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
+        object.__setattr__(self, "features", fields.texts("features", self.features))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +147,8 @@ class Register(_Wire):
     EXTENSIONS: ClassVar[tuple[str, ...]] = (
         "compression", "compression_level", "proxy_protocol", "subdomain", "custom_domains",
         "locations", "host_rewrite", "set_headers", "remove_headers", "basic_auth",
-        "response_timeout_s", "compression_fallback", "private", "visitor_keys",
+        "response_timeout_s", "compression_fallback", "group", "group_key", "group_proof",
+        "weight", "healthy", "instance", "private", "visitor_keys",
     )  # fmt: skip
     service: str
     type: ServiceType
@@ -183,6 +172,14 @@ class Register(_Wire):
     #: The client takes a visitor stream uncompressed when its header says so (the server
     #: falls back to that when a session's compression budget is spent).
     compression_fallback: bool = False
+    #: A member of the group `group` (the tag covers it): its group token's public key and
+    #: proof, weight, health now, process id (`fields.check_group_options`).
+    group: str | None = None
+    group_key: bytes = b""
+    group_proof: bytes = dataclasses.field(default=b"", repr=False)
+    weight: int = 1
+    healthy: bool = True
+    instance: bytes = b""
     #: No public port: only visitors holding one of the sealed `visitor_keys` reach it.
     private: bool = False
     visitor_keys: bytes = b""
@@ -197,20 +194,27 @@ class Register(_Wire):
         fields.check_bool("compression_fallback", self.compression_fallback)
         fields.check_bool("private", self.private)
         fields.check_sealed_keys(self.visitor_keys)
-        if self.private and self.type not in PRIVATE_TYPES:
-            raise ValueError("only tcp and udp services can be private")
+        if self.private and (self.type not in PRIVATE_TYPES or self.group is not None):
+            raise ValueError("only tcp and udp services that are no group member can be private")
         fields.check_web_options(self)
+        fields.check_group_options(self)
 
     @classmethod
-    def of(cls, spec: ServiceSpec, tag: bytes, remote_port: int, keys: bytes = b"") -> Register:
-        """The registration of `spec`, asking for `remote_port` (`keys`: sealed visitor keys)."""
+    def of(
+        cls, spec: ServiceSpec, tag: bytes, remote_port: int, *, keys: bytes = b"", **group: Any
+    ) -> Register:
+        """The registration of `spec`, asking for `remote_port` (`keys`: a private service's
+        sealed visitor keys); a group member's `group_key`, `group_proof`, `healthy` and
+        `instance` come as keywords."""
         level = spec.compression_level if spec.compression else 0
         web, fallback = spec.http, bool(spec.compression)
+        if spec.group is not None:
+            group.update(group=spec.group.name, weight=spec.group.weight)
         if web is None:
             return cls(spec.name, spec.type, 0 if spec.private else remote_port, tag,
                        spec.compression, level, spec.proxy_protocol,
-                       compression_fallback=fallback, private=spec.private,
-                       visitor_keys=keys)  # fmt: skip
+                       compression_fallback=fallback, private=spec.private, visitor_keys=keys,
+                       **group)  # fmt: skip
         auth = web.basic_auth
         return cls(
             spec.name, spec.type, 0, tag, spec.compression, level, spec.proxy_protocol,
@@ -219,7 +223,7 @@ class Register(_Wire):
             host_rewrite=web.host_rewrite, set_headers=web.set_headers,
             remove_headers=web.remove_headers,
             basic_auth=(auth.user, auth.password.value) if auth is not None else None,
-            response_timeout_s=web.response_timeout_s,
+            response_timeout_s=web.response_timeout_s, **group,
         )  # fmt: skip
 
 
@@ -229,7 +233,9 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls", "compression_level", "private")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = (
+        "compression", "urls", "compression_level", "member", "private",
+    )  # fmt: skip
     service: str
     type: ServiceType
     public_host: str
@@ -241,6 +247,8 @@ class Registered(_Wire):
     urls: tuple[str, ...] = ()
     #: The zstd level both sides use (0: the client's own, as before this field).
     compression_level: int = 0
+    #: A group's member: its id in the group (status rows and logs of the server show it).
+    member: str | None = None
     #: The service is private: no public port (`public_port` 0). A client that asked for a
     #: private service refuses an answer without it (a server too old to know what it means).
     private: bool = False
@@ -255,6 +263,7 @@ class Registered(_Wire):
         fields.check_compression(self.compression)
         object.__setattr__(self, "urls", fields.texts("urls", self.urls))
         fields.check_int("compression_level", self.compression_level, 0, 22)
+        fields.optional_text("member", self.member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,13 +306,15 @@ class VisitorHeader(_Wire):
     """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
 
     WIRE_KIND: ClassVar[str] = "visitor"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compressed",)
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compressed", "confirm")
     service: str
     type: ServiceType
     peer_host: str
     peer_port: int
     #: False: this stream travels uncompressed although its service agreed compression.
     compressed: bool = True
+    #: A group member's stream: send `DIAL_CONFIRMED` before the service's bytes.
+    confirm: bool = False
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -311,15 +322,35 @@ class VisitorHeader(_Wire):
         fields.check_text("peer_host", self.peer_host, fields.MAX_TEXT_CHARS)
         fields.check_int("peer_port", self.peer_port, 0, 65535)
         fields.check_bool("compressed", self.compressed)
+        fields.check_bool("confirm", self.confirm)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdate(_Wire):
+    """Client -> server: a group member's target turned healthy or unhealthy, or its weight
+    changed (a reload); sent only to a server that listed FEATURE_GROUPS."""
+
+    WIRE_KIND: ClassVar[str] = "member_update"
+    service: str
+    healthy: bool
+    weight: int
+    #: What the deciding health check saw ("connected", "HTTP 503", ...).
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        fields.check_service(self.service)
+        fields.check_bool("healthy", self.healthy)
+        fields.check_int("weight", self.weight, 0, MAX_WEIGHT)
+        fields.check_text("detail", self.detail, fields.MAX_TEXT_CHARS, empty_ok=True)
 
 
 Message: TypeAlias = (
-    Hello | Challenge | Register | Registered | Unregister | Error | Visit | Visited | Presence
-    | VisitorKeys
+    Hello | Challenge | Register | Registered | Unregister | Error | MemberUpdate | Visit
+    | Visited | Presence | VisitorKeys
 )  # fmt: skip
 _KINDS: tuple[type[Message], ...] = (
-    Hello, Challenge, Register, Registered, Unregister, Error, Visit, Visited, Presence,
-    VisitorKeys,
+    Hello, Challenge, Register, Registered, Unregister, Error, MemberUpdate, Visit, Visited,
+    Presence, VisitorKeys,
 )  # fmt: skip
 _MESSAGE_KINDS: dict[str, type[Message]] = {cls.WIRE_KIND: cls for cls in _KINDS}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from muxtunnel.auth import KEY_BYTES
+from muxtunnel.model import MAX_WEIGHT
 from muxtunnel.specs import SERVICE_TYPES, SpecError, validate_service_name
 from muxtunnel.visitauth import MAX_VISITOR_TOKENS, SEALED_OVERHEAD_BYTES
 
@@ -15,6 +16,7 @@ __all__ = [
     "check_bool",
     "check_bytes",
     "check_compression",
+    "check_group_options",
     "check_int",
     "check_sealed_keys",
     "check_service",
@@ -124,3 +126,25 @@ def check_web_options(message: Any) -> None:
     timeout = message.response_timeout_s
     if timeout is not None and (type(timeout) not in (int, float) or not 0 < timeout <= 86400):
         raise ValueError("response_timeout_s must be a number of seconds, 0 < s <= 86400")
+
+
+#: Sizes of a group member's proof (`auth.GROUP_KEY_BYTES`, `GROUP_PROOF_BYTES`), and of the
+#: random id of its client process (128 bits: no two processes draw the same).
+_GROUP_KEY_BYTES = 32
+_GROUP_PROOF_BYTES = 64
+INSTANCE_BYTES = 16
+
+
+def check_group_options(message: Any) -> None:
+    """The group fields of a `Register`: all at their defaults unless `group` is set."""
+    if message.group is None:
+        if (message.group_key, message.group_proof, message.instance) != (b"", b"", b""):
+            raise ValueError("group_key, group_proof and instance go with group")
+        return
+    check_service(message.group)
+    if message.group_key or message.group_proof:
+        check_bytes("group_key", message.group_key, _GROUP_KEY_BYTES)
+        check_bytes("group_proof", message.group_proof, _GROUP_PROOF_BYTES)
+    check_int("weight", message.weight, 0, MAX_WEIGHT)
+    check_bool("healthy", message.healthy)
+    check_bytes("instance", message.instance, INSTANCE_BYTES)

@@ -94,6 +94,13 @@ class ServiceLimiter:
             self.inbound.set_rate(rate)
             self.outbound.set_rate(rate)
 
+    def connections_allowed(self, server_cap: int) -> int:
+        """Visitor connections the service may have open: the lower of the server's cap
+        (`max_visitors_per_service`) and its own `max_connections`."""
+        if self.max_connections is None:
+            return server_cap
+        return min(server_cap, self.max_connections)
+
     def describe(self) -> dict[str, int | None]:
         """The limits in force, as the status document shows them."""
         return {

@@ -147,7 +147,7 @@ def log_doubling(logger: Any, event: str, count: int, **context: object) -> None
     For every limit that refuses or drops: the caller counts (for its metrics), this decides
     which counts get a warning line.
     """
-    if count & (count - 1) == 0:
+    if count > 0 and count & (count - 1) == 0:
         logger.warning(event, count=count, **context)
 
 

@@ -10,6 +10,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mux import MuxConfig
+from muxtunnel.balance.settings import (
+    DEFAULT_CIRCUIT,
+    DEFAULT_POLICY,
+    CircuitSettings,
+    HealthSettings,
+    PerSourceLimit,
+    Policy,
+    RateLimit,
+)
 
 ServiceType = Literal["tcp", "udp", "http", "https"]
 #: HTTP services are routed by Host on the server's shared HTTP port (and its TLS port when the
@@ -17,6 +26,9 @@ ServiceType = Literal["tcp", "udp", "http", "https"]
 WEB_TYPES: tuple[ServiceType, ...] = ("http", "https")
 ProxyProtocol = Literal["v1", "v2"]
 DEFAULT_CONTROL_PORT = 7835
+#: Highest weight of a group member: weights only compare members, and a thousand to one is
+#: finer than any share a visitor count can show; the bound keeps the picker's sums small.
+MAX_WEIGHT = 1000
 #: zstd level when none is asked for: zstd's own default (ZSTD_CLEVEL_DEFAULT), fast and a good
 #: ratio on text; `compression_level_max` caps what clients may ask the server for.
 DEFAULT_COMPRESSION_LEVEL = 3
@@ -101,6 +113,14 @@ class ServicePolicy:
     #: Visitor idle timeout for this service (None: the server's; 0: never, for long-lived
     #: connections such as ssh sessions that may sit silent for hours).
     idle_timeout_s: float | None = None
+    #: A load-balancing group of this name: the token its members must prove (None: the first
+    #: member's sets it, see README), how it picks a member, when it ejects one.
+    group_token: Secret | None = None
+    lb: Policy = DEFAULT_POLICY
+    circuit: CircuitSettings = DEFAULT_CIRCUIT
+    #: New visitors of the service: all sources together, and per source address.
+    rate_limit: RateLimit | None = None
+    per_source: PerSourceLimit | None = None
     #: Private services: visitor tokens the server's operator lets in, besides the provider's.
     visitor_tokens: tuple[Secret, ...] = ()
 
@@ -243,6 +263,19 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """A client service's place in a load-balancing group: `group` and the keys that go with it."""
+
+    name: str
+    #: What the member proves to join (None: the group has no token of its own).
+    token: Secret | None = None
+    #: Its share of new visitors under a weighted policy; 0: no new visitors at all.
+    weight: int = 1
+    #: How its `up` checks the local target (None: the server's passive checks only).
+    health: HealthSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     """One service the client exposes."""
 
@@ -260,6 +293,8 @@ class ServiceSpec:
     #: TCP, HTTP and HTTPS: the local service gets the visitor's address in a PROXY protocol
     #: header (HAProxy's spec) as the first bytes of each connection.
     proxy_protocol: ProxyProtocol | None = None
+    #: A member of a load-balancing group (None: the service is its name's only registration).
+    group: GroupSpec | None = None
     #: TCP and UDP: no public port; reached only through `muxtunnel visit` with one of
     #: `visitor_tokens` (secrets of their own, never the client token).
     private: bool = False

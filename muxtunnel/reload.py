@@ -228,9 +228,10 @@ class ServiceDiff:
     added: tuple[ServiceSpec, ...] = ()
     removed: tuple[str, ...] = ()
     #: Changed in a way the server sees (type, port, token, compression, web options, PROXY
-    #: protocol): register again.
+    #: protocol, group or group token): register again.
     changed: tuple[ServiceSpec, ...] = ()
-    #: Only the local address changed: new visitors go to the new one, nothing restarts.
+    #: Only the local address, or a group member's weight or health check, changed: applied
+    #: in place (new visitors go to the new address, the server is told the new weight).
     local_only: tuple[ServiceSpec, ...] = ()
     #: A private service's visitor tokens changed (maybe its local address too): its new keys
     #: go to the server, nothing restarts, visits with a dropped token are revoked.
@@ -249,9 +250,10 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
 
     def remote_view(spec: ServiceSpec, config: ClientConfig) -> tuple[object, ...]:
         token = spec.token or config.token
+        group = (spec.group.name, spec.group.token) if spec.group is not None else None
         return (
             spec.type, spec.remote_port, token, spec.compression, spec.compression_level,
-            spec.http, spec.proxy_protocol, spec.private,
+            spec.http, spec.proxy_protocol, group, spec.private,
         )  # fmt: skip
 
     changed, local_only, keys = [], [], []

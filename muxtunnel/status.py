@@ -18,11 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from muxtunnel.group_status import AdmissionRow, GroupRow, MemberRow
+
 __all__ = [
     "DEFAULT_ADMIN_ADDRESS",
     "STATUS_PATH",
+    "AdmissionRow",
     "ClientStatus",
     "ConnectionRow",
+    "GroupRow",
+    "MemberRow",
     "ServerStatus",
     "ServiceRow",
     "SessionRow",
@@ -121,6 +126,12 @@ class ServiceRow:
     urls: tuple[str, ...] = ()
     #: http: final responses to its visitors by status class ("2xx": 10, ...); None otherwise.
     responses: Mapping[str, int] | None = None
+    #: Server: a load-balancing group's members now (None: not a group). Client: the group
+    #: the service is a member of, and what its health check says ("healthy", "unhealthy:
+    #: connect: Connection refused", "unknown"; None without a check).
+    members: int | None = None
+    group: str | None = None
+    health: str | None = None
     #: No public port: reached through `muxtunnel visit` only.
     private: bool = False
     #: Server, private services: `visit` sessions allowed to reach it now.
@@ -154,6 +165,11 @@ class ServiceRow:
             row["urls"] = list(self.urls)
         if self.responses is not None:
             row["responses"] = dict(self.responses)
+        if self.members is not None:
+            row["members"] = self.members
+        if self.group is not None:
+            row["group"] = self.group
+            row["health"] = self.health
         if self.private:
             row["private"] = True
             row["visitor_sessions"] = self.visitor_sessions
@@ -247,6 +263,9 @@ class ServerStatus:
     web_traffic: tuple[WebTrafficRow, ...] = ()
     #: Refusals so far, by reason (`log.Refusals`): every limit that said no, counted.
     refusals: Mapping[str, int] = field(default_factory=dict)
+    #: Load-balancing groups, by name; rate limits of the service names that have them.
+    groups: tuple[GroupRow, ...] = ()
+    admissions: tuple[AdmissionRow, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `GET /api/v1/status`."""
@@ -270,6 +289,8 @@ class ServerStatus:
             "connections": [row.to_dict() for row in self.connections],
             "web": self.web.to_dict() if self.web is not None else None,
             "refusals": dict(sorted(self.refusals.items())),
+            "groups": [row.to_dict() for row in self.groups],
+            "rate_limits": [row.to_dict() for row in self.admissions],
         }
 
 

@@ -137,6 +137,9 @@ def render_status(data: dict[str, Any]) -> Group:
         columns.insert(3, "local")
     if data.get("command") == "visit":  # it serves private services locally
         columns[2:4] = ["served at", "reaches"]
+    grouped = data["role"] == "client" and any("group" in s for s in data["services"])
+    if grouped:
+        columns += ["group", "health"]
     with_requests = any("responses" in s for s in data["services"])
     if with_requests:
         columns.append("responses")
@@ -158,11 +161,17 @@ def render_status(data: dict[str, Any]) -> Group:
         ]
         if data["role"] == "client":
             row.insert(3, s["local"])
+        if grouped:
+            row += [s.get("group") or "-", s.get("health") or "-"]
         if with_requests:
             responses = s.get("responses") or {}
             row.append(" ".join(f"{k} {v}" for k, v in responses.items() if v) or "-")
         rows.append(row)
     parts.append(_table("services", columns, rows))
+    if data.get("groups"):
+        parts.append(_groups_table(data["groups"]))
+    if data.get("rate_limits"):
+        parts.append(_rate_limits_table(data["rate_limits"]))
     parts.append(
         _table(
             "connections",
@@ -180,6 +189,46 @@ def render_status(data: dict[str, Any]) -> Group:
         )
     )
     return Group(*parts)
+
+
+def _circuit(member: dict[str, Any]) -> str:
+    state = str(member["circuit"]).replace("_", "-")
+    remaining = member.get("circuit_remaining_s")
+    return f"{state} {remaining:.0f}s" if remaining is not None else state
+
+
+def _groups_table(groups: list[dict[str, Any]]) -> Table:
+    """One row per member of each load-balancing group."""
+    rows = []
+    for group in groups:
+        head = (
+            f"{group['name']} ({group['policy']}, {group['public']}; "
+            f"retried {group['retries_total']}, failed {group['failed_total']})"
+        )
+        for index, member in enumerate(group["members"]):
+            health = "healthy" if member["healthy"] else "unhealthy"
+            if member.get("health_detail") and not member["healthy"]:
+                health += f": {member['health_detail']}"
+            rows.append([
+                head if index == 0 else "", member["id"], str(member["session"]),
+                str(member["weight"]), health, str(member["connections"]),
+                str(member["visitors_total"]), str(member["dial_failures"]), _circuit(member),
+            ])  # fmt: skip
+    columns = ["group", "member", "session", "weight", "health", "conns", "visitors",
+               "dial fails", "circuit"]  # fmt: skip
+    return _table("groups", columns, rows)
+
+
+def _rate_limits_table(limits: list[dict[str, Any]]) -> Table:
+    rows = [
+        [
+            row["name"], str(row["admitted_total"]),
+            " ".join(f"{reason} {n}" for reason, n in sorted(row["refused"].items())) or "-",
+            str(row["sources_tracked"]),
+        ]
+        for row in limits
+    ]  # fmt: skip
+    return _table("rate limits", ["service", "admitted", "refused", "sources"], rows)
 
 
 def print_status(data: dict[str, Any], console: Console | None = None) -> None:

@@ -91,20 +91,23 @@ def queue_datagram(stream: MuxStream, datagram: bytes, counters: UdpCounters) ->
         counters.dropped_backpressure += 1
 
 
+#: Called once when a flow ends (a subclass's bookkeeping for it).
+OnEnd = Callable[[], None]
+
+
 @dataclass(slots=True)
 class _Flow:
     stream: MuxStream
     last_active: float
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    on_end: OnEnd | None = None
 
 
 class UdpForwarder:
     """Server side of one UDP service: the public socket and its flows to the client.
 
-    `muxtunnel visit` serves a private UDP service locally with one too: its flows go to the
-    server, over whichever session is up (`session`, None while there is none), and
-    `new_flow` says whether a new visitor address may open a flow now (False: the datagram
-    is dropped; the hook counts and logs why).
+    `_open_flow` opens a new flow's stream on `session`; a subclass may decide otherwise (which
+    member of a group, whether the flow may be created at all) and then passes no session.
     """
 
     def __init__(
@@ -117,10 +120,8 @@ class UdpForwarder:
         counters: UdpCounters | None = None,
         streams: Share | None = None,
         refusals: Refusals | None = None,
-        new_flow: Callable[[Address], bool] | None = None,
     ) -> None:
         self.session = session
-        self.new_flow = new_flow
         self.service = service
         self.idle_s = idle_s
         self.max_flows = max_flows
@@ -167,9 +168,6 @@ class UdpForwarder:
         if len(datagram) > MAX_DATAGRAM_BYTES:
             self.counters.dropped_oversize += 1
             return
-        session = self.session
-        if session is None or (self.new_flow is not None and not self.new_flow(address)):
-            return
         while len(self.flows) >= self.max_flows:
             self._evict_oldest()
         streams = self.streams
@@ -184,26 +182,41 @@ class UdpForwarder:
                     )
                 return
             self._evict_oldest()
-        header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
-        try:
-            stream = session.open_stream_nowait(header + frame(datagram))
-        except (anyio.WouldBlock, anyio.BrokenResourceError) as exc:
+        opened = self._open_flow(address, datagram)
+        if opened is None:
             if streams is not None:
                 streams.give_back()
-            if isinstance(exc, anyio.WouldBlock):  # the client has not ACKed its backlog yet
-                self.counters.dropped_backpressure += 1
-                if self.refusals is not None:
-                    self.refusals.refuse(
-                        "udp_flow_backlog",
-                        "udp flow refused: the client has not taken the last ones yet",
-                        service=self.service,
-                    )
             return
+        stream, on_end = opened
         self.counters.flows_opened += 1
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(datagram)
-        flow = self.flows[address] = _Flow(stream, anyio.current_time())
+        flow = self.flows[address] = _Flow(stream, anyio.current_time(), on_end=on_end)
         self._tg.start_soon(self._replies, flow, address)
+
+    def _open_flow(
+        self, address: Address, datagram: bytes
+    ) -> tuple[MuxStream, OnEnd | None] | None:
+        """The stream of a new flow, with its first datagram; None if it cannot open now."""
+        assert self.session is not None
+        header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
+        try:
+            return self.session.open_stream_nowait(header + frame(datagram)), None
+        except anyio.WouldBlock:  # the client has not ACKed its backlog yet
+            self.backlog_full()
+        except anyio.BrokenResourceError:
+            pass
+        return None
+
+    def backlog_full(self) -> None:
+        """A new flow's stream could not open: the client has not taken the last ones yet."""
+        self.counters.dropped_backpressure += 1
+        if self.refusals is not None:
+            self.refusals.refuse(
+                "udp_flow_backlog",
+                "udp flow refused: the client has not taken the last ones yet",
+                service=self.service,
+            )
 
     async def _replies(self, flow: _Flow, address: Address) -> None:
         assert self._endpoint is not None
@@ -251,6 +264,9 @@ class UdpForwarder:
         flow.scope.cancel()
         if self.streams is not None:
             self.streams.give_back()
+        on_end, flow.on_end = flow.on_end, None
+        if on_end is not None:
+            on_end()
 
 
 async def serve_flow(

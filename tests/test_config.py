@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 from mux._config import MuxConfig
+from muxtunnel.balance.settings import (
+    CircuitSettings,
+    HealthSettings,
+    PerSourceLimit,
+    RateLimit,
+    parse_policy,
+)
 from muxtunnel.config import (
     ConfigError,
     load_client_config,
@@ -17,6 +24,7 @@ from muxtunnel.config import (
 )
 from muxtunnel.model import (
     ClientConfig,
+    GroupSpec,
     HttpFront,
     HttpOptions,
     PortRanges,
@@ -64,6 +72,13 @@ def test_example_loads_for_the_server() -> None:
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
     assert config.services == (
         ServicePolicy("ssh", Secret("ssh-0123456789"), port=8022, idle_timeout_s=0.0),
+        ServicePolicy(
+            "shop",
+            lb=parse_policy("least_connections"),
+            circuit=CircuitSettings(3, 20.0, 15.0),
+            rate_limit=RateLimit(200.0, 400),
+            per_source=PerSourceLimit(50, 20.0),
+        ),
     )
     assert config.http == HttpFront("example.com", "0.0.0.0", 80)
 
@@ -79,6 +94,13 @@ def test_example_loads_for_the_client() -> None:
         ServiceSpec("db", "tcp", "127.0.0.1", 5432, private=True,
                     visitor_tokens=(Secret("db-visitor-0123456789"),)),
         ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
+        ServiceSpec(
+            "shop-1",
+            "tcp",
+            "127.0.0.1",
+            8081,
+            group=GroupSpec("shop", None, 2, HealthSettings("http", "/healthz", 5.0, 2.0, 3, 2)),
+        ),
     )  # fmt: skip
 
 

@@ -80,6 +80,9 @@ MUXTUNNEL_RANKS = {
     "__init__": 0,
     "model": 0,
     "status": 0,
+    "group_status": 0,
+    # the load-balancing engine's settings: vocabulary the resolved config holds (stdlib only)
+    "balance.settings": 0,
     # building blocks that need only the vocabulary
     "specs": 1,
     "auth": 1,
@@ -209,8 +212,11 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
 
 
 def rank_key(module: str) -> str:
-    """`muxtunnel.server._session` -> "server"; `muxtunnel` -> "__init__"."""
+    """`muxtunnel.server._session` -> "server"; `muxtunnel` -> "__init__"; a module ranked on
+    its own (`muxtunnel.balance.settings`) -> "balance.settings"."""
     parts = module.split(".")
+    if len(parts) > 2 and ".".join(parts[1:3]) in MUXTUNNEL_RANKS:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else "__init__"
 
 

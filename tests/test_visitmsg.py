@@ -70,7 +70,7 @@ def test_an_older_server_answer_lacks_private_and_says_so() -> None:
 
 def test_register_of_a_private_spec_asks_for_no_port() -> None:
     spec = ServiceSpec("ssh", "tcp", "127.0.0.1", 22, remote_port=2222, private=True)
-    request = Register.of(spec, TAG, 2222, b"k" * 60)
+    request = Register.of(spec, TAG, 2222, keys=b"k" * 60)
     assert (request.private, request.remote_port, request.visitor_keys) == (True, 0, b"k" * 60)
     web = ServiceSpec("w", "http", "127.0.0.1", 80, http=HttpOptions())
     assert not Register.of(web, TAG, 0).private

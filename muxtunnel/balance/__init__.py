@@ -14,45 +14,55 @@ Client side, per service with a `health:` key:
 
 Status: `Group.snapshot(now)`, `VisitorLimiter.snapshot()`, `HealthMonitor.snapshot()` give
 frozen dataclasses (`snapshot.py`).
+
+Each name here loads its module on first use (PEP 562): the resolved configuration
+(`muxtunnel.model`) holds the types of `settings.py`, and importing those must load neither the
+rest of the engine nor the prober's h11 into every process.
 """
 
-from muxtunnel.balance.circuit import PROBE_TIMEOUT_S, CircuitBreaker
-from muxtunnel.balance.group import DuplicateMember, Group
-from muxtunnel.balance.health import HealthChange, HealthTracker
-from muxtunnel.balance.member import Member, Visit
-from muxtunnel.balance.probe import (
-    HealthMonitor,
-    Probe,
-    ProbeResult,
-    make_probe,
-    probe_http,
-    probe_tcp,
-)
-from muxtunnel.balance.ratelimit import (
-    Admission,
-    Refusal,
-    RefusalReason,
-    TokenBucket,
-    VisitorLimiter,
-)
-from muxtunnel.balance.settings import (
-    CircuitSettings,
-    GroupSettings,
-    HealthSettings,
-    PerSourceLimit,
-    Policy,
-    PolicyKind,
-    RateLimit,
-    parse_policy,
-)
-from muxtunnel.balance.snapshot import (
-    CircuitSnapshot,
-    CircuitState,
-    GroupSnapshot,
-    HealthSnapshot,
-    LimiterSnapshot,
-    MemberSnapshot,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from muxtunnel.balance.circuit import PROBE_TIMEOUT_S, CircuitBreaker
+    from muxtunnel.balance.group import DuplicateMember, Group
+    from muxtunnel.balance.health import HealthChange, HealthTracker
+    from muxtunnel.balance.member import Member, Visit
+    from muxtunnel.balance.probe import (
+        HealthMonitor,
+        Probe,
+        ProbeResult,
+        make_probe,
+        probe_http,
+        probe_tcp,
+    )
+    from muxtunnel.balance.ratelimit import (
+        Admission,
+        Refusal,
+        RefusalReason,
+        TokenBucket,
+        VisitorLimiter,
+    )
+    from muxtunnel.balance.settings import (
+        CircuitSettings,
+        GroupSettings,
+        HealthSettings,
+        PerSourceLimit,
+        Policy,
+        PolicyKind,
+        RateLimit,
+        parse_policy,
+    )
+    from muxtunnel.balance.snapshot import (
+        CircuitSnapshot,
+        CircuitState,
+        GroupSnapshot,
+        HealthSnapshot,
+        LimiterSnapshot,
+        MemberSnapshot,
+    )
 
 __all__ = [
     "PROBE_TIMEOUT_S",
@@ -89,3 +99,30 @@ __all__ = [
     "probe_http",
     "probe_tcp",
 ]
+
+_MODULES = {
+    "circuit": ("PROBE_TIMEOUT_S", "CircuitBreaker"),
+    "group": ("DuplicateMember", "Group"),
+    "health": ("HealthChange", "HealthTracker"),
+    "member": ("Member", "Visit"),
+    "probe": ("HealthMonitor", "Probe", "ProbeResult", "make_probe", "probe_http", "probe_tcp"),
+    "ratelimit": ("Admission", "Refusal", "RefusalReason", "TokenBucket", "VisitorLimiter"),
+    "settings": (
+        "CircuitSettings", "GroupSettings", "HealthSettings", "PerSourceLimit", "Policy",
+        "PolicyKind", "RateLimit", "parse_policy",
+    ),
+    "snapshot": (
+        "CircuitSnapshot", "CircuitState", "GroupSnapshot", "HealthSnapshot", "LimiterSnapshot",
+        "MemberSnapshot",
+    ),
+}  # fmt: skip
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

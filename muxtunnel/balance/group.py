@@ -27,10 +27,10 @@ from typing import Generic, TypeVar
 import structlog
 
 from muxtunnel.balance._pickers import Picker, make_picker
-from muxtunnel.balance._util import log_doubling
 from muxtunnel.balance.member import Member, Visit
 from muxtunnel.balance.settings import GroupSettings
 from muxtunnel.balance.snapshot import GroupSnapshot
+from muxtunnel.log import log_doubling
 
 __all__ = ["DuplicateMember", "Group"]
 

@@ -13,10 +13,10 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from muxtunnel.balance._util import log_doubling
 from muxtunnel.balance.circuit import CircuitBreaker
 from muxtunnel.balance.settings import CircuitSettings
 from muxtunnel.balance.snapshot import MemberSnapshot
+from muxtunnel.log import log_doubling
 
 __all__ = ["Member", "Visit"]
 

@@ -32,9 +32,9 @@ from types import MappingProxyType
 
 import structlog
 
-from muxtunnel.balance._util import log_doubling
 from muxtunnel.balance.settings import PerSourceLimit, RateLimit
 from muxtunnel.balance.snapshot import LimiterSnapshot
+from muxtunnel.log import log_doubling
 
 __all__ = [
     "BUSY_RETRY_AFTER_S",

@@ -17,6 +17,7 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_CIRCUIT",
+    "DEFAULT_POLICY",
     "CircuitSettings",
     "GroupSettings",
     "HealthSettings",
@@ -71,6 +72,9 @@ class Policy:
 
     def __str__(self) -> str:
         return f"hash_header:{self.header}" if self.header is not None else self.kind.value
+
+
+DEFAULT_POLICY = Policy()
 
 
 def parse_policy(text: str) -> Policy:

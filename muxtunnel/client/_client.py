@@ -10,6 +10,7 @@ snapshot.
 from __future__ import annotations
 
 import random
+import secrets
 
 import anyio
 import anyio.abc
@@ -18,6 +19,7 @@ import structlog
 from mux import MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.client import _visitors
+from muxtunnel.client._health import HealthChecks
 from muxtunnel.client._session import Control, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
@@ -26,6 +28,7 @@ from muxtunnel.client._state import (
     RetryableError,
     ServiceState,
 )
+from muxtunnel.fields import INSTANCE_BYTES
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
@@ -73,6 +76,9 @@ class Client:
         #: The live session's control channel, for registrations after a reload.
         self._control: Control | None = None
         self._session_started = 0.0
+        #: This process among the members of a group (a reconnect takes its place back).
+        self.instance = secrets.token_bytes(INSTANCE_BYTES)
+        self.checks = HealthChecks(self._report_health)
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
@@ -104,9 +110,23 @@ class Client:
         """Serve until cancelled; raises `FatalError` for failures a retry cannot fix.
 
         Reports through `task_status` at once: there is nothing to wait for before the first
-        connection attempt.
+        connection attempt. Health checks run beside it, across sessions.
         """
-        task_status.started()
+        fatal: FatalError | None = None
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.checks.run)
+            for state in self.services.values():
+                self.checks.start(state)
+            task_status.started()
+            try:
+                await self._reconnect_loop()
+            except FatalError as exc:  # raised as itself, not in the task group's group
+                fatal = exc
+                tg.cancel_scope.cancel()
+        if fatal is not None:
+            raise fatal
+
+    async def _reconnect_loop(self) -> None:
         attempt = 0
         first = True
         while True:
@@ -144,7 +164,9 @@ class Client:
         try:
             async with Session(carrier, client=True, config=self.config.mux) as session:
                 self.session = session
-                channel = Control(await session.open_stream(), self.config, binding, self.announce)
+                channel = Control(
+                    await session.open_stream(), self.config, binding, self.announce, self.instance
+                )
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     await channel.hello()
                     for state in list(self.services.values()):
@@ -184,6 +206,12 @@ class Client:
     async def _on_stream(self, stream: MuxStream) -> None:
         await _visitors.serve(self, stream)
 
+    async def _report_health(self, state: ServiceState) -> None:
+        """A group member's health changed: tell the server now, if the session is up."""
+        channel = self._control
+        if channel is not None and state.public is not None:
+            await channel.member_update(state)
+
     def _token(self, spec: ServiceSpec) -> Secret | None:
         return spec.token or self.config.token
 
@@ -217,8 +245,7 @@ class Client:
         for spec in diff.local_only:
             state = self.services.get(spec.name)
             if state is not None:  # None: refused at its last registration
-                state.spec = spec
-                log.info("service local address changed", service=spec.name, local=spec.local)
+                await self._change_in_place(state, spec)
         for spec in diff.changed:
             await self._remove_service(spec.name)
             await self._add_service(spec)
@@ -235,9 +262,25 @@ class Client:
             visitor_tokens_changed=[spec.name for spec in diff.visitor_tokens],
         )
 
+    async def _change_in_place(self, state: ServiceState, spec: ServiceSpec) -> None:
+        """A new local address, or a group member's new weight or health check."""
+        old, state.spec = state.spec, spec
+        if old.local != spec.local:
+            log.info("service local address changed", service=spec.name, local=spec.local)
+        old_health = old.group.health if old.group is not None else None
+        new_health = spec.group.health if spec.group is not None else None
+        if old_health != new_health or old.local != spec.local:
+            self.checks.stop(state)
+            self.checks.start(state)
+        old_weight = old.group.weight if old.group is not None else None
+        if spec.group is not None and spec.group.weight != old_weight:
+            log.info("group member weight changed", service=spec.name, weight=spec.group.weight)
+            await self._report_health(state)
+
     async def _add_service(self, spec: ServiceSpec) -> None:
         """Start exposing `spec`: at once on a live session, else with the next one."""
         state = self.services[spec.name] = ServiceState(spec)
+        self.checks.start(state)
         channel = self._control
         if channel is None:
             return  # registered with the others when the session (re)starts
@@ -271,6 +314,8 @@ class Client:
     async def _remove_service(self, name: str) -> None:
         """Stop exposing `name`; the server closes its public port and its visitors."""
         state = self.services.pop(name, None)
+        if state is not None:
+            self.checks.stop(state)
         channel = self._control
         if state is None or channel is None or state.public is None:
             return
@@ -281,8 +326,11 @@ class Client:
         """Take `specs` as the services to register on the next session."""
         old = self.services
         self.services = {}
+        for state in old.values():
+            self.checks.stop(state)
         for spec in specs:
             state = self.services[spec.name] = ServiceState(spec)
+            self.checks.start(state)
             if spec.name in old and old[spec.name].spec.remote_port == spec.remote_port:
                 state.remote_port = old[spec.name].remote_port
 

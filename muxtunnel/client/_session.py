@@ -19,7 +19,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from mux import MuxStream
 from muxtunnel import control
-from muxtunnel.auth import client_tag, derive_key, new_nonce, verify_server_tag
+from muxtunnel.auth import (
+    client_tag,
+    derive_key,
+    group_key_pair,
+    group_proof,
+    new_nonce,
+    verify_server_tag,
+)
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     Announce,
@@ -31,6 +38,7 @@ from muxtunnel.control import (
     Challenge,
     Error,
     Hello,
+    MemberUpdate,
     Register,
     Registered,
     Unregister,
@@ -91,13 +99,23 @@ class Control:
     """
 
     def __init__(
-        self, channel: MuxStream, config: ClientConfig, binding: bytes, announce: Announce
+        self,
+        channel: MuxStream,
+        config: ClientConfig,
+        binding: bytes,
+        announce: Announce,
+        instance: bytes = b"",
     ) -> None:
         self.channel = channel
         self._config = config
         self._binding = binding
         self._announce = announce
+        #: The random id of this client process: a group member's reconnect takes its own
+        #: place back (`Register.instance`).
+        self._instance = instance
         self._nonces = (b"", b"")
+        #: What the server supports beyond version 1 (`Challenge.features`).
+        self.features: tuple[str, ...] = ()
         #: Answers to `register_later`, passed on by `watch` (before it runs, registrations
         #: read the channel themselves).
         self._send: MemoryObjectSendStream[Reply]
@@ -118,6 +136,7 @@ class Control:
         if not isinstance(reply, Challenge):
             raise control.ControlError(f"expected a challenge, got {type(reply).__name__}")
         self._nonces = reply.server_nonce, client_nonce
+        self.features = reply.features
 
     async def register(self, state: ServiceState, token: Secret | None, *, first: bool) -> None:
         """Register one service, before `watch` runs; updates `state` and announces it.
@@ -135,6 +154,20 @@ class Control:
         async with self._lock:
             with anyio.fail_after(CONTROL_TIMEOUT_S):
                 await self._register(state, token, True, self._replies)
+
+    async def member_update(self, state: ServiceState) -> None:
+        """Tell the server a group member's health or weight now (if it takes groups)."""
+        group = state.spec.group
+        if group is None or control.FEATURE_GROUPS not in self.features:
+            return
+        healthy = state.healthy
+        update = MemberUpdate(
+            state.spec.name, healthy is not False, group.weight, state.health_detail[:255]
+        )
+        try:
+            await control.send_message(self.channel, update)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the session is ending: the next registration carries the news
 
     async def update_visitor_keys(self, state: ServiceState, token: Secret | None) -> None:
         """A private service's visitor tokens changed (a reload): send their keys; the service
@@ -181,10 +214,14 @@ class Control:
             )
         key = derive_key(token)
         server_nonce, client_nonce = self._nonces
-        tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce, self._binding)
+        group = spec.group.name if spec.group is not None else ""
+        tag = client_tag(
+            key, spec.name, spec.type, server_nonce, client_nonce, self._binding, group
+        )
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
-        request = Register.of(spec, tag, port, self._sealed_keys(spec, key))
+        keys = self._sealed_keys(spec, key)
+        request = Register.of(spec, tag, port, keys=keys, **self._membership(state))
         await control.send_message(self.channel, request)
         if replies is None:
             reply = await control.receive_message(self.channel)
@@ -205,7 +242,7 @@ class Control:
         if not isinstance(reply, Registered) or reply.service != spec.name:
             raise control.ControlError(f"unexpected answer to registering {spec.name!r}")
         if not verify_server_tag(
-            key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding
+            key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding, group
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
         if spec.private and not reply.private:  # the session's end closes what it opened
@@ -213,6 +250,7 @@ class Control:
                 f"service {spec.name!r}: the server does not know private services (it is "
                 "older): refusing to expose it on a public port"
             )
+        state.member = reply.member
         state.compression = reply.compression if spec.compression else None
         # An older server says no level: ours, as it was then.
         state.compression_level = reply.compression_level or spec.compression_level
@@ -234,6 +272,28 @@ class Control:
             local=spec.local,
         )
         self._announce(state)
+
+    def _membership(self, state: ServiceState) -> dict[str, object]:
+        """A group member's fields of its registration (none for other services)."""
+        group = state.spec.group
+        if group is None:
+            return {}
+        if control.FEATURE_GROUPS not in self.features:
+            raise FatalError(
+                f"service {state.spec.name!r}: the server does not take load-balancing groups "
+                "(it is older than this client); upgrade it, or leave out 'group'"
+            )
+        fields: dict[str, object] = {
+            "healthy": state.healthy is not False,
+            "instance": self._instance,
+        }
+        if group.token is not None:
+            private, public = group_key_pair(group.token)
+            fields["group_key"] = public
+            fields["group_proof"] = group_proof(
+                private, state.spec.name, group.name, *self._nonces, self._binding
+            )
+        return fields
 
     async def watch(self, on_closed: Callable[[str | None], None]) -> None:
         """Read the channel until it ends: the session ends with it.

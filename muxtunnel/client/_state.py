@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
 
 from mux import MuxStream
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.model import ServiceSpec
 from muxtunnel.status import ServiceRow
 from muxtunnel.udp import UdpCounters
+
+if TYPE_CHECKING:  # loaded only by a client with health checks
+    from muxtunnel.balance.probe import HealthMonitor
 
 __all__ = [
     "CONTROL_TIMEOUT_S",
@@ -53,6 +59,27 @@ class ServiceState:
     compression_level: int = 0
     #: http/https: every URL the server routes to it (`public` is the first).
     urls: tuple[str, ...] = ()
+    #: A group member: its id in the group (from the server), its health check and the scope
+    #: that runs it, and what the check last saw.
+    member: str | None = None
+    monitor: HealthMonitor | None = None
+    check_scope: anyio.CancelScope | None = None
+    health_detail: str = ""
+
+    @property
+    def healthy(self) -> bool | None:
+        """What its health check says now (None: no check, or no answer yet)."""
+        return self.monitor.healthy if self.monitor is not None else None
+
+    def health(self) -> str | None:
+        """The health check's verdict for status rows (None: the service has no check)."""
+        if self.monitor is None:
+            return None
+        healthy = self.monitor.healthy
+        if healthy is None:
+            return "unknown"
+        verdict = "healthy" if healthy else "unhealthy"
+        return f"{verdict}: {self.health_detail}" if self.health_detail else verdict
 
     def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
         """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""
@@ -80,6 +107,8 @@ class ServiceState:
             udp_dropped=dropped,
             local=spec.local,
             urls=self.urls if self.public else (),
+            group=spec.group.name if spec.group is not None else None,
+            health=self.health(),
         )
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
-from mux import Session
+from mux import MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.client._client import backoff_s
 from muxtunnel.client._session import open_carrier
@@ -39,6 +40,7 @@ from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import client_context
 from muxtunnel.transport import (
+    Address,
     TcpListener,
     abort,
     listen_tcp,
@@ -46,7 +48,7 @@ from muxtunnel.transport import (
     peer_address,
     setup_done,
 )
-from muxtunnel.udp import UdpForwarder
+from muxtunnel.udp import OnEnd, UdpForwarder
 
 __all__ = ["Visitor"]
 
@@ -55,6 +57,22 @@ log = structlog.get_logger("muxtunnel.visit")
 #: Local connections of one service between their accept and their stream's opening (as a
 #: public port's, `server._visitors.SETTING_UP`).
 SETTING_UP = 16
+
+
+class _LocalFlows(UdpForwarder):
+    """A private UDP service served locally: each local address is a flow to the server, on
+    the session up now (`session`, None while there is none), when `may_open` says so."""
+
+    def __init__(self, may_open: Callable[[Address], bool], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._may_open = may_open
+
+    def _open_flow(
+        self, address: Address, datagram: bytes
+    ) -> tuple[MuxStream, OnEnd | None] | None:
+        if self.session is None or not self._may_open(address):
+            return None
+        return super()._open_flow(address, datagram)
 
 
 class Visitor:
@@ -131,10 +149,9 @@ class Visitor:
                 self._listeners[spec.name] = listener
                 state.bound = format_host_port(spec.bind_host, local_port(listener))
                 continue
-            forwarder = UdpForwarder(
-                None, spec.name, idle_s=self.config.udp_flow_idle_s,
-                max_flows=self.config.udp_max_flows, counters=state.udp,
-                refusals=self.refusals, new_flow=self._flow_gate(state),
+            forwarder = _LocalFlows(
+                self._flow_gate(state), None, spec.name, idle_s=self.config.udp_flow_idle_s,
+                max_flows=self.config.udp_max_flows, counters=state.udp, refusals=self.refusals,
             )  # fmt: skip
             await forwarder.bind(spec.bind_host, spec.bind_port)
             self._flows[spec.name] = forwarder
@@ -221,8 +238,8 @@ class Visitor:
 
     # --- local connections ---
 
-    def _flow_gate(self, state: VisitState) -> Callable[[tuple[str, int]], bool]:
-        def new_flow(address: tuple[str, int]) -> bool:
+    def _flow_gate(self, state: VisitState) -> Callable[[Address], bool]:
+        def new_flow(address: Address) -> bool:
             return self._may_open(state, format_host_port(*address))
 
         return new_flow

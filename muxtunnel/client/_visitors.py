@@ -5,6 +5,11 @@ UDP flow gets a connected UDP socket (`muxtunnel.udp.serve_flow`). HTTP and HTTP
 streams are TCP visitors here: the server already routed them (and wrote any PROXY protocol
 header first on the stream), so the client pipes their bytes as they come. A stream for a
 service the client does not know, or whose header is late or malformed, is reset.
+
+A group member's streams ask for a confirmation (`VisitorHeader.confirm`): the first byte back
+is `control.DIAL_CONFIRMED`, sent once the local dial succeeded and before any visitor byte is
+written to the service, so that the server can replay a visitor whose dial failed (the stream
+is reset then) to another member.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from muxtunnel.forward import Visitors, forward, guarded
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
-from muxtunnel.transport import TransportError, connect
+from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udp import serve_flow
 
 __all__ = ["Host", "serve"]
@@ -114,6 +119,12 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         )
         stream.reset()
         return
+    if header.confirm:
+        try:
+            await stream.send(control.DIAL_CONFIRMED)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await abort(target)  # the visitor went meanwhile: the service must see it fail
+            return
     compressed = state.compression is not None and header.compressed
     with host.visitors.track():
         await forward(

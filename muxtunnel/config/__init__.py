@@ -32,7 +32,16 @@ from typing import Literal, overload
 
 from muxtunnel.config._client import CLIENT_KEYS, client
 from muxtunnel.config._server import SERVER_KEYS, server
-from muxtunnel.config._tree import ConfigError, Map, Node, Scalar, absent, child, read_tree
+from muxtunnel.config._tree import (
+    ConfigError,
+    Map,
+    Node,
+    Scalar,
+    absent,
+    child,
+    read_secret_file,
+    read_tree,
+)
 from muxtunnel.config._values import mapping
 from muxtunnel.config._visitor import visitor
 from muxtunnel.model import ClientConfig, ServerConfig
@@ -47,6 +56,7 @@ __all__ = [
     "load_config",
     "load_server_config",
     "load_visitor_config",
+    "read_secret_file",
 ]
 
 Role = Literal["server", "client", "visitor"]

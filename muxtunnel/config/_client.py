@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from muxtunnel.auth import TAG_BYTES
+from muxtunnel.auth import KEY_BYTES, TAG_BYTES
+from muxtunnel.config import _balance, _web
 from muxtunnel.config import _values as v
-from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -44,7 +44,7 @@ __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
     "name", "type", "local", "remote_port", "token", "compression", "compression_level",
-    "public", "visitor_token", *_web.WEB_SERVICE_KEYS,
+    "public", "visitor_token", *_web.WEB_SERVICE_KEYS, *_balance.GROUP_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -100,6 +100,8 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         private, visitor_tokens = _privacy(entry, kind, env)
         if private and remote is not None:
             fail(remote, "a private service has no public port: leave remote_port out")
+        if private and (member := present(entry, "group")) is not None:
+            fail(member, "a private service cannot be a group member (groups are public)")
         protocol = None
         if found := present(entry, "proxy_protocol"):
             if kind == "udp":
@@ -118,6 +120,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
             proxy_protocol=protocol,
             private=private,
             visitor_tokens=visitor_tokens,
+            group=_balance.group_spec(entry, env),
         )
         _fits_one_message(entry, spec)
         specs.append(spec)
@@ -147,9 +150,20 @@ def _privacy(
 def _fits_one_message(entry: Map, spec: ServiceSpec) -> None:
     """A registration travels in one control message: refuse options too long for it."""
     from muxtunnel import control
+    from muxtunnel.auth import GROUP_KEY_BYTES, GROUP_PROOF_BYTES
+    from muxtunnel.fields import INSTANCE_BYTES
+    from muxtunnel.visitauth import SEALED_OVERHEAD_BYTES
 
+    group: dict[str, bytes] = {}
+    if spec.group is not None:  # the largest a member's fields can be
+        group = {"group_key": bytes(GROUP_KEY_BYTES), "group_proof": bytes(GROUP_PROOF_BYTES),
+                 "instance": bytes(INSTANCE_BYTES)}  # fmt: skip
+    keys = bytes(SEALED_OVERHEAD_BYTES + KEY_BYTES * len(spec.visitor_tokens))
     try:
-        control.encode_message(control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port))
+        register = control.Register.of(
+            spec, bytes(TAG_BYTES), spec.remote_port, keys=keys if spec.private else b"", **group
+        )
+        control.encode_message(register)
     except ValueError as exc:
         fail(
             entry,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from muxtunnel.config import _balance, _web
 from muxtunnel.config import _values as v
-from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -33,7 +33,7 @@ __all__ = ["SERVER_KEYS", "server"]
 _PORTS = "a port list like '1024-65535,8080'"
 _POLICY_KEYS = (
     "name", "token", "bandwidth_bytes_per_s", "max_connections", "compression", "custom_domains",
-    "port", "idle_timeout_s", "visitor_token",
+    "port", "idle_timeout_s", "visitor_token", *_balance.POLICY_KEYS,
 )  # fmt: skip
 
 
@@ -80,6 +80,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             v.unique_name(ports, str(limits["port"]), found, what="pinned port")
         if found := present(entry, "idle_timeout_s"):
             limits["idle_timeout_s"] = v.non_negative(found, env)
+        limits.update(_balance.policy_fields(entry, env))
         token = v.token(token_node, env) if token_node else None
         if found := present(entry, "visitor_token"):
             limits["visitor_tokens"] = v.visitor_tokens(found, env)

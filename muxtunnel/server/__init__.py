@@ -3,8 +3,12 @@
 Modules: `_server` (accepts carriers, owns the state, `apply_config`, `status`), `_session`
 (one client: control channel, authentication, registrations), `_services` (public sockets and
 what a session's services share), `_visitors` (a TCP service's visitors: admission, idle
-timeout, forwarding), `_web` (the shared web ports), `_registry` (live services and reserved
-ports), `_host` (what a session may use of its server). The pre-auth gate is
+timeout, forwarding), `_web` with `_web_names` and `_web_upstream` (the shared web ports),
+`_registry` (live services and reserved ports), `_host` (what a session may use of its
+server), `_groups` (load-balancing groups: members joining and leaving, the group's socket),
+`_group_visitors` (a group's TCP visitors, its status rows), `_balanced` (a visitor's stream
+to a member, retried once on a failed dial), `_admitted_udp` (UDP flows admitted by rate
+limits, given to a member), `_ratelimits` (rate limits per service name). The pre-auth gate is
 `muxtunnel.admission`, shared with the HTTP endpoints.
 """
 

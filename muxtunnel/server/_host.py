@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from mux import Session
 from muxtunnel.admission import AdmissionGate
 from muxtunnel.auth import FailureLimiter, TokenBook
+from muxtunnel.balance.ratelimit import VisitorLimiter
+from muxtunnel.control import MemberUpdate, Register
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
+from muxtunnel.quota import Share
 from muxtunnel.server._private import PrivateBook
-from muxtunnel.server._registry import Registry
+from muxtunnel.server._registry import ActiveService, Registry
 
 if TYPE_CHECKING:  # loaded only by a server with web ports
     from muxtunnel.server._web import WebFront
@@ -90,4 +94,46 @@ class Host(Protocol):
 
     def auth_failed(self, source: str, now: float) -> None:
         """Count a failed authentication from `source`."""
+        ...
+
+    async def close_service(self, service: ActiveService, reason: str) -> None:
+        """Close a live service (its visitors too) and tell its client why."""
+        ...
+
+    def visitor_limiter(self, name: str) -> VisitorLimiter | None:
+        """The rate limits on new visitors of a service name (None: it has none)."""
+        ...
+
+    # --- load-balancing groups (`_groups.Groups`) ---
+
+    def is_group(self, name: str) -> bool:
+        """Is `name` a live load-balancing group?"""
+        ...
+
+    def group_proof_ok(
+        self, request: Register, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> bool:
+        """Does a member's registration prove its group's token (if the group has one)?"""
+        ...
+
+    async def join_group(
+        self,
+        session: Session,
+        session_id: int,
+        client_name: str,
+        request: Register,
+        key: bytes,
+        shares: tuple[Share, Share],
+    ) -> ActiveService:
+        """A member's registration, in its group (`RegistrationError` if refused): `key` is the
+        one its client proved (the group name's), `shares` its session's streams and
+        compression memory for it."""
+        ...
+
+    def leave_group(self, service: ActiveService) -> None:
+        """A member's registration ended: it leaves its group, its visitors are cut."""
+        ...
+
+    def update_member(self, service: ActiveService, update: MemberUpdate) -> None:
+        """A member's client reported its health or weight."""
         ...

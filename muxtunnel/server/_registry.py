@@ -4,6 +4,10 @@ A public port belongs to the service (name, and the token it proved) that holds 
 service's session ends, the port stays reserved for it for `port_reservation_s`: its client
 reconnects and asks for the same port, and nobody else may take it meanwhile (an explicit
 Unregister, or the server closing the service, gives the port up at once).
+
+A member of a load-balancing group is an `ActiveService` of its session too (its `member` says
+how the group reaches it), but not in `Registry.by_name`: its group (`GroupService`, kept by
+`_groups.Groups`) holds the public name, the port and the visitors.
 """
 
 from __future__ import annotations
@@ -14,17 +18,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
+import structlog
 
-from mux import Session
+from mux import MuxStream, Session
+from muxtunnel.balance.group import Group
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import log_doubling
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
 from muxtunnel.quota import Quota, Share
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServiceRow
 from muxtunnel.udp import UdpCounters
 
-__all__ = ["ActiveService", "RegistrationError", "Registry", "Reservation", "admit_web_visitor"]
+__all__ = [
+    "ActiveService", "GroupService", "MemberHandle", "RegistrationError", "Registry",
+    "Reservation", "admit_web_visitor",
+]  # fmt: skip
+
+log = structlog.get_logger("muxtunnel.server")
 
 
 class RegistrationError(Exception):
@@ -76,6 +88,8 @@ class ActiveService:
     proxy_protocol: str | None = None
     #: Its client's session ended (a web service's names then wait out a grace for it).
     session_lost: bool = False
+    #: A load-balancing group's member: how its group reaches it (None: not a member).
+    member: MemberHandle | None = None
     #: No public port: visitors come through `muxtunnel visit` (`_visit`), with one of its
     #: provider's `visitor_keys` or the server policy's (`_private.PrivateBook`).
     private: bool = False
@@ -133,6 +147,56 @@ class ActiveService:
             private=self.private,
             visitor_sessions=visitor_sessions,
         )
+
+
+@dataclass(eq=False)
+class MemberHandle:
+    """A group member as its group sees it: the session to open visitor streams on, and the
+    registration they are for."""
+
+    session: Session
+    service: ActiveService
+    #: Its id in the group: `CLIENT-NAME/SERVICE`, stable across reconnects (hashed keys
+    #: come back to it), `#2`... added when another process already holds that id.
+    member_id: str
+    group: str
+    #: The random id of its client process (`Register.instance`).
+    instance: bytes
+    #: What the member's last health check saw, as its client reported it.
+    detail: str = ""
+    #: Visitor streams open on it, reset when it leaves the group.
+    streams: set[MuxStream] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class GroupService:
+    """One live group: its public socket (or web routes), members, visitors and counters."""
+
+    name: str
+    type: ServiceType
+    port: int
+    group: Group[MemberHandle]
+    #: Public key of the group token (None: the group has none); `configured`: from the config.
+    key: bytes | None
+    configured: bool
+    in_flight: Visitors
+    udp: UdpCounters = field(default_factory=UdpCounters)
+    #: Cancelled: the public socket closes and every visitor of the group is cut.
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: Cancelled: the public socket closes, visitors already in carry on.
+    listener_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    started: float = field(default_factory=anyio.current_time)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    urls: tuple[str, ...] = ()
+    #: Visitors in flight per source address (`auth.address_key`).
+    sources: Counter[str] = field(default_factory=Counter)
+    retries_total: int = 0
+    failed_total: int = 0
+
+    def visitor_failed(self, why: str) -> None:
+        """A visitor no member could take: counted, and logged at doubling counts."""
+        self.failed_total += 1
+        log_doubling(log, "group visitor failed", self.failed_total, group=self.name, why=why)
 
 
 def admit_web_visitor(

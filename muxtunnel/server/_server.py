@@ -19,13 +19,19 @@ from mux import Session
 from muxtunnel import __version__, control
 from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import FailureLimiter, TokenBook, address_key
-from muxtunnel.control import Error
+from muxtunnel.balance.ratelimit import VisitorLimiter
+from muxtunnel.control import Error, MemberUpdate, Register
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
+from muxtunnel.quota import Share
 from muxtunnel.reload import ReloadError, server_changes
+from muxtunnel.server._group_visitors import group_service_row
+from muxtunnel.server._group_visitors import rows as group_rows
+from muxtunnel.server._groups import Groups
 from muxtunnel.server._private import PrivateBook
+from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
@@ -72,12 +78,19 @@ class Server:
         #: Per service name, kept across registrations: byte totals and enforced limits.
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
+        #: Rate limits on new visitors, per service name.
+        self.rate_limits = RateLimits(config.services)
+        #: Load-balancing groups, by name.
+        self.groups = Groups(self)
         #: The shared HTTP/HTTPS ports (None: not configured); imported only when configured.
         self.web: WebFront | None = None
         if config.http is not None:
             from muxtunnel.server._web import WebFront
 
-            self.web = WebFront(config, self.registry, self.traffic_of, self.limiter_of)
+            self.web = WebFront(
+                config, self.registry, self.traffic_of, self.limiter_of,
+                self.visitor_limiter, self.groups.by_name, self.refusals,
+            )  # fmt: skip
         self.auth_failures = 0
         self.started = 0.0
         #: The bound control port, once running.
@@ -122,7 +135,7 @@ class Server:
         # A visitor that outlived its service may have made its name's state anew: retire it.
         policies = {policy.name for policy in self.config.services}
         orphans = self.traffic.keys() | (self.limiters.keys() - policies)
-        for name in orphans - registry.by_name.keys():
+        for name in orphans - registry.by_name.keys() - self.groups.by_name.keys():
             retired.setdefault(name, now)
         horizon = now - RETIRED_NAME_GRACE_S
         excess = len(retired) - MAX_RETIRED_NAMES
@@ -140,6 +153,42 @@ class Server:
                 self.web.engine.counters.services.pop(name, None)
             if name not in policies:
                 self.limiters.pop(name, None)
+
+    def visitor_limiter(self, name: str) -> VisitorLimiter | None:
+        """The rate limits on new visitors of a service name (None: it has none)."""
+        return self.rate_limits.of(name)
+
+    # --- load-balancing groups (`Host`'s side of `_groups.Groups`) ---
+
+    def is_group(self, name: str) -> bool:
+        """Is `name` a live load-balancing group?"""
+        return name in self.groups.by_name
+
+    def group_proof_ok(
+        self, request: Register, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> bool:
+        """Does a member's registration prove its group's token (if the group has one)?"""
+        return self.groups.proof_ok(request, nonces, binding)
+
+    async def join_group(
+        self,
+        session: Session,
+        session_id: int,
+        client_name: str,
+        request: Register,
+        key: bytes,
+        shares: tuple[Share, Share],
+    ) -> ActiveService:
+        """A member's registration, in its group (`RegistrationError` if refused)."""
+        return await self.groups.join(session, session_id, client_name, request, key, shares)
+
+    def leave_group(self, service: ActiveService) -> None:
+        """A member's registration ended: it leaves its group, its visitors are cut."""
+        self.groups.leave(service)
+
+    def update_member(self, service: ActiveService, update: MemberUpdate) -> None:
+        """A member's client reported its health or weight."""
+        self.groups.update(service, update)
 
     # --- running ---
 
@@ -164,6 +213,7 @@ class Server:
         # Carriers run in a group outside the accepting scope: stopping to accept new clients
         # (shutdown) must not cancel the sessions that are draining.
         async with anyio.create_task_group() as carriers:
+            await carriers.start(self.groups.run)
             if self.web is not None:
                 await carriers.start(self.web.run)
             task_status.started(self.port)
@@ -177,6 +227,7 @@ class Server:
         Visitor connections still open after `drain_timeout_s` are reset with their sessions.
         """
         self._accepting.cancel()
+        self.groups.stop_accepting()
         if self.web is not None:
             self.web.stop_accepting()
         sessions = list(self.sessions.values())
@@ -273,6 +324,7 @@ class Server:
         policies = {policy.name: policy for policy in new.services}
         for name in set(self.limiters) | set(policies):
             self.limiter_of(name).update(policies.get(name))
+        self.rate_limits.update(new.services)
         self.private.apply(new)  # visits its visitor tokens no longer cover are revoked
         closed = []
         for service in list(self.registry.by_name.values()):
@@ -280,6 +332,10 @@ class Server:
             if reason is not None:
                 closed.append(service.name)
                 await self.close_service(service, reason)
+        for group, reason in self.groups.apply(changes):
+            closed.append(group.name)
+            for member in group.group.members:
+                await self.close_service(member.handle.service, reason)
         if self.web is not None:
             for service in self.web.apply(new, web_tls):
                 if self.registry.by_name.get(service.name) is service:
@@ -319,6 +375,12 @@ class Server:
             )
             for name, service in sorted(self.registry.by_name.items())
         ]
+        groups = group_rows(self.groups.by_name, public_host, now)
+        services += [
+            group_service_row(group, public_host, self.traffic.get(name), self.limiters.get(name))
+            for name, group in self.groups.by_name.items()
+        ]
+        services.sort(key=lambda row: row.name)
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
         traffic = [t.row(name) for name, t in sorted(self.traffic.items())]
@@ -336,4 +398,6 @@ class Server:
             web=self.web.row() if self.web is not None else None,
             web_traffic=tuple(web_rows.values()),
             refusals=dict(self.refusals.counts),
+            groups=tuple(groups),
+            admissions=self.rate_limits.rows(),
         )

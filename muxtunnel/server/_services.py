@@ -7,12 +7,16 @@ A session's services share its streams and its compression memory, each with a g
 share (`SessionQuotas`, `muxtunnel.quota`). A TCP service's visitors are admitted and forwarded
 by `_visitors`. A UDP service's datagrams are handled by its `UdpForwarder`, one stream per
 visitor address, within the same stream share. HTTP and HTTPS services have no socket of their
-own: they are routes on the server's shared web ports (`_web.WebFront`).
+own: they are routes on the server's shared web ports (`_web.WebFront`). Rate limits
+(`rate_limit`, `per_source`) admit each new visitor first: a refused TCP visitor gets a reset,
+a refused UDP flow is not created. A member of a load-balancing group is registered by its
+group (`_groups`): its group holds the public socket, it only waits here until it leaves.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -21,18 +25,22 @@ import structlog
 
 from mux import Session
 from muxtunnel import control
+from muxtunnel.auth import address_key
 from muxtunnel.compress import ALGORITHMS
-from muxtunnel.control import Register
+from muxtunnel.control import Register, Visit
 from muxtunnel.forward import Visitors
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
 from muxtunnel.quota import Quota
 from muxtunnel.server import _visitors
+from muxtunnel.server._admitted_udp import AdmittedUdp
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.transport import TcpListener, TransportError, listen_tcp, local_port
 from muxtunnel.udp import UdpForwarder
 
-__all__ = ["PublicSocket", "SessionQuotas", "open_service", "serve"]
+__all__ = [
+    "PublicSocket", "SessionQuotas", "bind", "compression", "open_service", "port_for", "serve",
+]  # fmt: skip
 
 log = structlog.get_logger("muxtunnel.server")
 
@@ -58,10 +66,11 @@ class SessionQuotas:
         return cls(Quota(config.mux.max_streams - 1), Quota(config.compression_budget_bytes))
 
 
-def _compression(host: Host, request: Register) -> tuple[str | None, int]:
-    """The compression to use for a service: what the client asked, if policy allows it."""
+def compression(host: Host, request: Register | Visit, name: str) -> tuple[str | None, int]:
+    """The compression to use for a service (or a visitor's streams to it): what the client
+    asked, if the policy of `name` (the service's, or its group's) allows it."""
     config = host.config
-    policy = next((p for p in config.services if p.name == request.service), None)
+    policy = next((p for p in config.services if p.name == name), None)
     if (
         request.compression not in ALGORITHMS
         or request.type == "udp"
@@ -77,16 +86,18 @@ def pinned_ports(config: ServerConfig) -> dict[str, int]:
     return {p.name: p.port for p in config.services if p.port is not None}
 
 
-def _port_for(host: Host, request: Register, key: bytes) -> int:
-    """The port a registration may have (0: pick one); `RegistrationError` if it may not."""
+def port_for(host: Host, request: Register, key: bytes, name: str | None = None) -> int:
+    """The port a registration under public name `name` (default: its service's) may have
+    (0: pick one); `RegistrationError` if it may not."""
     config, registry = host.config, host.registry
+    name = request.service if name is None else name
     pins = pinned_ports(config)
     port = request.remote_port
-    mine = pins.get(request.service)
+    mine = pins.get(name)
     if mine is not None:
         if port not in (0, mine):
             raise RegistrationError(
-                control.PORT_NOT_ALLOWED, f"service {request.service!r} is pinned to port {mine}"
+                control.PORT_NOT_ALLOWED, f"service {name!r} is pinned to port {mine}"
             )
         port = mine
     elif port in pins.values():
@@ -103,7 +114,7 @@ def _port_for(host: Host, request: Register, key: bytes) -> int:
             control.PORT_IN_USE, f"{request.type} port {port} is already in use"
         )
     reservation = registry.reservation(request.type, port)
-    if reservation is not None and not reservation.belongs_to(request.service, key):
+    if reservation is not None and not reservation.belongs_to(name, key):
         left_s = reservation.until - anyio.current_time()
         raise RegistrationError(
             control.PORT_IN_USE,
@@ -125,9 +136,15 @@ async def open_service(
     """Check a registration and bind its public socket; `RegistrationError` if refused.
 
     `key` is the one the client proved it holds (the port's owner is name and key). The caller
-    adds the service to the registry and serves it. A private service binds nothing: its
-    `visitor_keys` (opened from the registration) let visitors in through `_visit`.
+    adds the service to the registry and serves it. (A group's member is registered by its group:
+    `Host.join_group`.) A private service binds nothing: its `visitor_keys` (opened from the
+    registration) let visitors in through `_visit`.
     """
+    if host.is_group(request.service):
+        raise RegistrationError(
+            control.SERVICE_TAKEN,
+            f"service {request.service!r} is a load-balancing group: join it with group",
+        )
     existing = host.registry.by_name.get(request.service)
     if existing is not None:
         if existing.session_id == session_id:
@@ -142,8 +159,18 @@ async def open_service(
         return _web_service(host, session, session_id, request, key, quotas), None
     if request.private:
         return _private_service(host, session, session_id, request, key, quotas, visitor_keys)
-    port = _port_for(host, request, key)
-    sock = await _bind(host, session, request.service, request.type, port)
+    port = port_for(host, request, key)
+    name = request.service
+
+    def forwarder() -> UdpForwarder:
+        config = host.config
+        return AdmittedUdp(
+            name, idle_s=config.udp_flow_idle_s, max_flows=config.udp_max_flows,
+            limiter=lambda: host.visitor_limiter(name), session=session, key_of=address_key,
+            refusals=host.refusals,
+        )  # fmt: skip
+
+    sock = await bind(host, name, request.type, port, forwarder)
     port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
     service = ActiveService(
         request.service,
@@ -155,7 +182,7 @@ async def open_service(
         streams=quotas.streams.share(request.service),
         compression_memory=quotas.compression.share(request.service),
     )
-    service.compression, service.compression_level = _compression(host, request)
+    service.compression, service.compression_level = compression(host, request, name)
     service.compression_fallback = request.compression_fallback
     service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
     if isinstance(sock, UdpForwarder):
@@ -192,7 +219,7 @@ def _private_service(
         visitor_keys=visitor_keys,
         provider=session,
     )
-    service.compression, service.compression_level = _compression(host, request)
+    service.compression, service.compression_level = compression(host, request, name)
     service.compression_fallback = request.compression_fallback
     service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
     return service, None
@@ -221,14 +248,18 @@ def _web_service(
         Visitors(parent=host.visitors),
         key=key,
     )
-    service.compression, service.compression_level = _compression(host, request)
+    service.compression, service.compression_level = compression(host, request, request.service)
     web.register(request, service, session)
     service.streams = quotas.streams.share(request.service)
     service.compression_memory = quotas.compression.share(request.service)
     return service
 
 
-async def _bind(host: Host, session: Session, name: str, type: ServiceType, port: int) -> _Bound:
+async def bind(
+    host: Host, name: str, type: ServiceType, port: int, forwarder: Callable[[], UdpForwarder]
+) -> _Bound:
+    """A public socket of `type` for `name` on `port` (0: a free allowed one); `forwarder`
+    makes the UDP one. `RegistrationError` if no port can be bound."""
     config, registry = host.config, host.registry
     public_host = config.public_host
 
@@ -237,15 +268,9 @@ async def _bind(host: Host, session: Session, name: str, type: ServiceType, port
             return await listen_tcp(
                 public_host, port, name=f"service {name}", refusals=host.refusals
             )
-        forwarder = UdpForwarder(
-            session,
-            name,
-            idle_s=config.udp_flow_idle_s,
-            max_flows=config.udp_max_flows,
-            refusals=host.refusals,
-        )
-        await forwarder.bind(public_host, port)
-        return forwarder
+        udp = forwarder()
+        await udp.bind(public_host, port)
+        return udp
 
     if port:
         try:
@@ -279,6 +304,12 @@ async def serve(
         if service.private:
             await _serve_private(host, service)
             return
+        if service.member is not None:  # its group serves its visitors
+            try:
+                await anyio.sleep_forever()
+            finally:
+                host.leave_group(service)
+            return
         if sock is None:  # a web service: its routes live until it ends
             try:
                 await anyio.sleep_forever()
@@ -303,7 +334,7 @@ async def _serve_private(host: Host, service: ActiveService) -> None:
 
             async def sweep() -> None:
                 with sweeper:
-                    await _visitors.close_idle_visitors(host, service)
+                    await _visitors.close_idle_visitors(host, service.name)
 
             tg.start_soon(sweep)
             with service.listener_scope:

@@ -22,15 +22,24 @@ from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.admission import Ticket
 from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
-from muxtunnel.control import Error, Hello, Register, Registered, Unregister, Visit, VisitorKeys
+from muxtunnel.control import (
+    Error,
+    Hello,
+    MemberUpdate,
+    Register,
+    Registered,
+    Unregister,
+    Visit,
+    VisitorKeys,
+)
 from muxtunnel.server import _services
 from muxtunnel.server._auth_steps import AuthSteps
 from muxtunnel.server._host import Host
+from muxtunnel.server._provider_keys import ProviderKeys
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
 from muxtunnel.server._visit import VisitorSide
 from muxtunnel.status import SessionRow
-from muxtunnel.visitauth import open_keys
 
 __all__ = ["ClientSession"]
 
@@ -42,7 +51,7 @@ log = structlog.get_logger("muxtunnel.server")
 UNREGISTER_WAIT_S = 5.0
 
 
-class ClientSession(AuthSteps):
+class ClientSession(AuthSteps, ProviderKeys):
     """One connected client: its control channel and the services it registered (or, for a
     `muxtunnel visit`, the private services it may visit: `visits`)."""
 
@@ -68,6 +77,8 @@ class ClientSession(AuthSteps):
         self.preauth = preauth
         self.started = anyio.current_time()
         self.channel: MuxStream | None = None
+        #: What its Hello said it is called (free text: group member ids start with it).
+        self.client_name = ""
         self.services: dict[str, ActiveService] = {}
         #: What its services share: streams and compression memory, each a guaranteed share.
         self.quotas = SessionQuotas.for_config(host.config)
@@ -174,10 +185,12 @@ class ClientSession(AuthSteps):
                     ),
                 )
                 return
+            self.client_name = hello.client_name
             nonces = new_nonce(), hello.client_nonce
-            await control.send_message(
-                channel, control.Challenge(control.PROTOCOL_VERSION, nonces[0])
+            challenge = control.Challenge(
+                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,)
             )
+            await control.send_message(channel, challenge)
             while not self.authenticated:
                 if not await self._handle(channel, nonces):
                     return
@@ -199,6 +212,11 @@ class ClientSession(AuthSteps):
         if isinstance(message, VisitorKeys) and self.authenticated:
             await self._update_keys(channel, message, nonces)
             return True
+        if isinstance(message, MemberUpdate) and self.authenticated:
+            service = self.services.get(message.service)
+            if service is not None:
+                self.host.update_member(service, message)
+            return True
         raise control.ControlError(f"unexpected {type(message).__name__} message")
 
     async def _register(
@@ -210,10 +228,15 @@ class ClientSession(AuthSteps):
             raise control.ControlError("a visitor session cannot register services")
         if not await self._may_try(channel, request.service):
             return False
-        key, known = host.tokens.key_for(request.service)
+        # A group's member is authenticated by its group's name: the name's token, and the
+        # group's own token if it has one.
+        group = request.group or ""
+        key, known = host.tokens.key_for(group or request.service)
         valid = verify_client_tag(
-            key, request.tag, request.service, request.type, *nonces, self.binding
+            key, request.tag, request.service, request.type, *nonces, self.binding, group
         )
+        if valid and known and group:
+            valid = host.group_proof_ok(request, nonces, self.binding)
         if not (valid and known):
             return await self._failed(channel, request.service)
         if not await self._admit(channel, request.service):
@@ -224,6 +247,8 @@ class ClientSession(AuthSteps):
                 keys = self._open_keys(request.service, request.visitor_keys, key, nonces)
             service = await self._activate(request, key, keys)
         except RegistrationError as exc:
+            if exc.code == control.AUTH_FAILED:  # a group token that lost a race to another
+                host.auth_failed(self.source, anyio.current_time())
             host.refusals.refuse(
                 f"register_{exc.code}",
                 "registration refused",
@@ -234,37 +259,8 @@ class ClientSession(AuthSteps):
             )
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
-        await control.send_message(channel, self._registered(service, key, nonces))
+        await control.send_message(channel, self._registered(service, key, nonces, group))
         return True
-
-    def _open_keys(
-        self, name: str, sealed: bytes, key: bytes, nonces: tuple[bytes, bytes]
-    ) -> frozenset[bytes]:
-        """The visitor keys a provider sealed with its service's key; `RegistrationError`."""
-        try:
-            return frozenset(open_keys(key, name, *nonces, self.binding, sealed))
-        except ValueError as exc:
-            raise RegistrationError(control.BAD_REQUEST, f"visitor keys refused: {exc}") from None
-
-    async def _update_keys(
-        self, channel: MuxStream, message: VisitorKeys, nonces: tuple[bytes, bytes]
-    ) -> None:
-        """A provider's reload changed the visitor tokens of a private service: the service and
-        its visitors stay; visits granted with a key no longer listed are revoked at once."""
-        name, service = message.service, self.services.get(message.service)
-        try:
-            if service is None or not service.private:
-                raise RegistrationError(control.BAD_REQUEST, f"{name!r} is no private service")
-            keys = self._open_keys(name, message.visitor_keys, service.key, nonces)
-            if not keys and not self.host.private.policy_keys.get(name):
-                raise RegistrationError(control.BAD_REQUEST, f"{name!r} has no visitor token")
-        except RegistrationError as exc:
-            await control.send_message(channel, Error(exc.code, exc.message, name))
-            return
-        service.visitor_keys = keys
-        self.host.private.provider_keys_changed(name, keys)
-        log.info("visitor keys changed", session=self.id, service=name, keys=len(keys))
-        await control.send_message(channel, self._registered(service, service.key, nonces))
 
     async def _visit(self, channel: MuxStream, request: Visit, nonces: tuple[bytes, bytes]) -> bool:
         """A `muxtunnel visit` asks for a private service; False when the session must end."""
@@ -287,30 +283,46 @@ class ClientSession(AuthSteps):
         return True
 
     def _registered(
-        self, service: ActiveService, key: bytes, nonces: tuple[bytes, bytes]
+        self, service: ActiveService, key: bytes, nonces: tuple[bytes, bytes], group: str = ""
     ) -> Registered:
         """The answer to a registration (or to new visitor keys) of `service`."""
-        tag = server_tag(key, service.name, service.type, *nonces, self.binding)
+        tag = server_tag(key, service.name, service.type, *nonces, self.binding, group)
         public_host, compression = self.host.config.public_host, service.compression
         level = service.compression_level if compression else 0
+        member = service.member.member_id if service.member is not None else None
         return Registered(
             service.name, service.type, public_host, service.port, tag, compression,
-            service.urls, level, service.private,
+            service.urls, level, member, service.private,
         )  # fmt: skip
 
     async def _activate(
         self, request: Register, key: bytes, visitor_keys: frozenset[bytes]
     ) -> ActiveService:
-        limit = self.host.config.max_services_per_session
+        host = self.host
+        sock: _services.PublicSocket = None
+        limit = host.config.max_services_per_session
         if len(self.services) >= limit:
             raise RegistrationError(
                 control.LIMIT_REACHED,
                 f"this session has {limit} services already (max_services_per_session)",
             )
-        service, sock = await _services.open_service(
-            self.host, self.session, self.id, request, key, self.quotas, visitor_keys
-        )
-        self.host.registry.add(service)
+        if request.service in self.services:
+            raise RegistrationError(
+                control.BAD_REQUEST, f"service {request.service!r} is already registered"
+            )
+        if request.group is not None:
+            shares = (
+                self.quotas.streams.share(request.service),
+                self.quotas.compression.share(request.service),
+            )
+            service = await host.join_group(
+                self.session, self.id, self.client_name, request, key, shares
+            )
+        else:
+            service, sock = await _services.open_service(
+                host, self.session, self.id, request, key, self.quotas, visitor_keys
+            )
+            host.registry.add(service)
         self.services[service.name] = service
         private = self.host.private
         if service.private or service.name in private.provider_keys:
@@ -319,13 +331,15 @@ class ClientSession(AuthSteps):
             private.presence(service.name, True)
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
-        public = f"{self.host.config.public_host}:{service.port}"
+        public = f"{host.config.public_host}:{service.port}"
         log.info(
             "service opened",
             session=self.id,
             service=service.name,
             type=service.type,
             public="private" if service.private else service.urls[0] if service.urls else public,
+            group=request.group,
+            member=service.member.member_id if service.member is not None else None,
         )
         return service
 

@@ -27,15 +27,16 @@ import structlog
 
 from mux import MuxStream, Session
 from muxtunnel import control
-from muxtunnel.compress import ALGORITHMS, stream_memory_bytes
+from muxtunnel.balance.ratelimit import Refusal
+from muxtunnel.compress import stream_memory_bytes
 from muxtunnel.control import Error, Presence, Visit, Visited, VisitorHeader
 from muxtunnel.forward import forward, guarded
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL
 from muxtunnel.quota import Quota
+from muxtunnel.server import _services
 from muxtunnel.server._host import Host
 from muxtunnel.server._private import Grant
 from muxtunnel.server._registry import ActiveService
-from muxtunnel.server._visitors import REFUSED, proxy_header, refusal
+from muxtunnel.server._visitors import REFUSED, admit, proxy_preamble, refusal
 from muxtunnel.specs import format_host_port
 from muxtunnel.udp import relay_flow
 from muxtunnel.visitauth import match_key, visit_server_tag
@@ -100,7 +101,7 @@ class VisitorSide:
                                  service=name, detail=refused.message)  # fmt: skip
             await control.send_message(self.channel, refused)
             return
-        compression, level = self._compression(request)
+        compression, level = _services.compression(host, request, name)
         grant = Grant(
             name, request.type, key, self.id, self._presence_of(name), self._revoke,
             compression, level,
@@ -163,18 +164,6 @@ class VisitorSide:
         await self.session.aclose()
 
     # --- streams ---
-
-    def _compression(self, request: Visit) -> tuple[str | None, int]:
-        config = self.host.config
-        policy = next((p for p in config.services if p.name == request.service), None)
-        if (
-            request.compression not in ALGORITHMS
-            or request.type != "tcp"
-            or (policy is not None and not policy.compression)
-        ):
-            return None, 0
-        level = request.compression_level or DEFAULT_COMPRESSION_LEVEL
-        return request.compression, min(level, config.compression_level_max)
 
     def _provider(self, name: str, type: str) -> ActiveService | None:
         service = self.host.registry.by_name.get(name)
@@ -263,6 +252,11 @@ class VisitorSide:
                                      source=self.source)  # fmt: skip
             stream.reset()
             return
+        admission = admit(host, service.name, self.source)  # its rate limits, if any
+        if isinstance(admission, Refusal):  # counted and logged by the rate limiter
+            service.streams.give_back()
+            stream.reset()
+            return
         service.sources[self.source] += 1
         # The visitor's hop: compressed if its grant agreed and its header says so.
         inbound = stream if not (grant.compression and compressed) else None
@@ -287,6 +281,8 @@ class VisitorSide:
                 return
             await self._pipe(grant, service, stream, inbound is None, provider_compressed)
         finally:
+            if admission is not None:
+                admission.release()
             service.streams.give_back()
             if provider_compressed:
                 service.compression_memory.give_back(memory)
@@ -313,7 +309,7 @@ class VisitorSide:
         peer_host, peer_port = self.peer
         preamble = b""
         if service.proxy_protocol is not None:
-            preamble = proxy_header(service.proxy_protocol, self.peer, self.local)
+            preamble = proxy_preamble(service.proxy_protocol, self.peer, self.local)
         plain = bool(service.compression) and not provider_compressed
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port, compressed=not plain)
         with service.in_flight.track():

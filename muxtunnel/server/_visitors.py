@@ -1,8 +1,9 @@
 """The TCP visitors of a service's public socket: admission, idle timeout, forwarding.
 
 A visitor is checked against its service's limits before it costs anything beyond its socket:
-visitors per service, per source address (per /64 for IPv6), and the service's share of its
-session's streams (`muxtunnel.quota`); each refusal is counted and logged at doubling counts.
+visitors per service, per source address (per /64 for IPv6), its rate limits (`rate_limit`,
+`per_source`: `admit`), and the service's share of its session's streams (`muxtunnel.quota`);
+each refusal is counted and logged at doubling counts.
 Then it gets a mux stream (whose first bytes are its `VisitorHeader`, then a PROXY protocol
 header if the service asked for one), compressed if agreed and the session's compression
 budget has room (uncompressed beyond it, if the client can take that), and is forwarded
@@ -18,6 +19,7 @@ import anyio.abc
 from mux import Session
 from muxtunnel import control
 from muxtunnel.auth import address_key
+from muxtunnel.balance.ratelimit import Admission, Refusal
 from muxtunnel.compress import stream_memory_bytes
 from muxtunnel.control import VisitorHeader
 from muxtunnel.forward import forward, guarded
@@ -32,8 +34,10 @@ from muxtunnel.transport import (
     setup_done,
 )
 
-__all__ = ["REFUSED", "SETTING_UP", "close_idle_visitors", "idle_timeout_s", "proxy_header",
-           "refusal", "serve_tcp"]  # fmt: skip
+__all__ = [
+    "REFUSED", "SETTING_UP", "admit", "close_idle_visitors", "idle_timeout_s", "proxy_header",
+    "proxy_preamble", "refusal", "serve_tcp",
+]  # fmt: skip
 
 #: Idle visitors are looked for every quarter of the timeout, but at least this often.
 IDLE_CHECK_MAX_S = 5.0
@@ -54,7 +58,7 @@ async def serve_tcp(
 
         async def sweep() -> None:
             with sweeper:
-                await close_idle_visitors(host, service)
+                await close_idle_visitors(host, service.name)
 
         visitors.start_soon(sweep)
         with service.listener_scope:
@@ -80,13 +84,14 @@ def idle_timeout_s(host: Host, name: str) -> float:
     return host.config.visitor_idle_timeout_s if own is None else own
 
 
-async def close_idle_visitors(host: Host, service: ActiveService) -> None:
-    """Close the service's visitors that moved no byte either way for the idle timeout."""
-    traffic = host.traffic_of(service.name)
+async def close_idle_visitors(host: Host, name: str) -> None:
+    """Close the visitors of service `name` that moved no byte either way for the idle
+    timeout (a plain service's, or a group's); runs until cancelled."""
+    traffic = host.traffic_of(name)
     while True:
-        timeout_s = idle_timeout_s(host, service.name)
+        timeout_s = idle_timeout_s(host, name)
         await anyio.sleep(min(timeout_s / 4, IDLE_CHECK_MAX_S) if timeout_s else IDLE_CHECK_MAX_S)
-        timeout_s = idle_timeout_s(host, service.name)  # a reload may have changed it
+        timeout_s = idle_timeout_s(host, name)  # a reload may have changed it
         if not timeout_s:
             continue
         now = anyio.current_time()
@@ -98,7 +103,7 @@ async def close_idle_visitors(host: Host, service: ActiveService) -> None:
                     host.refusals.refuse(
                         "visitor_idle",
                         "visitor closed: no bytes either way for the idle timeout",
-                        service=service.name,
+                        service=name,
                         peer=meter.peer,
                         timeout_s=timeout_s,
                     )
@@ -120,7 +125,6 @@ def refusal(host: Host, service: ActiveService, session: Session, source: str) -
     return None
 
 
-#: The log line of each refusal reason.
 REFUSED = {
     "visitors_per_service": "visitor refused: its service has max_visitors_per_service",
     "visitors_per_source": "visitor refused: its address has max_visitors_per_source",
@@ -149,6 +153,11 @@ async def _serve_visitor(
             host.refusals.refuse(reason, REFUSED[reason], service=service.name, source=source)
         await abort(visitor)
         return
+    admission = admit(host, service.name, source)
+    if isinstance(admission, Refusal):  # counted and logged by the rate limiter
+        service.streams.give_back()
+        await abort(visitor)
+        return
     service.sources[source] += 1
     memory = stream_memory_bytes(service.compression_level) if service.compression else 0
     compressed = bool(memory) and service.compression_memory.take(memory)
@@ -170,6 +179,8 @@ async def _serve_visitor(
             )
         await _forward_visitor(host, session, session_id, service, visitor, address, compressed)
     finally:
+        if admission is not None:
+            admission.release()
         service.streams.give_back()
         if compressed:
             service.compression_memory.give_back(memory)
@@ -190,8 +201,7 @@ async def _forward_visitor(
     peer_host, peer_port = address
     preamble = b""
     if service.proxy_protocol is not None:
-        local = local_address(visitor) or ("0.0.0.0", 0)
-        preamble = proxy_header(service.proxy_protocol, address, local)
+        preamble = proxy_header(service.proxy_protocol, address, visitor)
     with service.in_flight.track():
         plain = bool(service.compression) and not compressed
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port, compressed=not plain)
@@ -215,9 +225,22 @@ async def _forward_visitor(
         )
 
 
-def proxy_header(version: str, peer: Address, local: Address) -> bytes:
-    """The PROXY protocol header telling the local service who the visitor is, and where it
-    came in (`local`)."""
+def admit(host: Host, name: str, source: str) -> Admission | Refusal | None:
+    """A new visitor's admission by the rate limits of `name` (None: it has none); a refusal
+    is counted and logged by the limiter."""
+    limiter = host.visitor_limiter(name)
+    if limiter is None:
+        return None
+    return limiter.admit(source, anyio.current_time())
+
+
+def proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
+    """The PROXY protocol header telling the local service who the visitor is."""
+    return proxy_preamble(version, peer, local_address(visitor) or ("0.0.0.0", 0))
+
+
+def proxy_preamble(version: str, peer: Address, local: Address) -> bytes:
+    """The PROXY protocol header of a visitor from `peer` that came in at `local`."""
     from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
 
     return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)

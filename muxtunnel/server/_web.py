@@ -6,8 +6,12 @@ One `WebFront` per server (when `server.http` is configured) owns the virtual-ho
 - registering an http/https service checks its names against the server's policy and adds its
   routes; a host name belongs to one client session at a time (its services may split the
   host's locations among themselves, nobody else may add one), and the URLs go back to it;
-- a visitor's request reaches the service through `TunnelUpstream`: a mux stream to the client
-  that holds it, counted, capped, metered, throttled and compressed as a TCP visitor's is;
+- a visitor's request reaches the service through `open` (the engine's `Upstream`): a mux
+  stream to the client that holds it, counted, capped, metered, throttled and compressed as a
+  TCP visitor's is (`_web_upstream`); a load-balancing group's routes are owned by the group
+  (`GROUP_OWNER`) while it has members, and each request is admitted by the service's rate
+  limits and goes to the member the group picks (routes of rate-limited services, and all of
+  a group's, open an upstream per request: `RouteOptions.per_request`);
 - when a client's session ends, its routes stay `offline_grace_s` (answering 502, the names
   reserved, so a client that restarts gets them back); a new registration of the same service
   name takes them over at once. Unregistered or closed services lose their routes at once.
@@ -19,8 +23,8 @@ at most one of the two.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -29,46 +33,43 @@ import structlog
 
 from mux import Session
 from muxtunnel import control
-from muxtunnel.compress import CompressedStream
+from muxtunnel.balance.ratelimit import VisitorLimiter
 from muxtunnel.control import Register, VisitorHeader
-from muxtunnel.fields import MAX_LIST_ITEMS
-from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import HttpFront, HttpsFront, ServerConfig, ServerTls
 from muxtunnel.server import _registry
-from muxtunnel.server._registry import ActiveService, RegistrationError, Registry
-from muxtunnel.specs import SpecError, format_host_port, validate_subdomain
+from muxtunnel.server._registry import ActiveService, GroupService, RegistrationError, Registry
+from muxtunnel.server._web_names import (
+    claimed_hosts,
+    domain_allowed,
+    hosts_allowed,
+    route_options,
+    service_urls,
+)
+from muxtunnel.server._web_upstream import ServiceStream, admit, open_member
+from muxtunnel.specs import format_host_port
 from muxtunnel.status import WebRow, WebTrafficRow
 from muxtunnel.tls import ServerTlsContext
 from muxtunnel.transport import listen_tcp, local_port
 from muxtunnel.vhost import (
-    BasicAuth,
-    InvalidHostError,
     RouteConflict,
-    RouteOptions,
     RouteTable,
     RouteTarget,
+    UpstreamRefused,
     UpstreamUnavailable,
     VhostConfig,
     VhostEngine,
     Visitor,
-    normalise_domain,
 )
 
-__all__ = ["WebFront", "domain_allowed"]
+__all__ = ["GROUP_OWNER", "WebFront", "domain_allowed"]
 
 log = structlog.get_logger("muxtunnel.server")
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-
-
-def domain_allowed(name: str, patterns: tuple[str, ...]) -> bool:
-    """Does a policy pattern (`*`, `*.example.org`, an exact name) cover `name`?"""
-    for pattern in patterns:
-        if pattern == "*" or pattern == name:
-            return True
-        if pattern.startswith("*.") and name.endswith(pattern[1:]):
-            return True
-    return False
+#: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`).
+GROUP_OWNER = "group:"
 
 
 def vhost_config(front: HttpFront) -> VhostConfig:
@@ -89,41 +90,8 @@ class _Live:
     session: Session
     owner: str
     table: RouteTable
-
-
-class _ServiceStream(MeteredStream):
-    """A visitor's stream to a web service: metered, throttled, compressed if agreed; counted
-    among the service's visitors until it is closed."""
-
-    def __init__(
-        self,
-        stream: anyio.abc.ByteStream,
-        service: ActiveService,
-        traffic: ServiceTraffic,
-        limiter: ServiceLimiter,
-        peer: str,
-    ) -> None:
-        if service.compression:
-            stream = CompressedStream(stream, service.compression_level)
-        self._traffic = traffic
-        meter = traffic.open(service.name, peer)
-        super().__init__(
-            stream,
-            meter,
-            receive_is_in=False,
-            receive_bucket=limiter.outbound,
-            send_bucket=limiter.inbound,
-        )
-        self._tracked = contextlib.ExitStack()
-        self._tracked.enter_context(service.in_flight.track())
-        self._tracked.callback(service.streams.give_back)
-
-    async def aclose(self) -> None:
-        try:
-            await super().aclose()
-        finally:
-            self._traffic.close(self.meter)
-            self._tracked.close()
+    target: RouteTarget
+    locations: tuple[str, ...]
 
 
 class WebFront:
@@ -135,6 +103,9 @@ class WebFront:
         registry: Registry,
         traffic_of: Callable[[str], ServiceTraffic],
         limiter_of: Callable[[str], ServiceLimiter],
+        visitor_limiter: Callable[[str], VisitorLimiter | None] = lambda _: None,
+        groups: Mapping[str, GroupService] | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         assert config.http is not None
         self.config = config
@@ -142,6 +113,11 @@ class WebFront:
         self.registry = registry
         self.traffic_of = traffic_of
         self.limiter_of = limiter_of
+        #: Rate limits by service name; load-balancing groups by name (their routes are owned
+        #: by `group:NAME` and live as long as the group).
+        self.visitor_limiter = visitor_limiter
+        self.groups: Mapping[str, GroupService] = groups if groups is not None else {}
+        self.refusals = refusals
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
             self, vhost_config(self.front), tls_context=self.tls.context if self.tls else None
@@ -212,6 +188,30 @@ class WebFront:
 
     def register(self, request: Register, service: ActiveService, session: Session) -> None:
         """Route a web service (`RegistrationError` if refused); sets its `urls`."""
+        name = request.service
+        owner = f"session-{service.session_id}"
+        # The name's own routes from its last session (in their grace) are taken over: the
+        # registration proved the name's token.
+        orphan = self._orphans.get(name)
+        per_request = self.visitor_limiter(name) is not None
+        table, target, hosts, locations = self._route(request, name, owner, orphan, per_request)
+        self._live[name] = _Live(service, session, owner, table, target, locations)
+        service.urls = self._urls(request.type, hosts, locations)
+
+    def register_group(self, group: GroupService, request: Register) -> None:
+        """Route a web group, with the options its first member asks (its later members' are
+        not used); sets the group's `urls`. Each request then picks its member."""
+        owner = f"{GROUP_OWNER}{group.name}"
+        _, _, hosts, locations = self._route(request, group.name, owner, None, True)
+        group.urls = self._urls(request.type, hosts, locations)
+
+    def release_group(self, group: GroupService) -> None:
+        """A web group closed: its routes go at once (no member is left to wait for)."""
+        self._drop_routes(f"{GROUP_OWNER}{group.name}", group.name)
+
+    def _route(
+        self, request: Register, name: str, owner: str, orphan: str | None, per_request: bool
+    ) -> tuple[RouteTable, RouteTarget, list[str], tuple[str, ...]]:
         if request.type == "https" and self.config.https is None:
             raise RegistrationError(
                 control.UNSUPPORTED, "this server has no HTTPS port (listen --https-bind)"
@@ -221,11 +221,7 @@ class WebFront:
                 control.UNSUPPORTED,
                 "this server has no HTTP port (listen --http-bind) and terminates no TLS",
             )
-        hosts = self._hosts(request)
-        owner = f"session-{service.session_id}"
-        # The name's own routes from its last session (in their grace) are taken over: the
-        # registration proved the name's token.
-        orphan = self._orphans.get(request.service)
+        hosts = claimed_hosts(self.config, request, name)
         tables = (self.engine.http_routes, self.engine.tls_routes)
         for host in hosts:
             held = set().union(*(table.owners(host) for table in tables)) - {owner, orphan}
@@ -234,10 +230,10 @@ class WebFront:
                     control.DOMAIN_TAKEN, f"{host} is already served by another client"
                 )
         table = self.engine.tls_routes if request.type == "https" else self.engine.http_routes
-        target = RouteTarget(request.service, owner, self._options(request))
+        target = RouteTarget(name, owner, route_options(request, per_request))
         if orphan is not None:
-            del self._orphans[request.service]
-            self._drop_routes(orphan, request.service)
+            del self._orphans[name]
+            self._drop_routes(orphan, name)
         locations = request.locations or ("/",)
         try:
             if request.type == "https":
@@ -248,8 +244,7 @@ class WebFront:
             raise RegistrationError(control.DOMAIN_TAKEN, str(exc)) from None
         except ValueError as exc:
             raise RegistrationError(control.BAD_REQUEST, str(exc)) from None
-        self._live[request.service] = _Live(service, session, owner, table)
-        service.urls = self._urls(request.type, hosts, locations)
+        return table, target, hosts, locations
 
     def release(self, service: ActiveService) -> None:
         """A web service ended: its routes go, or wait out the grace if its session was lost."""
@@ -275,86 +270,58 @@ class WebFront:
         self.engine.http_routes.remove(owner, name)
         self.engine.tls_routes.remove(owner, name)
 
-    def _hosts(self, request: Register) -> list[str]:
-        """The names a registration claims, checked against the server's policy."""
-        domain = self.front.domain
-        try:
-            label = validate_subdomain(request.subdomain or request.service)
-        except SpecError as exc:
-            raise RegistrationError(control.BAD_REQUEST, str(exc)) from None
-        hosts = [f"{label}.{domain}"]
-        policy = next((p for p in self.config.services if p.name == request.service), None)
-        allowed = self.front.custom_domains + (policy.custom_domains if policy else ())
-        for text in request.custom_domains:
-            try:
-                name = normalise_domain(text)
-            except InvalidHostError as exc:
-                raise RegistrationError(control.BAD_REQUEST, str(exc)) from None
-            bare = name.removeprefix("*.")
-            if bare == domain or bare.endswith("." + domain):
-                raise RegistrationError(
-                    control.DOMAIN_NOT_ALLOWED,
-                    f"{name} is under the server's domain {domain}: use subdomain instead",
-                )
-            if not domain_allowed(name, allowed):
-                raise RegistrationError(
-                    control.DOMAIN_NOT_ALLOWED,
-                    f"the server does not let service {request.service!r} claim {name} "
-                    "(server.http.custom_domains, or the service's custom_domains policy)",
-                )
-            hosts.append(name)
-        return list(dict.fromkeys(hosts))
-
-    def _options(self, request: Register) -> RouteOptions:
-        auth = None
-        try:
-            if request.basic_auth is not None:
-                auth = BasicAuth(*request.basic_auth)
-            protocol = request.proxy_protocol
-            return RouteOptions(
-                host_rewrite=request.host_rewrite,
-                set_headers=request.set_headers,
-                remove_headers=request.remove_headers,
-                basic_auth=auth,
-                response_timeout_s=request.response_timeout_s,
-                proxy_protocol="v1" if protocol == "v1" else "v2" if protocol == "v2" else None,
-            )
-        except ValueError as exc:
-            raise RegistrationError(control.BAD_REQUEST, str(exc)) from None
-
     def _urls(self, type: str, hosts: list[str], locations: tuple[str, ...]) -> tuple[str, ...]:
-        schemes = []
-        if type == "http" and self.http_port is not None:
-            schemes.append(("http", self.http_port, 80))
-        if (type == "https" or self.tls is not None) and self.https_port is not None:
-            schemes.append(("https", self.https_port, 443))
-        urls = [
-            f"{scheme}://{host}{'' if port == default else f':{port}'}"
-            f"{'' if location == '/' or type == 'https' else location}"
-            for scheme, port, default in schemes
-            for host in hosts
-            for location in (locations if type == "http" else ("/",))
-        ]
-        return tuple(dict.fromkeys(urls))[:MAX_LIST_ITEMS]
+        ports = (self.http_port, self.https_port)
+        return service_urls(type, hosts, locations, ports, self.tls is not None)
 
     # --- the upstream: how the engine reaches a service ---
 
     async def open(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
-        """A stream to the client holding `target` (`vhost.Upstream`); 502s are raised here."""
-        live = self._live.get(target.service)
+        """A stream to the client holding `target` (`vhost.Upstream`), or to the member its
+        group picks; 502s and 429s are raised here."""
+        name = target.service
+        group = self.groups.get(name) if target.owner.startswith(GROUP_OWNER) else None
+        limiter = self.limiter_of(name)
+        if group is not None:
+            limit = limiter.connections_allowed(self.config.max_visitors_per_service)
+            if group.in_flight.count >= limit:
+                raise UpstreamUnavailable(f"service {name!r} has {limit} connections open")
+            admission = admit(self.visitor_limiter(name), name, visitor)
+            return await open_member(
+                group, visitor, traffic=self.traffic_of(name), limiter=limiter,
+                admission=admission, refusals=self.refusals,
+            )  # fmt: skip
+        live = self._live.get(name)
         if live is None or live.owner != target.owner or live.session.closed:
-            raise UpstreamUnavailable(f"the client serving {target.service!r} is offline")
-        service, limiter = live.service, self.limiter_of(live.service.name)
+            raise UpstreamUnavailable(f"the client serving {name!r} is offline")
+        service = live.service
         if refused := _registry.admit_web_visitor(service, self.config, limiter):
             raise UpstreamUnavailable(refused)  # else it took one of the service's streams
-        header = VisitorHeader(service.name, service.type, visitor.host, visitor.port)
+        try:
+            admission = admit(self.visitor_limiter(name), name, visitor)
+        except UpstreamRefused:
+            service.streams.give_back()
+            raise
+        header = VisitorHeader(name, service.type, visitor.host, visitor.port)
         try:
             stream = await live.session.open_stream(control.encode_visitor_header(header))
         except BaseException:
             service.streams.give_back()
+            if admission is not None:
+                admission.release()
             raise
-        peer = format_host_port(visitor.host, visitor.port)
-        return _ServiceStream(stream, service, self.traffic_of(service.name), limiter, peer)
+
+        def closed() -> None:
+            service.streams.give_back()
+            if admission is not None:
+                admission.release()
+
+        return ServiceStream(
+            stream, name, traffic=self.traffic_of(name), limiter=limiter,
+            in_flight=service.in_flight, on_close=closed,
+            compression_level=service.compression_level if service.compression else None,
+            peer=format_host_port(visitor.host, visitor.port),
+        )  # fmt: skip
 
     # --- changes and status ---
 
@@ -369,14 +336,30 @@ class WebFront:
         engine.tls_context = tls.context if tls is not None else None
         refused = []
         for live in self._live.values():
-            hosts = live.table.hosts_of(live.owner, live.service.name)
-            policy = next((p for p in config.services if p.name == live.service.name), None)
-            allowed = config.http.custom_domains + (policy.custom_domains if policy else ())
-            domain = config.http.domain
-            custom = [h for h in hosts if not h.endswith("." + domain)]
-            if any(not domain_allowed(host, allowed) for host in custom):
+            name = live.service.name
+            if not hosts_allowed(config, list(live.table.hosts_of(live.owner, name)), name):
                 refused.append(live.service)
+            elif (self.visitor_limiter(name) is not None) != live.target.options.per_request:
+                self._route_per_request(live, not live.target.options.per_request)
+        for name, group in self.groups.items():
+            owner = f"{GROUP_OWNER}{name}"
+            hosts = [*self.engine.http_routes.hosts_of(owner, name),
+                     *self.engine.tls_routes.hosts_of(owner, name)]  # fmt: skip
+            if hosts and not hosts_allowed(config, hosts, name):
+                refused += [member.handle.service for member in group.group.members]
         return refused
+
+    def _route_per_request(self, live: _Live, per_request: bool) -> None:
+        """Rate limits came or went in a reload: each request opens its own upstream (and is
+        admitted) while they are there."""
+        target = live.target
+        options = dataclasses.replace(target.options, per_request=per_request)
+        live.target = dataclasses.replace(target, options=options)
+        hosts = list(live.table.hosts_of(live.owner, target.service))
+        if live.table is self.engine.tls_routes:
+            live.table.add(live.target, hosts)
+        else:
+            live.table.add(live.target, hosts, live.locations)
 
     def row(self) -> WebRow:
         """The web ports as a status row."""

@@ -29,7 +29,13 @@ from muxtunnel.vhost.routes import (
 )
 from muxtunnel.vhost.sni import ClientHelloError, parse_client_hello
 from muxtunnel.vhost.tls_front import server_tls_context
-from muxtunnel.vhost.upstream import DirectUpstream, Upstream, UpstreamUnavailable, Visitor
+from muxtunnel.vhost.upstream import (
+    DirectUpstream,
+    Upstream,
+    UpstreamRefused,
+    UpstreamUnavailable,
+    Visitor,
+)
 
 __all__ = [
     "BasicAuth",
@@ -46,6 +52,7 @@ __all__ = [
     "ServiceCountersSnapshot",
     "SourceLimiter",
     "Upstream",
+    "UpstreamRefused",
     "UpstreamUnavailable",
     "VhostConfig",
     "VhostCounters",

@@ -32,6 +32,7 @@ __all__ = [
     "Exchange",
     "ExchangeFailure",
     "UpstreamBroken",
+    "UpstreamBusy",
     "UpstreamConnection",
     "UpstreamSlow",
     "VisitorBroke",
@@ -64,6 +65,14 @@ class UpstreamBroken(ExchangeFailure):
 
 class UpstreamSlow(ExchangeFailure):
     """The service did not answer, or stopped reading, in time (504)."""
+
+
+class UpstreamBusy(ExchangeFailure):
+    """The service takes no new visitor now: its rate limits (429, with `Retry-After`)."""
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class VisitorSide:

@@ -6,7 +6,16 @@ from urllib.parse import urlsplit
 
 import h11
 
-__all__ = ["CLOSING_STATUSES", "Refusal", "RequestHead", "cycle_done", "host_and_path"]
+from muxtunnel.vhost._exchange import ExchangeFailure, UpstreamBusy, UpstreamSlow, VisitorBroke
+
+__all__ = [
+    "CLOSING_STATUSES",
+    "Refusal",
+    "RequestHead",
+    "cycle_done",
+    "host_and_path",
+    "refusal_for",
+]
 
 #: Statuses after which we close even a connection that could carry another request: the
 #: request broke the protocol (or took too long), so whatever follows it cannot be trusted.
@@ -16,11 +25,19 @@ CLOSING_STATUSES = frozenset({400, 408, 431, 501})
 class Refusal(Exception):
     """A request the proxy answers itself with `status` (and counts under `reason`)."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.reason = reason
         self.detail = detail
+        #: Headers the answer carries besides the usual ones (`Retry-After` of a 429).
+        self.headers = headers or []
 
 
 class RequestHead:
@@ -108,3 +125,17 @@ def host_and_path(request: h11.Request, hosts: list[bytes]) -> tuple[bytes, str,
         origin = route_path + (f"?{parts.query}" if parts.query else "")
         return parts.netloc.encode("latin-1"), route_path, origin.encode("latin-1")
     raise Refusal(400, "bad_request", "The request target must be a path.")
+
+
+def refusal_for(failure: ExchangeFailure) -> Refusal:
+    """The answer to a request whose exchange failed before any response byte went out."""
+    if isinstance(failure, VisitorBroke):
+        return Refusal(400, "bad_request", f"Malformed request body: {failure}")
+    if isinstance(failure, UpstreamSlow):
+        return Refusal(504, "upstream_timeout", "The service did not answer in time.")
+    if isinstance(failure, UpstreamBusy):
+        return Refusal(
+            429, "rate_limited", "Too many requests: try again later.",
+            [(b"Retry-After", failure.retry_after.encode())],
+        )  # fmt: skip
+    return Refusal(502, "upstream_unavailable", "The service is not reachable right now.")

@@ -1,13 +1,14 @@
 """The one upstream connection a visitor connection keeps between its requests.
 
 Invariants: at most one upstream per visitor connection; it is reused only for the same
-route target and only while h11 says both sides kept it alive and no watch saw it close;
-whoever takes it out of the slot (`take`) owns closing it.
+route target, never for a `per_request` one, and only while h11 says both sides kept it alive
+and no watch saw it close; whoever takes it out of the slot (`take`) owns closing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 import anyio
 
@@ -15,12 +16,19 @@ from muxtunnel.transport import abort
 from muxtunnel.vhost._exchange import (
     IO_ERRORS,
     UpstreamBroken,
+    UpstreamBusy,
     UpstreamConnection,
     UpstreamSlow,
 )
 from muxtunnel.vhost.config import VhostConfig
 from muxtunnel.vhost.routes import Route
-from muxtunnel.vhost.upstream import Upstream, UpstreamUnavailable, Visitor, open_service
+from muxtunnel.vhost.upstream import (
+    Upstream,
+    UpstreamRefused,
+    UpstreamUnavailable,
+    Visitor,
+    open_service,
+)
 
 __all__ = ["UpstreamSlot"]
 
@@ -36,21 +44,29 @@ class UpstreamSlot:
         self.config = config
         self.current: UpstreamConnection | None = None
 
-    async def acquire(self, route: Route) -> UpstreamConnection:
-        """The kept upstream if it serves `route`'s target and is alive, else a new one.
+    async def acquire(
+        self, route: Route, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> UpstreamConnection:
+        """The kept upstream if it serves `route`'s target and is alive, else a new one (a
+        `per_request` route's upstream sees the request's `headers`).
 
-        Raises `UpstreamSlow` (opening timed out: 504) or `UpstreamBroken` (502).
+        Raises `UpstreamSlow` (opening timed out: 504), `UpstreamBusy` (429) or
+        `UpstreamBroken` (502).
         """
         up = self.current
+        per_request = route.target.options.per_request
         if up is not None:
-            if not up.dead and up.target == route.target:
+            if not up.dead and up.target == route.target and not per_request:
                 up.reused = True
                 return up
             await self.drop(abortive=False)
+        visitor = replace(self.visitor, headers=headers) if per_request else self.visitor
         try:
-            stream = await open_service(self.upstream, route.target, self.visitor, self.config)
+            stream = await open_service(self.upstream, route.target, visitor, self.config)
         except TimeoutError:
             raise UpstreamSlow("opening a stream to the service timed out") from None
+        except UpstreamRefused as exc:
+            raise UpstreamBusy(str(exc), exc.retry_after) from None
         except UpstreamUnavailable as exc:
             raise UpstreamBroken(f"the service is unavailable: {exc}") from None
         self.current = up = UpstreamConnection(

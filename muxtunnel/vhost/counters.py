@@ -31,6 +31,7 @@ REFUSAL_REASONS = (
     "unauthorized",  # 401: basic auth missing or wrong
     "upstream_unavailable",  # 502: client offline, local dial failed, broken response
     "upstream_timeout",  # 504: the service did not answer in time
+    "rate_limited",  # 429: the service's rate limits (`rate_limit`, `per_source`)
     "too_many_from_source",  # the per-source connection cap
     "too_many_sources",  # the per-source table is full
     "bad_client_hello",  # not a TLS ClientHello, too large or too slow

@@ -40,7 +40,6 @@ from muxtunnel.vhost._exchange import (
     UpstreamBroken,
     UpstreamConnection,
     UpstreamSlow,
-    VisitorBroke,
     VisitorGone,
     VisitorSide,
 )
@@ -50,6 +49,7 @@ from muxtunnel.vhost._request import (
     RequestHead,
     cycle_done,
     host_and_path,
+    refusal_for,
 )
 from muxtunnel.vhost._slot import UpstreamSlot
 from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
@@ -266,7 +266,7 @@ class HttpConnection:
         while True:
             try:
                 self.deadline.clear()  # opening is bounded by its own timeout
-                up = await self.slot.acquire(route)
+                up = await self.slot.acquire(route, head.raw)
                 if conn.they_are_waiting_for_100_continue:
                     continue_100 = h11.InformationalResponse(
                         status_code=100, headers=[], reason=b"Continue"
@@ -300,7 +300,7 @@ class HttpConnection:
         if exchange.switched:
             await self._tunnel(up, route)
             return False
-        if up.reusable:
+        if up.reusable and not route.target.options.per_request:
             up.conn.start_next_cycle()
         else:
             await self.slot.drop(abortive=False)
@@ -331,14 +331,7 @@ class HttpConnection:
         if isinstance(failure, VisitorGone) or (exchange is not None and exchange.response_started):
             self._aborted = True  # the visitor must see a failure, not a clean end
             raise VisitorGone(str(failure))
-        if isinstance(failure, VisitorBroke):
-            refusal = Refusal(400, "bad_request", f"Malformed request body: {failure}")
-        elif isinstance(failure, UpstreamSlow):
-            refusal = Refusal(504, "upstream_timeout", "The service did not answer in time.")
-        else:
-            refusal = Refusal(
-                502, "upstream_unavailable", "The service is not reachable right now."
-            )
+        refusal = refusal_for(failure)
         count = route.counters.refuse(refusal.reason)
         log_doubling("request failed", count, service=route.target.service,
                      status=refusal.status, error=str(failure))  # fmt: skip
@@ -360,11 +353,9 @@ class HttpConnection:
         # A request that broke the protocol (or took too long) ends the connection whatever
         # is left of it; the others keep a connection whose request was read whole.
         keep = refusal.status not in CLOSING_STATUSES and self._request_read_whole()
-        extra = (
-            [(b"WWW-Authenticate", route.auth_challenge)]
-            if refusal.status == 401 and route and route.auth_challenge
-            else None
-        )
+        extra = refusal.headers
+        if refusal.status == 401 and route and route.auth_challenge:
+            extra = [*extra, (b"WWW-Authenticate", route.auth_challenge)]
         response, body = error_response(
             refusal.status, refusal.detail, close=not keep, extra_headers=extra
         )

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import structlog
 
+from muxtunnel import log as _log
 from muxtunnel.auth import address_key
 
 __all__ = ["OnceSet", "SourceLimiter", "SourceTicket", "log_doubling", "source_key"]
@@ -24,8 +25,7 @@ log = structlog.get_logger("muxtunnel.vhost")
 
 def log_doubling(event: str, count: int, **context: object) -> None:
     """Log `event` when `count` is a power of two: a flood makes a handful of lines."""
-    if count & (count - 1) == 0:
-        log.warning(event, count=count, **context)
+    _log.log_doubling(log, event, count, **context)
 
 
 #: The unit a per-source cap counts: the IPv4 address, or the IPv6 /64 (one rule with the

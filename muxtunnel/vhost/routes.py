@@ -107,6 +107,9 @@ class RouteOptions:
     response_timeout_s: float | None = None
     #: PROXY protocol header written first on every connection to the service.
     proxy_protocol: Literal["v1", "v2"] | None = None
+    #: Every request opens an upstream of its own, closed after its response (the `Upstream`
+    #: decides per request: a load-balanced group's member, a rate limit's 429).
+    per_request: bool = False
 
     def __post_init__(self) -> None:
         if self.host_rewrite is not None:

@@ -37,7 +37,7 @@ from muxtunnel.vhost.sni import (
 )
 from muxtunnel.vhost.streams import CountingStream, PrefixedStream
 from muxtunnel.vhost.tls_stream import TlsServerStream
-from muxtunnel.vhost.upstream import UpstreamUnavailable, Visitor, open_service
+from muxtunnel.vhost.upstream import UpstreamRefused, UpstreamUnavailable, Visitor, open_service
 
 __all__ = ["read_client_hello", "serve_tls_connection", "server_tls_context"]
 
@@ -125,7 +125,8 @@ async def _passthrough(
     try:
         upstream = await open_service(engine.upstream, target, visitor, engine.config)
     except (TimeoutError, UpstreamUnavailable) as exc:
-        count = counters.refuse("upstream_unavailable")
+        refused = isinstance(exc, UpstreamRefused)
+        count = counters.refuse("rate_limited" if refused else "upstream_unavailable")
         log_doubling("tls connection failed: service unavailable", count,
                      service=target.service, error=str(exc) or type(exc).__name__)  # fmt: skip
         await abort(stream)

@@ -8,7 +8,7 @@ benchmarks, services local to the server).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -20,11 +20,27 @@ from muxtunnel.vhost.config import VhostConfig
 from muxtunnel.vhost.proxy_protocol import encode_proxy_header
 from muxtunnel.vhost.routes import RouteTarget
 
-__all__ = ["DirectUpstream", "Upstream", "UpstreamUnavailable", "Visitor", "open_service"]
+__all__ = [
+    "DirectUpstream",
+    "Upstream",
+    "UpstreamRefused",
+    "UpstreamUnavailable",
+    "Visitor",
+    "open_service",
+]
 
 
 class UpstreamUnavailable(Exception):
     """The service cannot be reached now (client offline, local dial failed): a 502."""
+
+
+class UpstreamRefused(UpstreamUnavailable):
+    """The service takes no new visitor now (its rate limits): a 429 with `Retry-After`."""
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message)
+        #: The `Retry-After` value: whole seconds.
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +54,9 @@ class Visitor:
     local_port: int = 0
     #: What the visitor speaks to us: `https` once TLS is terminated here.
     scheme: Literal["http", "https"] = "http"
+    #: The headers of the request being routed, for a route that opens its upstream per
+    #: request (`RouteOptions.per_request`: a load-balanced group may hash one of them).
+    headers: Sequence[tuple[bytes, bytes]] = ()
 
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, scheme: Literal["http", "https"] = "http") -> Visitor:
@@ -62,7 +81,8 @@ class Upstream(Protocol):
         """A fresh stream to `target.service` for `visitor`.
 
         Raise `UpstreamUnavailable` (or let `OSError`, `TransportError`, anyio's broken and
-        closed errors out) when the service cannot be reached: the visitor gets a 502. A
+        closed errors out) when the service cannot be reached: the visitor gets a 502;
+        `UpstreamRefused` when it takes no new visitor now: a 429. A
         stream that opens but fails before the response head (the client's local dial failed
         and it reset the stream) is a 502 as well.
         """
@@ -102,12 +122,14 @@ async def open_service(
 ) -> anyio.abc.ByteStream:
     """A stream to `target`'s service, its PROXY header (if the route wants one) sent.
 
-    Raises `TimeoutError` past `upstream_open_timeout_s` (a 504) and `UpstreamUnavailable` for
-    every other failure (a 502), whatever the `Upstream` raised.
+    Raises `TimeoutError` past `upstream_open_timeout_s` (a 504), `UpstreamRefused` as the
+    `Upstream` raised it (a 429), and `UpstreamUnavailable` for every other failure (a 502).
     """
     try:
         with anyio.fail_after(config.upstream_open_timeout_s):
             stream = await upstream.open(target, visitor)
+    except UpstreamRefused:
+        raise
     except _OPEN_ERRORS as exc:
         raise UpstreamUnavailable(str(exc) or type(exc).__name__) from None
     version = target.options.proxy_protocol

@@ -100,10 +100,22 @@ class StatusCollector(Collector):
             yield visits
             if status.web is not None:
                 yield from _web_metrics(status)
+            yield from _group_metrics(status)
         else:
             reconnects = CounterMetricFamily(_P + "reconnects", "Sessions to the server lost")
             reconnects.add_metric([], status.reconnects)
             yield reconnects
+            healthy = GaugeMetricFamily(
+                _P + "member_healthy",
+                "A group member's local target passes its health check (1) or not (0)",
+                labels=["service", "group"],
+            )
+            for service in status.services:
+                verdict = (service.health or "unknown").partition(":")[0]
+                if service.group is not None and verdict != "unknown":
+                    labels = [service.name, service.group]
+                    healthy.add_metric(labels, float(verdict == "healthy"))
+            yield healthy
 
 
 def _web_metrics(status: ServerStatus) -> Iterator[Metric]:
@@ -141,3 +153,87 @@ def _web_metrics(status: ServerStatus) -> Iterator[Metric]:
     )
     errors.add_metric([], status.web.internal_errors)
     yield from (responses, refusals, tunnels, connections, errors)
+
+
+_CIRCUIT_STATES = ("closed", "open", "half_open")
+
+
+def _group_metrics(status: ServerStatus) -> Iterator[Metric]:
+    """Load-balancing groups: members by health, weight, load and circuit; rate limits."""
+    member_labels = ["group", "member"]
+    members = GaugeMetricFamily(_P + "group_members", "Members of a group", labels=["group"])
+    picked = CounterMetricFamily(
+        _P + "group_visitors", "Visitors given to a member (retries included)", labels=["group"]
+    )
+    retries = CounterMetricFamily(
+        _P + "group_retries", "Visitors retried on another member after a failed dial",
+        labels=["group"],
+    )  # fmt: skip
+    failed = CounterMetricFamily(
+        _P + "group_failed_visitors",
+        "Visitors no member could take (none available, or every dial failed)",
+        labels=["group"],
+    )
+    gauges = {
+        "healthy": GaugeMetricFamily(
+            _P + "group_member_healthy", "Its client's health check passes (1) or not (0)",
+            labels=member_labels,
+        ),
+        "available": GaugeMetricFamily(
+            _P + "group_member_available", "It would get a new visitor now (1) or not (0)",
+            labels=member_labels,
+        ),
+        "weight": GaugeMetricFamily(
+            _P + "group_member_weight", "Its weight", labels=member_labels
+        ),
+        "open": GaugeMetricFamily(
+            _P + "group_member_open_connections", "Visitors open on it", labels=member_labels
+        ),
+    }  # fmt: skip
+    visitors = CounterMetricFamily(
+        _P + "group_member_visitors", "Visitors given to it since it joined", labels=member_labels
+    )
+    dial_failures = CounterMetricFamily(
+        _P + "group_member_dial_failures",
+        "Visitors whose dial failed on it since it joined",
+        labels=member_labels,
+    )
+    circuit = GaugeMetricFamily(
+        _P + "group_member_circuit_state",
+        "Its circuit breaker: 1 for the state it is in",
+        labels=[*member_labels, "state"],
+    )
+    opened = CounterMetricFamily(
+        _P + "group_member_circuit_opened", "Times its circuit opened since it joined",
+        labels=member_labels,
+    )  # fmt: skip
+    for group in status.groups:
+        members.add_metric([group.name], len(group.members))
+        picked.add_metric([group.name], group.picked_total)
+        retries.add_metric([group.name], group.retries_total)
+        failed.add_metric([group.name], group.failed_total)
+        for row in group.members:
+            labels = [group.name, row.id]
+            gauges["healthy"].add_metric(labels, float(row.healthy))
+            gauges["available"].add_metric(labels, float(row.available))
+            gauges["weight"].add_metric(labels, row.weight)
+            gauges["open"].add_metric(labels, row.open_connections)
+            visitors.add_metric(labels, row.visitors_total)
+            dial_failures.add_metric(labels, row.dial_failures)
+            opened.add_metric(labels, row.circuit_opened_total)
+            for state in _CIRCUIT_STATES:
+                circuit.add_metric([*labels, state], float(row.circuit == state))
+    admitted = CounterMetricFamily(
+        _P + "rate_limit_admitted", "Visitors the rate limits let in", labels=["service"]
+    )
+    refused = CounterMetricFamily(
+        _P + "rate_limit_refusals",
+        "Visitors the rate limits refused, by reason (TCP reset, HTTP 429, no UDP flow)",
+        labels=["service", "reason"],
+    )
+    for limits in status.admissions:
+        admitted.add_metric([limits.name], limits.admitted_total)
+        for reason, count in limits.refused.items():
+            refused.add_metric([limits.name, reason], count)
+    yield from (members, picked, retries, failed, *gauges.values(), visitors, dial_failures)
+    yield from (circuit, opened, admitted, refused)

@@ -20,8 +20,8 @@ from muxtunnel.balance import (
     TokenBucket,
     VisitorLimiter,
 )
-from muxtunnel.balance._util import log_doubling
 from muxtunnel.balance.ratelimit import MAX_SOURCES
+from muxtunnel.log import log_doubling
 
 
 def _offer(limiter: VisitorLimiter, source: str, start: float, end: float, every: float) -> int:
@@ -247,5 +247,5 @@ def test_refusals_are_logged_at_doubling_counts_only() -> None:
             warned.append(context["count"])
 
     for count in range(1, 101):
-        log_doubling(Recorder(), "refused", count)  # type: ignore[arg-type]
+        log_doubling(Recorder(), "refused", count)
     assert warned == [1, 2, 4, 8, 16, 32, 64]
