@@ -1,4 +1,5 @@
-"""The composition root: what `muxtunnel listen`, `up`, `visit`, `status` and `cert` run.
+"""The composition root: what `muxtunnel listen`, `up` and `visit` run (`status` and `cert`,
+which run no tunnel, are `muxtunnel.tools`).
 
 This is the one place that wires the process together: logging, the event loop (uvloop when
 installed), the server or client, its metrics and admin endpoints (fed by its `status`), the
@@ -15,10 +16,7 @@ a structured log line.
 from __future__ import annotations
 
 import gc
-import json
-import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,10 +45,8 @@ __all__ = [
     "EXIT_USAGE",
     "STOP_TIMEOUT_S",
     "Options",
-    "cert",
     "listen",
     "serve",
-    "status",
     "up",
     "visit",
 ]
@@ -83,6 +79,8 @@ class Options:
     watch_path: str | None = None
     #: `up`: the live panel, if stdout is a terminal and the log is not JSON.
     console: bool = True
+    #: Secret flags given a value on the command line (`--token`, ...): warned about once.
+    secrets_on_command_line: tuple[str, ...] = ()
 
 
 def _settle_gc() -> None:
@@ -115,6 +113,14 @@ def _run(entry: Callable[..., Awaitable[int]], *args: object) -> int:
 def _start(entry: Callable[..., Awaitable[int]], *args: object, options: Options) -> int:
     """Configure logging, then run `entry` on the event loop; config errors exit 2."""
     configure_logging(options.log_format, options.log_level)
+    if options.secrets_on_command_line:
+        flags = options.secrets_on_command_line
+        log.warning(
+            "secret on the command line",
+            flags=list(flags),
+            hint="any local user can read the command line (ps, /proc/PID/cmdline); use "
+            f"{' / '.join(flag + '-file FILE' for flag in flags)} or the environment instead",
+        )
     try:
         return _run(entry, *args)
     except (ConfigError, SpecError) as exc:
@@ -176,6 +182,12 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
     from muxtunnel.server import Server
 
     server = Server(load())
+    if server.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out to get TLS",
+        )
     _settle_gc()
     if not server.tokens.has_any_token:
         return _fail(
@@ -216,6 +228,7 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         client = Client(config, _announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
+    _warn_plaintext(config)
     _settle_gc()
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
 
@@ -230,10 +243,30 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
             await serve(client)
             tg.cancel_scope.cancel()
 
-    try:
-        await _until_signal(
-            lambda: _with_reload(run, options, load, client.apply_config), client.stop
+    return await _client_side(run, options, load, client.apply_config, client.stop)
+
+
+def _warn_plaintext(config: ClientConfig) -> None:
+    if config.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
         )
+
+
+async def _client_side(
+    run: Callable[[], Awaitable[None]],
+    options: Options,
+    load: Callable[[], ClientConfig],
+    apply: Callable[[ClientConfig], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+) -> int:
+    """Run `up` or `visit` until a signal (reloading on the way); its exit code."""
+    from muxtunnel.client import FatalError
+
+    try:
+        await _until_signal(lambda: _with_reload(run, options, load, apply), stop)
     except FatalError as exc:
         return _fail(EXIT_RUNTIME, str(exc), kind="fatal")
     except TransportError as exc:
@@ -248,32 +281,22 @@ def _announce_visit(state: VisitState, server: str) -> None:
 
 
 async def _visit(load: Callable[[], ClientConfig], options: Options) -> int:
-    from muxtunnel.client import FatalError, Visitor
+    from muxtunnel.client import Visitor
 
     config = load()
-    if not config.visits:
-        return _fail(EXIT_USAGE, "no private service to visit: give NAME or visitor.services",
-                     kind="config")  # fmt: skip
-    missing = config.services_without_token()
-    if missing:
-        return _fail(
-            EXIT_USAGE,
-            f"no visitor token for {', '.join(missing)}: set --token, $MUXTUNNEL_VISITOR_TOKEN "
-            "or visitor.token",
-            kind="config",
-        )
+    missing = ", ".join(config.services_without_token())
+    if not config.visits or missing:
+        why = f"no visitor token for {missing}: set --token, --token-file, "
+        why += "$MUXTUNNEL_VISITOR_TOKEN or visitor.token"
+        if not config.visits:
+            why = "no private service to visit: give NAME or visitor.services"
+        return _fail(EXIT_USAGE, why, kind="config")
     visitor = Visitor(config, _announce_visit)
+    _warn_plaintext(config)
     _settle_gc()
-    try:
-        await _until_signal(
-            lambda: _with_reload(lambda: serve(visitor), options, load, visitor.apply_config),
-            visitor.stop,
-        )
-    except FatalError as exc:
-        return _fail(EXIT_RUNTIME, str(exc), kind="fatal")
-    except TransportError as exc:
-        return _fail(EXIT_RUNTIME, str(exc), kind="bind")
-    return EXIT_OK
+    return await _client_side(
+        lambda: serve(visitor), options, load, visitor.apply_config, visitor.stop
+    )
 
 
 async def _until_signal(
@@ -324,61 +347,3 @@ async def _with_reload(
             await run()
         finally:
             tg.cancel_scope.cancel()
-
-
-# --- status and cert ---
-
-
-def status(address: str, token: str | None, *, as_json: bool = False) -> int:
-    """`muxtunnel status`: print what the `listen` or `up` whose admin API is `address` does."""
-    from muxtunnel.statusview import StatusError, fetch_status, print_status
-
-    try:
-        data = fetch_status(address, token)
-    except StatusError as exc:
-        print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
-        return EXIT_RUNTIME
-    if as_json:
-        print(json.dumps(data, indent=1))
-    else:
-        print_status(data)
-    return EXIT_OK
-
-
-def cert(
-    out: str, names: list[str] | None, *, days: int, client: bool = False, force: bool = False
-) -> int:
-    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint."""
-    from muxtunnel.tls import format_fingerprint, generate_self_signed
-
-    names = names or [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    base = "client" if client else "server"
-    cert_path = os.path.join(out, f"{base}.crt")
-    key_path = os.path.join(out, f"{base}.key")
-    existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
-    if existing and not force:
-        print(f"muxtunnel: {existing[0]} exists (--force overwrites)", file=sys.stderr)
-        return EXIT_USAGE
-    if days < 1:
-        print("muxtunnel: --days must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    cert_pem, key_pem, der = generate_self_signed(names, days=days, client=client)
-    try:
-        os.makedirs(out, exist_ok=True)
-        with open(cert_path, "wb") as handle:
-            handle.write(cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
-        os.chmod(key_path, 0o600)
-    except OSError as exc:
-        print(f"muxtunnel: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    fingerprint = format_fingerprint(der)
-    print(f"wrote {cert_path} and {key_path} for {', '.join(names)}", file=sys.stderr)
-    if client:
-        print(f"on the server: --tls-client-ca {cert_path}", file=sys.stderr)
-    else:
-        print(f"on clients: --server-fingerprint {fingerprint}", file=sys.stderr)
-    print(fingerprint, flush=True)
-    return EXIT_OK

@@ -38,7 +38,7 @@ from muxtunnel.model import ClientConfig
 from muxtunnel.reload import ReloadError
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
-from muxtunnel.tls import client_context
+from muxtunnel.tls import SERVER_SPEAKS_TLS, client_context, speaks_tls
 from muxtunnel.transport import (
     Address,
     TcpListener,
@@ -179,19 +179,21 @@ class Visitor:
             await anyio.sleep(delay)
 
     async def _session_once(self, first: bool) -> None:
-        carrier, binding = await open_carrier(self.config, self.tls_context)
+        carrier = await open_carrier(self.config, self.tls_context)
         try:
-            async with Session(carrier, client=True, config=self.config.mux) as session:
+            async with Session(carrier.stream, client=True, config=self.config.mux) as session:
                 self.session = session
                 session.refuse_streams()  # the server never opens a stream to a visitor
-                channel = VisitControl(await session.open_stream(), self.config, binding,
-                                       lambda state: None)  # fmt: skip
+                stream = await session.open_stream()
+                channel = VisitControl(stream, self.config, carrier.binding, lambda state: None)
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     await channel.hello()
                     for state in self.visits.values():
                         if state.revoked is None:
                             token = state.spec.token or self.config.token
                             await channel.visit(state, token, first=first)
+                if carrier.remember is not None:
+                    carrier.remember()  # the server proved the visitor key: its certificate is it
                 log.info("session opened", server=self.server, services=len(self.visits))
                 self._session_started = anyio.current_time()
                 for forwarder in self._flows.values():
@@ -209,6 +211,9 @@ class Visitor:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if self.connected.is_set():
                 return  # a session that was up ended: the caller reconnects
+            host, port = self.config.server_host, self.config.server_port
+            if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
+                raise FatalError(SERVER_SPEAKS_TLS) from None
             raise RetryableError(f"the server closed the connection: {exc or 'EOF'}") from None
         finally:
             for forwarder in self._flows.values():

@@ -32,36 +32,31 @@ from typing import Literal, overload
 
 from muxtunnel.config._client import CLIENT_KEYS, client
 from muxtunnel.config._server import SERVER_KEYS, server
-from muxtunnel.config._tree import (
-    ConfigError,
-    Map,
-    Node,
-    Scalar,
-    absent,
-    child,
-    read_secret_file,
-    read_tree,
-)
-from muxtunnel.config._values import mapping
+from muxtunnel.config._tree import ConfigError, Map, Node, Scalar, absent, child, read_tree
+from muxtunnel.config._values import MIN_TOKEN_CHARS, TOKEN_KEYS, mapping, token_file
 from muxtunnel.config._visitor import visitor
-from muxtunnel.model import ClientConfig, ServerConfig
+from muxtunnel.model import ClientConfig, Secret, ServerConfig
 
 __all__ = [
     "CLIENT_KEYS",
+    "ENV_ADMIN_TOKEN",
     "ENV_TOKEN",
     "ENV_VISITOR_TOKEN",
+    "MIN_TOKEN_CHARS",
     "SERVER_KEYS",
     "ConfigError",
     "load_client_config",
     "load_config",
     "load_server_config",
+    "load_token_file",
     "load_visitor_config",
-    "read_secret_file",
 ]
 
 Role = Literal["server", "client", "visitor"]
 #: Where the token comes from when neither the command line nor the file sets one.
 ENV_TOKEN = "MUXTUNNEL_TOKEN"
+#: The admin API's and metrics' bearer token when no flag gives one (`--admin`, `status`).
+ENV_ADMIN_TOKEN = "MUXTUNNEL_ADMIN_TOKEN"
 #: `visit`'s: a visitor token is another secret than the client token.
 ENV_VISITOR_TOKEN = "MUXTUNNEL_VISITOR_TOKEN"
 PathArg = str | os.PathLike[str] | None
@@ -80,9 +75,18 @@ def _overlay(
             items[key] = _overlay_mapping(items.get(key), section, key, given)
         elif given is not None:
             items[key] = Scalar("command line", 0, key, None, given)
-    if absent(items.get("token")) and env.get(env_token):
+            _drop_other_token(items, key)
+    if absent(items.get("token")) and absent(items.get("token_file")) and env.get(env_token):
         items["token"] = Scalar("environment", 0, env_token, None, env[env_token])
     return Map(section.file, section.line, section.path, items)
+
+
+def _drop_other_token(items: dict[str, Node], key: str) -> None:
+    """A token flag replaces the file's token, whichever way each gives it."""
+    if key in TOKEN_KEYS:
+        for other in TOKEN_KEYS:
+            if other != key:
+                items.pop(other, None)
 
 
 def _overlay_mapping(
@@ -91,13 +95,14 @@ def _overlay_mapping(
     """Flags that set some keys of a sub-section: they go on top of the file's keys."""
     if isinstance(node, Map):
         base = dict(node.items)
-    elif node is None or absent(node) or "bind" in values:
-        base = {}
+    elif node is None or absent(node) or "bind" in values or key == "tls":
+        base = {}  # flags for `tls` replace a `tls: true/false` of the file
     else:
         base = {"bind": node}  # `admin: HOST:PORT` in the file, a token from the command line
     for name, given in values.items():
         if given is not None:
             base[name] = Scalar("command line", 0, f"{key}.{name}", None, given)
+            _drop_other_token(base, name)
     return Map(section.file, section.line, child(section.path, key), base)
 
 
@@ -168,3 +173,8 @@ def load_visitor_config(
 ) -> ClientConfig:
     """`muxtunnel visit`'s config: `visitor:` of the file at `path`, with `overrides` on top."""
     return load_config(path, "visitor", overrides, env=env)
+
+
+def load_token_file(path: str) -> Secret:
+    """The token in the file a flag names; `ConfigError` if it cannot be used."""
+    return token_file(Scalar("command line", 0, "", None, path), os.environ)

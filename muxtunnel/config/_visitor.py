@@ -30,7 +30,7 @@ from muxtunnel.specs import DEFAULT_LOCAL_HOST, parse_host_port, validate_servic
 __all__ = ["VISIT_KEYS", "visitor"]
 
 #: Keys of one entry of `visitor.services`.
-VISIT_KEYS = ("name", "type", "bind", "token", "compression", "compression_level")
+VISIT_KEYS = ("name", "type", "bind", *v.TOKEN_KEYS, "compression", "compression_level")
 
 
 def _visits(node: Node, env: Mapping[str, str]) -> tuple[VisitSpec, ...]:
@@ -63,14 +63,13 @@ def _visits(node: Node, env: Mapping[str, str]) -> tuple[VisitSpec, ...]:
         compression, level = _compression(entry, env)
         if compression and kind == "udp":
             fail(present(entry, "compression") or entry, "compression is for tcp services only")
-        token = present(entry, "token")
         visits.append(
             VisitSpec(
                 name=name,
                 type="udp" if kind == "udp" else "tcp",
                 bind_host=host,
                 bind_port=port,
-                token=v.token(token, env) if token else None,
+                token=v.secret(entry, env),
                 compression=compression,
                 compression_level=level,
             )
@@ -83,4 +82,5 @@ def visitor(section: Map, env: Mapping[str, str]) -> ClientConfig:
     services = present(section, "services")
     rest = {key: node for key, node in section.items.items() if key != "services"}
     config = client(Map(section.file, section.line, section.path, rest), env)
+    v.refuse_weak_tokens(section, env)  # its services' tokens too
     return dataclasses.replace(config, visits=_visits(services, env) if services else ())

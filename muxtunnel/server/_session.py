@@ -21,7 +21,7 @@ import structlog
 from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.admission import Ticket
-from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
+from muxtunnel.auth import new_nonce, server_tag, verify_client_tag
 from muxtunnel.control import (
     Error,
     Hello,
@@ -39,6 +39,7 @@ from muxtunnel.server._provider_keys import ProviderKeys
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
 from muxtunnel.server._visit import VisitorSide
+from muxtunnel.sources import address_key
 from muxtunnel.status import SessionRow
 
 __all__ = ["ClientSession"]
