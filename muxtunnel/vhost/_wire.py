@@ -152,22 +152,19 @@ _FRAMING = frozenset(
 )  # fmt: skip
 #: Connection options that name no header of their own.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
-#: The lines of those names in a validated CRLF header block.
-_FRAMING_LINE = re.compile(
-    rb"^(connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|content-length):"
-    rb"[ \t]*(" + _VALUE + rb")\r\n",
-    re.IGNORECASE | re.MULTILINE,
-)
+#: What marks a line of each of those names in a lowercased CRLF header block after b"\n".
+_FRAMING_PROBES = tuple((name, b"\n" + name + b":") for name in sorted(_FRAMING))
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
     """Parse a response head (up to its blank line); `ValueError` when it is not HTTP/1.x
     or its framing is ambiguous.
 
-    A CRLF head goes to the visitor as it came, less the lines of its hop-by-hop headers:
-    one regex pass finds those (~2 us for a typical head, where splitting every header
-    into pairs cost ~6). A head with bare LF line ends, or whose Connection header names
-    other headers, is split into pairs and written anew.
+    A CRLF head goes to the visitor as it came, less the lines of its hop-by-hop headers,
+    found by a few C searches of the lowercased head (splitting every header into pairs
+    cost ~6 us of a typical head, a case-blind regex over it ~3). A head with bare LF line
+    ends, or whose Connection header names other headers, is split into pairs and written
+    anew.
     """
     line_end = head.find(b"\n")
     if line_end < 0:
@@ -184,15 +181,24 @@ def parse_response_head(head: bytes) -> ResponseHead:
     out.reason = line[3] or b""
     out.keep_alive = line[1] == b"1"
     if block.count(b"\n") == block.count(b"\r\n"):
-        matches = list(_FRAMING_LINE.finditer(block))
-        framing = [(m[1].lower(), m[2].rstrip(b" \t")) for m in matches]
+        # Validated, CRLF only: b"\nname:" in the lowercased block marks a header line.
+        probe = b"\n" + block.lower()
+        lines: list[tuple[int, int, bytes]] = []
+        framing: list[Header] = []
+        for name, needle in _FRAMING_PROBES:
+            start = probe.find(needle)
+            while start >= 0:
+                end = block.find(b"\r\n", start)
+                lines.append((start, end + 2, name))
+                framing.append((name, block[start + len(needle) - 1 : end].strip(b" \t")))
+                start = probe.find(needle, end)
         if _frame(out, framing):
             pieces = []
             start = 0
-            for match, (name, _) in zip(matches, framing, strict=True):
+            for line_start, line_end, name in sorted(lines):
                 if name != b"content-length" or out.chunked:
-                    pieces.append(block[start : match.start()])
-                    start = match.end()
+                    pieces.append(block[start:line_start])
+                    start = line_end
             pieces.append(block[start:])
             out.lines = b"".join(pieces) if len(pieces) > 1 else block
             return out

@@ -186,3 +186,29 @@ def test_an_endless_chunk_size_line_is_refused() -> None:
     assert scanner.scan(b"1;" + b"e" * 100) == 0  # not whole yet
     with pytest.raises(ValueError):
         scanner.scan(b"1;" + b"e" * 5000)
+
+
+_NAMES = st.sampled_from(
+    [b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection", b"CONNECTION",
+     b"Keep-Alive", b"TE", b"Upgrade", b"Proxy-Connection", b"X-Hop", b"Server", b"ETag"]
+)  # fmt: skip
+_VALUES = st.sampled_from([b"12", b"12, 12", b"chunked", b"close", b"keep-alive", b"X-Hop", b"a b"])
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8))
+def test_a_head_passed_through_frames_as_one_written_anew(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    lines = b"".join(b"%b: %b\r\n" % pair for pair in headers)
+    crlf = b"HTTP/1.1 200 OK\r\n" + lines[:-2]  # passed through, hop-by-hop lines cut out
+    bare_lf = crlf.replace(b"\r\n", b"\n")  # split into pairs, written anew
+    try:
+        passed = parse_response_head(crlf)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_response_head(bare_lf)
+        return
+    written = parse_response_head(bare_lf)
+    assert (passed.length, passed.chunked, passed.keep_alive, passed.lines) == (
+        written.length, written.chunked, written.keep_alive, written.lines
+    )  # fmt: skip
