@@ -6,7 +6,8 @@ Starts nginx and `muxtunnel listen` + `up` exposing it twice (as `python -m benc
 do: a `--tcp` service and an `--http` one), runs `wrk` with keep-alive against each in turn and
 divides the CPU seconds (user + system) listen and up spent by the requests wrk completed.
 Wall-clock rates move with whatever else runs on the machine; CPU per request moves far less,
-so two checkouts can be compared on a loaded machine (`--vs`, alternating, `--pairs` each).
+so two checkouts can be compared on a loaded machine (`--vs`, alternating, `--pairs` each;
+the other checkout runs its own copy of this module in its own `.venv`).
 Also prints wrk's requests/s ratio --http / --tcp of the same run.
 """
 
