@@ -30,7 +30,7 @@ import anyio.abc
 import structlog
 
 from muxtunnel.config import ConfigError
-from muxtunnel.log import LogFormat, configure_logging
+from muxtunnel.log import LogFormat, configure_logging, logs_on_terminal
 from muxtunnel.model import ClientConfig, ServerConfig
 from muxtunnel.reload import ConfigWatcher
 from muxtunnel.specs import SpecError
@@ -94,7 +94,10 @@ def _settle_gc() -> None:
 
 
 def _fail(code: int, message: str, **context: Any) -> int:
-    log.error("fatal", error=message, **context)
+    """Report a fatal error once: the `muxtunnel:` line, and a structured log line for machines
+    (on a terminal the two would say the same thing twice)."""
+    if not logs_on_terminal():
+        log.error("fatal", error=message, **context)
     print(f"muxtunnel: {message}", file=sys.stderr, flush=True)
     return code
 
@@ -204,10 +207,28 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
     return EXIT_OK
 
 
-def _announce(state: ServiceState) -> None:
-    """One line on stdout per registered service: what scripts wait for."""
-    spec = state.spec
-    print(f"{spec.name} {spec.type} {state.public} -> {spec.local}", flush=True)
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+class Announcer:
+    """One line per registered service, `NAME TYPE PUBLIC -> LOCAL`: what scripts wait for.
+
+    Printed once per service, and again only when its line changes (a reload, another port):
+    a reconnect that registers the same address again prints nothing. `write` goes to stdout,
+    or above the live panel while it shows.
+    """
+
+    def __init__(self) -> None:
+        self.shown: dict[str, str] = {}
+        self.write: Callable[[str], None] = _print_line
+
+    def __call__(self, state: ServiceState) -> None:
+        spec = state.spec
+        line = f"{spec.name} {spec.type} {state.public} -> {spec.local}"
+        if self.shown.get(spec.name) != line:
+            self.shown[spec.name] = line
+            self.write(line)
 
 
 async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
@@ -222,8 +243,9 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
             "$MUXTUNNEL_TOKEN or client.token",
             kind="config",
         )
+    announce = Announcer()
     try:
-        client = Client(config, _announce)
+        client = Client(config, announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
     if config.tls is None:
@@ -239,12 +261,17 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         if not use_console:
             await serve(client)
             return
-        from muxtunnel.console import show  # rich's live panel, only on a terminal
+        from muxtunnel.console import LiveConsole, show  # rich, only on a terminal
 
+        terminal = LiveConsole()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(show, client.status)
-            await serve(client)
-            tg.cancel_scope.cancel()
+            await tg.start(show, client.status, terminal)
+            announce.write = terminal.print_line  # above the panel, never past it
+            try:
+                await serve(client)
+            finally:
+                announce.write = _print_line
+                tg.cancel_scope.cancel()
 
     try:
         await _until_signal(

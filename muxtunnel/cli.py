@@ -30,7 +30,12 @@ from muxtunnel.model import (
     ServerConfig,
     ServiceSpec,
 )
-from muxtunnel.specs import SpecError, parse_service_spec, validate_service_name
+from muxtunnel.specs import (
+    SERVICE_TYPES,
+    SpecError,
+    parse_service_spec,
+    validate_service_name,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -139,11 +144,39 @@ def _group(args: argparse.Namespace) -> GroupSpec | None:
     return GroupSpec(args.group, secret, 1 if args.weight is None else args.weight)
 
 
+#: What each service flag takes, shown with its mistakes.
+SPEC_SYNTAX = {
+    "tcp": "[NAME=][LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]",
+    "udp": "[NAME=][LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]",
+    "http": "[NAME=][LOCAL_HOST:]LOCAL_PORT",
+    "https": "[NAME=][LOCAL_HOST:]LOCAL_PORT",
+}
+
+
+def _service_specs(args: argparse.Namespace) -> list[ServiceSpec]:
+    """The services of `--tcp/--udp/--http/--https`; a mistake names its flag and the syntax."""
+    specs: list[ServiceSpec] = []
+    given: dict[str, str] = {}  # name -> the flag that gave it first
+    for type_ in SERVICE_TYPES:
+        for text in getattr(args, type_):
+            flag = f"--{type_} {text}"
+            try:
+                spec = parse_service_spec(text, type_)
+            except SpecError as exc:
+                raise SpecError(f"{flag}: {exc} (syntax: --{type_} {SPEC_SYNTAX[type_]})") from None
+            if spec.name in given:
+                local = text.partition("=")[2] or text
+                raise SpecError(
+                    f"{flag}: service name {spec.name!r} is taken by {given[spec.name]}; "
+                    f"give each service its own name (--{type_} NAME={local})"
+                )
+            given[spec.name] = flag
+            specs.append(spec)
+    return specs
+
+
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
-    specs = [parse_service_spec(text, "tcp") for text in args.tcp]
-    specs += [parse_service_spec(text, "udp") for text in args.udp]
-    specs += [parse_service_spec(text, "http") for text in args.http]
-    specs += [parse_service_spec(text, "https") for text in args.https]
+    specs = _service_specs(args)
     group = _group(args)
     if group is not None:
         if not specs:

@@ -38,9 +38,15 @@ def fetch_status(
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:
             data = json.loads(reply.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 401 and token:
+            raise StatusError(
+                f"{address} refused the admin token: check --admin-token, --admin-token-file "
+                "or $MUXTUNNEL_ADMIN_TOKEN against the token of its --admin endpoint"
+            ) from None
         if exc.code == 401:
             raise StatusError(
-                f"{address} wants a bearer token: give --admin-token or $MUXTUNNEL_ADMIN_TOKEN"
+                f"{address} wants a bearer token: give --admin-token, --admin-token-file or "
+                "$MUXTUNNEL_ADMIN_TOKEN"
             ) from None
         raise StatusError(f"{address} answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:

@@ -27,6 +27,7 @@ from muxtunnel.forward import Visitors, forward, guarded
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udp import serve_flow
 
@@ -103,7 +104,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         finally:
             state.flows.pop(stream.stream_id, None)
         return
-    peer = f"{header.peer_host}:{header.peer_port}"
+    peer = format_host_port(header.peer_host, header.peer_port)
     try:
         async with host.dial_slots(spec.name):
             target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)

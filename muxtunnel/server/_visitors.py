@@ -25,6 +25,7 @@ from muxtunnel.forward import forward, guarded
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.sources import address_key
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import (
     Address,
     TcpListener,
@@ -216,7 +217,7 @@ async def _forward_visitor(
             stream,
             visitor_side=True,
             service=service.name,
-            peer=f"{peer_host}:{peer_port}",
+            peer=format_host_port(peer_host, peer_port),
             traffic=host.traffic_of(service.name),
             compression_level=service.compression_level if compressed else None,
             limiter=host.limiter_of(service.name),
