@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from mux import MuxStream
 from muxtunnel.compress import CompressedStream
 from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.proxy import PipeResult, pipe
@@ -126,6 +127,8 @@ async def forward(
     started = anyio.current_time()
     log.info("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
+    if not visitor_side and isinstance(stream, MuxStream):  # bytes out are read here, early
+        meter.pending_out = lambda: stream.unconsumed_bytes
     try:
         metered = MeteredStream(
             socket,

@@ -125,6 +125,16 @@ class ConnectionMeter:
     scope: anyio.CancelScope | None = None
     #: It was ended for having been idle.
     idle_closed: bool = False
+    #: On the client, where `bytes_out` is counted as the local service's bytes are read: how
+    #: many of them the visitor's side has not taken yet (still in the tunnel's buffers).
+    pending_out: Callable[[], int] | None = None
+
+    @property
+    def moved_out(self) -> int:
+        """`bytes_out` that reached the visitor's side: what totals and rates of live
+        connections show, so a download's rate follows the visitor, not our buffers."""
+        pending = self.pending_out
+        return self.bytes_out if pending is None else max(0, self.bytes_out - pending())
 
 
 class ServiceTraffic:
@@ -154,7 +164,7 @@ class ServiceTraffic:
 
     @property
     def bytes_out(self) -> int:
-        return self.closed_out + sum(meter.bytes_out for meter in self.live)
+        return self.closed_out + sum(meter.moved_out for meter in self.live)
 
     def row(self, name: str) -> TrafficRow:
         """The service's counters as a status row."""
@@ -165,7 +175,7 @@ class ServiceTraffic:
     def connection_rows(self, now: float) -> list[ConnectionRow]:
         """The live connections as status rows (unsorted)."""
         return [
-            ConnectionRow(m.service, m.peer, now - m.started, m.bytes_in, m.bytes_out)
+            ConnectionRow(m.service, m.peer, now - m.started, m.bytes_in, m.moved_out)
             for m in self.live
         ]
 
