@@ -88,7 +88,8 @@ class ServiceState:
         if spec.type == "udp":
             # The client's UDP counters see datagrams from the local service as `in` (they
             # go into the stream) and those to it as `out`: the other way round of a row's.
-            open_, total, bytes_in, bytes_out = 0, udp.flows_opened, udp.bytes_out, udp.bytes_in
+            open_, total = len(self.flows), udp.flows_opened
+            bytes_in, bytes_out = udp.bytes_out, udp.bytes_in
             dropped = udp.dropped()
         elif traffic is None:
             open_ = total = bytes_in = bytes_out = 0

@@ -93,6 +93,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         while len(state.flows) >= config.udp_max_flows:
             state.flows.popitem(last=False)[1].reset()
         state.flows[stream.stream_id] = stream
+        state.udp.flows_opened += 1  # the server counts its flows in its forwarder
         try:
             await serve_flow(
                 stream,
