@@ -646,3 +646,22 @@ def test_client_drain_timeout_is_configurable(tmp_path: Path) -> None:
     assert load_client_config(None).drain_timeout_s == ClientConfig().drain_timeout_s
     bad = write(tmp_path, "client:\n  drain_timeout_s: -1\n", "bad.yaml")
     assert "client.drain_timeout_s: must be at least 0" in error_of(lambda: load_client_config(bad))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "what"),
+    [
+        ("client:\n  server: a:1\n  services:\n    - [1, 2\n", 4, 7, "the '[' opened here"),
+        ("client:\n  server: {host: a\n  token: b\n", 2, 11, "the '{' opened here"),
+        ('client:\n  server: "a:1\n\n  token: b\n', 2, 11, "the quoted string that starts here"),
+    ],
+)  # fmt: skip
+def test_an_unclosed_yaml_construct_points_where_it_started(
+    tmp_path: Path, text: str, line: int, column: int, what: str
+) -> None:
+    path = tmp_path / "unclosed.yaml"
+    path.write_text(text)
+    message = error_of(lambda: load_client_config(str(path), env={}))
+    assert message.startswith(f"{path}:{line}: invalid YAML (column {column}): {what} is not "
+                              "closed ("), message  # fmt: skip
+    assert "at line " in message and message.count("\n") == 0, message
