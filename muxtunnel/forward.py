@@ -125,7 +125,8 @@ async def forward(
     the visitor's bytes (a PROXY protocol header). `context` goes into both log lines.
     """
     started = anyio.current_time()
-    log.info("visitor opened", **context, service=service, peer=peer)
+    # Debug: the "visitor closed" line says all of it once, with bytes and duration.
+    log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     if not visitor_side and isinstance(stream, MuxStream):  # bytes out are read here, early
         meter.pending_out = lambda: stream.unconsumed_bytes
