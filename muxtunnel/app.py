@@ -254,6 +254,13 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
             hint="service names, registrations and every visitor byte cross the network "
             "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
         )
+    elif config.tls.insecure:
+        log.warning(
+            "tls does not verify the server",
+            hint="--insecure (tls.insecure): anyone on the path can pose as the server; the "
+            "token still fails there, but pin the server with --server-fingerprint or give "
+            "--tls-ca, or leave both out to trust it on first use",
+        )
     _settle_gc()
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
 

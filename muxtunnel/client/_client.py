@@ -206,9 +206,16 @@ class Client:
             host, port = self.config.server_host, self.config.server_port
             if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
                 raise FatalError(SERVER_SPEAKS_TLS) from None
+            # With TLS 1.3 a refused client certificate shows only now, as a closed connection
+            # (the server checks it after our side of the handshake has finished).
             hint = ""
             if self.config.tls is not None and self.config.tls.cert is None:
                 hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
+            elif self.config.tls is not None:
+                hint = (
+                    " (does it trust our client certificate? listen's --tls-client-ca must be "
+                    "the CA (or the certificate) that signed our --tls-cert)"
+                )
             reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
             raise RetryableError(reason) from None
         finally:

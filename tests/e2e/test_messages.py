@@ -101,3 +101,12 @@ def test_a_fatal_error_shows_once_on_a_terminal(harness: Harness) -> None:
     shown = [line for line in term.raw().splitlines() if "port must be between" in line]
     assert len(shown) == 1, term.raw()
     assert shown[0].startswith("muxtunnel: "), shown
+
+
+def test_insecure_tls_logs_a_warning(harness: Harness, tcp_echo: TcpEchoServer) -> None:
+    listen = harness.listen()
+    up = harness.up(listen, tcp=[f"echo={tcp_echo.port}"], extra=["--insecure"])
+    (warning,) = up.events("tls does not verify the server")
+    assert warning["level"] == "warning" and "--server-fingerprint" in warning["hint"], warning
+    plain = harness.up(listen, tcp=[f"other={tcp_echo.port}"])
+    assert plain.events("tls does not verify the server") == []
