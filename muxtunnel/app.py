@@ -8,8 +8,8 @@ connected here; none of it knows about the others it does not import. What a pro
 not use it does not import (the other side, the endpoints, the console): idle memory stays low.
 
 Exit codes: 0 after SIGINT/SIGTERM (graceful), 2 for usage and config errors, 1 for fatal
-runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr and
-a structured log line.
+runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr,
+and a structured log line unless a person reads the logs on a terminal (it would repeat it).
 """
 
 from __future__ import annotations
@@ -94,8 +94,7 @@ def _settle_gc() -> None:
 
 
 def _fail(code: int, message: str, **context: Any) -> int:
-    """Report a fatal error once: the `muxtunnel:` line, and a structured log line for machines
-    (on a terminal the two would say the same thing twice)."""
+    """Report a fatal error once (see the module docstring)."""
     if not logs_on_terminal():
         log.error("fatal", error=message, **context)
     print(f"muxtunnel: {message}", file=sys.stderr, flush=True)
@@ -212,12 +211,8 @@ def _print_line(line: str) -> None:
 
 
 class Announcer:
-    """One line per registered service, `NAME TYPE PUBLIC -> LOCAL`: what scripts wait for.
-
-    Printed once per service, and again only when its line changes (a reload, another port):
-    a reconnect that registers the same address again prints nothing. `write` goes to stdout,
-    or above the live panel while it shows.
-    """
+    """`NAME TYPE PUBLIC -> LOCAL` per service, what scripts wait for: again only if it changed
+    (not after a reconnect); to stdout, or above the live panel while it shows (`write`)."""
 
     def __init__(self) -> None:
         self.shown: dict[str, str] = {}
@@ -257,9 +252,8 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
     elif config.tls.insecure:
         log.warning(
             "tls does not verify the server",
-            hint="--insecure (tls.insecure): anyone on the path can pose as the server; the "
-            "token still fails there, but pin the server with --server-fingerprint or give "
-            "--tls-ca, or leave both out to trust it on first use",
+            hint="--insecure: anyone on the path can pose as the server; pin it with "
+            "--server-fingerprint, give --tls-ca, or leave all out to trust it on first use",
         )
     _settle_gc()
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
