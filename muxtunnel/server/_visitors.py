@@ -114,10 +114,9 @@ def _refusal(host: Host, service: ActiveService, session: Session, source: str) 
     """Why a new visitor of `service` from `source` must be refused (None: it may come in)."""
     config = host.config
     limiter = host.limiter_of(service.name)
-    limit = config.max_visitors_per_service
-    if limiter.max_connections is not None:
-        limit = min(limit, limiter.max_connections)
-    if service.visitors >= limit:
+    if limiter.max_connections is not None and service.visitors >= limiter.max_connections:
+        return "max_connections"  # the service's own limit (server.services[].max_connections)
+    if service.visitors >= config.max_visitors_per_service:
         return "visitors_per_service"
     if service.sources[source] >= config.max_visitors_per_source:
         return "visitors_per_source"
@@ -127,6 +126,7 @@ def _refusal(host: Host, service: ActiveService, session: Session, source: str) 
 
 
 REFUSED = {
+    "max_connections": "visitor refused: its service has max_connections open",
     "visitors_per_service": "visitor refused: its service has max_visitors_per_service",
     "visitors_per_source": "visitor refused: its address has max_visitors_per_source",
     "stream_quota": "visitor refused: its service has its share of the session's streams",

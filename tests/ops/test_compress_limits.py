@@ -132,7 +132,7 @@ async def test_bandwidth_limit_holds_both_ways() -> None:
     assert FLOOR * RATE <= uploads[0] <= CEILING * RATE, uploads[0]
 
 
-async def test_max_connections_per_service() -> None:
+async def test_max_connections_per_service(capsys: pytest.CaptureFixture[str]) -> None:
     policy = ServicePolicy("web", max_connections=2)
     async with echo_service() as local, running_server(server_config(services=(policy,))) as s:
         assert s.port is not None
@@ -148,6 +148,10 @@ async def test_max_connections_per_service() -> None:
                 with anyio.fail_after(WAIT_S):
                     await third.send(b"hi")
                     await third.receive()
+            # Counted (the metrics' muxtunnel_refusals_total) and logged, naming the limit.
+            assert s.status().refusals["max_connections"] == 1
+            (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "refused" in ln]
+            assert "has max_connections open" in line and "service=web" in line, line
             await first.aclose()
             await wait_until(lambda: s.registry.by_name["web"].visitors < 2)
             assert await echo_through(port, b"again") == b"again"
