@@ -140,7 +140,11 @@ async def forward(
         )
         tunnel: anyio.abc.ByteStream = stream
         if compression_level is not None:
-            tunnel = CompressedStream(stream, compression_level)
+            tunnel = compressed = CompressedStream(stream, compression_level)
+            meter.carrier = lambda: (
+                compressed.plain_sent + compressed.plain_received,
+                compressed.wire_sent + compressed.wire_received,
+            )
         if preamble:
             try:
                 await tunnel.send(preamble)

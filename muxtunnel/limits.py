@@ -128,6 +128,8 @@ class ConnectionMeter:
     #: On the client, where `bytes_out` is counted as the local service's bytes are read: how
     #: many of them the visitor's side has not taken yet (still in the tunnel's buffers).
     pending_out: Callable[[], int] | None = None
+    #: With compression: the tunnel side's bytes both ways, (as the visitor's, compressed).
+    carrier: Callable[[], tuple[int, int]] | None = None
 
     @property
     def moved_out(self) -> int:
@@ -145,6 +147,8 @@ class ServiceTraffic:
         self.closed_out = 0
         self.connections_total = 0
         self.live: set[ConnectionMeter] = set()
+        #: Compressed connections' tunnel bytes both ways: as the visitor's, and compressed.
+        self.closed_plain = self.closed_compressed = 0
 
     def open(self, service: str, peer: str) -> ConnectionMeter:
         meter = ConnectionMeter(service, peer)
@@ -157,6 +161,10 @@ class ServiceTraffic:
             self.live.discard(meter)
             self.closed_in += meter.bytes_in
             self.closed_out += meter.bytes_out
+            if meter.carrier is not None:
+                plain, compressed = meter.carrier()
+                self.closed_plain += plain
+                self.closed_compressed += compressed
 
     @property
     def bytes_in(self) -> int:
@@ -165,6 +173,18 @@ class ServiceTraffic:
     @property
     def bytes_out(self) -> int:
         return self.closed_out + sum(meter.moved_out for meter in self.live)
+
+    def carrier_bytes(self) -> dict[str, int] | None:
+        """Bytes of compressed connections on the tunnel, both ways, before and after
+        compression (None: no connection was compressed)."""
+        plain, compressed = self.closed_plain, self.closed_compressed
+        live = [meter.carrier() for meter in self.live if meter.carrier is not None]
+        if not live and not compressed:
+            return None
+        for more_plain, more_compressed in live:
+            plain += more_plain
+            compressed += more_compressed
+        return {"plain": plain, "compressed": compressed}
 
     def row(self, name: str) -> TrafficRow:
         """The service's counters as a status row."""

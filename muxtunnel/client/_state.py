@@ -105,6 +105,7 @@ class ServiceState:
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             compression=self.compression,
+            carrier_bytes=traffic.carrier_bytes() if traffic is not None else None,
             udp_dropped=dropped,
             local=spec.local,
             urls=self.urls if self.public else (),
