@@ -33,10 +33,8 @@ from muxtunnel.model import (
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
 EXAMPLE = ROOT / "config.example.yaml"
-EXAMPLE_ENV = {
-    "MUXTUNNEL_TOKEN": "example-token-0123456789",
-    "MUXTUNNEL_SSH_TOKEN": "ssh-token-0123456789",
-}
+#: All the example needs: the shared token (a service's own token is commented out).
+EXAMPLE_ENV = {"MUXTUNNEL_TOKEN": "example-token-0123456789"}
 
 
 def config_path(name: str) -> str:
@@ -65,7 +63,7 @@ def test_example_loads_for_the_server() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
     assert config.services == (
-        ServicePolicy("ssh", Secret("ssh-token-0123456789"), port=8022, idle_timeout_s=0.0),
+        ServicePolicy("ssh", port=8022, idle_timeout_s=0.0),
         ServicePolicy(
             "shop",
             lb=parse_policy("least_connections"),
@@ -83,7 +81,7 @@ def test_example_loads_for_the_client() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.services == (
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
-        ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-token-0123456789")),
+        ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
         ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
         ServiceSpec(
@@ -211,10 +209,13 @@ def test_example_substitution_defaults_can_be_overridden_by_env() -> None:
     assert (client.server_host, client.server_port) == ("::1", 1)
 
 
-def test_example_needs_its_secrets_from_the_environment() -> None:
-    message = error_of(lambda: load_client_config(EXAMPLE, env={"MUXTUNNEL_TOKEN": "x"}))
-    assert re.match(rf"{re.escape(str(EXAMPLE))}:\d+: client\.services\[1\]\.token: ", message)
-    assert "MUXTUNNEL_SSH_TOKEN is not set" in message
+def test_example_needs_its_token_from_the_environment_and_nothing_else() -> None:
+    message = error_of(lambda: load_client_config(EXAMPLE, env={}))
+    assert re.match(rf"{re.escape(str(EXAMPLE))}:\d+: client\.token: ", message), message
+    assert "MUXTUNNEL_TOKEN is not set" in message
+    text = EXAMPLE.read_text(encoding="utf-8")
+    used = set(re.findall(r"^[^#]*\$\{(\w+)\}", text, re.MULTILINE))  # no default, not a comment
+    assert used == {"MUXTUNNEL_TOKEN"}, used
 
 
 # --- valid files ---
