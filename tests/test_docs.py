@@ -57,7 +57,8 @@ def test_systemd_units_say_how_their_binary_gets_there() -> None:
         assert "ExecStart=/usr/local/bin/muxtunnel " in text
         assert "ln -s /opt/muxtunnel/bin/muxtunnel /usr/local/bin/" in text, unit
     deployment = README[README.index("### Deployment") :]
-    assert "/usr/local/bin/muxtunnel" in deployment and "python3 -m venv /opt/muxtunnel" in deployment
+    assert "/usr/local/bin/muxtunnel" in deployment
+    assert "python3 -m venv /opt/muxtunnel" in deployment
 
 
 def test_the_container_publishes_the_example_configs_ports() -> None:
