@@ -23,7 +23,6 @@ from contextlib import contextmanager
 
 import anyio
 import anyio.abc
-from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -36,12 +35,14 @@ __all__ = ["REFRESH_S", "Panel", "human_rate", "show"]
 
 #: How often the panel is drawn anew (rates are averaged over this).
 REFRESH_S = 0.5
-#: Lines of the panel that are not service rows: header, table head and its rule, a last line
-#: for "N more", and one spare so that the cursor's line never scrolls the panel.
-_CHROME_LINES = 5
+#: Lines of the panel that are not service rows: header, table head, a last line for "N more",
+#: and one spare so that the cursor's line never scrolls the panel.
+_CHROME_LINES = 4
 #: Widths that hold any rate ("1023.9 KiB/s") and a connection count.
 _RATE_CHARS = 12
 _CONNS_CHARS = 5
+#: Cells between two columns: a padding of one on each side (no box: no divider).
+_GAP_CHARS = 2
 #: Below this many columns, the type and local address columns are left out.
 _WIDE_COLUMNS = 100
 
@@ -53,6 +54,20 @@ def human_rate(bytes_per_s: float) -> str:
             return f"{bytes_per_s:.0f} {unit}" if unit == "B/s" else f"{bytes_per_s:.1f} {unit}"
         bytes_per_s /= 1024
     raise AssertionError("unreachable")
+
+
+def _columns(width: int, public_chars: int) -> set[str]:
+    """The columns that fit `width` besides the public address and the two rates, which are
+    always shown whole: the service name first, then connections, then (wide) type and local."""
+    used = public_chars + 2 * (_RATE_CHARS + _GAP_CHARS) + 1  # rich keeps one cell spare
+    chosen = {"public"}
+    for name, chars in (("service", 4), ("conns", _CONNS_CHARS)):
+        if used + chars + _GAP_CHARS <= width:
+            chosen.add(name)
+            used += chars + _GAP_CHARS
+    if width >= _WIDE_COLUMNS and used + 5 + 8 + 2 * _GAP_CHARS <= width:
+        chosen |= {"type", "local"}  # "https", and a local address worth showing
+    return chosen
 
 
 class Panel:
@@ -76,16 +91,20 @@ class Panel:
             no_wrap=True,
             overflow="ellipsis",
         )
-        wide = width >= _WIDE_COLUMNS
-        table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
-        table.add_column("service", overflow="ellipsis", no_wrap=True, min_width=4, ratio=1)
-        if wide:
-            table.add_column("type", no_wrap=True)
         longest = max((len(row.public or "-") for row in status.services), default=1)
+        columns = _columns(width, max(longest, 14))
+        table = Table(
+            box=None, expand=True, pad_edge=False, padding=(0, 1), header_style="bold underline"
+        )
+        if "service" in columns:
+            table.add_column("service", overflow="ellipsis", no_wrap=True, min_width=4, ratio=1)
+        if "type" in columns:
+            table.add_column("type", no_wrap=True)
         table.add_column("public address", no_wrap=True, min_width=max(longest, 14))
-        if wide:
+        if "local" in columns:
             table.add_column("local", overflow="ellipsis", no_wrap=True, ratio=1)
-        table.add_column("conns", justify="right", no_wrap=True, min_width=_CONNS_CHARS)
+        if "conns" in columns:
+            table.add_column("conns", justify="right", no_wrap=True, min_width=_CONNS_CHARS)
         for title in ("in/s", "out/s"):
             table.add_column(title, justify="right", no_wrap=True, min_width=_RATE_CHARS)
         now = anyio.current_time()
@@ -97,15 +116,17 @@ class Panel:
             self._last[row.name] = (row.bytes_in, row.bytes_out, now)
             if index >= shown:
                 continue
-            cells = [row.name, row.public or "-"]
-            if wide:
-                cells[1:1] = [row.type]
-                cells.append(row.local or "-")
-            cells += [
-                str(row.connections),
-                human_rate((row.bytes_in - last_in) / span),
-                human_rate((row.bytes_out - last_out) / span),
-            ]
+            cell = {
+                "service": row.name,
+                "type": row.type,
+                "public": row.public or "-",
+                "local": row.local or "-",
+                "conns": str(row.connections),
+                "in": human_rate((row.bytes_in - last_in) / span),
+                "out": human_rate((row.bytes_out - last_out) / span),
+            }
+            names = [n for n in ("service", "type", "public", "local", "conns") if n in columns]
+            cells = [cell[name] for name in names] + [cell["in"], cell["out"]]
             # Text, never markup: the public address is what the server answered.
             table.add_row(*(Text(cell) for cell in cells))
         parts: list[Text | Table] = [header, table]
