@@ -15,7 +15,13 @@ from muxtunnel.balance.settings import (
     RateLimit,
     parse_policy,
 )
-from muxtunnel.config import ConfigError, load_client_config, load_config, load_server_config
+from muxtunnel.config import (
+    ConfigError,
+    load_client_config,
+    load_config,
+    load_server_config,
+    load_visitor_config,
+)
 from muxtunnel.model import (
     ClientConfig,
     ClientTls,
@@ -28,13 +34,18 @@ from muxtunnel.model import (
     ServerTls,
     ServicePolicy,
     ServiceSpec,
+    VisitSpec,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
 EXAMPLE = ROOT / "config.example.yaml"
-#: All the example needs: the shared token (a service's own token is commented out).
-EXAMPLE_ENV = {"MUXTUNNEL_TOKEN": "example-token-0123456789"}
+#: All the example needs: the shared token, and the visitor token `muxtunnel visit` reads anyway
+#: for its private service (a service's own token is commented out).
+EXAMPLE_ENV = {
+    "MUXTUNNEL_TOKEN": "example-token-0123456789",
+    "MUXTUNNEL_VISITOR_TOKEN": "db-visitor-0123456789",
+}
 
 
 def config_path(name: str) -> str:
@@ -83,6 +94,8 @@ def test_example_loads_for_the_client() -> None:
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
         ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
+        ServiceSpec("db", "tcp", "127.0.0.1", 5432, private=True,
+                    visitor_tokens=(Secret("db-visitor-0123456789"),)),
         ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
         ServiceSpec(
             "shop-1",
@@ -91,7 +104,14 @@ def test_example_loads_for_the_client() -> None:
             8081,
             group=GroupSpec("shop", None, 2, HealthSettings("http", "/healthz", 5.0, 2.0, 3, 2)),
         ),
-    )
+    )  # fmt: skip
+
+
+def test_example_loads_for_visit() -> None:
+    config = load_visitor_config(EXAMPLE, env=EXAMPLE_ENV)
+    assert (config.server_host, config.server_port) == ("tunnel.example.com", 7835)
+    assert config.token == Secret("db-visitor-0123456789") and config.services == ()
+    assert config.visits == (VisitSpec("db", "tcp", "127.0.0.1", 15432),)
 
 
 #: Every number the example spells out is the default, so loading it proves nothing about
@@ -175,8 +195,8 @@ EXAMPLE_CHANGES = [
         'compression_budget_bytes: "32MiB"',
         ("server", "compression_budget_bytes", 32 << 20),
     ),
-    ("reconnect_min_s: 0.5", "reconnect_min_s: 0.75", ("client", "reconnect_min_s", 0.75)),
-    ("reconnect_max_s: 30", "reconnect_max_s: 45", ("client", "reconnect_max_s", 45.0)),
+    ("reconnect_min_s: 0.5", "reconnect_min_s: 0.75", ("clients", "reconnect_min_s", 0.75)),
+    ("reconnect_max_s: 30", "reconnect_max_s: 45", ("clients", "reconnect_max_s", 45.0)),
 ]
 
 
@@ -189,11 +209,13 @@ def test_example_keys_are_read_not_defaulted(tmp_path: Path) -> None:
     loaded = {
         "server": load_server_config(path, env=EXAMPLE_ENV),
         "client": load_client_config(path, env=EXAMPLE_ENV),
+        "visitor": load_visitor_config(path, env=EXAMPLE_ENV),
     }
-    defaults = {"server": ServerConfig(), "client": ClientConfig()}
+    defaults = {"server": ServerConfig(), "client": ClientConfig(), "visitor": ClientConfig()}
+    sides = {"both": ("server", "client"), "clients": ("client", "visitor")}
     for _, _, (where, key, value) in EXAMPLE_CHANGES:
         side, _, part = where.partition(".")
-        for name in ("server", "client") if side == "both" else (side,):
+        for name in sides.get(side, (side,)):
             config, default = loaded[name], defaults[name]
             if part:
                 config, default = config.mux, default.mux
@@ -215,7 +237,7 @@ def test_example_needs_its_token_from_the_environment_and_nothing_else() -> None
     assert "MUXTUNNEL_TOKEN is not set" in message
     text = EXAMPLE.read_text(encoding="utf-8")
     used = set(re.findall(r"^[^#]*\$\{(\w+)\}", text, re.MULTILINE))  # no default, not a comment
-    assert used == {"MUXTUNNEL_TOKEN"}, used
+    assert used == set(EXAMPLE_ENV), used
 
 
 # --- valid files ---

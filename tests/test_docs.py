@@ -62,7 +62,7 @@ def test_systemd_units_say_how_their_binary_gets_there() -> None:
 
 
 def test_the_container_publishes_the_example_configs_ports() -> None:
-    env = {"MUXTUNNEL_TOKEN": "example-token-0123456789"}  # all the example needs
+    env = {"MUXTUNNEL_TOKEN": "example-token-0123456789", "MUXTUNNEL_VISITOR_TOKEN": "v" * 16}
     example = str(ROOT / "config.example.yaml")
     allowed = load_server_config(example, env=env).allow_ports
     load_client_config(example, env=env)
