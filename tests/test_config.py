@@ -233,8 +233,8 @@ def test_example_substitution_defaults_can_be_overridden_by_env() -> None:
 
 def test_example_needs_its_token_from_the_environment_and_nothing_else() -> None:
     message = error_of(lambda: load_client_config(EXAMPLE, env={}))
-    assert re.match(rf"{re.escape(str(EXAMPLE))}:\d+: client\.token: ", message), message
-    assert "MUXTUNNEL_TOKEN is not set" in message
+    missing = re.search(r"environment variable (\w+) is not set", message)
+    assert missing is not None and missing[1] in EXAMPLE_ENV, message
     text = EXAMPLE.read_text(encoding="utf-8")
     used = set(re.findall(r"^[^#]*\$\{(\w+)\}", text, re.MULTILINE))  # no default, not a comment
     assert used == set(EXAMPLE_ENV), used

@@ -318,24 +318,7 @@ class Control:
                 "older): refusing to expose it on a public port"
             )
         state.member = reply.member
-        state.compression = reply.compression if spec.compression else None
-        # An older server says no level: ours, as it was then.
-        state.compression_level = reply.compression_level or spec.compression_level
-        if spec.compression and state.compression is None:
-            log.warning(
-                "compression refused",
-                service=spec.name,
-                asked=spec.compression,
-                hint="the server's policy for this service turns it off: bytes travel as they are",
-            )
-        elif spec.compression and state.compression_level < spec.compression_level:
-            log.info(
-                "compression level lowered",
-                service=spec.name,
-                asked=spec.compression_level,
-                capped_to=state.compression_level,
-                hint="the server caps it (server.compression_level_max)",
-            )
+        state.agree_compression(reply.compression, reply.compression_level)
         host = reply.public_host
         if host in ("0.0.0.0", "::", ""):
             host = self._config.server_host

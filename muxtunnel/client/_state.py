@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import structlog
 
 from mux import MuxStream
 from muxtunnel.limits import ServiceTraffic
@@ -26,6 +27,8 @@ __all__ = [
     "RetryableError",
     "ServiceState",
 ]
+
+log = structlog.get_logger("muxtunnel.client")
 
 #: How long the server may take to answer a control request (and a TLS handshake to finish).
 CONTROL_TIMEOUT_S = 10.0
@@ -80,6 +83,28 @@ class ServiceState:
             return "unknown"
         verdict = "healthy" if healthy else "unhealthy"
         return f"{verdict}: {self.health_detail}" if self.health_detail else verdict
+
+    def agree_compression(self, compression: str | None, level: int | None) -> None:
+        """What the server agreed to (`Registered`); says so when it refused or lowered ours."""
+        spec = self.spec
+        self.compression = compression if spec.compression else None
+        # An older server says no level: ours, as it was then.
+        self.compression_level = level or spec.compression_level
+        if spec.compression and self.compression is None:
+            log.warning(
+                "compression refused",
+                service=spec.name,
+                asked=spec.compression,
+                hint="the server's policy for this service turns it off: bytes travel as they are",
+            )
+        elif spec.compression and self.compression_level < spec.compression_level:
+            log.info(
+                "compression level lowered",
+                service=spec.name,
+                asked=spec.compression_level,
+                capped_to=self.compression_level,
+                hint="the server caps it (server.compression_level_max)",
+            )
 
     def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
         """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""

@@ -199,7 +199,8 @@ CONFIG_ERRORS = {
         3,
         "{role}.mux.keepalive_intervl_s",
     ),
-    "malformed-yaml": ("{role}:\n  token: t0ken-from-file\n  allow: [1, 2\n", 4, None),
+    # Where the '[' left open is, not the end of the file where the parser noticed it.
+    "malformed-yaml": ("{role}:\n  token: t0ken-from-file\n  allow: [1, 2\n", 3, None),
 }
 
 
