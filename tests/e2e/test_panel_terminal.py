@@ -1,9 +1,9 @@
 """The live panel of `muxtunnel up` on a real pseudo-terminal at 80x24, during a download.
 
 What a person sees, through a terminal emulator: one panel (no stale copies of it down the
-screen), each service's public address whole on the address lines above it and in its row,
-log lines above the panel, and an out/s rate that moves while a visitor downloads and falls
-back when the download stops.
+screen, whatever is logged meanwhile), each service's public address whole on the address lines
+above it and in its row, log lines above the panel, and an out/s rate that moves while a
+visitor downloads and falls back when the download stops.
 """
 
 from __future__ import annotations
@@ -151,7 +151,25 @@ def test_panel_at_80x24_during_a_download(
                               for line in lines),
             10, "out/s back to 0 B/s",
         )  # fmt: skip
+        # Visitors of the service with nothing behind it: up logs them (at counts 1, 2 and 4)
+        # while the panel shows; the lines go above the panel, which stays one.
+        dead = split_host_port(publics[names[1]])
+        for _ in range(4):
+            with socket.create_connection(dead, timeout=IO_TIMEOUT_S) as sock:
+                sock.settimeout(IO_TIMEOUT_S)
+                try:  # reset or closed: its local service is not there
+                    assert sock.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+        logged = "local service unreachable"
+        screen = term.wait_screen(
+            lambda lines: sum(logged in line for line in lines) >= 3, 15, f"three {logged!r}"
+        )
+        assert len([line for line in screen if PANEL_HEADER.search(line)]) == 1, screen
+        last_log = max(i for i, line in enumerate(screen) if logged in line)
+        assert last_log < screen.index(next(ln for ln in screen if PANEL_HEADER.search(ln)))
         (tmp_path / "panel-80x24.txt").write_text("\n".join(frames[-1]) + "\n")
+        (tmp_path / "screen-80x24.txt").write_text("\n".join(screen) + "\n")
     finally:
         stop.set()
         assert term.close() == 0, term.raw()[-3000:]
