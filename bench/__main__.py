@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             "udp_len": plan.udp_len,
             "latency_idle_n": plan.latency_idle_n,
             "conn_seconds": plan.conn_seconds,
+            "messages_conns": plan.messages_conns,
+            "messages_seconds": plan.messages_seconds,
             "lfn_rtts": list(plan.lfn_rtts),
             "lfn_repeats": plan.lfn_repeats,
             "first_byte_n": plan.first_byte_n,
