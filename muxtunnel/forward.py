@@ -10,7 +10,9 @@ sides, for each visitor:
   connection aborted), never the session or the process;
 - `forward` its bytes: metered as they flow (the admin API and metrics read the live counts),
   the tunnel side compressed if agreed, piped both ways with half-close, and one
-  "visitor closed" line with the byte counts.
+  "visitor closed" line with the byte counts: at debug level when both ways ended cleanly
+  (a busy service sees thousands of visitors a second; the metrics count them), at info when
+  the visitor failed.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ async def forward(
     side; `limiter` throttles the socket side. `context` goes into both log lines.
     """
     started = anyio.current_time()
-    log.info("visitor opened", **context, service=service, peer=peer)
+    log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     try:
         metered = MeteredStream(
@@ -133,7 +135,7 @@ async def forward(
             result = await pipe(tunnel, metered)
     finally:
         traffic.close(meter)
-    log.info(
+    (log.debug if result.error is None else log.info)(
         "visitor closed",
         **context,
         service=service,
