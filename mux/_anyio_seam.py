@@ -1,10 +1,11 @@
 """The one place that reaches into anyio's asyncio socket streams.
 
 anyio's `SocketStream` for the asyncio backend (uvloop included) wraps an asyncio transport and a
-`StreamProtocol` that queues what the loop reads. Three things above need what anyio does not
-expose: the carrier fast path drives the transport as a protocol of its own (`take_over`), an
-accepted socket must stop reading until someone waits (`pause_reading`), and a visitor socket
-must read at most one chunk per wait (`read_one_chunk_per_wait`).
+`StreamProtocol` that queues what the loop reads. Four things above need what anyio does not
+expose: the carrier fast path drives the transport as a protocol of its own (`socket_internals`),
+so does a visitor's relay (`take_over`), an accepted socket must stop reading until someone
+waits (`pause_reading`), and a visitor socket must read at most one chunk per wait
+(`read_one_chunk_per_wait`).
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
@@ -31,6 +32,7 @@ __all__ = [
     "pause_reading",
     "read_one_chunk_per_wait",
     "socket_internals",
+    "take_over",
 ]
 
 #: Where anyio defines its asyncio `SocketStream` (uvloop's transports do not subclass
@@ -79,6 +81,28 @@ def socket_internals(stream: anyio.abc.ByteStream) -> SocketInternals | None:
     except (AttributeError, RuntimeError):  # uvloop: the handle is already gone
         return None
     return SocketInternals(transport, protocol)
+
+
+def take_over(
+    stream: anyio.abc.ByteStream, protocol: asyncio.BaseProtocol
+) -> tuple[asyncio.Transport, bytes, bool] | None:
+    """Make `protocol` the protocol of `stream`'s transport, or None (nothing changed) if
+    `stream` is not an open asyncio socket stream.
+
+    Returns the transport, the bytes anyio had read that nobody received (they come before
+    anything `protocol` sees) and whether the peer's EOF was among them. Reading stays as it
+    was (accepted sockets: paused; see `pause_reading`): the caller resumes it when ready.
+    The anyio stream must not be read or written after this; closing it closes the transport.
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return None
+    unread = internals.unread
+    data = b"".join(unread)
+    unread.clear()
+    at_eof = internals.at_eof
+    internals.transport.set_protocol(protocol)
+    return internals.transport, data, at_eof
 
 
 def pause_reading(stream: anyio.abc.ByteStream) -> None:

@@ -9,7 +9,8 @@ sides, for each visitor:
 - run its handler behind a barrier (`guarded`): a bug costs this visitor only (logged, its
   connection aborted), never the session or the process;
 - `forward` its bytes: metered as they flow (the admin API and metrics read the live counts),
-  the tunnel side compressed if agreed, piped both ways with half-close, and one
+  the tunnel side compressed if agreed, piped both ways with half-close (by a `Relay`, the
+  socket's own protocol, when neither compression nor a bandwidth limit is in the way), and one
   "visitor closed" line with the byte counts: at debug level when both ways ended cleanly
   (a busy service sees thousands of visitors a second; the metrics count them), at info when
   the visitor failed.
@@ -24,9 +25,11 @@ import anyio
 import anyio.abc
 import structlog
 
+from mux import MuxStream, take_over
 from muxtunnel.compress import CompressedStream
-from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.limits import ConnectionMeter, MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.proxy import PipeResult, pipe
+from muxtunnel.relay import Relay
 from muxtunnel.transport import abort
 
 __all__ = ["Visitors", "forward", "guarded"]
@@ -119,20 +122,17 @@ async def forward(
     log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     try:
-        metered = MeteredStream(
-            socket,
-            meter,
-            receive_is_in=visitor_side,
-            receive_bucket=limiter.inbound if limiter is not None else None,
-            send_bucket=limiter.outbound if limiter is not None else None,
+        throttled = limiter is not None and (
+            limiter.inbound is not None or limiter.outbound is not None
         )
-        tunnel: anyio.abc.ByteStream = stream
-        if compression_level is not None:
-            tunnel = CompressedStream(stream, compression_level)
-        if visitor_side:
-            result = await pipe(metered, tunnel)
+        taken = None
+        if compression_level is None and not throttled and isinstance(stream, MuxStream):
+            relay = Relay(stream, meter, visitor_side=visitor_side)
+            taken = take_over(socket, relay)  # None: not an asyncio socket (tests, other loops)
+        if taken is not None:
+            result = await relay.run(*taken)
         else:
-            result = await pipe(tunnel, metered)
+            result = await _pipe(socket, stream, meter, visitor_side, compression_level, limiter)
     finally:
         traffic.close(meter)
     (log.debug if result.error is None else log.info)(
@@ -146,3 +146,27 @@ async def forward(
         error=result.error,
     )
     return result
+
+
+async def _pipe(
+    socket: anyio.abc.ByteStream,
+    stream: anyio.abc.ByteStream,
+    meter: ConnectionMeter,
+    visitor_side: bool,
+    compression_level: int | None,
+    limiter: ServiceLimiter | None,
+) -> PipeResult:
+    """The general path: a task per direction, through the meter, limiter and compression."""
+    metered = MeteredStream(
+        socket,
+        meter,
+        receive_is_in=visitor_side,
+        receive_bucket=limiter.inbound if limiter is not None else None,
+        send_bucket=limiter.outbound if limiter is not None else None,
+    )
+    tunnel: anyio.abc.ByteStream = stream
+    if compression_level is not None:
+        tunnel = CompressedStream(stream, compression_level)
+    if visitor_side:
+        return await pipe(metered, tunnel)
+    return await pipe(tunnel, metered)

@@ -38,6 +38,7 @@ __all__ = [
     "TransportError",
     "UdpEndpoint",
     "abort",
+    "abort_transport",
     "connect",
     "listen_tcp",
     "local_port",
@@ -177,6 +178,17 @@ async def abort(stream: anyio.abc.ByteStream) -> None:
             await stream.aclose()
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+
+
+def abort_transport(transport: asyncio.Transport) -> None:
+    """Close an asyncio socket transport so the peer sees a failure (RST). Never raises."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        except (OSError, ValueError, AttributeError):  # gone already (see peer_address)
+            pass
+    transport.abort()
 
 
 # --- UDP ---

@@ -90,6 +90,7 @@ MUXTUNNEL_RANKS = {
     "tls": 2,
     "limits": 2,
     "proxy": 2,
+    "relay": 2,
     "control": 2,
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
