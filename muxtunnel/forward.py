@@ -18,6 +18,7 @@ sides, for each visitor:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
@@ -30,9 +31,9 @@ from muxtunnel.compress import CompressedStream
 from muxtunnel.limits import ConnectionMeter, MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.proxy import PipeResult, pipe
 from muxtunnel.relay import Relay
-from muxtunnel.transport import abort
+from muxtunnel.transport import abort, connect_protocol
 
-__all__ = ["Visitors", "forward", "guarded"]
+__all__ = ["Visitors", "forward", "forward_to", "guarded"]
 
 log = structlog.get_logger("muxtunnel.forward")
 
@@ -118,7 +119,7 @@ async def forward(
     and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
     side; `limiter` throttles the socket side. `context` goes into both log lines.
     """
-    started = anyio.current_time()
+    started = time.monotonic()
     log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     try:
@@ -135,6 +136,40 @@ async def forward(
             result = await _pipe(socket, stream, meter, visitor_side, compression_level, limiter)
     finally:
         traffic.close(meter)
+    _closed(result, started, service, peer, context)
+    return result
+
+
+async def forward_to(
+    host: str,
+    port: int,
+    stream: MuxStream,
+    *,
+    service: str,
+    peer: str,
+    traffic: ServiceTraffic,
+    connect_timeout_s: float,
+    **context: object,
+) -> PipeResult:
+    """The client's `forward` without compression: dial the local service with a `Relay` as
+    the socket's protocol from the start. `TransportError` if the service cannot be reached."""
+    started = time.monotonic()
+    meter = ConnectionMeter(service, peer)  # counted once connected: bytes may come first
+    relay = Relay(stream, meter, visitor_side=False)
+    transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
+    traffic.add(meter)
+    try:
+        log.debug("visitor opened", **context, service=service, peer=peer)
+        result = await relay.run(transport, b"", False)
+    finally:
+        traffic.close(meter)
+    _closed(result, started, service, peer, context)
+    return result
+
+
+def _closed(
+    result: PipeResult, started: float, service: str, peer: str, context: dict[str, object]
+) -> None:
     (log.debug if result.error is None else log.info)(
         "visitor closed",
         **context,
@@ -142,10 +177,9 @@ async def forward(
         peer=peer,
         bytes_in=result.forward_bytes,
         bytes_out=result.backward_bytes,
-        duration_s=round(anyio.current_time() - started, 3),
+        duration_s=round(time.monotonic() - started, 3),
         error=result.error,
     )
-    return result
 
 
 async def _pipe(

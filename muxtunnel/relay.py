@@ -22,6 +22,7 @@ It keeps `pipe`'s promises:
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import anyio
 
@@ -60,9 +61,13 @@ class Relay(asyncio.Protocol):
         self._uncredited = 0  # bytes written to the socket that the kernel has not taken yet
 
     async def run(self, transport: asyncio.Transport, unread: bytes, at_eof: bool) -> PipeResult:
-        """Relay until both ways have ended or one failed; a cancelled caller aborts both."""
-        self._transport = transport
-        transport.set_write_buffer_limits(0)  # pause_writing while anything is unsent
+        """Relay until both ways have ended or one failed; a cancelled caller aborts both.
+
+        `transport` is the socket's (already ours if we connected it, `mux.take_over`'s if we
+        took it over); `unread` and `at_eof` are what its previous protocol had read.
+        """
+        if self._transport is None:
+            self.connection_made(transport)
         self.stream.attach(self)
         if unread:
             self.data_received(unread)
@@ -78,6 +83,12 @@ class Relay(asyncio.Protocol):
         return self.result
 
     # -- the socket (asyncio.Protocol)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCP transports are not `asyncio.Transport` subclasses, but behave as one.
+        stream_transport = cast(asyncio.Transport, transport)
+        self._transport = stream_transport
+        stream_transport.set_write_buffer_limits(0)  # pause_writing while anything is unsent
 
     def data_received(self, data: bytes) -> None:
         if self._finished:

@@ -40,6 +40,7 @@ __all__ = [
     "abort",
     "abort_transport",
     "connect",
+    "connect_protocol",
     "listen_tcp",
     "local_port",
     "open_udp",
@@ -108,6 +109,28 @@ async def connect(
     _tune(stream)
     read_one_chunk_per_wait(stream)
     return stream
+
+
+async def connect_protocol(
+    host: str, port: int, protocol: asyncio.Protocol, *, timeout_s: float = CONNECT_TIMEOUT_S
+) -> asyncio.Transport:
+    """A TCP connection to `host:port` driven by `protocol`; `TransportError` if it cannot be
+    made in time. No anyio stream around it (its connect runs a task group per attempt)."""
+    loop = asyncio.get_running_loop()
+    try:
+        with anyio.fail_after(timeout_s):
+            transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    except TimeoutError:
+        raise TransportError(f"connecting to {host}:{port} timed out after {timeout_s} s") from None
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # reset already: the protocol hears of it
+            pass
+    return transport
 
 
 async def listen_tcp(host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:

@@ -16,7 +16,7 @@ import structlog
 from mux import MuxStream
 from muxtunnel import control
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, HEADER_TIMEOUT_S, ServiceState
-from muxtunnel.forward import Visitors, forward, guarded
+from muxtunnel.forward import Visitors, forward, forward_to, guarded
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.model import ClientConfig
 from muxtunnel.transport import TransportError, connect
@@ -85,6 +85,18 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         return
     peer = f"{header.peer_host}:{header.peer_port}"
     try:
+        if not state.compression:
+            with host.visitors.track():
+                await forward_to(
+                    spec.local_host,
+                    spec.local_port,
+                    stream,
+                    service=spec.name,
+                    peer=peer,
+                    traffic=host.traffic_of(spec.name),
+                    connect_timeout_s=CONTROL_TIMEOUT_S,
+                )
+            return
         target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
     except TransportError as exc:
         log.warning(
