@@ -76,13 +76,13 @@ def configure_logging(
     renderer: Processor
     if console:
         tty = _isatty(out)
+        exception_formatter = structlog.dev.plain_traceback
+        if tty:
+            from muxtunnel.termlog import rich_traceback  # rich: only for a terminal
+
+            exception_formatter = rich_traceback
         renderer = structlog.dev.ConsoleRenderer(
-            colors=tty,
-            exception_formatter=(
-                structlog.dev.RichTracebackFormatter(show_locals=False)
-                if tty
-                else structlog.dev.plain_traceback
-            ),
+            colors=tty, exception_formatter=exception_formatter
         )
     else:
         renderer = structlog.processors.JSONRenderer()

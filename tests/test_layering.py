@@ -84,6 +84,7 @@ MUXTUNNEL_RANKS = {
     "specs": 1,
     "auth": 1,
     "log": 1,
+    "termlog": 1,
     "transport": 1,  # the network seam
     "compress": 1,
     # wrappers, protocols and meters over the seam
@@ -118,7 +119,7 @@ MUXTUNNEL_RANKS = {
 #: Same rank, yet never one importing the other.
 APART = {("server", "client"), ("client", "server")}
 #: Modules whose `rich` import must wait for a terminal: imported only inside functions.
-TERMINAL_ONLY = {"muxtunnel.console", "muxtunnel.statusview"}
+TERMINAL_ONLY = {"muxtunnel.console", "muxtunnel.statusview", "muxtunnel.termlog"}
 
 
 def module_files(package: Path) -> dict[str, Path]:
