@@ -424,11 +424,14 @@ class Connection:
     def _finish_body(self, events: list[Event]) -> None:
         stream = self._body_stream
         self._body_stream = None
-        if stream is not None and self._body_fin:
-            self._body_fin = False
-            if stream.id in self._streams:
-                events.append(StreamEnded(stream.id))
-                self._maybe_remove(stream)
+        fin, self._body_fin = self._body_fin, False
+        if fin and stream is not None and stream.id in self._streams:
+            # The FIN of a Data frame takes effect after its last byte: applied at the header,
+            # our own FIN written while the body still came in would close the stream and drop
+            # the rest of the body and the EOF.
+            self._transition(stream, StreamInput.RECV_FIN)
+            events.append(StreamEnded(stream.id))
+            self._maybe_remove(stream)
 
     def _on_header(
         self, version: int, type: int, flags: int, stream_id: int, length: int,
@@ -524,10 +527,10 @@ class Connection:
             events.append(StreamReset(stream_id))
             return
         if flags & _FIN and stream.state < _REMOTE_CLOSED:
-            self._transition(stream, StreamInput.RECV_FIN)
             if self._body_left:
-                self._body_fin = True  # StreamEnded after the body's bytes
+                self._body_fin = True  # the FIN takes effect after the body (`_finish_body`)
             else:
+                self._transition(stream, StreamInput.RECV_FIN)
                 events.append(StreamEnded(stream_id))
                 self._maybe_remove(stream)
 
