@@ -7,8 +7,9 @@ only moves bytes, keeps time and wakes tasks. The carrier (`_carrier.py`: the as
 transport fast path, or any `ByteStream`) and the streams (`_stream.py`: `MuxStream`) are
 modules of their own; `MuxStream`, `SessionClosed` and `StreamResetError` are re-exported here.
 
-What this module may import: anyio's public API, the core, `mux._carrier` and `mux._stream`
-(never anyio's internals: only `mux._anyio_seam` reads those, for the carrier).
+What this module may import: anyio's public API, asyncio (the fast path's end-of-turn write),
+the core, `mux._carrier` and `mux._stream` (never anyio's internals: only `mux._anyio_seam`
+reads those, for the carrier).
 
 What must stay true:
 
@@ -27,6 +28,7 @@ What must stay true:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 from types import TracebackType
@@ -78,6 +80,10 @@ class Session:
         self._accept_wakeup = anyio.Event()
         self._open_wakeup = anyio.Event()
         self._writer_wakeup: anyio.Event | None = None
+        #: The fast path's loop: frames queued during a turn are written by one callback at
+        #: its end (`_wake_writer`); None for other carriers, whose writer task writes them.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_pending = False
         self._drained = anyio.Event()
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
@@ -92,7 +98,10 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        self._carrier = TransportCarrier.attach(self._transport) or self._carrier
+        carrier = TransportCarrier.attach(self._transport)
+        if carrier is not None:
+            self._carrier = carrier
+            self._loop = asyncio.get_running_loop()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self._run_tasks, name="mux session")
@@ -366,11 +375,25 @@ class Session:
         self._accept_wakeup.set()
         self._accept_wakeup = anyio.Event()
 
-    def _wake_writer(self) -> None:
-        """Frames were queued in the core: write them now if that cannot block, else wake the
-        writer. Writing from the task that queued them saves a task switch per bulk chunk and
-        a loop turn for a small message; the writer task still does every write that has to
-        wait for room (and what one batch left over)."""
+    def _wake_writer(self, now: bool = False) -> None:
+        """Frames were queued in the core: get them written at the end of this loop turn.
+
+        One callback per turn writes what every stream queued meanwhile in one batch (one
+        writev for the small messages of fifty visitors, not fifty), without a task switch;
+        the writer task still does every write that has to wait for room (and what one batch
+        left over). Bulk writes (`now`) and carriers that cannot write without waiting go at
+        once.
+        """
+        if now or self._loop is None:
+            self._flush()
+            return
+        if self._flush_pending:
+            return
+        self._flush_pending = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False  # a pending callback finds nothing, or what came since
         if self._carrier.write_nowait(self._take_batch) and not self.conn.has_data_to_send():
             return
         if self._writer_wakeup is not None:
