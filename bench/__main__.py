@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import charts, machine, paths, proc, report, targets
+from bench import charts, http, machine, paths, proc, report, targets
 from bench.iperf import IperfServer
 from bench.proc import Proc, StartError
 from bench.suite import Plan, Runner
@@ -56,6 +56,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="--log-level for muxtunnel listen/up (default: the CLI's own default)",
     )
+    ap.add_argument(
+        "--no-http", action="store_true", help="skip the HTTP rows (wrk through --http/--tcp)"
+    )
+    ap.add_argument(
+        "--http-only",
+        action="store_true",
+        help="only the HTTP rows: --http vs --tcp vs direct with wrk and nginx",
+    )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
     ap.add_argument(
         "--out",
@@ -81,7 +89,7 @@ def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
         custom = True
     if a.no_lfn:
         plan.lfn_rtts, custom = (), True
-    if a.paths or a.mux_log_level or a.profile:
+    if a.paths or a.mux_log_level or a.profile or a.no_http or a.http_only:
         custom = True  # not comparable with the reference run
     mode = "quick" if a.quick else "custom" if custom else "full"
     return plan, mode
@@ -89,6 +97,36 @@ def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_paths(
+    env: paths.Env,
+    plan: Plan,
+    specs: list[paths.PathSpec],
+    results: dict[str, Any],
+    console: Console,
+    tmp: Path,
+) -> None:
+    """The iperf3 and echo figures of every path, and the long fat link runs."""
+    with IperfServer(tmp) as server:
+        echo = Proc(
+            "echo", [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"], log_dir=tmp
+        )
+        try:
+            m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
+            env.iperf = server.address
+            env.echo = (m.group(1), int(m.group(2)))
+            runner = Runner(env, server, plan, console)
+            for spec in specs:
+                results["paths"][spec.key] = runner.run_path(spec)
+            for rtt in plan.lfn_rtts:
+                per: dict[str, Any] = {}
+                results["lfn"][f"{rtt:g}"] = per
+                for spec in specs:
+                    if spec.lfn:
+                        per[spec.key] = runner.run_lfn(spec, rtt)
+        finally:
+            echo.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     specs = paths.select(a.paths.split(",") if a.paths else None)
+    if a.http_only:
+        specs, plan.lfn_rtts = [], ()
     t0 = time.monotonic()
     results: dict[str, Any] = {
         "meta": {
@@ -130,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_byte_n": plan.first_byte_n,
             "mux_log_level": a.mux_log_level or "default",
             "profile": a.profile,
+            "http": None if a.no_http else {"seconds": plan.seconds, "repeats": plan.repeats},
         },
         "paths": {},
         "lfn": {},
@@ -148,25 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             env.gotunnel, env.gotunnel_note = paths.build_gotunnel(tmp)
             if env.gotunnel_note:
                 console.print(f"[yellow]{env.gotunnel_note}[/yellow]")
-        with IperfServer(tmp) as server:
-            echo = Proc(
-                "echo", [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"], log_dir=tmp
+        if specs:
+            _run_paths(env, plan, specs, results, console, tmp)
+        if not a.no_http:
+            console.rule("HTTP: --http vs --tcp vs direct (wrk, nginx)")
+            results["http"] = http.run(
+                env,
+                http.HttpPlan(seconds=plan.seconds, repeats=plan.repeats),
+                lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
             )
-            try:
-                m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
-                env.iperf = server.address
-                env.echo = (m.group(1), int(m.group(2)))
-                runner = Runner(env, server, plan, console)
-                for spec in specs:
-                    results["paths"][spec.key] = runner.run_path(spec)
-                for rtt in plan.lfn_rtts:
-                    per: dict[str, Any] = {}
-                    results["lfn"][f"{rtt:g}"] = per
-                    for spec in specs:
-                        if spec.lfn:
-                            per[spec.key] = runner.run_lfn(spec, rtt)
-            finally:
-                echo.stop()
     except KeyboardInterrupt:
         console.print("[red]interrupted: stopping every process; no report written[/red]")
         proc.stop_all()

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import http
+
 Rows = tuple[list[str], list[list[str]]]  # (header, rows)
 
 
@@ -266,6 +268,7 @@ SECTIONS = [
     ("Latency: 64-byte request/response; short visitor connections", latency_rows),
     ("Small messages: 64-byte request/response, concurrent visitors", messages_rows),
     ("Long fat link: delay proxy between the tunnel's two halves", lfn_rows),
+    ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
     ("Targets for muxtunnel", target_rows),
     ("Notes", note_rows),
 ]
@@ -372,6 +375,9 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
             out += ["", f"## {title}", "", _md_table(header, rows)]
     if charts:
         out += ["", "## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in charts]
+    how_http = ""
+    if results.get("http"):
+        how_http = http.HOW.format(**results["http"]["plan"])
     out += [
         "",
         HOW.format(
@@ -382,7 +388,8 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
             conn_s=plan["conn_seconds"],
             msg_conns=plan.get("messages_conns", 50),
             msg_s=plan.get("messages_seconds", 2.0),
-        ),
+        )
+        + how_http,
     ]
     return "\n".join(out) + "\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench import http
 from bench.stats import ratio
 
 MUX = "muxtunnel"
@@ -285,6 +286,19 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             "40 MiB",
             1.0,
             False,
+        )
+    )
+    http_rps, tcp_rps = http.keepalive_ratio(results)
+    rows.append(
+        _row(
+            "http-keepalive-tcp",
+            "HTTP keep-alive requests/s through --http >= 70% of the same service as --tcp",
+            http_rps,
+            "req/s",
+            tcp_rps,
+            "--tcp service",
+            0.7,
+            True,
         )
     )
     rows.append(

@@ -71,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="address public ports bind on (default: the --bind host)",
     )
+    listen.add_argument(
+        "--http-bind", metavar="HOST:PORT", help="the shared HTTP port of --http services"
+    )
+    listen.add_argument(
+        "--https-bind",
+        metavar="HOST:PORT",
+        help="the shared TLS port: --https services by SNI (and --http ones with https.cert)",
+    )
+    listen.add_argument(
+        "--domain", metavar="DOMAIN", help="web services are reached at NAME.DOMAIN"
+    )
 
     up = commands.add_parser("up", parents=[common], help="expose local services")
     up.add_argument("--server", metavar="HOST:PORT", help="server address (default port 7835)")
@@ -83,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--udp", action="append", default=[], metavar="SPEC", help="like --tcp, for a UDP service"
+    )
+    up.add_argument(
+        "--http",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="[NAME=][LOCAL_HOST:]LOCAL_PORT: an HTTP service at NAME.DOMAIN; repeatable",
+    )
+    up.add_argument(
+        "--https",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="like --http, for a service that speaks TLS itself (routed by SNI); repeatable",
     )
     up.add_argument(
         "--no-console",
@@ -115,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         const=DEFAULT_COMPRESSION_LEVEL,
         type=int,
         metavar="LEVEL",
-        help=f"zstd-compress every TCP service (level 1-22, default {DEFAULT_COMPRESSION_LEVEL})",
+        help=f"zstd-compress every TCP and web service (level 1-22, default "
+        f"{DEFAULT_COMPRESSION_LEVEL})",
     )
 
     status = commands.add_parser("status", help="show what a running listen/up is doing")
@@ -188,6 +214,10 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
     tls = {"cert": args.tls_cert, "key": args.tls_key, "client_ca": args.tls_client_ca}
     if any(tls.values()):
         overrides["tls"] = tls
+    if args.http_bind or args.domain:
+        overrides["http"] = {"bind": args.http_bind, "domain": args.domain}
+    if args.https_bind:
+        overrides["https"] = {"bind": args.https_bind}
     given = {k: v for k, v in overrides.items() if v is not None}
     return load_server_config(args.config, given)
 
@@ -195,6 +225,8 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     specs = [parse_service_spec(text, "tcp") for text in args.tcp]
     specs += [parse_service_spec(text, "udp") for text in args.udp]
+    specs += [parse_service_spec(text, "http") for text in args.http]
+    specs += [parse_service_spec(text, "https") for text in args.https]
     overrides: dict[str, object] = {"server": args.server, "token": args.token}
     overrides.update(_endpoint_overrides(args))
     if specs:
@@ -220,7 +252,7 @@ def _load_client(args: argparse.Namespace) -> ClientConfig:
         raise SpecError(f"--compress: the zstd level must be 1..22, got {args.compress}")
     services = tuple(
         dataclasses.replace(spec, compression="zstd", compression_level=args.compress)
-        if spec.type == "tcp"
+        if spec.type != "udp"
         else spec
         for spec in config.services
     )

@@ -8,8 +8,9 @@ later version may add optional fields; anything missing or of the wrong type is 
 Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
     S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
-    C -> S  Register(service, type, remote_port, tag[, compression, compression_level])
-    S -> C  Registered(..., tag[, compression])           or Error
+    C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
+                     proxy_protocol, and the web options of an http/https service])
+    S -> C  Registered(..., tag[, compression, urls])     or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
 Each visitor stream the server opens starts with one VisitorHeader, framed the same way.
@@ -32,13 +33,15 @@ import anyio
 import msgpack  # type: ignore[import-untyped]
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
-from muxtunnel.model import ServiceType
-from muxtunnel.specs import SERVICE_TYPES, SpecError, validate_service_name
+from muxtunnel.model import ServiceSpec, ServiceType
 
 __all__ = [
     "AUTH_FAILED",
     "BAD_REQUEST",
+    "DOMAIN_NOT_ALLOWED",
+    "DOMAIN_TAKEN",
     "INTERNAL_ERROR",
     "MAX_MESSAGE_BYTES",
     "PORT_IN_USE",
@@ -47,6 +50,7 @@ __all__ = [
     "RATE_LIMITED",
     "SERVICE_CLOSED",
     "SERVICE_TAKEN",
+    "UNSUPPORTED",
     "VERSION_MISMATCH",
     "Challenge",
     "ControlError",
@@ -71,7 +75,6 @@ PROTOCOL_VERSION = 1
 #: text while keeping what an unauthenticated peer can make us buffer small.
 MAX_MESSAGE_BYTES = 4096
 _PREFIX = struct.Struct(">H")
-_MAX_TEXT_CHARS = 255  # names and host strings
 _MAX_ERROR_MESSAGE_CHARS = 1024
 
 # Error codes (Error.code). A peer may send codes we do not know; treat them as a refusal.
@@ -85,6 +88,12 @@ RATE_LIMITED = "rate_limited"
 INTERNAL_ERROR = "internal_error"
 #: Server -> client, unasked: a live service was closed (e.g. the server's config changed).
 SERVICE_CLOSED = "service_closed"
+#: A web service's name (or one of its domains and locations) is served by another client.
+DOMAIN_TAKEN = "domain_taken"
+#: A custom domain the server's policy does not let this service claim.
+DOMAIN_NOT_ALLOWED = "domain_not_allowed"
+#: The server does not serve this kind of service (http/https without web ports).
+UNSUPPORTED = "unsupported"
 
 
 class ControlError(Exception):
@@ -93,49 +102,6 @@ class ControlError(Exception):
     def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
         super().__init__(message)
         self.code = code
-
-
-# --- field checks: raise ValueError, turned into ControlError where peer bytes are decoded ---
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if type(value) is not int:
-        raise ValueError(f"{name} must be an integer")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-
-
-def _check_bytes(name: str, value: object, size: int) -> None:
-    if type(value) is not bytes or len(value) != size:
-        raise ValueError(f"{name} must be {size} bytes")
-
-
-def _check_text(name: str, value: object, max_chars: int, *, empty_ok: bool = False) -> None:
-    if type(value) is not str:
-        raise ValueError(f"{name} must be a string")
-    if len(value) > max_chars or (not value and not empty_ok):
-        raise ValueError(f"{name} must be 1..{max_chars} characters")
-    if not value.isprintable():
-        raise ValueError(f"{name} must hold only printable characters")
-
-
-def _check_service(value: object) -> None:
-    if type(value) is not str:
-        raise ValueError("service must be a string")
-    try:
-        validate_service_name(value)
-    except SpecError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _check_type(value: object) -> None:
-    if value not in SERVICE_TYPES:
-        raise ValueError(f"type must be one of {', '.join(SERVICE_TYPES)}")
-
-
-def _check_compression(value: object) -> None:
-    if value is not None:
-        _check_text("compression", value, 16)
 
 
 class _Wire:
@@ -185,9 +151,9 @@ class Hello(_Wire):
     client_name: str
 
     def __post_init__(self) -> None:
-        _check_int("version", self.version, 0, 0xFFFF)
-        _check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
-        _check_text("client_name", self.client_name, _MAX_TEXT_CHARS, empty_ok=True)
+        fields.check_int("version", self.version, 0, 0xFFFF)
+        fields.check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
+        fields.check_text("client_name", self.client_name, fields.MAX_TEXT_CHARS, empty_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,16 +165,24 @@ class Challenge(_Wire):
     server_nonce: bytes
 
     def __post_init__(self) -> None:
-        _check_int("version", self.version, 0, 0xFFFF)
-        _check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
+        fields.check_int("version", self.version, 0, 0xFFFF)
+        fields.check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
 class Register(_Wire):
-    """Client -> server: expose `service`; `tag` proves the client holds the service's token."""
+    """Client -> server: expose `service`; `tag` proves the client holds the service's token.
+
+    The web options (subdomain ... response_timeout_s) are checked here for shape only; the
+    server checks what they mean (names, locations, headers) when it builds the routes.
+    """
 
     WIRE_KIND: ClassVar[str] = "register"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "compression_level")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = (
+        "compression", "compression_level", "proxy_protocol", "subdomain", "custom_domains",
+        "locations", "host_rewrite", "set_headers", "remove_headers", "basic_auth",
+        "response_timeout_s",
+    )  # fmt: skip
     service: str
     type: ServiceType
     #: Public port wanted; 0 lets the server pick one from its allowed ports.
@@ -217,14 +191,44 @@ class Register(_Wire):
     #: Optional (later versions): compression asked for ("zstd"), and the level to use.
     compression: str | None = None
     compression_level: int = 0
+    #: "v1" / "v2": a PROXY protocol header first on every visitor stream.
+    proxy_protocol: str | None = None
+    #: http/https: `model.HttpOptions`, field by field (basic_auth as (user, password)).
+    subdomain: str | None = None
+    custom_domains: tuple[str, ...] = ()
+    locations: tuple[str, ...] = ()
+    host_rewrite: str | None = None
+    set_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    basic_auth: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
+    response_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
-        _check_type(self.type)
-        _check_int("remote_port", self.remote_port, 0, 65535)
-        _check_bytes("tag", self.tag, TAG_BYTES)
-        _check_compression(self.compression)
-        _check_int("compression_level", self.compression_level, 0, 22)
+        fields.check_service(self.service)
+        fields.check_type(self.type)
+        fields.check_int("remote_port", self.remote_port, 0, 65535)
+        fields.check_bytes("tag", self.tag, TAG_BYTES)
+        fields.check_compression(self.compression)
+        fields.check_int("compression_level", self.compression_level, 0, 22)
+        fields.check_web_options(self)
+
+    @classmethod
+    def of(cls, spec: ServiceSpec, tag: bytes, remote_port: int) -> Register:
+        """The registration of `spec`, asking for `remote_port`."""
+        level = spec.compression_level if spec.compression else 0
+        web = spec.http
+        if web is None:
+            return cls(spec.name, spec.type, remote_port, tag, spec.compression, level,
+                       spec.proxy_protocol)  # fmt: skip
+        auth = web.basic_auth
+        return cls(
+            spec.name, spec.type, 0, tag, spec.compression, level, spec.proxy_protocol,
+            subdomain=web.subdomain, custom_domains=web.custom_domains, locations=web.locations,
+            host_rewrite=web.host_rewrite, set_headers=web.set_headers,
+            remove_headers=web.remove_headers,
+            basic_auth=(auth.user, auth.password.value) if auth is not None else None,
+            response_timeout_s=web.response_timeout_s,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +237,7 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression",)
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls")
     service: str
     type: ServiceType
     public_host: str
@@ -241,14 +245,17 @@ class Registered(_Wire):
     tag: bytes
     #: Optional (later versions): the compression both sides use on visitor streams, if any.
     compression: str | None = None
+    #: http/https: where visitors reach the service (`http://app.example.com`), first the main.
+    urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
-        _check_type(self.type)
-        _check_text("public_host", self.public_host, _MAX_TEXT_CHARS)
-        _check_int("public_port", self.public_port, 1, 65535)
-        _check_bytes("tag", self.tag, TAG_BYTES)
-        _check_compression(self.compression)
+        fields.check_service(self.service)
+        fields.check_type(self.type)
+        fields.check_text("public_host", self.public_host, fields.MAX_TEXT_CHARS)
+        fields.check_int("public_port", self.public_port, 1, 65535)
+        fields.check_bytes("tag", self.tag, TAG_BYTES)
+        fields.check_compression(self.compression)
+        object.__setattr__(self, "urls", fields.texts("urls", self.urls))
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +266,7 @@ class Unregister(_Wire):
     service: str
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
+        fields.check_service(self.service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,10 +283,10 @@ class Error(_Wire):
     service: str | None = None
 
     def __post_init__(self) -> None:
-        _check_text("code", self.code, 64)
-        _check_text("message", self.message, _MAX_ERROR_MESSAGE_CHARS, empty_ok=True)
+        fields.check_text("code", self.code, 64)
+        fields.check_text("message", self.message, _MAX_ERROR_MESSAGE_CHARS, empty_ok=True)
         if self.service is not None:
-            _check_service(self.service)
+            fields.check_service(self.service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,10 +300,10 @@ class VisitorHeader(_Wire):
     peer_port: int
 
     def __post_init__(self) -> None:
-        _check_service(self.service)
-        _check_type(self.type)
-        _check_text("peer_host", self.peer_host, _MAX_TEXT_CHARS)
-        _check_int("peer_port", self.peer_port, 0, 65535)
+        fields.check_service(self.service)
+        fields.check_type(self.type)
+        fields.check_text("peer_host", self.peer_host, fields.MAX_TEXT_CHARS)
+        fields.check_int("peer_port", self.peer_port, 0, 65535)
 
 
 Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error

@@ -110,6 +110,7 @@ async def forward(
     traffic: ServiceTraffic,
     compression_level: int | None = None,
     limiter: ServiceLimiter | None = None,
+    preamble: bytes = b"",
     **context: object,
 ) -> PipeResult:
     """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
@@ -117,12 +118,23 @@ async def forward(
     `socket` is the visitor's own connection when `visitor_side` (the server), the local
     service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
     and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
-    side; `limiter` throttles the socket side. `context` goes into both log lines.
+    side; `limiter` throttles the socket side. `preamble` goes down the tunnel first, before
+    the visitor's bytes (a PROXY protocol header). `context` goes into both log lines.
     """
     started = time.monotonic()
     log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     try:
+        tunnel: anyio.abc.ByteStream = stream
+        if compression_level is not None:
+            tunnel = CompressedStream(stream, compression_level)
+        if preamble:
+            try:
+                await tunnel.send(preamble)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await abort(socket)
+                await abort(stream)
+                return PipeResult(error="the tunnel failed before the visitor's first byte")
         throttled = limiter is not None and (
             limiter.inbound is not None or limiter.outbound is not None
         )
@@ -133,7 +145,7 @@ async def forward(
         if taken is not None:
             result = await relay.run(*taken)
         else:
-            result = await _pipe(socket, stream, meter, visitor_side, compression_level, limiter)
+            result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
     finally:
         traffic.close(meter)
     _closed(result, started, service, peer, context)
@@ -184,10 +196,9 @@ def _closed(
 
 async def _pipe(
     socket: anyio.abc.ByteStream,
-    stream: anyio.abc.ByteStream,
+    tunnel: anyio.abc.ByteStream,
     meter: ConnectionMeter,
     visitor_side: bool,
-    compression_level: int | None,
     limiter: ServiceLimiter | None,
 ) -> PipeResult:
     """The general path: a task per direction, through the meter, limiter and compression."""
@@ -198,9 +209,6 @@ async def _pipe(
         receive_bucket=limiter.inbound if limiter is not None else None,
         send_bucket=limiter.outbound if limiter is not None else None,
     )
-    tunnel: anyio.abc.ByteStream = stream
-    if compression_level is not None:
-        tunnel = CompressedStream(stream, compression_level)
     if visitor_side:
         return await pipe(metered, tunnel)
     return await pipe(tunnel, metered)

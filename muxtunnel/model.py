@@ -11,7 +11,11 @@ from typing import Literal
 
 from mux import MuxConfig
 
-ServiceType = Literal["tcp", "udp"]
+ServiceType = Literal["tcp", "udp", "http", "https"]
+#: HTTP services are routed by Host on the server's shared HTTP port (and its TLS port when the
+#: server terminates TLS); HTTPS services by the TLS ClientHello's SNI, left encrypted.
+WEB_TYPES: tuple[ServiceType, ...] = ("http", "https")
+ProxyProtocol = Literal["v1", "v2"]
 DEFAULT_CONTROL_PORT = 7835
 #: zstd level when none is asked for: zstd's own default (ZSTD_CLEVEL_DEFAULT), fast and a good
 #: ratio on text; `compression_level_max` caps what clients may ask the server for.
@@ -50,6 +54,34 @@ ALL_UNPRIVILEGED_PORTS = PortRanges(((1024, 65535),))
 
 
 @dataclass(frozen=True, slots=True)
+class BasicAuthSpec:
+    """HTTP basic auth a service demands of its visitors. The password never shows in a repr."""
+
+    user: str
+    password: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """What an HTTP or HTTPS service asks of the server's virtual hosts (see README)."""
+
+    #: The public name is SUBDOMAIN.DOMAIN (None: the service's name).
+    subdomain: str | None = None
+    #: Further names, outside the server's domain, that the server's policy lets it claim.
+    custom_domains: tuple[str, ...] = ()
+    #: Path prefixes routed to this service (HTTP only; empty: all of them, "/").
+    locations: tuple[str, ...] = ()
+    #: Host header the local service receives instead of the visitor's.
+    host_rewrite: str | None = None
+    #: Request headers set (replacing the visitor's) and removed.
+    set_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    basic_auth: BasicAuthSpec | None = None
+    #: Seconds the local service has to start answering (None: the server's default).
+    response_timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServicePolicy:
     """What the server knows of one service name: its own token and limits."""
 
@@ -61,6 +93,9 @@ class ServicePolicy:
     max_connections: int | None = None
     #: May the client ask for compressed visitor streams?
     compression: bool = True
+    #: HTTP/HTTPS: names outside the server's domain this service may claim (exact names,
+    #: `*.example.org` for any name under example.org, `*` for any name at all).
+    custom_domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +143,41 @@ class ClientTls:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpFront:
+    """`server.http`: the shared HTTP port and the domain every web service lives under.
+
+    The limits below are the virtual-host engine's (`muxtunnel.vhost.VhostConfig`, which says
+    where each default comes from); they hold for the HTTPS port too.
+    """
+
+    domain: str
+    #: Where the shared HTTP port binds; None: no plain HTTP port (only `https`).
+    bind_host: str | None = None
+    bind_port: int = 80
+    #: Names outside `domain` any service may claim (patterns as `ServicePolicy.custom_domains`).
+    custom_domains: tuple[str, ...] = ()
+    max_header_bytes: int = 32 * 1024
+    max_header_count: int = 100
+    head_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    response_timeout_s: float = 60.0
+    max_connections_per_source: int = 256
+    #: After a client's session ends, its names answer 502 (and stay reserved for it) this long,
+    #: then 404: a client restarting does not hand its names to someone else.
+    offline_grace_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsFront:
+    """`server.https`: the shared TLS port; with `cert`/`key`, TLS for HTTP services ends here."""
+
+    bind_host: str = "0.0.0.0"
+    bind_port: int = 443
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     bind_host: str = "0.0.0.0"
     bind_port: int = DEFAULT_CONTROL_PORT
@@ -136,6 +206,9 @@ class ServerConfig:
     admin: Endpoint | None = None
     #: Highest zstd level the server compresses with, whatever level a client asks for.
     compression_level_max: int = 9
+    #: The shared web ports (None: off); `https` needs `http.domain`.
+    http: HttpFront | None = None
+    https: HttpsFront | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +224,11 @@ class ServiceSpec:
     #: "zstd" to compress visitor bytes through the tunnel (TCP only), None for none.
     compression: str | None = None
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    #: HTTP and HTTPS services: their virtual-host options (None for tcp and udp).
+    http: HttpOptions | None = None
+    #: TCP, HTTP and HTTPS: the local service gets the visitor's address in a PROXY protocol
+    #: header (HAProxy's spec) as the first bytes of each connection.
+    proxy_protocol: ProxyProtocol | None = None
 
     @property
     def local(self) -> str:

@@ -36,7 +36,7 @@ import structlog
 
 from muxtunnel.auth import TokenBook
 from muxtunnel.config import ConfigError
-from muxtunnel.model import ClientConfig, ServerConfig, ServiceSpec
+from muxtunnel.model import WEB_TYPES, ClientConfig, ServerConfig, ServiceSpec
 
 __all__ = [
     "ClientChanges",
@@ -157,20 +157,43 @@ class ServerChanges:
     tokens: TokenBook
     old_tokens: TokenBook
 
-    def close_reason(self, name: str, port: int) -> str | None:
+    def close_reason(self, name: str, port: int, type: str = "tcp") -> str | None:
         """Why a live service must close under the new config, or None if it may stay."""
         before, _ = self.old_tokens.key_for(name)
         after, known = self.tokens.key_for(name)
         if not known or not hmac.compare_digest(before, after):
             return "its token changed in the server's config"
-        if port not in self.config.allow_ports:
+        if type not in WEB_TYPES and port not in self.config.allow_ports:
             return f"port {port} is no longer allowed (allowed: {self.config.allow_ports})"
         return None
 
 
+def _keep_web_ports(old: ServerConfig, new: ServerConfig) -> ServerConfig:
+    """The web ports and their domain are bound once too; their limits, custom domain policy
+    and certificate are not."""
+    if (old.http is None) != (new.http is None) or (old.https is None) != (new.https is None):
+        log.warning("changing this needs a restart; keeping the running value", key="http/https")
+        return dataclasses.replace(new, http=old.http, https=old.https)
+    http, https = new.http, new.https
+    if old.http is not None and http is not None:
+        bound = ("bind_host", "bind_port", "domain")
+        if any(getattr(old.http, name) != getattr(http, name) for name in bound):
+            log.warning("changing this needs a restart; keeping the running value",
+                        key="http.bind/http.domain")  # fmt: skip
+            http = dataclasses.replace(http, **{name: getattr(old.http, name) for name in bound})
+    if old.https is not None and https is not None:
+        if (old.https.bind_host, old.https.bind_port) != (https.bind_host, https.bind_port):
+            log.warning("changing this needs a restart; keeping the running value",
+                        key="https.bind")  # fmt: skip
+            https = dataclasses.replace(
+                https, bind_host=old.https.bind_host, bind_port=old.https.bind_port
+            )
+    return dataclasses.replace(new, http=http, https=https)
+
+
 def server_changes(old: ServerConfig, new: ServerConfig) -> ServerChanges:
     """What putting `new` in force on a server running `old` means; `ReloadError` if it can't."""
-    new = _keep_bound(old, new, SERVER_BOUND_FIELDS)
+    new = _keep_web_ports(old, _keep_bound(old, new, SERVER_BOUND_FIELDS))
     tokens = TokenBook.from_config(new)
     if not tokens.has_any_token:
         raise ReloadError("the new config has no token at all")
@@ -190,7 +213,8 @@ class ServiceDiff:
 
     added: tuple[ServiceSpec, ...] = ()
     removed: tuple[str, ...] = ()
-    #: Changed in a way the server sees (type, port, token, compression): register again.
+    #: Changed in a way the server sees (type, port, token, compression, web options, PROXY
+    #: protocol): register again.
     changed: tuple[ServiceSpec, ...] = ()
     #: Only the local address changed: new visitors go to the new one, nothing restarts.
     local_only: tuple[ServiceSpec, ...] = ()
@@ -206,7 +230,10 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
 
     def remote_view(spec: ServiceSpec, config: ClientConfig) -> tuple[object, ...]:
         token = spec.token or config.token
-        return (spec.type, spec.remote_port, token, spec.compression, spec.compression_level)
+        return (
+            spec.type, spec.remote_port, token, spec.compression, spec.compression_level,
+            spec.http, spec.proxy_protocol,
+        )  # fmt: skip
 
     changed, local_only = [], []
     for name in before.keys() & after.keys():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from muxtunnel.model import PortRanges, ServiceSpec, ServiceType
+from muxtunnel.model import WEB_TYPES, HttpOptions, PortRanges, ServiceSpec, ServiceType
 
 __all__ = [
     "DEFAULT_LOCAL_HOST",
@@ -23,10 +23,11 @@ __all__ = [
     "parse_service_spec",
     "validate_host",
     "validate_service_name",
+    "validate_subdomain",
 ]
 
 DEFAULT_LOCAL_HOST = "127.0.0.1"
-SERVICE_TYPES: tuple[ServiceType, ...] = ("tcp", "udp")
+SERVICE_TYPES: tuple[ServiceType, ...] = ("tcp", "udp", "http", "https")
 #: Service names travel in control messages and log lines; 64 is plenty and keeps both short.
 MAX_SERVICE_NAME_CHARS = 64
 
@@ -34,6 +35,8 @@ _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Host names and IPv4 literals: letters, digits, dots, dashes, underscores (no ':' or spaces).
 _HOST = re.compile(r"[A-Za-z0-9_.-]+")
 _MAX_HOST_CHARS = 253  # longest DNS name
+# One DNS label (RFC 1035 §2.3.4: at most 63 bytes); `_` too, as the virtual hosts accept it.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 class SpecError(ValueError):
@@ -64,6 +67,17 @@ def validate_service_name(name: str) -> str:
             "and must start with a letter or digit"
         )
     return name
+
+
+def validate_subdomain(label: str) -> str:
+    """`label` lowercased, if it is one DNS label (letters, digits, `-`, `_`; no dots)."""
+    lowered = label.lower()
+    if not lowered.isascii() or not _LABEL.fullmatch(lowered):
+        raise SpecError(
+            f"{label!r} is not a subdomain: one DNS label of at most 63 letters, digits, '-' "
+            "or '_', without dots, not starting or ending with '-'"
+        )
+    return lowered
 
 
 def validate_host(host: str) -> str:
@@ -172,9 +186,11 @@ def parse_service_spec(text: str, type: ServiceType) -> ServiceSpec:
     A first part that is all digits is the local port, so `3000:9000` maps local port 3000 to
     remote port 9000, while `127.0.0.1:3000` names the host and lets the server pick the remote
     port (0). IPv6 hosts go in brackets: `[::1]:3000`. The default name is `{type}-{local_port}`.
+    HTTP and HTTPS services take no REMOTE_PORT: they share the server's web ports, and their
+    public name is `NAME.DOMAIN`.
     """
     if type not in SERVICE_TYPES:
-        raise SpecError(f"service type must be 'tcp' or 'udp', got {type!r}")
+        raise SpecError(f"service type must be one of {', '.join(SERVICE_TYPES)}, got {type!r}")
     spec = text.strip()
     name: str | None = None
     if "=" in spec:
@@ -203,10 +219,26 @@ def parse_service_spec(text: str, type: ServiceType) -> ServiceSpec:
             parts = parts[1:]
     local_port = parse_port(parts[0], what="local port")
     remote_port = parse_port(parts[1], what="remote port", allow_zero=True) if len(parts) > 1 else 0
+    web = type in WEB_TYPES
+    if web and len(parts) > 1:
+        raise SpecError(
+            f"an {type} service takes no remote port ({text!r}): it is reached by its name on "
+            "the server's shared port; use [NAME=][LOCAL_HOST:]LOCAL_PORT"
+        )
+    name = name if name is not None else f"{type}-{local_port}"
+    if web:
+        try:
+            validate_subdomain(name)
+        except SpecError:
+            raise SpecError(
+                f"service name {name!r} is its public name NAME.DOMAIN: one DNS label, "
+                "letters, digits and '-' (no dots)"
+            ) from None
     return ServiceSpec(
-        name=name if name is not None else f"{type}-{local_port}",
+        name=name,
         type=type,
         local_host=host,
         local_port=local_port,
         remote_port=remote_port,
+        http=HttpOptions() if web else None,
     )

@@ -28,6 +28,8 @@ __all__ = [
     "SessionRow",
     "Status",
     "TrafficRow",
+    "WebRow",
+    "WebTrafficRow",
 ]
 
 #: Where the admin API serves the status document.
@@ -111,6 +113,10 @@ class ServiceRow:
     limits: Mapping[str, int | None] = field(default_factory=dict)
     #: Client: where its visitors go.
     local: str | None = None
+    #: http/https: every URL visitors reach it at (`public` is the first).
+    urls: tuple[str, ...] = ()
+    #: http: final responses to its visitors by status class ("2xx": 10, ...); None otherwise.
+    responses: Mapping[str, int] | None = None
 
     @property
     def connections(self) -> int:
@@ -125,7 +131,7 @@ class ServiceRow:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields both roles show (each role's document adds its own)."""
-        return {
+        row: dict[str, Any] = {
             "name": self.name,
             "type": self.type,
             "public": self.public,
@@ -134,6 +140,11 @@ class ServiceRow:
             "bytes_out": self.bytes_out,
             "compression": self.compression,
         }
+        if self.urls:
+            row["urls"] = list(self.urls)
+        if self.responses is not None:
+            row["responses"] = dict(self.responses)
+        return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +160,52 @@ class TrafficRow:
     bytes_out: int
     open_connections: int
     connections_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebTrafficRow:
+    """What the shared web ports did for one service name since the process started.
+
+    Like `TrafficRow`, it outlives registrations and never goes back.
+    """
+
+    name: str
+    #: Final responses by status class: "1xx" (101 only) .. "5xx".
+    responses: Mapping[str, int]
+    #: Requests or connections refused, by reason (`muxtunnel.vhost.counters`).
+    refusals: Mapping[str, int]
+    #: TLS connections passed through by SNI.
+    tunnels: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebRow:
+    """The shared HTTP and TLS ports of a server."""
+
+    domain: str
+    #: Bound addresses (None: that port is off).
+    http: str | None
+    https: str | None
+    #: TLS of HTTP services ends on the server (it has a certificate).
+    terminates_tls: bool
+    #: Visitor connections accepted on either port.
+    connections_total: int
+    #: Refusals before any service was known (unknown host, bad request, per-source cap, ...).
+    refusals: Mapping[str, int] = field(default_factory=dict)
+    #: Connections that ended in an internal error (bugs, never visitor mistakes).
+    internal_errors: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as the status document shows it."""
+        return {
+            "domain": self.domain,
+            "http": self.http,
+            "https": self.https,
+            "terminates_tls": self.terminates_tls,
+            "connections_total": self.connections_total,
+            "refusals": dict(self.refusals),
+            "internal_errors": self.internal_errors,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +227,9 @@ class ServerStatus:
     #: Open visitor connections, oldest first.
     connections: tuple[ConnectionRow, ...] = ()
     traffic: tuple[TrafficRow, ...] = ()
+    #: The shared web ports (None: off), and their counters per service name.
+    web: WebRow | None = None
+    web_traffic: tuple[WebTrafficRow, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `GET /api/v1/status`."""
@@ -191,6 +251,7 @@ class ServerStatus:
                 for row in self.services
             ],
             "connections": [row.to_dict() for row in self.connections],
+            "web": self.web.to_dict() if self.web is not None else None,
         }
 
 

@@ -120,9 +120,23 @@ def render_status(data: dict[str, Any]) -> Group:
                 f"server {data['server']}  {online}{rtt}  reconnects {data['reconnects']}",
             )
         )
+    web = data.get("web")
+    if web:
+        ports = ", ".join(f"{kind} {web[kind]}" for kind in ("http", "https") if web.get(kind))
+        refused = sum(web["refusals"].values())
+        parts.append(
+            Text(
+                f"web ports: *.{web['domain']}  {ports}  "
+                f"{'tls ends here' if web['terminates_tls'] else 'tls passthrough'}  "
+                f"connections {web['connections_total']}  refused {refused}"
+            )
+        )
     columns = ["service", "type", "public address", "conns", "in", "out", "compression"]
     if data["role"] == "client":
         columns.insert(3, "local")
+    with_requests = any("responses" in s for s in data["services"])
+    if with_requests:
+        columns.append("responses")
     rows = []
     for s in data["services"]:
         row = [
@@ -136,6 +150,9 @@ def render_status(data: dict[str, Any]) -> Group:
         ]
         if data["role"] == "client":
             row.insert(3, s["local"])
+        if with_requests:
+            responses = s.get("responses") or {}
+            row.append(" ".join(f"{k} {v}" for k, v in responses.items() if v) or "-")
         rows.append(row)
     parts.append(_table("services", columns, rows))
     parts.append(

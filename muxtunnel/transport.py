@@ -42,6 +42,7 @@ __all__ = [
     "connect",
     "connect_protocol",
     "listen_tcp",
+    "local_address",
     "local_port",
     "open_udp",
     "peer_address",
@@ -171,6 +172,17 @@ def peer_address(stream: anyio.abc.SocketStream) -> Address | None:
     """
     try:
         address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+    except (OSError, AttributeError):
+        return None
+    if isinstance(address, tuple):
+        return str(address[0]), int(address[1])
+    return str(address), 0
+
+
+def local_address(stream: anyio.abc.SocketStream) -> Address | None:
+    """Our end's address of a connection, or None when it is already gone (as `peer_address`)."""
+    try:
+        address = stream.extra(anyio.abc.SocketAttribute.local_address)
     except (OSError, AttributeError):
         return None
     if isinstance(address, tuple):

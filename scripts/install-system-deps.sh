@@ -9,8 +9,13 @@
 #   redis-server                                   the cluster registry's store; tests start their
 #                                                  own throwaway server on a free loopback port
 #   nginx                                          a real PROXY protocol reader for tests/vhost
-#                                                  (started by the tests on loopback, never as a
-#                                                  system service: see below)
+#                                                  and tests/web, and the fast static backend of
+#                                                  the HTTP benchmark (started by the tests and
+#                                                  the bench on loopback, never as a system
+#                                                  service: see below)
+#   wrk                                            the HTTP load generator of `python -m bench`
+#                                                  (requests/s and latency percentiles through
+#                                                  --http, --tcp and direct)
 #
 # Runs apt-get as root, or through sudo when run as another user.
 set -euo pipefail
@@ -20,7 +25,7 @@ PACKAGES=(
     iperf3 socat openssh-server openssh-client
     nftables iproute2
     curl ca-certificates make python3-venv
-    redis-server nginx
+    redis-server nginx wrk
 )
 
 missing=()

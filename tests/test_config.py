@@ -11,6 +11,8 @@ from mux._config import MuxConfig
 from muxtunnel.config import ConfigError, load_client_config, load_config, load_server_config
 from muxtunnel.model import (
     ClientConfig,
+    HttpFront,
+    HttpOptions,
     PortRanges,
     Secret,
     ServerConfig,
@@ -53,6 +55,7 @@ def test_example_loads_for_the_server() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
     assert config.services == (ServicePolicy("ssh", Secret("ssh-0123456789")),)
+    assert config.http == HttpFront("example.com", "0.0.0.0", 80)
 
 
 def test_example_loads_for_the_client() -> None:
@@ -63,6 +66,7 @@ def test_example_loads_for_the_client() -> None:
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
         ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-0123456789")),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
+        ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
     )
 
 
@@ -292,7 +296,7 @@ def test_secret_of_wrong_type_is_not_printed() -> None:
         ("client:\n  services:\n    - local: [1]\n", 3, "client.services[0].local",
          "expected HOST:PORT or a port, got a list"),
         ("client:\n  services:\n    - {local: 1, type: sctp}\n", 3, "client.services[0].type",
-         "expected 'tcp' or 'udp', got 'sctp'"),
+         "expected one of tcp, udp, http, https, got 'sctp'"),
         ("client:\n  services:\n    - {local: 1, name: 'a b'}\n", 3, "client.services[0].name",
          "may hold only"),
         ("client:\n  services:\n    - {local: 1, remote_port: 70000}\n", 3,

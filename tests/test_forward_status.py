@@ -119,7 +119,7 @@ def test_status_documents_keep_their_keys() -> None:
     ).to_dict()
     assert set(server) == {
         "role", "version", "bind", "tls", "uptime_s", "auth_failures", "sessions", "services",
-        "connections",
+        "connections", "web",
     }  # fmt: skip
     assert server["sessions"] == [
         {"id": 1, "peer": "10.0.0.1:5000", "age_s": 2.5, "rtt_ms": 12.3, "streams": 3,

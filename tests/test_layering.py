@@ -93,6 +93,7 @@ MUXTUNNEL_RANKS = {
     "proxy": 2,
     "relay": 2,
     "control": 2,
+    "fields": 1,  # checks of control message fields
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,

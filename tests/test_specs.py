@@ -65,7 +65,7 @@ def test_service_spec_errors_say_what_is_wrong(text: str, fragment: str) -> None
 
 
 def test_service_spec_rejects_unknown_type() -> None:
-    with pytest.raises(SpecError, match="'tcp' or 'udp'"):
+    with pytest.raises(SpecError, match="one of tcp, udp, http, https"):
         parse_service_spec("3000", "sctp")  # type: ignore[arg-type]
 
 

@@ -38,7 +38,13 @@ __all__ = ["Control", "open_carrier"]
 log = structlog.get_logger("muxtunnel.client")
 
 #: Registration errors that no retry can fix.
-_FINAL_CODES = {control.AUTH_FAILED, control.PORT_NOT_ALLOWED, control.VERSION_MISMATCH}
+_FINAL_CODES = {
+    control.AUTH_FAILED,
+    control.PORT_NOT_ALLOWED,
+    control.VERSION_MISMATCH,
+    control.DOMAIN_NOT_ALLOWED,
+    control.UNSUPPORTED,
+}
 #: Answers to registrations made while the channel is watched, waiting to be read (a client
 #: registers one service at a time, so a few would do).
 _REPLY_BUFFER = 16
@@ -146,8 +152,7 @@ class Control:
         tag = client_tag(key, spec.name, spec.type, server_nonce, client_nonce, self._binding)
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
-        level = spec.compression_level if spec.compression else 0
-        request = Register(spec.name, spec.type, port, tag, spec.compression, level)
+        request = Register.of(spec, tag, port)
         await control.send_message(self.channel, request)
         if replies is None:
             reply = await control.receive_message(self.channel)
@@ -177,6 +182,9 @@ class Control:
             host = self._config.server_host
         state.remote_port = reply.public_port
         state.public = format_host_port(host, reply.public_port)
+        state.urls = reply.urls
+        if spec.http is not None and reply.urls:
+            state.public = reply.urls[0]
         log.info(
             "service registered",
             service=spec.name,

@@ -49,6 +49,8 @@ class ServiceState:
     flows: OrderedDict[int, MuxStream] = field(default_factory=OrderedDict)
     #: Agreed with the server at registration (None: visitor bytes travel as they are).
     compression: str | None = None
+    #: http/https: every URL the server routes to it (`public` is the first).
+    urls: tuple[str, ...] = ()
 
     def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
         """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""
@@ -75,6 +77,7 @@ class ServiceState:
             compression=self.compression,
             udp_dropped=dropped,
             local=spec.local,
+            urls=self.urls if self.public else (),
         )
 
 

@@ -1,8 +1,10 @@
 """One visitor stream the server opened: read its header, then serve a UDP flow or a TCP visitor.
 
 A TCP visitor gets a connection to the local service and is forwarded (`muxtunnel.forward`); a
-UDP flow gets a connected UDP socket (`muxtunnel.udp.serve_flow`). A stream for a service the
-client does not know, or whose header is late or malformed, is reset.
+UDP flow gets a connected UDP socket (`muxtunnel.udp.serve_flow`). HTTP and HTTPS visitor
+streams are TCP visitors here: the server already routed them (and wrote any PROXY protocol
+header first on the stream), so the client pipes their bytes as they come. A stream for a
+service the client does not know, or whose header is late or malformed, is reset.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from muxtunnel.auth import TAG_BYTES
 from muxtunnel.config import _values as v
+from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -18,12 +20,15 @@ from muxtunnel.config._tree import (
     value,
     wrong,
 )
+from muxtunnel.fields import MAX_LIST_ITEMS
 from muxtunnel.model import (
     DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_CONTROL_PORT,
+    WEB_TYPES,
     ClientConfig,
     ClientTls,
     ServiceSpec,
+    ServiceType,
 )
 from muxtunnel.specs import (
     DEFAULT_LOCAL_HOST,
@@ -38,6 +43,7 @@ __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
     "name", "type", "local", "remote_port", "token", "compression", "compression_level",
+    *_web.WEB_SERVICE_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -73,33 +79,58 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         host, port = v.parsed(
             local_node, lambda t: parse_host_port(t, default_host=DEFAULT_LOCAL_HOST), str(local)
         )
-        kind = "tcp"
+        kind: ServiceType = "tcp"
         if type_node := present(entry, "type"):
-            kind = string(type_node, env)
-            if kind not in SERVICE_TYPES:
-                fail(type_node, f"expected 'tcp' or 'udp', got {kind!r}")
+            text = string(type_node, env)
+            kind = next((t for t in SERVICE_TYPES if t == text), kind)
+            if kind != text:
+                fail(type_node, f"expected one of {', '.join(SERVICE_TYPES)}, got {text!r}")
         name_node = present(entry, "name")
         name = f"{kind}-{port}"
         if name_node is not None:
             name = v.parsed(name_node, validate_service_name, string(name_node, env))
         v.unique_name(names, name, name_node or entry)
         remote, token = present(entry, "remote_port"), present(entry, "token")
+        if remote is not None and kind in WEB_TYPES:
+            fail(remote, f"an {kind} service has no port of its own: it is reached by its name")
         compression, level = _compression(entry, env)
         if compression and kind == "udp":
             fail(present(entry, "compression") or entry, "compression is for tcp services only")
-        specs.append(
-            ServiceSpec(
-                name=name,
-                type="udp" if kind == "udp" else "tcp",
-                local_host=host,
-                local_port=port,
-                remote_port=v.integer(remote, env, 0, 65535) if remote else 0,
-                token=v.token(token, env) if token else None,
-                compression=compression,
-                compression_level=level,
-            )
+        protocol = None
+        if found := present(entry, "proxy_protocol"):
+            if kind == "udp":
+                fail(found, "proxy_protocol is for tcp, http and https services")
+            protocol = _web.proxy_protocol(found, env)
+        spec = ServiceSpec(
+            name=name,
+            type=kind,
+            local_host=host,
+            local_port=port,
+            remote_port=v.integer(remote, env, 0, 65535) if remote else 0,
+            token=v.token(token, env) if token else None,
+            compression=compression,
+            compression_level=level,
+            http=_web.http_options(entry, kind, name, name_node or entry, env),
+            proxy_protocol=protocol,
         )
+        _fits_one_message(entry, spec)
+        specs.append(spec)
     return tuple(specs)
+
+
+def _fits_one_message(entry: Map, spec: ServiceSpec) -> None:
+    """A registration travels in one control message: refuse options too long for it."""
+    from muxtunnel import control
+
+    try:
+        control.encode_message(control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port))
+    except ValueError as exc:
+        fail(
+            entry,
+            f"service {spec.name!r} cannot be registered: {exc} (at most "
+            f"{MAX_LIST_ITEMS} domains, locations or headers, {control.MAX_MESSAGE_BYTES} "
+            "bytes in all)",
+        )
 
 
 def _fingerprints(pins: Node, env: Mapping[str, str]) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from muxtunnel.config import _values as v
+from muxtunnel.config import _web
 from muxtunnel.config._tree import (
     List,
     Map,
@@ -30,7 +31,9 @@ from muxtunnel.specs import parse_host_port, parse_port_ranges, validate_host, v
 __all__ = ["SERVER_KEYS", "server"]
 
 _PORTS = "a port list like '1024-65535,8080'"
-_POLICY_KEYS = ("name", "token", "bandwidth_bytes_per_s", "max_connections", "compression")
+_POLICY_KEYS = (
+    "name", "token", "bandwidth_bytes_per_s", "max_connections", "compression", "custom_domains",
+)  # fmt: skip
 
 
 def _allow_ports(node: Node, env: Mapping[str, str]) -> PortRanges:
@@ -69,6 +72,8 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             limits["max_connections"] = v.count(found, env)
         if found := present(entry, "compression"):
             limits["compression"] = v.boolean(found, env)
+        if found := present(entry, "custom_domains"):
+            limits["custom_domains"] = _web.domain_patterns(found, env)
         token = v.token(token_node, env) if token_node else None
         policies.append(ServicePolicy(name, token, **limits))
     return tuple(policies)
@@ -107,6 +112,8 @@ _FIELDS: dict[str, v.Reader] = {
     "metrics": v.endpoint,
     "admin": v.endpoint,
     "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
+    "http": _web.http_front,
+    "https": _web.https_front,
 }
 #: Every key `server:` may hold.
 SERVER_KEYS = ("bind", "public_host", *_FIELDS)
@@ -125,4 +132,6 @@ def server(section: Map, env: Mapping[str, str]) -> ServerConfig:
     public_host = host
     if node := present(section, "public_host"):
         public_host = v.parsed(node, validate_host, string(node, env).strip("[]"))
+    if (node := present(section, "https")) and "http" not in fields:
+        fail(node, "the HTTPS port needs a domain: set http.domain (or --domain)")
     return ServerConfig(bind_host=host, bind_port=port, public_host=public_host, **fields)

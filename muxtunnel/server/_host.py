@@ -7,7 +7,7 @@ live sessions), use the shared tables, and report through methods.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from muxtunnel.auth import FailureLimiter, TokenBook
 from muxtunnel.forward import Visitors
@@ -15,6 +15,9 @@ from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.model import ServerConfig
 from muxtunnel.server._admission import PreAuthGate
 from muxtunnel.server._registry import Registry
+
+if TYPE_CHECKING:  # loaded only by a server with web ports
+    from muxtunnel.server._web import WebFront
 
 __all__ = ["Host"]
 
@@ -45,6 +48,11 @@ class Host(Protocol):
     @property
     def registry(self) -> Registry:
         """Live services of all sessions."""
+        ...
+
+    @property
+    def web(self) -> WebFront | None:
+        """The shared web ports (None: the server serves no http/https services)."""
         ...
 
     @property

@@ -8,6 +8,7 @@ whoever shows state through `status()`, a snapshot.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -29,6 +30,9 @@ from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
 from muxtunnel.tls import ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+
+if TYPE_CHECKING:  # the web ports (and h11) are loaded only when configured
+    from muxtunnel.server._web import WebFront
 
 __all__ = ["Server"]
 
@@ -53,6 +57,12 @@ class Server:
         #: Per service name, kept across registrations: byte totals and enforced limits.
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
+        #: The shared HTTP/HTTPS ports (None: not configured); imported only when configured.
+        self.web: WebFront | None = None
+        if config.http is not None:
+            from muxtunnel.server._web import WebFront
+
+            self.web = WebFront(config, self.registry, self.traffic_of, self.limiter_of)
         self.auth_failures = 0
         self.tls_failures = 0
         self.started = 0.0
@@ -92,10 +102,12 @@ class Server:
             allow_ports=str(self.config.allow_ports),
             tls=self.tls.fingerprint if self.tls else None,
         )
-        task_status.started(self.port)
         # Carriers run in a group outside the accepting scope: stopping to accept new clients
         # (shutdown) must not cancel the sessions that are draining.
         async with anyio.create_task_group() as carriers:
+            if self.web is not None:
+                await carriers.start(self.web.run)
+            task_status.started(self.port)
             async with listener:
                 with self._accepting:
                     await listener.serve(self._on_carrier, task_group=carriers)
@@ -106,6 +118,8 @@ class Server:
         Visitor connections still open after `drain_timeout_s` are reset with their sessions.
         """
         self._accepting.cancel()
+        if self.web is not None:
+            self.web.stop_accepting()
         sessions = list(self.sessions.values())
         for client in sessions:
             client.stop_accepting()
@@ -190,6 +204,7 @@ class Server:
         changes = server_changes(self.config, new)
         try:
             tls = ServerTlsContext.load(changes.config.tls) if changes.config.tls else None
+            web_tls = self.web.load_tls(changes.config.https) if self.web is not None else None
         except TlsError as exc:
             raise ReloadError(str(exc)) from None
         new = changes.config
@@ -201,10 +216,16 @@ class Server:
             self.limiter_of(name).update(policies.get(name))
         closed = []
         for service in list(self.registry.by_name.values()):
-            reason = changes.close_reason(service.name, service.port)
+            reason = changes.close_reason(service.name, service.port, service.type)
             if reason is not None:
                 closed.append(service.name)
                 await self.close_service(service, reason)
+        if self.web is not None:
+            for service in self.web.apply(new, web_tls):
+                if self.registry.by_name.get(service.name) is service:
+                    closed.append(service.name)
+                    reason = "one of its custom domains is no longer allowed"
+                    await self.close_service(service, reason)
         log.info(
             "config reloaded",
             services_with_policy=len(policies),
@@ -226,8 +247,14 @@ class Server:
         now = anyio.current_time()
         sessions = [row for s in self.sessions.values() if (row := s.row(now)) is not None]
         public_host = self.config.public_host
+        web_rows = {row.name: row for row in self.web.traffic_rows()} if self.web else {}
         services = [
-            service.row(public_host, self.traffic.get(name), self.limiters.get(name))
+            service.row(
+                public_host,
+                self.traffic.get(name),
+                self.limiters.get(name),
+                web_rows[name].responses if name in web_rows and service.type == "http" else None,
+            )
             for name, service in sorted(self.registry.by_name.items())
         ]
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
@@ -244,4 +271,6 @@ class Server:
             services=tuple(services),
             connections=tuple(connections),
             traffic=tuple(traffic),
+            web=self.web.row() if self.web is not None else None,
+            web_traffic=tuple(web_rows.values()),
         )

@@ -1,8 +1,10 @@
 """A session's public sockets: binding them, and serving the visitors that arrive on them.
 
 A TCP visitor is counted, checked against its service's limits, given a mux stream (whose first
-bytes are its `VisitorHeader`) and forwarded (`muxtunnel.forward`). A UDP service's datagrams
-are handled by its `UdpForwarder`, one stream per visitor address.
+bytes are its `VisitorHeader`, then a PROXY protocol header if the service asked for one) and
+forwarded (`muxtunnel.forward`). A UDP service's datagrams are handled by its `UdpForwarder`,
+one stream per visitor address. HTTP and HTTPS services have no socket of their own: they are
+routes on the server's shared web ports (`_web.WebFront`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ from muxtunnel import control
 from muxtunnel.compress import ALGORITHMS
 from muxtunnel.control import Register, VisitorHeader
 from muxtunnel.forward import Visitors, forward, guarded
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, ServiceType
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
-from muxtunnel.transport import TransportError, abort, listen_tcp, local_port, peer_address
+from muxtunnel.transport import (
+    Address,
+    TransportError,
+    abort,
+    listen_tcp,
+    local_address,
+    local_port,
+    peer_address,
+)
 from muxtunnel.udp import UdpForwarder
 
 __all__ = ["PublicSocket", "open_service", "serve"]
@@ -32,7 +42,9 @@ log = structlog.get_logger("muxtunnel.server")
 #: unless the allowed ranges are nearly full; then the client is told no port is free).
 PICK_ATTEMPTS = 200
 
-PublicSocket = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
+_Bound = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
+#: None: a web service (its visitors arrive through the shared web ports).
+PublicSocket = _Bound | None
 
 
 def _compression(host: Host, request: Register) -> tuple[str | None, int]:
@@ -41,7 +53,7 @@ def _compression(host: Host, request: Register) -> tuple[str | None, int]:
     policy = next((p for p in config.services if p.name == request.service), None)
     if (
         request.compression not in ALGORITHMS
-        or request.type != "tcp"
+        or request.type == "udp"
         or (policy is not None and not policy.compression)
     ):
         return None, 0
@@ -66,6 +78,8 @@ async def open_service(
             control.SERVICE_TAKEN,
             f"service {request.service!r} is already served by another client",
         )
+    if request.type in WEB_TYPES:
+        return _web_service(host, session, session_id, request), None
     allowed = host.config.allow_ports
     if request.remote_port and request.remote_port not in allowed:
         raise RegistrationError(
@@ -82,18 +96,41 @@ async def open_service(
         request.service, request.type, port, session_id, Visitors(parent=host.visitors)
     )
     service.compression, service.compression_level = _compression(host, request)
+    service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
     if isinstance(sock, UdpForwarder):
         sock.counters = service.udp
     return service, sock
 
 
+def _web_service(
+    host: Host, session: Session, session_id: int, request: Register
+) -> ActiveService:
+    web = host.web
+    if web is None:
+        raise RegistrationError(
+            control.UNSUPPORTED,
+            "this server serves no http or https services (it needs listen --domain with "
+            "--http-bind or --https-bind)",
+        )
+    service = ActiveService(
+        request.service,
+        request.type,
+        web.public_port(request.type),
+        session_id,
+        Visitors(parent=host.visitors),
+    )
+    service.compression, service.compression_level = _compression(host, request)
+    web.register(request, service, session)
+    return service
+
+
 async def _bind(
     host: Host, session: Session, name: str, type: ServiceType, port: int
-) -> PublicSocket:
+) -> _Bound:
     config = host.config
     public_host = config.public_host
 
-    async def binder(port: int) -> PublicSocket:
+    async def binder(port: int) -> _Bound:
         if type == "tcp":
             return await listen_tcp(public_host, port)
         forwarder = UdpForwarder(
@@ -126,6 +163,13 @@ async def serve(
 ) -> None:
     """Serve a service's public socket until its scope is cancelled (or the socket fails)."""
     with service.scope:
+        if sock is None:  # a web service: its routes live until it ends
+            try:
+                await anyio.sleep_forever()
+            finally:
+                if host.web is not None:
+                    host.web.release(service)
+            return
         if isinstance(sock, UdpForwarder):
             with service.listener_scope:  # datagrams have nothing to drain
                 await sock.run()
@@ -164,6 +208,9 @@ async def _serve_visitor(
         await abort(visitor)
         return
     peer_host, peer_port = address
+    preamble = b""
+    if service.proxy_protocol is not None:
+        preamble = _proxy_header(service.proxy_protocol, address, visitor)
     with service.in_flight.track():
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port)
         try:
@@ -180,5 +227,14 @@ async def _serve_visitor(
             traffic=host.traffic_of(service.name),
             compression_level=service.compression_level if service.compression else None,
             limiter=limiter,
+            preamble=preamble,
             session=session_id,
         )
+
+
+def _proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
+    """The PROXY protocol header telling the local service who the visitor is."""
+    from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
+
+    local = local_address(visitor) or ("0.0.0.0", 0)
+    return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)

@@ -96,6 +96,8 @@ class ClientSession:
                     peer=self.peer,
                     timeout_s=self.host.config.auth_timeout_s,
                 )
+            for service in self.services.values():
+                service.session_lost = True  # before its task ends: web names wait for it
             tg.cancel_scope.cancel()
 
     async def tell(self, message: Error) -> None:
@@ -247,7 +249,15 @@ class ClientSession:
         public_host, compression = host.config.public_host, service.compression
         await control.send_message(
             channel,
-            Registered(request.service, request.type, public_host, service.port, tag, compression),
+            Registered(
+                request.service,
+                request.type,
+                public_host,
+                service.port,
+                tag,
+                compression,
+                service.urls,
+            ),
         )
         return True
 
@@ -257,12 +267,13 @@ class ClientSession:
         self.services[service.name] = service
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
+        public = f"{self.host.config.public_host}:{service.port}"
         log.info(
             "service opened",
             session=self.id,
             service=service.name,
             type=service.type,
-            public=f"{self.host.config.public_host}:{service.port}",
+            public=service.urls[0] if service.urls else public,
         )
         return service
 

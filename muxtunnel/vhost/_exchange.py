@@ -303,7 +303,9 @@ class Exchange:
         headers = response_headers(raw)
         if not self.request_complete:
             headers.append((b"Connection", b"close"))
-        response = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+        response = h11.Response(  # parsed by h11 already: skip its regexes (`_parsed`)
+            status_code=event.status_code, headers=headers, reason=event.reason, _parsed=True
+        )
         # Bytes for the visitor are gathered while h11 has events without waiting for the
         # service, and sent before any wait: a small response goes out in one send.
         pending = [self._to_visitor(response)]
@@ -350,7 +352,9 @@ class Exchange:
     async def _switch(self, event: h11.InformationalResponse) -> None:
         # h11 (both sides) refuses a 101 that no request proposed: UpstreamBroken below.
         headers = response_headers(event.headers.raw_items(), upgrade=True)
-        switch = h11.InformationalResponse(status_code=101, headers=headers, reason=event.reason)
+        switch = h11.InformationalResponse(
+            status_code=101, headers=headers, reason=event.reason, _parsed=True
+        )
         await self._send_visitor(self._to_visitor(switch))
         self.status = 101
         self.counters.count_response(101)

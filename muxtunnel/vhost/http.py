@@ -257,6 +257,9 @@ class HttpConnection:
                 chunked=head.chunked,
                 connection=head.connection_tokens,
             ),
+            # Every name and value came through h11's parser or a checked config (`routes`),
+            # so h11's per-header regexes need not run again: ~6 % of a request's CPU.
+            _parsed=True,
         )
         timeout_s = route.target.options.response_timeout_s or self.config.response_timeout_s
         retried = False

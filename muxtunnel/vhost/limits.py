@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 
 import structlog
+
+from muxtunnel.auth import address_key
 
 __all__ = ["OnceSet", "SourceLimiter", "SourceTicket", "log_doubling", "source_key"]
 
@@ -27,21 +28,9 @@ def log_doubling(event: str, count: int, **context: object) -> None:
         log.warning(event, count=count, **context)
 
 
-def source_key(host: str) -> str:
-    """The unit a per-source cap counts: the IPv4 address, or the IPv6 /64.
-
-    The same rule as `muxtunnel.auth.address_key` (this package may not import it yet; the
-    integration should keep one of the two).
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+#: The unit a per-source cap counts: the IPv4 address, or the IPv6 /64 (one rule with the
+#: authentication's failure limits).
+source_key = address_key
 
 
 class SourceTicket:

@@ -175,7 +175,11 @@ class Route:
         self.remove_headers = frozenset(
             name.lower().encode() for name in (*options.remove_headers, *dict(options.set_headers))
         )
-        self.set_headers = tuple((n.encode(), v.encode()) for n, v in options.set_headers)
+        # Stripped: a field value has no leading or trailing whitespace (RFC 9110 §5.5), and
+        # the proxy sends these without h11's checks (`_parsed`).
+        self.set_headers = tuple(
+            (n.encode(), v.strip(" \t").encode()) for n, v in options.set_headers
+        )
         auth = options.basic_auth
         self.auth_credentials = auth.credentials if auth else None
         self.auth_challenge = auth.challenge if auth else None
@@ -342,6 +346,11 @@ class RouteTable:
                 return True
             dot = host.find(".", dot + 1)
         return False
+
+    def owners(self, host: str) -> set[str]:
+        """Who holds routes on exactly this normalised host (no wildcard lookup)."""
+        entry = self._hosts.get(host)
+        return {route.target.owner for route in entry.routes} if entry is not None else set()
 
     def routes(self) -> list[Route]:
         """Every route, grouped by target (for admin listings)."""

@@ -82,7 +82,46 @@ class StatusCollector(Collector):
             failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
             failures.add_metric([], status.auth_failures)
             yield failures
+            if status.web is not None:
+                yield from _web_metrics(status)
         else:
             reconnects = CounterMetricFamily(_P + "reconnects", "Sessions to the server lost")
             reconnects.add_metric([], status.reconnects)
             yield reconnects
+
+
+def _web_metrics(status: ServerStatus) -> Iterator[Metric]:
+    """The shared web ports: requests by status class, refusals by reason, connections."""
+    assert status.web is not None
+    responses = CounterMetricFamily(
+        _P + "http_responses",
+        "Final responses to web visitors by status class (1xx: switched protocols)",
+        labels=["service", "class"],
+    )
+    refusals = CounterMetricFamily(
+        _P + "http_refusals",
+        "Web requests or connections refused, by reason (service empty: before routing)",
+        labels=["service", "reason"],
+    )
+    tunnels = CounterMetricFamily(
+        _P + "https_passthrough_connections",
+        "TLS connections passed through by SNI",
+        labels=["service"],
+    )
+    for row in status.web_traffic:
+        for status_class, count in row.responses.items():
+            responses.add_metric([row.name, status_class], count)
+        for reason, count in row.refusals.items():
+            refusals.add_metric([row.name, reason], count)
+        tunnels.add_metric([row.name], row.tunnels)
+    for reason, count in status.web.refusals.items():
+        refusals.add_metric(["", reason], count)
+    connections = CounterMetricFamily(
+        _P + "http_connections", "Visitor connections accepted on the web ports"
+    )
+    connections.add_metric([], status.web.connections_total)
+    errors = CounterMetricFamily(
+        _P + "http_internal_errors", "Web visitor connections that ended in an internal error"
+    )
+    errors.add_metric([], status.web.internal_errors)
+    yield from (responses, refusals, tunnels, connections, errors)

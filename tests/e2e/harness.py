@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ IO_TIMEOUT_S = 20.0
 #: is not taken meanwhile by some process's outgoing connection.
 PORT_RANGE = (20000, 32700)
 
-_ANNOUNCE = re.compile(r"^(?P<name>\S+) (?P<type>tcp|udp) (?P<public>\S+) -> (?P<local>\S+)$")
+_ANNOUNCE = re.compile(
+    r"^(?P<name>\S+) (?P<type>tcp|udp|http|https) (?P<public>\S+) -> (?P<local>\S+)$"
+)
 _given_ports: set[int] = set()
 _ports_lock = threading.Lock()
 
@@ -243,13 +246,16 @@ class Proc:
 
 @dataclass(frozen=True)
 class Announcement:
-    """One `NAME tcp HOST:PORT -> LOCAL` line printed by `up`."""
+    """One `NAME tcp HOST:PORT -> LOCAL` line printed by `up` (web services: `NAME http URL
+    -> LOCAL`, whose host and port are the URL's)."""
 
     name: str
     type: str
     host: str
     port: int
     local: str
+    #: Web services: the URL as printed.
+    url: str | None = None
 
 
 class Listen(Proc):
@@ -272,8 +278,17 @@ class Up(Proc):
         found = []
         for line in self.stdout().splitlines():
             if match := _ANNOUNCE.match(line):
-                host, port = split_host_port(match["public"])
-                found.append(Announcement(match["name"], match["type"], host, port, match["local"]))
+                public, url = match["public"], None
+                if "://" in public:
+                    url = public
+                    parts = urllib.parse.urlsplit(public)
+                    default = 443 if parts.scheme == "https" else 80
+                    host, port = parts.hostname or "", parts.port or default
+                else:
+                    host, port = split_host_port(public)
+                found.append(
+                    Announcement(match["name"], match["type"], host, port, match["local"], url)
+                )
         return found
 
     def services(self) -> dict[str, Announcement]:
@@ -359,6 +374,8 @@ class Harness:
         *,
         tcp: Sequence[str] = (),
         udp: Sequence[str] = (),
+        http: Sequence[str] = (),
+        https: Sequence[str] = (),
         token: str | None = None,
         config: Path | None = None,
         extra: Sequence[object] = (),
@@ -376,9 +393,13 @@ class Harness:
             args += ["--tcp", spec]
         for spec in udp:
             args += ["--udp", spec]
+        for spec in http:
+            args += ["--http", spec]
+        for spec in https:
+            args += ["--https", spec]
         proc: Up = self.spawn(Up, "up", [*args, *extra], env)
         if wait:
-            proc.wait_announced(len(tcp) + len(udp))
+            proc.wait_announced(len(tcp) + len(udp) + len(http) + len(https))
             stray = [line for line in proc.stdout().splitlines() if not _ANNOUNCE.match(line)]
             assert not stray, f"up printed more than service lines on stdout: {stray}"
         return proc

@@ -5,17 +5,15 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from muxtunnel.vhost import RouteOptions, encode_proxy_header, encode_v1, encode_v2
 from muxtunnel.vhost.proxy_protocol import V2_SIGNATURE
 
-from .helpers import TIMEOUT_S, Proxy, request, require_tool
+from .helpers import TIMEOUT_S, Proxy, request
+from .nginx import free_port, proxy_protocol_server, running_nginx
 
 # ---------------------------------------------------------------------------------- bytes
 
@@ -88,65 +86,13 @@ def test_v2_headers_match_the_spec_layout() -> None:
 
 # ---------------------------------------------------------------------------------- nginx
 
-_NGINX_REPLY = (
-    "client=$proxy_protocol_addr:$proxy_protocol_port"
-    " server=$proxy_protocol_server_addr:$proxy_protocol_server_port"
-    " peer=$remote_addr host=$host"
-)
-_NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} proxy_protocol;
-        location / {{
-            return 200 "{reply}\\n";
-        }}
-    }}
-}}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """nginx (Debian's) on loopback with `listen ... proxy_protocol`; yields its port."""
-    binary = require_tool("nginx")
-    folder: Path = tmp_path_factory.mktemp("nginx")
-    port = _free_port()
-    conf = folder / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(dir=folder, port=port, reply=_NGINX_REPLY))
-    process = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder)], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    stderr = process.stderr.read() if process.stderr else b""
-                    pytest.fail(f"nginx did not start: {stderr.decode(errors='replace')}")
-                time.sleep(0.05)
+    port = free_port()
+    with running_nginx(tmp_path_factory.mktemp("nginx"), proxy_protocol_server(port), [port]):
         yield port
-    finally:
-        process.terminate()
-        process.wait(TIMEOUT_S)
 
 
 def _ask_nginx(port: int, header: bytes) -> str:
