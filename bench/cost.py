@@ -6,7 +6,8 @@ the two processes spent by that work:
 
 * new visitor: sequential short connections (connect, 64 B, echo, close);
 * small message TCP / UDP: 64 B request/response over 50 concurrent visitors;
-* bulk: one `iperf3 -P1` for a fixed number of bytes (CPU per MiB).
+* bulk: one `iperf3 -P1` for a fixed number of bytes (CPU per MiB);
+* UDP bulk: `iperf3 -u -b 1G -l 1400` for `UDP_S` seconds (CPU per MiB received, and the rate).
 
 Wall-clock rates move with whatever else runs on the machine; the CPU a process spends per
 unit of work moves far less, so two checkouts can be compared on a loaded machine
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import latency, messages, procstat
+from bench import iperf, latency, messages, procstat
 from bench.iperf import IperfServer
 from bench.paths import REPO, Env, muxtunnel
 from bench.proc import Proc
@@ -33,6 +34,7 @@ from bench.proc import Proc
 VISITORS = 600
 MESSAGE_S = 2.0
 BULK_BYTES = 2 * 1024**3
+UDP_S = 3.0
 
 
 def _cpu(roles: dict[str, list[int]]) -> float:
@@ -81,6 +83,14 @@ def measure(exe: Path) -> dict[str, float]:
                     timeout=120,
                 )
                 out["bulk_us_per_mib"] = (_cpu(ep.roles) - c0) / (BULK_BYTES / 2**20) * 1e6
+                assert ep.udp is not None
+                argv = iperf.client_argv(ep.udp, seconds=UDP_S, udp_bitrate="1G", udp_len=1400)
+                c0 = _cpu(ep.roles)
+                res = iperf.run(argv, UDP_S)
+                received_mib = res.bps * UDP_S / 8 / 2**20
+                if res.ok and received_mib:
+                    out["udp_us_per_mib"] = (_cpu(ep.roles) - c0) / received_mib * 1e6
+                    out["udp_gbps"] = res.bps / 1e9
         finally:
             echo.stop()
     return out
