@@ -7,19 +7,24 @@ evicted. Both end the flow's stream with RST.
 
 The sockets are `transport.UdpEndpoint`s: each datagram is framed and queued from the loop's
 callback, with no task switch per datagram, which is what lets a Python process keep up with a
-fast UDP sender.
+fast UDP sender. The way back is the same: a flow's stream hands its bytes to a
+`DatagramSink` (a `mux.StreamConsumer`) from the session's reader, which sends each datagram
+as soon as its last byte is there, and returns the stream's credit at once (every datagram
+was sent or dropped).
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 
-from mux import MuxStream, Session
+from mux import MuxStream, Session, StreamConsumer
 from muxtunnel.control import VisitorHeader, encode_visitor_header
 from muxtunnel.transport import Address, TransportError, UdpEndpoint, open_udp
 
@@ -39,7 +44,7 @@ class DatagramReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
         buffer = self._buffer
         buffer += data
         datagrams = []
@@ -86,11 +91,51 @@ def queue_datagram(stream: MuxStream, datagram: bytes, counters: UdpCounters) ->
         counters.dropped_backpressure += 1
 
 
-@dataclass(slots=True)
+class DatagramSink(StreamConsumer):
+    """A flow's stream as a consumer: each datagram framed into it is sent as it completes."""
+
+    __slots__ = ("_counters", "_on_end", "_reader", "_send", "_stream", "last_active")
+
+    def __init__(
+        self,
+        stream: MuxStream,
+        send: Callable[[bytes], bool],
+        counters: UdpCounters,
+        on_end: Callable[[], None],
+    ) -> None:
+        self._stream = stream
+        self._send = send
+        self._counters = counters
+        self._on_end = on_end
+        self._reader = DatagramReader()
+        #: `time.monotonic()` of the last datagram either way (the flow's idle clock).
+        self.last_active = time.monotonic()
+
+    def stream_data(self, data: memoryview) -> None:
+        counters = self._counters
+        for datagram in self._reader.feed(data):
+            if self._send(datagram):
+                counters.datagrams_out += 1
+                counters.bytes_out += len(datagram)
+            else:
+                counters.dropped_backpressure += 1
+        self._stream.consumed(len(data))  # sent or dropped: nothing waits here
+        self.last_active = time.monotonic()
+
+    def stream_eof(self) -> None:
+        self._on_end()
+
+    def stream_failed(self, error: anyio.BrokenResourceError) -> None:
+        self._on_end()
+
+    def stream_writable(self) -> None:
+        pass  # datagrams that find the send buffer full are dropped, never waited for
+
+
+@dataclass(slots=True, eq=False)
 class _Flow:
     stream: MuxStream
-    last_active: float
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    sink: DatagramSink
 
 
 class UdpForwarder:
@@ -111,7 +156,7 @@ class UdpForwarder:
         self.max_flows = max_flows
         self.counters = counters or UdpCounters()
         self.flows: OrderedDict[Address, _Flow] = OrderedDict()
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._serving = False
         self._endpoint: UdpEndpoint | None = None
 
     async def bind(self, host: str, port: int) -> None:
@@ -127,11 +172,12 @@ class UdpForwarder:
         assert self._endpoint is not None
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
+                self._serving = True
                 tg.start_soon(self._expire)
                 await self._endpoint.wait_closed()
+                tg.cancel_scope.cancel()
         finally:
-            self._tg = None
+            self._serving = False
             self._endpoint.close()
             for flow in self.flows.values():
                 self._end(flow)
@@ -140,11 +186,11 @@ class UdpForwarder:
     def _on_datagram(self, datagram: bytes, address: Address) -> None:
         flow = self.flows.get(address)
         if flow is not None:
-            flow.last_active = anyio.current_time()
+            flow.sink.last_active = time.monotonic()
             self.flows.move_to_end(address)
             queue_datagram(flow.stream, datagram, self.counters)
             return
-        if self._tg is None:
+        if not self._serving:
             return  # not serving yet, or any more
         if len(datagram) > MAX_DATAGRAM_BYTES:
             self.counters.dropped_oversize += 1
@@ -164,34 +210,26 @@ class UdpForwarder:
         self.counters.flows_opened += 1
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(datagram)
-        flow = self.flows[address] = _Flow(stream, anyio.current_time())
-        self._tg.start_soon(self._replies, flow, address)
+        endpoint = self._endpoint
+        assert endpoint is not None
 
-    async def _replies(self, flow: _Flow, address: Address) -> None:
-        assert self._endpoint is not None
-        reader = DatagramReader()
-        with flow.scope:
-            try:
-                while True:
-                    for datagram in reader.feed(await flow.stream.receive()):
-                        if self._endpoint.send(datagram, address):
-                            self.counters.datagrams_out += 1
-                            self.counters.bytes_out += len(datagram)
-                        else:
-                            self.counters.dropped_backpressure += 1
-                    flow.last_active = anyio.current_time()
-            except (anyio.EndOfStream, *_FAILURES):
-                pass
-        if self.flows.get(address) is flow:
-            del self.flows[address]
-            self._end(flow)
+        def send(reply: bytes) -> bool:
+            return endpoint.send(reply, address)
+
+        def on_end() -> None:  # the client ended the flow's stream (or the session ended)
+            if self.flows.get(address) is new:
+                del self.flows[address]
+                self._end(new)
+
+        new = self.flows[address] = _Flow(stream, DatagramSink(stream, send, self.counters, on_end))
+        stream.attach(new.sink)
 
     async def _expire(self) -> None:
         while True:
             await anyio.sleep(min(self.idle_s / 4, 5.0))
-            deadline = anyio.current_time() - self.idle_s
+            deadline = time.monotonic() - self.idle_s
             for address, flow in list(self.flows.items()):
-                if flow.last_active < deadline:
+                if flow.sink.last_active < deadline:
                     del self.flows[address]
                     self.counters.flows_expired += 1
                     self._end(flow)
@@ -199,7 +237,6 @@ class UdpForwarder:
     @staticmethod
     def _end(flow: _Flow) -> None:
         flow.stream.reset()
-        flow.scope.cancel()
 
 
 async def serve_flow(
@@ -210,11 +247,12 @@ async def serve_flow(
     The server owns the flow's lifetime (idle expiry, eviction) and ends the stream, which ends
     this socket; `idle_s` lets the client end an idle flow sooner, on its own terms.
     """
-    last_active = anyio.current_time()
+    ended = anyio.Event()
+    sink: DatagramSink | None = None
 
     def from_target(datagram: bytes, _: Address) -> None:
-        nonlocal last_active
-        last_active = anyio.current_time()
+        if sink is not None:
+            sink.last_active = time.monotonic()
         queue_datagram(stream, datagram, counters)
 
     try:
@@ -222,30 +260,20 @@ async def serve_flow(
     except TransportError:
         stream.reset()
         return
-    reader = DatagramReader()
+    sink = DatagramSink(stream, endpoint.send, counters, ended.set)
 
     async def expire() -> None:
-        assert idle_s is not None
-        while anyio.current_time() - last_active < idle_s:
-            await anyio.sleep(max(last_active + idle_s - anyio.current_time(), 0.01))
+        assert idle_s is not None and sink is not None
+        while (idle := time.monotonic() - sink.last_active) < idle_s:
+            await anyio.sleep(max(idle_s - idle, 0.01))
         stream.reset()
 
     try:
+        stream.attach(sink)
         async with anyio.create_task_group() as tg:
             if idle_s is not None:
                 tg.start_soon(expire)
-            try:
-                while True:
-                    data = await stream.receive()
-                    last_active = anyio.current_time()
-                    for datagram in reader.feed(data):
-                        if endpoint.send(datagram):
-                            counters.datagrams_out += 1
-                            counters.bytes_out += len(datagram)
-                        else:
-                            counters.dropped_backpressure += 1
-            except (anyio.EndOfStream, *_FAILURES):
-                pass
+            await ended.wait()
             tg.cancel_scope.cancel()
     finally:
         endpoint.close()
