@@ -10,8 +10,9 @@ returns, `flush()`, `aclose()`.
 - `StreamCarrier` serves any other `ByteStream` (TLS, memory, trio) through `receive`/`send`,
   every write from the session's writer task.
 
-What it may import: anyio's public API, asyncio, `mux._anyio_seam` (the only way to reach
-anyio's internals) and `mux._connection`'s `Buffer` type. Nothing of the session or its streams.
+What it may import: anyio's public API, asyncio, socket, `mux._anyio_seam` (the only way to
+reach anyio's internals), `mux._config` and `mux._connection`'s `Buffer` type. Nothing of the
+session or its streams.
 
 What must stay true:
 
@@ -28,6 +29,8 @@ What must stay true:
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -36,9 +39,17 @@ import anyio
 import anyio.abc
 
 from mux._anyio_seam import socket_internals
+from mux._config import MuxConfig
 from mux._connection import Buffer
 
-__all__ = ["CARRIER_ERRORS", "Carrier", "StreamCarrier", "TransportCarrier"]
+__all__ = [
+    "CARRIER_ERRORS",
+    "Carrier",
+    "ReceiveBuffer",
+    "StreamCarrier",
+    "TransportCarrier",
+    "tune_carrier_socket",
+]
 
 #: What a carrier may raise: the session ends on any of them (see `Session`'s reader and writer).
 CARRIER_ERRORS = (
@@ -47,6 +58,109 @@ CARRIER_ERRORS = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
 )
+
+
+#: Linux's TCP_NOTSENT_LOWAT (include/uapi/linux/tcp.h); the socket module lacks the name.
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+#: Offset of `tcpi_rtt` (microseconds) in Linux's `struct tcp_info`: 8 one-byte fields, then
+#: 15 u32s (rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets, the four
+#: last_* times, pmtu, rcv_ssthresh) come before it.
+_TCPI_RTT_OFFSET = 8 + 15 * 4
+_TCP_INFO_BYTES = 104
+
+
+def tune_carrier_socket(stream: anyio.abc.ByteStream, config: MuxConfig) -> None:
+    """Keep the carrier's send queue in our scheduler, not in the kernel (TCP carriers only).
+
+    TCP_NOTSENT_LOWAT bounds what waits unsent in the kernel's send queue, which would
+    otherwise hold megabytes of a bulk stream in front of every small frame of other streams;
+    beyond it, frames wait in the core, which orders them. Anything that is not a TCP socket
+    (memory streams, trio, a platform without the option) is left alone.
+    """
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, config.carrier_unsent_bytes)
+    except OSError:  # not Linux, or the socket is gone already
+        pass
+
+
+class ReceiveBuffer:
+    """The carrier's kernel receive buffer, shrunk while light and heavy streams share it.
+
+    Left alone (auto-tuned, up to megabytes), a bulk stream's bytes queue there in front of
+    every small frame of other streams, where no scheduler can reorder them: 64 B echoes beside
+    one bulk stream on loopback waited behind 2-4 MB in this buffer (p50 13-17 ms). While light
+    and heavy streams share the carrier (two windows of `window_s` in a row in which one
+    stream brought at least `_HEAVY_BYTES` and another at most `_LIGHT_BYTES`), the buffer is
+    held at `small_bytes`: the peer's bulk then waits in its own scheduler (TCP_NOTSENT_LOWAT
+    keeps its send queue short too), where light frames go first (queue 0.5 MB, p50 3.7 ms).
+    Once the mix ends, the buffer goes back to the size it had before (the kernel no longer
+    auto-tunes it after that). Only on a short hop (`short_rtt_s`): on a long one the buffer
+    holds what is in flight, and shrinking it would cap throughput.
+    """
+
+    #: Per window: a stream that brought this much is heavy, one that brought this little is
+    #: light (a request, a keystroke; the core's scheduler has the same idea).
+    _HEAVY_BYTES = 1024 * 1024
+    _LIGHT_BYTES = 64 * 1024
+
+    def __init__(self, sock: socket.socket, small_bytes: int, window_s: float) -> None:
+        self._sock = sock
+        self._small = small_bytes
+        self._large = 0  # the size before we shrank it
+        self._window_s = window_s
+        self._window_end = 0.0
+        self._mixed_windows = 0
+        self._is_small = False
+        #: Bytes per stream in the current window (the session's reader adds to it).
+        self.received: dict[int, int] = {}
+
+    @classmethod
+    def of(cls, stream: anyio.abc.ByteStream, config: MuxConfig) -> ReceiveBuffer | None:
+        """For a TCP carrier on a short hop; None for anything else."""
+        try:
+            sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        except anyio.TypedAttributeLookupError:
+            return None
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+            (rtt_us,) = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)
+        except (OSError, AttributeError, struct.error):  # not Linux
+            return None
+        if not 0 < rtt_us < config.carrier_short_rtt_s * 1e6:
+            return None
+        return cls(sock, config.carrier_mixed_receive_buffer_bytes, config.carrier_mix_window_s)
+
+    def update(self, now: float) -> None:
+        """After each carrier read: judge the window that ended, if one did."""
+        if now < self._window_end:
+            return
+        self._window_end = now + self._window_s
+        received = self.received
+        mixed = (
+            len(received) > 1
+            and max(received.values()) >= self._HEAVY_BYTES
+            and min(received.values()) <= self._LIGHT_BYTES
+        )
+        received.clear()
+        self._mixed_windows = self._mixed_windows + 1 if mixed else 0
+        try:
+            if self._mixed_windows >= 2 and not self._is_small:
+                self._large = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._small)
+                self._is_small = True
+            elif not mixed and self._is_small:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._large)
+                self._is_small = False
+        except OSError:  # gone already: the session is ending
+            pass
 
 
 class Carrier(Protocol):
@@ -154,6 +268,9 @@ class TransportCarrier(asyncio.Protocol):
         self._reader: asyncio.Future[None] | None = None
         self._room = asyncio.Event()  # set while the transport takes more (or has failed)
         self._room.set()
+        #: Called (from the loop) when the transport has room again: write what waits right
+        #: away, rather than waking a task to do it.
+        self.on_room: Callable[[], None] | None = None
 
     # -- called by the session's tasks
 
@@ -233,6 +350,8 @@ class TransportCarrier(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._room.set()
+        if self.on_room is not None:
+            self.on_room()
 
     def _wake_reader(self) -> None:
         if self._reader is not None and not self._reader.done():

@@ -38,7 +38,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from mux._carrier import CARRIER_ERRORS, Carrier, StreamCarrier, TransportCarrier
+from mux._carrier import (
+    CARRIER_ERRORS,
+    Carrier,
+    ReceiveBuffer,
+    StreamCarrier,
+    TransportCarrier,
+    tune_carrier_socket,
+)
 from mux._config import MuxConfig
 from mux._connection import Buffer, Connection
 from mux._const import GoAwayCode
@@ -84,6 +91,7 @@ class Session:
         #: its end (`_wake_writer`); None for other carriers, whose writer task writes them.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_pending = False
+        self._receive_buffer: ReceiveBuffer | None = None
         self._drained = anyio.Event()
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
@@ -98,8 +106,11 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
+        tune_carrier_socket(self._transport, self.config)
+        self._receive_buffer = ReceiveBuffer.of(self._transport, self.config)
         carrier = TransportCarrier.attach(self._transport)
         if carrier is not None:
+            carrier.on_room = self._on_room
             self._carrier = carrier
             self._loop = asyncio.get_running_loop()
         self._tg = anyio.create_task_group()
@@ -239,10 +250,14 @@ class Session:
     async def _reader(self) -> None:
         conn = self.conn
         receive = self._carrier.receive
+        receive_buffer = self._receive_buffer
         try:
             while True:
                 data = await receive()
-                self._dispatch(conn.receive_data(data, _now()))
+                now = _now()
+                self._dispatch(conn.receive_data(data, now))
+                if receive_buffer is not None:
+                    receive_buffer.update(now)
                 while conn.reading_paused:
                     self._drained = anyio.Event()
                     self._wake_writer()
@@ -331,9 +346,13 @@ class Session:
 
     def _dispatch(self, events: list[Event]) -> None:
         streams = self._streams
+        received = self._receive_buffer.received if self._receive_buffer is not None else None
         for event in events:
             if type(event) is DataReceived:
-                stream = streams.get(event.stream_id)
+                stream_id = event.stream_id
+                if received is not None:
+                    received[stream_id] = received.get(stream_id, 0) + len(event.data)
+                stream = streams.get(stream_id)
                 if stream is not None:
                     stream._on_data(event.data)
             elif isinstance(event, StreamOpened):
@@ -398,6 +417,11 @@ class Session:
             return
         if self._writer_wakeup is not None:
             self._writer_wakeup.set()
+
+    def _on_room(self) -> None:
+        """The carrier takes more again: write what waits now, from the loop's callback."""
+        if self._error is None and self.conn.has_data_to_send():
+            self._flush()
 
     def _forget(self, stream: MuxStream) -> None:
         if self._streams.get(stream.stream_id) is stream:
