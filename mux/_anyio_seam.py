@@ -1,15 +1,16 @@
 """The one place that reaches into anyio's asyncio socket streams.
 
 anyio's `SocketStream` for the asyncio backend (uvloop included) wraps an asyncio transport and a
-`StreamProtocol` that queues what the loop reads. Four things above need what anyio does not
+`StreamProtocol` that queues what the loop reads. Five things above need what anyio does not
 expose: the carrier fast path drives the transport as a protocol of its own (`socket_internals`),
 so does a visitor's relay (`take_over`), an accepted socket must stop reading until someone
-waits (`pause_reading`), and a visitor socket must read at most one chunk per wait
-(`read_one_chunk_per_wait`).
+waits (`pause_reading`), a visitor socket must read at most one chunk per wait
+(`read_one_chunk_per_wait`), and what a visitor sent with its connect is taken at once to ride
+its stream's SYN (`read_ready`).
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
-`StreamProtocol.is_at_eof` and `StreamProtocol.data_received`. `pyproject.toml` pins anyio to
+`StreamProtocol.read_event`, `StreamProtocol.is_at_eof` and `StreamProtocol.data_received`. `pyproject.toml` pins anyio to
 the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
 than letting the fast path silently switch off) when a stream of the asyncio backend no longer
 looks the way this module expects.
@@ -21,6 +22,7 @@ does nothing for it.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "SocketInternals",
     "pause_reading",
     "read_one_chunk_per_wait",
+    "read_ready",
     "socket_internals",
     "take_over",
 ]
@@ -72,6 +75,7 @@ def socket_internals(stream: anyio.abc.ByteStream) -> SocketInternals | None:
         transport is None
         or not hasattr(transport, "set_protocol")
         or not isinstance(getattr(protocol, "read_queue", None), deque)
+        or not isinstance(getattr(protocol, "read_event", None), asyncio.Event)
         or not callable(getattr(protocol, "data_received", None))
     ):
         return None
@@ -103,6 +107,33 @@ def take_over(
     at_eof = internals.at_eof
     internals.transport.set_protocol(protocol)
     return internals.transport, data, at_eof
+
+
+def read_ready(stream: anyio.abc.ByteStream, max_bytes: int) -> bytes:
+    """Up to `max_bytes` the peer already sent, taken now without waiting; b"" if none (or at
+    EOF, which the stream then still sees).
+
+    First what anyio's protocol read and nobody received (uvloop reads an accepted socket at
+    once), then what the kernel holds: a non-blocking read of the socket, which is safe only
+    while the transport is not reading it (an accepted socket before it is served; see
+    `pause_reading`). Anything else (not an asyncio socket) gives b"".
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return b""
+    unread = internals.unread
+    data = b""
+    while unread and len(data) + len(unread[0]) <= max_bytes:
+        data += unread.popleft()
+    if not unread:
+        internals.protocol.read_event.clear()  # else the next receive() sees a false EOF
+    if unread or internals.at_eof or len(data) >= max_bytes:
+        return data
+    try:
+        fd = internals.transport.get_extra_info("socket").fileno()
+        return data + os.read(fd, max_bytes - len(data))
+    except (OSError, AttributeError, ValueError):  # nothing yet (EAGAIN), or gone already
+        return data
 
 
 def pause_reading(stream: anyio.abc.ByteStream) -> None:

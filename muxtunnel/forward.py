@@ -33,7 +33,7 @@ from muxtunnel.proxy import PipeResult, pipe
 from muxtunnel.relay import Relay
 from muxtunnel.transport import abort, connect_protocol
 
-__all__ = ["Visitors", "forward", "forward_to", "guarded"]
+__all__ = ["Visitors", "forward", "forward_to", "guarded", "relayable"]
 
 log = structlog.get_logger("muxtunnel.forward")
 
@@ -111,6 +111,7 @@ async def forward(
     compression_level: int | None = None,
     limiter: ServiceLimiter | None = None,
     preamble: bytes = b"",
+    sent_early: int = 0,
     **context: object,
 ) -> PipeResult:
     """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
@@ -119,11 +120,14 @@ async def forward(
     service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
     and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
     side; `limiter` throttles the socket side. `preamble` goes down the tunnel first, before
-    the visitor's bytes (a PROXY protocol header). `context` goes into both log lines.
+    the visitor's bytes (a PROXY protocol header). `sent_early` visitor bytes already went
+    down the stream with its SYN (see `relayable`): they count as forwarded. `context` goes
+    into both log lines.
     """
     started = time.monotonic()
     log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
+    meter.bytes_in += sent_early
     try:
         tunnel: anyio.abc.ByteStream = stream
         if compression_level is not None:
@@ -135,21 +139,28 @@ async def forward(
                 await abort(socket)
                 await abort(stream)
                 return PipeResult(error="the tunnel failed before the visitor's first byte")
-        throttled = limiter is not None and (
-            limiter.inbound is not None or limiter.outbound is not None
-        )
         taken = None
-        if compression_level is None and not throttled and isinstance(stream, MuxStream):
+        if relayable(compression_level, limiter) and isinstance(stream, MuxStream):
             relay = Relay(stream, meter, visitor_side=visitor_side)
             taken = take_over(socket, relay)  # None: not an asyncio socket (tests, other loops)
         if taken is not None:
             result = await relay.run(*taken)
         else:
             result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
+        result.forward_bytes += sent_early
     finally:
         traffic.close(meter)
     _closed(result, started, service, peer, context)
     return result
+
+
+def relayable(compression_level: int | None, limiter: ServiceLimiter | None) -> bool:
+    """Will `forward` relay the bytes as they come (no compression, no bandwidth limit)? Then
+    the bytes a visitor sent first may ride its stream's SYN (`sent_early`)."""
+    throttled = limiter is not None and (
+        limiter.inbound is not None or limiter.outbound is not None
+    )
+    return compression_level is None and not throttled
 
 
 async def forward_to(

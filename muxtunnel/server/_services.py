@@ -15,11 +15,11 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import Session
+from mux import Session, read_ready
 from muxtunnel import control
 from muxtunnel.compress import ALGORITHMS
 from muxtunnel.control import Register, VisitorHeader
-from muxtunnel.forward import Visitors, forward, guarded
+from muxtunnel.forward import Visitors, forward, guarded, relayable
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
@@ -41,6 +41,9 @@ log = structlog.get_logger("muxtunnel.server")
 #: Random ports tried when a client lets the server pick (a few hundred tries finds a free port
 #: unless the allowed ranges are nearly full; then the client is told no port is free).
 PICK_ATTEMPTS = 200
+#: Most bytes a visitor sent with its connect that ride its stream's SYN (well within the
+#: stream's initial 256 KiB window); anything beyond follows as usual.
+EARLY_BYTES = 64 * 1024
 
 _Bound = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
 #: None: a web service (its visitors arrive through the shared web ports).
@@ -211,10 +214,18 @@ async def _serve_visitor(
     preamble = b""
     if service.proxy_protocol is not None:
         preamble = _proxy_header(service.proxy_protocol, address, visitor)
+    compression_level = service.compression_level if service.compression else None
     with service.in_flight.track():
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port)
+        first = control.encode_visitor_header(header)
+        early = b""
+        if relayable(compression_level, limiter):
+            # What the visitor sent with its connect rides the SYN: no frame of its own.
+            early = read_ready(visitor, EARLY_BYTES)
+            first += preamble + early
+            preamble = b""
         try:
-            stream = await session.open_stream(control.encode_visitor_header(header))
+            stream = await session.open_stream(first)
         except anyio.BrokenResourceError:
             await abort(visitor)
             return
@@ -225,9 +236,10 @@ async def _serve_visitor(
             service=service.name,
             peer=f"{peer_host}:{peer_port}",
             traffic=host.traffic_of(service.name),
-            compression_level=service.compression_level if service.compression else None,
+            compression_level=compression_level,
             limiter=limiter,
             preamble=preamble,
+            sent_early=len(early),
             session=session_id,
         )
 
