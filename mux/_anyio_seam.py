@@ -10,10 +10,10 @@ its stream's SYN (`read_ready`).
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
-`StreamProtocol.read_event`, `StreamProtocol.is_at_eof` and `StreamProtocol.data_received`. `pyproject.toml` pins anyio to
-the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
-than letting the fast path silently switch off) when a stream of the asyncio backend no longer
-looks the way this module expects.
+`StreamProtocol.read_event`, `StreamProtocol.is_at_eof` and `StreamProtocol.data_received`.
+`pyproject.toml` pins anyio to the range these were checked against, and
+`tests/mux/test_anyio_seam.py` fails loudly (rather than letting the fast path silently switch
+off) when a stream of the asyncio backend no longer looks the way this module expects.
 
 Any other stream (trio, TLS wrappers, memory streams) is left alone: each function reports or
 does nothing for it.
