@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 #: The core's clock: window tuning compares intervals of a fraction of a millisecond, and uvloop's
-#: loop clock (`anyio.current_time()`) only ticks in whole milliseconds.
+#: loop clock (`self.session._time()`) only ticks in whole milliseconds.
 clock = time.monotonic
 #: A write at least this large is bulk: it goes to the carrier at once, not at the end of the
 #: loop turn with the small ones (deferring 256 KiB reads made a bulk MiB cost 30 % more CPU:
@@ -71,6 +72,8 @@ class StreamOwner(Protocol):
     config: MuxConfig
     #: Why the session ended; None while it runs.
     _error: SessionClosed | None
+    #: The session's clock (anyio's, the event loop's) for the half-closed timestamps.
+    _time: Callable[[], float]
 
     def _wake_writer(self, now: bool = False) -> None:
         """Frames were queued in the core: get them written (`now`: without waiting for the
@@ -172,7 +175,7 @@ class MuxStream(anyio.abc.ByteStream):
         self._check_sendable()
         conn = self._conn
         if self._half_closed_at is not None:  # still busy one way: not a stuck stream
-            self._half_closed_at = anyio.current_time()
+            self._half_closed_at = self.session._time()
         try:
             conn.send_data(self.stream_id, item)
         except LocalProtocolError as exc:
@@ -270,7 +273,7 @@ class MuxStream(anyio.abc.ByteStream):
         self._check_sendable()
         conn = self._conn
         if self._half_closed_at is not None:  # still busy one way: not a stuck stream
-            self._half_closed_at = anyio.current_time()
+            self._half_closed_at = self.session._time()
         try:
             conn.send_data(self.stream_id, data)
         except LocalProtocolError as exc:
@@ -309,13 +312,13 @@ class MuxStream(anyio.abc.ByteStream):
             data = memoryview(bytes(data))
         if self._consumer is not None:
             if self._half_closed_at is not None:
-                self._half_closed_at = anyio.current_time()
+                self._half_closed_at = self.session._time()
             self._consumer.stream_data(data)
             return
         self._buffer.append(data)
         self._buffered += len(data)
         if self._half_closed_at is not None:  # still busy one way: not a stuck stream
-            self._half_closed_at = anyio.current_time()
+            self._half_closed_at = self.session._time()
         if self._rx_wakeup is not None:
             self._rx_wakeup.set()
             self._rx_wakeup = None
@@ -332,7 +335,7 @@ class MuxStream(anyio.abc.ByteStream):
             self._half_closed_at = None
             self.session._forget(self)
         elif self._half_closed_at is None:
-            self._half_closed_at = anyio.current_time()
+            self._half_closed_at = self.session._time()
 
     def _on_reset(self, reason: str) -> None:
         if self._error is None:

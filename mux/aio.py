@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -84,8 +85,13 @@ class Session:
         self._carrier: Carrier = StreamCarrier(transport, self.config.read_size_bytes)
         self._streams: dict[int, MuxStream] = {}
         self._accept_queue: deque[MuxStream] = deque()
-        self._accept_wakeup = anyio.Event()
-        self._open_wakeup = anyio.Event()
+        # Made by the first waiter, set and dropped by the next notification: a stream opened,
+        # acked or ended costs no event when nobody waits (most of the time).
+        self._accept_wakeup: anyio.Event | None = None
+        self._open_wakeup: anyio.Event | None = None
+        #: The clock of stream timestamps and the sweeper: anyio's (the loop's), read straight
+        #: from the asyncio loop once it runs (`anyio.current_time()` looks the backend up).
+        self._time: Callable[[], float] = anyio.current_time
         self._writer_wakeup: anyio.Event | None = None
         #: The fast path's loop: frames queued during a turn are written by one callback at
         #: its end (`_wake_writer`); None for other carriers, whose writer task writes them.
@@ -113,6 +119,7 @@ class Session:
             carrier.on_room = self._on_room
             self._carrier = carrier
             self._loop = asyncio.get_running_loop()
+            self._time = self._loop.time
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         await self._tg.start(self._run_tasks, name="mux session")
@@ -191,6 +198,8 @@ class Session:
             self._raise_if_closed()
             if self.conn.can_open_stream:
                 return self.open_stream_nowait(initial_data)
+            if self._open_wakeup is None:
+                self._open_wakeup = anyio.Event()
             await self._open_wakeup.wait()
 
     def open_stream_nowait(self, initial_data: bytes = b"") -> MuxStream:
@@ -205,7 +214,7 @@ class Session:
             stream_id = self.conn.open_stream(initial_data)
         except LocalProtocolError as exc:
             raise SessionClosed(str(exc)) from exc
-        stream = MuxStream(self, stream_id, anyio.current_time())
+        stream = MuxStream(self, stream_id, self._time())
         self._streams[stream_id] = stream
         self._wake_writer()
         return stream
@@ -214,6 +223,8 @@ class Session:
         """Wait for the next stream the peer opens. Raises `SessionClosed` when the session ends."""
         while not self._accept_queue:
             self._raise_if_closed()
+            if self._accept_wakeup is None:
+                self._accept_wakeup = anyio.Event()
             await self._accept_wakeup.wait()
         stream = self._accept_queue.popleft()
         self.conn.accept_stream(stream.stream_id)
@@ -332,7 +343,7 @@ class Session:
         period = min(max(min(open_limit, half_limit) / 10, 0.05), 5.0)
         while self._error is None:
             await anyio.sleep(period)
-            now = anyio.current_time()
+            now = self._time()
             for stream in list(self._streams.values()):
                 if stream._acked_at is None and now - stream._opened_at > open_limit:
                     stream._abort("the peer did not acknowledge the stream in time")
@@ -356,7 +367,7 @@ class Session:
                 if stream is not None:
                     stream._on_data(event.data)
             elif isinstance(event, StreamOpened):
-                stream = MuxStream(self, event.stream_id, anyio.current_time(), acked=True)
+                stream = MuxStream(self, event.stream_id, self._time(), acked=True)
                 streams[event.stream_id] = stream
                 self._accept_queue.append(stream)
                 self._notify_accept()
@@ -375,7 +386,7 @@ class Session:
             elif isinstance(event, StreamAcked):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._acked_at = anyio.current_time()
+                    stream._acked_at = self._time()
                 self._notify_open()
             elif isinstance(event, PongReceived):
                 waiter = self._pings.get(event.opaque)
@@ -387,12 +398,14 @@ class Session:
     # Many tasks may wait to open or accept: each wait is on the current event, and a
     # notification sets it and puts a fresh one in place, so no waiter is ever left behind.
     def _notify_open(self) -> None:
-        self._open_wakeup.set()
-        self._open_wakeup = anyio.Event()
+        if self._open_wakeup is not None:
+            self._open_wakeup.set()
+            self._open_wakeup = None
 
     def _notify_accept(self) -> None:
-        self._accept_wakeup.set()
-        self._accept_wakeup = anyio.Event()
+        if self._accept_wakeup is not None:
+            self._accept_wakeup.set()
+            self._accept_wakeup = None
 
     def _wake_writer(self, now: bool = False) -> None:
         """Frames were queued in the core: get them written at the end of this loop turn.

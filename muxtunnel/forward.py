@@ -29,6 +29,7 @@ import structlog
 from mux import MuxStream, take_over
 from muxtunnel.compress import CompressedStream
 from muxtunnel.limits import ConnectionMeter, MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.log import debug_enabled
 from muxtunnel.proxy import PipeResult, pipe
 from muxtunnel.relay import Relay
 from muxtunnel.transport import abort, connect_protocol
@@ -125,7 +126,8 @@ async def forward(
     into both log lines.
     """
     started = time.monotonic()
-    log.debug("visitor opened", **context, service=service, peer=peer)
+    if debug_enabled():
+        log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     meter.bytes_in += sent_early
     try:
@@ -182,7 +184,8 @@ async def forward_to(
     transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
     traffic.add(meter)
     try:
-        log.debug("visitor opened", **context, service=service, peer=peer)
+        if debug_enabled():
+            log.debug("visitor opened", **context, service=service, peer=peer)
         result = await relay.run(transport, b"", False)
     finally:
         traffic.close(meter)
@@ -193,6 +196,8 @@ async def forward_to(
 def _closed(
     result: PipeResult, started: float, service: str, peer: str, context: dict[str, object]
 ) -> None:
+    if result.error is None and not debug_enabled():
+        return
     (log.debug if result.error is None else log.info)(
         "visitor closed",
         **context,

@@ -21,7 +21,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from muxtunnel.model import Secret
 
-__all__ = ["LogFormat", "configure_logging", "get_logger", "log_doubling"]
+__all__ = ["LogFormat", "configure_logging", "debug_enabled", "get_logger", "log_doubling"]
 
 LogFormat = Literal["console", "json", "auto"]
 _LEVELS = {
@@ -35,6 +35,7 @@ _LEVELS = {
 _SECRET_KEYS = frozenset({"token", "secret", "password", "key"})
 _REDACTED = "<secret>"
 _handler: logging.Handler | None = None  # the stdlib handler we installed, replaced on reconfigure
+_threshold = logging.DEBUG  # the configured level; every level passes until configured
 
 
 def _redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
@@ -67,9 +68,10 @@ def configure_logging(
     `console`: aligned, coloured when `stream` is a terminal. `json`: one JSON object per line.
     `auto`: console on a terminal, JSON otherwise (a pipe, a file, a service manager).
     """
-    global _handler
+    global _handler, _threshold
     out = sys.stderr if stream is None else stream
     threshold = parse_level(level)
+    _threshold = threshold
     if format not in ("console", "json", "auto"):
         raise ValueError(f"unknown log format {format!r}; use console, json or auto")
     console = format == "console" or (format == "auto" and _isatty(out))
@@ -121,6 +123,12 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(threshold)
     _handler = handler
+
+
+def debug_enabled() -> bool:
+    """Do debug lines go anywhere? For per-visitor lines on hot paths: a filtered call still
+    costs a logger lookup (loggers are not cached, so that reconfiguration reaches them)."""
+    return _threshold <= logging.DEBUG
 
 
 def get_logger(component: str | None = None, **context: object) -> FilteringBoundLogger:
