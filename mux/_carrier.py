@@ -271,11 +271,18 @@ class TransportCarrier(asyncio.Protocol):
         #: Called (from the loop) when the transport has room again: write what waits right
         #: away, rather than waking a task to do it.
         self.on_room: Callable[[], None] | None = None
+        #: Takes a read in the loop's callback while the reader task waits in `receive()`
+        #: (the session parses and dispatches it there); see `wake_reader`.
+        self.inline: Callable[[bytes], None] | None = None
+        self._reader_error: BaseException | None = None
 
     # -- called by the session's tasks
 
     async def receive(self) -> Buffer:
         while not self._chunks:
+            if self._reader_error is not None:
+                error, self._reader_error = self._reader_error, None
+                raise error
             if self._eof:
                 raise anyio.EndOfStream
             if self._lost is not None:
@@ -327,6 +334,16 @@ class TransportCarrier(asyncio.Protocol):
     # -- asyncio.Protocol, called by the event loop
 
     def data_received(self, data: bytes) -> None:
+        if (
+            self._reader is not None
+            and self.inline is not None
+            and not self._chunks
+            and self._reader_error is None
+        ):
+            # The reader waits with nothing queued: its work can be done right here, one task
+            # switch per read fewer (order is kept: nothing is queued, nobody else reads).
+            self.inline(data)
+            return
         self._chunks.append(data)
         self._queued_bytes += len(data)
         if self._queued_bytes >= self._MAX_QUEUED_BYTES and not self._read_paused:
@@ -352,6 +369,15 @@ class TransportCarrier(asyncio.Protocol):
         self._room.set()
         if self.on_room is not None:
             self.on_room()
+
+    def wake_reader(self, error: BaseException | None = None) -> None:
+        """From `inline`: make the waiting `receive()` return an empty chunk (the reader has
+        something to do: the core paused its input), or raise `error` there."""
+        if error is not None:
+            self._reader_error = error
+        else:
+            self._chunks.append(b"")
+        self._wake_reader()
 
     def _wake_reader(self) -> None:
         if self._reader is not None and not self._reader.done():

@@ -117,6 +117,7 @@ class Session:
         carrier = TransportCarrier.attach(self._transport)
         if carrier is not None:
             carrier.on_room = self._on_room
+            carrier.inline = self._receive_inline
             self._carrier = carrier
             self._loop = asyncio.get_running_loop()
             self._time = self._loop.time
@@ -283,6 +284,27 @@ class Session:
             await self._fail("the peer closed the connection")
         except CARRIER_ERRORS as exc:
             await self._fail(f"connection lost: {exc!r}")
+
+    def _receive_inline(self, data: bytes) -> None:
+        """The reader's work for one carrier read, done in the loop's callback (fast path).
+
+        Whatever the reader task must do itself (wait for the replies the peer solicited to
+        be written, end the session on an error) goes back to it through the carrier.
+        """
+        assert isinstance(self._carrier, TransportCarrier)
+        conn = self.conn
+        try:
+            now = _now()
+            self._dispatch(conn.receive_data(data, now))
+            if self._receive_buffer is not None:
+                self._receive_buffer.update(now)
+        except Exception as exc:  # the reader task raises it, as if it had read the bytes
+            self._carrier.wake_reader(exc)
+            return
+        if conn.reading_paused:
+            self._carrier.wake_reader()
+        elif conn.has_data_to_send():
+            self._wake_writer()
 
     async def _writer(self) -> None:
         try:
