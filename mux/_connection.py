@@ -11,8 +11,9 @@ Rules that must stay true:
    a GoAway with the error's code is queued and the connection takes no further input.
 2. Nothing the peer sends grows memory without bound. Data is bounded by the receive windows
    (checked from the header, before any body byte); streams by `max_streams` and the accept
-   backlog; replies the peer solicits (pongs, refusals) by `max_queued_pongs`, after which parsing
-   stops until the driver has written them out (`reading_paused`).
+   backlog; replies to what the peer sent (pongs, refusals, and the ACK and RST the application
+   queues for streams the peer opened) by `max_queued_pongs`, after which parsing stops until the
+   driver has written them out (`reading_paused`).
 3. Control frames (window updates, ACK, RST, pongs, GoAway) leave before any data. Data leaves
    round-robin over the streams that have both bytes and credit, one frame of at most
    `max_frame_bytes` each per turn, so a bulk stream cannot hold the carrier. A stream that
@@ -148,7 +149,10 @@ class Connection:
         self.rtt_s: float | None = None
 
         self._control: list[Buffer] = []
-        self._solicited = 0  # replies the peer asked for that sit in `_control`
+        #: Replies to what the peer sent that sit in `_control`: pongs, refusals, and the ACKs
+        #: and RSTs of streams it opened (a peer that opens streams and never reads would
+        #: otherwise grow `_control` by two frames a SYN, whoever queues them).
+        self._solicited = 0
         self._ready: deque[_Stream] = deque()  # heavy streams with bytes and credit
         self._light: deque[_Stream] = deque()  # light streams (rule 3): they go first
         self._writable: list[int] = []
@@ -161,6 +165,10 @@ class Connection:
 
         self._unaccepted: set[int] = set()  # inbound streams the application has not accepted
         self._unacked: set[int] = set()  # outbound streams the peer has not ACKed yet
+        #: The application takes no more inbound streams: every SYN is refused (`refuse_streams`).
+        self.refusing = False
+        #: Inbound streams refused with RST so far (backlog, limits, GoAway, `refuse_streams`).
+        self.refused_streams = 0
         self.local_go_away = False
         self.remote_go_away: int | None = None
         self.terminated: GoAwayCode | None = None
@@ -259,6 +267,7 @@ class Connection:
             return
         self._unaccepted.discard(stream_id)
         self._control.append(window_update(stream_id, 0, _ACK))
+        self._solicited += 1  # the reply to the peer's SYN
 
     def send_data(self, stream_id: int, data: Buffer) -> None:
         """Queue bytes on a stream; they leave as the peer's credit allows."""
@@ -282,8 +291,25 @@ class Connection:
             return
         if not (stream.outbound and stream.syn_pending):  # the peer knows of it
             self._control.append(window_update(stream_id, 0, _RST))
+            if not stream.outbound:
+                self._solicited += 1  # a stream the peer opened: counted as its reply
         self._transition(stream, StreamInput.RESET)
         self._remove(stream)
+
+    def refuse_streams(self, now: float) -> None:
+        """Take no more streams from the peer: each later SYN is refused with RST, as one over
+        the accept backlog is (charged to the peer's reset budget: a peer that keeps opening
+        streams is sent GoAway(1) once it is spent). Streams it opened that the application
+        has not accepted yet are refused now, and charged alike."""
+        self.refusing = True
+        for stream_id in sorted(self._unaccepted):
+            stream = self._streams[stream_id]
+            self._resets.take(now)
+            self._control.append(window_update(stream_id, 0, _RST))
+            self._solicited += 1
+            self.refused_streams += 1
+            self._transition(stream, StreamInput.RESET)
+            self._remove(stream)
 
     def stream_read(self, stream_id: int, amount: int, now: float) -> None:
         """The consumer has read `amount` bytes of the stream: return credit as policy says."""
@@ -576,7 +602,8 @@ class Connection:
                 self._skipped_peer_ids = {i for i in self._skipped_peer_ids if i >= floor}
             self._highest_peer_id = stream_id
         refuse = (
-            self.local_go_away
+            self.refusing
+            or self.local_go_away
             or len(self._unaccepted) >= self.config.accept_backlog
             or len(self._streams) >= self.config.max_streams
         )
@@ -587,6 +614,7 @@ class Connection:
                 raise RemoteProtocolError("reset rate limit exceeded (refused streams)")
             self._control.append(window_update(stream_id, 0, _RST))
             self._solicited += 1
+            self.refused_streams += 1
             return None
         stream = _Stream(stream_id, outbound=False)
         self._streams[stream_id] = stream

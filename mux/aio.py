@@ -67,6 +67,11 @@ from mux._stream import clock as _now
 #: Round trips remembered for the core's window tuning, which gets the shortest of them: a ping
 #: that queued behind bulk data measures the queue, and growing windows for it grows the queue.
 _RTT_SAMPLES = 5
+#: After a protocol error's GoAway, how long input is still read (and dropped) before the
+#: carrier closes. Closing a TCP socket with unread input sends RST, and an RST makes the peer's
+#: kernel drop what it had not read yet: the GoAway that says why (nginx's lingering close, for
+#: the same reason, with 5 s; the GoAway only needs one round trip).
+_LINGER_S = 0.5
 
 
 class Session:
@@ -232,6 +237,26 @@ class Session:
         self._wake_writer()
         return stream
 
+    def refuse_streams(self) -> None:
+        """Take no more streams from the peer: each new one is refused with RST at once, and
+        counted against its reset budget, so a peer that keeps opening them loses the session
+        (`Connection.refuse_streams`). Streams waiting to be accepted are refused too."""
+        if self._error is not None:
+            return
+        waiting = list(self._accept_queue)
+        self._accept_queue.clear()
+        self.conn.refuse_streams(_now())
+        for stream in waiting:
+            self._streams.pop(stream.stream_id, None)
+            stream._on_reset("refused: the session takes no more streams")
+            stream._buffer.clear()
+        self._wake_writer()
+
+    @property
+    def refused_streams(self) -> int:
+        """Streams the peer opened that were refused with RST (limits, GoAway, refusal)."""
+        return self.conn.refused_streams
+
     async def ping(self) -> float:
         """Round trip time to the peer, in seconds."""
         self._raise_if_closed()
@@ -279,6 +304,7 @@ class Session:
                     self._wake_writer()
         except RemoteProtocolError as exc:
             await self._flush_quietly()
+            await self._linger()
             await self._fail(f"protocol error by the peer: {exc}")
         except anyio.EndOfStream:
             await self._fail("the peer closed the connection")
@@ -343,6 +369,15 @@ class Session:
             except (TimeoutError, *CARRIER_ERRORS):
                 pass
 
+    async def _linger(self) -> None:
+        """Read and drop what the peer still sends, until its EOF or `_LINGER_S` (see there)."""
+        with anyio.move_on_after(_LINGER_S, shield=True):
+            try:
+                while await self._carrier.receive():
+                    pass
+            except (anyio.EndOfStream, *CARRIER_ERRORS):
+                pass
+
     async def _keepalive(self) -> None:
         interval = self.config.keepalive_interval_s
         first = True
@@ -370,8 +405,7 @@ class Session:
                 if stream._acked_at is None and now - stream._opened_at > open_limit:
                     stream._abort("the peer did not acknowledge the stream in time")
                 elif (
-                    stream._half_closed_at is not None
-                    and now - stream._half_closed_at > half_limit
+                    stream._half_closed_at is not None and now - stream._half_closed_at > half_limit
                 ):
                     stream._abort("the stream stayed half-closed too long")
 

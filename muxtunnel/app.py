@@ -14,6 +14,7 @@ a structured log line.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -53,6 +55,14 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+#: The cyclic GC's thresholds once a server or client is built. A full collection scans every
+#: tracked object (about 130 per live visitor, each side); with CPython's defaults (700, 10, 10)
+#: a burst of a thousand new visitors sets off several, each stopping the event loop for 50 to
+#: 170 ms on a loaded 2-core machine: what a neighbour's round trips then wait (p99 100-230 ms
+#: in tests/attacks/test_isolation_accept.py). Young collections every 10 000 allocations and a
+#: full one after 100 middle ones kept the worst round trip under 60 ms in the same burst, for
+#: about 1 MiB more RSS after 4 500 visitors had come and gone (garbage cycles die young).
+GC_THRESHOLDS = (10_000, 20, 100)
 #: After SIGINT/SIGTERM, how long the graceful stop (GoAway, drain, close) may take before what
 #: is left is cancelled: above either side's drain timeout as usually configured (10 s, 5 s).
 STOP_TIMEOUT_S = 60.0
@@ -72,6 +82,13 @@ class Options:
     watch_path: str | None = None
     #: `up`: the live panel, if stdout is a terminal and the log is not JSON.
     console: bool = True
+
+
+def _settle_gc() -> None:
+    """Start-up is over: what it allocated lives as long as the process, so the GC need never
+    scan it again (`gc.freeze`), and collections come less often (`GC_THRESHOLDS`)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _fail(code: int, message: str, **context: Any) -> int:
@@ -139,7 +156,12 @@ async def serve(
         if config.metrics is not None or config.admin is not None:
             from muxtunnel.web import run_endpoints
 
-            ports = await tg.start(run_endpoints, config.metrics, config.admin, target.status)
+            ports = await tg.start(
+                partial(run_endpoints, refusals=target.refusals),
+                config.metrics,
+                config.admin,
+                target.status,
+            )
         await tg.start(run)
         task_status.started(ports)
 
@@ -148,6 +170,7 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
     from muxtunnel.server import Server
 
     server = Server(load())
+    _settle_gc()
     if not server.tokens.has_any_token:
         return _fail(
             EXIT_USAGE,
@@ -187,6 +210,7 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         client = Client(config, _announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
+    _settle_gc()
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
 
     async def run() -> None:

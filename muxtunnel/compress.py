@@ -24,7 +24,7 @@ import zstandard
 
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL
 
-__all__ = ["ALGORITHMS", "CompressedStream", "compression_ratio"]
+__all__ = ["ALGORITHMS", "CompressedStream", "compression_ratio", "stream_memory_bytes"]
 
 #: Algorithms a service may ask for; the only one is zstd.
 ALGORITHMS = ("zstd",)
@@ -102,15 +102,30 @@ class _OutputBound:
         return _BLOCK_MAX_BYTES if kind == 2 else size
 
 
+def stream_memory_bytes(level: int) -> int:
+    """What one compressed stream may hold at `level`, both directions: zstd's own estimate of
+    a compression context, a decompression context, and the window of a peer's frames at the
+    same level (what a session's compression budget is charged per stream)."""
+    parameters = zstandard.ZstdCompressionParameters.from_level(level)
+    return (
+        parameters.estimated_compression_context_size()
+        + zstandard.estimate_decompression_context_size()
+        + (1 << parameters.window_log)
+    )
+
+
 class CompressedStream(anyio.abc.ByteStream):
-    """Wraps a `ByteStream`: sends are zstd-compressed (flushed per send), receives decompressed."""
+    """Wraps a `ByteStream`: sends are zstd-compressed (flushed per send), receives decompressed.
+
+    Each direction's zstd context is made on its first bytes: a visitor that never sends (or is
+    never answered) costs no context that way.
+    """
 
     def __init__(self, inner: anyio.abc.ByteStream, level: int = DEFAULT_COMPRESSION_LEVEL) -> None:
         self.inner = inner
-        self._compressor = zstandard.ZstdCompressor(level=level).compressobj()
-        self._decompressor = zstandard.ZstdDecompressor(
-            max_window_size=_MAX_WINDOW_BYTES
-        ).decompressobj()
+        self.level = level
+        self._compressor: zstandard.ZstdCompressionObj | None = None
+        self._decompressor: zstandard.ZstdDecompressionObj | None = None
         self._bound = _OutputBound()
         self._pending = b""  # compressed bytes received but not decompressed yet
         self._ready = bytearray()  # decompressed bytes not handed out yet
@@ -119,8 +134,11 @@ class CompressedStream(anyio.abc.ByteStream):
         self.plain_sent = self.plain_received = 0
 
     async def send(self, item: bytes) -> None:
-        data = self._compressor.compress(item)
-        data += self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = zstandard.ZstdCompressor(level=self.level).compressobj()
+        data = compressor.compress(item)
+        data += compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         self.plain_sent += len(item)
         self.wire_sent += len(data)
         await self.inner.send(data)
@@ -130,10 +148,15 @@ class CompressedStream(anyio.abc.ByteStream):
             if not self._pending:
                 self._pending = await self.inner.receive(_RECEIVE_BYTES)
                 self.wire_received += len(self._pending)
+            decompressor = self._decompressor
+            if decompressor is None:
+                decompressor = self._decompressor = zstandard.ZstdDecompressor(
+                    max_window_size=_MAX_WINDOW_BYTES
+                ).decompressobj()
             try:
                 size = self._bound.take(self._pending, _OUTPUT_BUDGET_BYTES)
                 piece, self._pending = self._pending[:size], self._pending[size:]
-                self._ready += self._decompressor.decompress(piece)
+                self._ready += decompressor.decompress(piece)
             except (ValueError, zstandard.ZstdError) as exc:
                 raise anyio.BrokenResourceError(f"corrupt compressed stream: {exc}") from None
         data = bytes(self._ready[:max_bytes])

@@ -9,32 +9,34 @@ Exchange (client C, server S):
     C -> S  Hello(version, client_nonce, client_name)
     S -> C  Challenge(version, server_nonce)              or Error(version_mismatch)
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
-                     proxy_protocol, and the web options of an http/https service])
-    S -> C  Registered(..., tag[, compression, urls])     or Error
+                     proxy_protocol, the web options of an http/https service,
+                     compression_fallback])
+    S -> C  Registered(..., tag[, compression, urls, compression_level])   or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
-Each visitor stream the server opens starts with one VisitorHeader, framed the same way.
+Each visitor stream the server opens starts with one VisitorHeader, framed the same way; with
+`compressed: false` (only to a client that registered with `compression_fallback`) the stream
+travels uncompressed although its service agreed compression.
 
 Peer bytes enter only through `receive_message` / `read_visitor_header`; whatever they hold,
 those raise `ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream`
 through, nothing else. A message longer than `MAX_MESSAGE_BYTES` is refused from its length
-prefix, before any of its body is read. Deadlines are the caller's: wrap calls in
+prefix, before any of its body is read (`framing`). Deadlines are the caller's: wrap calls in
 `anyio.fail_after`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypeAlias
 
-import anyio
-import msgpack  # type: ignore[import-untyped]
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
+from muxtunnel.framing import MAX_MESSAGE_BYTES, ControlError, frame, receive_frame, unpack_map
+from muxtunnel.log import safe_text
 from muxtunnel.model import ServiceSpec, ServiceType
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "DOMAIN_NOT_ALLOWED",
     "DOMAIN_TAKEN",
     "INTERNAL_ERROR",
+    "LIMIT_REACHED",
     "MAX_MESSAGE_BYTES",
     "PORT_IN_USE",
     "PORT_NOT_ALLOWED",
@@ -71,11 +74,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-#: Largest message body. Control messages are a few hundred bytes; 4 KiB leaves room for error
-#: text while keeping what an unauthenticated peer can make us buffer small.
-MAX_MESSAGE_BYTES = 4096
-_PREFIX = struct.Struct(">H")
 _MAX_ERROR_MESSAGE_CHARS = 1024
+#: An error message's UTF-8 bytes: with the rest of its message, well within MAX_MESSAGE_BYTES.
+_MAX_ERROR_MESSAGE_BYTES = 3072
 
 # Error codes (Error.code). A peer may send codes we do not know; treat them as a refusal.
 AUTH_FAILED = "auth_failed"
@@ -94,14 +95,8 @@ DOMAIN_TAKEN = "domain_taken"
 DOMAIN_NOT_ALLOWED = "domain_not_allowed"
 #: The server does not serve this kind of service (http/https without web ports).
 UNSUPPORTED = "unsupported"
-
-
-class ControlError(Exception):
-    """The peer sent a malformed control message. `code` is the Error code to answer with."""
-
-    def __init__(self, message: str, code: str = BAD_REQUEST) -> None:
-        super().__init__(message)
-        self.code = code
+#: A limit of the server's config: services per session, sessions per address.
+LIMIT_REACHED = "limit_reached"
 
 
 class _Wire:
@@ -181,7 +176,7 @@ class Register(_Wire):
     EXTENSIONS: ClassVar[tuple[str, ...]] = (
         "compression", "compression_level", "proxy_protocol", "subdomain", "custom_domains",
         "locations", "host_rewrite", "set_headers", "remove_headers", "basic_auth",
-        "response_timeout_s",
+        "response_timeout_s", "compression_fallback",
     )  # fmt: skip
     service: str
     type: ServiceType
@@ -202,6 +197,9 @@ class Register(_Wire):
     remove_headers: tuple[str, ...] = ()
     basic_auth: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
     response_timeout_s: float | None = None
+    #: The client takes a visitor stream uncompressed when its header says so (the server
+    #: falls back to that when a session's compression budget is spent).
+    compression_fallback: bool = False
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -210,19 +208,21 @@ class Register(_Wire):
         fields.check_bytes("tag", self.tag, TAG_BYTES)
         fields.check_compression(self.compression)
         fields.check_int("compression_level", self.compression_level, 0, 22)
+        fields.check_bool("compression_fallback", self.compression_fallback)
         fields.check_web_options(self)
 
     @classmethod
     def of(cls, spec: ServiceSpec, tag: bytes, remote_port: int) -> Register:
         """The registration of `spec`, asking for `remote_port`."""
         level = spec.compression_level if spec.compression else 0
-        web = spec.http
+        web, fallback = spec.http, bool(spec.compression)
         if web is None:
             return cls(spec.name, spec.type, remote_port, tag, spec.compression, level,
-                       spec.proxy_protocol)  # fmt: skip
+                       spec.proxy_protocol, compression_fallback=fallback)  # fmt: skip
         auth = web.basic_auth
         return cls(
             spec.name, spec.type, 0, tag, spec.compression, level, spec.proxy_protocol,
+            compression_fallback=fallback,
             subdomain=web.subdomain, custom_domains=web.custom_domains, locations=web.locations,
             host_rewrite=web.host_rewrite, set_headers=web.set_headers,
             remove_headers=web.remove_headers,
@@ -237,7 +237,7 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls", "compression_level")
     service: str
     type: ServiceType
     public_host: str
@@ -247,6 +247,8 @@ class Registered(_Wire):
     compression: str | None = None
     #: http/https: where visitors reach the service (`http://app.example.com`), first the main.
     urls: tuple[str, ...] = ()
+    #: The zstd level both sides use (0: the client's own, as before this field).
+    compression_level: int = 0
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -256,6 +258,7 @@ class Registered(_Wire):
         fields.check_bytes("tag", self.tag, TAG_BYTES)
         fields.check_compression(self.compression)
         object.__setattr__(self, "urls", fields.texts("urls", self.urls))
+        fields.check_int("compression_level", self.compression_level, 0, 22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +277,8 @@ class Error(_Wire):
     """Either side: a request failed. `service` names the registration it concerns, if any.
 
     For a failed authentication the server says `auth_failed` and nothing more, whether the
-    service is unknown or the token is wrong.
+    service is unknown or the token is wrong. `message` is made safe at construction, never
+    refused (a refusal may quote a long port list): escaped and shortened (`safe_text`).
     """
 
     WIRE_KIND: ClassVar[str] = "error"
@@ -284,7 +288,10 @@ class Error(_Wire):
 
     def __post_init__(self) -> None:
         fields.check_text("code", self.code, 64)
-        fields.check_text("message", self.message, _MAX_ERROR_MESSAGE_CHARS, empty_ok=True)
+        if type(self.message) is not str:
+            raise ValueError("message must be a string")
+        safe = safe_text(self.message, _MAX_ERROR_MESSAGE_CHARS, _MAX_ERROR_MESSAGE_BYTES)
+        object.__setattr__(self, "message", safe)
         if self.service is not None:
             fields.check_service(self.service)
 
@@ -294,16 +301,20 @@ class VisitorHeader(_Wire):
     """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
 
     WIRE_KIND: ClassVar[str] = "visitor"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compressed",)
     service: str
     type: ServiceType
     peer_host: str
     peer_port: int
+    #: False: this stream travels uncompressed although its service agreed compression.
+    compressed: bool = True
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
         fields.check_type(self.type)
         fields.check_text("peer_host", self.peer_host, fields.MAX_TEXT_CHARS)
         fields.check_int("peer_port", self.peer_port, 0, 65535)
+        fields.check_bool("compressed", self.compressed)
 
 
 Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error
@@ -312,56 +323,17 @@ _MESSAGE_KINDS: dict[str, type[Message]] = {
 }
 
 
-# --- framing ---
-
-
-def _frame(wire: dict[str, Any]) -> bytes:
-    body: bytes = msgpack.packb(wire, use_bin_type=True)
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise ValueError(f"{wire['kind']!r} message of {len(body)} bytes exceeds the limit")
-    return _PREFIX.pack(len(body)) + body
-
-
-def _unpack_map(body: bytes) -> dict[str, Any]:
-    try:
-        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ControlError(f"undecodable message: {type(exc).__name__}") from None
-    if not isinstance(data, dict):
-        raise ControlError("message is not a map")
-    kind = data.get("kind")
-    if not isinstance(kind, str):
-        raise ControlError("message lacks a string 'kind'")
-    return data
-
-
-async def _receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
-    buffer = bytearray()
-    while len(buffer) < size:
-        chunk = await stream.receive(size - len(buffer))
-        if not chunk:
-            raise anyio.EndOfStream
-        buffer += chunk
-    return bytes(buffer)
-
-
-async def _receive_frame(stream: ByteReceiveStream) -> bytes:
-    (size,) = _PREFIX.unpack(await _receive_exactly(stream, _PREFIX.size))
-    if size > MAX_MESSAGE_BYTES:
-        raise ControlError(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
-    if size == 0:
-        raise ControlError("empty message")
-    return await _receive_exactly(stream, size)
+# --- messages on the wire (`framing`) ---
 
 
 def encode_message(message: Message) -> bytes:
     """Length prefix plus msgpack body. `ValueError` if it would exceed the size limit."""
-    return _frame(message.to_wire())
+    return frame(message.to_wire())
 
 
 def decode_message(body: bytes) -> Message:
     """Decode one message body (without its length prefix)."""
-    data = _unpack_map(body)
+    data = unpack_map(body)
     cls = _MESSAGE_KINDS.get(data["kind"])
     if cls is None:
         raise ControlError(f"unknown message kind {data['kind'][:64]!r}")
@@ -375,17 +347,17 @@ async def send_message(stream: ByteSendStream, message: Message) -> None:
 
 async def receive_message(stream: ByteReceiveStream) -> Message:
     """Read one framed message. `ControlError` on garbage; `anyio.EndOfStream` on EOF."""
-    return decode_message(await _receive_frame(stream))
+    return decode_message(await receive_frame(stream))
 
 
 def encode_visitor_header(header: VisitorHeader) -> bytes:
     """The framed header, to write as the first bytes of a visitor stream."""
-    return _frame(header.to_wire())
+    return frame(header.to_wire())
 
 
 def decode_visitor_header(body: bytes) -> VisitorHeader:
     """Decode a visitor header body (without its length prefix)."""
-    data = _unpack_map(body)
+    data = unpack_map(body)
     if data["kind"] != VisitorHeader.WIRE_KIND:
         raise ControlError(f"expected a visitor header, got {data['kind'][:64]!r}")
     return VisitorHeader.from_wire(data)
@@ -393,4 +365,4 @@ def decode_visitor_header(body: bytes) -> VisitorHeader:
 
 async def read_visitor_header(stream: ByteReceiveStream) -> VisitorHeader:
     """Read the header at the start of a visitor stream; the stream then carries raw bytes."""
-    return decode_visitor_header(await _receive_frame(stream))
+    return decode_visitor_header(await receive_frame(stream))

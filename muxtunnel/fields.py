@@ -10,6 +10,7 @@ from muxtunnel.specs import SERVICE_TYPES, SpecError, validate_service_name
 __all__ = [
     "MAX_LIST_ITEMS",
     "MAX_TEXT_CHARS",
+    "check_bool",
     "check_bytes",
     "check_compression",
     "check_int",
@@ -32,6 +33,11 @@ def check_int(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer")
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if type(value) is not bool:
+        raise ValueError(f"{name} must be true or false")
 
 
 def check_bytes(name: str, value: object, size: int) -> None:

@@ -8,16 +8,18 @@ sides, for each visitor:
   count to reach zero on an event (no polling);
 - run its handler behind a barrier (`guarded`): a bug costs this visitor only (logged, its
   connection aborted), never the session or the process;
-- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts),
-  the tunnel side compressed if agreed, piped both ways with half-close (by a `Relay`, the
-  socket's own protocol, when neither compression nor a bandwidth limit is in the way), and one
-  "visitor closed" line with the byte counts: at debug level when both ways ended cleanly
-  (a busy service sees thousands of visitors a second; the metrics count them), at info when
-  the visitor failed.
+- `forward` its bytes: metered as they flow (the admin API and metrics read the live counts,
+  an idle timeout reads the time of the last byte and may cut it through `meter.scope`), the
+  tunnel side compressed if agreed, piped both ways with half-close (by a `Relay`, the socket's
+  own protocol, when neither compression nor a bandwidth limit is in the way), and one
+  "visitor closed" line with the byte counts: at debug level when both ways ended cleanly (a
+  busy service sees thousands of visitors a second; the metrics count them), at info when the
+  visitor failed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
@@ -32,11 +34,14 @@ from muxtunnel.limits import ConnectionMeter, MeteredStream, ServiceLimiter, Ser
 from muxtunnel.log import debug_enabled
 from muxtunnel.proxy import PipeResult, pipe
 from muxtunnel.relay import Relay
-from muxtunnel.transport import abort, connect_protocol
+from muxtunnel.sockets import connect_protocol
+from muxtunnel.transport import abort
 
 __all__ = ["Visitors", "forward", "forward_to", "guarded", "relayable"]
 
 log = structlog.get_logger("muxtunnel.forward")
+#: Visitor handlers that raised, in this process (see `guarded`).
+_handler_failures = 0
 
 
 class Visitors:
@@ -91,13 +96,18 @@ async def guarded(
 ) -> None:
     """Await one visitor's handler; a bug in it costs this visitor only, never the process.
 
-    The exception is logged with `context`, and `connection` (the visitor's socket, or its mux
-    stream) is aborted, so that its peer sees a failure rather than a hang.
+    The exception is logged with `context` (at counts 1, 2, 4, ...: a bug a visitor can trigger
+    must not let it write the log), and `connection` (the visitor's socket, or its mux stream) is
+    aborted, so that its peer sees a failure rather than a hang.
     """
+    global _handler_failures
     try:
         await handler
     except Exception:
-        log.exception("visitor handler failed", **context)
+        # A bug, which a visitor may be able to trigger at will: tracebacks at counts 1, 2, 4...
+        _handler_failures += 1
+        if _handler_failures & (_handler_failures - 1) == 0:
+            log.exception("visitor handler failed", count=_handler_failures, **context)
         await abort(connection)
 
 
@@ -141,16 +151,23 @@ async def forward(
                 await abort(socket)
                 await abort(stream)
                 return PipeResult(error="the tunnel failed before the visitor's first byte")
-        taken = None
-        if relayable(compression_level, limiter) and isinstance(stream, MuxStream):
-            relay = Relay(stream, meter, visitor_side=visitor_side)
-            taken = take_over(socket, relay)  # None: not an asyncio socket (tests, other loops)
-        if taken is not None:
-            result = await relay.run(*taken)
+        result: PipeResult | None = None
+        with anyio.CancelScope() as meter.scope:  # an idle timeout may cancel it
+            taken = None
+            if relayable(compression_level, limiter) and isinstance(stream, MuxStream):
+                relay = Relay(stream, meter, visitor_side=visitor_side)
+                taken = take_over(socket, relay)  # None: not an asyncio socket (tests, trio)
+            if taken is not None:
+                result = await relay.run(*taken)
+            else:
+                result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
+        if result is None:  # cut from outside (both ends were aborted)
+            error = "idle timeout" if meter.idle_closed else "cancelled"
+            result = PipeResult(meter.bytes_in, meter.bytes_out, error)
         else:
-            result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
-        result.forward_bytes += sent_early
+            result.forward_bytes += sent_early
     finally:
+        meter.scope = None
         traffic.close(meter)
     _closed(result, started, service, peer, context)
     return result
@@ -174,14 +191,17 @@ async def forward_to(
     peer: str,
     traffic: ServiceTraffic,
     connect_timeout_s: float,
+    dial_slots: anyio.Semaphore | None = None,
     **context: object,
 ) -> PipeResult:
     """The client's `forward` without compression: dial the local service with a `Relay` as
-    the socket's protocol from the start. `TransportError` if the service cannot be reached."""
+    the socket's protocol from the start, holding one of `dial_slots` while it connects.
+    `TransportError` if the service cannot be reached."""
     started = time.monotonic()
     meter = ConnectionMeter(service, peer)  # counted once connected: bytes may come first
     relay = Relay(stream, meter, visitor_side=False)
-    transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
+    async with dial_slots if dial_slots is not None else contextlib.nullcontext():
+        transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
     traffic.add(meter)
     try:
         if debug_enabled():

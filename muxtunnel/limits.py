@@ -78,11 +78,14 @@ class ServiceLimiter:
         self.inbound: TokenBucket | None = None  # visitor -> service
         self.outbound: TokenBucket | None = None  # service -> visitor
         self.max_connections: int | None = None
+        #: Its visitors' idle timeout (None: the server's; 0: none).
+        self.idle_timeout_s: float | None = None
         self.update(policy)
 
     def update(self, policy: ServicePolicy | None) -> None:
         rate = policy.bandwidth_bytes_per_s if policy else None
         self.max_connections = policy.max_connections if policy else None
+        self.idle_timeout_s = policy.idle_timeout_s if policy else None
         if rate is None:
             self.inbound = self.outbound = None
         elif self.inbound is None or self.outbound is None:
@@ -109,6 +112,12 @@ class ConnectionMeter:
     started_wall: float = field(default_factory=time.time)
     bytes_in: int = 0
     bytes_out: int = 0
+    #: When the last byte went either way (`anyio.current_time()`): what idle timeouts read.
+    last_active: float = field(default_factory=anyio.current_time)
+    #: Cancelling it ends the connection (both ends aborted); set while it is forwarded.
+    scope: anyio.CancelScope | None = None
+    #: It was ended for having been idle.
+    idle_closed: bool = False
 
 
 class ServiceTraffic:
@@ -186,10 +195,12 @@ class MeteredStream(anyio.abc.ByteStream):
         if bucket is not None:
             max_bytes = max(1, min(max_bytes, bucket.chunk_bytes))
         data = await self.inner.receive(max_bytes)
+        meter = self.meter
+        meter.last_active = anyio.current_time()
         if self.receive_is_in:
-            self.meter.bytes_in += len(data)
+            meter.bytes_in += len(data)
         else:
-            self.meter.bytes_out += len(data)
+            meter.bytes_out += len(data)
         if bucket is not None:
             await bucket.consume(len(data))
         return data
@@ -209,6 +220,7 @@ class MeteredStream(anyio.abc.ByteStream):
             self._count_sent(len(piece))
 
     def _count_sent(self, size: int) -> None:
+        self.meter.last_active = anyio.current_time()
         if self.receive_is_in:
             self.meter.bytes_out += size
         else:

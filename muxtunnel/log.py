@@ -21,7 +21,15 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 from muxtunnel.model import Secret
 
-__all__ = ["LogFormat", "configure_logging", "debug_enabled", "get_logger", "log_doubling"]
+__all__ = [
+    "LogFormat",
+    "Refusals",
+    "configure_logging",
+    "debug_enabled",
+    "get_logger",
+    "log_doubling",
+    "safe_text",
+]
 
 LogFormat = Literal["console", "json", "auto"]
 _LEVELS = {
@@ -150,3 +158,46 @@ def log_doubling(logger: Any, event: str, count: int, **context: object) -> None
     """
     if count & (count - 1) == 0:
         logger.warning(event, count=count, **context)
+
+
+class Refusals:
+    """Every refusal of one process, counted by reason and logged at counts 1, 2, 4, 8, ...
+
+    One instance per process side (the server, the client, an HTTP endpoint): limits call
+    `refuse`, and the status snapshot hands `counts` up to the metrics
+    (`muxtunnel_refusals_total{reason=...}`) and the admin API. Reasons are a fixed vocabulary
+    of the code (never text a peer chose), so the table stays small.
+    """
+
+    __slots__ = ("_logger", "counts")
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+        self.counts: dict[str, int] = {}
+
+    def refuse(self, reason: str, event: str, *, n: int = 1, **context: object) -> int:
+        """Count `n` refusals for `reason`; log `event` if the count passed a power of two."""
+        before = self.counts.get(reason, 0)
+        count = self.counts[reason] = before + n
+        if n > 0 and count.bit_length() > before.bit_length():
+            self._logger.warning(event, count=count, reason=reason, **context)
+        return count
+
+    def __getitem__(self, reason: str) -> int:
+        return self.counts.get(reason, 0)
+
+
+def safe_text(text: str, max_chars: int, max_bytes: int) -> str:
+    """`text` with its unprintable characters escaped (a line break becomes `\\n`: no text
+    can forge a log line), shortened to `max_chars` characters and `max_bytes` of UTF-8 with
+    a final "..." if it was longer."""
+    if not text.isprintable():
+        text = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+        )
+    if len(text) > max_chars:
+        text = text[: max_chars - 3] + "..."
+    encoded = text.encode("utf-8")
+    if len(encoded) > max_bytes:  # cut on a character boundary ("ignore" drops a split one)
+        text = encoded[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+    return text

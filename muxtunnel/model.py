@@ -96,6 +96,11 @@ class ServicePolicy:
     #: HTTP/HTTPS: names outside the server's domain this service may claim (exact names,
     #: `*.example.org` for any name under example.org, `*` for any name at all).
     custom_domains: tuple[str, ...] = ()
+    #: The public port this service always gets and nobody else may bind (None: not pinned).
+    port: int | None = None
+    #: Visitor idle timeout for this service (None: the server's; 0: never, for long-lived
+    #: connections such as ssh sessions that may sit silent for hours).
+    idle_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +197,26 @@ class ServerConfig:
     #: On SIGTERM: how long live visitor connections get to finish after the GoAway.
     drain_timeout_s: float = 10.0
     max_visitors_per_service: int = 1024
+    #: Concurrent visitors of one service from one source address (per /64 for IPv6): a
+    #: quarter of the service's, so one address (a NAT'd office) may have many, but it takes
+    #: four to fill a service.
+    max_visitors_per_source: int = 256
+    #: A visitor connection with no byte either way for this long is closed (0: never). Browsers
+    #: keep idle connections for 5 minutes at most (Chrome's socket pool: 300 s).
+    visitor_idle_timeout_s: float = 300.0
     udp_flow_idle_s: float = 60.0
-    udp_max_flows: int = 4096
+    #: UDP flows kept per service; each is a stream, so never more than the session's share of
+    #: `mux.max_streams` (see `quota.StreamQuota`) whatever this says.
+    udp_max_flows: int = 1024
+    #: Authenticated sessions (clients) per source address (per /64 for IPv6).
+    max_sessions_per_source: int = 16
+    #: Services one session may register; each holds one public port, so this caps ports too
+    #: (frp's `maxPortsPerClient`; ours has a default).
+    max_services_per_session: int = 64
+    #: After a session ends, each of its public ports stays reserved for its service (the same
+    #: name, proven with the same token) this long: the client's reconnect finds it free, and
+    #: nobody else can take it meanwhile. A minute covers a keepalive timeout and a few retries.
+    port_reservation_s: float = 60.0
     #: Failed auth attempts per source address: burst, then refill per minute.
     auth_failures_burst: int = 5
     auth_failures_per_min: float = 5.0
@@ -204,8 +227,14 @@ class ServerConfig:
     #: Prometheus endpoint and admin API; None: off.
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
-    #: Highest zstd level the server compresses with, whatever level a client asks for.
-    compression_level_max: int = 9
+    #: Highest zstd level either side compresses with, whatever level a client asks for. An
+    #: idle compressed stream holds 0.8 MiB at level 3 (zstd's default), 10 MiB at level 9
+    #: (`python -m bench.micro.compression --memory`).
+    compression_level_max: int = 3
+    #: zstd memory one session may hold for its compressed visitor streams, each charged
+    #: zstd's estimate with a full window (3.3 MiB at level 3: 19 streams); beyond it, new
+    #: visitors go uncompressed (or are refused, for a client too old to be told).
+    compression_budget_bytes: int = 64 * 1024 * 1024
     #: The shared web ports (None: off); `https` needs `http.domain`.
     http: HttpFront | None = None
     https: HttpsFront | None = None
@@ -247,7 +276,9 @@ class ClientConfig:
     #: On SIGTERM: how long live visitor connections get to finish after the GoAway.
     drain_timeout_s: float = 5.0
     udp_flow_idle_s: float = 60.0
-    udp_max_flows: int = 4096
+    #: UDP flows kept per service (each is a stream the server opened; the server bounds them
+    #: by its session's streams too).
+    udp_max_flows: int = 1024
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None

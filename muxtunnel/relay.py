@@ -29,7 +29,7 @@ import anyio
 from mux import MuxStream
 from muxtunnel.limits import ConnectionMeter
 from muxtunnel.proxy import PipeResult
-from muxtunnel.transport import abort_transport
+from muxtunnel.sockets import abort_transport
 
 __all__ = ["Relay"]
 
@@ -52,7 +52,9 @@ class Relay(asyncio.Protocol):
         self.visitor_side = visitor_side
         self.result = PipeResult()
         self._transport: asyncio.Transport | None = None
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = loop.create_future()
+        self._time = loop.time
         self._finished = False
         self._socket_ended = False  # the socket's EOF went on to the stream
         self._stream_ended = False  # the stream's EOF went on to the socket
@@ -162,6 +164,7 @@ class Relay(asyncio.Protocol):
     # -- both
 
     def _count(self, size: int, *, from_socket: bool) -> None:
+        self.meter.last_active = self._time()  # the visitor's idle clock (anyio's: the loop's)
         if from_socket == self.visitor_side:  # towards the service
             self.result.forward_bytes += size
             self.meter.bytes_in += size

@@ -128,6 +128,11 @@ class ConfigWatcher(Generic[C]):
                 self.rejected += 1
                 log.error("config reload rejected; keeping the running config", reason=str(exc))
                 return False
+            except Exception:
+                # A bug while applying: the process must outlive it (what was applied stays).
+                self.rejected += 1
+                log.exception("config reload failed")
+                return False
             self.reloads += 1
             return True
 
@@ -163,7 +168,14 @@ class ServerChanges:
         after, known = self.tokens.key_for(name)
         if not known or not hmac.compare_digest(before, after):
             return "its token changed in the server's config"
-        if type not in WEB_TYPES and port not in self.config.allow_ports:
+        if type in WEB_TYPES:  # on the shared web ports: no port of its own
+            return None
+        pins = {p.name: p.port for p in self.config.services if p.port is not None}
+        if name in pins:  # a pinned port is its own, allowed or not
+            return None if pins[name] == port else f"it is pinned to port {pins[name]} now"
+        if port in pins.values():
+            return f"port {port} is pinned to another service now"
+        if port not in self.config.allow_ports:
             return f"port {port} is no longer allowed (allowed: {self.config.allow_ports})"
         return None
 

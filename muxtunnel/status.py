@@ -230,6 +230,8 @@ class ServerStatus:
     #: The shared web ports (None: off), and their counters per service name.
     web: WebRow | None = None
     web_traffic: tuple[WebTrafficRow, ...] = ()
+    #: Refusals so far, by reason (`log.Refusals`): every limit that said no, counted.
+    refusals: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `GET /api/v1/status`."""
@@ -252,6 +254,7 @@ class ServerStatus:
             ],
             "connections": [row.to_dict() for row in self.connections],
             "web": self.web.to_dict() if self.web is not None else None,
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 
@@ -271,6 +274,8 @@ class ClientStatus:
     services: tuple[ServiceRow, ...] = ()
     connections: tuple[ConnectionRow, ...] = ()
     traffic: tuple[TrafficRow, ...] = ()
+    #: Refusals so far, by reason (`log.Refusals`).
+    refusals: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def connected(self) -> bool:
@@ -293,6 +298,7 @@ class ClientStatus:
             "reconnects": self.reconnects,
             "services": [{**row.to_dict(), "local": row.local} for row in self.services],
             "connections": [row.to_dict() for row in self.connections],
+            "refusals": dict(sorted(self.refusals.items())),
         }
 
 

@@ -16,36 +16,45 @@ What the carriers and visitors need of their sockets is also set here, once: TCP
 (frames of many streams share a carrier, none should wait for Nagle), and accepted or
 connected sockets read only while someone waits, at most one chunk per wait (backpressure and
 a fair event loop; the anyio internals this takes are in `mux._anyio_seam`).
+
+Every TCP listener of the process (control port, public ports, admin API, metrics) runs the
+accept loop below: an accept error (a process out of file descriptors) makes it back off and
+retry, never end; a handler's bug costs that connection only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import errno
 import socket
 import struct
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import anyio
 import anyio.abc
+import structlog
+from anyio.streams.stapled import MultiListener
 
 from mux import pause_reading, read_one_chunk_per_wait
+from muxtunnel.log import Refusals
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "Address",
+    "TcpListener",
     "TransportError",
     "UdpEndpoint",
     "abort",
-    "abort_transport",
     "connect",
-    "connect_protocol",
     "listen_tcp",
     "local_address",
     "local_port",
     "open_udp",
     "peer_address",
+    "setup_done",
 ]
 
 #: How long a TCP connect may take (the server, or a local service) before it counts as failed.
@@ -55,6 +64,12 @@ UDP_BUFFER_LIMIT_BYTES = 1024 * 1024
 #: Connections the kernel may queue per listener before we accept them: room for a burst of
 #: new visitors (picked; the kernel caps it at net.core.somaxconn, 4096 since Linux 5.4).
 LISTEN_BACKLOG = 1024
+#: After a failed accept, wait this long before the next, doubling up to the maximum (Go's
+#: net/http `Server.Serve`: 5 ms to 1 s): an fd shortage lasts until some connection closes.
+ACCEPT_BACKOFF_MIN_S = 0.005
+ACCEPT_BACKOFF_MAX_S = 1.0
+
+log = structlog.get_logger("muxtunnel.transport")
 
 Address = tuple[str, int]
 
@@ -70,23 +85,101 @@ def _tune(stream: anyio.abc.SocketStream) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _ReadOnWaitListener(anyio.abc.Listener[anyio.abc.SocketStream]):
-    """A TCP listener whose accepted sockets read only while someone waits, one chunk a wait."""
+class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
+    """A TCP listener with an accept loop of our own (anyio's lets the first accept error out).
 
-    def __init__(self, inner: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+    Accepted sockets read only while someone waits, one chunk a wait. An accept that fails,
+    out of file descriptors (EMFILE, ENFILE), buffers (ENOBUFS, ENOMEM) or anything else, never
+    ends the loop: the connection stays in the kernel's queue, the loop sleeps (5 ms, doubling
+    to 1 s: Go's net/http `Server.Serve`), counts the failure and logs it at counts 1, 2, 4, ...
+    A handler that raises costs its own connection only (aborted, logged).
+    """
+
+    def __init__(
+        self, inner: anyio.abc.Listener[anyio.abc.SocketStream], name: str, refusals: Refusals
+    ) -> None:
         self._inner = inner
+        listeners = inner.listeners if isinstance(inner, MultiListener) else [inner]
+        self._sockets = cast(Sequence[anyio.abc.SocketListener], listeners)
+        self.name = name
+        self.refusals = refusals
+        self.handler_failures = 0
 
     async def serve(
         self,
         handler: Callable[[anyio.abc.SocketStream], Any],
         task_group: anyio.abc.TaskGroup | None = None,
+        *,
+        setting_up: int | None = None,
     ) -> None:
-        async def serve_one(stream: anyio.abc.SocketStream) -> None:
+        """Accept and hand each connection to `handler` in `task_group` until cancelled.
+
+        With `setting_up`, at most that many connections are between their accept and the
+        handler's `setup_done()` (or its end): a flood of new connections then waits in the
+        kernel's queue instead of filling the event loop with their setups, and what the loop
+        already serves (other services' visitors) keeps its turn.
+        """
+        slots = anyio.Semaphore(setting_up) if setting_up else None
+        async with contextlib.AsyncExitStack() as stack:
+            if task_group is None:
+                task_group = await stack.enter_async_context(anyio.create_task_group())
+            async with anyio.create_task_group() as loops:
+                for sock in self._sockets:
+                    loops.start_soon(self._accept_loop, sock, handler, task_group, slots)
+
+    async def _accept_loop(
+        self,
+        sock: anyio.abc.SocketListener,
+        handler: Callable[[anyio.abc.SocketStream], Any],
+        task_group: anyio.abc.TaskGroup,
+        slots: anyio.Semaphore | None,
+    ) -> None:
+        backoff_s = 0.0
+        while True:
+            if slots is not None:
+                await slots.acquire()
+            try:
+                stream = await sock.accept()
+            except OSError as exc:
+                if slots is not None:
+                    slots.release()
+                backoff_s = min(max(2 * backoff_s, ACCEPT_BACKOFF_MIN_S), ACCEPT_BACKOFF_MAX_S)
+                self.refusals.refuse(
+                    "accept_error",
+                    "accept failed; backing off",
+                    listener=self.name,
+                    error=exc.strerror or str(exc),
+                    errno=exc.errno,
+                    backoff_s=backoff_s,
+                )
+                await anyio.sleep(backoff_s)
+                continue
+            backoff_s = 0.0
+            task_group.start_soon(self._serve_one, handler, stream, slots)
+
+    async def _serve_one(
+        self,
+        handler: Callable[[anyio.abc.SocketStream], Any],
+        stream: anyio.abc.SocketStream,
+        slots: anyio.Semaphore | None,
+    ) -> None:
+        slot = _Slot(slots)
+        token = _SETUP_SLOT.set(slot)
+        try:
             read_one_chunk_per_wait(stream)
             pause_reading(stream)
             await handler(stream)
-
-        await self._inner.serve(serve_one, task_group)
+        except Exception:
+            # A bug, and a peer may be able to trigger it at will: the first tracebacks, then
+            # one at each doubling count.
+            self.handler_failures += 1
+            count = self.handler_failures
+            if count & (count - 1) == 0:
+                log.exception("connection handler failed", listener=self.name, count=count)
+            await abort(stream)
+        finally:
+            slot.release()
+            _SETUP_SLOT.reset(token)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -94,6 +187,31 @@ class _ReadOnWaitListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._inner.extra_attributes
+
+
+class _Slot:
+    """A connection's place among those being set up; released once."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: anyio.Semaphore | None) -> None:
+        self._slots = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
+_SETUP_SLOT: contextvars.ContextVar[_Slot] = contextvars.ContextVar("muxtunnel_setup_slot")
+
+
+def setup_done() -> None:
+    """The connection this task serves is set up: its listener may accept the next one (see
+    `setting_up` of a listener's `serve`). Nothing outside such a handler."""
+    slot = _SETUP_SLOT.get(None)
+    if slot is not None:
+        slot.release()
 
 
 async def connect(
@@ -112,37 +230,21 @@ async def connect(
     return stream
 
 
-async def connect_protocol(
-    host: str, port: int, protocol: asyncio.Protocol, *, timeout_s: float = CONNECT_TIMEOUT_S
-) -> asyncio.Transport:
-    """A TCP connection to `host:port` driven by `protocol`; `TransportError` if it cannot be
-    made in time. No anyio stream around it (its connect runs a task group per attempt)."""
-    loop = asyncio.get_running_loop()
-    try:
-        with anyio.fail_after(timeout_s):
-            transport, _ = await loop.create_connection(lambda: protocol, host, port)
-    except TimeoutError:
-        raise TransportError(f"connecting to {host}:{port} timed out after {timeout_s} s") from None
-    except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # reset already: the protocol hears of it
-            pass
-    return transport
+async def listen_tcp(
+    host: str, port: int, *, name: str = "tcp", refusals: Refusals | None = None
+) -> TcpListener:
+    """A TCP listener on `host:port` (0: any free port); `TransportError` if it cannot bind.
 
-
-async def listen_tcp(host: str, port: int) -> anyio.abc.Listener[anyio.abc.SocketStream]:
-    """A TCP listener on `host:port` (0: any free port); `TransportError` if it cannot bind."""
+    Its `serve` never ends for an accept error (see `TcpListener`): those are counted in
+    `refusals` as "accept_error", `name` saying which listener in the log.
+    """
     try:
         listener = await anyio.create_tcp_listener(
             local_host=host, local_port=port, backlog=LISTEN_BACKLOG
         )
     except OSError as exc:
         raise TransportError(_bind_error(host, port, "tcp", exc)) from None
-    return _ReadOnWaitListener(listener)
+    return TcpListener(listener, name, refusals if refusals is not None else Refusals(log))
 
 
 def _bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
@@ -213,17 +315,6 @@ async def abort(stream: anyio.abc.ByteStream) -> None:
             await stream.aclose()
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-
-
-def abort_transport(transport: asyncio.Transport) -> None:
-    """Close an asyncio socket transport so the peer sees a failure (RST). Never raises."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        except (OSError, ValueError, AttributeError):  # gone already (see peer_address)
-            pass
-    transport.abort()
 
 
 # --- UDP ---

@@ -2,8 +2,9 @@
 
 Datagrams are never truncated and never queued without bound: an oversize datagram, one that
 finds its flow's send buffer full, or one whose socket's write buffer is full is dropped and
-counted. A flow idle for `idle_s` expires; past `max_flows` the least recently active flow is
-evicted. Both end the flow's stream with RST.
+counted. A flow idle for `idle_s` expires; past `max_flows`, or when the service has its share
+of the session's streams (`streams`, see `quota`), the least recently active flow is evicted.
+Both end the flow's stream with RST.
 
 The sockets are `transport.UdpEndpoint`s: each datagram is framed and queued from the loop's
 callback, with no task switch per datagram, which is what lets a Python process keep up with a
@@ -15,6 +16,7 @@ was sent or dropped).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
 from collections import OrderedDict
@@ -26,6 +28,8 @@ import anyio.abc
 
 from mux import MuxStream, Session, StreamConsumer
 from muxtunnel.control import VisitorHeader, encode_visitor_header
+from muxtunnel.log import Refusals
+from muxtunnel.quota import Share
 from muxtunnel.transport import Address, TransportError, UdpEndpoint, open_udp
 
 #: Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes).
@@ -149,12 +153,17 @@ class UdpForwarder:
         idle_s: float,
         max_flows: int,
         counters: UdpCounters | None = None,
+        streams: Share | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.session = session
         self.service = service
         self.idle_s = idle_s
         self.max_flows = max_flows
         self.counters = counters or UdpCounters()
+        #: Its share of the session's streams: one per flow (None: no share to keep to).
+        self.streams = streams
+        self.refusals = refusals
         self.flows: OrderedDict[Address, _Flow] = OrderedDict()
         self._serving = False
         self._endpoint: UdpEndpoint | None = None
@@ -179,9 +188,10 @@ class UdpForwarder:
         finally:
             self._serving = False
             self._endpoint.close()
-            for flow in self.flows.values():
+            flows = list(self.flows.values())
+            self.flows.clear()  # first: each reset reaches its sink, which looks itself up
+            for flow in flows:
                 self._end(flow)
-            self.flows.clear()
 
     def _on_datagram(self, datagram: bytes, address: Address) -> None:
         flow = self.flows.get(address)
@@ -196,16 +206,33 @@ class UdpForwarder:
             self.counters.dropped_oversize += 1
             return
         while len(self.flows) >= self.max_flows:
-            _, oldest = self.flows.popitem(last=False)
-            self.counters.flows_evicted += 1
-            self._end(oldest)
+            self._evict_oldest()
+        streams = self.streams
+        while streams is not None and not streams.take():
+            if not self.flows:  # others hold the session's streams: nothing of ours to give
+                self.counters.dropped_backpressure += 1
+                if self.refusals is not None:
+                    self.refusals.refuse(
+                        "stream_quota",
+                        "udp flow refused: its service has its share of the session's streams",
+                        service=self.service,
+                    )
+                return
+            self._evict_oldest()
         header = encode_visitor_header(VisitorHeader(self.service, "udp", *address))
         try:
             stream = self.session.open_stream_nowait(header + frame(datagram))
-        except anyio.WouldBlock:
-            self.counters.dropped_backpressure += 1
-            return
-        except anyio.BrokenResourceError:
+        except (anyio.WouldBlock, anyio.BrokenResourceError) as exc:
+            if streams is not None:
+                streams.give_back()
+            if isinstance(exc, anyio.WouldBlock):  # the client has not ACKed its backlog yet
+                self.counters.dropped_backpressure += 1
+                if self.refusals is not None:
+                    self.refusals.refuse(
+                        "udp_flow_backlog",
+                        "udp flow refused: the client has not taken the last ones yet",
+                        service=self.service,
+                    )
             return
         self.counters.flows_opened += 1
         self.counters.datagrams_in += 1
@@ -234,18 +261,37 @@ class UdpForwarder:
                     self.counters.flows_expired += 1
                     self._end(flow)
 
-    @staticmethod
-    def _end(flow: _Flow) -> None:
+    def _evict_oldest(self) -> None:
+        _, oldest = self.flows.popitem(last=False)
+        self.counters.flows_evicted += 1
+        self._end(oldest)
+        if self.refusals is not None:
+            self.refusals.refuse(
+                "udp_flow_evicted",
+                "udp flow evicted to make room for a new one",
+                service=self.service,
+            )
+
+    def _end(self, flow: _Flow) -> None:
+        """A flow left `flows`: reset its stream (its sink hears of it), give its stream back."""
         flow.stream.reset()
+        if self.streams is not None:
+            self.streams.give_back()
 
 
 async def serve_flow(
-    stream: MuxStream, target: Address, counters: UdpCounters, *, idle_s: float | None = None
+    stream: MuxStream,
+    target: Address,
+    counters: UdpCounters,
+    *,
+    idle_s: float | None = None,
+    dial_slots: anyio.Semaphore | None = None,
 ) -> None:
     """Client side of one flow: a connected UDP socket towards the local service.
 
     The server owns the flow's lifetime (idle expiry, eviction) and ends the stream, which ends
-    this socket; `idle_s` lets the client end an idle flow sooner, on its own terms.
+    this socket; `idle_s` lets the client end an idle flow sooner, on its own terms. The socket
+    is opened holding one of `dial_slots` (its service's: see the client's visitors).
     """
     ended = anyio.Event()
     sink: DatagramSink | None = None
@@ -256,7 +302,8 @@ async def serve_flow(
         queue_datagram(stream, datagram, counters)
 
     try:
-        endpoint = await open_udp(from_target, remote=target)
+        async with dial_slots if dial_slots is not None else contextlib.nullcontext():
+            endpoint = await open_udp(from_target, remote=target)
     except TransportError:
         stream.reset()
         return

@@ -26,16 +26,27 @@ import pytest
 from bench.procstat import cpu_seconds, fd_count, peak_kib, reset_peak, rss_mib
 
 FIGURES_KEY = pytest.StashKey["Figures"]()
-#: Columns printed for every record, in this order; anything else goes to "other".
+#: Columns printed for every record, in this order; anything else goes to "other". Where a
+#: test runs a tunnel, RSS and fds are `listen`'s and the `up_` columns `up`'s, and the honest
+#: columns are the neighbour's during the attack (its share of successful round trips, and
+#: their latency): together the shared-fate table of `make stress`.
 COLUMNS = (
+    ("honest_ok_pct", "honest ok %"),
+    ("honest_p50_ms", "honest p50 ms"),
+    ("honest_p99_ms", "honest p99 ms"),
     ("rss_mib", "peak RSS MiB"),
     ("rss_growth_mib", "RSS +MiB"),
     ("fds", "peak fds"),
+    ("up_rss_mib", "up RSS MiB"),
+    ("up_fds", "up fds"),
     ("cpu_s", "CPU s"),
-    ("honest_p50_ms", "honest p50 ms"),
-    ("honest_p99_ms", "honest p99 ms"),
     ("seconds", "seconds"),
 )
+
+
+def up_figures(meter: ProcMeter) -> dict[str, float | int]:
+    """The `up` columns, from a meter of the `up` process."""
+    return {"up_rss_mib": meter.peak_rss_mib, "up_fds": meter.peak_fds}
 
 
 @dataclass

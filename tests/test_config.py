@@ -54,7 +54,9 @@ def test_example_loads_for_the_server() -> None:
     config = load_server_config(EXAMPLE, env=EXAMPLE_ENV)
     assert config.token == Secret("example-token-0123456789")
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
-    assert config.services == (ServicePolicy("ssh", Secret("ssh-0123456789")),)
+    assert config.services == (
+        ServicePolicy("ssh", Secret("ssh-0123456789"), port=8022, idle_timeout_s=0.0),
+    )
     assert config.http == HttpFront("example.com", "0.0.0.0", 80)
 
 
@@ -119,7 +121,38 @@ EXAMPLE_CHANGES = [
         ("both.mux", "keepalive_timeout_s", 15.0),
     ),
     ("udp_flow_idle_s: 60", "udp_flow_idle_s: 90", ("both", "udp_flow_idle_s", 90.0)),
-    ("udp_max_flows: 4096", "udp_max_flows: 2048", ("both", "udp_max_flows", 2048)),
+    ("udp_max_flows: 1024", "udp_max_flows: 512", ("both", "udp_max_flows", 512)),
+    (
+        "max_visitors_per_source: 256",
+        "max_visitors_per_source: 128",
+        ("server", "max_visitors_per_source", 128),
+    ),
+    (
+        "visitor_idle_timeout_s: 300",
+        "visitor_idle_timeout_s: 120",
+        ("server", "visitor_idle_timeout_s", 120.0),
+    ),
+    (
+        "max_services_per_session: 64",
+        "max_services_per_session: 32",
+        ("server", "max_services_per_session", 32),
+    ),
+    (
+        "max_sessions_per_source: 16",
+        "max_sessions_per_source: 8",
+        ("server", "max_sessions_per_source", 8),
+    ),
+    ("port_reservation_s: 60", "port_reservation_s: 30", ("server", "port_reservation_s", 30.0)),
+    (
+        "compression_level_max: 3",
+        "compression_level_max: 5",
+        ("server", "compression_level_max", 5),
+    ),
+    (
+        'compression_budget_bytes: "64MiB"',
+        'compression_budget_bytes: "32MiB"',
+        ("server", "compression_budget_bytes", 32 << 20),
+    ),
     ("reconnect_min_s: 0.5", "reconnect_min_s: 0.75", ("client", "reconnect_min_s", 0.75)),
     ("reconnect_max_s: 30", "reconnect_max_s: 45", ("client", "reconnect_max_s", 45.0)),
 ]

@@ -11,6 +11,7 @@ from anyio.abc import ByteStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from muxtunnel import framing
 from muxtunnel.control import (
     AUTH_FAILED,
     BAD_REQUEST,
@@ -157,7 +158,28 @@ def test_largest_allowed_message_is_accepted() -> None:
 
 def test_encode_refuses_an_oversize_message() -> None:
     with pytest.raises(ValueError, match="exceeds"):
-        encode_message(Error(BAD_REQUEST, "\U0001f600" * 1024))
+        framing.frame({"kind": "unregister", "pad": "p" * MAX_MESSAGE_BYTES})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "port 80 is not allowed (allowed: " + ",".join(map(str, range(1024, 3024, 10))) + ")",
+        "\U0001f600" * 1024,
+        "x" * 100_000,
+        "two\nlines\x1b[31m",
+    ],
+    ids=["long port list", "4-byte characters", "100 000 chars", "control characters"],
+)
+def test_an_error_is_made_safe_at_construction_never_refused(text: str) -> None:
+    """An error message used to raise ValueError over 1024 characters (and crash `listen` on a
+    refusal listing a long allow_ports): now it is shortened and escaped, and always encodes."""
+    error = Error(BAD_REQUEST, text)
+    assert len(error.message) <= 1024 and error.message.isprintable()
+    assert error.message[:20] == text[:20] or not text.isprintable()
+    assert "\n" not in error.message
+    decoded = decode_message(encode_message(error)[2:])
+    assert decoded == error
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_status_documents_keep_their_keys() -> None:
     ).to_dict()
     assert set(server) == {
         "role", "version", "bind", "tls", "uptime_s", "auth_failures", "sessions", "services",
-        "connections", "web",
+        "connections", "web", "refusals",
     }  # fmt: skip
     assert server["sessions"] == [
         {"id": 1, "peer": "10.0.0.1:5000", "age_s": 2.5, "rtt_ms": 12.3, "streams": 3,
@@ -135,7 +135,7 @@ def test_status_documents_keep_their_keys() -> None:
     client = ClientStatus("1", "server:7835", 2, (session,), (service,)).to_dict()
     assert set(client) == {
         "role", "version", "server", "connected", "rtt_ms", "reconnects", "services",
-        "connections",
+        "connections", "refusals",
     }  # fmt: skip
     assert (client["role"], client["connected"], client["rtt_ms"]) == ("client", True, 12.3)
     assert set(client["services"][0]) == {

@@ -86,7 +86,11 @@ MUXTUNNEL_RANKS = {
     "log": 1,
     "termlog": 1,
     "transport": 1,  # the network seam
+    "sockets": 2,  # its part for protocol-driven sockets (the relay)
     "compress": 1,
+    "quota": 1,
+    "admission": 2,
+    "framing": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
     "limits": 2,
@@ -285,6 +289,7 @@ def test_rich_waits_for_a_terminal(module: str) -> None:
 #: Modules that may catch the socket layer's own exceptions, and why.
 FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
+    "muxtunnel.sockets": "the network seam for protocol-driven sockets: connect, abort",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.reload": "stat() of the config file",

@@ -2,6 +2,12 @@
 without zstd, on compressible and incompressible data.
 
     .venv/bin/python -m bench.micro.compression [--megabytes 64] [--level 3]
+    .venv/bin/python -m bench.micro.compression --memory
+
+`--memory` prints what a compressed visitor stream holds per level instead: the RSS growth of
+a fresh process per level with 100 streams that each carried one byte each way (what an idle
+visitor costs), beside the estimate a session's compression budget is charged
+(`compress.stream_memory_bytes`: contexts plus a full window, what a busy stream can reach).
 
 Each row writes `--megabytes` in 64 KiB writes (the size `proxy.pipe` hands over at most is
 256 KiB; 64 KiB is closer to what an interactive protocol or a loaded socket yields) on one
@@ -79,9 +85,58 @@ async def main(megabytes: int, level: int) -> None:
             print(f"{name:16} {mode:6} {rate:8.1f} {wire / len(data):11.3f}")
 
 
+_MEMORY_PROBE = """
+import os, sys
+from bench.procstat import rss_mib
+from muxtunnel.compress import CompressedStream
+level, streams = int(sys.argv[1]), int(sys.argv[2])
+import anyio
+class Loop(anyio.abc.ByteStream):  # what is sent comes back: one byte each way per stream
+    def __init__(self): self.data = b""
+    async def send(self, item): self.data += item
+    async def receive(self, max_bytes=65536): data, self.data = self.data, b""; return data
+    async def send_eof(self): pass
+    async def aclose(self): pass
+async def run():
+    held = []
+    before = rss_mib(os.getpid())
+    for _ in range(streams):
+        stream = CompressedStream(Loop(), level)
+        await stream.send(b"x")
+        assert await stream.receive() == b"x"
+        held.append(stream)
+    print((rss_mib(os.getpid()) - before) / streams)
+anyio.run(run)
+"""
+
+
+def memory(levels: tuple[int, ...] = (1, 3, 5, 7, 9, 12, 19), streams: int = 100) -> None:
+    """RSS per compressed stream (one byte each way), each level in a fresh process."""
+    import subprocess
+    import sys
+
+    from muxtunnel.compress import stream_memory_bytes
+
+    print(f"zstd memory per compressed stream, {streams} streams per level")
+    print(f"{'level':>5} {'RSS MiB (1 byte)':>17} {'budget charge MiB':>18}")
+    for level in levels:
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(level), str(streams)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        charge = stream_memory_bytes(level) / 2**20
+        print(f"{level:5} {float(out):17.2f} {charge:18.2f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=64)
     parser.add_argument("--level", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="memory per stream and level")
     args = parser.parse_args()
-    anyio.run(main, args.megabytes, args.level)
+    if args.memory:
+        memory()
+    else:
+        anyio.run(main, args.megabytes, args.level)

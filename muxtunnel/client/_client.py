@@ -28,6 +28,7 @@ from muxtunnel.client._state import (
 )
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.status import ClientStatus, SessionRow
@@ -36,6 +37,11 @@ from muxtunnel.tls import TlsError, client_context
 __all__ = ["Client", "backoff_s"]
 
 log = structlog.get_logger("muxtunnel.client")
+
+#: Visitors of one service that connect to it at once. Streams are accepted as they come (so
+#: the server can open the next, for any service); their connects wait per service, so that a
+#: flood of one service's visitors never queues another's behind it.
+DIALS_PER_SERVICE = 16
 
 
 def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
@@ -61,6 +67,9 @@ class Client:
         self.traffic: dict[str, ServiceTraffic] = {}
         #: TCP visitors in flight: a graceful stop waits for it to drain.
         self.visitors = Visitors()
+        #: What this side refused or failed per visitor, by reason (logged doubling).
+        self.refusals = Refusals(log)
+        self._dials: dict[str, anyio.Semaphore] = {}
         #: The live session's control channel, for registrations after a reload.
         self._control: Control | None = None
         self._session_started = 0.0
@@ -68,6 +77,13 @@ class Client:
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
         return self.traffic.setdefault(name, ServiceTraffic())
+
+    def dial_slots(self, name: str) -> anyio.Semaphore:
+        """Visitors of service `name` that may connect to it at once (`DIALS_PER_SERVICE`)."""
+        slots = self._dials.get(name)
+        if slots is None:
+            slots = self._dials[name] = anyio.Semaphore(DIALS_PER_SERVICE)
+        return slots
 
     @property
     def server(self) -> str:
@@ -276,4 +292,5 @@ class Client:
             services=services,
             connections=tuple(connections),
             traffic=tuple(row.traffic() for row in services),
+            refusals=dict(self.refusals.counts),
         )

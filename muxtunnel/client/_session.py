@@ -177,6 +177,8 @@ class Control:
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
         state.compression = reply.compression if spec.compression else None
+        # An older server says no level: ours, as it was then.
+        state.compression_level = reply.compression_level or spec.compression_level
         host = reply.public_host
         if host in ("0.0.0.0", "::", ""):
             host = self._config.server_host

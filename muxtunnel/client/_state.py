@@ -47,8 +47,10 @@ class ServiceState:
     udp: UdpCounters = field(default_factory=UdpCounters)
     #: Its UDP flows, least recently opened first (the first to go past `udp_max_flows`).
     flows: OrderedDict[int, MuxStream] = field(default_factory=OrderedDict)
-    #: Agreed with the server at registration (None: visitor bytes travel as they are).
+    #: Agreed with the server at registration (None: visitor bytes travel as they are), and
+    #: the level both sides compress with (the server's cap applies to ours too).
     compression: str | None = None
+    compression_level: int = 0
     #: http/https: every URL the server routes to it (`public` is the first).
     urls: tuple[str, ...] = ()
 

@@ -20,6 +20,7 @@ from muxtunnel import control
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, HEADER_TIMEOUT_S, ServiceState
 from muxtunnel.forward import Visitors, forward, forward_to, guarded
 from muxtunnel.limits import ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
 from muxtunnel.transport import TransportError, connect
 from muxtunnel.udp import serve_flow
@@ -47,8 +48,17 @@ class Host(Protocol):
         """TCP visitors in flight: a graceful stop waits for it to drain."""
         ...
 
+    @property
+    def refusals(self) -> Refusals:
+        """What the client refused or failed per visitor, by reason (logged doubling)."""
+        ...
+
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
+        ...
+
+    def dial_slots(self, name: str) -> anyio.Semaphore:
+        """Visitors of service `name` that may connect to it at once (see `DIALS_PER_SERVICE`)."""
         ...
 
 
@@ -66,7 +76,9 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         return
     state = host.services.get(header.service)
     if state is None or state.spec.type != header.type:
-        log.warning("visitor for an unknown service", service=header.service)
+        host.refusals.refuse(
+            "unknown_service", "visitor for an unknown service", service=header.service
+        )
         stream.reset()
         return
     spec, config = state.spec, host.config
@@ -81,13 +93,15 @@ async def _serve(host: Host, stream: MuxStream) -> None:
                 (spec.local_host, spec.local_port),
                 state.udp,
                 idle_s=config.udp_flow_idle_s,
+                dial_slots=host.dial_slots(spec.name),
             )
         finally:
             state.flows.pop(stream.stream_id, None)
         return
     peer = f"{header.peer_host}:{header.peer_port}"
+    compressed = state.compression is not None and header.compressed
     try:
-        if not state.compression:
+        if not compressed:  # relayed by callbacks from the connect on (`forward_to`)
             with host.visitors.track():
                 await forward_to(
                     spec.local_host,
@@ -97,11 +111,15 @@ async def _serve(host: Host, stream: MuxStream) -> None:
                     peer=peer,
                     traffic=host.traffic_of(spec.name),
                     connect_timeout_s=CONTROL_TIMEOUT_S,
+                    dial_slots=host.dial_slots(spec.name),
                 )
             return
-        target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
+        async with host.dial_slots(spec.name):
+            target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
     except TransportError as exc:
-        log.warning(
+        # One line per visitor while the service is down would let visitors write our log.
+        host.refusals.refuse(
+            "local_unreachable",
             "local service unreachable",
             service=spec.name,
             local=spec.local,
@@ -118,5 +136,5 @@ async def _serve(host: Host, stream: MuxStream) -> None:
             service=spec.name,
             peer=peer,
             traffic=host.traffic_of(spec.name),
-            compression_level=spec.compression_level if state.compression else None,
+            compression_level=state.compression_level if compressed else None,
         )

@@ -33,6 +33,7 @@ __all__ = ["SERVER_KEYS", "server"]
 _PORTS = "a port list like '1024-65535,8080'"
 _POLICY_KEYS = (
     "name", "token", "bandwidth_bytes_per_s", "max_connections", "compression", "custom_domains",
+    "port", "idle_timeout_s",
 )  # fmt: skip
 
 
@@ -53,7 +54,7 @@ def _allow_ports(node: Node, env: Mapping[str, str]) -> PortRanges:
 def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
     if isinstance(node, Scalar) and node.yaml_node is None:
         return v.override_list(node, ServicePolicy)
-    policies, names = [], dict[str, Node]()
+    policies, names, ports = [], dict[str, Node](), dict[str, Node]()
     for item in v.items(node):
         entry = v.entry(item)
         check_keys(entry, _POLICY_KEYS)
@@ -74,6 +75,11 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             limits["compression"] = v.boolean(found, env)
         if found := present(entry, "custom_domains"):
             limits["custom_domains"] = _web.domain_patterns(found, env)
+        if found := present(entry, "port"):
+            limits["port"] = v.integer(found, env, 1, 65535)
+            v.unique_name(ports, str(limits["port"]), found, what="pinned port")
+        if found := present(entry, "idle_timeout_s"):
+            limits["idle_timeout_s"] = v.non_negative(found, env)
         token = v.token(token_node, env) if token_node else None
         policies.append(ServicePolicy(name, token, **limits))
     return tuple(policies)
@@ -101,8 +107,13 @@ _FIELDS: dict[str, v.Reader] = {
     "auth_timeout_s": v.positive,
     "drain_timeout_s": v.non_negative,
     "max_visitors_per_service": v.count,
+    "max_visitors_per_source": v.count,
+    "visitor_idle_timeout_s": v.non_negative,
     "udp_flow_idle_s": v.positive,
     "udp_max_flows": v.count,
+    "max_sessions_per_source": v.count,
+    "max_services_per_session": v.count,
+    "port_reservation_s": v.non_negative,
     "auth_failures_burst": v.count,
     "auth_failures_per_min": v.positive,
     "max_preauth_connections": v.count,
@@ -112,6 +123,7 @@ _FIELDS: dict[str, v.Reader] = {
     "metrics": v.endpoint,
     "admin": v.endpoint,
     "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
+    "compression_budget_bytes": v.size,
     "http": _web.http_front,
     "https": _web.https_front,
 }

@@ -20,6 +20,8 @@ from typing import NoReturn
 
 import yaml
 
+from muxtunnel.log import safe_text
+
 __all__ = [
     "ConfigError",
     "List",
@@ -44,6 +46,8 @@ MAX_INCLUDE_DEPTH = 8
 MAX_NODES_PER_FILE = 100_000
 
 TOP_KEYS = ("server", "client", "include")
+#: Longest message of a ConfigError (a key path of deeply nested includes stays well within).
+_MAX_MESSAGE_CHARS = 2000
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _RESOLVER = yaml.resolver.Resolver()
@@ -52,7 +56,14 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid. The message is one line naming file, line and key path."""
+    """The configuration is invalid. The message is one line naming file, line and key path.
+
+    One line whatever the file holds: unprintable characters (a line break in a key, which a
+    key path quotes as it is) are escaped at construction, so a file cannot forge a log line.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(safe_text(message, _MAX_MESSAGE_CHARS, 4 * _MAX_MESSAGE_CHARS))
 
 
 @dataclass(slots=True)

@@ -228,11 +228,13 @@ def endpoint(node: Node, env: Mapping[str, str]) -> Endpoint | None:
     return Endpoint(host, port, secret)
 
 
-def unique_name(names: dict[str, Node], name: str, node: Node) -> None:
-    """Refuse a service name given twice in one list."""
+def unique_name(
+    names: dict[str, Node], name: str, node: Node, *, what: str = "service name"
+) -> None:
+    """Refuse a service name (or another `what`) given twice in one list."""
     if name in names:
         first = names[name]
-        fail(node, f"duplicate service name {name!r} (first at {first.file}:{first.line})")
+        fail(node, f"duplicate {what} {name!r} (first at {first.file}:{first.line})")
     names[name] = node
 
 

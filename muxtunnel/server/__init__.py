@@ -2,8 +2,10 @@
 
 Modules: `_server` (accepts carriers, owns the state, `apply_config`, `status`), `_session`
 (one client: control channel, authentication, registrations), `_services` (public sockets and
-their visitors), `_registry` (live services), `_admission` (the pre-auth gate), `_host` (what a
-session may use of its server).
+what a session's services share), `_visitors` (a TCP service's visitors: admission, idle
+timeout, forwarding), `_web` (the shared web ports), `_registry` (live services and reserved
+ports), `_host` (what a session may use of its server). The pre-auth gate is
+`muxtunnel.admission`, shared with the HTTP endpoints.
 """
 
 from muxtunnel.server._server import Server

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from muxtunnel.admission import AdmissionGate
 from muxtunnel.auth import FailureLimiter, TokenBook
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
+from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
-from muxtunnel.server._admission import PreAuthGate
 from muxtunnel.server._registry import Registry
 
 if TYPE_CHECKING:  # loaded only by a server with web ports
@@ -41,7 +42,7 @@ class Host(Protocol):
         ...
 
     @property
-    def preauth(self) -> PreAuthGate:
+    def preauth(self) -> AdmissionGate:
         """Connections that have not authenticated yet."""
         ...
 
@@ -58,6 +59,19 @@ class Host(Protocol):
     @property
     def visitors(self) -> Visitors:
         """TCP visitors in flight, all sessions (each service's tracker counts into it)."""
+        ...
+
+    @property
+    def refusals(self) -> Refusals:
+        """Every refusal of the server, by reason (counted for the metrics, logged doubling)."""
+        ...
+
+    def admit_session(self, source: str) -> bool:
+        """Count one more authenticated session from `source`; False if it has its maximum."""
+        ...
+
+    def prune(self) -> None:
+        """Forget the per-name state (traffic, limits) of names gone for longer than a while."""
         ...
 
     def traffic_of(self, name: str) -> ServiceTraffic:

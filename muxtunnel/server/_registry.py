@@ -1,7 +1,15 @@
-"""The services registered on a server: by name and by (type, port), with their live counters."""
+"""The services registered on a server: by name and by (type, port), with their live counters.
+
+A public port belongs to the service (name, and the token it proved) that holds it. When the
+service's session ends, the port stays reserved for it for `port_reservation_s`: its client
+reconnects and asks for the same port, and nobody else may take it meanwhile (an explicit
+Unregister, or the server closing the service, gives the port up at once).
+"""
 
 from __future__ import annotations
 
+import hmac
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -9,12 +17,13 @@ import anyio
 
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
+from muxtunnel.quota import Quota, Share
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServiceRow
 from muxtunnel.udp import UdpCounters
 
-__all__ = ["ActiveService", "RegistrationError", "Registry"]
+__all__ = ["ActiveService", "RegistrationError", "Registry", "Reservation", "admit_web_visitor"]
 
 
 class RegistrationError(Exception):
@@ -36,6 +45,17 @@ class ActiveService:
     session_id: int
     #: Its TCP visitors in flight (counted in the server's tracker too).
     in_flight: Visitors
+    #: The key its client proved it holds: a reservation of its port is for this key only.
+    key: bytes = b""
+    #: Its share of the session's streams (one per TCP visitor or UDP flow).
+    streams: Share = field(default_factory=lambda: Quota(1 << 30).share("-"))
+    #: Its share of the session's compression memory (bytes).
+    compression_memory: Share = field(default_factory=lambda: Quota(1 << 40).share("-"))
+    #: Visitors in flight per source address (`auth.address_key`).
+    sources: Counter[str] = field(default_factory=Counter)
+    #: Set when the port is given up on purpose (Unregister, closed by the server): no
+    #: reservation is kept for it.
+    released: bool = False
     #: Cancelled: the service and all its visitors stop.
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Cancelled: the public socket closes, open visitor connections carry on.
@@ -45,6 +65,8 @@ class ActiveService:
     #: Agreed at registration: visitor streams are compressed with this (None: not at all).
     compression: str | None = None
     compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    #: The client takes visitor streams uncompressed when their header says so.
+    compression_fallback: bool = False
     #: Set once the public socket is closed and the service's tasks are over.
     ended: anyio.Event = field(default_factory=anyio.Event)
     #: http/https: where visitors reach it (no public socket of its own).
@@ -94,24 +116,84 @@ class ActiveService:
         )
 
 
+def admit_web_visitor(
+    service: ActiveService, config: ServerConfig, limiter: ServiceLimiter
+) -> str | None:
+    """Why a web service's new visitor gets no stream to its client (None: it took one of the
+    service's share of streams, to give back with `service.streams.give_back()`)."""
+    limit = config.max_visitors_per_service
+    if limiter.max_connections is not None:
+        limit = min(limit, limiter.max_connections)
+    if service.visitors >= limit:
+        return f"service {service.name!r} has {limit} connections open"
+    if not service.streams.take():
+        return f"service {service.name!r} has its share of its session's streams"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A port kept for the service that held it until `until` (`anyio.current_time()`)."""
+
+    name: str
+    key: bytes
+    until: float
+
+    def belongs_to(self, name: str, key: bytes) -> bool:
+        """Is this the same service, proven with the same token?"""
+        return name == self.name and hmac.compare_digest(key, self.key)
+
+
 class Registry:
     """Live services of all sessions, by name and by (type, port): tcp and udp services hold
-    a port of their own, web services share the server's web ports."""
+    a port of their own (and keep it reserved a while after their session), web services share
+    the server's web ports."""
 
     def __init__(self) -> None:
         self.by_name: dict[str, ActiveService] = {}
         self.ports: set[tuple[str, int]] = set()
+        #: Ports of services whose session ended, kept for them (at most one per port).
+        self.reserved: dict[tuple[str, int], Reservation] = {}
+        #: Names that left the registry, and when: per-name state is kept a while for them.
+        self.retired: dict[str, float] = {}
 
     def add(self, service: ActiveService) -> None:
         """Register `service` (its name and port must be free: the caller checked)."""
         self.by_name[service.name] = service
         if service.type not in WEB_TYPES:
             self.ports.add((service.type, service.port))
+            self.reserved.pop((service.type, service.port), None)
+        self.retired.pop(service.name, None)
 
-    def remove(self, service: ActiveService) -> None:
-        """Unregister `service`, and cancel it (its public socket and its visitors)."""
+    def remove(self, service: ActiveService, reserve_s: float = 0.0) -> None:
+        """Unregister `service`, and cancel it (its public socket and its visitors).
+
+        Unless it was `released`, its port is reserved for it for `reserve_s` seconds.
+        """
         if self.by_name.get(service.name) is service:
+            now = anyio.current_time()
             del self.by_name[service.name]
+            self.retired[service.name] = now
             if service.type not in WEB_TYPES:
                 self.ports.discard((service.type, service.port))
+                if reserve_s > 0 and not service.released:
+                    self.reserved[(service.type, service.port)] = Reservation(
+                        service.name, service.key, now + reserve_s
+                    )
+        service.streams.leave()
+        service.compression_memory.leave()
         service.scope.cancel()
+
+    def reservation(self, type: str, port: int) -> Reservation | None:
+        """The reservation in force on `(type, port)`, if any (expired ones are dropped)."""
+        found = self.reserved.get((type, port))
+        if found is not None and found.until <= anyio.current_time():
+            del self.reserved[(type, port)]
+            return None
+        return found
+
+    def expire(self) -> None:
+        """Drop the reservations that have run out (bounded anyway: one per port)."""
+        now = anyio.current_time()
+        for where in [where for where, r in self.reserved.items() if r.until <= now]:
+            del self.reserved[where]

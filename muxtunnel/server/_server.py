@@ -8,6 +8,7 @@ whoever shows state through `status()`, a snapshot.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -16,14 +17,14 @@ import structlog
 
 from mux import Session
 from muxtunnel import __version__, control
+from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import FailureLimiter, TokenBook, address_key
 from muxtunnel.control import Error
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
-from muxtunnel.log import log_doubling
+from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.reload import ReloadError, server_changes
-from muxtunnel.server._admission import PreAuthGate, PreAuthTicket
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
@@ -38,6 +39,13 @@ __all__ = ["Server"]
 
 log = structlog.get_logger("muxtunnel.server")
 
+#: Per-name state (traffic totals, limiter) of a name that is no longer registered is kept this
+#: long, so a client that reconnects finds its totals; and for at most this many such names,
+#: so names registered and dropped in a loop cost bounded memory (about 290 B and four metric
+#: series each).
+RETIRED_NAME_GRACE_S = 300.0
+MAX_RETIRED_NAMES = 1024
+
 
 class Server:
     """The public side: accepts clients, authenticates their services, binds public ports."""
@@ -46,8 +54,12 @@ class Server:
         self.config = config
         self.tokens = TokenBook.from_config(config)
         self.failures = FailureLimiter(config.auth_failures_burst, config.auth_failures_per_min)
+        #: Every refusal, by reason: counted for the metrics, logged at doubling counts.
+        self.refusals = Refusals(log)
         #: Connections that have not authenticated yet (bounded per address and in all).
-        self.preauth = PreAuthGate()
+        self.preauth = AdmissionGate(self.refusals)
+        #: Authenticated sessions per source address.
+        self.sources: Counter[str] = Counter()
         self.registry = Registry()
         self.sessions: dict[int, ClientSession] = {}
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
@@ -64,7 +76,6 @@ class Server:
 
             self.web = WebFront(config, self.registry, self.traffic_of, self.limiter_of)
         self.auth_failures = 0
-        self.tls_failures = 0
         self.started = 0.0
         #: The bound control port, once running.
         self.port: int | None = None
@@ -84,6 +95,48 @@ class Server:
         self.failures.record_failure(source, now)
         self.auth_failures += 1
 
+    def admit_session(self, source: str) -> bool:
+        """Count one more authenticated session from `source`; False if it has its maximum."""
+        if self.sources[source] >= self.config.max_sessions_per_source:
+            return False
+        self.sources[source] += 1
+        return True
+
+    def _session_ended(self, source: str) -> None:
+        self.sources[source] -= 1
+        if self.sources[source] <= 0:
+            del self.sources[source]
+
+    def prune(self) -> None:
+        """Forget the traffic and limiter of names unregistered long ago (see RETIRED_NAME_*).
+
+        Names still registered, configured with a policy, or with a live connection are kept.
+        """
+        registry = self.registry
+        registry.expire()
+        retired = registry.retired
+        now = anyio.current_time()
+        # A visitor that outlived its service may have made its name's state anew: retire it.
+        policies = {policy.name for policy in self.config.services}
+        orphans = self.traffic.keys() | (self.limiters.keys() - policies)
+        for name in orphans - registry.by_name.keys():
+            retired.setdefault(name, now)
+        horizon = now - RETIRED_NAME_GRACE_S
+        excess = len(retired) - MAX_RETIRED_NAMES
+        for name, since in list(retired.items()):  # oldest first
+            if since > horizon and excess <= 0:
+                break
+            traffic = self.traffic.get(name)
+            if traffic is not None and traffic.live:
+                continue  # its last visitors are on their way out; next time
+            del retired[name]
+            excess -= 1
+            self.traffic.pop(name, None)
+            if self.web is not None:  # a web service's response counters
+                self.web.engine.counters.services.pop(name, None)
+            if name not in policies:
+                self.limiters.pop(name, None)
+
     # --- running ---
 
     async def run(
@@ -94,7 +147,9 @@ class Server:
         Reports the bound control port through `task_status`.
         """
         self.started = anyio.current_time()
-        listener = await listen_tcp(self.config.bind_host, self.config.bind_port)
+        listener = await listen_tcp(
+            self.config.bind_host, self.config.bind_port, name="control", refusals=self.refusals
+        )
         self.port = local_port(listener)
         log.info(
             "listening",
@@ -150,7 +205,7 @@ class Server:
             self.preauth.release(ticket)
 
     async def _serve_carrier(
-        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: PreAuthTicket
+        self, stream: anyio.abc.SocketStream, address: tuple[str, int], ticket: Ticket
     ) -> None:
         session_id = next(self._session_ids)
         started = anyio.current_time()
@@ -162,11 +217,9 @@ class Server:
                 with anyio.fail_after(self.config.auth_timeout_s):
                     carrier = await tls.accept(stream)
             except (TlsError, TimeoutError) as exc:
-                self.tls_failures += 1
-                log_doubling(
-                    log,
+                self.refusals.refuse(
+                    "tls_failed",
                     "tls handshake failed",
-                    self.tls_failures,
                     peer=format_host_port(*address),
                     error=str(exc),
                 )
@@ -184,6 +237,7 @@ class Server:
                 del self.sessions[session_id]
                 client.stop_services()
             if client is not None and client.authenticated:
+                self._session_ended(client.source)
                 log.info(
                     "session closed",
                     session=session_id,
@@ -237,6 +291,7 @@ class Server:
     async def close_service(self, service: ActiveService, reason: str) -> None:
         """Close a live service (its visitors too) and tell its client why."""
         log.warning("service closed by the server", service=service.name, reason=reason)
+        service.released = True  # the server's decision: no reservation of its port
         self.registry.remove(service)
         client = self.sessions.get(service.session_id)
         if client is not None:
@@ -273,4 +328,5 @@ class Server:
             traffic=tuple(traffic),
             web=self.web.row() if self.web is not None else None,
             web_traffic=tuple(web_rows.values()),
+            refusals=dict(self.refusals.counts),
         )

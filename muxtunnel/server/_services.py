@@ -1,53 +1,61 @@
 """A session's public sockets: binding them, and serving the visitors that arrive on them.
 
-A TCP visitor is counted, checked against its service's limits, given a mux stream (whose first
-bytes are its `VisitorHeader`, then a PROXY protocol header if the service asked for one) and
-forwarded (`muxtunnel.forward`). A UDP service's datagrams are handled by its `UdpForwarder`,
-one stream per visitor address. HTTP and HTTPS services have no socket of their own: they are
-routes on the server's shared web ports (`_web.WebFront`).
+A public port belongs to one service: the one holding it, the one it is reserved for after its
+session ended (`_registry`), or the one the server's config pins it to (`services[].port`).
+
+A session's services share its streams and its compression memory, each with a guaranteed
+share (`SessionQuotas`, `muxtunnel.quota`). A TCP service's visitors are admitted and forwarded
+by `_visitors`. A UDP service's datagrams are handled by its `UdpForwarder`, one stream per
+visitor address, within the same stream share. HTTP and HTTPS services have no socket of their
+own: they are routes on the server's shared web ports (`_web.WebFront`).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 import structlog
 
-from mux import Session, read_ready
+from mux import Session
 from muxtunnel import control
 from muxtunnel.compress import ALGORITHMS
-from muxtunnel.control import Register, VisitorHeader
-from muxtunnel.forward import Visitors, forward, guarded, relayable
-from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServiceType
+from muxtunnel.control import Register
+from muxtunnel.forward import Visitors
+from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
+from muxtunnel.quota import Quota
+from muxtunnel.server import _visitors
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
-from muxtunnel.transport import (
-    Address,
-    TransportError,
-    abort,
-    listen_tcp,
-    local_address,
-    local_port,
-    peer_address,
-)
+from muxtunnel.transport import TcpListener, TransportError, listen_tcp, local_port
 from muxtunnel.udp import UdpForwarder
 
-__all__ = ["PublicSocket", "open_service", "serve"]
+__all__ = ["PublicSocket", "SessionQuotas", "open_service", "serve"]
 
 log = structlog.get_logger("muxtunnel.server")
 
 #: Random ports tried when a client lets the server pick (a few hundred tries finds a free port
 #: unless the allowed ranges are nearly full; then the client is told no port is free).
 PICK_ATTEMPTS = 200
-#: Most bytes a visitor sent with its connect that ride its stream's SYN (well within the
-#: stream's initial 256 KiB window); anything beyond follows as usual.
-EARLY_BYTES = 64 * 1024
 
-_Bound = anyio.abc.Listener[anyio.abc.SocketStream] | UdpForwarder
+_Bound = TcpListener | UdpForwarder
 #: None: a web service (its visitors arrive through the shared web ports).
 PublicSocket = _Bound | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuotas:
+    """What one session's services share: its streams, and its compression memory (bytes)."""
+
+    streams: Quota
+    compression: Quota
+
+    @classmethod
+    def for_config(cls, config: ServerConfig) -> SessionQuotas:
+        # One stream is the control channel; the rest are visitors' and UDP flows'.
+        return cls(Quota(config.mux.max_streams - 1), Quota(config.compression_budget_bytes))
 
 
 def _compression(host: Host, request: Register) -> tuple[str | None, int]:
@@ -64,12 +72,59 @@ def _compression(host: Host, request: Register) -> tuple[str | None, int]:
     return request.compression, min(level, config.compression_level_max)
 
 
+def pinned_ports(config: ServerConfig) -> dict[str, int]:
+    """Service name -> the port the config pins it to."""
+    return {p.name: p.port for p in config.services if p.port is not None}
+
+
+def _port_for(host: Host, request: Register, key: bytes) -> int:
+    """The port a registration may have (0: pick one); `RegistrationError` if it may not."""
+    config, registry = host.config, host.registry
+    pins = pinned_ports(config)
+    port = request.remote_port
+    mine = pins.get(request.service)
+    if mine is not None:
+        if port not in (0, mine):
+            raise RegistrationError(
+                control.PORT_NOT_ALLOWED, f"service {request.service!r} is pinned to port {mine}"
+            )
+        port = mine
+    elif port in pins.values():
+        raise RegistrationError(control.PORT_IN_USE, f"port {port} is pinned to another service")
+    elif port and port not in config.allow_ports:
+        raise RegistrationError(
+            control.PORT_NOT_ALLOWED,
+            f"port {port} is not allowed (allowed: {config.allow_ports})",
+        )
+    if not port:
+        return 0
+    if (request.type, port) in registry.ports:
+        raise RegistrationError(
+            control.PORT_IN_USE, f"{request.type} port {port} is already in use"
+        )
+    reservation = registry.reservation(request.type, port)
+    if reservation is not None and not reservation.belongs_to(request.service, key):
+        left_s = reservation.until - anyio.current_time()
+        raise RegistrationError(
+            control.PORT_IN_USE,
+            f"{request.type} port {port} is reserved for the service that held it "
+            f"(for {left_s:.0f} more seconds)",
+        )
+    return port
+
+
 async def open_service(
-    host: Host, session: Session, session_id: int, request: Register
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
 ) -> tuple[ActiveService, PublicSocket]:
     """Check a registration and bind its public socket; `RegistrationError` if refused.
 
-    The caller adds the service to the registry and serves it.
+    `key` is the one the client proved it holds (the port's owner is name and key). The caller
+    adds the service to the registry and serves it.
     """
     existing = host.registry.by_name.get(request.service)
     if existing is not None:
@@ -82,31 +137,35 @@ async def open_service(
             f"service {request.service!r} is already served by another client",
         )
     if request.type in WEB_TYPES:
-        return _web_service(host, session, session_id, request), None
-    allowed = host.config.allow_ports
-    if request.remote_port and request.remote_port not in allowed:
-        raise RegistrationError(
-            control.PORT_NOT_ALLOWED,
-            f"port {request.remote_port} is not allowed (allowed: {allowed})",
-        )
-    if (request.type, request.remote_port) in host.registry.ports:
-        raise RegistrationError(
-            control.PORT_IN_USE, f"{request.type} port {request.remote_port} is already in use"
-        )
-    sock = await _bind(host, session, request.service, request.type, request.remote_port)
+        return _web_service(host, session, session_id, request, key, quotas), None
+    port = _port_for(host, request, key)
+    sock = await _bind(host, session, request.service, request.type, port)
     port = sock.port if isinstance(sock, UdpForwarder) else local_port(sock)
     service = ActiveService(
-        request.service, request.type, port, session_id, Visitors(parent=host.visitors)
+        request.service,
+        request.type,
+        port,
+        session_id,
+        Visitors(parent=host.visitors),
+        key=key,
+        streams=quotas.streams.share(request.service),
+        compression_memory=quotas.compression.share(request.service),
     )
     service.compression, service.compression_level = _compression(host, request)
+    service.compression_fallback = request.compression_fallback
     service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
     if isinstance(sock, UdpForwarder):
-        sock.counters = service.udp
+        sock.counters, sock.streams = service.udp, service.streams
     return service, sock
 
 
 def _web_service(
-    host: Host, session: Session, session_id: int, request: Register
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
 ) -> ActiveService:
     web = host.web
     if web is None:
@@ -121,23 +180,30 @@ def _web_service(
         web.public_port(request.type),
         session_id,
         Visitors(parent=host.visitors),
+        key=key,
     )
     service.compression, service.compression_level = _compression(host, request)
     web.register(request, service, session)
+    service.streams = quotas.streams.share(request.service)
+    service.compression_memory = quotas.compression.share(request.service)
     return service
 
 
-async def _bind(
-    host: Host, session: Session, name: str, type: ServiceType, port: int
-) -> _Bound:
-    config = host.config
+async def _bind(host: Host, session: Session, name: str, type: ServiceType, port: int) -> _Bound:
+    config, registry = host.config, host.registry
     public_host = config.public_host
 
     async def binder(port: int) -> _Bound:
         if type == "tcp":
-            return await listen_tcp(public_host, port)
+            return await listen_tcp(
+                public_host, port, name=f"service {name}", refusals=host.refusals
+            )
         forwarder = UdpForwarder(
-            session, name, idle_s=config.udp_flow_idle_s, max_flows=config.udp_max_flows
+            session,
+            name,
+            idle_s=config.udp_flow_idle_s,
+            max_flows=config.udp_max_flows,
+            refusals=host.refusals,
         )
         await forwarder.bind(public_host, port)
         return forwarder
@@ -149,10 +215,15 @@ async def _bind(
             raise RegistrationError(control.PORT_IN_USE, str(exc)) from None
     ranges = config.allow_ports.ranges
     weights = [hi - lo + 1 for lo, hi in ranges]
+    pinned = set(pinned_ports(config).values())
     for _ in range(PICK_ATTEMPTS):
         lo, hi = random.choices(ranges, weights)[0]
         candidate = random.randint(lo, hi)
-        if (type, candidate) in host.registry.ports:
+        if (
+            (type, candidate) in registry.ports
+            or candidate in pinned
+            or registry.reservation(type, candidate) is not None
+        ):
             continue
         try:
             return await binder(candidate)
@@ -177,76 +248,4 @@ async def serve(
             with service.listener_scope:  # datagrams have nothing to drain
                 await sock.run()
             return
-        async with anyio.create_task_group() as visitors:
-            with service.listener_scope:
-                async with sock:
-
-                    async def on_visitor(visitor: anyio.abc.SocketStream) -> None:
-                        await guarded(
-                            _serve_visitor(host, session, session_id, service, visitor),
-                            visitor,
-                            session=session_id,
-                            service=service.name,
-                        )
-
-                    await sock.serve(on_visitor, task_group=visitors)
-
-
-async def _serve_visitor(
-    host: Host,
-    session: Session,
-    session_id: int,
-    service: ActiveService,
-    visitor: anyio.abc.SocketStream,
-) -> None:
-    address = peer_address(visitor)
-    if address is None:  # reset before we got to it
-        await abort(visitor)
-        return
-    limiter = host.limiter_of(service.name)
-    limit = host.config.max_visitors_per_service
-    if limiter.max_connections is not None:
-        limit = min(limit, limiter.max_connections)
-    if service.visitors >= limit or session.closed:
-        await abort(visitor)
-        return
-    peer_host, peer_port = address
-    preamble = b""
-    if service.proxy_protocol is not None:
-        preamble = _proxy_header(service.proxy_protocol, address, visitor)
-    compression_level = service.compression_level if service.compression else None
-    with service.in_flight.track():
-        header = VisitorHeader(service.name, "tcp", peer_host, peer_port)
-        first = control.encode_visitor_header(header)
-        early = b""
-        if relayable(compression_level, limiter):
-            # What the visitor sent with its connect rides the SYN: no frame of its own.
-            early = read_ready(visitor, EARLY_BYTES)
-            first += preamble + early
-            preamble = b""
-        try:
-            stream = await session.open_stream(first)
-        except anyio.BrokenResourceError:
-            await abort(visitor)
-            return
-        await forward(
-            visitor,
-            stream,
-            visitor_side=True,
-            service=service.name,
-            peer=f"{peer_host}:{peer_port}",
-            traffic=host.traffic_of(service.name),
-            compression_level=compression_level,
-            limiter=limiter,
-            preamble=preamble,
-            sent_early=len(early),
-            session=session_id,
-        )
-
-
-def _proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
-    """The PROXY protocol header telling the local service who the visitor is."""
-    from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
-
-    local = local_address(visitor) or ("0.0.0.0", 0)
-    return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)
+        await _visitors.serve_tcp(host, session, session_id, service, sock)

@@ -2,7 +2,9 @@
 
 The client opens the session's first stream as the control channel; every later stream is
 opened by the server, one per visitor. Streams a client opens after the control channel are
-reset: a client can only ask, over the control channel, for what its tokens allow.
+refused by the mux core itself (`Session.refuse_streams`): RST at once, charged to the
+client's reset budget, so a client that keeps opening them loses its session. A client can only
+ask, over the control channel, for what its tokens allow.
 
 Until its first successful registration a session is unauthenticated: it holds a place at the
 pre-auth gate and must finish within `auth_timeout_s`. A failed authentication ends such a
@@ -18,12 +20,13 @@ import structlog
 
 from mux import MuxStream, Session
 from muxtunnel import control
+from muxtunnel.admission import Ticket
 from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
 from muxtunnel.control import Error, Hello, Register, Registered, Unregister
 from muxtunnel.server import _services
-from muxtunnel.server._admission import PreAuthTicket
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
+from muxtunnel.server._services import SessionQuotas
 from muxtunnel.status import SessionRow
 
 __all__ = ["ClientSession"]
@@ -46,7 +49,7 @@ class ClientSession:
         peer: tuple[str, int],
         session: Session,
         binding: bytes = b"",
-        preauth: PreAuthTicket | None = None,
+        preauth: Ticket | None = None,
     ) -> None:
         self.host = host
         self.id = session_id
@@ -60,6 +63,8 @@ class ClientSession:
         self.started = anyio.current_time()
         self.channel: MuxStream | None = None
         self.services: dict[str, ActiveService] = {}
+        #: What its services share: streams and compression memory, each a guaranteed share.
+        self.quotas = SessionQuotas.for_config(host.config)
         self.authenticated = False
         self.close_reason = "client disconnected"
         self._tg: anyio.abc.TaskGroup | None = None
@@ -84,13 +89,21 @@ class ClientSession:
             try:
                 await self._serve_control()
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
+                if self.session.closed:  # the mux session's own reason says more
+                    self.close_reason = self.session.close_reason or self.close_reason
             except control.ControlError as exc:
                 self.close_reason = f"bad control message: {exc}"
-                log.warning("bad control message", session=self.id, peer=self.peer, error=str(exc))
+                self.host.refusals.refuse(
+                    "bad_control_message",
+                    "bad control message",
+                    session=self.id,
+                    peer=self.peer,
+                    error=str(exc),
+                )
             except TimeoutError:
                 self.close_reason = "no authentication in time"
-                log.warning(
+                self.host.refusals.refuse(
+                    "auth_timeout",
                     "authentication timeout",
                     session=self.id,
                     peer=self.peer,
@@ -99,6 +112,15 @@ class ClientSession:
             for service in self.services.values():
                 service.session_lost = True  # before its task ends: web names wait for it
             tg.cancel_scope.cancel()
+        if refused := self.session.refused_streams:
+            self.host.refusals.refuse(
+                "client_streams",
+                "streams opened by a client refused",
+                n=refused,
+                session=self.id,
+                peer=self.peer,
+                close_reason=self.session.close_reason,
+            )
 
     async def tell(self, message: Error) -> None:
         """Send `message` on the control channel, if there is one still open."""
@@ -125,7 +147,7 @@ class ClientSession:
         assert self._tg is not None
         with anyio.fail_after(self.host.config.auth_timeout_s) as deadline:
             channel = self.channel = await self.session.accept_stream()
-            self._tg.start_soon(self._refuse_client_streams)
+            self.session.refuse_streams()
             hello = await control.receive_message(channel)
             if not isinstance(hello, Hello):
                 raise control.ControlError(f"expected hello, got {type(hello).__name__}")
@@ -161,28 +183,6 @@ class ClientSession:
             return True
         raise control.ControlError(f"unexpected {type(message).__name__} message")
 
-    async def _refuse_client_streams(self) -> None:
-        """Reset every stream the client opens after the control channel.
-
-        One log line for the first and one with the count when the session ends: a line per
-        stream would let any peer, authenticated or not, write our log at 12 bytes a line.
-        """
-        refused = 0
-        try:
-            while True:
-                stream = await self.session.accept_stream()
-                stream.reset()
-                refused += 1
-                if refused == 1:
-                    log.warning("client opened a stream; refused", session=self.id, peer=self.peer)
-        except anyio.BrokenResourceError:
-            pass
-        finally:
-            if refused > 1:
-                log.warning(
-                    "client streams refused", session=self.id, peer=self.peer, count=refused
-                )
-
     async def _register(
         self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
     ) -> bool:
@@ -191,8 +191,12 @@ class ClientSession:
         now = anyio.current_time()
         if not host.failures.allowed(self.source, now):
             retry = host.failures.retry_after(self.source, now)
-            log.warning(
-                "auth rate limited", session=self.id, peer=self.peer, retry_after_s=round(retry, 1)
+            host.refusals.refuse(
+                "auth_rate_limited",
+                "auth rate limited",
+                session=self.id,
+                peer=self.peer,
+                retry_after_s=round(retry, 1),
             )
             await control.send_message(
                 channel,
@@ -211,8 +215,12 @@ class ClientSession:
         )
         if not (valid and known):
             host.auth_failed(self.source, now)
-            log.warning(
-                "authentication failed", session=self.id, peer=self.peer, service=request.service
+            host.refusals.refuse(
+                "auth_failed",
+                "authentication failed",
+                session=self.id,
+                peer=self.peer,
+                service=request.service,
             )
             await control.send_message(
                 channel,
@@ -227,19 +235,38 @@ class ClientSession:
             self.close_reason = "authentication failed"
             return False
         if not self.authenticated:
+            if not host.admit_session(self.source):
+                limit = host.config.max_sessions_per_source
+                host.refusals.refuse(
+                    "sessions_per_source",
+                    "session refused: too many from its address",
+                    peer=self.peer,
+                    limit=limit,
+                )
+                await control.send_message(
+                    channel,
+                    Error(
+                        control.LIMIT_REACHED,
+                        f"this address has {limit} sessions already (max_sessions_per_source)",
+                        request.service,
+                    ),
+                )
+                self.close_reason = "too many sessions from its address"
+                return False
             self.authenticated = True
             if self.preauth is not None:
                 host.preauth.release(self.preauth)
             log.info("session opened", session=self.id, peer=self.peer)
         try:
-            service = await self._activate(request)
+            service = await self._activate(request, key)
         except RegistrationError as exc:
-            log.warning(
+            host.refusals.refuse(
+                f"register_{exc.code}",
                 "registration refused",
                 session=self.id,
                 service=request.service,
                 code=exc.code,
-                reason=exc.message,
+                detail=exc.message,
             )
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
@@ -247,6 +274,7 @@ class ClientSession:
             key, request.service, request.type, server_nonce, client_nonce, self.binding
         )
         public_host, compression = host.config.public_host, service.compression
+        level = service.compression_level if compression else 0
         await control.send_message(
             channel,
             Registered(
@@ -257,12 +285,21 @@ class ClientSession:
                 tag,
                 compression,
                 service.urls,
+                level,
             ),
         )
         return True
 
-    async def _activate(self, request: Register) -> ActiveService:
-        service, sock = await _services.open_service(self.host, self.session, self.id, request)
+    async def _activate(self, request: Register, key: bytes) -> ActiveService:
+        limit = self.host.config.max_services_per_session
+        if len(self.services) >= limit:
+            raise RegistrationError(
+                control.LIMIT_REACHED,
+                f"this session has {limit} services already (max_services_per_session)",
+            )
+        service, sock = await _services.open_service(
+            self.host, self.session, self.id, request, key, self.quotas
+        )
         self.host.registry.add(service)
         self.services[service.name] = service
         assert self._tg is not None
@@ -281,7 +318,9 @@ class ClientSession:
         try:
             await _services.serve(self.host, self.session, self.id, service, sock)
         finally:
-            self.host.registry.remove(service)
+            # Its session ended (or the socket failed): the port stays its own for a while.
+            self.host.registry.remove(service, self.host.config.port_reservation_s)
+            self.host.prune()
             if self.services.get(service.name) is service:
                 del self.services[service.name]
             service.ended.set()
@@ -297,6 +336,7 @@ class ClientSession:
         """Close a service; returns once its public port is free (the client may re-register)."""
         service = self.services.get(name)
         if service is not None:
+            service.released = True  # given up on purpose: no reservation
             self.host.registry.remove(service)
             with anyio.move_on_after(UNREGISTER_WAIT_S):
                 await service.ended.wait()

@@ -34,6 +34,7 @@ from muxtunnel.control import Register, VisitorHeader
 from muxtunnel.fields import MAX_LIST_ITEMS
 from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.model import HttpFront, HttpsFront, ServerConfig, ServerTls
+from muxtunnel.server import _registry
 from muxtunnel.server._registry import ActiveService, RegistrationError, Registry
 from muxtunnel.specs import SpecError, format_host_port, validate_subdomain
 from muxtunnel.status import WebRow, WebTrafficRow
@@ -115,6 +116,7 @@ class _ServiceStream(MeteredStream):
         )
         self._tracked = contextlib.ExitStack()
         self._tracked.enter_context(service.in_flight.track())
+        self._tracked.callback(service.streams.give_back)
 
     async def aclose(self) -> None:
         try:
@@ -342,15 +344,15 @@ class WebFront:
         live = self._live.get(target.service)
         if live is None or live.owner != target.owner or live.session.closed:
             raise UpstreamUnavailable(f"the client serving {target.service!r} is offline")
-        service = live.service
-        limiter = self.limiter_of(service.name)
-        limit = self.config.max_visitors_per_service
-        if limiter.max_connections is not None:
-            limit = min(limit, limiter.max_connections)
-        if service.visitors >= limit:
-            raise UpstreamUnavailable(f"service {service.name!r} has {limit} connections open")
+        service, limiter = live.service, self.limiter_of(live.service.name)
+        if refused := _registry.admit_web_visitor(service, self.config, limiter):
+            raise UpstreamUnavailable(refused)  # else it took one of the service's streams
         header = VisitorHeader(service.name, service.type, visitor.host, visitor.port)
-        stream = await live.session.open_stream(control.encode_visitor_header(header))
+        try:
+            stream = await live.session.open_stream(control.encode_visitor_header(header))
+        except BaseException:
+            service.streams.give_back()
+            raise
         peer = format_host_port(visitor.host, visitor.port)
         return _ServiceStream(stream, service, self.traffic_of(service.name), limiter, peer)
 

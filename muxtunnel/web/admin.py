@@ -17,6 +17,7 @@ from functools import partial
 import anyio
 import anyio.abc
 
+from muxtunnel.log import Refusals
 from muxtunnel.model import Endpoint
 from muxtunnel.status import STATUS_PATH, Status
 from muxtunnel.web.httpd import Response, Route, serve_http
@@ -30,12 +31,14 @@ async def run_endpoints(
     admin: Endpoint | None,
     status: Callable[[], Status],
     *,
+    refusals: Refusals | None = None,
     task_status: anyio.abc.TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the metrics endpoint and the admin API (either may be None) until cancelled.
 
     Reports the bound ports ({"metrics": ..., "admin": ...}, of those configured) once both
-    listen; raises `TransportError` if one cannot bind.
+    listen; raises `TransportError` if one cannot bind. What the endpoints refuse is counted
+    in `refusals`: the process's own, which its status snapshot (and so the metrics) shows.
     """
     collector = StatusCollector(status)
 
@@ -49,10 +52,10 @@ async def run_endpoints(
     async with anyio.create_task_group() as tg:
         if metrics is not None:
             routes: dict[str, Route] = {"/metrics": metrics_route, "/": metrics_route}
-            serve = partial(serve_http, name="metrics")
+            serve = partial(serve_http, name="metrics", refusals=refusals)
             ports["metrics"] = await tg.start(serve, metrics, routes)
         if admin is not None:
             routes = {STATUS_PATH: status_route, "/metrics": metrics_route}
-            serve = partial(serve_http, name="admin api")
+            serve = partial(serve_http, name="admin api", refusals=refusals)
             ports["admin"] = await tg.start(serve, admin, routes)
         task_status.started(ports)

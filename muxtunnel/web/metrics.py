@@ -76,8 +76,15 @@ class StatusCollector(Collector):
         for service in status.services:
             for reason, count in (service.udp_dropped or {}).items():
                 dropped.add_metric([service.name, reason], count)
+        refusals = CounterMetricFamily(
+            _P + "refusals",
+            "What a limit refused (or cut), by reason: connections, visitors, registrations",
+            labels=["reason"],
+        )
+        for reason, count in sorted(status.refusals.items()):
+            refusals.add_metric([reason], count)
         yield from (sessions, services, streams, connections, traffic, connections_total)
-        yield from (dropped, rtt)
+        yield from (dropped, rtt, refusals)
         if isinstance(status, ServerStatus):
             failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
             failures.add_metric([], status.auth_failures)

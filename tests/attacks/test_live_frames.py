@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 from e2e.harness import Harness
 from stress.live import RawCarrier, log_lines
-from stress_report import ProcMeter
+from stress_report import ProcMeter, up_figures
 
 from mux import FrameType, GoAwayCode
 from mux.testing import FrameBuilder
@@ -155,7 +155,11 @@ def test_frame_attack_on_a_live_server(live: LiveTunnel, attack: Attack, figures
     live.check_alive()
     lines_before = log_lines(live.listen)
     started = time.monotonic()
-    with ProcMeter(live.listen.pid) as meter, live.probe.window() as honest:
+    with (
+        ProcMeter(live.listen.pid) as meter,
+        ProcMeter(live.up.pid) as up_meter,
+        live.probe.window() as honest,
+    ):
         carrier = RawCarrier(live.control)
         try:
             # The server's keepalive pings first thing; waiting for that ping keeps these tests
@@ -177,6 +181,7 @@ def test_frame_attack_on_a_live_server(live: LiveTunnel, attack: Attack, figures
     figures.record(
         f"attack row {attack.row}: {attack.name}",
         **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         attacker_mib=round(sent / 2**20, 2),
         closed_s=round(closed_after, 2),

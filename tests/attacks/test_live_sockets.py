@@ -15,7 +15,7 @@ import time
 import anyio
 import pytest
 from stress.live import ATTACKER_IP, AuthClient, Refused, connect_from, log_lines
-from stress_report import ProcMeter
+from stress_report import ProcMeter, up_figures
 from testenv import within_load
 
 from bench.procstat import fd_count
@@ -95,7 +95,11 @@ def test_row19_preauth_slowloris(live: LiveTunnel, figures) -> None:
     closed_at: dict[socket.socket, float] = {}
     quiet_auth_s = honest_auth_seconds(live)
     try:
-        with ProcMeter(pid) as meter, live.probe.window() as honest:
+        with (
+            ProcMeter(pid) as meter,
+            ProcMeter(live.up.pid) as up_meter,
+            live.probe.window() as honest,
+        ):
             started = time.monotonic()
             dribbler = connect_from("127.0.0.5", live.control)
             dribbler.sendall(F.syn(1))
@@ -127,6 +131,7 @@ def test_row19_preauth_slowloris(live: LiveTunnel, figures) -> None:
     figures.record(
         "attack row 19: 2000 idle pre-auth connections + 1 dribbler",
         **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         connections=len(socks),
         admitted=len(admitted),
@@ -162,7 +167,11 @@ def test_row19_preauth_flood_from_many_addresses(live: LiveTunnel, figures) -> N
     socks: list[socket.socket] = []
     quiet_auth_s = honest_auth_seconds(live)
     try:
-        with ProcMeter(pid) as meter, live.probe.window() as honest:
+        with (
+            ProcMeter(pid) as meter,
+            ProcMeter(live.up.pid) as up_meter,
+            live.probe.window() as honest,
+        ):
             for source in range(10, 50):
                 for _ in range(PREAUTH_PER_SOURCE):
                     with contextlib.suppress(OSError):
@@ -176,6 +185,7 @@ def test_row19_preauth_flood_from_many_addresses(live: LiveTunnel, figures) -> N
     figures.record(
         "attack row 19: 640 pre-auth connections from 40 addresses",
         **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         admitted=admitted,
         honest_auth_s=round(auth_s, 3),
@@ -200,7 +210,11 @@ def test_row20_public_port_connection_flood(live: LiveTunnel, figures) -> None:
     socks: list[socket.socket] = []
     quiet_visit_s = new_visitor_seconds(live)
     try:
-        with ProcMeter(pid) as meter, live.probe.window() as honest:
+        with (
+            ProcMeter(pid) as meter,
+            ProcMeter(live.up.pid) as up_meter,
+            live.probe.window() as honest,
+        ):
             for _ in range(2000):
                 with contextlib.suppress(OSError):
                     socks.append(connect_from(ATTACKER_IP, live.tcp_public, timeout_s=2))
@@ -221,6 +235,7 @@ def test_row20_public_port_connection_flood(live: LiveTunnel, figures) -> None:
     figures.record(
         "attack row 20: 2000 visitors on one public port",
         **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         visitors_held=held,
         recovered_s=None if recovered is None else round(recovered, 3),
@@ -244,7 +259,12 @@ async def test_row21_client_beyond_its_rights(live: LiveTunnel, figures) -> None
     stream the client opens itself is reset. The honest session carries on throughout."""
     live.check_alive()
     lines_before = log_lines(live.listen)
-    with live.probe.window() as honest, anyio.fail_after(20):
+    with (
+        ProcMeter(live.listen.pid) as meter,
+        ProcMeter(live.up.pid) as up_meter,
+        live.probe.window() as honest,
+        anyio.fail_after(20),
+    ):
         async with AuthClient(live.control, source="127.0.0.3") as owner:
             port_b = await owner.register("svc-b", live.tokens["svc-b"])
             async with AuthClient(live.control, source="127.0.0.4") as client:
@@ -270,6 +290,8 @@ async def test_row21_client_beyond_its_rights(live: LiveTunnel, figures) -> None
                     await client.register("svc-b", token)
     figures.record(
         "attack row 21: client beyond its rights",
+        **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         client_streams_reset=resets,
         log_lines=log_lines(live.listen) - lines_before,
@@ -324,7 +346,8 @@ def test_row22_udp_flow_table_is_capped(live: LiveTunnel, figures) -> None:
         "attack row 22: 900 UDP source ports",
         rss_mib=server_meter.peak_rss_mib,
         rss_growth_mib=server_meter.rss_growth_mib,
-        fds=up_meter.peak_fds,
+        fds=server_meter.peak_fds,
+        **up_figures(up_meter),
         cpu_s=server_meter.cpu_s + up_meter.cpu_s,
         **honest.figures(),
         up_fds_over_baseline=up_meter.peak_fds - baseline_up_fds,
@@ -350,12 +373,18 @@ def test_row22_flow_eviction_storm_keeps_the_tunnel_up(live: LiveTunnel, figures
     up (no session ended in `up`'s log) and the honest TCP session must keep answering."""
     live.check_alive()
     ended_before = len(live.up.events("session ended"))
-    with live.probe.window() as honest:
+    with (
+        ProcMeter(live.listen.pid) as meter,
+        ProcMeter(live.up.pid) as up_meter,
+        live.probe.window() as honest,
+    ):
         answered, asked = udp_spray(live, 3000)
         time.sleep(0.5)
     ended = live.up.events("session ended")[ended_before:]
     figures.record(
         "attack row 22: 3000 UDP source ports (eviction storm)",
+        **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         sessions_ended=len(ended),
         legit_answered=f"{answered}/{asked}",
@@ -369,7 +398,11 @@ def test_row4_visitor_reset_storm_keeps_the_tunnel_up(live: LiveTunnel, figures)
     closing with RST (a browser giving up, a scanner, an attacker): the tunnel must stay up."""
     live.check_alive()
     ended_before = len(live.up.events("session ended"))
-    with live.probe.window() as honest:
+    with (
+        ProcMeter(live.listen.pid) as meter,
+        ProcMeter(live.up.pid) as up_meter,
+        live.probe.window() as honest,
+    ):
         for _ in range(15):
             socks = []
             for _ in range(100):
@@ -386,6 +419,8 @@ def test_row4_visitor_reset_storm_keeps_the_tunnel_up(live: LiveTunnel, figures)
     ended = live.up.events("session ended")[ended_before:]
     figures.record(
         "attack row 4: 1500 visitors reset after one byte",
+        **meter.figures(),
+        **up_figures(up_meter),
         **honest.figures(),
         sessions_ended=len(ended),
     )

@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 from e2e.harness import Proc
 from stress_report import latency_figures
+from testenv import within_load
 
 from mux import FrameType, MuxConfig, MuxStream, Session
 from mux.testing import Frame, FrameReader
@@ -104,8 +105,42 @@ class ProbeWindow:
     errors: list[str] = field(default_factory=list)
     max_gap_s: float = 0.0  # longest time without a completed round trip
 
+    @property
+    def success_pct(self) -> float:
+        """Round trips that succeeded, in percent of those tried (100 when none was tried)."""
+        tried = len(self.samples) + len(self.errors)
+        return 100.0 * len(self.samples) / tried if tried else 100.0
+
     def figures(self) -> dict[str, float]:
-        return {**latency_figures(self.samples), "honest_max_gap_s": self.max_gap_s}
+        return {
+            **latency_figures(self.samples),
+            "honest_ok_pct": self.success_pct,
+            "honest_max_gap_s": self.max_gap_s,
+        }
+
+    def assert_shared_fate(
+        self,
+        *,
+        min_ok_pct: float = 99.0,
+        p99_ms: float = 100.0,
+        quiet: ProbeWindow | None = None,
+    ) -> None:
+        """The neighbour's bar during an attack: at least `min_ok_pct` % of its round trips
+        succeeded, with p99 under `p99_ms` (the isolation issue's promise). With `quiet`, the
+        same probe's window before the attack, the bound stretches by 4 times its p99: a
+        machine slowed by other work is slow at both (`testenv.within_load`)."""
+        figures = latency_figures(self.samples)
+        tried = len(self.samples) + len(self.errors)
+        assert tried >= MIN_WINDOW_SAMPLES, f"only {tried} honest round trips tried"
+        assert self.success_pct >= min_ok_pct, (
+            f"the honest neighbour got {len(self.samples)} of {tried} answers: {self.errors[:3]}"
+        )
+        bound_ms = p99_ms
+        if quiet is not None:
+            bound_ms = within_load(p99_ms, latency_figures(quiet.samples)["honest_p99_ms"])
+        assert figures["honest_p99_ms"] < bound_ms, (
+            f"honest p99 {figures['honest_p99_ms']:.1f} ms >= {bound_ms:.1f} ms"
+        )
 
     def assert_healthy(
         self, p99_ms: float, max_gap_s: float = 2.0, min_samples: int = MIN_WINDOW_SAMPLES
@@ -124,6 +159,8 @@ class HonestProbe:
     """Echo round trips of `size` bytes every `interval_s` on one visitor connection, in a thread.
 
     Errors are recorded (and the connection re-made), never raised; `window()` reports them.
+    With `fresh`, every round trip is a new visitor (connect, echo, close): what a neighbour
+    sees when a service's new connections are starved while old ones carry on.
     """
 
     def __init__(
@@ -134,8 +171,10 @@ class HonestProbe:
         interval_s: float = 0.01,
         timeout_s: float = 5.0,
         source: str = "127.0.0.1",
+        fresh: bool = False,
     ) -> None:
         self.address = address
+        self.fresh = fresh
         self.size = size
         self.interval_s = interval_s
         self.timeout_s = timeout_s
@@ -164,10 +203,12 @@ class HonestProbe:
         payload = secrets.token_bytes(self.size)
         while not self._stop.is_set():
             try:
+                started = time.monotonic()
                 if sock is None:
                     sock = connect_from(self.source, self.address, self.timeout_s)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                started = time.monotonic()
+                if not self.fresh:
+                    started = time.monotonic()
                 sock.sendall(payload)
                 got = b""
                 while len(got) < self.size:
@@ -177,6 +218,9 @@ class HonestProbe:
                     got += chunk
                 if got != payload:
                     raise AssertionError("the echo came back different")
+                if self.fresh:
+                    sock.close()
+                    sock = None
                 self._note(time.monotonic() - started, None)
             except (OSError, AssertionError) as exc:
                 self._note(None, f"{type(exc).__name__}: {exc}")
@@ -421,6 +465,11 @@ class AuthClient:
         assert isinstance(reply, control.Registered), reply
         assert verify_server_tag(key, reply.tag, service, kind, server_nonce, client_nonce)
         return reply.public_port
+
+    async def unregister(self, service: str) -> None:
+        """Give `service` up (the server answers nothing; the next message waits for it)."""
+        assert self.channel is not None
+        await control.send_message(self.channel, control.Unregister(service))
 
 
 # ---------------------------------------------------------------------------------------- tap
