@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -62,11 +61,6 @@ CARRIER_ERRORS = (
 
 #: Linux's TCP_NOTSENT_LOWAT (include/uapi/linux/tcp.h); the socket module lacks the name.
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-#: Offset of `tcpi_rtt` (microseconds) in Linux's `struct tcp_info`: 8 one-byte fields, then
-#: 15 u32s (rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets, the four
-#: last_* times, pmtu, rcv_ssthresh) come before it.
-_TCPI_RTT_OFFSET = 8 + 15 * 4
-_TCP_INFO_BYTES = 104
 
 
 def tune_carrier_socket(stream: anyio.abc.ByteStream, config: MuxConfig) -> None:
@@ -100,8 +94,10 @@ class ReceiveBuffer:
     held at `small_bytes`: the peer's bulk then waits in its own scheduler (TCP_NOTSENT_LOWAT
     keeps its send queue short too), where light frames go first (queue 0.5 MB, p50 3.7 ms).
     Once the mix ends, the buffer goes back to the size it had before (the kernel no longer
-    auto-tunes it after that). Only on a short hop (`short_rtt_s`): on a long one the buffer
-    holds what is in flight, and shrinking it would cap throughput.
+    auto-tunes it after that). Only while the session's own round trip (its pings, end to
+    end) is short (`short_rtt_s`): on a long path the buffer holds what is in flight, and
+    shrinking it capped throughput (a relay on loopback in front of a 50 ms path: the TCP
+    hop looked short, and a bulk stream sometimes stalled at 25 Mbit/s).
     """
 
     #: Per window: a stream that brought this much is heavy, one that brought this little is
@@ -109,8 +105,11 @@ class ReceiveBuffer:
     _HEAVY_BYTES = 1024 * 1024
     _LIGHT_BYTES = 64 * 1024
 
-    def __init__(self, sock: socket.socket, small_bytes: int, window_s: float) -> None:
+    def __init__(
+        self, sock: socket.socket, small_bytes: int, window_s: float, short_rtt_s: float
+    ) -> None:
         self._sock = sock
+        self._short_rtt_s = short_rtt_s
         self._small = small_bytes
         self._large = 0  # the size before we shrank it
         self._window_s = window_s
@@ -122,24 +121,23 @@ class ReceiveBuffer:
 
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, config: MuxConfig) -> ReceiveBuffer | None:
-        """For a TCP carrier on a short hop; None for anything else."""
+        """For a TCP carrier; None for anything else."""
         try:
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         except anyio.TypedAttributeLookupError:
             return None
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
             return None
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
-            (rtt_us,) = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)
-        except (OSError, AttributeError, struct.error):  # not Linux
-            return None
-        if not 0 < rtt_us < config.carrier_short_rtt_s * 1e6:
-            return None
-        return cls(sock, config.carrier_mixed_receive_buffer_bytes, config.carrier_mix_window_s)
+        return cls(
+            sock,
+            config.carrier_mixed_receive_buffer_bytes,
+            config.carrier_mix_window_s,
+            config.carrier_short_rtt_s,
+        )
 
-    def update(self, now: float) -> None:
-        """After each carrier read: judge the window that ended, if one did."""
+    def update(self, now: float, rtt_s: float | None) -> None:
+        """After each carrier read: judge the window that ended, if one did. `rtt_s` is the
+        session's own round trip (pings): only a short one lets the buffer shrink."""
         if now < self._window_end:
             return
         self._window_end = now + self._window_s
@@ -152,7 +150,8 @@ class ReceiveBuffer:
         received.clear()
         self._mixed_windows = self._mixed_windows + 1 if mixed else 0
         try:
-            if self._mixed_windows >= 2 and not self._is_small:
+            short = rtt_s is not None and rtt_s < self._short_rtt_s
+            if self._mixed_windows >= 2 and short and not self._is_small:
                 self._large = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._small)
                 self._is_small = True

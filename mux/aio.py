@@ -294,7 +294,7 @@ class Session:
                 now = _now()
                 self._dispatch(conn.receive_data(data, now))
                 if receive_buffer is not None:
-                    receive_buffer.update(now)
+                    receive_buffer.update(now, conn.rtt_s)
                 while conn.reading_paused:
                     self._drained = anyio.Event()
                     self._wake_writer()
@@ -323,7 +323,7 @@ class Session:
             now = _now()
             self._dispatch(conn.receive_data(data, now))
             if self._receive_buffer is not None:
-                self._receive_buffer.update(now)
+                self._receive_buffer.update(now, conn.rtt_s)
         except Exception as exc:  # the reader task raises it, as if it had read the bytes
             self._carrier.wake_reader(exc)
             return

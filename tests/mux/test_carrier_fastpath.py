@@ -147,17 +147,17 @@ async def test_the_receive_buffer_shrinks_while_light_and_bulk_streams_mix() -> 
     config = QUIET.replace(carrier_mixed_receive_buffer_bytes=64 * 1024)
     async with tcp_stream_pair() as (left, _right):
         buffer = ReceiveBuffer.of(left, config)
-        assert buffer is not None  # loopback: a short hop
+        assert buffer is not None
         sock = left.extra(anyio.abc.SocketAttribute.raw_socket)
         before = _rcvbuf(sock)
         window = config.carrier_mix_window_s
         now = 100.0
 
-        def window_with(received: dict[int, int]) -> int:
+        def window_with(received: dict[int, int], rtt_s: float | None = 0.0002) -> int:
             nonlocal now
             buffer.received.update(received)
             now += window
-            buffer.update(now)
+            buffer.update(now, rtt_s)
             return _rcvbuf(sock)
 
         heavy, light = {1: 4 * 1024 * 1024}, {3: 64}
@@ -169,8 +169,18 @@ async def test_the_receive_buffer_shrinks_while_light_and_bulk_streams_mix() -> 
 
 
 @pytest.mark.anyio
-async def test_the_receive_buffer_is_left_alone_on_a_long_hop() -> None:
+@pytest.mark.parametrize("rtt_s", [None, 0.05])
+async def test_the_receive_buffer_is_left_alone_on_a_long_path(rtt_s: float | None) -> None:
+    """The session's own round trip decides (a loopback hop may front a 50 ms path); unknown
+    counts as long."""
     async with tcp_stream_pair() as (left, _right):
-        assert ReceiveBuffer.of(left, QUIET.replace(carrier_short_rtt_s=1e-9)) is None
+        buffer = ReceiveBuffer.of(left, QUIET)
+        assert buffer is not None
+        sock = left.extra(anyio.abc.SocketAttribute.raw_socket)
+        before = _rcvbuf(sock)
+        for step in range(1, 5):
+            buffer.received.update({1: 4 * 1024 * 1024, 3: 64})
+            buffer.update(100.0 + step, rtt_s)
+        assert _rcvbuf(sock) == before
     left_mem, _right_mem = memory_stream_pair(1024)
     assert ReceiveBuffer.of(left_mem, QUIET) is None
