@@ -151,7 +151,10 @@ class ServiceTraffic:
         self.closed_plain = self.closed_compressed = 0
 
     def open(self, service: str, peer: str) -> ConnectionMeter:
-        meter = ConnectionMeter(service, peer)
+        return self.add(ConnectionMeter(service, peer))
+
+    def add(self, meter: ConnectionMeter) -> ConnectionMeter:
+        """Count a connection whose meter was made before it was known to succeed."""
         self.live.add(meter)
         self.connections_total += 1
         return meter

@@ -1,6 +1,6 @@
 """`make run` (python -m muxtunnel.demo) as a person sees it: up starts once listen is
-listening (no reconnect warnings first), the Ctrl-C hint stands on its own line, each visitor
-is logged once, and Ctrl-C stops it all with exit 0."""
+listening (no reconnect warnings first), the Ctrl-C hint stands on its own line, no visitor is
+logged twice, and Ctrl-C stops it all with exit 0."""
 
 from __future__ import annotations
 
@@ -52,9 +52,7 @@ def test_make_run_demo(harness: Harness) -> None:
         with urllib.request.urlopen(f"http://{address}", timeout=10) as reply:
             assert b"Hello through muxtunnel" in reply.read()
         visitors = 2  # the demo's own fetch and ours
-        for _ in range(visitors):
-            read_until(r"visitor closed", 15)
-        time.sleep(0.5)  # room for a second copy of either line, were there one
+        time.sleep(1.0)  # room for visitor lines, were there any
         os.kill(demo.pid, signal.SIGINT)
         assert demo.wait(20) == 0
         while not lines.empty():
@@ -68,6 +66,8 @@ def test_make_run_demo(harness: Harness) -> None:
         shown
     )
     assert "  Ctrl-C stops the demo." in seen, shown  # a line of its own
-    closed = [line for line in seen if "visitor closed" in line]
-    assert len(closed) == visitors and all(line.startswith("listen | ") for line in closed), shown
-    assert not [line for line in seen if "visitor opened" in line], shown
+    # A visitor that went well is a debug line, on each side; one that failed would be one
+    # info line, listen's (up logs warnings only).
+    visitor_lines = [line for line in seen if "visitor " in line]
+    assert len(visitor_lines) <= visitors, shown
+    assert all(line.startswith("listen | ") for line in visitor_lines), shown
