@@ -354,6 +354,7 @@ MUX_RANKS = {
     "_frame": 1,
     "_window": 1,
     "_state": 2,
+    "_replay": 2,
     "_connection": 3,  # the sans-IO core
     "_carrier": 4,
     "_stream": 4,
