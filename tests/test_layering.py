@@ -17,6 +17,7 @@ ANYIO_ALLOWED = {
     "_anyio_seam.py",
     "_carrier.py",
     "_stream.py",
+    "_resumable.py",
     "aio.py",
     "_echo.py",
     "__main__.py",
@@ -358,14 +359,15 @@ MUX_RANKS = {
     "_connection": 3,  # the sans-IO core
     "_carrier": 4,
     "_stream": 4,
-    "aio": 5,  # Session: the adapter
-    "_echo": 6,
-    "__init__": 7,  # the public surface
-    "__main__": 8,
+    "_resumable": 5,  # what a resumable Session does more
+    "aio": 6,  # Session: the adapter
+    "_echo": 7,
+    "__init__": 8,  # the public surface
+    "__main__": 9,
     "testing.frames": 6,  # test helpers: not in the wheel
-    "testing.pairs": 7,
-    "testing.peers": 7,
-    "testing.__init__": 8,
+    "testing.pairs": 8,
+    "testing.peers": 8,
+    "testing.__init__": 9,
 }
 
 
