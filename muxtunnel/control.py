@@ -6,8 +6,8 @@ integer. The map's `kind` key names the message; the other keys are the dataclas
 later version may add optional fields; anything missing or of the wrong type is an error.
 
 Exchange (client C, server S):
-    C -> S  Hello(version, client_nonce, client_name)
-    S -> C  Challenge(version, server_nonce[, features])  or Error(version_mismatch)
+    C -> S  Hello(version, client_nonce, client_name[, resume])
+    S -> C  Challenge(version, server_nonce[, features, resume_id])  or Error(version_mismatch)
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
                      proxy_protocol, the web options of an http/https service,
                      compression_fallback, the group fields of a load-balancing group's
@@ -24,6 +24,9 @@ streams) the client's first byte back is `DIAL_CONFIRMED`, sent once its local d
 and before any visitor byte goes to the service (a failed dial resets the stream instead):
 until then the server may replay the visitor's first bytes to another member.
 
+`resume` asks for a resumable session, and a `resume_id` in the Challenge grants it: from the
+first successful registration on, the session may go on over a new carrier (`muxtunnel.resume`).
+
 Peer bytes enter only through `receive_message` / `read_visitor_header`; whatever they hold,
 those raise `ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream`
 through, nothing else. A message longer than `MAX_MESSAGE_BYTES` is refused from its length
@@ -35,22 +38,29 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
-from muxtunnel.framing import MAX_MESSAGE_BYTES, ControlError, frame, receive_frame, unpack_map
+from muxtunnel.framing import (
+    MAX_MESSAGE_BYTES,
+    ControlError,
+    WireMessage,
+    frame,
+    receive_frame,
+    unpack_map,
+)
 from muxtunnel.log import safe_text
 from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
 
 __all__ = [
     "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED", "DOMAIN_TAKEN",
     "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES", "PORT_IN_USE",
-    "PORT_NOT_ALLOWED", "PROTOCOL_VERSION", "RATE_LIMITED", "SERVICE_CLOSED", "SERVICE_TAKEN",
-    "UNSUPPORTED", "VERSION_MISMATCH", "Challenge", "ControlError", "Error", "Hello",
-    "MemberUpdate", "Message", "Register", "Registered", "Unregister", "VisitorHeader",
+    "PORT_NOT_ALLOWED", "PROTOCOL_VERSION", "RATE_LIMITED", "RESUME_ID_BYTES", "SERVICE_CLOSED",
+    "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH", "Challenge", "ControlError", "Error",
+    "Hello", "MemberUpdate", "Message", "Register", "Registered", "Unregister", "VisitorHeader",
     "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
     "read_visitor_header", "receive_message", "send_message",
 ]  # fmt: skip
@@ -85,79 +95,53 @@ LIMIT_REACHED = "limit_reached"
 FEATURE_GROUPS = "groups"
 #: A group member's first byte on a visitor stream: its local dial succeeded.
 DIAL_CONFIRMED = b"\x00"
-
-
-class _Wire:
-    """Shared `to_wire`/`from_wire`: fields map to keys of the same name, plus `kind`."""
-
-    WIRE_KIND: ClassVar[str]
-    #: Fields added in later versions: left off the wire while they hold their default, so a
-    #: message that uses no new feature is byte for byte what older versions send.
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ()
-    __slots__ = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"kind": self.WIRE_KIND}
-        for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, item.name)
-            if item.name in self.EXTENSIONS and value == item.default:
-                continue
-            wire[item.name] = value
-        return wire
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Self:
-        """Build from a decoded map; `ControlError` if a field is missing or invalid.
-
-        A missing field that has a default takes it (a peer of an older version may not send it).
-        """
-        values: dict[str, Any] = {}
-        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if item.name in data:
-                values[item.name] = data[item.name]
-            elif item.default is dataclasses.MISSING:
-                raise ControlError(f"{cls.WIRE_KIND!r} message lacks field {item.name!r}")
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            raise ControlError(f"bad {cls.WIRE_KIND!r} message: {exc}") from None
+#: `Challenge.resume_id`: a resumable session's random id.
+RESUME_ID_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
-class Hello(_Wire):
+class Hello(WireMessage):
     """Client -> server, first: the protocol version it speaks and its half of the nonces."""
 
     WIRE_KIND: ClassVar[str] = "hello"
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("resume",)
     version: int
     client_nonce: bytes
     #: Free text for the server's logs (e.g. the client host name); not authenticated.
     client_name: str
+    #: Optional (later versions): the client would resume this session over a new carrier.
+    resume: bool = False
 
     def __post_init__(self) -> None:
         fields.check_int("version", self.version, 0, 0xFFFF)
         fields.check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
         fields.check_text("client_name", self.client_name, fields.MAX_TEXT_CHARS, empty_ok=True)
+        fields.check_bool("resume", self.resume)
 
 
 @dataclass(frozen=True, slots=True)
-class Challenge(_Wire):
+class Challenge(WireMessage):
     """Server -> client, answering Hello: the server's version and nonce for this session."""
 
     WIRE_KIND: ClassVar[str] = "challenge"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("features",)
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("features", "resume_id")
     version: int
     server_nonce: bytes
     #: Optional (later versions): what the server supports beyond version 1 (FEATURE_GROUPS).
     features: tuple[str, ...] = ()
+    #: Optional: the session's id, if it may resume (asked for, and the server resumes).
+    resume_id: bytes = b""
 
     def __post_init__(self) -> None:
         fields.check_int("version", self.version, 0, 0xFFFF)
         fields.check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
         object.__setattr__(self, "features", fields.texts("features", self.features))
+        if self.resume_id != b"":
+            fields.check_bytes("resume_id", self.resume_id, RESUME_ID_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
-class Register(_Wire):
+class Register(WireMessage):
     """Client -> server: expose `service`; `tag` proves the client holds the service's token.
 
     The web options (subdomain ... response_timeout_s) are checked here for shape only; the
@@ -237,7 +221,7 @@ class Register(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
-class Registered(_Wire):
+class Registered(WireMessage):
     """Server -> client: the service is live at `public_host:public_port`; `tag` is the
     server's proof that it holds the same token."""
 
@@ -270,7 +254,7 @@ class Registered(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
-class Unregister(_Wire):
+class Unregister(WireMessage):
     """Client -> server: stop exposing `service` (its visitors are closed)."""
 
     WIRE_KIND: ClassVar[str] = "unregister"
@@ -281,7 +265,7 @@ class Unregister(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
-class Error(_Wire):
+class Error(WireMessage):
     """Either side: a request failed. `service` names the registration it concerns, if any.
 
     For a failed authentication the server says `auth_failed` and nothing more, whether the
@@ -305,7 +289,7 @@ class Error(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
-class VisitorHeader(_Wire):
+class VisitorHeader(WireMessage):
     """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
 
     WIRE_KIND: ClassVar[str] = "visitor"
@@ -329,7 +313,7 @@ class VisitorHeader(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
-class MemberUpdate(_Wire):
+class MemberUpdate(WireMessage):
     """Client -> server: a group member's target turned healthy or unhealthy, or its weight
     changed (a reload); sent only to a server that listed FEATURE_GROUPS."""
 

@@ -258,6 +258,10 @@ class ServerConfig:
     #: The shared web ports (None: off); `https` needs `http.domain`.
     http: HttpFront | None = None
     https: HttpsFront | None = None
+    #: Sessions of clients that ask for it may go on over a new carrier after theirs broke
+    #: (within `mux.resume_timeout_s`); their unacknowledged bytes are kept meanwhile
+    #: (`mux.replay_budget_bytes` at most per session).
+    resume: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +321,9 @@ class ClientConfig:
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+    #: Ask for resumable sessions: visitors' connections survive a broken carrier if a new one
+    #: is up within `mux.resume_timeout_s`.
+    resume: bool = True
 
     def services_without_token(self) -> tuple[str, ...]:
         """Names of the services with no token: neither their own nor the default one."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from muxtunnel.group_status import AdmissionRow, GroupRow, MemberRow
+from muxtunnel.resilience_status import PathRow, ResumeRow, ServerRow
 
 __all__ = [
     "DEFAULT_ADMIN_ADDRESS",
@@ -28,6 +29,9 @@ __all__ = [
     "ConnectionRow",
     "GroupRow",
     "MemberRow",
+    "PathRow",
+    "ResumeRow",
+    "ServerRow",
     "ServerStatus",
     "ServiceRow",
     "SessionRow",
@@ -80,6 +84,9 @@ class SessionRow:
     #: Open mux streams, the control channel included.
     streams: int
     services: tuple[str, ...] = ()
+    #: Its carrier is lost and it waits for a new one; times it went on over a new one.
+    suspended: bool = False
+    resumes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -90,6 +97,8 @@ class SessionRow:
             "rtt_ms": _ms(self.rtt_s),
             "streams": self.streams,
             "services": sorted(self.services),
+            "suspended": self.suspended,
+            "resumes": self.resumes,
         }
 
 
@@ -251,6 +260,8 @@ class ServerStatus:
     #: Load-balancing groups, by name; rate limits of the service names that have them.
     groups: tuple[GroupRow, ...] = ()
     admissions: tuple[AdmissionRow, ...] = ()
+    #: Resumable sessions: resumes, failures by reason, replay buffers.
+    resume: ResumeRow = field(default_factory=ResumeRow)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of `GET /api/v1/status`."""
@@ -276,6 +287,7 @@ class ServerStatus:
             "refusals": dict(sorted(self.refusals.items())),
             "groups": [row.to_dict() for row in self.groups],
             "rate_limits": [row.to_dict() for row in self.admissions],
+            "resume": self.resume.to_dict(),
         }
 
 
@@ -297,6 +309,10 @@ class ClientStatus:
     traffic: tuple[TrafficRow, ...] = ()
     #: Refusals so far, by reason (`log.Refusals`).
     refusals: Mapping[str, int] = field(default_factory=dict)
+    #: Resumable sessions: resumes, failures by reason, replay buffers.
+    resume: ResumeRow = field(default_factory=ResumeRow)
+    #: Each server the services are registered with, and its paths.
+    servers: tuple[ServerRow, ...] = ()
 
     @property
     def connected(self) -> bool:
@@ -320,6 +336,8 @@ class ClientStatus:
             "services": [{**row.to_dict(), "local": row.local} for row in self.services],
             "connections": [row.to_dict() for row in self.connections],
             "refusals": dict(sorted(self.refusals.items())),
+            "resume": self.resume.to_dict(),
+            "servers": [row.to_dict() for row in self.servers],
         }
 
 

@@ -82,6 +82,7 @@ MUXTUNNEL_RANKS = {
     "model": 0,
     "status": 0,
     "group_status": 0,
+    "resilience_status": 0,
     # the load-balancing engine's settings: vocabulary the resolved config holds (stdlib only)
     "balance.settings": 0,
     # building blocks that need only the vocabulary
@@ -98,6 +99,7 @@ MUXTUNNEL_RANKS = {
     "limits": 2,
     "proxy": 2,
     "control": 2,
+    "resume": 2,  # the handshake that resumes a session on a new carrier
     "fields": 1,  # checks of control message fields
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,

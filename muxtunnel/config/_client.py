@@ -197,6 +197,7 @@ _FIELDS: dict[str, v.Reader] = {
     "tls": _tls,
     "metrics": v.endpoint,
     "admin": v.endpoint,
+    "resume": v.boolean,
 }
 #: Every key `client:` may hold.
 CLIENT_KEYS = ("server", *_FIELDS)

@@ -1,0 +1,257 @@
+"""The server's side of resumption: which sessions may go on over a new carrier, and the
+carriers that come to take them over (the handshake is `muxtunnel.resume`'s).
+
+A session becomes resumable once its client asked (`Hello.resume`), the server agreed
+(`Challenge.resume_id`) and the first registration proved the client's token: from then on
+`ClientSession` is in `ResumableSessions` under its id, and its mux session suspends instead of
+ending when the carrier breaks. A carrier that starts with `resume.MAGIC` is served here:
+
+- Until the client's proof holds, the carrier is a pre-auth connection like any other (its
+  admission ticket bounds it) and gets `auth_timeout_s` for the handshake; a wrong proof
+  counts against its source as a failed registration does.
+- An unknown id, a wrong proof, a malformed or late handshake: refused (counted by reason,
+  logged at doubling counts), the carrier closed, the session it named untouched.
+- Proven, the carrier stays attached as a standby (answering probes) until the client
+  switches the session onto it, the session ends, or it idles for `STANDBY_IDLE_S`; at most
+  `MAX_ATTACHED_CARRIERS` per session.
+- A switch detaches the session from its current carrier (if it has one), answers with the
+  session's count of received bytes and resumes it on this carrier; one switch at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Protocol
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import Session, SessionClosed
+from muxtunnel import control, resume
+from muxtunnel.admission import AdmissionGate, Ticket
+from muxtunnel.auth import FailureLimiter, address_key, new_nonce
+from muxtunnel.control import Error
+from muxtunnel.framing import ControlError
+from muxtunnel.log import Refusals
+from muxtunnel.model import ServerConfig
+from muxtunnel.resilience_status import ResumeRow
+from muxtunnel.specs import format_host_port
+from muxtunnel.transport import abort
+
+__all__ = [
+    "MAX_ATTACHED_CARRIERS",
+    "STANDBY_IDLE_S",
+    "Attachable",
+    "ResumableSessions",
+    "serve_resume",
+]
+
+log = structlog.get_logger("muxtunnel.server")
+
+#: Carriers attached to one session at once, besides its own: a client's standby paths (it
+#: keeps one per configured path; a handful is plenty).
+MAX_ATTACHED_CARRIERS = 8
+#: A standby carrier with no probe for this long is dropped (clients probe every second or so).
+STANDBY_IDLE_S = 30.0
+_HANDSHAKE_ERRORS = (
+    TimeoutError,
+    ControlError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
+
+
+class Attachable(Protocol):
+    """A client session that may resume (`ClientSession`, once it is resumable)."""
+
+    id: int
+    #: Where its carrier comes from now.
+    peer: str
+    session: Session
+    resume_id: bytes
+    resume_key: bytes | None
+    #: Carriers attached to it besides its own (standby paths), and one switch at a time.
+    attached: int
+    switching: anyio.Lock
+
+
+class ResumeHost(Protocol):
+    """What serving a resume needs of the server (`Server` is the one implementation)."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def failures(self) -> FailureLimiter: ...
+
+    @property
+    def preauth(self) -> AdmissionGate: ...
+
+    @property
+    def refusals(self) -> Refusals: ...
+
+    @property
+    def resumable(self) -> ResumableSessions: ...
+
+    def auth_failed(self, source: str, now: float) -> None: ...
+
+
+class ResumableSessions:
+    """Sessions that may go on over a new carrier, by id; and how resuming them went."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[bytes, Attachable] = {}
+        self.resumes = 0
+        #: Failed resumes by reason (the refusals' reasons, without their "resume_" prefix).
+        self.failures: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def add(self, target: Attachable) -> None:
+        self._by_id[target.resume_id] = target
+
+    def remove(self, target: Attachable) -> None:
+        if self._by_id.get(target.resume_id) is target:
+            del self._by_id[target.resume_id]
+
+    def get(self, session_id: bytes) -> Attachable | None:
+        target = self._by_id.get(session_id)
+        if target is None or target.resume_key is None or target.session.closed:
+            return None
+        return target
+
+    def row(self, sessions: Iterable[Session]) -> ResumeRow:
+        """Totals, and what the live `sessions` hold now."""
+        live = list(sessions)
+        return ResumeRow(
+            resumes=self.resumes,
+            failures=dict(self.failures),
+            suspended=sum(1 for session in live if session.suspended),
+            replay_bytes=sum(session.replay_bytes for session in live),
+            replay_peak_bytes=max((session.replay_peak_bytes for session in live), default=0),
+        )
+
+
+def _refuse(host: ResumeHost, reason: str, message: str, **context: str | int) -> None:
+    host.resumable.failures[reason] += 1
+    host.refusals.refuse(f"resume_{reason}", message, n=1, **context)
+
+
+async def serve_resume(
+    host: ResumeHost,
+    carrier: anyio.abc.ByteStream,
+    binding: bytes,
+    address: tuple[str, int],
+    ticket: Ticket,
+) -> None:
+    """Serve a carrier that began with `resume.MAGIC` (already read); returns once it is the
+    session's, or closed."""
+    peer = format_host_port(*address)
+    source = address_key(address[0])
+    now = anyio.current_time()
+    if not host.failures.allowed(source, now):
+        _refuse(host, "rate_limited", "resume refused: too many failed attempts", peer=peer)
+        await abort(carrier)
+        return
+    target: Attachable | None = None
+    try:
+        with anyio.fail_after(host.config.auth_timeout_s):
+            hello = await resume.receive(carrier)
+            if not isinstance(hello, resume.ResumeHello):
+                raise ControlError(f"expected a resume hello, got {type(hello).__name__}")
+            target = host.resumable.get(hello.session_id)
+            if target is None or target.resume_key is None:
+                _refuse(host, "unknown_session", "resume refused: no such session", peer=peer)
+                text = "no such session (the server restarted, or the session ended)"
+                await resume.send(carrier, Error(resume.UNKNOWN_SESSION, text))
+                await abort(carrier)
+                return
+            key, sid = target.resume_key, hello.session_id
+            server_nonce = new_nonce()
+            nonces = (hello.client_nonce, server_nonce)
+            mine = resume.proof(key, "server", sid, *nonces, binding)
+            await resume.send(carrier, resume.ResumeChallenge(server_nonce, mine))
+            attach = await resume.receive(carrier)
+            if not isinstance(attach, resume.Attach) or not resume.verify_proof(
+                attach.proof, key, "client", sid, *nonces, binding
+            ):
+                host.auth_failed(source, now)
+                _refuse(host, "auth_failed", "resume refused: wrong proof", peer=peer,
+                        session=target.id)  # fmt: skip
+                await resume.send(carrier, Error(control.AUTH_FAILED, "resume refused"))
+                await abort(carrier)
+                return
+    except _HANDSHAKE_ERRORS as exc:
+        _refuse(host, "handshake_failed", "resume handshake failed", peer=peer,
+                error=str(exc) or type(exc).__name__)  # fmt: skip
+        await abort(carrier)
+        return
+    host.preauth.release(ticket)  # proven: no longer a pre-auth connection
+    await _serve_attached(host, target, carrier, peer)
+
+
+async def _serve_attached(
+    host: ResumeHost, target: Attachable, carrier: anyio.abc.ByteStream, peer: str
+) -> None:
+    """An attached carrier: answer probes until the client switches the session onto it."""
+    if target.attached >= MAX_ATTACHED_CARRIERS:
+        _refuse(host, "limit", "resume refused: too many carriers attached", peer=peer,
+                session=target.id, limit=MAX_ATTACHED_CARRIERS)  # fmt: skip
+        text = f"this session has {MAX_ATTACHED_CARRIERS} carriers attached already"
+        await resume.send(carrier, Error(control.LIMIT_REACHED, text))
+        await abort(carrier)
+        return
+    target.attached += 1
+    handed_over = False
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def end_with_session() -> None:
+                await target.session.wait_closed()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(end_with_session)
+            await resume.send(carrier, resume.Attached())
+            handed_over = await _until_switched(host, target, carrier, peer)
+            tg.cancel_scope.cancel()
+    except _HANDSHAKE_ERRORS:
+        pass  # a standby that went away or idled: the session is not concerned
+    finally:
+        target.attached -= 1
+        if not handed_over:
+            await abort(carrier)
+
+
+async def _until_switched(
+    host: ResumeHost, target: Attachable, carrier: anyio.abc.ByteStream, peer: str
+) -> bool:
+    """Answer probes; on a switch resume the session here. True once the carrier is its."""
+    while True:
+        with anyio.fail_after(STANDBY_IDLE_S):
+            message = await resume.receive(carrier)
+        if isinstance(message, resume.Probe):
+            await resume.send(carrier, message)
+            continue
+        if not isinstance(message, resume.Switch):
+            raise ControlError(f"unexpected {type(message).__name__} on an attached carrier")
+        session = target.session
+        async with target.switching:
+            if session.closed:
+                return False
+            if not session.suspended:
+                session.detach(f"the client moved the session to {peer}")
+            await resume.send(carrier, resume.Switch(session.bytes_received))
+            try:
+                await session.resume(carrier, message.received)
+            except SessionClosed as exc:
+                _refuse(host, "bad_count", "resume failed", peer=peer, session=target.id,
+                        error=str(exc))  # fmt: skip
+                return True  # closed by `resume`
+        target.peer = peer
+        host.resumable.resumes += 1
+        log.info("session resumed", session=target.id, peer=peer, resumes=session.resumes)
+        return True
