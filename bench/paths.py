@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
@@ -392,8 +393,18 @@ def _profiled(argv: list[str], env: Env, role: str) -> tuple[list[str], str]:
 _SERVICE_LINE = r"^{name}\s+{kind}\s+(\S+):(\d+)\s+->"
 
 
+def muxtunnel(tls: bool) -> Opener:
+    """The muxtunnel path: plaintext (`--no-tls`), or TLS as it runs by default (the server's
+    own certificate, trusted on first use, in a state directory under the run's scratch dir)."""
+
+    def opener(env: Env, rtt_ms: float | None) -> AbstractContextManager[Endpoint]:
+        return _muxtunnel(env, rtt_ms, tls)
+
+    return opener
+
+
 @contextlib.contextmanager
-def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
+def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
     """`muxtunnel listen` + `muxtunnel up` as real processes; all services on one carrier."""
     exe = env.muxtunnel
     if not exe.exists():
@@ -408,6 +419,11 @@ def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     notes: list[str] = []
     with ExitStack() as stack:
         log = ["--log-level", env.mux_log_level] if env.mux_log_level else []
+        if tls:  # a fresh state directory: a new certificate, a first use
+            state = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=env.tmp)))
+            log += ["--state-dir", str(state)]
+        else:
+            log.append("--no-tls")
         listen_argv, out = _profiled(
             [str(exe), "listen", "--bind", f"{LOCAL}:{control}", *log], env, "listen"
         )
@@ -461,7 +477,10 @@ def muxtunnel(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
 
 PATHS: list[PathSpec] = [
     PathSpec("direct", "direct", direct, udp=True, lfn=True, kind="reference"),
-    PathSpec("muxtunnel", "muxtunnel", muxtunnel, udp=True, lfn=True, kind="tunnel"),
+    PathSpec("muxtunnel", "muxtunnel", muxtunnel(tls=False), udp=True, lfn=True, kind="tunnel"),
+    PathSpec(
+        "muxtunnel-tls", "muxtunnel TLS", muxtunnel(tls=True), udp=True, lfn=True, kind="tunnel"
+    ),
     PathSpec("socat", "socat relay", socat, udp=True, lfn=False, kind="relay"),
     PathSpec("ssh", "ssh -R", ssh_r, udp=False, lfn=True, kind="tunnel"),
     PathSpec(

@@ -5,7 +5,7 @@
 SPEC.md beside this file for our reading of it.
 """
 
-from mux._anyio_seam import pause_reading, read_one_chunk_per_wait
+from mux._anyio_seam import pause_reading, read_one_chunk_per_wait, start_tls
 from mux._config import MuxConfig
 from mux._connection import Connection
 from mux._const import Flag, FrameType, GoAwayCode
@@ -46,4 +46,5 @@ __all__ = [
     "StreamResetError",
     "pause_reading",
     "read_one_chunk_per_wait",
+    "start_tls",
 ]

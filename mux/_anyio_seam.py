@@ -1,14 +1,18 @@
 """The one place that reaches into anyio's asyncio socket streams.
 
 anyio's `SocketStream` for the asyncio backend (uvloop included) wraps an asyncio transport and a
-`StreamProtocol` that queues what the loop reads. Three things above need what anyio does not
+`StreamProtocol` that queues what the loop reads. Four things above need what anyio does not
 expose: the carrier fast path drives the transport as a protocol of its own (`take_over`), an
-accepted socket must stop reading until someone waits (`pause_reading`), and a visitor socket
-must read at most one chunk per wait (`read_one_chunk_per_wait`).
+accepted socket must stop reading until someone waits (`pause_reading`), a visitor socket
+must read at most one chunk per wait (`read_one_chunk_per_wait`), and a carrier is upgraded to
+TLS on the transport itself (`start_tls`), so that the fast path drives the loop's SSL transport
+rather than a TLS wrapper that costs a task switch and a copy per read and per write.
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
-`StreamProtocol.is_at_eof` and `StreamProtocol.data_received`. `pyproject.toml` pins anyio to
+`StreamProtocol.is_at_eof` and `StreamProtocol.data_received`; and `start_tls` builds a
+`StreamProtocol` and a `SocketStream` of its own (`type(protocol)()`, `type(stream)(transport,
+protocol)`), as anyio's `connect_tcp` does. `pyproject.toml` pins anyio to
 the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
 than letting the fast path silently switch off) when a stream of the asyncio backend no longer
 looks the way this module expects.
@@ -20,9 +24,11 @@ does nothing for it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import Any
 
+import anyio
 import anyio.abc
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "pause_reading",
     "read_one_chunk_per_wait",
     "socket_internals",
+    "start_tls",
 ]
 
 #: Where anyio defines its asyncio `SocketStream` (uvloop's transports do not subclass
@@ -122,3 +129,96 @@ def read_one_chunk_per_wait(stream: anyio.abc.ByteStream) -> None:
 
     protocol.data_received = data_received
     transport.set_protocol(protocol)  # uvloop caches the protocol's bound methods
+
+
+async def start_tls(
+    stream: anyio.abc.ByteStream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: str | None = None,
+    handshake_timeout_s: float | None = None,
+    shutdown_timeout_s: float | None = None,
+) -> tuple[anyio.abc.SocketStream, ssl.SSLObject] | None:
+    """Run a TLS handshake on an anyio asyncio socket stream's own transport (`loop.start_tls`).
+
+    Returns a new anyio `SocketStream` over the loop's SSL transport (the old `stream` must not
+    be used again) and the connection's `SSLObject` (peer certificate, cipher, ...); None for
+    any other stream, which the caller wraps as it likes. Handshake failures raise what the
+    loop raises: `ssl.SSLError`, `ConnectionError`, `TimeoutError`; a peer that has already
+    closed raises `anyio.EndOfStream`.
+
+    The new stream is what `socket_internals` and so the carrier fast path recognise: anyio's
+    `receive`/`send` work on it for whatever the caller exchanges first, then the carrier
+    takes the SSL transport over (`set_protocol`, pause/resume reading, write limits: all
+    exist on asyncio's and uvloop's SSL transports). TLS has no half-close (`send_eof` raises);
+    anyio's `aclose` aborts without a close_notify, closing the transport sends one (and waits
+    up to `shutdown_timeout_s` for the peer's before it closes the socket).
+
+    Bytes anyio read before the handshake (a client's hello arriving before the server got
+    here) are not lost: they are handed to the loop's SSL protocol after it is connected and
+    before the transport reads again. `start_tls` installs the SSL protocol, then schedules
+    its `connection_made` and the transport's `resume_reading` (`call_soon`, on asyncio and
+    uvloop alike); a callback scheduled from a callback that runs right after `start_tls`'s
+    first step is queued behind both, in the same turn of the loop and before it polls the
+    socket again.
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return None
+    transport = internals.transport
+    transport.pause_reading()  # from now on nothing more reaches anyio's protocol...
+    if internals.at_eof:
+        raise anyio.EndOfStream
+    unread = b"".join(internals.unread)  # ...so this is all it read, and it goes first
+    internals.unread.clear()
+    protocol = type(internals.protocol)()  # anyio's StreamProtocol, fresh: no patched reads
+    protocol.connection_made(transport)  # its queues and events (and a zero write limit...)
+    transport.set_write_buffer_limits()  # ...that TLS records must not wait on: the default
+    loop = asyncio.get_running_loop()
+    handshake = loop.create_task(
+        loop.start_tls(
+            transport,
+            protocol,
+            context,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=handshake_timeout_s,
+            ssl_shutdown_timeout=shutdown_timeout_s,
+        )
+    )
+    if unread:
+        loop.call_soon(loop.call_soon, _feed_unread, transport, unread)
+    try:
+        tls_transport = await handshake
+    except BaseException:
+        handshake.cancel()
+        raise
+    if tls_transport is None:  # typeshed allows it; neither loop returns it
+        raise ConnectionError("the TLS handshake returned no transport")
+    # Not anyio's zero write limit: an SSL transport pauses its writer once its buffer is at
+    # least the limit, so with 0 it would pause after every write and never resume.
+    tls_transport.pause_reading()  # as anyio's connect_tcp leaves it: `receive` resumes it
+    ssl_object = tls_transport.get_extra_info("ssl_object")
+    stream_class: Any = type(stream)  # anyio's asyncio SocketStream(transport, protocol)
+    upgraded: anyio.abc.SocketStream = stream_class(tls_transport, protocol)
+    return upgraded, ssl_object
+
+
+def _feed_unread(transport: Any, data: bytes) -> None:
+    """Hand bytes read before the handshake to the SSL protocol now installed on `transport`."""
+    if transport.is_closing():
+        return
+    tls_protocol = transport.get_protocol()
+    get_buffer = getattr(tls_protocol, "get_buffer", None)
+    buffer_updated = getattr(tls_protocol, "buffer_updated", None)
+    if get_buffer is None or buffer_updated is None:  # not a loop we know: fail, lose nothing
+        transport.abort()
+        return
+    view = memoryview(data)
+    while view:
+        buffer = get_buffer(len(view))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        buffer_updated(size)
+        view = view[size:]

@@ -788,7 +788,10 @@ class Connection:
         stream.state = next_state(stream.id, stream.state, event)
 
     def _maybe_remove(self, stream: _Stream) -> None:
-        if stream.state == _CLOSED:
+        # Not while the peer's last Data|FIN frame is still being read: its FIN closed the
+        # stream at the header, our FIN may close it both ways before the body is in, and the
+        # body and StreamEnded would be dropped. `_finish_body` removes it then.
+        if stream.state == _CLOSED and stream is not self._body_stream:
             self._remove(stream)
 
     def _remove(self, stream: _Stream) -> None:

@@ -121,7 +121,19 @@ class Session(Resumable):
         self._prefix = b""
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        await self._tg.start(self._run_tasks, name="mux session")
+        try:
+            await self._tg.start(self._run_tasks, name="mux session")
+        except BaseException as exc:
+            # Cancelled while starting (the caller's scope ended): leave the group entered
+            # above, or anyio's cancel scope stack stays broken for the caller, and close the
+            # carrier, which no `__aexit__` will.
+            self._tg.cancel_scope.cancel()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._carrier.aclose()
+            finally:
+                await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def _run_tasks(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:

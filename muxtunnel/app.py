@@ -82,6 +82,8 @@ class Options:
     watch_path: str | None = None
     #: `up`: the live panel, if stdout is a terminal and the log is not JSON.
     console: bool = True
+    #: Secret flags given a value on the command line (`--token`, ...): warned about once.
+    secrets_on_command_line: tuple[str, ...] = ()
 
 
 def _settle_gc() -> None:
@@ -114,6 +116,14 @@ def _run(entry: Callable[..., Awaitable[int]], *args: object) -> int:
 def _start(entry: Callable[..., Awaitable[int]], *args: object, options: Options) -> int:
     """Configure logging, then run `entry` on the event loop; config errors exit 2."""
     configure_logging(options.log_format, options.log_level)
+    if options.secrets_on_command_line:
+        flags = options.secrets_on_command_line
+        log.warning(
+            "secret on the command line",
+            flags=list(flags),
+            hint="any local user can read the command line (ps, /proc/PID/cmdline); use "
+            f"{' / '.join(flag + '-file FILE' for flag in flags)} or the environment instead",
+        )
     try:
         return _run(entry, *args)
     except (ConfigError, SpecError) as exc:
@@ -170,6 +180,12 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
     from muxtunnel.server import Server
 
     server = Server(load())
+    if server.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out to get TLS",
+        )
     _settle_gc()
     if not server.tokens.has_any_token:
         return _fail(
@@ -210,6 +226,12 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         client = Client(config, _announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
+    if config.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
+        )
     _settle_gc()
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
 
@@ -294,42 +316,49 @@ def status(address: str, token: str | None, *, as_json: bool = False) -> int:
 
     try:
         data = fetch_status(address, token)
+        if as_json:
+            print(json.dumps(data, indent=1))
+        else:
+            print_status(data)
     except StatusError as exc:
         print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
         return EXIT_RUNTIME
-    if as_json:
-        print(json.dumps(data, indent=1))
-    else:
-        print_status(data)
     return EXIT_OK
 
 
 def cert(
     out: str, names: list[str] | None, *, days: int, client: bool = False, force: bool = False
 ) -> int:
-    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint."""
+    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint.
+
+    Files are created, never opened as they are: a link or a file someone else left at either
+    path is refused, or with `force` replaced by a new file (see `muxtunnel.files`).
+    """
+    from muxtunnel import files
     from muxtunnel.tls import format_fingerprint, generate_self_signed
 
     names = names or [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
     base = "client" if client else "server"
     cert_path = os.path.join(out, f"{base}.crt")
     key_path = os.path.join(out, f"{base}.key")
-    existing = [path for path in (cert_path, key_path) if os.path.exists(path)]
-    if existing and not force:
-        print(f"muxtunnel: {existing[0]} exists (--force overwrites)", file=sys.stderr)
-        return EXIT_USAGE
     if days < 1:
         print("muxtunnel: --days must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    existing = [path for path in (cert_path, key_path) if os.path.lexists(path)]
+    if existing and not force:
+        print(f"muxtunnel: {existing[0]} exists (--force replaces it)", file=sys.stderr)
+        return EXIT_USAGE
     cert_pem, key_pem, der = generate_self_signed(names, days=days, client=client)
+    pair = {key_path: (key_pem, files.PRIVATE), cert_path: (cert_pem, files.PUBLIC)}
     try:
-        os.makedirs(out, exist_ok=True)
-        with open(cert_path, "wb") as handle:
-            handle.write(cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
-        os.chmod(key_path, 0o600)
+        files.make_private_dir(out)
+        if force:
+            files.replace(pair)
+        else:
+            files.create(pair)
+    except FileExistsError as exc:  # appeared since the check above
+        print(f"muxtunnel: {exc.filename} exists (--force replaces it)", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"muxtunnel: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -17,19 +17,16 @@ Rules this module keeps:
 - Tags are compared only with `hmac.compare_digest`.
 - An unknown service costs the same work and gets the same answer as a wrong token (`TokenBook`
   hands out a random dummy key for it), so failures reveal nothing about which names exist.
-- Nothing here reads a clock or logs: `FailureLimiter` takes `now` from the caller.
+- Nothing here reads a clock or logs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import struct
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -42,9 +39,7 @@ __all__ = [
     "KEY_BYTES",
     "NONCE_BYTES",
     "TAG_BYTES",
-    "FailureLimiter",
     "TokenBook",
-    "address_key",
     "client_tag",
     "derive_key",
     "group_key_pair",
@@ -291,82 +286,3 @@ class TokenBook:
         if key is None:
             return self._dummy, False
         return key, True
-
-
-def address_key(host: str) -> str:
-    """The unit a failure limit applies to: an IPv4 address, or the /64 of an IPv6 address.
-
-    One IPv6 host usually controls a whole /64, so limiting single v6 addresses limits nothing.
-    IPv4-mapped IPv6 addresses count as their IPv4 address. Non-IP strings are used as they are.
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class FailureLimiter:
-    """Per-source token bucket of failed authentications.
-
-    Each source starts with `burst` tokens; every failure takes one; tokens come back at
-    `per_min` per minute up to `burst`. A source with less than one token is refused before any
-    verification work. At most `max_sources` sources are tracked: past that the one touched least
-    recently is forgotten, and a source whose bucket has refilled is dropped, so memory stays
-    bounded however many addresses an attacker uses. `now` is any monotonic time in seconds.
-    """
-
-    def __init__(self, burst: int, per_min: float, *, max_sources: int = 10_000) -> None:
-        if burst < 1 or per_min <= 0 or max_sources < 1:
-            raise ValueError("FailureLimiter needs burst >= 1, per_min > 0, max_sources >= 1")
-        self.burst = burst
-        self.per_s = per_min / 60.0
-        self.max_sources = max_sources
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def _refill(self, source: str, now: float) -> _Bucket | None:
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            return None
-        elapsed = max(0.0, now - bucket.updated)
-        bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.per_s)
-        bucket.updated = max(bucket.updated, now)
-        if bucket.tokens >= self.burst:
-            del self._buckets[source]
-            return None
-        return bucket
-
-    def allowed(self, source: str, now: float) -> bool:
-        """May `source` try to authenticate now?"""
-        bucket = self._refill(source, now)
-        return bucket is None or bucket.tokens >= 1.0
-
-    def retry_after(self, source: str, now: float) -> float:
-        """Seconds until `source` is allowed again (0 if it is allowed now)."""
-        bucket = self._refill(source, now)
-        if bucket is None or bucket.tokens >= 1.0:
-            return 0.0
-        return (1.0 - bucket.tokens) / self.per_s
-
-    def record_failure(self, source: str, now: float) -> None:
-        """Take one token from `source` (never below zero)."""
-        bucket = self._refill(source, now)
-        if bucket is None:
-            while len(self._buckets) >= self.max_sources:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[source] = _Bucket(float(self.burst), now)
-        bucket.tokens = max(0.0, bucket.tokens - 1.0)
-        self._buckets.move_to_end(source)

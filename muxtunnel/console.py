@@ -58,7 +58,7 @@ class Panel:
             last_in, last_out, last_t = self._last.get(row.name, (row.bytes_in, row.bytes_out, now))
             span = max(now - last_t, 1e-3)
             self._last[row.name] = (row.bytes_in, row.bytes_out, now)
-            table.add_row(
+            cells = (
                 row.name,
                 row.type,
                 row.public or "-",
@@ -67,6 +67,8 @@ class Panel:
                 human_rate((row.bytes_in - last_in) / span),
                 human_rate((row.bytes_out - last_out) / span),
             )
+            # Text, never markup: the public address is what the server answered.
+            table.add_row(*(Text(cell) for cell in cells))
         return Group(header, table)
 
 

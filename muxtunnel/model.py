@@ -144,14 +144,16 @@ class ServerTls:
     key: str
     #: Mutual TLS: clients must present a certificate this CA file (PEM) vouches for.
     client_ca: str | None = None
+    #: The server's own pair in its state directory: made on the first start, then kept.
+    self_signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ClientTls:
     """TLS towards the server and how the server's certificate is verified.
 
-    At least one of `ca`, `fingerprints` or `insecure` is set (the loader makes sure): the client
-    never falls back to an unverified connection on its own.
+    At least one of `ca`, `fingerprints`, `insecure` or `known_hosts` is set (the loader makes
+    sure): the client never falls back to an unverified connection on its own.
     """
 
     #: PEM file of trusted CAs, or "system" for the system's trust store.
@@ -165,6 +167,9 @@ class ClientTls:
     key: str | None = None
     #: Name checked against the certificate with `ca` (default: the server's host).
     server_name: str | None = None
+    #: Trust on first use (with none of the above): the file that remembers each server's
+    #: fingerprint, as ssh's known_hosts does (see `muxtunnel.trust`).
+    known_hosts: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +248,8 @@ class ServerConfig:
     #: Connections not authenticated yet, in all and per source address (per /64 for IPv6).
     max_preauth_connections: int = 256
     max_preauth_per_source: int = 16
+    #: None: a plaintext carrier. (Built here, a config is plaintext unless told; the loader,
+    #: what `listen` runs, defaults to a self-signed pair in the state directory.)
     tls: ServerTls | None = None
     #: Prometheus endpoint and admin API; None: off.
     metrics: Endpoint | None = None
@@ -318,6 +325,8 @@ class ClientConfig:
     #: UDP flows kept per service (each is a stream the server opened; the server bounds them
     #: by its session's streams too).
     udp_max_flows: int = 1024
+    #: None: a plaintext carrier. (Built here, a config is plaintext unless told; the loader,
+    #: what `up` runs, defaults to TLS trusted on first use.)
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None

@@ -76,14 +76,27 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        # Text, never markup: names, addresses and peers come from the other side (`[/x]` in a
+        # public_host made rich raise MarkupError and `muxtunnel status` exit).
+        table.add_row(*(Text(cell) for cell in row))
     if not rows:
         table.add_row(*(["-"] * len(columns)))
     return table
 
 
 def render_status(data: dict[str, Any]) -> Group:
-    """Rich tables for a status document (either role)."""
+    """Rich tables for a status document (either role); `StatusError` if it is malformed.
+
+    Every text of the document is shown as it is, never read as rich markup.
+    """
+    try:
+        return _render(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"{type(exc).__name__}: {exc}"
+        raise StatusError(f"the status document is malformed ({what})") from None
+
+
+def _render(data: dict[str, Any]) -> Group:
     parts: list[Any] = []
     if data["role"] == "server":
         tls = f"  tls {data['tls']}" if data.get("tls") else ""

@@ -27,11 +27,17 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from mux import start_tls
 from muxtunnel.model import ClientTls, ServerTls
-from muxtunnel.transport import abort
+from muxtunnel.transport import TransportError, abort, connect
 
 __all__ = [
+    "CLIENT_SPEAKS_PLAINTEXT",
+    "CLIENT_SPEAKS_TLS",
     "FINGERPRINT_PREFIX",
+    "SERVER_SPEAKS_PLAINTEXT",
+    "SERVER_SPEAKS_TLS",
+    "SHUTDOWN_TIMEOUT_S",
     "ServerTlsContext",
     "TlsConfigError",
     "TlsError",
@@ -41,6 +47,7 @@ __all__ = [
     "format_fingerprint",
     "generate_self_signed",
     "parse_fingerprint",
+    "speaks_tls",
 ]
 
 FINGERPRINT_PREFIX = "sha256:"
@@ -50,6 +57,9 @@ _PEM_CERT = re.compile(
 )
 #: Alerts a server sends when it refuses our client certificate: retrying cannot help.
 _CLIENT_CERT_REFUSED = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UN")
+#: After close_notify, how long a closing carrier waits for the peer's before closing its socket:
+#: a live peer answers within one round trip; a dead one must not hold the socket long.
+SHUTDOWN_TIMEOUT_S = 5.0
 #: How a handshake fails: ssl's errors (OSErrors), or the carrier's; mapped to `TlsError` here.
 _HANDSHAKE_FAILURES = (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError)
 
@@ -64,6 +74,31 @@ class TlsConfigError(TlsError):
 
 class TlsVerifyError(TlsError):
     """The peer's certificate was refused (CA, hostname or pinned fingerprint)."""
+
+
+#: What OpenSSL says when the other side's first bytes are not TLS at all.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE")
+#: What each side says then: which flag makes the two agree.
+CLIENT_SPEAKS_PLAINTEXT = (
+    "the client does not speak TLS (`up --no-tls`?): leave --no-tls out there, or start "
+    "listen with --no-tls as well"
+)
+SERVER_SPEAKS_PLAINTEXT = (
+    "the server does not speak TLS (`listen --no-tls`?): give up --no-tls as well "
+    "(tls: false), or start listen without --no-tls"
+)
+CLIENT_SPEAKS_TLS = (
+    "the client speaks TLS (the default) and this server runs with --no-tls: give up --no-tls "
+    "as well, or start listen without it"
+)
+SERVER_SPEAKS_TLS = (
+    "the server speaks TLS (the default) and closed our plaintext connection: leave --no-tls "
+    "(tls: false) out, or start listen with --no-tls as well"
+)
+
+
+def _not_tls(exc: BaseException) -> bool:
+    return any(reason in _reason(exc) for reason in _NOT_TLS)
 
 
 def parse_fingerprint(text: str) -> str:
@@ -143,19 +178,53 @@ class ServerTlsContext:
         der = first_certificate_der(settings.cert)
         return cls(context, hashlib.sha256(der).digest(), format_fingerprint(der))
 
-    async def accept(self, stream: anyio.abc.ByteStream) -> TLSStream:
+    async def accept(self, stream: anyio.abc.ByteStream) -> anyio.abc.ByteStream:
         """Run the server side of the handshake; `TlsError` if it fails."""
         try:
-            return await TLSStream.wrap(
-                stream, server_side=True, ssl_context=self.context, standard_compatible=False
-            )
+            upgraded, _ = await _handshake(stream, self.context, server_side=True)
         except _HANDSHAKE_FAILURES as exc:
             await abort(stream)
-            raise TlsError(f"TLS handshake failed: {_reason(exc)}") from None
+            hint = f": {CLIENT_SPEAKS_PLAINTEXT}" if _not_tls(exc) else ""
+            raise TlsError(f"TLS handshake failed: {_reason(exc)}{hint}") from None
+        return upgraded
+
+
+async def _handshake(
+    stream: anyio.abc.ByteStream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    hostname: str | None = None,
+) -> tuple[anyio.abc.ByteStream, bytes | None]:
+    """TLS over `stream`; returns the TLS stream and the peer's certificate (DER) if any.
+
+    An anyio socket stream is upgraded on its own transport (`mux.start_tls`): the session's
+    carrier fast path then drives the loop's SSL transport directly, as it drives a TCP one.
+    Any other stream is wrapped in anyio's `TLSStream`.
+    """
+    upgraded = await start_tls(
+        stream,
+        context,
+        server_side=server_side,
+        server_hostname=hostname,
+        shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
+    )
+    if upgraded is not None:
+        tls_stream, ssl_object = upgraded
+        return tls_stream, ssl_object.getpeercert(binary_form=True)
+    wrapped = await TLSStream.wrap(
+        stream,
+        server_side=server_side,
+        hostname=hostname,
+        ssl_context=context,
+        standard_compatible=False,
+    )
+    return wrapped, wrapped.extra(TLSAttribute.peer_certificate_binary)
 
 
 def client_context(settings: ClientTls) -> ssl.SSLContext:
-    """The client's context. Pins are checked after the handshake by `connect_tls`."""
+    """The client's context. Pins are checked after the handshake by `connect_tls`, known
+    hosts (trust on first use) by the client with `muxtunnel.trust`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.ca:
@@ -163,8 +232,10 @@ def client_context(settings: ClientTls) -> ssl.SSLContext:
         context.check_hostname = True
         context.verify_mode = ssl.CERT_REQUIRED
     else:
-        # Only pins (checked below) or an explicit `insecure` get here: see ClientTls.
-        assert settings.fingerprints or settings.insecure, "ClientTls without a way to verify"
+        # Only pins (checked below), known hosts or an explicit `insecure` get here.
+        assert settings.fingerprints or settings.known_hosts or settings.insecure, (
+            "ClientTls without a way to verify"
+        )
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if settings.cert and settings.key:
@@ -196,7 +267,7 @@ async def connect_tls(
     settings: ClientTls,
     host: str,
     context: ssl.SSLContext | None = None,
-) -> tuple[TLSStream, bytes]:
+) -> tuple[anyio.abc.ByteStream, bytes]:
     """Client handshake over `stream`; returns the TLS stream and the channel binding.
 
     Raises `TlsVerifyError` when the certificate is refused (CA, hostname, pin) or the server
@@ -205,13 +276,7 @@ async def connect_tls(
     context = context or client_context(settings)
     name = settings.server_name or host
     try:
-        tls = await TLSStream.wrap(
-            stream,
-            server_side=False,
-            hostname=name,
-            ssl_context=context,
-            standard_compatible=False,
-        )
+        tls, der = await _handshake(stream, context, server_side=False, hostname=name)
     except ssl.SSLCertVerificationError as exc:
         raise TlsVerifyError(
             f"the server's certificate was refused: {_reason(exc)} "
@@ -223,7 +288,6 @@ async def connect_tls(
                 f"the server refused our client certificate: {_reason(exc)}"
             ) from None
         raise TlsError(f"TLS handshake with {host} failed: {_reason(exc)}") from None
-    der = tls.extra(TLSAttribute.peer_certificate_binary)
     if not der:
         await tls.aclose()
         raise TlsVerifyError("the server presented no certificate")
@@ -288,3 +352,23 @@ def generate_self_signed(
         key_pem,
         cert.public_bytes(serialization.Encoding.DER),
     )
+
+
+async def speaks_tls(host: str, port: int, timeout_s: float) -> bool:
+    """Does `host:port` complete a TLS handshake? What a plaintext client asks once the server
+    has closed on it, to say which flag is wrong rather than retry forever."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await connect(host, port, timeout_s=timeout_s)
+            try:
+                tls, _ = await _handshake(stream, context, server_side=False, hostname=host)
+            except _HANDSHAKE_FAILURES:
+                await abort(stream)
+                return False
+    except (TransportError, TimeoutError):
+        return False
+    await abort(tls)
+    return True

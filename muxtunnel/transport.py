@@ -1,4 +1,5 @@
-"""The one seam between muxtunnel and the network: TCP carriers and visitors, UDP endpoints.
+"""The one seam between muxtunnel and the network: TCP carriers and visitors (its UDP half, the
+endpoints UDP services use, is `muxtunnel.datagrams`).
 
 Above this module there are anyio `ByteStream`s and two kinds of failure, never the foreign
 exceptions of the socket layer (httpcore's `map_exceptions` at its backend is the model):
@@ -24,7 +25,6 @@ retry, never end; a handler's bug costs that connection only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import errno
@@ -46,21 +46,18 @@ __all__ = [
     "Address",
     "TcpListener",
     "TransportError",
-    "UdpEndpoint",
     "abort",
+    "bind_error",
     "connect",
     "listen_tcp",
     "local_address",
     "local_port",
-    "open_udp",
     "peer_address",
     "setup_done",
 ]
 
 #: How long a TCP connect may take (the server, or a local service) before it counts as failed.
 CONNECT_TIMEOUT_S = 10.0
-#: Bytes a UDP socket may hold unsent before further datagrams to it are dropped.
-UDP_BUFFER_LIMIT_BYTES = 1024 * 1024
 #: Connections the kernel may queue per listener before we accept them: room for a burst of
 #: new visitors (picked; the kernel caps it at net.core.somaxconn, 4096 since Linux 5.4).
 LISTEN_BACKLOG = 1024
@@ -243,11 +240,12 @@ async def listen_tcp(
             local_host=host, local_port=port, backlog=LISTEN_BACKLOG
         )
     except OSError as exc:
-        raise TransportError(_bind_error(host, port, "tcp", exc)) from None
+        raise TransportError(bind_error(host, port, "tcp", exc)) from None
     return TcpListener(listener, name, refusals if refusals is not None else Refusals(log))
 
 
-def _bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
+def bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
+    """What to tell the user of a failed bind (`kind` "tcp" or "udp")."""
     # uvloop's create_datagram_endpoint raises an errno-less OSError("could not bind to
     # local_addr ...") *from* the real one: look through such wrappers for the errno.
     while exc.errno is None and isinstance(exc.__cause__, OSError):
@@ -315,80 +313,3 @@ async def abort(stream: anyio.abc.ByteStream) -> None:
             await stream.aclose()
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-
-
-# --- UDP ---
-
-
-class _DatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
-        self.on_datagram = on_datagram
-        self.closed = asyncio.Event()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.on_datagram(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP port unreachable and friends: UDP offers no delivery promise anyway
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed.set()
-
-
-class UdpEndpoint:
-    """A UDP socket driven by a protocol callback; sends drop rather than queue without bound.
-
-    Datagrams go through an asyncio datagram protocol rather than anyio's UDP sockets: each is
-    handed to `on_datagram` from the loop's callback, with no task switch per datagram, which
-    is what lets a Python process keep up with a fast UDP sender. (This needs the asyncio
-    backend, which is what muxtunnel runs on.)
-    """
-
-    def __init__(self, transport: asyncio.DatagramTransport, protocol: _DatagramProtocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
-
-    @property
-    def port(self) -> int:
-        """The local port."""
-        return int(self._transport.get_extra_info("sockname")[1])
-
-    def send(self, datagram: bytes, address: Address | None = None) -> bool:
-        """Send one datagram, or drop it (False) while the socket's buffer is full."""
-        buffered: int = self._transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        if buffered > UDP_BUFFER_LIMIT_BYTES:
-            return False
-        self._transport.sendto(datagram, address)
-        return True
-
-    async def wait_closed(self) -> None:
-        """Return once the socket is closed."""
-        await self._protocol.closed.wait()
-
-    def close(self) -> None:
-        """Close the socket (idempotent)."""
-        self._transport.close()
-
-
-async def open_udp(
-    on_datagram: Callable[[bytes, Address], None],
-    *,
-    local: Address | None = None,
-    remote: Address | None = None,
-) -> UdpEndpoint:
-    """Bind (`local`) or connect (`remote`) a UDP socket whose datagrams go to `on_datagram`.
-
-    `TransportError` if the socket cannot be bound or connected.
-    """
-    loop = asyncio.get_running_loop()
-    protocol = _DatagramProtocol(on_datagram)
-    try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: protocol, local_addr=local, remote_addr=remote
-        )
-    except OSError as exc:
-        if local is not None:
-            raise TransportError(_bind_error(local[0], local[1], "udp", exc)) from None
-        where = f"{remote[0]}:{remote[1]}" if remote is not None else "?"
-        raise TransportError(f"cannot reach udp {where}: {exc.strerror or exc}") from None
-    return UdpEndpoint(transport, protocol)

@@ -6,7 +6,7 @@ counted. A flow idle for `idle_s` expires; past `max_flows`, or when the service
 of the session's streams (`streams`, see `quota`), the least recently active flow is evicted.
 Both end the flow's stream with RST.
 
-The sockets are `transport.UdpEndpoint`s: each datagram is framed and queued from the loop's
+The sockets are `datagrams.UdpEndpoint`s: each datagram is framed and queued from the loop's
 callback, with no task switch per datagram, which is what lets a Python process keep up with a
 fast UDP sender.
 """
@@ -24,9 +24,10 @@ import anyio.abc
 
 from mux import MuxStream, Session
 from muxtunnel.control import VisitorHeader, encode_visitor_header
+from muxtunnel.datagrams import UdpEndpoint, open_udp
 from muxtunnel.log import Refusals
 from muxtunnel.quota import Share
-from muxtunnel.transport import Address, TransportError, UdpEndpoint, open_udp
+from muxtunnel.transport import Address, TransportError
 
 #: Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes).
 MAX_DATAGRAM_BYTES = 65507

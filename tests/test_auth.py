@@ -7,9 +7,7 @@ import pytest
 from muxtunnel.auth import (
     NONCE_BYTES,
     TAG_BYTES,
-    FailureLimiter,
     TokenBook,
-    address_key,
     client_tag,
     derive_key,
     hkdf_sha256,
@@ -20,6 +18,7 @@ from muxtunnel.auth import (
     verify_server_tag,
 )
 from muxtunnel.model import Secret, ServerConfig, ServicePolicy
+from muxtunnel.sources import FailureLimiter, address_key
 
 
 @dataclasses.dataclass(frozen=True)

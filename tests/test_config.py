@@ -18,12 +18,14 @@ from muxtunnel.balance.settings import (
 from muxtunnel.config import ConfigError, load_client_config, load_config, load_server_config
 from muxtunnel.model import (
     ClientConfig,
+    ClientTls,
     GroupSpec,
     HttpFront,
     HttpOptions,
     PortRanges,
     Secret,
     ServerConfig,
+    ServerTls,
     ServicePolicy,
     ServiceSpec,
 )
@@ -33,7 +35,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 EXAMPLE = ROOT / "config.example.yaml"
 EXAMPLE_ENV = {
     "MUXTUNNEL_TOKEN": "example-token-0123456789",
-    "MUXTUNNEL_SSH_TOKEN": "ssh-0123456789",
+    "MUXTUNNEL_SSH_TOKEN": "ssh-token-0123456789",
 }
 
 
@@ -63,7 +65,7 @@ def test_example_loads_for_the_server() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.allow_ports == PortRanges(((8000, 8999), (10000, 10100)))
     assert config.services == (
-        ServicePolicy("ssh", Secret("ssh-0123456789"), port=8022, idle_timeout_s=0.0),
+        ServicePolicy("ssh", Secret("ssh-token-0123456789"), port=8022, idle_timeout_s=0.0),
         ServicePolicy(
             "shop",
             lb=parse_policy("least_connections"),
@@ -81,7 +83,7 @@ def test_example_loads_for_the_client() -> None:
     assert config.token == Secret("example-token-0123456789")
     assert config.services == (
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
-        ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-0123456789")),
+        ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-token-0123456789")),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
         ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
         ServiceSpec(
@@ -218,8 +220,16 @@ def test_example_needs_its_secrets_from_the_environment() -> None:
 # --- valid files ---
 
 
+#: A state directory of its own, and the TLS defaults the loader derives from it.
+STATE_ENV = {"XDG_STATE_HOME": "/state"}
+SERVER_TLS = ServerTls(
+    "/state/muxtunnel/server.crt", "/state/muxtunnel/server.key", self_signed=True
+)
+CLIENT_TLS = ClientTls(known_hosts="/state/muxtunnel/known_hosts")
+
+
 def test_full_server_config() -> None:
-    config = load_server_config(config_path("valid/server.yaml"), env={})
+    config = load_server_config(config_path("valid/server.yaml"), env=STATE_ENV)
     assert config == ServerConfig(
         bind_host="::",
         bind_port=9000,
@@ -243,11 +253,12 @@ def test_full_server_config() -> None:
         udp_max_flows=100,
         auth_failures_burst=3,
         auth_failures_per_min=0.5,
+        tls=SERVER_TLS,
     )
 
 
 def test_full_client_config() -> None:
-    config = load_client_config(config_path("valid/client.yaml"), env={})
+    config = load_client_config(config_path("valid/client.yaml"), env=STATE_ENV)
     assert config == ClientConfig(
         server_host="tunnel.example.com",
         server_port=7835,
@@ -260,6 +271,7 @@ def test_full_client_config() -> None:
         mux=MuxConfig(keepalive_timeout_s=5),
         reconnect_min_s=1.0,
         reconnect_max_s=60.0,
+        tls=CLIENT_TLS,
     )
 
 
@@ -270,8 +282,9 @@ def test_tokens_never_show_in_repr() -> None:
 
 def test_empty_sections_give_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\nclient: {}\n")
-    assert load_server_config(path, env={}) == ServerConfig()
-    assert load_client_config(path, env={}) == ClientConfig()
+    # TLS is the loader's default: the server's own pair, trust on first use.
+    assert load_server_config(path, env=STATE_ENV) == ServerConfig(tls=SERVER_TLS)
+    assert load_client_config(path, env=STATE_ENV) == ClientConfig(tls=CLIENT_TLS)
 
 
 def test_no_file_at_all_uses_overrides_and_defaults() -> None:
@@ -563,20 +576,20 @@ def test_overrides_win_over_the_file() -> None:
         path,
         {
             "bind": "127.0.0.1:7000",
-            "token": "flag-token",
+            "token": "flag-token-0123456789",
             "allow_ports": "9000-9100",
             "public_host": None,  # not given on the command line
             "udp_max_flows": 5,
             "mux": MuxConfig(max_streams=8),
         },
-        env={"MUXTUNNEL_TOKEN": "env-token"},
+        env={"MUXTUNNEL_TOKEN": "env-token-0123456789"},
     )
     assert (config.bind_host, config.bind_port, config.public_host) == (
         "127.0.0.1",
         7000,
         "127.0.0.1",
     )
-    assert config.token == Secret("flag-token")
+    assert config.token == Secret("flag-token-0123456789")
     assert config.allow_ports == PortRanges(((9000, 9100),))
     assert config.udp_max_flows == 5 and config.mux == MuxConfig(max_streams=8)
     assert config.auth_timeout_s == 2.5  # untouched file value
@@ -611,13 +624,14 @@ def test_unknown_override_is_a_programming_error() -> None:
 
 
 def test_env_token_applies_only_when_nothing_else_sets_one(tmp_path: Path) -> None:
-    env = {"MUXTUNNEL_TOKEN": "env-token"}
-    assert load_client_config(None, env=env).token == Secret("env-token")
-    assert load_client_config(None, {"token": Secret("flag")}, env=env).token == Secret("flag")
-    path = write(tmp_path, "client:\n  token: file-token\n")
-    assert load_client_config(path, env=env).token == Secret("file-token")
+    env = {"MUXTUNNEL_TOKEN": "env-token-0123456789"}
+    assert load_client_config(None, env=env).token == Secret("env-token-0123456789")
+    flag = Secret("flag-token-0123456789")
+    assert load_client_config(None, {"token": flag}, env=env).token == flag
+    path = write(tmp_path, "client:\n  token: file-token-0123456789\n")
+    assert load_client_config(path, env=env).token == Secret("file-token-0123456789")
     assert load_client_config(None, env={"MUXTUNNEL_TOKEN": ""}).token is None
-    assert load_server_config(None, env=env).token == Secret("env-token")
+    assert load_server_config(None, env=env).token == Secret("env-token-0123456789")
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

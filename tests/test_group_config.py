@@ -172,7 +172,7 @@ def test_group_token_file_errors(tmp_path: Path) -> None:
         _load_client(missing)
     (tmp_path / "empty").write_text("\n")
     empty = build_parser().parse_args([*base, "--group-token-file", str(tmp_path / "empty")])
-    with pytest.raises(ConfigError, match="holds no token"):
+    with pytest.raises(ConfigError, match="is empty"):
         _load_client(empty)
     both = build_parser().parse_args(
         [*base, "--group-token", "a", "--group-token-file", str(tmp_path / "empty")]

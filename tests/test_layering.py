@@ -88,14 +88,19 @@ MUXTUNNEL_RANKS = {
     # building blocks that need only the vocabulary
     "specs": 1,
     "auth": 1,
+    "sources": 1,
     "log": 1,
     "transport": 1,  # the network seam
+    "datagrams": 1,  # its UDP half
+    "argv": 1,  # masks secrets in the command line the kernel shows
+    "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
     "quota": 1,
     "admission": 2,
     "framing": 1,
     # wrappers, protocols and meters over the seam
     "tls": 2,
+    "trust": 3,  # the state directory: the server's own pair, the client's known servers
     "limits": 2,
     "proxy": 2,
     "control": 2,
@@ -121,6 +126,7 @@ MUXTUNNEL_RANKS = {
     # the composition root, and the command line in front of it
     "app": 6,
     "cli": 7,
+    "flags": 6,
     "__main__": 7,
     "demo": 7,
 }
@@ -295,8 +301,12 @@ def test_rich_waits_for_a_terminal(module: str) -> None:
 #: Modules that may catch the socket layer's own exceptions, and why.
 FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
+    "muxtunnel.datagrams": "the network seam's UDP half: bind errors, a 0-byte send's errors",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
+    "muxtunnel.config._values": "reading token files",
+    "muxtunnel.argv": "reading /proc/self/stat and /proc/self/cmdline",
+    "muxtunnel.trust": "reading and writing the known-hosts file",
     "muxtunnel.reload": "stat() of the config file",
     "muxtunnel.app": "writing certificate files",
     "muxtunnel.log": "isatty() of a stream that may have none",

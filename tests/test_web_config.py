@@ -38,7 +38,8 @@ def write(tmp_path: Path, text: str) -> str:
 def test_server_web_ports_from_the_file(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "server:\n  token: t\n  http:\n    bind: '127.0.0.1:8080'\n    domain: Example.COM.\n"
+        "server:\n  token: t-0123456789abcdef\n"
+        "  http:\n    bind: '127.0.0.1:8080'\n    domain: Example.COM.\n"
         "    custom_domains: ['*.example.org', www.example.net]\n    head_timeout_s: 3\n"
         "    offline_grace_s: 0\n  https:\n    bind: 8443\n"
         "  services:\n    - {name: app, custom_domains: ['*']}\n",
@@ -67,7 +68,7 @@ def test_listen_flags_make_the_web_ports() -> None:
 def test_client_web_services_from_the_file(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "client:\n  token: t\n  services:\n"
+        "client:\n  token: t-0123456789abcdef\n  services:\n"
         "    - name: App\n      type: http\n      local: 3000\n      subdomain: Www\n"
         "      custom_domains: [shop.example.net]\n      locations: [/, /api/]\n"
         "      host_rewrite: 'localhost:3000'\n"
@@ -111,7 +112,7 @@ def test_client_web_services_from_the_file(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_bad_web_services_are_refused_at_load(tmp_path: Path, entry: str, what: str) -> None:
-    path = write(tmp_path, f"client:\n  token: t\n  services:\n    - {entry}\n")
+    path = write(tmp_path, f"client:\n  token: t-0123456789abcdef\n  services:\n    - {entry}\n")
     with pytest.raises(ConfigError, match=f"{path}:4: client.services\\[0\\]") as info:
         load_client_config(path, env={})
     assert what in str(info.value)

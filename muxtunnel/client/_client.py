@@ -35,7 +35,7 @@ from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.status import ClientStatus, SessionRow
-from muxtunnel.tls import TlsError, client_context
+from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
 
 __all__ = ["Client", "backoff_s"]
 
@@ -160,17 +160,20 @@ class Client:
         await session.aclose()
 
     async def _session_once(self, first: bool) -> None:
-        carrier, binding = await open_carrier(self.config, self.tls_context)
+        carrier = await open_carrier(self.config, self.tls_context)
         try:
-            async with Session(carrier, client=True, config=self.config.mux) as session:
+            async with Session(carrier.stream, client=True, config=self.config.mux) as session:
                 self.session = session
+                stream = await session.open_stream()
                 channel = Control(
-                    await session.open_stream(), self.config, binding, self.announce, self.instance
+                    stream, self.config, carrier.binding, self.announce, self.instance
                 )
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     await channel.hello()
                     for state in list(self.services.values()):
                         await channel.register(state, self._token(state.spec), first=first)
+                if carrier.remember is not None:
+                    carrier.remember()  # the server proved the token: its certificate is it
                 log.info("session opened", server=self.server, services=len(self.services))
                 self._control, self._session_started = channel, anyio.current_time()
                 self.connected.set()
@@ -193,6 +196,9 @@ class Client:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if self.connected.is_set():
                 return  # a session that was up ended: the caller reconnects
+            host, port = self.config.server_host, self.config.server_port
+            if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
+                raise FatalError(SERVER_SPEAKS_TLS) from None
             hint = ""
             if self.config.tls is not None and self.config.tls.cert is None:
                 hint = " (does it want a client certificate? see --tls-cert/--tls-key)"

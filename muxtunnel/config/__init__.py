@@ -32,33 +32,28 @@ from typing import Literal, overload
 
 from muxtunnel.config._client import CLIENT_KEYS, client
 from muxtunnel.config._server import SERVER_KEYS, server
-from muxtunnel.config._tree import (
-    ConfigError,
-    Map,
-    Node,
-    Scalar,
-    absent,
-    child,
-    read_secret_file,
-    read_tree,
-)
-from muxtunnel.config._values import mapping
-from muxtunnel.model import ClientConfig, ServerConfig
+from muxtunnel.config._tree import ConfigError, Map, Node, Scalar, absent, child, read_tree
+from muxtunnel.config._values import MIN_TOKEN_CHARS, TOKEN_KEYS, mapping, token_file
+from muxtunnel.model import ClientConfig, Secret, ServerConfig
 
 __all__ = [
     "CLIENT_KEYS",
+    "ENV_ADMIN_TOKEN",
     "ENV_TOKEN",
+    "MIN_TOKEN_CHARS",
     "SERVER_KEYS",
     "ConfigError",
     "load_client_config",
     "load_config",
     "load_server_config",
-    "read_secret_file",
+    "load_token_file",
 ]
 
 Role = Literal["server", "client"]
 #: Where the token comes from when neither the command line nor the file sets one.
 ENV_TOKEN = "MUXTUNNEL_TOKEN"
+#: The admin API's and metrics' bearer token when no flag gives one (`--admin`, `status`).
+ENV_ADMIN_TOKEN = "MUXTUNNEL_ADMIN_TOKEN"
 PathArg = str | os.PathLike[str] | None
 
 
@@ -74,9 +69,18 @@ def _overlay(
             items[key] = _overlay_mapping(items.get(key), section, key, given)
         elif given is not None:
             items[key] = Scalar("command line", 0, key, None, given)
-    if absent(items.get("token")) and env.get(ENV_TOKEN):
+            _drop_other_token(items, key)
+    if absent(items.get("token")) and absent(items.get("token_file")) and env.get(ENV_TOKEN):
         items["token"] = Scalar("environment", 0, ENV_TOKEN, None, env[ENV_TOKEN])
     return Map(section.file, section.line, section.path, items)
+
+
+def _drop_other_token(items: dict[str, Node], key: str) -> None:
+    """A token flag replaces the file's token, whichever way each gives it."""
+    if key in TOKEN_KEYS:
+        for other in TOKEN_KEYS:
+            if other != key:
+                items.pop(other, None)
 
 
 def _overlay_mapping(
@@ -85,13 +89,14 @@ def _overlay_mapping(
     """Flags that set some keys of a sub-section: they go on top of the file's keys."""
     if isinstance(node, Map):
         base = dict(node.items)
-    elif node is None or absent(node) or "bind" in values:
-        base = {}
+    elif node is None or absent(node) or "bind" in values or key == "tls":
+        base = {}  # flags for `tls` replace a `tls: true/false` of the file
     else:
         base = {"bind": node}  # `admin: HOST:PORT` in the file, a token from the command line
     for name, given in values.items():
         if given is not None:
             base[name] = Scalar("command line", 0, f"{key}.{name}", None, given)
+            _drop_other_token(base, name)
     return Map(section.file, section.line, child(section.path, key), base)
 
 
@@ -150,3 +155,8 @@ def load_client_config(
 ) -> ClientConfig:
     """The client's config: `client:` of the file at `path`, with `overrides` on top."""
     return load_config(path, "client", overrides, env=env)
+
+
+def load_token_file(path: str) -> Secret:
+    """The token in the file a flag names; `ConfigError` if it cannot be used."""
+    return token_file(Scalar("command line", 0, "", None, path), os.environ)

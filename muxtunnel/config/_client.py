@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from muxtunnel.config._tree import (
     Node,
     Scalar,
     check_keys,
+    child,
     fail,
     present,
     string,
@@ -38,12 +40,13 @@ from muxtunnel.specs import (
     validate_service_name,
 )
 from muxtunnel.tls import parse_fingerprint
+from muxtunnel.trust import KNOWN_HOSTS_FILE
 
 __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
-    "name", "type", "local", "remote_port", "token", "compression", "compression_level",
-    *_web.WEB_SERVICE_KEYS, *_balance.GROUP_KEYS,
+    "name", "type", "local", "remote_port", "token", "token_file", "compression",
+    "compression_level", *_web.WEB_SERVICE_KEYS, *_balance.GROUP_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -90,7 +93,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         if name_node is not None:
             name = v.parsed(name_node, validate_service_name, string(name_node, env))
         v.unique_name(names, name, name_node or entry)
-        remote, token = present(entry, "remote_port"), present(entry, "token")
+        remote = present(entry, "remote_port")
         if remote is not None and kind in WEB_TYPES:
             fail(remote, f"an {kind} service has no port of its own: it is reached by its name")
         compression, level = _compression(entry, env)
@@ -107,7 +110,7 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
             local_host=host,
             local_port=port,
             remote_port=v.integer(remote, env, 0, 65535) if remote else 0,
-            token=v.token(token, env) if token else None,
+            token=v.secret(entry, env),
             compression=compression,
             compression_level=level,
             http=_web.http_options(entry, kind, name, name_node or entry, env),
@@ -148,45 +151,45 @@ def _fingerprints(pins: Node, env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(v.parsed(item, parse_fingerprint, string(item, env)) for item in pin_nodes)
 
 
-def _tls(node: Node, env: Mapping[str, str]) -> ClientTls | None:
-    if done := v.overridden(node, ClientTls):
+def _tls(section: Map, env: Mapping[str, str]) -> ClientTls | None:
+    """`tls:` false (plaintext), true or absent (trust on first use), or a mapping that says
+    how to verify the server (`ca`, `fingerprint`, `insecure`), with a client certificate."""
+    node = present(section, "tls")
+    if node is not None and (done := v.overridden(node, ClientTls)):
         return done
-    if isinstance(node, Scalar):  # `tls: false` (off) or `tls: true` (needs a way to verify)
+    if isinstance(node, Scalar):  # `tls: false` (off) or `tls: true` (the default)
         if not v.boolean(node, env):
             return None
-        section = Map(node.file, node.line, node.path)
+        tls = Map(node.file, node.line, node.path)
+    elif node is None:
+        tls = Map(section.file, section.line, child(section.path, "tls"))
     else:
-        section = v.entry(node)
-        check_keys(section, _TLS_KEYS)
-        if (enabled := present(section, "enabled")) and not v.boolean(enabled, env):
+        tls = v.entry(node)
+        check_keys(tls, _TLS_KEYS)
+        if (enabled := present(tls, "enabled")) and not v.boolean(enabled, env):
             return None
     fields: dict[str, Any] = {}
-    if ca := present(section, "ca"):
+    if ca := present(tls, "ca"):
         fields["ca"] = "system" if string(ca, env) == "system" else v.path(ca, env)
-    if pins := present(section, "fingerprint"):
+    if pins := present(tls, "fingerprint"):
         fields["fingerprints"] = _fingerprints(pins, env)
-    if insecure := present(section, "insecure"):
+    if insecure := present(tls, "insecure"):
         fields["insecure"] = v.boolean(insecure, env)
-    cert, key = present(section, "cert"), present(section, "key")
+    cert, key = present(tls, "cert"), present(tls, "key")
     if (cert is None) != (key is None):
-        fail(section, "a client certificate needs both 'cert' and 'key'")
+        fail(tls, "a client certificate needs both 'cert' and 'key'")
     if cert is not None and key is not None:
         fields["cert"], fields["key"] = v.path(cert, env), v.path(key, env)
-    if name := present(section, "server_name"):
+    if name := present(tls, "server_name"):
         fields["server_name"] = v.parsed(name, validate_host, string(name, env))
-    settings = ClientTls(**fields)
-    if not (settings.ca or settings.fingerprints or settings.insecure):
-        fail(
-            section,
-            "TLS needs a way to verify the server: a CA file (ca, or 'system' for the system's "
-            "CAs), a pinned fingerprint (fingerprint: sha256:...), or, knowingly, insecure: true",
-        )
-    return settings
+    if not (fields.get("ca") or fields.get("fingerprints") or fields.get("insecure")):
+        state = v.state_dir(section, env, "the fingerprints of servers met (known_hosts)")
+        fields["known_hosts"] = os.path.join(state, KNOWN_HOSTS_FILE)
+    return ClientTls(**fields)
 
 
 # YAML key -> reader; each key is also the name of the model field it fills.
 _FIELDS: dict[str, v.Reader] = {
-    "token": v.token,
     "services": _services,
     "reconnect_min_s": v.positive,
     "reconnect_max_s": v.positive,
@@ -194,19 +197,21 @@ _FIELDS: dict[str, v.Reader] = {
     "udp_flow_idle_s": v.positive,
     "udp_max_flows": v.count,
     "mux": v.mux,
-    "tls": _tls,
     "metrics": v.endpoint,
     "admin": v.endpoint,
     "resume": v.boolean,
 }
 #: Every key `client:` may hold.
-CLIENT_KEYS = ("server", *_FIELDS)
+CLIENT_KEYS = ("server", *v.TOKEN_KEYS, "allow_weak_token", "tls", "state_dir", *_FIELDS)
 
 
 def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
     """Resolve a `client:` section (with the command line's overrides on it)."""
     check_keys(section, CLIENT_KEYS)
     fields = v.fields(section, _FIELDS, env)
+    fields["token"] = v.secret(section, env)
+    v.refuse_weak_tokens(section, env)
+    fields["tls"] = _tls(section, env)
     host, port = ClientConfig().server_host, DEFAULT_CONTROL_PORT
     if node := present(section, "server"):
         text = string(node, env)

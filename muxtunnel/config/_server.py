@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,13 +28,14 @@ from muxtunnel.model import (
     ServicePolicy,
 )
 from muxtunnel.specs import parse_host_port, parse_port_ranges, validate_host, validate_service_name
+from muxtunnel.trust import SERVER_CERT_FILE, SERVER_KEY_FILE
 
 __all__ = ["SERVER_KEYS", "server"]
 
 _PORTS = "a port list like '1024-65535,8080'"
 _POLICY_KEYS = (
-    "name", "token", "bandwidth_bytes_per_s", "max_connections", "compression", "custom_domains",
-    "port", "idle_timeout_s", *_balance.POLICY_KEYS,
+    "name", "token", "token_file", "bandwidth_bytes_per_s", "max_connections", "compression",
+    "custom_domains", "port", "idle_timeout_s", *_balance.POLICY_KEYS,
 )  # fmt: skip
 
 
@@ -63,7 +65,6 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
             fail(entry, "missing required key 'name'")
         name = v.parsed(name_node, validate_service_name, string(name_node, env))
         v.unique_name(names, name, name_node)
-        token_node = present(entry, "token")
         limits: dict[str, Any] = {}
         if found := present(entry, "bandwidth_bytes_per_s"):
             limits["bandwidth_bytes_per_s"] = v.size(found, env)
@@ -81,28 +82,43 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
         if found := present(entry, "idle_timeout_s"):
             limits["idle_timeout_s"] = v.non_negative(found, env)
         limits.update(_balance.policy_fields(entry, env))
-        token = v.token(token_node, env) if token_node else None
-        policies.append(ServicePolicy(name, token, **limits))
+        policies.append(ServicePolicy(name, v.secret(entry, env), **limits))
     return tuple(policies)
 
 
-def _tls(node: Node, env: Mapping[str, str]) -> ServerTls | None:
-    if done := v.overridden(node, ServerTls):
+def _tls(section: Map, env: Mapping[str, str]) -> ServerTls | None:
+    """`tls:` false (plaintext), true or absent (the server's own self-signed pair in the state
+    directory), or a mapping: `cert` and `key` of your own, `client_ca` for mutual TLS."""
+    node = present(section, "tls")
+    if node is not None and (done := v.overridden(node, ServerTls)):
         return done
-    section = v.entry(node)
-    check_keys(section, ("cert", "key", "client_ca"))
-    cert, key = present(section, "cert"), present(section, "key")
-    if cert is None or key is None:
-        fail(section, "TLS needs both 'cert' and 'key' (`muxtunnel cert` makes a pair)")
-    client_ca = present(section, "client_ca")
+    client_ca: str | None = None
+    if isinstance(node, Scalar):
+        if not v.boolean(node, env):
+            return None
+    elif node is not None:
+        tls = v.entry(node)
+        check_keys(tls, ("enabled", "cert", "key", "client_ca"))
+        if (enabled := present(tls, "enabled")) and not v.boolean(enabled, env):
+            return None
+        if found := present(tls, "client_ca"):
+            client_ca = v.path(found, env)
+        cert, key = present(tls, "cert"), present(tls, "key")
+        if (cert is None) != (key is None):
+            fail(tls, "TLS needs both 'cert' and 'key' (`muxtunnel cert` makes a pair)")
+        if cert is not None and key is not None:
+            return ServerTls(v.path(cert, env), v.path(key, env), client_ca)
+    state = v.state_dir(section, env, "the server's own TLS certificate")
     return ServerTls(
-        v.path(cert, env), v.path(key, env), v.path(client_ca, env) if client_ca else None
+        cert=os.path.join(state, SERVER_CERT_FILE),
+        key=os.path.join(state, SERVER_KEY_FILE),
+        client_ca=client_ca,
+        self_signed=True,
     )
 
 
 # YAML key -> reader; each key is also the name of the model field it fills.
 _FIELDS: dict[str, v.Reader] = {
-    "token": v.token,
     "allow_ports": _allow_ports,
     "services": _services,
     "auth_timeout_s": v.positive,
@@ -120,7 +136,6 @@ _FIELDS: dict[str, v.Reader] = {
     "max_preauth_connections": v.count,
     "max_preauth_per_source": v.count,
     "mux": v.mux,
-    "tls": _tls,
     "metrics": v.endpoint,
     "admin": v.endpoint,
     "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
@@ -130,13 +145,18 @@ _FIELDS: dict[str, v.Reader] = {
     "resume": v.boolean,
 }
 #: Every key `server:` may hold.
-SERVER_KEYS = ("bind", "public_host", *_FIELDS)
+SERVER_KEYS = (
+    "bind", "public_host", *v.TOKEN_KEYS, "allow_weak_token", "tls", "state_dir", *_FIELDS,
+)  # fmt: skip
 
 
 def server(section: Map, env: Mapping[str, str]) -> ServerConfig:
     """Resolve a `server:` section (with the command line's overrides on it)."""
     check_keys(section, SERVER_KEYS)
     fields = v.fields(section, _FIELDS, env)
+    fields["token"] = v.secret(section, env)
+    v.refuse_weak_tokens(section, env)
+    fields["tls"] = _tls(section, env)
     host, port = ServerConfig().bind_host, DEFAULT_CONTROL_PORT
     if node := present(section, "bind"):
         text = string(node, env)

@@ -34,7 +34,6 @@ __all__ = [
     "fail",
     "kind",
     "present",
-    "read_secret_file",
     "read_tree",
     "string",
     "value",
@@ -259,20 +258,6 @@ def read_tree(file: str, env: Mapping[str, str], stack: tuple[str, ...] = ()) ->
     result = _merge(merged, tree)
     assert isinstance(result, Map)
     return result
-
-
-def read_secret_file(file: str) -> str:
-    """A token kept in a file of its own (out of `ps`), without its surrounding whitespace."""
-    try:
-        with open(file, encoding="utf-8") as handle:
-            text = handle.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not UTF-8 text") from None
-    if not text:
-        raise ConfigError(f"{file}: the file holds no token")
-    return text
 
 
 # --- values, after ${VAR} substitution ---

@@ -9,6 +9,7 @@ endpoints, service lists given on the command line).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -32,6 +33,7 @@ from muxtunnel.config._tree import (
 )
 from muxtunnel.model import Endpoint, Secret, ServicePolicy, ServiceSpec
 from muxtunnel.specs import parse_host_port
+from muxtunnel.trust import default_state_dir
 
 T = TypeVar("T")
 #: A reader of one YAML key: node and environment in, model value out.
@@ -42,6 +44,17 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 #: zstd's compression levels (1 fastest, 22 smallest).
 ZSTD_LEVELS = (1, 22)
 _MUX_FIELDS = {f.name: f.default for f in dataclasses.fields(MuxConfig)}
+#: Keys that hold a token, in any section or sub-section (services, endpoints).
+TOKEN_KEYS = ("token", "token_file")
+#: Shortest token accepted without `allow_weak_token`: 16 random base64 characters hold 96
+#: bits, out of reach of offline guessing (the `openssl` line below makes 44).
+MIN_TOKEN_CHARS = 16
+TOKEN_HOWTO = (
+    "make one with `openssl rand -base64 32` or "
+    "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+)
+#: A token file larger than this is not a token file (a key, a log, a wrong path).
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def token(node: Node, env: Mapping[str, str]) -> Secret:
@@ -54,6 +67,74 @@ def token(node: Node, env: Mapping[str, str]) -> Secret:
     if not found:
         fail(node, "the token must not be empty")
     return Secret(found)
+
+
+def token_file(node: Node, env: Mapping[str, str]) -> Secret:
+    """The token in the file `node` names: its one line, without surrounding white space.
+
+    A token on the command line can be read by every user of the machine in /proc/PID/cmdline
+    for as long as the process runs; a file (mode 0600) cannot. It is read at every (re)load.
+    """
+    file = path(node, env)
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        fail(node, f"cannot read the token file {file}: {exc.strerror or exc}")
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        fail(node, f"{file} is larger than {MAX_TOKEN_FILE_BYTES} bytes: not a token file")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        fail(node, f"the token file {file} is not UTF-8 text")
+    if not text:
+        fail(node, f"the token file {file} is empty")
+    if "\n" in text or "\r" in text:
+        fail(node, f"the token file {file} holds more than one line")
+    return Secret(text)
+
+
+def secret(mapping: Map, env: Mapping[str, str]) -> Secret | None:
+    """The token of a mapping: its `token` or its `token_file` (not both), or None."""
+    given, file = present(mapping, "token"), present(mapping, "token_file")
+    if given is not None and file is not None:
+        fail(file, "give either 'token' or 'token_file', not both")
+    if given is not None:
+        return token(given, env)
+    return token_file(file, env) if file is not None else None
+
+
+def _token_nodes(node: Node) -> list[tuple[str, Node]]:
+    found: list[tuple[str, Node]] = []
+    if isinstance(node, Map):
+        for key, item in node.items.items():
+            if key in TOKEN_KEYS:
+                found += [(key, item)] if present(node, key) is not None else []
+            else:
+                found += _token_nodes(item)
+    elif isinstance(node, List):
+        for item in node.items:
+            found += _token_nodes(item)
+    return found
+
+
+def refuse_weak_tokens(section: Map, env: Mapping[str, str]) -> None:
+    """Refuse every token of `section` shorter than `MIN_TOKEN_CHARS` unless it allows them.
+
+    The tags of one captured handshake let anyone test guesses offline at HMAC-SHA256 speed.
+    """
+    allow = present(section, "allow_weak_token")
+    if allow is not None and boolean(allow, env):
+        return
+    for key, node in _token_nodes(section):
+        found = token(node, env) if key == "token" else token_file(node, env)
+        if len(found.value) < MIN_TOKEN_CHARS:
+            fail(
+                node,
+                f"the token is too short ({len(found.value)} characters, at least "
+                f"{MIN_TOKEN_CHARS} wanted): {TOKEN_HOWTO}; or accept a weak one knowingly "
+                "with --allow-weak-token (allow_weak_token: true)",
+            )
 
 
 def integer(node: Node, env: Mapping[str, str], low: int, high: int | None = None) -> int:
@@ -129,6 +210,22 @@ def path(node: Node, env: Mapping[str, str]) -> str:
     return found
 
 
+def state_dir(section: Map, env: Mapping[str, str], why: str) -> str:
+    """`state_dir:` (or `--state-dir`), else $XDG_STATE_HOME/muxtunnel or
+    ~/.local/state/muxtunnel: where the process keeps what must outlive it. The variables come
+    from `env` (what `${VAR}` reads), else from the process's own environment."""
+    if node := present(section, "state_dir"):
+        return os.path.abspath(path(node, env))
+    found = default_state_dir(env) or default_state_dir(os.environ)
+    if found is None:
+        fail(
+            section,
+            f"no state directory for {why}: set state_dir (--state-dir); neither "
+            "$XDG_STATE_HOME nor $HOME is set",
+        )
+    return found
+
+
 def mapping(node: Node | None, parent: Node, key: str) -> Map:
     """A section that may be left out (or empty): absent means an empty mapping."""
     if node is None or absent(node):
@@ -193,23 +290,37 @@ def mux(node: Node, env: Mapping[str, str]) -> MuxConfig:
 
 
 def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: an address only this machine can reach."""
-    return host in ("::1", "localhost") or host.startswith("127.")
+    """127.0.0.0/8, ::1 (or ::ffff:127.x.y.z) or the name `localhost`: only this machine reaches it.
+
+    Addresses are parsed, never matched as text: `127.example.net` is a name anybody may own.
+    Of names only `localhost` itself counts (any case, as RFC 6761 reserves it and every resolver
+    we know answers it from /etc/hosts); `foo.localhost` and every other name do not, since what
+    they resolve to is up to a resolver, not to this check.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def endpoint(node: Node, env: Mapping[str, str]) -> Endpoint | None:
-    """`HOST:PORT` (or a port: loopback), or a mapping `{bind, token}`; false for off."""
+    """`HOST:PORT` (or a port: loopback), or `{bind, token}` / `{bind, token_file}`; false: off."""
     if done := overridden(node, Endpoint):
         return done
     bind_node: Node = node
-    token_node: Node | None = None
+    token_section: Map | None = None
     if not isinstance(node, Scalar):
         section = entry(node)
-        check_keys(section, ("bind", "token"))
+        check_keys(section, ("bind", *TOKEN_KEYS))
         found = present(section, "bind")
         if found is None:
             fail(section, "missing required key 'bind'")
-        bind_node, token_node = found, present(section, "token")
+        bind_node, token_section = found, section
     text = value(bind_node, env, "HOST:PORT")
     if text is False:
         return None
@@ -218,14 +329,14 @@ def endpoint(node: Node, env: Mapping[str, str]) -> Endpoint | None:
     host, port = parsed(
         bind_node, lambda t: parse_host_port(t, default_host="127.0.0.1"), str(text)
     )
-    secret = token(token_node, env) if token_node else None
-    if secret is None and not is_loopback(host):
+    bearer = secret(token_section, env) if token_section else None
+    if bearer is None and not is_loopback(host):
         fail(
             node,
-            f"{host} is not a loopback address: give a bearer token (token: ...) "
+            f"{host} is not a loopback address: give a bearer token (token: or token_file:) "
             "so that nobody else can read it",
         )
-    return Endpoint(host, port, secret)
+    return Endpoint(host, port, bearer)
 
 
 def unique_name(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 
-from muxtunnel.auth import address_key
 from muxtunnel.balance.ratelimit import Refusal
 from muxtunnel.balance.settings import PolicyKind
 from muxtunnel.balance.snapshot import CircuitState
@@ -22,6 +21,7 @@ from muxtunnel.server import _visitors
 from muxtunnel.server._balanced import BalancedStream
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import GroupService, MemberHandle
+from muxtunnel.sources import address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServiceRow
 from muxtunnel.transport import TcpListener, abort, peer_address, setup_done

@@ -34,7 +34,7 @@ import structlog
 
 from mux import Session
 from muxtunnel import control
-from muxtunnel.auth import address_key, verify_group_proof
+from muxtunnel.auth import verify_group_proof
 from muxtunnel.balance.group import Group
 from muxtunnel.balance.settings import GroupSettings, PolicyKind
 from muxtunnel.control import MemberUpdate, Register
@@ -53,6 +53,7 @@ from muxtunnel.server._registry import (
     RegistrationError,
     Reservation,
 )
+from muxtunnel.sources import address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.transport import local_port
 from muxtunnel.udp import UdpForwarder

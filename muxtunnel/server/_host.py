@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mux import Session
 from muxtunnel.admission import AdmissionGate
-from muxtunnel.auth import FailureLimiter, TokenBook
+from muxtunnel.auth import TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
 from muxtunnel.control import MemberUpdate, Register
 from muxtunnel.forward import Visitors
@@ -20,6 +20,7 @@ from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
 from muxtunnel.server._registry import ActiveService, Registry
+from muxtunnel.sources import FailureLimiter
 
 if TYPE_CHECKING:  # loaded only by a server with web ports
     from muxtunnel.server._web import WebFront

@@ -64,7 +64,7 @@ class ActiveService:
     streams: Share = field(default_factory=lambda: Quota(1 << 30).share("-"))
     #: Its share of the session's compression memory (bytes).
     compression_memory: Share = field(default_factory=lambda: Quota(1 << 40).share("-"))
-    #: Visitors in flight per source address (`auth.address_key`).
+    #: Visitors in flight per source address (`sources.address_key`).
     sources: Counter[str] = field(default_factory=Counter)
     #: Set when the port is given up on purpose (Unregister, closed by the server): no
     #: reservation is kept for it.
@@ -170,7 +170,7 @@ class GroupService:
     started: float = field(default_factory=anyio.current_time)
     ended: anyio.Event = field(default_factory=anyio.Event)
     urls: tuple[str, ...] = ()
-    #: Visitors in flight per source address (`auth.address_key`).
+    #: Visitors in flight per source address (`sources.address_key`).
     sources: Counter[str] = field(default_factory=Counter)
     retries_total: int = 0
     failed_total: int = 0

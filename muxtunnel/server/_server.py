@@ -16,9 +16,9 @@ import anyio.abc
 import structlog
 
 from mux import Session
-from muxtunnel import __version__, control
+from muxtunnel import control
 from muxtunnel.admission import AdmissionGate, Ticket
-from muxtunnel.auth import FailureLimiter, TokenBook, address_key
+from muxtunnel.auth import TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
 from muxtunnel.control import Error, MemberUpdate, Register
 from muxtunnel.forward import Visitors
@@ -27,16 +27,17 @@ from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
 from muxtunnel.reload import ReloadError, server_changes
-from muxtunnel.server._group_visitors import group_service_row
-from muxtunnel.server._group_visitors import rows as group_rows
 from muxtunnel.server._groups import Groups
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._session import ClientSession
+from muxtunnel.server._status import server_status
+from muxtunnel.sources import FailureLimiter, address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
-from muxtunnel.tls import ServerTlsContext, TlsError
+from muxtunnel.tls import CLIENT_SPEAKS_TLS, ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+from muxtunnel.trust import load_server_tls
 
 if TYPE_CHECKING:  # the web ports (and h11) are loaded only when configured
     from muxtunnel.server._web import WebFront
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # the web ports (and h11) are loaded only when configured
 __all__ = ["Server"]
 
 log = structlog.get_logger("muxtunnel.server")
+#: How the multiplexer names a TLS hello (its first byte, 0x16, read as a frame's version).
+_TLS_HELLO = "unsupported protocol version 22"
 
 #: Per-name state (traffic totals, limiter) of a name that is no longer registered is kept this
 #: long, so a client that reconnects finds its totals; and for at most this many such names,
@@ -71,7 +74,12 @@ class Server:
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
         self.visitors = Visitors()
         #: TLS on the control port (None: plain TCP); swapped by a reload.
-        self.tls = ServerTlsContext.load(config.tls) if config.tls else None
+        self.tls: ServerTlsContext | None = None
+        #: The path of a self-signed certificate made by this process (to say so once).
+        self.tls_created: str | None = None
+        if config.tls is not None:
+            self.tls, created = load_server_tls(config.tls)
+            self.tls_created = config.tls.cert if created else None
         #: Per service name, kept across registrations: byte totals and enforced limits.
         self.traffic: dict[str, ServiceTraffic] = {}
         self.limiters = {policy.name: ServiceLimiter(policy) for policy in config.services}
@@ -200,6 +208,14 @@ class Server:
             self.config.bind_host, self.config.bind_port, name="control", refusals=self.refusals
         )
         self.port = local_port(listener)
+        if self.tls is not None and self.tls_created is not None:
+            log.info(
+                "tls certificate created",
+                cert=self.tls_created,
+                fingerprint=self.tls.fingerprint,
+                hint="clients trust it on first use and refuse another one later; to pin it: "
+                f"up --server-fingerprint {self.tls.fingerprint}",
+            )
         log.info(
             "listening",
             bind=f"{self.config.bind_host}:{self.port}",
@@ -268,12 +284,7 @@ class Server:
                 with anyio.fail_after(self.config.auth_timeout_s):
                     carrier = await tls.accept(stream)
             except (TlsError, TimeoutError) as exc:
-                self.refusals.refuse(
-                    "tls_failed",
-                    "tls handshake failed",
-                    peer=format_host_port(*address),
-                    error=str(exc),
-                )
+                self._tls_failed(address, str(exc))
                 await abort(stream)
                 return
             binding = tls.binding
@@ -296,6 +307,14 @@ class Server:
                     duration_s=round(anyio.current_time() - started, 3),
                     reason=client.close_reason,
                 )
+            elif client is not None and _TLS_HELLO in (client.session.close_reason or ""):
+                self._tls_failed(address, f"a TLS hello on a plaintext port: {CLIENT_SPEAKS_TLS}")
+
+    def _tls_failed(self, address: tuple[str, int], error: str) -> None:
+        """Count a failed TLS handshake; log it at doubling counts (a flood is not a log)."""
+        self.refusals.refuse(
+            "tls_failed", "tls handshake failed", peer=format_host_port(*address), error=error
+        )
 
     # --- changes and status ---
 
@@ -308,7 +327,7 @@ class Server:
         """
         changes = server_changes(self.config, new)
         try:
-            tls = ServerTlsContext.load(changes.config.tls) if changes.config.tls else None
+            tls = load_server_tls(changes.config.tls)[0] if changes.config.tls else None
             web_tls = self.web.load_tls(changes.config.https) if self.web is not None else None
         except TlsError as exc:
             raise ReloadError(str(exc)) from None
@@ -355,42 +374,4 @@ class Server:
 
     def status(self) -> ServerStatus:
         """What the server is doing now, as an immutable snapshot."""
-        now = anyio.current_time()
-        sessions = [row for s in self.sessions.values() if (row := s.row(now)) is not None]
-        public_host = self.config.public_host
-        web_rows = {row.name: row for row in self.web.traffic_rows()} if self.web else {}
-        services = [
-            service.row(
-                public_host,
-                self.traffic.get(name),
-                self.limiters.get(name),
-                web_rows[name].responses if name in web_rows and service.type == "http" else None,
-            )
-            for name, service in sorted(self.registry.by_name.items())
-        ]
-        groups = group_rows(self.groups.by_name, public_host, now)
-        services += [
-            group_service_row(group, public_host, self.traffic.get(name), self.limiters.get(name))
-            for name, group in self.groups.by_name.items()
-        ]
-        services.sort(key=lambda row: row.name)
-        connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
-        connections.sort(key=lambda row: -row.age_s)
-        traffic = [t.row(name) for name, t in sorted(self.traffic.items())]
-        traffic += [row.traffic() for row in services if row.type == "udp"]
-        return ServerStatus(
-            version=__version__,
-            bind=format_host_port(self.config.bind_host, self.port or self.config.bind_port),
-            tls=self.tls.fingerprint if self.tls else None,
-            uptime_s=now - self.started,
-            auth_failures=self.auth_failures,
-            sessions=tuple(sessions),
-            services=tuple(services),
-            connections=tuple(connections),
-            traffic=tuple(traffic),
-            web=self.web.row() if self.web is not None else None,
-            web_traffic=tuple(web_rows.values()),
-            refusals=dict(self.refusals.counts),
-            groups=tuple(groups),
-            admissions=self.rate_limits.rows(),
-        )
+        return server_status(self)

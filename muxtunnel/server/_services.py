@@ -25,7 +25,6 @@ import structlog
 
 from mux import Session
 from muxtunnel import control
-from muxtunnel.auth import address_key
 from muxtunnel.compress import ALGORITHMS
 from muxtunnel.control import Register
 from muxtunnel.forward import Visitors
@@ -35,6 +34,7 @@ from muxtunnel.server import _visitors
 from muxtunnel.server._admitted_udp import AdmittedUdp
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
+from muxtunnel.sources import address_key
 from muxtunnel.transport import TcpListener, TransportError, listen_tcp, local_port
 from muxtunnel.udp import UdpForwarder
 

@@ -21,12 +21,13 @@ import structlog
 from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.admission import Ticket
-from muxtunnel.auth import address_key, new_nonce, server_tag, verify_client_tag
+from muxtunnel.auth import new_nonce, server_tag, verify_client_tag
 from muxtunnel.control import Error, Hello, MemberUpdate, Register, Registered, Unregister
 from muxtunnel.server import _services
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
+from muxtunnel.sources import address_key
 from muxtunnel.status import SessionRow
 
 __all__ = ["ClientSession"]

@@ -18,13 +18,13 @@ import anyio.abc
 
 from mux import Session
 from muxtunnel import control
-from muxtunnel.auth import address_key
 from muxtunnel.balance.ratelimit import Admission, Refusal
 from muxtunnel.compress import stream_memory_bytes
 from muxtunnel.control import VisitorHeader
 from muxtunnel.forward import forward, guarded
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService
+from muxtunnel.sources import address_key
 from muxtunnel.transport import (
     Address,
     TcpListener,

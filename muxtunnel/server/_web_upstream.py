@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.abc
 
-from muxtunnel.auth import address_key
 from muxtunnel.balance.ratelimit import Admission, Refusal, VisitorLimiter
 from muxtunnel.balance.settings import Policy, PolicyKind
 from muxtunnel.compress import CompressedStream
@@ -26,6 +25,7 @@ from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.server._balanced import BalancedStream
 from muxtunnel.server._registry import GroupService
+from muxtunnel.sources import address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.vhost import UpstreamRefused, UpstreamUnavailable, Visitor
 

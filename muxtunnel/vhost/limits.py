@@ -16,7 +16,7 @@ from collections import OrderedDict
 import structlog
 
 from muxtunnel import log as _log
-from muxtunnel.auth import address_key
+from muxtunnel.sources import address_key
 
 __all__ = ["OnceSet", "SourceLimiter", "SourceTicket", "log_doubling", "source_key"]
 

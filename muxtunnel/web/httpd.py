@@ -26,9 +26,9 @@ import anyio.abc
 import structlog
 
 from muxtunnel.admission import AdmissionGate
-from muxtunnel.auth import address_key
 from muxtunnel.log import Refusals
 from muxtunnel.model import Endpoint
+from muxtunnel.sources import address_key
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
 
 __all__ = ["Response", "Route", "serve_http"]

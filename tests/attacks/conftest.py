@@ -16,14 +16,25 @@ import secrets
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
-from e2e.conftest import harness
 from e2e.harness import Harness, Listen, TcpEchoServer, UdpEchoServer, Up, free_port
 from stress.live import HonestProbe
 from testenv import raise_open_files_limit, skip_or_fail
 
 __all__ = ["harness"]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    """The e2e harness, plaintext: the attackers here speak raw yamux frames (RawCarrier,
+    AuthClient, FrameTap), the layer every attack row is about; TLS would only wrap them."""
+    h = Harness(tmp_path, tls=False)
+    try:
+        yield h
+    finally:
+        h.close()
 
 #: Limits of the shared server (small, so tests reach them quickly).
 MAX_VISITORS = 64
@@ -95,7 +106,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="package")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveTunnel]:
-    harness = Harness(tmp_path_factory.mktemp("live"))
+    harness = Harness(tmp_path_factory.mktemp("live"), tls=False)  # raw frames: see `harness`
     tcp_echo, udp_echo = TcpEchoServer(), UdpEchoServer()
     tokens = {"svc-a": secrets.token_hex(16), "svc-b": secrets.token_hex(16)}
     try:

@@ -3,9 +3,11 @@
 Everything here is synchronous (threads and plain sockets) and bounded in time:
 
 - `Harness` starts the two commands with `sys.executable -m muxtunnel`, a random token and ports
-  nobody else holds, waits until they are ready (listen: its `listening` log line and a TCP
-  connect to the control port; up: one `NAME tcp HOST:PORT -> LOCAL` line per service on
-  stdout), and stops every process it started when the test ends (SIGTERM, then SIGKILL).
+  nobody else holds, with TLS as by default (a state directory of the test's own) or, for
+  tests that speak raw yamux frames, `--no-tls`; it waits until they are ready (listen: its
+  `listening` log line and a TCP connect to the control port; up: one `NAME tcp HOST:PORT ->
+  LOCAL` line per service on stdout), and stops every process it started when the test ends
+  (SIGTERM, then SIGKILL).
 - Children write stdout and stderr to files, never to pipes nobody drains; `Proc.describe()`
   shows them, and the conftest attaches them to the report of a failing test.
 - `TcpEchoServer`, `TcpTarget` and `UdpEchoServer` are the local services behind the tunnel.
@@ -312,15 +314,25 @@ class Up(Proc):
 class Harness:
     """The processes of one test; `close()` stops them all."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, tls: bool = True) -> None:
         self.log_dir = log_dir
+        #: False: `listen` and `up` get `--no-tls` (for tests that speak raw yamux frames).
+        self.tls = tls
         self.token = secrets.token_hex(16)
         self.procs: list[Proc] = []
         self._names: dict[str, int] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a child: ours without MUXTUNNEL_*, and a state directory of the
+        test's own (listen's certificate, up's known hosts: TLS as by default, never in the
+        real home)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MUXTUNNEL_")}
-        env.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", **extra)
+        env.update(
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            XDG_STATE_HOME=str(self.log_dir / "state"),
+            **extra,
+        )
         return env
 
     def _name(self, base: str) -> str:
@@ -362,6 +374,8 @@ class Harness:
             args += ["--token", token]
         if allow_ports:
             args += ["--allow-ports", allow_ports]
+        if not self.tls:
+            args.append("--no-tls")
         proc: Listen = self.spawn(Listen, "listen", [*args, *extra], env)
         proc.host, proc.port, proc.token = host, port, token
         if wait:
@@ -389,6 +403,8 @@ class Harness:
             args += ["--token", token]
         if config is not None:
             args += ["--config", config]
+        if not self.tls:
+            args.append("--no-tls")
         for spec in tcp:
             args += ["--tcp", spec]
         for spec in udp:

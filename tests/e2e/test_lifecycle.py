@@ -124,7 +124,7 @@ def test_wrong_token_is_final(harness: Harness) -> None:
     started = time.monotonic()
     listen = harness.listen()
     listen_start_s = time.monotonic() - started  # a Python process starting up, right now
-    up = harness.up(listen, tcp=[f"svc={free_port()}"], token="not-the-token", wait=False)
+    up = harness.up(listen, tcp=[f"svc={free_port()}"], token="not-the-token-01234567", wait=False)
     assert up.wait_exit(FATAL_EXIT_S) == 1
     # One start-up and one refused attempt; a retry would add a backoff and another attempt.
     assert time.monotonic() - up.started < within_load(3.0, listen_start_s), "took too long"
@@ -238,21 +238,21 @@ def test_token_precedence_flag_then_file_then_environment(
     harness: Harness, tcp_echo: TcpEchoServer
 ) -> None:
     """--token wins over server.token, which wins over $MUXTUNNEL_TOKEN."""
-    config = harness.write("server.yaml", "server:\n  token: file-token-123\n")
-    env = harness.env(MUXTUNNEL_TOKEN="env-token-456")
+    config = harness.write("server.yaml", "server:\n  token: file-token-0123456789\n")
+    env = harness.env(MUXTUNNEL_TOKEN="env-token-0123456")
     from_file = harness.listen("--config", config, token="", env=env)
-    assert harness.up(from_file, tcp=[f"a={tcp_echo.port}"], token="file-token-123")
-    wrong = harness.up(from_file, tcp=[f"b={tcp_echo.port}"], token="env-token-456", wait=False)
+    assert harness.up(from_file, tcp=[f"a={tcp_echo.port}"], token="file-token-0123456789")
+    wrong = harness.up(from_file, tcp=[f"b={tcp_echo.port}"], token="env-token-0123456", wait=False)
     assert wrong.wait_exit(FATAL_EXIT_S) == 1
-    from_flag = harness.listen("--config", config, token="flag-token-789", env=env)
-    assert harness.up(from_flag, tcp=[f"c={tcp_echo.port}"], token="flag-token-789")
+    from_flag = harness.listen("--config", config, token="flag-token-0123456789", env=env)
+    assert harness.up(from_flag, tcp=[f"c={tcp_echo.port}"], token="flag-token-0123456789")
     # And up reads $MUXTUNNEL_TOKEN when neither the flag nor its file give one.
     from_env = harness.listen(token="", env=env)
     assert harness.up(from_env, tcp=[f"d={tcp_echo.port}"], token="", env=env)
 
 
 def test_bad_service_spec_is_a_usage_error(harness: Harness) -> None:
-    proc = harness.run("up", "--token", "x", "--tcp", "web=localhost:notaport")
+    proc = harness.run("up", "--token", harness.token, "--tcp", "web=localhost:notaport")
     assert proc.returncode == 2, proc.describe()
     assert "notaport" in _one_error_line(proc)
 
@@ -262,7 +262,8 @@ def test_listen_bind_failure_is_fatal(harness: Harness) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        proc = harness.run("listen", "--bind", f"127.0.0.1:{port}", "--token", "t", timeout_s=15)
+        bind = f"127.0.0.1:{port}"
+        proc = harness.run("listen", "--bind", bind, "--token", harness.token, timeout_s=15)
     assert proc.returncode == 1, proc.describe()
     assert str(port) in _one_error_line(proc)
 

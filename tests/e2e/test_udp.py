@@ -146,3 +146,19 @@ def test_oversize_cannot_be_sent_over_ipv4() -> None:
     """Why the oversize cases above use IPv6: the IPv4 stack refuses such datagrams itself."""
     with _visitor() as sock, pytest.raises(OSError):
         sock.sendto(b"x" * (MAX_IPV4_PAYLOAD + 1), ("127.0.0.1", 9))
+
+
+def test_empty_datagrams_arrive_both_ways(harness: Harness, udp_echo: UdpEchoServer) -> None:
+    """A 0-byte datagram opens a flow, reaches the service and its 0-byte echo comes back."""
+    listen = harness.listen()
+    up = harness.up(listen, udp=[f"echo={udp_echo.port}:{free_port()}"])
+    public = up.public("echo")
+    with _visitor() as visitor:
+        visitor.sendto(b"", public)  # the flow's first datagram
+        assert visitor.recv(100) == b""
+        visitor.sendto(b"x", public)
+        assert visitor.recv(100) == b"x"
+        visitor.sendto(b"", public)  # and one on a flow that is open
+        assert visitor.recv(100) == b""
+        _nothing_arrives(visitor, 0.3)
+    assert udp_echo.received == [b"", b"x", b""]

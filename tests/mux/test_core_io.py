@@ -233,3 +233,26 @@ def test_syn_may_carry_extra_window(feed_mode: str) -> None:
     server = Connection(client=False)
     assert feed(server, F.window_update(1, 5000, Flag.SYN), feed_mode) == [StreamOpened(1)]
     assert server.send_window(1) == INITIAL_STREAM_WINDOW + 5000
+
+
+def test_our_fin_while_the_peers_last_data_frame_is_half_read_keeps_its_body() -> None:
+    """Both sides half-close: the peer's last Data|FIN frame has arrived up to part of its body
+    when we write our own FIN. The stream is then closed both ways, yet the rest of the body
+    must still be delivered, and its end (the stream was dropped from the table at our FIN, so
+    the tail and StreamEnded were lost and the reader waited forever)."""
+    server = Connection(client=False)
+    assert server.receive_data(F.syn(1), 0.0) == [StreamOpened(1)]
+    server.accept_stream(1)
+    drain_frames(server)  # the ACK
+    body = bytes(range(256)) * 4
+    wire = F.data(1, body, Flag.FIN)
+    split = HEADER_SIZE + 100
+    events = server.receive_data(wire[:split], 0.0)  # the header (with FIN) and 100 bytes
+    server.send_eof(1)
+    frames = drain_frames(server)
+    assert any(frame.flags & Flag.FIN for frame in frames)  # our FIN is out: closed both ways
+    events += server.receive_data(wire[split:], 0.0)
+    received = b"".join(bytes(event.data) for event in events if isinstance(event, DataReceived))
+    assert received == body
+    assert events[-1] == StreamEnded(1)
+    assert not server.has_stream(1)  # and it leaves the table once the body is in

@@ -26,7 +26,7 @@ def test_server_keys(tmp_path: Path) -> None:
         tmp_path,
         """
 server:
-  token: t-0123456789
+  token: t-0123456789abcdef
   tls: {cert: certs/s.crt, key: /etc/s.key, client_ca: ca.pem}
   metrics: "127.0.0.1:9100"
   admin: {bind: "0.0.0.0:7836", token: admin-0123456789}
@@ -51,7 +51,7 @@ def test_client_keys_and_flags(tmp_path: Path) -> None:
         f"""
 client:
   server: example.com
-  token: t-0123456789
+  token: t-0123456789abcdef
   tls: {{fingerprint: ["{PIN}"], cert: c.crt, key: c.key}}
   admin: 7837
   services:
@@ -76,7 +76,6 @@ client:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ("client:\n  tls: true\n", "TLS needs a way to verify the server"),
         ("client:\n  tls: {fingerprint: sha256:abc}\n", "expected a SHA-256 fingerprint"),
         ("client:\n  tls: {insecure: true, cert: c.crt}\n", "needs both 'cert' and 'key'"),
         ("client:\n  admin: 0.0.0.0:7836\n", "not a loopback address: give a bearer token"),
@@ -120,9 +119,18 @@ def test_cert_command_prints_the_fingerprint_to_pin(
     assert "exists" in capsys.readouterr().err
 
 
-def test_up_with_tls_and_no_way_to_verify_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["up", "--server", "127.0.0.1:1", "--tcp", "1", "--no-tls", "--tls-ca", "system"],
+        ["up", "--server", "127.0.0.1:1", "--tcp", "1", "--no-tls", "--insecure"],
+        ["listen", "--no-tls", "--tls-cert", "a.crt", "--tls-key", "a.key"],
+    ],
+)
+def test_no_tls_with_tls_flags_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["up", "--server", "127.0.0.1:1", "--token", "t-0123456789", "--tcp", "1", "--tls"]
-    assert cli.main(argv) == 2
-    assert "TLS needs a way to verify the server" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "--no-tls contradicts --" in capsys.readouterr().err

@@ -38,6 +38,7 @@ def _client_yaml(server_port: int, services: str) -> str:
         "client:\n"
         f"  server: 127.0.0.1:{server_port}\n"
         f"  token: {TOKEN.value}\n"
+        "  tls: false\n"  # the in-process server here runs without TLS
         "  reconnect_min_s: 0.1\n"
         "  reconnect_max_s: 0.5\n"
         "  services:\n" + services
