@@ -78,6 +78,8 @@ class Suspension:
         self.resumes = 0
         #: When the current suspension began (`anyio.current_time()`).
         self.since: float | None = None
+        #: The session ended because no new carrier came within `resume_timeout_s`.
+        self.expired = False
 
     @property
     def suspended(self) -> bool:
@@ -152,6 +154,11 @@ class Resumable:
         if since is None or self._error is not None:
             return None
         return anyio.current_time() - since
+
+    @property
+    def resume_expired(self) -> bool:
+        """The session ended because no new carrier came within `resume_timeout_s`."""
+        return self._suspension.expired
 
     @property
     def carrier_losses(self) -> int:
@@ -246,6 +253,7 @@ class Resumable:
             await suspension.back.wait()
         if suspension.suspended:
             reason = suspension.reason
+            suspension.expired = True
             await self._fail(f"{reason}; no new carrier within {timeout_s:g} s (resume_timeout_s)")
             return False
         return self._error is None

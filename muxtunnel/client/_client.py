@@ -1,10 +1,11 @@
 """`muxtunnel up`: keep one session to the server, register services, serve visitors.
 
-When the session ends the client reconnects with exponential backoff and jitter and registers
-again. Failures a retry cannot fix (a wrong token, a port the server does not allow) end the
-client instead: retrying them forever would only hide them. The client owns every field below:
-a reload reaches them through `apply_config`, and whoever shows state through `status()`, a
-snapshot.
+When the carrier breaks, a resumable session (`_resume`) goes on over a new one and its
+visitors never notice. When the session ends the client reconnects (at once if the session had
+been up a while, then with exponential backoff and jitter) and registers again. Failures a
+retry cannot fix (a wrong token, a port the server does not allow) end the client instead:
+retrying them forever would only hide them. The client owns every field below: a reload
+reaches them through `apply_config`, and whoever shows state through `status()`, a snapshot.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from mux import MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
-from muxtunnel.client._session import Control, open_carrier
+from muxtunnel.client._resume import ResumeStats, keep_resuming
+from muxtunnel.client._session import Carrier, Control, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     Announce,
@@ -34,7 +36,7 @@ from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
-from muxtunnel.status import ClientStatus, SessionRow
+from muxtunnel.status import ClientStatus, ResumeRow, ServerRow, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
 
 __all__ = ["Client", "backoff_s"]
@@ -45,6 +47,9 @@ log = structlog.get_logger("muxtunnel.client")
 #: the server can open the next, for any service); their connects wait per service, so that a
 #: flood of one service's visitors never queues another's behind it.
 DIALS_PER_SERVICE = 16
+#: A session that had been up this long is reconnected at once when it ends (the end is news;
+#: a session that keeps ending sooner than this gets the backoff, never a tight loop).
+SETTLED_SESSION_S = 10.0
 
 
 def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
@@ -79,6 +84,8 @@ class Client:
         #: This process among the members of a group (a reconnect takes its place back).
         self.instance = secrets.token_bytes(INSTANCE_BYTES)
         self.checks = HealthChecks(self._report_health)
+        #: Resumes of this client's sessions, and failures by reason.
+        self.resume_stats = ResumeStats()
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
@@ -130,19 +137,23 @@ class Client:
         attempt = 0
         first = True
         while True:
+            settled = False
             try:
                 await self._session_once(first)
                 attempt = 0
                 reason = self.session.close_reason if self.session else "closed"
                 log.warning("session ended", server=self.server, reason=reason)
+                settled = anyio.current_time() - self._session_started >= SETTLED_SESSION_S
             except RetryableError as exc:
                 log.warning("connection failed", server=self.server, error=str(exc))
             finally:
                 self.connected = anyio.Event()
             first = False
             self.reconnects += 1
-            delay = backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
-            attempt += 1
+            delay = 0.0
+            if not settled:
+                delay = backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
+                attempt += 1
             log.info("reconnecting", server=self.server, in_s=round(delay, 2), attempt=attempt)
             await anyio.sleep(delay)
 
@@ -161,20 +172,24 @@ class Client:
 
     async def _session_once(self, first: bool) -> None:
         carrier = await open_carrier(self.config, self.tls_context)
+        config = self.config
         try:
-            async with Session(carrier.stream, client=True, config=self.config.mux) as session:
+            async with Session(
+                carrier.stream, client=True, config=config.mux, resumable=config.resume
+            ) as session:
                 self.session = session
                 stream = await session.open_stream()
-                channel = Control(
-                    stream, self.config, carrier.binding, self.announce, self.instance
-                )
+                channel = Control(stream, config, carrier.binding, self.announce, self.instance)
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     await channel.hello()
+                    if not channel.resume_id:  # the server does not resume sessions
+                        session.disable_resume()
                     for state in list(self.services.values()):
                         await channel.register(state, self._token(state.spec), first=first)
                 if carrier.remember is not None:
                     carrier.remember()  # the server proved the token: its certificate is it
-                log.info("session opened", server=self.server, services=len(self.services))
+                log.info("session opened", server=self.server, services=len(self.services),
+                         resumable=channel.ticket is not None)  # fmt: skip
                 self._control, self._session_started = channel, anyio.current_time()
                 self.connected.set()
                 async with anyio.create_task_group() as tg:
@@ -184,6 +199,12 @@ class Client:
                         tg.cancel_scope.cancel()  # the control channel's end ends the session
 
                     tg.start_soon(watch)
+                    if channel.ticket is not None:
+                        session.enable_resume()
+                        tg.start_soon(
+                            keep_resuming, session, channel.ticket, self._connect,
+                            self._retry_delay_s, self.resume_stats, self.server,
+                        )  # fmt: skip
                     try:
                         while True:
                             tg.start_soon(self._on_stream, await session.accept_stream())
@@ -211,6 +232,13 @@ class Client:
 
     async def _on_stream(self, stream: MuxStream) -> None:
         await _visitors.serve(self, stream)
+
+    async def _connect(self) -> Carrier:
+        """A new carrier to the server (its name resolved anew), for a resume."""
+        return await open_carrier(self.config, self.tls_context)
+
+    def _retry_delay_s(self, attempt: int) -> float:
+        return backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
 
     async def _report_health(self, state: ServiceState) -> None:
         """A group member's health changed: tell the server now, if the session is up."""
@@ -333,11 +361,24 @@ class Client:
                     rtt_s=session.rtt_s,
                     streams=session.stream_count,
                     services=registered,
+                    suspended=session.suspended,
+                    resumes=session.resumes,
                 ),
             )
         services = tuple(state.row(self.traffic.get(name)) for name, state in self.services.items())
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
+        stats, live = self.resume_stats, session is not None and not session.closed
+        suspended = live and session is not None and session.suspended
+        replay = session.replay_bytes if live and session is not None else 0
+        server = ServerRow(
+            self.server, self.online, suspended, self.reconnects, stats.resumes,
+            session.rtt_s if live and session is not None else None, replay,
+        )  # fmt: skip
+        resume = ResumeRow(
+            stats.resumes, dict(stats.failures), int(suspended), replay,
+            session.replay_peak_bytes if session is not None else 0,
+        )  # fmt: skip
         return ClientStatus(
             version=__version__,
             server=self.server,
@@ -347,4 +388,6 @@ class Client:
             connections=tuple(connections),
             traffic=tuple(row.traffic() for row in services),
             refusals=dict(self.refusals.counts),
+            resume=resume,
+            servers=(server,),
         )

@@ -19,7 +19,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mux import MuxConfig, MuxStream, Session, SessionClosed
-from muxtunnel import control
+from muxtunnel import control, resume
 from muxtunnel.auth import (
     client_tag,
     derive_key,
@@ -181,6 +181,10 @@ class Control:
         self._nonces = (b"", b"")
         #: What the server supports beyond version 1 (`Challenge.features`).
         self.features: tuple[str, ...] = ()
+        #: The session's id if the server lets it resume (`Challenge.resume_id`), and what
+        #: resuming it takes once the first registration proved the token (`muxtunnel.resume`).
+        self.resume_id = b""
+        self.ticket: resume.Ticket | None = None
         #: Answers to `register_later`, passed on by `watch` (before it runs, registrations
         #: read the channel themselves).
         self._send: MemoryObjectSendStream[Reply]
@@ -193,7 +197,12 @@ class Control:
         client_nonce = new_nonce()
         await control.send_message(
             self.channel,
-            Hello(control.PROTOCOL_VERSION, client_nonce, socket.gethostname()[:255]),
+            Hello(
+                control.PROTOCOL_VERSION,
+                client_nonce,
+                socket.gethostname()[:255],
+                resume=self._config.resume,
+            ),
         )
         reply = await control.receive_message(self.channel)
         if isinstance(reply, Error):
@@ -202,6 +211,7 @@ class Control:
             raise control.ControlError(f"expected a challenge, got {type(reply).__name__}")
         self._nonces = reply.server_nonce, client_nonce
         self.features = reply.features
+        self.resume_id = reply.resume_id if self._config.resume else b""
 
     async def register(self, state: ServiceState, token: Secret | None, *, first: bool) -> None:
         """Register one service, before `watch` runs; updates `state` and announces it.
@@ -286,6 +296,10 @@ class Control:
             key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding, group
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
+        if self.resume_id and self.ticket is None:  # the first registration: the session's key
+            nonces, sid = (server_nonce, client_nonce), self.resume_id
+            secret = resume.resume_key(key, spec.name, *nonces, self._binding, sid)
+            self.ticket = resume.Ticket(sid, secret)
         state.member = reply.member
         state.compression = reply.compression if spec.compression else None
         # An older server says no level: ours, as it was then.

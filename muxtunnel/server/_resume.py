@@ -20,6 +20,7 @@ ending when the carrier breaks. A carrier that starts with `resume.MAGIC` is ser
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
@@ -31,12 +32,13 @@ import structlog
 from mux import Session, SessionClosed
 from muxtunnel import control, resume
 from muxtunnel.admission import AdmissionGate, Ticket
-from muxtunnel.auth import FailureLimiter, address_key, new_nonce
-from muxtunnel.control import Error
-from muxtunnel.framing import ControlError
+from muxtunnel.auth import new_nonce
+from muxtunnel.control import RESUME_ID_BYTES, Error, Hello
+from muxtunnel.framing import ControlError, receive_exactly
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.resilience_status import ResumeRow
+from muxtunnel.sources import FailureLimiter, address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.transport import abort
 
@@ -45,7 +47,11 @@ __all__ = [
     "STANDBY_IDLE_S",
     "Attachable",
     "ResumableSessions",
+    "grant",
+    "read_preamble",
     "serve_resume",
+    "session_ended",
+    "start",
 ]
 
 log = structlog.get_logger("muxtunnel.server")
@@ -134,6 +140,55 @@ class ResumableSessions:
             replay_bytes=sum(session.replay_bytes for session in live),
             replay_peak_bytes=max((session.replay_peak_bytes for session in live), default=0),
         )
+
+
+def grant(hello: Hello, session: Session, config: ServerConfig) -> bytes:
+    """The Challenge's resume id: a fresh one if the client asked and we resume sessions;
+    b"" otherwise, and the session then keeps nothing for a resume."""
+    if hello.resume and config.resume and session.conn.resumable:
+        return secrets.token_bytes(RESUME_ID_BYTES)
+    if session.conn.resumable:
+        session.disable_resume()
+    return b""
+
+
+def start(
+    host: ResumeHost,
+    target: Attachable,
+    service_key: bytes,
+    service: str,
+    nonces: tuple[bytes, bytes],
+    binding: bytes,
+) -> None:
+    """The session's first registration succeeded: it may resume from now on."""
+    if not target.resume_id or target.resume_key is not None:
+        return
+    server_nonce, client_nonce = nonces
+    target.resume_key = resume.resume_key(
+        service_key, service, server_nonce, client_nonce, binding, target.resume_id
+    )
+    host.resumable.add(target)
+    target.session.enable_resume()
+
+
+def session_ended(host: ResumeHost, target: Attachable) -> None:
+    """The session is over: it can no longer be resumed (count it if it waited in vain)."""
+    host.resumable.remove(target)
+    if target.session.resume_expired:
+        host.resumable.failures["expired"] += 1
+
+
+async def read_preamble(carrier: anyio.abc.ByteStream, timeout_s: float) -> bytes | None:
+    """A new carrier's first bytes: `resume.MAGIC`, or the start of a fresh session's frames
+    (the session parses them first). b"" if the peer closed first, None if it was silent for
+    `timeout_s`."""
+    try:
+        with anyio.fail_after(timeout_s):
+            return await receive_exactly(carrier, len(resume.MAGIC))
+    except TimeoutError:
+        return None
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return b""
 
 
 def _refuse(host: ResumeHost, reason: str, message: str, **context: str | int) -> None:

@@ -23,7 +23,7 @@ from muxtunnel import control
 from muxtunnel.admission import Ticket
 from muxtunnel.auth import new_nonce, server_tag, verify_client_tag
 from muxtunnel.control import Error, Hello, MemberUpdate, Register, Registered, Unregister
-from muxtunnel.server import _services
+from muxtunnel.server import _resume, _services
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
@@ -71,6 +71,11 @@ class ClientSession:
         self.authenticated = False
         self.close_reason = "client disconnected"
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Resumption (`_resume`): the id its Challenge gave, the key its first registration
+        #: proved, the carriers attached besides its own, and one switch at a time.
+        self.resume_id = b""
+        self.resume_key: bytes | None = None
+        self.attached, self.switching = 0, anyio.Lock()
 
     def row(self, now: float) -> SessionRow | None:
         """The session as a status row; None until it has authenticated."""
@@ -83,6 +88,8 @@ class ClientSession:
             rtt_s=self.session.rtt_s,
             streams=self.session.stream_count,
             services=tuple(self.services),
+            suspended=self.session.suspended,
+            resumes=self.session.resumes,
         )
 
     async def run(self) -> None:
@@ -114,6 +121,7 @@ class ClientSession:
                 )
             for service in self.services.values():
                 service.session_lost = True  # before its task ends: web names wait for it
+            _resume.session_ended(self.host, self)
             tg.cancel_scope.cancel()
         if refused := self.session.refused_streams:
             self.host.refusals.refuse(
@@ -166,8 +174,9 @@ class ClientSession:
                 return
             self.client_name = hello.client_name
             nonces = new_nonce(), hello.client_nonce
+            self.resume_id = _resume.grant(hello, self.session, self.host.config)
             challenge = control.Challenge(
-                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,)
+                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,), self.resume_id
             )
             await control.send_message(channel, challenge)
             while not self.authenticated:
@@ -307,6 +316,7 @@ class ClientSession:
                 member,
             ),
         )
+        _resume.start(host, self, key, request.service, (server_nonce, client_nonce), self.binding)
         return True
 
     async def _activate(self, request: Register, key: bytes) -> ActiveService:

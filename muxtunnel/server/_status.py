@@ -15,6 +15,7 @@ from muxtunnel.server._group_visitors import rows as group_rows
 from muxtunnel.server._groups import Groups
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import Registry
+from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
@@ -42,6 +43,7 @@ class ServerParts(Protocol):
     port: int | None
     started: float
     auth_failures: int
+    resumable: ResumableSessions
 
 
 def server_status(server: ServerParts) -> ServerStatus:
@@ -84,4 +86,5 @@ def server_status(server: ServerParts) -> ServerStatus:
         refusals=dict(server.refusals.counts),
         groups=tuple(groups),
         admissions=server.rate_limits.rows(),
+        resume=server.resumable.row(client.session for client in server.sessions.values()),
     )
