@@ -29,7 +29,10 @@ What must stay true:
    not end when its carrier fails or stalls: it suspends (`_resumable.py`) until the application
    hands it a new carrier (`resume`) or `resume_timeout_s` passes. Only the reader, writer and
    keepalive of one carrier run at a time, and a task of a lost carrier never feeds the core
-   again (the reader checks that its carrier is still the session's).
+   again (the reader checks that its carrier is still the session's). A carrier the peer closed
+   in order (EOF: its process ended or closed the session, whose kernel says FIN) ends the
+   session even then: a break (reset, error, silence) suspends; a peer that left does not come
+   back, and holding its streams for `resume_timeout_s` would only stall its visitors.
 """
 
 from __future__ import annotations
@@ -268,6 +271,12 @@ class Session(Resumable):
             stream._buffer.clear()
         self._wake_writer()
 
+    def allow_streams(self) -> None:
+        """Take streams from the peer again after `refuse_streams`: later ones wait to be
+        accepted, within the accept backlog, as before (`Connection.allow_streams`)."""
+        if self._error is None:
+            self.conn.allow_streams()
+
     @property
     def refused_streams(self) -> int:
         """Streams the peer opened that were refused with RST (limits, GoAway, refusal)."""
@@ -319,8 +328,8 @@ class Session(Resumable):
             await self._flush_quietly()
             await self._linger()
             await self._fail(f"protocol error by the peer: {exc}")
-        except anyio.EndOfStream:
-            await self._lost("the peer closed the connection")
+        except anyio.EndOfStream:  # a FIN: the peer's process closed it (rule 5: not a break)
+            await self._fail("the peer closed the connection")
         except CARRIER_ERRORS as exc:
             await self._lost(f"connection lost: {exc!r}")
 

@@ -1,8 +1,8 @@
 """How control messages travel: a 2-byte big-endian length, then one msgpack map.
 
-The map's `kind` key names the message (`muxtunnel.control` defines them). A frame longer than
-`MAX_MESSAGE_BYTES` is refused from its length prefix, before any of its body is read; whatever
-else a peer sends raises `ControlError`, or lets `anyio.EndOfStream` through at EOF.
+The map's `kind` key names the message (`muxtunnel.control` defines them, as `Wire`s). A frame
+longer than `MAX_MESSAGE_BYTES` is refused from its length prefix, before any of its body is
+read; whatever else a peer sends raises `ControlError`, or lets `anyio.EndOfStream` through.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from anyio.abc import ByteReceiveStream
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "ControlError",
-    "WireMessage",
+    "Wire",
     "frame",
     "receive_exactly",
     "receive_frame",
@@ -40,9 +40,8 @@ class ControlError(Exception):
         self.code = code
 
 
-class WireMessage:
-    """A message as a frozen dataclass: `to_wire`/`from_wire` map its fields to keys of the same
-    name, plus `kind` (`WIRE_KIND`). Subclasses check their fields in `__post_init__`."""
+class Wire:
+    """Shared `to_wire`/`from_wire`: fields map to keys of the same name, plus `kind`."""
 
     WIRE_KIND: ClassVar[str]
     #: Fields added in later versions: left off the wire while they hold their default, so a

@@ -38,7 +38,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES, transcript
 from muxtunnel.control import RESUME_ID_BYTES, Error
-from muxtunnel.framing import ControlError, WireMessage, frame, receive_frame, unpack_map
+from muxtunnel.framing import ControlError, Wire, frame, receive_frame, unpack_map
 
 __all__ = [
     "MAGIC",
@@ -118,7 +118,7 @@ def verify_proof(
 
 
 @dataclass(frozen=True, slots=True)
-class ResumeHello(WireMessage):
+class ResumeHello(Wire):
     """Client -> server, after `MAGIC`: which session, and the client's nonce for this carrier."""
 
     WIRE_KIND: ClassVar[str] = "resume"
@@ -131,7 +131,7 @@ class ResumeHello(WireMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class ResumeChallenge(WireMessage):
+class ResumeChallenge(Wire):
     """Server -> client: its nonce for this carrier and its proof over both."""
 
     WIRE_KIND: ClassVar[str] = "resume_challenge"
@@ -144,7 +144,7 @@ class ResumeChallenge(WireMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class Attach(WireMessage):
+class Attach(Wire):
     """Client -> server: its proof; the carrier then belongs to the session."""
 
     WIRE_KIND: ClassVar[str] = "attach"
@@ -155,14 +155,14 @@ class Attach(WireMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class Attached(WireMessage):
+class Attached(Wire):
     """Server -> client: the proof holds; the carrier may probe and switch."""
 
     WIRE_KIND: ClassVar[str] = "attached"
 
 
 @dataclass(frozen=True, slots=True)
-class Probe(WireMessage):
+class Probe(Wire):
     """Either way: a round trip on a standby carrier; the answer carries the same `seq`."""
 
     WIRE_KIND: ClassVar[str] = "probe"
@@ -173,7 +173,7 @@ class Probe(WireMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class Switch(WireMessage):
+class Switch(Wire):
     """Either way: the sender's session is detached and has received `received` carrier bytes
     of the other side's; the session's frames follow this message at once."""
 

@@ -83,10 +83,13 @@ class SessionRow:
     rtt_s: float | None
     #: Open mux streams, the control channel included.
     streams: int
+    #: The services it registered (a visitor session: the private services it may visit).
     services: tuple[str, ...] = ()
     #: Its carrier is lost and it waits for a new one; times it went on over a new one.
     suspended: bool = False
     resumes: int = 0
+    #: "client" (it registers services) or "visitor" (`muxtunnel visit`).
+    role: str = "client"
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -99,6 +102,7 @@ class SessionRow:
             "services": sorted(self.services),
             "suspended": self.suspended,
             "resumes": self.resumes,
+            "role": self.role,
         }
 
 
@@ -137,6 +141,12 @@ class ServiceRow:
     members: int | None = None
     group: str | None = None
     health: str | None = None
+    #: No public port: reached through `muxtunnel visit` only.
+    private: bool = False
+    #: Server, private services: `visit` sessions allowed to reach it now.
+    visitor_sessions: int = 0
+    #: `visit`: whether the service's provider is online (None: not known, or not `visit`).
+    provider_online: bool | None = None
 
     @property
     def connections(self) -> int:
@@ -169,6 +179,11 @@ class ServiceRow:
         if self.group is not None:
             row["group"] = self.group
             row["health"] = self.health
+        if self.private:
+            row["private"] = True
+            row["visitor_sessions"] = self.visitor_sessions
+        if self.provider_online is not None:
+            row["provider_online"] = self.provider_online
         return row
 
 
@@ -313,6 +328,8 @@ class ClientStatus:
     resume: ResumeRow = field(default_factory=ResumeRow)
     #: Each server the services are registered with, and its paths.
     servers: tuple[ServerRow, ...] = ()
+    #: What runs: "up", or "visit" (its services are the private ones it serves locally).
+    command: str = "up"
 
     @property
     def connected(self) -> bool:
@@ -328,6 +345,7 @@ class ClientStatus:
         """The JSON document of `GET /api/v1/status`."""
         return {
             "role": self.role,
+            "command": self.command,
             "version": self.version,
             "server": self.server,
             "connected": self.connected,

@@ -36,7 +36,7 @@ from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
-from muxtunnel.status import ClientStatus, ResumeRow, ServerRow, SessionRow
+from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
 
 __all__ = ["Client", "backoff_s"]
@@ -283,6 +283,8 @@ class Client:
         for spec in diff.changed:
             await self._remove_service(spec.name)
             await self._add_service(spec)
+        for spec in diff.visitor_tokens:
+            await self._new_visitor_tokens(spec)
         for spec in diff.added:
             await self._add_service(spec)
         log.info(
@@ -291,6 +293,7 @@ class Client:
             removed=list(diff.removed),
             restarted=[spec.name for spec in diff.changed],
             local_changed=[spec.name for spec in diff.local_only],
+            visitor_tokens_changed=[spec.name for spec in diff.visitor_tokens],
         )
 
     async def _change_in_place(self, state: ServiceState, spec: ServiceSpec) -> None:
@@ -323,6 +326,25 @@ class Client:
         except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
             pass  # the session ended: the next one registers the service
 
+    async def _new_visitor_tokens(self, spec: ServiceSpec) -> None:
+        """A private service's visitor tokens changed: the server gets their keys at once (or
+        with the next registration); it revokes visits whose token was dropped."""
+        state = self.services.get(spec.name)
+        if state is None:
+            return
+        state.spec = spec
+        channel = self._control
+        if channel is None or state.public is None:
+            return  # registered with them when the session (re)starts
+        try:
+            await channel.update_visitor_keys(state, self._token(spec))
+        except (FatalError, RetryableError, control.ControlError, TimeoutError) as exc:
+            log.error("new visitor tokens refused; registering the service again", error=str(exc))
+            await self._remove_service(spec.name)
+            await self._add_service(spec)
+        except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+            pass  # the session ended: the next one registers the service with them
+
     async def _remove_service(self, name: str) -> None:
         """Stop exposing `name`; the server closes its public port and its visitors."""
         state = self.services.pop(name, None)
@@ -353,32 +375,16 @@ class Client:
         session = self.session
         if self.online and session is not None:
             registered = tuple(name for name, state in self.services.items() if state.public)
-            sessions = (
-                SessionRow(
-                    id=0,
-                    peer=self.server,
-                    age_s=now - self._session_started,
-                    rtt_s=session.rtt_s,
-                    streams=session.stream_count,
-                    services=registered,
-                    suspended=session.suspended,
-                    resumes=session.resumes,
-                ),
-            )
+            age_s = now - self._session_started
+            row = SessionRow(
+                0, self.server, age_s, session.rtt_s, session.stream_count, registered,
+                suspended=session.suspended, resumes=session.resumes,
+            )  # fmt: skip
+            sessions = (row,)
         services = tuple(state.row(self.traffic.get(name)) for name, state in self.services.items())
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
-        stats, live = self.resume_stats, session is not None and not session.closed
-        suspended = live and session is not None and session.suspended
-        replay = session.replay_bytes if live and session is not None else 0
-        server = ServerRow(
-            self.server, self.online, suspended, self.reconnects, stats.resumes,
-            session.rtt_s if live and session is not None else None, replay,
-        )  # fmt: skip
-        resume = ResumeRow(
-            stats.resumes, dict(stats.failures), int(suspended), replay,
-            session.replay_peak_bytes if session is not None else 0,
-        )  # fmt: skip
+        server, resume = self.resume_stats.rows(self.server, self.online, self.reconnects, session)
         return ClientStatus(
             version=__version__,
             server=self.server,

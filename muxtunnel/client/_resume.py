@@ -27,6 +27,7 @@ from muxtunnel.client._session import Carrier
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError
 from muxtunnel.control import Error
 from muxtunnel.framing import ControlError
+from muxtunnel.status import ResumeRow, ServerRow
 from muxtunnel.transport import abort
 
 __all__ = ["Attached", "ResumeRefused", "ResumeStats", "attach", "keep_resuming"]
@@ -57,6 +58,18 @@ class ResumeStats:
     def __init__(self) -> None:
         self.resumes = 0
         self.failures: Counter[str] = Counter()
+
+    def rows(
+        self, server: str, online: bool, reconnects: int, session: Session | None
+    ) -> tuple[ServerRow, ResumeRow]:
+        """The status rows of `server` and of resuming, `session` its latest session if any."""
+        live = session is not None and not session.closed
+        suspended = session is not None and live and session.suspended
+        replay = session.replay_bytes if session is not None and live else 0
+        rtt_s = session.rtt_s if session is not None and live else None
+        row = ServerRow(server, online, suspended, reconnects, self.resumes, rtt_s, replay)
+        peak = session.replay_peak_bytes if session is not None else 0
+        return row, ResumeRow(self.resumes, dict(self.failures), int(suspended), replay, peak)
 
 
 class Attached:

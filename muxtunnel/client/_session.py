@@ -43,8 +43,9 @@ from muxtunnel.control import (
     Register,
     Registered,
     Unregister,
+    VisitorKeys,
 )
-from muxtunnel.model import ClientConfig, Secret
+from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.specs import format_host_port
 from muxtunnel.tls import (
     FINGERPRINT_PREFIX,
@@ -55,6 +56,7 @@ from muxtunnel.tls import (
 )
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.trust import KnownHosts, check_known_host
+from muxtunnel.visitauth import seal_keys, visitor_key
 
 __all__ = ["Carrier", "Control", "open_carrier"]
 
@@ -171,9 +173,7 @@ class Control:
         announce: Announce,
         instance: bytes = b"",
     ) -> None:
-        self.channel = channel
-        self._config = config
-        self._binding = binding
+        self.channel, self._config, self._binding = channel, config, binding
         self._announce = announce
         #: The random id of this client process: a group member's reconnect takes its own
         #: place back (`Register.instance`).
@@ -181,8 +181,7 @@ class Control:
         self._nonces = (b"", b"")
         #: What the server supports beyond version 1 (`Challenge.features`).
         self.features: tuple[str, ...] = ()
-        #: The session's id if the server lets it resume (`Challenge.resume_id`), and what
-        #: resuming it takes once the first registration proved the token (`muxtunnel.resume`).
+        #: `Challenge.resume_id`, and the `resume.Ticket` the first registration proves.
         self.resume_id = b""
         self.ticket: resume.Ticket | None = None
         #: Answers to `register_later`, passed on by `watch` (before it runs, registrations
@@ -195,15 +194,9 @@ class Control:
     async def hello(self) -> None:
         """Open the exchange: our nonce out, the server's in."""
         client_nonce = new_nonce()
-        await control.send_message(
-            self.channel,
-            Hello(
-                control.PROTOCOL_VERSION,
-                client_nonce,
-                socket.gethostname()[:255],
-                resume=self._config.resume,
-            ),
-        )
+        name, resumable = socket.gethostname()[:255], self._config.resume
+        hello = Hello(control.PROTOCOL_VERSION, client_nonce, name, resume=resumable)
+        await control.send_message(self.channel, hello)
         reply = await control.receive_message(self.channel)
         if isinstance(reply, Error):
             raise FatalError(f"server refused the connection: {reply.message}")
@@ -244,6 +237,29 @@ class Control:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the session is ending: the next registration carries the news
 
+    async def update_visitor_keys(self, state: ServiceState, token: Secret | None) -> None:
+        """A private service's visitor tokens changed (a reload): send their keys; the service
+        and its visitors stay up. Errors as `register_later`."""
+        spec = state.spec
+        if token is None:
+            raise FatalError(f"service {spec.name!r} has no token")
+        key = derive_key(token)
+        async with self._lock:
+            with anyio.fail_after(CONTROL_TIMEOUT_S):
+                sealed = self._sealed_keys(spec, key)
+                await control.send_message(self.channel, VisitorKeys(spec.name, sealed))
+                reply = await self._replies.receive()
+        if isinstance(reply, Error):
+            raise RetryableError(f"service {spec.name!r}: {reply.message}")
+        log.info("visitor tokens changed", service=spec.name, tokens=len(spec.visitor_tokens))
+
+    def _sealed_keys(self, spec: ServiceSpec, key: bytes) -> bytes:
+        """A private service's visitor keys, sealed for the server (b"" for a public one)."""
+        if not spec.private:
+            return b""
+        keys = [visitor_key(token) for token in spec.visitor_tokens]
+        return seal_keys(key, spec.name, *self._nonces, self._binding, keys)
+
     async def unregister(self, name: str) -> None:
         """Ask the server to stop exposing `name` (it closes the port and the visitors)."""
         async with self._lock:
@@ -272,7 +288,8 @@ class Control:
         )
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
-        request = Register.of(spec, tag, port, **self._membership(state))
+        keys = self._sealed_keys(spec, key)
+        request = Register.of(spec, tag, port, keys=keys, **self._membership(state))
         await control.send_message(self.channel, request)
         if replies is None:
             reply = await control.receive_message(self.channel)
@@ -296,8 +313,13 @@ class Control:
             key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding, group
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
-        if self.resume_id and self.ticket is None:  # the first registration: the session's key
-            nonces, sid = (server_nonce, client_nonce), self.resume_id
+        if spec.private and not reply.private:  # the session's end closes what it opened
+            raise FatalError(
+                f"service {spec.name!r}: the server does not know private services (it is "
+                "older): refusing to expose it on a public port"
+            )
+        if (sid := self.resume_id) and self.ticket is None:  # the first registration's key
+            nonces = server_nonce, client_nonce
             secret = resume.resume_key(key, spec.name, *nonces, self._binding, sid)
             self.ticket = resume.Ticket(sid, secret)
         state.member = reply.member
@@ -312,6 +334,8 @@ class Control:
         state.urls = reply.urls
         if spec.http is not None and reply.urls:
             state.public = reply.urls[0]
+        if spec.private:
+            state.public = "private"
         log.info(
             "service registered",
             service=spec.name,

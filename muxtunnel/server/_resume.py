@@ -34,7 +34,7 @@ from muxtunnel import control, resume
 from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import new_nonce
 from muxtunnel.control import RESUME_ID_BYTES, Error, Hello
-from muxtunnel.framing import ControlError, receive_exactly
+from muxtunnel.framing import ControlError
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.resilience_status import ResumeRow
@@ -44,6 +44,7 @@ from muxtunnel.transport import abort
 
 __all__ = [
     "MAX_ATTACHED_CARRIERS",
+    "PREAMBLE_WAIT_S",
     "STANDBY_IDLE_S",
     "Attachable",
     "ResumableSessions",
@@ -61,6 +62,9 @@ log = structlog.get_logger("muxtunnel.server")
 MAX_ATTACHED_CARRIERS = 8
 #: A standby carrier with no probe for this long is dropped (clients probe every second or so).
 STANDBY_IDLE_S = 30.0
+#: How long a new carrier's first bytes are awaited before the server speaks first (a
+#: resuming client sends `MAGIC` at once; a plain yamux peer may wait for our ping).
+PREAMBLE_WAIT_S = 1.0
 _HANDSHAKE_ERRORS = (
     TimeoutError,
     ControlError,
@@ -178,17 +182,22 @@ def session_ended(host: ResumeHost, target: Attachable) -> None:
         host.resumable.failures["expired"] += 1
 
 
-async def read_preamble(carrier: anyio.abc.ByteStream, timeout_s: float) -> bytes | None:
+async def read_preamble(carrier: anyio.abc.ByteStream, auth_timeout_s: float) -> bytes | None:
     """A new carrier's first bytes: `resume.MAGIC`, or the start of a fresh session's frames
-    (the session parses them first). b"" if the peer closed first, None if it was silent for
-    `timeout_s`."""
-    try:
-        with anyio.fail_after(timeout_s):
-            return await receive_exactly(carrier, len(resume.MAGIC))
-    except TimeoutError:
-        return None
-    except (anyio.EndOfStream, anyio.BrokenResourceError):
-        return b""
+    (the session parses them first); None if the peer closed first.
+
+    A client that resumes says `MAGIC` at once; one that waits for us to speak first (a plain
+    yamux peer may wait for our keepalive ping) gets a fresh session after `PREAMBLE_WAIT_S`,
+    with whatever it sent meanwhile (b"": nothing), its `auth_timeout_s` counting from there.
+    """
+    got = bytearray()
+    with anyio.move_on_after(min(PREAMBLE_WAIT_S, auth_timeout_s)):
+        try:
+            while len(got) < len(resume.MAGIC):
+                got += await carrier.receive(len(resume.MAGIC) - len(got))
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return None
+    return bytes(got)
 
 
 def _refuse(host: ResumeHost, reason: str, message: str, **context: str | int) -> None:

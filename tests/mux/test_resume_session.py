@@ -5,13 +5,16 @@ streams while a task breaks the carrier at random moments (an abort: whatever wa
 lost, both ends see the loss). Each time, both sessions suspend; the test hands each a new
 carrier and the other side's received count, as `muxtunnel`'s resume handshake does. The
 echoes must come back byte-exact and no stream may see an error. Further tests: the resume
-timeout, a wrong count, a peer that said GoAway, detaching a carrier that still works.
+timeout, a wrong count, a peer that said GoAway, a peer that closed its carrier in order (EOF
+ends the session), detaching a carrier that still works.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 import pytest
+from anyio.abc import SocketAttribute
 
 from mux import MuxConfig, MuxStream, Session, SessionClosed
 from mux.testing import echo_streams, memory_stream_pair, tcp_stream_pair
@@ -55,8 +59,10 @@ class Link:
         abort = getattr(client_end, "abort", None)
         if callable(abort):
             abort()  # the memory carrier
-        else:
-            await client_end.aclose()  # anyio's TCP stream: aborts the transport (RST)
+        else:  # anyio's TCP stream: linger 0, so closing it sends RST (a FIN would end it)
+            raw = client_end.extra(SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await client_end.aclose()
 
     async def reconnect(self) -> None:
         """Both sessions lost their carrier: resume both on a new one."""
@@ -207,6 +213,16 @@ async def test_a_peer_that_said_goaway_is_not_waited_for() -> None:
         with anyio.fail_after(5):
             await link.server.wait_closed()
         assert not link.server.suspended
+
+
+async def test_a_carrier_closed_in_order_ends_the_session() -> None:
+    """EOF without GoAway (the peer's process died; its kernel sent FIN): no suspension."""
+    async with resumable_link("tcp") as link:
+        await link.ends[0].aclose()  # a plain close: FIN
+        with anyio.fail_after(5):
+            await link.server.wait_closed()
+        assert not link.server.suspended
+        assert link.server.close_reason == "the peer closed the connection"
 
 
 async def test_detach_moves_a_working_session_to_another_carrier() -> None:
