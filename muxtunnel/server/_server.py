@@ -275,6 +275,8 @@ class Server:
         try:
             with ticket.scope:
                 await self._serve_carrier(stream, address, ticket)
+            if ticket.scope.cancelled_caught:  # evicted: maybe before a session owned it
+                await abort(stream)
         finally:
             self.preauth.release(ticket)
 
