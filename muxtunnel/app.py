@@ -36,7 +36,7 @@ from muxtunnel.tls import TlsError
 from muxtunnel.transport import TransportError
 
 if TYPE_CHECKING:  # each role imports its side only, and the endpoints only when configured
-    from muxtunnel.client import Client, ServiceState, Visitor, VisitState
+    from muxtunnel.client import Client, Clients, ServiceState, Visitor, VisitState
     from muxtunnel.server import Server
 
 __all__ = [
@@ -148,7 +148,7 @@ def visit(load: Callable[[], ClientConfig], options: Options) -> int:
 
 
 async def serve(
-    target: Server | Client | Visitor,
+    target: Server | Client | Clients | Visitor,
     *,
     task_status: anyio.abc.TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -213,7 +213,7 @@ def _announce(state: ServiceState) -> None:
 
 
 async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
-    from muxtunnel.client import Client, FatalError
+    from muxtunnel.client import Client, Clients, FatalError
 
     config = load()
     missing = config.services_without_token()
@@ -225,7 +225,9 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
             kind="config",
         )
     try:
-        client = Client(config, _announce)
+        client: Client | Clients = (
+            Clients(config, _announce) if config.servers else Client(config, _announce)
+        )
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
     _warn_plaintext(config)

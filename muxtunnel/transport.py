@@ -44,6 +44,7 @@ from muxtunnel.log import Refusals
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "Address",
+    "ConnectionRefused",
     "TcpListener",
     "TransportError",
     "abort",
@@ -73,6 +74,10 @@ Address = tuple[str, int]
 
 class TransportError(Exception):
     """A connect or bind failed; the message is meant for the user."""
+
+
+class ConnectionRefused(TransportError):
+    """A connect was refused: nothing listens at that address (now)."""
 
 
 def _tune(stream: anyio.abc.SocketStream) -> None:
@@ -221,7 +226,11 @@ async def connect(
     except TimeoutError:
         raise TransportError(f"connecting to {host}:{port} timed out after {timeout_s} s") from None
     except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        cause = exc.__cause__ or exc  # anyio's: one error, or a group of one per address
+        causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+        refused = all(isinstance(cause, ConnectionRefusedError) for cause in causes)
+        kind = ConnectionRefused if refused else TransportError
+        raise kind(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     _tune(stream)
     read_one_chunk_per_wait(stream)
     return stream

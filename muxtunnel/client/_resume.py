@@ -6,8 +6,9 @@ its own: the result is an `Attached` carrier, which can measure round trips (`pr
 standby path's score) and take the session over (`switch`). `keep_resuming` is the loop a
 resumable session runs beside it: each time the session suspends it connects again at once,
 then with the client's usual backoff, until the session is back or `resume_timeout_s` ended it;
-a server that no longer knows the session (it restarted) ends it at once, so that the client
-registers afresh.
+a server that no longer knows the session (it restarted), or whose address refuses connections
+(its process is gone, and the session with it), ends it at once, so that the client registers
+afresh.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mux import Session, SessionClosed
 from muxtunnel import control, resume
 from muxtunnel.auth import new_nonce
 from muxtunnel.client._session import Carrier
-from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError
+from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError, ServerGone
 from muxtunnel.control import Error
 from muxtunnel.framing import ControlError
 from muxtunnel.status import ResumeRow, ServerRow
@@ -184,8 +185,9 @@ async def keep_resuming(
             try:
                 attached = await attach(await connect(), ticket)
                 await attached.switch(session, reason)
-            except (ResumeRefused, FatalError) as exc:
+            except (ResumeRefused, FatalError, ServerGone) as exc:
                 why = exc.reason if isinstance(exc, ResumeRefused) else "fatal"
+                why = "server_gone" if isinstance(exc, ServerGone) else why
                 stats.failures[why] += 1
                 log.warning("resume refused; registering afresh", server=server, error=str(exc))
                 await session.aclose()  # its visitors fail now: they could never resume

@@ -33,6 +33,7 @@ from muxtunnel.client._state import (
     Announce,
     FatalError,
     RetryableError,
+    ServerGone,
     ServiceState,
 )
 from muxtunnel.control import (
@@ -54,7 +55,7 @@ from muxtunnel.tls import (
     TlsVerifyError,
     connect_tls,
 )
-from muxtunnel.transport import TransportError, abort, connect
+from muxtunnel.transport import ConnectionRefused, TransportError, abort, connect
 from muxtunnel.trust import KnownHosts, check_known_host
 from muxtunnel.visitauth import seal_keys, visitor_key
 
@@ -70,8 +71,7 @@ _FINAL_CODES = {
     control.DOMAIN_NOT_ALLOWED,
     control.UNSUPPORTED,
 }
-#: Answers to registrations made while the channel is watched, waiting to be read (a client
-#: registers one service at a time, so a few would do).
+#: Answers to registrations made while the channel is watched (one at a time: a few will do).
 _REPLY_BUFFER = 16
 
 Reply = Registered | Error
@@ -96,7 +96,8 @@ async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None)
     try:
         stream = await connect(host, port)
     except TransportError as exc:
-        raise RetryableError(str(exc)) from None
+        kind = ServerGone if isinstance(exc, ConnectionRefused) else RetryableError
+        raise kind(str(exc)) from None
     if config.tls is None:
         return Carrier(stream)
     try:

@@ -24,6 +24,7 @@ __all__ = [
     "Announce",
     "FatalError",
     "RetryableError",
+    "ServerGone",
     "ServiceState",
 ]
 
@@ -39,6 +40,11 @@ class FatalError(Exception):
 
 class RetryableError(Exception):
     """A failure worth another attempt after the backoff."""
+
+
+class ServerGone(RetryableError):
+    """The server's address refuses connections: its process is not there (a session it held
+    is lost with it, so resuming is pointless; registering afresh is worth retrying)."""
 
 
 @dataclass(slots=True)

@@ -16,6 +16,8 @@ ending when the carrier breaks. A carrier that starts with `resume.MAGIC` is ser
   `MAX_ATTACHED_CARRIERS` per session.
 - A switch detaches the session from its current carrier (if it has one), answers with the
   session's count of received bytes and resumes it on this carrier; one switch at a time.
+- A service of a suspended session goes to a new registration that proves the same token
+  (`take_over`): a client that crashed and restarts is not refused for `resume_timeout_s`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from muxtunnel.framing import ControlError
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.resilience_status import ResumeRow
+from muxtunnel.server._registry import Registry
 from muxtunnel.sources import FailureLimiter, address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.transport import abort
@@ -53,6 +56,7 @@ __all__ = [
     "serve_resume",
     "session_ended",
     "start",
+    "take_over",
 ]
 
 log = structlog.get_logger("muxtunnel.server")
@@ -62,6 +66,8 @@ log = structlog.get_logger("muxtunnel.server")
 MAX_ATTACHED_CARRIERS = 8
 #: A standby carrier with no probe for this long is dropped (clients probe every second or so).
 STANDBY_IDLE_S = 30.0
+#: How long a service taken over from a suspended session may take to close its socket.
+_TAKEOVER_WAIT_S = 2.0
 #: How long a new carrier's first bytes are awaited before the server speaks first (a
 #: resuming client sends `MAGIC` at once; a plain yamux peer may wait for our ping).
 PREAMBLE_WAIT_S = 1.0
@@ -106,6 +112,9 @@ class ResumeHost(Protocol):
     @property
     def resumable(self) -> ResumableSessions: ...
 
+    @property
+    def registry(self) -> Registry: ...
+
     def auth_failed(self, source: str, now: float) -> None: ...
 
 
@@ -127,6 +136,10 @@ class ResumableSessions:
     def remove(self, target: Attachable) -> None:
         if self._by_id.get(target.resume_id) is target:
             del self._by_id[target.resume_id]
+
+    def holder(self, session: int) -> Attachable | None:
+        """The resumable session whose `id` is `session`, if any."""
+        return next((each for each in self._by_id.values() if each.id == session), None)
 
     def get(self, session_id: bytes) -> Attachable | None:
         target = self._by_id.get(session_id)
@@ -173,6 +186,29 @@ def start(
     )
     host.resumable.add(target)
     target.session.enable_resume()
+
+
+async def take_over(host: ResumeHost, taker: int, name: str, key: bytes) -> None:
+    """Give service `name` to session `taker`, which just proved its token (`key`), if a
+    suspended session holds it: that client may be gone for good (a crash, a power cut: no
+    GoAway said so), and its restart must not be refused for `resume_timeout_s`. The service
+    leaves the suspended session (its other services stay); its port stays reserved for `key`,
+    which the new registration holds."""
+    existing = host.registry.by_name.get(name)
+    if existing is None or existing.session_id == taker or existing.key != key:
+        return
+    holder = host.resumable.holder(existing.session_id)
+    if holder is None or not holder.session.suspended or existing.member is not None:
+        return
+    log.warning(
+        "service taken over from a suspended session",
+        service=name,
+        session=existing.session_id,
+        by_session=taker,
+    )
+    host.registry.remove(existing, host.config.port_reservation_s)
+    with anyio.move_on_after(_TAKEOVER_WAIT_S):
+        await existing.ended.wait()  # its port is free once its socket closed
 
 
 def session_ended(host: ResumeHost, target: Attachable) -> None:

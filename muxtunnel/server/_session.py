@@ -255,6 +255,8 @@ class ClientSession(AuthSteps, ProviderKeys):
             keys = frozenset[bytes]()
             if request.private:
                 keys = self._open_keys(request.service, request.visitor_keys, key, nonces)
+            if not group:
+                await _resume.take_over(host, self.id, request.service, key)
             service = await self._activate(request, key, keys)
         except RegistrationError as exc:
             if exc.code == control.AUTH_FAILED:  # a group token that lost a race to another

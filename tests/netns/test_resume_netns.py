@@ -152,13 +152,14 @@ def kill_socket(link: ResumeLink) -> None:
 
 
 def middlebox_reset(link: ResumeLink) -> None:
-    """Every carrier packet answered with a TCP reset, both ways, for 0.5 s (a middlebox that
-    drops the connection from its table); new connections are refused as long."""
+    """Every packet of an established carrier answered with a TCP reset, both ways, for 0.5 s
+    (a middlebox that dropped the connection from its table); new connections pass."""
     pair = link.pair
     for ns, match in ((pair.a, "sport"), (pair.b, "dport")):
         run(*pair.argv(
             ns, "nft", "add", "rule", "inet", "chaos", "input", "iifname", pair.dev[ns],
-            "tcp", match, str(CONTROL_PORT), "reject", "with", "tcp", "reset",
+            "tcp", match, str(CONTROL_PORT), "tcp flags & syn == 0",
+            "reject", "with", "tcp", "reset",
         ))  # fmt: skip
     time.sleep(0.5)
     pair.heal()

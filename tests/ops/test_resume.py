@@ -147,17 +147,35 @@ async def test_no_carrier_within_resume_timeout_s_ends_the_session_and_up_regist
             await visitor.send(b"x")
             with anyio.fail_after(WAIT_S):
                 assert await visitor.receive() == b"x"
-            await proxy.close()  # unreachable: every resume attempt fails
-            with anyio.fail_after(WAIT_S):
-                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
-                    while True:
-                        await visitor.receive()  # the visitor is cut once the time is up
-            assert server.resumable.failures["expired"] == 1
-            assert client.resume_stats.failures["unreachable"] >= 1
+            proxy.blackhole = True  # a dead route: every resume attempt hangs (no refusal)
+            try:
+                with anyio.fail_after(WAIT_S):
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        while True:
+                            await visitor.receive()  # the visitor is cut once the time is up
+                assert server.resumable.failures["expired"] == 1
+                await wait_until(lambda: client.reconnects >= 1)
+                proxy.blackhole = False
+                await wait_until(lambda: client.online)
+            finally:
+                await proxy.close()
+
+
+async def test_a_server_that_refuses_connections_is_not_waited_for() -> None:
+    """Nothing listens any more where the server was (its process is gone, and the session
+    with it): up gives the resume up at once and registers afresh when a server is back."""
+    async with echo_service() as echo, running_server(server_config(mux=FAST)) as server:
+        proxy = DelayProxy(("127.0.0.1", 0), ("127.0.0.1", server.port or 0))
+        address = await proxy.start()
+        config = client_config(address[1], tcp("web", echo), mux=FAST)
+        async with running_client(config) as client:
+            await proxy.close()  # connections refused from now on
+            await wait_until(lambda: client.resume_stats.failures["server_gone"] == 1)
+            assert client.reconnects >= 1 and not client.online
             proxy = DelayProxy(address, ("127.0.0.1", server.port or 0))
             await proxy.start()
             try:
-                await wait_until(lambda: client.reconnects >= 1 and client.online)
+                await wait_until(lambda: client.online)
             finally:
                 await proxy.close()
 
@@ -184,9 +202,7 @@ async def test_a_restarted_listen_refuses_the_resume_and_up_registers_anew() -> 
                         await echo_through(public_port(client, "web"), 1000, 3)
 
 
-async def attempt_resume(
-    port: int, session_id: bytes, key: bytes
-) -> resume.HandshakeMessage:
+async def attempt_resume(port: int, session_id: bytes, key: bytes) -> resume.HandshakeMessage:
     """A resume handshake with `key`, by hand: what the server answers the proof."""
     stream = await anyio.connect_tcp("127.0.0.1", port)
     async with stream:
@@ -240,3 +256,26 @@ async def test_an_old_client_or_resume_off_keeps_nothing() -> None:
         assert session is not None
         assert not session.resume_enabled and session.replay_bytes == 0
         assert all(not c.session.resume_enabled for c in server.sessions.values())
+
+
+async def test_a_suspended_sessions_service_goes_to_a_new_registration() -> None:
+    """The client went without a word (its route is dead, as after a crash or a power cut) and
+    the server's side of its session waits for a resume: a new client proving the same token
+    takes the service over at once (not after resume_timeout_s), on the same public port."""
+    async with (
+        echo_service() as echo,
+        running_server(server_config(mux=FAST)) as server,
+        relay(server.port or 0) as proxy,
+    ):
+        assert proxy.address is not None
+        async with running_client(
+            client_config(proxy.address[1], tcp("web", echo), mux=FAST)
+        ) as first:
+            port = public_port(first, "web")
+            proxy.blackhole = True
+            await wait_until(lambda: server.status().resume.suspended == 1)
+            direct = client_config(server.port or 0, tcp("web", echo, remote_port=port), mux=FAST)
+            async with running_client(direct) as second:
+                assert public_port(second, "web") == port
+                await echo_through(port, 64 * 1024, 5)  # byte-exact, checked inside
+            assert server.status().resume.suspended == 1  # the old session itself still waits
