@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable
 
 import anyio
 import anyio.abc
@@ -21,7 +22,7 @@ from muxtunnel.client._state import Announce, FatalError
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
 from muxtunnel.reload import ReloadError
-from muxtunnel.status import ClientStatus, ResumeRow
+from muxtunnel.status import ClientStatus, ResumeRow, TrafficRow
 
 __all__ = ["Clients"]
 
@@ -99,8 +100,23 @@ class Clients:
             sessions=sessions,
             services=tuple(row for p in parts for row in p.services),
             connections=tuple(row for p in parts for row in p.connections),
-            traffic=tuple(row for p in parts for row in p.traffic),
+            traffic=_traffic_by_name(row for p in parts for row in p.traffic),
             refusals=dict(refusals),
             resume=resume,
             servers=tuple(row for p in parts for row in p.servers),
         )
+
+
+def _traffic_by_name(rows: Iterable[TrafficRow]) -> tuple[TrafficRow, ...]:
+    """A service's counters summed over the servers (one series per name, as with one)."""
+    totals: dict[str, TrafficRow] = {}
+    for row in rows:
+        seen = totals.get(row.name)
+        if seen is not None:
+            row = TrafficRow(
+                row.name, seen.bytes_in + row.bytes_in, seen.bytes_out + row.bytes_out,
+                seen.open_connections + row.open_connections,
+                seen.connections_total + row.connections_total,
+            )  # fmt: skip
+        totals[row.name] = row
+    return tuple(totals.values())

@@ -27,6 +27,7 @@ from muxtunnel.client import Client
 from muxtunnel.control import AUTH_FAILED, Error
 from muxtunnel.model import ClientTls, ServerTls
 from muxtunnel.server import Server
+from muxtunnel.web.metrics import StatusCollector, render
 
 from .helpers import (
     WAIT_S,
@@ -102,6 +103,14 @@ async def test_a_visitor_survives_a_reset_carrier(tls: bool, tmp_path: Path) -> 
             assert status.resume.resumes == 1 and status.servers[0].resumes == 1
             server_row = server.status().sessions[0]
             assert (server_row.resumes, server_row.suspended) == (1, False)
+            for target in (client, server):
+                text = render(StatusCollector(target.status)).decode()
+                assert "muxtunnel_resumes_total 1.0" in text, text
+                assert "muxtunnel_suspended_sessions 0.0" in text, text
+            assert (
+                'muxtunnel_server_connected{server="'
+                in render(StatusCollector(client.status)).decode()
+            )
 
 
 async def test_a_silent_carrier_is_noticed_and_resumed() -> None:
