@@ -166,6 +166,8 @@ class Control:
     cannot change without a new session. Tokens can, so each registration is given its own.
     """
 
+    RESUMES = True  # its sessions may resume (`muxtunnel.resume`): a visitor's never do
+
     def __init__(
         self,
         channel: MuxStream,
@@ -176,8 +178,7 @@ class Control:
     ) -> None:
         self.channel, self._config, self._binding = channel, config, binding
         self._announce = announce
-        #: The random id of this client process: a group member's reconnect takes its own
-        #: place back (`Register.instance`).
+        #: This process's random id: a group member's reconnect takes its place back.
         self._instance = instance
         self._nonces = (b"", b"")
         #: What the server supports beyond version 1 (`Challenge.features`).
@@ -185,8 +186,7 @@ class Control:
         #: `Challenge.resume_id`, and the `resume.Ticket` the first registration proves.
         self.resume_id = b""
         self.ticket: resume.Ticket | None = None
-        #: Answers to `register_later`, passed on by `watch` (before it runs, registrations
-        #: read the channel themselves).
+        #: Answers to `register_later`, passed on by `watch` (before it runs: read directly).
         self._send: MemoryObjectSendStream[Reply]
         self._replies: MemoryObjectReceiveStream[Reply]
         self._send, self._replies = anyio.create_memory_object_stream[Reply](_REPLY_BUFFER)
@@ -195,7 +195,7 @@ class Control:
     async def hello(self) -> None:
         """Open the exchange: our nonce out, the server's in."""
         client_nonce = new_nonce()
-        name, resumable = socket.gethostname()[:255], self._config.resume
+        name, resumable = socket.gethostname()[:255], self._config.resume and self.RESUMES
         hello = Hello(control.PROTOCOL_VERSION, client_nonce, name, resume=resumable)
         await control.send_message(self.channel, hello)
         reply = await control.receive_message(self.channel)
@@ -205,7 +205,7 @@ class Control:
             raise control.ControlError(f"expected a challenge, got {type(reply).__name__}")
         self._nonces = reply.server_nonce, client_nonce
         self.features = reply.features
-        self.resume_id = reply.resume_id if self._config.resume else b""
+        self.resume_id = reply.resume_id if resumable else b""
 
     async def register(self, state: ServiceState, token: Secret | None, *, first: bool) -> None:
         """Register one service, before `watch` runs; updates `state` and announces it.

@@ -52,6 +52,7 @@ __all__ = [
     "Attachable",
     "ResumableSessions",
     "grant",
+    "never",
     "read_preamble",
     "serve_resume",
     "session_ended",
@@ -209,6 +210,13 @@ async def take_over(host: ResumeHost, taker: int, name: str, key: bytes) -> None
     host.registry.remove(existing, host.config.port_reservation_s)
     with anyio.move_on_after(_TAKEOVER_WAIT_S):
         await existing.ended.wait()  # its port is free once its socket closed
+
+
+def never(target: Attachable) -> None:
+    """The session will never resume (a visitor's): keep nothing for it from now on."""
+    if target.resume_key is None and target.session.conn.resumable:
+        target.session.disable_resume()
+        target.resume_id = b""
 
 
 def session_ended(host: ResumeHost, target: Attachable) -> None:

@@ -281,6 +281,7 @@ class ClientSession(AuthSteps, ProviderKeys):
             raise control.ControlError("a session that registers services cannot visit")
         if self.visits is None:
             assert self._tg is not None
+            _resume.never(self)  # no registration derives its key: it would only hoard bytes
             self.visits = VisitorSide(
                 self.host, self.session, self.id, self.address, self.source, self.binding,
                 channel, self._tg, self.local,
