@@ -76,8 +76,10 @@ class ResumeStats:
 class Attached:
     """A carrier the server accepted for the session: it probes, and it can take over."""
 
-    def __init__(self, carrier: Carrier) -> None:
+    def __init__(self, carrier: Carrier, switch_sent: bool = False) -> None:
         self.carrier = carrier
+        #: `attach` sent our Switch already, right after the Attach (one round trip less).
+        self._switch_sent = switch_sent
         self._seq = 0
         self._lock = anyio.Lock()  # one exchange at a time: a probe or the switch
 
@@ -111,7 +113,9 @@ class Attached:
                 session.detach(reason)
             try:
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
-                    await resume.send(stream, resume.Switch(session.bytes_received))
+                    if not self._switch_sent:
+                        await resume.send(stream, resume.Switch(session.bytes_received))
+                    self._switch_sent = False
                     answer = await resume.receive(stream)
                 if not isinstance(answer, resume.Switch):
                     raise ControlError(f"expected a switch, got {type(answer).__name__}")
@@ -124,8 +128,11 @@ class Attached:
         await abort(self.carrier.stream)
 
 
-async def attach(carrier: Carrier, ticket: resume.Ticket) -> Attached:
-    """Attach `carrier` to the session `ticket` names; closes it on failure.
+async def attach(
+    carrier: Carrier, ticket: resume.Ticket, suspended: Session | None = None
+) -> Attached:
+    """Attach `carrier` to the session `ticket` names; closes it on failure. With the
+    `suspended` session (its counts final), the Switch goes right after the Attach.
 
     `ResumeRefused` if the server does not know the session (or will not take our proof, or
     cannot prove its own); `RetryableError` if the carrier failed.
@@ -142,7 +149,11 @@ async def attach(carrier: Carrier, ticket: resume.Ticket) -> Attached:
             ):
                 raise ResumeRefused("server_proof", "the server could not prove the session's key")
             mine = resume.proof(ticket.key, "client", sid, *nonces, carrier.binding)
-            await resume.send(stream, resume.Attach(mine))
+            switch = suspended is not None and suspended.suspended
+            messages: list[resume.HandshakeMessage] = [resume.Attach(mine)]
+            if switch and suspended is not None:
+                messages.append(resume.Switch(suspended.bytes_received))
+            await resume.send(stream, *messages)
             await _expect(stream, resume.Attached)
     except ResumeRefused:
         await abort(stream)
@@ -150,7 +161,7 @@ async def attach(carrier: Carrier, ticket: resume.Ticket) -> Attached:
     except _FAILURES as exc:
         await abort(stream)
         raise RetryableError(f"resume failed: {exc or type(exc).__name__}") from None
-    return Attached(carrier)
+    return Attached(carrier, switch_sent=switch)
 
 
 async def _expect(stream: anyio.abc.ByteStream, kind: type[M]) -> M:
@@ -183,7 +194,7 @@ async def keep_resuming(
         attempt = 0
         while session.suspended:
             try:
-                attached = await attach(await connect(), ticket)
+                attached = await attach(await connect(), ticket, session)
                 await attached.switch(session, reason)
             except (ResumeRefused, FatalError, ServerGone) as exc:
                 why = exc.reason if isinstance(exc, ResumeRefused) else "fatal"
