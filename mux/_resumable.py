@@ -119,7 +119,9 @@ class Resumable:
 
         async def _fail(self, reason: str) -> None: ...
 
-        def _wake_writer(self) -> None: ...
+        def _wake_writer(self, now: bool = False) -> None: ...
+
+        def _install(self, transport: anyio.abc.ByteStream, prefix: bytes) -> None: ...
 
         def _raise_if_closed(self) -> None: ...
 
@@ -220,8 +222,8 @@ class Resumable:
             if self._error is None:
                 await self._fail(f"cannot resume: {exc}")
             raise (self._error or SessionClosed(str(exc))) from exc
-        carrier = TransportCarrier.attach(transport, prefix)
-        self._carrier = carrier or StreamCarrier(transport, self.config.read_size_bytes, prefix)
+        self._carrier = StreamCarrier(transport, self.config.read_size_bytes, prefix)
+        self._install(transport, prefix)  # the fast path, if `transport` allows it
         self._suspension.resumed()
         self._wake_writer()
         await anyio.lowlevel.checkpoint()
@@ -240,6 +242,8 @@ class Resumable:
         if self._error is not None or not self._suspension.suspend(reason):
             return
         old, self._carrier = self._carrier, DetachedCarrier()
+        if isinstance(old, TransportCarrier):  # its reads and room feed the core no more
+            old.inline = old.on_room = None
         if self._carrier_scope is not None:
             self._carrier_scope.cancel()
         if self._tasks is not None:

@@ -10,25 +10,25 @@ reaches them through `apply_config`, and whoever shows state through `status()`,
 
 from __future__ import annotations
 
-import random
 import secrets
 
 import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session
+from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
-from muxtunnel.client._resume import ResumeStats, keep_resuming
-from muxtunnel.client._session import Carrier, Control, open_carrier
+from muxtunnel.client._resume import ResumeStats, start_resuming
+from muxtunnel.client._session import Control, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     Announce,
     FatalError,
     RetryableError,
     ServiceState,
+    backoff_s,
 )
 from muxtunnel.fields import INSTANCE_BYTES
 from muxtunnel.forward import Visitors
@@ -36,6 +36,7 @@ from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
+from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
 
@@ -52,10 +53,8 @@ DIALS_PER_SERVICE = 16
 SETTLED_SESSION_S = 10.0
 
 
-def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
-    """Exponential backoff with jitter: about low·2^attempt, capped at high, never in lock step."""
-    ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
-    return max(low_s, random.uniform(ceiling / 2, ceiling))
+#: Why the session ended when the server said GoAway first (it shuts down or restarts).
+SERVER_WENT_AWAY = "the server went away (it is shutting down or restarting)"
 
 
 class Client:
@@ -101,7 +100,7 @@ class Client:
     @property
     def server(self) -> str:
         """The server's control address."""
-        return f"{self.config.server_host}:{self.config.server_port}"
+        return format_host_port(self.config.server_host, self.config.server_port)
 
     @property
     def online(self) -> bool:
@@ -142,6 +141,9 @@ class Client:
                 await self._session_once(first)
                 attempt = 0
                 reason = self.session.close_reason if self.session else "closed"
+                said = self.session.conn.remote_go_away if self.session else None
+                if said == GoAwayCode.NORMAL:  # it said GoAway first: not a network failure
+                    reason = SERVER_WENT_AWAY
                 log.warning("session ended", server=self.server, reason=reason)
                 settled = anyio.current_time() - self._session_started >= SETTLED_SESSION_S
             except RetryableError as exc:
@@ -200,11 +202,7 @@ class Client:
 
                     tg.start_soon(watch)
                     if channel.ticket is not None:
-                        session.enable_resume()
-                        tg.start_soon(
-                            keep_resuming, session, channel.ticket, self._connect,
-                            self._retry_delay_s, self.resume_stats, self.server,
-                        )  # fmt: skip
+                        start_resuming(tg, session, channel.ticket, self)
                     try:
                         while True:
                             tg.start_soon(self._on_stream, await session.accept_stream())
@@ -220,9 +218,16 @@ class Client:
             host, port = self.config.server_host, self.config.server_port
             if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
                 raise FatalError(SERVER_SPEAKS_TLS) from None
+            # With TLS 1.3 a refused client certificate shows only now, as a closed connection
+            # (the server checks it after our side of the handshake has finished).
             hint = ""
             if self.config.tls is not None and self.config.tls.cert is None:
                 hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
+            elif self.config.tls is not None:
+                hint = (
+                    " (does it trust our client certificate? listen's --tls-client-ca must be "
+                    "the CA (or the certificate) that signed our --tls-cert)"
+                )
             reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
             raise RetryableError(reason) from None
         finally:
@@ -232,13 +237,6 @@ class Client:
 
     async def _on_stream(self, stream: MuxStream) -> None:
         await _visitors.serve(self, stream)
-
-    async def _connect(self) -> Carrier:
-        """A new carrier to the server (its name resolved anew), for a resume."""
-        return await open_carrier(self.config, self.tls_context)
-
-    def _retry_delay_s(self, attempt: int) -> float:
-        return backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
 
     async def _report_health(self, state: ServiceState) -> None:
         """A group member's health changed: tell the server now, if the session is up."""

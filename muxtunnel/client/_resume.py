@@ -13,9 +13,10 @@ afresh.
 
 from __future__ import annotations
 
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -24,14 +25,29 @@ import structlog
 from mux import Session, SessionClosed
 from muxtunnel import control, resume
 from muxtunnel.auth import new_nonce
-from muxtunnel.client._session import Carrier
-from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError, ServerGone
+from muxtunnel.client._session import Carrier, open_carrier
+from muxtunnel.client._state import (
+    CONTROL_TIMEOUT_S,
+    FatalError,
+    RetryableError,
+    ServerGone,
+    backoff_s,
+)
 from muxtunnel.control import Error
 from muxtunnel.framing import ControlError
+from muxtunnel.model import ClientConfig
 from muxtunnel.status import ResumeRow, ServerRow
 from muxtunnel.transport import abort
 
-__all__ = ["Attached", "ResumeRefused", "ResumeStats", "attach", "keep_resuming"]
+__all__ = [
+    "Attached",
+    "ResumeRefused",
+    "ResumeStats",
+    "Resuming",
+    "attach",
+    "keep_resuming",
+    "start_resuming",
+]
 
 log = structlog.get_logger("muxtunnel.client")
 M = TypeVar("M", resume.ResumeChallenge, resume.Attached)
@@ -173,6 +189,35 @@ async def _expect(stream: anyio.abc.ByteStream, kind: type[M]) -> M:
     if not isinstance(message, kind):
         raise ControlError(f"expected {kind.__name__}, got {type(message).__name__}")
     return message
+
+
+class Resuming(Protocol):
+    """What resuming a session needs of its client (`Client`)."""
+
+    config: ClientConfig
+    tls_context: ssl.SSLContext | None
+    resume_stats: ResumeStats
+
+    @property
+    def server(self) -> str: ...
+
+
+def start_resuming(
+    tg: anyio.abc.TaskGroup, session: Session, ticket: resume.Ticket, client: Resuming
+) -> None:
+    """Both sides agreed: from now on `session` suspends when its carrier is lost, and a task
+    of `tg` resumes it over a new one (`keep_resuming`) with `client`'s settings."""
+    session.enable_resume()
+
+    async def connect() -> Carrier:  # the server's name resolved anew
+        return await open_carrier(client.config, client.tls_context)
+
+    def delay_s(attempt: int) -> float:
+        return backoff_s(attempt, client.config.reconnect_min_s, client.config.reconnect_max_s)
+
+    tg.start_soon(
+        keep_resuming, session, ticket, connect, delay_s, client.resume_stats, client.server
+    )
 
 
 async def keep_resuming(

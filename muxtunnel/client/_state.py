@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import structlog
 
 from mux import MuxStream
 from muxtunnel.limits import ServiceTraffic
@@ -26,7 +28,10 @@ __all__ = [
     "RetryableError",
     "ServerGone",
     "ServiceState",
+    "backoff_s",
 ]
+
+log = structlog.get_logger("muxtunnel.client")
 
 #: How long the server may take to answer a control request (and a TLS handshake to finish).
 CONTROL_TIMEOUT_S = 10.0
@@ -45,6 +50,12 @@ class RetryableError(Exception):
 class ServerGone(RetryableError):
     """The server's address refuses connections: its process is not there (a session it held
     is lost with it, so resuming is pointless; registering afresh is worth retrying)."""
+
+
+def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
+    """Exponential backoff with jitter: about low·2^attempt, capped at high, never in lock step."""
+    ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
+    return max(low_s, random.uniform(ceiling / 2, ceiling))
 
 
 @dataclass(slots=True)
@@ -87,6 +98,28 @@ class ServiceState:
         verdict = "healthy" if healthy else "unhealthy"
         return f"{verdict}: {self.health_detail}" if self.health_detail else verdict
 
+    def agree_compression(self, compression: str | None, level: int | None) -> None:
+        """What the server agreed to (`Registered`); says so when it refused or lowered ours."""
+        spec = self.spec
+        self.compression = compression if spec.compression else None
+        # An older server says no level: ours, as it was then.
+        self.compression_level = level or spec.compression_level
+        if spec.compression and self.compression is None:
+            log.warning(
+                "compression refused",
+                service=spec.name,
+                asked=spec.compression,
+                hint="the server's policy for this service turns it off: bytes travel as they are",
+            )
+        elif spec.compression and self.compression_level < spec.compression_level:
+            log.info(
+                "compression level lowered",
+                service=spec.name,
+                asked=spec.compression_level,
+                capped_to=self.compression_level,
+                hint="the server caps it (server.compression_level_max)",
+            )
+
     def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
         """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""
         spec, udp = self.spec, self.udp
@@ -94,7 +127,8 @@ class ServiceState:
         if spec.type == "udp":
             # The client's UDP counters see datagrams from the local service as `in` (they
             # go into the stream) and those to it as `out`: the other way round of a row's.
-            open_, total, bytes_in, bytes_out = 0, udp.flows_opened, udp.bytes_out, udp.bytes_in
+            open_, total = len(self.flows), udp.flows_opened
+            bytes_in, bytes_out = udp.bytes_out, udp.bytes_in
             dropped = udp.dropped()
         elif traffic is None:
             open_ = total = bytes_in = bytes_out = 0
@@ -110,6 +144,7 @@ class ServiceState:
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             compression=self.compression,
+            carrier_bytes=traffic.carrier_bytes() if traffic is not None else None,
             udp_dropped=dropped,
             local=spec.local,
             urls=self.urls if self.public else (),

@@ -74,12 +74,23 @@ class StatusCollector(Collector):
             "UDP datagrams dropped, by reason",
             labels=["service", "reason"],
         )
+        carrier = CounterMetricFamily(
+            _P + "service_carrier_bytes",
+            "Compressed services' visitor bytes on the tunnel, both ways, by stage: plain (as "
+            "visitors sent and got them) and compressed (on the carrier)",
+            labels=["service", "stage"],
+        )
         drops: Counter[tuple[str, str]] = Counter()  # a client with several servers: summed
+        stages: Counter[tuple[str, str]] = Counter()
         for service in status.services:
             for reason, count in (service.udp_dropped or {}).items():
                 drops[(service.name, reason)] += count
+            for stage, count in (service.carrier_bytes or {}).items():
+                stages[(service.name, stage)] += count
         for (name, reason), count in drops.items():
             dropped.add_metric([name, reason], count)
+        for (name, stage), count in stages.items():
+            carrier.add_metric([name, stage], count)
         refusals = CounterMetricFamily(
             _P + "refusals",
             "What a limit refused (or cut), by reason: connections, visitors, registrations",
@@ -88,7 +99,7 @@ class StatusCollector(Collector):
         for reason, count in sorted(status.refusals.items()):
             refusals.add_metric([reason], count)
         yield from (sessions, services, streams, connections, traffic, connections_total)
-        yield from (dropped, rtt, refusals)
+        yield from (dropped, rtt, refusals, carrier)
         yield from _resume_metrics(status)
         if isinstance(status, ServerStatus):
             failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
