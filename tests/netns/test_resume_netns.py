@@ -203,7 +203,7 @@ def survive(link: ResumeLink, fault: str, size: int, figures: Any) -> None:
     link.pair.heal()
     up, listen = link.up, link.listen
     ended, resumed = link.count(up, "session ended"), link.count(up, "session resumed")
-    closed, announced = link.count(listen, "session closed"), len(up.announcements())
+    closed, opened = link.count(listen, "session closed"), link.count(up, "session opened")
     visitors = visitors_through(link, size, seed=len(fault))
     wait_received(visitors[0], min(size // 4, 8 * MIB))
     cut = time.monotonic()
@@ -224,7 +224,7 @@ def survive(link: ResumeLink, fault: str, size: int, figures: Any) -> None:
     assert summarize(visitors) == {"ok": 2}, summarize(visitors)
     assert link.count(up, "session ended") == ended, "up's session was replaced, not resumed"
     assert link.count(listen, "session closed") == closed, "listen ended the session"
-    assert len(up.announcements()) == announced, "up registered again"
+    assert link.count(up, "session opened") == opened, "up registered again"
     for ns, peak in peaks.items():
         assert 0 < peak <= REPLAY_BOUND_BYTES, (ns, peak)
 
@@ -248,7 +248,7 @@ def test_no_resume_after_resume_timeout(rlink: ResumeLink, figures: Any) -> None
     link.pair.heal()
     up, listen = link.up, link.listen
     ended, closed = link.count(up, "session ended"), link.count(listen, "session closed")
-    announced = len(up.announcements())
+    opened = link.count(up, "session opened")
     visitors = visitors_through(link, 1 << 40, seed=7)  # runs until the session ends
     wait_received(visitors[0], MIB)
     cut = time.monotonic()
@@ -260,7 +260,7 @@ def test_no_resume_after_resume_timeout(rlink: ResumeLink, figures: Any) -> None
     finally:
         link.pair.heal()
     reason = listen.events("session closed")[closed].get("reason", "")
-    up.wait_announced(announced + 1, timeout_s=30)
+    up.wait_event("session opened", timeout_s=30, count=opened + 1)  # registered afresh
     back_s = time.monotonic() - cut
     assert link.echo_works(5.0)
     figures.record(
@@ -280,7 +280,7 @@ def test_a_restarted_listen_makes_up_register_afresh(rlink: ResumeLink) -> None:
     carrier end): `up`'s resume is refused (unknown session) and it registers afresh."""
     link = rlink
     link.pair.heal()
-    announced = len(link.up.announcements())
+    opened = link.count(link.up, "session opened")
     refused = link.count(link.up, "resume refused; registering afresh")
     lost = link.count(link.up, "carrier lost; resuming")
     link.pair.blackhole()
@@ -291,7 +291,7 @@ def test_a_restarted_listen_makes_up_register_afresh(rlink: ResumeLink) -> None:
     finally:
         link.pair.heal()
     link.up.wait_event("resume refused; registering afresh", timeout_s=20, count=refused + 1)
-    link.up.wait_announced(announced + 1, timeout_s=20)
+    link.up.wait_event("session opened", timeout_s=20, count=opened + 1)  # registered afresh
     assert link.echo_works(5.0)
     with link.connect() as sock:  # the new listen serves the service on its port
         sock.sendall(b"again")
