@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import secrets
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -36,6 +37,9 @@ from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
+
+if TYPE_CHECKING:
+    from muxtunnel.httptap import Captures
 
 __all__ = ["Client", "backoff_s"]
 
@@ -79,6 +83,8 @@ class Client:
         #: This process among the members of a group (a reconnect takes its place back).
         self.instance = secrets.token_bytes(INSTANCE_BYTES)
         self.checks = HealthChecks(self._report_health)
+        #: Where the http services' requests are recorded while the inspector is on (None: off).
+        self.captures: Captures | None = None
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""

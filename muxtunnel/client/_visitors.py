@@ -15,9 +15,10 @@ is reset then) to another member.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
+import anyio.abc
 import structlog
 
 from mux import MuxStream
@@ -29,6 +30,9 @@ from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udp import serve_flow
+
+if TYPE_CHECKING:
+    from muxtunnel.httptap import Captures
 
 __all__ = ["Host", "serve"]
 
@@ -64,6 +68,11 @@ class Host(Protocol):
 
     def dial_slots(self, name: str) -> anyio.Semaphore:
         """Visitors of service `name` that may connect to it at once (see `DIALS_PER_SERVICE`)."""
+        ...
+
+    @property
+    def captures(self) -> Captures | None:
+        """Where http requests are recorded while the inspector is on (None: not tapped)."""
         ...
 
 
@@ -104,6 +113,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
             state.flows.pop(stream.stream_id, None)
         return
     peer = f"{header.peer_host}:{header.peer_port}"
+    target: anyio.abc.ByteStream
     try:
         async with host.dial_slots(spec.name):
             target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
@@ -126,6 +136,11 @@ async def _serve(host: Host, stream: MuxStream) -> None:
             await abort(target)  # the visitor went meanwhile: the service must see it fail
             return
     compressed = state.compression is not None and header.compressed
+    captures = host.captures
+    if captures is not None and spec.type == "http":
+        from muxtunnel.httptap import TappedStream  # h11: only once the inspector is on
+
+        target = TappedStream(target, captures.tap(spec.name, peer))
     with host.visitors.track():
         await forward(
             target,
