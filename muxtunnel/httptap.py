@@ -3,7 +3,7 @@
 `TappedStream` wraps the client's socket to the local service. Bytes pass through it unchanged
 and at once; a copy of each chunk goes to a `Tap`, which parses both directions with h11 (a
 server-role connection for the requests, a client-role one for the responses) and puts each
-finished request/response pair into the bounded `Captures` ring.
+finished request/response pair into the bounded `muxtunnel.captures.Captures` ring.
 
 Invariants:
 - the tap never alters, delays or fails the stream: it runs synchronously on bytes already
@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -29,121 +28,19 @@ import anyio
 import anyio.abc
 import h11
 
+from muxtunnel.captures import Captures, Exchange, Headers
 from muxtunnel.transport import abort
 
-__all__ = ["BODY_CAP_BYTES", "RING_EXCHANGES", "Captures", "Exchange", "Tap", "TappedStream"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_WAITING_BYTES", "Tap", "TappedStream"]
 
-#: Exchanges kept; with the body cap, at most 100 * 2 * 16 KiB = 3.2 MiB of bodies.
-RING_EXCHANGES = 100
-#: Bytes kept of each request and response body (ngrok's inspector keeps more; a page shows
-#: this much, and replay needs the whole body: a longer one cannot be replayed).
-BODY_CAP_BYTES = 16 * 1024
 #: A request or response head larger than this is not followed (the admin API's cap).
 MAX_HEAD_BYTES = 16 * 1024
 #: Bytes a parser may hold unparsed while its side waits for the other's message to end.
 MAX_WAITING_BYTES = 256 * 1024
 
-Headers = tuple[tuple[str, str], ...]
 _ENDED = {True: "response", False: "request"}
 #: What the response parser must know of a request: whether it proposed an upgrade.
 _UPGRADE_HEADERS = ("connection", "upgrade")
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """One request and its response (None while none came)."""
-
-    id: int
-    service: str
-    peer: str
-    #: When the request head was seen (seconds since the epoch).
-    started: float
-    method: str
-    target: str
-    request_headers: Headers
-    request_body: bytes
-    #: The body's full size (`request_body` holds at most the cap).
-    request_bytes: int
-    status: int | None = None
-    reason: str = ""
-    response_headers: Headers = ()
-    response_body: bytes = b""
-    response_bytes: int = 0
-    #: From the request head to the response's end.
-    duration_s: float | None = None
-    #: Why the exchange is incomplete ("closed before the response", ...), if it is.
-    error: str | None = None
-    #: The exchange this one replayed.
-    replay_of: int | None = None
-
-    @property
-    def replayable(self) -> bool:
-        """Its whole request is known (the body was not cut)."""
-        return self.request_bytes == len(self.request_body)
-
-    def summary(self) -> dict[str, Any]:
-        """The fields of the list of requests."""
-        return {
-            "id": self.id,
-            "service": self.service,
-            "started": round(self.started, 3),
-            "method": self.method,
-            "target": self.target,
-            "status": self.status,
-            "duration_ms": None if self.duration_s is None else round(self.duration_s * 1000, 2),
-            "request_bytes": self.request_bytes,
-            "response_bytes": self.response_bytes,
-            "error": self.error,
-            "replay_of": self.replay_of,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything: heads and (cut) bodies, bodies as text with undecodable bytes replaced."""
-        return {
-            **self.summary(),
-            "peer": self.peer,
-            "reason": self.reason,
-            "request_headers": [list(pair) for pair in self.request_headers],
-            "request_body": self.request_body.decode("utf-8", "replace"),
-            "response_headers": [list(pair) for pair in self.response_headers],
-            "response_body": self.response_body.decode("utf-8", "replace"),
-            "replayable": self.replayable,
-        }
-
-
-class Captures:
-    """The bounded ring of recent exchanges, newest last, and the tap's own counters."""
-
-    def __init__(
-        self, size: int = RING_EXCHANGES, *, body_cap_bytes: int = BODY_CAP_BYTES
-    ) -> None:
-        self.body_cap_bytes = body_cap_bytes
-        self._ring: deque[Exchange] = deque(maxlen=size)
-        self._ids = itertools.count(1)
-        #: Exchanges recorded, and connections the tap stopped following (not HTTP/1.1, ...).
-        self.recorded = 0
-        self.abandoned = 0
-
-    def next_id(self) -> int:
-        """A new exchange id."""
-        return next(self._ids)
-
-    def add(self, exchange: Exchange) -> None:
-        """Keep `exchange`; the oldest goes when the ring is full."""
-        self._ring.append(exchange)
-        self.recorded += 1
-
-    def exchanges(self) -> list[Exchange]:
-        """The ring, oldest first."""
-        return list(self._ring)
-
-    def get(self, exchange_id: int) -> Exchange | None:
-        """The exchange with this id, if the ring still has it."""
-        return next((e for e in self._ring if e.id == exchange_id), None)
-
-    def tap(self, service: str, peer: str) -> Tap:
-        """A tap for one connection of `service`."""
-        return Tap(self, service, peer)
 
 
 def _headers(items: Any) -> Headers:
@@ -156,11 +53,45 @@ class _Body:
     kept: bytearray = field(default_factory=bytearray)
     size: int = 0
 
+    @property
+    def full(self) -> bool:
+        return len(self.kept) >= self.cap
+
     def add(self, data: bytes) -> None:
         self.size += len(data)
         room = self.cap - len(self.kept)
         if room > 0:
             self.kept += data[:room]
+
+
+def _length(headers: Any) -> int | None:
+    """A message's Content-Length (h11 checked it), or None: chunked, or none."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+def _parser(role: type[h11.SERVER] | type[h11.CLIENT]) -> h11.Connection:
+    return h11.Connection(role, max_incomplete_event_size=MAX_HEAD_BYTES)
+
+
+def _fresh(role: type[h11.SERVER] | type[h11.CLIENT], old: h11.Connection) -> h11.Connection:
+    """A new parser with the bytes `old` had not parsed yet."""
+    parser = _parser(role)
+    data, closed = old.trailing_data
+    if data:
+        parser.receive_data(data)
+    if closed:
+        parser.receive_data(b"")
+    return parser
+
+
+#: What the response parser is told of a plain request of a common method (built once).
+_PLAIN_REQUESTS = {
+    method: h11.Request(method=method, target="/", headers=[("host", "-")])
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 
 
 class Tap:
@@ -170,13 +101,15 @@ class Tap:
         self._captures = captures
         self._service = service
         self._peer = peer
-        self._requests = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self._responses = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._requests = _parser(h11.SERVER)
+        self._responses = _parser(h11.CLIENT)
         #: Requests whose head was seen and whose response has not ended, oldest first.
         self._open: deque[dict[str, Any]] = deque()
         #: The request whose body is coming in; an exchange answered before its request ended.
         self._receiving: dict[str, Any] | None = None
         self._answered: dict[str, Any] | None = None
+        #: Bytes of the response body being skipped (counted, not parsed: see `_skip`).
+        self._skip_bytes = 0
         self.active = True
 
     def feed_request(self, data: bytes) -> None:
@@ -188,9 +121,23 @@ class Tap:
 
     def feed_response(self, data: bytes) -> None:
         """Bytes the service sent back (b"": its end of stream). Never raises."""
+        if self._skip_bytes and data and self.active:
+            data = self._skip(data)
+            if not data:
+                return
         if self.active:
             self._safely(self._responses.receive_data, data)
             self._safely(self._drain_responses)
+
+    def _skip(self, data: bytes) -> bytes:
+        """Count the bytes of a long body (cut already) without parsing them: what follows it."""
+        taken = min(len(data), self._skip_bytes)
+        self._skip_bytes -= taken
+        pending = self._open[0]
+        pending["response_body"].size += taken
+        if not self._skip_bytes:
+            self._safely(self._response_ended, pending)
+        return data[taken:]
 
     def _safely(self, step: Callable[..., None], *args: Any) -> None:
         if not self.active:
@@ -212,8 +159,8 @@ class Tap:
         self._open.clear()
 
     def _drain_requests(self) -> None:
-        parser = self._requests
         while self.active:
+            parser = self._requests  # `_cycle` may start a fresh one
             event = parser.next_event()
             if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
                 return
@@ -223,8 +170,8 @@ class Tap:
             self._on_request_event(event)
 
     def _drain_responses(self) -> None:
-        parser = self._responses
         while self.active:
+            parser = self._responses  # `_cycle` may start a fresh one
             if parser.our_state is h11.IDLE:
                 if not self._open:  # bytes before their request (or a stray close): wait
                     self._check_waiting(parser)
@@ -255,16 +202,16 @@ class Tap:
             if self._receiving is not None:
                 self._receiving["request_done"] = True
                 self._receiving = None
-            if self._requests.our_state is h11.DONE:  # answered already
-                self._cycle()
+            self._cycle()  # if it was answered already
 
     def _announce(self, pending: dict[str, Any]) -> None:
         """Tell the response parser which request it answers (HEAD has no body, ...)."""
         upgrade = [(k, v) for k, v in pending["headers"] if k.lower() in _UPGRADE_HEADERS]
-        request = h11.Request(
-            method=pending["method"], target=pending["target"] or "/",
-            headers=[("host", "-"), *upgrade],
-        )  # fmt: skip
+        request = _PLAIN_REQUESTS.get(pending["method"]) if not upgrade else None
+        if request is None:
+            request = h11.Request(
+                method=pending["method"], target="/", headers=[("host", "-"), *upgrade]
+            )
         self._responses.send(request)
         self._responses.send(h11.EndOfMessage())
 
@@ -278,35 +225,36 @@ class Tap:
                 self.active = False
         elif isinstance(event, h11.Response):
             pending.update(status=event.status_code, reason=event.reason,
-                           response=_headers(event.headers),
+                           response=_headers(event.headers), length=_length(event.headers),
                            response_body=_Body(self._captures.body_cap_bytes))  # fmt: skip
         elif isinstance(event, h11.Data):
-            pending["response_body"].add(event.data)
+            body: _Body = pending["response_body"]
+            body.add(event.data)
+            if body.full and pending["length"] is not None:
+                # The rest only needs counting: h11 holds none of it (it handed out all it
+                # had, up to the length), so the parser can sit out until the body's end.
+                self._skip_bytes = pending["length"] - body.size
         elif isinstance(event, h11.EndOfMessage):
-            pending["t_end"] = time.monotonic()
-            self._answered = self._open.popleft()
-            self._next_cycle(pending)
+            self._response_ended(pending)
 
-    def _next_cycle(self, pending: dict[str, Any]) -> None:
-        """The response ended: tell the request parser, and go on to the next exchange."""
-        answer = h11.Response(status_code=pending["status"], headers=[("content-length", "0")])
-        self._requests.send(answer)
-        self._requests.send(h11.EndOfMessage())
+    def _response_ended(self, pending: dict[str, Any]) -> None:
+        pending["t_end"] = time.monotonic()
+        self._answered = self._open.popleft()
         self._cycle()
 
     def _cycle(self) -> None:
-        """Both parsers start on the next exchange of this keep-alive connection, once both
-        messages have ended (an early answer waits for the end of its request's body)."""
-        if self._requests.their_state is not h11.DONE:
-            return  # `_on_request_event` calls again at the request's end
-        if self._answered is not None:
-            self._record(self._answered)
-            self._answered = None
-        if h11.MUST_CLOSE in (self._requests.our_state, self._responses.our_state):
-            self.active = False
+        """Once both messages of an exchange have ended (an early answer waits for the end of
+        its request's body), record it and start both parsers afresh on what follows.
+
+        Fresh parsers (with the bytes the old ones held) cost less than telling each one the
+        other side's message, and a passive tap has no keep-alive rules to enforce.
+        """
+        if self._answered is None or self._requests.their_state is not h11.DONE:
             return
-        self._requests.start_next_cycle()
-        self._responses.start_next_cycle()
+        self._record(self._answered)
+        self._answered = None
+        self._requests = _fresh(h11.SERVER, self._requests)
+        self._responses = _fresh(h11.CLIENT, self._responses)
         self._drain_requests()  # a pipelined request, waiting
 
     def _record(self, pending: dict[str, Any], error: str | None = None) -> None:

@@ -101,6 +101,7 @@ MUXTUNNEL_RANKS = {
     "trust": 3,  # the state directory: the server's own pair, the client's known servers
     "limits": 2,
     "proxy": 2,
+    "captures": 1,  # recorded HTTP exchanges: what the inspector shows
     "httptap": 2,  # the inspector's passive HTTP parser, a wrapper of the local socket
     "control": 2,
     "fields": 1,  # checks of control message fields

@@ -39,7 +39,7 @@ from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
 
 if TYPE_CHECKING:
-    from muxtunnel.httptap import Captures
+    from muxtunnel.captures import Captures
 
 __all__ = ["Client", "backoff_s"]
 

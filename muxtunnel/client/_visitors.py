@@ -32,7 +32,7 @@ from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udp import serve_flow
 
 if TYPE_CHECKING:
-    from muxtunnel.httptap import Captures
+    from muxtunnel.captures import Captures
 
 __all__ = ["Host", "serve"]
 
@@ -138,9 +138,9 @@ async def _serve(host: Host, stream: MuxStream) -> None:
     compressed = state.compression is not None and header.compressed
     captures = host.captures
     if captures is not None and spec.type == "http":
-        from muxtunnel.httptap import TappedStream  # h11: only once the inspector is on
+        from muxtunnel.httptap import Tap, TappedStream  # h11: only once the inspector is on
 
-        target = TappedStream(target, captures.tap(spec.name, peer))
+        target = TappedStream(target, Tap(captures, spec.name, peer))
     with host.visitors.track():
         await forward(
             target,

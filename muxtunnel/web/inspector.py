@@ -22,7 +22,7 @@ import anyio.abc
 import h11
 import structlog
 
-from muxtunnel.httptap import Captures, Exchange
+from muxtunnel.captures import Captures, Exchange
 from muxtunnel.model import Endpoint
 from muxtunnel.status import Status
 from muxtunnel.transport import TransportError, bind_socket, connect

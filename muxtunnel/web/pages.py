@@ -24,7 +24,7 @@ from muxtunnel.model import (
 from muxtunnel.status import Status
 
 if TYPE_CHECKING:
-    from muxtunnel.httptap import Captures
+    from muxtunnel.captures import Captures
 
 __all__ = ["inspector_endpoint", "start_pages"]
 
@@ -60,7 +60,7 @@ async def start_pages(
     where = inspector_endpoint(config)
     if where is None:
         return {}
-    from muxtunnel.httptap import Captures
+    from muxtunnel.captures import Captures
     from muxtunnel.web.inspector import run_inspector
 
     endpoint, tries = where

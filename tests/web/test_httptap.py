@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mux.testing.pairs import memory_stream_pair
-from muxtunnel.httptap import MAX_WAITING_BYTES, Captures, TappedStream
+from muxtunnel.captures import Captures
+from muxtunnel.httptap import MAX_WAITING_BYTES, Tap, TappedStream
 
 REQUESTS = (
     b"GET /a?x=1 HTTP/1.1\r\nHost: app\r\n\r\n"
@@ -42,7 +43,7 @@ def recorded(captures: Captures) -> list[tuple[str, str, bytes, int | None, byte
 
 
 def feed_all(captures: Captures, requests: list[bytes], responses: list[bytes]) -> None:
-    tap = captures.tap("app", "192.0.2.1:4000")
+    tap = Tap(captures, "app", "192.0.2.1:4000")
     for chunk in requests:
         tap.feed_request(chunk)
     for chunk in responses:
@@ -67,10 +68,17 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 10_000), max_size=12), st.lists(st.integers(0, 10_000), max_size=12))
-def test_any_split_into_chunks_records_the_same(req_cuts: list[int], resp_cuts: list[int]) -> None:
-    captures = Captures()
-    tap = captures.tap("app", "p")
+@given(
+    st.lists(st.integers(0, 10_000), max_size=12),
+    st.lists(st.integers(0, 10_000), max_size=12),
+    st.sampled_from([16 * 1024, 3]),
+)
+def test_any_split_into_chunks_records_the_same(
+    req_cuts: list[int], resp_cuts: list[int], cap: int
+) -> None:
+    """With a cap of 3 bytes the long bodies are cut, and counted without parsing."""
+    captures = Captures(body_cap_bytes=cap)
+    tap = Tap(captures, "app", "p")
     requests, responses = split(REQUESTS, req_cuts), split(RESPONSES, resp_cuts)
     # Interleaved as a real connection would see them: some requests, then some answers.
     while requests or responses:
@@ -79,7 +87,10 @@ def test_any_split_into_chunks_records_the_same(req_cuts: list[int], resp_cuts: 
         if responses:
             tap.feed_response(responses.pop(0))
     tap.close()
-    assert recorded(captures) == EXPECTED
+    expected = [(m, t, req[:cap], status, resp[:cap]) for m, t, req, status, resp in EXPECTED]
+    assert recorded(captures) == expected
+    sizes = [(e.request_bytes, e.response_bytes) for e in captures.exchanges()]
+    assert sizes == [(0, 5), (11, 0), (0, 0), (5, 4)]
 
 
 def test_bodies_are_cut_at_the_cap_but_counted_whole() -> None:
@@ -93,9 +104,23 @@ def test_bodies_are_cut_at_the_cap_but_counted_whole() -> None:
     assert not exchange.replayable
 
 
+def test_a_long_body_is_counted_to_its_end_and_the_next_exchange_follows() -> None:
+    captures = Captures(body_cap_bytes=4)
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabcdef")
+    for _ in range(999):
+        tap.feed_response(b"y" * 1000)
+    tap.feed_response(b"y" * 994 + b"HTTP/1.1 204 No Content\r\n\r\n")
+    tap.close()
+    seen = [(e.target, e.status, e.response_body, e.response_bytes) for e in captures.exchanges()]
+    assert seen == [("/big", 200, b"abcd", 1_000_000), ("/next", 204, b"", 0)]
+    assert captures.abandoned == 0
+
+
 def test_the_ring_keeps_the_newest() -> None:
     captures = Captures(size=3)
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     for n in range(5):
         tap.feed_request(f"GET /{n} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
         tap.feed_response(b"HTTP/1.1 204 No Content\r\n\r\n")
@@ -106,7 +131,7 @@ def test_the_ring_keeps_the_newest() -> None:
 
 def test_an_upgrade_is_recorded_then_no_longer_followed() -> None:
     captures = Captures()
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     tap.feed_request(
         b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
@@ -128,7 +153,7 @@ NOT_HTTP = [
 @pytest.mark.parametrize("first", NOT_HTTP)
 def test_what_is_not_http_1_1_is_given_up(first: bytes) -> None:
     captures = Captures()
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     tap.feed_request(first)
     tap.feed_response(b"HTTP/1.1 200 OK\r\n\r\n")
     tap.close()
@@ -137,7 +162,7 @@ def test_what_is_not_http_1_1_is_given_up(first: bytes) -> None:
 
 def test_a_flood_of_pipelined_requests_is_given_up_not_buffered() -> None:
     captures = Captures()
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     tap.feed_request(one * (MAX_WAITING_BYTES // len(one) + 10))  # no answer comes
     assert not tap.active and captures.abandoned == 1
@@ -145,7 +170,7 @@ def test_a_flood_of_pipelined_requests_is_given_up_not_buffered() -> None:
 
 def test_a_connection_closed_before_the_response_is_recorded_so() -> None:
     captures = Captures()
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     tap.feed_request(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
     tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     tap.close()
@@ -156,7 +181,7 @@ def test_a_connection_closed_before_the_response_is_recorded_so() -> None:
 
 def test_a_response_that_ends_with_the_connection() -> None:
     captures = Captures()
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     tap.feed_request(b"GET / HTTP/1.0\r\n\r\n")
     tap.feed_response(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
     tap.feed_response(b"")
@@ -170,7 +195,7 @@ async def test_the_tapped_stream_passes_every_byte_unchanged() -> None:
     in order, both ways, with half-close."""
     captures = Captures()
     service_end, service_side = memory_stream_pair()
-    tapped = TappedStream(service_side, captures.tap("app", "p"))
+    tapped = TappedStream(service_side, Tap(captures, "app", "p"))
     sent = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\x00\xffnot http at all" * 100]
     answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"\xfe" * 5000]
     got_by_service, got_back = bytearray(), bytearray()
@@ -206,7 +231,7 @@ async def test_the_tapped_stream_passes_every_byte_unchanged() -> None:
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=200)), max_size=20))
 def test_the_tap_never_raises_whatever_it_is_fed(chunks: list[tuple[bool, bytes]]) -> None:
     captures = Captures(size=5, body_cap_bytes=8)
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     tap.feed_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     for to_service, data in chunks:
         (tap.feed_request if to_service else tap.feed_response)(data)

@@ -13,9 +13,10 @@ import anyio
 import pytest
 from e2e.harness import free_port
 
+from muxtunnel.captures import Captures
 from muxtunnel.cli import _client_overrides, _load_server, build_parser
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
-from muxtunnel.httptap import Captures
+from muxtunnel.httptap import Tap
 from muxtunnel.model import ClientConfig, Endpoint, Secret, ServiceSpec
 from muxtunnel.status import ServerStatus, ServiceRow, SessionRow, TrafficRow
 from muxtunnel.transport import TransportError
@@ -179,7 +180,7 @@ async def test_replay_sends_the_request_again_to_the_local_service() -> None:
             await stream.send(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone")
 
     captures = Captures()
-    tap = captures.tap("app", "192.0.2.7:1234")
+    tap = Tap(captures, "app", "192.0.2.7:1234")
     tap.feed_request(
         b"POST /items?x=1 HTTP/1.1\r\nHost: app.example.com\r\nConnection: keep-alive\r\n"
         b"Content-Length: 5\r\n\r\nhello"
@@ -202,7 +203,7 @@ async def test_replay_sends_the_request_again_to_the_local_service() -> None:
 @pytest.mark.anyio
 async def test_a_replay_to_a_service_that_is_down_is_recorded_as_failed() -> None:
     captures = Captures()
-    tap = captures.tap("app", "p")
+    tap = Tap(captures, "app", "p")
     tap.feed_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     with socket.socket() as sock:  # a port nobody listens on

@@ -6,7 +6,8 @@ function fmtBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i ? n.toFixed(1) : String(Math.round(n))) + " " + units[i];
+  const digits = i && Math.abs(n) < 100 ? 1 : 0;
+  return n.toFixed(digits) + " " + units[i];
 }
 
 function fmtRate(n) { return fmtBytes(n) + "/s"; }

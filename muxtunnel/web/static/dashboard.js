@@ -22,7 +22,7 @@ function chartFor(name) {
   const opts = {
     width: Math.max(420, holder.clientWidth - 16), height: 180,
     scales: { x: { time: true } },
-    axes: [{}, { values: (u, ticks) => ticks.map(fmtRate), size: 80 }],
+    axes: [{}, { values: (u, ticks) => ticks.map(fmtRate), size: 90 }],
     series: [
       {},
       { label: "in (to the service)", stroke: getComputedStyle(document.body).getPropertyValue("--in"), width: 2,

@@ -34,6 +34,13 @@ function headersBlock(headers) {
   return el("pre", {}, headers.map(([k, v]) => k + ": " + v).join("\n") || "(none)");
 }
 
+// JSON bodies kept whole are shown indented; anything else as it came.
+function pretty(text, headers) {
+  const type = (headers.find(([k]) => k.toLowerCase() === "content-type") || ["", ""])[1];
+  if (!type.includes("json")) return text;
+  try { return JSON.stringify(JSON.parse(text), null, 2); } catch (e) { return text; }
+}
+
 function bodyBlock(text, size) {
   const note = size > text.length ? "\n… " + fmtBytes(size) + " in all, cut at the size cap" : "";
   return el("pre", { class: "body" }, (text || "(empty)") + note);
@@ -61,10 +68,10 @@ async function select(id) {
       (r.duration_ms === null ? "" : " · " + r.duration_ms.toFixed(1) + " ms") +
       (r.replay_of ? " · replay of #" + r.replay_of : "") + (r.error ? " · " + r.error : "")),
     el("h3", {}, "request headers"), headersBlock(r.request_headers),
-    el("h3", {}, "request body"), bodyBlock(r.request_body, r.request_bytes),
+    el("h3", {}, "request body"), bodyBlock(pretty(r.request_body, r.request_headers), r.request_bytes),
     el("h3", { class: statusClass(r.status) }, "response " + (r.status === null ? "(none)" : r.status + " " + r.reason)),
     headersBlock(r.response_headers),
-    el("h3", {}, "response body"), bodyBlock(r.response_body, r.response_bytes));
+    el("h3", {}, "response body"), bodyBlock(pretty(r.response_body, r.response_headers), r.response_bytes));
   renderList({ ...lastData, requests: lastData.requests });
 }
 
