@@ -1,4 +1,6 @@
-"""`python -m bench`: compare muxtunnel with direct, socat, ssh -R and Go yamux tunnels.
+"""`python -m bench`: compare muxtunnel with direct, socat, ssh -R/-L and Go yamux tunnels.
+
+`muxtunnel visit` (a private service: two mux hops) is compared with ssh -L.
 
 Sets up everything on loopback (iperf3 server, echo server, each path's processes),
 runs bounded measurements, tears everything down (also on Ctrl-C), then prints the

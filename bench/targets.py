@@ -19,6 +19,9 @@ MUX_TLS = "muxtunnel-tls"
 YAMUX = "yamux256k"
 SSH = "ssh"
 RELAY = "socat"
+#: Private services: `muxtunnel visit` (two mux hops), and what it replaces, `ssh -L`.
+VISIT = "visit"
+SSH_L = "sshl"
 
 
 def _get(d: Any, *keys: str) -> float | None:
@@ -114,6 +117,20 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             True,
         )
     )
+
+    for mode in ("P1", "P8"):
+        rows.append(
+            _row(
+                f"visit-{mode.lower()}-ssh-l",
+                f"visit: TCP -{mode} through two mux hops >= ssh -L",
+                tcp(VISIT, mode),
+                "bit/s",
+                tcp(SSH_L, mode),
+                "ssh -L",
+                1.0,
+                True,
+            )
+        )
 
     l50 = lfn.get("50", {})
     mux_l50 = _get(l50.get(MUX), "tcp", "bps", "median")

@@ -301,6 +301,11 @@ class Connection:
             self._transition(stream, StreamInput.RESET)
             self._remove(stream)
 
+    def allow_streams(self) -> None:
+        """Take streams from the peer again after `refuse_streams` (e.g. once it has proven
+        who it is): later SYNs are accepted up to the backlog and stream limits as before."""
+        self.refusing = False
+
     def stream_read(self, stream_id: int, amount: int, now: float) -> None:
         """The consumer has read `amount` bytes of the stream: return credit as policy says."""
         stream = self._streams.get(stream_id)

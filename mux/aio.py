@@ -232,6 +232,12 @@ class Session:
             stream._buffer.clear()
         self._wake_writer()
 
+    def allow_streams(self) -> None:
+        """Take streams from the peer again after `refuse_streams`: later ones wait to be
+        accepted, within the accept backlog, as before (`Connection.allow_streams`)."""
+        if self._error is None:
+            self.conn.allow_streams()
+
     @property
     def refused_streams(self) -> int:
         """Streams the peer opened that were refused with RST (limits, GoAway, refusal)."""

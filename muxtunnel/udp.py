@@ -325,3 +325,54 @@ async def serve_flow(
     finally:
         endpoint.close()
         stream.reset()
+
+
+async def relay_flow(
+    visitor: MuxStream, target: MuxStream, counters: UdpCounters, *, idle_s: float
+) -> None:
+    """Relay one UDP flow between two mux streams (a private service's: `visit`'s stream and
+    the provider's), datagram by datagram, both ways, until either ends or it is idle `idle_s`.
+
+    Datagrams are parsed out of one stream and framed again into the other (the server, not
+    the visitor, frames what reaches the provider), counted, and dropped (never queued) when
+    the other stream's send buffer is full, as at a public UDP port. Both streams are reset at
+    the end: a flow has no half-close.
+    """
+    last_active = anyio.current_time()
+
+    async def copy(source: MuxStream, sink: MuxStream, inbound: bool) -> None:
+        nonlocal last_active
+        reader = DatagramReader()
+        try:
+            while True:
+                data = await source.receive()
+                last_active = anyio.current_time()
+                for datagram in reader.feed(data):
+                    if len(datagram) > MAX_DATAGRAM_BYTES:
+                        counters.dropped_oversize += 1
+                    elif not sink.send_nowait(frame(datagram)):
+                        counters.dropped_backpressure += 1
+                    elif inbound:
+                        counters.datagrams_in += 1
+                        counters.bytes_in += len(datagram)
+                    else:
+                        counters.datagrams_out += 1
+                        counters.bytes_out += len(datagram)
+        except (anyio.EndOfStream, *_FAILURES):
+            pass
+        tg.cancel_scope.cancel()
+
+    async def expire() -> None:
+        while (idle := anyio.current_time() - last_active) < idle_s:
+            await anyio.sleep(max(idle_s - idle, 0.01))
+        counters.flows_expired += 1
+        tg.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(copy, visitor, target, True)
+            tg.start_soon(copy, target, visitor, False)
+            tg.start_soon(expire)
+    finally:
+        visitor.reset()
+        target.reset()

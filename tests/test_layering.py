@@ -86,6 +86,7 @@ MUXTUNNEL_RANKS = {
     # building blocks that need only the vocabulary
     "specs": 1,
     "auth": 1,
+    "visitauth": 1,  # visitor tokens: their tags and sealed keys
     "sources": 1,
     "log": 1,
     "transport": 1,  # the network seam
@@ -105,6 +106,7 @@ MUXTUNNEL_RANKS = {
     "httptap": 2,  # the inspector's passive HTTP parser, a wrapper of the local socket
     "control": 2,
     "fields": 1,  # checks of control message fields
+    "visitmsg": 1,  # the control messages of private services (`control` decodes them)
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,
@@ -124,6 +126,7 @@ MUXTUNNEL_RANKS = {
     "client": 5,
     # the composition root, and the command line in front of it
     "app": 6,
+    "tools": 6,  # status and cert: the commands that run no tunnel
     "cli": 7,
     "flags": 6,
     "__main__": 7,
@@ -307,7 +310,7 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.argv": "reading /proc/self/stat and /proc/self/cmdline",
     "muxtunnel.trust": "reading and writing the known-hosts file",
     "muxtunnel.reload": "stat() of the config file",
-    "muxtunnel.app": "writing certificate files",
+    "muxtunnel.tools": "writing certificate files (`muxtunnel cert`)",
     "muxtunnel.log": "isatty() of a stream that may have none",
     "muxtunnel.statusview": "urllib's errors: the HTTP client of `muxtunnel status`",
     "muxtunnel.balance.probe": "health probes: a refused or reset connect is a probe result",

@@ -36,7 +36,7 @@ from muxtunnel.transport import (
 
 __all__ = [
     "REFUSED", "SETTING_UP", "admit", "close_idle_visitors", "idle_timeout_s", "proxy_header",
-    "serve_tcp",
+    "proxy_preamble", "refusal", "serve_tcp",
 ]  # fmt: skip
 
 #: Idle visitors are looked for every quarter of the timeout, but at least this often.
@@ -109,7 +109,7 @@ async def close_idle_visitors(host: Host, name: str) -> None:
                     )
 
 
-def _refusal(host: Host, service: ActiveService, session: Session, source: str) -> str | None:
+def refusal(host: Host, service: ActiveService, session: Session, source: str) -> str | None:
     """Why a new visitor of `service` from `source` must be refused (None: it may come in)."""
     config = host.config
     limiter = host.limiter_of(service.name)
@@ -145,7 +145,7 @@ async def _serve_visitor(
         await abort(visitor)
         return
     source = address_key(address[0])
-    reason = _refusal(host, service, session, source)
+    reason = refusal(host, service, session, source)
     if reason is None and not service.streams.take():
         reason = "stream_quota"
     if reason is not None:
@@ -236,7 +236,11 @@ def admit(host: Host, name: str, source: str) -> Admission | Refusal | None:
 
 def proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
     """The PROXY protocol header telling the local service who the visitor is."""
+    return proxy_preamble(version, peer, local_address(visitor) or ("0.0.0.0", 0))
+
+
+def proxy_preamble(version: str, peer: Address, local: Address) -> bytes:
+    """The PROXY protocol header of a visitor from `peer` that came in at `local`."""
     from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
 
-    local = local_address(visitor) or ("0.0.0.0", 0)
     return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)
