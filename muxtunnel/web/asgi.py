@@ -8,13 +8,15 @@ closed after `KEEP_ALIVE_S`.
 
 With a token, every request needs it: `Authorization: Bearer TOKEN`, or the cookie that
 `/?token=TOKEN` sets once (a browser cannot put a header on an EventSource); compared in
-constant time. Without one the config loader made sure the address is a loopback one.
+constant time. Without one the config loader made sure the address is a loopback one, and
+only requests whose Host is a loopback name are answered (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -60,6 +62,37 @@ def _bearer_ok(scope: Scope, token: str) -> bool:
         morsel = SimpleCookie(cookie.decode("latin-1")).get(COOKIE)
         given = morsel.value.encode() if morsel is not None else b""
     return hmac.compare_digest(given, token.encode())
+
+
+def _loopback_name(host: str) -> bool:
+    """A Host header naming this machine: localhost, 127.0.0.0/8 or ::1 (any port)."""
+    if host.startswith("["):
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    name = name.lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_only(app: App) -> App:
+    """`app`, answering only requests that name a loopback host: a page with no token is on
+    loopback, and a web site that points its own name at 127.0.0.1 (DNS rebinding) must not
+    read it from a browser on this machine."""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+            if not _loopback_name(host):
+                await _answer(send, 403, [], b"this page answers on localhost only\n")
+                return None
+        return await app(scope, receive, send)
+
+    return guarded
 
 
 def with_token(app: App, token: str) -> App:
@@ -117,8 +150,7 @@ async def serve_app(
 
     if sock is None:
         sock = bind_socket(endpoint.host, endpoint.port)
-    if endpoint.token is not None:
-        app = with_token(app, endpoint.token.value)
+    app = with_token(app, endpoint.token.value) if endpoint.token else loopback_only(app)
     config = uvicorn.Config(
         app,
         http="h11",

@@ -150,6 +150,10 @@ def make_app(status: Callable[[], Status], captures: Captures) -> App:
         return JSONResponse(exchange.to_dict())
 
     async def do_replay(request: Any) -> Any:
+        if request.headers.get("x-requested-with") != "muxtunnel":
+            # A header a cross-site form cannot send, and a cross-site script only after a
+            # preflight nobody answers: another site open in the browser cannot replay.
+            return JSONResponse({"error": "replay needs X-Requested-With: muxtunnel"}, 403)
         exchange = _find(request)
         if exchange is None:
             return JSONResponse({"error": "no such request (the ring keeps the last ones)"}, 404)

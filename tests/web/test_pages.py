@@ -18,11 +18,12 @@ from muxtunnel.cli import _client_overrides, _load_server, build_parser
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 from muxtunnel.httptap import Tap
 from muxtunnel.model import ClientConfig, Endpoint, Secret, ServiceSpec
-from muxtunnel.status import ServerStatus, ServiceRow, SessionRow, TrafficRow
+from muxtunnel.status import ClientStatus, ServerStatus, ServiceRow, SessionRow, TrafficRow
 from muxtunnel.transport import TransportError
-from muxtunnel.web.asgi import COOKIE, with_token
+from muxtunnel.web.asgi import COOKIE, loopback_only, with_token
 from muxtunnel.web.dashboard import Sampler, _events
 from muxtunnel.web.inspector import bind_first_free, replay
+from muxtunnel.web.inspector import make_app as make_inspector
 from muxtunnel.web.pages import inspector_endpoint
 
 TOKEN = "0123456789abcdef0123456789"
@@ -126,11 +127,18 @@ async def test_the_event_stream_sends_the_document_then_ticks_and_ends_on_close(
 # --- the token guard of the pages ---
 
 
-async def call(app: Any, path: str, query: str = "", headers: dict[str, str] | None = None) -> Any:
+async def call(
+    app: Any,
+    path: str,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+) -> Any:
     sent: list[dict[str, Any]] = []
     scope = {
-        "type": "http", "path": path, "query_string": query.encode(),
+        "type": "http", "path": path, "query_string": query.encode(), "method": method,
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "root_path": "", "scheme": "http", "server": ("127.0.0.1", 4040),
     }  # fmt: skip
 
     async def receive() -> dict[str, Any]:
@@ -162,6 +170,38 @@ async def test_the_pages_want_the_token_in_a_header_or_the_cookie_it_sets() -> N
     assert cookie.startswith(f"{COOKIE}={TOKEN};") and "HttpOnly" in cookie
     assert (await call(app, "/api/events", headers={"Cookie": f"{COOKIE}={TOKEN}"}))[0] == 200
     assert (await call(app, "/api/events", headers={"Cookie": f"{COOKIE}=x{TOKEN}"}))[0] == 401
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("host", "answered"),
+    [
+        ("localhost:4040", True), ("127.0.0.1:4040", True), ("127.9.9.9", True),
+        ("[::1]:4040", True), ("[::1]", True), ("LOCALHOST", True),
+        ("evil.example.com:4040", False), ("10.0.0.1:4040", False), ("", False),
+        ("[2001:db8::1]:4040", False), ("localhost.evil.example.com", False),
+    ],
+)  # fmt: skip
+async def test_a_page_without_a_token_answers_only_to_loopback_names(
+    host: str, answered: bool
+) -> None:
+    status, _ = await call(loopback_only(inner_app), "/", headers={"Host": host})
+    assert status == (200 if answered else 403)
+
+
+@pytest.mark.anyio
+async def test_replay_wants_a_header_that_another_site_cannot_send() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    empty = ClientStatus(version="t", server="s", reconnects=0)
+    app = make_inspector(lambda: empty, captures)
+    path = f"/api/requests/{captures.exchanges()[0].id}/replay"
+    assert (await call(app, path, method="POST"))[0] == 403
+    asked = await call(app, path, method="POST", headers={"X-Requested-With": "muxtunnel"})
+    assert asked[0] == 409  # past the check: no such service to replay to now
+    assert len(captures.exchanges()) == 1
 
 
 # --- the inspector: replay and its port ---

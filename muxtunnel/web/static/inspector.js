@@ -56,7 +56,7 @@ async function select(id) {
   if (!r.replayable) replay.setAttribute("disabled", "");
   replay.addEventListener("click", async () => {
     replay.textContent = "Replaying…";
-    const answer = await fetch("/api/requests/" + id + "/replay", { method: "POST" });
+    const answer = await fetch("/api/requests/" + id + "/replay", { method: "POST", headers: { "X-Requested-With": "muxtunnel" } });
     const done = await answer.json();
     replay.textContent = "Replay";
     if (done.id) select(done.id); else alert(done.error);
