@@ -12,8 +12,11 @@ Invariants:
 - memory per connection is bounded: bodies keep their first `body_cap_bytes`; heads are capped
   by h11 (`MAX_HEAD_BYTES`); bytes h11 holds while one side waits for the other (pipelined
   requests) are capped by `MAX_WAITING_BYTES`, past which the connection is abandoned;
-- the ring keeps the last `RING_EXCHANGES` exchanges; an upgraded connection (WebSocket) is
-  recorded up to its 101 and not followed further.
+- the ring keeps the last `captures.RING_EXCHANGES` exchanges; an upgraded connection (WebSocket) is
+  recorded up to its 101 and not followed further;
+- a response body with a Content-Length, once cut at the cap, is counted to its end without
+  parsing (`Tap._skip`): a large download costs the tap next to nothing;
+- a PROXY protocol header the server wrote first on the stream is passed over.
 """
 
 from __future__ import annotations
@@ -72,6 +75,20 @@ def _length(headers: Any) -> int | None:
     return None
 
 
+#: PROXY protocol v2's signature (HAProxy's spec, section 2.2; `muxtunnel.vhost.proxy_protocol`).
+_PROXY_V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def _without_proxy_header(data: bytes) -> bytes:
+    """`data` past a PROXY protocol header it starts with (one the server wrote first, in one
+    piece); a header cut in two is left for h11 to refuse."""
+    if data.startswith(b"PROXY ") and (end := data.find(b"\r\n", 0, 108)) != -1:
+        return data[end + 2 :]  # v1: one line of at most 107 bytes (section 2.1)
+    if data.startswith(_PROXY_V2) and len(data) >= 16:
+        return data[16 + int.from_bytes(data[14:16], "big") :]
+    return data
+
+
 def _parser(role: type[h11.SERVER] | type[h11.CLIENT]) -> h11.Connection:
     return h11.Connection(role, max_incomplete_event_size=MAX_HEAD_BYTES)
 
@@ -110,10 +127,17 @@ class Tap:
         self._answered: dict[str, Any] | None = None
         #: Bytes of the response body being skipped (counted, not parsed: see `_skip`).
         self._skip_bytes = 0
+        self._first = True
         self.active = True
 
     def feed_request(self, data: bytes) -> None:
         """Bytes the visitor sent to the service (b"": its end of stream). Never raises."""
+        if self._first:  # the server may have written a PROXY protocol header first
+            self._first = False
+            rest = _without_proxy_header(data)
+            if data and not rest:
+                return  # b"" would tell h11 the stream ended
+            data = rest
         if self.active:
             self._safely(self._requests.receive_data, data)
             self._safely(self._drain_requests)

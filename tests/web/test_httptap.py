@@ -118,6 +118,19 @@ def test_a_long_body_is_counted_to_its_end_and_the_next_exchange_follows() -> No
     assert captures.abandoned == 0
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_proxy_protocol_header_before_the_requests_is_passed_over(version: str) -> None:
+    from muxtunnel.vhost.proxy_protocol import encode_proxy_header
+
+    header = encode_proxy_header(version, ("192.0.2.1", 4000), ("198.51.100.2", 80))
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(header)
+    tap.feed_request(b"GET /behind-proxy HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [e.target for e in captures.exchanges()] == ["/behind-proxy"]
+
+
 def test_the_ring_keeps_the_newest() -> None:
     captures = Captures(size=3)
     tap = Tap(captures, "app", "p")
