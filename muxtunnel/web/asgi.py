@@ -6,15 +6,17 @@ composition root's. What anyone can hold is bounded by uvicorn's own caps: conne
 (`MAX_CONNECTIONS`, 503 beyond), a request head of at most 16 KiB, idle keep-alive connections
 closed after `KEEP_ALIVE_S`.
 
-With a token, every request needs it: `Authorization: Bearer TOKEN`, or the cookie that
-`/?token=TOKEN` sets once (a browser cannot put a header on an EventSource); compared in
-constant time. Without one the config loader made sure the address is a loopback one, and
-only requests whose Host is a loopback name are answered (DNS rebinding).
+With a token, every request needs it: `Authorization: Bearer TOKEN`, or the cookie (a digest
+of the token) that `/?token=TOKEN` sets once, since a browser cannot put a header on an
+EventSource; compared in constant time. Without one the config loader made sure the address
+is a loopback one, and only requests whose Host is a loopback name are answered (DNS
+rebinding).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -58,10 +60,17 @@ def _bearer_ok(scope: Scope, token: str) -> bool:
     authorization = headers.get(b"authorization", b"")
     if authorization[:7].lower() == b"bearer ":
         given = authorization[7:].strip()
-    elif cookie := headers.get(b"cookie"):
+        return hmac.compare_digest(given, token.encode())
+    if cookie := headers.get(b"cookie"):
         morsel = SimpleCookie(cookie.decode("latin-1")).get(COOKIE)
         given = morsel.value.encode() if morsel is not None else b""
-    return hmac.compare_digest(given, token.encode())
+    return hmac.compare_digest(given, _cookie_value(token).encode())
+
+
+def _cookie_value(token: str) -> str:
+    """What the cookie holds: a digest of the token, not the token (no quoting, and a cookie
+    read off a browser's disk does not give the admin API's token away)."""
+    return hashlib.sha256(b"muxtunnel page cookie\0" + token.encode()).hexdigest()
 
 
 def _loopback_name(host: str) -> bool:
@@ -107,7 +116,7 @@ def with_token(app: App, token: str) -> App:
             ok = hmac.compare_digest(given.encode(), token.encode())
             status, headers = (303, [(b"location", b"/")]) if ok else (401, [])
             if ok:
-                cookie = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
+                cookie = f"{COOKIE}={_cookie_value(token)}; HttpOnly; SameSite=Strict; Path=/"
                 headers.append((b"set-cookie", cookie.encode()))
             await _answer(send, status, headers, b"" if ok else b"wrong token\n")
             return None
