@@ -9,7 +9,6 @@ const FACTS = ["role", "version", "bind", "tls", "uptime_s", "auth_failures"];
 const CONNECTIONS_SHOWN = 100;
 
 const charts = new Map(); // service name -> {plot, data, rate}
-let lastSeq = 0;
 
 function chartFor(name) {
   let chart = charts.get(name);
@@ -90,7 +89,6 @@ function render(doc, full) {
   renderStatus(doc.status);
   renderRecent("sessions-recent", "recent sessions", doc.sessions_recent);
   renderRecent("refusals-recent", "recent refusals", doc.refusals_recent);
-  lastSeq = doc.seq;
   document.body.dataset.seq = doc.seq;
 }
 
@@ -102,5 +100,11 @@ function connect() {
   events.onopen = () => { live.className = "on"; live.textContent = "live"; };
   events.onerror = () => { live.className = "off"; live.textContent = "reconnecting"; };
 }
+
+window.addEventListener("resize", () => {
+  for (const chart of charts.values()) {
+    chart.plot.setSize({ width: Math.max(420, chart.holder.clientWidth - 16), height: 180 });
+  }
+});
 
 connect();
