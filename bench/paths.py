@@ -56,6 +56,7 @@ class Endpoint:
     echo: Address  # echo service visitor address
     roles: dict[str, list[int]]  # the path's own processes (role -> root pids)
     notes: list[str] = field(default_factory=list)
+    echo_udp: Address | None = None  # UDP echo service visitor address, None if unsupported
 
 
 Opener = Callable[[Env, "float | None"], AbstractContextManager[Endpoint]]
@@ -119,7 +120,7 @@ def _wait_ports(ports: list[int], proc: Proc, timeout: float) -> None:
 def direct(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     """No tunnel. With rtt_ms, only a delay proxy in front of the services (its ceiling)."""
     if rtt_ms is None:
-        yield Endpoint(env.iperf, env.iperf, env.echo, {})
+        yield Endpoint(env.iperf, env.iperf, env.echo, {}, echo_udp=env.echo)
         return
     with ExitStack() as stack:
         tcp = _delay(stack, env, "delay-direct-iperf", env.iperf, rtt_ms)
@@ -136,7 +137,7 @@ def socat(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     if shutil.which("socat") is None:
         raise StartError("socat is not installed (apt-get install socat)")
     pub = free_port(udp_too=True)
-    echo = free_port()
+    echo = free_port(udp_too=True)
     tcp_opts = "bind=127.0.0.1,reuseaddr,fork,nodelay"
     with ExitStack() as stack:
         procs = [
@@ -175,11 +176,31 @@ def socat(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
                     env,
                 )
             ),
+            stack.enter_context(
+                _proc(
+                    "socat-echo-udp",
+                    [
+                        "socat",
+                        "-T",
+                        "15",
+                        f"UDP4-LISTEN:{echo},bind=127.0.0.1,reuseaddr,fork",
+                        f"UDP4:{env.echo[0]}:{env.echo[1]}",
+                    ],
+                    env,
+                )
+            ),
         ]
         procs[0].wait_listening(pub, 5)
         procs[1].wait_listening(pub, 5, udp=True)
         procs[2].wait_listening(echo, 5)
-        yield Endpoint((LOCAL, pub), (LOCAL, pub), (LOCAL, echo), {"socat": [p.pid for p in procs]})
+        procs[3].wait_listening(echo, 5, udp=True)
+        yield Endpoint(
+            (LOCAL, pub),
+            (LOCAL, pub),
+            (LOCAL, echo),
+            {"socat": [p.pid for p in procs]},
+            echo_udp=(LOCAL, echo),
+        )
 
 
 # -- ssh -R -------------------------------------------------------------------------------
@@ -432,7 +453,7 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
         raise StartError(f"muxtunnel CLI not usable yet: {tail[0][:200]}")
     token = secrets.token_hex(16)
     penv = {"MUXTUNNEL_TOKEN": token}
-    control, pub, echo = free_port(), free_port(udp_too=True), free_port()
+    control, pub, echo = free_port(), free_port(udp_too=True), free_port(udp_too=True)
     notes: list[str] = []
     with ExitStack() as stack:
         log = ["--log-level", env.mux_log_level] if env.mux_log_level else []
@@ -464,6 +485,8 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
             f"iperfu={env.iperf[0]}:{env.iperf[1]}:{pub}",
             "--tcp",
             f"echo={env.echo[0]}:{env.echo[1]}:{echo}",
+            "--udp",
+            f"echou={env.echo[0]}:{env.echo[1]}:{echo}",
             *log,
         ]
         up_argv, out = _profiled(up_argv, env, "up")
@@ -474,7 +497,7 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
         )
         wait = 20 if rtt_ms is None else 40
         addrs: dict[str, Address] = {}
-        for name, kind in (("iperf", "tcp"), ("iperfu", "udp"), ("echo", "tcp")):
+        for name, kind in (("iperf", "tcp"), ("iperfu", "udp"), ("echo", "tcp"), ("echou", "udp")):
             m = up.wait_line(_SERVICE_LINE.format(name=re.escape(name), kind=kind), wait)
             host = m.group(1).strip("[]")
             addrs[name] = (LOCAL if host in ("0.0.0.0", "::", "") else host, int(m.group(2)))
@@ -487,6 +510,7 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
             addrs["echo"],
             {"listen": [listen.pid], "up": [up.pid]},
             notes,
+            echo_udp=addrs["echou"],
         )
 
 

@@ -89,8 +89,10 @@ MUXTUNNEL_RANKS = {
     "visitauth": 1,  # visitor tokens: their tags and sealed keys
     "sources": 1,
     "log": 1,
+    "termlog": 1,
     "transport": 1,  # the network seam
     "datagrams": 1,  # its UDP half
+    "sockets": 2,  # its part for protocol-driven sockets (the relay)
     "argv": 1,  # masks secrets in the command line the kernel shows
     "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
@@ -102,6 +104,7 @@ MUXTUNNEL_RANKS = {
     "trust": 3,  # the state directory: the server's own pair, the client's known servers
     "limits": 2,
     "proxy": 2,
+    "relay": 2,
     "captures": 1,  # recorded HTTP exchanges: what the inspector shows
     "httptap": 2,  # the inspector's passive HTTP parser, a wrapper of the local socket
     "control": 2,
@@ -115,6 +118,7 @@ MUXTUNNEL_RANKS = {
     # what both sides share
     "config": 3,
     "udp": 3,
+    "udpflow": 3,  # the non-public ends of a flow (client socket, visitor splice)
     "forward": 3,
     # decisions and consumers of snapshots: they never see the server or the client
     "reload": 4,
@@ -135,7 +139,7 @@ MUXTUNNEL_RANKS = {
 #: Same rank, yet never one importing the other.
 APART = {("server", "client"), ("client", "server")}
 #: Modules whose `rich` import must wait for a terminal: imported only inside functions.
-TERMINAL_ONLY = {"muxtunnel.console", "muxtunnel.statusview"}
+TERMINAL_ONLY = {"muxtunnel.console", "muxtunnel.statusview", "muxtunnel.termlog"}
 
 
 def module_files(package: Path) -> dict[str, Path]:
@@ -304,6 +308,7 @@ def test_rich_waits_for_a_terminal(module: str) -> None:
 FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
     "muxtunnel.datagrams": "the network seam's UDP half: bind errors, a 0-byte send's errors",
+    "muxtunnel.sockets": "the network seam for protocol-driven sockets: connect, abort",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.config._values": "reading token files",

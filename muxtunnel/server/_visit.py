@@ -12,7 +12,7 @@ memory), then a new stream is opened on the provider's session, its header ridin
 and the two are spliced: two mux hops, no new TCP connection, and no hop waits for an ACK
 before the visitor's bytes follow (the first byte costs no extra round trip). TCP is piped
 with `forward` (metered, throttled by the service's limiter, idle-timed, half-close and reset
-end to end); a UDP flow is relayed datagram by datagram (`udp.relay_flow`), counted in the
+end to end); a UDP flow is relayed datagram by datagram (`udpflow.relay_flow`), counted in the
 service's UDP counters. Each splice runs in a cancel scope that both the service (when it
 ends) and the grant (when it is revoked) can cut.
 """
@@ -38,7 +38,7 @@ from muxtunnel.server._private import Grant
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.server._visitors import REFUSED, admit, proxy_preamble, refusal
 from muxtunnel.specs import format_host_port
-from muxtunnel.udp import relay_flow
+from muxtunnel.udpflow import relay_flow
 from muxtunnel.visitauth import match_key, visit_server_tag
 
 __all__ = ["HEADER_TIMEOUT_S", "VisitorSide"]

@@ -16,15 +16,16 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 
-from mux import Session
+from mux import Session, read_ready
 from muxtunnel import control
 from muxtunnel.balance.ratelimit import Admission, Refusal
 from muxtunnel.compress import stream_memory_bytes
 from muxtunnel.control import VisitorHeader
-from muxtunnel.forward import forward, guarded
+from muxtunnel.forward import forward, guarded, relayable
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.sources import address_key
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import (
     Address,
     TcpListener,
@@ -46,6 +47,9 @@ IDLE_CHECK_MAX_S = 5.0
 #: client's DIALS_PER_SERVICE, 1100 visitors of one service in 0.1 s left the neighbour
 #: service's worst round trip under 70 ms; without either, 100-230 ms).
 SETTING_UP = 16
+#: Most bytes a visitor sent with its connect that ride its stream's SYN (well within the
+#: stream's initial 256 KiB window); anything beyond follows as usual.
+EARLY_BYTES = 64 * 1024
 
 
 async def serve_tcp(
@@ -113,10 +117,9 @@ def refusal(host: Host, service: ActiveService, session: Session, source: str) -
     """Why a new visitor of `service` from `source` must be refused (None: it may come in)."""
     config = host.config
     limiter = host.limiter_of(service.name)
-    limit = config.max_visitors_per_service
-    if limiter.max_connections is not None:
-        limit = min(limit, limiter.max_connections)
-    if service.visitors >= limit:
+    if limiter.max_connections is not None and service.visitors >= limiter.max_connections:
+        return "max_connections"  # the service's own limit (server.services[].max_connections)
+    if service.visitors >= config.max_visitors_per_service:
         return "visitors_per_service"
     if service.sources[source] >= config.max_visitors_per_source:
         return "visitors_per_source"
@@ -126,6 +129,7 @@ def refusal(host: Host, service: ActiveService, session: Session, source: str) -
 
 
 REFUSED = {
+    "max_connections": "visitor refused: its service has max_connections open",
     "visitors_per_service": "visitor refused: its service has max_visitors_per_service",
     "visitors_per_source": "visitor refused: its address has max_visitors_per_source",
     "stream_quota": "visitor refused: its service has its share of the session's streams",
@@ -202,11 +206,20 @@ async def _forward_visitor(
     preamble = b""
     if service.proxy_protocol is not None:
         preamble = proxy_header(service.proxy_protocol, address, visitor)
+    compression_level = service.compression_level if compressed else None
+    limiter = host.limiter_of(service.name)
     with service.in_flight.track():
         plain = bool(service.compression) and not compressed
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port, compressed=not plain)
+        first = control.encode_visitor_header(header)
+        early = b""
+        if relayable(compression_level, limiter):
+            # What the visitor sent with its connect rides the SYN: no frame of its own.
+            early = read_ready(visitor, EARLY_BYTES)
+            first += preamble + early
+            preamble = b""
         try:
-            stream = await session.open_stream(control.encode_visitor_header(header))
+            stream = await session.open_stream(first)
         except anyio.BrokenResourceError:
             await abort(visitor)
             return
@@ -216,11 +229,12 @@ async def _forward_visitor(
             stream,
             visitor_side=True,
             service=service.name,
-            peer=f"{peer_host}:{peer_port}",
+            peer=format_host_port(peer_host, peer_port),
             traffic=host.traffic_of(service.name),
-            compression_level=service.compression_level if compressed else None,
-            limiter=host.limiter_of(service.name),
+            compression_level=compression_level,
+            limiter=limiter,
             preamble=preamble,
+            sent_early=len(early),
             session=session_id,
         )
 

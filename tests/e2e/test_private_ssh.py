@@ -32,7 +32,7 @@ def test_ssh_command_and_a_64_mib_scp_through_a_private_service(harness: Harness
     _, ssh, scp = need_openssh()
     sshd = start_sshd(harness)
     token = visitor_token()
-    listen = harness.listen()
+    listen = harness.listen("--log-level", "debug")  # a clean 'visitor closed' is a debug line
     up = harness.up(listen, tcp=[f"ssh={sshd.port}"], extra=["--private", "--visitor-token", token])
     assert up.services()["ssh"].host == "private"
     visit = start_visit(harness, listen, "ssh", token, bind="127.0.0.1:0")
