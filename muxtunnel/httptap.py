@@ -163,6 +163,11 @@ class Tap:
             self._safely(self._response_ended, pending)
         return data[taken:]
 
+    #: As the observer of up's relay (`muxtunnel.relay.Observer`): its socket is the local
+    #: service's, its stream the visitor's.
+    from_stream = feed_request
+    from_socket = feed_response
+
     def _safely(self, step: Callable[..., None], *args: Any) -> None:
         if not self.active:
             return

@@ -34,6 +34,7 @@ from muxtunnel.udpflow import serve_flow
 
 if TYPE_CHECKING:
     from muxtunnel.captures import Captures
+    from muxtunnel.httptap import Tap
 
 __all__ = ["Host", "serve"]
 
@@ -116,12 +117,16 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         return
     peer = format_host_port(header.peer_host, header.peer_port)
     compressed = state.compression is not None and header.compressed
-    # While the inspector is on, an http service's bytes pass its tap: a stream wrapper on
-    # the general path (the callback relay has no place for one).
-    captures = host.captures if spec.type == "http" else None
+    # While the inspector is on, an http service's bytes pass its tap: the relay's observer,
+    # or a stream wrapper on the general path.
+    tap: Tap | None = None
+    if host.captures is not None and spec.type == "http":
+        from muxtunnel.httptap import Tap  # h11: only once the inspector is on
+
+        tap = Tap(host.captures, spec.name, peer)
     target: anyio.abc.ByteStream
     try:
-        if not compressed and captures is None:  # relayed by callbacks (`forward_to`)
+        if not compressed:  # relayed by callbacks from the connect on (`forward_to`)
             with host.visitors.track():
                 await forward_to(
                     spec.local_host,
@@ -133,6 +138,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
                     connect_timeout_s=CONTROL_TIMEOUT_S,
                     dial_slots=host.dial_slots(spec.name),
                     greeting=control.DIAL_CONFIRMED if header.confirm else b"",
+                    observer=tap,
                 )
             return
         async with host.dial_slots(spec.name):
@@ -155,10 +161,10 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             await abort(target)  # the visitor went meanwhile: the service must see it fail
             return
-    if captures is not None:
-        from muxtunnel.httptap import Tap, TappedStream  # h11: only once the inspector is on
+    if tap is not None:
+        from muxtunnel.httptap import TappedStream
 
-        target = TappedStream(target, Tap(captures, spec.name, peer))
+        target = TappedStream(target, tap)
     with host.visitors.track():
         await forward(
             target,
