@@ -36,6 +36,9 @@ RING_POINTS = 300
 #: Sessions opened and closed, refusals: the last this many.
 RECENT_EVENTS = 50
 SAMPLE_INTERVAL_S = 1.0
+#: Open connections a tick carries (the oldest; the rest are counted): a server with
+#: thousands of visitors sends its pages the same few KiB a second.
+CONNECTIONS_SHOWN = 100
 
 Point = tuple[float, float, float, int]  # time (s since the epoch), in B/s, out B/s, connections
 
@@ -86,6 +89,10 @@ class Sampler:
         self._diff_sessions(status, now)
         self._diff_refusals(status, now)
         self.snapshot = status.to_dict()
+        connections = self.snapshot.get("connections", [])
+        if len(connections) > CONNECTIONS_SHOWN:  # a page a second, whatever the visitors do
+            self.snapshot["connections"] = connections[:CONNECTIONS_SHOWN]
+            self.snapshot["connections_not_shown"] = len(connections) - CONNECTIONS_SHOWN
         self.latest = latest
         self.seq += 1
         self.tick.set()

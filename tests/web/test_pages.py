@@ -3,6 +3,7 @@ the inspector's replay and port fallback, and the config keys and flags that tur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Callable
@@ -18,7 +19,14 @@ from muxtunnel.cli import _client_overrides, _load_server, build_parser
 from muxtunnel.config import ConfigError, load_client_config, load_server_config
 from muxtunnel.httptap import Tap
 from muxtunnel.model import ClientConfig, Endpoint, Secret, ServiceSpec
-from muxtunnel.status import ClientStatus, ServerStatus, ServiceRow, SessionRow, TrafficRow
+from muxtunnel.status import (
+    ClientStatus,
+    ConnectionRow,
+    ServerStatus,
+    ServiceRow,
+    SessionRow,
+    TrafficRow,
+)
 from muxtunnel.transport import TransportError
 from muxtunnel.web.asgi import COOKIE, loopback_only, with_token
 from muxtunnel.web.dashboard import Sampler, _events
@@ -64,6 +72,18 @@ def test_the_sampler_turns_counters_into_rates_in_a_bounded_ring() -> None:
     document = json.loads(json.dumps(sampler.document()))
     assert document["status"]["services"][0]["name"] == "web"
     assert document["series"]["web"][-1] == [104.0, 100.0, 1000.0, 2]
+
+
+def test_a_tick_carries_at_most_a_hundred_open_connections() -> None:
+    rows = tuple(
+        ConnectionRow("web", f"10.0.{n // 256}.{n % 256}:1", 1.0, 0, 0) for n in range(250)
+    )
+    feed = Feed(dataclasses.replace(server_status(0), connections=rows))
+    sampler = Sampler(feed)
+    sampler.sample(now=1.0)
+    document = sampler.tick_document()["status"]
+    assert len(document["connections"]) == 100 and document["connections_not_shown"] == 150
+    assert document["connections"][0]["peer"] == "10.0.0.0:1"  # the oldest first
 
 
 def test_counters_that_go_back_never_make_a_negative_rate() -> None:

@@ -69,6 +69,11 @@ function renderStatus(status) {
   const tables = document.getElementById("tables");
   tables.replaceChildren(...keys.map((k) =>
     statusSection(k, status[k], k === "connections" ? CONNECTIONS_SHOWN : 0)));
+  const hidden = status.connections_not_shown;
+  if (hidden) {
+    document.getElementById("section-connections")
+      .append(el("div", { class: "empty" }, "… and " + hidden + " more (the oldest are shown)"));
+  }
 }
 
 function renderRecent(id, title, rows) {
