@@ -72,17 +72,28 @@ class Exchange:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything: heads and (cut) bodies, bodies as text with undecodable bytes replaced."""
+        """Everything: heads and (cut) bodies; a body that is not text (an image, gzip) is
+        None, its size still in `*_bytes`."""
         return {
             **self.summary(),
             "peer": self.peer,
             "reason": self.reason,
             "request_headers": [list(pair) for pair in self.request_headers],
-            "request_body": self.request_body.decode("utf-8", "replace"),
+            "request_body": _text(self.request_body),
             "response_headers": [list(pair) for pair in self.response_headers],
-            "response_body": self.response_body.decode("utf-8", "replace"),
+            "response_body": _text(self.response_body),
             "replayable": self.replayable,
         }
+
+
+def _text(body: bytes) -> str | None:
+    """`body` as UTF-8 text (a character the cap cut through is dropped), or None if it is not."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # only the last character is incomplete
+            return body[: exc.start].decode(errors="replace")
+        return None
 
 
 class Captures:

@@ -131,6 +131,17 @@ def test_a_proxy_protocol_header_before_the_requests_is_passed_over(version: str
     assert [e.target for e in captures.exchanges()] == ["/behind-proxy"]
 
 
+def test_bodies_that_are_not_text_are_shown_as_binary() -> None:
+    captures = Captures(body_cap_bytes=5)
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"POST /img HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n\x89PNG")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab\xc3\xa9\xc3\xa9")
+    (exchange,) = captures.exchanges()
+    shown = exchange.to_dict()
+    assert shown["request_body"] is None and shown["request_bytes"] == 4
+    assert shown["response_body"] == "ab\u00e9"  # the second é was cut at the cap: dropped
+
+
 def test_the_ring_keeps_the_newest() -> None:
     captures = Captures(size=3)
     tap = Tap(captures, "app", "p")

@@ -36,12 +36,14 @@ function headersBlock(headers) {
 
 // JSON bodies kept whole are shown indented; anything else as it came.
 function pretty(text, headers) {
+  if (text === null) return null;
   const type = (headers.find(([k]) => k.toLowerCase() === "content-type") || ["", ""])[1];
   if (!type.includes("json")) return text;
   try { return JSON.stringify(JSON.parse(text), null, 2); } catch (e) { return text; }
 }
 
 function bodyBlock(text, size) {
+  if (text === null) return el("pre", { class: "body" }, "(binary, " + fmtBytes(size) + ")");
   const note = size > text.length ? "\n… " + fmtBytes(size) + " in all, cut at the size cap" : "";
   return el("pre", { class: "body" }, (text || "(empty)") + note);
 }
