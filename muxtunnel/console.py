@@ -11,9 +11,9 @@ Invariants of the display (each one a way it used to break):
   the panel behind at every refresh.
 - The panel is never taller than the terminal (rich cannot move the cursor above the screen's
   top to redraw it): it shows as many service rows as fit and says how many it left out.
-- The public address is never cut: at 80 columns the columns that the address lines above the
-  panel already show (type, local address) go first, then the service name is shortened; rates
-  are never wrapped.
+- The public address and both rates are never cut or wrapped: the other columns are shown as
+  the width allows, the service name first (shortened if need be), then connections, then, from
+  100 columns, type and local address (the address lines above the panel show those anyway).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from rich.text import Text
 from muxtunnel.log import redirect
 from muxtunnel.status import ClientStatus
 
-__all__ = ["REFRESH_S", "Panel", "human_rate", "show"]
+__all__ = ["REFRESH_S", "LiveConsole", "Panel", "human_rate", "show"]
 
 #: How often the panel is drawn anew (rates are averaged over this).
 REFRESH_S = 0.5
@@ -43,7 +43,7 @@ _RATE_CHARS = 12
 _CONNS_CHARS = 5
 #: Cells between two columns: a padding of one on each side (no box: no divider).
 _GAP_CHARS = 2
-#: Below this many columns, the type and local address columns are left out.
+#: From this many columns on, the type and local address columns are shown (if they fit).
 _WIDE_COLUMNS = 100
 
 

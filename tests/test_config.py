@@ -688,3 +688,14 @@ def test_an_unclosed_yaml_construct_points_where_it_started(
     assert message.startswith(f"{path}:{line}: invalid YAML (column {column}): {what} is not "
                               "closed ("), message  # fmt: skip
     assert "at line " in message and message.count("\n") == 0, message
+
+
+def test_tls_without_a_state_directory_names_every_flag_that_fixes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HOME", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(tmp_path, "client:\n  server: a:1\n  token: some-long-token-0123\n")
+    message = error_of(lambda: load_client_config(path, env={}))
+    for flag in ("--state-dir", "--server-fingerprint", "--tls-ca"):
+        assert flag in message, message

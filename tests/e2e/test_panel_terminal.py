@@ -167,6 +167,7 @@ def test_panel_at_80x24_during_a_download(
         )
         assert len([line for line in screen if PANEL_HEADER.search(line)]) == 1, screen
         last_log = max(i for i, line in enumerate(screen) if logged in line)
+        assert "cannot connect to [::1]:9" in term.raw()  # bracketed, as everywhere
         assert last_log < screen.index(next(ln for ln in screen if PANEL_HEADER.search(ln)))
         (tmp_path / "panel-80x24.txt").write_text("\n".join(frames[-1]) + "\n")
         (tmp_path / "screen-80x24.txt").write_text("\n".join(screen) + "\n")
