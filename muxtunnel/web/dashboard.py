@@ -74,13 +74,13 @@ class Sampler:
             total_in = traffic.bytes_in if traffic else row.bytes_in
             total_out = traffic.bytes_out if traffic else row.bytes_out
             before = self._totals.get(row.name)
-            in_bps = out_bps = 0.0
+            in_bytes_per_s = out_bytes_per_s = 0.0
             if before is not None and now > before[0]:
                 elapsed_s = now - before[0]
-                in_bps = max(0, total_in - before[1]) / elapsed_s
-                out_bps = max(0, total_out - before[2]) / elapsed_s
+                in_bytes_per_s = max(0, total_in - before[1]) / elapsed_s
+                out_bytes_per_s = max(0, total_out - before[2]) / elapsed_s
             self._totals[row.name] = (now, total_in, total_out)
-            point = (round(now, 3), round(in_bps, 1), round(out_bps, 1), row.connections)
+            point = (round(now, 3), round(in_bytes_per_s, 1), round(out_bytes_per_s, 1), row.connections)
             self.series.setdefault(row.name, deque(maxlen=self._points)).append(point)
             latest[row.name] = point
         for gone in set(self.series) - set(latest):  # the service went away: its chart too
