@@ -80,7 +80,8 @@ class Sampler:
                 in_bytes_per_s = max(0, total_in - before[1]) / elapsed_s
                 out_bytes_per_s = max(0, total_out - before[2]) / elapsed_s
             self._totals[row.name] = (now, total_in, total_out)
-            point = (round(now, 3), round(in_bytes_per_s, 1), round(out_bytes_per_s, 1), row.connections)
+            rates = round(in_bytes_per_s, 1), round(out_bytes_per_s, 1)
+            point = (round(now, 3), *rates, row.connections)
             self.series.setdefault(row.name, deque(maxlen=self._points)).append(point)
             latest[row.name] = point
         for gone in set(self.series) - set(latest):  # the service went away: its chart too
