@@ -6,7 +6,7 @@ unless "absent" has a meaning of its own (a service without a token of its own u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mux import MuxConfig
@@ -275,6 +275,10 @@ class ServerConfig:
     #: The shared web ports (None: off); `https` needs `http.domain`.
     http: HttpFront | None = None
     https: HttpsFront | None = None
+    #: Sessions of clients that ask for it may go on over a new carrier after theirs broke
+    #: (within `mux.resume_timeout_s`); their unacknowledged bytes are kept meanwhile
+    #: (`mux.replay_budget_bytes` at most per session).
+    resume: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +349,9 @@ class VisitSpec:
 class ClientConfig:
     server_host: str = "127.0.0.1"
     server_port: int = DEFAULT_CONTROL_PORT
+    #: Several servers (`client.servers`, `up --server A --server B`): every service registered
+    #: with each, each its own session; the first is `server_host:server_port`. () : just that.
+    servers: tuple[tuple[str, int], ...] = ()
     token: Secret | None = None
     services: tuple[ServiceSpec, ...] = ()
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -364,9 +371,21 @@ class ClientConfig:
     #: The HTTP inspector (`muxtunnel.web.inspector`): "auto" is on at `DEFAULT_INSPECT` (or
     #: the next free port) when the config has http services; "off"; or where it binds.
     inspect: Endpoint | Literal["auto", "off"] = "auto"
+    #: Ask for resumable sessions: visitors' connections survive a broken carrier if a new one
+    #: is up within `mux.resume_timeout_s`.
+    resume: bool = True
     #: `muxtunnel visit` (the `visitor:` section): the private services it reaches; `token`
     #: is then the default visitor token, and `services` is empty.
     visits: tuple[VisitSpec, ...] = ()
+
+    def per_server(self) -> tuple[ClientConfig, ...]:
+        """This config once per server, each naming only that one."""
+        if not self.servers:
+            return (self,)
+        return tuple(
+            replace(self, server_host=host, server_port=port, servers=())
+            for host, port in self.servers
+        )
 
     def services_without_token(self) -> tuple[str, ...]:
         """Names of the services with no token: neither their own nor the default one."""

@@ -148,6 +148,7 @@ _FIELDS: dict[str, v.Reader] = {
     "compression_budget_bytes": v.size,
     "http": _web.http_front,
     "https": _web.https_front,
+    "resume": v.boolean,
 }
 #: Every key `server:` may hold.
 SERVER_KEYS = (

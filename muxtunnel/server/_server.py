@@ -16,7 +16,7 @@ import anyio.abc
 import structlog
 
 from mux import Session
-from muxtunnel import control
+from muxtunnel import control, resume
 from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
@@ -31,6 +31,7 @@ from muxtunnel.server._groups import Groups
 from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import ActiveService, Registry
+from muxtunnel.server._resume import ResumableSessions, read_preamble, serve_resume
 from muxtunnel.server._session import ClientSession
 from muxtunnel.server._status import server_status
 from muxtunnel.sources import FailureLimiter, address_key
@@ -100,6 +101,8 @@ class Server:
                 self.visitor_limiter, self.groups.by_name, self.refusals,
             )  # fmt: skip
         self.auth_failures = 0
+        #: Sessions that may go on over a new carrier (`_resume`), by id.
+        self.resumable = ResumableSessions()
         self.started = 0.0
         #: The bound control port, once running.
         self.port: int | None = None
@@ -272,6 +275,8 @@ class Server:
         try:
             with ticket.scope:
                 await self._serve_carrier(stream, address, ticket)
+            if ticket.scope.cancelled_caught:  # evicted: maybe before a session owned it
+                await abort(stream)
         finally:
             self.preauth.release(ticket)
 
@@ -292,9 +297,19 @@ class Server:
                 await abort(stream)
                 return
             binding = tls.binding
+        first = await read_preamble(carrier, self.config.auth_timeout_s)
+        if first == resume.MAGIC:
+            await serve_resume(self, carrier, binding, address, ticket)
+            return
+        if first is None:  # closed before a byte
+            await abort(carrier)
+            return
         client: ClientSession | None = None
+        resumable = self.config.resume
         try:
-            async with Session(carrier, client=False, config=self.config.mux) as session:
+            async with Session(
+                carrier, client=False, config=self.config.mux, resumable=resumable, prefix=first
+            ) as session:
                 local = local_address(stream) or ("0.0.0.0", 0)
                 client = ClientSession(self, session_id, address, session, binding, ticket, local)
                 self.sessions[session_id] = client

@@ -16,6 +16,7 @@ from muxtunnel.server._groups import Groups
 from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import Registry
+from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
@@ -44,6 +45,7 @@ class ServerParts(Protocol):
     port: int | None
     started: float
     auth_failures: int
+    resumable: ResumableSessions
 
 
 def server_status(server: ServerParts) -> ServerStatus:
@@ -87,4 +89,5 @@ def server_status(server: ServerParts) -> ServerStatus:
         refusals=dict(server.refusals.counts),
         groups=tuple(groups),
         admissions=server.rate_limits.rows(),
+        resume=server.resumable.row(client.session for client in server.sessions.values()),
     )
