@@ -11,7 +11,6 @@ reaches them through `apply_config`, and whoever shows state through `status()`,
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -19,6 +18,7 @@ import structlog
 
 from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
+from muxtunnel.captures import Captures
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
 from muxtunnel.client._resume import ResumeStats, start_resuming
@@ -40,9 +40,6 @@ from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
-
-if TYPE_CHECKING:
-    from muxtunnel.captures import Captures
 
 __all__ = ["Client", "backoff_s"]
 
