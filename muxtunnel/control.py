@@ -48,11 +48,11 @@ from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
 __all__ = [
     "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED", "DOMAIN_TAKEN",
     "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES", "PORT_IN_USE",
-    "PORT_NOT_ALLOWED", "PROTOCOL_VERSION", "RATE_LIMITED", "SERVICE_CLOSED", "SERVICE_TAKEN",
-    "UNSUPPORTED", "VERSION_MISMATCH", "Challenge", "ControlError", "Error", "Hello",
-    "MemberUpdate", "Message", "Register", "Registered", "Unregister", "VisitorHeader",
-    "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
-    "read_visitor_header", "receive_message", "send_message",
+    "PORT_NOT_ALLOWED", "PROTOCOL_VERSION", "RATE_LIMITED", "REGISTRY_UNAVAILABLE",
+    "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH", "Challenge",
+    "ControlError", "Error", "Hello", "MemberUpdate", "Message", "Register", "Registered",
+    "Unregister", "VisitorHeader", "decode_message", "decode_visitor_header", "encode_message",
+    "encode_visitor_header", "read_visitor_header", "receive_message", "send_message",
 ]  # fmt: skip
 
 PROTOCOL_VERSION = 1
@@ -79,6 +79,7 @@ DOMAIN_NOT_ALLOWED = "domain_not_allowed"
 UNSUPPORTED = "unsupported"
 #: A limit of the server's config: services per session, sessions per address.
 LIMIT_REACHED = "limit_reached"
+REGISTRY_UNAVAILABLE = "registry_unavailable"  #: a cluster's registry is down: retry later
 
 #: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
 #: MemberUpdate, VisitorHeader.confirm).

@@ -98,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--domain", metavar="DOMAIN", help="web services are reached at NAME.DOMAIN"
     )
 
+    listen.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join a cluster of listen nodes sharing one name space through this registry: "
+        "redis://HOST:PORT/DB",
+    )
+    listen.add_argument(
+        "--node-id", metavar="ID", help="this node's name in the cluster (default HOSTNAME-PORT)"
+    )
+    listen.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="where other nodes reach this one (default: the --bind host, control port + 1)",
+    )
+    listen.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help="what nodes prove to each other (default: derived from the server's token)",
+    )
+
     up = commands.add_parser("up", parents=[common], help="expose local services")
     up.add_argument("--server", metavar="HOST:PORT", help="server address (default port 7835)")
     up.add_argument(

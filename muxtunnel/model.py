@@ -198,6 +198,27 @@ class HttpFront:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """`server.cluster`: this node's place in a cluster of `listen` processes sharing a registry
+    (`muxtunnel.cluster`); validated again, fully, when the node starts."""
+
+    #: The registry: redis://HOST:PORT/DB (rediss://, unix://PATH; memory:// for one node).
+    url: str
+    #: None: HOSTNAME-CONTROLPORT, stable across restarts, distinct on one machine.
+    node_id: str | None = None
+    #: HOST:PORT other nodes reach this one at (node-to-node sessions); None: the control
+    #: bind host and the control port + 1, when that host is not a wildcard.
+    advertise: str | None = None
+    #: How long a dead node keeps its names (see `muxtunnel.cluster.DEFAULT_LEASE_S`).
+    lease_s: float = 10.0
+    #: What nodes prove to each other; None: derived from the server's token (nodes given the
+    #: same token set trust each other).
+    secret: Secret | None = None
+    #: Key prefix in Redis, so clusters sharing one Redis keep apart.
+    prefix: str = "muxtunnel:"
+
+
+@dataclass(frozen=True, slots=True)
 class HttpsFront:
     """`server.https`: the shared TLS port; with `cert`/`key`, TLS for HTTP services ends here."""
 
@@ -265,6 +286,8 @@ class ServerConfig:
     #: The shared web ports (None: off); `https` needs `http.domain`.
     http: HttpFront | None = None
     https: HttpsFront | None = None
+    #: A cluster of `listen` nodes sharing names through a registry (None: a single server).
+    cluster: ClusterConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,11 @@ server), `_groups` (load-balancing groups: members joining and leaving, the grou
 `_group_visitors` (a group's TCP visitors, its status rows), `_balanced` (a visitor's stream
 to a member, retried once on a failed dial), `_admitted_udp` (UDP flows admitted by rate
 limits, given to a member), `_ratelimits` (rate limits per service name). The pre-auth gate is
-`muxtunnel.admission`, shared with the HTTP endpoints.
+`muxtunnel.admission`, shared with the HTTP endpoints. A cluster node (`listen --cluster`) adds
+`_cluster` (its names in the registry), `_peers` (node-to-node sessions) and `_mirror` (the
+ports and routes of names other nodes hold).
 """
 
-from muxtunnel.server._server import Server
+from muxtunnel.server._server import ClusterError, Server
 
-__all__ = ["Server"]
+__all__ = ["ClusterError", "Server"]

@@ -29,7 +29,7 @@ from muxtunnel.quota import Share
 from muxtunnel.reload import ReloadError, server_changes
 from muxtunnel.server._groups import Groups
 from muxtunnel.server._ratelimits import RateLimits
-from muxtunnel.server._registry import ActiveService, Registry
+from muxtunnel.server._registry import ActiveService, ClusterError, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.server._status import server_status
 from muxtunnel.sources import FailureLimiter, address_key
@@ -39,10 +39,11 @@ from muxtunnel.tls import CLIENT_SPEAKS_TLS, ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
 from muxtunnel.trust import load_server_tls
 
-if TYPE_CHECKING:  # the web ports (and h11) are loaded only when configured
+if TYPE_CHECKING:  # the web ports (and h11), the cluster (and redis): only when configured
+    from muxtunnel.server._cluster import ClusterNode
     from muxtunnel.server._web import WebFront
 
-__all__ = ["Server"]
+__all__ = ["ClusterError", "Server"]
 
 log = structlog.get_logger("muxtunnel.server")
 #: How the multiplexer names a TLS hello (its first byte, 0x16, read as a frame's version).
@@ -96,12 +97,23 @@ class Server:
                 config, self.registry, self.traffic_of, self.limiter_of,
                 self.visitor_limiter, self.groups.by_name, self.refusals,
             )  # fmt: skip
+        #: This node's place in a cluster (None: a single server); loaded only when configured.
+        self.cluster: ClusterNode | None = None
+        if config.cluster is not None:
+            from muxtunnel.server._cluster import ClusterNode
+
+            self.cluster = ClusterNode(self, config.cluster)
         self.auth_failures = 0
         self.started = 0.0
         #: The bound control port, once running.
         self.port: int | None = None
         self._session_ids = itertools.count(1)
         self._accepting = anyio.CancelScope()
+
+    def client_session(self, session_id: int) -> Session | None:
+        """The mux session of a connected client, by session id."""
+        client = self.sessions.get(session_id)
+        return client.session if client is not None else None
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service name (kept across registrations)."""
@@ -228,6 +240,8 @@ class Server:
             await carriers.start(self.groups.run)
             if self.web is not None:
                 await carriers.start(self.web.run)
+            if self.cluster is not None:
+                await carriers.start(self.cluster.run)
             task_status.started(self.port)
             async with listener:
                 with self._accepting:

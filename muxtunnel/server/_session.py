@@ -14,6 +14,8 @@ other services, but every failure counts against its source's rate limit.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import anyio.abc
 import structlog
@@ -29,6 +31,9 @@ from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
 from muxtunnel.sources import address_key
 from muxtunnel.status import SessionRow
+
+if TYPE_CHECKING:  # a cluster's types load only with a cluster (they import redis)
+    pass
 
 __all__ = ["ClientSession"]
 
@@ -322,19 +327,29 @@ class ClientSession:
             raise RegistrationError(
                 control.BAD_REQUEST, f"service {request.service!r} is already registered"
             )
-        if request.group is not None:
-            shares = (
-                self.quotas.streams.share(request.service),
-                self.quotas.compression.share(request.service),
-            )
-            service = await host.join_group(
-                self.session, self.id, self.client_name, request, key, shares
-            )
-        else:
-            service, sock = await _services.open_service(
-                host, self.session, self.id, request, key, self.quotas
-            )
-            host.registry.add(service)
+        cluster = host.cluster
+        # In a cluster, the names are taken cluster-wide first: a clash anywhere is refused.
+        leases = await cluster.claim(request, self.id, cluster.keys_for(request)) if cluster else []
+        try:
+            if request.group is not None:
+                shares = (
+                    self.quotas.streams.share(request.service),
+                    self.quotas.compression.share(request.service),
+                )
+                service = await host.join_group(
+                    self.session, self.id, self.client_name, request, key, shares
+                )
+            else:
+                service, sock = await _services.open_claimed(
+                    host, self.session, self.id, request, key, self.quotas, leases
+                )
+                host.registry.add(service)
+        except BaseException:
+            if cluster is not None:
+                await cluster.release(leases)
+            raise
+        if cluster is not None:
+            cluster.hold(leases, service)
         self.services[service.name] = service
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
@@ -357,6 +372,8 @@ class ClientSession:
             # Its session ended (or the socket failed): the port stays its own for a while.
             self.host.registry.remove(service, self.host.config.port_reservation_s)
             self.host.prune()
+            if self.host.cluster is not None:
+                await self.host.cluster.ended(service)
             if self.services.get(service.name) is service:
                 del self.services[service.name]
             service.ended.set()

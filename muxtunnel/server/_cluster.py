@@ -1,0 +1,367 @@
+"""A `listen` node in a cluster: its names in the shared registry, its peers, its mirrors.
+
+What it does for its server (`Server.cluster`, None on a single server):
+
+- at start, records the node (`NodeRecord`, leased) and serves its node-to-node port (the
+  advertised address): peers' visitor streams for services held here (`serve_forwarded`);
+- before a registration is activated, claims its names cluster-wide (`claim`: the service name,
+  a fixed public port, its HTTP hosts and locations, or a group membership), all or nothing;
+  a name held anywhere else is refused with the message a single server gives; a registry that
+  cannot be reached refuses the registration (`registry_unavailable`, retryable by the client),
+  while sessions and visitors already here carry on;
+- renews every lease (`LeaseKeeper`) and releases a service's claims when it ends; a claim
+  taken by another node meanwhile (after a partition) closes the local service;
+- every sync interval reads who holds what and serves the names held elsewhere (`Mirror`).
+
+The registry is the only source of truth for ownership; mirrors are a cache of it, rebuilt at
+every sync, and a visitor sent on a stale one is refused by the node that no longer holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import MuxStream, Session
+from muxtunnel import control
+from muxtunnel.cluster import (
+    Claim,
+    ClaimKey,
+    ClaimKind,
+    ClusterSettings,
+    ClusterView,
+    Exclusive,
+    LeaseKeeper,
+    Lost,
+    Membership,
+    NodeIdInUse,
+    NodeRecord,
+    Owner,
+    RegistryError,
+    RegistryUnavailable,
+    default_node_id,
+    open_store,
+)
+from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
+from muxtunnel.forward import guarded
+from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig
+from muxtunnel.proxy import pipe
+from muxtunnel.server import _visitors
+from muxtunnel.server._mirror import Mirror, NodeServer, Remote
+from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
+from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
+from muxtunnel.server._services import pinned_ports
+from muxtunnel.server._web import NODE_OWNER
+from muxtunnel.server._web_names import claimed_hosts
+from muxtunnel.specs import format_host_port, parse_host_port
+from muxtunnel.transport import TransportError, abort, listen_tcp
+from muxtunnel.vhost import RouteTarget, UpstreamUnavailable, Visitor
+
+__all__ = ["REGISTRY_UNAVAILABLE", "ClusterError", "ClusterNode", "cluster_settings"]
+
+log = structlog.get_logger("muxtunnel.cluster")
+
+#: Error code of a registration refused because the registry cannot be reached (retryable).
+REGISTRY_UNAVAILABLE = control.REGISTRY_UNAVAILABLE
+#: How often the node reads who holds what. A second: a name registered on one node is served
+#: by the others within about a second, and three nodes reading 1000 names each cost Redis
+#: about a millisecond per read (SCAN + MGET).
+SYNC_INTERVAL_MAX_S = 1.0
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def cluster_settings(config: ServerConfig, cluster: ClusterConfig) -> ClusterSettings:
+    """The registry settings of a node (`ClusterError` for bad ones)."""
+    advertise = cluster.advertise
+    if advertise is None:
+        if config.bind_host in _WILDCARDS:
+            raise ClusterError(
+                "a cluster node bound on a wildcard address needs --advertise HOST:PORT "
+                "(where the other nodes reach it)"
+            )
+        advertise = format_host_port(config.bind_host, config.bind_port + 1)
+    node_id = cluster.node_id or default_node_id(config.bind_port)
+    try:
+        return ClusterSettings(cluster.url, node_id, advertise, cluster.lease_s, cluster.prefix)
+    except ValueError as exc:
+        raise ClusterError(f"cluster settings: {exc}") from None
+
+
+def _secret(config: ServerConfig, cluster: ClusterConfig) -> str:
+    if cluster.secret is not None:
+        return cluster.secret.value
+    if config.token is not None:
+        return "token:" + config.token.value  # never the token itself on the node-to-node port
+    raise ClusterError("a cluster needs a secret: server.cluster.secret or a server token")
+
+
+class ClusterNode:
+    """This server's place in a cluster (see the module docstring)."""
+
+    def __init__(self, server: NodeServer, cluster: ClusterConfig) -> None:
+        self.server = server
+        self.settings = settings = cluster_settings(server.config, cluster)
+        self.node_id = settings.node_id
+        self.store = open_store(settings)
+        self.keeper = LeaseKeeper(self.store, lease_s=settings.lease_s, on_lost=self._lost)
+        self.record = NodeRecord.new(self.node_id, settings.advertise)
+        key = cluster_key(_secret(server.config, cluster))
+        mux, refusals = server.config.mux, server.refusals
+        self.links = PeerLinks(self.node_id, key, mux, refusals)
+        self.acceptor = PeerAcceptor(self.node_id, key, mux, refusals, self._serve_forwarded)
+        self.mirror = Mirror(server, self.links)
+        self.sync_interval_s = min(SYNC_INTERVAL_MAX_S, settings.lease_s / 3)
+        #: The last registry read (None until the first): status shows the whole cluster.
+        self.view: ClusterView | None = None
+        self.sync_failures = 0
+        #: Node id -> advertised address, from the last sync.
+        self.addresses: dict[str, str] = {}
+        if server.web is not None:
+            server.web.remote = self._open_web
+        self._held: dict[Claim | Membership, ActiveService] = {}
+        self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # --- running ---
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Record the node, serve its peers' port, renew, sync; until cancelled."""
+        host, port = parse_host_port(self.settings.advertise)
+        bind = self.server.config.bind_host if self.server.config.bind_host in _WILDCARDS else host
+        try:
+            listener = await listen_tcp(bind, port, name="cluster peers",
+                                        refusals=self.server.refusals)  # fmt: skip
+        except TransportError as exc:
+            raise ClusterError(f"the node-to-node port: {exc}") from None
+        try:
+            await self.keeper.register_node(self.record)
+        except NodeIdInUse as exc:
+            await listener.aclose()
+            raise ClusterError(f"{exc} (give each node its own --node-id)") from None
+        except RegistryUnavailable as exc:
+            self.keeper.hold([self.record])  # taken when the registry answers again
+            log.warning("cluster registry unreachable at start; serving, retrying", error=str(exc))
+        log.info("cluster node up", node=self.node_id, advertise=self.settings.advertise,
+                 registry=self.store.description, lease_s=self.settings.lease_s)  # fmt: skip
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self.links.run)
+                await tg.start(self.mirror.run)
+                tg.start_soon(self.keeper.run)
+                tg.start_soon(listener.serve, self.acceptor.serve_carrier, tg)
+                tg.start_soon(self._sync_loop)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await self.keeper.release([self.record])
+                await self.store.aclose()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self.sync_once()
+            await anyio.sleep(self.sync_interval_s)
+
+    async def sync_once(self) -> bool:
+        """Read the registry and serve what other nodes hold; False if it did not answer."""
+        try:
+            with anyio.fail_after(self.settings.timeout_s * 2):
+                nodes = await self.store.nodes()
+                holdings = await self.store.holdings()
+        except (RegistryError, TimeoutError) as exc:
+            self.sync_failures += 1
+            self.server.refusals.refuse(
+                "cluster_sync_failed", "cluster registry unreadable; keeping the last view",
+                error=str(exc) or "timeout",
+            )  # fmt: skip
+            return False
+        self.view = ClusterView.build(nodes, holdings)
+        addresses = self.addresses = {record.node_id: record.advertise for record in nodes}
+        wanted: dict[ClaimKey, Remote] = {}
+        for key, holding in holdings:
+            if not isinstance(holding, Exclusive):
+                continue  # groups spanning nodes are not mirrored (each node serves its own)
+            owner = holding.owner
+            advertise = addresses.get(owner.node_id)
+            if owner.node_id == self.node_id or advertise is None:
+                continue
+            wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
+        self.mirror.sync(wanted)
+        for node_id in self.links.connected():
+            if node_id not in addresses:
+                self.links.forget(node_id)
+        return True
+
+    # --- claims ---
+
+    def keys_for(self, request: Register) -> list[ClaimKey]:
+        """The names a registration takes cluster-wide before it is activated."""
+        config = self.server.config
+        if request.group is not None:
+            return [ClaimKey.service(request.group)]
+        keys = [ClaimKey.service(request.service)]
+        if request.type in WEB_TYPES:
+            if config.http is None:
+                return keys
+            hosts = claimed_hosts(config, request, request.service)
+            if request.type == "https":
+                return keys + [ClaimKey.https(host) for host in hosts]
+            locations = request.locations or ("/",)
+            return keys + [ClaimKey.http(h, loc) for h in hosts for loc in locations]
+        port = pinned_ports(config).get(request.service) or request.remote_port
+        return keys + ([ClaimKey.port(request.type, port)] if port else [])
+
+    @staticmethod
+    def has_port(leases: Sequence[Claim | Membership]) -> bool:
+        """Do `leases` hold a public port?"""
+        return any(lease.key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT) for lease in leases)
+
+    @staticmethod
+    def port_keys(service: ActiveService) -> list[ClaimKey]:
+        """The key of the port a service's socket was bound on."""
+        return [ClaimKey.port(service.type, service.port)]
+
+    async def claim(
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+    ) -> list[Claim | Membership]:
+        """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        owner = Owner(self.node_id, f"{session_id}/{request.service}")
+        leases: list[Claim | Membership]
+        if request.group is not None:
+            leases = [Membership(key, request.group, owner) for key in keys]
+        else:
+            leases = [Claim(key, owner) for key in keys]
+        try:
+            outcome = await self.keeper.acquire(leases)
+        except RegistryUnavailable as exc:
+            self.server.refusals.refuse(
+                "registry_unavailable", "registration refused: the cluster registry is unreachable",
+                service=request.service, error=str(exc),
+            )  # fmt: skip
+            raise RegistrationError(
+                REGISTRY_UNAVAILABLE,
+                f"the cluster registry is unreachable ({exc}); try again shortly",
+            ) from None
+        if not outcome.won:
+            raise _refusal(outcome.lost[0], request)
+        await self.mirror.evict(keys)
+        return leases
+
+    def hold(self, leases: Sequence[Claim | Membership], service: ActiveService) -> None:
+        """`leases` belong to `service` now: lost ones close it, its end releases them."""
+        for lease in leases:
+            self._held[lease] = service
+        self._by_service[service] = [*self._by_service.get(service, ()), *leases]
+
+    async def ended(self, service: ActiveService) -> None:
+        """`service` ended: its names are free cluster-wide again."""
+        await self.release(self._by_service.pop(service, []))
+
+    async def release(self, leases: Sequence[Claim | Membership]) -> None:
+        """Give the names up (never raises; unreachable: they run out within a lease)."""
+        if not leases:
+            return
+        for lease in leases:
+            self._held.pop(lease, None)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.timeout_s):
+            await self.keeper.release(leases)
+
+    def _lost(self, lost: Lost) -> None:
+        lease = lost.lease
+        if not isinstance(lease, Claim | Membership):
+            return  # the node record: the keeper says so in the log; status shows it
+        service = self._held.pop(lease, None)
+        if service is not None and self._tg is not None:
+            reason = f"another node holds its name now ({lost.reason()})"
+            self._tg.start_soon(self.server.close_service, service, reason)
+
+    # --- visitors to and from other nodes ---
+
+    async def _open_web(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
+        node = target.owner.removeprefix(NODE_OWNER)
+        advertise = self.addresses.get(node)
+        if advertise is None:
+            raise UpstreamUnavailable(f"node {node} holding {target.service!r} has left")
+        header = VisitorHeader(target.service, "http", visitor.host, visitor.port)
+        try:
+            return await self.links.open(node, advertise, encode_visitor_header(header))
+        except PeerUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+
+    async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
+        await guarded(self._forwarded(stream, peer), stream, peer_node=peer)
+
+    async def _forwarded(self, stream: MuxStream, peer: str) -> None:
+        server = self.server
+        try:
+            with anyio.fail_after(server.config.auth_timeout_s):
+                header = await control.read_visitor_header(stream)
+        except (control.ControlError, TimeoutError, anyio.EndOfStream,
+                anyio.BrokenResourceError, anyio.ClosedResourceError):  # fmt: skip
+            await abort(stream)
+            return
+        address = (header.peer_host, header.peer_port)
+        if header.type == "http":
+            if server.web is None:
+                await abort(stream)
+                return
+            await server.web.serve_forwarded(stream, address)
+            return
+        service = server.registry.by_name.get(header.service)
+        client = server.client_session(service.session_id) if service is not None else None
+        if service is None or client is None or service.type != header.type:
+            server.refusals.refuse(
+                "cluster_forward_unknown", "forwarded visitor refused: not served here",
+                service=header.service, peer_node=peer,
+            )  # fmt: skip
+            await abort(stream)
+            return
+        if header.type == "tcp":
+            await _visitors.serve_visitor(
+                server, client, service.session_id, service, stream, address
+            )
+            return
+        await _forward_udp(service, client, stream, header)
+
+
+async def _forward_udp(
+    service: ActiveService, session: Session, stream: MuxStream, header: VisitorHeader
+) -> None:
+    """A UDP flow from another node: its stream goes to the client as a flow's would."""
+    if not service.streams.take():
+        await abort(stream)
+        return
+    try:
+        try:
+            upstream = await session.open_stream(encode_visitor_header(header))
+        except anyio.BrokenResourceError:
+            await abort(stream)
+            return
+        service.udp.flows_opened += 1
+        await pipe(stream, upstream)
+    finally:
+        service.streams.give_back()
+
+
+def _service_of(owner: Owner) -> str:
+    return owner.holder.partition("/")[2] or owner.holder
+
+
+def _refusal(lost: Lost, request: Register) -> RegistrationError:
+    """The answer a single server gives for the same clash."""
+    lease = lost.lease
+    key = lease.key if isinstance(lease, Claim | Membership) else None
+    if key is None or key.kind is ClaimKind.SERVICE:
+        name = request.group or request.service
+        return RegistrationError(
+            control.SERVICE_TAKEN, f"service {name!r} is already served by another client"
+        )
+    if key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT):
+        return RegistrationError(
+            control.PORT_IN_USE, f"{key.kind.value} port {key.name} is already in use"
+        )
+    host = key.name.partition("/")[0]
+    return RegistrationError(control.DOMAIN_TAKEN, f"{host} is already served by another client")
