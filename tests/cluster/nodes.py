@@ -157,13 +157,23 @@ def http_get(host: str, port: int, vhost: str, path: str = "/") -> tuple[int, by
 
 
 def tcp_roundtrip(host: str, port: int, payload: bytes, timeout_s: float = 10.0) -> bytes:
-    """Send `payload` to an echo service, half-close, read everything back."""
+    """Send `payload` to an echo service, half-close, read everything back (what arrived, up
+    to a reset: the caller compares)."""
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sender = threading.Thread(
-            target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
-        )
+
+        def send() -> None:
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the reader sees the failure too
+
+        sender = threading.Thread(target=send)
         sender.start()
-        data = recv_all(sock)
+        try:
+            data = recv_all(sock)
+        except OSError:
+            data = b""
         sender.join()
     return data
 

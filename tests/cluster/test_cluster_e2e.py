@@ -9,19 +9,26 @@ SIGKILLed, and a registry that stops for 10 s stops only new registrations.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e.harness import Harness, TcpEchoServer, UdpEchoServer, free_port
+from e2e.harness import Harness, TcpEchoServer, UdpEchoServer, free_port, host_port
 
 from muxtunnel.cluster.testing import RedisServer
 
 from .helpers import new_redis_server
 from .nodes import (
+    CLIENT_FAST,
     DOMAIN,
+    LEASE_S,
     Cluster,
     HttpTarget,
+    Relay,
     http_get,
     tcp_roundtrip,
     udp_roundtrip,
@@ -104,3 +111,114 @@ def test_service_on_a_reached_through_b_and_c(
 
 def _ok(answer: tuple[int, bytes]) -> tuple[int, bytes] | None:
     return answer if answer[0] == 200 else None
+
+
+def test_same_name_refused_on_b_while_a_holds_it(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer
+) -> None:
+    """A second registration of a name, on another node, gets a single server's answer; so
+    does a fixed port held on another node under another name."""
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    port = free_port()
+    harness.up(a.proc, tcp=[f"echo={tcp_echo.port}:{port}"])
+    second = harness.up(b.proc, tcp=[f"echo={tcp_echo.port}"], wait=False)
+    assert second.wait_exit(15) != 0
+    assert any("already served by another client" in line for line in second.error_lines()), (
+        second.describe()
+    )
+    third = harness.up(b.proc, tcp=[f"other={tcp_echo.port}:{port}"], wait=False)
+    assert third.wait_exit(15) != 0
+    assert any(f"tcp port {port} is already in use" in line for line in third.error_lines()), (
+        third.describe()
+    )
+    refused = b.proc.events("registration refused")
+    assert {r["code"] for r in refused} == {"service_taken", "port_in_use"}
+
+
+def test_sigkill_owner_serves_again_through_b_and_c(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer, figures: Any
+) -> None:
+    """A SIGKILLed: within lease_s plus the client's backoff, its client re-registers on B
+    (through a relay that plays the DNS name over all nodes) and B and C serve it again."""
+    a, b, c = cluster.nodes
+    relay = Relay([(a.host, a.proc.port), (b.host, b.proc.port), (c.host, c.proc.port)])
+    try:
+        client_config = harness.write("client.yaml", CLIENT_FAST)
+        port = free_port()
+        up = harness.up(
+            host_port("127.0.0.1", relay.port),
+            tcp=[f"echo={tcp_echo.port}:{port}"],
+            config=client_config,
+        )
+        payload = os.urandom(64 << 10)
+        for node in (b, c):
+            wait_for(lambda node=node: tcp_roundtrip(node.host, port, payload) == payload,
+                     10, f"through {node.node_id} before the kill")  # fmt: skip
+        a.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        # The bound: the lease, the client's backoff (reconnect_max_s 1 s, a few tries while
+        # the name is still A's), a sync interval on C, and room for a loaded machine.
+        bound_s = LEASE_S + 10.0
+        for node in (b, c):
+            wait_for(lambda node=node: tcp_roundtrip(node.host, port, payload, 2.0) == payload,
+                     bound_s, f"through {node.node_id} after the kill")  # fmt: skip
+        recovered_s = time.monotonic() - killed
+        assert len(up.announcements()) >= 2  # registered again
+        assert b.proc.events("cluster node up")
+        figures.record(
+            "cluster: service back through B and C after its node's SIGKILL",
+            seconds=round(recovered_s, 2),
+            lease_s=LEASE_S,
+        )
+    finally:
+        relay.close()
+
+
+def test_registry_stopped_10s(
+    cluster: Cluster, harness: Harness, redis: RedisServer, tcp_echo: TcpEchoServer
+) -> None:
+    """redis-server gone for 10 s (killed: its data lost too): a visitor already connected
+    through B keeps echoing, a new registration is refused with a clear reason and accepted
+    once the registry is back; the nodes take their names again on their own."""
+    a, b, c = cluster.nodes
+    port = free_port()
+    harness.up(a.proc, tcp=[f"one={tcp_echo.port}:{port}"])
+    wait_for(lambda: tcp_roundtrip(b.host, port, b"ping") == b"ping", 10, "through B")
+    with socket.create_connection((b.host, port), timeout=5) as visitor:
+        redis.stop()
+        stopped = time.monotonic()
+        client_config = harness.write("client.yaml", CLIENT_FAST)
+        late = harness.up(c.proc, tcp=[f"two={tcp_echo.port}"], config=client_config, wait=False)
+        wait_for(lambda: c.proc.events("registration refused"), 10, "a refusal on C")
+        refusal = c.proc.events("registration refused")[0]
+        assert refusal["code"] == "registry_unavailable"
+        assert "registry is unreachable" in refusal["detail"]
+        n = 0
+        while time.monotonic() - stopped < 10.0:
+            message = f"still there {n}".encode()
+            visitor.sendall(message)
+            assert recv_exact(visitor, len(message)) == message
+            n += 1
+            time.sleep(0.5)
+        assert late.running and not late.announcements()
+        redis.start()
+        late.wait_announced(1, timeout_s=15)
+        visitor.sendall(b"after")
+        assert recv_exact(visitor, 5) == b"after"
+    for node in cluster.nodes:
+        wait_for(lambda node=node: tcp_roundtrip(node.host, port, b"x") == b"x",
+                 10, f"one through {node.node_id} after the outage")  # fmt: skip
+    two = late.public("two")[1]
+    for node in (a, b):
+        wait_for(lambda node=node: tcp_roundtrip(node.host, two, b"y") == b"y",
+                 10, f"two through {node.node_id}")  # fmt: skip
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
