@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session
+from mux import MuxStream
 from muxtunnel import control
 from muxtunnel.cluster import (
     Claim,
@@ -45,19 +45,18 @@ from muxtunnel.cluster import (
     default_node_id,
     open_store,
 )
+from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig
-from muxtunnel.proxy import pipe
-from muxtunnel.server import _visitors
-from muxtunnel.server._mirror import Mirror, NodeServer, Remote
+from muxtunnel.server._mirror import Mirror, NodeServer, Remote, serve_forwarded
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
 from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
 from muxtunnel.server._services import pinned_ports
 from muxtunnel.server._web import NODE_OWNER
 from muxtunnel.server._web_names import claimed_hosts
 from muxtunnel.specs import format_host_port, parse_host_port
-from muxtunnel.transport import TransportError, abort, listen_tcp
+from muxtunnel.transport import TransportError, listen_tcp
 from muxtunnel.vhost import RouteTarget, UpstreamUnavailable, Visitor
 
 __all__ = ["REGISTRY_UNAVAILABLE", "ClusterError", "ClusterNode", "cluster_settings"]
@@ -116,7 +115,9 @@ class ClusterNode:
         self.sync_interval_s = min(SYNC_INTERVAL_MAX_S, settings.lease_s / 3)
         #: The last registry read (None until the first): status shows the whole cluster.
         self.view: ClusterView | None = None
+        self.view_at: float | None = None
         self.sync_failures = 0
+        self.sync_failures_in_row = 0
         #: Node id -> advertised address, from the last sync.
         self.addresses: dict[str, str] = {}
         if server.web is not None:
@@ -173,12 +174,15 @@ class ClusterNode:
                 holdings = await self.store.holdings()
         except (RegistryError, TimeoutError) as exc:
             self.sync_failures += 1
+            self.sync_failures_in_row += 1
             self.server.refusals.refuse(
                 "cluster_sync_failed", "cluster registry unreadable; keeping the last view",
                 error=str(exc) or "timeout",
             )  # fmt: skip
             return False
         self.view = ClusterView.build(nodes, holdings)
+        self.view_at = anyio.current_time()
+        self.sync_failures_in_row = 0
         addresses = self.addresses = {record.node_id: record.advertise for record in nodes}
         wanted: dict[ClaimKey, Remote] = {}
         for key, holding in holdings:
@@ -194,6 +198,35 @@ class ClusterNode:
             if node_id not in addresses:
                 self.links.forget(node_id)
         return True
+
+    def row(self) -> ClusterRow:
+        """This node and the cluster as last read, for status."""
+        view, now = self.view, anyio.current_time()
+        nodes: tuple[ClusterNodeRow, ...] = ()
+        if view is not None:
+            nodes = tuple(
+                ClusterNodeRow(
+                    node.node_id,
+                    node.record.advertise if node.record else None,
+                    node.record.started_at if node.record else None,
+                    tuple((str(key), owner.holder) for key, owner in node.claims),
+                    tuple((str(k), group, m.owner.holder) for k, group, m in node.memberships),
+                )
+                for node in view.nodes
+            )
+        return ClusterRow(
+            node_id=self.node_id,
+            advertise=self.settings.advertise,
+            registry=self.store.description,
+            lease_s=self.settings.lease_s,
+            registry_up=self.keeper.status().available and self.sync_failures_in_row == 0,
+            view_age_s=None if self.view_at is None else now - self.view_at,
+            peers_out=tuple(self.links.connected()),
+            peers_in=tuple(sorted(self.acceptor.peers)),
+            mirrored=tuple(self.mirror.ports),
+            forwarded_total=self.mirror.forwarded_total,
+            nodes=nodes,
+        )
 
     # --- claims ---
 
@@ -292,58 +325,7 @@ class ClusterNode:
             raise UpstreamUnavailable(str(exc)) from None
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
-        await guarded(self._forwarded(stream, peer), stream, peer_node=peer)
-
-    async def _forwarded(self, stream: MuxStream, peer: str) -> None:
-        server = self.server
-        try:
-            with anyio.fail_after(server.config.auth_timeout_s):
-                header = await control.read_visitor_header(stream)
-        except (control.ControlError, TimeoutError, anyio.EndOfStream,
-                anyio.BrokenResourceError, anyio.ClosedResourceError):  # fmt: skip
-            await abort(stream)
-            return
-        address = (header.peer_host, header.peer_port)
-        if header.type == "http":
-            if server.web is None:
-                await abort(stream)
-                return
-            await server.web.serve_forwarded(stream, address)
-            return
-        service = server.registry.by_name.get(header.service)
-        client = server.client_session(service.session_id) if service is not None else None
-        if service is None or client is None or service.type != header.type:
-            server.refusals.refuse(
-                "cluster_forward_unknown", "forwarded visitor refused: not served here",
-                service=header.service, peer_node=peer,
-            )  # fmt: skip
-            await abort(stream)
-            return
-        if header.type == "tcp":
-            await _visitors.serve_visitor(
-                server, client, service.session_id, service, stream, address
-            )
-            return
-        await _forward_udp(service, client, stream, header)
-
-
-async def _forward_udp(
-    service: ActiveService, session: Session, stream: MuxStream, header: VisitorHeader
-) -> None:
-    """A UDP flow from another node: its stream goes to the client as a flow's would."""
-    if not service.streams.take():
-        await abort(stream)
-        return
-    try:
-        try:
-            upstream = await session.open_stream(encode_visitor_header(header))
-        except anyio.BrokenResourceError:
-            await abort(stream)
-            return
-        service.udp.flows_opened += 1
-        await pipe(stream, upstream)
-    finally:
-        service.streams.give_back()
+        await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)
 
 
 def _service_of(owner: Owner) -> str:

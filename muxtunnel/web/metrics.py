@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from muxtunnel.cluster_status import ClusterRow
 from muxtunnel.status import ServerStatus, Status
 
 __all__ = ["CONTENT_TYPE", "StatusCollector", "render"]
@@ -38,6 +39,20 @@ class StatusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self.status()
+        cluster = status.cluster if isinstance(status, ServerStatus) else None
+        if cluster is None:
+            yield from self._collect(status)
+            return
+        # A cluster node: every sample carries its node id, so one dashboard over all nodes
+        # tells them apart even when they share an address (several nodes on one machine).
+        for metric in [*self._collect(status), *_cluster_metrics(cluster)]:
+            metric.samples = [
+                sample._replace(labels={**sample.labels, "node": cluster.node_id})
+                for sample in metric.samples
+            ]
+            yield metric
+
+    def _collect(self, status: Status) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(
             _P + "sessions", "Authenticated client sessions (client: 1 while connected)"
         )
@@ -107,6 +122,23 @@ class StatusCollector(Collector):
                     labels = [service.name, service.group]
                     healthy.add_metric(labels, float(verdict == "healthy"))
             yield healthy
+
+
+def _cluster_metrics(cluster: ClusterRow) -> Iterator[Metric]:
+    up = GaugeMetricFamily(_P + "cluster_registry_up", "The cluster registry answers (1) or not")
+    up.add_metric([], float(cluster.registry_up))
+    nodes = GaugeMetricFamily(_P + "cluster_nodes", "Nodes of the cluster at the last sync")
+    nodes.add_metric([], len(cluster.nodes))
+    peers = GaugeMetricFamily(_P + "cluster_peers", "Node-to-node sessions", labels=["direction"])
+    peers.add_metric(["out"], len(cluster.peers_out))
+    peers.add_metric(["in"], len(cluster.peers_in))
+    mirrored = GaugeMetricFamily(_P + "cluster_mirrored_ports", "Ports bound for other nodes")
+    mirrored.add_metric([], len(cluster.mirrored))
+    forwarded = CounterMetricFamily(
+        _P + "cluster_forwarded_visitors", "TCP visitors handed to the node holding their service"
+    )
+    forwarded.add_metric([], cluster.forwarded_total)
+    yield from (up, nodes, peers, mirrored, forwarded)
 
 
 def _web_metrics(status: ServerStatus) -> Iterator[Metric]:

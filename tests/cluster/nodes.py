@@ -35,6 +35,8 @@ class Node:
     node_id: str
     http_port: int
     advertise: str
+    #: The admin API and the metrics endpoint (loopback: no token needed).
+    admin: str
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Cluster:
         node_id = "abc"[index]
         http_port = free_port(host)
         advertise = f"{host}:{free_port(host)}"
+        admin = f"{host}:{free_port(host)}"
         config = self.harness.write(
             f"node-{node_id}.yaml",
             f"server:\n  max_services_per_session: 400\n  cluster:\n    url: {self.redis.url}\n"
@@ -58,10 +61,10 @@ class Cluster:
         proc = self.harness.listen(
             "--config", config, "--node-id", node_id, "--advertise", advertise,
             "--public-host", host, "--http-bind", f"{host}:{http_port}", "--domain", DOMAIN,
-            *extra, host=host,
+            "--admin", admin, "--metrics", f"{host}:{free_port(host)}", *extra, host=host,
         )  # fmt: skip
         proc.wait_event("cluster node up")
-        node = Node(proc, host, node_id, http_port, advertise)
+        node = Node(proc, host, node_id, http_port, advertise, admin)
         if index < len(self.nodes):
             self.nodes[index] = node
         else:

@@ -8,10 +8,12 @@ SIGKILLed, and a registry that stops for 10 s stops only new registrations.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,30 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             break
         data += chunk
     return data
+
+
+def test_status_of_any_node_shows_the_whole_cluster(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer
+) -> None:
+    """`muxtunnel status` against C lists A and B's clients and services; metrics carry the
+    node id."""
+    a, b, c = cluster.nodes
+    harness.up(a.proc, tcp=[f"on-a={tcp_echo.port}"])
+    harness.up(b.proc, tcp=[f"on-b={tcp_echo.port}"])
+
+    def services_seen() -> dict[str, list[str]] | None:
+        proc = harness.run("status", "--admin", c.admin, "--json")
+        document = json.loads(proc.stdout())
+        nodes = {n["node_id"]: n["services"] for n in document["cluster"]["nodes"]}
+        return nodes if nodes.get("a") == ["on-a"] and nodes.get("b") == ["on-b"] else None
+
+    nodes = wait_for(services_seen, 10, "both services in C's status")
+    assert set(nodes) == {"a", "b", "c"}
+    printed = harness.run("status", "--admin", c.admin).stdout()
+    assert "cluster node c" in printed and "on-a" in printed and "on-b" in printed
+    metrics_address = next(
+        arg for flag, arg in zip(c.proc.argv, c.proc.argv[1:], strict=False) if flag == "--metrics"
+    )
+    text = urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5).read().decode()
+    assert 'muxtunnel_cluster_nodes{node="c"} 3.0' in text
+    assert 'muxtunnel_sessions{node="c"}' in text
