@@ -1,0 +1,103 @@
+"""Node-to-node sessions in one process: the proof both ways, reuse, and what a wrong secret or
+a garbage speaker gets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.abc
+import pytest
+import structlog
+
+from mux import MuxConfig, MuxStream, Session
+from muxtunnel.framing import frame, receive_frame, unpack_map
+from muxtunnel.log import Refusals
+from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
+from muxtunnel.transport import connect, listen_tcp, local_port
+
+pytestmark = pytest.mark.anyio
+
+log = structlog.get_logger("test")
+
+
+@asynccontextmanager
+async def acceptor(
+    secret: str, received: list[tuple[str, bytes]]
+) -> AsyncIterator[tuple[int, Refusals]]:
+    refusals = Refusals(log)
+
+    async def on_stream(stream: MuxStream, peer: str) -> None:
+        data = await stream.receive()
+        received.append((peer, data))
+        await stream.send(b"ack:" + data)
+        await stream.send_eof()
+
+    node = PeerAcceptor("a", cluster_key(secret), MuxConfig(), refusals, on_stream)
+    listener = await listen_tcp("127.0.0.1", 0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, node.serve_carrier, tg)
+        yield local_port(listener), refusals
+        tg.cancel_scope.cancel()
+    await listener.aclose()
+
+
+@asynccontextmanager
+async def links(secret: str) -> AsyncIterator[tuple[PeerLinks, Refusals]]:
+    refusals = Refusals(log)
+    found = PeerLinks("b", cluster_key(secret), MuxConfig(), refusals)
+    async with anyio.create_task_group() as tg:
+        await tg.start(found.run)
+        yield found, refusals
+        tg.cancel_scope.cancel()
+
+
+async def test_streams_ride_one_proven_session() -> None:
+    received: list[tuple[str, bytes]] = []
+    with anyio.fail_after(10):
+        async with acceptor("s3cret", received) as (port, _), links("s3cret") as (peers, _):
+            for n in range(5):
+                stream = await peers.open("a", f"127.0.0.1:{port}", f"visitor {n}".encode())
+                assert await stream.receive() == f"ack:visitor {n}".encode()
+            assert peers.dials == 1  # one session, reused by every visitor
+            assert peers.connected() == ["a"]
+    assert received == [("b", f"visitor {n}".encode()) for n in range(5)]
+
+
+async def test_wrong_secret_is_refused_both_ways() -> None:
+    received: list[tuple[str, bytes]] = []
+    with anyio.fail_after(10):
+        async with acceptor("right", received) as (port, _):
+            async with links("wrong") as (peers, dialled):
+                with pytest.raises(PeerUnavailable, match="did not prove the cluster secret"):
+                    await peers.open("a", f"127.0.0.1:{port}", b"visitor")
+                assert dialled["cluster_peer_unreachable"] == 1
+                # Within REDIAL_AFTER_S the next visitor fails at once, without a new dial.
+                with pytest.raises(PeerUnavailable):
+                    await peers.open("a", f"127.0.0.1:{port}", b"again")
+                assert peers.dials == 1
+    assert received == []
+
+
+async def test_a_wrong_proof_and_garbage_are_counted_and_the_port_serves_on() -> None:
+    received: list[tuple[str, bytes]] = []
+    with anyio.fail_after(10):
+        async with acceptor("right", received) as (port, refusals):
+            sock = await connect("127.0.0.1", port)
+            await sock.send(b"\x00" * 12 + b"not yamux at all")
+            await sock.aclose()
+            # A peer that answers the challenge with a proof made up (it lacks the secret).
+            carrier = await connect("127.0.0.1", port)
+            async with Session(carrier, client=True) as session:
+                hello = frame({"kind": "peer_hello", "node": "x", "nonce": b"n" * 32})
+                stream = await session.open_stream(hello)
+                unpack_map(await receive_frame(stream))  # the challenge
+                await stream.send(frame({"kind": "peer_proof", "tag": b"t" * 32}))
+                with anyio.fail_after(5):
+                    await session.wait_closed()
+            assert refusals["cluster_peer_auth_failed"] == 2
+            async with links("right") as (peers, _):
+                stream = await peers.open("a", f"127.0.0.1:{port}", b"honest")
+                assert await stream.receive() == b"ack:honest"
+    assert received == [("b", b"honest")]
