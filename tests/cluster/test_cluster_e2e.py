@@ -251,3 +251,45 @@ def test_status_of_any_node_shows_the_whole_cluster(
     text = urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5).read().decode()
     assert 'muxtunnel_cluster_nodes{node="c"} 3.0' in text
     assert 'muxtunnel_sessions{node="c"}' in text
+
+
+def test_1000_services_over_three_nodes(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer, figures: Any
+) -> None:
+    """1000 services, a third registered at each node: all of them listed by any node's
+    status, and a sample reached through nodes that do not hold them."""
+    per_node = [range(0, 334), range(334, 667), range(667, 1000)]
+    started = time.monotonic()
+    clients = [
+        harness.up(node.proc, tcp=[f"s{i}={tcp_echo.port}" for i in names], wait=False)
+        for node, names in zip(cluster.nodes, per_node, strict=True)
+    ]
+    for client, names in zip(clients, per_node, strict=True):
+        client.wait_announced(len(names), timeout_s=120)
+    registered_s = time.monotonic() - started
+
+    def listed() -> int | None:
+        document = json.loads(
+            harness.run("status", "--admin", cluster.nodes[2].admin, "--json").stdout()
+        )
+        count = sum(len(n["services"]) for n in document["cluster"]["nodes"])
+        return count if count == 1000 else None
+
+    wait_for(listed, 30, "1000 services in C's status", interval_s=0.5)
+    listed_s = time.monotonic() - started
+    for i in range(0, 1000, 97):
+        owner = next(n for n, names in enumerate(per_node) if i in names)
+        port = clients[owner].public(f"s{i}")[1]
+        other = cluster.nodes[(owner + 1) % 3]
+        data = b"s%d" % i
+
+        def echoed(host: str = other.host, port: int = port, data: bytes = data) -> bool:
+            return tcp_roundtrip(host, port, data) == data
+
+        wait_for(echoed, 30, f"s{i} through node {other.node_id}")
+    figures.record(
+        "cluster: 1000 services over 3 nodes",
+        seconds=round(time.monotonic() - started, 2),
+        registered_s=round(registered_s, 2),
+        all_listed_s=round(listed_s, 2),
+    )
