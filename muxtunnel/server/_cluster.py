@@ -269,7 +269,7 @@ class ClusterNode:
             leases = [Claim(key, owner) for key in keys]
         try:
             outcome = await self.keeper.acquire(leases)
-        except RegistryUnavailable as exc:
+        except RegistryError as exc:  # unreachable, or an error answer (out of memory...)
             self.server.refusals.refuse(
                 "registry_unavailable", "registration refused: the cluster registry is unreachable",
                 service=request.service, error=str(exc),
