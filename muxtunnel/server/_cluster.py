@@ -48,7 +48,7 @@ from muxtunnel.cluster import (
 from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
 from muxtunnel.forward import guarded
-from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig
+from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig, ServerTls
 from muxtunnel.server._mirror import Mirror, NodeServer, Remote, serve_forwarded
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
 from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
@@ -56,6 +56,7 @@ from muxtunnel.server._services import pinned_ports
 from muxtunnel.server._web import NODE_OWNER
 from muxtunnel.server._web_names import claimed_hosts
 from muxtunnel.specs import format_host_port, parse_host_port
+from muxtunnel.tls import ServerTlsContext
 from muxtunnel.transport import TransportError, listen_tcp
 from muxtunnel.vhost import RouteTarget, UpstreamUnavailable, Visitor
 
@@ -89,6 +90,14 @@ def cluster_settings(config: ServerConfig, cluster: ClusterConfig) -> ClusterSet
         raise ClusterError(f"cluster settings: {exc}") from None
 
 
+def _peer_tls(config: ServerConfig) -> ServerTlsContext | None:
+    """The node-to-node port's TLS: the control port's certificate, no client CA (peers prove
+    the cluster secret instead); None when the control port is plaintext."""
+    if config.tls is None:
+        return None
+    return ServerTlsContext.load(ServerTls(config.tls.cert, config.tls.key))
+
+
 def _secret(config: ServerConfig, cluster: ClusterConfig) -> str:
     if cluster.secret is not None:
         return cluster.secret.value
@@ -109,8 +118,9 @@ class ClusterNode:
         self.record = NodeRecord.new(self.node_id, settings.advertise)
         key = cluster_key(_secret(server.config, cluster))
         mux, refusals = server.config.mux, server.refusals
-        self.links = PeerLinks(self.node_id, key, mux, refusals)
-        self.acceptor = PeerAcceptor(self.node_id, key, mux, refusals, self._serve_forwarded)
+        tls = _peer_tls(server.config)
+        self.links = PeerLinks(self.node_id, key, mux, refusals, tls=tls is not None)
+        self.acceptor = PeerAcceptor(self.node_id, key, mux, refusals, self._serve_forwarded, tls)
         self.mirror = Mirror(server, self.links)
         self.sync_interval_s = min(SYNC_INTERVAL_MAX_S, settings.lease_s / 3)
         #: The last registry read (None until the first): status shows the whole cluster.
@@ -120,6 +130,8 @@ class ClusterNode:
         self.sync_failures_in_row = 0
         #: Node id -> advertised address, from the last sync.
         self.addresses: dict[str, str] = {}
+        #: Nodes with a session from here that the registry no longer lists, and since when.
+        self._absent: dict[str, float] = {}
         if server.web is not None:
             server.web.remote = self._open_web
         self._held: dict[Claim | Membership, ActiveService] = {}
@@ -183,20 +195,27 @@ class ClusterNode:
         self.view = ClusterView.build(nodes, holdings)
         self.view_at = anyio.current_time()
         self.sync_failures_in_row = 0
-        addresses = self.addresses = {record.node_id: record.advertise for record in nodes}
+        # A name or node missing for less than a lease may only be a registry that restarted
+        # and is being filled again: its ports, routes and sessions stay until then.
+        grace_s, now = self.settings.lease_s, anyio.current_time()
+        listed = {record.node_id: record.advertise for record in nodes}
+        for node_id in list(self.addresses):
+            if node_id in listed:
+                self._absent.pop(node_id, None)
+            elif now - self._absent.setdefault(node_id, now) >= grace_s:
+                del self._absent[node_id], self.addresses[node_id]
+                self.links.forget(node_id)
+        self.addresses.update(listed)
         wanted: dict[ClaimKey, Remote] = {}
         for key, holding in holdings:
             if not isinstance(holding, Exclusive):
                 continue  # groups spanning nodes are not mirrored (each node serves its own)
             owner = holding.owner
-            advertise = addresses.get(owner.node_id)
+            advertise = self.addresses.get(owner.node_id)
             if owner.node_id == self.node_id or advertise is None:
                 continue
             wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
-        self.mirror.sync(wanted)
-        for node_id in self.links.connected():
-            if node_id not in addresses:
-                self.links.forget(node_id)
+        self.mirror.sync(wanted, grace_s)
         return True
 
     def row(self) -> ClusterRow:

@@ -110,6 +110,9 @@ class Mirror:
         self.server = server
         self.links = links
         self._sockets: dict[ClaimKey, _Socket] = {}
+        #: Mirrored ports missing from the registry, and since when.
+        self._missing: dict[ClaimKey, float] = {}
+        self._missing_routes: dict[tuple[str, str], float] = {}
         #: (node id, service) -> its (host, location) routes here.
         self._routes: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -128,10 +131,18 @@ class Mirror:
         """The ports mirrored here and bound, as `tcp:PORT` (for status)."""
         return sorted(str(key) for key, sock in self._sockets.items() if sock.bound)
 
-    def sync(self, wanted: dict[ClaimKey, Remote]) -> None:
-        """Serve exactly `wanted` (names other nodes hold) from now on."""
+    def sync(self, wanted: dict[ClaimKey, Remote], grace_s: float = 0.0) -> None:
+        """Serve `wanted` (names other nodes hold) from now on; a port no longer wanted is
+        closed once it has been missing for `grace_s` (a restarted registry lists nothing
+        until the holders have taken their leases again: their visitors must not notice)."""
+        now = anyio.current_time()
         for key in [k for k in self._sockets if k not in wanted]:
-            self._sockets.pop(key).scope.cancel()
+            since = self._missing.setdefault(key, now)
+            if now - since >= grace_s:
+                del self._missing[key]
+                self._sockets.pop(key).scope.cancel()
+        for key in wanted:
+            self._missing.pop(key, None)
         routes: dict[tuple[str, str], set[tuple[str, str]]] = {}
         for key, remote in wanted.items():
             if key.kind is ClaimKind.HTTP:
@@ -153,7 +164,7 @@ class Mirror:
                 self._tg.start_soon(serve, int(key.name), sock)
             else:
                 sock.remote = remote  # same port, another owner (or address): next visitors
-        self._sync_routes({k: frozenset(v) for k, v in routes.items()})
+        self._sync_routes({k: frozenset(v) for k, v in routes.items()}, now, grace_s)
 
     async def evict(self, keys: Iterable[ClaimKey]) -> None:
         """Give up the mirrors of `keys` (this node holds them now) and wait for their ports
@@ -245,15 +256,28 @@ class Mirror:
 
     # --- HTTP routes ---
 
-    def _sync_routes(self, wanted: dict[tuple[str, str], frozenset[tuple[str, str]]]) -> None:
+    def _sync_routes(
+        self,
+        wanted: dict[tuple[str, str], frozenset[tuple[str, str]]],
+        now: float,
+        grace_s: float,
+    ) -> None:
         web = self.server.web
         if web is None:
             return
         for node, service in [k for k in self._routes if k not in wanted]:
-            self._drop_route(node, service)
+            since = self._missing_routes.setdefault((node, service), now)
+            if now - since >= grace_s:
+                del self._missing_routes[(node, service)]
+                self._drop_route(node, service)
+        for key in wanted:
+            self._missing_routes.pop(key, None)
         for (node, service), pairs in wanted.items():
             if self._routes.get((node, service)) == pairs:
                 continue
+            for stale in [k for k in self._missing_routes if self._routes.get(k, set()) & pairs]:
+                del self._missing_routes[stale]  # its names moved on: no grace for them
+                self._drop_route(*stale)
             hosts = sorted({host for host, _ in pairs})
             locations = sorted({location for _, location in pairs})
             target = RouteTarget(service, f"{NODE_OWNER}{node}")

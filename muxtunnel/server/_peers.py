@@ -14,8 +14,12 @@ K = HKDF-SHA256(cluster secret, info="muxtunnel cluster"):
     -> peer_proof      {tag: HMAC(K, "peer client" | FROM | TO | Nf | Nt)}
 
 Both nonces are fresh per handshake, so no transcript can be replayed; tags are compared with
-`hmac.compare_digest`. The accepting node takes no visitor stream before the proof (streams
-opened earlier are refused), and a failed proof closes the session and is counted.
+`hmac.compare_digest`. When the nodes run TLS on their control ports, the node-to-node port
+speaks TLS too (the node's certificate, without the client CA of mutual TLS), and both tags
+cover SHA-256 of the certificate the acceptor presented (channel binding, as `muxtunnel.tls`
+does for clients): the dialler accepts any certificate, and a man in the middle who ends TLS
+with his own makes the tags disagree. The accepting node takes no visitor stream before the
+proof, and a failed proof closes the session and is counted.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from muxtunnel.auth import hkdf_sha256, new_nonce
 from muxtunnel.framing import ControlError, receive_frame, unpack_map
 from muxtunnel.framing import frame as frame_map
 from muxtunnel.log import Refusals
+from muxtunnel.model import ClientTls
 from muxtunnel.specs import parse_host_port
+from muxtunnel.tls import ServerTlsContext, TlsError, connect_tls
 from muxtunnel.transport import TransportError, abort, connect
 
 __all__ = ["PeerAcceptor", "PeerLinks", "PeerUnavailable", "cluster_key"]
@@ -49,6 +55,8 @@ HANDSHAKE_TIMEOUT_S = 5.0
 #: dialling again (a dead node's claims outlive it by up to a lease).
 REDIAL_AFTER_S = 1.0
 _FIELD = struct.Struct(">I")
+#: How a node dials a peer's TLS: any certificate, since the proof covers the one seen.
+_ANY_CERT = ClientTls(insecure=True)
 
 
 class PeerUnavailable(Exception):
@@ -60,8 +68,10 @@ def cluster_key(secret: str) -> bytes:
     return hkdf_sha256(secret.encode("utf-8"), info=b"muxtunnel cluster")
 
 
-def _tag(key: bytes, label: bytes, dialer: str, acceptor: str, n1: bytes, n2: bytes) -> bytes:
-    fields = (label, dialer.encode(), acceptor.encode(), n1, n2)
+def _tag(
+    key: bytes, label: bytes, dialer: str, acceptor: str, n1: bytes, n2: bytes, binding: bytes
+) -> bytes:
+    fields = (label, dialer.encode(), acceptor.encode(), n1, n2, binding)
     parts = b"".join(_FIELD.pack(len(x)) + x for x in fields)
     return hmac.digest(key, parts, "sha256")
 
@@ -93,11 +103,15 @@ class _Link:
 class PeerLinks:
     """This node's sessions to its peers, one per node id, dialled on first use."""
 
-    def __init__(self, node_id: str, key: bytes, mux: MuxConfig, refusals: Refusals) -> None:
+    def __init__(
+        self, node_id: str, key: bytes, mux: MuxConfig, refusals: Refusals, *, tls: bool = False
+    ) -> None:
         self.node_id = node_id
         self._key = key
         self._mux = mux
         self._refusals = refusals
+        #: Dial with TLS (peers of a node with TLS on its control port speak it too).
+        self._tls = tls
         self._links: dict[str, _Link] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self.dials = 0
@@ -160,17 +174,22 @@ class PeerLinks:
         with link.scope:
             try:
                 host, port = parse_host_port(link.advertise)
-                carrier = await connect(host, port)
+                carrier: anyio.abc.ByteStream = await connect(host, port)
+                binding = b""
+                if self._tls:
+                    with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                        # Any certificate: the proof below covers the one we saw (binding).
+                        carrier, binding = await connect_tls(carrier, _ANY_CERT, host)
                 async with Session(carrier, client=True, config=self._mux) as session:
                     with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                        await self._prove(session, node_id)
+                        await self._prove(session, node_id, binding)
                     link.session = session
                     link.ready.set()
                     log.info("cluster peer connected", node=node_id, advertise=link.advertise)
                     await session.wait_closed()
                     link.error = session.close_reason or "session closed"
-            except (TransportError, ControlError, TimeoutError, PeerUnavailable, ValueError,
-                    anyio.EndOfStream, anyio.BrokenResourceError,
+            except (TransportError, TlsError, ControlError, TimeoutError, PeerUnavailable,
+                    ValueError, anyio.EndOfStream, anyio.BrokenResourceError,
                     anyio.ClosedResourceError) as exc:  # fmt: skip
                 link.error = str(exc) or type(exc).__name__
                 self._refusals.refuse(
@@ -184,18 +203,18 @@ class PeerLinks:
         if self._links.get(node_id) is link and link.scope.cancel_called:
             del self._links[node_id]
 
-    async def _prove(self, session: Session, node_id: str) -> None:
+    async def _prove(self, session: Session, node_id: str, binding: bytes) -> None:
         mine = new_nonce()
         stream = await session.open_stream(_message("peer_hello", node=self.node_id, nonce=mine))
         challenge = await _expect(stream, "peer_challenge", node=str, nonce=bytes, tag=bytes)
         theirs: bytes = challenge["nonce"]
-        expected = _tag(self._key, b"peer server", self.node_id, node_id, mine, theirs)
+        expected = _tag(self._key, b"peer server", self.node_id, node_id, mine, theirs, binding)
         if challenge["node"] != node_id or not hmac.compare_digest(challenge["tag"], expected):
             raise PeerUnavailable(
                 f"node {node_id} did not prove the cluster secret (it answered as "
                 f"{challenge['node'][:64]!r}): are both nodes given the same secret?"
             )
-        proof = _tag(self._key, b"peer client", self.node_id, node_id, mine, theirs)
+        proof = _tag(self._key, b"peer client", self.node_id, node_id, mine, theirs, binding)
         await stream.send(_message("peer_proof", tag=proof))
 
 
@@ -207,9 +226,16 @@ class PeerAcceptor:
     each visitor stream to `on_stream(stream, from_node)`."""
 
     def __init__(
-        self, node_id: str, key: bytes, mux: MuxConfig, refusals: Refusals, on_stream: OnStream
+        self,
+        node_id: str,
+        key: bytes,
+        mux: MuxConfig,
+        refusals: Refusals,
+        on_stream: OnStream,
+        tls: ServerTlsContext | None = None,
     ) -> None:
         self.node_id = node_id
+        self._tls = tls
         self._key = key
         self._mux = mux
         self._refusals = refusals
@@ -219,11 +245,24 @@ class PeerAcceptor:
 
     async def serve_carrier(self, carrier: anyio.abc.SocketStream) -> None:
         """One peer's session, until it ends."""
+        stream: anyio.abc.ByteStream = carrier
+        if self._tls is not None:
+            try:
+                with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                    stream = await self._tls.accept(carrier)
+            except (TlsError, TimeoutError) as exc:
+                self._refusals.refuse(
+                    "cluster_peer_auth_failed", "cluster peer refused: TLS handshake failed",
+                    error=str(exc) or "timeout",
+                )  # fmt: skip
+                await abort(carrier)
+                return
+        binding = self._tls.binding if self._tls is not None else b""
         try:
-            async with Session(carrier, client=False, config=self._mux) as session:
+            async with Session(stream, client=False, config=self._mux) as session:
                 try:
                     with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                        peer = await self._check(session)
+                        peer = await self._check(session, binding)
                 except (ControlError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError,
                         anyio.ClosedResourceError) as exc:  # fmt: skip
                     self._refusals.refuse(
@@ -246,16 +285,16 @@ class PeerAcceptor:
         except anyio.BrokenResourceError:
             await abort(carrier)
 
-    async def _check(self, session: Session) -> str:
+    async def _check(self, session: Session, binding: bytes) -> str:
         stream = await session.accept_stream()
         hello = await _expect(stream, "peer_hello", node=str, nonce=bytes)
         peer: str = hello["node"][:64]
         theirs: bytes = hello["nonce"]
         mine = new_nonce()
-        tag = _tag(self._key, b"peer server", peer, self.node_id, theirs, mine)
+        tag = _tag(self._key, b"peer server", peer, self.node_id, theirs, mine, binding)
         await stream.send(_message("peer_challenge", node=self.node_id, nonce=mine, tag=tag))
         proof = await _expect(stream, "peer_proof", tag=bytes)
-        expected = _tag(self._key, b"peer client", peer, self.node_id, theirs, mine)
+        expected = _tag(self._key, b"peer client", peer, self.node_id, theirs, mine, binding)
         if not hmac.compare_digest(proof["tag"], expected):
             raise ControlError(f"node {peer!r} sent a wrong proof (another cluster secret?)")
         return peer

@@ -121,9 +121,7 @@ class WebFront:
         self.groups: Mapping[str, GroupService] = groups if groups is not None else {}
         self.refusals = refusals
         #: Opens a stream to the node holding a route owned by `node:ID` (set by a cluster).
-        self.remote: Callable[[RouteTarget, Visitor], Awaitable[anyio.abc.ByteStream]] | None = (
-            None
-        )
+        self.remote: Callable[[RouteTarget, Visitor], Awaitable[anyio.abc.ByteStream]] | None = None
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
             self, vhost_config(self.front), tls_context=self.tls.context if self.tls else None

@@ -40,7 +40,9 @@ from .nodes import (
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path, tls=False)
+    # TLS as by default: the nodes share one state directory, hence one self-signed
+    # certificate (as the README advises), and node-to-node sessions run over TLS too.
+    h = Harness(tmp_path)
     try:
         yield h
     finally:

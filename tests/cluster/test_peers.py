@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -14,7 +15,10 @@ import structlog
 from mux import MuxConfig, MuxStream, Session
 from muxtunnel.framing import frame, receive_frame, unpack_map
 from muxtunnel.log import Refusals
+from muxtunnel.model import ClientTls, ServerTls
+from muxtunnel.proxy import pipe
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
+from muxtunnel.tls import ServerTlsContext, connect_tls, generate_self_signed
 from muxtunnel.transport import connect, listen_tcp, local_port
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +28,7 @@ log = structlog.get_logger("test")
 
 @asynccontextmanager
 async def acceptor(
-    secret: str, received: list[tuple[str, bytes]]
+    secret: str, received: list[tuple[str, bytes]], tls: ServerTlsContext | None = None
 ) -> AsyncIterator[tuple[int, Refusals]]:
     refusals = Refusals(log)
 
@@ -34,7 +38,7 @@ async def acceptor(
         await stream.send(b"ack:" + data)
         await stream.send_eof()
 
-    node = PeerAcceptor("a", cluster_key(secret), MuxConfig(), refusals, on_stream)
+    node = PeerAcceptor("a", cluster_key(secret), MuxConfig(), refusals, on_stream, tls)
     listener = await listen_tcp("127.0.0.1", 0)
     async with anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, node.serve_carrier, tg)
@@ -44,9 +48,9 @@ async def acceptor(
 
 
 @asynccontextmanager
-async def links(secret: str) -> AsyncIterator[tuple[PeerLinks, Refusals]]:
+async def links(secret: str, tls: bool = False) -> AsyncIterator[tuple[PeerLinks, Refusals]]:
     refusals = Refusals(log)
-    found = PeerLinks("b", cluster_key(secret), MuxConfig(), refusals)
+    found = PeerLinks("b", cluster_key(secret), MuxConfig(), refusals, tls=tls)
     async with anyio.create_task_group() as tg:
         await tg.start(found.run)
         yield found, refusals
@@ -101,3 +105,42 @@ async def test_a_wrong_proof_and_garbage_are_counted_and_the_port_serves_on() ->
                 stream = await peers.open("a", f"127.0.0.1:{port}", b"honest")
                 assert await stream.receive() == b"ack:honest"
     assert received == [("b", b"honest")]
+
+
+def tls_pair(tmp_path: Path, name: str) -> ServerTlsContext:
+    cert, key, _ = generate_self_signed(["127.0.0.1"])
+    (tmp_path / f"{name}.crt").write_bytes(cert)
+    (tmp_path / f"{name}.key").write_bytes(key)
+    return ServerTlsContext.load(
+        ServerTls(str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"))
+    )
+
+
+async def test_over_tls_and_a_man_in_the_middle_is_refused(tmp_path: Path) -> None:
+    """With TLS, the proof covers the acceptor's certificate: a relay that ends TLS with a
+    certificate of its own (and dials the real node) gets no session, though the dialler
+    accepts any certificate."""
+    real, fake = tls_pair(tmp_path, "real"), tls_pair(tmp_path, "fake")
+    received: list[tuple[str, bytes]] = []
+    with anyio.fail_after(15):
+        async with acceptor("s3cret", received, real) as (port, _):
+            async with links("s3cret", tls=True) as (peers, _):
+                stream = await peers.open("a", f"127.0.0.1:{port}", b"direct")
+                assert await stream.receive() == b"ack:direct"
+            relay = await listen_tcp("127.0.0.1", 0)
+
+            async def middle(visitor: anyio.abc.SocketStream) -> None:
+                inner = await fake.accept(visitor)
+                outer, _ = await connect_tls(
+                    await connect("127.0.0.1", port), ClientTls(insecure=True), "127.0.0.1"
+                )
+                await pipe(inner, outer)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(relay.serve, middle, tg)
+                async with links("s3cret", tls=True) as (peers, _):
+                    with pytest.raises(PeerUnavailable, match="did not prove"):
+                        await peers.open("a", f"127.0.0.1:{local_port(relay)}", b"relayed")
+                tg.cancel_scope.cancel()
+            await relay.aclose()
+    assert received == [("b", b"direct")]
