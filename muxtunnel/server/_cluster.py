@@ -209,7 +209,17 @@ class ClusterNode:
         wanted: dict[ClaimKey, Remote] = {}
         for key, holding in holdings:
             if not isinstance(holding, Exclusive):
-                continue  # groups spanning nodes are not mirrored (each node serves its own)
+                # A group's TCP port: nodes with members serve their own; the others hand
+                # each visitor to one of those.
+                members = tuple(
+                    (node, self.addresses[node])
+                    for node in sorted(holding.node_ids)
+                    if node in self.addresses
+                )
+                here = self.node_id in holding.node_ids
+                if key.kind is ClaimKind.TCP_PORT and members and not here:
+                    wanted[key] = Remote(*members[0], holding.group, members)
+                continue
             owner = holding.owner
             advertise = self.addresses.get(owner.node_id)
             if owner.node_id == self.node_id or advertise is None:
@@ -252,8 +262,10 @@ class ClusterNode:
     def keys_for(self, request: Register) -> list[ClaimKey]:
         """The names a registration takes cluster-wide before it is activated."""
         config = self.server.config
-        if request.group is not None:
-            return [ClaimKey.service(request.group)]
+        if request.group is not None:  # its port too, when fixed: the group's on every node
+            port = pinned_ports(config).get(request.group) or request.remote_port
+            ports = [ClaimKey.port(request.type, port)] if port and request.type == "tcp" else []
+            return [ClaimKey.service(request.group), *ports]
         keys = [ClaimKey.service(request.service)]
         if request.type in WEB_TYPES:
             if config.http is None:

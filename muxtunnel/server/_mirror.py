@@ -23,6 +23,7 @@ visitor of the service held here (admitted by its limits, metered, idle-timed as
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,10 +38,10 @@ from muxtunnel.cluster import ClaimKey, ClaimKind
 from muxtunnel.control import VisitorHeader, encode_visitor_header
 from muxtunnel.forward import guarded
 from muxtunnel.proxy import pipe
-from muxtunnel.server import _visitors
+from muxtunnel.server import _group_visitors, _visitors
 from muxtunnel.server._host import Host
 from muxtunnel.server._peers import PeerLinks, PeerUnavailable
-from muxtunnel.server._registry import ActiveService
+from muxtunnel.server._registry import ActiveService, GroupService
 from muxtunnel.server._web import NODE_OWNER
 from muxtunnel.transport import TransportError, abort, listen_tcp, peer_address, setup_done
 from muxtunnel.udp import OnEnd, UdpForwarder, frame
@@ -58,14 +59,25 @@ class NodeServer(Host, Protocol):
         """The mux session of a connected client, by session id."""
         ...
 
+    def group_of(self, name: str) -> GroupService | None:
+        """A live load-balancing group, by name."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Remote:
-    """A name another node holds: which node, where it is reached, which service."""
+    """A name another node holds: which node, where it is reached, which service (or group)."""
 
     node_id: str
     advertise: str
     service: str
+    #: A group's port: every node with members, as (node id, advertise); a visitor goes to one
+    #: of them at random (the node's own group then picks the member).
+    nodes: tuple[tuple[str, str], ...] = ()
+
+    def pick(self) -> tuple[str, str]:
+        """The node (id, advertise) a new visitor goes to."""
+        return random.choice(self.nodes) if self.nodes else (self.node_id, self.advertise)
 
 
 @dataclass(eq=False)
@@ -216,11 +228,10 @@ class Mirror:
             await abort(visitor)
             return
         header = VisitorHeader(remote.service, "tcp", address[0], address[1])
+        node_id, advertise = remote.pick()
         with self.server.visitors.track():
             try:
-                stream = await self.links.open(
-                    remote.node_id, remote.advertise, encode_visitor_header(header)
-                )
+                stream = await self.links.open(node_id, advertise, encode_visitor_header(header))
             except PeerUnavailable as exc:
                 self.server.refusals.refuse(
                     "cluster_forward_failed", "visitor not forwarded: its node is unreachable",
@@ -316,6 +327,10 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
             await abort(stream)
             return
         await server.web.serve_forwarded(stream, address)
+        return
+    group = server.group_of(header.service) if header.type == "tcp" else None
+    if group is not None:
+        await _group_visitors.serve_visitor_from(server, group, stream, address)
         return
     service = server.registry.by_name.get(header.service)
     client = server.client_session(service.session_id) if service is not None else None

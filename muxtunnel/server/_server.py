@@ -29,7 +29,7 @@ from muxtunnel.quota import Share
 from muxtunnel.reload import ReloadError, server_changes
 from muxtunnel.server._groups import Groups
 from muxtunnel.server._ratelimits import RateLimits
-from muxtunnel.server._registry import ActiveService, ClusterError, Registry
+from muxtunnel.server._registry import ActiveService, ClusterError, GroupService, Registry
 from muxtunnel.server._session import ClientSession
 from muxtunnel.server._status import server_status
 from muxtunnel.sources import FailureLimiter, address_key
@@ -114,6 +114,10 @@ class Server:
         """The mux session of a connected client, by session id."""
         client = self.sessions.get(session_id)
         return client.session if client is not None else None
+
+    def group_of(self, name: str) -> GroupService | None:
+        """A live load-balancing group, by name."""
+        return self.groups.by_name.get(name)
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service name (kept across registrations)."""

@@ -212,3 +212,36 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
                 return last
         time.sleep(interval_s)
     raise AssertionError(f"not within {timeout_s} s: {what} (last: {last!r})")
+
+
+class NameServer:
+    """A local TCP service that answers each connection with its name, then closes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.sendall(self.name)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def read_name(host: str, port: int) -> bytes:
+    """What a `NameServer` behind `host:port` says."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        return recv_all(sock)

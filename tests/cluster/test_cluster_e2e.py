@@ -30,8 +30,10 @@ from .nodes import (
     LEASE_S,
     Cluster,
     HttpTarget,
+    NameServer,
     Relay,
     http_get,
+    read_name,
     tcp_roundtrip,
     udp_roundtrip,
     wait_for,
@@ -295,3 +297,29 @@ def test_1000_services_over_three_nodes(
         registered_s=round(registered_s, 2),
         all_listed_s=round(listed_s, 2),
     )
+
+
+def test_group_members_on_two_nodes_serve_visitors_of_a_third(
+    cluster: Cluster, harness: Harness
+) -> None:
+    """A TCP group with a fixed port, one member on A and one on B: visitors at C (no member)
+    reach both; A and B serve their own members."""
+    a, b, c = cluster.nodes
+    targets = [NameServer("one"), NameServer("two")]
+    try:
+        port = free_port()
+        for node, target in zip((a, b), targets, strict=True):
+            harness.up(node.proc, tcp=[f"{target.name.decode()}={target.port}:{port}"],
+                       extra=["--group", "shop"])  # fmt: skip
+        seen: set[bytes] = set()
+
+        def both() -> bool:
+            seen.update(read_name(c.host, port) for _ in range(10))
+            return seen >= {b"one", b"two"}
+
+        wait_for(both, 10, "both members through C")
+        assert seen == {b"one", b"two"}
+        assert read_name(a.host, port) == b"one" and read_name(b.host, port) == b"two"
+    finally:
+        for target in targets:
+            target.close()
