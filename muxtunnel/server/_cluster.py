@@ -345,11 +345,13 @@ class ClusterNode:
     # --- visitors to and from other nodes ---
 
     async def _open_web(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
-        node = target.owner.removeprefix(NODE_OWNER)
+        node, _, tls = target.owner.removeprefix(NODE_OWNER).partition("/")
         advertise = self.addresses.get(node)
         if advertise is None:
             raise UpstreamUnavailable(f"node {node} holding {target.service!r} has left")
-        header = VisitorHeader(target.service, "http", visitor.host, visitor.port)
+        header = VisitorHeader(
+            target.service, "https" if tls else "http", visitor.host, visitor.port
+        )
         try:
             return await self.links.open(node, advertise, encode_visitor_header(header))
         except PeerUnavailable as exc:

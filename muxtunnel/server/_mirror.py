@@ -10,7 +10,8 @@ with the names held elsewhere). For each:
   client's flow would, and the owner pipes it to its client.
 - `http:HOST/LOCATION`: a route owned by `node:ID`; the web front hands its requests' streams
   to the owner (`WebFront.open`), whose own engine serves them (its route options, basic auth
-  included, are applied there).
+  included, are applied there). `https:HOST` likewise, routed by SNI (`node:ID/tls`): the
+  TLS bytes pass through to the owner's engine, which routes them by SNI again.
 
 Invariants: one mirror per port and protocol; a port a local service is about to bind is given
 up first (`evict`, after this node won its claim in the registry); a mirror that cannot bind
@@ -62,6 +63,24 @@ class NodeServer(Host, Protocol):
     def group_of(self, name: str) -> GroupService | None:
         """A live load-balancing group, by name."""
         ...
+
+
+#: Routes of an HTTPS service (SNI) of another node are owned by `node:ID/tls`.
+TLS_SUFFIX = "/tls"
+
+
+def _route_owner(key: ClaimKey, remote: Remote) -> tuple[str, str]:
+    """(node, service) of a mirrored route: `ID` for HTTP, `ID/tls` for HTTPS by SNI."""
+    suffix = TLS_SUFFIX if key.kind is ClaimKind.HTTPS else ""
+    return remote.node_id + suffix, remote.service
+
+
+def _route_pair(key: ClaimKey) -> tuple[str, str]:
+    """(host, location) of an HTTP or HTTPS key."""
+    if key.kind is ClaimKind.HTTPS:
+        return key.name, "/"
+    host, slash, location = key.name.partition("/")
+    return host, slash + location
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +176,8 @@ class Mirror:
             self._missing.pop(key, None)
         routes: dict[tuple[str, str], set[tuple[str, str]]] = {}
         for key, remote in wanted.items():
-            if key.kind is ClaimKind.HTTP:
-                host, slash, location = key.name.partition("/")
-                routes.setdefault((remote.node_id, remote.service), set()).add(
-                    (host, slash + location)
-                )
+            if key.kind in (ClaimKind.HTTP, ClaimKind.HTTPS):
+                routes.setdefault(_route_owner(key, remote), set()).add(_route_pair(key))
                 continue
             if key.kind not in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT):
                 continue
@@ -187,10 +203,10 @@ class Mirror:
                 sock.scope.cancel()
                 with anyio.move_on_after(5.0):
                     await sock.unbound.wait()
-            if key.kind is ClaimKind.HTTP and self.server.web is not None:
-                host, slash, location = key.name.partition("/")
+            if key.kind in (ClaimKind.HTTP, ClaimKind.HTTPS):
+                pair = _route_pair(key)
                 for (node, service), pairs in list(self._routes.items()):
-                    if (host, slash + location) in pairs:
+                    if pair in pairs and node.endswith(TLS_SUFFIX) == (key.kind is ClaimKind.HTTPS):
                         self._drop_route(node, service)
 
     # --- TCP and UDP ports ---
@@ -293,7 +309,10 @@ class Mirror:
             locations = sorted({location for _, location in pairs})
             target = RouteTarget(service, f"{NODE_OWNER}{node}")
             try:
-                web.engine.http_routes.add(target, hosts, locations)
+                if node.endswith(TLS_SUFFIX):  # routed by SNI, passed through
+                    web.engine.tls_routes.add(target, hosts)
+                else:
+                    web.engine.http_routes.add(target, hosts, locations)
             except (RouteConflict, ValueError) as exc:  # a local name in its grace: next sync
                 self.server.refusals.refuse(
                     "cluster_mirror_route", "cannot route a name another node holds; retrying",
@@ -305,7 +324,10 @@ class Mirror:
     def _drop_route(self, node: str, service: str) -> None:
         self._routes.pop((node, service), None)
         if self.server.web is not None:
-            self.server.web.engine.http_routes.remove(f"{NODE_OWNER}{node}", service)
+            table = self.server.web.engine.http_routes
+            if node.endswith(TLS_SUFFIX):
+                table = self.server.web.engine.tls_routes
+            table.remove(f"{NODE_OWNER}{node}", service)
 
 
 # --- visitors from other nodes ---
@@ -322,11 +344,11 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
         await abort(stream)
         return
     address = (header.peer_host, header.peer_port)
-    if header.type == "http":
+    if header.type in ("http", "https"):
         if server.web is None:
             await abort(stream)
             return
-        await server.web.serve_forwarded(stream, address)
+        await server.web.serve_forwarded(stream, address, tls=header.type == "https")
         return
     group = server.group_of(header.service) if header.type == "tcp" else None
     if group is not None:

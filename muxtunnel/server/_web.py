@@ -63,15 +63,14 @@ from muxtunnel.vhost import (
     Visitor,
 )
 
-__all__ = ["GROUP_OWNER", "WebFront", "domain_allowed"]
+__all__ = ["GROUP_OWNER", "NODE_OWNER", "WebFront", "domain_allowed"]
 
 log = structlog.get_logger("muxtunnel.server")
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-#: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`).
-GROUP_OWNER = "group:"
-#: Owner of the routes of a service another node of a cluster holds (`_mirror.NODE_OWNER`).
-NODE_OWNER = "node:"
+#: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`), and
+#: of a service's another node of a cluster holds: `node:ID` (see `_mirror`).
+GROUP_OWNER, NODE_OWNER = "group:", "node:"
 
 
 def vhost_config(front: HttpFront) -> VhostConfig:
@@ -331,10 +330,15 @@ class WebFront:
             peer=format_host_port(visitor.host, visitor.port),
         )  # fmt: skip
 
-    async def serve_forwarded(self, stream: anyio.abc.ByteStream, peer: tuple[str, int]) -> None:
-        """Serve a visitor connection another node of the cluster handed over (its engine did
-        the routing; this one applies the route's own options, basic auth included)."""
-        await self.engine.serve_http(stream, Visitor(peer[0], peer[1]))
+    async def serve_forwarded(
+        self, stream: anyio.abc.ByteStream, peer: tuple[str, int], *, tls: bool = False
+    ) -> None:
+        """Serve a visitor another node of a cluster handed over: HTTP (with this node's route
+        options, basic auth included) or TLS routed by SNI."""
+        if tls:
+            await self.engine.serve_tls(stream, Visitor(peer[0], peer[1], scheme="https"))
+        else:
+            await self.engine.serve_http(stream, Visitor(peer[0], peer[1]))
 
     # --- changes and status ---
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import http.server
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from e2e.harness import Harness, Listen, free_port, recv_all
@@ -34,6 +36,7 @@ class Node:
     host: str
     node_id: str
     http_port: int
+    https_port: int
     advertise: str
     #: The admin API and the metrics endpoint (loopback: no token needed).
     admin: str
@@ -50,7 +53,7 @@ class Cluster:
     def start_node(self, index: int, *extra: object, lease_s: float = LEASE_S) -> Node:
         host = NODE_HOSTS[index]
         node_id = "abc"[index]
-        http_port = free_port(host)
+        http_port, https_port = free_port(host), free_port(host)
         advertise = f"{host}:{free_port(host)}"
         admin = f"{host}:{free_port(host)}"
         config = self.harness.write(
@@ -61,10 +64,11 @@ class Cluster:
         proc = self.harness.listen(
             "--config", config, "--node-id", node_id, "--advertise", advertise,
             "--public-host", host, "--http-bind", f"{host}:{http_port}", "--domain", DOMAIN,
-            "--admin", admin, "--metrics", f"{host}:{free_port(host)}", *extra, host=host,
+            "--https-bind", f"{host}:{https_port}", "--admin", admin,
+            "--metrics", f"{host}:{free_port(host)}", *extra, host=host,
         )  # fmt: skip
         proc.wait_event("cluster node up")
-        node = Node(proc, host, node_id, http_port, advertise, admin)
+        node = Node(proc, host, node_id, http_port, https_port, advertise, admin)
         if index < len(self.nodes):
             self.nodes[index] = node
         else:
@@ -245,3 +249,48 @@ def read_name(host: str, port: int) -> bytes:
     """What a `NameServer` behind `host:port` says."""
     with socket.create_connection((host, port), timeout=5) as sock:
         return recv_all(sock)
+
+
+class TlsTarget:
+    """A local service speaking TLS itself (an `up --https` one): answers each connection,
+    after the handshake, with its name."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        from muxtunnel.tls import generate_self_signed
+
+        cert, key, _ = generate_self_signed(["localhost"])
+        (directory / f"{name}.crt").write_bytes(cert)
+        (directory / f"{name}.key").write_bytes(key)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(directory / f"{name}.crt", directory / f"{name}.key")
+        self.name = name.encode()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(self.name)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def tls_name(host: str, port: int, sni: str) -> bytes:
+    """What a `TlsTarget` says through `host:port`, reached by SNI `sni`."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=sni) as tls:
+            return tls.recv(64)

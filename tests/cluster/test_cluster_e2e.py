@@ -32,9 +32,11 @@ from .nodes import (
     HttpTarget,
     NameServer,
     Relay,
+    TlsTarget,
     http_get,
     read_name,
     tcp_roundtrip,
+    tls_name,
     udp_roundtrip,
     wait_for,
 )
@@ -113,6 +115,24 @@ def test_service_on_a_reached_through_b_and_c(
         assert up.running
     finally:
         web.close()
+
+
+def test_https_by_sni_reached_through_every_node(
+    cluster: Cluster, harness: Harness, tmp_path: Path
+) -> None:
+    """An HTTPS service (TLS passed through, routed by SNI) registered on A answers through B
+    and C: the TLS bytes ride to A, whose engine routes them by SNI again."""
+    target = TlsTarget("sec", tmp_path)
+    try:
+        harness.up(cluster.nodes[0].proc, https=[f"sec={target.port}"])
+        for node in cluster.nodes:
+            answer = wait_for(
+                lambda node=node: tls_name(node.host, node.https_port, f"sec.{DOMAIN}"),
+                10, f"https through node {node.node_id}",
+            )  # fmt: skip
+            assert answer == b"sec"
+    finally:
+        target.close()
 
 
 def _ok(answer: tuple[int, bytes]) -> tuple[int, bytes] | None:
