@@ -55,6 +55,9 @@ HANDSHAKE_TIMEOUT_S = 5.0
 #: dialling again (a dead node's claims outlive it by up to a lease).
 REDIAL_AFTER_S = 1.0
 _FIELD = struct.Struct(">I")
+#: Connections to the node-to-node port in their TLS handshake at once: a cluster has a few
+#: nodes, each dialling once; more is someone else (each waits at most HANDSHAKE_TIMEOUT_S).
+MAX_PROVING = 64
 #: How a node dials a peer's TLS: any certificate, since the proof covers the one seen.
 _ANY_CERT = ClientTls(insecure=True)
 
@@ -242,9 +245,37 @@ class PeerAcceptor:
         self._on_stream = on_stream
         #: Peers connected now, by node id (a count: a restarted peer may overlap its old self).
         self.peers: dict[str, int] = {}
+        self._proving = 0
 
     async def serve_carrier(self, carrier: anyio.abc.SocketStream) -> None:
         """One peer's session, until it ends."""
+        if self._proving >= MAX_PROVING:
+            self._refusals.refuse(
+                "cluster_peer_flood", "cluster peer refused: too many handshakes at once",
+                limit=MAX_PROVING,
+            )  # fmt: skip
+            await abort(carrier)
+            return
+        self._proving += 1
+        proving = [True]
+
+        def proven_or_not() -> None:
+            if proving[0]:
+                proving[0] = False
+                self._proving -= 1
+
+        try:
+            ready = await self._proven(carrier)
+            if ready is not None:
+                await self._serve(*ready, proven_or_not)
+        finally:
+            proven_or_not()
+
+    async def _proven(
+        self, carrier: anyio.abc.SocketStream
+    ) -> tuple[anyio.abc.ByteStream, bytes] | None:
+        """The carrier after TLS (if any), and its binding; None if TLS failed. Until the
+        proof is in (`_serve`), the connection counts against MAX_PROVING."""
         stream: anyio.abc.ByteStream = carrier
         if self._tls is not None:
             try:
@@ -256,10 +287,14 @@ class PeerAcceptor:
                     error=str(exc) or "timeout",
                 )  # fmt: skip
                 await abort(carrier)
-                return
-        binding = self._tls.binding if self._tls is not None else b""
+                return None
+        return stream, self._tls.binding if self._tls is not None else b""
+
+    async def _serve(
+        self, carrier: anyio.abc.ByteStream, binding: bytes, proven: Callable[[], None]
+    ) -> None:
         try:
-            async with Session(stream, client=False, config=self._mux) as session:
+            async with Session(carrier, client=False, config=self._mux) as session:
                 try:
                     with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
                         peer = await self._check(session, binding)
@@ -270,6 +305,7 @@ class PeerAcceptor:
                         error=str(exc) or type(exc).__name__,
                     )  # fmt: skip
                     return
+                proven()
                 self.peers[peer] = self.peers.get(peer, 0) + 1
                 try:
                     async with anyio.create_task_group() as tg:

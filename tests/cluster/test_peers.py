@@ -17,7 +17,13 @@ from muxtunnel.framing import frame, receive_frame, unpack_map
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientTls, ServerTls
 from muxtunnel.proxy import pipe
-from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
+from muxtunnel.server._peers import (
+    MAX_PROVING,
+    PeerAcceptor,
+    PeerLinks,
+    PeerUnavailable,
+    cluster_key,
+)
 from muxtunnel.tls import ServerTlsContext, connect_tls, generate_self_signed
 from muxtunnel.transport import connect, listen_tcp, local_port
 
@@ -144,3 +150,27 @@ async def test_over_tls_and_a_man_in_the_middle_is_refused(tmp_path: Path) -> No
                 tg.cancel_scope.cancel()
             await relay.aclose()
     assert received == [("b", b"direct")]
+
+
+async def test_connections_that_never_prove_are_bounded() -> None:
+    """More than MAX_PROVING connections in their handshake at once: the rest are refused at
+    once and counted; once they are gone, an honest peer gets in."""
+    received: list[tuple[str, bytes]] = []
+    with anyio.fail_after(15):
+        async with acceptor("s3cret", received) as (port, refusals):
+            idle = [await connect("127.0.0.1", port) for _ in range(MAX_PROVING + 6)]
+            for _ in range(100):
+                if refusals["cluster_peer_flood"] >= 6:
+                    break
+                await anyio.sleep(0.02)
+            assert refusals["cluster_peer_flood"] == 6
+            for sock in idle:
+                await sock.aclose()
+            async with links("s3cret") as (peers, _):
+                for _ in range(50):
+                    try:
+                        stream = await peers.open("a", f"127.0.0.1:{port}", b"honest")
+                        break
+                    except PeerUnavailable:
+                        await anyio.sleep(0.1)
+                assert await stream.receive() == b"ack:honest"
