@@ -343,3 +343,21 @@ def test_group_members_on_two_nodes_serve_visitors_of_a_third(
     finally:
         for target in targets:
             target.close()
+
+
+def test_a_second_process_with_a_node_id_in_use_exits(cluster: Cluster, harness: Harness) -> None:
+    """Two processes given one node id: the second waits out a lease (the first might be its
+    own crashed self) and then exits with the reason; the first serves on."""
+    a = cluster.nodes[0]
+    config = harness.write(
+        "dup.yaml", f"server:\n  cluster:\n    url: {cluster.redis.url}\n    lease_s: {LEASE_S}\n"
+    )
+    host = "127.0.0.4"
+    dup = harness.listen(
+        "--config", config, "--node-id", "a", "--advertise", f"{host}:{free_port(host)}",
+        host=host, wait=False,
+    )  # fmt: skip
+    code = dup.wait_exit(LEASE_S + 15)
+    assert code == 1, dup.describe()
+    assert any("node id in use" in line for line in dup.error_lines()), dup.describe()
+    assert a.proc.running
