@@ -14,8 +14,6 @@ other services, but every failure counts against its source's rate limit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import anyio
 import anyio.abc
 import structlog
@@ -31,9 +29,6 @@ from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
 from muxtunnel.sources import address_key
 from muxtunnel.status import SessionRow
-
-if TYPE_CHECKING:  # a cluster's types load only with a cluster (they import redis)
-    pass
 
 __all__ = ["ClientSession"]
 
