@@ -1,4 +1,6 @@
-"""`python -m bench`: compare muxtunnel with direct, socat, ssh -R and Go yamux tunnels.
+"""`python -m bench`: compare muxtunnel with direct, socat, ssh -R/-L and Go yamux tunnels.
+
+`muxtunnel visit` (a private service: two mux hops) is compared with ssh -L.
 
 Sets up everything on loopback (iperf3 server, echo server, each path's processes),
 runs bounded measurements, tears everything down (also on Ctrl-C), then prints the
@@ -71,6 +73,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
     ap.add_argument(
+        "--muxtunnel",
+        type=Path,
+        default=None,
+        help="the muxtunnel executable to measure (default: this checkout's .venv); another "
+        "checkout's, for an A/B with the same bench",
+    )
+    ap.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -94,7 +103,9 @@ def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
         custom = True
     if a.no_lfn:
         plan.lfn_rtts, custom = (), True
-    if a.paths or a.mux_log_level or a.profile or a.no_http or a.http_only or a.no_cluster:
+    if a.paths or a.mux_log_level or a.profile or a.no_http or a.http_only or a.muxtunnel:
+        custom = True  # not comparable with the reference run
+    if a.no_cluster:
         custom = True  # not comparable with the reference run
     mode = "quick" if a.quick else "custom" if custom else "full"
     return plan, mode
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             "udp_len": plan.udp_len,
             "latency_idle_n": plan.latency_idle_n,
             "conn_seconds": plan.conn_seconds,
+            "messages_conns": plan.messages_conns,
+            "messages_seconds": plan.messages_seconds,
             "lfn_rtts": list(plan.lfn_rtts),
             "lfn_repeats": plan.lfn_repeats,
             "first_byte_n": plan.first_byte_n,
@@ -187,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             results=out,
             profile=a.profile,
             mux_log_level=a.mux_log_level,
+            **({"muxtunnel": a.muxtunnel.resolve()} if a.muxtunnel else {}),
         )
         if any(s.key.startswith("yamux") for s in specs):
             env.gotunnel, env.gotunnel_note = paths.build_gotunnel(tmp)

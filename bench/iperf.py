@@ -38,7 +38,10 @@ class IperfServer:
 
     def start(self) -> None:
         name = "iperf3-server" if not self.restarts else f"iperf3-server-{self.restarts}"
-        self.proc = Proc(name, ["iperf3", "-s", "-p", str(self.port)], log_dir=self.log_dir)
+        # Bound to loopback only: the port was checked free there (on a busy machine a port free
+        # on 127.0.0.1 may be taken on another address, and iperf3 binds [::] by default).
+        argv = ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(self.port)]
+        self.proc = Proc(name, argv, log_dir=self.log_dir)
         self.proc.wait_listening(self.port, 5)
 
     def restart(self) -> None:

@@ -56,6 +56,7 @@ class Endpoint:
     echo: Address  # echo service visitor address
     roles: dict[str, list[int]]  # the path's own processes (role -> root pids)
     notes: list[str] = field(default_factory=list)
+    echo_udp: Address | None = None  # UDP echo service visitor address, None if unsupported
 
 
 Opener = Callable[[Env, "float | None"], AbstractContextManager[Endpoint]]
@@ -119,7 +120,7 @@ def _wait_ports(ports: list[int], proc: Proc, timeout: float) -> None:
 def direct(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     """No tunnel. With rtt_ms, only a delay proxy in front of the services (its ceiling)."""
     if rtt_ms is None:
-        yield Endpoint(env.iperf, env.iperf, env.echo, {})
+        yield Endpoint(env.iperf, env.iperf, env.echo, {}, echo_udp=env.echo)
         return
     with ExitStack() as stack:
         tcp = _delay(stack, env, "delay-direct-iperf", env.iperf, rtt_ms)
@@ -136,7 +137,7 @@ def socat(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     if shutil.which("socat") is None:
         raise StartError("socat is not installed (apt-get install socat)")
     pub = free_port(udp_too=True)
-    echo = free_port()
+    echo = free_port(udp_too=True)
     tcp_opts = "bind=127.0.0.1,reuseaddr,fork,nodelay"
     with ExitStack() as stack:
         procs = [
@@ -175,11 +176,31 @@ def socat(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
                     env,
                 )
             ),
+            stack.enter_context(
+                _proc(
+                    "socat-echo-udp",
+                    [
+                        "socat",
+                        "-T",
+                        "15",
+                        f"UDP4-LISTEN:{echo},bind=127.0.0.1,reuseaddr,fork",
+                        f"UDP4:{env.echo[0]}:{env.echo[1]}",
+                    ],
+                    env,
+                )
+            ),
         ]
         procs[0].wait_listening(pub, 5)
         procs[1].wait_listening(pub, 5, udp=True)
         procs[2].wait_listening(echo, 5)
-        yield Endpoint((LOCAL, pub), (LOCAL, pub), (LOCAL, echo), {"socat": [p.pid for p in procs]})
+        procs[3].wait_listening(echo, 5, udp=True)
+        yield Endpoint(
+            (LOCAL, pub),
+            (LOCAL, pub),
+            (LOCAL, echo),
+            {"socat": [p.pid for p in procs]},
+            echo_udp=(LOCAL, echo),
+        )
 
 
 # -- ssh -R -------------------------------------------------------------------------------
@@ -194,9 +215,15 @@ def _keygen(path: Path) -> None:
     )
 
 
-@contextlib.contextmanager
-def ssh_r(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
-    """`ssh -R` to a throwaway sshd on a high loopback port (own keys and config)."""
+@dataclass
+class _Sshd:
+    port: int
+    dir: Path
+    pid: int
+
+
+def _sshd(stack: ExitStack, env: Env, notes: list[str]) -> _Sshd:
+    """A throwaway sshd on a high loopback port (own keys and config), stopped with `stack`."""
     sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
     if not os.path.exists(sshd_bin) or shutil.which("ssh") is None:
         raise StartError("OpenSSH server/client not installed (apt-get install openssh-server)")
@@ -209,7 +236,6 @@ def ssh_r(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     _keygen(d / "host_key")
     _keygen(d / "user_key")
     shutil.copy(d / "user_key.pub", d / "authorized_keys")
-    notes = []
     if not os.path.isdir("/run/sshd"):  # sshd's privilege separation directory
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         notes.append("created /run/sshd (sshd privilege separation dir)")
@@ -239,49 +265,61 @@ def ssh_r(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
             ]
         )
     )
+    sshd = stack.enter_context(
+        _proc("sshd", [sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], env)
+    )
+    sshd.wait_listening(port, 5)
+    return _Sshd(port, d, sshd.pid)
+
+
+def _ssh_argv(sshd: _Sshd, target: Address, forwards: list[str]) -> list[str]:
+    """`ssh -N` to the throwaway sshd at `target` with `forwards` (-R/-L options)."""
+    return [
+        "ssh", "-F", "/dev/null", "-N", "-T", "-p", str(target[1]), "-i",
+        str(sshd.dir / "user_key"), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+        "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", *forwards,
+        f"{getpass.getuser()}@{target[0]}",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def ssh_r(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
+    """`ssh -R` to a throwaway sshd on a high loopback port (own keys and config)."""
+    notes: list[str] = []
     pub, echo = free_port(), free_port()
     with ExitStack() as stack:
-        sshd = stack.enter_context(
-            _proc("sshd", [sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], env)
-        )
-        sshd.wait_listening(port, 5)
-        target: Address = (LOCAL, port)
+        sshd = _sshd(stack, env, notes)
+        target: Address = (LOCAL, sshd.port)
         if rtt_ms is not None:
             target = _delay(stack, env, "delay-ssh", target, rtt_ms)
-        ssh = stack.enter_context(
-            _proc(
-                "ssh",
-                [
-                    "ssh",
-                    "-F",
-                    "/dev/null",
-                    "-N",
-                    "-T",
-                    "-p",
-                    str(target[1]),
-                    "-i",
-                    str(d / "user_key"),
-                    "-o",
-                    "IdentitiesOnly=yes",
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "ExitOnForwardFailure=yes",
-                    "-o",
-                    "LogLevel=ERROR",
-                    "-R",
-                    f"{LOCAL}:{pub}:{env.iperf[0]}:{env.iperf[1]}",
-                    "-R",
-                    f"{LOCAL}:{echo}:{env.echo[0]}:{env.echo[1]}",
-                    f"{getpass.getuser()}@{target[0]}",
-                ],
-                env,
-            )
+        forwards = [
+            "-R", f"{LOCAL}:{pub}:{env.iperf[0]}:{env.iperf[1]}",
+            "-R", f"{LOCAL}:{echo}:{env.echo[0]}:{env.echo[1]}",
+        ]  # fmt: skip
+        ssh = stack.enter_context(_proc("ssh", _ssh_argv(sshd, target, forwards), env))
+        _wait_ports([pub, echo], ssh, 15 if rtt_ms is None else 30)
+        yield Endpoint(
+            (LOCAL, pub), None, (LOCAL, echo), {"sshd": [sshd.pid], "ssh": [ssh.pid]}, notes
         )
+
+
+@contextlib.contextmanager
+def ssh_l(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
+    """`ssh -L` through the throwaway sshd: what `muxtunnel visit` replaces (a local port that
+    reaches a service through a server, no public port for it)."""
+    notes: list[str] = []
+    pub, echo = free_port(), free_port()
+    with ExitStack() as stack:
+        sshd = _sshd(stack, env, notes)
+        target: Address = (LOCAL, sshd.port)
+        if rtt_ms is not None:
+            target = _delay(stack, env, "delay-ssh-l", target, rtt_ms)
+        forwards = [
+            "-L", f"{LOCAL}:{pub}:{env.iperf[0]}:{env.iperf[1]}",
+            "-L", f"{LOCAL}:{echo}:{env.echo[0]}:{env.echo[1]}",
+        ]  # fmt: skip
+        ssh = stack.enter_context(_proc("ssh-l", _ssh_argv(sshd, target, forwards), env))
         _wait_ports([pub, echo], ssh, 15 if rtt_ms is None else 30)
         yield Endpoint(
             (LOCAL, pub), None, (LOCAL, echo), {"sshd": [sshd.pid], "ssh": [ssh.pid]}, notes
@@ -415,7 +453,7 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
         raise StartError(f"muxtunnel CLI not usable yet: {tail[0][:200]}")
     token = secrets.token_hex(16)
     penv = {"MUXTUNNEL_TOKEN": token}
-    control, pub, echo = free_port(), free_port(udp_too=True), free_port()
+    control, pub, echo = free_port(), free_port(udp_too=True), free_port(udp_too=True)
     notes: list[str] = []
     with ExitStack() as stack:
         log = ["--log-level", env.mux_log_level] if env.mux_log_level else []
@@ -447,6 +485,8 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
             f"iperfu={env.iperf[0]}:{env.iperf[1]}:{pub}",
             "--tcp",
             f"echo={env.echo[0]}:{env.echo[1]}:{echo}",
+            "--udp",
+            f"echou={env.echo[0]}:{env.echo[1]}:{echo}",
             *log,
         ]
         up_argv, out = _profiled(up_argv, env, "up")
@@ -457,7 +497,7 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
         )
         wait = 20 if rtt_ms is None else 40
         addrs: dict[str, Address] = {}
-        for name, kind in (("iperf", "tcp"), ("iperfu", "udp"), ("echo", "tcp")):
+        for name, kind in (("iperf", "tcp"), ("iperfu", "udp"), ("echo", "tcp"), ("echou", "udp")):
             m = up.wait_line(_SERVICE_LINE.format(name=re.escape(name), kind=kind), wait)
             host = m.group(1).strip("[]")
             addrs[name] = (LOCAL if host in ("0.0.0.0", "::", "") else host, int(m.group(2)))
@@ -470,6 +510,63 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
             addrs["echo"],
             {"listen": [listen.pid], "up": [up.pid]},
             notes,
+            echo_udp=addrs["echou"],
+        )
+
+
+@contextlib.contextmanager
+def visit(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
+    """`listen` + `up --private` + `muxtunnel visit`: the services have no public port; the
+    visitor's connections cross two mux hops (visit -> listen -> up). With rtt_ms the delay
+    proxy sits between visit and listen, the hop a visitor crosses (as for ssh -L)."""
+    exe = env.muxtunnel
+    if not exe.exists():
+        raise StartError(f"{exe} does not exist (pip install -e .)")
+    token, visitor_token = secrets.token_hex(16), secrets.token_hex(16)
+    penv = {"MUXTUNNEL_TOKEN": token, "MUXTUNNEL_VISITOR_TOKEN": visitor_token}
+    control, pub, echo = free_port(), free_port(udp_too=True), free_port()
+    with ExitStack() as stack:
+        log = ["--log-level", env.mux_log_level] if env.mux_log_level else []
+        listen = stack.enter_context(
+            _proc("visit-listen", [str(exe), "listen", "--bind", f"{LOCAL}:{control}", *log], env,
+                  extra_env=penv, stop_signal=signal.SIGINT)
+        )  # fmt: skip
+        listen.wait_listening(control, 15)
+        up_argv = [
+            str(exe), "up", "--server", f"{LOCAL}:{control}", "--private",
+            "--tcp", f"iperf={env.iperf[0]}:{env.iperf[1]}",
+            "--udp", f"iperfu={env.iperf[0]}:{env.iperf[1]}",
+            "--tcp", f"echo={env.echo[0]}:{env.echo[1]}", *log,
+        ]  # fmt: skip
+        up = stack.enter_context(
+            _proc("visit-up", up_argv, env, extra_env=penv, stop_signal=signal.SIGINT)
+        )
+        for name, kind in (("iperf", "tcp"), ("iperfu", "udp"), ("echo", "tcp")):
+            up.wait_line(rf"^{name}\s+{kind}\s+private\s+->", 20)
+        target: Address = (LOCAL, control)
+        if rtt_ms is not None:
+            target = _delay(stack, env, "delay-visit", target, rtt_ms)
+        config = env.tmp / "visit.yaml"
+        config.write_text(
+            "visitor:\n"
+            f"  server: {target[0]}:{target[1]}\n"
+            "  services:\n"
+            f"    - {{name: iperf, bind: '{LOCAL}:{pub}'}}\n"
+            f"    - {{name: iperfu, type: udp, bind: '{LOCAL}:{pub}'}}\n"
+            f"    - {{name: echo, bind: '{LOCAL}:{echo}'}}\n"
+        )
+        visitor = stack.enter_context(
+            _proc("visit", [str(exe), "visit", "--config", str(config), "--no-watch", *log], env,
+                  extra_env=penv, stop_signal=signal.SIGINT)
+        )  # fmt: skip
+        for name, kind in (("iperf", "tcp"), ("iperfu", "udp"), ("echo", "tcp")):
+            visitor.wait_line(_SERVICE_LINE.format(name=re.escape(name), kind=kind), 30)
+        yield Endpoint(
+            (LOCAL, pub),
+            (LOCAL, pub),
+            (LOCAL, echo),
+            {"listen": [listen.pid], "up": [up.pid], "visit": [visitor.pid]},
+            ["two mux hops: visit -> listen -> up"],
         )
 
 
@@ -483,6 +580,8 @@ PATHS: list[PathSpec] = [
     ),
     PathSpec("socat", "socat relay", socat, udp=True, lfn=False, kind="relay"),
     PathSpec("ssh", "ssh -R", ssh_r, udp=False, lfn=True, kind="tunnel"),
+    PathSpec("visit", "muxtunnel visit", visit, udp=True, lfn=True, kind="tunnel"),
+    PathSpec("sshl", "ssh -L", ssh_l, udp=False, lfn=True, kind="tunnel"),
     PathSpec(
         "yamux256k", "Go yamux 256K", gotunnel(256 * 1024), udp=False, lfn=True, kind="tunnel"
     ),

@@ -148,6 +148,39 @@ def latency_rows(results: dict[str, Any]) -> Rows:
     return header, rows
 
 
+def messages_rows(results: dict[str, Any]) -> Rows:
+    header = [
+        "path",
+        "TCP msgs/s",
+        "TCP p50 ms",
+        "TCP p99 ms",
+        "UDP msgs/s",
+        "UDP p50 ms",
+        "UDP p99 ms",
+        "UDP lost",
+    ]
+    rows = []
+    for e in results["paths"].values():
+        if (s := _status(e)) is not None:
+            rows.append([e["label"], s] + [""] * (len(header) - 2))
+            continue
+        m = e.get("messages")
+        if not m:
+            continue
+        row = [e["label"]]
+        for proto in ("tcp", "udp"):
+            r = m.get(proto)
+            if r is None:
+                row += ["n/a", "", ""] if proto == "tcp" else ["n/a", "", "", ""]
+                continue
+            rtt = r.get("rtt") or {}
+            row += [num(r.get("msgs_per_s")), ms(rtt.get("p50_ms")), ms(rtt.get("p99_ms"))]
+            if proto == "udp":
+                row.append(num(r.get("lost")))
+        rows.append(row)
+    return header, rows
+
+
 def lfn_rows(results: dict[str, Any]) -> Rows:
     rtts = list(results.get("lfn", {}))
     header = ["path"]
@@ -182,6 +215,8 @@ def target_rows(results: dict[str, Any]) -> Rows:
         fmt = (
             rate
             if t["unit"] == "bit/s"
+            else (lambda x: "-" if _nan(x) else f"{num(x)}/s")
+            if t["unit"] == "/s"
             else (lambda x, u=t["unit"]: "-" if _nan(x) else f"{num(x, 2)} {u}")
         )
         res = {True: "met", False: "MISSED", None: "n/a"}[t["ok"]]
@@ -231,6 +266,7 @@ SECTIONS = [
     ("Throughput on loopback (median (min-max), bit/s)", throughput_rows),
     ("CPU and memory of the path's own processes (100 % = one core)", resource_rows),
     ("Latency: 64-byte request/response; short visitor connections", latency_rows),
+    ("Small messages: 64-byte request/response, concurrent visitors", messages_rows),
     ("Long fat link: delay proxy between the tunnel's two halves", lfn_rows),
     ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
     ("Cluster: through the owning node and a forwarding one; one node vs three", cluster.rows),
@@ -292,6 +328,11 @@ HOW = """\
   runs through the same path; the bulk rate reached meanwhile is shown.
 - New connections: sequential short connections for {conn_s:g} s (connect, 64 bytes,
   echo, close); rate and time from connect() to the first reply byte.
+- Small messages: {msg_conns} visitors at once, each sends 64 bytes and waits for the 64-byte
+  echo before the next, for {msg_s:g} s (TCP: {msg_conns} connections; UDP: {msg_conns} sockets,
+  so {msg_conns} flows through a tunnel, a datagram not echoed within 0.2 s counts as lost and
+  its socket sends the next); messages/s and the round trip of every 16th message. The load
+  runs in the bench process on uvloop; `direct` shows its ceiling.
 - Long fat link: `bench.delayproxy` (userspace; RTT/2 each way, 32 MiB in-flight cap)
   between the tunnel's client and server halves (muxtunnel `up`->`listen`, `ssh`->`sshd`,
   Go client->server); "direct" puts it between the visitor and the services, i.e. the
@@ -348,6 +389,8 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
             udp_len=plan["udp_len"],
             lat_n=plan["latency_idle_n"],
             conn_s=plan["conn_seconds"],
+            msg_conns=plan.get("messages_conns", 50),
+            msg_s=plan.get("messages_seconds", 2.0),
         )
         + how_http,
     ]

@@ -2,6 +2,7 @@
 
 Per path (loopback, no added delay):
   idle RSS, idle request/response latency, short-connection rate + time to first byte,
+  small messages over 50 concurrent visitors (TCP, and UDP if the path carries it),
   TCP -P1 / -P8 / -R and UDP at each bitrate (each run: CPU% and peak RSS of the path's
   own processes), then request/response latency while an iperf3 -P1 bulk run shares
   the same tunnel.
@@ -19,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import iperf, latency, procstat
+from bench import iperf, latency, messages, procstat
 from bench.iperf import IperfServer
 from bench.paths import Endpoint, Env, PathSpec
 from bench.proc import StartError
@@ -41,6 +42,8 @@ class Plan:
     udp_len: int = 1400
     latency_idle_n: int = 300
     conn_seconds: float = 2.0
+    messages_conns: int = 50
+    messages_seconds: float = 2.0
     lfn_rtts: tuple[float, ...] = (50.0, 200.0)
     lfn_repeats: int = 1
     first_byte_n: int = 5
@@ -54,6 +57,7 @@ class Plan:
             udp_rates=("1G",),
             latency_idle_n=150,
             conn_seconds=1.0,
+            messages_seconds=1.0,
             lfn_rtts=(50.0,),
             first_byte_n=3,
         )
@@ -181,6 +185,31 @@ class Runner:
         )
         return out
 
+    def _messages(self, key: str, entry: dict[str, Any], ep: Endpoint) -> dict[str, Any]:
+        """64-byte request/response over `messages_conns` concurrent visitors, TCP and UDP."""
+        plan = self.plan
+        out: dict[str, Any] = {"conns": plan.messages_conns}
+        probes = [("tcp", ep.echo, messages.tcp), ("udp", ep.echo_udp, messages.udp)]
+        for proto, addr, probe in probes:
+            if addr is None:
+                continue
+            res = self._figure(
+                entry,
+                f"small messages {proto}",
+                lambda addr=addr, probe=probe: probe(
+                    addr, conns=plan.messages_conns, seconds=plan.messages_seconds
+                ),
+            )
+            if res:
+                out[proto] = res
+                lost = f", {res['lost']} lost" if proto == "udp" else ""
+                self.log(
+                    key,
+                    f"small messages {proto} x{plan.messages_conns}: "
+                    f"{res['msgs_per_s']:.0f}/s, p99 {res['rtt']['p99_ms']:.2f} ms{lost}",
+                )
+        return out
+
     # -- per path -----------------------------------------------------------------------
     def run_path(self, spec: PathSpec) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -228,6 +257,7 @@ class Runner:
                         f"short connections: {rate:.0f}/s, first byte p50 "
                         f"{entry['connrate']['ttfb']['p50_ms']:.2f} ms",
                     )
+                entry["messages"] = self._messages(spec.key, entry, ep)
                 entry["tcp"] = {}
                 for mode in plan.tcp_modes:
                     entry["tcp"][mode] = self._iperf_series(

@@ -19,6 +19,9 @@ MUX_TLS = "muxtunnel-tls"
 YAMUX = "yamux256k"
 SSH = "ssh"
 RELAY = "socat"
+#: Private services: `muxtunnel visit` (two mux hops), and what it replaces, `ssh -L`.
+VISIT = "visit"
+SSH_L = "sshl"
 
 
 def _get(d: Any, *keys: str) -> float | None:
@@ -115,6 +118,20 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
 
+    for mode in ("P1", "P8"):
+        rows.append(
+            _row(
+                f"visit-{mode.lower()}-ssh-l",
+                f"visit: TCP -{mode} through two mux hops >= ssh -L",
+                tcp(VISIT, mode),
+                "bit/s",
+                tcp(SSH_L, mode),
+                "ssh -L",
+                1.0,
+                True,
+            )
+        )
+
     l50 = lfn.get("50", {})
     mux_l50 = _get(l50.get(MUX), "tcp", "bps", "median")
     rows.append(
@@ -195,6 +212,100 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
 
+    def conns(key: str) -> float | None:
+        return _get(paths.get(key), "connrate", "conns_per_s")
+
+    def first_byte_p50(key: str) -> float | None:
+        return _get(paths.get(key), "connrate", "ttfb", "p50_ms")
+
+    def msgs(key: str, proto: str) -> float | None:
+        return _get(paths.get(key), "messages", proto, "msgs_per_s")
+
+    rows.append(
+        _row(
+            "conns-yamux",
+            "new visitor connections/s >= yamux(256K) tunnel's",
+            conns(MUX),
+            "/s",
+            conns(YAMUX),
+            "Go yamux 256K",
+            1.0,
+            True,
+        )
+    )
+    rows.append(
+        _row(
+            "first-byte-yamux",
+            "new visitor first byte p50 <= yamux(256K) tunnel's",
+            first_byte_p50(MUX),
+            "ms",
+            first_byte_p50(YAMUX),
+            "Go yamux 256K",
+            1.0,
+            False,
+        )
+    )
+    rows.append(
+        _row(
+            "idle-p99-abs",
+            "idle latency p99 <= 1 ms",
+            _get(paths.get(MUX), "latency", "idle", "p99_ms"),
+            "ms",
+            1.0,
+            "1 ms",
+            1.0,
+            False,
+        )
+    )
+    rows.append(
+        _row(
+            "msgs-tcp-yamux",
+            "small messages x50 TCP >= yamux(256K) tunnel's",
+            msgs(MUX, "tcp"),
+            "/s",
+            msgs(YAMUX, "tcp"),
+            "Go yamux 256K",
+            1.0,
+            True,
+        )
+    )
+    rows.append(
+        _row(
+            "msgs-tcp-relay",
+            "small messages x50 TCP >= 0.8x plain relay's",
+            msgs(MUX, "tcp"),
+            "/s",
+            msgs(RELAY, "tcp"),
+            "socat",
+            0.8,
+            True,
+        )
+    )
+    rows.append(
+        _row(
+            "msgs-udp-relay",
+            "small messages x50 UDP >= 0.8x plain relay's",
+            msgs(MUX, "udp"),
+            "/s",
+            msgs(RELAY, "udp"),
+            "socat",
+            0.8,
+            True,
+        )
+    )
+    idle = (paths.get(MUX) or {}).get("idle_rss_mib")
+    rows.append(
+        _row(
+            "rss-idle",
+            "idle RSS listen+up <= 40 MiB",
+            sum(idle.values()) if isinstance(idle, dict) and idle else None,
+            "MiB",
+            40.0,
+            "40 MiB",
+            1.0,
+            False,
+        )
+    )
     http_rps, tcp_rps = http.keepalive_ratio(results)
     rows.append(
         _row(

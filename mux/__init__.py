@@ -5,7 +5,13 @@
 SPEC.md beside this file for our reading of it.
 """
 
-from mux._anyio_seam import pause_reading, read_one_chunk_per_wait, start_tls
+from mux._anyio_seam import (
+    pause_reading,
+    read_one_chunk_per_wait,
+    read_ready,
+    start_tls,
+    take_over,
+)
 from mux._config import MuxConfig
 from mux._connection import Connection
 from mux._const import Flag, FrameType, GoAwayCode
@@ -20,6 +26,7 @@ from mux._events import (
     StreamOpened,
     StreamReset,
 )
+from mux._stream import StreamConsumer
 from mux.aio import MuxStream, Session, SessionClosed, StreamResetError
 
 __all__ = [
@@ -40,11 +47,14 @@ __all__ = [
     "Session",
     "SessionClosed",
     "StreamAcked",
+    "StreamConsumer",
     "StreamEnded",
     "StreamOpened",
     "StreamReset",
     "StreamResetError",
     "pause_reading",
     "read_one_chunk_per_wait",
+    "read_ready",
     "start_tls",
+    "take_over",
 ]

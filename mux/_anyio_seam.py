@@ -1,19 +1,21 @@
 """The one place that reaches into anyio's asyncio socket streams.
 
 anyio's `SocketStream` for the asyncio backend (uvloop included) wraps an asyncio transport and a
-`StreamProtocol` that queues what the loop reads. Four things above need what anyio does not
-expose: the carrier fast path drives the transport as a protocol of its own (`take_over`), an
-accepted socket must stop reading until someone waits (`pause_reading`), a visitor socket
-must read at most one chunk per wait (`read_one_chunk_per_wait`), and a carrier is upgraded to
-TLS on the transport itself (`start_tls`), so that the fast path drives the loop's SSL transport
-rather than a TLS wrapper that costs a task switch and a copy per read and per write.
+`StreamProtocol` that queues what the loop reads. Six things above need what anyio does not
+expose: the carrier fast path drives the transport as a protocol of its own (`socket_internals`),
+so does a visitor's relay (`take_over`), an accepted socket must stop reading until someone
+waits (`pause_reading`), a visitor socket must read at most one chunk per wait
+(`read_one_chunk_per_wait`), what a visitor sent with its connect is taken at once to ride its
+stream's SYN (`read_ready`), and a carrier is upgraded to TLS on the transport itself
+(`start_tls`), so that the fast path drives the loop's SSL transport rather than a TLS wrapper
+that costs a task switch and a copy per read and per write.
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
-`StreamProtocol.is_at_eof` and `StreamProtocol.data_received`; and `start_tls` builds a
-`StreamProtocol` and a `SocketStream` of its own (`type(protocol)()`, `type(stream)(transport,
-protocol)`), as anyio's `connect_tcp` does. `pyproject.toml` pins anyio to
-the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
+`StreamProtocol.read_event`, `StreamProtocol.is_at_eof` and `StreamProtocol.data_received`; and
+`start_tls` builds a `StreamProtocol` and a `SocketStream` of its own (`type(protocol)()`,
+`type(stream)(transport, protocol)`), as anyio's `connect_tcp` does. `pyproject.toml` pins anyio
+to the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
 than letting the fast path silently switch off) when a stream of the asyncio backend no longer
 looks the way this module expects.
 
@@ -24,6 +26,7 @@ does nothing for it.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from typing import Any
@@ -36,8 +39,10 @@ __all__ = [
     "SocketInternals",
     "pause_reading",
     "read_one_chunk_per_wait",
+    "read_ready",
     "socket_internals",
     "start_tls",
+    "take_over",
 ]
 
 #: Where anyio defines its asyncio `SocketStream` (uvloop's transports do not subclass
@@ -77,6 +82,7 @@ def socket_internals(stream: anyio.abc.ByteStream) -> SocketInternals | None:
         transport is None
         or not hasattr(transport, "set_protocol")
         or not isinstance(getattr(protocol, "read_queue", None), deque)
+        or not isinstance(getattr(protocol, "read_event", None), asyncio.Event)
         or not callable(getattr(protocol, "data_received", None))
     ):
         return None
@@ -86,6 +92,55 @@ def socket_internals(stream: anyio.abc.ByteStream) -> SocketInternals | None:
     except (AttributeError, RuntimeError):  # uvloop: the handle is already gone
         return None
     return SocketInternals(transport, protocol)
+
+
+def take_over(
+    stream: anyio.abc.ByteStream, protocol: asyncio.BaseProtocol
+) -> tuple[asyncio.Transport, bytes, bool] | None:
+    """Make `protocol` the protocol of `stream`'s transport, or None (nothing changed) if
+    `stream` is not an open asyncio socket stream.
+
+    Returns the transport, the bytes anyio had read that nobody received (they come before
+    anything `protocol` sees) and whether the peer's EOF was among them. Reading stays as it
+    was (accepted sockets: paused; see `pause_reading`): the caller resumes it when ready.
+    The anyio stream must not be read or written after this; closing it closes the transport.
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return None
+    unread = internals.unread
+    data = b"".join(unread)
+    unread.clear()
+    at_eof = internals.at_eof
+    internals.transport.set_protocol(protocol)
+    return internals.transport, data, at_eof
+
+
+def read_ready(stream: anyio.abc.ByteStream, max_bytes: int) -> bytes:
+    """Up to `max_bytes` the peer already sent, taken now without waiting; b"" if none (or at
+    EOF, which the stream then still sees).
+
+    First what anyio's protocol read and nobody received (uvloop reads an accepted socket at
+    once), then what the kernel holds: a non-blocking read of the socket, which is safe only
+    while the transport is not reading it (an accepted socket before it is served; see
+    `pause_reading`). Anything else (not an asyncio socket) gives b"".
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return b""
+    unread = internals.unread
+    data = b""
+    while unread and len(data) + len(unread[0]) <= max_bytes:
+        data += unread.popleft()
+    if not unread:
+        internals.protocol.read_event.clear()  # else the next receive() sees a false EOF
+    if unread or internals.at_eof or len(data) >= max_bytes:
+        return data
+    try:
+        fd = internals.transport.get_extra_info("socket").fileno()
+        return data + os.read(fd, max_bytes - len(data))
+    except (OSError, AttributeError, ValueError):  # nothing yet (EAGAIN), or gone already
+        return data
 
 
 def pause_reading(stream: anyio.abc.ByteStream) -> None:

@@ -16,7 +16,12 @@ Rules that must stay true:
    driver has written them out (`reading_paused`).
 3. Control frames (window updates, ACK, RST, pongs, GoAway) leave before any data. Data leaves
    round-robin over the streams that have both bytes and credit, one frame of at most
-   `max_frame_bytes` each per turn, so a bulk stream cannot hold the carrier.
+   `max_frame_bytes` each per turn, so a bulk stream cannot hold the carrier. A stream that
+   has little to send when it is queued (at most `_LIGHT_BYTES`: a request, a keystroke, an
+   echo) is light: light streams go first, a frame of at most `_LIGHT_BYTES` each per turn,
+   but take at most half of a batch while heavy streams wait (deficit round robin with a
+   small quantum for the light class: a 64 B message never waits behind megabytes, and no
+   number of light streams starves bulk). O(1) per frame.
 4. Credit is returned only for bytes the consumer has read (`stream_read`): see `_window.py`.
 5. A stream leaves the table when it reaches `CLOSED` in `_state.py`'s transition table: both
    FINs have passed or either side reset it. Every change of a stream's half-close state goes
@@ -82,6 +87,10 @@ _MAX_SKIPPED_IDS = 1024
 _SMALL_UPDATE_BYTES = 1024
 #: Smallest Data frame we send while more bytes are waiting (see `_Stream.sendable`).
 _MIN_DATA_FRAME_BYTES = 1024
+#: A stream queued with at most this much to send is light (rule 3), and this is the most a
+#: light stream sends per turn: an interactive message fits (a 64 B request, an HTTP request
+#: head); a bulk stream's buffer is far larger (reads of 256 KiB).
+_LIGHT_BYTES = 16 * 1024
 
 
 class _Stream:
@@ -144,7 +153,8 @@ class Connection:
         #: and RSTs of streams it opened (a peer that opens streams and never reads would
         #: otherwise grow `_control` by two frames a SYN, whoever queues them).
         self._solicited = 0
-        self._ready: deque[_Stream] = deque()
+        self._ready: deque[_Stream] = deque()  # heavy streams with bytes and credit
+        self._light: deque[_Stream] = deque()  # light streams (rule 3): they go first
         self._writable: list[int] = []
 
         self._header_buf = bytearray()
@@ -222,7 +232,7 @@ class Connection:
         return len(self._unacked) < self.config.accept_backlog
 
     def has_data_to_send(self) -> bool:
-        return bool(self._control or self._ready)
+        return bool(self._control or self._ready or self._light)
 
     # ------------------------------------------------------------------ local actions
 
@@ -301,6 +311,11 @@ class Connection:
             self._transition(stream, StreamInput.RESET)
             self._remove(stream)
 
+    def allow_streams(self) -> None:
+        """Take streams from the peer again after `refuse_streams` (e.g. once it has proven
+        who it is): later SYNs are accepted up to the backlog and stream limits as before."""
+        self.refusing = False
+
     def stream_read(self, stream_id: int, amount: int, now: float) -> None:
         """The consumer has read `amount` bytes of the stream: return credit as policy says."""
         stream = self._streams.get(stream_id)
@@ -338,15 +353,25 @@ class Connection:
         if self.terminated is not None:
             return out
         budget = self.config.write_batch_bytes if max_bytes is None else max_bytes
-        ready = self._ready
+        ready, light = self._ready, self._light
+        light_budget = budget // 2  # while heavy streams wait (rule 3)
         max_frame = self.config.max_frame_bytes
+        light_quantum = min(_LIGHT_BYTES, max_frame)
         mark = self.config.stream_send_buffer_bytes
-        while ready and budget > 0:
-            stream = ready.popleft()
+        while (ready or light) and budget > 0:
+            from_light = bool(light) and (light_budget > 0 or not ready)
+            if from_light:
+                stream = light.popleft()
+                quantum = light_quantum
+            else:
+                stream = ready.popleft()
+                quantum = max_frame
             stream.queued = False
             if stream.id not in self._streams or not stream.sendable():
                 continue
-            size = min(stream.send_buffered, stream.send_window, max_frame)
+            size = min(stream.send_buffered, stream.send_window, quantum)
+            if from_light:
+                light_budget -= size + HEADER_SIZE
             flags = 0
             if stream.syn_pending:
                 flags |= _SYN
@@ -366,7 +391,7 @@ class Connection:
             if fin:
                 self._transition(stream, StreamInput.FIN_WRITTEN)
                 self._maybe_remove(stream)
-            elif stream.sendable():
+            elif stream.sendable():  # it had more than a light turn's worth: heavy now
                 stream.queued = True
                 ready.append(stream)
         return out
@@ -450,11 +475,14 @@ class Connection:
     def _finish_body(self, events: list[Event]) -> None:
         stream = self._body_stream
         self._body_stream = None
-        if stream is not None and self._body_fin:
-            self._body_fin = False
-            if stream.id in self._streams:
-                events.append(StreamEnded(stream.id))
-                self._maybe_remove(stream)
+        fin, self._body_fin = self._body_fin, False
+        if fin and stream is not None and stream.id in self._streams:
+            # The FIN of a Data frame takes effect after its last byte: applied at the header,
+            # our own FIN written while the body still came in would close the stream and drop
+            # the rest of the body and the EOF.
+            self._transition(stream, StreamInput.RECV_FIN)
+            events.append(StreamEnded(stream.id))
+            self._maybe_remove(stream)
 
     def _on_header(
         self, version: int, type: int, flags: int, stream_id: int, length: int,
@@ -550,10 +578,10 @@ class Connection:
             events.append(StreamReset(stream_id))
             return
         if flags & _FIN and stream.state < _REMOTE_CLOSED:
-            self._transition(stream, StreamInput.RECV_FIN)
             if self._body_left:
-                self._body_fin = True  # StreamEnded after the body's bytes
+                self._body_fin = True  # the FIN takes effect after the body (`_finish_body`)
             else:
+                self._transition(stream, StreamInput.RECV_FIN)
                 events.append(StreamEnded(stream_id))
                 self._maybe_remove(stream)
 
@@ -641,7 +669,10 @@ class Connection:
     def _schedule(self, stream: _Stream) -> None:
         if not stream.queued:
             stream.queued = True
-            self._ready.append(stream)
+            if stream.send_buffered <= _LIGHT_BYTES:
+                self._light.append(stream)
+            else:
+                self._ready.append(stream)
 
     @staticmethod
     def _take_chunks(stream: _Stream, size: int, out: list[Buffer]) -> None:
@@ -688,5 +719,6 @@ class Connection:
         self.terminated = code
         self.local_go_away = True
         self._ready.clear()
+        self._light.clear()
         for stream in list(self._streams.values()):
             self._remove(stream)

@@ -7,8 +7,9 @@ only moves bytes, keeps time and wakes tasks. The carrier (`_carrier.py`: the as
 transport fast path, or any `ByteStream`) and the streams (`_stream.py`: `MuxStream`) are
 modules of their own; `MuxStream`, `SessionClosed` and `StreamResetError` are re-exported here.
 
-What this module may import: anyio's public API, the core, `mux._carrier` and `mux._stream`
-(never anyio's internals: only `mux._anyio_seam` reads those, for the carrier).
+What this module may import: anyio's public API, asyncio (the fast path's end-of-turn write),
+the core, `mux._carrier` and `mux._stream` (never anyio's internals: only `mux._anyio_seam`
+reads those, for the carrier).
 
 What must stay true:
 
@@ -27,8 +28,10 @@ What must stay true:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -36,7 +39,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from mux._carrier import CARRIER_ERRORS, Carrier, StreamCarrier, TransportCarrier
+from mux._carrier import (
+    CARRIER_ERRORS,
+    Carrier,
+    ReceiveBuffer,
+    StreamCarrier,
+    TransportCarrier,
+    tune_carrier_socket,
+)
 from mux._config import MuxConfig
 from mux._connection import Buffer, Connection
 from mux._const import GoAwayCode
@@ -80,9 +90,19 @@ class Session:
         self._carrier: Carrier = StreamCarrier(transport, self.config.read_size_bytes)
         self._streams: dict[int, MuxStream] = {}
         self._accept_queue: deque[MuxStream] = deque()
-        self._accept_wakeup = anyio.Event()
-        self._open_wakeup = anyio.Event()
+        # Made by the first waiter, set and dropped by the next notification: a stream opened,
+        # acked or ended costs no event when nobody waits (most of the time).
+        self._accept_wakeup: anyio.Event | None = None
+        self._open_wakeup: anyio.Event | None = None
+        #: The clock of stream timestamps and the sweeper: anyio's (the loop's), read straight
+        #: from the asyncio loop once it runs (`anyio.current_time()` looks the backend up).
+        self._time: Callable[[], float] = anyio.current_time
         self._writer_wakeup: anyio.Event | None = None
+        #: The fast path's loop: frames queued during a turn are written by one callback at
+        #: its end (`_wake_writer`); None for other carriers, whose writer task writes them.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_pending = False
+        self._receive_buffer: ReceiveBuffer | None = None
         self._drained = anyio.Event()
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
@@ -97,7 +117,15 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
-        self._carrier = TransportCarrier.attach(self._transport) or self._carrier
+        tune_carrier_socket(self._transport, self.config)
+        self._receive_buffer = ReceiveBuffer.of(self._transport, self.config)
+        carrier = TransportCarrier.attach(self._transport)
+        if carrier is not None:
+            carrier.on_room = self._on_room
+            carrier.inline = self._receive_inline
+            self._carrier = carrier
+            self._loop = asyncio.get_running_loop()
+            self._time = self._loop.time
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -188,6 +216,8 @@ class Session:
             self._raise_if_closed()
             if self.conn.can_open_stream:
                 return self.open_stream_nowait(initial_data)
+            if self._open_wakeup is None:
+                self._open_wakeup = anyio.Event()
             await self._open_wakeup.wait()
 
     def open_stream_nowait(self, initial_data: bytes = b"") -> MuxStream:
@@ -202,7 +232,7 @@ class Session:
             stream_id = self.conn.open_stream(initial_data)
         except LocalProtocolError as exc:
             raise SessionClosed(str(exc)) from exc
-        stream = MuxStream(self, stream_id, anyio.current_time())
+        stream = MuxStream(self, stream_id, self._time())
         self._streams[stream_id] = stream
         self._wake_writer()
         return stream
@@ -211,6 +241,8 @@ class Session:
         """Wait for the next stream the peer opens. Raises `SessionClosed` when the session ends."""
         while not self._accept_queue:
             self._raise_if_closed()
+            if self._accept_wakeup is None:
+                self._accept_wakeup = anyio.Event()
             await self._accept_wakeup.wait()
         stream = self._accept_queue.popleft()
         self.conn.accept_stream(stream.stream_id)
@@ -231,6 +263,12 @@ class Session:
             stream._on_reset("refused: the session takes no more streams")
             stream._buffer.clear()
         self._wake_writer()
+
+    def allow_streams(self) -> None:
+        """Take streams from the peer again after `refuse_streams`: later ones wait to be
+        accepted, within the accept backlog, as before (`Connection.allow_streams`)."""
+        if self._error is None:
+            self.conn.allow_streams()
 
     @property
     def refused_streams(self) -> int:
@@ -267,10 +305,14 @@ class Session:
     async def _reader(self) -> None:
         conn = self.conn
         receive = self._carrier.receive
+        receive_buffer = self._receive_buffer
         try:
             while True:
                 data = await receive()
-                self._dispatch(conn.receive_data(data, _now()))
+                now = _now()
+                self._dispatch(conn.receive_data(data, now))
+                if receive_buffer is not None:
+                    receive_buffer.update(now, conn.rtt_s)
                 while conn.reading_paused:
                     self._drained = anyio.Event()
                     self._wake_writer()
@@ -286,6 +328,27 @@ class Session:
             await self._fail("the peer closed the connection")
         except CARRIER_ERRORS as exc:
             await self._fail(f"connection lost: {exc!r}")
+
+    def _receive_inline(self, data: Buffer) -> None:
+        """The reader's work for one carrier read, done in the loop's callback (fast path).
+
+        Whatever the reader task must do itself (wait for the replies the peer solicited to
+        be written, end the session on an error) goes back to it through the carrier.
+        """
+        assert isinstance(self._carrier, TransportCarrier)
+        conn = self.conn
+        try:
+            now = _now()
+            self._dispatch(conn.receive_data(data, now))
+            if self._receive_buffer is not None:
+                self._receive_buffer.update(now, conn.rtt_s)
+        except Exception as exc:  # the reader task raises it, as if it had read the bytes
+            self._carrier.wake_reader(exc)
+            return
+        if conn.reading_paused:
+            self._carrier.wake_reader()
+        elif conn.has_data_to_send():
+            self._wake_writer()
 
     async def _writer(self) -> None:
         try:
@@ -355,7 +418,7 @@ class Session:
         period = min(max(min(open_limit, half_limit) / 10, 0.05), 5.0)
         while self._error is None:
             await anyio.sleep(period)
-            now = anyio.current_time()
+            now = self._time()
             for stream in list(self._streams.values()):
                 if stream._acked_at is None and now - stream._opened_at > open_limit:
                     stream._abort("the peer did not acknowledge the stream in time")
@@ -368,13 +431,17 @@ class Session:
 
     def _dispatch(self, events: list[Event]) -> None:
         streams = self._streams
+        received = self._receive_buffer.received if self._receive_buffer is not None else None
         for event in events:
             if type(event) is DataReceived:
-                stream = streams.get(event.stream_id)
+                stream_id = event.stream_id
+                if received is not None:
+                    received[stream_id] = received.get(stream_id, 0) + len(event.data)
+                stream = streams.get(stream_id)
                 if stream is not None:
                     stream._on_data(event.data)
             elif isinstance(event, StreamOpened):
-                stream = MuxStream(self, event.stream_id, anyio.current_time(), acked=True)
+                stream = MuxStream(self, event.stream_id, self._time(), acked=True)
                 streams[event.stream_id] = stream
                 self._accept_queue.append(stream)
                 self._notify_accept()
@@ -393,7 +460,7 @@ class Session:
             elif isinstance(event, StreamAcked):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._acked_at = anyio.current_time()
+                    stream._acked_at = self._time()
                 self._notify_open()
             elif isinstance(event, PongReceived):
                 waiter = self._pings.get(event.opaque)
@@ -405,22 +472,43 @@ class Session:
     # Many tasks may wait to open or accept: each wait is on the current event, and a
     # notification sets it and puts a fresh one in place, so no waiter is ever left behind.
     def _notify_open(self) -> None:
-        self._open_wakeup.set()
-        self._open_wakeup = anyio.Event()
+        if self._open_wakeup is not None:
+            self._open_wakeup.set()
+            self._open_wakeup = None
 
     def _notify_accept(self) -> None:
-        self._accept_wakeup.set()
-        self._accept_wakeup = anyio.Event()
+        if self._accept_wakeup is not None:
+            self._accept_wakeup.set()
+            self._accept_wakeup = None
 
-    def _wake_writer(self) -> None:
-        """Frames were queued in the core: write them now if that cannot block, else wake the
-        writer. Writing from the task that queued them saves a task switch per bulk chunk and
-        a loop turn for a small message; the writer task still does every write that has to
-        wait for room (and what one batch left over)."""
+    def _wake_writer(self, now: bool = False) -> None:
+        """Frames were queued in the core: get them written at the end of this loop turn.
+
+        One callback per turn writes what every stream queued meanwhile in one batch (one
+        writev for the small messages of fifty visitors, not fifty), without a task switch;
+        the writer task still does every write that has to wait for room (and what one batch
+        left over). Bulk writes (`now`) and carriers that cannot write without waiting go at
+        once.
+        """
+        if now or self._loop is None:
+            self._flush()
+            return
+        if self._flush_pending:
+            return
+        self._flush_pending = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False  # a pending callback finds nothing, or what came since
         if self._carrier.write_nowait(self._take_batch) and not self.conn.has_data_to_send():
             return
         if self._writer_wakeup is not None:
             self._writer_wakeup.set()
+
+    def _on_room(self) -> None:
+        """The carrier takes more again: write what waits now, from the loop's callback."""
+        if self._error is None and self.conn.has_data_to_send():
+            self._flush()
 
     def _forget(self, stream: MuxStream) -> None:
         if self._streams.get(stream.stream_id) is stream:

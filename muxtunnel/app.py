@@ -1,4 +1,5 @@
-"""The composition root: what `muxtunnel listen`, `up`, `status` and `cert` run.
+"""The composition root: what `muxtunnel listen`, `up` and `visit` run (`status` and `cert`,
+which run no tunnel, are `muxtunnel.tools`).
 
 This is the one place that wires the process together: logging, the event loop (uvloop when
 installed), the server or client, its metrics and admin endpoints (fed by its `status`), the
@@ -15,10 +16,7 @@ a structured log line.
 from __future__ import annotations
 
 import gc
-import json
-import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from muxtunnel.tls import TlsError
 from muxtunnel.transport import TransportError
 
 if TYPE_CHECKING:  # each role imports its side only, and the endpoints only when configured
-    from muxtunnel.client import Client, ServiceState
+    from muxtunnel.client import Client, ServiceState, Visitor, VisitState
     from muxtunnel.server import Server
 
 __all__ = [
@@ -47,11 +45,10 @@ __all__ = [
     "EXIT_USAGE",
     "STOP_TIMEOUT_S",
     "Options",
-    "cert",
     "listen",
     "serve",
-    "status",
     "up",
+    "visit",
 ]
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -145,8 +142,13 @@ def up(load: Callable[[], ClientConfig], options: Options) -> int:
     return _start(_up, load, options, options=options)
 
 
+def visit(load: Callable[[], ClientConfig], options: Options) -> int:
+    """`muxtunnel visit`: reach private services with the config `load` returns."""
+    return _start(_visit, load, options, options=options)
+
+
 async def serve(
-    target: Server | Client,
+    target: Server | Client | Visitor,
     *,
     task_status: anyio.abc.TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -231,12 +233,7 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         client = Client(config, _announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
-    if config.tls is None:
-        log.warning(
-            "tls is off",
-            hint="service names, registrations and every visitor byte cross the network "
-            "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
-        )
+    _warn_plaintext(config)
     _settle_gc()
     use_console = options.console and sys.stdout.isatty() and options.log_format != "json"
 
@@ -251,15 +248,60 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
             await serve(client)
             tg.cancel_scope.cancel()
 
-    try:
-        await _until_signal(
-            lambda: _with_reload(run, options, load, client.apply_config), client.stop
+    return await _client_side(run, options, load, client.apply_config, client.stop)
+
+
+def _warn_plaintext(config: ClientConfig) -> None:
+    if config.tls is None:
+        log.warning(
+            "tls is off",
+            hint="service names, registrations and every visitor byte cross the network "
+            "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
         )
+
+
+async def _client_side(
+    run: Callable[[], Awaitable[None]],
+    options: Options,
+    load: Callable[[], ClientConfig],
+    apply: Callable[[ClientConfig], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+) -> int:
+    """Run `up` or `visit` until a signal (reloading on the way); its exit code."""
+    from muxtunnel.client import FatalError
+
+    try:
+        await _until_signal(lambda: _with_reload(run, options, load, apply), stop)
     except FatalError as exc:
         return _fail(EXIT_RUNTIME, str(exc), kind="fatal")
     except TransportError as exc:
         return _fail(EXIT_RUNTIME, str(exc), kind="bind")
     return EXIT_OK
+
+
+def _announce_visit(state: VisitState, server: str) -> None:
+    """One line on stdout per private service served locally: what scripts wait for."""
+    spec = state.spec
+    print(f"{spec.name} {spec.type} {state.bound} -> {spec.name}@{server}", flush=True)
+
+
+async def _visit(load: Callable[[], ClientConfig], options: Options) -> int:
+    from muxtunnel.client import Visitor
+
+    config = load()
+    missing = ", ".join(config.services_without_token())
+    if not config.visits or missing:
+        why = f"no visitor token for {missing}: set --token, --token-file, "
+        why += "$MUXTUNNEL_VISITOR_TOKEN or visitor.token"
+        if not config.visits:
+            why = "no private service to visit: give NAME or visitor.services"
+        return _fail(EXIT_USAGE, why, kind="config")
+    visitor = Visitor(config, _announce_visit)
+    _warn_plaintext(config)
+    _settle_gc()
+    return await _client_side(
+        lambda: serve(visitor), options, load, visitor.apply_config, visitor.stop
+    )
 
 
 async def _until_signal(
@@ -310,68 +352,3 @@ async def _with_reload(
             await run()
         finally:
             tg.cancel_scope.cancel()
-
-
-# --- status and cert ---
-
-
-def status(address: str, token: str | None, *, as_json: bool = False) -> int:
-    """`muxtunnel status`: print what the `listen` or `up` whose admin API is `address` does."""
-    from muxtunnel.statusview import StatusError, fetch_status, print_status
-
-    try:
-        data = fetch_status(address, token)
-        if as_json:
-            print(json.dumps(data, indent=1))
-        else:
-            print_status(data)
-    except StatusError as exc:
-        print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
-        return EXIT_RUNTIME
-    return EXIT_OK
-
-
-def cert(
-    out: str, names: list[str] | None, *, days: int, client: bool = False, force: bool = False
-) -> int:
-    """`muxtunnel cert`: write a self-signed certificate and key; print its fingerprint.
-
-    Files are created, never opened as they are: a link or a file someone else left at either
-    path is refused, or with `force` replaced by a new file (see `muxtunnel.files`).
-    """
-    from muxtunnel import files
-    from muxtunnel.tls import format_fingerprint, generate_self_signed
-
-    names = names or [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    base = "client" if client else "server"
-    cert_path = os.path.join(out, f"{base}.crt")
-    key_path = os.path.join(out, f"{base}.key")
-    if days < 1:
-        print("muxtunnel: --days must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    existing = [path for path in (cert_path, key_path) if os.path.lexists(path)]
-    if existing and not force:
-        print(f"muxtunnel: {existing[0]} exists (--force replaces it)", file=sys.stderr)
-        return EXIT_USAGE
-    cert_pem, key_pem, der = generate_self_signed(names, days=days, client=client)
-    pair = {key_path: (key_pem, files.PRIVATE), cert_path: (cert_pem, files.PUBLIC)}
-    try:
-        files.make_private_dir(out)
-        if force:
-            files.replace(pair)
-        else:
-            files.create(pair)
-    except FileExistsError as exc:  # appeared since the check above
-        print(f"muxtunnel: {exc.filename} exists (--force replaces it)", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"muxtunnel: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    fingerprint = format_fingerprint(der)
-    print(f"wrote {cert_path} and {key_path} for {', '.join(names)}", file=sys.stderr)
-    if client:
-        print(f"on the server: --tls-client-ca {cert_path}", file=sys.stderr)
-    else:
-        print(f"on clients: --server-fingerprint {fingerprint}", file=sys.stderr)
-    print(fingerprint, flush=True)
-    return EXIT_OK

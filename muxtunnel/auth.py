@@ -45,6 +45,7 @@ __all__ = [
     "group_key_pair",
     "group_proof",
     "hkdf_sha256",
+    "labelled_tag",
     "new_nonce",
     "server_tag",
     "verify",
@@ -114,6 +115,20 @@ def _tag(
     fields = (service.encode("utf-8"), type.encode("utf-8"), server_nonce, client_nonce)
     extra = (group.encode("utf-8"),) if group else ()
     return hmac.digest(key, _transcript(label, (*fields, channel_binding, *extra)), "sha256")
+
+
+def labelled_tag(
+    key: bytes,
+    label: bytes,
+    service: str,
+    type: str,
+    server_nonce: bytes,
+    client_nonce: bytes,
+    channel_binding: bytes = b"",
+) -> bytes:
+    """This module's transcript tag under another `label`: for exchanges of their own (a
+    visitor's, `muxtunnel.visitauth`) whose tags must never pass for a client's or a server's."""
+    return _tag(key, label, service, type, server_nonce, client_nonce, channel_binding)
 
 
 def client_tag(

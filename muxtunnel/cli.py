@@ -1,4 +1,5 @@
-"""Command line: parse the arguments of `listen`, `up`, `status` and `cert`, then call `app`.
+"""Command line: parse the arguments of `listen`, `up`, `visit`, `status` and `cert`, then call
+`app`.
 
 What is here turns flags into config overrides (flags win over the config file); running the
 process (logging, signals, reload, exit codes) is `muxtunnel.app`'s.
@@ -11,17 +12,21 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
-from muxtunnel import app
+from muxtunnel import app, tools
 from muxtunnel.argv import hide_secrets
 from muxtunnel.config import (
     ENV_ADMIN_TOKEN,
+    ENV_VISITOR_TOKEN,
+    MIN_TOKEN_CHARS,
     ConfigError,
     load_client_config,
     load_server_config,
     load_token_file,
+    load_visitor_config,
 )
-from muxtunnel.flags import TLS_FLAGS, build_parser, secrets_on_command_line
+from muxtunnel.flags import TLS_FLAGS, build_parser, secret_values, secrets_on_command_line
 from muxtunnel.model import (
     MAX_WEIGHT,
     ClientConfig,
@@ -29,8 +34,15 @@ from muxtunnel.model import (
     Secret,
     ServerConfig,
     ServiceSpec,
+    VisitSpec,
 )
-from muxtunnel.specs import SpecError, parse_service_spec, validate_service_name
+from muxtunnel.specs import (
+    DEFAULT_LOCAL_HOST,
+    SpecError,
+    parse_host_port,
+    parse_service_spec,
+    validate_service_name,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -46,16 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--no-tls contradicts {flag}: give one or the other")
     exposed = secrets_on_command_line(args)
     if argv is None and exposed:  # the process's own command line: mask it where we can
-        hide_secrets([getattr(args, flag[2:].replace("-", "_")) for flag in exposed])
+        hide_secrets(secret_values(args, exposed))
     if args.command == "status":
         try:
             token = _admin_token(args)
         except ConfigError as exc:
             print(f"muxtunnel: {exc}", file=sys.stderr, flush=True)
             return app.EXIT_USAGE
-        return app.status(args.admin, token, as_json=args.json)
+        return tools.status(args.admin, token, as_json=args.json)
     if args.command == "cert":
-        return app.cert(args.out, args.name, days=args.days, client=args.client, force=args.force)
+        return tools.cert(args.out, args.name, days=args.days, client=args.client, force=args.force)
     options = app.Options(
         log_format=args.log_format,
         log_level=args.log_level,
@@ -65,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "listen":
         return app.listen(lambda: _load_server(args), options)
+    if args.command == "visit":
+        return app.visit(lambda: _load_visitor(args), options)
     return app.up(lambda: _load_client(args), options)
 
 
@@ -150,10 +164,18 @@ def _group(args: argparse.Namespace) -> GroupSpec | None:
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     specs = [parse_service_spec(text, "tcp") for text in args.tcp]
     specs += [parse_service_spec(text, "udp") for text in args.udp]
+    if args.private:
+        if args.http or args.https:
+            raise SpecError("--private is for --tcp and --udp services (web services are public)")
+        specs = _private(specs, args)
+    elif args.visitor_token or args.visitor_token_file:
+        raise SpecError("--visitor-token is for --private services")
     specs += [parse_service_spec(text, "http") for text in args.http]
     specs += [parse_service_spec(text, "https") for text in args.https]
     group = _group(args)
     if group is not None:
+        if args.private:
+            raise SpecError("--private and --group: a private service is no group member")
         if not specs:
             raise SpecError("--group applies to the services of --tcp/--udp/--http/--https")
         specs = [_joined(spec, group) for spec in specs]
@@ -161,6 +183,37 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides.update(_endpoint_overrides(args))
     if specs:
         overrides["services"] = specs
+    overrides.update(_tls_overrides(args))
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _private(specs: list[ServiceSpec], args: argparse.Namespace) -> list[ServiceSpec]:
+    """`--private`: the services, with the visitor tokens of the flags (else the variable's);
+    files are read again at every reload."""
+    texts: list[str] = list(args.visitor_token or [])
+    texts += [load_token_file(path).value for path in args.visitor_token_file or []]
+    if not texts and os.environ.get(ENV_VISITOR_TOKEN):
+        texts = [os.environ[ENV_VISITOR_TOKEN]]
+    if not texts:
+        raise SpecError(f"--private needs a visitor token: --visitor-token or ${ENV_VISITOR_TOKEN}")
+    if not specs:
+        raise SpecError("--private applies to the --tcp and --udp services: give one")
+    short = min(len(text) for text in texts)
+    if short < MIN_TOKEN_CHARS and not args.allow_weak_token:
+        raise SpecError(
+            f"a visitor token is too short ({short} characters, at least {MIN_TOKEN_CHARS} "
+            "wanted): make one with `openssl rand -base64 32`, or --allow-weak-token"
+        )
+    tokens = tuple(dict.fromkeys(Secret(text) for text in texts))
+    for spec in specs:
+        if spec.remote_port:
+            raise SpecError(f"--private: {spec.name} has no public port (no :REMOTE_PORT)")
+    return [dataclasses.replace(spec, private=True, visitor_tokens=tokens) for spec in specs]
+
+
+def _tls_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """`up`'s and `visit`'s TLS flags: on the config's `tls` (and `state_dir`)."""
+    overrides: dict[str, object] = {"state_dir": args.state_dir}
     tls = {
         "ca": args.tls_ca,
         "fingerprint": args.server_fingerprint,
@@ -173,8 +226,13 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["tls"] = {"enabled": True, **tls}
     if args.no_tls:
         overrides["tls"] = False
-    overrides["state_dir"] = args.state_dir
-    return {k: v for k, v in overrides.items() if v is not None}
+    return overrides
+
+
+def _compress_level(args: argparse.Namespace) -> int | None:
+    if args.compress is not None and not 1 <= args.compress <= 22:
+        raise SpecError(f"--compress: the zstd level must be 1..22, got {args.compress}")
+    return args.compress  # type: ignore[no-any-return]
 
 
 def _joined(spec: ServiceSpec, group: GroupSpec) -> ServiceSpec:
@@ -183,17 +241,44 @@ def _joined(spec: ServiceSpec, group: GroupSpec) -> ServiceSpec:
 
 def _load_client(args: argparse.Namespace) -> ClientConfig:
     config = load_client_config(args.config, _client_overrides(args))
-    if args.compress is None:
+    level = _compress_level(args)
+    if level is None:
         return config
-    if not 1 <= args.compress <= 22:
-        raise SpecError(f"--compress: the zstd level must be 1..22, got {args.compress}")
     services = tuple(
-        dataclasses.replace(spec, compression="zstd", compression_level=args.compress)
+        dataclasses.replace(spec, compression="zstd", compression_level=level)
         if spec.type != "udp"
         else spec
         for spec in config.services
     )
     return dataclasses.replace(config, services=services)
+
+
+def _load_visitor(args: argparse.Namespace) -> ClientConfig:
+    overrides: dict[str, object] = {"server": args.server, **_token_overrides(args)}
+    overrides.update(_endpoint_overrides(args))
+    overrides.update(_tls_overrides(args))
+    level = _compress_level(args)
+    if args.name is not None:
+        validate_service_name(args.name)
+        host, port = DEFAULT_LOCAL_HOST, 0
+        if args.bind:
+            host, port = parse_host_port(
+                args.bind, default_host=DEFAULT_LOCAL_HOST, allow_zero=True
+            )
+        kind: Literal["tcp", "udp"] = "udp" if args.udp else "tcp"
+        overrides["services"] = [VisitSpec(args.name, kind, host, port)]
+    elif args.bind or args.udp:
+        raise SpecError("--bind and --udp describe NAME: give the service's name")
+    config = load_visitor_config(args.config, {k: v for k, v in overrides.items() if v is not None})
+    if level is None:
+        return config
+    visits = tuple(
+        dataclasses.replace(spec, compression="zstd", compression_level=level)
+        if spec.type == "tcp"
+        else spec
+        for spec in config.visits
+    )
+    return dataclasses.replace(config, visits=visits)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,30 @@ Exchange (client C, server S):
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
                      proxy_protocol, the web options of an http/https service,
                      compression_fallback, the group fields of a load-balancing group's
-                     member])
-    S -> C  Registered(..., tag[, compression, urls, compression_level, member])   or Error
+                     member, private and visitor_keys])
+    S -> C  Registered(..., tag[, compression, urls, compression_level, member, private])
+                                                          or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
     C -> S  Unregister(service)                           any time later
     C -> S  MemberUpdate(service, healthy, weight, detail)  any time later, to a server whose
                                     Challenge listed FEATURE_GROUPS
+    C -> S  VisitorKeys(service, visitor_keys)            a private service's keys changed
+    S -> C  Registered(...)                               or Error
 Each visitor stream the server opens starts with one VisitorHeader, framed the same way; with
 `compressed: false` (only to a client that registered with `compression_fallback`) the stream
 travels uncompressed although its service agreed compression. With `confirm` (a group member's
 streams) the client's first byte back is `DIAL_CONFIRMED`, sent once its local dial succeeded
 and before any visitor byte goes to the service (a failed dial resets the stream instead):
 until then the server may replay the visitor's first bytes to another member.
+
+A private service (`Register.private`) has no public port: its visitor keys come sealed in the
+registration (`muxtunnel.visitauth`), and `muxtunnel visit` (V) reaches it:
+    V -> S  Hello, then Visit(service, type, tag[, compression, compression_level])
+    S -> V  Visited(service, type, tag, online[, compression, compression_level])  or Error
+    S -> V  Presence(service, online)                     when its provider comes or goes
+    S -> V  Error(access_revoked, service)                its visitor token was revoked
+The visitor then opens a stream per connection (or UDP flow), starting with a VisitorHeader
+(its own address); the server opens one on the provider's session for it and splices the two.
 
 Peer bytes enter only through `receive_message` / `read_visitor_header`; whatever they hold,
 those raise `ControlError` (carrying the error code to answer with) or let `anyio.EndOfStream`
@@ -35,24 +47,27 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel import fields
 from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
 from muxtunnel.framing import MAX_MESSAGE_BYTES, ControlError, frame, receive_frame, unpack_map
+from muxtunnel.framing import Wire as _Wire
 from muxtunnel.log import safe_text
 from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
+from muxtunnel.visitmsg import ACCESS_REVOKED, PRIVATE_TYPES, Presence, Visit, Visited, VisitorKeys
 
 __all__ = [
-    "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED", "DOMAIN_TAKEN",
-    "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES", "PORT_IN_USE",
-    "PORT_NOT_ALLOWED", "PROTOCOL_VERSION", "RATE_LIMITED", "REGISTRY_UNAVAILABLE",
-    "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH", "Challenge",
-    "ControlError", "Error", "Hello", "MemberUpdate", "Message", "Register", "Registered",
-    "Unregister", "VisitorHeader", "decode_message", "decode_visitor_header", "encode_message",
-    "encode_visitor_header", "read_visitor_header", "receive_message", "send_message",
+    "ACCESS_REVOKED", "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED",
+    "DOMAIN_TAKEN", "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES",
+    "PORT_IN_USE", "PORT_NOT_ALLOWED", "PRIVATE_TYPES", "PROTOCOL_VERSION", "RATE_LIMITED",
+    "REGISTRY_UNAVAILABLE", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH",
+    "Challenge", "ControlError", "Error", "Hello", "MemberUpdate", "Message", "Presence",
+    "Register", "Registered", "Unregister", "Visit", "Visited", "VisitorHeader", "VisitorKeys",
+    "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
+    "read_visitor_header", "receive_message", "send_message",
 ]  # fmt: skip
 
 PROTOCOL_VERSION = 1
@@ -77,51 +92,14 @@ DOMAIN_TAKEN = "domain_taken"
 DOMAIN_NOT_ALLOWED = "domain_not_allowed"
 #: The server does not serve this kind of service (http/https without web ports).
 UNSUPPORTED = "unsupported"
-#: A limit of the server's config: services per session, sessions per address.
-LIMIT_REACHED = "limit_reached"
-REGISTRY_UNAVAILABLE = "registry_unavailable"  #: a cluster's registry is down: retry later
+#: A config limit (services per session, per address); a cluster's registry down (retry later).
+LIMIT_REACHED, REGISTRY_UNAVAILABLE = "limit_reached", "registry_unavailable"
 
 #: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
 #: MemberUpdate, VisitorHeader.confirm).
 FEATURE_GROUPS = "groups"
 #: A group member's first byte on a visitor stream: its local dial succeeded.
 DIAL_CONFIRMED = b"\x00"
-
-
-class _Wire:
-    """Shared `to_wire`/`from_wire`: fields map to keys of the same name, plus `kind`."""
-
-    WIRE_KIND: ClassVar[str]
-    #: Fields added in later versions: left off the wire while they hold their default, so a
-    #: message that uses no new feature is byte for byte what older versions send.
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ()
-    __slots__ = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"kind": self.WIRE_KIND}
-        for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, item.name)
-            if item.name in self.EXTENSIONS and value == item.default:
-                continue
-            wire[item.name] = value
-        return wire
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> Self:
-        """Build from a decoded map; `ControlError` if a field is missing or invalid.
-
-        A missing field that has a default takes it (a peer of an older version may not send it).
-        """
-        values: dict[str, Any] = {}
-        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if item.name in data:
-                values[item.name] = data[item.name]
-            elif item.default is dataclasses.MISSING:
-                raise ControlError(f"{cls.WIRE_KIND!r} message lacks field {item.name!r}")
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            raise ControlError(f"bad {cls.WIRE_KIND!r} message: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +148,7 @@ class Register(_Wire):
         "compression", "compression_level", "proxy_protocol", "subdomain", "custom_domains",
         "locations", "host_rewrite", "set_headers", "remove_headers", "basic_auth",
         "response_timeout_s", "compression_fallback", "group", "group_key", "group_proof",
-        "weight", "healthy", "instance",
+        "weight", "healthy", "instance", "private", "visitor_keys",
     )  # fmt: skip
     service: str
     type: ServiceType
@@ -202,6 +180,9 @@ class Register(_Wire):
     weight: int = 1
     healthy: bool = True
     instance: bytes = b""
+    #: No public port: only visitors holding one of the sealed `visitor_keys` reach it.
+    private: bool = False
+    visitor_keys: bytes = b""
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -211,20 +192,29 @@ class Register(_Wire):
         fields.check_compression(self.compression)
         fields.check_int("compression_level", self.compression_level, 0, 22)
         fields.check_bool("compression_fallback", self.compression_fallback)
+        fields.check_bool("private", self.private)
+        fields.check_sealed_keys(self.visitor_keys)
+        if self.private and (self.type not in PRIVATE_TYPES or self.group is not None):
+            raise ValueError("only tcp and udp services that are no group member can be private")
         fields.check_web_options(self)
         fields.check_group_options(self)
 
     @classmethod
-    def of(cls, spec: ServiceSpec, tag: bytes, remote_port: int, **group: Any) -> Register:
-        """The registration of `spec`, asking for `remote_port`; a group member's `group_key`,
-        `group_proof`, `healthy` and `instance` come as keywords."""
+    def of(
+        cls, spec: ServiceSpec, tag: bytes, remote_port: int, *, keys: bytes = b"", **group: Any
+    ) -> Register:
+        """The registration of `spec`, asking for `remote_port` (`keys`: a private service's
+        sealed visitor keys); a group member's `group_key`, `group_proof`, `healthy` and
+        `instance` come as keywords."""
         level = spec.compression_level if spec.compression else 0
         web, fallback = spec.http, bool(spec.compression)
         if spec.group is not None:
             group.update(group=spec.group.name, weight=spec.group.weight)
         if web is None:
-            return cls(spec.name, spec.type, remote_port, tag, spec.compression, level,
-                       spec.proxy_protocol, compression_fallback=fallback, **group)  # fmt: skip
+            return cls(spec.name, spec.type, 0 if spec.private else remote_port, tag,
+                       spec.compression, level, spec.proxy_protocol,
+                       compression_fallback=fallback, private=spec.private, visitor_keys=keys,
+                       **group)  # fmt: skip
         auth = web.basic_auth
         return cls(
             spec.name, spec.type, 0, tag, spec.compression, level, spec.proxy_protocol,
@@ -243,7 +233,9 @@ class Registered(_Wire):
     server's proof that it holds the same token."""
 
     WIRE_KIND: ClassVar[str] = "registered"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compression", "urls", "compression_level", "member")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = (
+        "compression", "urls", "compression_level", "member", "private",
+    )  # fmt: skip
     service: str
     type: ServiceType
     public_host: str
@@ -257,12 +249,16 @@ class Registered(_Wire):
     compression_level: int = 0
     #: A group's member: its id in the group (status rows and logs of the server show it).
     member: str | None = None
+    #: The service is private: no public port (`public_port` 0). A client that asked for a
+    #: private service refuses an answer without it (a server too old to know what it means).
+    private: bool = False
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
         fields.check_type(self.type)
         fields.check_text("public_host", self.public_host, fields.MAX_TEXT_CHARS)
-        fields.check_int("public_port", self.public_port, 1, 65535)
+        fields.check_bool("private", self.private)
+        fields.check_int("public_port", self.public_port, 0 if self.private else 1, 65535)
         fields.check_bytes("tag", self.tag, TAG_BYTES)
         fields.check_compression(self.compression)
         object.__setattr__(self, "urls", fields.texts("urls", self.urls))
@@ -348,11 +344,15 @@ class MemberUpdate(_Wire):
         fields.check_text("detail", self.detail, fields.MAX_TEXT_CHARS, empty_ok=True)
 
 
-Message: TypeAlias = Hello | Challenge | Register | Registered | Unregister | Error | MemberUpdate
-_MESSAGE_KINDS: dict[str, type[Message]] = {
-    cls.WIRE_KIND: cls
-    for cls in (Hello, Challenge, Register, Registered, Unregister, Error, MemberUpdate)
-}
+Message: TypeAlias = (
+    Hello | Challenge | Register | Registered | Unregister | Error | MemberUpdate | Visit
+    | Visited | Presence | VisitorKeys
+)  # fmt: skip
+_KINDS: tuple[type[Message], ...] = (
+    Hello, Challenge, Register, Registered, Unregister, Error, MemberUpdate, Visit, Visited,
+    Presence, VisitorKeys,
+)  # fmt: skip
+_MESSAGE_KINDS: dict[str, type[Message]] = {cls.WIRE_KIND: cls for cls in _KINDS}
 
 
 # --- messages on the wire (`framing`) ---

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from muxtunnel.auth import KEY_BYTES
 from muxtunnel.model import MAX_WEIGHT
 from muxtunnel.specs import SERVICE_TYPES, SpecError, validate_service_name
+from muxtunnel.visitauth import MAX_VISITOR_TOKENS, SEALED_OVERHEAD_BYTES
 
 __all__ = [
     "MAX_LIST_ITEMS",
@@ -16,6 +18,7 @@ __all__ = [
     "check_compression",
     "check_group_options",
     "check_int",
+    "check_sealed_keys",
     "check_service",
     "check_text",
     "check_type",
@@ -68,6 +71,14 @@ def check_service(value: object) -> None:
 def check_type(value: object) -> None:
     if value not in SERVICE_TYPES:
         raise ValueError(f"type must be one of {', '.join(SERVICE_TYPES)}")
+
+
+def check_sealed_keys(value: object) -> None:
+    """Sealed visitor keys (`muxtunnel.visitauth`): bytes, empty or of a sealed blob's size."""
+    if type(value) is not bytes:
+        raise ValueError("visitor_keys must be bytes")
+    if value and len(value) > SEALED_OVERHEAD_BYTES + MAX_VISITOR_TOKENS * KEY_BYTES:
+        raise ValueError("visitor_keys holds too many keys")
 
 
 def check_compression(value: object) -> None:

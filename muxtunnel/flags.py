@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 
 from muxtunnel import __version__
-from muxtunnel.config import ENV_ADMIN_TOKEN, MIN_TOKEN_CHARS
+from muxtunnel.config import ENV_ADMIN_TOKEN, ENV_VISITOR_TOKEN, MIN_TOKEN_CHARS
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, MAX_WEIGHT
 from muxtunnel.status import DEFAULT_ADMIN_ADDRESS
 
-__all__ = ["SECRET_FLAGS", "TLS_FLAGS", "build_parser", "secrets_on_command_line"]
+__all__ = [
+    "SECRET_FLAGS", "TLS_FLAGS", "build_parser", "secret_values", "secrets_on_command_line",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,48 +169,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain log lines even on a terminal (no live panel)",
     )
     up.add_argument(
-        "--no-tls",
+        "--private",
         action="store_true",
-        help="plaintext carrier, for a server run with --no-tls (default: TLS; without a CA or "
-        "a pinned fingerprint the server's certificate is trusted on first use)",
+        help="the --tcp/--udp services get no public port: they are reached with muxtunnel "
+        "visit and a visitor token",
     )
-    up.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="where the client remembers servers' fingerprints, known_hosts (default: "
-        "$XDG_STATE_HOME/muxtunnel or ~/.local/state/muxtunnel)",
-    )
-    up.add_argument("--tls", action="store_true", help="connect with TLS (the default)")
-    up.add_argument(
-        "--tls-ca", metavar="FILE", help="verify the server with this CA file, or 'system'"
-    )
-    up.add_argument(
-        "--server-fingerprint",
+    visitor_tokens = up.add_mutually_exclusive_group()
+    visitor_tokens.add_argument(
+        "--visitor-token",
         action="append",
-        metavar="sha256:HEX",
-        help="pin the server certificate's SHA-256 fingerprint; repeatable",
+        metavar="TOKEN",
+        help=f"a visitor token of the --private services; repeatable; visible in the process "
+        f"list: prefer --visitor-token-file or ${ENV_VISITOR_TOKEN} (its default)",
     )
-    up.add_argument(
-        "--insecure",
-        action="store_true",
-        help="TLS without verifying the server's certificate (not recommended)",
+    visitor_tokens.add_argument(
+        "--visitor-token-file",
+        action="append",
+        metavar="FILE",
+        help="read a visitor token of the --private services from FILE; repeatable",
     )
-    up.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
-    up.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
-    up.add_argument(
-        "--tls-server-name", metavar="NAME", help="name to check in the certificate (with --tls-ca)"
-    )
-    up.add_argument(
-        "--compress",
-        nargs="?",
-        const=DEFAULT_COMPRESSION_LEVEL,
-        type=int,
-        metavar="LEVEL",
-        help=f"zstd-compress every TCP and web service (level 1-22, default "
-        f"{DEFAULT_COMPRESSION_LEVEL})",
-    )
+    _client_tls_flags(up)
+    _compress_flag(up, "every TCP and web service")
 
-    status = commands.add_parser("status", help="show what a running listen/up is doing")
+    visit = commands.add_parser(
+        "visit", parents=[common], help="reach a private service through the server"
+    )
+    visit.add_argument(
+        "name", nargs="?", metavar="NAME", help="the private service (or visitor.services)"
+    )
+    visit.add_argument("--server", metavar="HOST:PORT", help="server address (default port 7835)")
+    visit.add_argument(
+        "--bind",
+        metavar="HOST:PORT",
+        help="where NAME is served locally (default 127.0.0.1 and a free port, printed)",
+    )
+    visit.add_argument("--udp", action="store_true", help="NAME is a UDP service")
+    _client_tls_flags(visit)
+    _compress_flag(visit, "NAME's connections to the server (TCP)")
+
+    status = commands.add_parser("status", help="show what a running listen/up/visit is doing")
     status.add_argument(
         "--admin",
         metavar="HOST:PORT",
@@ -235,6 +234,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """How `up` and `visit` connect to the server: TLS (by default), and how it is verified."""
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plaintext carrier, for a server run with --no-tls (default: TLS; without a CA or "
+        "a pinned fingerprint the server's certificate is trusted on first use)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the client remembers servers' fingerprints, known_hosts (default: "
+        "$XDG_STATE_HOME/muxtunnel or ~/.local/state/muxtunnel)",
+    )
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (the default)")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="verify the server with this CA file, or 'system'"
+    )
+    parser.add_argument(
+        "--server-fingerprint",
+        action="append",
+        metavar="sha256:HEX",
+        help="pin the server certificate's SHA-256 fingerprint; repeatable",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="TLS without verifying the server's certificate (not recommended)",
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="the client certificate's key")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check in the certificate (with --tls-ca)"
+    )
+
+
+def _compress_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--compress",
+        nargs="?",
+        const=DEFAULT_COMPRESSION_LEVEL,
+        type=int,
+        metavar="LEVEL",
+        help=f"zstd-compress {what} (level 1-22, default {DEFAULT_COMPRESSION_LEVEL})",
+    )
+
+
 def _admin_token_flags(parser: argparse.ArgumentParser, what: str) -> None:
     tokens = parser.add_mutually_exclusive_group()
     tokens.add_argument(
@@ -249,12 +295,21 @@ def _admin_token_flags(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 #: Flags whose value is a secret: given on the command line, any local user can read it.
-SECRET_FLAGS = ("--token", "--admin-token")
+SECRET_FLAGS = ("--token", "--admin-token", "--visitor-token")
 
 
 def secrets_on_command_line(args: argparse.Namespace) -> tuple[str, ...]:
     """The secret flags that were given a value on the command line."""
     return tuple(flag for flag in SECRET_FLAGS if getattr(args, flag[2:].replace("-", "_"), None))
+
+
+def secret_values(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    """The values `flags` were given (a repeatable flag's every one)."""
+    values: list[str] = []
+    for flag in flags:
+        given = getattr(args, flag[2:].replace("-", "_"))
+        values += given if isinstance(given, list) else [given]
+    return values
 
 
 #: Flags that say how to do TLS, which `--no-tls` contradicts.

@@ -10,12 +10,17 @@ sides, for each visitor:
   connection aborted), never the session or the process;
 - `forward` its bytes: metered as they flow (the admin API and metrics read the live counts,
   an idle timeout reads the time of the last byte and may cut it through `meter.scope`), the
-  tunnel side compressed if agreed, piped both ways with half-close, and one "visitor closed"
-  line with the byte counts.
+  tunnel side compressed if agreed, piped both ways with half-close (by a `Relay`, the socket's
+  own protocol, when neither compression nor a bandwidth limit is in the way), and one
+  "visitor closed" line with the byte counts: at debug level when both ways ended cleanly (a
+  busy service sees thousands of visitors a second; the metrics count them), at info when the
+  visitor failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
@@ -23,12 +28,16 @@ import anyio
 import anyio.abc
 import structlog
 
+from mux import MuxStream, take_over
 from muxtunnel.compress import CompressedStream
-from muxtunnel.limits import MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.limits import ConnectionMeter, MeteredStream, ServiceLimiter, ServiceTraffic
+from muxtunnel.log import debug_enabled
 from muxtunnel.proxy import PipeResult, pipe
+from muxtunnel.relay import Relay
+from muxtunnel.sockets import connect_protocol
 from muxtunnel.transport import abort
 
-__all__ = ["Visitors", "forward", "guarded"]
+__all__ = ["Visitors", "forward", "forward_to", "guarded", "relayable"]
 
 log = structlog.get_logger("muxtunnel.forward")
 #: Visitor handlers that raised, in this process (see `guarded`).
@@ -113,6 +122,7 @@ async def forward(
     compression_level: int | None = None,
     limiter: ServiceLimiter | None = None,
     preamble: bytes = b"",
+    sent_early: int = 0,
     **context: object,
 ) -> PipeResult:
     """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
@@ -121,19 +131,16 @@ async def forward(
     service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
     and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
     side; `limiter` throttles the socket side. `preamble` goes down the tunnel first, before
-    the visitor's bytes (a PROXY protocol header). `context` goes into both log lines.
+    the visitor's bytes (a PROXY protocol header). `sent_early` visitor bytes already went
+    down the stream with its SYN (see `relayable`): they count as forwarded. `context` goes
+    into both log lines.
     """
-    started = anyio.current_time()
-    log.info("visitor opened", **context, service=service, peer=peer)
+    started = time.monotonic()
+    if debug_enabled():
+        log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
+    meter.bytes_in += sent_early
     try:
-        metered = MeteredStream(
-            socket,
-            meter,
-            receive_is_in=visitor_side,
-            receive_bucket=limiter.inbound if limiter is not None else None,
-            send_bucket=limiter.outbound if limiter is not None else None,
-        )
         tunnel: anyio.abc.ByteStream = stream
         if compression_level is not None:
             tunnel = CompressedStream(stream, compression_level)
@@ -146,24 +153,100 @@ async def forward(
                 return PipeResult(error="the tunnel failed before the visitor's first byte")
         result: PipeResult | None = None
         with anyio.CancelScope() as meter.scope:  # an idle timeout may cancel it
-            if visitor_side:
-                result = await pipe(metered, tunnel)
+            taken = None
+            if relayable(compression_level, limiter) and isinstance(stream, MuxStream):
+                relay = Relay(stream, meter, visitor_side=visitor_side)
+                taken = take_over(socket, relay)  # None: not an asyncio socket (tests, trio)
+            if taken is not None:
+                result = await relay.run(*taken)
             else:
-                result = await pipe(tunnel, metered)
-        if result is None:  # cut from outside (the pipe aborted both ends)
+                result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
+        if result is None:  # cut from outside (both ends were aborted)
             error = "idle timeout" if meter.idle_closed else "cancelled"
             result = PipeResult(meter.bytes_in, meter.bytes_out, error)
+        else:
+            result.forward_bytes += sent_early
     finally:
         meter.scope = None
         traffic.close(meter)
-    log.info(
+    _closed(result, started, service, peer, context)
+    return result
+
+
+def relayable(compression_level: int | None, limiter: ServiceLimiter | None) -> bool:
+    """Will `forward` relay the bytes as they come (no compression, no bandwidth limit)? Then
+    the bytes a visitor sent first may ride its stream's SYN (`sent_early`)."""
+    throttled = limiter is not None and (
+        limiter.inbound is not None or limiter.outbound is not None
+    )
+    return compression_level is None and not throttled
+
+
+async def forward_to(
+    host: str,
+    port: int,
+    stream: MuxStream,
+    *,
+    service: str,
+    peer: str,
+    traffic: ServiceTraffic,
+    connect_timeout_s: float,
+    dial_slots: anyio.Semaphore | None = None,
+    greeting: bytes = b"",
+    **context: object,
+) -> PipeResult:
+    """The client's `forward` without compression: dial the local service with a `Relay` as
+    the socket's protocol from the start, holding one of `dial_slots` while it connects, and
+    `greeting` on the stream first once connected. `TransportError` if the service cannot be
+    reached."""
+    started = time.monotonic()
+    meter = ConnectionMeter(service, peer)  # counted once connected: bytes may come first
+    relay = Relay(stream, meter, visitor_side=False, greeting=greeting)
+    async with dial_slots if dial_slots is not None else contextlib.nullcontext():
+        transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
+    traffic.add(meter)
+    try:
+        if debug_enabled():
+            log.debug("visitor opened", **context, service=service, peer=peer)
+        result = await relay.run(transport, b"", False)
+    finally:
+        traffic.close(meter)
+    _closed(result, started, service, peer, context)
+    return result
+
+
+def _closed(
+    result: PipeResult, started: float, service: str, peer: str, context: dict[str, object]
+) -> None:
+    if result.error is None and not debug_enabled():
+        return
+    (log.debug if result.error is None else log.info)(
         "visitor closed",
         **context,
         service=service,
         peer=peer,
         bytes_in=result.forward_bytes,
         bytes_out=result.backward_bytes,
-        duration_s=round(anyio.current_time() - started, 3),
+        duration_s=round(time.monotonic() - started, 3),
         error=result.error,
     )
-    return result
+
+
+async def _pipe(
+    socket: anyio.abc.ByteStream,
+    tunnel: anyio.abc.ByteStream,
+    meter: ConnectionMeter,
+    visitor_side: bool,
+    limiter: ServiceLimiter | None,
+) -> PipeResult:
+    """The general path: a task per direction, through the meter, limiter and compression."""
+    metered = MeteredStream(
+        socket,
+        meter,
+        receive_is_in=visitor_side,
+        receive_bucket=limiter.inbound if limiter is not None else None,
+        send_bucket=limiter.outbound if limiter is not None else None,
+    )
+    if visitor_side:
+        return await pipe(metered, tunnel)
+    return await pipe(tunnel, metered)

@@ -137,7 +137,10 @@ class ServiceTraffic:
         self.live: set[ConnectionMeter] = set()
 
     def open(self, service: str, peer: str) -> ConnectionMeter:
-        meter = ConnectionMeter(service, peer)
+        return self.add(ConnectionMeter(service, peer))
+
+    def add(self, meter: ConnectionMeter) -> ConnectionMeter:
+        """Count a connection whose meter was made before it was known to succeed."""
         self.live.add(meter)
         self.connections_total += 1
         return meter

@@ -25,6 +25,7 @@ __all__ = [
     "LogFormat",
     "Refusals",
     "configure_logging",
+    "debug_enabled",
     "get_logger",
     "log_doubling",
     "safe_text",
@@ -42,6 +43,7 @@ _LEVELS = {
 _SECRET_KEYS = frozenset({"token", "secret", "password", "key"})
 _REDACTED = "<secret>"
 _handler: logging.Handler | None = None  # the stdlib handler we installed, replaced on reconfigure
+_threshold = logging.DEBUG  # the configured level; every level passes until configured
 
 
 def _redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
@@ -74,22 +76,23 @@ def configure_logging(
     `console`: aligned, coloured when `stream` is a terminal. `json`: one JSON object per line.
     `auto`: console on a terminal, JSON otherwise (a pipe, a file, a service manager).
     """
-    global _handler
+    global _handler, _threshold
     out = sys.stderr if stream is None else stream
     threshold = parse_level(level)
+    _threshold = threshold
     if format not in ("console", "json", "auto"):
         raise ValueError(f"unknown log format {format!r}; use console, json or auto")
     console = format == "console" or (format == "auto" and _isatty(out))
     renderer: Processor
     if console:
         tty = _isatty(out)
+        exception_formatter = structlog.dev.plain_traceback
+        if tty:
+            from muxtunnel.termlog import rich_traceback  # rich: only for a terminal
+
+            exception_formatter = rich_traceback
         renderer = structlog.dev.ConsoleRenderer(
-            colors=tty,
-            exception_formatter=(
-                structlog.dev.RichTracebackFormatter(show_locals=False)
-                if tty
-                else structlog.dev.plain_traceback
-            ),
+            colors=tty, exception_formatter=exception_formatter
         )
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -128,6 +131,12 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(threshold)
     _handler = handler
+
+
+def debug_enabled() -> bool:
+    """Do debug lines go anywhere? For per-visitor lines on hot paths: a filtered call still
+    costs a logger lookup (loggers are not cached, so that reconfiguration reaches them)."""
+    return _threshold <= logging.DEBUG
 
 
 def get_logger(component: str | None = None, **context: object) -> FilteringBoundLogger:

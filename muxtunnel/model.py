@@ -121,6 +121,8 @@ class ServicePolicy:
     #: New visitors of the service: all sources together, and per source address.
     rate_limit: RateLimit | None = None
     per_source: PerSourceLimit | None = None
+    #: Private services: visitor tokens the server's operator lets in, besides the provider's.
+    visitor_tokens: tuple[Secret, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +325,34 @@ class ServiceSpec:
     proxy_protocol: ProxyProtocol | None = None
     #: A member of a load-balancing group (None: the service is its name's only registration).
     group: GroupSpec | None = None
+    #: TCP and UDP: no public port; reached only through `muxtunnel visit` with one of
+    #: `visitor_tokens` (secrets of their own, never the client token).
+    private: bool = False
+    visitor_tokens: tuple[Secret, ...] = ()
 
     @property
     def local(self) -> str:
         return f"{self.local_host}:{self.local_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class VisitSpec:
+    """One private service `muxtunnel visit` reaches, and where it serves it locally."""
+
+    name: str
+    type: Literal["tcp", "udp"]
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 0  # 0: any free port (printed at start)
+    #: The visitor token (None: the `visitor:` section's default one).
+    token: Secret | None = None
+    #: "zstd": the visitor's streams to the server are compressed (TCP only).
+    compression: str | None = None
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+
+    @property
+    def bind(self) -> str:
+        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
+        return f"{host}:{self.bind_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +375,11 @@ class ClientConfig:
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+    #: `muxtunnel visit` (the `visitor:` section): the private services it reaches; `token`
+    #: is then the default visitor token, and `services` is empty.
+    visits: tuple[VisitSpec, ...] = ()
 
     def services_without_token(self) -> tuple[str, ...]:
         """Names of the services with no token: neither their own nor the default one."""
-        return tuple(spec.name for spec in self.services if not (spec.token or self.token))
+        specs: tuple[ServiceSpec | VisitSpec, ...] = (*self.services, *self.visits)
+        return tuple(spec.name for spec in specs if not (spec.token or self.token))

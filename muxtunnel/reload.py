@@ -162,13 +162,15 @@ class ServerChanges:
     tokens: TokenBook
     old_tokens: TokenBook
 
-    def close_reason(self, name: str, port: int, type: str = "tcp") -> str | None:
+    def close_reason(
+        self, name: str, port: int, type: str = "tcp", private: bool = False
+    ) -> str | None:
         """Why a live service must close under the new config, or None if it may stay."""
         before, _ = self.old_tokens.key_for(name)
         after, known = self.tokens.key_for(name)
         if not known or not hmac.compare_digest(before, after):
             return "its token changed in the server's config"
-        if type in WEB_TYPES:  # on the shared web ports: no port of its own
+        if type in WEB_TYPES or private:  # on the web ports, or private: no port of its own
             return None
         pins = {p.name: p.port for p in self.config.services if p.port is not None}
         if name in pins:  # a pinned port is its own, allowed or not
@@ -231,9 +233,14 @@ class ServiceDiff:
     #: Only the local address, or a group member's weight or health check, changed: applied
     #: in place (new visitors go to the new address, the server is told the new weight).
     local_only: tuple[ServiceSpec, ...] = ()
+    #: A private service's visitor tokens changed (maybe its local address too): its new keys
+    #: go to the server, nothing restarts, visits with a dropped token are revoked.
+    visitor_tokens: tuple[ServiceSpec, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed or self.local_only)
+        return bool(
+            self.added or self.removed or self.changed or self.local_only or self.visitor_tokens
+        )
 
 
 def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
@@ -246,14 +253,16 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
         group = (spec.group.name, spec.group.token) if spec.group is not None else None
         return (
             spec.type, spec.remote_port, token, spec.compression, spec.compression_level,
-            spec.http, spec.proxy_protocol, group,
+            spec.http, spec.proxy_protocol, group, spec.private,
         )  # fmt: skip
 
-    changed, local_only = [], []
+    changed, local_only, keys = [], [], []
     for name in before.keys() & after.keys():
         a, b = before[name], after[name]
         if remote_view(a, old) != remote_view(b, new):
             changed.append(b)
+        elif set(a.visitor_tokens) != set(b.visitor_tokens):
+            keys.append(b)
         elif a != b:
             local_only.append(b)
     return ServiceDiff(
@@ -261,6 +270,7 @@ def diff_services(old: ClientConfig, new: ClientConfig) -> ServiceDiff:
         removed=tuple(name for name in before if name not in after),
         changed=tuple(sorted(changed, key=lambda s: s.name)),
         local_only=tuple(sorted(local_only, key=lambda s: s.name)),
+        visitor_tokens=tuple(sorted(keys, key=lambda s: s.name)),
     )
 
 

@@ -109,12 +109,17 @@ def _split_bracketed(text: str) -> tuple[str, str]:
 
 
 def parse_host_port(
-    text: str, *, default_port: int | None = None, default_host: str | None = None
+    text: str,
+    *,
+    default_port: int | None = None,
+    default_host: str | None = None,
+    allow_zero: bool = False,
 ) -> tuple[str, int]:
     """Parse `host:port`, `[v6]:port`, or, when the defaults allow it, `host` or `port` alone.
 
     `default_port` fills in a missing port (`example.com`, `[::1]`); `default_host` fills in a
     missing host (`7835`, `:7835`). An IPv6 literal needs brackets when a port follows it.
+    `allow_zero`: port 0 (any free port) is allowed, for an address to bind.
     """
     text = text.strip()
     if not text:
@@ -146,7 +151,7 @@ def parse_host_port(
         if default_port is None:
             raise SpecError(f"missing port in {text!r} (expected HOST:PORT)")
         return host, default_port
-    return host, parse_port(port_text)
+    return host, parse_port(port_text, allow_zero=allow_zero)
 
 
 def format_host_port(host: str, port: int) -> str:

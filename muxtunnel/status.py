@@ -80,7 +80,10 @@ class SessionRow:
     rtt_s: float | None
     #: Open mux streams, the control channel included.
     streams: int
+    #: The services it registered (a visitor session: the private services it may visit).
     services: tuple[str, ...] = ()
+    #: "client" (it registers services) or "visitor" (`muxtunnel visit`).
+    role: str = "client"
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -91,6 +94,7 @@ class SessionRow:
             "rtt_ms": _ms(self.rtt_s),
             "streams": self.streams,
             "services": sorted(self.services),
+            "role": self.role,
         }
 
 
@@ -129,6 +133,12 @@ class ServiceRow:
     members: int | None = None
     group: str | None = None
     health: str | None = None
+    #: No public port: reached through `muxtunnel visit` only.
+    private: bool = False
+    #: Server, private services: `visit` sessions allowed to reach it now.
+    visitor_sessions: int = 0
+    #: `visit`: whether the service's provider is online (None: not known, or not `visit`).
+    provider_online: bool | None = None
 
     @property
     def connections(self) -> int:
@@ -161,6 +171,11 @@ class ServiceRow:
         if self.group is not None:
             row["group"] = self.group
             row["health"] = self.health
+        if self.private:
+            row["private"] = True
+            row["visitor_sessions"] = self.visitor_sessions
+        if self.provider_online is not None:
+            row["provider_online"] = self.provider_online
         return row
 
 
@@ -302,6 +317,8 @@ class ClientStatus:
     traffic: tuple[TrafficRow, ...] = ()
     #: Refusals so far, by reason (`log.Refusals`).
     refusals: Mapping[str, int] = field(default_factory=dict)
+    #: What runs: "up", or "visit" (its services are the private ones it serves locally).
+    command: str = "up"
 
     @property
     def connected(self) -> bool:
@@ -317,6 +334,7 @@ class ClientStatus:
         """The JSON document of `GET /api/v1/status`."""
         return {
             "role": self.role,
+            "command": self.command,
             "version": self.version,
             "server": self.server,
             "connected": self.connected,

@@ -118,7 +118,8 @@ def _render(data: dict[str, Any]) -> Group:
                         _age(s["age_s"]),
                         f"{s['rtt_ms']} ms" if s["rtt_ms"] is not None else "-",
                         str(s["streams"]),
-                        ", ".join(s["services"]),
+                        ("visits " if s.get("role") == "visitor" else "")
+                        + ", ".join(s["services"]),
                     ]
                     for s in data["sessions"]
                 ],
@@ -129,7 +130,7 @@ def _render(data: dict[str, Any]) -> Group:
         rtt = f"  rtt {data['rtt_ms']} ms" if data.get("rtt_ms") is not None else ""
         parts.append(
             Text.assemble(
-                ("muxtunnel up ", "bold"),
+                (f"muxtunnel {data.get('command', 'up')} ", "bold"),
                 f"server {data['server']}  {online}{rtt}  reconnects {data['reconnects']}",
             )
         )
@@ -147,6 +148,8 @@ def _render(data: dict[str, Any]) -> Group:
     columns = ["service", "type", "public address", "conns", "in", "out", "compression"]
     if data["role"] == "client":
         columns.insert(3, "local")
+    if data.get("command") == "visit":  # it serves private services locally
+        columns[2:4] = ["served at", "reaches"]
     grouped = data["role"] == "client" and any("group" in s for s in data["services"])
     if grouped:
         columns += ["group", "health"]
@@ -155,10 +158,15 @@ def _render(data: dict[str, Any]) -> Group:
         columns.append("responses")
     rows = []
     for s in data["services"]:
+        public = s["public"] or "-"
+        if data["role"] == "server" and s.get("private"):
+            public = f"private, {s['visitor_sessions']} visitor session(s)"
+        if s.get("provider_online") is False:
+            public += " (provider offline)"
         row = [
             s["name"],
             s["type"],
-            s["public"] or "-",
+            public,
             str(s["connections"]),
             _size(s["bytes_in"]),
             _size(s["bytes_out"]),

@@ -15,7 +15,13 @@ from muxtunnel.balance.settings import (
     RateLimit,
     parse_policy,
 )
-from muxtunnel.config import ConfigError, load_client_config, load_config, load_server_config
+from muxtunnel.config import (
+    ConfigError,
+    load_client_config,
+    load_config,
+    load_server_config,
+    load_visitor_config,
+)
 from muxtunnel.model import (
     ClientConfig,
     ClientTls,
@@ -28,6 +34,7 @@ from muxtunnel.model import (
     ServerTls,
     ServicePolicy,
     ServiceSpec,
+    VisitSpec,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +43,7 @@ EXAMPLE = ROOT / "config.example.yaml"
 EXAMPLE_ENV = {
     "MUXTUNNEL_TOKEN": "example-token-0123456789",
     "MUXTUNNEL_SSH_TOKEN": "ssh-token-0123456789",
+    "MUXTUNNEL_DB_VISITOR_TOKEN": "db-visitor-0123456789",
 }
 
 
@@ -85,6 +93,8 @@ def test_example_loads_for_the_client() -> None:
         ServiceSpec("web", "tcp", "127.0.0.1", 3000, 8080),
         ServiceSpec("ssh", "tcp", "127.0.0.1", 22, 8022, Secret("ssh-token-0123456789")),
         ServiceSpec("dns", "udp", "::1", 53, 10053),
+        ServiceSpec("db", "tcp", "127.0.0.1", 5432, private=True,
+                    visitor_tokens=(Secret("db-visitor-0123456789"),)),
         ServiceSpec("app", "http", "127.0.0.1", 3000, http=HttpOptions()),
         ServiceSpec(
             "shop-1",
@@ -93,7 +103,14 @@ def test_example_loads_for_the_client() -> None:
             8081,
             group=GroupSpec("shop", None, 2, HealthSettings("http", "/healthz", 5.0, 2.0, 3, 2)),
         ),
-    )
+    )  # fmt: skip
+
+
+def test_example_loads_for_visit() -> None:
+    config = load_visitor_config(EXAMPLE, env=EXAMPLE_ENV)
+    assert (config.server_host, config.server_port) == ("tunnel.example.com", 7835)
+    assert config.token == Secret("db-visitor-0123456789") and config.services == ()
+    assert config.visits == (VisitSpec("db", "tcp", "127.0.0.1", 15432),)
 
 
 #: Every number the example spells out is the default, so loading it proves nothing about
@@ -177,8 +194,8 @@ EXAMPLE_CHANGES = [
         'compression_budget_bytes: "32MiB"',
         ("server", "compression_budget_bytes", 32 << 20),
     ),
-    ("reconnect_min_s: 0.5", "reconnect_min_s: 0.75", ("client", "reconnect_min_s", 0.75)),
-    ("reconnect_max_s: 30", "reconnect_max_s: 45", ("client", "reconnect_max_s", 45.0)),
+    ("reconnect_min_s: 0.5", "reconnect_min_s: 0.75", ("clients", "reconnect_min_s", 0.75)),
+    ("reconnect_max_s: 30", "reconnect_max_s: 45", ("clients", "reconnect_max_s", 45.0)),
 ]
 
 
@@ -191,11 +208,13 @@ def test_example_keys_are_read_not_defaulted(tmp_path: Path) -> None:
     loaded = {
         "server": load_server_config(path, env=EXAMPLE_ENV),
         "client": load_client_config(path, env=EXAMPLE_ENV),
+        "visitor": load_visitor_config(path, env=EXAMPLE_ENV),
     }
-    defaults = {"server": ServerConfig(), "client": ClientConfig()}
+    defaults = {"server": ServerConfig(), "client": ClientConfig(), "visitor": ClientConfig()}
+    sides = {"both": ("server", "client"), "clients": ("client", "visitor")}
     for _, _, (where, key, value) in EXAMPLE_CHANGES:
         side, _, part = where.partition(".")
-        for name in ("server", "client") if side == "both" else (side,):
+        for name in sides.get(side, (side,)):
             config, default = loaded[name], defaults[name]
             if part:
                 config, default = config.mux, default.mux

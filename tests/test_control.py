@@ -22,10 +22,14 @@ from muxtunnel.control import (
     Error,
     Hello,
     Message,
+    Presence,
     Register,
     Registered,
     Unregister,
+    Visit,
+    Visited,
     VisitorHeader,
+    VisitorKeys,
     decode_message,
     encode_message,
     encode_visitor_header,
@@ -107,6 +111,13 @@ SAMPLES: list[Message] = [
     Unregister("web"),
     Error(AUTH_FAILED, "authentication failed", "web"),
     Error(BAD_REQUEST, "", None),
+    Register("ssh", "tcp", 0, TAG, private=True, visitor_keys=bytes(28 + 64)),
+    Registered("ssh", "tcp", "tunnel.example.com", 0, TAG, private=True),
+    Visit("ssh", "tcp", TAG),
+    Visit("ssh", "tcp", TAG, "zstd", 3),
+    Visited("dns", "udp", TAG, False),
+    Presence("ssh", True),
+    VisitorKeys("ssh", bytes(28 + 32)),
 ]
 
 
@@ -335,10 +346,26 @@ _field_names = st.sampled_from(
         "message",
         "peer_host",
         "peer_port",
+        "private",
+        "visitor_keys",
+        "online",
     ]
 )
 _message_types = st.sampled_from(
-    ["hello", "challenge", "register", "registered", "unregister", "error", "visitor", "x"]
+    [
+        "hello",
+        "challenge",
+        "register",
+        "registered",
+        "unregister",
+        "error",
+        "visitor",
+        "x",
+        "visit",
+        "visited",
+        "presence",
+        "visitor_keys",
+    ]
 )
 
 
@@ -364,6 +391,10 @@ _messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Register, _names, _types, st.integers(0, 65535), _nonces),
     st.builds(Registered, _names, _types, _text, st.integers(1, 65535), _nonces),
     st.builds(Unregister, _names),
+    st.builds(Visit, _names, _types, _nonces),
+    st.builds(Visited, _names, _types, _nonces, st.booleans()),
+    st.builds(Presence, _names, st.booleans()),
+    st.builds(VisitorKeys, _names, st.binary(max_size=28 + 32 * 32)),
     st.builds(Error, st.from_regex(r"[a-z_]{1,20}", fullmatch=True), _text, st.none() | _names),
 )
 

@@ -123,7 +123,7 @@ def test_status_documents_keep_their_keys() -> None:
     }  # fmt: skip
     assert server["sessions"] == [
         {"id": 1, "peer": "10.0.0.1:5000", "age_s": 2.5, "rtt_ms": 12.3, "streams": 3,
-         "services": ["web"]}
+         "services": ["web"], "role": "client"}
     ]  # fmt: skip
     assert set(server["services"][0]) == {
         "name", "type", "public", "session", "connections", "bytes_in", "bytes_out",
@@ -135,7 +135,7 @@ def test_status_documents_keep_their_keys() -> None:
     client = ClientStatus("1", "server:7835", 2, (session,), (service,)).to_dict()
     assert set(client) == {
         "role", "version", "server", "connected", "rtt_ms", "reconnects", "services",
-        "connections", "refusals",
+        "connections", "refusals", "command",
     }  # fmt: skip
     assert (client["role"], client["connected"], client["rtt_ms"]) == ("client", True, 12.3)
     assert set(client["services"][0]) == {
@@ -159,3 +159,26 @@ def test_client_udp_rows_count_bytes_towards_the_service_as_in() -> None:
     row = state.row(None)
     assert (row.bytes_in, row.bytes_out, row.connections, row.local) == (100, 7, 3, "127.0.0.1:53")
     assert row.udp_dropped == {"oversize": 0, "backpressure": 0}
+
+
+def test_status_tables_show_private_services_and_visits() -> None:
+    """`muxtunnel status` of a server with a private service, and of a `visit`."""
+    from rich.console import Console
+
+    from muxtunnel.statusview import render_status
+
+    def text(document: dict[str, object]) -> str:
+        console = Console(width=200, record=True)
+        console.print(render_status(document))
+        return console.export_text()
+
+    visitor = SessionRow(3, "10.0.0.9:4000", 1.0, None, 2, ("ssh",), role="visitor")
+    private = ServiceRow("ssh", "tcp", "private", 1, 1, private=True, visitor_sessions=1)
+    server = text(ServerStatus("1", "0.0.0.0:7835", None, 9.0, 0, (visitor,), (private,)).to_dict())
+    assert "visits ssh" in server and "private, 1 visitor session(s)" in server
+    served = ServiceRow("ssh", "tcp", "127.0.0.1:2222", local="ssh@t:7835", private=True,
+                        provider_online=False)  # fmt: skip
+    visit = ClientStatus("1", "t:7835", 0, (), (served,), command="visit").to_dict()
+    assert visit["services"][0]["provider_online"] is False
+    shown = text(visit)
+    assert "muxtunnel visit" in shown and "127.0.0.1:2222 (provider offline)" in shown

@@ -87,10 +87,13 @@ MUXTUNNEL_RANKS = {
     # building blocks that need only the vocabulary
     "specs": 1,
     "auth": 1,
+    "visitauth": 1,  # visitor tokens: their tags and sealed keys
     "sources": 1,
     "log": 1,
+    "termlog": 1,
     "transport": 1,  # the network seam
     "datagrams": 1,  # its UDP half
+    "sockets": 2,  # its part for protocol-driven sockets (the relay)
     "argv": 1,  # masks secrets in the command line the kernel shows
     "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
@@ -102,8 +105,10 @@ MUXTUNNEL_RANKS = {
     "trust": 3,  # the state directory: the server's own pair, the client's known servers
     "limits": 2,
     "proxy": 2,
+    "relay": 2,
     "control": 2,
     "fields": 1,  # checks of control message fields
+    "visitmsg": 1,  # the control messages of private services (`control` decodes them)
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
     "cluster": 2,
@@ -112,6 +117,7 @@ MUXTUNNEL_RANKS = {
     # what both sides share
     "config": 3,
     "udp": 3,
+    "udpflow": 3,  # the non-public ends of a flow (client socket, visitor splice)
     "forward": 3,
     # decisions and consumers of snapshots: they never see the server or the client
     "reload": 4,
@@ -123,6 +129,7 @@ MUXTUNNEL_RANKS = {
     "client": 5,
     # the composition root, and the command line in front of it
     "app": 6,
+    "tools": 6,  # status and cert: the commands that run no tunnel
     "cli": 7,
     "flags": 6,
     "__main__": 7,
@@ -131,7 +138,7 @@ MUXTUNNEL_RANKS = {
 #: Same rank, yet never one importing the other.
 APART = {("server", "client"), ("client", "server")}
 #: Modules whose `rich` import must wait for a terminal: imported only inside functions.
-TERMINAL_ONLY = {"muxtunnel.console", "muxtunnel.statusview"}
+TERMINAL_ONLY = {"muxtunnel.console", "muxtunnel.statusview", "muxtunnel.termlog"}
 
 
 def module_files(package: Path) -> dict[str, Path]:
@@ -300,13 +307,14 @@ def test_rich_waits_for_a_terminal(module: str) -> None:
 FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
     "muxtunnel.datagrams": "the network seam's UDP half: bind errors, a 0-byte send's errors",
+    "muxtunnel.sockets": "the network seam for protocol-driven sockets: connect, abort",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.config._values": "reading token files",
     "muxtunnel.argv": "reading /proc/self/stat and /proc/self/cmdline",
     "muxtunnel.trust": "reading and writing the known-hosts file",
     "muxtunnel.reload": "stat() of the config file",
-    "muxtunnel.app": "writing certificate files",
+    "muxtunnel.tools": "writing certificate files (`muxtunnel cert`)",
     "muxtunnel.log": "isatty() of a stream that may have none",
     "muxtunnel.statusview": "urllib's errors: the HTTP client of `muxtunnel status`",
     "muxtunnel.balance.probe": "health probes: a refused or reset connect is a probe result",

@@ -67,3 +67,42 @@ def test_send_path(benchmark: BenchmarkFixture, figures: list[str], frame_size: 
     )
     rate = TOTAL / benchmark.stats.stats.mean / 1e6
     figures.append(f"core send_data+data_to_send {frame_size:>6} B frames: {rate:8.1f} MB/s")
+
+
+def run_mixed(light_streams: int, rounds: int, window_update_for: dict[int, bytes]) -> int:
+    """One bulk stream and `light_streams` streams with a 64 B message each per round: the
+    scheduler's two classes (light first, at most half a batch) at work."""
+    conn = Connection(client=True)
+    bulk = conn.open_stream()
+    lights = [conn.open_stream() for _ in range(light_streams)]
+    conn.data_to_send()
+    message, chunk = b"m" * 64, b"b" * HALF
+    frames = 0
+    for _ in range(rounds):
+        if conn.send_buffered(bulk) < HALF:
+            conn.send_data(bulk, chunk)
+        for stream_id in lights:
+            conn.send_data(stream_id, message)
+        frames += len(conn.data_to_send()) // 2
+        for stream_id in (bulk, *lights):
+            if conn.send_window(stream_id) < HALF:
+                conn.receive_data(window_update_for[stream_id], 0.0)
+    return frames
+
+
+@pytest.mark.parametrize("light_streams", [1, 50, 500])
+def test_send_path_bulk_beside_light_streams(
+    benchmark: BenchmarkFixture, figures: list[str], light_streams: int
+) -> None:
+    rounds = 200
+    updates = {
+        stream_id: F.window_update(stream_id, INITIAL_STREAM_WINDOW)
+        for stream_id in range(1, 2 * light_streams + 3, 2)
+    }
+    frames = benchmark.pedantic(
+        run_mixed, args=(light_streams, rounds, updates), rounds=5, iterations=1, warmup_rounds=1
+    )
+    per_frame_us = benchmark.stats.stats.mean / frames * 1e6
+    figures.append(
+        f"core mixed send, 1 bulk + {light_streams:>3} light streams: {per_frame_us:6.2f} us/frame"
+    )

@@ -255,6 +255,8 @@ class Client:
         for spec in diff.changed:
             await self._remove_service(spec.name)
             await self._add_service(spec)
+        for spec in diff.visitor_tokens:
+            await self._new_visitor_tokens(spec)
         for spec in diff.added:
             await self._add_service(spec)
         log.info(
@@ -263,6 +265,7 @@ class Client:
             removed=list(diff.removed),
             restarted=[spec.name for spec in diff.changed],
             local_changed=[spec.name for spec in diff.local_only],
+            visitor_tokens_changed=[spec.name for spec in diff.visitor_tokens],
         )
 
     async def _change_in_place(self, state: ServiceState, spec: ServiceSpec) -> None:
@@ -294,6 +297,25 @@ class Client:
             self.services.pop(spec.name, None)
         except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
             pass  # the session ended: the next one registers the service
+
+    async def _new_visitor_tokens(self, spec: ServiceSpec) -> None:
+        """A private service's visitor tokens changed: the server gets their keys at once (or
+        with the next registration); it revokes visits whose token was dropped."""
+        state = self.services.get(spec.name)
+        if state is None:
+            return
+        state.spec = spec
+        channel = self._control
+        if channel is None or state.public is None:
+            return  # registered with them when the session (re)starts
+        try:
+            await channel.update_visitor_keys(state, self._token(spec))
+        except (FatalError, RetryableError, control.ControlError, TimeoutError) as exc:
+            log.error("new visitor tokens refused; registering the service again", error=str(exc))
+            await self._remove_service(spec.name)
+            await self._add_service(spec)
+        except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+            pass  # the session ended: the next one registers the service with them
 
     async def _remove_service(self, name: str) -> None:
         """Stop exposing `name`; the server closes its public port and its visitors."""

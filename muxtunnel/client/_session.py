@@ -43,8 +43,9 @@ from muxtunnel.control import (
     Register,
     Registered,
     Unregister,
+    VisitorKeys,
 )
-from muxtunnel.model import ClientConfig, Secret
+from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.specs import format_host_port
 from muxtunnel.tls import (
     FINGERPRINT_PREFIX,
@@ -55,6 +56,7 @@ from muxtunnel.tls import (
 )
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.trust import KnownHosts, check_known_host
+from muxtunnel.visitauth import seal_keys, visitor_key
 
 __all__ = ["Carrier", "Control", "open_carrier"]
 
@@ -236,6 +238,29 @@ class Control:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the session is ending: the next registration carries the news
 
+    async def update_visitor_keys(self, state: ServiceState, token: Secret | None) -> None:
+        """A private service's visitor tokens changed (a reload): send their keys; the service
+        and its visitors stay up. Errors as `register_later`."""
+        spec = state.spec
+        if token is None:
+            raise FatalError(f"service {spec.name!r} has no token")
+        key = derive_key(token)
+        async with self._lock:
+            with anyio.fail_after(CONTROL_TIMEOUT_S):
+                sealed = self._sealed_keys(spec, key)
+                await control.send_message(self.channel, VisitorKeys(spec.name, sealed))
+                reply = await self._replies.receive()
+        if isinstance(reply, Error):
+            raise RetryableError(f"service {spec.name!r}: {reply.message}")
+        log.info("visitor tokens changed", service=spec.name, tokens=len(spec.visitor_tokens))
+
+    def _sealed_keys(self, spec: ServiceSpec, key: bytes) -> bytes:
+        """A private service's visitor keys, sealed for the server (b"" for a public one)."""
+        if not spec.private:
+            return b""
+        keys = [visitor_key(token) for token in spec.visitor_tokens]
+        return seal_keys(key, spec.name, *self._nonces, self._binding, keys)
+
     async def unregister(self, name: str) -> None:
         """Ask the server to stop exposing `name` (it closes the port and the visitors)."""
         async with self._lock:
@@ -264,7 +289,8 @@ class Control:
         )
         # After a reconnect, ask for the port the server picked before, so visitors keep it.
         port = spec.remote_port or state.remote_port
-        request = Register.of(spec, tag, port, **self._membership(state))
+        keys = self._sealed_keys(spec, key)
+        request = Register.of(spec, tag, port, keys=keys, **self._membership(state))
         await control.send_message(self.channel, request)
         if replies is None:
             reply = await control.receive_message(self.channel)
@@ -288,6 +314,11 @@ class Control:
             key, reply.tag, spec.name, spec.type, server_nonce, client_nonce, self._binding, group
         ):
             raise FatalError("the server could not prove it knows the token: refusing it")
+        if spec.private and not reply.private:  # the session's end closes what it opened
+            raise FatalError(
+                f"service {spec.name!r}: the server does not know private services (it is "
+                "older): refusing to expose it on a public port"
+            )
         state.member = reply.member
         state.compression = reply.compression if spec.compression else None
         # An older server says no level: ours, as it was then.
@@ -300,6 +331,8 @@ class Control:
         state.urls = reply.urls
         if spec.http is not None and reply.urls:
             state.public = reply.urls[0]
+        if spec.private:
+            state.public = "private"
         log.info(
             "service registered",
             service=spec.name,

@@ -1,7 +1,7 @@
 """One visitor stream the server opened: read its header, then serve a UDP flow or a TCP visitor.
 
 A TCP visitor gets a connection to the local service and is forwarded (`muxtunnel.forward`); a
-UDP flow gets a connected UDP socket (`muxtunnel.udp.serve_flow`). HTTP and HTTPS visitor
+UDP flow gets a connected UDP socket (`muxtunnel.udpflow.serve_flow`). HTTP and HTTPS visitor
 streams are TCP visitors here: the server already routed them (and wrote any PROXY protocol
 header first on the stream), so the client pipes their bytes as they come. A stream for a
 service the client does not know, or whose header is late or malformed, is reset.
@@ -23,12 +23,12 @@ import structlog
 from mux import MuxStream
 from muxtunnel import control
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, HEADER_TIMEOUT_S, ServiceState
-from muxtunnel.forward import Visitors, forward, guarded
+from muxtunnel.forward import Visitors, forward, forward_to, guarded
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
 from muxtunnel.transport import TransportError, abort, connect
-from muxtunnel.udp import serve_flow
+from muxtunnel.udpflow import serve_flow
 
 __all__ = ["Host", "serve"]
 
@@ -104,7 +104,22 @@ async def _serve(host: Host, stream: MuxStream) -> None:
             state.flows.pop(stream.stream_id, None)
         return
     peer = f"{header.peer_host}:{header.peer_port}"
+    compressed = state.compression is not None and header.compressed
     try:
+        if not compressed:  # relayed by callbacks from the connect on (`forward_to`)
+            with host.visitors.track():
+                await forward_to(
+                    spec.local_host,
+                    spec.local_port,
+                    stream,
+                    service=spec.name,
+                    peer=peer,
+                    traffic=host.traffic_of(spec.name),
+                    connect_timeout_s=CONTROL_TIMEOUT_S,
+                    dial_slots=host.dial_slots(spec.name),
+                    greeting=control.DIAL_CONFIRMED if header.confirm else b"",
+                )
+            return
         async with host.dial_slots(spec.name):
             target = await connect(spec.local_host, spec.local_port, timeout_s=CONTROL_TIMEOUT_S)
     except TransportError as exc:
@@ -125,7 +140,6 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             await abort(target)  # the visitor went meanwhile: the service must see it fail
             return
-    compressed = state.compression is not None and header.compressed
     with host.visitors.track():
         await forward(
             target,

@@ -34,12 +34,14 @@ from muxtunnel.config._client import CLIENT_KEYS, client
 from muxtunnel.config._server import SERVER_KEYS, server
 from muxtunnel.config._tree import ConfigError, Map, Node, Scalar, absent, child, read_tree
 from muxtunnel.config._values import MIN_TOKEN_CHARS, TOKEN_KEYS, mapping, token_file
+from muxtunnel.config._visitor import visitor
 from muxtunnel.model import ClientConfig, Secret, ServerConfig
 
 __all__ = [
     "CLIENT_KEYS",
     "ENV_ADMIN_TOKEN",
     "ENV_TOKEN",
+    "ENV_VISITOR_TOKEN",
     "MIN_TOKEN_CHARS",
     "SERVER_KEYS",
     "ConfigError",
@@ -47,13 +49,16 @@ __all__ = [
     "load_config",
     "load_server_config",
     "load_token_file",
+    "load_visitor_config",
 ]
 
-Role = Literal["server", "client"]
+Role = Literal["server", "client", "visitor"]
 #: Where the token comes from when neither the command line nor the file sets one.
 ENV_TOKEN = "MUXTUNNEL_TOKEN"
 #: The admin API's and metrics' bearer token when no flag gives one (`--admin`, `status`).
 ENV_ADMIN_TOKEN = "MUXTUNNEL_ADMIN_TOKEN"
+#: `visit`'s: a visitor token is another secret than the client token.
+ENV_VISITOR_TOKEN = "MUXTUNNEL_VISITOR_TOKEN"
 PathArg = str | os.PathLike[str] | None
 
 
@@ -61,6 +66,7 @@ def _overlay(
     section: Map, role: Role, overrides: Mapping[str, object], env: Mapping[str, str]
 ) -> Map:
     allowed = SERVER_KEYS if role == "server" else CLIENT_KEYS
+    env_token = ENV_VISITOR_TOKEN if role == "visitor" else ENV_TOKEN
     items = dict(section.items)
     for key, given in overrides.items():
         if key not in allowed:
@@ -70,8 +76,8 @@ def _overlay(
         elif given is not None:
             items[key] = Scalar("command line", 0, key, None, given)
             _drop_other_token(items, key)
-    if absent(items.get("token")) and absent(items.get("token_file")) and env.get(ENV_TOKEN):
-        items["token"] = Scalar("environment", 0, ENV_TOKEN, None, env[ENV_TOKEN])
+    if absent(items.get("token")) and absent(items.get("token_file")) and env.get(env_token):
+        items["token"] = Scalar("environment", 0, env_token, None, env[env_token])
     return Map(section.file, section.line, section.path, items)
 
 
@@ -109,8 +115,8 @@ def load_config(
 ) -> ServerConfig: ...  # fmt: skip
 @overload
 def load_config(
-    path: PathArg, role: Literal["client"], overrides: Mapping[str, object] | None = None, *,
-    env: Mapping[str, str] | None = None,
+    path: PathArg, role: Literal["client", "visitor"],
+    overrides: Mapping[str, object] | None = None, *, env: Mapping[str, str] | None = None,
 ) -> ClientConfig: ...  # fmt: skip
 def load_config(
     path: PathArg,
@@ -136,7 +142,9 @@ def load_config(
         if role not in tree.items:
             raise ConfigError(f"{os.fspath(path)}: no '{role}:' section")
     section = _overlay(mapping(tree.items.get(role), tree, role), role, overrides or {}, env)
-    return server(section, env) if role == "server" else client(section, env)
+    if role == "server":
+        return server(section, env)
+    return visitor(section, env) if role == "visitor" else client(section, env)
 
 
 def load_server_config(
@@ -157,6 +165,16 @@ def load_client_config(
 ) -> ClientConfig:
     """The client's config: `client:` of the file at `path`, with `overrides` on top."""
     return load_config(path, "client", overrides, env=env)
+
+
+def load_visitor_config(
+    path: PathArg,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> ClientConfig:
+    """`muxtunnel visit`'s config: `visitor:` of the file at `path`, with `overrides` on top."""
+    return load_config(path, "visitor", overrides, env=env)
 
 
 def load_token_file(path: str) -> Secret:

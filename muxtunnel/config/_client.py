@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from muxtunnel.auth import TAG_BYTES
+from muxtunnel.auth import KEY_BYTES, TAG_BYTES
 from muxtunnel.config import _balance, _web
 from muxtunnel.config import _values as v
 from muxtunnel.config._tree import (
@@ -29,6 +29,7 @@ from muxtunnel.model import (
     WEB_TYPES,
     ClientConfig,
     ClientTls,
+    Secret,
     ServiceSpec,
     ServiceType,
 )
@@ -46,7 +47,7 @@ __all__ = ["CLIENT_KEYS", "client"]
 
 _SPEC_KEYS = (
     "name", "type", "local", "remote_port", "token", "token_file", "compression",
-    "compression_level", *_web.WEB_SERVICE_KEYS, *_balance.GROUP_KEYS,
+    "compression_level", "public", "visitor_token", *_web.WEB_SERVICE_KEYS, *_balance.GROUP_KEYS,
 )  # fmt: skip
 _TLS_KEYS = ("enabled", "ca", "fingerprint", "insecure", "cert", "key", "server_name")
 
@@ -99,6 +100,11 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
         compression, level = _compression(entry, env)
         if compression and kind == "udp":
             fail(present(entry, "compression") or entry, "compression is for tcp services only")
+        private, visitor_tokens = _privacy(entry, kind, env)
+        if private and remote is not None:
+            fail(remote, "a private service has no public port: leave remote_port out")
+        if private and (member := present(entry, "group")) is not None:
+            fail(member, "a private service cannot be a group member (groups are public)")
         protocol = None
         if found := present(entry, "proxy_protocol"):
             if kind == "udp":
@@ -115,6 +121,8 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
             compression_level=level,
             http=_web.http_options(entry, kind, name, name_node or entry, env),
             proxy_protocol=protocol,
+            private=private,
+            visitor_tokens=visitor_tokens,
             group=_balance.group_spec(entry, env),
         )
         _fits_one_message(entry, spec)
@@ -122,18 +130,41 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServiceSpec, ...]:
     return tuple(specs)
 
 
+def _privacy(
+    entry: Map, kind: ServiceType, env: Mapping[str, str]
+) -> tuple[bool, tuple[Secret, ...]]:
+    """`public: false` and its `visitor_token`s (a token, or a list of them)."""
+    private = False
+    if node := present(entry, "public"):
+        private = not v.boolean(node, env)
+        if private and kind not in ("tcp", "udp"):
+            fail(node, f"an {kind} service cannot be private: only tcp and udp services can")
+    tokens: tuple[Secret, ...] = ()
+    if node := present(entry, "visitor_token"):
+        if not private:
+            fail(node, "visitor_token is for private services (public: false)")
+        tokens = v.visitor_tokens(node, env)
+    if private and (own := v.secret(entry, env)) is not None and own in tokens:
+        fail(node or entry, "a visitor token must differ from the service's token")
+    return private, tokens
+
+
 def _fits_one_message(entry: Map, spec: ServiceSpec) -> None:
     """A registration travels in one control message: refuse options too long for it."""
     from muxtunnel import control
     from muxtunnel.auth import GROUP_KEY_BYTES, GROUP_PROOF_BYTES
     from muxtunnel.fields import INSTANCE_BYTES
+    from muxtunnel.visitauth import SEALED_OVERHEAD_BYTES
 
-    group: dict[str, object] = {}
+    group: dict[str, bytes] = {}
     if spec.group is not None:  # the largest a member's fields can be
         group = {"group_key": bytes(GROUP_KEY_BYTES), "group_proof": bytes(GROUP_PROOF_BYTES),
                  "instance": bytes(INSTANCE_BYTES)}  # fmt: skip
+    keys = bytes(SEALED_OVERHEAD_BYTES + KEY_BYTES * len(spec.visitor_tokens))
     try:
-        register = control.Register.of(spec, bytes(TAG_BYTES), spec.remote_port, **group)
+        register = control.Register.of(
+            spec, bytes(TAG_BYTES), spec.remote_port, keys=keys if spec.private else b"", **group
+        )
         control.encode_message(register)
     except ValueError as exc:
         fail(
@@ -216,6 +247,9 @@ def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
         text = string(node, env)
         host, port = v.parsed(node, lambda t: parse_host_port(t, default_port=port), text)
     config = ClientConfig(server_host=host, server_port=port, **fields)
+    for spec in config.services:
+        if spec.private and config.token is not None and config.token in spec.visitor_tokens:
+            fail(section, f"service {spec.name!r}: a visitor token must differ from the token")
     if config.reconnect_max_s < config.reconnect_min_s:
         where = present(section, "reconnect_max_s") or present(section, "reconnect_min_s")
         assert where is not None

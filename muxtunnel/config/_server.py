@@ -36,7 +36,7 @@ __all__ = ["SERVER_KEYS", "server"]
 _PORTS = "a port list like '1024-65535,8080'"
 _POLICY_KEYS = (
     "name", "token", "token_file", "bandwidth_bytes_per_s", "max_connections", "compression",
-    "custom_domains", "port", "idle_timeout_s", *_balance.POLICY_KEYS,
+    "custom_domains", "port", "idle_timeout_s", "visitor_token", *_balance.POLICY_KEYS,
 )  # fmt: skip
 
 
@@ -83,7 +83,12 @@ def _services(node: Node, env: Mapping[str, str]) -> tuple[ServicePolicy, ...]:
         if found := present(entry, "idle_timeout_s"):
             limits["idle_timeout_s"] = v.non_negative(found, env)
         limits.update(_balance.policy_fields(entry, env))
-        policies.append(ServicePolicy(name, v.secret(entry, env), **limits))
+        token = v.secret(entry, env)
+        if found := present(entry, "visitor_token"):
+            limits["visitor_tokens"] = v.visitor_tokens(found, env)
+            if token is not None and token in limits["visitor_tokens"]:
+                fail(found, "a visitor token must differ from the service's token")
+        policies.append(ServicePolicy(name, token, **limits))
     return tuple(policies)
 
 
@@ -200,4 +205,8 @@ def server(section: Map, env: Mapping[str, str]) -> ServerConfig:
         public_host = v.parsed(node, validate_host, string(node, env).strip("[]"))
     if (node := present(section, "https")) and "http" not in fields:
         fail(node, "the HTTPS port needs a domain: set http.domain (or --domain)")
-    return ServerConfig(bind_host=host, bind_port=port, public_host=public_host, **fields)
+    config = ServerConfig(bind_host=host, bind_port=port, public_host=public_host, **fields)
+    for policy in config.services:
+        if config.token is not None and config.token in policy.visitor_tokens:
+            fail(section, f"services {policy.name!r}: a visitor token must differ from the token")
+    return config

@@ -45,7 +45,7 @@ MAX_INCLUDE_DEPTH = 8
 #: Values (scalars, lists, mappings) per file after aliases are expanded: stops alias bombs.
 MAX_NODES_PER_FILE = 100_000
 
-TOP_KEYS = ("server", "client", "include")
+TOP_KEYS = ("server", "client", "visitor", "include")
 #: Longest message of a ConfigError (a key path of deeply nested includes stays well within).
 _MAX_MESSAGE_CHARS = 2000
 _STR = "tag:yaml.org,2002:str"
@@ -210,7 +210,7 @@ def _parse_file(file: str) -> Map:
     if tree is None or (isinstance(tree, Scalar) and tree.is_null):
         return Map(file, 1, "")
     if not isinstance(tree, Map):
-        fail(tree, "the file must hold a mapping with keys server:, client:, include:")
+        fail(tree, "the file must hold a mapping with keys server:, client:, visitor:, include:")
     return tree
 
 

@@ -31,7 +31,7 @@ from muxtunnel.config._tree import (
     value,
     wrong,
 )
-from muxtunnel.model import Endpoint, Secret, ServicePolicy, ServiceSpec
+from muxtunnel.model import Endpoint, Secret, ServicePolicy, ServiceSpec, VisitSpec
 from muxtunnel.specs import parse_host_port
 from muxtunnel.trust import default_state_dir
 
@@ -67,6 +67,22 @@ def token(node: Node, env: Mapping[str, str]) -> Secret:
     if not found:
         fail(node, "the token must not be empty")
     return Secret(found)
+
+
+def visitor_tokens(node: Node, env: Mapping[str, str]) -> tuple[Secret, ...]:
+    """`visitor_token`: one token or a list of them (duplicates dropped), at most 32."""
+    from muxtunnel.visitauth import MAX_VISITOR_TOKENS
+
+    if isinstance(node, Scalar) and isinstance(node.value, tuple | list):  # the command line
+        nodes: list[Node] = [Scalar(node.file, 0, node.path, None, item) for item in node.value]
+    else:
+        nodes = node.items if isinstance(node, List) else [node]
+    found = tuple(dict.fromkeys(token(item, env) for item in nodes))
+    if not found:
+        fail(node, "give at least one visitor token")
+    if len(found) > MAX_VISITOR_TOKENS:
+        fail(node, f"at most {MAX_VISITOR_TOKENS} visitor tokens per service")
+    return found
 
 
 def token_file(node: Node, env: Mapping[str, str]) -> Secret:
@@ -108,7 +124,7 @@ def _token_nodes(node: Node) -> list[tuple[str, Node]]:
     found: list[tuple[str, Node]] = []
     if isinstance(node, Map):
         for key, item in node.items.items():
-            if key in TOKEN_KEYS:
+            if key in (*TOKEN_KEYS, "visitor_token"):
                 found += [(key, item)] if present(node, key) is not None else []
             else:
                 found += _token_nodes(item)
@@ -127,7 +143,10 @@ def refuse_weak_tokens(section: Map, env: Mapping[str, str]) -> None:
     if allow is not None and boolean(allow, env):
         return
     for key, node in _token_nodes(section):
-        found = token(node, env) if key == "token" else token_file(node, env)
+        if key == "visitor_token":
+            found = min(visitor_tokens(node, env), key=lambda t: len(t.value))
+        else:
+            found = token(node, env) if key == "token" else token_file(node, env)
         if len(found.value) < MIN_TOKEN_CHARS:
             fail(
                 node,
@@ -349,7 +368,7 @@ def unique_name(
     names[name] = node
 
 
-_Service = TypeVar("_Service", ServicePolicy, ServiceSpec)
+_Service = TypeVar("_Service", ServicePolicy, ServiceSpec, VisitSpec)
 
 
 def override_list(node: Scalar, cls: type[_Service]) -> tuple[_Service, ...]:

@@ -20,6 +20,7 @@ from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
+from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.sources import FailureLimiter
 
@@ -91,6 +92,11 @@ class Host(Protocol):
     @property
     def registry(self) -> Registry:
         """Live services of all sessions."""
+        ...
+
+    @property
+    def private(self) -> PrivateBook:
+        """Visitor keys and grants of private services."""
         ...
 
     @property

@@ -95,6 +95,19 @@ class ActiveService:
     session_lost: bool = False
     #: A load-balancing group's member: how its group reaches it (None: not a member).
     member: MemberHandle | None = None
+    #: No public port: visitors come through `muxtunnel visit` (`_visit`), with one of its
+    #: provider's `visitor_keys` or the server policy's (`_private.PrivateBook`).
+    private: bool = False
+    visitor_keys: frozenset[bytes] = frozenset()
+    #: Private: the provider's session (visitor streams are opened on it), and the scopes of
+    #: the visitors spliced to it, cut when the service ends.
+    provider: Session | None = None
+    splices: set[anyio.CancelScope] = field(default_factory=set)
+
+    @property
+    def holds_port(self) -> bool:
+        """A port of its own: tcp and udp services, except private ones."""
+        return self.type not in WEB_TYPES and not self.private
 
     @property
     def visitors(self) -> int:
@@ -107,6 +120,7 @@ class ActiveService:
         traffic: ServiceTraffic | None,
         limiter: ServiceLimiter | None,
         responses: Mapping[str, int] | None = None,
+        visitor_sessions: int = 0,
     ) -> ServiceRow:
         """The service as a status row (`traffic`, `limiter`, `responses` are its name's)."""
         udp = self.udp
@@ -119,6 +133,8 @@ class ActiveService:
         public = format_host_port(public_host, self.port)
         if self.type in WEB_TYPES:
             public = self.urls[0] if self.urls else public
+        elif self.private:
+            public = "private"
         return ServiceRow(
             name=self.name,
             type=self.type,
@@ -133,6 +149,8 @@ class ActiveService:
             limits=limiter.describe() if limiter is not None else {},
             urls=self.urls,
             responses=responses,
+            private=self.private,
+            visitor_sessions=visitor_sessions,
         )
 
 
@@ -230,7 +248,7 @@ class Registry:
     def add(self, service: ActiveService) -> None:
         """Register `service` (its name and port must be free: the caller checked)."""
         self.by_name[service.name] = service
-        if service.type not in WEB_TYPES:
+        if service.holds_port:
             self.ports.add((service.type, service.port))
             self.reserved.pop((service.type, service.port), None)
         self.retired.pop(service.name, None)
@@ -244,7 +262,7 @@ class Registry:
             now = anyio.current_time()
             del self.by_name[service.name]
             self.retired[service.name] = now
-            if service.type not in WEB_TYPES:
+            if service.holds_port:
                 self.ports.discard((service.type, service.port))
                 if reserve_s > 0 and not service.released:
                     self.reserved[(service.type, service.port)] = Reservation(

@@ -28,6 +28,7 @@ from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
 from muxtunnel.reload import ReloadError, server_changes
 from muxtunnel.server._groups import Groups
+from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import ActiveService, ClusterError, GroupService, Registry
 from muxtunnel.server._session import ClientSession
@@ -36,7 +37,7 @@ from muxtunnel.sources import FailureLimiter, address_key
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
 from muxtunnel.tls import CLIENT_SPEAKS_TLS, ServerTlsContext, TlsError
-from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+from muxtunnel.transport import abort, listen_tcp, local_address, local_port, peer_address
 from muxtunnel.trust import load_server_tls
 
 if TYPE_CHECKING:  # the web ports (and h11), the cluster (and redis): only when configured
@@ -71,6 +72,8 @@ class Server:
         #: Authenticated sessions per source address.
         self.sources: Counter[str] = Counter()
         self.registry = Registry()
+        #: Visitor keys and visits of private services.
+        self.private = PrivateBook(config)
         self.sessions: dict[int, ClientSession] = {}
         #: TCP visitors in flight, all sessions: a graceful stop waits for it to drain.
         self.visitors = Visitors()
@@ -112,8 +115,7 @@ class Server:
 
     def client_session(self, session_id: int) -> Session | None:
         """The mux session of a connected client, by session id."""
-        client = self.sessions.get(session_id)
-        return client.session if client is not None else None
+        return client.session if (client := self.sessions.get(session_id)) else None
 
     def group_of(self, name: str) -> GroupService | None:
         """A live load-balancing group, by name."""
@@ -168,6 +170,7 @@ class Server:
                 continue  # its last visitors are on their way out; next time
             del retired[name]
             excess -= 1
+            self.private.forget((name,))
             self.traffic.pop(name, None)
             if self.web is not None:  # a web service's response counters
                 self.web.engine.counters.services.pop(name, None)
@@ -309,7 +312,8 @@ class Server:
         client: ClientSession | None = None
         try:
             async with Session(carrier, client=False, config=self.config.mux) as session:
-                client = ClientSession(self, session_id, address, session, binding, ticket)
+                local = local_address(stream) or ("0.0.0.0", 0)
+                client = ClientSession(self, session_id, address, session, binding, ticket, local)
                 self.sessions[session_id] = client
                 await client.run()
         finally:
@@ -357,9 +361,10 @@ class Server:
         for name in set(self.limiters) | set(policies):
             self.limiter_of(name).update(policies.get(name))
         self.rate_limits.update(new.services)
+        self.private.apply(new)  # visits its visitor tokens no longer cover are revoked
         closed = []
         for service in list(self.registry.by_name.values()):
-            reason = changes.close_reason(service.name, service.port, service.type)
+            reason = changes.close_reason(service.name, service.port, service.type, service.private)
             if reason is not None:
                 closed.append(service.name)
                 await self.close_service(service, reason)

@@ -27,7 +27,7 @@ import structlog
 from mux import Session
 from muxtunnel import control
 from muxtunnel.compress import ALGORITHMS
-from muxtunnel.control import Register
+from muxtunnel.control import Register, Visit
 from muxtunnel.forward import Visitors
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL, WEB_TYPES, ServerConfig, ServiceType
 from muxtunnel.quota import Quota
@@ -74,9 +74,9 @@ class SessionQuotas:
         return cls(Quota(config.mux.max_streams - 1), Quota(config.compression_budget_bytes))
 
 
-def compression(host: Host, request: Register, name: str) -> tuple[str | None, int]:
-    """The compression to use for a service: what the client asked, if the policy of `name`
-    (the service's, or its group's) allows it."""
+def compression(host: Host, request: Register | Visit, name: str) -> tuple[str | None, int]:
+    """The compression to use for a service (or a visitor's streams to it): what the client
+    asked, if the policy of `name` (the service's, or its group's) allows it."""
     config = host.config
     policy = next((p for p in config.services if p.name == name), None)
     if (
@@ -139,12 +139,14 @@ async def open_service(
     request: Register,
     key: bytes,
     quotas: SessionQuotas,
+    visitor_keys: frozenset[bytes] = frozenset(),
 ) -> tuple[ActiveService, PublicSocket]:
     """Check a registration and bind its public socket; `RegistrationError` if refused.
 
     `key` is the one the client proved it holds (the port's owner is name and key). The caller
     adds the service to the registry and serves it. (A group's member is registered by its group:
-    `Host.join_group`.)
+    `Host.join_group`.) A private service binds nothing: its `visitor_keys` (opened from the
+    registration) let visitors in through `_visit`.
     """
     if host.is_group(request.service):
         raise RegistrationError(
@@ -163,6 +165,8 @@ async def open_service(
         )
     if request.type in WEB_TYPES:
         return _web_service(host, session, session_id, request, key, quotas), None
+    if request.private:
+        return _private_service(host, session, session_id, request, key, quotas, visitor_keys)
     port = port_for(host, request, key)
     name = request.service
 
@@ -202,13 +206,16 @@ async def open_claimed(
     key: bytes,
     quotas: SessionQuotas,
     leases: list[Claim | Membership],
+    visitor_keys: frozenset[bytes] = frozenset(),
 ) -> tuple[ActiveService, PublicSocket]:
     """`open_service`, on a cluster node: a port the server picked is claimed cluster-wide
     too, and added to `leases` (the names taken already); if another node holds it, another is
     picked."""
     cluster = host.cluster
     for attempt in range(CLUSTER_PICK_ATTEMPTS):
-        service, sock = await open_service(host, session, session_id, request, key, quotas)
+        service, sock = await open_service(
+            host, session, session_id, request, key, quotas, visitor_keys
+        )
         if cluster is None or sock is None or cluster.has_port(leases):
             return service, sock
         try:
@@ -224,6 +231,41 @@ async def open_claimed(
             if exc.code != control.PORT_IN_USE or attempt + 1 == CLUSTER_PICK_ATTEMPTS:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _private_service(
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
+    visitor_keys: frozenset[bytes],
+) -> tuple[ActiveService, PublicSocket]:
+    name = request.service
+    if not visitor_keys and not host.private.policy_keys.get(name):
+        raise RegistrationError(
+            control.BAD_REQUEST,
+            f"private service {name!r} has no visitor token: give it visitor_token (or the "
+            "server's services[].visitor_token)",
+        )
+    service = ActiveService(
+        name,
+        request.type,
+        0,
+        session_id,
+        Visitors(parent=host.visitors),
+        key=key,
+        streams=quotas.streams.share(name),
+        compression_memory=quotas.compression.share(name),
+        private=True,
+        visitor_keys=visitor_keys,
+        provider=session,
+    )
+    service.compression, service.compression_level = compression(host, request, name)
+    service.compression_fallback = request.compression_fallback
+    service.proxy_protocol = request.proxy_protocol if request.type == "tcp" else None
+    return service, None
 
 
 def _web_service(
@@ -302,6 +344,9 @@ async def serve(
 ) -> None:
     """Serve a service's public socket until its scope is cancelled (or the socket fails)."""
     with service.scope:
+        if service.private:
+            await _serve_private(host, service)
+            return
         if service.member is not None:  # its group serves its visitors
             try:
                 await anyio.sleep_forever()
@@ -320,3 +365,25 @@ async def serve(
                 await sock.run()
             return
         await _visitors.serve_tcp(host, session, session_id, service, sock)
+
+
+async def _serve_private(host: Host, service: ActiveService) -> None:
+    """A private service has no socket: its visitors come spliced from visitor sessions
+    (`_visit`). Until it ends, idle ones are cut; on a graceful stop the open ones may finish;
+    when it ends (its scope cancelled), every one of them is cut."""
+    try:
+        async with anyio.create_task_group() as tg:
+            sweeper = anyio.CancelScope()
+
+            async def sweep() -> None:
+                with sweeper:
+                    await _visitors.close_idle_visitors(host, service.name)
+
+            tg.start_soon(sweep)
+            with service.listener_scope:
+                await anyio.sleep_forever()
+            await service.in_flight.drained()
+            sweeper.cancel()
+    finally:
+        for scope in list(service.splices):
+            scope.cancel()

@@ -22,11 +22,23 @@ from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.admission import Ticket
 from muxtunnel.auth import new_nonce, server_tag, verify_client_tag
-from muxtunnel.control import Error, Hello, MemberUpdate, Register, Registered, Unregister
+from muxtunnel.control import (
+    Error,
+    Hello,
+    MemberUpdate,
+    Register,
+    Registered,
+    Unregister,
+    Visit,
+    VisitorKeys,
+)
 from muxtunnel.server import _services
+from muxtunnel.server._auth_steps import AuthSteps
 from muxtunnel.server._host import Host
+from muxtunnel.server._provider_keys import ProviderKeys
 from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
+from muxtunnel.server._visit import VisitorSide
 from muxtunnel.sources import address_key
 from muxtunnel.status import SessionRow
 
@@ -40,8 +52,9 @@ log = structlog.get_logger("muxtunnel.server")
 UNREGISTER_WAIT_S = 5.0
 
 
-class ClientSession:
-    """One connected client: its control channel and the services it registered."""
+class ClientSession(AuthSteps, ProviderKeys):
+    """One connected client: its control channel and the services it registered (or, for a
+    `muxtunnel visit`, the private services it may visit: `visits`)."""
 
     def __init__(
         self,
@@ -51,10 +64,12 @@ class ClientSession:
         session: Session,
         binding: bytes = b"",
         preauth: Ticket | None = None,
+        local: tuple[str, int] = ("0.0.0.0", 0),
     ) -> None:
         self.host = host
         self.id = session_id
         self.session = session
+        self.address, self.local = peer, local
         self.peer = f"{peer[0]}:{peer[1]}"
         self.source = address_key(peer[0])
         #: SHA-256 of the TLS certificate this session was accepted with (b"" without TLS).
@@ -70,19 +85,23 @@ class ClientSession:
         self.quotas = SessionQuotas.for_config(host.config)
         self.authenticated = False
         self.close_reason = "client disconnected"
+        #: A `muxtunnel visit` session's grants and streams (None: it visits nothing).
+        self.visits: VisitorSide | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     def row(self, now: float) -> SessionRow | None:
         """The session as a status row; None until it has authenticated."""
         if not self.authenticated:
             return None
+        visits = self.visits
         return SessionRow(
             id=self.id,
             peer=self.peer,
             age_s=now - self.started,
             rtt_s=self.session.rtt_s,
             streams=self.session.stream_count,
-            services=tuple(self.services),
+            services=tuple(visits.grants if visits is not None else self.services),
+            role="visitor" if visits is not None else "client",
         )
 
     async def run(self) -> None:
@@ -114,6 +133,9 @@ class ClientSession:
                 )
             for service in self.services.values():
                 service.session_lost = True  # before its task ends: web names wait for it
+            if self.visits is not None:
+                self.visits.close()
+                self.close_reason = self.visits.close_reason or self.close_reason
             tg.cancel_scope.cancel()
         if refused := self.session.refused_streams:
             self.host.refusals.refuse(
@@ -183,8 +205,13 @@ class ClientSession:
         message = await control.receive_message(channel)
         if isinstance(message, Register):
             return await self._register(channel, message, *nonces)
+        if isinstance(message, Visit):
+            return await self._visit(channel, message, nonces)
         if isinstance(message, Unregister):
             await self._unregister(message.service)
+            return True
+        if isinstance(message, VisitorKeys) and self.authenticated:
+            await self._update_keys(channel, message, nonces)
             return True
         if isinstance(message, MemberUpdate) and self.authenticated:
             service = self.services.get(message.service)
@@ -197,86 +224,32 @@ class ClientSession:
         self, channel: MuxStream, request: Register, server_nonce: bytes, client_nonce: bytes
     ) -> bool:
         """Handle one registration; False when the session must end (see the module doc)."""
-        host = self.host
-        now = anyio.current_time()
-        if not host.failures.allowed(self.source, now):
-            retry = host.failures.retry_after(self.source, now)
-            host.refusals.refuse(
-                "auth_rate_limited",
-                "auth rate limited",
-                session=self.id,
-                peer=self.peer,
-                retry_after_s=round(retry, 1),
-            )
-            await control.send_message(
-                channel,
-                Error(
-                    control.RATE_LIMITED,
-                    f"too many failed attempts; retry in {retry:.0f} s",
-                    request.service,
-                ),
-            )
-            self.close_reason = "rate limited"
+        host, nonces = self.host, (server_nonce, client_nonce)
+        if self.visits is not None:
+            raise control.ControlError("a visitor session cannot register services")
+        if not await self._may_try(channel, request.service):
             return False
         # A group's member is authenticated by its group's name: the name's token, and the
         # group's own token if it has one.
         group = request.group or ""
         key, known = host.tokens.key_for(group or request.service)
-        nonces = (server_nonce, client_nonce)
         valid = verify_client_tag(
             key, request.tag, request.service, request.type, *nonces, self.binding, group
         )
         if valid and known and group:
             valid = host.group_proof_ok(request, nonces, self.binding)
         if not (valid and known):
-            host.auth_failed(self.source, now)
-            host.refusals.refuse(
-                "auth_failed",
-                "authentication failed",
-                session=self.id,
-                peer=self.peer,
-                service=request.service,
-            )
-            await control.send_message(
-                channel,
-                Error(
-                    control.AUTH_FAILED,
-                    "authentication failed: wrong token or unknown service",
-                    request.service,
-                ),
-            )
-            if self.authenticated:
-                return True
-            self.close_reason = "authentication failed"
+            return await self._failed(channel, request.service)
+        if not await self._admit(channel, request.service):
             return False
-        if not self.authenticated:
-            if not host.admit_session(self.source):
-                limit = host.config.max_sessions_per_source
-                host.refusals.refuse(
-                    "sessions_per_source",
-                    "session refused: too many from its address",
-                    peer=self.peer,
-                    limit=limit,
-                )
-                await control.send_message(
-                    channel,
-                    Error(
-                        control.LIMIT_REACHED,
-                        f"this address has {limit} sessions already (max_sessions_per_source)",
-                        request.service,
-                    ),
-                )
-                self.close_reason = "too many sessions from its address"
-                return False
-            self.authenticated = True
-            if self.preauth is not None:
-                host.preauth.release(self.preauth)
-            log.info("session opened", session=self.id, peer=self.peer)
         try:
-            service = await self._activate(request, key)
+            keys = frozenset[bytes]()
+            if request.private:
+                keys = self._open_keys(request.service, request.visitor_keys, key, nonces)
+            service = await self._activate(request, key, keys)
         except RegistrationError as exc:
             if exc.code == control.AUTH_FAILED:  # a group token that lost a race to another
-                host.auth_failed(self.source, now)
+                host.auth_failed(self.source, anyio.current_time())
             host.refusals.refuse(
                 f"register_{exc.code}",
                 "registration refused",
@@ -287,29 +260,45 @@ class ClientSession:
             )
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
-        tag = server_tag(
-            key, request.service, request.type, server_nonce, client_nonce, self.binding, group
-        )
-        public_host, compression = host.config.public_host, service.compression
-        level = service.compression_level if compression else 0
-        member = service.member.member_id if service.member is not None else None
-        await control.send_message(
-            channel,
-            Registered(
-                request.service,
-                request.type,
-                public_host,
-                service.port,
-                tag,
-                compression,
-                service.urls,
-                level,
-                member,
-            ),
-        )
+        await control.send_message(channel, self._registered(service, key, nonces, group))
         return True
 
-    async def _activate(self, request: Register, key: bytes) -> ActiveService:
+    async def _visit(self, channel: MuxStream, request: Visit, nonces: tuple[bytes, bytes]) -> bool:
+        """A `muxtunnel visit` asks for a private service; False when the session must end."""
+        if self.services:
+            raise control.ControlError("a session that registers services cannot visit")
+        if self.visits is None:
+            assert self._tg is not None
+            self.visits = VisitorSide(
+                self.host, self.session, self.id, self.address, self.source, self.binding,
+                channel, self._tg, self.local,
+            )  # fmt: skip
+        if not await self._may_try(channel, request.service):
+            return False
+        key = self.visits.authenticate(request, nonces)
+        if key is None:
+            return await self._failed(channel, request.service)
+        if not await self._admit(channel, request.service):
+            return False
+        await self.visits.grant(request, key, nonces)
+        return True
+
+    def _registered(
+        self, service: ActiveService, key: bytes, nonces: tuple[bytes, bytes], group: str = ""
+    ) -> Registered:
+        """The answer to a registration (or to new visitor keys) of `service`."""
+        tag = server_tag(key, service.name, service.type, *nonces, self.binding, group)
+        public_host, compression = self.host.config.public_host, service.compression
+        level = service.compression_level if compression else 0
+        member = service.member.member_id if service.member is not None else None
+        return Registered(
+            service.name, service.type, public_host, service.port, tag, compression,
+            service.urls, level, member, service.private,
+        )  # fmt: skip
+
+    async def _activate(
+        self, request: Register, key: bytes, visitor_keys: frozenset[bytes]
+    ) -> ActiveService:
         host = self.host
         sock: _services.PublicSocket = None
         limit = host.config.max_services_per_session
@@ -336,7 +325,7 @@ class ClientSession:
                 )
             else:
                 service, sock = await _services.open_claimed(
-                    host, self.session, self.id, request, key, self.quotas, leases
+                    host, self.session, self.id, request, key, self.quotas, leases, visitor_keys
                 )
                 host.registry.add(service)
         except BaseException:
@@ -346,6 +335,11 @@ class ClientSession:
         if cluster is not None:
             cluster.hold(leases, service)
         self.services[service.name] = service
+        private = self.host.private
+        if service.private or service.name in private.provider_keys:
+            private.provider_keys_changed(service.name, service.visitor_keys)
+        if service.private:
+            private.presence(service.name, True)
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
         public = f"{host.config.public_host}:{service.port}"
@@ -354,7 +348,7 @@ class ClientSession:
             session=self.id,
             service=service.name,
             type=service.type,
-            public=service.urls[0] if service.urls else public,
+            public="private" if service.private else service.urls[0] if service.urls else public,
             group=request.group,
             member=service.member.member_id if service.member is not None else None,
         )
@@ -372,6 +366,8 @@ class ClientSession:
             if self.services.get(service.name) is service:
                 del self.services[service.name]
             service.ended.set()
+            if service.private and self.host.registry.by_name.get(service.name) is None:
+                self.host.private.presence(service.name, False)
             log.info(
                 "service closed",
                 session=self.id,

@@ -14,6 +14,7 @@ from muxtunnel.model import ServerConfig
 from muxtunnel.server._group_visitors import group_service_row
 from muxtunnel.server._group_visitors import rows as group_rows
 from muxtunnel.server._groups import Groups
+from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import Registry
 from muxtunnel.server._session import ClientSession
@@ -41,6 +42,7 @@ class ServerParts(Protocol):
     limiters: dict[str, ServiceLimiter]
     groups: Groups
     rate_limits: RateLimits
+    private: PrivateBook
     refusals: Refusals
     tls: ServerTlsContext | None
     web: WebFront | None
@@ -64,6 +66,7 @@ def server_status(server: ServerParts) -> ServerStatus:
             server.traffic.get(name),
             server.limiters.get(name),
             web_rows[name].responses if name in web_rows and service.type == "http" else None,
+            server.private.visitor_sessions(name),
         )
         for name, service in sorted(server.registry.by_name.items())
     ]

@@ -16,12 +16,12 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 
-from mux import Session
+from mux import Session, read_ready
 from muxtunnel import control
 from muxtunnel.balance.ratelimit import Admission, Refusal
 from muxtunnel.compress import stream_memory_bytes
 from muxtunnel.control import VisitorHeader
-from muxtunnel.forward import forward, guarded
+from muxtunnel.forward import forward, guarded, relayable
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.sources import address_key
@@ -36,7 +36,7 @@ from muxtunnel.transport import (
 
 __all__ = [
     "REFUSED", "SETTING_UP", "admit", "close_idle_visitors", "idle_timeout_s", "proxy_header",
-    "serve_tcp", "serve_visitor",
+    "proxy_preamble", "refusal", "serve_tcp", "serve_visitor",
 ]  # fmt: skip
 
 #: Idle visitors are looked for every quarter of the timeout, but at least this often.
@@ -46,6 +46,9 @@ IDLE_CHECK_MAX_S = 5.0
 #: client's DIALS_PER_SERVICE, 1100 visitors of one service in 0.1 s left the neighbour
 #: service's worst round trip under 70 ms; without either, 100-230 ms).
 SETTING_UP = 16
+#: Most bytes a visitor sent with its connect that ride its stream's SYN (well within the
+#: stream's initial 256 KiB window); anything beyond follows as usual.
+EARLY_BYTES = 64 * 1024
 
 
 async def serve_tcp(
@@ -109,7 +112,7 @@ async def close_idle_visitors(host: Host, name: str) -> None:
                     )
 
 
-def _refusal(host: Host, service: ActiveService, session: Session, source: str) -> str | None:
+def refusal(host: Host, service: ActiveService, session: Session, source: str) -> str | None:
     """Why a new visitor of `service` from `source` must be refused (None: it may come in)."""
     config = host.config
     limiter = host.limiter_of(service.name)
@@ -158,7 +161,7 @@ async def serve_visitor(
     """Admit one visitor from `address` (its own socket, or a stream from another node of a
     cluster) and forward it to the service's client."""
     source = address_key(address[0])
-    reason = _refusal(host, service, session, source)
+    reason = refusal(host, service, session, source)
     if reason is None and not service.streams.take():
         reason = "stream_quota"
     if reason is not None:
@@ -215,11 +218,20 @@ async def _forward_visitor(
     preamble = b""
     if service.proxy_protocol is not None:
         preamble = proxy_header(service.proxy_protocol, address, visitor)
+    compression_level = service.compression_level if compressed else None
+    limiter = host.limiter_of(service.name)
     with service.in_flight.track():
         plain = bool(service.compression) and not compressed
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port, compressed=not plain)
+        first = control.encode_visitor_header(header)
+        early = b""
+        if relayable(compression_level, limiter):
+            # What the visitor sent with its connect rides the SYN: no frame of its own.
+            early = read_ready(visitor, EARLY_BYTES)
+            first += preamble + early
+            preamble = b""
         try:
-            stream = await session.open_stream(control.encode_visitor_header(header))
+            stream = await session.open_stream(first)
         except anyio.BrokenResourceError:
             await abort(visitor)
             return
@@ -231,9 +243,10 @@ async def _forward_visitor(
             service=service.name,
             peer=f"{peer_host}:{peer_port}",
             traffic=host.traffic_of(service.name),
-            compression_level=service.compression_level if compressed else None,
-            limiter=host.limiter_of(service.name),
+            compression_level=compression_level,
+            limiter=limiter,
             preamble=preamble,
+            sent_early=len(early),
             session=session_id,
         )
 
@@ -249,9 +262,13 @@ def admit(host: Host, name: str, source: str) -> Admission | Refusal | None:
 
 def proxy_header(version: str, peer: Address, visitor: anyio.abc.ByteStream) -> bytes:
     """The PROXY protocol header telling the local service who the visitor is."""
-    from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
-
     # A visitor from another node of a cluster arrives on a stream: no socket address of ours.
     own = local_address(visitor) if isinstance(visitor, anyio.abc.SocketStream) else None
-    local = own or ("0.0.0.0", 0)
+    return proxy_preamble(version, peer, own or ("0.0.0.0", 0))
+
+
+def proxy_preamble(version: str, peer: Address, local: Address) -> bytes:
+    """The PROXY protocol header of a visitor from `peer` that came in at `local`."""
+    from muxtunnel.vhost import encode_proxy_header  # only for services that ask for it
+
     return encode_proxy_header("v1" if version == "v1" else "v2", peer, local)

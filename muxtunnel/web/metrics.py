@@ -104,6 +104,15 @@ class StatusCollector(Collector):
             failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
             failures.add_metric([], status.auth_failures)
             yield failures
+            visits = GaugeMetricFamily(
+                _P + "service_visitor_sessions",
+                "muxtunnel visit sessions allowed to reach a private service",
+                labels=["service"],
+            )
+            for service in status.services:
+                if service.private:
+                    visits.add_metric([service.name], service.visitor_sessions)
+            yield visits
             if status.web is not None:
                 yield from _web_metrics(status)
             yield from _group_metrics(status)

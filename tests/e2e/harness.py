@@ -286,6 +286,8 @@ class Up(Proc):
                     parts = urllib.parse.urlsplit(public)
                     default = 443 if parts.scheme == "https" else 80
                     host, port = parts.hostname or "", parts.port or default
+                elif public == "private":  # no public port: reached with `muxtunnel visit`
+                    host, port = public, 0
                 else:
                     host, port = split_host_port(public)
                 found.append(

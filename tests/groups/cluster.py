@@ -125,9 +125,14 @@ class Tally:
 
 
 def visit_many(
-    host: str, port: int, count: int, *, sources: Iterable[str | None] = (None,)
+    host: str,
+    port: int,
+    count: int,
+    *,
+    sources: Iterable[str | None] = (None,),
+    workers: int = WORKERS,
 ) -> Tally:
-    """`count` visitors from a pool of `WORKERS` threads, round the `sources` in turn."""
+    """`count` visitors from a pool of `workers` threads, round the `sources` in turn."""
     pool = list(sources)
     tally = Tally()
     started = time.monotonic()
@@ -138,7 +143,7 @@ def visit_many(
         except VisitFailed as exc:
             return exc
 
-    with ThreadPoolExecutor(WORKERS) as executor:
+    with ThreadPoolExecutor(workers) as executor:
         for result in executor.map(one, range(count)):
             if isinstance(result, Exception):
                 tally.failures.append(str(result))

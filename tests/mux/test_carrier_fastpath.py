@@ -14,9 +14,9 @@ import anyio.abc
 import pytest
 
 from mux import MuxConfig, Session
-from mux._carrier import StreamCarrier, TransportCarrier
+from mux._carrier import ReceiveBuffer, StreamCarrier, TransportCarrier
 from mux._const import Flag, FrameType
-from mux.testing import FrameBuilder, FrameReader, memory_stream_pair, tcp_stream_pair
+from mux.testing import FrameBuilder, FrameReader, memory_stream_pair, session_pair, tcp_stream_pair
 
 QUIET = MuxConfig(enable_keepalive=False)
 
@@ -105,3 +105,82 @@ async def test_aclose_flushes_queued_frames_and_go_away_before_closing() -> None
                 # The session has closed: everything it had written must have arrived.
     assert bytes(got) == b"x" + payload
     assert go_away
+
+
+@pytest.mark.anyio
+async def test_the_carrier_keeps_its_unsent_queue_short() -> None:
+    """TCP_NOTSENT_LOWAT on both ends' sockets: bulk waits in the core, where it is ordered."""
+    config = QUIET.replace(carrier_unsent_bytes=96 * 1024)
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+    async with session_pair("tcp", config) as (client, server):
+        for session in (client, server):
+            raw = session._transport.extra(anyio.abc.SocketAttribute.raw_socket)
+            assert raw.getsockopt(socket.IPPROTO_TCP, lowat) == 96 * 1024
+
+
+@pytest.mark.anyio
+async def test_a_carrier_with_room_again_writes_without_the_writer_task() -> None:
+    """`resume_writing` writes what waits from the loop's callback (no task turn in between)."""
+    async with session_pair("tcp", QUIET) as (client, server):
+        carrier = client._carrier
+        assert isinstance(carrier, TransportCarrier)
+        stream = await client.open_stream()
+        peer = await server.accept_stream()
+        carrier.pause_writing()  # as the transport would at its high-water mark
+        stream.write(b"queued while paused")
+        assert client.conn.has_data_to_send()
+        carrier.resume_writing()
+        assert not client.conn.has_data_to_send()  # taken and written inside the callback
+        with anyio.fail_after(5):
+            assert await peer.receive() == b"queued while paused"
+
+
+def _rcvbuf(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+@pytest.mark.anyio
+async def test_the_receive_buffer_shrinks_while_light_and_bulk_streams_mix() -> None:
+    """Two windows in a row with a heavy and a light stream: the kernel's receive buffer is
+    held small (bulk queues at the sender, behind light frames); once the mix ends it gets
+    its old size back. Bulk alone, or one window of mix, leave it alone."""
+    config = QUIET.replace(carrier_mixed_receive_buffer_bytes=64 * 1024)
+    async with tcp_stream_pair() as (left, _right):
+        buffer = ReceiveBuffer.of(left, config)
+        assert buffer is not None
+        sock = left.extra(anyio.abc.SocketAttribute.raw_socket)
+        before = _rcvbuf(sock)
+        window = config.carrier_mix_window_s
+        now = 100.0
+
+        def window_with(received: dict[int, int], rtt_s: float | None = 0.0002) -> int:
+            nonlocal now
+            buffer.received.update(received)
+            now += window
+            buffer.update(now, rtt_s)
+            return _rcvbuf(sock)
+
+        heavy, light = {1: 4 * 1024 * 1024}, {3: 64}
+        assert window_with(heavy) == before  # bulk alone
+        assert window_with({**heavy, **light}) == before  # one window of mix
+        assert window_with({**heavy, **light}) == 2 * 64 * 1024  # Linux doubles it
+        assert window_with({**heavy, **light}) == 2 * 64 * 1024
+        assert window_with(heavy) == 2 * (before // 2)  # the mix ended
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("rtt_s", [None, 0.05])
+async def test_the_receive_buffer_is_left_alone_on_a_long_path(rtt_s: float | None) -> None:
+    """The session's own round trip decides (a loopback hop may front a 50 ms path); unknown
+    counts as long."""
+    async with tcp_stream_pair() as (left, _right):
+        buffer = ReceiveBuffer.of(left, QUIET)
+        assert buffer is not None
+        sock = left.extra(anyio.abc.SocketAttribute.raw_socket)
+        before = _rcvbuf(sock)
+        for step in range(1, 5):
+            buffer.received.update({1: 4 * 1024 * 1024, 3: 64})
+            buffer.update(100.0 + step, rtt_s)
+        assert _rcvbuf(sock) == before
+    left_mem, _right_mem = memory_stream_pair(1024)
+    assert ReceiveBuffer.of(left_mem, QUIET) is None

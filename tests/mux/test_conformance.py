@@ -29,7 +29,7 @@ from mux import (
 )
 from mux._const import INITIAL_STREAM_WINDOW, MAX_WINDOW
 from mux._events import Event
-from mux.testing import Frame, FrameBuilder, drain_frames, feed
+from mux.testing import Frame, FrameBuilder, drain_frames, feed, parse_frames
 
 F = FrameBuilder()
 KIB = 1024
@@ -521,11 +521,76 @@ def test_ready_streams_take_turns() -> None:
     conn = Connection(client=True, config=config)
     a, b, c = conn.open_stream(), conn.open_stream(), conn.open_stream()
     conn.data_to_send()
-    conn.send_data(a, b"a" * (64 * KIB))
+    conn.send_data(a, b"a" * (64 * KIB))  # all three heavy: more than a light turn's worth
     conn.send_data(b, b"b" * (32 * KIB))
-    conn.send_data(c, b"c" * (16 * KIB))
+    conn.send_data(c, b"c" * (20 * KIB))
     order = [f.stream_id for f in drain_frames(conn, 10 * MIB) if f.type == FrameType.DATA]
-    assert order == [a, b, c, a, b, a, a]
+    assert order == [a, b, c, a, b, c, a, a]
+
+
+def _data_order(conn: Connection, max_bytes: int | None = None) -> list[tuple[int, int]]:
+    return [
+        (f.stream_id, f.length)
+        for f in parse_frames(b"".join(conn.data_to_send(max_bytes)))
+        if f.type == FrameType.DATA
+    ]
+
+
+def test_a_light_stream_goes_ahead_of_bulk() -> None:
+    """A stream queued with little to send (a 64 B request) leaves before a bulk stream's
+    megabyte, though the bulk stream was queued first."""
+    conn = Connection(client=True)
+    bulk, light = conn.open_stream(), conn.open_stream()
+    conn.data_to_send()
+    conn.send_data(bulk, b"B" * MIB)
+    conn.send_data(light, b"L" * 64)
+    assert _data_order(conn)[0] == (light, 64)
+
+
+def test_a_light_stream_that_grows_is_served_as_bulk() -> None:
+    """Only the first turn is light: what is left after it waits its round-robin turn."""
+    config = MuxConfig(max_frame_bytes=16 * KIB)
+    conn = Connection(client=True, config=config)
+    bulk, grower = conn.open_stream(), conn.open_stream()
+    conn.data_to_send()
+    conn.send_data(grower, b"g" * 100)  # light when queued
+    conn.send_data(bulk, b"B" * (64 * KIB))
+    conn.send_data(grower, b"g" * (48 * KIB))  # then a lot more
+    order = [sid for sid, _ in _data_order(conn, 10 * MIB)]
+    assert order[0] == grower
+    assert order[1:5] == [bulk, grower, bulk, grower]  # round-robin from then on
+
+
+def test_light_streams_never_take_more_than_half_of_a_batch_from_bulk() -> None:
+    """However many light streams keep coming, a waiting bulk stream gets half of every
+    batch: light priority without starvation."""
+    config = MuxConfig(write_batch_bytes=256 * KIB)
+    conn = Connection(client=True, config=config)
+    bulk = conn.open_stream()
+    lights = [conn.open_stream() for _ in range(200)]
+    conn.data_to_send()
+    conn.send_data(bulk, b"B" * (16 * MIB))
+    bulk_bytes = total = 0
+    for _ in range(20):
+        for stream_id in lights:  # every light stream has a new 1 KiB message each batch
+            if conn.send_buffered(stream_id) == 0:
+                conn.send_data(stream_id, b"l" * KIB)
+        for stream_id, length in _data_order(conn):
+            total += length
+            bulk_bytes += length if stream_id == bulk else 0
+        for stream_id in (bulk, *lights):  # the peer keeps granting credit
+            if conn.send_window(stream_id) < 256 * KIB:
+                conn.receive_data(F.window_update(stream_id, 256 * KIB), 0.0)
+    assert bulk_bytes >= 0.45 * total
+
+
+def test_with_no_bulk_waiting_light_streams_take_the_whole_batch() -> None:
+    conn = Connection(client=True, config=MuxConfig(write_batch_bytes=64 * KIB))
+    lights = [conn.open_stream() for _ in range(40)]
+    conn.data_to_send()
+    for stream_id in lights:
+        conn.send_data(stream_id, b"l" * KIB)
+    assert len(_data_order(conn)) == 40  # 40 KiB: more than half the batch, all at once
 
 
 def test_control_frames_leave_before_data() -> None:

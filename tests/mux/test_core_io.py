@@ -50,6 +50,23 @@ def test_stream_ended_comes_after_the_body(feed_mode: str) -> None:
     assert feed(server, wire, feed_mode) == [StreamOpened(1), data(1, b"x" * 1000), StreamEnded(1)]
 
 
+def test_our_fin_written_while_a_fin_frame_arrives_loses_nothing() -> None:
+    """A Data|FIN frame whose body comes in two reads, and our own FIN written in between:
+    the rest of the body and the EOF still arrive, then the stream leaves the table."""
+    server = Connection(client=False)
+    server.receive_data(F.syn(1), 0.0)
+    server.accept_stream(1)
+    wire = F.data(1, b"a" * 1000 + b"b" * 1000, Flag.FIN)
+    cut = len(wire) - 1000
+    assert server.receive_data(wire[:cut], 0.0) == [data(1, b"a" * 1000)]
+    assert not server.is_half_closed(1)  # the FIN takes effect after the body
+    server.send_eof(1)
+    server.data_to_send()  # our FIN leaves
+    assert server.has_stream(1)
+    assert server.receive_data(wire[cut:], 0.0) == [data(1, b"b" * 1000), StreamEnded(1)]
+    assert not server.has_stream(1)
+
+
 def test_many_frames_in_one_buffer(feed_mode: str) -> None:
     server = Connection(client=False)
     wire = b"".join(

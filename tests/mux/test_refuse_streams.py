@@ -109,3 +109,37 @@ async def test_session_refuse_streams_resets_what_waits_and_what_comes() -> None
         assert srv.refused_streams == 2
         await control.send(b"still here")
         assert await accepted.receive() == b"still here"
+
+
+def test_allow_streams_takes_streams_again_after_a_refusal() -> None:
+    conn = server()
+    conn.receive_data(F.syn(1), 0.0)
+    conn.accept_stream(1)
+    conn.refuse_streams(0.0)
+    conn.receive_data(F.syn(3), 0.0)
+    conn.allow_streams()
+    events = conn.receive_data(F.syn(5, b"after"), 0.0)
+    assert [type(event).__name__ for event in events] == ["StreamOpened", "DataReceived"]
+    assert conn.stream_ids() == [1, 5] and conn.refused_streams == 1
+
+
+@pytest.mark.anyio
+async def test_session_allow_streams_accepts_the_peers_streams_again() -> None:
+    async with session_pair("memory", QUIET) as (client, srv):
+        control = await client.open_stream(b"hi")
+        accepted = await srv.accept_stream()
+        assert await accepted.receive() == b"hi"
+        srv.refuse_streams()
+        refused = await client.open_stream(b"too early")
+        with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
+            await refused.receive()
+        srv.allow_streams()
+        await control.send(b"go")  # what a server answers before the peer opens more
+        later = await client.open_stream(b"welcome")
+        with anyio.fail_after(5):
+            taken = await srv.accept_stream()
+            assert await taken.receive() == b"welcome"
+        await taken.send(b"back")
+        with anyio.fail_after(5):
+            assert await later.receive() == b"back"
+        assert srv.refused_streams == 1

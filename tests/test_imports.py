@@ -1,0 +1,67 @@
+"""What a process loads: the terminal's libraries only for a terminal (idle memory)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+
+from muxtunnel.log import configure_logging, get_logger
+from muxtunnel.termlog import rich_traceback
+
+
+def _loaded_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_a_server_or_client_process_does_not_load_rich() -> None:
+    """structlog would import rich (4 MiB of each process) for tracebacks on a terminal."""
+    loaded = _loaded_after(
+        "import muxtunnel.cli, muxtunnel.server, muxtunnel.client, muxtunnel.log\n"
+        "muxtunnel.log.configure_logging('json')"
+    )
+    assert "structlog" in loaded
+    assert not {name for name in loaded if name == "rich" or name.startswith("rich.")}
+
+
+def test_rich_can_still_be_imported_after_structlog() -> None:
+    loaded = _loaded_after("import muxtunnel, structlog, rich.console")
+    assert "rich.console" in loaded
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_rich_tracebacks_without_locals() -> None:
+    out = _Terminal()
+    configure_logging("console", stream=out)
+    try:
+        secret_local = "-".join(["do", "not", "print", "me"])  # a value only a locals dump shows
+        raise ValueError(f"boom {len(secret_local)}")
+    except ValueError:
+        get_logger("test").exception("it failed")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # without the colours
+    assert "it failed" in text and "ValueError: boom 15" in text
+    assert "Traceback" in text and "╭" in text  # rich's box, not the plain form
+    assert "do-not-print-me" not in text
+    configure_logging("json", stream=io.StringIO())
+
+
+def test_rich_traceback_renders_an_exception() -> None:
+    try:
+        raise KeyError("missing")
+    except KeyError:
+        sio = io.StringIO()
+        rich_traceback(sio, sys.exc_info())  # type: ignore[arg-type]
+    assert "KeyError" in sio.getvalue() and "missing" in sio.getvalue()
