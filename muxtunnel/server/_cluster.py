@@ -41,7 +41,6 @@ from muxtunnel.cluster import (
     NodeRecord,
     Owner,
     RegistryError,
-    RegistryUnavailable,
     default_node_id,
     open_store,
 )
@@ -154,7 +153,7 @@ class ClusterNode:
         except NodeIdInUse as exc:
             await listener.aclose()
             raise ClusterError(f"{exc} (give each node its own --node-id)") from None
-        except RegistryUnavailable as exc:
+        except RegistryError as exc:  # unreachable, or an error answer: keep trying
             self.keeper.hold([self.record])  # taken when the registry answers again
             log.warning("cluster registry unreachable at start; serving, retrying", error=str(exc))
         log.info("cluster node up", node=self.node_id, advertise=self.settings.advertise,
