@@ -33,11 +33,11 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session
+from mux import MuxStream, Session, read_ready
 from muxtunnel import control
 from muxtunnel.cluster import ClaimKey, ClaimKind
 from muxtunnel.control import VisitorHeader, encode_visitor_header
-from muxtunnel.forward import guarded
+from muxtunnel.forward import forward, guarded
 from muxtunnel.proxy import pipe
 from muxtunnel.server import _group_visitors, _visitors
 from muxtunnel.server._host import Host
@@ -245,9 +245,12 @@ class Mirror:
             return
         header = VisitorHeader(remote.service, "tcp", address[0], address[1])
         node_id, advertise = remote.pick()
+        # What the visitor sent with its connect rides the SYN, after the header.
+        early = read_ready(visitor, _visitors.EARLY_BYTES)
         with self.server.visitors.track():
             try:
-                stream = await self.links.open(node_id, advertise, encode_visitor_header(header))
+                first = encode_visitor_header(header) + early
+                stream = await self.links.open(node_id, advertise, first)
             except PeerUnavailable as exc:
                 self.server.refusals.refuse(
                     "cluster_forward_failed", "visitor not forwarded: its node is unreachable",
@@ -257,7 +260,13 @@ class Mirror:
                 return
             setup_done()
             self.forwarded_total += 1
-            await pipe(visitor, stream)
+            # Relayed by callbacks (`forward`'s fast path), metered under the service's name
+            # on this node too; its limits and idle timeout are the holder's to enforce.
+            await forward(
+                visitor, stream, visitor_side=True, service=remote.service,
+                peer=f"{address[0]}:{address[1]}", traffic=self.server.traffic_of(remote.service),
+                sent_early=len(early), node=node_id,
+            )  # fmt: skip
 
     async def _serve_udp(self, port: int, sock: _Socket) -> None:
         config = self.server.config
