@@ -10,8 +10,8 @@ server), `_groups` (load-balancing groups: members joining and leaving, the grou
 to a member, retried once on a failed dial), `_admitted_udp` (UDP flows admitted by rate
 limits, given to a member), `_ratelimits` (rate limits per service name). The pre-auth gate is
 `muxtunnel.admission`, shared with the HTTP endpoints. A cluster node (`listen --cluster`) adds
-`_cluster` (its names in the registry), `_peers` (node-to-node sessions) and `_mirror` (the
-ports and routes of names other nodes hold).
+`_cluster` (its names in the registry), `_peers` (node-to-node sessions), `_mirror` (the
+ports and routes of names other nodes hold) and `_forwarded` (visitors other nodes hand over).
 """
 
 from muxtunnel.server._server import ClusterError, Server

@@ -48,7 +48,8 @@ from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig, ServerTls
-from muxtunnel.server._mirror import Mirror, NodeServer, Remote, serve_forwarded
+from muxtunnel.server._forwarded import serve_forwarded
+from muxtunnel.server._mirror import Mirror, NodeServer, Remote
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
 from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
 from muxtunnel.server._services import pinned_ports
@@ -70,6 +71,7 @@ REGISTRY_UNAVAILABLE = control.REGISTRY_UNAVAILABLE
 #: about a millisecond per read (SCAN + MGET).
 SYNC_INTERVAL_MAX_S = 1.0
 _WILDCARDS = ("0.0.0.0", "::", "")
+_PORTS = ("tcp", "udp")
 
 
 def cluster_settings(config: ServerConfig, cluster: ClusterConfig) -> ClusterSettings:
@@ -208,15 +210,16 @@ class ClusterNode:
         wanted: dict[ClaimKey, Remote] = {}
         for key, holding in holdings:
             if not isinstance(holding, Exclusive):
-                # A group's TCP port: nodes with members serve their own; the others hand
-                # each visitor to one of those.
+                # A group's TCP or UDP port: nodes with members serve their own; the others
+                # hand each visitor (or flow) to one of those.
                 members = tuple(
                     (node, self.addresses[node])
                     for node in sorted(holding.node_ids)
                     if node in self.addresses
                 )
                 here = self.node_id in holding.node_ids
-                if key.kind is ClaimKind.TCP_PORT and members and not here:
+                ported = key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT)
+                if ported and members and not here:
                     wanted[key] = Remote(*members[0], holding.group, members)
                 continue
             owner = holding.owner
@@ -263,7 +266,7 @@ class ClusterNode:
         config = self.server.config
         if request.group is not None:  # its port too, when fixed: the group's on every node
             port = pinned_ports(config).get(request.group) or request.remote_port
-            ports = [ClaimKey.port(request.type, port)] if port and request.type == "tcp" else []
+            ports = [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
             return [ClaimKey.service(request.group), *ports]
         keys = [ClaimKey.service(request.service)]
         if request.type in WEB_TYPES:

@@ -18,8 +18,7 @@ up first (`evict`, after this node won its claim in the registry); a mirror that
 (the port is busy here) is counted, logged at doubling counts and tried again at the next sync.
 Visitors already piped through a mirror that goes away finish on their own.
 
-The other way, `serve_forwarded` takes a visitor another node handed over and serves it as a
-visitor of the service held here (admitted by its limits, metered, idle-timed as any other).
+The other way is `_forwarded`.
 """
 
 from __future__ import annotations
@@ -34,15 +33,13 @@ import anyio.abc
 import structlog
 
 from mux import MuxStream, Session, read_ready
-from muxtunnel import control
 from muxtunnel.cluster import ClaimKey, ClaimKind
 from muxtunnel.control import VisitorHeader, encode_visitor_header
 from muxtunnel.forward import forward, guarded
-from muxtunnel.proxy import pipe
-from muxtunnel.server import _group_visitors, _visitors
+from muxtunnel.server import _visitors
 from muxtunnel.server._host import Host
 from muxtunnel.server._peers import PeerLinks, PeerUnavailable
-from muxtunnel.server._registry import ActiveService, GroupService
+from muxtunnel.server._registry import GroupService
 from muxtunnel.server._web import NODE_OWNER
 from muxtunnel.transport import TransportError, abort, listen_tcp, peer_address, setup_done
 from muxtunnel.udp import OnEnd, UdpForwarder, frame
@@ -122,9 +119,8 @@ class _RemoteUdp(UdpForwarder):
     ) -> tuple[MuxStream, OnEnd | None] | None:
         remote = self._socket.remote
         header = encode_visitor_header(VisitorHeader(remote.service, "udp", *address))
-        stream = self._mirror.links.open_nowait(
-            remote.node_id, remote.advertise, header + frame(datagram)
-        )
+        node_id, advertise = remote.pick()
+        stream = self._mirror.links.open_nowait(node_id, advertise, header + frame(datagram))
         if stream is None:  # being dialled: this datagram is dropped, as on a lossy path
             self._mirror.server.refusals.refuse(
                 "cluster_forward_failed", "visitor not forwarded: no session to its node yet",
@@ -337,61 +333,3 @@ class Mirror:
             if node.endswith(TLS_SUFFIX):
                 table = self.server.web.engine.tls_routes
             table.remove(f"{NODE_OWNER}{node}", service)
-
-
-# --- visitors from other nodes ---
-
-
-async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> None:
-    """A visitor another node handed over (its header first): served as a visitor of the
-    service held here, or refused with a reset if it is not held here (any more)."""
-    try:
-        with anyio.fail_after(server.config.auth_timeout_s):
-            header = await control.read_visitor_header(stream)
-    except (control.ControlError, TimeoutError, anyio.EndOfStream,
-            anyio.BrokenResourceError, anyio.ClosedResourceError):  # fmt: skip
-        await abort(stream)
-        return
-    address = (header.peer_host, header.peer_port)
-    if header.type in ("http", "https"):
-        if server.web is None:
-            await abort(stream)
-            return
-        await server.web.serve_forwarded(stream, address, tls=header.type == "https")
-        return
-    group = server.group_of(header.service) if header.type == "tcp" else None
-    if group is not None:
-        await _group_visitors.serve_visitor_from(server, group, stream, address)
-        return
-    service = server.registry.by_name.get(header.service)
-    client = server.client_session(service.session_id) if service is not None else None
-    if service is None or client is None or service.type != header.type:
-        server.refusals.refuse(
-            "cluster_forward_unknown", "forwarded visitor refused: not served here",
-            service=header.service, peer_node=peer,
-        )  # fmt: skip
-        await abort(stream)
-        return
-    if header.type == "tcp":
-        await _visitors.serve_visitor(server, client, service.session_id, service, stream, address)
-        return
-    await _forward_udp(service, client, stream, header)
-
-
-async def _forward_udp(
-    service: ActiveService, session: Session, stream: MuxStream, header: VisitorHeader
-) -> None:
-    """A UDP flow from another node: its stream goes to the client as a flow's would."""
-    if not service.streams.take():
-        await abort(stream)
-        return
-    try:
-        try:
-            upstream = await session.open_stream(encode_visitor_header(header))
-        except anyio.BrokenResourceError:
-            await abort(stream)
-            return
-        service.udp.flows_opened += 1
-        await pipe(stream, upstream)
-    finally:
-        service.streams.give_back()

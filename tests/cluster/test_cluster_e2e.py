@@ -361,3 +361,27 @@ def test_a_second_process_with_a_node_id_in_use_exits(cluster: Cluster, harness:
     assert code == 1, dup.describe()
     assert any("node id in use" in line for line in dup.error_lines()), dup.describe()
     assert a.proc.running
+
+
+def test_udp_group_members_on_two_nodes_serve_flows_at_a_third(
+    cluster: Cluster, harness: Harness
+) -> None:
+    """A UDP group with a fixed port, one member on A, one on B: flows at C reach both (each
+    member's echo server tells them apart by what it records)."""
+    a, b, c = cluster.nodes
+    echoes = [UdpEchoServer(), UdpEchoServer()]
+    try:
+        port = free_port()
+        for node, echo, name in zip((a, b), echoes, ("u1", "u2"), strict=True):
+            harness.up(node.proc, udp=[f"{name}={echo.port}:{port}"], extra=["--group", "dns"])
+
+        def both() -> bool:
+            for n in range(6):  # new source ports: new flows, each picked anew
+                datagram = b"flow %d" % n
+                assert udp_roundtrip(c.host, port, [datagram]) in ([datagram], [])
+            return all(echo.received for echo in echoes)
+
+        wait_for(both, 15, "flows at C reaching members on A and B")
+    finally:
+        for echo in echoes:
+            echo.close()
