@@ -338,7 +338,7 @@ class WebFront:
         if tls:
             await self.engine.serve_tls(stream, Visitor(peer[0], peer[1], scheme="https"))
         else:
-            await self.engine.serve_http(stream, Visitor(peer[0], peer[1]))
+            await self.engine.serve_http(stream, Visitor(peer[0], peer[1], relayed=True))
 
     # --- changes and status ---
 

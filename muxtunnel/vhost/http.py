@@ -256,6 +256,7 @@ class HttpConnection:
                 upgrade=head.upgrade,
                 chunked=head.chunked,
                 connection=head.connection_tokens,
+                relayed=self.visitor.relayed,
             ),
             # Every name and value came through h11's parser or a checked config (`routes`),
             # so h11's per-header regexes need not run again: ~6 % of a request's CPU.

@@ -129,14 +129,16 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
 
 
 class HttpTarget:
-    """A local HTTP service answering every GET with `name` and the path it was asked."""
+    """A local HTTP service answering every GET with `name`, the path it was asked and the
+    X-Forwarded-For it got."""
 
     def __init__(self, name: str) -> None:
         body_name = name.encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = body_name + b" " + self.path.encode()
+                xff = self.headers.get("X-Forwarded-For", "")
+                body = body_name + b" " + self.path.encode() + b" xff=" + xff.encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -111,7 +111,8 @@ def test_service_on_a_reached_through_b_and_c(
                 lambda node=node: _ok(http_get(node.host, node.http_port, f"site.{DOMAIN}", "/x")),
                 10, f"http through node {node.node_id}",
             )  # fmt: skip
-            assert body == b"site /x"
+            # One X-Forwarded-For entry, the visitor's, through whichever node it came.
+            assert body == b"site /x xff=127.0.0.1"
         assert up.running
     finally:
         web.close()
