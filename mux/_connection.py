@@ -100,6 +100,7 @@ class _Stream:
         "chunks",
         "id",
         "outbound",
+        "peer_window",
         "queued",
         "recv",
         "send_buffered",
@@ -117,6 +118,9 @@ class _Stream:
         self.send_window = INITIAL_STREAM_WINDOW
         self.chunks: deque[memoryview] = deque()
         self.send_buffered = 0
+        #: The peer's receive window as far as we can tell: its largest update (an update returns
+        #: at most the bytes read plus the window's growth, so never more than the new window).
+        self.peer_window = INITIAL_STREAM_WINDOW
         self.queued = False  # in the round-robin queue
         self.recv = ReceiveWindow()
 
@@ -212,6 +216,24 @@ class Connection:
     def send_buffered(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)
         return stream.send_buffered if stream else 0
+
+    def unconsumed(self, stream_id: int) -> int:
+        """Bytes queued on the stream that the peer's reader has not read yet, as far as a
+        sender can tell: still buffered here, on the wire, or unread there (0 once it is gone).
+
+        The peer holds `window - send_window` bytes we have sent and it has not credited back,
+        but it credits by the half window (`_window` rule 3), and we know its window only from
+        its largest update (`peer_window`: at least half of it once it grew). While bytes wait
+        here for credit the reader is behind, and all of them count; otherwise up to half the
+        window may have been read unreported, so only what lies beyond that half counts (an
+        idle stream whose reader took everything then reads 0).
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        if stream.send_buffered:
+            return stream.send_buffered + max(0, stream.peer_window - stream.send_window)
+        return max(0, stream.peer_window // 2 - stream.send_window)
 
     def is_half_closed(self, stream_id: int) -> bool:
         stream = self._streams.get(stream_id)
@@ -561,6 +583,8 @@ class Connection:
                 # make us send tiny frames (13 bytes of work per byte).
                 self._glitch(now, "tiny window update")
             stream.send_window = window
+            if length > stream.peer_window:
+                stream.peer_window = length
             if stream.send_buffered and not stream.queued:
                 self._schedule(stream)
         elif not flags:

@@ -171,6 +171,12 @@ class MuxStream(anyio.abc.ByteStream):
             self.session._wake_writer()
         return data
 
+    @property
+    def unconsumed_bytes(self) -> int:
+        """Bytes sent on this stream that the peer's reader has not read yet, to within about
+        half its window (`Connection.unconsumed`): how far a sender's count runs ahead of it."""
+        return self._conn.unconsumed(self.stream_id)
+
     async def send(self, item: bytes) -> None:
         self._check_sendable()
         conn = self._conn

@@ -9,8 +9,8 @@ connected here; none of it knows about the others it does not import. What a pro
 not use it does not import (the other side, the endpoints, the console): idle memory stays low.
 
 Exit codes: 0 after SIGINT/SIGTERM (graceful), 2 for usage and config errors, 1 for fatal
-runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr and
-a structured log line.
+runtime errors (a port in use, a wrong token). Each failure is one readable line on stderr,
+and a structured log line unless a person reads the logs on a terminal (it would repeat it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import anyio.abc
 import structlog
 
 from muxtunnel.config import ConfigError
-from muxtunnel.log import LogFormat, configure_logging
+from muxtunnel.log import LogFormat, configure_logging, logs_on_terminal
 from muxtunnel.model import ClientConfig, ServerConfig
 from muxtunnel.reload import ConfigWatcher
 from muxtunnel.specs import SpecError
@@ -91,7 +91,9 @@ def _settle_gc() -> None:
 
 
 def _fail(code: int, message: str, **context: Any) -> int:
-    log.error("fatal", error=message, **context)
+    """Report a fatal error once (see the module docstring)."""
+    if not logs_on_terminal():
+        log.error("fatal", error=message, **context)
     print(f"muxtunnel: {message}", file=sys.stderr, flush=True)
     return code
 
@@ -211,10 +213,24 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
     return EXIT_OK
 
 
-def _announce(state: ServiceState) -> None:
-    """One line on stdout per registered service: what scripts wait for."""
-    spec = state.spec
-    print(f"{spec.name} {spec.type} {state.public} -> {spec.local}", flush=True)
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+class Announcer:
+    """`NAME TYPE PUBLIC -> LOCAL` per service, what scripts wait for: again only if it changed
+    (not after a reconnect); to stdout, or above the live panel while it shows (`write`)."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, str] = {}
+        self.write: Callable[[str], None] = _print_line
+
+    def __call__(self, state: ServiceState) -> None:
+        spec = state.spec
+        line = f"{spec.name} {spec.type} {state.public} -> {spec.local}"
+        if self.shown.get(spec.name) != line:
+            self.shown[spec.name] = line
+            self.write(line)
 
 
 async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
@@ -229,8 +245,9 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
             "$MUXTUNNEL_TOKEN or client.token",
             kind="config",
         )
+    announce = Announcer()
     try:
-        client = Client(config, _announce)
+        client = Client(config, announce)
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
     _warn_plaintext(config)
@@ -241,12 +258,17 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         if not use_console:
             await serve(client)
             return
-        from muxtunnel.console import show  # rich's live panel, only on a terminal
+        from muxtunnel.console import LiveConsole, show  # rich, only on a terminal
 
+        terminal = LiveConsole()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(show, client.status)
-            await serve(client)
-            tg.cancel_scope.cancel()
+            await tg.start(show, client.status, terminal)
+            announce.write = terminal.print_line  # above the panel, never past it
+            try:
+                await serve(client)
+            finally:
+                announce.write = _print_line
+                tg.cancel_scope.cancel()
 
     return await _client_side(run, options, load, client.apply_config, client.stop)
 
@@ -257,6 +279,12 @@ def _warn_plaintext(config: ClientConfig) -> None:
             "tls is off",
             hint="service names, registrations and every visitor byte cross the network "
             "readable by anyone on the path; leave --no-tls out (on both sides) to get TLS",
+        )
+    elif config.tls.insecure:
+        log.warning(
+            "tls does not verify the server",
+            hint="--insecure: anyone on the path can pose as the server; pin it with "
+            "--server-fingerprint, give --tls-ca, or leave all out to trust it on first use",
         )
 
 

@@ -27,11 +27,12 @@ import hmac
 import secrets
 import struct
 from collections.abc import Mapping
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from muxtunnel.model import Secret, ServerConfig
+
+if TYPE_CHECKING:  # imported where used: cryptography's OpenSSL binding costs ~9 MiB of RSS
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "GROUP_KEY_BYTES",
@@ -202,6 +203,8 @@ def group_key_pair(token: Secret | str) -> tuple[Ed25519PrivateKey, bytes]:
     value = token.value if isinstance(token, Secret) else token
     if not value:
         raise ValueError("token must not be empty")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     seed = hkdf_sha256(value.encode("utf-8"), info=_GROUP_KEY_INFO)
     private = Ed25519PrivateKey.from_private_bytes(seed)
     return private, private.public_key().public_bytes_raw()
@@ -247,6 +250,9 @@ def verify_group_proof(
     """Server side: does `proof` show the member holds the token whose public key this is?"""
     if len(public_key) != GROUP_KEY_BYTES or len(proof) != GROUP_PROOF_BYTES:
         return False
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     transcript = _group_transcript(
         public_key, service, group, server_nonce, client_nonce, channel_binding
     )

@@ -38,6 +38,7 @@ from muxtunnel.model import (
 )
 from muxtunnel.specs import (
     DEFAULT_LOCAL_HOST,
+    SERVICE_TYPES,
     SpecError,
     parse_host_port,
     parse_service_spec,
@@ -161,17 +162,45 @@ def _group(args: argparse.Namespace) -> GroupSpec | None:
     return GroupSpec(args.group, secret, 1 if args.weight is None else args.weight)
 
 
+#: What each service flag takes, shown with its mistakes.
+SPEC_SYNTAX = {
+    "tcp": "[NAME=][LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]",
+    "udp": "[NAME=][LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]",
+    "http": "[NAME=][LOCAL_HOST:]LOCAL_PORT",
+    "https": "[NAME=][LOCAL_HOST:]LOCAL_PORT",
+}
+
+
+def _service_specs(args: argparse.Namespace) -> list[ServiceSpec]:
+    """The services of `--tcp/--udp/--http/--https`; a mistake names its flag and the syntax."""
+    specs: list[ServiceSpec] = []
+    given: dict[str, str] = {}  # name -> the flag that gave it first
+    for type_ in SERVICE_TYPES:
+        for text in getattr(args, type_):
+            flag = f"--{type_} {text}"
+            try:
+                spec = parse_service_spec(text, type_)
+            except SpecError as exc:
+                raise SpecError(f"{flag}: {exc} (syntax: --{type_} {SPEC_SYNTAX[type_]})") from None
+            if spec.name in given:
+                local = text.partition("=")[2] or text
+                raise SpecError(
+                    f"{flag}: service name {spec.name!r} is taken by {given[spec.name]}; "
+                    f"give each service its own name (--{type_} NAME={local})"
+                )
+            given[spec.name] = flag
+            specs.append(spec)
+    return specs
+
+
 def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
-    specs = [parse_service_spec(text, "tcp") for text in args.tcp]
-    specs += [parse_service_spec(text, "udp") for text in args.udp]
+    specs = _service_specs(args)
     if args.private:
         if args.http or args.https:
             raise SpecError("--private is for --tcp and --udp services (web services are public)")
         specs = _private(specs, args)
     elif args.visitor_token or args.visitor_token_file:
         raise SpecError("--visitor-token is for --private services")
-    specs += [parse_service_spec(text, "http") for text in args.http]
-    specs += [parse_service_spec(text, "https") for text in args.https]
     group = _group(args)
     if group is not None:
         if args.private:

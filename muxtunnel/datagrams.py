@@ -10,6 +10,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import Address, TransportError, bind_error
 
 __all__ = ["UDP_BUFFER_LIMIT_BYTES", "UdpEndpoint", "open_udp"]
@@ -115,6 +116,6 @@ async def open_udp(
     except OSError as exc:
         if local is not None:
             raise TransportError(bind_error(local[0], local[1], "udp", exc)) from None
-        where = f"{remote[0]}:{remote[1]}" if remote is not None else "?"
+        where = format_host_port(remote[0], remote[1]) if remote is not None else "?"
         raise TransportError(f"cannot reach udp {where}: {exc.strerror or exc}") from None
     return UdpEndpoint(transport, protocol)

@@ -140,10 +140,16 @@ async def forward(
         log.debug("visitor opened", **context, service=service, peer=peer)
     meter = traffic.open(service, peer)
     meter.bytes_in += sent_early
+    if not visitor_side and isinstance(stream, MuxStream):
+        _count_out_as_taken(meter, stream)
     try:
         tunnel: anyio.abc.ByteStream = stream
         if compression_level is not None:
-            tunnel = CompressedStream(stream, compression_level)
+            tunnel = compressed = CompressedStream(stream, compression_level)
+            meter.carrier = lambda: (
+                compressed.plain_sent + compressed.plain_received,
+                compressed.wire_sent + compressed.wire_received,
+            )
         if preamble:
             try:
                 await tunnel.send(preamble)
@@ -171,6 +177,13 @@ async def forward(
         traffic.close(meter)
     _closed(result, started, service, peer, context)
     return result
+
+
+def _count_out_as_taken(meter: ConnectionMeter, stream: MuxStream) -> None:
+    """On the client, bytes out are counted as read from the local service, which may be long
+    before the visitor takes them: its rates and live totals follow the server's reader
+    instead, as far as the stream's credit tells (`MuxStream.unconsumed_bytes`)."""
+    meter.pending_out = lambda: stream.unconsumed_bytes
 
 
 def relayable(compression_level: int | None, limiter: ServiceLimiter | None) -> bool:
@@ -201,6 +214,7 @@ async def forward_to(
     reached."""
     started = time.monotonic()
     meter = ConnectionMeter(service, peer)  # counted once connected: bytes may come first
+    _count_out_as_taken(meter, stream)
     relay = Relay(stream, meter, visitor_side=False, greeting=greeting)
     async with dial_slots if dial_slots is not None else contextlib.nullcontext():
         transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)

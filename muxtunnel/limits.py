@@ -125,6 +125,18 @@ class ConnectionMeter:
     scope: anyio.CancelScope | None = None
     #: It was ended for having been idle.
     idle_closed: bool = False
+    #: On the client, where `bytes_out` is counted as the local service's bytes are read: how
+    #: many of them the visitor's side has not taken yet (still in the tunnel's buffers).
+    pending_out: Callable[[], int] | None = None
+    #: With compression: the tunnel side's bytes both ways, (as the visitor's, compressed).
+    carrier: Callable[[], tuple[int, int]] | None = None
+
+    @property
+    def moved_out(self) -> int:
+        """`bytes_out` that reached the visitor's side: what totals and rates of live
+        connections show, so a download's rate follows the visitor, not our buffers."""
+        pending = self.pending_out
+        return self.bytes_out if pending is None else max(0, self.bytes_out - pending())
 
 
 class ServiceTraffic:
@@ -135,6 +147,8 @@ class ServiceTraffic:
         self.closed_out = 0
         self.connections_total = 0
         self.live: set[ConnectionMeter] = set()
+        #: Compressed connections' tunnel bytes both ways: as the visitor's, and compressed.
+        self.closed_plain = self.closed_compressed = 0
 
     def open(self, service: str, peer: str) -> ConnectionMeter:
         return self.add(ConnectionMeter(service, peer))
@@ -150,6 +164,10 @@ class ServiceTraffic:
             self.live.discard(meter)
             self.closed_in += meter.bytes_in
             self.closed_out += meter.bytes_out
+            if meter.carrier is not None:
+                plain, compressed = meter.carrier()
+                self.closed_plain += plain
+                self.closed_compressed += compressed
 
     @property
     def bytes_in(self) -> int:
@@ -157,7 +175,19 @@ class ServiceTraffic:
 
     @property
     def bytes_out(self) -> int:
-        return self.closed_out + sum(meter.bytes_out for meter in self.live)
+        return self.closed_out + sum(meter.moved_out for meter in self.live)
+
+    def carrier_bytes(self) -> dict[str, int] | None:
+        """Bytes of compressed connections on the tunnel, both ways, before and after
+        compression (None: no connection was compressed)."""
+        plain, compressed = self.closed_plain, self.closed_compressed
+        live = [meter.carrier() for meter in self.live if meter.carrier is not None]
+        if not live and not compressed:
+            return None
+        for more_plain, more_compressed in live:
+            plain += more_plain
+            compressed += more_compressed
+        return {"plain": plain, "compressed": compressed}
 
     def row(self, name: str) -> TrafficRow:
         """The service's counters as a status row."""
@@ -168,7 +198,7 @@ class ServiceTraffic:
     def connection_rows(self, now: float) -> list[ConnectionRow]:
         """The live connections as status rows (unsorted)."""
         return [
-            ConnectionRow(m.service, m.peer, now - m.started, m.bytes_in, m.bytes_out)
+            ConnectionRow(m.service, m.peer, now - m.started, m.bytes_in, m.moved_out)
             for m in self.live
         ]
 

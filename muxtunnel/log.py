@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, Literal, TextIO, cast
 
 import structlog
@@ -28,6 +29,8 @@ __all__ = [
     "debug_enabled",
     "get_logger",
     "log_doubling",
+    "logs_on_terminal",
+    "redirect",
     "safe_text",
 ]
 
@@ -44,6 +47,48 @@ _SECRET_KEYS = frozenset({"token", "secret", "password", "key"})
 _REDACTED = "<secret>"
 _handler: logging.Handler | None = None  # the stdlib handler we installed, replaced on reconfigure
 _threshold = logging.DEBUG  # the configured level; every level passes until configured
+_on_terminal = False  # the last configuration renders for a person at a terminal
+
+
+class _Sink:
+    """Where log lines go: the configured stream, or, while a live panel holds the terminal,
+    a writer that prints them above it (`redirect`): a line written straight to the terminal
+    under a live display would leave a stale copy of the display behind."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.writer: Callable[[str], None] | None = None
+
+    def write(self, text: str) -> int:
+        if self.writer is not None:
+            self.writer(text)
+        else:
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.writer is None:
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return _isatty(self.stream)
+
+
+_sink: _Sink | None = None
+
+
+@contextmanager
+def redirect(writer: Callable[[str], None]) -> Iterator[None]:
+    """Hand every log line (rendered, with its line break) to `writer` inside the block."""
+    sink = _sink
+    if sink is None:
+        yield
+        return
+    sink.writer = writer
+    try:
+        yield
+    finally:
+        sink.writer = None
 
 
 def _redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
@@ -76,7 +121,7 @@ def configure_logging(
     `console`: aligned, coloured when `stream` is a terminal. `json`: one JSON object per line.
     `auto`: console on a terminal, JSON otherwise (a pipe, a file, a service manager).
     """
-    global _handler, _threshold
+    global _handler, _on_terminal, _sink, _threshold
     out = sys.stderr if stream is None else stream
     threshold = parse_level(level)
     _threshold = threshold
@@ -84,6 +129,7 @@ def configure_logging(
         raise ValueError(f"unknown log format {format!r}; use console, json or auto")
     console = format == "console" or (format == "auto" and _isatty(out))
     renderer: Processor
+    _on_terminal = console and _isatty(out)
     if console:
         tty = _isatty(out)
         exception_formatter = structlog.dev.plain_traceback
@@ -105,16 +151,17 @@ def configure_logging(
     finishing: list[Processor] = [structlog.processors.StackInfoRenderer()]
     if not console:
         finishing.append(structlog.processors.format_exc_info)
+    sink = _sink = _Sink(out)
     structlog.configure(
         processors=[*shared, *finishing, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, sink)),
         # Off so a reconfiguration (tests, --log-level at startup) reaches existing loggers;
         # our log volume is far too low for the lookup to matter.
         cache_logger_on_first_use=False,
     )
 
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(sink)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -131,6 +178,11 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(threshold)
     _handler = handler
+
+
+def logs_on_terminal() -> bool:
+    """Do log lines go to a terminal, rendered for a person (not JSON)?"""
+    return _on_terminal
 
 
 def debug_enabled() -> bool:

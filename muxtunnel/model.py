@@ -332,7 +332,8 @@ class ServiceSpec:
 
     @property
     def local(self) -> str:
-        return f"{self.local_host}:{self.local_port}"
+        host = self.local_host
+        return f"[{host}]:{self.local_port}" if ":" in host else f"{host}:{self.local_port}"
 
 
 @dataclass(frozen=True, slots=True)

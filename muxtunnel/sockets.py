@@ -13,6 +13,7 @@ import struct
 
 import anyio
 
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import CONNECT_TIMEOUT_S, TransportError
 
 __all__ = ["abort_transport", "connect_protocol"]
@@ -31,9 +32,11 @@ async def connect_protocol(
         with anyio.fail_after(timeout_s):
             transport, _ = await loop.create_connection(lambda: protocol, host, port)
     except TimeoutError:
-        raise TransportError(f"connecting to {host}:{port} timed out after {timeout_s} s") from None
+        where = format_host_port(host, port)
+        raise TransportError(f"connecting to {where} timed out after {timeout_s} s") from None
     except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        where = format_host_port(host, port)
+        raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from None
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:

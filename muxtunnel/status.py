@@ -115,6 +115,9 @@ class ServiceRow:
     bytes_out: int = 0
     #: Compression agreed for visitor streams (None: none).
     compression: str | None = None
+    #: With compression: its visitors' tunnel bytes both ways, {"plain": as the visitors
+    #: sent and got them, "compressed": as they crossed the carrier} (None: none compressed).
+    carrier_bytes: Mapping[str, int] | None = None
     #: UDP datagrams dropped, by reason (None for TCP).
     udp_dropped: Mapping[str, int] | None = None
     #: Server: the session that serves it.
@@ -162,6 +165,8 @@ class ServiceRow:
             "bytes_out": self.bytes_out,
             "compression": self.compression,
         }
+        if self.carrier_bytes is not None:
+            row["carrier_bytes"] = dict(self.carrier_bytes)
         if self.urls:
             row["urls"] = list(self.urls)
         if self.responses is not None:

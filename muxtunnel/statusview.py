@@ -38,9 +38,15 @@ def fetch_status(
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:
             data = json.loads(reply.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 401 and token:
+            raise StatusError(
+                f"{address} refused the admin token: check --admin-token, --admin-token-file "
+                "or $MUXTUNNEL_ADMIN_TOKEN against the token of its --admin endpoint"
+            ) from None
         if exc.code == 401:
             raise StatusError(
-                f"{address} wants a bearer token: give --admin-token or $MUXTUNNEL_ADMIN_TOKEN"
+                f"{address} wants a bearer token: give --admin-token, --admin-token-file or "
+                "$MUXTUNNEL_ADMIN_TOKEN"
             ) from None
         raise StatusError(f"{address} answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -51,6 +57,16 @@ def fetch_status(
     if not isinstance(data, dict) or data.get("role") not in ("server", "client"):
         raise StatusError(f"{address} is not a muxtunnel admin API")
     return data
+
+
+def _compression(service: dict[str, Any]) -> str:
+    """`zstd`, with what it saved on the carrier once bytes went through (`zstd 31% of 2.0 MiB`)."""
+    name = service.get("compression")
+    carrier = service.get("carrier_bytes") or {}
+    if not name or not carrier.get("plain"):
+        return name or "-"
+    share = 100 * carrier["compressed"] / carrier["plain"]
+    return f"{name} {share:.0f}% of {_size(carrier['plain'])}"
 
 
 def _size(value: int) -> str:
@@ -170,7 +186,7 @@ def _render(data: dict[str, Any]) -> Group:
             str(s["connections"]),
             _size(s["bytes_in"]),
             _size(s["bytes_out"]),
-            s.get("compression") or "-",
+            _compression(s),
         ]
         if data["role"] == "client":
             row.insert(3, s["local"])

@@ -40,6 +40,7 @@ from anyio.streams.stapled import MultiListener
 
 from mux import pause_reading, read_one_chunk_per_wait
 from muxtunnel.log import Refusals
+from muxtunnel.specs import format_host_port
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -219,9 +220,11 @@ async def connect(
         with anyio.fail_after(timeout_s):
             stream = await anyio.connect_tcp(host, port)
     except TimeoutError:
-        raise TransportError(f"connecting to {host}:{port} timed out after {timeout_s} s") from None
+        where = format_host_port(host, port)
+        raise TransportError(f"connecting to {where} timed out after {timeout_s} s") from None
     except OSError as exc:
-        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        where = format_host_port(host, port)
+        raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from None
     _tune(stream)
     read_one_chunk_per_wait(stream)
     return stream
@@ -256,7 +259,7 @@ def bind_error(host: str, port: int, kind: str, exc: OSError) -> str:
         return f"no permission to bind {kind} port {port} on {host}"
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"address {host} is not available on this machine"
-    return f"cannot bind {kind} {host}:{port}: {exc.strerror or exc}"
+    return f"cannot bind {kind} {format_host_port(host, port)}: {exc.strerror or exc}"
 
 
 def local_port(listener: anyio.TypedAttributeProvider) -> int:

@@ -161,6 +161,25 @@ def test_client_udp_rows_count_bytes_towards_the_service_as_in() -> None:
     assert row.udp_dropped == {"oversize": 0, "backpressure": 0}
 
 
+def test_status_shows_what_compression_saved() -> None:
+    import io
+
+    from rich.console import Console
+
+    from muxtunnel.statusview import print_status
+
+    zipped = ServiceRow("logs", "tcp", "h:1", compression="zstd", local="l:1",
+                        carrier_bytes={"plain": 2 * 1024 * 1024, "compressed": 650 * 1024})
+    plain = ServiceRow("raw", "tcp", "h:2", compression="zstd", local="l:2")  # no visitor yet
+    document = ClientStatus("1", "server:7835", 0, services=(zipped, plain)).to_dict()
+    out = io.StringIO()
+    print_status(document, Console(file=out, width=200, color_system=None))
+    text = out.getvalue()
+    assert "zstd 32% of 2.0 MiB" in text, text
+    (raw,) = [line for line in text.splitlines() if " raw " in line]
+    assert "zstd" in raw and "%" not in raw, raw
+
+
 def test_status_tables_show_private_services_and_visits() -> None:
     """`muxtunnel status` of a server with a private service, and of a `visit`."""
     from rich.console import Console

@@ -33,6 +33,18 @@ def test_a_server_or_client_process_does_not_load_rich() -> None:
     assert not {name for name in loaded if name == "rich" or name.startswith("rich.")}
 
 
+def test_a_server_or_client_process_loads_cryptography_only_when_used() -> None:
+    """cryptography's OpenSSL binding is ~9 MiB of each process: group and private-service
+    keys and `muxtunnel cert` load it, a plain tunnel never does."""
+    loaded = _loaded_after("import muxtunnel.app, muxtunnel.server, muxtunnel.client")
+    assert not {name for name in loaded if name.split(".")[0] == "cryptography"}
+    loaded = _loaded_after(
+        "from muxtunnel.auth import group_key_pair, verify_group_proof\n"
+        "assert not verify_group_proof(group_key_pair('t' * 16)[1], b'x' * 64, 's', 'g', b'', b'')"
+    )
+    assert "cryptography.hazmat.primitives.asymmetric.ed25519" in loaded
+
+
 def test_rich_can_still_be_imported_after_structlog() -> None:
     loaded = _loaded_after("import muxtunnel, structlog, rich.console")
     assert "rich.console" in loaded

@@ -208,7 +208,7 @@ def test_live_panel_shows_markup_as_text() -> None:
     out = io.StringIO()
 
     async def render() -> None:  # the panel reads the event loop's clock
-        Console(file=out, width=400, color_system=None).print(Panel().render(status))
+        Console(file=out, width=400, color_system=None).print(Panel().render(status, 400, 24))
 
     anyio.run(render)
     assert out.getvalue().count("[/x]") >= 3, out.getvalue()

@@ -144,7 +144,7 @@ def test_up_flags_for_web_services() -> None:
     assert [(s.name, s.type, s.local) for s in specs] == [  # type: ignore[attr-defined]
         ("app", "http", "127.0.0.1:3000"),
         ("http-8080", "http", "localhost:8080"),
-        ("secure", "https", "::1:8443"),
+        ("secure", "https", "[::1]:8443"),
     ]
     with pytest.raises(SpecError, match="takes no remote port"):
         parse_service_spec("app=3000:80", "http")

@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session
+from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
@@ -34,6 +34,7 @@ from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
+from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
 from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
 
@@ -52,6 +53,9 @@ def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
     ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
     return max(low_s, random.uniform(ceiling / 2, ceiling))
 
+
+#: Why the session ended when the server said GoAway first (it shuts down or restarts).
+SERVER_WENT_AWAY = "the server went away (it is shutting down or restarting)"
 
 class Client:
     """The service side: one session to the server, carrying every visitor of every service."""
@@ -94,7 +98,7 @@ class Client:
     @property
     def server(self) -> str:
         """The server's control address."""
-        return f"{self.config.server_host}:{self.config.server_port}"
+        return format_host_port(self.config.server_host, self.config.server_port)
 
     @property
     def online(self) -> bool:
@@ -134,6 +138,9 @@ class Client:
                 await self._session_once(first)
                 attempt = 0
                 reason = self.session.close_reason if self.session else "closed"
+                said = self.session.conn.remote_go_away if self.session else None
+                if said == GoAwayCode.NORMAL:  # it said GoAway first: not a network failure
+                    reason = SERVER_WENT_AWAY
                 log.warning("session ended", server=self.server, reason=reason)
             except RetryableError as exc:
                 log.warning("connection failed", server=self.server, error=str(exc))
@@ -199,9 +206,16 @@ class Client:
             host, port = self.config.server_host, self.config.server_port
             if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
                 raise FatalError(SERVER_SPEAKS_TLS) from None
+            # With TLS 1.3 a refused client certificate shows only now, as a closed connection
+            # (the server checks it after our side of the handshake has finished).
             hint = ""
             if self.config.tls is not None and self.config.tls.cert is None:
                 hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
+            elif self.config.tls is not None:
+                hint = (
+                    " (does it trust our client certificate? listen's --tls-client-ca must be "
+                    "the CA (or the certificate) that signed our --tls-cert)"
+                )
             reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
             raise RetryableError(reason) from None
         finally:

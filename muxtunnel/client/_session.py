@@ -320,9 +320,7 @@ class Control:
                 "older): refusing to expose it on a public port"
             )
         state.member = reply.member
-        state.compression = reply.compression if spec.compression else None
-        # An older server says no level: ours, as it was then.
-        state.compression_level = reply.compression_level or spec.compression_level
+        state.agree_compression(reply.compression, reply.compression_level)
         host = reply.public_host
         if host in ("0.0.0.0", "::", ""):
             host = self._config.server_host

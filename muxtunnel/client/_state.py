@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import structlog
 
 from mux import MuxStream
 from muxtunnel.limits import ServiceTraffic
@@ -26,6 +27,8 @@ __all__ = [
     "RetryableError",
     "ServiceState",
 ]
+
+log = structlog.get_logger("muxtunnel.client")
 
 #: How long the server may take to answer a control request (and a TLS handshake to finish).
 CONTROL_TIMEOUT_S = 10.0
@@ -81,6 +84,28 @@ class ServiceState:
         verdict = "healthy" if healthy else "unhealthy"
         return f"{verdict}: {self.health_detail}" if self.health_detail else verdict
 
+    def agree_compression(self, compression: str | None, level: int | None) -> None:
+        """What the server agreed to (`Registered`); says so when it refused or lowered ours."""
+        spec = self.spec
+        self.compression = compression if spec.compression else None
+        # An older server says no level: ours, as it was then.
+        self.compression_level = level or spec.compression_level
+        if spec.compression and self.compression is None:
+            log.warning(
+                "compression refused",
+                service=spec.name,
+                asked=spec.compression,
+                hint="the server's policy for this service turns it off: bytes travel as they are",
+            )
+        elif spec.compression and self.compression_level < spec.compression_level:
+            log.info(
+                "compression level lowered",
+                service=spec.name,
+                asked=spec.compression_level,
+                capped_to=self.compression_level,
+                hint="the server caps it (server.compression_level_max)",
+            )
+
     def row(self, traffic: ServiceTraffic | None) -> ServiceRow:
         """The service as a status row (`traffic`: its TCP meters, if any visitor came)."""
         spec, udp = self.spec, self.udp
@@ -88,7 +113,8 @@ class ServiceState:
         if spec.type == "udp":
             # The client's UDP counters see datagrams from the local service as `in` (they
             # go into the stream) and those to it as `out`: the other way round of a row's.
-            open_, total, bytes_in, bytes_out = 0, udp.flows_opened, udp.bytes_out, udp.bytes_in
+            open_, total = len(self.flows), udp.flows_opened
+            bytes_in, bytes_out = udp.bytes_out, udp.bytes_in
             dropped = udp.dropped()
         elif traffic is None:
             open_ = total = bytes_in = bytes_out = 0
@@ -104,6 +130,7 @@ class ServiceState:
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             compression=self.compression,
+            carrier_bytes=traffic.carrier_bytes() if traffic is not None else None,
             udp_dropped=dropped,
             local=spec.local,
             urls=self.urls if self.public else (),

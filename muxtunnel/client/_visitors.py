@@ -27,6 +27,7 @@ from muxtunnel.forward import Visitors, forward, forward_to, guarded
 from muxtunnel.limits import ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClientConfig
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udpflow import serve_flow
 
@@ -92,6 +93,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         while len(state.flows) >= config.udp_max_flows:
             state.flows.popitem(last=False)[1].reset()
         state.flows[stream.stream_id] = stream
+        state.udp.flows_opened += 1  # the server counts its flows in its forwarder
         try:
             await serve_flow(
                 stream,
@@ -103,7 +105,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         finally:
             state.flows.pop(stream.stream_id, None)
         return
-    peer = f"{header.peer_host}:{header.peer_port}"
+    peer = format_host_port(header.peer_host, header.peer_port)
     compressed = state.compression is not None and header.compressed
     try:
         if not compressed:  # relayed by callbacks from the connect on (`forward_to`)

@@ -214,7 +214,13 @@ def _tls(section: Map, env: Mapping[str, str]) -> ClientTls | None:
     if name := present(tls, "server_name"):
         fields["server_name"] = v.parsed(name, validate_host, string(name, env))
     if not (fields.get("ca") or fields.get("fingerprints") or fields.get("insecure")):
-        state = v.state_dir(section, env, "the fingerprints of servers met (known_hosts)")
+        state = v.state_dir(
+            section,
+            env,
+            "the fingerprints of servers met (known_hosts)",
+            ", or verify the server without one: --server-fingerprint sha256:HEX "
+            "(tls.fingerprint) or --tls-ca FILE (tls.ca)",
+        )
         fields["known_hosts"] = os.path.join(state, KNOWN_HOSTS_FILE)
     return ClientTls(**fields)
 

@@ -186,6 +186,33 @@ class _Converter:
         return mapping
 
 
+#: Constructs that end with a closing character (PyYAML's `context` names them): an unclosed
+#: one is noticed only where the parser gives up, often lines later, at the end of the file.
+_CLOSED_BY = {
+    "while parsing a flow sequence": "the '[' opened here",
+    "while parsing a flow mapping": "the '{' opened here",
+    "while scanning a quoted scalar": "the quoted string that starts here",
+}
+
+
+def _yaml_message(file: str, exc: yaml.MarkedYAMLError) -> str:
+    """One line for a YAML syntax error, at the place to fix: where an unclosed bracket or
+    quote started rather than where the parser noticed it."""
+    problem = exc.problem or exc.context or "malformed"
+    start, mark = exc.context_mark, exc.problem_mark
+    opened = _CLOSED_BY.get(exc.context or "")
+    if opened and start is not None and mark is not None:
+        noticed = f"line {mark.line + 1}, column {mark.column + 1}"
+        return (
+            f"{file}:{start.line + 1}: invalid YAML (column {start.column + 1}): {opened} is "
+            f"not closed ({problem} at {noticed})"
+        )
+    mark = mark or start
+    if mark is None:
+        return f"{file}: invalid YAML: {problem}"
+    return f"{file}:{mark.line + 1}: invalid YAML (column {mark.column + 1}): {problem}"
+
+
 def _parse_file(file: str) -> Map:
     try:
         with open(file, encoding="utf-8") as handle:
@@ -198,11 +225,7 @@ def _parse_file(file: str) -> Map:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         tree = _Converter(file).convert(root, "", 1) if root is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{file}:{mark.line + 1}" if mark is not None else file
-        column = f" (column {mark.column + 1})" if mark is not None else ""
-        problem = exc.problem or exc.context or "malformed"
-        raise ConfigError(f"{where}: invalid YAML{column}: {problem}") from None
+        raise ConfigError(_yaml_message(file, exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: invalid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:

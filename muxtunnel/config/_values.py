@@ -229,7 +229,7 @@ def path(node: Node, env: Mapping[str, str]) -> str:
     return found
 
 
-def state_dir(section: Map, env: Mapping[str, str], why: str) -> str:
+def state_dir(section: Map, env: Mapping[str, str], why: str, otherwise: str = "") -> str:
     """`state_dir:` (or `--state-dir`), else $XDG_STATE_HOME/muxtunnel or
     ~/.local/state/muxtunnel: where the process keeps what must outlive it. The variables come
     from `env` (what `${VAR}` reads), else from the process's own environment."""
@@ -239,8 +239,8 @@ def state_dir(section: Map, env: Mapping[str, str], why: str) -> str:
     if found is None:
         fail(
             section,
-            f"no state directory for {why}: set state_dir (--state-dir); neither "
-            "$XDG_STATE_HOME nor $HOME is set",
+            f"no state directory for {why} (neither $XDG_STATE_HOME nor $HOME is set): set "
+            f"state_dir (--state-dir){otherwise}",
         )
     return found
 

@@ -144,6 +144,7 @@ class ActiveService:
             bytes_in=bytes_in,
             bytes_out=bytes_out,
             compression=self.compression,
+            carrier_bytes=traffic.carrier_bytes() if traffic is not None else None,
             udp_dropped=udp.dropped() if self.type == "udp" else None,
             session=self.session_id,
             limits=limiter.describe() if limiter is not None else {},

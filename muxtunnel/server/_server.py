@@ -237,7 +237,7 @@ class Server:
             )
         log.info(
             "listening",
-            bind=f"{self.config.bind_host}:{self.port}",
+            bind=format_host_port(self.config.bind_host, self.port),
             allow_ports=str(self.config.allow_ports),
             tls=self.tls.fingerprint if self.tls else None,
         )

@@ -40,6 +40,7 @@ from muxtunnel.server._registry import ActiveService, RegistrationError
 from muxtunnel.server._services import SessionQuotas
 from muxtunnel.server._visit import VisitorSide
 from muxtunnel.sources import address_key
+from muxtunnel.specs import format_host_port
 from muxtunnel.status import SessionRow
 
 __all__ = ["ClientSession"]
@@ -50,6 +51,10 @@ log = structlog.get_logger("muxtunnel.server")
 #: cut before the next control message is read anyway: that takes a few loop turns, the bound
 #: only keeps a stuck close from stalling the control channel.
 UNREGISTER_WAIT_S = 5.0
+
+
+#: Why a session ends when the server stops (its log line and the status say so).
+SHUTTING_DOWN = "server shutting down"
 
 
 class ClientSession(AuthSteps, ProviderKeys):
@@ -70,7 +75,7 @@ class ClientSession(AuthSteps, ProviderKeys):
         self.id = session_id
         self.session = session
         self.address, self.local = peer, local
-        self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer = format_host_port(peer[0], peer[1])
         self.source = address_key(peer[0])
         #: SHA-256 of the TLS certificate this session was accepted with (b"" without TLS).
         self.binding = binding
@@ -85,6 +90,8 @@ class ClientSession(AuthSteps, ProviderKeys):
         self.quotas = SessionQuotas.for_config(host.config)
         self.authenticated = False
         self.close_reason = "client disconnected"
+        #: The server is shutting down (`stop_accepting`): that is why the session ends.
+        self.stopping = False
         #: A `muxtunnel visit` session's grants and streams (None: it visits nothing).
         self.visits: VisitorSide | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -111,7 +118,9 @@ class ClientSession(AuthSteps, ProviderKeys):
             try:
                 await self._serve_control()
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                if self.session.closed:  # the mux session's own reason says more
+                if self.stopping:  # we ended it: the client did not go anywhere
+                    self.close_reason = SHUTTING_DOWN
+                elif self.session.closed:  # the mux session's own reason says more
                     self.close_reason = self.session.close_reason or self.close_reason
             except control.ControlError as exc:
                 self.close_reason = f"bad control message: {exc}"
@@ -157,7 +166,9 @@ class ClientSession(AuthSteps, ProviderKeys):
             pass
 
     def stop_accepting(self) -> None:
-        """Close the public sockets; visitor connections already open carry on."""
+        """Close the public sockets (the server is shutting down); open visitors carry on."""
+        self.stopping = True
+        self.close_reason = SHUTTING_DOWN
         for service in self.services.values():
             service.listener_scope.cancel()
 
@@ -342,7 +353,7 @@ class ClientSession(AuthSteps, ProviderKeys):
             private.presence(service.name, True)
         assert self._tg is not None
         self._tg.start_soon(self._serve_service, service, sock)
-        public = f"{host.config.public_host}:{service.port}"
+        public = format_host_port(host.config.public_host, service.port)
         log.info(
             "service opened",
             session=self.id,

@@ -25,6 +25,7 @@ from muxtunnel.forward import forward, guarded, relayable
 from muxtunnel.server._host import Host
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.sources import address_key
+from muxtunnel.specs import format_host_port
 from muxtunnel.transport import (
     Address,
     TcpListener,
@@ -116,10 +117,9 @@ def refusal(host: Host, service: ActiveService, session: Session, source: str) -
     """Why a new visitor of `service` from `source` must be refused (None: it may come in)."""
     config = host.config
     limiter = host.limiter_of(service.name)
-    limit = config.max_visitors_per_service
-    if limiter.max_connections is not None:
-        limit = min(limit, limiter.max_connections)
-    if service.visitors >= limit:
+    if limiter.max_connections is not None and service.visitors >= limiter.max_connections:
+        return "max_connections"  # the service's own limit (server.services[].max_connections)
+    if service.visitors >= config.max_visitors_per_service:
         return "visitors_per_service"
     if service.sources[source] >= config.max_visitors_per_source:
         return "visitors_per_source"
@@ -129,6 +129,7 @@ def refusal(host: Host, service: ActiveService, session: Session, source: str) -
 
 
 REFUSED = {
+    "max_connections": "visitor refused: its service has max_connections open",
     "visitors_per_service": "visitor refused: its service has max_visitors_per_service",
     "visitors_per_source": "visitor refused: its address has max_visitors_per_source",
     "stream_quota": "visitor refused: its service has its share of the session's streams",
@@ -241,7 +242,7 @@ async def _forward_visitor(
             stream,
             visitor_side=True,
             service=service.name,
-            peer=f"{peer_host}:{peer_port}",
+            peer=format_host_port(peer_host, peer_port),
             traffic=host.traffic_of(service.name),
             compression_level=compression_level,
             limiter=limiter,

@@ -29,7 +29,8 @@ from muxtunnel.admission import AdmissionGate
 from muxtunnel.log import Refusals
 from muxtunnel.model import Endpoint
 from muxtunnel.sources import address_key
-from muxtunnel.transport import abort, listen_tcp, local_port, peer_address
+from muxtunnel.specs import format_host_port
+from muxtunnel.transport import TransportError, abort, listen_tcp, local_port, peer_address
 
 __all__ = ["Response", "Route", "serve_http"]
 
@@ -156,10 +157,15 @@ async def serve_http(
     own, so the metrics show them). Raises `TransportError` if the address cannot be bound.
     """
     refusals = refusals if refusals is not None else Refusals(log)
-    listener = await listen_tcp(endpoint.host, endpoint.port, name=name, refusals=refusals)
+    try:
+        listener = await listen_tcp(endpoint.host, endpoint.port, name=name, refusals=refusals)
+    except TransportError as exc:  # not the control port: say which one, and its flag
+        flag = "--admin" if name.startswith("admin") else f"--{name}"
+        raise TransportError(f"the {name} endpoint ({flag}): {exc}") from None
     port = local_port(listener)
     token = endpoint.token.value if endpoint.token else None
-    log.info(f"{name} listening", address=f"{endpoint.host}:{port}", token=token is not None)
+    address = format_host_port(endpoint.host, port)
+    log.info(f"{name} listening", address=address, token=token is not None)
     task_status.started(port)
     waiting = AdmissionGate(refusals, kind="http", what=name)
 

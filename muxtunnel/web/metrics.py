@@ -88,9 +88,17 @@ class StatusCollector(Collector):
             "UDP datagrams dropped, by reason",
             labels=["service", "reason"],
         )
+        carrier = CounterMetricFamily(
+            _P + "service_carrier_bytes",
+            "Compressed services' visitor bytes on the tunnel, both ways, by stage: plain (as "
+            "visitors sent and got them) and compressed (on the carrier)",
+            labels=["service", "stage"],
+        )
         for service in status.services:
             for reason, count in (service.udp_dropped or {}).items():
                 dropped.add_metric([service.name, reason], count)
+            for stage, count in (service.carrier_bytes or {}).items():
+                carrier.add_metric([service.name, stage], count)
         refusals = CounterMetricFamily(
             _P + "refusals",
             "What a limit refused (or cut), by reason: connections, visitors, registrations",
@@ -99,7 +107,7 @@ class StatusCollector(Collector):
         for reason, count in sorted(status.refusals.items()):
             refusals.add_metric([reason], count)
         yield from (sessions, services, streams, connections, traffic, connections_total)
-        yield from (dropped, rtt, refusals)
+        yield from (dropped, rtt, refusals, carrier)
         if isinstance(status, ServerStatus):
             failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
             failures.add_metric([], status.auth_failures)

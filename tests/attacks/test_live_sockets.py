@@ -218,8 +218,15 @@ def test_row20_public_port_connection_flood(live: LiveTunnel, figures) -> None:
             for _ in range(2000):
                 with contextlib.suppress(OSError):
                     socks.append(connect_from(ATTACKER_IP, live.tcp_public, timeout_s=2))
+            # Those past the cap are closed by the server; on a loaded machine that can take
+            # longer than the 1 s it takes here when quiet (219 of 2000 still open after 1 s
+            # once, at a load average of 5): wait for it, bounded.
             time.sleep(1.0)
             held = len(still_open(socks))
+            deadline = time.monotonic() + 10.0
+            while held > MAX_VISITORS and time.monotonic() < deadline:
+                time.sleep(0.2)
+                held = len(still_open(socks))
     finally:
         for sock in socks:
             sock.close()

@@ -302,11 +302,16 @@ class Up(Proc):
     def wait_announced(
         self, count: int, timeout_s: float = START_TIMEOUT_S
     ) -> dict[str, Announcement]:
-        """Wait for `count` announcement lines in all (re-registrations print again)."""
+        """Wait for `count` announcement lines in all (one per service and public address)."""
         self.wait_for(
             lambda: len(self.announcements()) >= count, timeout_s, f"{count} service line(s)"
         )
         return self.services()
+
+    def wait_registered(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait for `count` registrations in all, re-registrations after a reconnect included
+        (those print no service line again when the address stays the same)."""
+        self.wait_event("service registered", timeout_s, count)
 
     def public(self, name: str) -> tuple[str, int]:
         announcement = self.services()[name]

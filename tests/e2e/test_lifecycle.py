@@ -75,8 +75,9 @@ def test_up_comes_back_after_the_server_is_killed_and_restarted(
 
     restarted = harness.listen(port=listen.port)
     back = time.monotonic()
-    up.wait_announced(2, timeout_s=5)  # registered again...
+    up.wait_registered(2, timeout_s=5)  # registered again...
     assert up.services()["echo"].port == remote  # ...on the same remote port
+    assert len(up.announcements()) == 1, "the same address was printed again: " + up.stdout()
     # 0.5 s of backoff and one registration: 3 s on a quiet machine, stretched by load.
     serve_s = within_load(3.0, up_start_s)
     wait_until(lambda: echo_works("127.0.0.1", remote, 1), serve_s - (time.monotonic() - back),
@@ -93,7 +94,7 @@ def test_up_keeps_a_port_the_server_picked_across_a_restart(
     picked = up.services()["echo"].port
     listen.kill()
     harness.listen(port=listen.port)
-    up.wait_announced(2, timeout_s=5)
+    up.wait_registered(2, timeout_s=5)
     assert up.services()["echo"].port == picked
     assert echo_works("127.0.0.1", picked)
 
@@ -198,7 +199,8 @@ CONFIG_ERRORS = {
         3,
         "{role}.mux.keepalive_intervl_s",
     ),
-    "malformed-yaml": ("{role}:\n  token: t0ken-from-file\n  allow: [1, 2\n", 4, None),
+    # Where the '[' left open is, not the end of the file where the parser noticed it.
+    "malformed-yaml": ("{role}:\n  token: t0ken-from-file\n  allow: [1, 2\n", 3, None),
 }
 
 
@@ -372,5 +374,5 @@ def test_keepalive_detects_a_frozen_server(harness: Harness, tcp_echo: TcpEchoSe
         assert "keepalive" in up.events("session ended")[0]["reason"]
     finally:
         listen.send_signal(signal.SIGCONT)
-    up.wait_announced(2, timeout_s=15)
+    up.wait_registered(2, timeout_s=15)
     assert echo_works("127.0.0.1", remote)

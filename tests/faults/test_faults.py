@@ -150,7 +150,7 @@ def test_sigterm_listen_with_transfers_running(
     exited = time.monotonic() - stopped
     go_aways = [(round(t - stopped, 2), code) for t, code in tap.go_aways]
     restarted = harness.listen(port=listen.port)
-    up.wait_announced(2, timeout_s=10)
+    up.wait_registered(2, timeout_s=10)
     assert echo_works(*address)
     tap.close()
     figures.record(
@@ -217,7 +217,7 @@ def test_sigkill_listen_client_reconnects_with_bounded_backoff(
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     harness.listen(port=listen.port)
     back = time.monotonic()
-    up.wait_announced(2, timeout_s=10)
+    up.wait_registered(2, timeout_s=10)
     reregistered = time.monotonic() - back
     figures.record(
         "fault: SIGKILL listen",
@@ -299,7 +299,7 @@ def test_half_open_carrier_is_detected_by_keepalive_on_both_ends(
         up_detect = event_time(up.events("session ended")[up_before]) - frozen
         listen_detect = event_time(listen.events("session closed")[listen_before]) - frozen
         reason = up.events("session ended")[up_before].get("reason", "")
-        up.wait_announced(2, timeout_s=15)
+        up.wait_registered(2, timeout_s=15)
         assert echo_works(*address)
     finally:
         kill_process_group(proxy)

@@ -10,6 +10,7 @@ import pytest
 
 from muxtunnel.compress import CompressedStream
 from muxtunnel.model import ServicePolicy
+from muxtunnel.web.metrics import StatusCollector, render
 
 from .helpers import (
     WAIT_S,
@@ -28,7 +29,7 @@ from .helpers import (
 pytestmark = pytest.mark.anyio
 
 
-async def test_compressed_service_round_trip() -> None:
+async def test_compressed_service_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
     text = b"".join(b"line %d of a very compressible log\n" % i for i in range(40_000))
     noise = os.urandom(500_000)
     async with echo_service() as local, running_server(server_config()) as server:
@@ -40,9 +41,27 @@ async def test_compressed_service_round_trip() -> None:
             port = public_port(client, "logs")
             for payload in (text, noise, b"x"):
                 assert digest(await echo_through(port, payload)) == digest(payload)
+            # What compression did can be seen: carrier bytes before and after, both sides.
+            sent = 2 * (len(text) + len(noise) + 1)  # each payload went there and back
+            for status in (server.status(), client.status()):
+                (row,) = [row for row in status.services if row.name == "logs"]
+                carrier = row.to_dict()["carrier_bytes"]
+                assert carrier["plain"] == sent, carrier
+                assert len(noise) * 2 < carrier["compressed"] < sent * 0.75, carrier
+                metrics = render(StatusCollector(lambda s=status: s)).decode()  # type: ignore[misc]
+                for stage, value in carrier.items():
+                    name = "muxtunnel_service_carrier_bytes_total"
+                    name += f'{{service="logs",stage="{stage}"}}'
+                    (line,) = [ln for ln in metrics.splitlines() if ln.startswith(name + " ")]
+                    assert float(line.rsplit(" ", 1)[1]) == value, line
+            # The server caps the level at 3 (server.compression_level_max): the client says so.
+            lowered = [ln for ln in capsys.readouterr().out.splitlines() if "level lowered" in ln]
+            assert len(lowered) == 1 and "asked=6" in lowered[0] and "capped_to=3" in lowered[0]
 
 
-async def test_compression_is_off_when_the_server_policy_says_so() -> None:
+async def test_compression_is_off_when_the_server_policy_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     policy = ServicePolicy("logs", compression=False)
     async with echo_service() as local, running_server(server_config(services=(policy,))) as s:
         assert s.port is not None
@@ -50,6 +69,10 @@ async def test_compression_is_off_when_the_server_policy_says_so() -> None:
         async with running_client(client_config(s.port, spec)) as client:
             assert client.services["logs"].compression is None
             assert await echo_through(public_port(client, "logs"), b"plain") == b"plain"
+            (row,) = client.status().services
+            assert "carrier_bytes" not in row.to_dict()
+    refused = [ln for ln in capsys.readouterr().out.splitlines() if "compression refused" in ln]
+    assert len(refused) == 1 and "service=logs" in refused[0], refused
 
 
 async def test_compressed_stream_flushes_every_write() -> None:
@@ -132,7 +155,7 @@ async def test_bandwidth_limit_holds_both_ways() -> None:
     assert FLOOR * RATE <= uploads[0] <= CEILING * RATE, uploads[0]
 
 
-async def test_max_connections_per_service() -> None:
+async def test_max_connections_per_service(capsys: pytest.CaptureFixture[str]) -> None:
     policy = ServicePolicy("web", max_connections=2)
     async with echo_service() as local, running_server(server_config(services=(policy,))) as s:
         assert s.port is not None
@@ -148,6 +171,10 @@ async def test_max_connections_per_service() -> None:
                 with anyio.fail_after(WAIT_S):
                     await third.send(b"hi")
                     await third.receive()
+            # Counted (the metrics' muxtunnel_refusals_total) and logged, naming the limit.
+            assert s.status().refusals["max_connections"] == 1
+            (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "refused" in ln]
+            assert "has max_connections open" in line and "service=web" in line, line
             await first.aclose()
             await wait_until(lambda: s.registry.by_name["web"].visitors < 2)
             assert await echo_through(port, b"again") == b"again"

@@ -297,7 +297,7 @@ async def test_the_services_limits_apply_to_its_visitors() -> None:
                 await third.send(b"no room")
                 with anyio.fail_after(WAIT_S), pytest.raises(anyio.BrokenResourceError):
                     await third.receive()  # reset: the service has max_connections open
-            assert server.status().refusals["visitors_per_service"] == 1
+            assert server.status().refusals["max_connections"] == 1
             for stream in held:
                 await stream.aclose()
             await wait_until(lambda: server.registry.by_name["db"].visitors == 0)

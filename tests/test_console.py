@@ -1,0 +1,51 @@
+"""The live panel's layout: within the terminal, the public address whole, rates unwrapped."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from muxtunnel.console import Panel
+from muxtunnel.status import ClientStatus, ServiceRow
+
+pytestmark = pytest.mark.anyio  # the panel reads the event loop's clock for its rates
+
+LONG_PUBLIC = "tunnel.a-rather-long-domain.example.com:65535"
+
+
+def _lines(status: ClientStatus, width: int, height: int) -> list[str]:
+    out = io.StringIO()
+    console = Console(file=out, width=width, height=height, color_system=None)
+    console.print(Panel().render(status, width, height))
+    return out.getvalue().rstrip("\n").split("\n")
+
+
+def _status(count: int) -> ClientStatus:
+    rows = tuple(
+        ServiceRow(f"service-with-a-long-name-{i}", "tcp", LONG_PUBLIC, 3, 9,
+                   bytes_in=10**9, bytes_out=10**9, local="[::1]:3000")
+        for i in range(count)
+    )  # fmt: skip
+    return ClientStatus("1", "tunnel.a-rather-long-domain.example.com:7835", 2, services=rows)
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (80, 10), (120, 40), (60, 24)])
+async def test_the_panel_fits_the_terminal(width: int, height: int) -> None:
+    status = _status(50)
+    lines = _lines(status, width, height)
+    assert len(lines) < height, "\n".join(lines)  # the cursor's line never scrolls it
+    assert all(len(line) <= width for line in lines)
+    shown = [line for line in lines if LONG_PUBLIC in line]  # whole, on every row shown
+    assert len(shown) == height - 4, "\n".join(lines)  # header, table head, "more", spare
+    assert f"{50 - len(shown)} more" in lines[-1], "\n".join(lines)
+
+
+async def test_at_80_columns_the_address_is_whole_and_rates_do_not_wrap() -> None:
+    lines = _lines(_status(3), 80, 24)
+    rows = [line for line in lines if LONG_PUBLIC in line]
+    assert len(rows) == 3, "\n".join(lines)
+    for row in rows:
+        assert row.count("/s") == 2, row  # both rates, on the row's one line
+    assert not any(line.strip().endswith(("KiB", "B/", "/")) for line in lines), lines
