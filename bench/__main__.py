@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import charts, cluster, http, machine, paths, proc, report, targets
+from bench import charts, cluster, http, machine, paths, proc, report, resume, targets
 from bench.iperf import IperfServer
 from bench.proc import Proc, StartError
 from bench.suite import Plan, Runner
@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-cluster",
         action="store_true",
         help="skip the cluster rows (three listen --cluster nodes on a redis-server)",
+    )
+    ap.add_argument(
+        "--no-resume", action="store_true", help="skip the resume-time rows (bench.resume)"
     )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
     ap.add_argument(
@@ -208,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[yellow]{env.gotunnel_note}[/yellow]")
         if specs:
             _run_paths(env, plan, specs, results, console, tmp)
+        if not (a.no_resume or a.http_only):
+            console.rule("resume time: carrier reset under a streaming visitor")
+            rtts = (0.0, *plan.lfn_rtts[:1])  # loopback, and the first long-fat-link RTT
+            results["resume"] = resume.run(
+                tmp, rtts, 2 if a.quick else 5, env.muxtunnel,
+                lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
+            )  # fmt: skip
         if not a.no_http:
             console.rule("HTTP: --http vs --tcp vs direct (wrk, nginx)")
             results["http"] = http.run(

@@ -15,6 +15,11 @@ written to the other side no earlier than that. Per direction it supports
 Half-close passes through (EOF is delayed like data and becomes ``shutdown(SHUT_WR)``),
 a reset on one side aborts the other side.
 
+Two faults on demand, for the resilience tests and benchmarks: ``reset_connections()``
+resets every proxied connection both ways (a middlebox's RST), and ``blackhole = True``
+makes the path swallow everything (bytes, EOF, resets) while connections stay open, as a
+dead route does; call them on the proxy's loop (``call_soon_threadsafe`` from elsewhere).
+
 Library use::
 
     async with DelayProxy(("127.0.0.1", 0), ("127.0.0.1", 7835), latency_ms=25) as p:
@@ -89,6 +94,8 @@ class ProxyStats:
     bytes_down: int = 0  # upstream -> client
     peak_inflight: int = 0  # largest queued byte count seen in one direction
     errors: list[str] = field(default_factory=list)
+    resets: int = 0  # connections reset by `reset_connections`
+    blackholed_bytes: int = 0  # bytes swallowed while `blackhole` was on
 
 
 class _Pipe:
@@ -126,6 +133,9 @@ class _Pipe:
     def feed(self, data: bytes) -> None:
         if self.done:
             return
+        if self.proxy.blackhole:
+            self.proxy.stats.blackholed_bytes += len(data)
+            return
         now = self.loop.time()
         n = len(data)
         if self.name == "up":
@@ -151,7 +161,7 @@ class _Pipe:
         self._schedule()
 
     def feed_marker(self, marker: object) -> None:
-        if self.done:
+        if self.done or self.proxy.blackhole:
             return
         now = self.loop.time()
         base = max(now, self.link_free_at) if self.imp.rate_bps else now
@@ -176,7 +186,8 @@ class _Pipe:
             if item is _EOF:
                 self.done = True
                 if dst.can_write_eof() and not dst.is_closing():
-                    dst.write_eof()
+                    with contextlib.suppress(OSError):  # the peer reset it meanwhile
+                        dst.write_eof()
                 self.conn.finish_if_done()
                 break
             if item is _CLOSE:
@@ -279,7 +290,7 @@ class _Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         conn = self.conn
-        if conn.closed:
+        if conn.closed or conn.proxy.blackhole:  # a dead route passes no reset either
             return
         if exc is not None:
             conn.abort()  # reset propagates as an abort of the other side
@@ -326,6 +337,16 @@ class DelayProxy:
         self._conns: set[_Conn] = set()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.address: Address | None = None
+        #: While True the path swallows everything, both ways (see the module doc).
+        self.blackhole = False
+
+    def reset_connections(self) -> int:
+        """Reset every proxied connection both ways, as a middlebox would; returns how many."""
+        conns = list(self._conns)
+        for conn in conns:
+            conn.abort()
+        self.stats.resets += len(conns)
+        return len(conns)
 
     async def start(self) -> Address:
         self._loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import cluster, http
+from bench import cluster, http, resume
 
 Rows = tuple[list[str], list[list[str]]]  # (header, rows)
 
@@ -270,6 +270,7 @@ SECTIONS = [
     ("Long fat link: delay proxy between the tunnel's two halves", lfn_rows),
     ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
     ("Cluster: through the owning node and a forwarding one; one node vs three", cluster.rows),
+    ("Resume time: up's carrier reset under a streaming visitor (delay proxy)", resume.rows),
     ("Targets for muxtunnel", target_rows),
     ("Notes", note_rows),
 ]

@@ -191,14 +191,24 @@ class Carrier(Protocol):
 
 
 class StreamCarrier:
-    """Any `ByteStream` as the carrier (TLS, memory, trio sockets): buffers joined per write."""
+    """Any `ByteStream` as the carrier (TLS, memory, trio sockets): buffers joined per write.
 
-    def __init__(self, stream: anyio.abc.ByteStream, read_size_bytes: int) -> None:
+    `prefix`: bytes already read from `stream` (by whoever looked at its first bytes), handed
+    out first.
+    """
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, read_size_bytes: int, prefix: bytes = b""
+    ) -> None:
         self._stream = stream
         self._read_size_bytes = read_size_bytes
         self._lock = anyio.Lock()
+        self._prefix = prefix
 
     async def receive(self) -> Buffer:
+        if self._prefix:
+            prefix, self._prefix = self._prefix, b""
+            return prefix
         return await self._stream.receive(self._read_size_bytes)
 
     async def write(self, take: Callable[[], list[Buffer]], timeout_s: float) -> None:
@@ -244,8 +254,11 @@ class TransportCarrier(asyncio.Protocol):
     _WRITE_HIGH_BYTES = 256 * 1024
 
     @classmethod
-    def attach(cls, stream: anyio.abc.ByteStream) -> TransportCarrier | None:
-        """Take over `stream`'s transport, or None if `stream` is not anyio's asyncio socket."""
+    def attach(cls, stream: anyio.abc.ByteStream, prefix: bytes = b"") -> TransportCarrier | None:
+        """Take over `stream`'s transport, or None if `stream` is not anyio's asyncio socket.
+
+        `prefix`: bytes already read from `stream`, handed out first.
+        """
         internals = socket_internals(stream)
         if internals is None:
             return None
@@ -255,8 +268,10 @@ class TransportCarrier(asyncio.Protocol):
         carrier = kind(stream, transport)
         # Bytes anyio's protocol has read but nobody has received yet come first.
         unread = internals.unread
+        if prefix:
+            carrier._chunks.append(prefix)
         carrier._chunks.extend(unread)
-        carrier._queued_bytes = sum(len(chunk) for chunk in unread)
+        carrier._queued_bytes = sum(len(chunk) for chunk in carrier._chunks)
         unread.clear()
         carrier._eof = internals.at_eof
         transport.set_protocol(carrier.as_protocol())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from mux._const import INITIAL_STREAM_WINDOW, MAX_WINDOW
+from mux._const import INITIAL_STREAM_WINDOW, MAX_REPLAY_BUDGET_BYTES, MAX_WINDOW
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -58,6 +58,19 @@ class MuxConfig:
     read_size_bytes: int = 256 * KIB
     #: Bytes the writer gathers into one carrier write.
     write_batch_bytes: int = 256 * KIB
+    #: Resumable sessions only (`Session(resumable=True)`): bytes sent and not yet confirmed
+    #: by the peer that are kept to write again on a new carrier. At the cap, Data waits for
+    #: the peer's receipts: a path's throughput is then at most budget / round trip, so the
+    #: budget must hold a fast path's bytes in flight and in both kernels' socket buffers
+    #: (1 Gbit/s at 50 ms is 6 MiB in flight, plus up to 4 + 6 MiB of Linux's default
+    #: tcp_wmem/tcp_rmem maximums): 32 MiB leaves room (`bench`'s resume rows measure it).
+    replay_budget_bytes: int = 32 * MIB
+    #: Resumable sessions: a Receipt goes back after this many bytes received (and with every
+    #: ping), so the peer's replay log drains long before it reaches its budget.
+    receipt_every_bytes: int = 512 * KIB
+    #: Resumable sessions: how long a session whose carrier was lost waits for a new one
+    #: before it ends as an unresumable one does (streams reset).
+    resume_timeout_s: float = 60.0
     #: Unsent bytes the carrier's kernel send queue may hold (TCP_NOTSENT_LOWAT): beyond it,
     #: frames wait in our scheduler, where a small message can still go ahead of bulk. 128 KiB
     #: is ~0.1 ms at 10 Gbit/s; CPU per MiB of bulk on loopback stays the same (bench.cost).
@@ -85,6 +98,14 @@ class MuxConfig:
             raise ValueError("MuxConfig.session_receive_budget_bytes must hold one initial window")
         if self.max_frame_bytes > self.max_data_frame_bytes:
             raise ValueError("MuxConfig.max_frame_bytes must not exceed max_data_frame_bytes")
+        if self.replay_budget_bytes > MAX_REPLAY_BUDGET_BYTES:
+            raise ValueError(
+                f"MuxConfig.replay_budget_bytes must be at most {MAX_REPLAY_BUDGET_BYTES}"
+            )
+        if self.receipt_every_bytes > self.replay_budget_bytes // 2:
+            raise ValueError(
+                "MuxConfig.receipt_every_bytes must be at most half of replay_budget_bytes"
+            )
 
     def replace(self, **changes: object) -> MuxConfig:
         """A copy with some fields changed (validated again)."""

@@ -26,6 +26,11 @@ Rules that must stay true:
 5. A stream leaves the table when it reaches `CLOSED` in `_state.py`'s transition table: both
    FINs have passed or either side reset it. Every change of a stream's half-close state goes
    through that table.
+6. A resumable core (`resumable=True`) keeps every byte it hands out in its replay log until the
+   peer's Receipt confirms it (`_replay.py`); after `resume` the log's unconfirmed tail leaves
+   before anything new. Receipts go out only once the application said both sides agreed
+   (`resume_agreed`): a plain yamux peer never sees a frame type it does not know, and a
+   Receipt from a peer that did not agree is a protocol error.
 
 Longer than the project's ~400 lines: the parser, the scheduler and the stream table share the
 per-frame state (the partial header, the body being skipped, the ready queue), and splitting
@@ -59,8 +64,9 @@ from mux._events import (
     StreamOpened,
     StreamReset,
 )
-from mux._frame import go_away, ping, window_update
+from mux._frame import go_away, ping, receipt, window_update
 from mux._limits import TokenBucket
+from mux._replay import ReplayLog, unwrap_receipt
 from mux._state import StreamInput, StreamState, next_state
 from mux._window import ReceiveWindow, SessionBudget
 
@@ -70,6 +76,7 @@ _pack_header = HEADER.pack
 # was half of the cost of parsing a Data frame.
 _DATA, _WINDOW_UPDATE = int(FrameType.DATA), int(FrameType.WINDOW_UPDATE)
 _PING, _GO_AWAY = int(FrameType.PING), int(FrameType.GO_AWAY)
+_RECEIPT = int(FrameType.RECEIPT)
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
 # Stream states as plain ints, for the same reason (see `_state.py`). OPEN, by far the most
 # common, is 0: `if stream.state:` costs what testing one boolean did before the state table.
@@ -136,9 +143,14 @@ class _Stream:
 
 
 class Connection:
-    """One yamux session seen from one side. `client=True` opens odd stream ids."""
+    """One yamux session seen from one side. `client=True` opens odd stream ids.
 
-    def __init__(self, *, client: bool, config: MuxConfig | None = None) -> None:
+    `resumable=True` keeps what it sends for a resume (rule 6) from the first byte on.
+    """
+
+    def __init__(
+        self, *, client: bool, config: MuxConfig | None = None, resumable: bool = False
+    ) -> None:
         self.config = config or MuxConfig()
         self.client = client
         self._next_id = 1 if client else 2
@@ -176,6 +188,14 @@ class Connection:
         self.local_go_away = False
         self.remote_go_away: int | None = None
         self.terminated: GoAwayCode | None = None
+
+        #: Carrier bytes fed to `receive_data` since the session began.
+        self.bytes_received = 0
+        #: Rule 6: what we sent and the peer has not confirmed (None: not resumable).
+        self._replay = ReplayLog(self.config.replay_budget_bytes) if resumable else None
+        self._receipts = False  # both sides agreed: we send Receipts
+        self._receipted = 0  # the count our last Receipt carried
+        self._receipt_every = self.config.receipt_every_bytes
 
     # ------------------------------------------------------------------ introspection
 
@@ -254,7 +274,67 @@ class Connection:
         return len(self._unacked) < self.config.accept_backlog
 
     def has_data_to_send(self) -> bool:
-        return bool(self._control or self._ready or self._light)
+        if self._control:
+            return True
+        data = bool(self._ready or self._light)
+        replay = self._replay
+        if replay is None:
+            return data
+        # Data that waits for room in the replay log is not writable yet (rule 6).
+        return replay.pending or (data and replay.room() > 0)
+
+    # ------------------------------------------------------------------ resumption (rule 6)
+
+    @property
+    def resumable(self) -> bool:
+        """True while the core keeps what it sends for a resume."""
+        return self._replay is not None
+
+    @property
+    def bytes_sent(self) -> int | None:
+        """Carrier bytes handed out since the session began (None: not resumable)."""
+        return None if self._replay is None else self._replay.sent
+
+    @property
+    def replay_bytes(self) -> int:
+        """Bytes held for a resume now (sent, not yet confirmed by the peer)."""
+        return 0 if self._replay is None else self._replay.buffered_bytes
+
+    @property
+    def replay_peak_bytes(self) -> int:
+        """Most bytes held for a resume at once."""
+        return 0 if self._replay is None else self._replay.peak_bytes
+
+    def resume_agreed(self) -> None:
+        """Both sides agreed to resume this session: send Receipts from now on."""
+        if self._replay is None:
+            raise LocalProtocolError("the session was not started resumable")
+        self._receipts = True
+        self._queue_receipt()
+
+    def stop_retaining(self) -> None:
+        """The peer does not resume sessions: keep nothing more, accept no Receipt."""
+        if self._replay is not None:
+            self._replay.clear()
+        self._replay = None
+        self._receipts = False
+
+    def resume(self, peer_received: int) -> None:
+        """A new carrier replaces the lost one; the peer has received `peer_received` of our
+        bytes. What follows them in the replay log leaves first, then everything new.
+
+        `ResumeError` if the peer's count is outside what we sent and still hold; the session
+        cannot go on then.
+        """
+        if self._replay is None:
+            raise LocalProtocolError("the session was not started resumable")
+        self._check_usable()
+        self._replay.rewind(peer_received)
+
+    def _queue_receipt(self) -> None:
+        if self._receipts and self.bytes_received != self._receipted:
+            self._receipted = self.bytes_received
+            self._control.append(receipt(self.bytes_received))
 
     # ------------------------------------------------------------------ local actions
 
@@ -352,6 +432,8 @@ class Connection:
     def ping(self, opaque: int) -> None:
         self._check_usable()
         self._control.append(ping(opaque & 0xFFFFFFFF, _SYN))
+        if self._receipts:
+            self._queue_receipt()
 
     def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
         """Tell the peer we accept no new streams; open ones carry on."""
@@ -372,9 +454,32 @@ class Connection:
         out: list[Buffer] = self._control
         self._control = []
         self._solicited = 0
+        replay = self._replay
+        if replay is not None:
+            return self._replayed(replay, out, max_bytes)
         if self.terminated is not None:
             return out
         budget = self.config.write_batch_bytes if max_bytes is None else max_bytes
+        return self._take_data(out, budget)
+
+    def _replayed(
+        self, replay: ReplayLog, out: list[Buffer], max_bytes: int | None
+    ) -> list[Buffer]:
+        """`data_to_send` of a resumable core: a resume's replay first, then control frames,
+        then as much data as the log has room for; all of it kept in the log."""
+        if self.terminated is None:
+            budget = self.config.write_batch_bytes if max_bytes is None else max_bytes
+            room = replay.room()
+            if room > 0:
+                out = self._take_data(out, min(budget, room))
+        replay.record(out)
+        if replay.pending:
+            pending: list[Buffer] = list(replay.take_pending())
+            return pending + out
+        return out
+
+    def _take_data(self, out: list[Buffer], budget: int) -> list[Buffer]:
+        """Data frames round-robin after `out`, about `budget` bytes (one frame may overshoot)."""
         ready, light = self._ready, self._light
         light_budget = budget // 2  # while heavy streams wait (rule 3)
         max_frame = self.config.max_frame_bytes
@@ -426,6 +531,7 @@ class Connection:
         if self.terminated is not None:
             return events
         view = memoryview(data).cast("B") if data else memoryview(b"")
+        self.bytes_received += len(view)
         if self._retained is not None:
             view = memoryview(bytes(self._retained) + bytes(view)) if view else self._retained
             self._retained = None
@@ -434,6 +540,8 @@ class Connection:
         except RemoteProtocolError as exc:
             self._terminate(exc.go_away_code)
             raise
+        if self._receipts and self.bytes_received - self._receipted >= self._receipt_every:
+            self._queue_receipt()
         return events
 
     def _parse(self, view: memoryview, now: float, events: list[Event]) -> None:
@@ -521,6 +629,8 @@ class Connection:
                 self._glitch(now, "ping")
                 self._control.append(ping(length, _ACK))
                 self._solicited += 1
+                if self._receipts:  # an idle session's last bytes are confirmed too
+                    self._queue_receipt()
             elif flags & _ACK:
                 events.append(PongReceived(length))
             else:
@@ -533,8 +643,21 @@ class Connection:
                 events.append(GoAwayReceived(length))
             else:
                 self._glitch(now, "repeated go away")
+        elif type == _RECEIPT and self._replay is not None:
+            self._on_receipt(flags, stream_id, length, now)
         else:
             raise RemoteProtocolError(f"unknown frame type {type}")
+
+    def _on_receipt(self, flags: int, stream_id: int, value: int, now: float) -> None:
+        if stream_id != 0 or flags:
+            raise RemoteProtocolError("a receipt uses stream 0 and no flags")
+        replay = self._replay
+        assert replay is not None
+        count = unwrap_receipt(value, replay.acked)
+        if count is not None and count > replay.sent:
+            raise RemoteProtocolError(f"receipt for {count} bytes; only {replay.sent} were sent")
+        if count is None or not replay.confirm(count):
+            self._glitch(now, "stale receipt")
 
     def _on_stream_frame(
         self, type: int, flags: int, stream_id: int, length: int, now: float, events: list[Event]

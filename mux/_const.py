@@ -17,6 +17,9 @@ INITIAL_STREAM_WINDOW = 256 * 1024
 #: Largest window we accept the peer granting us (HTTP/2's cap, leaves headroom in 32 bits).
 MAX_WINDOW = 2**31 - 1
 MAX_STREAM_ID = 2**32 - 1
+#: Largest replay budget of a resumable session: every unconfirmed span stays far below 2^31,
+#: so a 32-bit Receipt always names one count (`_replay.py`, invariant 3).
+MAX_REPLAY_BUDGET_BYTES = 2**30
 
 
 class FrameType(enum.IntEnum):
@@ -24,6 +27,9 @@ class FrameType(enum.IntEnum):
     WINDOW_UPDATE = 1
     PING = 2
     GO_AWAY = 3
+    #: Ours, not yamux's: "I have received N of your bytes" (length: N mod 2^32). Only ever
+    #: sent once both sides agreed to resumable sessions (see `_replay.py`).
+    RECEIPT = 4
 
 
 class Flag(enum.IntFlag):

@@ -37,3 +37,8 @@ def ping(opaque: int, flags: int) -> bytes:
 
 def go_away(code: int) -> bytes:
     return _pack(PROTOCOL_VERSION, FrameType.GO_AWAY, 0, 0, code)
+
+
+def receipt(received: int) -> bytes:
+    """A Receipt frame: we have received `received` bytes of the peer's (sent mod 2^32)."""
+    return _pack(PROTOCOL_VERSION, FrameType.RECEIPT, 0, 0, received & 0xFFFFFFFF)

@@ -4,12 +4,13 @@ Shape (after h11's trio example): one reader task feeds carrier bytes to the cor
 events to streams; one writer task writes whatever has to wait for the carrier; a keepalive task
 pings; a sweeper resets streams stuck half-open. Protocol decisions live in the core; this module
 only moves bytes, keeps time and wakes tasks. The carrier (`_carrier.py`: the asyncio/uvloop
-transport fast path, or any `ByteStream`) and the streams (`_stream.py`: `MuxStream`) are
-modules of their own; `MuxStream`, `SessionClosed` and `StreamResetError` are re-exported here.
+transport fast path, or any `ByteStream`), the streams (`_stream.py`: `MuxStream`) and what
+a resumable session does more (`_resumable.py`: `Resumable`, a base of `Session`) are modules
+of their own; `MuxStream`, `SessionClosed` and `StreamResetError` are re-exported here.
 
 What this module may import: anyio's public API, asyncio (the fast path's end-of-turn write),
-the core, `mux._carrier` and `mux._stream` (never anyio's internals: only `mux._anyio_seam`
-reads those, for the carrier).
+the core, `mux._carrier`, `mux._stream` and `mux._resumable` (never anyio's internals: only
+`mux._anyio_seam` reads those, for the carrier).
 
 What must stay true:
 
@@ -24,6 +25,14 @@ What must stay true:
    not finished ends in an error, never in a clean EOF.
 4. Foreign exceptions (`CARRIER_ERRORS`: OSError and anyio's stream errors from the carrier) are
    translated here, once, into the end of the session.
+5. A resumable session (`resumable=True`, then `enable_resume()` once both sides agreed) does
+   not end when its carrier fails or stalls: it suspends (`_resumable.py`) until the application
+   hands it a new carrier (`resume`) or `resume_timeout_s` passes. Only the reader, writer and
+   keepalive of one carrier run at a time, and a task of a lost carrier never feeds the core
+   again (the reader checks that its carrier is still the session's). A carrier the peer closed
+   in order (EOF: its process ended or closed the session, whose kernel says FIN) ends the
+   session even then: a break (reset, error, silence) suspends; a peer that left does not come
+   back, and holding its streams for `resume_timeout_s` would only stall its visitors.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from mux._events import (
     StreamOpened,
     StreamReset,
 )
+from mux._resumable import Resumable, Suspension
 from mux._stream import MuxStream, SessionClosed, StreamResetError
 from mux._stream import clock as _now
 
@@ -74,8 +84,14 @@ _RTT_SAMPLES = 5
 _LINGER_S = 0.5
 
 
-class Session:
-    """A multiplexed session over one carrier. Use as `async with Session(...) as session:`."""
+class Session(Resumable):
+    """A multiplexed session over one carrier. Use as `async with Session(...) as session:`.
+
+    `resumable=True` keeps what it sends from the first byte on, so that the session can go on
+    over another carrier once both sides agreed (`enable_resume` and the rest of `Resumable`).
+    `prefix`: bytes already read from `transport` (by whoever looked at its first bytes),
+    parsed first.
+    """
 
     def __init__(
         self,
@@ -83,11 +99,14 @@ class Session:
         *,
         client: bool,
         config: MuxConfig | None = None,
+        resumable: bool = False,
+        prefix: bytes = b"",
     ) -> None:
         self.config = config or MuxConfig()
-        self.conn = Connection(client=client, config=self.config)
+        self.conn = Connection(client=client, config=self.config, resumable=resumable)
         self._transport = transport
-        self._carrier: Carrier = StreamCarrier(transport, self.config.read_size_bytes)
+        self._prefix = prefix
+        self._carrier: Carrier = StreamCarrier(transport, self.config.read_size_bytes, prefix)
         self._streams: dict[int, MuxStream] = {}
         self._accept_queue: deque[MuxStream] = deque()
         # Made by the first waiter, set and dropped by the next notification: a stream opened,
@@ -107,7 +126,10 @@ class Session:
         self._pings: dict[int, anyio.Event] = {}
         self._ping_ids = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
         self._tasks_scope: anyio.CancelScope | None = None
+        self._carrier_scope: anyio.CancelScope | None = None
+        self._suspension = Suspension()
         self._error: SessionClosed | None = None
         self._closed_event = anyio.Event()
         #: Latest measured round trip time in seconds (None until the first pong).
@@ -116,16 +138,24 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Self:
-        tune_carrier_socket(self._transport, self.config)
-        self._receive_buffer = ReceiveBuffer.of(self._transport, self.config)
-        carrier = TransportCarrier.attach(self._transport)
+    def _install(self, transport: anyio.abc.ByteStream, prefix: bytes) -> None:
+        """Make `transport` the carrier: the fast path when it is an asyncio/uvloop socket
+        stream (its reads parsed in the loop's callback, its writes at the end of each turn),
+        else the generic one (already built for the first carrier). `prefix`: bytes already
+        read from it, parsed first."""
+        tune_carrier_socket(transport, self.config)
+        self._receive_buffer = ReceiveBuffer.of(transport, self.config)
+        carrier = TransportCarrier.attach(transport, prefix)
         if carrier is not None:
             carrier.on_room = self._on_room
             carrier.inline = self._receive_inline
             self._carrier = carrier
             self._loop = asyncio.get_running_loop()
             self._time = self._loop.time
+
+    async def __aenter__(self) -> Self:
+        self._install(self._transport, self._prefix)
+        self._prefix = b""
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -149,12 +179,27 @@ class Session:
         # from `SessionClosed` on its next stream operation.
         async with anyio.create_task_group() as tasks:
             self._tasks_scope = tasks.cancel_scope
-            tasks.start_soon(self._reader, name="mux reader")
-            tasks.start_soon(self._writer, name="mux writer")
+            self._tasks = tasks
             tasks.start_soon(self._sweeper, name="mux sweeper")
-            if self.config.enable_keepalive:
-                tasks.start_soon(self._keepalive, name="mux keepalive")
+            await tasks.start(self._run_carrier, name="mux carrier")
             task_status.started()
+
+    async def _run_carrier(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The reader, writer and keepalive of the carrier; of each new one after a resume."""
+        starting = True
+        while True:
+            async with anyio.create_task_group() as tasks:
+                self._carrier_scope = tasks.cancel_scope
+                tasks.start_soon(self._reader, name="mux reader")
+                tasks.start_soon(self._writer, name="mux writer")
+                if self.config.enable_keepalive:
+                    tasks.start_soon(self._keepalive, name="mux keepalive")
+                if starting:
+                    task_status.started()
+                    starting = False
+            # Only a suspension ends those tasks and leaves the session running (rule 5).
+            if not await self._wait_for_carrier():
+                return
 
     async def __aexit__(
         self,
@@ -304,30 +349,40 @@ class Session:
 
     async def _reader(self) -> None:
         conn = self.conn
-        receive = self._carrier.receive
+        carrier = self._carrier
+        receive = carrier.receive
         receive_buffer = self._receive_buffer
         try:
+            await self._parse_held_back()  # input held back before a resume
             while True:
                 data = await receive()
+                if self._carrier is not carrier:  # detached meanwhile: not ours to count
+                    return
                 now = _now()
                 self._dispatch(conn.receive_data(data, now))
                 if receive_buffer is not None:
                     receive_buffer.update(now, conn.rtt_s)
-                while conn.reading_paused:
-                    self._drained = anyio.Event()
-                    self._wake_writer()
-                    await self._drained.wait()
-                    self._dispatch(conn.receive_data(b"", _now()))
+                if conn.reading_paused:
+                    await self._parse_held_back()
                 if conn.has_data_to_send():
                     self._wake_writer()
         except RemoteProtocolError as exc:
             await self._flush_quietly()
             await self._linger()
             await self._fail(f"protocol error by the peer: {exc}")
-        except anyio.EndOfStream:
+        except anyio.EndOfStream:  # a FIN: the peer's process closed it (rule 5: not a break)
             await self._fail("the peer closed the connection")
         except CARRIER_ERRORS as exc:
-            await self._fail(f"connection lost: {exc!r}")
+            await self._lost(f"connection lost: {exc!r}")
+
+    async def _parse_held_back(self) -> None:
+        """Parse what the core held back (`reading_paused`) as its replies get written."""
+        conn = self.conn
+        while conn.reading_paused:
+            self._drained = anyio.Event()
+            self._wake_writer()
+            await self._drained.wait()
+            self._dispatch(conn.receive_data(b"", _now()))
 
     def _receive_inline(self, data: Buffer) -> None:
         """The reader's work for one carrier read, done in the loop's callback (fast path).
@@ -360,9 +415,9 @@ class Session:
                     self._writer_wakeup = None
                 await self._write_batch()
         except TimeoutError:
-            await self._fail(f"write stalled for {self.config.write_timeout_s} s")
+            await self._lost(f"write stalled for {self.config.write_timeout_s} s")
         except CARRIER_ERRORS as exc:
-            await self._fail(f"connection lost while writing: {exc!r}")
+            await self._lost(f"connection lost while writing: {exc!r}")
 
     async def _write_batch(self) -> None:
         await self._carrier.write(self._take_batch, self.config.write_timeout_s)
@@ -407,7 +462,8 @@ class Session:
                 with anyio.fail_after(self.config.keepalive_timeout_s):
                     await self.ping()
             except TimeoutError:
-                await self._fail(f"keepalive timeout ({self.config.keepalive_timeout_s} s)")
+                await self._lost(f"keepalive timeout ({self.config.keepalive_timeout_s} s)")
+                return
             except SessionClosed:
                 return
 
@@ -524,6 +580,7 @@ class Session:
         if self._error is not None:
             return
         self._error = SessionClosed(reason)
+        self._suspension.lost.set()  # whoever waits for a suspension learns of the end
         for stream in list(self._streams.values()):
             stream._on_session_closed()
         self._streams.clear()

@@ -36,7 +36,7 @@ from muxtunnel.tls import TlsError
 from muxtunnel.transport import TransportError
 
 if TYPE_CHECKING:  # each role imports its side only, and the endpoints only when configured
-    from muxtunnel.client import Client, ServiceState, Visitor, VisitState
+    from muxtunnel.client import Client, Clients, ServiceState, Visitor, VisitState
     from muxtunnel.server import Server
 
 __all__ = [
@@ -150,7 +150,7 @@ def visit(load: Callable[[], ClientConfig], options: Options) -> int:
 
 
 async def serve(
-    target: Server | Client | Visitor,
+    target: Server | Client | Clients | Visitor,
     *,
     task_status: anyio.abc.TaskStatus[dict[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -181,10 +181,10 @@ async def serve(
 
 
 async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
-    from muxtunnel.server import ClusterError, Server
+    from muxtunnel.server import ClusterError, Server, join_cluster
 
     try:
-        server = Server(load())
+        server = join_cluster(Server(load()))
     except ClusterError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="cluster")
     if server.tls is None:
@@ -219,22 +219,23 @@ def _print_line(line: str) -> None:
 
 class Announcer:
     """`NAME TYPE PUBLIC -> LOCAL` per service, what scripts wait for: again only if it changed
-    (not after a reconnect); to stdout, or above the live panel while it shows (`write`)."""
+    (not after a reconnect); to stdout, or above the live panel while it shows (`write`). With
+    several servers, a service has a line per server (its public address on each)."""
 
     def __init__(self) -> None:
-        self.shown: dict[str, str] = {}
+        self.shown: dict[tuple[str, str | None], str] = {}
         self.write: Callable[[str], None] = _print_line
 
     def __call__(self, state: ServiceState) -> None:
         spec = state.spec
         line = f"{spec.name} {spec.type} {state.public} -> {spec.local}"
-        if self.shown.get(spec.name) != line:
-            self.shown[spec.name] = line
+        if self.shown.get((spec.name, state.public)) != line:
+            self.shown[(spec.name, state.public)] = line
             self.write(line)
 
 
 async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
-    from muxtunnel.client import Client, FatalError
+    from muxtunnel.client import Client, Clients, FatalError
 
     config = load()
     missing = config.services_without_token()
@@ -247,7 +248,9 @@ async def _up(load: Callable[[], ClientConfig], options: Options) -> int:
         )
     announce = Announcer()
     try:
-        client = Client(config, announce)
+        client: Client | Clients = (
+            Clients(config, announce) if config.servers else Client(config, announce)
+        )
     except FatalError as exc:
         return _fail(EXIT_USAGE, str(exc), kind="config")
     _warn_plaintext(config)

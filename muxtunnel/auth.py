@@ -49,6 +49,7 @@ __all__ = [
     "labelled_tag",
     "new_nonce",
     "server_tag",
+    "transcript",
     "verify",
     "verify_client_tag",
     "verify_group_proof",
@@ -95,8 +96,8 @@ def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 
 
-def _transcript(label: bytes, fields: tuple[bytes, ...]) -> bytes:
-    # Every field is length-prefixed so no two different field tuples share an encoding.
+def transcript(label: bytes, fields: tuple[bytes, ...]) -> bytes:
+    """What a tag signs: every field length-prefixed, so no two field tuples share an encoding."""
     parts = [_FIELD_LENGTH.pack(len(label)), label]
     for item in fields:
         parts += [_FIELD_LENGTH.pack(len(item)), item]
@@ -115,7 +116,7 @@ def _tag(
 ) -> bytes:
     fields = (service.encode("utf-8"), type.encode("utf-8"), server_nonce, client_nonce)
     extra = (group.encode("utf-8"),) if group else ()
-    return hmac.digest(key, _transcript(label, (*fields, channel_binding, *extra)), "sha256")
+    return hmac.digest(key, transcript(label, (*fields, channel_binding, *extra)), "sha256")
 
 
 def labelled_tag(
@@ -219,7 +220,7 @@ def _group_transcript(
     channel_binding: bytes,
 ) -> bytes:
     fields = (service.encode("utf-8"), group.encode("utf-8"), server_nonce, client_nonce)
-    return _transcript(_GROUP_LABEL, (*fields, channel_binding, public_key))
+    return transcript(_GROUP_LABEL, (*fields, channel_binding, public_key))
 
 
 def group_proof(

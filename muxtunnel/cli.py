@@ -208,7 +208,10 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
         if not specs:
             raise SpecError("--group applies to the services of --tcp/--udp/--http/--https")
         specs = [_joined(spec, group) for spec in specs]
-    overrides: dict[str, object] = {"server": args.server, **_token_overrides(args)}
+    servers: list[str] = args.server or []
+    overrides: dict[str, object] = {**_token_overrides(args)}
+    if servers:  # the command line's servers replace the file's, one or several
+        overrides.update(server=servers[0], servers=tuple(servers))
     overrides.update(_endpoint_overrides(args))
     if specs:
         overrides["services"] = specs

@@ -6,8 +6,8 @@ integer. The map's `kind` key names the message; the other keys are the dataclas
 later version may add optional fields; anything missing or of the wrong type is an error.
 
 Exchange (client C, server S):
-    C -> S  Hello(version, client_nonce, client_name)
-    S -> C  Challenge(version, server_nonce[, features])  or Error(version_mismatch)
+    C -> S  Hello(version, client_nonce, client_name[, resume])
+    S -> C  Challenge(version, server_nonce[, features, resume_id])  or Error(version_mismatch)
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
                      proxy_protocol, the web options of an http/https service,
                      compression_fallback, the group fields of a load-balancing group's
@@ -26,6 +26,10 @@ travels uncompressed although its service agreed compression. With `confirm` (a 
 streams) the client's first byte back is `DIAL_CONFIRMED`, sent once its local dial succeeded
 and before any visitor byte goes to the service (a failed dial resets the stream instead):
 until then the server may replay the visitor's first bytes to another member.
+
+`resume` asks for a resumable session, and a `resume_id` in the Challenge grants it: from the
+first successful registration on, the session may go on over a new carrier (`muxtunnel.resume`).
+Hello and Challenge live in `muxtunnel.hello`; the private services' messages in `visitmsg`.
 
 A private service (`Register.private`) has no public port: its visitor keys come sealed in the
 registration (`muxtunnel.visitauth`), and `muxtunnel visit` (V) reaches it:
@@ -52,9 +56,10 @@ from typing import Any, ClassVar, TypeAlias
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from muxtunnel import fields
-from muxtunnel.auth import NONCE_BYTES, TAG_BYTES
+from muxtunnel.auth import TAG_BYTES
 from muxtunnel.framing import MAX_MESSAGE_BYTES, ControlError, frame, receive_frame, unpack_map
 from muxtunnel.framing import Wire as _Wire
+from muxtunnel.hello import RESUME_ID_BYTES, Challenge, Hello
 from muxtunnel.log import safe_text
 from muxtunnel.model import MAX_WEIGHT, ServiceSpec, ServiceType
 from muxtunnel.visitmsg import ACCESS_REVOKED, PRIVATE_TYPES, Presence, Visit, Visited, VisitorKeys
@@ -63,7 +68,8 @@ __all__ = [
     "ACCESS_REVOKED", "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED",
     "DOMAIN_TAKEN", "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES",
     "PORT_IN_USE", "PORT_NOT_ALLOWED", "PRIVATE_TYPES", "PROTOCOL_VERSION", "RATE_LIMITED",
-    "REGISTRY_UNAVAILABLE", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH",
+    "REGISTRY_UNAVAILABLE", "RESUME_ID_BYTES", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED",
+    "VERSION_MISMATCH",
     "Challenge", "ControlError", "Error", "Hello", "MemberUpdate", "Message", "Presence",
     "Register", "Registered", "Unregister", "Visit", "Visited", "VisitorHeader", "VisitorKeys",
     "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
@@ -100,39 +106,6 @@ LIMIT_REACHED, REGISTRY_UNAVAILABLE = "limit_reached", "registry_unavailable"
 FEATURE_GROUPS = "groups"
 #: A group member's first byte on a visitor stream: its local dial succeeded.
 DIAL_CONFIRMED = b"\x00"
-
-
-@dataclass(frozen=True, slots=True)
-class Hello(_Wire):
-    """Client -> server, first: the protocol version it speaks and its half of the nonces."""
-
-    WIRE_KIND: ClassVar[str] = "hello"
-    version: int
-    client_nonce: bytes
-    #: Free text for the server's logs (e.g. the client host name); not authenticated.
-    client_name: str
-
-    def __post_init__(self) -> None:
-        fields.check_int("version", self.version, 0, 0xFFFF)
-        fields.check_bytes("client_nonce", self.client_nonce, NONCE_BYTES)
-        fields.check_text("client_name", self.client_name, fields.MAX_TEXT_CHARS, empty_ok=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge(_Wire):
-    """Server -> client, answering Hello: the server's version and nonce for this session."""
-
-    WIRE_KIND: ClassVar[str] = "challenge"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("features",)
-    version: int
-    server_nonce: bytes
-    #: Optional (later versions): what the server supports beyond version 1 (FEATURE_GROUPS).
-    features: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        fields.check_int("version", self.version, 0, 0xFFFF)
-        fields.check_bytes("server_nonce", self.server_nonce, NONCE_BYTES)
-        object.__setattr__(self, "features", fields.texts("features", self.features))
 
 
 @dataclass(frozen=True, slots=True)

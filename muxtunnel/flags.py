@@ -121,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     up = commands.add_parser("up", parents=[common], help="expose local services")
-    up.add_argument("--server", metavar="HOST:PORT", help="server address (default port 7835)")
+    up.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST:PORT",
+        help="server address (default port 7835); repeatable: every service on each server",
+    )
     up.add_argument(
         "--tcp",
         action="append",

@@ -15,7 +15,15 @@ import anyio
 import msgpack  # type: ignore[import-untyped]
 from anyio.abc import ByteReceiveStream
 
-__all__ = ["MAX_MESSAGE_BYTES", "ControlError", "Wire", "frame", "receive_frame", "unpack_map"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ControlError",
+    "Wire",
+    "frame",
+    "receive_exactly",
+    "receive_frame",
+    "unpack_map",
+]
 
 #: Largest message body. Control messages are a few hundred bytes; 4 KiB leaves room for error
 #: text while keeping what an unauthenticated peer can make us buffer small.
@@ -90,7 +98,8 @@ def unpack_map(body: bytes) -> dict[str, Any]:
     return data
 
 
-async def _receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
+async def receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
+    """Exactly `size` bytes, and not one more; `anyio.EndOfStream` if the peer ends first."""
     buffer = bytearray()
     while len(buffer) < size:
         chunk = await stream.receive(size - len(buffer))
@@ -102,9 +111,9 @@ async def _receive_exactly(stream: ByteReceiveStream, size: int) -> bytes:
 
 async def receive_frame(stream: ByteReceiveStream) -> bytes:
     """The body of the next frame on `stream` (its length checked before it is read)."""
-    (size,) = _PREFIX.unpack(await _receive_exactly(stream, _PREFIX.size))
+    (size,) = _PREFIX.unpack(await receive_exactly(stream, _PREFIX.size))
     if size > MAX_MESSAGE_BYTES:
         raise ControlError(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     if size == 0:
         raise ControlError("empty message")
-    return await _receive_exactly(stream, size)
+    return await receive_exactly(stream, size)

@@ -6,7 +6,7 @@ unless "absent" has a meaning of its own (a service without a token of its own u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mux import MuxConfig
@@ -19,6 +19,7 @@ from muxtunnel.balance.settings import (
     Policy,
     RateLimit,
 )
+from muxtunnel.cluster_config import ClusterConfig as ClusterConfig  # `server.cluster`
 
 ServiceType = Literal["tcp", "udp", "http", "https"]
 #: HTTP services are routed by Host on the server's shared HTTP port (and its TLS port when the
@@ -200,27 +201,6 @@ class HttpFront:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterConfig:
-    """`server.cluster`: this node's place in a cluster of `listen` processes sharing a registry
-    (`muxtunnel.cluster`); validated again, fully, when the node starts."""
-
-    #: The registry: redis://HOST:PORT/DB (rediss://, unix://PATH; memory:// for one node).
-    url: str
-    #: None: HOSTNAME-CONTROLPORT, stable across restarts, distinct on one machine.
-    node_id: str | None = None
-    #: HOST:PORT other nodes reach this one at (node-to-node sessions); None: the control
-    #: bind host and the control port + 1, when that host is not a wildcard.
-    advertise: str | None = None
-    #: How long a dead node keeps its names (see `muxtunnel.cluster.DEFAULT_LEASE_S`).
-    lease_s: float = 10.0
-    #: What nodes prove to each other; None: derived from the server's token (nodes given the
-    #: same token set trust each other).
-    secret: Secret | None = None
-    #: Key prefix in Redis, so clusters sharing one Redis keep apart.
-    prefix: str = "muxtunnel:"
-
-
-@dataclass(frozen=True, slots=True)
 class HttpsFront:
     """`server.https`: the shared TLS port; with `cert`/`key`, TLS for HTTP services ends here."""
 
@@ -290,6 +270,10 @@ class ServerConfig:
     https: HttpsFront | None = None
     #: A cluster of `listen` nodes sharing names through a registry (None: a single server).
     cluster: ClusterConfig | None = None
+    #: Sessions of clients that ask for it may go on over a new carrier after theirs broke
+    #: (within `mux.resume_timeout_s`); their unacknowledged bytes are kept meanwhile
+    #: (`mux.replay_budget_bytes` at most per session).
+    resume: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +344,9 @@ class VisitSpec:
 class ClientConfig:
     server_host: str = "127.0.0.1"
     server_port: int = DEFAULT_CONTROL_PORT
+    #: Several servers (`client.servers`, `up --server A --server B`): every service registered
+    #: with each, each its own session; the first is `server_host:server_port`. () : just that.
+    servers: tuple[tuple[str, int], ...] = ()
     token: Secret | None = None
     services: tuple[ServiceSpec, ...] = ()
     mux: MuxConfig = field(default_factory=MuxConfig)
@@ -376,9 +363,21 @@ class ClientConfig:
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+    #: Ask for resumable sessions: visitors' connections survive a broken carrier if a new one
+    #: is up within `mux.resume_timeout_s`.
+    resume: bool = True
     #: `muxtunnel visit` (the `visitor:` section): the private services it reaches; `token`
     #: is then the default visitor token, and `services` is empty.
     visits: tuple[VisitSpec, ...] = ()
+
+    def per_server(self) -> tuple[ClientConfig, ...]:
+        """This config once per server, each naming only that one."""
+        if not self.servers:
+            return (self,)
+        return tuple(
+            replace(self, server_host=host, server_port=port, servers=())
+            for host, port in self.servers
+        )
 
     def services_without_token(self) -> tuple[str, ...]:
         """Names of the services with no token: neither their own nor the default one."""

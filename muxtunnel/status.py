@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from muxtunnel.cluster_status import ClusterRow
 from muxtunnel.group_status import AdmissionRow, GroupRow, MemberRow
+from muxtunnel.resilience_status import PathRow, ResumeRow, ServerRow
 
 __all__ = [
     "DEFAULT_ADMIN_ADDRESS",
@@ -29,6 +30,9 @@ __all__ = [
     "ConnectionRow",
     "GroupRow",
     "MemberRow",
+    "PathRow",
+    "ResumeRow",
+    "ServerRow",
     "ServerStatus",
     "ServiceRow",
     "SessionRow",
@@ -82,6 +86,9 @@ class SessionRow:
     streams: int
     #: The services it registered (a visitor session: the private services it may visit).
     services: tuple[str, ...] = ()
+    #: Its carrier is lost and it waits for a new one; times it went on over a new one.
+    suspended: bool = False
+    resumes: int = 0
     #: "client" (it registers services) or "visitor" (`muxtunnel visit`).
     role: str = "client"
 
@@ -94,6 +101,8 @@ class SessionRow:
             "rtt_ms": _ms(self.rtt_s),
             "streams": self.streams,
             "services": sorted(self.services),
+            "suspended": self.suspended,
+            "resumes": self.resumes,
             "role": self.role,
         }
 
@@ -272,6 +281,8 @@ class ServerStatus:
     #: Load-balancing groups, by name; rate limits of the service names that have them.
     groups: tuple[GroupRow, ...] = ()
     admissions: tuple[AdmissionRow, ...] = ()
+    #: Resumable sessions: resumes, failures by reason, replay buffers.
+    resume: ResumeRow = field(default_factory=ResumeRow)
     #: This node's place in a cluster, and the whole cluster (None: a single server).
     cluster: ClusterRow | None = None
 
@@ -301,6 +312,7 @@ class ServerStatus:
             "refusals": dict(sorted(self.refusals.items())),
             "groups": [row.to_dict() for row in self.groups],
             "rate_limits": [row.to_dict() for row in self.admissions],
+            "resume": self.resume.to_dict(),
         }
 
 
@@ -322,6 +334,10 @@ class ClientStatus:
     traffic: tuple[TrafficRow, ...] = ()
     #: Refusals so far, by reason (`log.Refusals`).
     refusals: Mapping[str, int] = field(default_factory=dict)
+    #: Resumable sessions: resumes, failures by reason, replay buffers.
+    resume: ResumeRow = field(default_factory=ResumeRow)
+    #: Each server the services are registered with, and its paths.
+    servers: tuple[ServerRow, ...] = ()
     #: What runs: "up", or "visit" (its services are the private ones it serves locally).
     command: str = "up"
 
@@ -348,6 +364,8 @@ class ClientStatus:
             "services": [{**row.to_dict(), "local": row.local} for row in self.services],
             "connections": [row.to_dict() for row in self.connections],
             "refusals": dict(sorted(self.refusals.items())),
+            "resume": self.resume.to_dict(),
+            "servers": [row.to_dict() for row in self.servers],
         }
 
 

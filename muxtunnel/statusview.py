@@ -150,6 +150,17 @@ def _render(data: dict[str, Any]) -> Group:
                 f"server {data['server']}  {online}{rtt}  reconnects {data['reconnects']}",
             )
         )
+    if servers := data.get("servers"):  # up: a row per server it registers with
+        parts.append(_servers_table(servers))
+    if resume := data.get("resume"):
+        failures = ", ".join(f"{k} {v}" for k, v in resume["failures"].items()) or "none"
+        parts.append(
+            Text(
+                f"resumes {resume['resumes']}  failures {failures}  "
+                f"suspended {resume['suspended']}  replay {_size(resume['replay_bytes'])} "
+                f"(peak {_size(resume['replay_peak_bytes'])})"
+            )
+        )
     web = data.get("web")
     if web:
         ports = ", ".join(f"{kind} {web[kind]}" for kind in ("http", "https") if web.get(kind))
@@ -243,6 +254,27 @@ def _cluster_parts(cluster: dict[str, Any]) -> list[Any]:
     ]
     columns = ["node", "advertise", "clients", "services", "ports and hosts"]
     return [line, _table("cluster nodes", columns, rows)]
+
+
+def _servers_table(servers: list[dict[str, Any]]) -> Table:
+    def state(row: dict[str, Any]) -> str:
+        return "suspended" if row["suspended"] else "online" if row["connected"] else "connecting"
+
+    return _table(
+        "servers",
+        ["server", "state", "rtt", "reconnects", "resumes", "replay"],
+        [
+            [
+                row["address"],
+                state(row),
+                f"{row['rtt_ms']} ms" if row["rtt_ms"] is not None else "-",
+                str(row["reconnects"]),
+                str(row["resumes"]),
+                _size(row["replay_bytes"]),
+            ]
+            for row in servers
+        ],
+    )
 
 
 def _circuit(member: dict[str, Any]) -> str:

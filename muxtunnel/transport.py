@@ -45,6 +45,7 @@ from muxtunnel.specs import format_host_port
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "Address",
+    "ConnectionRefused",
     "TcpListener",
     "TransportError",
     "abort",
@@ -74,6 +75,10 @@ Address = tuple[str, int]
 
 class TransportError(Exception):
     """A connect or bind failed; the message is meant for the user."""
+
+
+class ConnectionRefused(TransportError):
+    """A connect was refused: nothing listens at that address (now)."""
 
 
 def _tune(stream: anyio.abc.SocketStream) -> None:
@@ -223,8 +228,12 @@ async def connect(
         where = format_host_port(host, port)
         raise TransportError(f"connecting to {where} timed out after {timeout_s} s") from None
     except OSError as exc:
+        cause = exc.__cause__ or exc  # anyio's: one error, or a group of one per address
+        causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+        refused = all(isinstance(cause, ConnectionRefusedError) for cause in causes)
+        kind = ConnectionRefused if refused else TransportError
         where = format_host_port(host, port)
-        raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        raise kind(f"cannot connect to {where}: {exc.strerror or exc}") from None
     _tune(stream)
     read_one_chunk_per_wait(stream)
     return stream

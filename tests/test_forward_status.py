@@ -119,12 +119,15 @@ def test_status_documents_keep_their_keys() -> None:
     ).to_dict()
     assert set(server) == {
         "role", "version", "bind", "tls", "uptime_s", "auth_failures", "sessions", "services",
-        "connections", "web", "refusals", "groups", "rate_limits",
+        "connections", "web", "refusals", "groups", "rate_limits", "resume",
     }  # fmt: skip
     assert server["sessions"] == [
         {"id": 1, "peer": "10.0.0.1:5000", "age_s": 2.5, "rtt_ms": 12.3, "streams": 3,
-         "services": ["web"], "role": "client"}
+         "services": ["web"], "suspended": False, "resumes": 0, "role": "client"}
     ]  # fmt: skip
+    assert server["resume"] == {
+        "resumes": 0, "failures": {}, "suspended": 0, "replay_bytes": 0, "replay_peak_bytes": 0
+    }  # fmt: skip
     assert set(server["services"][0]) == {
         "name", "type", "public", "session", "connections", "bytes_in", "bytes_out",
         "compression", "limits", "udp_dropped",
@@ -135,7 +138,7 @@ def test_status_documents_keep_their_keys() -> None:
     client = ClientStatus("1", "server:7835", 2, (session,), (service,)).to_dict()
     assert set(client) == {
         "role", "version", "server", "connected", "rtt_ms", "reconnects", "services",
-        "connections", "refusals", "command",
+        "connections", "refusals", "resume", "servers", "command",
     }  # fmt: skip
     assert (client["role"], client["connected"], client["rtt_ms"]) == ("client", True, 12.3)
     assert set(client["services"][0]) == {

@@ -17,6 +17,7 @@ ANYIO_ALLOWED = {
     "_anyio_seam.py",
     "_carrier.py",
     "_stream.py",
+    "_resumable.py",
     "aio.py",
     "_echo.py",
     "__main__.py",
@@ -82,6 +83,8 @@ MUXTUNNEL_RANKS = {
     "status": 0,
     "group_status": 0,
     "cluster_status": 0,
+    "cluster_config": 0,
+    "resilience_status": 0,
     # the load-balancing engine's settings: vocabulary the resolved config holds (stdlib only)
     "balance.settings": 0,
     # building blocks that need only the vocabulary
@@ -107,7 +110,9 @@ MUXTUNNEL_RANKS = {
     "proxy": 2,
     "relay": 2,
     "control": 2,
+    "resume": 2,  # the handshake that resumes a session on a new carrier
     "fields": 1,  # checks of control message fields
+    "hello": 1,  # Hello and Challenge (`control` decodes them)
     "visitmsg": 1,  # the control messages of private services (`control` decodes them)
     # engines a server or client drives: pure decisions plus their own narrow I/O seams
     "balance": 1,
@@ -373,17 +378,19 @@ MUX_RANKS = {
     "_frame": 1,
     "_window": 1,
     "_state": 2,
+    "_replay": 2,
     "_connection": 3,  # the sans-IO core
     "_carrier": 4,
     "_stream": 4,
-    "aio": 5,  # Session: the adapter
-    "_echo": 6,
-    "__init__": 7,  # the public surface
-    "__main__": 8,
+    "_resumable": 5,  # what a resumable Session does more
+    "aio": 6,  # Session: the adapter
+    "_echo": 7,
+    "__init__": 8,  # the public surface
+    "__main__": 9,
     "testing.frames": 6,  # test helpers: not in the wheel
-    "testing.pairs": 7,
-    "testing.peers": 7,
-    "testing.__init__": 8,
+    "testing.pairs": 8,
+    "testing.peers": 8,
+    "testing.__init__": 9,
 }
 
 

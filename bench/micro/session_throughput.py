@@ -1,6 +1,7 @@
 """Session figures over loopback TCP, without pytest: MB/s for 1 and 8 streams, echo latency.
 
     .venv/bin/python -m bench.micro.session_throughput [--megabytes 64] [--uvloop] [--latency]
+        [--resumable]
 
 Each run opens a fresh pair of `Session`s on 127.0.0.1; the client writes `--megabytes` in all
 (split evenly over the streams) and the clock stops when the server has read the last byte.
@@ -62,9 +63,12 @@ async def _write(session: Session, size: int) -> None:
     await stream.aclose()
 
 
-async def throughput_mb_s(streams: int, total_bytes: int, carrier: str = "tcp") -> float:
-    """MB/s (10^6 bytes per second) of `total_bytes` written over `streams` streams at once."""
-    async with session_pair(carrier, CONFIG) as (client, server):
+async def throughput_mb_s(
+    streams: int, total_bytes: int, carrier: str = "tcp", resumable: bool = False
+) -> float:
+    """MB/s (10^6 bytes per second) of `total_bytes` written over `streams` streams at once
+    (`resumable`: both sessions keep what they send until receipted, as `up` and `listen` do)."""
+    async with session_pair(carrier, CONFIG, resumable=resumable) as (client, server):
         async with anyio.create_task_group() as servers:
             servers.start_soon(_serve, server, servers, False)
             started = time.perf_counter()
@@ -111,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megabytes", type=int, default=64, help="bytes per run, in MiB")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--latency", action="store_true", help="also time 64-byte echoes")
+    parser.add_argument(
+        "--resumable", action="store_true", help="resumable sessions (replay log, receipts)"
+    )
     args = parser.parse_args(argv)
     options = {"use_uvloop": True} if args.uvloop else {}
     total = args.megabytes << 20
     for streams in (1, 8):
-        rate = anyio.run(throughput_mb_s, streams, total, backend_options=options)
+        rate = anyio.run(
+            throughput_mb_s, streams, total, "tcp", args.resumable, backend_options=options
+        )
         print(f"{streams} stream{'s' if streams > 1 else ''}: {rate:7.1f} MB/s", flush=True)
     if args.latency:
         for bulk in (False, True):

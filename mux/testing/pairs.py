@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import cast
 
 import anyio
@@ -261,21 +261,27 @@ async def session_pair(
     client_config: MuxConfig | None = None,
     server_config: MuxConfig | None = None,
     capacity: int = 256 * 1024,
+    resumable: bool = False,
 ) -> AsyncIterator[tuple[Session, Session]]:
-    """A client and a server `Session` over a "memory" or a "tcp" carrier."""
-    if carrier == "memory":
-        left, right = memory_stream_pair(capacity)
-        async with (
-            Session(left, client=True, config=client_config or config) as client,
-            Session(right, client=False, config=server_config or config) as server,
-        ):
-            yield client, server
-    elif carrier == "tcp":
-        async with (
-            tcp_stream_pair() as (left_tcp, right_tcp),
-            Session(left_tcp, client=True, config=client_config or config) as client,
-            Session(right_tcp, client=False, config=server_config or config) as server,
-        ):
-            yield client, server
-    else:
-        raise ValueError(f"unknown carrier {carrier!r}")
+    """A client and a server `Session` over a "memory" or a "tcp" carrier (`resumable`: both
+    keep what they send until the other's receipts, as after a resume agreement)."""
+    left_config, right_config = client_config or config, server_config or config
+    async with AsyncExitStack() as stack:
+        left: anyio.abc.ByteStream
+        right: anyio.abc.ByteStream
+        if carrier == "memory":
+            left, right = memory_stream_pair(capacity)
+        elif carrier == "tcp":
+            left, right = await stack.enter_async_context(tcp_stream_pair())
+        else:
+            raise ValueError(f"unknown carrier {carrier!r}")
+        client = await stack.enter_async_context(
+            Session(left, client=True, config=left_config, resumable=resumable)
+        )
+        server = await stack.enter_async_context(
+            Session(right, client=False, config=right_config, resumable=resumable)
+        )
+        if resumable:
+            client.enable_resume()
+            server.enable_resume()
+        yield client, server

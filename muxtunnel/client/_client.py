@@ -1,15 +1,15 @@
 """`muxtunnel up`: keep one session to the server, register services, serve visitors.
 
-When the session ends the client reconnects with exponential backoff and jitter and registers
-again. Failures a retry cannot fix (a wrong token, a port the server does not allow) end the
-client instead: retrying them forever would only hide them. The client owns every field below:
-a reload reaches them through `apply_config`, and whoever shows state through `status()`, a
-snapshot.
+When the carrier breaks, a resumable session (`_resume`) goes on over a new one and its
+visitors never notice. When the session ends the client reconnects (at once if the session had
+been up a while, then with exponential backoff and jitter) and registers again. Failures a
+retry cannot fix (a wrong token, a port the server does not allow) end the client instead:
+retrying them forever would only hide them. The client owns every field below: a reload
+reaches them through `apply_config`, and whoever shows state through `status()`, a snapshot.
 """
 
 from __future__ import annotations
 
-import random
 import secrets
 
 import anyio
@@ -20,6 +20,7 @@ from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
+from muxtunnel.client._resume import ResumeStats, start_resuming
 from muxtunnel.client._session import Control, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
@@ -27,6 +28,7 @@ from muxtunnel.client._state import (
     FatalError,
     RetryableError,
     ServiceState,
+    backoff_s,
 )
 from muxtunnel.fields import INSTANCE_BYTES
 from muxtunnel.forward import Visitors
@@ -46,16 +48,14 @@ log = structlog.get_logger("muxtunnel.client")
 #: the server can open the next, for any service); their connects wait per service, so that a
 #: flood of one service's visitors never queues another's behind it.
 DIALS_PER_SERVICE = 16
-
-
-def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
-    """Exponential backoff with jitter: about low·2^attempt, capped at high, never in lock step."""
-    ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
-    return max(low_s, random.uniform(ceiling / 2, ceiling))
+#: A session that had been up this long is reconnected at once when it ends (the end is news;
+#: a session that keeps ending sooner than this gets the backoff, never a tight loop).
+SETTLED_SESSION_S = 10.0
 
 
 #: Why the session ended when the server said GoAway first (it shuts down or restarts).
 SERVER_WENT_AWAY = "the server went away (it is shutting down or restarting)"
+
 
 class Client:
     """The service side: one session to the server, carrying every visitor of every service."""
@@ -83,6 +83,8 @@ class Client:
         #: This process among the members of a group (a reconnect takes its place back).
         self.instance = secrets.token_bytes(INSTANCE_BYTES)
         self.checks = HealthChecks(self._report_health)
+        #: Resumes of this client's sessions, and failures by reason.
+        self.resume_stats = ResumeStats()
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
@@ -134,6 +136,7 @@ class Client:
         attempt = 0
         first = True
         while True:
+            settled = False
             try:
                 await self._session_once(first)
                 attempt = 0
@@ -142,14 +145,17 @@ class Client:
                 if said == GoAwayCode.NORMAL:  # it said GoAway first: not a network failure
                     reason = SERVER_WENT_AWAY
                 log.warning("session ended", server=self.server, reason=reason)
+                settled = anyio.current_time() - self._session_started >= SETTLED_SESSION_S
             except RetryableError as exc:
                 log.warning("connection failed", server=self.server, error=str(exc))
             finally:
                 self.connected = anyio.Event()
             first = False
             self.reconnects += 1
-            delay = backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
-            attempt += 1
+            delay = 0.0
+            if not settled:
+                delay = backoff_s(attempt, self.config.reconnect_min_s, self.config.reconnect_max_s)
+                attempt += 1
             log.info("reconnecting", server=self.server, in_s=round(delay, 2), attempt=attempt)
             await anyio.sleep(delay)
 
@@ -168,20 +174,24 @@ class Client:
 
     async def _session_once(self, first: bool) -> None:
         carrier = await open_carrier(self.config, self.tls_context)
+        config = self.config
         try:
-            async with Session(carrier.stream, client=True, config=self.config.mux) as session:
+            async with Session(
+                carrier.stream, client=True, config=config.mux, resumable=config.resume
+            ) as session:
                 self.session = session
                 stream = await session.open_stream()
-                channel = Control(
-                    stream, self.config, carrier.binding, self.announce, self.instance
-                )
+                channel = Control(stream, config, carrier.binding, self.announce, self.instance)
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     await channel.hello()
+                    if not channel.resume_id:  # the server does not resume sessions
+                        session.disable_resume()
                     for state in list(self.services.values()):
                         await channel.register(state, self._token(state.spec), first=first)
                 if carrier.remember is not None:
                     carrier.remember()  # the server proved the token: its certificate is it
-                log.info("session opened", server=self.server, services=len(self.services))
+                log.info("session opened", server=self.server, services=len(self.services),
+                         resumable=channel.ticket is not None)  # fmt: skip
                 self._control, self._session_started = channel, anyio.current_time()
                 self.connected.set()
                 async with anyio.create_task_group() as tg:
@@ -191,6 +201,8 @@ class Client:
                         tg.cancel_scope.cancel()  # the control channel's end ends the session
 
                     tg.start_soon(watch)
+                    if channel.ticket is not None:
+                        start_resuming(tg, session, channel.ticket, self)
                     try:
                         while True:
                             tg.start_soon(self._on_stream, await session.accept_stream())
@@ -361,19 +373,16 @@ class Client:
         session = self.session
         if self.online and session is not None:
             registered = tuple(name for name, state in self.services.items() if state.public)
-            sessions = (
-                SessionRow(
-                    id=0,
-                    peer=self.server,
-                    age_s=now - self._session_started,
-                    rtt_s=session.rtt_s,
-                    streams=session.stream_count,
-                    services=registered,
-                ),
-            )
+            age_s = now - self._session_started
+            row = SessionRow(
+                0, self.server, age_s, session.rtt_s, session.stream_count, registered,
+                suspended=session.suspended, resumes=session.resumes,
+            )  # fmt: skip
+            sessions = (row,)
         services = tuple(state.row(self.traffic.get(name)) for name, state in self.services.items())
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
+        server, resume = self.resume_stats.rows(self.server, self.online, self.reconnects, session)
         return ClientStatus(
             version=__version__,
             server=self.server,
@@ -383,4 +392,6 @@ class Client:
             connections=tuple(connections),
             traffic=tuple(row.traffic() for row in services),
             refusals=dict(self.refusals.counts),
+            resume=resume,
+            servers=(server,),
         )

@@ -19,7 +19,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from mux import MuxConfig, MuxStream, Session, SessionClosed
-from muxtunnel import control
+from muxtunnel import control, resume
 from muxtunnel.auth import (
     client_tag,
     derive_key,
@@ -33,6 +33,7 @@ from muxtunnel.client._state import (
     Announce,
     FatalError,
     RetryableError,
+    ServerGone,
     ServiceState,
 )
 from muxtunnel.control import (
@@ -54,7 +55,7 @@ from muxtunnel.tls import (
     TlsVerifyError,
     connect_tls,
 )
-from muxtunnel.transport import TransportError, abort, connect
+from muxtunnel.transport import ConnectionRefused, TransportError, abort, connect
 from muxtunnel.trust import KnownHosts, check_known_host
 from muxtunnel.visitauth import seal_keys, visitor_key
 
@@ -72,8 +73,7 @@ _FINAL_CODES = {
 }
 #: Refusals that pass with time, so even a first session retries them.
 _PASSING_CODES = {control.RATE_LIMITED, control.REGISTRY_UNAVAILABLE}
-#: Answers to registrations made while the channel is watched, waiting to be read (a client
-#: registers one service at a time, so a few would do).
+#: Answers to registrations made while the channel is watched (one at a time: a few will do).
 _REPLY_BUFFER = 16
 
 Reply = Registered | Error
@@ -98,7 +98,8 @@ async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None)
     try:
         stream = await connect(host, port)
     except TransportError as exc:
-        raise RetryableError(str(exc)) from None
+        kind = ServerGone if isinstance(exc, ConnectionRefused) else RetryableError
+        raise kind(str(exc)) from None
     if config.tls is None:
         return Carrier(stream)
     try:
@@ -167,6 +168,8 @@ class Control:
     cannot change without a new session. Tokens can, so each registration is given its own.
     """
 
+    RESUMES = True  # its sessions may resume (`muxtunnel.resume`): a visitor's never do
+
     def __init__(
         self,
         channel: MuxStream,
@@ -175,18 +178,17 @@ class Control:
         announce: Announce,
         instance: bytes = b"",
     ) -> None:
-        self.channel = channel
-        self._config = config
-        self._binding = binding
+        self.channel, self._config, self._binding = channel, config, binding
         self._announce = announce
-        #: The random id of this client process: a group member's reconnect takes its own
-        #: place back (`Register.instance`).
+        #: This process's random id: a group member's reconnect takes its place back.
         self._instance = instance
         self._nonces = (b"", b"")
         #: What the server supports beyond version 1 (`Challenge.features`).
         self.features: tuple[str, ...] = ()
-        #: Answers to `register_later`, passed on by `watch` (before it runs, registrations
-        #: read the channel themselves).
+        #: `Challenge.resume_id`, and the `resume.Ticket` the first registration proves.
+        self.resume_id = b""
+        self.ticket: resume.Ticket | None = None
+        #: Answers to `register_later`, passed on by `watch` (before it runs: read directly).
         self._send: MemoryObjectSendStream[Reply]
         self._replies: MemoryObjectReceiveStream[Reply]
         self._send, self._replies = anyio.create_memory_object_stream[Reply](_REPLY_BUFFER)
@@ -195,10 +197,9 @@ class Control:
     async def hello(self) -> None:
         """Open the exchange: our nonce out, the server's in."""
         client_nonce = new_nonce()
-        await control.send_message(
-            self.channel,
-            Hello(control.PROTOCOL_VERSION, client_nonce, socket.gethostname()[:255]),
-        )
+        name, resumable = socket.gethostname()[:255], self._config.resume and self.RESUMES
+        hello = Hello(control.PROTOCOL_VERSION, client_nonce, name, resume=resumable)
+        await control.send_message(self.channel, hello)
         reply = await control.receive_message(self.channel)
         if isinstance(reply, Error):
             raise FatalError(f"server refused the connection: {reply.message}")
@@ -206,6 +207,7 @@ class Control:
             raise control.ControlError(f"expected a challenge, got {type(reply).__name__}")
         self._nonces = reply.server_nonce, client_nonce
         self.features = reply.features
+        self.resume_id = reply.resume_id if resumable else b""
 
     async def register(self, state: ServiceState, token: Secret | None, *, first: bool) -> None:
         """Register one service, before `watch` runs; updates `state` and announces it.
@@ -319,6 +321,10 @@ class Control:
                 f"service {spec.name!r}: the server does not know private services (it is "
                 "older): refusing to expose it on a public port"
             )
+        if (sid := self.resume_id) and self.ticket is None:  # the first registration's key
+            nonces = server_nonce, client_nonce
+            secret = resume.resume_key(key, spec.name, *nonces, self._binding, sid)
+            self.ticket = resume.Ticket(sid, secret)
         state.member = reply.member
         state.agree_compression(reply.compression, reply.compression_level)
         host = reply.public_host

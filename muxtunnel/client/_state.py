@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ __all__ = [
     "Announce",
     "FatalError",
     "RetryableError",
+    "ServerGone",
     "ServiceState",
+    "backoff_s",
 ]
 
 log = structlog.get_logger("muxtunnel.client")
@@ -42,6 +45,17 @@ class FatalError(Exception):
 
 class RetryableError(Exception):
     """A failure worth another attempt after the backoff."""
+
+
+class ServerGone(RetryableError):
+    """The server's address refuses connections: its process is not there (a session it held
+    is lost with it, so resuming is pointless; registering afresh is worth retrying)."""
+
+
+def backoff_s(attempt: int, low_s: float, high_s: float) -> float:
+    """Exponential backoff with jitter: about low·2^attempt, capped at high, never in lock step."""
+    ceiling = min(high_s, low_s * (2 ** min(attempt, 30)))
+    return max(low_s, random.uniform(ceiling / 2, ceiling))
 
 
 @dataclass(slots=True)

@@ -82,6 +82,8 @@ class VisitState:
 class VisitControl(Control):
     """`Control` for a visitor session: visits instead of registrations."""
 
+    RESUMES = False  # nothing derives a resume key: a visitor's session is never resumed
+
     async def visit(self, state: VisitState, token: Secret | None, *, first: bool) -> None:
         """Ask to visit one private service; updates `state`.
 

@@ -236,9 +236,10 @@ _FIELDS: dict[str, v.Reader] = {
     "mux": v.mux,
     "metrics": v.endpoint,
     "admin": v.endpoint,
+    "resume": v.boolean,
 }
 #: Every key `client:` may hold.
-CLIENT_KEYS = ("server", *v.TOKEN_KEYS, "allow_weak_token", "tls", "state_dir", *_FIELDS)
+CLIENT_KEYS = ("server", "servers", *v.TOKEN_KEYS, "allow_weak_token", "tls", "state_dir", *_FIELDS)
 
 
 def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
@@ -252,6 +253,11 @@ def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
     if node := present(section, "server"):
         text = string(node, env)
         host, port = v.parsed(node, lambda t: parse_host_port(t, default_port=port), text)
+    servers = _servers(section, env)
+    if servers and present(section, "server") and (host, port) != servers[0]:
+        fail(section, "give server or servers, not both")
+    if servers:
+        (host, port), fields["servers"] = servers[0], servers if len(servers) > 1 else ()
     config = ClientConfig(server_host=host, server_port=port, **fields)
     for spec in config.services:
         if spec.private and config.token is not None and config.token in spec.visitor_tokens:
@@ -261,3 +267,24 @@ def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
         assert where is not None
         fail(where, "reconnect_max_s must not be less than reconnect_min_s")
     return config
+
+
+def _servers(section: Map, env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """`servers:` (a list of HOST[:PORT]; the command line's `--server`s as a tuple)."""
+    node = present(section, "servers")
+    if node is None:
+        return ()
+    texts = v.overridden(node, tuple)
+    nodes: list[Node] = [node] * len(texts) if texts is not None else v.items(node)
+    if texts is None:
+        texts = tuple(string(item, env) for item in nodes)
+    found: list[tuple[str, int]] = []
+    port = DEFAULT_CONTROL_PORT
+    for item, text in zip(nodes, texts, strict=True):
+        address = v.parsed(item, lambda t: parse_host_port(t, default_port=port), text)
+        if address in found:
+            fail(item, f"server {text!r} is listed twice")
+        found.append(address)
+    if len(found) > MAX_LIST_ITEMS:
+        fail(node, f"at most {MAX_LIST_ITEMS} servers")
+    return tuple(found)

@@ -148,9 +148,9 @@ def _cluster(node: Node, env: Mapping[str, str]) -> ClusterConfig:
     if given is not None and file is not None:
         fail(file, "give either 'secret' or 'secret_file', not both")
     if given is not None:
-        fields["secret"] = v.token(given, env)
+        fields["secret"] = v.token(given, env).value
     elif file is not None:
-        fields["secret"] = v.token_file(file, env)
+        fields["secret"] = v.token_file(file, env).value
     return ClusterConfig(**fields)
 
 
@@ -180,6 +180,7 @@ _FIELDS: dict[str, v.Reader] = {
     "http": _web.http_front,
     "https": _web.https_front,
     "cluster": _cluster,
+    "resume": v.boolean,
 }
 #: Every key `server:` may hold.
 SERVER_KEYS = (

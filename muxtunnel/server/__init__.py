@@ -14,6 +14,17 @@ limits, given to a member), `_ratelimits` (rate limits per service name). The pr
 ports and routes of names other nodes hold) and `_forwarded` (visitors other nodes hand over).
 """
 
-from muxtunnel.server._server import ClusterError, Server
+from muxtunnel.server._registry import ClusterError
+from muxtunnel.server._server import Server
 
-__all__ = ["ClusterError", "Server"]
+__all__ = ["ClusterError", "Server", "join_cluster"]
+
+
+def join_cluster(server: Server) -> Server:
+    """`server`, given its place in a cluster when its config has one (`ClusterError` for bad
+    settings); the cluster's modules, and redis, load only then."""
+    if server.config.cluster is not None:
+        from muxtunnel.server._cluster import ClusterNode
+
+        server.cluster = ClusterNode(server, server.config.cluster)
+    return server

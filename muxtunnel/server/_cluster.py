@@ -101,7 +101,7 @@ def _peer_tls(config: ServerConfig) -> ServerTlsContext | None:
 
 def _secret(config: ServerConfig, cluster: ClusterConfig) -> str:
     if cluster.secret is not None:
-        return cluster.secret.value
+        return cluster.secret
     if config.token is not None:
         return "token:" + config.token.value  # never the token itself on the node-to-node port
     raise ClusterError("a cluster needs a secret: server.cluster.secret or a server token")

@@ -40,7 +40,7 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
             return
         await server.web.serve_forwarded(stream, address, tls=header.type == "https")
         return
-    group = server.group_of(header.service)
+    group = server.groups.by_name.get(header.service)
     if group is not None and group.type == header.type == "tcp":
         await _group_visitors.serve_visitor_from(server, group, stream, address)
         return
@@ -48,7 +48,8 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
         await _forward_udp_to_member(group, stream, address)
         return
     service = server.registry.by_name.get(header.service)
-    client = server.client_session(service.session_id) if service is not None else None
+    found = server.sessions.get(service.session_id) if service is not None else None
+    client = found.session if found is not None else None
     if service is None or client is None or service.type != header.type:
         server.refusals.refuse(
             "cluster_forward_unknown", "forwarded visitor refused: not served here",

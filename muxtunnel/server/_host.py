@@ -22,6 +22,7 @@ from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
 from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._registry import ActiveService, Registry
+from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.sources import FailureLimiter
 
 if TYPE_CHECKING:  # loaded only by a server with web ports, or in a cluster (redis)
@@ -117,6 +118,11 @@ class Host(Protocol):
     @property
     def refusals(self) -> Refusals:
         """Every refusal of the server, by reason (counted for the metrics, logged doubling)."""
+        ...
+
+    @property
+    def resumable(self) -> ResumableSessions:
+        """Sessions that may go on over a new carrier, by id."""
         ...
 
     def admit_session(self, source: str) -> bool:

@@ -24,7 +24,7 @@ The other way is `_forwarded`.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,14 +32,15 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session, read_ready
+from mux import MuxStream, read_ready
 from muxtunnel.cluster import ClaimKey, ClaimKind
 from muxtunnel.control import VisitorHeader, encode_visitor_header
 from muxtunnel.forward import forward, guarded
 from muxtunnel.server import _visitors
+from muxtunnel.server._groups import Groups
 from muxtunnel.server._host import Host
 from muxtunnel.server._peers import PeerLinks, PeerUnavailable
-from muxtunnel.server._registry import GroupService
+from muxtunnel.server._session import ClientSession
 from muxtunnel.server._web import NODE_OWNER
 from muxtunnel.transport import TransportError, abort, listen_tcp, peer_address, setup_done
 from muxtunnel.udp import OnEnd, UdpForwarder, frame
@@ -53,12 +54,14 @@ log = structlog.get_logger("muxtunnel.cluster")
 class NodeServer(Host, Protocol):
     """The server, as its cluster node sees it."""
 
-    def client_session(self, session_id: int) -> Session | None:
-        """The mux session of a connected client, by session id."""
+    @property
+    def sessions(self) -> Mapping[int, ClientSession]:
+        """Connected clients, by session id."""
         ...
 
-    def group_of(self, name: str) -> GroupService | None:
-        """A live load-balancing group, by name."""
+    @property
+    def groups(self) -> Groups:
+        """Live load-balancing groups."""
         ...
 
 

@@ -16,7 +16,7 @@ import anyio.abc
 import structlog
 
 from mux import Session
-from muxtunnel import control
+from muxtunnel import control, resume
 from muxtunnel.admission import AdmissionGate, Ticket
 from muxtunnel.auth import TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
@@ -30,7 +30,8 @@ from muxtunnel.reload import ReloadError, server_changes
 from muxtunnel.server._groups import Groups
 from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
-from muxtunnel.server._registry import ActiveService, ClusterError, GroupService, Registry
+from muxtunnel.server._registry import ActiveService, Registry
+from muxtunnel.server._resume import ResumableSessions, read_preamble, serve_resume
 from muxtunnel.server._session import ClientSession
 from muxtunnel.server._status import server_status
 from muxtunnel.sources import FailureLimiter, address_key
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # the web ports (and h11), the cluster (and redis): only when
     from muxtunnel.server._cluster import ClusterNode
     from muxtunnel.server._web import WebFront
 
-__all__ = ["ClusterError", "Server"]
+__all__ = ["Server"]
 
 log = structlog.get_logger("muxtunnel.server")
 #: How the multiplexer names a TLS hello (its first byte, 0x16, read as a frame's version).
@@ -100,26 +101,13 @@ class Server:
                 config, self.registry, self.traffic_of, self.limiter_of,
                 self.visitor_limiter, self.groups.by_name, self.refusals,
             )  # fmt: skip
-        #: This node's place in a cluster (None: a single server); loaded only when configured.
-        self.cluster: ClusterNode | None = None
-        if config.cluster is not None:
-            from muxtunnel.server._cluster import ClusterNode
-
-            self.cluster = ClusterNode(self, config.cluster)
-        self.auth_failures = 0
-        self.started = 0.0
+        self.cluster: ClusterNode | None = None  #: set by `join_cluster` (listen --cluster)
+        self.auth_failures, self.started = 0, 0.0
+        #: Sessions that may go on over a new carrier (`_resume`), by id.
+        self.resumable = ResumableSessions()
         #: The bound control port, once running.
         self.port: int | None = None
-        self._session_ids = itertools.count(1)
-        self._accepting = anyio.CancelScope()
-
-    def client_session(self, session_id: int) -> Session | None:
-        """The mux session of a connected client, by session id."""
-        return client.session if (client := self.sessions.get(session_id)) else None
-
-    def group_of(self, name: str) -> GroupService | None:
-        """A live load-balancing group, by name."""
-        return self.groups.by_name.get(name)
+        self._session_ids, self._accepting = itertools.count(1), anyio.CancelScope()
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service name (kept across registrations)."""
@@ -289,6 +277,8 @@ class Server:
         try:
             with ticket.scope:
                 await self._serve_carrier(stream, address, ticket)
+            if ticket.scope.cancelled_caught:  # evicted: maybe before a session owned it
+                await abort(stream)
         finally:
             self.preauth.release(ticket)
 
@@ -309,9 +299,19 @@ class Server:
                 await abort(stream)
                 return
             binding = tls.binding
+        first = await read_preamble(carrier, self.config.auth_timeout_s)
+        if first == resume.MAGIC:
+            await serve_resume(self, carrier, binding, address, ticket)
+            return
+        if first is None:  # closed before a byte
+            await abort(carrier)
+            return
         client: ClientSession | None = None
+        resumable = self.config.resume
         try:
-            async with Session(carrier, client=False, config=self.config.mux) as session:
+            async with Session(
+                carrier, client=False, config=self.config.mux, resumable=resumable, prefix=first
+            ) as session:
                 local = local_address(stream) or ("0.0.0.0", 0)
                 client = ClientSession(self, session_id, address, session, binding, ticket, local)
                 self.sessions[session_id] = client

@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -39,19 +38,12 @@ from muxtunnel.sources import address_key
 from muxtunnel.transport import TcpListener, TransportError, listen_tcp, local_port
 from muxtunnel.udp import UdpForwarder
 
-if TYPE_CHECKING:  # a cluster's types load only with a cluster (they import redis)
-    from muxtunnel.cluster import Claim, Membership
-
 __all__ = [
-    "PublicSocket", "SessionQuotas", "bind", "compression", "open_claimed", "open_service",
-    "port_for", "serve",
+    "PublicSocket", "SessionQuotas", "bind", "compression", "open_service", "port_for", "serve",
 ]  # fmt: skip
 
 log = structlog.get_logger("muxtunnel.server")
 
-#: Ports picked for a service of a cluster node before giving up: another node holds the
-#: first one only when two nodes pick the same free port at once.
-CLUSTER_PICK_ATTEMPTS = 3
 #: Random ports tried when a client lets the server pick (a few hundred tries finds a free port
 #: unless the allowed ranges are nearly full; then the client is told no port is free).
 PICK_ATTEMPTS = 200
@@ -196,41 +188,6 @@ async def open_service(
     if isinstance(sock, UdpForwarder):
         sock.counters, sock.streams = service.udp, service.streams
     return service, sock
-
-
-async def open_claimed(
-    host: Host,
-    session: Session,
-    session_id: int,
-    request: Register,
-    key: bytes,
-    quotas: SessionQuotas,
-    leases: list[Claim | Membership],
-    visitor_keys: frozenset[bytes] = frozenset(),
-) -> tuple[ActiveService, PublicSocket]:
-    """`open_service`, on a cluster node: a port the server picked is claimed cluster-wide
-    too, and added to `leases` (the names taken already); if another node holds it, another is
-    picked."""
-    cluster = host.cluster
-    for attempt in range(CLUSTER_PICK_ATTEMPTS):
-        service, sock = await open_service(
-            host, session, session_id, request, key, quotas, visitor_keys
-        )
-        if cluster is None or sock is None or cluster.has_port(leases):
-            return service, sock
-        try:
-            leases += await cluster.claim(request, session_id, cluster.port_keys(service))
-            return service, sock
-        except RegistrationError as exc:
-            service.streams.leave()
-            service.compression_memory.leave()
-            if isinstance(sock, UdpForwarder):
-                sock.close()
-            else:
-                await sock.aclose()
-            if exc.code != control.PORT_IN_USE or attempt + 1 == CLUSTER_PICK_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _private_service(

@@ -32,7 +32,8 @@ from muxtunnel.control import (
     Visit,
     VisitorKeys,
 )
-from muxtunnel.server import _services
+from muxtunnel.server import _resume, _services
+from muxtunnel.server._activate import activate
 from muxtunnel.server._auth_steps import AuthSteps
 from muxtunnel.server._host import Host
 from muxtunnel.server._provider_keys import ProviderKeys
@@ -95,6 +96,11 @@ class ClientSession(AuthSteps, ProviderKeys):
         #: A `muxtunnel visit` session's grants and streams (None: it visits nothing).
         self.visits: VisitorSide | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Resumption (`_resume`): the id its Challenge gave, the key its first registration
+        #: proved, the carriers attached besides its own, and one switch at a time.
+        self.resume_id = b""
+        self.resume_key: bytes | None = None
+        self.attached, self.switching = 0, anyio.Lock()
 
     def row(self, now: float) -> SessionRow | None:
         """The session as a status row; None until it has authenticated."""
@@ -108,6 +114,8 @@ class ClientSession(AuthSteps, ProviderKeys):
             rtt_s=self.session.rtt_s,
             streams=self.session.stream_count,
             services=tuple(visits.grants if visits is not None else self.services),
+            suspended=self.session.suspended,
+            resumes=self.session.resumes,
             role="visitor" if visits is not None else "client",
         )
 
@@ -142,6 +150,7 @@ class ClientSession(AuthSteps, ProviderKeys):
                 )
             for service in self.services.values():
                 service.session_lost = True  # before its task ends: web names wait for it
+            _resume.session_ended(self.host, self)
             if self.visits is not None:
                 self.visits.close()
                 self.close_reason = self.visits.close_reason or self.close_reason
@@ -199,8 +208,9 @@ class ClientSession(AuthSteps, ProviderKeys):
                 return
             self.client_name = hello.client_name
             nonces = new_nonce(), hello.client_nonce
+            self.resume_id = _resume.grant(hello, self.session, self.host.config)
             challenge = control.Challenge(
-                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,)
+                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,), self.resume_id
             )
             await control.send_message(channel, challenge)
             while not self.authenticated:
@@ -257,6 +267,8 @@ class ClientSession(AuthSteps, ProviderKeys):
             keys = frozenset[bytes]()
             if request.private:
                 keys = self._open_keys(request.service, request.visitor_keys, key, nonces)
+            if not group:
+                await _resume.take_over(host, self.id, request.service, key)
             service = await self._activate(request, key, keys)
         except RegistrationError as exc:
             if exc.code == control.AUTH_FAILED:  # a group token that lost a race to another
@@ -272,6 +284,7 @@ class ClientSession(AuthSteps, ProviderKeys):
             await control.send_message(channel, Error(exc.code, exc.message, request.service))
             return True
         await control.send_message(channel, self._registered(service, key, nonces, group))
+        _resume.start(host, self, key, request.service, nonces, self.binding)
         return True
 
     async def _visit(self, channel: MuxStream, request: Visit, nonces: tuple[bytes, bytes]) -> bool:
@@ -280,6 +293,7 @@ class ClientSession(AuthSteps, ProviderKeys):
             raise control.ControlError("a session that registers services cannot visit")
         if self.visits is None:
             assert self._tg is not None
+            _resume.never(self)  # no registration derives its key: it would only hoard bytes
             self.visits = VisitorSide(
                 self.host, self.session, self.id, self.address, self.source, self.binding,
                 channel, self._tg, self.local,
@@ -311,7 +325,6 @@ class ClientSession(AuthSteps, ProviderKeys):
         self, request: Register, key: bytes, visitor_keys: frozenset[bytes]
     ) -> ActiveService:
         host = self.host
-        sock: _services.PublicSocket = None
         limit = host.config.max_services_per_session
         if len(self.services) >= limit:
             raise RegistrationError(
@@ -322,29 +335,9 @@ class ClientSession(AuthSteps, ProviderKeys):
             raise RegistrationError(
                 control.BAD_REQUEST, f"service {request.service!r} is already registered"
             )
-        cluster = host.cluster
-        # In a cluster, the names are taken cluster-wide first: a clash anywhere is refused.
-        leases = await cluster.claim(request, self.id, cluster.keys_for(request)) if cluster else []
-        try:
-            if request.group is not None:
-                shares = (
-                    self.quotas.streams.share(request.service),
-                    self.quotas.compression.share(request.service),
-                )
-                service = await host.join_group(
-                    self.session, self.id, self.client_name, request, key, shares
-                )
-            else:
-                service, sock = await _services.open_claimed(
-                    host, self.session, self.id, request, key, self.quotas, leases, visitor_keys
-                )
-                host.registry.add(service)
-        except BaseException:
-            if cluster is not None:
-                await cluster.release(leases)
-            raise
-        if cluster is not None:
-            cluster.hold(leases, service)
+        service, sock = await activate(
+            host, self.session, self.id, self.client_name, request, key, self.quotas, visitor_keys
+        )
         self.services[service.name] = service
         private = self.host.private
         if service.private or service.name in private.provider_keys:

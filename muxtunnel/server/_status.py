@@ -17,6 +17,7 @@ from muxtunnel.server._groups import Groups
 from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import Registry
+from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServerStatus
@@ -49,6 +50,7 @@ class ServerParts(Protocol):
     port: int | None
     started: float
     auth_failures: int
+    resumable: ResumableSessions
 
     @property
     def cluster(self) -> _Cluster | None: ...
@@ -96,4 +98,5 @@ def server_status(server: ServerParts) -> ServerStatus:
         groups=tuple(groups),
         admissions=server.rate_limits.rows(),
         cluster=server.cluster.row() if server.cluster is not None else None,
+        resume=server.resumable.row(client.session for client in server.sessions.values()),
     )

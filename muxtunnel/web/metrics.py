@@ -9,6 +9,7 @@ only when it ends; they are per service name and outlive registrations, as count
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -94,11 +95,17 @@ class StatusCollector(Collector):
             "visitors sent and got them) and compressed (on the carrier)",
             labels=["service", "stage"],
         )
+        drops: Counter[tuple[str, str]] = Counter()  # a client with several servers: summed
+        stages: Counter[tuple[str, str]] = Counter()
         for service in status.services:
             for reason, count in (service.udp_dropped or {}).items():
-                dropped.add_metric([service.name, reason], count)
+                drops[(service.name, reason)] += count
             for stage, count in (service.carrier_bytes or {}).items():
-                carrier.add_metric([service.name, stage], count)
+                stages[(service.name, stage)] += count
+        for (name, reason), count in drops.items():
+            dropped.add_metric([name, reason], count)
+        for (name, stage), count in stages.items():
+            carrier.add_metric([name, stage], count)
         refusals = CounterMetricFamily(
             _P + "refusals",
             "What a limit refused (or cut), by reason: connections, visitors, registrations",
@@ -108,6 +115,7 @@ class StatusCollector(Collector):
             refusals.add_metric([reason], count)
         yield from (sessions, services, streams, connections, traffic, connections_total)
         yield from (dropped, rtt, refusals, carrier)
+        yield from _resume_metrics(status)
         if isinstance(status, ServerStatus):
             failures = CounterMetricFamily(_P + "auth_failures", "Failed authentications")
             failures.add_metric([], status.auth_failures)
@@ -133,12 +141,47 @@ class StatusCollector(Collector):
                 "A group member's local target passes its health check (1) or not (0)",
                 labels=["service", "group"],
             )
+            verdicts: dict[tuple[str, str], float] = {}  # several servers: the same checks
             for service in status.services:
                 verdict = (service.health or "unknown").partition(":")[0]
                 if service.group is not None and verdict != "unknown":
-                    labels = [service.name, service.group]
-                    healthy.add_metric(labels, float(verdict == "healthy"))
+                    verdicts[(service.name, service.group)] = float(verdict == "healthy")
+            for labels, value in verdicts.items():
+                healthy.add_metric(list(labels), value)
             yield healthy
+            connected = GaugeMetricFamily(
+                _P + "server_connected",
+                "A session to this server is up with its services registered (1) or not (0)",
+                labels=["server"],
+            )
+            for server in status.servers:
+                connected.add_metric([server.address], float(server.connected))
+            yield connected
+
+
+def _resume_metrics(status: Status) -> Iterator[Metric]:
+    """Resumable sessions, either role (`ResumeRow`)."""
+    row = status.resume
+    resumes = CounterMetricFamily(_P + "resumes", "Sessions that went on over a new connection")
+    resumes.add_metric([], row.resumes)
+    failures = CounterMetricFamily(
+        _P + "resume_failures", "Resumes that failed or were refused, by reason", labels=["reason"]
+    )
+    for reason, count in sorted(row.failures.items()):
+        failures.add_metric([reason], count)
+    suspended = GaugeMetricFamily(
+        _P + "suspended_sessions", "Sessions whose connection is lost, waiting for a new one"
+    )
+    suspended.add_metric([], row.suspended)
+    replay = GaugeMetricFamily(
+        _P + "replay_bytes", "Bytes kept to send again on a new connection, all sessions"
+    )
+    replay.add_metric([], row.replay_bytes)
+    peak = GaugeMetricFamily(
+        _P + "replay_peak_bytes", "The most bytes one session has kept at once"
+    )
+    peak.add_metric([], row.replay_peak_bytes)
+    yield from (resumes, failures, suspended, replay, peak)
 
 
 def _cluster_metrics(cluster: ClusterRow) -> Iterator[Metric]:

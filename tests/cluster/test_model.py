@@ -152,7 +152,7 @@ def test_cluster_config_and_flags(tmp_path: Path) -> None:
     from muxtunnel.cli import _load_server
     from muxtunnel.config import ConfigError, load_server_config
     from muxtunnel.flags import build_parser
-    from muxtunnel.model import ClusterConfig, Secret
+    from muxtunnel.model import ClusterConfig
 
     secret = tmp_path / "secret"
     secret.write_text("cluster-secret-0123456789\n")
@@ -163,7 +163,7 @@ def test_cluster_config_and_flags(tmp_path: Path) -> None:
     )
     loaded = load_server_config(str(config))
     assert loaded.cluster == ClusterConfig(
-        url="redis://10.0.0.5:6379/1", lease_s=4.0, secret=Secret("cluster-secret-0123456789")
+        url="redis://10.0.0.5:6379/1", lease_s=4.0, secret="cluster-secret-0123456789"
     )
     args = build_parser().parse_args(
         ["listen", "-c", str(config), "--node-id", "n1", "--advertise", "10.0.0.11:7836"]

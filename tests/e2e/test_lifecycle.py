@@ -359,8 +359,9 @@ def test_sigterm_listen_drain_is_bounded(harness: Harness, tcp_echo: TcpEchoServ
 
 def test_keepalive_detects_a_frozen_server(harness: Harness, tcp_echo: TcpEchoServer) -> None:
     """client.mux keepalive settings apply: a server that stops answering (SIGSTOP, so no FIN)
-    ends the session within interval + timeout; once it answers again, up registers again."""
-    config = harness.write("client.yaml", FAST_RECONNECT)
+    ends the session within interval + timeout; once it answers again, up registers again.
+    (A plain session: a resumable one suspends instead, see tests/netns/test_resume_netns.py.)"""
+    config = harness.write("client.yaml", FAST_RECONNECT + "  resume: false\n")
     listen = harness.listen()
     remote = free_port()
     spec = [f"echo={tcp_echo.port}:{remote}"]

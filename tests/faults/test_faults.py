@@ -67,8 +67,14 @@ def target() -> Iterator[TcpTarget]:
 def test_sigkill_up_mid_transfer(harness: Harness, tcp_echo: TcpEchoServer, figures) -> None:
     """SIGKILL `up` while 4 visitors stream and 20 sit idle: every visitor socket ends in an
     error (never a clean EOF), the server frees the public port, and a restarted `up` gets the
-    same port and serves."""
-    listen = harness.listen()
+    same port and serves. The killed process's kernel resets the carrier (unread bytes), which
+    the server cannot tell from a broken network: it holds the resumable session for
+    `resume_timeout_s` (2 s here; 60 by default) before its visitors get their error."""
+    resume_timeout_s = 2.0
+    config = harness.write(
+        "server.yaml", f"server:\n  mux:\n    resume_timeout_s: {resume_timeout_s}\n"
+    )
+    listen = harness.listen("--config", config)
     remote = free_port()
     spec = [f"echo={tcp_echo.port}:{remote}"]
     started = time.monotonic()
@@ -84,7 +90,7 @@ def test_sigkill_up_mid_transfer(harness: Harness, tcp_echo: TcpEchoServer, figu
     fds_before = fd_count(listen.pid)
     killed = time.monotonic()
     up.kill()
-    assert not wait_all([*idle, *busy], timeout_s=10), summarize([*idle, *busy])
+    assert not wait_all([*idle, *busy], timeout_s=10 + resume_timeout_s), summarize([*idle, *busy])
     detected = max(v.ended_at for v in [*idle, *busy]) - killed
     listen.wait_event("session closed", timeout_s=5)
     wait_until(lambda: not echo_works(*address, timeout_s=0.5), 5, "the public port to close")
@@ -102,8 +108,9 @@ def test_sigkill_up_mid_transfer(harness: Harness, tcp_echo: TcpEchoServer, figu
         fds_freed=fds_before - fds_after,
     )
     errors_only([*idle, *busy])
-    # The kernel closes the carrier at once: 1 s on a quiet machine, stretched by load.
-    assert detected < within_load(1.0, up_start_s), (detected, up_start_s)
+    # The kernel closes the carrier at once: 1 s on a quiet machine, stretched by load, after
+    # the resume timeout (a clean FIN, with no bytes unread, would end the session at once).
+    assert detected < resume_timeout_s + within_load(1.0, up_start_s), (detected, up_start_s)
     assert fds_after <= fds_before - len(idle) - len(busy)
 
 
@@ -211,9 +218,7 @@ def test_sigkill_listen_client_reconnects_with_bounded_backoff(
         conn.close()
     down_s = 6.0
     time.sleep(down_s)
-    attempts = [
-        event_time(e) for e in up.events("connection failed") if event_time(e) > killed
-    ]
+    attempts = [event_time(e) for e in up.events("connection failed") if event_time(e) > killed]
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     harness.listen(port=listen.port)
     back = time.monotonic()
@@ -269,9 +274,10 @@ def test_half_open_carrier_is_detected_by_keepalive_on_both_ends(
     """The carrier runs through a userspace proxy; SIGSTOP freezes it, so no FIN and no RST
     ever come (the kernel still accepts bytes into its buffers): a half-open connection. Both
     `up` and `listen` must end the session by keepalive within interval + timeout (0.5 + 0.5 s,
-    plus slack), visitors get an error, and after SIGCONT `up` reconnects and serves."""
-    server = harness.write("server.yaml", "server:\n" + KEEPALIVE)
-    client = harness.write("client.yaml", CLIENT_FAST)
+    plus slack), visitors get an error, and after SIGCONT `up` reconnects and serves. (Plain
+    sessions: a resumable one suspends instead, see tests/netns/test_resume_netns.py.)"""
+    server = harness.write("server.yaml", "server:\n  resume: false\n" + KEEPALIVE)
+    client = harness.write("client.yaml", CLIENT_FAST + "  resume: false\n")
     listen = harness.listen("--config", server)
     proxy, proxy_port = start_proxy(harness, listen.port)
     try:
@@ -315,4 +321,3 @@ def test_half_open_carrier_is_detected_by_keepalive_on_both_ends(
     assert up_detect < detect_bound_s, (up_detect, up_start_s)
     assert listen_detect < detect_bound_s, (listen_detect, up_start_s)
     errors_only(visitors)
-

@@ -64,9 +64,12 @@ class Link:
 
 
 def _start(pair: NetnsPair, harness: Harness, echo: TcpEchoServer) -> tuple[Listen, Up]:
-    server = harness.write("server.yaml", "server:\n" + KEEPALIVE)
+    # Plain sessions: these tests judge how a lost carrier is noticed and the session replaced
+    # (test_resume_netns.py judges resumable ones).
+    server = harness.write("server.yaml", "server:\n  resume: false\n" + KEEPALIVE)
     client = harness.write(
-        "client.yaml", "client:\n  reconnect_min_s: 0.2\n  reconnect_max_s: 1.0\n" + KEEPALIVE
+        "client.yaml",
+        "client:\n  resume: false\n  reconnect_min_s: 0.2\n  reconnect_max_s: 1.0\n" + KEEPALIVE,
     )
     python = [sys.executable, "-m", "muxtunnel"]
     bind = f"{pair.addr[pair.b]}:{CONTROL_PORT}"
