@@ -5,7 +5,7 @@ on loopback, three ways:
 
     direct        wrk -> nginx
     --tcp         wrk -> listen (the service's own public port) == mux == up -> nginx
-    --http        wrk -> listen (the shared web port: Host routing, h11) == mux == up -> nginx
+    --http        wrk -> listen (the shared web port: Host routing) == mux == up -> nginx
 
 each with keep-alive (wrk reuses its connections) and without (`Connection: close`: a new
 visitor connection per request). Per run: requests/s, p50/p99 latency (`wrk --latency`),

@@ -11,6 +11,7 @@ from mux._anyio_seam import (
     read_ready,
     start_tls,
     take_over,
+    write_now,
 )
 from mux._config import MuxConfig
 from mux._connection import Connection
@@ -57,4 +58,5 @@ __all__ = [
     "read_ready",
     "start_tls",
     "take_over",
+    "write_now",
 ]

@@ -156,8 +156,9 @@ async def serve(
 ) -> None:
     """Run `target` with its metrics endpoint and admin API (when configured) until cancelled.
 
-    Reports the endpoints' bound ports ({"metrics": ..., "admin": ...}) once they listen and
-    a server's control port is bound too. Returns when `target.run` does.
+    Reports the endpoints' bound ports ({"metrics": ..., "admin": ..., "dashboard": ...,
+    "inspect": ...}) once they listen and a server's control port is bound too. Returns when
+    `target.run` does.
     """
     config = target.config
     async with anyio.create_task_group() as tg:
@@ -168,7 +169,7 @@ async def serve(
 
         ports: dict[str, int] = {}
         if config.metrics is not None or config.admin is not None:
-            from muxtunnel.web import run_endpoints
+            from muxtunnel.web.admin import run_endpoints
 
             ports = await tg.start(
                 partial(run_endpoints, refusals=target.refusals),
@@ -176,6 +177,10 @@ async def serve(
                 config.admin,
                 target.status,
             )
+        from muxtunnel.web.pages import start_pages  # loads a page's stack only if one is on
+
+        capture = partial(setattr, target, "captures")  # a client's http requests, once on
+        ports.update(await start_pages(tg, config, target.status, capture))
         await tg.start(run)
         task_status.started(ports)
 

@@ -99,6 +99,12 @@ def _endpoint_overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides["metrics"] = {"bind": args.metrics, **bearer}
     if args.admin:
         overrides["admin"] = {"bind": args.admin, **bearer}
+    if getattr(args, "dashboard", None):
+        overrides["dashboard"] = {"bind": args.dashboard, **bearer}
+    if getattr(args, "inspect", None):
+        overrides["inspect"] = {"bind": args.inspect, **bearer}
+    if getattr(args, "no_inspect", False):
+        overrides["inspect"] = False
     return overrides
 
 

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument(
         "--domain", metavar="DOMAIN", help="web services are reached at NAME.DOMAIN"
     )
+    listen.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        help="serve the web dashboard here (off by default; --admin-token guards it)",
+    )
 
     listen.add_argument(
         "--cluster",
@@ -167,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help=f"this member's share of new visitors (0-{MAX_WEIGHT}, default 1; needs --group)",
+    )
+    inspect = up.add_mutually_exclusive_group()
+    inspect.add_argument(
+        "--inspect",
+        metavar="HOST:PORT",
+        help="serve the HTTP inspector here (default: 127.0.0.1:4040, or the next free port, "
+        "when there are --http services)",
+    )
+    inspect.add_argument(
+        "--no-inspect", action="store_true", help="no HTTP inspector (and no request capture)"
     )
     up.add_argument(
         "--no-console",

@@ -33,7 +33,7 @@ from muxtunnel.compress import CompressedStream
 from muxtunnel.limits import ConnectionMeter, MeteredStream, ServiceLimiter, ServiceTraffic
 from muxtunnel.log import debug_enabled
 from muxtunnel.proxy import PipeResult, pipe
-from muxtunnel.relay import Relay
+from muxtunnel.relay import Observer, Relay
 from muxtunnel.sockets import connect_protocol
 from muxtunnel.transport import abort
 
@@ -206,16 +206,17 @@ async def forward_to(
     connect_timeout_s: float,
     dial_slots: anyio.Semaphore | None = None,
     greeting: bytes = b"",
+    observer: Observer | None = None,
     **context: object,
 ) -> PipeResult:
     """The client's `forward` without compression: dial the local service with a `Relay` as
     the socket's protocol from the start, holding one of `dial_slots` while it connects, and
-    `greeting` on the stream first once connected. `TransportError` if the service cannot be
-    reached."""
+    `greeting` on the stream first once connected; `observer` sees a copy of the bytes (the
+    inspector's tap). `TransportError` if the service cannot be reached."""
     started = time.monotonic()
     meter = ConnectionMeter(service, peer)  # counted once connected: bytes may come first
     _count_out_as_taken(meter, stream)
-    relay = Relay(stream, meter, visitor_side=False, greeting=greeting)
+    relay = Relay(stream, meter, visitor_side=False, greeting=greeting, observer=observer)
     async with dial_slots if dial_slots is not None else contextlib.nullcontext():
         transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
     traffic.add(meter)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -226,6 +227,12 @@ class MeteredStream(anyio.abc.ByteStream):
         self.receive_bucket = receive_bucket
         self.send_bucket = send_bucket
         self._aborting = False
+        #: The idle clock: anyio's `current_time` is the loop's `time` on asyncio (uvloop too),
+        #: read here without anyio's backend lookup (~2.5 us a call, two calls an exchange).
+        try:
+            self._now: Callable[[], float] = asyncio.get_running_loop().time
+        except RuntimeError:  # another backend
+            self._now = anyio.current_time
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         bucket = self.receive_bucket
@@ -233,7 +240,7 @@ class MeteredStream(anyio.abc.ByteStream):
             max_bytes = max(1, min(max_bytes, bucket.chunk_bytes))
         data = await self.inner.receive(max_bytes)
         meter = self.meter
-        meter.last_active = anyio.current_time()
+        meter.last_active = self._now()
         if self.receive_is_in:
             meter.bytes_in += len(data)
         else:
@@ -257,7 +264,7 @@ class MeteredStream(anyio.abc.ByteStream):
             self._count_sent(len(piece))
 
     def _count_sent(self, size: int) -> None:
-        self.meter.last_active = anyio.current_time()
+        self.meter.last_active = self._now()
         if self.receive_is_in:
             self.meter.bytes_out += size
         else:

@@ -126,6 +126,12 @@ class ServicePolicy:
     visitor_tokens: tuple[Secret, ...] = ()
 
 
+#: Where the inspector listens by default, and how many ports after it are tried when it is
+#: busy (ngrok's habit: its inspector is at 127.0.0.1:4040).
+DEFAULT_INSPECT = ("127.0.0.1", 4040)
+INSPECT_PORTS_TRIED = 10
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A local HTTP endpoint (metrics, admin API): where it binds and the bearer token, if any."""
@@ -257,6 +263,8 @@ class ServerConfig:
     #: Prometheus endpoint and admin API; None: off.
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+    #: The web dashboard (`muxtunnel.web.dashboard`); None: off.
+    dashboard: Endpoint | None = None
     #: Highest zstd level either side compresses with, whatever level a client asks for. An
     #: idle compressed stream holds 0.8 MiB at level 3 (zstd's default), 10 MiB at level 9
     #: (`python -m bench.micro.compression --memory`).
@@ -363,6 +371,9 @@ class ClientConfig:
     tls: ClientTls | None = None
     metrics: Endpoint | None = None
     admin: Endpoint | None = None
+    #: The HTTP inspector (`muxtunnel.web.inspector`): "auto" is on at `DEFAULT_INSPECT` (or
+    #: the next free port) when the config has http services; "off"; or where it binds.
+    inspect: Endpoint | Literal["auto", "off"] = "auto"
     #: Ask for resumable sessions: visitors' connections survive a broken carrier if a new one
     #: is up within `mux.resume_timeout_s`.
     resume: bool = True

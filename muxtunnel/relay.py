@@ -22,7 +22,7 @@ It keeps `pipe`'s promises:
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Protocol, cast
 
 import anyio
 
@@ -31,7 +31,7 @@ from muxtunnel.limits import ConnectionMeter
 from muxtunnel.proxy import PipeResult
 from muxtunnel.sockets import abort_transport
 
-__all__ = ["Relay"]
+__all__ = ["Observer", "Relay"]
 
 _FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -40,6 +40,20 @@ def _describe(error: BaseException | str) -> str:
     if isinstance(error, str):
         return error
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+class Observer(Protocol):
+    """Sees a copy of each chunk once it was passed on (b"": that way's end); never raises,
+    never blocks (`muxtunnel.httptap.Tap`, the inspector's)."""
+
+    def from_socket(self, data: bytes) -> None:
+        """Bytes the socket gave, now on the stream."""
+
+    def from_stream(self, data: bytes) -> None:
+        """Bytes the stream gave, now written to the socket."""
+
+    def close(self) -> None:
+        """The relay ended."""
 
 
 class Relay(asyncio.Protocol):
@@ -52,8 +66,10 @@ class Relay(asyncio.Protocol):
         *,
         visitor_side: bool,
         greeting: bytes = b"",
+        observer: Observer | None = None,
     ) -> None:
         self.stream = stream
+        self._observer = observer
         #: Written to the stream once the socket is connected, before any byte of the socket's
         #: (a group member's dial confirmation: the server waits for it before it relays).
         self._greeting = greeting
@@ -92,6 +108,8 @@ class Relay(asyncio.Protocol):
         finally:
             if not self._finished:
                 self._fail("cancelled")
+            if self._observer is not None:
+                self._observer.close()
         return self.result
 
     # -- the socket (asyncio.Protocol)
@@ -117,6 +135,8 @@ class Relay(asyncio.Protocol):
         except _FAILURES as exc:
             self._fail(exc)
             return
+        if self._observer is not None:
+            self._observer.from_socket(data)
         if not room and not self._reading_paused:
             self._reading_paused = True
             assert self._transport is not None
@@ -130,6 +150,8 @@ class Relay(asyncio.Protocol):
                 self._fail(exc)
                 return True
             self._socket_ended = True
+            if self._observer is not None:
+                self._observer.from_socket(b"")
             self._finish_if_done()
         return True  # keep the socket open for what the stream still sends
 
@@ -155,6 +177,8 @@ class Relay(asyncio.Protocol):
         size = len(data)
         self._count(size, from_socket=False)
         self._transport.write(data)
+        if self._observer is not None:
+            self._observer.from_stream(bytes(data))
         if self._writing_paused:
             self._uncredited += size
         else:
@@ -166,6 +190,8 @@ class Relay(asyncio.Protocol):
         assert self._transport is not None
         self._stream_ended = True
         self._transport.write_eof()
+        if self._observer is not None:
+            self._observer.from_stream(b"")
         self._finish_if_done()
 
     def stream_failed(self, error: anyio.BrokenResourceError) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "TransportError",
     "abort",
     "bind_error",
+    "bind_socket",
     "connect",
     "listen_tcp",
     "local_address",
@@ -254,6 +255,22 @@ async def listen_tcp(
     except OSError as exc:
         raise TransportError(bind_error(host, port, "tcp", exc)) from None
     return TcpListener(listener, name, refusals if refusals is not None else Refusals(log))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` for a server of another library (the web pages'
+    ASGI server); `TransportError` if it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(bind_error(host, port, "tcp", exc)) from None
+    return sock
 
 
 def bind_error(host: str, port: int, kind: str, exc: OSError) -> str:

@@ -16,6 +16,10 @@
 #   wrk                                            the HTTP load generator of `python -m bench`
 #                                                  (requests/s and latency percentiles through
 #                                                  --http, --tcp and direct)
+#   chromium, chromium-driver                      a real browser (headless, driven by Selenium)
+#                                                  for the dashboard and inspector tests in
+#                                                  tests/web/test_browser.py; Debian's build, so
+#                                                  nothing is downloaded at test time
 #
 # Runs apt-get as root, or through sudo when run as another user.
 set -euo pipefail
@@ -26,6 +30,7 @@ PACKAGES=(
     nftables iproute2
     curl ca-certificates make python3-venv
     redis-server nginx wrk
+    chromium chromium-driver
 )
 
 missing=()

@@ -109,6 +109,8 @@ MUXTUNNEL_RANKS = {
     "limits": 2,
     "proxy": 2,
     "relay": 2,
+    "captures": 1,  # recorded HTTP exchanges: what the inspector shows
+    "httptap": 2,  # the inspector's passive HTTP parser, a wrapper of the local socket
     "control": 2,
     "resume": 2,  # the handshake that resumes a session on a new carrier
     "fields": 1,  # checks of control message fields

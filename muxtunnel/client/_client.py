@@ -18,6 +18,7 @@ import structlog
 
 from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
+from muxtunnel.captures import Captures
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
 from muxtunnel.client._resume import ResumeStats, start_resuming
@@ -83,6 +84,8 @@ class Client:
         #: This process among the members of a group (a reconnect takes its place back).
         self.instance = secrets.token_bytes(INSTANCE_BYTES)
         self.checks = HealthChecks(self._report_health)
+        #: Where the http services' requests are recorded while the inspector is on (None: off).
+        self.captures: Captures | None = None
         #: Resumes of this client's sessions, and failures by reason.
         self.resume_stats = ResumeStats()
 

@@ -15,9 +15,10 @@ is reset then) to another member.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
+import anyio.abc
 import structlog
 
 from mux import MuxStream
@@ -30,6 +31,10 @@ from muxtunnel.model import ClientConfig
 from muxtunnel.specs import format_host_port
 from muxtunnel.transport import TransportError, abort, connect
 from muxtunnel.udpflow import serve_flow
+
+if TYPE_CHECKING:
+    from muxtunnel.captures import Captures
+    from muxtunnel.httptap import Tap
 
 __all__ = ["Host", "serve"]
 
@@ -65,6 +70,11 @@ class Host(Protocol):
 
     def dial_slots(self, name: str) -> anyio.Semaphore:
         """Visitors of service `name` that may connect to it at once (see `DIALS_PER_SERVICE`)."""
+        ...
+
+    @property
+    def captures(self) -> Captures | None:
+        """Where http requests are recorded while the inspector is on (None: not tapped)."""
         ...
 
 
@@ -107,6 +117,14 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         return
     peer = format_host_port(header.peer_host, header.peer_port)
     compressed = state.compression is not None and header.compressed
+    # While the inspector is on, an http service's bytes pass its tap: the relay's observer,
+    # or a stream wrapper on the general path.
+    tap: Tap | None = None
+    if host.captures is not None and spec.type == "http":
+        from muxtunnel.httptap import Tap  # h11: only once the inspector is on
+
+        tap = Tap(host.captures, spec.name, peer)
+    target: anyio.abc.ByteStream
     try:
         if not compressed:  # relayed by callbacks from the connect on (`forward_to`)
             with host.visitors.track():
@@ -120,6 +138,7 @@ async def _serve(host: Host, stream: MuxStream) -> None:
                     connect_timeout_s=CONTROL_TIMEOUT_S,
                     dial_slots=host.dial_slots(spec.name),
                     greeting=control.DIAL_CONFIRMED if header.confirm else b"",
+                    observer=tap,
                 )
             return
         async with host.dial_slots(spec.name):
@@ -142,6 +161,10 @@ async def _serve(host: Host, stream: MuxStream) -> None:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             await abort(target)  # the visitor went meanwhile: the service must see it fail
             return
+    if tap is not None:
+        from muxtunnel.httptap import TappedStream
+
+        target = TappedStream(target, tap)
     with host.visitors.track():
         await forward(
             target,

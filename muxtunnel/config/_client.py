@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from muxtunnel.auth import KEY_BYTES, TAG_BYTES
 from muxtunnel.config import _balance, _web
@@ -29,6 +29,7 @@ from muxtunnel.model import (
     WEB_TYPES,
     ClientConfig,
     ClientTls,
+    Endpoint,
     Secret,
     ServiceSpec,
     ServiceType,
@@ -225,6 +226,11 @@ def _tls(section: Map, env: Mapping[str, str]) -> ClientTls | None:
     return ClientTls(**fields)
 
 
+def _inspect(node: Node, env: Mapping[str, str]) -> Endpoint | Literal["off"]:
+    """`inspect: false` turns the HTTP inspector off; an address (or `{bind, token}`) moves it."""
+    return v.endpoint(node, env) or "off"
+
+
 # YAML key -> reader; each key is also the name of the model field it fills.
 _FIELDS: dict[str, v.Reader] = {
     "services": _services,
@@ -236,6 +242,7 @@ _FIELDS: dict[str, v.Reader] = {
     "mux": v.mux,
     "metrics": v.endpoint,
     "admin": v.endpoint,
+    "inspect": _inspect,
     "resume": v.boolean,
 }
 #: Every key `client:` may hold.

@@ -175,6 +175,7 @@ _FIELDS: dict[str, v.Reader] = {
     "mux": v.mux,
     "metrics": v.endpoint,
     "admin": v.endpoint,
+    "dashboard": v.endpoint,
     "compression_level_max": lambda node, env: v.integer(node, env, *v.ZSTD_LEVELS),
     "compression_budget_bytes": v.size,
     "http": _web.http_front,

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -79,14 +80,12 @@ def forwarded_element(visitor: ForwardedFor, host: bytes | None, proto: bytes) -
 
 def _quote_if_needed(value: bytes) -> bytes:
     # token chars (RFC 9110 §5.6.2); anything else (':' of a port, '[' of an IPv6) is quoted.
-    if value and all(c in _TOKEN_BYTES for c in value):
+    if _TOKEN.fullmatch(value):  # one C pass: a generator over the bytes cost ~1 us a request
         return value
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-_TOKEN_BYTES = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 
 
 def connection_tokens(headers: Iterable[Header]) -> set[bytes]:

@@ -1,6 +1,8 @@
 """The HTTP/1.1 reverse proxy for one visitor connection: route each request, forward it.
 
 Theory of operation (one `HttpConnection` per visitor connection, one task):
+0. Plain bodiless requests (most keep-alive traffic) take the fast path (`_fastpath`), without
+   h11, until the first request it does not take; h11 reads every head from then on (`_heads`).
 1. Read a request head within its deadline: `head_timeout_s` from the first byte (or from the
    accept, for the first request), after at most `idle_timeout_s` of keep-alive idleness.
    Caps: `max_header_bytes` (h11 refuses beyond it: 431) and `max_header_count` (431).
@@ -43,6 +45,9 @@ from muxtunnel.vhost._exchange import (
     VisitorGone,
     VisitorSide,
 )
+from muxtunnel.vhost._fast import FastExchange
+from muxtunnel.vhost._fastpath import FastPath
+from muxtunnel.vhost._heads import Heads
 from muxtunnel.vhost._request import (
     CLOSING_STATUSES,
     Refusal,
@@ -64,9 +69,6 @@ __all__ = ["HttpConnection"]
 
 log = structlog.get_logger("muxtunnel.vhost")
 
-#: Idle time of a keep-alive visitor after which its kept upstream is watched for closing.
-_WATCH_AFTER_S = 0.1
-
 
 class HttpConnection:
     """Serves one visitor connection until it ends; `run` never raises for I/O trouble."""
@@ -81,24 +83,20 @@ class HttpConnection:
         self.slot = UpstreamSlot(engine.upstream, visitor, engine.config)
         self.deadline: Deadline
         self._aborted = False
-        self._head_received = 0
+        self.heads: Heads
+        self.fast = FastPath(self)
         #: The route and exchange in flight, for answering a deadline that expired in it.
-        self._current: tuple[Route, Exchange] | None = None
+        self.current: tuple[Route, Exchange | FastExchange] | None = None
 
     async def run(self) -> None:
         scope = anyio.CancelScope()
         self.deadline = deadline = Deadline(scope)
         self.side.deadline = deadline
+        self.heads = Heads(self.side, self.slot, deadline)
         try:
             with scope:
                 try:
-                    first = True
-                    while True:
-                        request = await self._read_head(first)
-                        if request is None or not await self._handle(request):
-                            break
-                        self.side.conn.start_next_cycle()
-                        first = False
+                    await self._serve()
                 except VisitorGone:
                     self._aborted = True
             if deadline.expired is not None:
@@ -121,6 +119,36 @@ class HttpConnection:
                     except IO_ERRORS:
                         pass
 
+    async def _serve(self) -> None:
+        heads = self.heads
+        first = True
+        while True:
+            if heads.buffer is not None:
+                go = await self.fast.cycle(first)
+                if go is False:
+                    return
+                if go:
+                    first = False
+                    continue
+            request = await heads.read_h11(first)
+            if request is None:
+                return
+            if isinstance(request, Refusal):
+                await self._refuse(request, None)
+                return
+            if not await self._handle(request):
+                return
+            self.side.conn.start_next_cycle()
+            first = False
+
+    async def fast_failed(
+        self, failure: ExchangeFailure, exchange: FastExchange | None, route: Route
+    ) -> bool:
+        keep = await self._failed(failure, exchange, route)
+        if keep:
+            self.side.conn.start_next_cycle()  # h11 answered it (`sync_h11`), the next is ours
+        return keep
+
     async def _expired(self, what: str) -> None:
         """Answer for the wait that outlived the connection's deadline (`Deadline.expired`)."""
         if what == "idle":
@@ -128,12 +156,12 @@ class HttpConnection:
         if what == "head":
             count = self.engine.counters.refuse("head_timeout")
             log_doubling("request head too slow: connection closed", count,
-                         visitor=self.visitor.host, received_bytes=self._head_received)  # fmt: skip
-            if self._head_received:
+                         visitor=self.visitor.host, received_bytes=self.heads.received)  # fmt: skip
+            if self.heads.received:
                 refusal = Refusal(408, "head_timeout", "The request took too long.")
                 await self._refuse(refusal, None, count=False)
             return
-        current = self._current
+        current = self.current
         if what in ("response", "send_up") and current is not None:
             route, exchange = current
             timeout_s = exchange.response_timeout_s if what == "response" else None
@@ -148,53 +176,6 @@ class HttpConnection:
                 self._aborted = True
             return
         self._aborted = True  # the visitor stopped reading: it must see a failure
-
-    # ------------------------------------------------------------------ request heads
-
-    async def _read_head(self, first: bool) -> h11.Request | None:
-        conn = self.side.conn
-        config = self.config
-        timed = first  # the first request's head is due within head_timeout_s of the accept
-        if first:
-            self.deadline.set(config.head_timeout_s, "head")
-        self._head_received = received = 0
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                reason = "headers_too_large" if status == 431 else "bad_request"
-                await self._refuse(Refusal(status, reason, f"Malformed request: {exc}"), None)
-                return None
-            if isinstance(event, h11.Request):
-                return event
-            if event is not h11.NEED_DATA:
-                return None  # ConnectionClosed (or PAUSED, which a finished cycle cannot give)
-            if not timed and not received:
-                size = await self._receive_idle()
-                if not size:
-                    return None  # the visitor closed between requests
-            else:
-                if not timed:  # a head in pieces: the rest is due within head_timeout_s
-                    self.deadline.set(config.head_timeout_s, "head")
-                    timed = True
-                size = await self.side.receive()
-            self._head_received = received = received + size
-
-    async def _receive_idle(self) -> int:
-        """Wait for the next request's first bytes; watch a kept upstream meanwhile.
-
-        The watch (a task reading the upstream) costs about as much as the rest of a small
-        request, so it starts only once the visitor has been idle for `_WATCH_AFTER_S`: a
-        service closes an idle keep-alive connection after seconds, not milliseconds, and a
-        bodiless request that meets a just-closed one is retried anyway.
-        """
-        self.deadline.set(self.config.idle_timeout_s, "idle")
-        if self.slot.current is None:
-            return await self.side.receive()
-        with anyio.move_on_after(_WATCH_AFTER_S):
-            return await self.side.receive()
-        return await self.slot.while_watching(self.side.receive)
 
     # ------------------------------------------------------------------ one request
 
@@ -280,9 +261,9 @@ class HttpConnection:
                 request_complete=request_complete, chunked=head.chunked,
                 response_timeout_s=timeout_s,
             )  # fmt: skip
-            self._current = (route, exchange)
+            self.current = (route, exchange)
             await exchange.run()
-            self._current = None
+            self.current = None
             failure = exchange.failure
             if (
                 isinstance(failure, UpstreamBroken)
@@ -326,8 +307,9 @@ class HttpConnection:
     # ------------------------------------------------------------------ answers of our own
 
     async def _failed(
-        self, failure: ExchangeFailure, exchange: Exchange | None, route: Route
+        self, failure: ExchangeFailure, exchange: Exchange | FastExchange | None, route: Route
     ) -> bool:
+        self.heads.sync_h11()  # a fast request's answer comes from h11 as any other
         await self.slot.drop(abortive=True)
         if isinstance(failure, VisitorGone) or (exchange is not None and exchange.response_started):
             self._aborted = True  # the visitor must see a failure, not a clean end

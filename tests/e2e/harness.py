@@ -420,6 +420,8 @@ class Harness:
             args += ["--http", spec]
         for spec in https:
             args += ["--https", spec]
+        if http and not any(str(arg).startswith("--inspect") for arg in extra):
+            args.append("--no-inspect")  # its default port, 4040, is the machine's to share
         proc: Up = self.spawn(Up, "up", [*args, *extra], env)
         if wait:
             proc.wait_announced(len(tcp) + len(udp) + len(http) + len(https))

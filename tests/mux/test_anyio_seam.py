@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from mux import pause_reading, read_one_chunk_per_wait
+from mux import pause_reading, read_one_chunk_per_wait, write_now
 from mux._anyio_seam import socket_internals
 from mux._carrier import TransportCarrier
 from mux.testing import memory_stream_pair, tcp_stream_pair
@@ -43,6 +43,32 @@ async def test_other_streams_are_left_alone() -> None:
     assert socket_internals(left) is None
     pause_reading(left)  # no-ops, no errors
     read_one_chunk_per_wait(right)
+    assert write_now(left, b"x") is False  # the caller sends as usual
+
+
+@pytest.mark.anyio
+async def test_write_now_writes_while_there_is_room_and_never_to_a_broken_socket() -> None:
+    async with tcp_stream_pair() as (sender, receiver):
+        assert write_now(sender, b"hello ")
+        await sender.send(b"world")  # in order with what write_now wrote
+        received = b""
+        with anyio.fail_after(10):
+            while len(received) < 11:
+                received += await receiver.receive()
+        assert received == b"hello world"
+        pause_reading(receiver)
+        # A peer that reads nothing: the kernel's buffers fill, then the transport's; from
+        # then on write_now refuses (the caller's send waits for room).
+        refused = False
+        with anyio.fail_after(10):
+            for _ in range(10_000):
+                if not write_now(sender, b"x" * 65536):
+                    refused = True
+                    break
+                await anyio.sleep(0)  # let the loop flush to the kernel and pause writing
+        assert refused
+        await receiver.aclose()
+    assert write_now(sender, b"late") is False  # closed: send raises for the caller
 
 
 @pytest.mark.anyio

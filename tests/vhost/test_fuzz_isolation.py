@@ -141,7 +141,9 @@ def test_a_bug_in_one_connection_is_contained(monkeypatch: pytest.MonkeyPatch) -
         def broken(*args: object, **kwargs: object) -> object:
             raise RuntimeError("a bug")
 
+        # Both request paths: h11's and the fast path of plain requests.
         monkeypatch.setattr("muxtunnel.vhost.http.request_headers", broken)
+        monkeypatch.setattr("muxtunnel.vhost._fastpath.request_headers", broken)
         with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
             try:

@@ -1,0 +1,127 @@
+"""What the inspector shows: recorded HTTP exchanges, in a bounded ring.
+
+`muxtunnel.httptap` records them from the bytes of `up`'s http visitors; the inspector
+(`muxtunnel.web.inspector`) reads the ring and adds the replays it makes. An exchange is a frozen
+record: heads as text, bodies cut at the ring's cap but counted whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BODY_CAP_BYTES", "RING_EXCHANGES", "Captures", "Exchange", "Headers"]
+
+#: Exchanges kept; with the body cap, at most 100 * 2 * 16 KiB = 3.2 MiB of bodies.
+RING_EXCHANGES = 100
+#: Bytes kept of each request and response body (ngrok's inspector keeps more; a page shows
+#: this much, and replay needs the whole body: a longer one cannot be replayed).
+BODY_CAP_BYTES = 16 * 1024
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request and its response (None while none came)."""
+
+    id: int
+    service: str
+    peer: str
+    #: When the request head was seen (seconds since the epoch).
+    started: float
+    method: str
+    target: str
+    request_headers: Headers
+    request_body: bytes
+    #: The body's full size (`request_body` holds at most the cap).
+    request_bytes: int
+    status: int | None = None
+    reason: str = ""
+    response_headers: Headers = ()
+    response_body: bytes = b""
+    response_bytes: int = 0
+    #: From the request head to the response's end.
+    duration_s: float | None = None
+    #: Why the exchange is incomplete ("closed before the response", ...), if it is.
+    error: str | None = None
+    #: The exchange this one replayed.
+    replay_of: int | None = None
+
+    @property
+    def replayable(self) -> bool:
+        """Its whole request is known (the body was not cut)."""
+        return self.request_bytes == len(self.request_body)
+
+    def summary(self) -> dict[str, Any]:
+        """The fields of the list of requests."""
+        return {
+            "id": self.id,
+            "service": self.service,
+            "started": round(self.started, 3),
+            "method": self.method,
+            "target": self.target,
+            "status": self.status,
+            "duration_ms": None if self.duration_s is None else round(self.duration_s * 1000, 2),
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "error": self.error,
+            "replay_of": self.replay_of,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything: heads and (cut) bodies; a body that is not text (an image, gzip) is
+        None, its size still in `*_bytes`."""
+        return {
+            **self.summary(),
+            "peer": self.peer,
+            "reason": self.reason,
+            "request_headers": [list(pair) for pair in self.request_headers],
+            "request_body": _text(self.request_body),
+            "response_headers": [list(pair) for pair in self.response_headers],
+            "response_body": _text(self.response_body),
+            "replayable": self.replayable,
+        }
+
+
+def _text(body: bytes) -> str | None:
+    """`body` as UTF-8 text (a character the cap cut through is dropped), or None if it is not."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":  # only the last character is incomplete
+            return body[: exc.start].decode(errors="replace")
+        return None
+
+
+class Captures:
+    """The bounded ring of recent exchanges, newest last, and the tap's own counters."""
+
+    def __init__(
+        self, size: int = RING_EXCHANGES, *, body_cap_bytes: int = BODY_CAP_BYTES
+    ) -> None:
+        self.body_cap_bytes = body_cap_bytes
+        self._ring: deque[Exchange] = deque(maxlen=size)
+        self._ids = itertools.count(1)
+        #: Exchanges recorded, and connections the tap stopped following (not HTTP/1.1, ...).
+        self.recorded = 0
+        self.abandoned = 0
+
+    def next_id(self) -> int:
+        """A new exchange id."""
+        return next(self._ids)
+
+    def add(self, exchange: Exchange) -> None:
+        """Keep `exchange`; the oldest goes when the ring is full."""
+        self._ring.append(exchange)
+        self.recorded += 1
+
+    def exchanges(self) -> list[Exchange]:
+        """The ring, oldest first."""
+        return list(self._ring)
+
+    def get(self, exchange_id: int) -> Exchange | None:
+        """The exchange with this id, if the ring still has it."""
+        return next((e for e in self._ring if e.id == exchange_id), None)

@@ -1,0 +1,297 @@
+"""The fast path's HTTP/1.1 wire parsing: plain request heads, response heads, chunk framing.
+
+Pure functions and one small state machine, no I/O. Each pass over a head is a regex of the
+standard library (C): one `fullmatch` validates the whole header block, one `findall` splits it.
+
+Invariants:
+- `parse_request_head` accepts only what needs no judgement: an origin-form HTTP/1.1 request
+  line, CRLF line ends, token names, values without control bytes, no body (no
+  Transfer-Encoding, Content-Length absent or 0), no Upgrade, no Expect. Anything else returns
+  None and the caller hands the bytes to h11, the strict parser, which decides (400, 431, a
+  body, an upgrade). So the fast path never frames a request differently than h11 would.
+- A response head is refused (`ValueError`, a 502 to the caller) unless its framing is
+  unambiguous (RFC 9112 §6.3): chunked as the only coding, or one Content-Length value.
+- `ChunkScanner` only finds where a chunked body ends: the bytes pass through unchanged, so
+  its state is a count and a phase, never the body.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ChunkScanner",
+    "FastRequest",
+    "ResponseHead",
+    "find_response_head",
+    "parse_request_head",
+    "parse_response_head",
+]
+
+Header = tuple[bytes, bytes]
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+# A field value (RFC 9110 §5.5): no control byte but HTAB (so no CR, LF or NUL); obs-fold is
+# not accepted. One character class, which the regex engine runs in a tight loop: a value
+# pattern of nested groups cost ~15 us per response head. Trailing whitespace is stripped
+# by the caller (`_strip`), leading whitespace is the pattern's.
+_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+_LINE = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")"
+_REQUEST_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+_REQUEST_HEADER = re.compile(_LINE + rb"\r\n")
+_RESPONSE_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r?\n)*")
+_RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
+# The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form.
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([ \t\x21-\x7e\x80-\xff]*))?")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[ \t\x21-\x7e\x80-\xff]*)?\r\n")
+#: A chunk-size line (with extensions) or a trailer line may be this long before we give up.
+MAX_CHUNK_LINE_BYTES = 4096
+
+
+class FastRequest:
+    """A bodiless HTTP/1.1 request head the fast path can forward without h11."""
+
+    __slots__ = ("authorization", "close", "connection_tokens", "headers", "host", "method",
+                 "size", "target")  # fmt: skip
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        host: bytes,
+        tokens: set[bytes],
+        authorization: bytes | None,
+        size: int,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.host = host
+        self.connection_tokens = tokens
+        #: The visitor asked to close after this request.
+        self.close = b"close" in tokens
+        self.authorization = authorization
+        self.size = size
+
+
+def parse_request_head(head: bytes) -> FastRequest | None:
+    """`head`: a request's bytes up to (without) its blank line; None: h11 must judge it."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = len(head)
+    line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+    if line is None:
+        return None
+    block = head[line_end + 2 :] + b"\r\n" if line_end < len(head) else b""
+    if _REQUEST_HEADERS.fullmatch(block) is None:
+        return None
+    headers: list[Header] = _REQUEST_HEADER.findall(block)
+    if b" \r" in block or b"\t\r" in block:
+        headers = _strip(headers)
+    host: bytes | None = None
+    tokens: set[bytes] = set()
+    authorization = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"host":
+            if host is not None:
+                return None
+            host = value
+        elif lower == b"content-length":
+            if value != b"0":
+                return None
+        elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
+            return None
+        elif lower == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif lower == b"authorization":
+            if authorization is not None:
+                return None
+            authorization = value
+    if host is None:
+        return None
+    return FastRequest(line[1], line[2], headers, host, tokens, authorization, len(head) + 4)
+
+
+def _strip(headers: list[Header]) -> list[Header]:
+    """Values without their trailing whitespace (RFC 9110 §5.5: not part of the value)."""
+    return [(name, value.rstrip(b" \t")) for name, value in headers]
+
+
+def find_response_head(data: bytes) -> tuple[int, int] | None:
+    """(end of the head, start of the body) of a response head in `data`, if it is whole."""
+    match = _HEAD_END.search(data)
+    return None if match is None else (match.start(), match.end())
+
+
+class ResponseHead:
+    """A service's response head: status, header lines for the visitor, how its body ends."""
+
+    __slots__ = ("chunked", "keep_alive", "length", "lines", "reason", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        #: The header lines the visitor gets (`name: value` CRLF each), hop-by-hop ones left out.
+        self.lines = b""
+        #: The body is chunked (its framing passes through to the visitor unchanged).
+        self.chunked = False
+        #: Content-Length, or None: chunked, or delimited by the service closing.
+        self.length: int | None = None
+        #: The service keeps the connection open after this response.
+        self.keep_alive = True
+
+
+#: Names the response parser looks at or drops: hop-by-hop (RFC 9110 §7.6.1) and the length.
+_FRAMING = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
+     b"content-length"}
+)  # fmt: skip
+#: Connection options that name no header of their own.
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
+#: What marks a line of each of those names in a lowercased CRLF header block after b"\n".
+_FRAMING_PROBES = tuple((name, b"\n" + name + b":") for name in sorted(_FRAMING))
+
+
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Parse a response head (up to its blank line); `ValueError` when it is not HTTP/1.x
+    or its framing is ambiguous.
+
+    A CRLF head goes to the visitor as it came, less the lines of its hop-by-hop headers,
+    found by a few C searches of the lowercased head (splitting every header into pairs
+    cost ~6 us of a typical head, a case-blind regex over it ~3). A head with bare LF line
+    ends, or whose Connection header names other headers, is split into pairs and written
+    anew.
+    """
+    line_end = head.find(b"\n")
+    if line_end < 0:
+        line_end = len(head)
+    first = head[: line_end - 1] if head[line_end - 1 : line_end] == b"\r" else head[:line_end]
+    line = _STATUS_LINE.fullmatch(first)
+    if line is None:
+        raise ValueError(f"not an HTTP/1.x status line: {first[:80]!r}")
+    block = head[line_end + 1 :] + b"\r\n" if line_end < len(head) else b""
+    if _RESPONSE_HEADERS.fullmatch(block) is None:
+        raise ValueError("malformed response header line")
+    out = ResponseHead()
+    out.status = int(line[2])
+    out.reason = line[3] or b""
+    out.keep_alive = line[1] == b"1"
+    if block.count(b"\n") == block.count(b"\r\n"):
+        # Validated, CRLF only: b"\nname:" in the lowercased block marks a header line.
+        probe = b"\n" + block.lower()
+        lines: list[tuple[int, int, bytes]] = []
+        framing: list[Header] = []
+        for name, needle in _FRAMING_PROBES:
+            start = probe.find(needle)
+            while start >= 0:
+                end = block.find(b"\r\n", start)
+                lines.append((start, end + 2, name))
+                framing.append((name, block[start + len(needle) - 1 : end].strip(b" \t")))
+                start = probe.find(needle, end)
+        if _frame(out, framing):
+            pieces = []
+            start = 0
+            for line_start, line_end, name in sorted(lines):
+                if name != b"content-length" or out.chunked:
+                    pieces.append(block[start:line_start])
+                    start = line_end
+            pieces.append(block[start:])
+            out.lines = b"".join(pieces) if len(pieces) > 1 else block
+            return out
+    raw: list[Header] = _strip(_RESPONSE_HEADER.findall(block))
+    framing = [(name.lower(), value) for name, value in raw if name.lower() in _FRAMING]
+    tokens: set[bytes] = set()
+    for name, value in framing:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    _frame(out, framing)
+    drop = (_FRAMING - {b"content-length"}) | (tokens - _CONNECTION_OPTIONS)
+    if out.chunked:
+        drop = drop | {b"content-length"}
+    out.lines = b"".join(b"%b: %b\r\n" % (n, v) for n, v in raw if n.lower() not in drop)
+    return out
+
+
+def _frame(out: ResponseHead, framing: list[Header]) -> bool:
+    """Set `out`'s framing from its framing headers (lowercased names); False when its
+    Connection header names other headers (which must go as well)."""
+    codings: list[bytes] = []
+    lengths: list[bytes] = []
+    plain = True
+    for name, value in framing:
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.extend(c.strip().lower() for c in value.split(b","))
+        elif name == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"close" in tokens:
+                out.keep_alive = False
+            plain = plain and tokens <= _CONNECTION_OPTIONS
+    if codings:
+        if codings != [b"chunked"]:
+            raise ValueError(f"unsupported Transfer-Encoding: {b', '.join(codings)!r}")
+        out.chunked = True  # RFC 9112 §6.3: chunked wins, the length goes
+    elif lengths:
+        values = {v.strip() for value in lengths for v in value.split(b",")}
+        if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 18:
+            raise ValueError(f"invalid Content-Length: {lengths!r}")
+        out.length = int(value)
+    return plain
+
+
+class ChunkScanner:
+    """Finds the end of a chunked body whose bytes pass through unchanged."""
+
+    __slots__ = ("_data_left", "_phase", "done")
+
+    def __init__(self) -> None:
+        self._phase = "size"  # size | data | crlf | trailer
+        self._data_left = 0
+        self.done = False
+
+    def scan(self, data: bytes, start: int = 0) -> int:
+        """How far into `data` (from `start`) the body goes, as far as it can be told now;
+        bytes after that wait for more. `done` when the body ended there. `ValueError`: not
+        chunked framing."""
+        pos = start
+        end = len(data)
+        while pos < end and not self.done:
+            phase = self._phase
+            if phase == "data":
+                take = min(self._data_left, end - pos)
+                pos += take
+                self._data_left -= take
+                if not self._data_left:
+                    self._phase = "crlf"
+                continue
+            if phase == "crlf":
+                if end - pos < 2:
+                    return pos
+                if data[pos : pos + 2] != b"\r\n":
+                    raise ValueError("a chunk does not end with CRLF")
+                pos += 2
+                self._phase = "size"
+                continue
+            line_end = data.find(b"\r\n", pos, pos + MAX_CHUNK_LINE_BYTES)
+            if line_end < 0:
+                if end - pos >= MAX_CHUNK_LINE_BYTES:
+                    raise ValueError("a chunk-size or trailer line is too long")
+                return pos
+            if phase == "size":
+                match = _CHUNK_SIZE.fullmatch(data, pos, line_end + 2)
+                if match is None:
+                    raise ValueError("invalid chunk-size line")
+                size = int(match[1], 16)
+                self._phase = "data" if size else "trailer"
+                self._data_left = size
+            elif line_end == pos:  # the blank line after the trailers
+                self.done = True
+            elif _RESPONSE_HEADER.fullmatch(data, pos, line_end + 2) is None:
+                raise ValueError("invalid trailer line")
+            pos = line_end + 2
+        return pos

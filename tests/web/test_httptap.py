@@ -1,0 +1,263 @@
+"""The inspector's passive HTTP tap: what it records, what it gives up on, and that the stream
+it taps passes every byte unchanged whatever the tap makes of them."""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mux.testing.pairs import memory_stream_pair
+from muxtunnel.captures import Captures
+from muxtunnel.httptap import MAX_WAITING_BYTES, Tap, TappedStream
+
+REQUESTS = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: app\r\n\r\n"
+    b'POST /items HTTP/1.1\r\nHost: app\r\nContent-Length: 11\r\n\r\n{"n": 123}\n'
+    b"HEAD /h HTTP/1.1\r\nHost: app\r\n\r\n"
+    b"PUT /chunked HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+)
+RESPONSES = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nX-Id: 7\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"  # HEAD: no body follows
+    b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"
+)
+EXPECTED = [
+    ("GET", "/a?x=1", b"", 200, b"hello"),
+    ("POST", "/items", b'{"n": 123}\n', 201, b""),
+    ("HEAD", "/h", b"", 200, b""),
+    ("PUT", "/chunked", b"abcde", 404, b"nope"),
+]
+
+
+def recorded(captures: Captures) -> list[tuple[str, str, bytes, int | None, bytes]]:
+    return [
+        (e.method, e.target, e.request_body, e.status, e.response_body)
+        for e in captures.exchanges()
+    ]
+
+
+def feed_all(captures: Captures, requests: list[bytes], responses: list[bytes]) -> None:
+    tap = Tap(captures, "app", "192.0.2.1:4000")
+    for chunk in requests:
+        tap.feed_request(chunk)
+    for chunk in responses:
+        tap.feed_response(chunk)
+    tap.close()
+
+
+def test_a_keep_alive_connection_with_pipelined_requests() -> None:
+    captures = Captures()
+    feed_all(captures, [REQUESTS], [RESPONSES])
+    assert recorded(captures) == EXPECTED
+    assert captures.abandoned == 0
+    first = captures.exchanges()[0]
+    assert first.request_headers == (("host", "app"),)
+    assert first.duration_s is not None and first.error is None
+    assert captures.exchanges()[1].response_headers == (("content-length", "0"), ("x-id", "7"))
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 10_000), max_size=12),
+    st.lists(st.integers(0, 10_000), max_size=12),
+    st.sampled_from([16 * 1024, 3]),
+)
+def test_any_split_into_chunks_records_the_same(
+    req_cuts: list[int], resp_cuts: list[int], cap: int
+) -> None:
+    """With a cap of 3 bytes the long bodies are cut, and counted without parsing."""
+    captures = Captures(body_cap_bytes=cap)
+    tap = Tap(captures, "app", "p")
+    requests, responses = split(REQUESTS, req_cuts), split(RESPONSES, resp_cuts)
+    # Interleaved as a real connection would see them: some requests, then some answers.
+    while requests or responses:
+        if requests:
+            tap.feed_request(requests.pop(0))
+        if responses:
+            tap.feed_response(responses.pop(0))
+    tap.close()
+    expected = [(m, t, req[:cap], status, resp[:cap]) for m, t, req, status, resp in EXPECTED]
+    assert recorded(captures) == expected
+    sizes = [(e.request_bytes, e.response_bytes) for e in captures.exchanges()]
+    assert sizes == [(0, 5), (11, 0), (0, 0), (5, 4)]
+
+
+def test_bodies_are_cut_at_the_cap_but_counted_whole() -> None:
+    captures = Captures(body_cap_bytes=10)
+    body = b"x" * 100
+    head = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
+    feed_all(captures, [head + body], [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body])
+    (exchange,) = captures.exchanges()
+    assert exchange.request_body == b"x" * 10 and exchange.request_bytes == 100
+    assert exchange.response_body == b"x" * 10 and exchange.response_bytes == 100
+    assert not exchange.replayable
+
+
+def test_a_long_body_is_counted_to_its_end_and_the_next_exchange_follows() -> None:
+    captures = Captures(body_cap_bytes=4)
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabcdef")
+    for _ in range(999):
+        tap.feed_response(b"y" * 1000)
+    tap.feed_response(b"y" * 994 + b"HTTP/1.1 204 No Content\r\n\r\n")
+    tap.close()
+    seen = [(e.target, e.status, e.response_body, e.response_bytes) for e in captures.exchanges()]
+    assert seen == [("/big", 200, b"abcd", 1_000_000), ("/next", 204, b"", 0)]
+    assert captures.abandoned == 0
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_proxy_protocol_header_before_the_requests_is_passed_over(version: str) -> None:
+    from muxtunnel.vhost.proxy_protocol import encode_proxy_header
+
+    header = encode_proxy_header(version, ("192.0.2.1", 4000), ("198.51.100.2", 80))
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(header)
+    tap.feed_request(b"GET /behind-proxy HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [e.target for e in captures.exchanges()] == ["/behind-proxy"]
+
+
+def test_bodies_that_are_not_text_are_shown_as_binary() -> None:
+    captures = Captures(body_cap_bytes=5)
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"POST /img HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n\x89PNG")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab\xc3\xa9\xc3\xa9")
+    (exchange,) = captures.exchanges()
+    shown = exchange.to_dict()
+    assert shown["request_body"] is None and shown["request_bytes"] == 4
+    assert shown["response_body"] == "ab\u00e9"  # the second é was cut at the cap: dropped
+
+
+def test_the_ring_keeps_the_newest() -> None:
+    captures = Captures(size=3)
+    tap = Tap(captures, "app", "p")
+    for n in range(5):
+        tap.feed_request(f"GET /{n} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        tap.feed_response(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert [e.target for e in captures.exchanges()] == ["/2", "/3", "/4"]
+    assert captures.recorded == 5
+    assert captures.get(captures.exchanges()[0].id) is captures.exchanges()[0]
+
+
+def test_an_upgrade_is_recorded_then_no_longer_followed() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    tap.feed_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi")
+    tap.feed_request(b"\x81\x82abcd\x00\x00")
+    tap.close()
+    assert [(e.target, e.status) for e in captures.exchanges()] == [("/ws", 101)]
+    assert captures.abandoned == 0
+
+
+#: A TLS ClientHello's first bytes, an SSH banner, binary: none of them a request line.
+NOT_HTTP = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+    b"\x00\x01 x\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("first", NOT_HTTP)
+def test_what_is_not_http_1_1_is_given_up(first: bytes) -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(first)
+    tap.feed_response(b"HTTP/1.1 200 OK\r\n\r\n")
+    tap.close()
+    assert captures.exchanges() == [] and captures.abandoned == 1
+
+
+def test_a_flood_of_pipelined_requests_is_given_up_not_buffered() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    tap.feed_request(one * (MAX_WAITING_BYTES // len(one) + 10))  # no answer comes
+    assert not tap.active and captures.abandoned == 1
+
+
+def test_a_connection_closed_before_the_response_is_recorded_so() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    tap.close()
+    (exchange,) = captures.exchanges()
+    assert exchange.status == 200 and exchange.error == "closed before the response ended"
+    assert exchange.response_body == b"abc" and exchange.duration_s is None
+
+
+def test_a_response_that_ends_with_the_connection() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET / HTTP/1.0\r\n\r\n")
+    tap.feed_response(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+    tap.feed_response(b"")
+    tap.close()
+    assert recorded(captures) == [("GET", "/", b"", 200, b"until the end")]
+
+
+@pytest.mark.anyio
+async def test_the_tapped_stream_passes_every_byte_unchanged() -> None:
+    """Garbage in the tap (not HTTP) or a response the tap cannot match: the bytes still flow,
+    in order, both ways, with half-close."""
+    captures = Captures()
+    service_end, service_side = memory_stream_pair()
+    tapped = TappedStream(service_side, Tap(captures, "app", "p"))
+    sent = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\x00\xffnot http at all" * 100]
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"\xfe" * 5000]
+    got_by_service, got_back = bytearray(), bytearray()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def service() -> None:
+                while True:
+                    try:
+                        got_by_service.extend(await service_end.receive())
+                    except anyio.EndOfStream:
+                        break
+                for chunk in answers:
+                    await service_end.send(chunk)
+                await service_end.send_eof()
+
+            tg.start_soon(service)
+            for chunk in sent:
+                await tapped.send(chunk)
+            await tapped.send_eof()
+            while True:
+                try:
+                    got_back.extend(await tapped.receive())
+                except anyio.EndOfStream:
+                    break
+    await tapped.aclose()
+    assert bytes(got_by_service) == b"".join(sent)
+    assert bytes(got_back) == b"".join(answers)
+    assert captures.abandoned == 1 and recorded(captures) == [("GET", "/", b"", 200, b"ok")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=200)), max_size=20))
+def test_the_tap_never_raises_whatever_it_is_fed(chunks: list[tuple[bool, bytes]]) -> None:
+    captures = Captures(size=5, body_cap_bytes=8)
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    for to_service, data in chunks:
+        (tap.feed_request if to_service else tap.feed_response)(data)
+    tap.close()
+    assert len(captures.exchanges()) <= 5
