@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import charts, http, machine, paths, proc, report, resume, targets
+from bench import charts, cluster, http, machine, paths, proc, report, resume, targets
 from bench.iperf import IperfServer
 from bench.proc import Proc, StartError
 from bench.suite import Plan, Runner
@@ -67,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the HTTP rows: --http vs --tcp vs direct with wrk and nginx",
     )
     ap.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="skip the cluster rows (three listen --cluster nodes on a redis-server)",
+    )
+    ap.add_argument(
         "--no-resume", action="store_true", help="skip the resume-time rows (bench.resume)"
     )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
@@ -102,6 +107,8 @@ def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
     if a.no_lfn:
         plan.lfn_rtts, custom = (), True
     if a.paths or a.mux_log_level or a.profile or a.no_http or a.http_only or a.muxtunnel:
+        custom = True  # not comparable with the reference run
+    if a.no_cluster:
         custom = True  # not comparable with the reference run
     mode = "quick" if a.quick else "custom" if custom else "full"
     return plan, mode
@@ -216,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
             results["http"] = http.run(
                 env,
                 http.HttpPlan(seconds=plan.seconds, repeats=plan.repeats),
+                lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
+            )
+        if not a.no_cluster and not a.http_only:
+            console.rule("Cluster: the extra hop, and three nodes vs one (iperf3, echo)")
+            results["cluster"] = cluster.run(
+                env,
+                cluster.ClusterPlan(seconds=plan.seconds, repeats=plan.repeats),
                 lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
             )
     except KeyboardInterrupt:

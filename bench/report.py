@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import http, resume
+from bench import cluster, http, resume
 
 Rows = tuple[list[str], list[list[str]]]  # (header, rows)
 
@@ -269,6 +269,7 @@ SECTIONS = [
     ("Small messages: 64-byte request/response, concurrent visitors", messages_rows),
     ("Long fat link: delay proxy between the tunnel's two halves", lfn_rows),
     ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
+    ("Cluster: through the owning node and a forwarding one; one node vs three", cluster.rows),
     ("Resume time: up's carrier reset under a streaming visitor (delay proxy)", resume.rows),
     ("Targets for muxtunnel", target_rows),
     ("Notes", note_rows),
@@ -379,6 +380,8 @@ def markdown(results: dict[str, Any], charts: list[str]) -> str:
     how_http = ""
     if results.get("http"):
         how_http = http.HOW.format(**results["http"]["plan"])
+    if results.get("cluster"):
+        how_http += cluster.HOW.format(**results["cluster"]["plan"])
     out += [
         "",
         HOW.format(

@@ -186,9 +186,12 @@ async def serve(
 
 
 async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
-    from muxtunnel.server import Server
+    from muxtunnel.server import ClusterError, Server, join_cluster
 
-    server = Server(load())
+    try:
+        server = join_cluster(Server(load()))
+    except ClusterError as exc:
+        return _fail(EXIT_USAGE, str(exc), kind="cluster")
     if server.tls is None:
         log.warning(
             "tls is off",
@@ -210,6 +213,8 @@ async def _listen(load: Callable[[], ServerConfig], options: Options) -> int:
         )
     except TransportError as exc:
         return _fail(EXIT_RUNTIME, str(exc), kind="bind")
+    except ClusterError as exc:
+        return _fail(EXIT_RUNTIME, str(exc), kind="cluster")
     return EXIT_OK
 
 

@@ -134,6 +134,14 @@ def _load_server(args: argparse.Namespace) -> ServerConfig:
         overrides["http"] = {"bind": args.http_bind, "domain": args.domain}
     if args.https_bind:
         overrides["https"] = {"bind": args.https_bind}
+    cluster = {
+        "url": args.cluster,
+        "node_id": args.node_id,
+        "advertise": args.advertise,
+        "secret_file": args.cluster_secret_file,
+    }
+    if any(value is not None for value in cluster.values()):
+        overrides["cluster"] = cluster
     given = {k: v for k, v in overrides.items() if v is not None}
     return load_server_config(args.config, given)
 

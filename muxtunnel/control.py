@@ -68,7 +68,8 @@ __all__ = [
     "ACCESS_REVOKED", "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED",
     "DOMAIN_TAKEN", "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES",
     "PORT_IN_USE", "PORT_NOT_ALLOWED", "PRIVATE_TYPES", "PROTOCOL_VERSION", "RATE_LIMITED",
-    "RESUME_ID_BYTES", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED", "VERSION_MISMATCH",
+    "REGISTRY_UNAVAILABLE", "RESUME_ID_BYTES", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED",
+    "VERSION_MISMATCH",
     "Challenge", "ControlError", "Error", "Hello", "MemberUpdate", "Message", "Presence",
     "Register", "Registered", "Unregister", "Visit", "Visited", "VisitorHeader", "VisitorKeys",
     "decode_message", "decode_visitor_header", "encode_message", "encode_visitor_header",
@@ -97,8 +98,8 @@ DOMAIN_TAKEN = "domain_taken"
 DOMAIN_NOT_ALLOWED = "domain_not_allowed"
 #: The server does not serve this kind of service (http/https without web ports).
 UNSUPPORTED = "unsupported"
-#: A limit of the server's config: services per session, sessions per address.
-LIMIT_REACHED = "limit_reached"
+#: A config limit (services per session, per address); a cluster's registry down (retry later).
+LIMIT_REACHED, REGISTRY_UNAVAILABLE = "limit_reached", "registry_unavailable"
 
 #: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
 #: MemberUpdate, VisitorHeader.confirm).

@@ -105,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the web dashboard here (off by default; --admin-token guards it)",
     )
 
+    listen.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join a cluster of listen nodes sharing one name space through this registry: "
+        "redis://HOST:PORT/DB",
+    )
+    listen.add_argument(
+        "--node-id", metavar="ID", help="this node's name in the cluster (default HOSTNAME-PORT)"
+    )
+    listen.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="where other nodes reach this one (default: the --bind host, control port + 1)",
+    )
+    listen.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help="what nodes prove to each other (default: derived from the server's token)",
+    )
+
     up = commands.add_parser("up", parents=[common], help="expose local services")
     up.add_argument(
         "--server",

@@ -19,6 +19,7 @@ from muxtunnel.balance.settings import (
     Policy,
     RateLimit,
 )
+from muxtunnel.cluster_config import ClusterConfig as ClusterConfig  # `server.cluster`
 
 ServiceType = Literal["tcp", "udp", "http", "https"]
 #: HTTP services are routed by Host on the server's shared HTTP port (and its TLS port when the
@@ -275,6 +276,8 @@ class ServerConfig:
     #: The shared web ports (None: off); `https` needs `http.domain`.
     http: HttpFront | None = None
     https: HttpsFront | None = None
+    #: A cluster of `listen` nodes sharing names through a registry (None: a single server).
+    cluster: ClusterConfig | None = None
     #: Sessions of clients that ask for it may go on over a new carrier after theirs broke
     #: (within `mux.resume_timeout_s`); their unacknowledged bytes are kept meanwhile
     #: (`mux.replay_budget_bytes` at most per session).

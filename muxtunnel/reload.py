@@ -150,7 +150,7 @@ def _keep_bound(old: C, new: C, fields: tuple[str, ...]) -> C:
 # --- server ---
 
 #: Bound once at start: a reload keeps their running values.
-SERVER_BOUND_FIELDS = ("bind_host", "bind_port", "public_host", "metrics", "admin")
+SERVER_BOUND_FIELDS = ("bind_host", "bind_port", "public_host", "metrics", "admin", "cluster")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from muxtunnel.cluster_status import ClusterRow
 from muxtunnel.group_status import AdmissionRow, GroupRow, MemberRow
 from muxtunnel.resilience_status import PathRow, ResumeRow, ServerRow
 
@@ -282,10 +283,14 @@ class ServerStatus:
     admissions: tuple[AdmissionRow, ...] = ()
     #: Resumable sessions: resumes, failures by reason, replay buffers.
     resume: ResumeRow = field(default_factory=ResumeRow)
+    #: This node's place in a cluster, and the whole cluster (None: a single server).
+    cluster: ClusterRow | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of `GET /api/v1/status`."""
+        """The JSON document of `GET /api/v1/status` (`cluster` only on a cluster node)."""
+        extra = {"cluster": self.cluster.to_dict()} if self.cluster is not None else {}
         return {
+            **extra,
             "role": self.role,
             "version": self.version,
             "bind": self.bind,

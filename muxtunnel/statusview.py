@@ -208,6 +208,8 @@ def _render(data: dict[str, Any]) -> Group:
             row.append(" ".join(f"{k} {v}" for k, v in responses.items() if v) or "-")
         rows.append(row)
     parts.append(_table("services", columns, rows))
+    if data.get("cluster"):
+        parts += _cluster_parts(data["cluster"])
     if data.get("groups"):
         parts.append(_groups_table(data["groups"]))
     if data.get("rate_limits"):
@@ -229,6 +231,29 @@ def _render(data: dict[str, Any]) -> Group:
         )
     )
     return Group(*parts)
+
+
+def _cluster_parts(cluster: dict[str, Any]) -> list[Any]:
+    """This node's line and the whole cluster's nodes, as the node last read the registry."""
+    up = "registry up" if cluster["registry_up"] else "REGISTRY UNREACHABLE"
+    line = Text(
+        f"cluster node {cluster['node_id']} ({cluster['advertise']})  {up} "
+        f"({cluster['registry']}, lease {cluster['lease_s']} s)  "
+        f"peers {', '.join(cluster['peers_out']) or '-'}  forwarded {cluster['forwarded_total']}"
+    )
+    rows = [
+        [
+            node["node_id"] + (" (this node)" if node["node_id"] == cluster["node_id"] else ""),
+            node["advertise"] or "(record gone)",
+            str(len(node["sessions"])),
+            ", ".join(node["services"]) or "-",
+            ", ".join(c["key"] for c in node["claims"] if not c["key"].startswith("service:"))
+            or "-",
+        ]
+        for node in cluster["nodes"]
+    ]
+    columns = ["node", "advertise", "clients", "services", "ports and hosts"]
+    return [line, _table("cluster nodes", columns, rows)]
 
 
 def _servers_table(servers: list[dict[str, Any]]) -> Table:

@@ -186,6 +186,11 @@ class UdpForwarder:
         assert self._endpoint is not None
         return self._endpoint.port
 
+    def close(self) -> None:
+        """Close the public socket of a forwarder that will not `run` after all."""
+        if self._endpoint is not None:
+            self._endpoint.close()
+
     async def run(self) -> None:
         assert self._endpoint is not None
         try:

@@ -82,6 +82,8 @@ MUXTUNNEL_RANKS = {
     "model": 0,
     "status": 0,
     "group_status": 0,
+    "cluster_status": 0,
+    "cluster_config": 0,
     "resilience_status": 0,
     # the load-balancing engine's settings: vocabulary the resolved config holds (stdlib only)
     "balance.settings": 0,

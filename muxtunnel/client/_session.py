@@ -71,6 +71,8 @@ _FINAL_CODES = {
     control.DOMAIN_NOT_ALLOWED,
     control.UNSUPPORTED,
 }
+#: Refusals that pass with time, so even a first session retries them.
+_PASSING_CODES = {control.RATE_LIMITED, control.REGISTRY_UNAVAILABLE}
 #: Answers to registrations made while the channel is watched (one at a time: a few will do).
 _REPLY_BUFFER = 16
 
@@ -305,7 +307,7 @@ class Control:
                     "his certificate changes the channel binding; pin the server's with "
                     "--server-fingerprint)"
                 )
-            if reply.code in _FINAL_CODES or (first and reply.code != control.RATE_LIMITED):
+            if reply.code in _FINAL_CODES or (first and reply.code not in _PASSING_CODES):
                 raise FatalError(message)
             raise RetryableError(message)
         if not isinstance(reply, Registered) or reply.service != spec.name:

@@ -97,6 +97,8 @@ def _overlay_mapping(
         base = dict(node.items)
     elif node is None or absent(node) or "bind" in values or key == "tls":
         base = {}  # flags for `tls` replace a `tls: true/false` of the file
+    elif key == "cluster":  # `cluster: URL` in the file, --node-id on the command line
+        base = {} if values.get("url") is not None else {"url": node}
     else:
         base = {"bind": node}  # `admin: HOST:PORT` in the file, a token from the command line
     for name, given in values.items():

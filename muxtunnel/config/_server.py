@@ -22,6 +22,7 @@ from muxtunnel.config._tree import (
 )
 from muxtunnel.model import (
     DEFAULT_CONTROL_PORT,
+    ClusterConfig,
     PortRanges,
     ServerConfig,
     ServerTls,
@@ -122,6 +123,37 @@ def _tls(section: Map, env: Mapping[str, str]) -> ServerTls | None:
     )
 
 
+_CLUSTER_KEYS = ("url", "node_id", "advertise", "lease_s", "secret", "secret_file", "prefix")
+
+
+def _cluster(node: Node, env: Mapping[str, str]) -> ClusterConfig:
+    """`cluster:` a registry URL, or `{url, node_id, advertise, lease_s, secret|secret_file,
+    prefix}`; the cluster package checks each value again when the node starts."""
+    if done := v.overridden(node, ClusterConfig):
+        return done
+    if isinstance(node, Scalar):
+        return ClusterConfig(url=string(node, env))
+    section = v.entry(node)
+    check_keys(section, _CLUSTER_KEYS)
+    url = present(section, "url")
+    if url is None:
+        fail(section, "a cluster needs its registry: url: redis://HOST:PORT/DB")
+    fields: dict[str, Any] = {"url": string(url, env)}
+    for key in ("node_id", "advertise", "prefix"):
+        if found := present(section, key):
+            fields[key] = string(found, env)
+    if found := present(section, "lease_s"):
+        fields["lease_s"] = v.positive(found, env)
+    given, file = present(section, "secret"), present(section, "secret_file")
+    if given is not None and file is not None:
+        fail(file, "give either 'secret' or 'secret_file', not both")
+    if given is not None:
+        fields["secret"] = v.token(given, env).value
+    elif file is not None:
+        fields["secret"] = v.token_file(file, env).value
+    return ClusterConfig(**fields)
+
+
 # YAML key -> reader; each key is also the name of the model field it fills.
 _FIELDS: dict[str, v.Reader] = {
     "allow_ports": _allow_ports,
@@ -148,6 +180,7 @@ _FIELDS: dict[str, v.Reader] = {
     "compression_budget_bytes": v.size,
     "http": _web.http_front,
     "https": _web.https_front,
+    "cluster": _cluster,
     "resume": v.boolean,
 }
 #: Every key `server:` may hold.

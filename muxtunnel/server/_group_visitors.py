@@ -26,7 +26,7 @@ from muxtunnel.specs import format_host_port
 from muxtunnel.status import ServiceRow
 from muxtunnel.transport import TcpListener, abort, peer_address, setup_done
 
-__all__ = ["group_service_row", "rows", "serve_tcp", "serve_visitor"]
+__all__ = ["group_service_row", "rows", "serve_tcp", "serve_visitor", "serve_visitor_from"]
 
 
 async def serve_tcp(host: Host, group: GroupService, sock: TcpListener) -> None:
@@ -57,6 +57,14 @@ async def serve_visitor(host: Host, group: GroupService, visitor: anyio.abc.Sock
     if address is None:  # reset before we got to it
         await abort(visitor)
         return
+    await serve_visitor_from(host, group, visitor, address)
+
+
+async def serve_visitor_from(
+    host: Host, group: GroupService, visitor: anyio.abc.ByteStream, address: tuple[str, int]
+) -> None:
+    """`serve_visitor` for a visitor from `address`: its own socket, or a stream another node
+    of a cluster handed over."""
     config, name = host.config, group.name
     source = address_key(address[0])
     limiter = host.limiter_of(name)

@@ -7,6 +7,7 @@ live sessions), use the shared tables, and report through methods.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from mux import Session
@@ -24,10 +25,46 @@ from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.sources import FailureLimiter
 
-if TYPE_CHECKING:  # loaded only by a server with web ports
+if TYPE_CHECKING:  # loaded only by a server with web ports, or in a cluster (redis)
+    from muxtunnel.cluster import Claim, ClaimKey, Membership
     from muxtunnel.server._web import WebFront
 
-__all__ = ["Host"]
+__all__ = ["ClusterClaims", "Host"]
+
+
+class ClusterClaims(Protocol):
+    """What a session uses of its node's cluster (`_cluster.ClusterNode`): names taken
+    cluster-wide before a registration is activated, and given up when it ends."""
+
+    def keys_for(self, request: Register) -> list[ClaimKey]:
+        """The names a registration takes cluster-wide."""
+        ...
+
+    async def claim(
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+    ) -> list[Claim | Membership]:
+        """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        ...
+
+    def has_port(self, leases: Sequence[Claim | Membership]) -> bool:
+        """Do `leases` hold a public port?"""
+        ...
+
+    def port_keys(self, service: ActiveService) -> list[ClaimKey]:
+        """The key of the port a service's socket was bound on."""
+        ...
+
+    def hold(self, leases: Sequence[Claim | Membership], service: ActiveService) -> None:
+        """`leases` belong to `service` now."""
+        ...
+
+    async def release(self, leases: Sequence[Claim | Membership]) -> None:
+        """Give the names up (never raises)."""
+        ...
+
+    async def ended(self, service: ActiveService) -> None:
+        """`service` ended: its names are free cluster-wide again."""
+        ...
 
 
 class Host(Protocol):
@@ -66,6 +103,11 @@ class Host(Protocol):
     @property
     def web(self) -> WebFront | None:
         """The shared web ports (None: the server serves no http/https services)."""
+        ...
+
+    @property
+    def cluster(self) -> ClusterClaims | None:
+        """This node's place in a cluster (None: a single server)."""
         ...
 
     @property

@@ -32,11 +32,16 @@ from muxtunnel.status import ServiceRow
 from muxtunnel.udp import UdpCounters
 
 __all__ = [
-    "ActiveService", "GroupService", "MemberHandle", "RegistrationError", "Registry",
-    "Reservation", "admit_web_visitor",
+    "ActiveService", "ClusterError", "GroupService", "MemberHandle", "RegistrationError",
+    "Registry", "Reservation", "admit_web_visitor",
 ]  # fmt: skip
 
 log = structlog.get_logger("muxtunnel.server")
+
+
+class ClusterError(Exception):
+    """A cluster node cannot take its place (bad settings, its node id in use); the message is
+    meant for the user."""
 
 
 class RegistrationError(Exception):

@@ -41,7 +41,8 @@ from muxtunnel.tls import CLIENT_SPEAKS_TLS, ServerTlsContext, TlsError
 from muxtunnel.transport import abort, listen_tcp, local_address, local_port, peer_address
 from muxtunnel.trust import load_server_tls
 
-if TYPE_CHECKING:  # the web ports (and h11) are loaded only when configured
+if TYPE_CHECKING:  # the web ports (and h11), the cluster (and redis): only when configured
+    from muxtunnel.server._cluster import ClusterNode
     from muxtunnel.server._web import WebFront
 
 __all__ = ["Server"]
@@ -100,14 +101,13 @@ class Server:
                 config, self.registry, self.traffic_of, self.limiter_of,
                 self.visitor_limiter, self.groups.by_name, self.refusals,
             )  # fmt: skip
-        self.auth_failures = 0
+        self.cluster: ClusterNode | None = None  #: set by `join_cluster` (listen --cluster)
+        self.auth_failures, self.started = 0, 0.0
         #: Sessions that may go on over a new carrier (`_resume`), by id.
         self.resumable = ResumableSessions()
-        self.started = 0.0
         #: The bound control port, once running.
         self.port: int | None = None
-        self._session_ids = itertools.count(1)
-        self._accepting = anyio.CancelScope()
+        self._session_ids, self._accepting = itertools.count(1), anyio.CancelScope()
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service name (kept across registrations)."""
@@ -235,6 +235,8 @@ class Server:
             await carriers.start(self.groups.run)
             if self.web is not None:
                 await carriers.start(self.web.run)
+            if self.cluster is not None:
+                await carriers.start(self.cluster.run)
             task_status.started(self.port)
             async with listener:
                 with self._accepting:

@@ -33,6 +33,7 @@ from muxtunnel.control import (
     VisitorKeys,
 )
 from muxtunnel.server import _resume, _services
+from muxtunnel.server._activate import activate
 from muxtunnel.server._auth_steps import AuthSteps
 from muxtunnel.server._host import Host
 from muxtunnel.server._provider_keys import ProviderKeys
@@ -324,7 +325,6 @@ class ClientSession(AuthSteps, ProviderKeys):
         self, request: Register, key: bytes, visitor_keys: frozenset[bytes]
     ) -> ActiveService:
         host = self.host
-        sock: _services.PublicSocket = None
         limit = host.config.max_services_per_session
         if len(self.services) >= limit:
             raise RegistrationError(
@@ -335,19 +335,9 @@ class ClientSession(AuthSteps, ProviderKeys):
             raise RegistrationError(
                 control.BAD_REQUEST, f"service {request.service!r} is already registered"
             )
-        if request.group is not None:
-            shares = (
-                self.quotas.streams.share(request.service),
-                self.quotas.compression.share(request.service),
-            )
-            service = await host.join_group(
-                self.session, self.id, self.client_name, request, key, shares
-            )
-        else:
-            service, sock = await _services.open_service(
-                host, self.session, self.id, request, key, self.quotas, visitor_keys
-            )
-            host.registry.add(service)
+        service, sock = await activate(
+            host, self.session, self.id, self.client_name, request, key, self.quotas, visitor_keys
+        )
         self.services[service.name] = service
         private = self.host.private
         if service.private or service.name in private.provider_keys:
@@ -375,6 +365,8 @@ class ClientSession(AuthSteps, ProviderKeys):
             # Its session ended (or the socket failed): the port stays its own for a while.
             self.host.registry.remove(service, self.host.config.port_reservation_s)
             self.host.prune()
+            if self.host.cluster is not None:
+                await self.host.cluster.ended(service)
             if self.services.get(service.name) is service:
                 del self.services[service.name]
             service.ended.set()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from muxtunnel import __version__
+from muxtunnel.cluster_status import ClusterRow
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["ServerParts", "server_status"]
 
 
+class _Cluster(Protocol):
+    def row(self) -> ClusterRow: ...
+
+
 class ServerParts(Protocol):
     """What the snapshot reads of the server (a Protocol: `_server` imports this module)."""
 
@@ -46,6 +51,9 @@ class ServerParts(Protocol):
     started: float
     auth_failures: int
     resumable: ResumableSessions
+
+    @property
+    def cluster(self) -> _Cluster | None: ...
 
 
 def server_status(server: ServerParts) -> ServerStatus:
@@ -89,5 +97,6 @@ def server_status(server: ServerParts) -> ServerStatus:
         refusals=dict(server.refusals.counts),
         groups=tuple(groups),
         admissions=server.rate_limits.rows(),
+        cluster=server.cluster.row() if server.cluster is not None else None,
         resume=server.resumable.row(client.session for client in server.sessions.values()),
     )

@@ -37,7 +37,7 @@ from muxtunnel.transport import (
 
 __all__ = [
     "REFUSED", "SETTING_UP", "admit", "close_idle_visitors", "idle_timeout_s", "proxy_header",
-    "proxy_preamble", "refusal", "serve_tcp",
+    "proxy_preamble", "refusal", "serve_tcp", "serve_visitor",
 ]  # fmt: skip
 
 #: Idle visitors are looked for every quarter of the timeout, but at least this often.
@@ -148,6 +148,19 @@ async def _serve_visitor(
     if address is None:  # reset before we got to it
         await abort(visitor)
         return
+    await serve_visitor(host, session, session_id, service, visitor, address)
+
+
+async def serve_visitor(
+    host: Host,
+    session: Session,
+    session_id: int,
+    service: ActiveService,
+    visitor: anyio.abc.ByteStream,
+    address: tuple[str, int],
+) -> None:
+    """Admit one visitor from `address` (its own socket, or a stream from another node of a
+    cluster) and forward it to the service's client."""
     source = address_key(address[0])
     reason = refusal(host, service, session, source)
     if reason is None and not service.streams.take():
@@ -198,7 +211,7 @@ async def _forward_visitor(
     session: Session,
     session_id: int,
     service: ActiveService,
-    visitor: anyio.abc.SocketStream,
+    visitor: anyio.abc.ByteStream,
     address: tuple[str, int],
     compressed: bool,
 ) -> None:
@@ -248,9 +261,11 @@ def admit(host: Host, name: str, source: str) -> Admission | Refusal | None:
     return limiter.admit(source, anyio.current_time())
 
 
-def proxy_header(version: str, peer: Address, visitor: anyio.abc.SocketStream) -> bytes:
+def proxy_header(version: str, peer: Address, visitor: anyio.abc.ByteStream) -> bytes:
     """The PROXY protocol header telling the local service who the visitor is."""
-    return proxy_preamble(version, peer, local_address(visitor) or ("0.0.0.0", 0))
+    # A visitor from another node of a cluster arrives on a stream: no socket address of ours.
+    own = local_address(visitor) if isinstance(visitor, anyio.abc.SocketStream) else None
+    return proxy_preamble(version, peer, own or ("0.0.0.0", 0))
 
 
 def proxy_preamble(version: str, peer: Address, local: Address) -> bytes:

@@ -24,7 +24,7 @@ at most one of the two.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -63,13 +63,14 @@ from muxtunnel.vhost import (
     Visitor,
 )
 
-__all__ = ["GROUP_OWNER", "WebFront", "domain_allowed"]
+__all__ = ["GROUP_OWNER", "NODE_OWNER", "WebFront", "domain_allowed"]
 
 log = structlog.get_logger("muxtunnel.server")
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-#: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`).
-GROUP_OWNER = "group:"
+#: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`), and
+#: of a service's another node of a cluster holds: `node:ID` (see `_mirror`).
+GROUP_OWNER, NODE_OWNER = "group:", "node:"
 
 
 def vhost_config(front: HttpFront) -> VhostConfig:
@@ -118,6 +119,8 @@ class WebFront:
         self.visitor_limiter = visitor_limiter
         self.groups: Mapping[str, GroupService] = groups if groups is not None else {}
         self.refusals = refusals
+        #: Opens a stream to the node holding a route owned by `node:ID` (set by a cluster).
+        self.remote: Callable[[RouteTarget, Visitor], Awaitable[anyio.abc.ByteStream]] | None = None
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
             self, vhost_config(self.front), tls_context=self.tls.context if self.tls else None
@@ -280,6 +283,10 @@ class WebFront:
         """A stream to the client holding `target` (`vhost.Upstream`), or to the member its
         group picks; 502s and 429s are raised here."""
         name = target.service
+        if target.owner.startswith(NODE_OWNER):  # held by another node of the cluster
+            if self.remote is None:
+                raise UpstreamUnavailable(f"the node serving {name!r} is unknown")
+            return await self.remote(target, visitor)
         group = self.groups.get(name) if target.owner.startswith(GROUP_OWNER) else None
         limiter = self.limiter_of(name)
         if group is not None:
@@ -322,6 +329,16 @@ class WebFront:
             compression_level=service.compression_level if service.compression else None,
             peer=format_host_port(visitor.host, visitor.port),
         )  # fmt: skip
+
+    async def serve_forwarded(
+        self, stream: anyio.abc.ByteStream, peer: tuple[str, int], *, tls: bool = False
+    ) -> None:
+        """Serve a visitor another node of a cluster handed over: HTTP (with this node's route
+        options, basic auth included) or TLS routed by SNI."""
+        if tls:
+            await self.engine.serve_tls(stream, Visitor(peer[0], peer[1], scheme="https"))
+        else:
+            await self.engine.serve_http(stream, Visitor(peer[0], peer[1], relayed=True))
 
     # --- changes and status ---
 

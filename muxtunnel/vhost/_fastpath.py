@@ -46,6 +46,8 @@ class ConnectionView(Protocol):
     deadline: Deadline
     forwarded: ForwardedFor
     proto: bytes
+    #: Another node of our cluster set the forwarded headers (`Visitor.relayed`).
+    relayed: bool
     current: tuple[Route, Exchange | FastExchange] | None
 
     async def fast_failed(
@@ -85,7 +87,7 @@ class FastPath:
             request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
             host_rewrite=route.host_rewrite, remove=route.remove_headers,
             set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
-            connection=request.connection_tokens,
+            connection=request.connection_tokens, relayed=conn.relayed,
         )  # fmt: skip
         lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
         lines.extend(b"%b: %b\r\n" % pair for pair in headers)

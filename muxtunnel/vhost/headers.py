@@ -110,6 +110,7 @@ def request_headers(
     upgrade: bytes | None = None,
     chunked: bool = False,
     connection: set[bytes] | None = None,
+    relayed: bool = False,
 ) -> list[Header]:
     """The headers the service receives for a visitor request with headers `raw`.
 
@@ -117,11 +118,13 @@ def request_headers(
     service gets `host_rewrite` instead when given, first in the list. `upgrade`: the Upgrade
     value when the request asks to switch protocols (else None: Upgrade is dropped).
     `chunked`: the body is chunked. `connection`: the tokens of the Connection headers, when
-    the caller has them already.
+    the caller has them already. `relayed`: another node of our cluster set the forwarded
+    headers already (for this visitor): they are kept as they came, none is added.
     """
     drop = set(connection) if connection is not None else connection_tokens(raw)
     drop.update(HOP_BY_HOP)
-    drop.update(_FORWARDED_SET)
+    if not relayed:
+        drop.update(_FORWARDED_SET)
     drop.update(remove)
     drop.add(b"host")
     drop.add(b"expect")  # we answer 100-continue ourselves; other expectations never get here
@@ -134,18 +137,19 @@ def request_headers(
         lower = name.lower()
         if lower in drop:
             continue
-        if lower == b"x-forwarded-for":
+        if lower == b"x-forwarded-for" and not relayed:
             xff.append(value)
-        elif lower == b"forwarded":
+        elif lower == b"forwarded" and not relayed:
             forwarded.append(value)
         else:
             out.append((name, value))
-    xff.append(visitor.xff)
-    out.append((b"X-Forwarded-For", b", ".join(xff)))
-    out.append((b"X-Forwarded-Proto", proto))
-    out.append((b"X-Forwarded-Host", host))
-    forwarded.append(forwarded_element(visitor, host, proto))
-    out.append((b"Forwarded", b", ".join(forwarded)))
+    if not relayed:
+        xff.append(visitor.xff)
+        out.append((b"X-Forwarded-For", b", ".join(xff)))
+        out.append((b"X-Forwarded-Proto", proto))
+        out.append((b"X-Forwarded-Host", host))
+        forwarded.append(forwarded_element(visitor, host, proto))
+        out.append((b"Forwarded", b", ".join(forwarded)))
     out.extend(set_headers)
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))

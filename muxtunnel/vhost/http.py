@@ -80,6 +80,7 @@ class HttpConnection:
         self.side = VisitorSide(stream, engine.config)
         self.forwarded = ForwardedFor(visitor.host, visitor.port)
         self.proto = visitor.scheme.encode()
+        self.relayed = visitor.relayed
         self.slot = UpstreamSlot(engine.upstream, visitor, engine.config)
         self.deadline: Deadline
         self._aborted = False
@@ -237,6 +238,7 @@ class HttpConnection:
                 upgrade=head.upgrade,
                 chunked=head.chunked,
                 connection=head.connection_tokens,
+                relayed=self.relayed,
             ),
             # Every name and value came through h11's parser or a checked config (`routes`),
             # so h11's per-header regexes need not run again: ~6 % of a request's CPU.

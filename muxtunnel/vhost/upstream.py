@@ -57,6 +57,9 @@ class Visitor:
     #: The headers of the request being routed, for a route that opens its upstream per
     #: request (`RouteOptions.per_request`: a load-balanced group may hash one of them).
     headers: Sequence[tuple[bytes, bytes]] = ()
+    #: Handed over by another node of our cluster, whose engine set the forwarded headers
+    #: (X-Forwarded-*, Forwarded) already: they go to the service as they came.
+    relayed: bool = False
 
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, scheme: Literal["http", "https"] = "http") -> Visitor:

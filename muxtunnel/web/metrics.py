@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from muxtunnel.cluster_status import ClusterRow
 from muxtunnel.status import ServerStatus, Status
 
 __all__ = ["CONTENT_TYPE", "StatusCollector", "render"]
@@ -39,6 +40,20 @@ class StatusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self.status()
+        cluster = status.cluster if isinstance(status, ServerStatus) else None
+        if cluster is None:
+            yield from self._collect(status)
+            return
+        # A cluster node: every sample carries its node id, so one dashboard over all nodes
+        # tells them apart even when they share an address (several nodes on one machine).
+        for metric in [*self._collect(status), *_cluster_metrics(cluster)]:
+            metric.samples = [
+                sample._replace(labels={**sample.labels, "node": cluster.node_id})
+                for sample in metric.samples
+            ]
+            yield metric
+
+    def _collect(self, status: Status) -> Iterator[Metric]:
         sessions = GaugeMetricFamily(
             _P + "sessions", "Authenticated client sessions (client: 1 while connected)"
         )
@@ -167,6 +182,23 @@ def _resume_metrics(status: Status) -> Iterator[Metric]:
     )
     peak.add_metric([], row.replay_peak_bytes)
     yield from (resumes, failures, suspended, replay, peak)
+
+
+def _cluster_metrics(cluster: ClusterRow) -> Iterator[Metric]:
+    up = GaugeMetricFamily(_P + "cluster_registry_up", "The cluster registry answers (1) or not")
+    up.add_metric([], float(cluster.registry_up))
+    nodes = GaugeMetricFamily(_P + "cluster_nodes", "Nodes of the cluster at the last sync")
+    nodes.add_metric([], len(cluster.nodes))
+    peers = GaugeMetricFamily(_P + "cluster_peers", "Node-to-node sessions", labels=["direction"])
+    peers.add_metric(["out"], len(cluster.peers_out))
+    peers.add_metric(["in"], len(cluster.peers_in))
+    mirrored = GaugeMetricFamily(_P + "cluster_mirrored_ports", "Ports bound for other nodes")
+    mirrored.add_metric([], len(cluster.mirrored))
+    forwarded = CounterMetricFamily(
+        _P + "cluster_forwarded_visitors", "TCP visitors handed to the node holding their service"
+    )
+    forwarded.add_metric([], cluster.forwarded_total)
+    yield from (up, nodes, peers, mirrored, forwarded)
 
 
 def _web_metrics(status: ServerStatus) -> Iterator[Metric]:

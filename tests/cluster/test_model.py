@@ -143,3 +143,57 @@ def test_the_cluster_package_imports_only_itself_and_the_logger(path: Path) -> N
             continue
         if module.startswith("muxtunnel"):
             assert module.startswith("muxtunnel.cluster") or module == "muxtunnel.log", module
+
+
+# --- server.cluster in the config, and the flags ---
+
+
+def test_cluster_config_and_flags(tmp_path: Path) -> None:
+    from muxtunnel.cli import _load_server
+    from muxtunnel.config import ConfigError, load_server_config
+    from muxtunnel.flags import build_parser
+    from muxtunnel.model import ClusterConfig
+
+    secret = tmp_path / "secret"
+    secret.write_text("cluster-secret-0123456789\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "server:\n  token: tok-0123456789abcdef\n  cluster:\n    url: redis://10.0.0.5:6379/1\n"
+        f"    lease_s: 4\n    secret_file: {secret}\n"
+    )
+    loaded = load_server_config(str(config))
+    assert loaded.cluster == ClusterConfig(
+        url="redis://10.0.0.5:6379/1", lease_s=4.0, secret="cluster-secret-0123456789"
+    )
+    args = build_parser().parse_args(
+        ["listen", "-c", str(config), "--node-id", "n1", "--advertise", "10.0.0.11:7836"]
+    )
+    flagged = _load_server(args).cluster
+    assert flagged is not None
+    assert (flagged.url, flagged.node_id, flagged.advertise, flagged.lease_s) == (
+        "redis://10.0.0.5:6379/1",
+        "n1",
+        "10.0.0.11:7836",
+        4.0,
+    )
+    short = tmp_path / "s.yaml"
+    short.write_text("server:\n  token: tok-0123456789abcdef\n  cluster: redis://r:6379/0\n")
+    args = build_parser().parse_args(["listen", "-c", str(short), "--node-id", "n2"])
+    assert _load_server(args).cluster == ClusterConfig(url="redis://r:6379/0", node_id="n2")
+    bad = tmp_path / "b.yaml"
+    bad.write_text("server:\n  token: tok-0123456789abcdef\n  cluster:\n    node_id: x\n")
+    with pytest.raises(ConfigError, match="needs its registry"):
+        load_server_config(str(bad))
+
+
+def test_cluster_settings_refuse_a_wildcard_without_advertise() -> None:
+    from muxtunnel.model import ClusterConfig, ServerConfig
+    from muxtunnel.server._cluster import cluster_settings
+    from muxtunnel.server._registry import ClusterError
+
+    cluster = ClusterConfig(url="redis://127.0.0.1:6379/0")
+    with pytest.raises(ClusterError, match="--advertise"):
+        cluster_settings(ServerConfig(bind_host="0.0.0.0", bind_port=7835), cluster)
+    settings = cluster_settings(ServerConfig(bind_host="10.1.2.3", bind_port=7835), cluster)
+    assert settings.advertise == "10.1.2.3:7836"
+    assert settings.node_id.endswith("-7835")

@@ -1,0 +1,98 @@
+"""Activating a registration: a group member joins its group; any other service opens its
+public socket (or its web routes, or its private keys) and enters the registry. On a cluster
+node its names are taken cluster-wide first, all or none (`Host.cluster`), handed to the
+service once it is active, and given back at once if the activation fails.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mux import Session
+from muxtunnel import control
+from muxtunnel.control import Register
+from muxtunnel.server import _services
+from muxtunnel.server._host import Host
+from muxtunnel.server._registry import ActiveService, RegistrationError
+from muxtunnel.server._services import PublicSocket, SessionQuotas
+from muxtunnel.udp import UdpForwarder
+
+if TYPE_CHECKING:  # a cluster's types load only with a cluster (they import redis)
+    from muxtunnel.cluster import Claim, Membership
+
+__all__ = ["activate"]
+
+#: Ports picked for a service of a cluster node before giving up: another node holds the
+#: first one only when two nodes pick the same free port at once.
+CLUSTER_PICK_ATTEMPTS = 3
+
+
+async def activate(
+    host: Host,
+    session: Session,
+    session_id: int,
+    client_name: str,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
+    visitor_keys: frozenset[bytes],
+) -> tuple[ActiveService, PublicSocket]:
+    """The active service of a registration (and its public socket, if it has one);
+    `RegistrationError` if refused."""
+    cluster = host.cluster
+    leases = await cluster.claim(request, session_id, cluster.keys_for(request)) if cluster else []
+    sock: PublicSocket = None
+    try:
+        if request.group is not None:
+            shares = (
+                quotas.streams.share(request.service),
+                quotas.compression.share(request.service),
+            )
+            service = await host.join_group(session, session_id, client_name, request, key, shares)
+        else:
+            service, sock = await _open_claimed(
+                host, session, session_id, request, key, quotas, leases, visitor_keys
+            )
+            host.registry.add(service)
+    except BaseException:
+        if cluster is not None:
+            await cluster.release(leases)
+        raise
+    if cluster is not None:
+        cluster.hold(leases, service)
+    return service, sock
+
+
+async def _open_claimed(
+    host: Host,
+    session: Session,
+    session_id: int,
+    request: Register,
+    key: bytes,
+    quotas: SessionQuotas,
+    leases: list[Claim | Membership],
+    visitor_keys: frozenset[bytes] = frozenset(),
+) -> tuple[ActiveService, PublicSocket]:
+    """`open_service`, on a cluster node: a port the server picked is claimed cluster-wide
+    too, and added to `leases` (the names taken already); if another node holds it, another is
+    picked."""
+    cluster = host.cluster
+    for attempt in range(CLUSTER_PICK_ATTEMPTS):
+        service, sock = await _services.open_service(
+            host, session, session_id, request, key, quotas, visitor_keys
+        )
+        if cluster is None or sock is None or cluster.has_port(leases):
+            return service, sock
+        try:
+            leases += await cluster.claim(request, session_id, cluster.port_keys(service))
+            return service, sock
+        except RegistrationError as exc:
+            service.streams.leave()
+            service.compression_memory.leave()
+            if isinstance(sock, UdpForwarder):
+                sock.close()
+            else:
+                await sock.aclose()
+            if exc.code != control.PORT_IN_USE or attempt + 1 == CLUSTER_PICK_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -1,0 +1,384 @@
+"""A `listen` node in a cluster: its names in the shared registry, its peers, its mirrors.
+
+What it does for its server (`Server.cluster`, None on a single server):
+
+- at start, records the node (`NodeRecord`, leased) and serves its node-to-node port (the
+  advertised address): peers' visitor streams for services held here (`serve_forwarded`);
+- before a registration is activated, claims its names cluster-wide (`claim`: the service name,
+  a fixed public port, its HTTP hosts and locations, or a group membership), all or nothing;
+  a name held anywhere else is refused with the message a single server gives; a registry that
+  cannot be reached refuses the registration (`registry_unavailable`, retryable by the client),
+  while sessions and visitors already here carry on;
+- renews every lease (`LeaseKeeper`) and releases a service's claims when it ends; a claim
+  taken by another node meanwhile (after a partition) closes the local service;
+- every sync interval reads who holds what and serves the names held elsewhere (`Mirror`).
+
+The registry is the only source of truth for ownership; mirrors are a cache of it, rebuilt at
+every sync, and a visitor sent on a stale one is refused by the node that no longer holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+import structlog
+
+from mux import MuxStream
+from muxtunnel import control
+from muxtunnel.cluster import (
+    Claim,
+    ClaimKey,
+    ClaimKind,
+    ClusterSettings,
+    ClusterView,
+    Exclusive,
+    LeaseKeeper,
+    Lost,
+    Membership,
+    NodeIdInUse,
+    NodeRecord,
+    Owner,
+    RegistryError,
+    default_node_id,
+    open_store,
+)
+from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
+from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
+from muxtunnel.forward import guarded
+from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig, ServerTls
+from muxtunnel.server._forwarded import serve_forwarded
+from muxtunnel.server._mirror import Mirror, NodeServer, Remote
+from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
+from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
+from muxtunnel.server._services import pinned_ports
+from muxtunnel.server._web import NODE_OWNER
+from muxtunnel.server._web_names import claimed_hosts
+from muxtunnel.specs import format_host_port, parse_host_port
+from muxtunnel.tls import ServerTlsContext
+from muxtunnel.transport import TransportError, listen_tcp
+from muxtunnel.vhost import RouteTarget, UpstreamUnavailable, Visitor
+
+__all__ = ["REGISTRY_UNAVAILABLE", "ClusterError", "ClusterNode", "cluster_settings"]
+
+log = structlog.get_logger("muxtunnel.cluster")
+
+#: Error code of a registration refused because the registry cannot be reached (retryable).
+REGISTRY_UNAVAILABLE = control.REGISTRY_UNAVAILABLE
+#: How often the node reads who holds what. A second: a name registered on one node is served
+#: by the others within about a second, and three nodes reading 1000 names each cost Redis
+#: about a millisecond per read (SCAN + MGET).
+SYNC_INTERVAL_MAX_S = 1.0
+_WILDCARDS = ("0.0.0.0", "::", "")
+_PORTS = ("tcp", "udp")
+
+
+def cluster_settings(config: ServerConfig, cluster: ClusterConfig) -> ClusterSettings:
+    """The registry settings of a node (`ClusterError` for bad ones)."""
+    advertise = cluster.advertise
+    if advertise is None:
+        if config.bind_host in _WILDCARDS:
+            raise ClusterError(
+                "a cluster node bound on a wildcard address needs --advertise HOST:PORT "
+                "(where the other nodes reach it)"
+            )
+        advertise = format_host_port(config.bind_host, config.bind_port + 1)
+    node_id = cluster.node_id or default_node_id(config.bind_port)
+    try:
+        return ClusterSettings(cluster.url, node_id, advertise, cluster.lease_s, cluster.prefix)
+    except ValueError as exc:
+        raise ClusterError(f"cluster settings: {exc}") from None
+
+
+def _peer_tls(config: ServerConfig) -> ServerTlsContext | None:
+    """The node-to-node port's TLS: the control port's certificate, no client CA (peers prove
+    the cluster secret instead); None when the control port is plaintext."""
+    if config.tls is None:
+        return None
+    return ServerTlsContext.load(ServerTls(config.tls.cert, config.tls.key))
+
+
+def _secret(config: ServerConfig, cluster: ClusterConfig) -> str:
+    if cluster.secret is not None:
+        return cluster.secret
+    if config.token is not None:
+        return "token:" + config.token.value  # never the token itself on the node-to-node port
+    raise ClusterError("a cluster needs a secret: server.cluster.secret or a server token")
+
+
+class ClusterNode:
+    """This server's place in a cluster (see the module docstring)."""
+
+    def __init__(self, server: NodeServer, cluster: ClusterConfig) -> None:
+        self.server = server
+        self.settings = settings = cluster_settings(server.config, cluster)
+        self.node_id = settings.node_id
+        self.store = open_store(settings)
+        self.keeper = LeaseKeeper(self.store, lease_s=settings.lease_s, on_lost=self._lost)
+        self.record = NodeRecord.new(self.node_id, settings.advertise)
+        key = cluster_key(_secret(server.config, cluster))
+        mux, refusals = server.config.mux, server.refusals
+        tls = _peer_tls(server.config)
+        self.links = PeerLinks(self.node_id, key, mux, refusals, tls=tls is not None)
+        self.acceptor = PeerAcceptor(self.node_id, key, mux, refusals, self._serve_forwarded, tls)
+        self.mirror = Mirror(server, self.links)
+        self.sync_interval_s = min(SYNC_INTERVAL_MAX_S, settings.lease_s / 3)
+        #: The last registry read (None until the first): status shows the whole cluster.
+        self.view: ClusterView | None = None
+        self.view_at: float | None = None
+        self.sync_failures = 0
+        self.sync_failures_in_row = 0
+        #: Node id -> advertised address, from the last sync.
+        self.addresses: dict[str, str] = {}
+        #: Nodes with a session from here that the registry no longer lists, and since when.
+        self._absent: dict[str, float] = {}
+        if server.web is not None:
+            server.web.remote = self._open_web
+        self._held: dict[Claim | Membership, ActiveService] = {}
+        self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # --- running ---
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Record the node, serve its peers' port, renew, sync; until cancelled."""
+        host, port = parse_host_port(self.settings.advertise)
+        bind = self.server.config.bind_host if self.server.config.bind_host in _WILDCARDS else host
+        try:
+            listener = await listen_tcp(bind, port, name="cluster peers",
+                                        refusals=self.server.refusals)  # fmt: skip
+        except TransportError as exc:
+            raise ClusterError(f"the node-to-node port: {exc}") from None
+        try:
+            await self.keeper.register_node(self.record)
+        except NodeIdInUse as exc:
+            await listener.aclose()
+            raise ClusterError(f"{exc} (give each node its own --node-id)") from None
+        except RegistryError as exc:  # unreachable, or an error answer: keep trying
+            self.keeper.hold([self.record])  # taken when the registry answers again
+            log.warning("cluster registry unreachable at start; serving, retrying", error=str(exc))
+        log.info("cluster node up", node=self.node_id, advertise=self.settings.advertise,
+                 registry=self.store.description, lease_s=self.settings.lease_s)  # fmt: skip
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self.links.run)
+                await tg.start(self.mirror.run)
+                tg.start_soon(self.keeper.run)
+                tg.start_soon(listener.serve, self.acceptor.serve_carrier, tg)
+                tg.start_soon(self._sync_loop)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                await self.keeper.release([self.record])
+                await self.store.aclose()
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self.sync_once()
+            await anyio.sleep(self.sync_interval_s)
+
+    async def sync_once(self) -> bool:
+        """Read the registry and serve what other nodes hold; False if it did not answer."""
+        try:
+            with anyio.fail_after(self.settings.timeout_s * 2):
+                nodes = await self.store.nodes()
+                holdings = await self.store.holdings()
+        except (RegistryError, TimeoutError) as exc:
+            self.sync_failures += 1
+            self.sync_failures_in_row += 1
+            self.server.refusals.refuse(
+                "cluster_sync_failed", "cluster registry unreadable; keeping the last view",
+                error=str(exc) or "timeout",
+            )  # fmt: skip
+            return False
+        self.view = ClusterView.build(nodes, holdings)
+        self.view_at = anyio.current_time()
+        self.sync_failures_in_row = 0
+        # A name or node missing for less than a lease may only be a registry that restarted
+        # and is being filled again: its ports, routes and sessions stay until then.
+        grace_s, now = self.settings.lease_s, anyio.current_time()
+        listed = {record.node_id: record.advertise for record in nodes}
+        for node_id in list(self.addresses):
+            if node_id in listed:
+                self._absent.pop(node_id, None)
+            elif now - self._absent.setdefault(node_id, now) >= grace_s:
+                del self._absent[node_id], self.addresses[node_id]
+                self.links.forget(node_id)
+        self.addresses.update(listed)
+        wanted: dict[ClaimKey, Remote] = {}
+        for key, holding in holdings:
+            if not isinstance(holding, Exclusive):
+                # A group's TCP or UDP port: nodes with members serve their own; the others
+                # hand each visitor (or flow) to one of those.
+                members = tuple(
+                    (node, self.addresses[node])
+                    for node in sorted(holding.node_ids)
+                    if node in self.addresses
+                )
+                here = self.node_id in holding.node_ids
+                ported = key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT)
+                if ported and members and not here:
+                    wanted[key] = Remote(*members[0], holding.group, members)
+                continue
+            owner = holding.owner
+            advertise = self.addresses.get(owner.node_id)
+            if owner.node_id == self.node_id or advertise is None:
+                continue
+            wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
+        self.mirror.sync(wanted, grace_s)
+        return True
+
+    def row(self) -> ClusterRow:
+        """This node and the cluster as last read, for status."""
+        view, now = self.view, anyio.current_time()
+        nodes: tuple[ClusterNodeRow, ...] = ()
+        if view is not None:
+            nodes = tuple(
+                ClusterNodeRow(
+                    node.node_id,
+                    node.record.advertise if node.record else None,
+                    node.record.started_at if node.record else None,
+                    tuple((str(key), owner.holder) for key, owner in node.claims),
+                    tuple((str(k), group, m.owner.holder) for k, group, m in node.memberships),
+                )
+                for node in view.nodes
+            )
+        return ClusterRow(
+            node_id=self.node_id,
+            advertise=self.settings.advertise,
+            registry=self.store.description,
+            lease_s=self.settings.lease_s,
+            registry_up=self.keeper.status().available and self.sync_failures_in_row == 0,
+            view_age_s=None if self.view_at is None else now - self.view_at,
+            peers_out=tuple(self.links.connected()),
+            peers_in=tuple(sorted(self.acceptor.peers)),
+            mirrored=tuple(self.mirror.ports),
+            forwarded_total=self.mirror.forwarded_total,
+            nodes=nodes,
+        )
+
+    # --- claims ---
+
+    def keys_for(self, request: Register) -> list[ClaimKey]:
+        """The names a registration takes cluster-wide before it is activated."""
+        config = self.server.config
+        if request.group is not None:  # its port too, when fixed: the group's on every node
+            port = pinned_ports(config).get(request.group) or request.remote_port
+            ports = [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
+            return [ClaimKey.service(request.group), *ports]
+        keys = [ClaimKey.service(request.service)]
+        if request.type in WEB_TYPES:
+            if config.http is None:
+                return keys
+            hosts = claimed_hosts(config, request, request.service)
+            if request.type == "https":
+                return keys + [ClaimKey.https(host) for host in hosts]
+            locations = request.locations or ("/",)
+            return keys + [ClaimKey.http(h, loc) for h in hosts for loc in locations]
+        port = pinned_ports(config).get(request.service) or request.remote_port
+        return keys + ([ClaimKey.port(request.type, port)] if port else [])
+
+    @staticmethod
+    def has_port(leases: Sequence[Claim | Membership]) -> bool:
+        """Do `leases` hold a public port?"""
+        return any(lease.key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT) for lease in leases)
+
+    @staticmethod
+    def port_keys(service: ActiveService) -> list[ClaimKey]:
+        """The key of the port a service's socket was bound on."""
+        return [ClaimKey.port(service.type, service.port)]
+
+    async def claim(
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+    ) -> list[Claim | Membership]:
+        """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        owner = Owner(self.node_id, f"{session_id}/{request.service}")
+        leases: list[Claim | Membership]
+        if request.group is not None:
+            leases = [Membership(key, request.group, owner) for key in keys]
+        else:
+            leases = [Claim(key, owner) for key in keys]
+        try:
+            outcome = await self.keeper.acquire(leases)
+        except RegistryError as exc:  # unreachable, or an error answer (out of memory...)
+            self.server.refusals.refuse(
+                "registry_unavailable", "registration refused: the cluster registry is unreachable",
+                service=request.service, error=str(exc),
+            )  # fmt: skip
+            raise RegistrationError(
+                REGISTRY_UNAVAILABLE,
+                f"the cluster registry is unreachable ({exc}); try again shortly",
+            ) from None
+        if not outcome.won:
+            raise _refusal(outcome.lost[0], request)
+        await self.mirror.evict(keys)
+        return leases
+
+    def hold(self, leases: Sequence[Claim | Membership], service: ActiveService) -> None:
+        """`leases` belong to `service` now: lost ones close it, its end releases them."""
+        for lease in leases:
+            self._held[lease] = service
+        self._by_service[service] = [*self._by_service.get(service, ()), *leases]
+
+    async def ended(self, service: ActiveService) -> None:
+        """`service` ended: its names are free cluster-wide again."""
+        await self.release(self._by_service.pop(service, []))
+
+    async def release(self, leases: Sequence[Claim | Membership]) -> None:
+        """Give the names up (never raises; unreachable: they run out within a lease)."""
+        if not leases:
+            return
+        for lease in leases:
+            self._held.pop(lease, None)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.timeout_s):
+            await self.keeper.release(leases)
+
+    def _lost(self, lost: Lost) -> None:
+        lease = lost.lease
+        if not isinstance(lease, Claim | Membership):
+            return  # the node record: the keeper says so in the log; status shows it
+        service = self._held.pop(lease, None)
+        if service is not None and self._tg is not None:
+            reason = f"another node holds its name now ({lost.reason()})"
+            self._tg.start_soon(self.server.close_service, service, reason)
+
+    # --- visitors to and from other nodes ---
+
+    async def _open_web(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
+        node, _, tls = target.owner.removeprefix(NODE_OWNER).partition("/")
+        advertise = self.addresses.get(node)
+        if advertise is None:
+            raise UpstreamUnavailable(f"node {node} holding {target.service!r} has left")
+        header = VisitorHeader(
+            target.service, "https" if tls else "http", visitor.host, visitor.port
+        )
+        try:
+            return await self.links.open(node, advertise, encode_visitor_header(header))
+        except PeerUnavailable as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+
+    async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
+        await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)
+
+
+def _service_of(owner: Owner) -> str:
+    return owner.holder.partition("/")[2] or owner.holder
+
+
+def _refusal(lost: Lost, request: Register) -> RegistrationError:
+    """The answer a single server gives for the same clash."""
+    lease = lost.lease
+    key = lease.key if isinstance(lease, Claim | Membership) else None
+    if key is None or key.kind is ClaimKind.SERVICE:
+        name = request.group or request.service
+        return RegistrationError(
+            control.SERVICE_TAKEN, f"service {name!r} is already served by another client"
+        )
+    if key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT):
+        return RegistrationError(
+            control.PORT_IN_USE, f"{key.kind.value} port {key.name} is already in use"
+        )
+    host = key.name.partition("/")[0]
+    return RegistrationError(control.DOMAIN_TAKEN, f"{host} is already served by another client")
