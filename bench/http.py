@@ -102,8 +102,9 @@ def _nginx(env: Env) -> Iterator[Address]:
 
 
 @contextlib.contextmanager
-def _tunnel(env: Env, nginx: Address) -> Iterator[tuple[Target, Target]]:
-    """listen + up exposing nginx twice: as a tcp service and as an http service."""
+def _tunnel(env: Env, nginx: Address) -> Iterator[tuple[Target, ...]]:
+    """listen + up exposing nginx twice, as a tcp service and as an http service (the
+    inspector on: up's default with an HTTP service); and a second up with `--no-inspect`."""
     exe = str(env.muxtunnel)
     penv = {"MUXTUNNEL_TOKEN": secrets.token_hex(16)}
     control, web, public = free_port(), free_port(), free_port()
@@ -116,7 +117,7 @@ def _tunnel(env: Env, nginx: Address) -> Iterator[tuple[Target, Target]]:
          "--domain", DOMAIN, "--allow-ports", str(public), *log],
         log_dir=env.tmp, extra_env=penv, stop_signal=signal.SIGINT,
     )  # fmt: skip
-    up = None
+    up = quiet = None
     try:
         listen.wait_listening(control, 15)
         target = f"{nginx[0]}:{nginx[1]}"
@@ -128,14 +129,30 @@ def _tunnel(env: Env, nginx: Address) -> Iterator[tuple[Target, Target]]:
         )  # fmt: skip
         up.wait_line(r"^site tcp ", 20)
         up.wait_line(r"^app http ", 20)
+        quiet = Proc(
+            "muxtunnel-up-http-no-inspect",
+            [exe, "up", "--server", f"{LOCAL}:{control}", "--no-console", "--no-inspect",
+             "--http", f"plain={target}", *log],
+            log_dir=env.tmp, extra_env=penv, stop_signal=signal.SIGINT,
+        )  # fmt: skip
+        quiet.wait_line(r"^plain http ", 20)
         roles = {"listen": [listen.pid], "up": [up.pid]}
+        quiet_roles = {"listen": [listen.pid], "up": [quiet.pid]}
         yield (
             Target("tcp", "--tcp service", (LOCAL, public), "site", roles),
             Target("http", "--http service", (LOCAL, web), f"app.{DOMAIN}", roles),
+            Target(
+                "http-no-inspect",
+                "--http, up --no-inspect",
+                (LOCAL, web),
+                f"plain.{DOMAIN}",
+                quiet_roles,
+            ),
         )
     finally:
-        if up is not None:
-            up.stop()
+        for proc in (quiet, up):
+            if proc is not None:
+                proc.stop()
         listen.stop()
 
 
@@ -217,9 +234,9 @@ def run(env: Env, plan: HttpPlan, log: Callable[[str], None]) -> dict[str, Any]:
     }  # fmt: skip
     try:
         _tool("wrk")
-        with _nginx(env) as nginx, _tunnel(env, nginx) as (tcp, http):
+        with _nginx(env) as nginx, _tunnel(env, nginx) as tunnelled:
             direct = Target("direct", "direct (nginx)", nginx, "localhost", {})
-            for target in (direct, tcp, http):
+            for target in (direct, *tunnelled):
                 entry: dict[str, Any] = {"label": target.label}
                 for keepalive in (True, False):
                     mode = "keepalive" if keepalive else "close"
@@ -277,8 +294,9 @@ HOW = """\
 - HTTP: `wrk -t1 -c{connections} -d{seconds:g}s --latency` against nginx serving a
   {page_bytes}-byte static file, {repeats} run(s) per figure (median): direct, through the same
   service exposed by `up --tcp` (its own public port) and by `up --http` (the shared web port,
-  routed by Host). Keep-alive: wrk reuses its connections; new per request: `Connection:
-  close`, a new visitor connection (and a new mux stream) per request. CPU of listen and up
-  over each run, per request (their CPU % / requests/s): the figure other load on the machine
-  changes least.
+  routed by Host; that up has the inspector on, its default with HTTP services), and through a
+  second up with `--no-inspect` (what the inspector costs). Keep-alive: wrk reuses its
+  connections; new per request: `Connection: close`, a new visitor connection (and a new mux
+  stream) per request. CPU of listen and up over each run, per request (their CPU % /
+  requests/s): the figure other load on the machine changes least.
 """

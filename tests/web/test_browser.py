@@ -27,6 +27,7 @@ from .web import DOMAIN, ci, get, web_listen
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # the dev extra installs it: missing, it fails CI, never hides there
@@ -68,10 +69,11 @@ def browser() -> Iterator[Any]:
 
 
 def wait(chrome: Any, what: str, condition: Callable[[], Any]) -> Any:
-    """Poll `condition` until it is truthy (its value), for at most `WAIT_S`."""
-    return WebDriverWait(chrome, WAIT_S, poll_frequency=0.1).until(
-        lambda _: condition(), message=f"the page never showed {what}"
-    )
+    """Poll `condition` until it is truthy (its value), for at most `WAIT_S`. The pages redraw
+    their tables on every update: an element found just before a redraw is stale, try again."""
+    return WebDriverWait(
+        chrome, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda _: condition(), message=f"the page never showed {what}")
 
 
 def screenshot(chrome: Any, name: str) -> None:
@@ -143,16 +145,19 @@ def test_the_dashboard_shows_live_traffic(harness: Harness, browser: Any) -> Non
             chart = "#charts .chart[data-service='echo']"
             wait(browser, "the echo chart moving", lambda: float(browser.find_element(
                 By.CSS_SELECTOR, chart).get_attribute("data-in-bps") or 0) > 0)  # fmt: skip
-            assert browser.find_elements(By.CSS_SELECTOR, "#charts .chart[data-service='site']")
-            before = cell(browser, "services", "bytes_in")
+            wait(browser, "the site chart", lambda: browser.find_elements(
+                By.CSS_SELECTOR, "#charts .chart[data-service='site']"))  # fmt: skip
+            before = wait(browser, "bytes_in", lambda: cell(browser, "services", "bytes_in"))
             wait(
                 browser, "bytes_in growing", lambda: cell(browser, "services", "bytes_in") != before
             )
             later = int(browser.execute_script("return document.body.dataset.seq"))
             assert later > first_seq  # ticks keep coming
-            sessions = browser.find_element(By.ID, "section-sessions").text
+            sessions = wait(browser, "the sessions", lambda: browser.find_element(
+                By.ID, "section-sessions").text)  # fmt: skip
             assert "1" in sessions and "echo" in sessions and "site" in sessions
-            recent = browser.find_element(By.ID, "sessions-recent").text
+            recent = wait(browser, "recent sessions", lambda: browser.find_element(
+                By.ID, "sessions-recent").text)  # fmt: skip
             assert "opened" in recent
             if os.environ.get("MUXTUNNEL_SCREENSHOTS"):
                 time.sleep(12)  # a chart with some history
@@ -189,11 +194,13 @@ def test_the_inspector_lists_filters_and_replays_requests(harness: Harness, brow
         box = browser.find_element(By.ID, "filter")
         box.send_keys("404")
         wait(browser, "the filter", lambda: len(browser.find_elements(By.CSS_SELECTOR, rows)) == 1)
-        assert "/status/404" in browser.find_element(By.CSS_SELECTOR, rows).text
+        wait(browser, "the 404 row", lambda: "/status/404" in browser.find_element(
+            By.CSS_SELECTOR, rows).text)  # fmt: skip
         box.clear()
         box.send_keys("POST")
         wait(browser, "the POST", lambda: len(browser.find_elements(By.CSS_SELECTOR, rows)) == 1)
-        browser.find_element(By.CSS_SELECTOR, rows).click()
+        wait(browser, "a row to click", lambda: browser.find_element(
+            By.CSS_SELECTOR, rows).click() or True)  # fmt: skip
         detail = browser.find_element(By.ID, "detail")
         wait(browser, "the request's body", lambda: '"qty": 2' in detail.text)
         assert "content-type: application/json" in detail.text
