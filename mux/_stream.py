@@ -211,14 +211,7 @@ class MuxStream(anyio.abc.ByteStream):
     async def send_eof(self) -> None:
         if self._eof_sent:
             return
-        self._check_sendable()
-        self._eof_sent = True
-        try:
-            self._conn.send_eof(self.stream_id)
-        except LocalProtocolError as exc:
-            raise self._error or StreamResetError(str(exc)) from exc
-        self.session._wake_writer()
-        self._on_half_close()
+        self.write_eof()
         await anyio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
