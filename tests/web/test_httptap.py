@@ -261,3 +261,64 @@ def test_the_tap_never_raises_whatever_it_is_fed(chunks: list[tuple[bool, bytes]
         (tap.feed_request if to_service else tap.feed_response)(data)
     tap.close()
     assert len(captures.exchanges()) <= 5
+
+
+def test_heads_that_come_a_byte_at_a_time() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    for byte in b"GET /slow HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n":
+        tap.feed_request(bytes([byte]))
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+        tap.feed_response(bytes([byte]))
+    (exchange,) = captures.exchanges()
+    assert (exchange.target, exchange.status, exchange.response_body) == ("/slow", 200, b"ok")
+    assert exchange.request_headers == (("host", "a"), ("x-a", "1"))
+
+
+def test_the_ring_holds_heads_unparsed_until_someone_looks() -> None:
+    """Parsing a head costs more than finding its end: most are never looked at."""
+    from muxtunnel.captures import Exchange, Raw
+
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /x HTTP/1.1\r\nHost: a\r\nAccept:  text/html \r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    assert [isinstance(e, Raw) for e in captures._ring] == [True]
+    (exchange,) = captures.exchanges()
+    assert type(exchange) is Exchange and captures._ring[0] is exchange  # parsed once
+    assert exchange.request_headers == (("host", "a"), ("accept", "text/html"))
+    assert (exchange.status, exchange.reason) == (404, "Not Found")
+    assert captures.get(exchange.id) is exchange
+
+
+def test_an_upgrade_refused_lets_the_requests_after_it_be_followed() -> None:
+    """Bytes after an upgrade request wait for the answer: on a 101 they are not HTTP."""
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+    tap.feed_request(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [(e.target, e.status) for e in captures.exchanges()] == [("/ws", 400), ("/next", 200)]
+
+
+def test_informational_answers_before_the_response_are_passed_over() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(
+        b"PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    tap.feed_response(b"HTTP/1.1 100 Continue\r\n\r\n")
+    tap.feed_request(b"abc")
+    tap.feed_response(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert recorded(captures) == [("PUT", "/f", b"abc", 201, b"")]
+
+
+def test_an_answer_before_the_request_body_ended_waits_for_it() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    tap.feed_response(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert captures.exchanges() == []
+    tap.feed_request(b"def")
+    assert recorded(captures) == [("POST", "/big", b"abcdef", 413, b"")]
