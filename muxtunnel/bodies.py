@@ -16,6 +16,7 @@ __all__ = [
     "UNTIL_CLOSE",
     "Chunked",
     "body_framing",
+    "find_head_end",
     "header_value",
     "keep",
     "without_proxy_header",
@@ -31,24 +32,41 @@ _PROXY_V2 = b"\r\n\r\n\x00\r\nQUIT\n"
 _CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
 
 
-def header_value(head: bytes, lower: bytes, name: bytes) -> bytes | None:
-    """The value of the first header `name` (lowercase) in `head` (`lower`: it lowercased)."""
-    at = lower.find(b"\n" + name + b":")
+#: What marks a framing header's line in a lowercased head.
+_TRANSFER_ENCODING = b"\ntransfer-encoding:"
+_CONTENT_LENGTH = b"\ncontent-length:"
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def find_head_end(data: bytes, start: int = 0) -> tuple[int, int] | None:
+    """(end of the head, start of the body) of the head `data` starts with, if it is whole;
+    the blank line is searched from `start` (what came before it was searched already)."""
+    at = data.find(b"\r\n\r\n", start)  # CRLF heads, nearly all: a C search, not a regex
+    if at >= 0 and data.find(b"\n\n", start, at) < 0 and data.find(b"\n\r\n", start, at + 2) < 0:
+        return at, at + 4
+    found = _HEAD_END.search(data, start)  # bare LF line ends (RFC 9112 §2.2 lets them be)
+    return None if found is None else (found.start(), found.end())
+
+
+def header_value(head: bytes, lower: bytes, needle: bytes) -> bytes | None:
+    """The value of the first header whose line `needle` (b"\\nname:", lowercase) marks in
+    `head` (`lower`: it lowercased)."""
+    at = lower.find(needle)
     if at < 0:
         return None
-    start = at + len(name) + 2
+    start = at + len(needle)
     end = head.find(b"\n", start)
     return head[start : end if end >= 0 else len(head)].strip(b" \t\r")
 
 
 def body_framing(head: bytes, lower: bytes) -> tuple[int, Chunked | None]:
     """(Content-Length, or `UNTIL_CLOSE`; a chunked decoder) of a message head."""
-    codings = header_value(head, lower, b"transfer-encoding")
+    codings = header_value(head, lower, _TRANSFER_ENCODING)
     if codings is not None:
         if codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
             return 0, Chunked()
         return UNTIL_CLOSE, None
-    length = header_value(head, lower, b"content-length")
+    length = header_value(head, lower, _CONTENT_LENGTH)
     if length is None:
         return UNTIL_CLOSE, None
     if not length.isdigit() or len(length) > 18:

@@ -39,7 +39,14 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from muxtunnel.bodies import UNTIL_CLOSE, Chunked, body_framing, keep, without_proxy_header
+from muxtunnel.bodies import (
+    UNTIL_CLOSE,
+    Chunked,
+    body_framing,
+    find_head_end,
+    keep,
+    without_proxy_header,
+)
 from muxtunnel.captures import Captures, Raw
 from muxtunnel.transport import abort
 
@@ -51,7 +58,6 @@ MAX_HEAD_BYTES = 16 * 1024
 #: yet, or response bytes that came before their request.
 MAX_WAITING_BYTES = 256 * 1024
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") [\x21-\x7e]+ HTTP/1\.[0-9]")
 #: What a request's first bytes may be before its line is whole: a method, then a space.
@@ -188,7 +194,7 @@ class Tap:
                 data = data.lstrip(b"\r\n")
                 searched = 0
                 continue
-            found = _HEAD_END.search(data, searched)
+            found = find_head_end(data, searched)
             searched = 0
             if found is None:
                 if len(data) > MAX_HEAD_BYTES:
@@ -198,8 +204,8 @@ class Tap:
                 self._request_bytes = data
                 self._request_searched = max(0, len(data) - 3)
                 return
-            self._request_head(data[: found.start()])
-            data = data[found.end() :]
+            self._request_head(data[: found[0]])
+            data = data[found[1] :]
 
     def _request_head(self, head: bytes) -> None:
         line_end = head.find(b"\n")
@@ -266,7 +272,7 @@ class Tap:
                     raise _TooMuch("too many response bytes before a request")
                 self._response_bytes = data
                 return
-            found = _HEAD_END.search(data, searched)
+            found = find_head_end(data, searched)
             searched = 0
             if found is None:
                 if len(data) > MAX_HEAD_BYTES:
@@ -276,7 +282,7 @@ class Tap:
                 self._response_bytes = data
                 self._response_searched = max(0, len(data) - 3)
                 return
-            head, data = data[: found.start()], data[found.end() :]
+            head, data = data[: found[0]], data[found[1] :]
             self._response_head(self._open[0], head)
 
     def _response_head(self, pending: _Pending, head: bytes) -> None:
