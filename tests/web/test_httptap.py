@@ -322,3 +322,86 @@ def test_an_answer_before_the_request_body_ended_waits_for_it() -> None:
     assert captures.exchanges() == []
     tap.feed_request(b"def")
     assert recorded(captures) == [("POST", "/big", b"abcdef", 413, b"")]
+
+
+_NAME = st.sampled_from(["X-A", "accept", "X-Trace-Id", "Cookie", "user-agent"])
+_VALUE = st.text(alphabet="abcXYZ019 =;/.,-", max_size=12).map(str.strip)
+_BODY = st.binary(max_size=40)
+
+
+@st.composite
+def _exchanges(draw: st.DrawFn) -> list[tuple[str, bool, list[tuple[str, str]], bytes, int, bool]]:
+    """(method, chunked request, headers, body, status, chunked response) of a few exchanges."""
+    return draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]),
+                st.booleans(),
+                st.lists(st.tuples(_NAME, _VALUE), max_size=4),
+                _BODY,
+                st.sampled_from([200, 201, 204, 304, 404, 500]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(_exchanges(), st.lists(st.integers(0, 4000), max_size=8), st.data())
+def test_the_tap_records_what_h11_wrote_however_it_is_cut(
+    exchanges: list[tuple[str, bool, list[tuple[str, str]], bytes, int, bool]],
+    cuts: list[int],
+    data: st.DataObject,
+) -> None:
+    """h11 (a strict implementation) writes both sides; the tap, fed them in any pieces, must
+    record each exchange as it was written."""
+    import h11
+
+    client, server = h11.Connection(h11.CLIENT), h11.Connection(h11.SERVER)
+    requests, responses, expected = bytearray(), bytearray(), []
+    for n, (method, chunked, headers, body, status, chunked_answer) in enumerate(exchanges):
+        length = str(len(body))
+        framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", length)
+        head = [("Host", "app"), *headers, framing]
+        out = client.send(h11.Request(method=method, target=f"/{n}", headers=head))
+        out += client.send(h11.Data(data=body)) if body else b""
+        out += client.send(h11.EndOfMessage())
+        requests += out
+        server.receive_data(out)
+        while type(server.next_event()) is not h11.EndOfMessage:
+            pass
+        answer = f"answer {n}".encode() if status not in (204, 304) else b""
+        response_head = [("X-N", str(n))]
+        if status not in (204, 304):
+            response_head.append(
+                ("Transfer-Encoding", "chunked")
+                if chunked_answer
+                else ("Content-Length", str(len(answer)))
+            )
+        responses += server.send(h11.Response(status_code=status, headers=response_head))
+        if answer and method != "HEAD":
+            responses += server.send(h11.Data(data=answer))
+        responses += server.send(h11.EndOfMessage())
+        server.start_next_cycle()
+        client = h11.Connection(h11.CLIENT)  # the same bytes as a client that read the answer
+        sent_headers = tuple((k.lower(), v) for k, v in head)
+        shown = answer if method != "HEAD" else b""
+        expected.append((method, f"/{n}", sent_headers, body, status, shown))
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    request_pieces = split(bytes(requests), cuts)
+    response_pieces = split(bytes(responses), data.draw(st.lists(st.integers(0, 4000), max_size=8)))
+    while request_pieces or response_pieces:  # requests lead, answers follow as they may
+        if request_pieces and (not response_pieces or data.draw(st.booleans())):
+            tap.feed_request(request_pieces.pop(0))
+        else:
+            tap.feed_response(response_pieces.pop(0))
+    tap.close()
+    seen = [
+        (e.method, e.target, e.request_headers, e.request_body, e.status, e.response_body)
+        for e in captures.exchanges()
+    ]
+    assert seen == expected and captures.abandoned == 0
+    assert all(e.error is None for e in captures.exchanges())
