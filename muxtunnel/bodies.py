@@ -74,11 +74,13 @@ def body_framing(head: bytes, lower: bytes) -> tuple[int, Chunked | None]:
     return int(length), None
 
 
-def keep(kept: bytearray, cap: int, data: bytes | memoryview) -> None:
-    """Add to `kept` what it has room for of `data`, up to `cap` bytes in all."""
+def keep(kept: bytearray, cap: int, data: bytes, start: int = 0, end: int | None = None) -> None:
+    """Add to `kept` what it has room for of `data[start:end]`, up to `cap` bytes in all
+    (nothing is sliced once it is full: a long body past the cap is only counted)."""
     room = cap - len(kept)
     if room > 0:
-        kept += data[:room]
+        stop = start + room if end is None else min(end, start + room)
+        kept += data[start:stop]
 
 
 class Chunked:
@@ -101,7 +103,7 @@ class Chunked:
         while pos < end:
             if self._phase == 1:
                 take = min(self._left, end - pos)
-                keep(kept, cap, data[pos : pos + take])
+                keep(kept, cap, data, pos, pos + take)
                 size += take
                 pos += take
                 self._left -= take

@@ -240,7 +240,7 @@ class Tap:
                 self._request_ended(pending)
             return rest
         take = min(self._request_left, len(data))
-        keep(pending.request_body, self._cap, data[:take])
+        keep(pending.request_body, self._cap, data, 0, take)
         pending.request_bytes += take
         self._request_left -= take
         if not self._request_left:
@@ -329,7 +329,7 @@ class Tap:
             pending.response_bytes += len(data)
             return b""
         take = min(self._response_left, len(data))
-        keep(pending.response_body, self._cap, data[:take])
+        keep(pending.response_body, self._cap, data, 0, take)
         pending.response_bytes += take
         self._response_left -= take
         if not self._response_left:
