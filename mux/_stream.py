@@ -36,7 +36,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from mux._config import MuxConfig
-from mux._connection import Connection
+from mux._connection import Buffer, Connection
 from mux._errors import LocalProtocolError
 
 __all__ = [
@@ -266,9 +266,10 @@ class MuxStream(anyio.abc.ByteStream):
         if conn.has_data_to_send():
             self.session._wake_writer()
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: Buffer) -> bool:
         """Queue `data` without waiting. False once the send buffer has reached its mark: the
-        caller stops producing until `StreamConsumer.stream_writable` (the bytes are queued)."""
+        caller stops producing until `StreamConsumer.stream_writable` (the bytes are queued).
+        A view is queued as it is, not copied: it must not change until it has left."""
         self._check_sendable()
         conn = self._conn
         if self._half_closed_at is not None:  # still busy one way: not a stuck stream
