@@ -67,7 +67,7 @@ class _Way:
         size = len(data)
         splice.count(size, forward=self.forward)
         try:
-            room = self.target.write(data)  # the view, not a copy (carrier reads are fresh)
+            room = self.target.write(data, more=True)  # the view, not a copy (reads are fresh)
         except _FAILURES as exc:
             splice.fail(exc)
             return
