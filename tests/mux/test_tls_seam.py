@@ -128,6 +128,20 @@ async def test_a_session_over_tls_takes_the_fast_path_and_loses_nothing(
             assert received["server"] == data and received["client"] == data
 
 
+async def test_bulk_frames_are_decrypted_into_buffers_small_enough_to_stay_views(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """However much the SSL protocol holds undecrypted, a buffer is at most four full Data
+    frames: a bulk frame is handed on as a view of it, not copied (`MuxStream._on_data`)."""
+    async with tls_pair(contexts) as (_client, server_stream, _):
+        async with Session(server_stream, client=False, config=MuxConfig()) as server:
+            carrier = server._carrier
+            assert isinstance(carrier, TlsTransportCarrier)
+            frame = MuxConfig().max_frame_bytes
+            assert len(carrier.get_buffer(16 * frame)) <= 4 * frame
+            assert len(carrier.get_buffer(1000)) == 1000  # a small read gets what it asked
+
+
 async def test_other_streams_are_left_to_the_caller(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
