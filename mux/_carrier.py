@@ -467,7 +467,10 @@ class TlsTransportCarrier(TransportCarrier):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes])
+        # Read-only from here on, as a plain transport's bytes are: a resumable session's
+        # replay log keeps such views as they are (a writable one it must copy), and so a
+        # frame spliced on to another session is copied by no one.
+        self.data_received(self._buffer[:nbytes].toreadonly())
         self._buffer = memoryview(b"")
 
 
