@@ -129,13 +129,13 @@ async def forward(
 ) -> PipeResult:
     """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
 
-    `socket` is the visitor's own connection when `visitor_side` (the server), the local
-    service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
-    and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
-    side; `limiter` throttles the socket side. `preamble` goes down the tunnel first, before
-    the visitor's bytes (a PROXY protocol header). `sent_early` visitor bytes already went
-    down the stream with its SYN (see `relayable`): they count as forwarded. `context` goes
-    into both log lines.
+    `socket` is the visitor's own connection when `visitor_side` (the server), the local service's
+    otherwise (the client), or a mux stream of another session (a private service's visitor on the
+    server: the two streams are spliced); either way, bytes from the visitor count as `bytes_in` and
+    the pipe's forward direction. `compression_level` (None: off) compresses the tunnel side;
+    `limiter` throttles the socket side. `preamble` goes down the tunnel first, before the visitor's
+    bytes (a PROXY protocol header). `sent_early` visitor bytes already went down the stream with
+    its SYN (see `relayable`): they count as forwarded. `context` goes into both log lines.
     """
     started = time.monotonic()
     if debug_enabled():

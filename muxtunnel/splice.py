@@ -21,6 +21,7 @@ It keeps `pipe`'s promises, as `relay.Relay` keeps them for a socket:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import anyio
 
@@ -114,7 +115,10 @@ class Splice:
         self._outbound = _Way(self, service, visitor, forward=False)
         self._inbound.reverse, self._outbound.reverse = self._outbound, self._inbound
         self._done = anyio.Event()
-        self._time = asyncio.get_running_loop().time  # the idle clock's (anyio's: the loop's)
+        try:  # the idle clock's (anyio's: the loop's)
+            self._time: Callable[[], float] = asyncio.get_running_loop().time
+        except RuntimeError:  # not asyncio
+            self._time = anyio.current_time
 
     async def run(self) -> PipeResult:
         """Splice until both ways have ended or one failed; a cancelled caller resets both."""
