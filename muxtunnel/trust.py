@@ -16,8 +16,11 @@ lines for one address are allowed (a certificate being replaced): any of them ma
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -150,6 +153,35 @@ def load_server_tls(settings: ServerTls) -> tuple[ServerTlsContext, bool]:
     return ServerTlsContext.load(settings), created
 
 
+#: What the child of `_generate_apart` runs: names in argv, the PEM pair out as JSON.
+_GENERATE = (
+    "import json, sys\n"
+    "from muxtunnel.tls import generate_self_signed\n"
+    "cert, key, _ = generate_self_signed(sys.argv[2:], days=int(sys.argv[1]))\n"
+    "print(json.dumps([cert.decode(), key.decode()]))"
+)
+#: How long making a key pair in a child may take (about 0.3 s; a loaded machine, more).
+_GENERATE_TIMEOUT_S = 60.0
+
+
+def _generate_apart(names: list[str]) -> tuple[bytes, bytes]:
+    """The self-signed pair, made in a child process: cryptography's OpenSSL binding would stay
+    in the server's memory for its whole life (11 MiB of a 34 MiB idle `listen`) for a pair
+    made once. If no child can run, it is made here (the same pair, only more memory)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(files.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *sys.path[1:]])}
+    argv = [sys.executable, "-c", _GENERATE, str(SELF_SIGNED_DAYS), *names]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=_GENERATE_TIMEOUT_S, check=True
+        )
+        cert_pem, key_pem = json.loads(done.stdout)
+        return cert_pem.encode(), key_pem.encode()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        cert, key, _ = generate_self_signed(names, days=SELF_SIGNED_DAYS)
+        return cert, key
+
+
 def _ensure_pair(cert: str, key: str) -> bool:
     present = [path for path in (cert, key) if os.path.lexists(path)]
     if len(present) == 2:
@@ -161,7 +193,7 @@ def _ensure_pair(cert: str, key: str) -> bool:
             "to make a new pair (clients that remember the old one will refuse the new one)"
         )
     names = [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
-    cert_pem, key_pem, _ = generate_self_signed(names, days=SELF_SIGNED_DAYS)
+    cert_pem, key_pem = _generate_apart(names)
     try:
         files.make_private_dir(os.path.dirname(cert) or ".")
         files.create({key: (key_pem, files.PRIVATE), cert: (cert_pem, files.PUBLIC)})

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from muxtunnel.log import configure_logging, get_logger
 from muxtunnel.termlog import rich_traceback
@@ -99,3 +100,19 @@ def test_yaml_and_zstd_load_only_when_a_file_or_compression_needs_them() -> None
         "stream_memory_bytes(3)"
     )
     assert {"yaml", "zstandard"} <= loaded
+
+
+def test_a_server_making_its_own_certificate_does_not_keep_cryptography(tmp_path: Path) -> None:
+    """The first start makes the self-signed pair in a child process: cryptography's binding
+    (11 MiB) would otherwise stay in `listen`'s memory for a pair made once."""
+    loaded = _loaded_after(
+        "from muxtunnel.model import ServerTls\n"
+        "from muxtunnel.trust import load_server_tls\n"
+        f"settings = ServerTls(cert={str(tmp_path / 'c.pem')!r}, key={str(tmp_path / 'k.pem')!r},"
+        " self_signed=True)\n"
+        "context, made = load_server_tls(settings)\n"
+        "assert made and context.fingerprint, (made, context)"
+    )
+    assert not {name for name in loaded if name.split(".")[0] == "cryptography"}
+    assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0
+    assert b"BEGIN CERTIFICATE" in (tmp_path / "c.pem").read_bytes()
