@@ -98,6 +98,7 @@ MUXTUNNEL_RANKS = {
     "datagrams": 1,  # its UDP half
     "sockets": 2,  # its part for protocol-driven sockets (the relay)
     "argv": 1,  # masks secrets in the command line the kernel shows
+    "certgen": 1,  # a self-signed pair; runs as a script too (no package imports)
     "heap": 1,  # glibc's malloc thresholds for a tunnel process
     "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
