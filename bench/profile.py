@@ -128,6 +128,29 @@ def top_frames(profile: dict[str, Any], n: int = TOP_FRAMES) -> tuple[list[str],
     )
 
 
+def _portable(path: str) -> str:
+    """A frame's file as it reads on any machine: inside the checkout, a package, or the
+    standard library (`python3.11/asyncio/...`), never this machine's directories."""
+    if not path.startswith("/"):
+        return path  # portable already (or `<string>`, `<frozen ...>`)
+    for marker in ("/site-packages/", "/lib/"):
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    if path.startswith(str(paths.REPO) + "/"):
+        return path[len(str(paths.REPO)) + 1 :]
+    return Path(path).name
+
+
+def portable_profile(file: Path) -> dict[str, Any]:
+    """Rewrite a speedscope profile's file names with `_portable` (in place); returns it."""
+    profile: dict[str, Any] = json.loads(file.read_text())
+    for frame in profile["shared"]["frames"]:
+        if frame.get("file"):
+            frame["file"] = _portable(frame["file"])
+    file.write_text(json.dumps(profile, separators=(",", ":")))
+    return profile
+
+
 def _spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
     """`py-spy record` attached to `pid` for `seconds` (py-spy from PATH or beside python)."""
     pyspy = Path(sys.executable).parent / "py-spy"
@@ -172,7 +195,7 @@ def profile_row(row: str, seconds: float, out: Path, tmp: Path) -> Path:
     ]
     for role in ("listen", "up"):
         dst = out / f"{row}-{role}.json"
-        own, total = top_frames(json.loads(dst.read_text()))
+        own, total = top_frames(portable_profile(dst))
         lines += [f"## {role} (`{dst.name}`)", "", "own time:", "", "```", *own, "```", ""]
         lines += ["total time (the frame and what it calls):", "", "```", *total, "```", ""]
     summary = out / f"{row}.md"
