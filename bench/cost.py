@@ -57,7 +57,7 @@ def measure(exe: Path) -> dict[str, float]:
                 results=tmp,
                 muxtunnel=exe,
             )
-            with muxtunnel(env, None) as ep:
+            with muxtunnel(tls=False)(env, None) as ep:
                 time.sleep(0.5)
                 out["rss_idle_mib"] = sum(procstat.current_rss_mib(ep.roles).values())
                 latency.request_response(ep.echo, count=50, interval=0)  # warm up
@@ -100,15 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=1, help="runs per checkout (alternating)")
     ap.add_argument("--vs", type=Path, default=None, help="another checkout to compare with")
+    ap.add_argument(
+        "--vs-exe",
+        type=Path,
+        default=None,
+        help="another muxtunnel executable to compare with, measured by this checkout's bench "
+        "(a build of the same code: compiled, other interpreter flags)",
+    )
     a = ap.parse_args(argv)
     sides = {"this": REPO}
     if a.vs is not None:
         sides = {"vs": a.vs.resolve(), "this": REPO}
+    elif a.vs_exe is not None:
+        sides = {"vs": a.vs_exe.resolve(), "this": REPO}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
     for i in range(a.pairs):
         for name, checkout in sides.items():
             if checkout == REPO:
                 res = measure(checkout / ".venv" / "bin" / "muxtunnel")
+            elif not checkout.is_dir():  # --vs-exe
+                res = measure(checkout)
             else:  # the other checkout's bench and code, in its own venv
                 cp = subprocess.run(
                     [str(checkout / ".venv" / "bin" / "python"), "-m", "bench.cost", "--json"],
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(res)
             load = os.getloadavg()[0]
             print(name, i, " ".join(f"{k}={v:.4g}" for k, v in res.items()), f"load={load:.2f}")
-    if a.vs is not None:
+    if "vs" in sides:
         print("median, this/vs:")
         for key in runs["this"][0]:
             mine = statistics.median(r[key] for r in runs["this"])

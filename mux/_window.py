@@ -17,6 +17,14 @@ Policy (numbered so tests and SPEC.md can cite it):
    `MIN_TUNING_RTT_S` count as that long: below it (loopback, a LAN) the credit round trip is
    set by how soon two busy event loops get to the update and to the data it lets through, not
    by the wire, and a window sized for the wire alone starves the stream.
+5. The window a stream may grow to is sized by the path: `PATH_RATE_BYTES_PER_S` times
+   `PATH_WINDOW_RTTS` round trips (the round trip at its rule-4 floor), at least
+   `MIN_PATH_WINDOW_BYTES`, at most `max_window`. Rule 4 alone ratchets: on a busy loopback
+   the loop's stalls make a burst of updates look fast, windows never shrink, and a bulk
+   stream ended at the 16 MiB cap, all of it buffered in one process or the other (peak RSS
+   of both ends during one bulk stream 80-86 MiB at a 16 MiB cap, 77-78 at 4 MiB, idle 67).
+   A long path still gets the full cap (50 ms: 62 MB wanted, `max_window` given). Loopback's
+   round trip, measured by pings on a busy machine, is 1-3 ms: 4 MiB.
 
 Invariant: credit + unread + consumed == window (unread = bytes delivered, not yet read).
 """
@@ -28,6 +36,19 @@ from mux._const import INITIAL_STREAM_WINDOW
 #: Rule 4's floor for the round trip time. About one busy event-loop turn on each side; on
 #: loopback it lets a bulk stream grow to 2-4 MiB, where a 0.1 ms ping would hold it at 512 KiB.
 MIN_TUNING_RTT_S = 0.001
+#: Rule 5: the rate one stream is sized for (5 Gbit/s: what one stream of a Python process
+#: moves on this project's machines, 2-7 Gbit/s on loopback in `bench`) ...
+PATH_RATE_BYTES_PER_S = 625_000_000
+#: ... for this many round trips (the updates of rule 3 come every half window) ...
+PATH_WINDOW_RTTS = 2
+#: ... and never below this: what rule 4 reached on loopback before the ratchet (2-4 MiB).
+MIN_PATH_WINDOW_BYTES = 4 * 1024 * 1024
+
+
+def path_window(rtt_s: float, max_window: int) -> int:
+    """Rule 5: the largest window a path with this round trip needs."""
+    wanted = int(PATH_RATE_BYTES_PER_S * PATH_WINDOW_RTTS * max(rtt_s, MIN_TUNING_RTT_S))
+    return min(max_window, max(MIN_PATH_WINDOW_BYTES, wanted))
 
 
 class SessionBudget:
@@ -78,9 +99,9 @@ class ReceiveWindow:
             and self.last_update_s is not None
             and now - self.last_update_s < 2 * max(rtt_s, MIN_TUNING_RTT_S)
             and unread <= self.window // 4
-            and self.window < max_window
-        ):  # rule 4
-            growth = budget.reserve(min(self.window, max_window - self.window))
+            and self.window < (ceiling := path_window(rtt_s, max_window))
+        ):  # rules 4 and 5
+            growth = budget.reserve(min(self.window, ceiling - self.window))
             self.window += growth
         else:
             growth = 0

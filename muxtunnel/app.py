@@ -28,6 +28,7 @@ import anyio.abc
 import structlog
 
 from muxtunnel.config import ConfigError
+from muxtunnel.heap import tune_heap
 from muxtunnel.log import LogFormat, configure_logging, logs_on_terminal
 from muxtunnel.model import ClientConfig, ServerConfig
 from muxtunnel.reload import ConfigWatcher
@@ -115,6 +116,7 @@ def _run(entry: Callable[..., Awaitable[int]], *args: object) -> int:
 def _start(entry: Callable[..., Awaitable[int]], *args: object, options: Options) -> int:
     """Configure logging, then run `entry` on the event loop; config errors exit 2."""
     configure_logging(options.log_format, options.log_level)
+    tune_heap()
     if options.secrets_on_command_line:
         flags = options.secrets_on_command_line
         log.warning(

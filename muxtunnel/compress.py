@@ -16,13 +16,17 @@ token) can send compressed bytes at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import zstandard
 
 from muxtunnel.model import DEFAULT_COMPRESSION_LEVEL
+
+if TYPE_CHECKING:
+    # Imported where a compressed stream first compresses, decompresses or is budgeted: a
+    # process whose services do not compress never loads zstd.
+    import zstandard
 
 __all__ = ["ALGORITHMS", "CompressedStream", "compression_ratio", "stream_memory_bytes"]
 
@@ -106,6 +110,8 @@ def stream_memory_bytes(level: int) -> int:
     """What one compressed stream may hold at `level`, both directions: zstd's own estimate of
     a compression context, a decompression context, and the window of a peer's frames at the
     same level (what a session's compression budget is charged per stream)."""
+    import zstandard
+
     parameters = zstandard.ZstdCompressionParameters.from_level(level)
     return (
         parameters.estimated_compression_context_size()
@@ -134,6 +140,8 @@ class CompressedStream(anyio.abc.ByteStream):
         self.plain_sent = self.plain_received = 0
 
     async def send(self, item: bytes) -> None:
+        import zstandard  # a lookup in sys.modules after the first: ~0.1 us a send
+
         compressor = self._compressor
         if compressor is None:
             compressor = self._compressor = zstandard.ZstdCompressor(level=self.level).compressobj()
@@ -144,6 +152,8 @@ class CompressedStream(anyio.abc.ByteStream):
         await self.inner.send(data)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        import zstandard
+
         while not self._ready:
             if not self._pending:
                 self._pending = await self.inner.receive(_RECEIVE_BYTES)
@@ -185,6 +195,8 @@ def compression_ratio(
     data: bytes, level: int = DEFAULT_COMPRESSION_LEVEL, write_bytes: int = 64 * 1024
 ) -> float:
     """Plain / wire bytes for `data` written in `write_bytes` pieces (for benchmarks and docs)."""
+    import zstandard
+
     compressor = zstandard.ZstdCompressor(level=level).compressobj()
     wire = 0
     for offset in range(0, len(data), write_bytes):

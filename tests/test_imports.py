@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from muxtunnel.log import configure_logging, get_logger
 from muxtunnel.termlog import rich_traceback
@@ -77,3 +78,41 @@ def test_rich_traceback_renders_an_exception() -> None:
         sio = io.StringIO()
         rich_traceback(sio, sys.exc_info())  # type: ignore[arg-type]
     assert "KeyError" in sio.getvalue() and "missing" in sio.getvalue()
+
+
+def test_yaml_and_zstd_load_only_when_a_file_or_compression_needs_them() -> None:
+    """yaml (1 MiB of each process) only for a config file, zstandard only for a compressed
+    stream: a tunnel configured on its command line, without compression, loads neither."""
+    loaded = _loaded_after(
+        "import muxtunnel.cli, muxtunnel.app, muxtunnel.server, muxtunnel.client\n"
+        "from muxtunnel.config import load_server_config\n"
+        "load_server_config(None, {'bind': '127.0.0.1:7000', 'token': 't' * 32}, env={})"
+    )
+    assert not {name for name in loaded if name.split(".")[0] in ("yaml", "zstandard", "difflib")}
+    loaded = _loaded_after(
+        "import tempfile\n"
+        "from muxtunnel.config import load_server_config\n"
+        "from muxtunnel.compress import stream_memory_bytes\n"
+        "with tempfile.NamedTemporaryFile('w', suffix='.yaml', delete=False) as f:\n"
+        "    f.write('server:\\n  bind: 127.0.0.1:${PORT}\\n')\n"
+        "config = load_server_config(f.name, {'token': 't' * 32}, env={'PORT': '7000'})\n"
+        "assert config.bind_port == 7000, config.bind_port\n"
+        "stream_memory_bytes(3)"
+    )
+    assert {"yaml", "zstandard"} <= loaded
+
+
+def test_a_server_making_its_own_certificate_does_not_keep_cryptography(tmp_path: Path) -> None:
+    """The first start makes the self-signed pair in a child process: cryptography's binding
+    (11 MiB) would otherwise stay in `listen`'s memory for a pair made once."""
+    loaded = _loaded_after(
+        "from muxtunnel.model import ServerTls\n"
+        "from muxtunnel.trust import load_server_tls\n"
+        f"settings = ServerTls(cert={str(tmp_path / 'c.pem')!r}, key={str(tmp_path / 'k.pem')!r},"
+        " self_signed=True)\n"
+        "context, made = load_server_tls(settings)\n"
+        "assert made and context.fingerprint, (made, context)"
+    )
+    assert not {name for name in loaded if name.split(".")[0] == "cryptography"}
+    assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0
+    assert b"BEGIN CERTIFICATE" in (tmp_path / "c.pem").read_bytes()

@@ -98,6 +98,8 @@ MUXTUNNEL_RANKS = {
     "datagrams": 1,  # its UDP half
     "sockets": 2,  # its part for protocol-driven sockets (the relay)
     "argv": 1,  # masks secrets in the command line the kernel shows
+    "certgen": 1,  # a self-signed pair; runs as a script too (no package imports)
+    "heap": 1,  # glibc's malloc thresholds for a tunnel process
     "files": 1,  # keys, certificates, known hosts: created, never followed
     "compress": 1,
     "quota": 1,
@@ -321,6 +323,7 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.config._values": "reading token files",
     "muxtunnel.argv": "reading /proc/self/stat and /proc/self/cmdline",
+    "muxtunnel.heap": "loading the C library (mallopt)",
     "muxtunnel.trust": "reading and writing the known-hosts file",
     "muxtunnel.reload": "stat() of the config file",
     "muxtunnel.tools": "writing certificate files (`muxtunnel cert`)",

@@ -10,17 +10,20 @@ then, so only the section being loaded needs its variables set. Every problem ra
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import glob
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
-
-import yaml
+from functools import cache
+from typing import TYPE_CHECKING, NoReturn
 
 from muxtunnel.log import safe_text
+
+if TYPE_CHECKING:
+    # Imported where a file is read (`_parse_file`, `value` of a value from a file): a process
+    # configured by its command line alone never loads yaml (1 MiB of its idle memory).
+    import yaml
 
 __all__ = [
     "ConfigError",
@@ -50,7 +53,6 @@ TOP_KEYS = ("server", "client", "visitor", "include")
 _MAX_MESSAGE_CHARS = 2000
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
-_RESOLVER = yaml.resolver.Resolver()
 _SUBSTITUTION = re.compile(r"\$\$\{|\$\{([^}]*)(\})?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -136,7 +138,16 @@ def kind(node: Node) -> str:
     return "null" if node.is_null else repr(node.yaml_node.value)
 
 
+@cache
+def _resolver() -> yaml.resolver.Resolver:
+    import yaml
+
+    return yaml.resolver.Resolver()
+
+
 def _unknown_key(mapping: Map, unknown: Iterable[str], allowed: Sequence[str]) -> NoReturn:
+    import difflib  # for a message only
+
     key = min(unknown, key=lambda name: mapping.items[name].line)
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
@@ -159,6 +170,8 @@ class _Converter:
         self.count = 0
 
     def convert(self, node: yaml.Node, path: str, line: int) -> Node:
+        import yaml
+
         self.count += 1
         if self.count > MAX_NODES_PER_FILE:
             raise ConfigError(f"{self.file}: more than {MAX_NODES_PER_FILE} values (alias loop?)")
@@ -221,6 +234,8 @@ def _parse_file(file: str) -> Map:
         raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not UTF-8 text") from None
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         tree = _Converter(file).convert(root, "", 1) if root is not None else None
@@ -313,11 +328,13 @@ def value(node: Node, env: Mapping[str, str], expected: str) -> object:
     raw = node.yaml_node
     if raw is None:
         return node.value
+    import yaml  # loaded already: the value came from a file
+
     if raw.tag == _STR and "$" in raw.value:
         text = _substitute(node, raw.value, env)
         tag = _STR
         if raw.style is None:  # plain: resolve again, so an unquoted ${PORT} can be a number
-            tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+            tag = _resolver().resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
             tag = _STR if tag == _NULL else tag  # but `${X:-}` is "", not "absent"
         raw = yaml.ScalarNode(tag, text, raw.start_mark, raw.end_mark, raw.style)
     try:

@@ -1,4 +1,5 @@
-"""Receive-window auto-tuning (rule 4 of `mux/_window.py`): the RTT floor and the reader's lag."""
+"""Receive-window auto-tuning (rules 4 and 5 of `mux/_window.py`): the RTT floor, the reader's lag,
+the path's own window."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import pytest
 from mux import Connection, MuxConfig
 from mux._const import INITIAL_STREAM_WINDOW, FrameType
 from mux._events import DataReceived
-from mux._window import MIN_TUNING_RTT_S
+from mux._window import MIN_PATH_WINDOW_BYTES, MIN_TUNING_RTT_S, path_window
 from mux.testing import FrameBuilder, drain_frames, session_pair
+
+MIB = 1024 * 1024
 
 F = FrameBuilder()
 WINDOW = INITIAL_STREAM_WINDOW
@@ -76,3 +79,30 @@ async def test_session_feeds_the_core_the_shortest_recent_rtt() -> None:
             rtts = [await client.ping() for _ in range(3)]
         assert client.rtt_s == rtts[-1]
         assert client.conn.rtt_s == min(rtts)
+
+
+def _grow_fast(rtt_s: float, max_window: int) -> int:
+    """Updates come as fast as rule 4 likes, the reader keeps up: where does the window stop?"""
+    conn = Connection(client=False, config=MuxConfig(max_stream_window_bytes=max_window))
+    conn.rtt_s = rtt_s
+    conn.receive_data(F.syn(1), 0.0)
+    conn.accept_stream(1)
+    drain_frames(conn)
+    now = 0.0
+    for _ in range(20):
+        half = conn.receive_window(1) // 2
+        deliver(conn, half, now)
+        conn.stream_read(1, half, now)
+        updates(conn)
+        now += MIN_TUNING_RTT_S / 10
+    return conn.receive_window(1)
+
+
+def test_a_short_path_grows_to_its_own_window_not_to_the_cap() -> None:
+    """Rule 5: loopback's round trip (even as a busy machine's pings measure it) needs 4 MiB;
+    the 16 MiB cap is for long paths, which still reach it."""
+    assert path_window(0.0001, 64 * MIB) == MIN_PATH_WINDOW_BYTES == 4 * MIB
+    assert _grow_fast(0.0001, 16 * MIB) == 4 * MIB
+    assert _grow_fast(0.003, 16 * MIB) == 4 * MIB
+    assert _grow_fast(0.05, 16 * MIB) == 16 * MIB
+    assert _grow_fast(0.01, 64 * MIB) == 12_500_000  # 5 Gbit/s for two 10 ms round trips
