@@ -45,20 +45,23 @@ from muxtunnel.cluster import (
     open_store,
 )
 from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
-from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
+from muxtunnel.control import Register
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig, ServerTls
 from muxtunnel.server._forwarded import serve_forwarded
 from muxtunnel.server._mirror import Mirror, NodeServer, Remote
-from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
-from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
+from muxtunnel.server._peers import PeerAcceptor, PeerLinks, cluster_key
+from muxtunnel.server._registry import (
+    ActiveService,
+    ClusterError,
+    RegistrationError,
+)
 from muxtunnel.server._services import pinned_ports
-from muxtunnel.server._web import NODE_OWNER
+from muxtunnel.server._spread import WebRemote
 from muxtunnel.server._web_names import claimed_hosts
 from muxtunnel.specs import format_host_port, parse_host_port
 from muxtunnel.tls import ServerTlsContext
 from muxtunnel.transport import TransportError, listen_tcp
-from muxtunnel.vhost import RouteTarget, UpstreamUnavailable, Visitor
 
 __all__ = ["REGISTRY_UNAVAILABLE", "ClusterError", "ClusterNode", "cluster_settings"]
 
@@ -133,8 +136,13 @@ class ClusterNode:
         self.addresses: dict[str, str] = {}
         #: Nodes with a session from here that the registry no longer lists, and since when.
         self._absent: dict[str, float] = {}
+        #: Web requests to other nodes: routes they hold, a group's members on them.
+        self.web = WebRemote(
+            self.node_id, self.links, self.addresses, lambda name: server.groups.settings(name)
+        )
         if server.web is not None:
-            server.web.remote = self._open_web
+            server.web.remote = self.web.open
+            server.web.spread = self.web.spread
         self._held: dict[Claim | Membership, ActiveService] = {}
         self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -208,18 +216,25 @@ class ClusterNode:
                 self.links.forget(node_id)
         self.addresses.update(listed)
         wanted: dict[ClaimKey, Remote] = {}
+        group_nodes: dict[str, dict[str, int]] = {}
         for key, holding in holdings:
             if not isinstance(holding, Exclusive):
-                # A group's TCP or UDP port: nodes with members serve their own; the others
-                # hand each visitor (or flow) to one of those.
+                # A group's port or web routes: nodes with members serve their own (a web
+                # request is spread over every member's node, `spread`); the others hand each
+                # visitor (or flow) to one of those.
                 members = tuple(
                     (node, self.addresses[node])
                     for node in sorted(holding.node_ids)
                     if node in self.addresses
                 )
-                here = self.node_id in holding.node_ids
-                ported = key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT)
-                if ported and members and not here:
+                if key.kind is ClaimKind.SERVICE:
+                    counts = group_nodes.setdefault(holding.group, {})
+                    for member in holding.members:
+                        if member.owner.node_id in self.addresses:
+                            node = member.owner.node_id
+                            counts[node] = counts.get(node, 0) + 1
+                    continue
+                if members and self.node_id not in holding.node_ids:
                     wanted[key] = Remote(*members[0], holding.group, members)
                 continue
             owner = holding.owner
@@ -227,6 +242,7 @@ class ClusterNode:
             if owner.node_id == self.node_id or advertise is None:
                 continue
             wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
+        self.web.group_nodes = group_nodes
         self.mirror.sync(wanted, grace_s)
         return True
 
@@ -256,6 +272,8 @@ class ClusterNode:
             peers_in=tuple(sorted(self.acceptor.peers)),
             mirrored=tuple(self.mirror.ports),
             forwarded_total=self.mirror.forwarded_total,
+            web_forwarded_total=self.web.forwarded_total,
+            web_spread_total=self.web.spread_total,
             nodes=nodes,
         )
 
@@ -264,21 +282,21 @@ class ClusterNode:
     def keys_for(self, request: Register) -> list[ClaimKey]:
         """The names a registration takes cluster-wide before it is activated."""
         config = self.server.config
-        if request.group is not None:  # its port too, when fixed: the group's on every node
-            port = pinned_ports(config).get(request.group) or request.remote_port
-            ports = [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
-            return [ClaimKey.service(request.group), *ports]
-        keys = [ClaimKey.service(request.service)]
-        if request.type in WEB_TYPES:
+        name = request.group or request.service
+        keys = [ClaimKey.service(name)]
+        if request.type in WEB_TYPES:  # a group's hosts too: the group's on every node
             if config.http is None:
                 return keys
-            hosts = claimed_hosts(config, request, request.service)
+            hosts = claimed_hosts(config, request, name)
             if request.type == "https":
                 return keys + [ClaimKey.https(host) for host in hosts]
             locations = request.locations or ("/",)
             return keys + [ClaimKey.http(h, loc) for h in hosts for loc in locations]
-        port = pinned_ports(config).get(request.service) or request.remote_port
-        return keys + ([ClaimKey.port(request.type, port)] if port else [])
+        # Its port too, when fixed (a group's: the group's on every node).
+        port = pinned_ports(config).get(name) or request.remote_port
+        return keys + (
+            [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
+        )
 
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:
@@ -345,19 +363,6 @@ class ClusterNode:
             self._tg.start_soon(self.server.close_service, service, reason)
 
     # --- visitors to and from other nodes ---
-
-    async def _open_web(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
-        node, _, tls = target.owner.removeprefix(NODE_OWNER).partition("/")
-        advertise = self.addresses.get(node)
-        if advertise is None:
-            raise UpstreamUnavailable(f"node {node} holding {target.service!r} has left")
-        header = VisitorHeader(
-            target.service, "https" if tls else "http", visitor.host, visitor.port
-        )
-        try:
-            return await self.links.open(node, advertise, encode_visitor_header(header))
-        except PeerUnavailable as exc:
-            raise UpstreamUnavailable(str(exc)) from None
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)

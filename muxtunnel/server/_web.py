@@ -121,6 +121,10 @@ class WebFront:
         self.refusals = refusals
         #: Opens a stream to the node holding a route owned by `node:ID` (set by a cluster).
         self.remote: Callable[[RouteTarget, Visitor], Awaitable[anyio.abc.ByteStream]] | None = None
+        #: A group's request to a member on another node, or None for one here (a cluster's).
+        self.spread: (
+            Callable[[GroupService, Visitor], Awaitable[anyio.abc.ByteStream | None]] | None
+        ) = None
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
             self, vhost_config(self.front), tls_context=self.tls.context if self.tls else None
@@ -290,6 +294,10 @@ class WebFront:
         group = self.groups.get(name) if target.owner.startswith(GROUP_OWNER) else None
         limiter = self.limiter_of(name)
         if group is not None:
+            if self.spread is not None and not visitor.from_node:
+                elsewhere = await self.spread(group, visitor)
+                if elsewhere is not None:  # that node's limits and metering apply
+                    return elsewhere
             limit = limiter.connections_allowed(self.config.max_visitors_per_service)
             if group.in_flight.count >= limit:
                 raise UpstreamUnavailable(f"service {name!r} has {limit} connections open")
@@ -336,9 +344,11 @@ class WebFront:
         """Serve a visitor another node of a cluster handed over: HTTP (with this node's route
         options, basic auth included) or TLS routed by SNI."""
         if tls:
-            await self.engine.serve_tls(stream, Visitor(peer[0], peer[1], scheme="https"))
+            visitor = Visitor(peer[0], peer[1], scheme="https", from_node=True)
+            await self.engine.serve_tls(stream, visitor)
         else:
-            await self.engine.serve_http(stream, Visitor(peer[0], peer[1], relayed=True))
+            visitor = Visitor(peer[0], peer[1], relayed=True, from_node=True)
+            await self.engine.serve_http(stream, visitor)
 
     # --- changes and status ---
 
