@@ -6,6 +6,7 @@ service once it is active, and given back at once if the activation fails.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from mux import Session
@@ -40,6 +41,10 @@ async def activate(
     """The active service of a registration (and its public socket, if it has one);
     `RegistrationError` if refused."""
     cluster = host.cluster
+    if cluster is not None and request.group is not None:
+        # A group whose first member (on any node) had its port picked: that port, here too.
+        if port := await cluster.group_port(request):
+            request = dataclasses.replace(request, remote_port=port)
     leases = await cluster.claim(request, session_id, cluster.keys_for(request)) if cluster else []
     sock: PublicSocket = None
     try:
@@ -49,6 +54,15 @@ async def activate(
                 quotas.compression.share(request.service),
             )
             service = await host.join_group(session, session_id, client_name, request, key, shares)
+            if cluster is not None and service.port and not cluster.has_port(leases):
+                try:  # the group's first member cluster-wide: the port picked is the group's
+                    leases += await cluster.claim(request, session_id, cluster.port_keys(service))
+                except BaseException:
+                    service.released = True  # no reservation: the port was never the group's
+                    host.leave_group(service)
+                    service.streams.leave()
+                    service.compression_memory.leave()
+                    raise
         else:
             service, sock = await _open_claimed(
                 host, session, session_id, request, key, quotas, leases, visitor_keys

@@ -31,7 +31,6 @@ from muxtunnel.cluster import (
     Claim,
     ClaimKey,
     ClaimKind,
-    ClusterSettings,
     ClusterView,
     Exclusive,
     LeaseKeeper,
@@ -41,13 +40,13 @@ from muxtunnel.cluster import (
     NodeRecord,
     Owner,
     RegistryError,
-    default_node_id,
     open_store,
 )
 from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register
 from muxtunnel.forward import guarded
-from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig, ServerTls
+from muxtunnel.model import WEB_TYPES, ClusterConfig
+from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
 from muxtunnel.server._mirror import Mirror, NodeServer, Remote
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, cluster_key
@@ -59,8 +58,7 @@ from muxtunnel.server._registry import (
 from muxtunnel.server._services import pinned_ports
 from muxtunnel.server._spread import WebRemote
 from muxtunnel.server._web_names import claimed_hosts
-from muxtunnel.specs import format_host_port, parse_host_port
-from muxtunnel.tls import ServerTlsContext
+from muxtunnel.specs import parse_host_port
 from muxtunnel.transport import TransportError, listen_tcp
 
 __all__ = ["REGISTRY_UNAVAILABLE", "ClusterError", "ClusterNode", "cluster_settings"]
@@ -77,39 +75,6 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 _PORTS = ("tcp", "udp")
 
 
-def cluster_settings(config: ServerConfig, cluster: ClusterConfig) -> ClusterSettings:
-    """The registry settings of a node (`ClusterError` for bad ones)."""
-    advertise = cluster.advertise
-    if advertise is None:
-        if config.bind_host in _WILDCARDS:
-            raise ClusterError(
-                "a cluster node bound on a wildcard address needs --advertise HOST:PORT "
-                "(where the other nodes reach it)"
-            )
-        advertise = format_host_port(config.bind_host, config.bind_port + 1)
-    node_id = cluster.node_id or default_node_id(config.bind_port)
-    try:
-        return ClusterSettings(cluster.url, node_id, advertise, cluster.lease_s, cluster.prefix)
-    except ValueError as exc:
-        raise ClusterError(f"cluster settings: {exc}") from None
-
-
-def _peer_tls(config: ServerConfig) -> ServerTlsContext | None:
-    """The node-to-node port's TLS: the control port's certificate, no client CA (peers prove
-    the cluster secret instead); None when the control port is plaintext."""
-    if config.tls is None:
-        return None
-    return ServerTlsContext.load(ServerTls(config.tls.cert, config.tls.key))
-
-
-def _secret(config: ServerConfig, cluster: ClusterConfig) -> str:
-    if cluster.secret is not None:
-        return cluster.secret
-    if config.token is not None:
-        return "token:" + config.token.value  # never the token itself on the node-to-node port
-    raise ClusterError("a cluster needs a secret: server.cluster.secret or a server token")
-
-
 class ClusterNode:
     """This server's place in a cluster (see the module docstring)."""
 
@@ -120,9 +85,9 @@ class ClusterNode:
         self.store = open_store(settings)
         self.keeper = LeaseKeeper(self.store, lease_s=settings.lease_s, on_lost=self._lost)
         self.record = NodeRecord.new(self.node_id, settings.advertise)
-        key = cluster_key(_secret(server.config, cluster))
+        key = cluster_key(secret(server.config, cluster))
         mux, refusals = server.config.mux, server.refusals
-        tls = _peer_tls(server.config)
+        tls = peer_tls(server.config)
         self.links = PeerLinks(self.node_id, key, mux, refusals, tls=tls is not None)
         self.acceptor = PeerAcceptor(self.node_id, key, mux, refusals, self._serve_forwarded, tls)
         self.mirror = Mirror(server, self.links)
@@ -298,6 +263,23 @@ class ClusterNode:
             [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
         )
 
+    async def group_port(self, request: Register) -> int:
+        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet):
+        read from the registry as it is now (a scan, as a sync does: only for such groups)."""
+        config = self.server.config
+        if request.group is None or request.type not in _PORTS or request.remote_port:
+            return 0
+        if pinned_ports(config).get(request.group):
+            return 0
+        try:
+            holdings = await self.store.holdings()
+        except RegistryError as exc:
+            raise self._unavailable(request, exc) from None
+        for key, holding in holdings:
+            if key.kind.value == request.type and getattr(holding, "group", None) == request.group:
+                return int(key.name)
+        return 0
+
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:
         """Do `leases` hold a public port?"""
@@ -321,18 +303,20 @@ class ClusterNode:
         try:
             outcome = await self.keeper.acquire(leases)
         except RegistryError as exc:  # unreachable, or an error answer (out of memory...)
-            self.server.refusals.refuse(
-                "registry_unavailable", "registration refused: the cluster registry is unreachable",
-                service=request.service, error=str(exc),
-            )  # fmt: skip
-            raise RegistrationError(
-                REGISTRY_UNAVAILABLE,
-                f"the cluster registry is unreachable ({exc}); try again shortly",
-            ) from None
+            raise self._unavailable(request, exc) from None
         if not outcome.won:
             raise _refusal(outcome.lost[0], request)
         await self.mirror.evict(keys)
         return leases
+
+    def _unavailable(self, request: Register, exc: RegistryError) -> RegistrationError:
+        self.server.refusals.refuse(
+            "registry_unavailable", "registration refused: the cluster registry is unreachable",
+            service=request.service, error=str(exc),
+        )  # fmt: skip
+        return RegistrationError(
+            REGISTRY_UNAVAILABLE, f"the cluster registry is unreachable ({exc}); try again shortly"
+        )
 
     def hold(self, leases: Sequence[Claim | Membership], service: ActiveService) -> None:
         """`leases` belong to `service` now: lost ones close it, its end releases them."""

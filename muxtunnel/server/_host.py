@@ -46,6 +46,10 @@ class ClusterClaims(Protocol):
         """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
         ...
 
+    async def group_port(self, request: Register) -> int:
+        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet)."""
+        ...
+
     def has_port(self, leases: Sequence[Claim | Membership]) -> bool:
         """Do `leases` hold a public port?"""
         ...

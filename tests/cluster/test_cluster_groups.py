@@ -9,7 +9,18 @@ from pathlib import Path
 
 from e2e.harness import Harness
 
-from .nodes import LEASE_S, Cluster, HttpTarget, Node, TlsTarget, http_get, tls_name, wait_for
+from .nodes import (
+    LEASE_S,
+    Cluster,
+    HttpTarget,
+    NameServer,
+    Node,
+    TlsTarget,
+    http_get,
+    read_name,
+    tls_name,
+    wait_for,
+)
 
 
 def _metric(node: Node, sample: str) -> float:
@@ -92,3 +103,29 @@ def test_web_group_members_on_two_nodes_are_one_pool(
     finally:
         for closable in [*targets, *tls_targets]:
             closable.close()
+
+
+def test_group_port_picked_on_one_node_is_the_groups_everywhere(
+    cluster: Cluster, harness: Harness
+) -> None:
+    """A TCP group asking for no port: its first member's picked port becomes the group's
+    cluster-wide; a member joining on another node gets the same port, and every node
+    serves it (C, without a member, reaches both)."""
+    a, b, c = cluster.nodes
+    targets = [NameServer("one"), NameServer("two")]
+    try:
+        first = harness.up(a.proc, tcp=[f"one={targets[0].port}"], extra=["--group", "picked"])
+        port = first.public("one")[1]
+        second = harness.up(b.proc, tcp=[f"two={targets[1].port}"], extra=["--group", "picked"])
+        assert second.public("two")[1] == port
+        seen: set[bytes] = set()
+
+        def both() -> bool:
+            seen.update(read_name(c.host, port) for _ in range(10))
+            return seen >= {b"one", b"two"}
+
+        wait_for(both, 10, "both members through C")
+        assert read_name(a.host, port) == b"one" and read_name(b.host, port) == b"two"
+    finally:
+        for target in targets:
+            target.close()
