@@ -362,7 +362,11 @@ def encode_visitor_header(header: VisitorHeader) -> bytes:
 
 def decode_visitor_header(body: bytes) -> VisitorHeader:
     """Decode a visitor header body (without its length prefix)."""
-    data = unpack_map(body)
+    return decode_visitor_header_map(unpack_map(body))
+
+
+def decode_visitor_header_map(data: dict[str, Any]) -> VisitorHeader:
+    """A visitor header from its unpacked map."""
     if data["kind"] != VisitorHeader.WIRE_KIND:
         raise ControlError(f"expected a visitor header, got {data['kind'][:64]!r}")
     return VisitorHeader.from_wire(data)

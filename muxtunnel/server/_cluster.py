@@ -43,9 +43,10 @@ from muxtunnel.cluster import (
     open_store,
 )
 from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
-from muxtunnel.control import Register
+from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig
+from muxtunnel.server._cluster_private import RemoteVisit, VisitsElsewhere
 from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
 from muxtunnel.server._mirror import Mirror, NodeServer, Remote
@@ -111,6 +112,8 @@ class ClusterNode:
         self._held: dict[Claim | Membership, ActiveService] = {}
         self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Visits here of private services other nodes hold.
+        self.visits = VisitsElsewhere(self.node_id, self.links, self.addresses, server.refusals)
 
     # --- running ---
 
@@ -182,6 +185,7 @@ class ClusterNode:
         self.addresses.update(listed)
         wanted: dict[ClaimKey, Remote] = {}
         group_nodes: dict[str, dict[str, int]] = {}
+        holders: dict[str, str] = {}
         for key, holding in holdings:
             if not isinstance(holding, Exclusive):
                 # A group's port or web routes: nodes with members serve their own (a web
@@ -203,11 +207,14 @@ class ClusterNode:
                     wanted[key] = Remote(*members[0], holding.group, members)
                 continue
             owner = holding.owner
+            if key.kind is ClaimKind.SERVICE:
+                holders[key.name] = owner.node_id
             advertise = self.addresses.get(owner.node_id)
             if owner.node_id == self.node_id or advertise is None:
                 continue
             wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
         self.web.group_nodes = group_nodes
+        self.visits.holders = holders
         self.mirror.sync(wanted, grace_s)
         return True
 
@@ -347,6 +354,18 @@ class ClusterNode:
             self._tg.start_soon(self.server.close_service, service, reason)
 
     # --- visitors to and from other nodes ---
+
+    async def check_visit(
+        self, request: Visit, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> RemoteVisit | None:
+        """A visit of a private service another node holds, checked there."""
+        return await self.visits.check(request, nonces, binding)
+
+    async def open_private(
+        self, name: str, type: str, key: bytes, peer: tuple[str, int]
+    ) -> MuxStream | None:
+        """A stream to the node holding private service `name`, for one granted visitor."""
+        return await self.visits.open(name, type, key, peer)
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)

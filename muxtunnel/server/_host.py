@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from mux import Session
+from mux import MuxStream, Session
 from muxtunnel.admission import AdmissionGate
 from muxtunnel.auth import TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
-from muxtunnel.control import MemberUpdate, Register
+from muxtunnel.control import MemberUpdate, Register, Visit
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
@@ -27,6 +27,7 @@ from muxtunnel.sources import FailureLimiter
 
 if TYPE_CHECKING:  # loaded only by a server with web ports, or in a cluster (redis)
     from muxtunnel.cluster import Claim, ClaimKey, Membership
+    from muxtunnel.server._cluster_private import RemoteVisit
     from muxtunnel.server._web import WebFront
 
 __all__ = ["ClusterClaims", "Host"]
@@ -44,6 +45,18 @@ class ClusterClaims(Protocol):
         self, request: Register, session_id: int, keys: Sequence[ClaimKey]
     ) -> list[Claim | Membership]:
         """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        ...
+
+    async def check_visit(
+        self, request: Visit, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> RemoteVisit | None:
+        """A visit of a private service another node holds, checked there (None: refused)."""
+        ...
+
+    async def open_private(
+        self, name: str, type: str, key: bytes, peer: tuple[str, int]
+    ) -> MuxStream | None:
+        """A stream to the node holding private service `name`, for one granted visitor."""
         ...
 
     async def group_port(self, request: Register) -> int:

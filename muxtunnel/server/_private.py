@@ -47,6 +47,9 @@ class Grant:
     #: Agreed compression of the visitor's own streams (None: none) and its level.
     compression: str | None = None
     compression_level: int = 0
+    #: Which key let it in, between nodes (`_cluster_private.key_id`); a visit checked by
+    #: another node (its provider's) has only this, and `key` empty.
+    key_id: bytes = b""
     #: The scopes of its spliced connections (cut when it is revoked).
     splices: set[anyio.CancelScope] = field(default_factory=set)
     started: float = field(default_factory=anyio.current_time)

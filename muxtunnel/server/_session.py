@@ -301,11 +301,14 @@ class ClientSession(AuthSteps, ProviderKeys):
         if not await self._may_try(channel, request.service):
             return False
         key = self.visits.authenticate(request, nonces)
-        if key is None:
+        elsewhere = None
+        if key is None and self.host.cluster is not None:  # its provider's node checks it
+            elsewhere = await self.host.cluster.check_visit(request, nonces, self.binding)
+        if key is None and elsewhere is None:
             return await self._failed(channel, request.service)
         if not await self._admit(channel, request.service):
             return False
-        await self.visits.grant(request, key, nonces)
+        await self.visits.grant(request, key or b"", nonces, elsewhere)
         return True
 
     def _registered(
