@@ -315,6 +315,8 @@ class Mirror:
                 self._drop_route(*stale)
             hosts = sorted({host for host, _ in pairs})
             locations = sorted({location for _, location in pairs})
+            if moved := web.yield_hosts(set(hosts)):  # its client registered there since
+                log.info("web names moved to another node", services=moved, node=node)
             target = RouteTarget(service, f"{NODE_OWNER}{node}")
             try:
                 if node.endswith(TLS_SUFFIX):  # routed by SNI, passed through

@@ -266,6 +266,19 @@ class WebFront:
         self._orphans[service.name] = live.owner
         self._tg.start_soon(self._expire, service.name, live.owner, grace_s)
 
+    def yield_hosts(self, hosts: set[str]) -> list[str]:
+        """Another node of the cluster holds `hosts` now (its client registered there): the
+        routes in their grace here that serve one of them go at once, so that the names are
+        routed to that node instead of answering 502; the services whose routes went."""
+        gone = []
+        tables = (self.engine.http_routes, self.engine.tls_routes)
+        for name, owner in list(self._orphans.items()):
+            if any(hosts & set(table.hosts_of(owner, name)) for table in tables):
+                del self._orphans[name]
+                self._drop_routes(owner, name)
+                gone.append(name)
+        return gone
+
     async def _expire(self, name: str, owner: str, grace_s: float) -> None:
         await anyio.sleep(grace_s)
         if self._orphans.get(name) == owner:

@@ -1,0 +1,44 @@
+"""A client that moves between nodes of a cluster (three real nodes on redis-server)."""
+
+from __future__ import annotations
+
+import time
+
+from e2e.harness import Harness, host_port
+
+from .nodes import CLIENT_FAST, DOMAIN, Cluster, HttpTarget, Relay, http_get, wait_for
+
+#: `server.http.offline_grace_s` by default: how long the old node kept answering 502 before.
+OFFLINE_GRACE_S = 30.0
+
+
+def test_http_name_moved_to_another_node_answers_everywhere_at_once(
+    cluster: Cluster, harness: Harness
+) -> None:
+    """The client of an HTTP name loses its session to A (A lives on) and registers at B:
+    A and C route the name to B within a sync interval, not after A's offline grace."""
+    a, b, c = cluster.nodes
+    relay = Relay([(a.host, a.proc.port)])
+    web = HttpTarget("site")
+    try:
+        # Without resumption the session to A ends with its carrier, and with it the claims
+        # on the name (a suspended session keeps them; a client on two nodes is another case).
+        config = harness.write("client.yaml", CLIENT_FAST + "  resume: false\n")
+        up = harness.up(host_port("127.0.0.1", relay.port), http=[f"site={web.port}"],
+                        config=config)  # fmt: skip
+        vhost = f"site.{DOMAIN}"
+        for node in cluster.nodes:
+            wait_for(lambda node=node: http_get(node.host, node.http_port, vhost)[0] == 200,
+                     10, f"site through {node.node_id}")  # fmt: skip
+        relay.backends = [(b.host, b.proc.port)]
+        relay.cut()
+        wait_for(lambda: len(up.announcements()) >= 2, 15, "registered again at B")
+        moved = time.monotonic()
+        for node in (a, c):
+            wait_for(lambda node=node: http_get(node.host, node.http_port, vhost)[0] == 200,
+                     5, f"site through {node.node_id} after the move")  # fmt: skip
+        assert time.monotonic() - moved < OFFLINE_GRACE_S / 3
+        assert a.proc.events("web names moved to another node")
+    finally:
+        relay.close()
+        web.close()
