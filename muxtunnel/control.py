@@ -66,7 +66,8 @@ from muxtunnel.visitmsg import ACCESS_REVOKED, PRIVATE_TYPES, Presence, Visit, V
 
 __all__ = [
     "ACCESS_REVOKED", "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED",
-    "DOMAIN_TAKEN", "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES",
+    "DOMAIN_TAKEN", "FEATURE_GROUPS", "FEATURE_INSTANCE", "INTERNAL_ERROR", "LIMIT_REACHED",
+    "MAX_MESSAGE_BYTES",
     "PORT_IN_USE", "PORT_NOT_ALLOWED", "PRIVATE_TYPES", "PROTOCOL_VERSION", "RATE_LIMITED",
     "REGISTRY_UNAVAILABLE", "RESUME_ID_BYTES", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED",
     "VERSION_MISMATCH",
@@ -104,6 +105,9 @@ LIMIT_REACHED, REGISTRY_UNAVAILABLE = "limit_reached", "registry_unavailable"
 #: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
 #: MemberUpdate, VisitorHeader.confirm).
 FEATURE_GROUPS = "groups"
+#: `Challenge.features`: any registration may carry the client's `instance` (not only a group
+#: member's): a cluster's nodes know one client's sessions at several of them by it.
+FEATURE_INSTANCE = "instance"
 #: A group member's first byte on a visitor stream: its local dial succeeded.
 DIAL_CONFIRMED = b"\x00"
 

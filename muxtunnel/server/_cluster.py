@@ -32,7 +32,6 @@ from muxtunnel.cluster import (
     ClaimKey,
     ClaimKind,
     ClusterView,
-    Exclusive,
     LeaseKeeper,
     Lost,
     Membership,
@@ -46,10 +45,11 @@ from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig
+from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan
 from muxtunnel.server._cluster_private import RemoteVisit, VisitsElsewhere
 from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
-from muxtunnel.server._mirror import Mirror, NodeServer, Remote
+from muxtunnel.server._mirror import Mirror, NodeServer
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, cluster_key
 from muxtunnel.server._registry import (
     ActiveService,
@@ -183,39 +183,10 @@ class ClusterNode:
                 del self._absent[node_id], self.addresses[node_id]
                 self.links.forget(node_id)
         self.addresses.update(listed)
-        wanted: dict[ClaimKey, Remote] = {}
-        group_nodes: dict[str, dict[str, int]] = {}
-        holders: dict[str, str] = {}
-        for key, holding in holdings:
-            if not isinstance(holding, Exclusive):
-                # A group's port or web routes: nodes with members serve their own (a web
-                # request is spread over every member's node, `spread`); the others hand each
-                # visitor (or flow) to one of those.
-                members = tuple(
-                    (node, self.addresses[node])
-                    for node in sorted(holding.node_ids)
-                    if node in self.addresses
-                )
-                if key.kind is ClaimKind.SERVICE:
-                    counts = group_nodes.setdefault(holding.group, {})
-                    for member in holding.members:
-                        if member.owner.node_id in self.addresses:
-                            node = member.owner.node_id
-                            counts[node] = counts.get(node, 0) + 1
-                    continue
-                if members and self.node_id not in holding.node_ids:
-                    wanted[key] = Remote(*members[0], holding.group, members)
-                continue
-            owner = holding.owner
-            if key.kind is ClaimKind.SERVICE:
-                holders[key.name] = owner.node_id
-            advertise = self.addresses.get(owner.node_id)
-            if owner.node_id == self.node_id or advertise is None:
-                continue
-            wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
-        self.web.group_nodes = group_nodes
-        self.visits.holders = holders
-        self.mirror.sync(wanted, grace_s)
+        plan = Plan.of(holdings, self.node_id, self.addresses)
+        self.web.group_nodes = plan.group_nodes
+        self.visits.holders = plan.holders
+        self.mirror.sync(plan.wanted, grace_s)
         return True
 
     def row(self) -> ClusterRow:
@@ -228,8 +199,18 @@ class ClusterNode:
                     node.node_id,
                     node.record.advertise if node.record else None,
                     node.record.started_at if node.record else None,
-                    tuple((str(key), owner.holder) for key, owner in node.claims),
-                    tuple((str(k), group, m.owner.holder) for k, group, m in node.memberships),
+                    # A client's names held from several nodes show as each node's own.
+                    tuple((str(key), owner.holder) for key, owner in node.claims)
+                    + tuple(
+                        (str(k), m.owner.holder)
+                        for k, group, m in node.memberships
+                        if group.startswith(CLIENT_GROUP)
+                    ),
+                    tuple(
+                        (str(k), group, m.owner.holder)
+                        for k, group, m in node.memberships
+                        if not group.startswith(CLIENT_GROUP)
+                    ),
                 )
                 for node in view.nodes
             )
@@ -298,13 +279,17 @@ class ClusterNode:
         return [ClaimKey.port(service.type, service.port)]
 
     async def claim(
-        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey], client: str = ""
     ) -> list[Claim | Membership]:
-        """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        """Take `keys` for this registration, all or none (`RegistrationError` if refused).
+        `client`: the registering client's identity (`client_identity`), under which its
+        sessions at several nodes hold the names together."""
         owner = Owner(self.node_id, f"{session_id}/{request.service}")
         leases: list[Claim | Membership]
         if request.group is not None:
             leases = [Membership(key, request.group, owner) for key in keys]
+        elif client:
+            leases = [Membership(key, CLIENT_GROUP + client, owner) for key in keys]
         else:
             leases = [Claim(key, owner) for key in keys]
         try:
@@ -369,10 +354,6 @@ class ClusterNode:
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)
-
-
-def _service_of(owner: Owner) -> str:
-    return owner.holder.partition("/")[2] or owner.holder
 
 
 def _refusal(lost: Lost, request: Register) -> RegistrationError:

@@ -42,7 +42,7 @@ class ClusterClaims(Protocol):
         ...
 
     async def claim(
-        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey], client: str = ""
     ) -> list[Claim | Membership]:
         """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
         ...

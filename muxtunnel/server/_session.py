@@ -210,7 +210,10 @@ class ClientSession(AuthSteps, ProviderKeys):
             nonces = new_nonce(), hello.client_nonce
             self.resume_id = _resume.grant(hello, self.session, self.host.config)
             challenge = control.Challenge(
-                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,), self.resume_id
+                control.PROTOCOL_VERSION,
+                nonces[0],
+                (control.FEATURE_GROUPS, control.FEATURE_INSTANCE),
+                self.resume_id,
             )
             await control.send_message(channel, challenge)
             while not self.authenticated:

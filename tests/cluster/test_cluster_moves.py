@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
-from e2e.harness import Harness, host_port
+from e2e.harness import Harness, TcpEchoServer, free_port, host_port
 
-from .nodes import CLIENT_FAST, DOMAIN, Cluster, HttpTarget, Relay, http_get, wait_for
+from .nodes import (
+    CLIENT_FAST,
+    DOMAIN,
+    Cluster,
+    HttpTarget,
+    Relay,
+    http_get,
+    tcp_roundtrip,
+    wait_for,
+)
 
 #: `server.http.offline_grace_s` by default: how long the old node kept answering 502 before.
 OFFLINE_GRACE_S = 30.0
@@ -42,3 +53,30 @@ def test_http_name_moved_to_another_node_answers_everywhere_at_once(
     finally:
         relay.close()
         web.close()
+
+
+def test_one_client_on_two_nodes_holds_its_names_from_both(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer
+) -> None:
+    """`up --server A --server B`: both nodes take the registration (one client, two
+    sessions), every node serves the port; A SIGKILLed: B and C serve on without a new
+    registration; another client is refused the name."""
+    a, b, c = cluster.nodes
+    port = free_port()
+    up = harness.up(
+        a.proc, tcp=[f"echo={tcp_echo.port}:{port}"], extra=["--server", b.proc.address]
+    )
+    wait_for(lambda: len(up.announcements()) == 2, 10, "registered at A and B")
+    payload = os.urandom(64 << 10)
+    for node in cluster.nodes:
+        wait_for(lambda node=node: tcp_roundtrip(node.host, port, payload) == payload,
+                 10, f"through {node.node_id}")  # fmt: skip
+    other = harness.up(c.proc, tcp=[f"echo={tcp_echo.port}"], wait=False)
+    assert other.wait_exit(15) != 0
+    assert any("already served by another client" in line for line in other.error_lines())
+    a.proc.send_signal(signal.SIGKILL)
+    assert tcp_roundtrip(b.host, port, payload) == payload  # B's own session: at once
+    # Every visitor at C: to B (a visitor sent to A while its lease lives goes on to B).
+    for _ in range(5):
+        assert tcp_roundtrip(c.host, port, payload, 2.0) == payload
+    assert len(up.announcements()) == 2  # nothing registered again
