@@ -58,6 +58,7 @@ class Plan:
                 owner = holding.owner
                 if key.kind is ClaimKind.SERVICE:
                     plan.holders[key.name] = owner.node_id
+                    continue
                 advertise = addresses.get(owner.node_id)
                 if owner.node_id != node_id and advertise is not None:
                     plan.wanted[key] = Remote(owner.node_id, advertise, service_of(owner))
@@ -70,7 +71,7 @@ class Plan:
                 first = holding.members[0].owner
                 if key.kind is ClaimKind.SERVICE:
                     plan.holders[key.name] = first.node_id
-                if elsewhere:
+                elif elsewhere:
                     plan.wanted[key] = Remote(*members[0], service_of(first), members)
             elif key.kind is ClaimKind.SERVICE:
                 counts = plan.group_nodes.setdefault(holding.group, {})

@@ -1,4 +1,5 @@
-"""A client that moves between nodes of a cluster (three real nodes on redis-server)."""
+"""A client that moves between nodes of a cluster, or holds sessions at two of them (three
+real nodes on redis-server). Both take over 3 s (`slow`: `make stress` runs them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import time
 
+import pytest
 from e2e.harness import Harness, TcpEchoServer, free_port, host_port
 
 from .nodes import (
@@ -23,6 +25,7 @@ from .nodes import (
 OFFLINE_GRACE_S = 30.0
 
 
+@pytest.mark.slow
 def test_http_name_moved_to_another_node_answers_everywhere_at_once(
     cluster: Cluster, harness: Harness
 ) -> None:
@@ -55,6 +58,7 @@ def test_http_name_moved_to_another_node_answers_everywhere_at_once(
         web.close()
 
 
+@pytest.mark.slow
 def test_one_client_on_two_nodes_holds_its_names_from_both(
     cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer
 ) -> None:
