@@ -11,7 +11,8 @@ Exchange (client C, server S):
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
                      proxy_protocol, the web options of an http/https service,
                      compression_fallback, the group fields of a load-balancing group's
-                     member, private and visitor_keys])
+                     member, private and visitor_keys; instance, for any service, to a
+                     server whose Challenge listed FEATURE_INSTANCE])
     S -> C  Registered(..., tag[, compression, urls, compression_level, member, private])
                                                           or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
