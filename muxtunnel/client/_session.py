@@ -347,8 +347,7 @@ class Control:
         self._announce(state)
 
     def _membership(self, state: ServiceState) -> dict[str, object]:
-        """A group member's fields of its registration; for other services the process's
-        instance id, to a server that takes it (none to an older one)."""
+        """A group member's fields; another service's: the instance id, if the server takes it."""
         group = state.spec.group
         if group is None:
             return {"instance": self._instance} if control.FEATURE_INSTANCE in self.features else {}

@@ -46,11 +46,12 @@ from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig
 from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan
-from muxtunnel.server._cluster_private import RemoteVisit, VisitsElsewhere
+from muxtunnel.server._cluster_private import VisitsElsewhere
 from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
 from muxtunnel.server._mirror import Mirror, NodeServer
 from muxtunnel.server._peers import PeerAcceptor, PeerLinks, cluster_key
+from muxtunnel.server._private import RemoteVisit
 from muxtunnel.server._registry import (
     ActiveService,
     ClusterError,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -39,6 +38,7 @@ from muxtunnel.framing import ControlError, frame, receive_frame, unpack_map
 from muxtunnel.log import Refusals
 from muxtunnel.server._host import Host
 from muxtunnel.server._peers import HANDSHAKE_TIMEOUT_S, PeerLinks, PeerUnavailable
+from muxtunnel.server._private import RemoteVisit
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.transport import abort
 from muxtunnel.visitauth import match_key, visit_server_tag
@@ -63,16 +63,6 @@ _OK, _NO = "peer_visit_ok", "peer_visit_no"
 def key_id(key: bytes) -> bytes:
     """A visitor key's fingerprint: names the key between nodes without revealing it."""
     return hashlib.sha256(b"muxtunnel visitor key id\0" + key).digest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteVisit:
-    """A visit the provider's node let in: where, with which key, what to answer."""
-
-    node_id: str
-    server_tag: bytes
-    key_id: bytes
-    online: bool
 
 
 def check_request(request: Visit, nonces: tuple[bytes, bytes], binding: bytes) -> bytes:

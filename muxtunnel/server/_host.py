@@ -20,14 +20,13 @@ from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
-from muxtunnel.server._private import PrivateBook
+from muxtunnel.server._private import PrivateBook, RemoteVisit
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.sources import FailureLimiter
 
 if TYPE_CHECKING:  # loaded only by a server with web ports, or in a cluster (redis)
     from muxtunnel.cluster import Claim, ClaimKey, Membership
-    from muxtunnel.server._cluster_private import RemoteVisit
     from muxtunnel.server._web import WebFront
 
 __all__ = ["ClusterClaims", "Host"]

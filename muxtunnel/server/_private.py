@@ -27,9 +27,20 @@ import structlog
 from muxtunnel.model import ServerConfig, ServiceType
 from muxtunnel.visitauth import visitor_key
 
-__all__ = ["Grant", "PrivateBook"]
+__all__ = ["Grant", "PrivateBook", "RemoteVisit"]
 
 log = structlog.get_logger("muxtunnel.server")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteVisit:
+    """A visit the provider's node (another node of a cluster) let in: where, with which key
+    (its fingerprint, `_cluster_private.key_id`), what to answer the visitor."""
+
+    node_id: str
+    server_tag: bytes
+    key_id: bytes
+    online: bool
 
 
 @dataclass(eq=False)

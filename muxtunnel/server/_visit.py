@@ -34,13 +34,13 @@ from muxtunnel.control import Error, Presence, Visit, Visited, VisitorHeader
 from muxtunnel.forward import forward, guarded
 from muxtunnel.quota import Quota
 from muxtunnel.server import _services
-from muxtunnel.server._cluster_private import RemoteVisit, key_id
+from muxtunnel.server._cluster_private import key_id
 from muxtunnel.server._host import Host
-from muxtunnel.server._private import Grant
+from muxtunnel.server._private import Grant, RemoteVisit
 from muxtunnel.server._registry import ActiveService
+from muxtunnel.server._visit_elsewhere import serve_elsewhere
 from muxtunnel.server._visitors import REFUSED, admit, proxy_preamble, refusal
 from muxtunnel.specs import format_host_port
-from muxtunnel.udp import UdpCounters
 from muxtunnel.udpflow import relay_flow
 from muxtunnel.visitauth import match_key, visit_server_tag
 
@@ -214,7 +214,9 @@ class VisitorSide:
             return
         service = self._provider(name, header.type)
         if service is None and host.cluster is not None:  # held by another node?
-            await self._serve_elsewhere(grant, stream, header)
+            await serve_elsewhere(
+                host, grant, stream, header.compressed, self.peer, self.compression, self.id
+            )
             return
         if service is None or service.provider is None:
             host.refusals.refuse("provider_offline", "visitor refused: its provider is offline",
@@ -234,59 +236,6 @@ class VisitorSide:
                 service.splices.discard(scope)
         if scope.cancelled_caught:  # cut from outside: both ends see a failure
             stream.reset()
-
-    async def _serve_elsewhere(
-        self, grant: Grant, stream: MuxStream, header: VisitorHeader
-    ) -> None:
-        """A visitor stream of a private service another node holds: to that node, which
-        admits it as a visitor of its provider (see `_cluster_private`)."""
-        host, name = self.host, grant.name
-        assert host.cluster is not None
-        target = await host.cluster.open_private(name, grant.type, grant.key_id, self.peer)
-        if target is None:
-            host.refusals.refuse("provider_offline", "visitor refused: its provider is offline",
-                                 session=self.id, service=name)  # fmt: skip
-            stream.reset()
-            return
-        with anyio.CancelScope() as scope:
-            grant.splices.add(scope)
-            try:
-                if header.type == "udp":
-                    idle_s = host.config.udp_flow_idle_s
-                    await relay_flow(stream, target, UdpCounters(), idle_s=idle_s)
-                else:
-                    await self._forward_elsewhere(grant, stream, target, header.compressed)
-            finally:
-                grant.splices.discard(scope)
-        if scope.cancelled_caught:  # revoked: both ends see a failure
-            stream.reset()
-            target.reset()
-
-    async def _forward_elsewhere(
-        self, grant: Grant, stream: MuxStream, target: MuxStream, compressed: bool
-    ) -> None:
-        from muxtunnel.compress import CompressedStream
-
-        visitor: anyio.abc.ByteStream = stream
-        memory = 0
-        if grant.compression and compressed:  # the visitor's hop, as its grant agreed
-            memory = stream_memory_bytes(grant.compression_level)
-            if not self.compression.try_take(grant.name, memory):
-                self.host.refusals.refuse("compression_budget", REFUSED["compression_budget"],
-                                          service=grant.name, source=self.source)  # fmt: skip
-                stream.reset()
-                target.reset()
-                return
-            visitor = CompressedStream(stream, grant.compression_level)
-        try:
-            await forward(
-                visitor, target, visitor_side=True, service=grant.name,
-                peer=_address(self.peer), traffic=self.host.traffic_of(grant.name),
-                visitor_session=self.id,
-            )  # fmt: skip
-        finally:
-            if memory:
-                self.compression.give_back(grant.name, memory)
 
     async def _relay_flow(self, service: ActiveService, stream: MuxStream) -> None:
         assert service.provider is not None

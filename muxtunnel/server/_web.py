@@ -49,7 +49,6 @@ from muxtunnel.server._web_names import (
 )
 from muxtunnel.server._web_upstream import ServiceStream, admit, open_member
 from muxtunnel.specs import format_host_port
-from muxtunnel.status import WebRow, WebTrafficRow
 from muxtunnel.tls import ServerTlsContext
 from muxtunnel.transport import listen_tcp, local_port
 from muxtunnel.vhost import (
@@ -67,7 +66,6 @@ __all__ = ["GROUP_OWNER", "NODE_OWNER", "WebFront", "domain_allowed"]
 
 log = structlog.get_logger("muxtunnel.server")
 
-_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`), and
 #: of a service's another node of a cluster holds: `node:ID` (see `_mirror`).
 GROUP_OWNER, NODE_OWNER = "group:", "node:"
@@ -158,8 +156,8 @@ class WebFront:
         if https is not None:
             https_listener = await listen_tcp(https.bind_host, https.bind_port)
             self.https_port = local_port(https_listener)
-        log.info("web ports listening", domain=front.domain, http=self._address("http"),
-                 https=self._address("https"), terminates_tls=self.tls is not None)  # fmt: skip
+        log.info("web ports listening", domain=front.domain, http=self.address("http"),
+                 https=self.address("https"), terminates_tls=self.tls is not None)  # fmt: skip
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -177,7 +175,8 @@ class WebFront:
         """Close the web ports; visitor connections already open carry on."""
         self._accepting.cancel()
 
-    def _address(self, kind: str) -> str | None:
+    def address(self, kind: str) -> str | None:
+        """Where the `kind` ("http", "https") port listens (None: it does not)."""
         if kind == "http" and self.http_port is not None and self.front.bind_host is not None:
             return format_host_port(self.front.bind_host, self.http_port)
         https = self.config.https
@@ -357,11 +356,9 @@ class WebFront:
         """Serve a visitor another node of a cluster handed over: HTTP (with this node's route
         options, basic auth included) or TLS routed by SNI."""
         if tls:
-            visitor = Visitor(peer[0], peer[1], scheme="https", from_node=True)
-            await self.engine.serve_tls(stream, visitor)
+            await self.engine.serve_tls(stream, Visitor(*peer, scheme="https", from_node=True))
         else:
-            visitor = Visitor(peer[0], peer[1], relayed=True, from_node=True)
-            await self.engine.serve_http(stream, visitor)
+            await self.engine.serve_http(stream, Visitor(*peer, relayed=True, from_node=True))
 
     # --- changes and status ---
 
@@ -400,24 +397,3 @@ class WebFront:
             live.table.add(live.target, hosts)
         else:
             live.table.add(live.target, hosts, live.locations)
-
-    def row(self) -> WebRow:
-        """The web ports as a status row."""
-        counters = self.engine.counters
-        return WebRow(
-            domain=self.front.domain,
-            http=self._address("http"),
-            https=self._address("https"),
-            terminates_tls=self.tls is not None,
-            connections_total=counters.connections,
-            refusals=dict(counters.refusals),
-            internal_errors=counters.internal_errors,
-        )
-
-    def traffic_rows(self) -> list[WebTrafficRow]:
-        """Per service name, everything the engine counted (names outlive registrations)."""
-        rows = []
-        for name, counters in sorted(self.engine.counters.services.items()):
-            responses = dict(zip(_CLASSES, counters.responses, strict=True))
-            rows.append(WebTrafficRow(name, responses, dict(counters.refusals), counters.tunnels))
-        return rows
