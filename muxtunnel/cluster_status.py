@@ -73,6 +73,10 @@ class ClusterRow:
     mirrored: tuple[str, ...] = ()
     #: Visitors this node handed to another node.
     forwarded_total: int = 0
+    #: Web requests (and TLS connections by SNI) handed to another node: to the node holding
+    #: their route, and those of a group with members here that took a member's slot there.
+    web_forwarded_total: int = 0
+    web_spread_total: int = 0
     nodes: tuple[ClusterNodeRow, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,5 +91,7 @@ class ClusterRow:
             "peers_in": list(self.peers_in),
             "mirrored": list(self.mirrored),
             "forwarded_total": self.forwarded_total,
+            "web_forwarded_total": self.web_forwarded_total,
+            "web_spread_total": self.web_spread_total,
             "nodes": [node.to_dict() for node in self.nodes],
         }

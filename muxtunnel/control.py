@@ -11,7 +11,8 @@ Exchange (client C, server S):
     C -> S  Register(service, type, remote_port, tag[, compression, compression_level,
                      proxy_protocol, the web options of an http/https service,
                      compression_fallback, the group fields of a load-balancing group's
-                     member, private and visitor_keys])
+                     member, private and visitor_keys; instance, for any service, to a
+                     server whose Challenge listed FEATURE_INSTANCE])
     S -> C  Registered(..., tag[, compression, urls, compression_level, member, private])
                                                           or Error
                                     (tags: auth.client_tag / auth.server_tag, see auth.py)
@@ -66,7 +67,8 @@ from muxtunnel.visitmsg import ACCESS_REVOKED, PRIVATE_TYPES, Presence, Visit, V
 
 __all__ = [
     "ACCESS_REVOKED", "AUTH_FAILED", "BAD_REQUEST", "DIAL_CONFIRMED", "DOMAIN_NOT_ALLOWED",
-    "DOMAIN_TAKEN", "FEATURE_GROUPS", "INTERNAL_ERROR", "LIMIT_REACHED", "MAX_MESSAGE_BYTES",
+    "DOMAIN_TAKEN", "FEATURE_GROUPS", "FEATURE_INSTANCE", "INTERNAL_ERROR", "LIMIT_REACHED",
+    "MAX_MESSAGE_BYTES",
     "PORT_IN_USE", "PORT_NOT_ALLOWED", "PRIVATE_TYPES", "PROTOCOL_VERSION", "RATE_LIMITED",
     "REGISTRY_UNAVAILABLE", "RESUME_ID_BYTES", "SERVICE_CLOSED", "SERVICE_TAKEN", "UNSUPPORTED",
     "VERSION_MISMATCH",
@@ -104,6 +106,9 @@ LIMIT_REACHED, REGISTRY_UNAVAILABLE = "limit_reached", "registry_unavailable"
 #: `Challenge.features`: the server takes load-balancing groups (Register's group fields,
 #: MemberUpdate, VisitorHeader.confirm).
 FEATURE_GROUPS = "groups"
+#: `Challenge.features`: any registration may carry the client's `instance` (not only a group
+#: member's): a cluster's nodes know one client's sessions at several of them by it.
+FEATURE_INSTANCE = "instance"
 #: A group member's first byte on a visitor stream: its local dial succeeded.
 DIAL_CONFIRMED = b"\x00"
 
@@ -362,7 +367,11 @@ def encode_visitor_header(header: VisitorHeader) -> bytes:
 
 def decode_visitor_header(body: bytes) -> VisitorHeader:
     """Decode a visitor header body (without its length prefix)."""
-    data = unpack_map(body)
+    return decode_visitor_header_map(unpack_map(body))
+
+
+def decode_visitor_header_map(data: dict[str, Any]) -> VisitorHeader:
+    """A visitor header from its unpacked map."""
     if data["kind"] != VisitorHeader.WIRE_KIND:
         raise ControlError(f"expected a visitor header, got {data['kind'][:64]!r}")
     return VisitorHeader.from_wire(data)

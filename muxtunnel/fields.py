@@ -138,8 +138,10 @@ INSTANCE_BYTES = 16
 def check_group_options(message: Any) -> None:
     """The group fields of a `Register`: all at their defaults unless `group` is set."""
     if message.group is None:
-        if (message.group_key, message.group_proof, message.instance) != (b"", b"", b""):
-            raise ValueError("group_key, group_proof and instance go with group")
+        if (message.group_key, message.group_proof) != (b"", b""):
+            raise ValueError("group_key and group_proof go with group")
+        if message.instance:  # to a server that listed FEATURE_INSTANCE
+            check_bytes("instance", message.instance, INSTANCE_BYTES)
         return
     check_service(message.group)
     if message.group_key or message.group_proof:

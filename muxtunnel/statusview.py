@@ -240,6 +240,8 @@ def _cluster_parts(cluster: dict[str, Any]) -> list[Any]:
         f"cluster node {cluster['node_id']} ({cluster['advertise']})  {up} "
         f"({cluster['registry']}, lease {cluster['lease_s']} s)  "
         f"peers {', '.join(cluster['peers_out']) or '-'}  forwarded {cluster['forwarded_total']}"
+        f" (web {cluster.get('web_forwarded_total', 0)},"
+        f" to group members {cluster.get('web_spread_total', 0)})"
     )
     rows = [
         [

@@ -3,9 +3,10 @@
 One `Client` per server, each with its own session, reconnects, resumption and visitors: a
 server that goes away (or a session that breaks) is that client's business only, and the
 visitors of the others never notice. The clients share nothing but the config they were made
-from; `Clients` runs them side by side and merges what they show into one status snapshot
-(a `ServerRow` per server). A failure no retry can fix (a token one server refuses) ends `up`
-as it does with one server: it is loud, never half-served.
+from and the process's instance id; `Clients` runs them side by side and merges what they
+show into one status snapshot (a `ServerRow` per server). A failure no retry can fix (a
+token one server refuses) ends `up` as it does with one server: it is loud, never
+half-served.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class Clients:
     def __init__(self, config: ClientConfig, announce: Announce | None = None) -> None:
         self.config = config
         self.clients = [Client(each, announce) for each in config.per_server()]
+        # One process, one instance id at every server: the nodes of one cluster then know
+        # its registrations for one client's (they hold its names together), and a group
+        # member's reconnect is told from another member as with one server.
+        for client in self.clients[1:]:
+            client.instance = self.clients[0].instance
 
     @property
     def refusals(self) -> Refusals:

@@ -347,10 +347,10 @@ class Control:
         self._announce(state)
 
     def _membership(self, state: ServiceState) -> dict[str, object]:
-        """A group member's fields of its registration (none for other services)."""
+        """A group member's fields; another service's: the instance id, if the server takes it."""
         group = state.spec.group
         if group is None:
-            return {}
+            return {"instance": self._instance} if control.FEATURE_INSTANCE in self.features else {}
         if control.FEATURE_GROUPS not in self.features:
             raise FatalError(
                 f"service {state.spec.name!r}: the server does not take load-balancing groups "

@@ -6,6 +6,8 @@ service once it is active, and given back at once if the activation fails.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from typing import TYPE_CHECKING
 
 from mux import Session
@@ -20,7 +22,7 @@ from muxtunnel.udp import UdpForwarder
 if TYPE_CHECKING:  # a cluster's types load only with a cluster (they import redis)
     from muxtunnel.cluster import Claim, Membership
 
-__all__ = ["activate"]
+__all__ = ["activate", "client_identity"]
 
 #: Ports picked for a service of a cluster node before giving up: another node holds the
 #: first one only when two nodes pick the same free port at once.
@@ -40,7 +42,18 @@ async def activate(
     """The active service of a registration (and its public socket, if it has one);
     `RegistrationError` if refused."""
     cluster = host.cluster
-    leases = await cluster.claim(request, session_id, cluster.keys_for(request)) if cluster else []
+    if cluster is not None and request.group is not None:
+        # A group whose first member (on any node) had its port picked: that port, here too.
+        if port := await cluster.group_port(request):
+            request = dataclasses.replace(request, remote_port=port)
+    # The client, at every node: its token key and process instance (`up --server A --server
+    # B` holds its names from both nodes; another client is refused them).
+    client = client_identity(key, request.instance) if cluster is not None else ""
+    leases = (
+        await cluster.claim(request, session_id, cluster.keys_for(request), client)
+        if cluster is not None
+        else []
+    )
     sock: PublicSocket = None
     try:
         if request.group is not None:
@@ -49,9 +62,20 @@ async def activate(
                 quotas.compression.share(request.service),
             )
             service = await host.join_group(session, session_id, client_name, request, key, shares)
+            ported = request.type in ("tcp", "udp")  # a web group's port is the web port's
+            if cluster is not None and ported and service.port and not cluster.has_port(leases):
+                try:  # the group's first member cluster-wide: the port picked is the group's
+                    keys = cluster.port_keys(service)
+                    leases += await cluster.claim(request, session_id, keys, client)
+                except BaseException:
+                    service.released = True  # no reservation: the port was never the group's
+                    host.leave_group(service)
+                    service.streams.leave()
+                    service.compression_memory.leave()
+                    raise
         else:
             service, sock = await _open_claimed(
-                host, session, session_id, request, key, quotas, leases, visitor_keys
+                host, session, session_id, request, key, quotas, leases, visitor_keys, client
             )
             host.registry.add(service)
     except BaseException:
@@ -72,6 +96,7 @@ async def _open_claimed(
     quotas: SessionQuotas,
     leases: list[Claim | Membership],
     visitor_keys: frozenset[bytes] = frozenset(),
+    client: str = "",
 ) -> tuple[ActiveService, PublicSocket]:
     """`open_service`, on a cluster node: a port the server picked is claimed cluster-wide
     too, and added to `leases` (the names taken already); if another node holds it, another is
@@ -84,7 +109,7 @@ async def _open_claimed(
         if cluster is None or sock is None or cluster.has_port(leases):
             return service, sock
         try:
-            leases += await cluster.claim(request, session_id, cluster.port_keys(service))
+            leases += await cluster.claim(request, session_id, cluster.port_keys(service), client)
             return service, sock
         except RegistrationError as exc:
             service.streams.leave()
@@ -96,3 +121,13 @@ async def _open_claimed(
             if exc.code != control.PORT_IN_USE or attempt + 1 == CLUSTER_PICK_ATTEMPTS:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def client_identity(key: bytes, instance: bytes) -> str:
+    """Who registers, the same at every node: the client's token key and its process's
+    instance id, hashed (neither can be read back from the registry). "" (no identity, the
+    name held by one session) for a client that sends no instance id."""
+    if not instance:
+        return ""
+    digest = hashlib.sha256(b"muxtunnel client identity\0" + key + b"\0" + instance)
+    return digest.hexdigest()[:32]

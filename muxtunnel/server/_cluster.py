@@ -31,9 +31,7 @@ from muxtunnel.cluster import (
     Claim,
     ClaimKey,
     ClaimKind,
-    ClusterSettings,
     ClusterView,
-    Exclusive,
     LeaseKeeper,
     Lost,
     Membership,
@@ -41,24 +39,29 @@ from muxtunnel.cluster import (
     NodeRecord,
     Owner,
     RegistryError,
-    default_node_id,
     open_store,
 )
 from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
-from muxtunnel.control import Register, VisitorHeader, encode_visitor_header
+from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
-from muxtunnel.model import WEB_TYPES, ClusterConfig, ServerConfig, ServerTls
+from muxtunnel.model import WEB_TYPES, ClusterConfig
+from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan
+from muxtunnel.server._cluster_private import VisitsElsewhere
+from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
-from muxtunnel.server._mirror import Mirror, NodeServer, Remote
-from muxtunnel.server._peers import PeerAcceptor, PeerLinks, PeerUnavailable, cluster_key
-from muxtunnel.server._registry import ActiveService, ClusterError, RegistrationError
+from muxtunnel.server._mirror import Mirror, NodeServer
+from muxtunnel.server._peers import PeerAcceptor, PeerLinks, cluster_key
+from muxtunnel.server._private import RemoteVisit
+from muxtunnel.server._registry import (
+    ActiveService,
+    ClusterError,
+    RegistrationError,
+)
 from muxtunnel.server._services import pinned_ports
-from muxtunnel.server._web import NODE_OWNER
+from muxtunnel.server._spread import WebRemote
 from muxtunnel.server._web_names import claimed_hosts
-from muxtunnel.specs import format_host_port, parse_host_port
-from muxtunnel.tls import ServerTlsContext
+from muxtunnel.specs import parse_host_port
 from muxtunnel.transport import TransportError, listen_tcp
-from muxtunnel.vhost import RouteTarget, UpstreamUnavailable, Visitor
 
 __all__ = ["REGISTRY_UNAVAILABLE", "ClusterError", "ClusterNode", "cluster_settings"]
 
@@ -74,39 +77,6 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 _PORTS = ("tcp", "udp")
 
 
-def cluster_settings(config: ServerConfig, cluster: ClusterConfig) -> ClusterSettings:
-    """The registry settings of a node (`ClusterError` for bad ones)."""
-    advertise = cluster.advertise
-    if advertise is None:
-        if config.bind_host in _WILDCARDS:
-            raise ClusterError(
-                "a cluster node bound on a wildcard address needs --advertise HOST:PORT "
-                "(where the other nodes reach it)"
-            )
-        advertise = format_host_port(config.bind_host, config.bind_port + 1)
-    node_id = cluster.node_id or default_node_id(config.bind_port)
-    try:
-        return ClusterSettings(cluster.url, node_id, advertise, cluster.lease_s, cluster.prefix)
-    except ValueError as exc:
-        raise ClusterError(f"cluster settings: {exc}") from None
-
-
-def _peer_tls(config: ServerConfig) -> ServerTlsContext | None:
-    """The node-to-node port's TLS: the control port's certificate, no client CA (peers prove
-    the cluster secret instead); None when the control port is plaintext."""
-    if config.tls is None:
-        return None
-    return ServerTlsContext.load(ServerTls(config.tls.cert, config.tls.key))
-
-
-def _secret(config: ServerConfig, cluster: ClusterConfig) -> str:
-    if cluster.secret is not None:
-        return cluster.secret
-    if config.token is not None:
-        return "token:" + config.token.value  # never the token itself on the node-to-node port
-    raise ClusterError("a cluster needs a secret: server.cluster.secret or a server token")
-
-
 class ClusterNode:
     """This server's place in a cluster (see the module docstring)."""
 
@@ -117,9 +87,9 @@ class ClusterNode:
         self.store = open_store(settings)
         self.keeper = LeaseKeeper(self.store, lease_s=settings.lease_s, on_lost=self._lost)
         self.record = NodeRecord.new(self.node_id, settings.advertise)
-        key = cluster_key(_secret(server.config, cluster))
+        key = cluster_key(secret(server.config, cluster))
         mux, refusals = server.config.mux, server.refusals
-        tls = _peer_tls(server.config)
+        tls = peer_tls(server.config)
         self.links = PeerLinks(self.node_id, key, mux, refusals, tls=tls is not None)
         self.acceptor = PeerAcceptor(self.node_id, key, mux, refusals, self._serve_forwarded, tls)
         self.mirror = Mirror(server, self.links)
@@ -133,11 +103,18 @@ class ClusterNode:
         self.addresses: dict[str, str] = {}
         #: Nodes with a session from here that the registry no longer lists, and since when.
         self._absent: dict[str, float] = {}
+        #: Web requests to other nodes: routes they hold, a group's members on them.
+        self.web = WebRemote(
+            self.node_id, self.links, self.addresses, lambda name: server.groups.settings(name)
+        )
         if server.web is not None:
-            server.web.remote = self._open_web
+            server.web.remote = self.web.open
+            server.web.spread = self.web.spread
         self._held: dict[Claim | Membership, ActiveService] = {}
         self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        #: Visits here of private services other nodes hold.
+        self.visits = VisitsElsewhere(self.node_id, self.links, self.addresses, server.refusals)
 
     # --- running ---
 
@@ -207,27 +184,10 @@ class ClusterNode:
                 del self._absent[node_id], self.addresses[node_id]
                 self.links.forget(node_id)
         self.addresses.update(listed)
-        wanted: dict[ClaimKey, Remote] = {}
-        for key, holding in holdings:
-            if not isinstance(holding, Exclusive):
-                # A group's TCP or UDP port: nodes with members serve their own; the others
-                # hand each visitor (or flow) to one of those.
-                members = tuple(
-                    (node, self.addresses[node])
-                    for node in sorted(holding.node_ids)
-                    if node in self.addresses
-                )
-                here = self.node_id in holding.node_ids
-                ported = key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT)
-                if ported and members and not here:
-                    wanted[key] = Remote(*members[0], holding.group, members)
-                continue
-            owner = holding.owner
-            advertise = self.addresses.get(owner.node_id)
-            if owner.node_id == self.node_id or advertise is None:
-                continue
-            wanted[key] = Remote(owner.node_id, advertise, _service_of(owner))
-        self.mirror.sync(wanted, grace_s)
+        plan = Plan.of(holdings, self.node_id, self.addresses)
+        self.web.group_nodes = plan.group_nodes
+        self.visits.holders = plan.holders
+        self.mirror.sync(plan.wanted, grace_s)
         return True
 
     def row(self) -> ClusterRow:
@@ -240,8 +200,18 @@ class ClusterNode:
                     node.node_id,
                     node.record.advertise if node.record else None,
                     node.record.started_at if node.record else None,
-                    tuple((str(key), owner.holder) for key, owner in node.claims),
-                    tuple((str(k), group, m.owner.holder) for k, group, m in node.memberships),
+                    # A client's names held from several nodes show as each node's own.
+                    tuple((str(key), owner.holder) for key, owner in node.claims)
+                    + tuple(
+                        (str(k), m.owner.holder)
+                        for k, group, m in node.memberships
+                        if group.startswith(CLIENT_GROUP)
+                    ),
+                    tuple(
+                        (str(k), group, m.owner.holder)
+                        for k, group, m in node.memberships
+                        if not group.startswith(CLIENT_GROUP)
+                    ),
                 )
                 for node in view.nodes
             )
@@ -256,6 +226,8 @@ class ClusterNode:
             peers_in=tuple(sorted(self.acceptor.peers)),
             mirrored=tuple(self.mirror.ports),
             forwarded_total=self.mirror.forwarded_total,
+            web_forwarded_total=self.web.forwarded_total,
+            web_spread_total=self.web.spread_total,
             nodes=nodes,
         )
 
@@ -264,21 +236,38 @@ class ClusterNode:
     def keys_for(self, request: Register) -> list[ClaimKey]:
         """The names a registration takes cluster-wide before it is activated."""
         config = self.server.config
-        if request.group is not None:  # its port too, when fixed: the group's on every node
-            port = pinned_ports(config).get(request.group) or request.remote_port
-            ports = [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
-            return [ClaimKey.service(request.group), *ports]
-        keys = [ClaimKey.service(request.service)]
-        if request.type in WEB_TYPES:
+        name = request.group or request.service
+        keys = [ClaimKey.service(name)]
+        if request.type in WEB_TYPES:  # a group's hosts too: the group's on every node
             if config.http is None:
                 return keys
-            hosts = claimed_hosts(config, request, request.service)
+            hosts = claimed_hosts(config, request, name)
             if request.type == "https":
                 return keys + [ClaimKey.https(host) for host in hosts]
             locations = request.locations or ("/",)
             return keys + [ClaimKey.http(h, loc) for h in hosts for loc in locations]
-        port = pinned_ports(config).get(request.service) or request.remote_port
-        return keys + ([ClaimKey.port(request.type, port)] if port else [])
+        # Its port too, when fixed (a group's: the group's on every node).
+        port = pinned_ports(config).get(name) or request.remote_port
+        return keys + (
+            [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
+        )
+
+    async def group_port(self, request: Register) -> int:
+        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet):
+        read from the registry as it is now (a scan, as a sync does: only for such groups)."""
+        config = self.server.config
+        if request.group is None or request.type not in _PORTS or request.remote_port:
+            return 0
+        if pinned_ports(config).get(request.group):
+            return 0
+        try:
+            holdings = await self.store.holdings()
+        except RegistryError as exc:
+            raise self._unavailable(request, exc) from None
+        for key, holding in holdings:
+            if key.kind.value == request.type and getattr(holding, "group", None) == request.group:
+                return int(key.name)
+        return 0
 
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:
@@ -291,30 +280,36 @@ class ClusterNode:
         return [ClaimKey.port(service.type, service.port)]
 
     async def claim(
-        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey], client: str = ""
     ) -> list[Claim | Membership]:
-        """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        """Take `keys` for this registration, all or none (`RegistrationError` if refused).
+        `client`: the registering client's identity (`client_identity`), under which its
+        sessions at several nodes hold the names together."""
         owner = Owner(self.node_id, f"{session_id}/{request.service}")
         leases: list[Claim | Membership]
         if request.group is not None:
             leases = [Membership(key, request.group, owner) for key in keys]
+        elif client:
+            leases = [Membership(key, CLIENT_GROUP + client, owner) for key in keys]
         else:
             leases = [Claim(key, owner) for key in keys]
         try:
             outcome = await self.keeper.acquire(leases)
         except RegistryError as exc:  # unreachable, or an error answer (out of memory...)
-            self.server.refusals.refuse(
-                "registry_unavailable", "registration refused: the cluster registry is unreachable",
-                service=request.service, error=str(exc),
-            )  # fmt: skip
-            raise RegistrationError(
-                REGISTRY_UNAVAILABLE,
-                f"the cluster registry is unreachable ({exc}); try again shortly",
-            ) from None
+            raise self._unavailable(request, exc) from None
         if not outcome.won:
             raise _refusal(outcome.lost[0], request)
         await self.mirror.evict(keys)
         return leases
+
+    def _unavailable(self, request: Register, exc: RegistryError) -> RegistrationError:
+        self.server.refusals.refuse(
+            "registry_unavailable", "registration refused: the cluster registry is unreachable",
+            service=request.service, error=str(exc),
+        )  # fmt: skip
+        return RegistrationError(
+            REGISTRY_UNAVAILABLE, f"the cluster registry is unreachable ({exc}); try again shortly"
+        )
 
     def hold(self, leases: Sequence[Claim | Membership], service: ActiveService) -> None:
         """`leases` belong to `service` now: lost ones close it, its end releases them."""
@@ -346,25 +341,20 @@ class ClusterNode:
 
     # --- visitors to and from other nodes ---
 
-    async def _open_web(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
-        node, _, tls = target.owner.removeprefix(NODE_OWNER).partition("/")
-        advertise = self.addresses.get(node)
-        if advertise is None:
-            raise UpstreamUnavailable(f"node {node} holding {target.service!r} has left")
-        header = VisitorHeader(
-            target.service, "https" if tls else "http", visitor.host, visitor.port
-        )
-        try:
-            return await self.links.open(node, advertise, encode_visitor_header(header))
-        except PeerUnavailable as exc:
-            raise UpstreamUnavailable(str(exc)) from None
+    async def check_visit(
+        self, request: Visit, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> RemoteVisit | None:
+        """A visit of a private service another node holds, checked there."""
+        return await self.visits.check(request, nonces, binding)
+
+    async def open_private(
+        self, name: str, type: str, key: bytes, peer: tuple[str, int]
+    ) -> MuxStream | None:
+        """A stream to the node holding private service `name`, for one granted visitor."""
+        return await self.visits.open(name, type, key, peer)
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)
-
-
-def _service_of(owner: Owner) -> str:
-    return owner.holder.partition("/")[2] or owner.holder
 
 
 def _refusal(lost: Lost, request: Register) -> RegistrationError:

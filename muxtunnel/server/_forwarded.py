@@ -3,7 +3,8 @@ session to this one, its `VisitorHeader` first, and is served as a visitor of wh
 here: a TCP service (admitted by its limits, metered, idle-timed as any other), a UDP flow
 (piped to the client as its own flows are), a load-balancing group (its group picks the
 member), or an HTTP/HTTPS request (this node's engine routes it again, with the route's own
-options). What is not held here (any more) gets a reset, counted.
+options); or a visit of a private service held here (`_cluster_private`: a visitor's proof to
+check, or a granted visitor's stream). What is not held here (any more) gets a reset, counted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import anyio
 from mux import MuxStream, Session
 from muxtunnel import control
 from muxtunnel.control import VisitorHeader, encode_visitor_header
+from muxtunnel.framing import receive_frame, unpack_map
 from muxtunnel.proxy import pipe
+from muxtunnel.server import _cluster_private as _private
 from muxtunnel.server import _group_visitors, _visitors
 from muxtunnel.server._mirror import NodeServer
 from muxtunnel.server._registry import ActiveService, GroupService
@@ -28,10 +31,21 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
     service held here, or refused with a reset if it is not held here (any more)."""
     try:
         with anyio.fail_after(server.config.auth_timeout_s):
-            header = await control.read_visitor_header(stream)
+            data = unpack_map(await receive_frame(stream))
+            kind = data.get("kind")
+            if kind == _private.CHECK:  # a visit at that node, of a private service here
+                await _private.answer_check(server, stream, data, peer)
+                return
+            if kind == _private.PRIVATE:
+                admitted = _private.admit_private(server, data, peer)
+            else:
+                header = control.decode_visitor_header_map(data)
     except (control.ControlError, TimeoutError, anyio.EndOfStream,
             anyio.BrokenResourceError, anyio.ClosedResourceError):  # fmt: skip
         await abort(stream)
+        return
+    if kind == _private.PRIVATE:
+        await _serve_private(server, stream, admitted)
         return
     address = (header.peer_host, header.peer_port)
     if header.type in ("http", "https"):
@@ -61,6 +75,23 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
         await _visitors.serve_visitor(server, client, service.session_id, service, stream, address)
         return
     await _forward_udp(service, client, stream, header)
+
+
+async def _serve_private(
+    server: NodeServer,
+    stream: MuxStream,
+    admitted: tuple[ActiveService, Session, tuple[str, int]] | None,
+) -> None:
+    """A visitor stream of a visit at another node, to the private service's provider."""
+    if admitted is None:  # refused, counted
+        await abort(stream)
+        return
+    private, provider, address = admitted
+    if private.type == "udp":
+        header = VisitorHeader(private.name, "udp", *address)
+        await _forward_udp(private, provider, stream, header)
+        return
+    await _visitors.serve_visitor(server, provider, private.session_id, private, stream, address)
 
 
 async def _forward_udp(

@@ -10,17 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from mux import Session
+from mux import MuxStream, Session
 from muxtunnel.admission import AdmissionGate
 from muxtunnel.auth import TokenBook
 from muxtunnel.balance.ratelimit import VisitorLimiter
-from muxtunnel.control import MemberUpdate, Register
+from muxtunnel.control import MemberUpdate, Register, Visit
 from muxtunnel.forward import Visitors
 from muxtunnel.limits import ServiceLimiter, ServiceTraffic
 from muxtunnel.log import Refusals
 from muxtunnel.model import ServerConfig
 from muxtunnel.quota import Share
-from muxtunnel.server._private import PrivateBook
+from muxtunnel.server._private import PrivateBook, RemoteVisit
 from muxtunnel.server._registry import ActiveService, Registry
 from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.sources import FailureLimiter
@@ -41,9 +41,25 @@ class ClusterClaims(Protocol):
         ...
 
     async def claim(
-        self, request: Register, session_id: int, keys: Sequence[ClaimKey]
+        self, request: Register, session_id: int, keys: Sequence[ClaimKey], client: str = ""
     ) -> list[Claim | Membership]:
         """Take `keys` for this registration, all or none (`RegistrationError` if refused)."""
+        ...
+
+    async def check_visit(
+        self, request: Visit, nonces: tuple[bytes, bytes], binding: bytes
+    ) -> RemoteVisit | None:
+        """A visit of a private service another node holds, checked there (None: refused)."""
+        ...
+
+    async def open_private(
+        self, name: str, type: str, key: bytes, peer: tuple[str, int]
+    ) -> MuxStream | None:
+        """A stream to the node holding private service `name`, for one granted visitor."""
+        ...
+
+    async def group_port(self, request: Register) -> int:
+        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet)."""
         ...
 
     def has_port(self, leases: Sequence[Claim | Membership]) -> bool:

@@ -98,6 +98,12 @@ class Remote:
         """The node (id, advertise) a new visitor goes to."""
         return random.choice(self.nodes) if self.nodes else (self.node_id, self.advertise)
 
+    def order(self) -> list[tuple[str, str]]:
+        """Every node a new visitor may go to: the one picked first, then the others (a
+        dead node's names outlive it by up to a lease)."""
+        first = self.pick()
+        return [first, *(node for node in self.nodes if node != first)]
+
 
 @dataclass(eq=False)
 class _Socket:
@@ -243,18 +249,20 @@ class Mirror:
             await abort(visitor)
             return
         header = VisitorHeader(remote.service, "tcp", address[0], address[1])
-        node_id, advertise = remote.pick()
         # What the visitor sent with its connect rides the SYN, after the header.
         early = read_ready(visitor, _visitors.EARLY_BYTES)
         with self.server.visitors.track():
-            try:
-                first = encode_visitor_header(header) + early
-                stream = await self.links.open(node_id, advertise, first)
-            except PeerUnavailable as exc:
-                self.server.refusals.refuse(
-                    "cluster_forward_failed", "visitor not forwarded: its node is unreachable",
-                    service=remote.service, node=remote.node_id, error=str(exc),
-                )  # fmt: skip
+            first = encode_visitor_header(header) + early
+            for node_id, advertise in remote.order():
+                try:
+                    stream = await self.links.open(node_id, advertise, first)
+                    break
+                except PeerUnavailable as exc:
+                    self.server.refusals.refuse(
+                        "cluster_forward_failed", "visitor not forwarded: its node is unreachable",
+                        service=remote.service, node=node_id, error=str(exc),
+                    )  # fmt: skip
+            else:
                 await abort(visitor)
                 return
             setup_done()
@@ -315,6 +323,8 @@ class Mirror:
                 self._drop_route(*stale)
             hosts = sorted({host for host, _ in pairs})
             locations = sorted({location for _, location in pairs})
+            if moved := web.yield_hosts(set(hosts)):  # its client registered there since
+                log.info("web names moved to another node", services=moved, node=node)
             target = RouteTarget(service, f"{NODE_OWNER}{node}")
             try:
                 if node.endswith(TLS_SUFFIX):  # routed by SNI, passed through

@@ -27,9 +27,20 @@ import structlog
 from muxtunnel.model import ServerConfig, ServiceType
 from muxtunnel.visitauth import visitor_key
 
-__all__ = ["Grant", "PrivateBook"]
+__all__ = ["Grant", "PrivateBook", "RemoteVisit"]
 
 log = structlog.get_logger("muxtunnel.server")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteVisit:
+    """A visit the provider's node (another node of a cluster) let in: where, with which key
+    (its fingerprint, `_cluster_private.key_id`), what to answer the visitor."""
+
+    node_id: str
+    server_tag: bytes
+    key_id: bytes
+    online: bool
 
 
 @dataclass(eq=False)
@@ -47,6 +58,9 @@ class Grant:
     #: Agreed compression of the visitor's own streams (None: none) and its level.
     compression: str | None = None
     compression_level: int = 0
+    #: Which key let it in, between nodes (`_cluster_private.key_id`); a visit checked by
+    #: another node (its provider's) has only this, and `key` empty.
+    key_id: bytes = b""
     #: The scopes of its spliced connections (cut when it is revoked).
     splices: set[anyio.CancelScope] = field(default_factory=set)
     started: float = field(default_factory=anyio.current_time)

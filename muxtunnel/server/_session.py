@@ -210,7 +210,10 @@ class ClientSession(AuthSteps, ProviderKeys):
             nonces = new_nonce(), hello.client_nonce
             self.resume_id = _resume.grant(hello, self.session, self.host.config)
             challenge = control.Challenge(
-                control.PROTOCOL_VERSION, nonces[0], (control.FEATURE_GROUPS,), self.resume_id
+                control.PROTOCOL_VERSION,
+                nonces[0],
+                (control.FEATURE_GROUPS, control.FEATURE_INSTANCE),
+                self.resume_id,
             )
             await control.send_message(channel, challenge)
             while not self.authenticated:
@@ -301,11 +304,14 @@ class ClientSession(AuthSteps, ProviderKeys):
         if not await self._may_try(channel, request.service):
             return False
         key = self.visits.authenticate(request, nonces)
-        if key is None:
+        elsewhere = None
+        if key is None and self.host.cluster is not None:  # its provider's node checks it
+            elsewhere = await self.host.cluster.check_visit(request, nonces, self.binding)
+        if key is None and elsewhere is None:
             return await self._failed(channel, request.service)
         if not await self._admit(channel, request.service):
             return False
-        await self.visits.grant(request, key, nonces)
+        await self.visits.grant(request, key or b"", nonces, elsewhere)
         return True
 
     def _registered(

@@ -20,7 +20,7 @@ from muxtunnel.server._registry import Registry
 from muxtunnel.server._resume import ResumableSessions
 from muxtunnel.server._session import ClientSession
 from muxtunnel.specs import format_host_port
-from muxtunnel.status import ServerStatus
+from muxtunnel.status import ServerStatus, WebRow, WebTrafficRow
 from muxtunnel.tls import ServerTlsContext
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def server_status(server: ServerParts) -> ServerStatus:
     now = anyio.current_time()
     sessions = [row for s in server.sessions.values() if (row := s.row(now)) is not None]
     public_host = server.config.public_host
-    web_rows = {row.name: row for row in server.web.traffic_rows()} if server.web else {}
+    web_rows = {row.name: row for row in _web_traffic(server.web)} if server.web else {}
     services = [
         service.row(
             public_host,
@@ -92,7 +92,7 @@ def server_status(server: ServerParts) -> ServerStatus:
         services=tuple(services),
         connections=tuple(connections),
         traffic=tuple(traffic),
-        web=server.web.row() if server.web is not None else None,
+        web=_web_row(server.web) if server.web is not None else None,
         web_traffic=tuple(web_rows.values()),
         refusals=dict(server.refusals.counts),
         groups=tuple(groups),
@@ -100,3 +100,29 @@ def server_status(server: ServerParts) -> ServerStatus:
         cluster=server.cluster.row() if server.cluster is not None else None,
         resume=server.resumable.row(client.session for client in server.sessions.values()),
     )
+
+
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def _web_row(web: WebFront) -> WebRow:
+    """The web ports as a status row."""
+    counters = web.engine.counters
+    return WebRow(
+        domain=web.front.domain,
+        http=web.address("http"),
+        https=web.address("https"),
+        terminates_tls=web.tls is not None,
+        connections_total=counters.connections,
+        refusals=dict(counters.refusals),
+        internal_errors=counters.internal_errors,
+    )
+
+
+def _web_traffic(web: WebFront) -> list[WebTrafficRow]:
+    """Per service name, everything the engine counted (names outlive registrations)."""
+    rows = []
+    for name, counters in sorted(web.engine.counters.services.items()):
+        responses = dict(zip(_CLASSES, counters.responses, strict=True))
+        rows.append(WebTrafficRow(name, responses, dict(counters.refusals), counters.tunnels))
+    return rows

@@ -15,7 +15,9 @@ before the visitor's bytes follow (the first byte costs no extra round trip). TC
 to end): spliced by callbacks (`splice.Splice`) when neither hop is compressed nor throttled,
 piped by a task per direction otherwise; a UDP flow is relayed datagram by datagram
 (`udpflow.relay_flow`), counted in the service's UDP counters. Each splice runs in a cancel
-scope that both the service (when it ends) and the grant (when it is revoked) can cut.
+scope that both the service (when it ends) and the grant (when it is revoked) can cut. In a
+cluster, a private service another node holds is checked and admitted there
+(`_cluster_private`, `_visit_elsewhere`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from muxtunnel.control import Error, Presence, Visit, Visited, VisitorHeader
 from muxtunnel.forward import forward, guarded, relayable
 from muxtunnel.quota import Quota
 from muxtunnel.server import _services
+from muxtunnel.server._cluster_private import key_id
 from muxtunnel.server._host import Host
-from muxtunnel.server._private import Grant
+from muxtunnel.server._private import Grant, RemoteVisit
 from muxtunnel.server._registry import ActiveService
+from muxtunnel.server._visit_elsewhere import serve_elsewhere
 from muxtunnel.server._visitors import REFUSED, admit, proxy_preamble, refusal
 from muxtunnel.specs import format_host_port
 from muxtunnel.udpflow import relay_flow
@@ -87,8 +91,15 @@ class VisitorSide:
         keys = self.host.private.keys(request.service)
         return match_key(keys, request.tag, request.service, request.type, *nonces, self.binding)
 
-    async def grant(self, request: Visit, key: bytes, nonces: tuple[bytes, bytes]) -> None:
-        """Let the visitor reach `request.service` with `key`, and say so."""
+    async def grant(
+        self,
+        request: Visit,
+        key: bytes,
+        nonces: tuple[bytes, bytes],
+        elsewhere: RemoteVisit | None = None,
+    ) -> None:
+        """Let the visitor reach `request.service` with `key` (or as the provider's node
+        said, `elsewhere`), and say so."""
         host, name = self.host, request.service
         limit = host.config.max_services_per_session
         refused = None
@@ -105,13 +116,16 @@ class VisitorSide:
         compression, level = _services.compression(host, request, name)
         grant = Grant(
             name, request.type, key, self.id, self._presence_of(name), self._revoke,
-            compression, level,
+            compression, level, elsewhere.key_id if elsewhere else key_id(key),
         )  # fmt: skip
         self.grants[name] = grant
         self.compression.share(name)
         host.private.add(grant)
-        online = self._provider(name, request.type) is not None
-        tag = visit_server_tag(key, name, request.type, *nonces, self.binding)
+        if elsewhere is not None:
+            online, tag = elsewhere.online, elsewhere.server_tag
+        else:
+            online = self._provider(name, request.type) is not None
+            tag = visit_server_tag(key, name, request.type, *nonces, self.binding)
         await control.send_message(
             self.channel, Visited(name, request.type, tag, online, compression, level)
         )
@@ -201,6 +215,11 @@ class VisitorSide:
             stream.reset()
             return
         service = self._provider(name, header.type)
+        if service is None and host.cluster is not None:  # held by another node?
+            await serve_elsewhere(
+                host, grant, stream, header.compressed, self.peer, self.compression, self.id
+            )
+            return
         if service is None or service.provider is None:
             host.refusals.refuse("provider_offline", "visitor refused: its provider is offline",
                                  session=self.id, service=name)  # fmt: skip

@@ -49,7 +49,6 @@ from muxtunnel.server._web_names import (
 )
 from muxtunnel.server._web_upstream import ServiceStream, admit, open_member
 from muxtunnel.specs import format_host_port
-from muxtunnel.status import WebRow, WebTrafficRow
 from muxtunnel.tls import ServerTlsContext
 from muxtunnel.transport import listen_tcp, local_port
 from muxtunnel.vhost import (
@@ -67,7 +66,6 @@ __all__ = ["GROUP_OWNER", "NODE_OWNER", "WebFront", "domain_allowed"]
 
 log = structlog.get_logger("muxtunnel.server")
 
-_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: Owner of a load-balancing group's routes: `group:NAME` (a client's are `session-ID`), and
 #: of a service's another node of a cluster holds: `node:ID` (see `_mirror`).
 GROUP_OWNER, NODE_OWNER = "group:", "node:"
@@ -121,6 +119,10 @@ class WebFront:
         self.refusals = refusals
         #: Opens a stream to the node holding a route owned by `node:ID` (set by a cluster).
         self.remote: Callable[[RouteTarget, Visitor], Awaitable[anyio.abc.ByteStream]] | None = None
+        #: A group's request to a member on another node, or None for one here (a cluster's).
+        self.spread: (
+            Callable[[GroupService, Visitor], Awaitable[anyio.abc.ByteStream | None]] | None
+        ) = None
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
             self, vhost_config(self.front), tls_context=self.tls.context if self.tls else None
@@ -154,8 +156,8 @@ class WebFront:
         if https is not None:
             https_listener = await listen_tcp(https.bind_host, https.bind_port)
             self.https_port = local_port(https_listener)
-        log.info("web ports listening", domain=front.domain, http=self._address("http"),
-                 https=self._address("https"), terminates_tls=self.tls is not None)  # fmt: skip
+        log.info("web ports listening", domain=front.domain, http=self.address("http"),
+                 https=self.address("https"), terminates_tls=self.tls is not None)  # fmt: skip
         async with anyio.create_task_group() as tg:
             self._tg = tg
             task_status.started()
@@ -173,7 +175,8 @@ class WebFront:
         """Close the web ports; visitor connections already open carry on."""
         self._accepting.cancel()
 
-    def _address(self, kind: str) -> str | None:
+    def address(self, kind: str) -> str | None:
+        """Where the `kind` ("http", "https") port listens (None: it does not)."""
         if kind == "http" and self.http_port is not None and self.front.bind_host is not None:
             return format_host_port(self.front.bind_host, self.http_port)
         https = self.config.https
@@ -262,6 +265,19 @@ class WebFront:
         self._orphans[service.name] = live.owner
         self._tg.start_soon(self._expire, service.name, live.owner, grace_s)
 
+    def yield_hosts(self, hosts: set[str]) -> list[str]:
+        """Another node of the cluster holds `hosts` now (its client registered there): the
+        routes in their grace here that serve one of them go at once, so that the names are
+        routed to that node instead of answering 502; the services whose routes went."""
+        gone = []
+        tables = (self.engine.http_routes, self.engine.tls_routes)
+        for name, owner in list(self._orphans.items()):
+            if any(hosts & set(table.hosts_of(owner, name)) for table in tables):
+                del self._orphans[name]
+                self._drop_routes(owner, name)
+                gone.append(name)
+        return gone
+
     async def _expire(self, name: str, owner: str, grace_s: float) -> None:
         await anyio.sleep(grace_s)
         if self._orphans.get(name) == owner:
@@ -290,6 +306,10 @@ class WebFront:
         group = self.groups.get(name) if target.owner.startswith(GROUP_OWNER) else None
         limiter = self.limiter_of(name)
         if group is not None:
+            if self.spread is not None and not visitor.from_node:
+                elsewhere = await self.spread(group, visitor)
+                if elsewhere is not None:  # that node's limits and metering apply
+                    return elsewhere
             limit = limiter.connections_allowed(self.config.max_visitors_per_service)
             if group.in_flight.count >= limit:
                 raise UpstreamUnavailable(f"service {name!r} has {limit} connections open")
@@ -336,9 +356,9 @@ class WebFront:
         """Serve a visitor another node of a cluster handed over: HTTP (with this node's route
         options, basic auth included) or TLS routed by SNI."""
         if tls:
-            await self.engine.serve_tls(stream, Visitor(peer[0], peer[1], scheme="https"))
+            await self.engine.serve_tls(stream, Visitor(*peer, scheme="https", from_node=True))
         else:
-            await self.engine.serve_http(stream, Visitor(peer[0], peer[1], relayed=True))
+            await self.engine.serve_http(stream, Visitor(*peer, relayed=True, from_node=True))
 
     # --- changes and status ---
 
@@ -377,24 +397,3 @@ class WebFront:
             live.table.add(live.target, hosts)
         else:
             live.table.add(live.target, hosts, live.locations)
-
-    def row(self) -> WebRow:
-        """The web ports as a status row."""
-        counters = self.engine.counters
-        return WebRow(
-            domain=self.front.domain,
-            http=self._address("http"),
-            https=self._address("https"),
-            terminates_tls=self.tls is not None,
-            connections_total=counters.connections,
-            refusals=dict(counters.refusals),
-            internal_errors=counters.internal_errors,
-        )
-
-    def traffic_rows(self) -> list[WebTrafficRow]:
-        """Per service name, everything the engine counted (names outlive registrations)."""
-        rows = []
-        for name, counters in sorted(self.engine.counters.services.items()):
-            responses = dict(zip(_CLASSES, counters.responses, strict=True))
-            rows.append(WebTrafficRow(name, responses, dict(counters.refusals), counters.tunnels))
-        return rows

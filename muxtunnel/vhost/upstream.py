@@ -60,6 +60,8 @@ class Visitor:
     #: Handed over by another node of our cluster, whose engine set the forwarded headers
     #: (X-Forwarded-*, Forwarded) already: they go to the service as they came.
     relayed: bool = False
+    #: Handed over by another node of our cluster: served here, never handed on again.
+    from_node: bool = False
 
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, scheme: Literal["http", "https"] = "http") -> Visitor:

@@ -198,7 +198,14 @@ def _cluster_metrics(cluster: ClusterRow) -> Iterator[Metric]:
         _P + "cluster_forwarded_visitors", "TCP visitors handed to the node holding their service"
     )
     forwarded.add_metric([], cluster.forwarded_total)
-    yield from (up, nodes, peers, mirrored, forwarded)
+    web = CounterMetricFamily(
+        _P + "cluster_forwarded_web_requests",
+        "Web requests handed to another node: holding their route, or a group member's node",
+        labels=["to"],
+    )
+    web.add_metric(["holder"], cluster.web_forwarded_total)
+    web.add_metric(["group_member"], cluster.web_spread_total)
+    yield from (up, nodes, peers, mirrored, forwarded, web)
 
 
 def _web_metrics(status: ServerStatus) -> Iterator[Metric]:

@@ -1,5 +1,6 @@
 """Fixtures for the registry tests: a throwaway redis-server, and `registry`, which runs a test
-once on the memory store and once on the Redis store.
+once on the memory store and once on the Redis store; and for the tests of real nodes:
+`cluster`, three `listen` nodes on a redis-server of their own.
 
 The session's redis-server listens on a free loopback port and saves nothing; each test gets
 its own key prefix on it, so tests never see each other's keys. Without redis-server the Redis
@@ -13,10 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from e2e.harness import Harness, TcpEchoServer, UdpEchoServer
 
 from muxtunnel.cluster.testing import RedisServer
 
 from .helpers import Registry, new_redis_server
+from .nodes import Cluster
 
 _prefixes = itertools.count(1)
 
@@ -58,3 +61,45 @@ async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
         yield reg
     finally:
         await reg.aclose()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    # TLS as by default: the nodes share one state directory, hence one self-signed
+    # certificate (as the README advises), and node-to-node sessions run over TLS too.
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = new_redis_server(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def cluster(harness: Harness, redis: RedisServer) -> Cluster:
+    found = Cluster(harness, redis)
+    for index in range(3):
+        found.start_node(index)
+    return found
+
+
+@pytest.fixture
+def tcp_echo() -> Iterator[TcpEchoServer]:
+    server = TcpEchoServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[UdpEchoServer]:
+    server = UdpEchoServer()
+    yield server
+    server.close()

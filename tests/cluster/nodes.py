@@ -88,6 +88,7 @@ class Relay:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self._closed = False
+        self._open: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -105,10 +106,21 @@ class Relay:
             except OSError:
                 continue
             upstream.settimeout(None)
+            self._open += [conn, upstream]
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=_copy, args=(a, b), daemon=True).start()
             return
         conn.close()
+
+    def cut(self) -> None:
+        """Break every relayed connection (a client's node is gone from its view; the node
+        itself lives on)."""
+        for sock in self._open:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._open.clear()
 
     def close(self) -> None:
         self._closed = True

@@ -14,16 +14,13 @@ import signal
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from e2e.harness import Harness, TcpEchoServer, UdpEchoServer, free_port, host_port
 
 from muxtunnel.cluster.testing import RedisServer
 
-from .helpers import new_redis_server
 from .nodes import (
     CLIENT_FAST,
     DOMAIN,
@@ -40,48 +37,6 @@ from .nodes import (
     udp_roundtrip,
     wait_for,
 )
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    # TLS as by default: the nodes share one state directory, hence one self-signed
-    # certificate (as the README advises), and node-to-node sessions run over TLS too.
-    h = Harness(tmp_path)
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = new_redis_server(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def cluster(harness: Harness, redis: RedisServer) -> Cluster:
-    found = Cluster(harness, redis)
-    for index in range(3):
-        found.start_node(index)
-    return found
-
-
-@pytest.fixture
-def tcp_echo() -> Iterator[TcpEchoServer]:
-    server = TcpEchoServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def udp_echo() -> Iterator[UdpEchoServer]:
-    server = UdpEchoServer()
-    yield server
-    server.close()
 
 
 def test_service_on_a_reached_through_b_and_c(

@@ -1,0 +1,42 @@
+"""Private services across a cluster (three real nodes on redis-server): `muxtunnel visit`
+at one node reaches a provider registered at another; its visitor token is checked by the
+provider's node, and a wrong one is refused as on a single server."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from e2e.harness import Harness, TcpEchoServer, UdpEchoServer, echo_roundtrip
+from e2e.private import start_visit, visitor_token
+
+from .nodes import Cluster, udp_roundtrip, wait_for
+
+
+def test_visit_at_b_reaches_a_private_service_on_a(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer, udp_echo: UdpEchoServer
+) -> None:
+    a, b, c = cluster.nodes
+    token = visitor_token()
+    harness.up(a.proc, tcp=[f"ssh={tcp_echo.port}"], udp=[f"dns={udp_echo.port}"],
+               extra=["--private", "--visitor-token", token])  # fmt: skip
+
+    def known_at_b() -> bool:
+        document = json.loads(harness.run("status", "--admin", b.admin, "--json").stdout())
+        nodes = {n["node_id"]: n["services"] for n in document["cluster"]["nodes"]}
+        return set(nodes.get("a", ())) >= {"ssh", "dns"}
+
+    wait_for(known_at_b, 10, "the private services in B's view")
+    visit = start_visit(harness, b.proc, "ssh", token)
+    host, port = visit.address("ssh")
+    payload = os.urandom(256 << 10)
+    assert echo_roundtrip(host, port, payload) == payload
+    flows = start_visit(harness, b.proc, "dns", token, udp=True)
+    datagrams = [os.urandom(n) for n in (1, 700)]
+    assert udp_roundtrip(*flows.address("dns"), datagrams) == datagrams
+    # A wrong token at C: refused, as a single server refuses it.
+    wrong = start_visit(harness, c.proc, "ssh", visitor_token(), wait=False)
+    assert wrong.wait_exit(15) == 1
+    assert any("refused the visitor token" in line for line in wrong.error_lines())
+    assert a.proc.events("visit from another node refused: no such private service here, "
+                         "or no valid visitor token")  # fmt: skip
