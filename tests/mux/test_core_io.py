@@ -155,11 +155,15 @@ def test_initial_data_rides_in_the_syn_frame() -> None:
 
 
 def test_fin_waits_for_queued_bytes() -> None:
+    """The FIN follows the last byte in a frame of its own (`_connection` rule 7)."""
     client = Connection(client=True)
     stream_id = client.open_stream(b"x" * 10)
     client.send_eof(stream_id)
     frames = drain_frames(client)
-    assert frames == [Frame(0, FrameType.DATA, Flag.SYN | Flag.FIN, stream_id, 10, b"x" * 10)]
+    assert frames == [
+        Frame(0, FrameType.DATA, Flag.SYN, stream_id, 10, b"x" * 10),
+        Frame(0, FrameType.WINDOW_UPDATE, Flag.FIN, stream_id, 0),
+    ]
 
 
 def test_reset_before_the_syn_left_sends_nothing() -> None:
