@@ -31,13 +31,11 @@ Rules that must stay true:
    before anything new. Receipts go out only once the application said both sides agreed
    (`resume_agreed`): a plain yamux peer never sees a frame type it does not know, and a
    Receipt from a peer that did not agree is a protocol error.
-7. Our FIN never rides a Data frame with a body: it leaves as a WindowUpdate|FIN right after
-   the frame that carried the stream's last byte, in the same batch (as hashicorp/yamux sends
-   its own). hashicorp/yamux applies a Data frame's flags before it has read the body: its
-   reader can wake in between, see the FIN and an empty buffer, and return EOF, and the body
-   that lands after is never read (0.15 % of 16 KiB Data|FIN frames sent to its echo server
-   over loopback lost their body). An empty Data frame (an empty stream's SYN|FIN) has no body
-   to lose and may carry it.
+7. Our FIN never rides a Data frame with a body: it leaves in an empty Data frame right after
+   the frame that carried the stream's last byte, in the same batch. hashicorp/yamux applies a
+   Data frame's flags before it has read the body: its reader can wake in between, see the FIN
+   and an empty buffer, and return EOF, and the body that lands after is never read (0.15 % of
+   16 KiB Data|FIN frames sent to its echo server over loopback lost their body).
 
 Longer than the project's ~400 lines: the parser, the scheduler and the stream table share the
 per-frame state (the partial header, the body being skipped, the ready queue), and splitting
@@ -515,16 +513,16 @@ class Connection:
             stream.send_window -= size
             fin = bool(stream.state) and not stream.send_buffered and stream.state in _FIN_PENDING
             if fin and not size:
-                flags |= _FIN  # nothing to carry (the empty SYN|FIN of an empty stream)
+                flags |= _FIN
             out.append(_pack_header(PROTOCOL_VERSION, _DATA, flags, stream.id, size))
             self._take_chunks(stream, size, out)
+            if fin and size:  # rule 7: a frame of its own, never on one with a body
+                out.append(_pack_header(PROTOCOL_VERSION, _DATA, _FIN, stream.id, 0))
+                budget -= HEADER_SIZE
             budget -= size + HEADER_SIZE
             if was_full and stream.send_buffered < mark:
                 self._writable.append(stream.id)
             if fin:
-                if size:  # rule 7: never on a Data frame with a body
-                    out.append(window_update(stream.id, 0, _FIN))
-                    budget -= HEADER_SIZE
                 self._transition(stream, StreamInput.FIN_WRITTEN)
                 self._maybe_remove(stream)
             elif stream.sendable():  # it had more than a light turn's worth: heavy now

@@ -8,7 +8,7 @@ FIN, RST) and writes of any size (`data_to_send(max_bytes)`), and checks each fr
 - a Data frame never exceeds the credit the peer gave;
 - a Data frame with a body never carries FIN (`_connection` rule 7: hashicorp/yamux applies the
   flags of a Data frame before it reads the body, and its reader can return EOF in between,
-  losing the body; the interop test `test_fin_frame_race_peer` shows it with a real peer);
+  losing the body);
 - no Data frame follows our FIN, and the FIN comes once, after exactly the bytes sent;
 - each stream's bytes leave in order and unchanged.
 
