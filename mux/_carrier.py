@@ -77,7 +77,7 @@ def tune_carrier_socket(stream: anyio.abc.ByteStream, config: MuxConfig) -> None
     """
     try:
         sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except anyio.TypedAttributeLookupError:
+    except (anyio.TypedAttributeLookupError, AttributeError):  # not a socket, or gone already
         return
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
         return
@@ -128,7 +128,7 @@ class ReceiveBuffer:
         """For a TCP carrier; None for anything else."""
         try:
             sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        except anyio.TypedAttributeLookupError:
+        except (anyio.TypedAttributeLookupError, AttributeError):  # not a socket, or gone
             return None
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
             return None

@@ -31,6 +31,11 @@ Rules that must stay true:
    before anything new. Receipts go out only once the application said both sides agreed
    (`resume_agreed`): a plain yamux peer never sees a frame type it does not know, and a
    Receipt from a peer that did not agree is a protocol error.
+7. Our FIN never rides a Data frame with a body: it leaves in an empty Data frame right after
+   the frame that carried the stream's last byte, in the same batch. hashicorp/yamux applies a
+   Data frame's flags before it has read the body: its reader can wake in between, see the FIN
+   and an empty buffer, and return EOF, and the body that lands after is never read (0.15 % of
+   16 KiB Data|FIN frames sent to its echo server over loopback lost their body).
 
 Longer than the project's ~400 lines: the parser, the scheduler and the stream table share the
 per-frame state (the partial header, the body being skipped, the ready queue), and splitting
@@ -511,11 +516,7 @@ class Connection:
                 flags |= _FIN
             out.append(_pack_header(PROTOCOL_VERSION, _DATA, flags, stream.id, size))
             self._take_chunks(stream, size, out)
-            if fin and size:
-                # The FIN goes in a frame of its own right behind the last bytes, never on a
-                # frame with a body: hashicorp/yamux applies a Data frame's flags before it
-                # reads the body, so a reader woken by the FIN in between sees the stream
-                # closed with nothing buffered and returns EOF, losing that body.
+            if fin and size:  # rule 7: a frame of its own, never on one with a body
                 out.append(_pack_header(PROTOCOL_VERSION, _DATA, _FIN, stream.id, 0))
                 budget -= HEADER_SIZE
             budget -= size + HEADER_SIZE

@@ -235,7 +235,15 @@ async def connect(
         kind = ConnectionRefused if refused else TransportError
         where = format_host_port(host, port)
         raise kind(f"cannot connect to {where}: {exc.strerror or exc}") from None
-    _tune(stream)
+    try:
+        _tune(stream)
+    except (OSError, AttributeError):
+        # Reset as it opened: anyio under uvloop then has no raw socket, and fails with
+        # AttributeError (see `peer_address`). A connect that failed, not a crash: a client
+        # that resumes while its server restarts retries.
+        await stream.aclose()
+        where = format_host_port(host, port)
+        raise TransportError(f"the connection to {where} closed as it opened") from None
     read_one_chunk_per_wait(stream)
     return stream
 

@@ -8,13 +8,14 @@ final flush before closing, and that both event loops take the fast path.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 
 from mux import MuxConfig, Session
-from mux._carrier import ReceiveBuffer, StreamCarrier, TransportCarrier
+from mux._carrier import ReceiveBuffer, StreamCarrier, TransportCarrier, tune_carrier_socket
 from mux._const import Flag, FrameType
 from mux.testing import FrameBuilder, FrameReader, memory_stream_pair, session_pair, tcp_stream_pair
 
@@ -205,3 +206,28 @@ async def test_the_receive_buffer_is_left_alone_on_a_long_path(rtt_s: float | No
         assert _rcvbuf(sock) == before
     left_mem, _right_mem = memory_stream_pair(1024)
     assert ReceiveBuffer.of(left_mem, QUIET) is None
+
+
+class _GoneSocketStream(anyio.abc.ByteStream):
+    """anyio's uvloop socket stream whose peer reset it before it was wrapped: no raw socket."""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        raise anyio.BrokenResourceError
+
+    async def send(self, item: bytes) -> None:
+        raise anyio.BrokenResourceError
+
+    async def send_eof(self) -> None:
+        raise anyio.BrokenResourceError
+
+    async def aclose(self) -> None:
+        pass
+
+    def extra(self, attribute: Any, default: Any = None) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+
+
+def test_a_carrier_gone_before_the_session_is_not_tuned_and_not_a_crash() -> None:
+    gone = _GoneSocketStream()
+    assert ReceiveBuffer.of(gone, QUIET) is None
+    tune_carrier_socket(gone, QUIET)  # nothing to tune: no AttributeError
