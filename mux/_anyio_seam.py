@@ -97,6 +97,17 @@ def socket_internals(stream: anyio.abc.ByteStream) -> SocketInternals | None:
     return SocketInternals(transport, protocol)
 
 
+def raw_socket(stream: anyio.abc.ByteStream) -> Any | None:
+    """The stream's open socket, or None: not a socket stream, or one already closed (anyio's
+    `extra` of a closed stream raises AttributeError under uvloop, whose raw socket is None;
+    under asyncio the socket's descriptor is -1)."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        return sock if sock.fileno() >= 0 else None
+    except (anyio.TypedAttributeLookupError, AttributeError, OSError, ValueError):
+        return None
+
+
 def take_over(
     stream: anyio.abc.ByteStream, protocol: asyncio.BaseProtocol
 ) -> tuple[asyncio.Transport, bytes, bool] | None:

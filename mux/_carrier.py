@@ -37,7 +37,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from mux._anyio_seam import socket_internals
+from mux._anyio_seam import raw_socket, socket_internals
 from mux._config import MuxConfig
 from mux._connection import Buffer
 
@@ -75,9 +75,8 @@ def tune_carrier_socket(stream: anyio.abc.ByteStream, config: MuxConfig) -> None
     beyond it, frames wait in the core, which orders them. Anything that is not a TCP socket
     (memory streams, trio, a platform without the option) is left alone.
     """
-    try:
-        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    except (anyio.TypedAttributeLookupError, AttributeError):  # not a socket, or gone already
+    sock = raw_socket(stream)
+    if sock is None:
         return
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
         return
@@ -126,9 +125,8 @@ class ReceiveBuffer:
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, config: MuxConfig) -> ReceiveBuffer | None:
         """For a TCP carrier; None for anything else."""
-        try:
-            sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        except (anyio.TypedAttributeLookupError, AttributeError):  # not a socket, or gone
+        sock = raw_socket(stream)
+        if sock is None:
             return None
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
             return None

@@ -237,7 +237,7 @@ async def connect(
         raise kind(f"cannot connect to {where}: {exc.strerror or exc}") from None
     try:
         _tune(stream)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ValueError):  # ValueError: its descriptor is -1
         # Reset as it opened: anyio under uvloop then has no raw socket, and fails with
         # AttributeError (see `peer_address`). A connect that failed, not a crash: a client
         # that resumes while its server restarts retries.
@@ -301,7 +301,7 @@ def local_port(listener: anyio.TypedAttributeProvider) -> int:
     return int(listener.extra(anyio.abc.SocketAttribute.local_port))
 
 
-def peer_address(stream: anyio.abc.SocketStream) -> Address | None:
+def peer_address(stream: anyio.abc.ByteStream) -> Address | None:
     """The peer's address, or None when its connection is already gone.
 
     A peer that connects and resets at once can be gone before its handler runs; anyio under
@@ -309,18 +309,18 @@ def peer_address(stream: anyio.abc.SocketStream) -> Address | None:
     """
     try:
         address = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, anyio.TypedAttributeLookupError):  # asyncio: closed
         return None
     if isinstance(address, tuple):
         return str(address[0]), int(address[1])
     return str(address), 0
 
 
-def local_address(stream: anyio.abc.SocketStream) -> Address | None:
+def local_address(stream: anyio.abc.ByteStream) -> Address | None:
     """Our end's address of a connection, or None when it is already gone (as `peer_address`)."""
     try:
         address = stream.extra(anyio.abc.SocketAttribute.local_address)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, anyio.TypedAttributeLookupError):  # asyncio: closed
         return None
     if isinstance(address, tuple):
         return str(address[0]), int(address[1])

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import anyio
 import anyio.abc
 
-from muxtunnel.transport import TransportError, abort, connect
+from muxtunnel.transport import TransportError, abort, connect, local_address, peer_address
 from muxtunnel.vhost.config import VhostConfig
 from muxtunnel.vhost.proxy_protocol import encode_proxy_header
 from muxtunnel.vhost.routes import RouteTarget
@@ -66,14 +66,10 @@ class Visitor:
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, scheme: Literal["http", "https"] = "http") -> Visitor:
         """The visitor at the other end of a socket stream (placeholders for other streams)."""
-        try:
-            remote = stream.extra(anyio.abc.SocketAttribute.remote_address)
-            local = stream.extra(anyio.abc.SocketAttribute.local_address)
-        except anyio.TypedAttributeLookupError:
+        remote, local = peer_address(stream), local_address(stream)
+        if remote is None or local is None:  # no socket, or gone already: nobody to answer
             return cls("unknown", 0, scheme=scheme)
-        if isinstance(remote, tuple) and isinstance(local, tuple):
-            return cls(str(remote[0]), int(remote[1]), str(local[0]), int(local[1]), scheme)
-        return cls(str(remote), 0, str(local), 0, scheme)
+        return cls(remote[0], remote[1], local[0], local[1], scheme)
 
     def with_scheme(self, scheme: Literal["http", "https"]) -> Visitor:
         return replace(self, scheme=scheme)
