@@ -363,3 +363,31 @@ async def _until_switched(
         host.resumable.resumes += 1
         log.info("session resumed", session=target.id, peer=peer, resumes=session.resumes)
         return True
+
+
+class Drainable(Protocol):
+    async def drained(self) -> None: ...
+
+
+async def drain(sessions: Iterable[Session], visitors: Drainable, timeout_s: float) -> None:
+    """Wait up to `timeout_s` for the visitors to finish (a server's graceful stop).
+
+    Meanwhile a session whose carrier is lost (suspended, or lost during the drain) ends at
+    once: the server takes no new carrier any more, so nothing can resume it, and its visitors
+    could only wait out the drain.
+    """
+    async with anyio.create_task_group() as tg:
+        for session in sessions:
+            if session.resume_enabled:
+                tg.start_soon(_end_once_suspended, session)
+        with anyio.move_on_after(timeout_s):
+            await visitors.drained()
+        tg.cancel_scope.cancel()
+
+
+async def _end_once_suspended(session: Session) -> None:
+    try:
+        await session.wait_carrier_lost()
+    except SessionClosed:
+        return
+    await session.aclose()

@@ -31,7 +31,7 @@ from muxtunnel.server._groups import Groups
 from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._ratelimits import RateLimits
 from muxtunnel.server._registry import ActiveService, Registry
-from muxtunnel.server._resume import ResumableSessions, read_preamble, serve_resume
+from muxtunnel.server._resume import ResumableSessions, drain, read_preamble, serve_resume
 from muxtunnel.server._session import ClientSession
 from muxtunnel.server._status import server_status
 from muxtunnel.sources import FailureLimiter, address_key
@@ -245,8 +245,8 @@ class Server:
     async def shutdown(self) -> None:
         """Graceful stop: no new clients or visitors, GoAway, wait for transfers, then close.
 
-        Visitor connections still open after `drain_timeout_s` are reset with their sessions.
-        """
+        Visitor connections still open after `drain_timeout_s` are reset with their sessions
+        (a session whose carrier is lost ends at once: see `drain`)."""
         self._accepting.cancel()
         self.groups.stop_accepting()
         if self.web is not None:
@@ -256,8 +256,7 @@ class Server:
             client.stop_accepting()
             if not client.session.closed:
                 await client.session.go_away()
-        with anyio.move_on_after(self.config.drain_timeout_s):
-            await self.visitors.drained()
+        await drain([c.session for c in sessions], self.visitors, self.config.drain_timeout_s)
         for client in sessions:
             await client.session.aclose()
 

@@ -358,6 +358,29 @@ def test_sigterm_listen_drain_is_bounded(harness: Harness, tcp_echo: TcpEchoServ
             recv_all(visitor)
 
 
+def test_sigterm_listen_ends_a_suspended_session_at_once(
+    harness: Harness, tcp_echo: TcpEchoServer
+) -> None:
+    """A client whose carrier is gone (up SIGKILLed: its session waits for a resume) cannot
+    resume into a stopping server: its visitor is reset at once, not after the drain."""
+    server_config = harness.write("server.yaml", "server:\n  drain_timeout_s: 8\n")
+    listen = harness.listen("--config", server_config)
+    remote = free_port()
+    up, up_start_s = timed_up(harness, listen, tcp=[f"echo={tcp_echo.port}:{remote}"])
+    with socket.create_connection(("127.0.0.1", remote), timeout=10) as visitor:
+        visitor.sendall(b"before")
+        assert visitor.recv(100) == b"before"
+        up.send_signal(signal.SIGKILL)  # before or after the SIGTERM, the same: see `drain`
+        stopped = time.monotonic()
+        listen.send_signal(signal.SIGTERM)
+        assert listen.wait_exit(10) == 0
+        # Short of the 8 s drain, so that a server waiting it out fails.
+        assert time.monotonic() - stopped < min(within_load(1.0, up_start_s), 6.0)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            visitor.sendall(b"after")
+            recv_all(visitor)
+
+
 def test_keepalive_detects_a_frozen_server(harness: Harness, tcp_echo: TcpEchoServer) -> None:
     """client.mux keepalive settings apply: a server that stops answering (SIGSTOP, so no FIN)
     ends the session within interval + timeout; once it answers again, up registers again.
