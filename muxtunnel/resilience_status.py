@@ -91,6 +91,8 @@ class ServerRow:
     #: Bytes held now to write again on a new carrier.
     replay_bytes: int = 0
     paths: tuple[PathRow, ...] = ()
+    #: The session moved from path to path, by reason ("down", "stalled", "better", "preferred").
+    path_switches: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -103,4 +105,5 @@ class ServerRow:
             "rtt_ms": _ms(self.rtt_s),
             "replay_bytes": self.replay_bytes,
             "paths": [path.to_dict() for path in self.paths],
+            "path_switches": dict(sorted(self.path_switches.items())),
         }

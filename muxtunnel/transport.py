@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -219,12 +220,21 @@ def setup_done() -> None:
 
 
 async def connect(
-    host: str, port: int, *, timeout_s: float = CONNECT_TIMEOUT_S
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    local_host: str | None = None,
+    interface: str | None = None,
 ) -> anyio.abc.SocketStream:
-    """A TCP connection to `host:port`; `TransportError` if it cannot be made in time."""
+    """A TCP connection to `host:port` (from `local_host`, through `interface` if given; the
+    name resolved anew each time); `TransportError` if it cannot be made in time."""
     try:
         with anyio.fail_after(timeout_s):
-            stream = await anyio.connect_tcp(host, port)
+            if interface is not None:
+                stream = await _connect_through(host, port, interface, local_host)
+            else:
+                stream = await anyio.connect_tcp(host, port, local_host=local_host)
     except TimeoutError:
         where = format_host_port(host, port)
         raise TransportError(f"connecting to {where} timed out after {timeout_s} s") from None
@@ -238,6 +248,41 @@ async def connect(
     _tune(stream)
     read_one_chunk_per_wait(stream)
     return stream
+
+
+async def _connect_through(
+    host: str, port: int, interface: str, local_host: str | None
+) -> anyio.abc.SocketStream:
+    """`connect` bound to `interface` (SO_BINDTODEVICE: the route through it whatever the
+    routing table prefers); each resolved address in turn, the first that answers."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            if local_host is not None:
+                sock.bind((local_host, 0))
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+            await anyio.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            return await anyio.abc.SocketStream.from_socket(sock)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+        except BaseException:
+            sock.close()
+            raise
+    if not errors:
+        raise OSError(f"{host} resolved to no address")
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError("; ".join(map(str, errors))) from ExceptionGroup("connect", errors)
 
 
 async def listen_tcp(
@@ -320,6 +365,22 @@ def local_address(stream: anyio.abc.SocketStream) -> Address | None:
 
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def close_as_break(stream: anyio.abc.ByteStream) -> None:
+    """Whoever closes `stream` next, the peer sees a broken connection, never an end: RST for
+    TCP (SO_LINGER 0); over TLS, our FIN goes now, before any close_notify could (a TCP end
+    without close_notify is a break to TLS), and the close that follows is a RST.
+
+    For a carrier the session leaves to go on elsewhere (`mux.Session.detach` closes it
+    politely, and a polite end of a carrier is the end of its session to the peer)."""
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        if not isinstance(stream, anyio.abc.SocketStream):  # TLS (or another wrapper)
+            sock.shutdown(socket.SHUT_WR)
+    except (OSError, ValueError, AttributeError, anyio.TypedAttributeLookupError):
+        pass  # gone already: nothing to say to the peer
 
 
 async def abort(stream: anyio.abc.ByteStream) -> None:

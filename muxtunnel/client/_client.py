@@ -10,6 +10,7 @@ reaches them through `apply_config`, and whoever shows state through `status()`,
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 import anyio
@@ -21,6 +22,7 @@ from muxtunnel import __version__, control
 from muxtunnel.captures import Captures
 from muxtunnel.client import _visitors
 from muxtunnel.client._health import HealthChecks
+from muxtunnel.client._paths import Paths
 from muxtunnel.client._resume import ResumeStats, start_resuming
 from muxtunnel.client._session import Control, open_carrier
 from muxtunnel.client._state import (
@@ -88,6 +90,8 @@ class Client:
         self.captures: Captures | None = None
         #: Resumes of this client's sessions, and failures by reason.
         self.resume_stats = ResumeStats()
+        #: The ways to reach the server (`client.paths`), measured and chosen (None: one).
+        self.paths = Paths(config, self.tls_context, self.resume_stats) if config.paths else None
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
@@ -176,8 +180,11 @@ class Client:
         await session.aclose()
 
     async def _session_once(self, first: bool) -> None:
-        carrier = await open_carrier(self.config, self.tls_context)
-        config = self.config
+        config, paths = self.config, self.paths
+        if paths is not None:
+            carrier = await paths.open_first()
+        else:
+            carrier = await open_carrier(config, self.tls_context)
         try:
             async with Session(
                 carrier.stream, client=True, config=config.mux, resumable=config.resume
@@ -204,8 +211,12 @@ class Client:
                         tg.cancel_scope.cancel()  # the control channel's end ends the session
 
                     tg.start_soon(watch)
-                    if channel.ticket is not None:
+                    if channel.ticket is not None and paths is not None:
+                        tg.start_soon(paths.run, session, channel.ticket)
+                    elif channel.ticket is not None:
                         start_resuming(tg, session, channel.ticket, self)
+                    elif paths is not None:
+                        log.warning("the server does not resume sessions: one path only")
                     try:
                         while True:
                             tg.start_soon(self._on_stream, await session.accept_stream())
@@ -386,6 +397,10 @@ class Client:
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
         server, resume = self.resume_stats.rows(self.server, self.online, self.reconnects, session)
+        if self.paths is not None:
+            online = self.online and session is not None and not session.suspended
+            rows, switches = self.paths.rows(online), dict(self.paths.switches)
+            server = dataclasses.replace(server, paths=rows, path_switches=switches)
         return ClientStatus(
             version=__version__,
             server=self.server,

@@ -46,7 +46,7 @@ from muxtunnel.control import (
     Unregister,
     VisitorKeys,
 )
-from muxtunnel.model import ClientConfig, Secret, ServiceSpec
+from muxtunnel.model import ClientConfig, PathSpec, Secret, ServiceSpec
 from muxtunnel.specs import format_host_port
 from muxtunnel.tls import (
     FINGERPRINT_PREFIX,
@@ -55,7 +55,13 @@ from muxtunnel.tls import (
     TlsVerifyError,
     connect_tls,
 )
-from muxtunnel.transport import ConnectionRefused, TransportError, abort, connect
+from muxtunnel.transport import (
+    CONNECT_TIMEOUT_S,
+    ConnectionRefused,
+    TransportError,
+    abort,
+    connect,
+)
 from muxtunnel.trust import KnownHosts, check_known_host
 from muxtunnel.visitauth import seal_keys, visitor_key
 
@@ -92,11 +98,25 @@ class Carrier:
     remember: Callable[[], None] | None = None
 
 
-async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None) -> Carrier:
-    """The carrier: TCP, in TLS unless configured off, the server's certificate checked."""
+async def open_carrier(
+    config: ClientConfig,
+    tls_context: ssl.SSLContext | None,
+    path: PathSpec | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+) -> Carrier:
+    """The carrier: TCP, in TLS unless configured off, the server's certificate checked.
+
+    Over `path` if given: from its source address or interface, to its server address; the
+    server is verified (and remembered) under its usual address all the same.
+    """
     host, port = config.server_host, config.server_port
+    to, bind, interface = (host, port), None, None
+    if path is not None:
+        to, bind, interface = path.server or to, path.bind, path.interface
     try:
-        stream = await connect(host, port)
+        stream = await connect(
+            *to, timeout_s=connect_timeout_s, local_host=bind, interface=interface
+        )
     except TransportError as exc:
         kind = ServerGone if isinstance(exc, ConnectionRefused) else RetryableError
         raise kind(str(exc)) from None
