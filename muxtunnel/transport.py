@@ -367,22 +367,6 @@ def local_address(stream: anyio.abc.SocketStream) -> Address | None:
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
-def close_as_break(stream: anyio.abc.ByteStream) -> None:
-    """Whoever closes `stream` next, the peer sees a broken connection, never an end: RST for
-    TCP (SO_LINGER 0); over TLS, our FIN goes now, before any close_notify could (a TCP end
-    without close_notify is a break to TLS), and the close that follows is a RST.
-
-    For a carrier the session leaves to go on elsewhere (`mux.Session.detach` closes it
-    politely, and a polite end of a carrier is the end of its session to the peer)."""
-    try:
-        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        if not isinstance(stream, anyio.abc.SocketStream):  # TLS (or another wrapper)
-            sock.shutdown(socket.SHUT_WR)
-    except (OSError, ValueError, AttributeError, anyio.TypedAttributeLookupError):
-        pass  # gone already: nothing to say to the peer
-
-
 async def abort(stream: anyio.abc.ByteStream) -> None:
     """Close so the other end sees a failure: RST for TCP sockets, reset for mux streams.
 

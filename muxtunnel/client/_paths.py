@@ -46,7 +46,6 @@ from muxtunnel.model import ClientConfig, PathSpec
 from muxtunnel.resilience_status import PathRow
 from muxtunnel.resume import Ticket
 from muxtunnel.specs import format_host_port
-from muxtunnel.transport import close_as_break
 
 __all__ = ["Paths", "route"]
 
@@ -96,8 +95,6 @@ class Paths:
         #: Switches made, by reason ("down", "stalled", "better", "preferred").
         self.switches: Counter[str] = Counter()
         self._switching = anyio.Lock()
-        #: The stream the session runs on now (to be closed as a break when it moves).
-        self._carrier: anyio.abc.ByteStream | None = None
 
     @property
     def active(self) -> str:
@@ -131,7 +128,6 @@ class Paths:
                 continue
             self.chooser.switched(i)
             path.score.carrier_up()
-            self._carrier = carrier.stream
             return carrier
         assert failed is not None  # `client.paths` is never empty here
         raise failed
@@ -275,15 +271,12 @@ class Paths:
         if attached is None:
             target.score.carrier_down("no standby carrier")
             return False
-        if self._carrier is not None and not session.suspended:
-            close_as_break(self._carrier)  # else the server would end the session on its FIN
         try:
             await attached.switch(session, f"path switch to {target.spec.name}")
         except RetryableError as exc:
             target.score.carrier_down(str(exc))
             target.standby = None
             return False
-        self._carrier = attached.carrier.stream
         self._switched(to, reason, detail, left)
         return True
 
@@ -339,7 +332,6 @@ class Paths:
                 except SessionClosed:
                     return
                 self.stats.resumes += 1
-                self._carrier = attached.carrier.stream
                 path.score.carrier_up()
                 self._switched(i, "down", reason, left)
                 log.info("session resumed", path=path.spec.name, resumes=session.resumes)

@@ -136,8 +136,11 @@ class Attached:
         """
         stream = self.carrier.stream
         async with self._lock:
+            # The old carrier stays open until the server has moved the session too: its end
+            # read first would end the session there.
+            moved = anyio.Event()
             if not session.suspended:
-                session.detach(reason)
+                session.detach(reason, close_after=moved)
             try:
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     if not self._switch_sent:
@@ -151,6 +154,8 @@ class Attached:
             except _FAILURES as exc:
                 await abort(stream)
                 raise RetryableError(f"switch failed: {exc or type(exc).__name__}") from None
+            finally:
+                moved.set()
             self.taken = True
             await session.resume(stream, answer.received)
 
