@@ -32,12 +32,12 @@ from muxtunnel.model import (
     MAX_WEIGHT,
     ClientConfig,
     GroupSpec,
-    PathSpec,
     Secret,
     ServerConfig,
     ServiceSpec,
     VisitSpec,
 )
+from muxtunnel.path_config import PathSpec
 from muxtunnel.specs import (
     DEFAULT_LOCAL_HOST,
     SERVICE_TYPES,

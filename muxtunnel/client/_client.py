@@ -10,7 +10,6 @@ reaches them through `apply_config`, and whoever shows state through `status()`,
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 
 import anyio
@@ -21,10 +20,11 @@ from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.captures import Captures
 from muxtunnel.client import _visitors
+from muxtunnel.client._carrier import closed_early, open_carrier
 from muxtunnel.client._health import HealthChecks
 from muxtunnel.client._paths import Paths
 from muxtunnel.client._resume import ResumeStats, start_resuming
-from muxtunnel.client._session import Control, open_carrier
+from muxtunnel.client._session import Control
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     Announce,
@@ -41,7 +41,7 @@ from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
-from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
+from muxtunnel.tls import TlsError, client_context
 
 __all__ = ["Client", "backoff_s"]
 
@@ -229,21 +229,7 @@ class Client:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if self.connected.is_set():
                 return  # a session that was up ended: the caller reconnects
-            host, port = self.config.server_host, self.config.server_port
-            if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
-                raise FatalError(SERVER_SPEAKS_TLS) from None
-            # With TLS 1.3 a refused client certificate shows only now, as a closed connection
-            # (the server checks it after our side of the handshake has finished).
-            hint = ""
-            if self.config.tls is not None and self.config.tls.cert is None:
-                hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
-            elif self.config.tls is not None:
-                hint = (
-                    " (does it trust our client certificate? listen's --tls-client-ca must be "
-                    "the CA (or the certificate) that signed our --tls-cert)"
-                )
-            reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
-            raise RetryableError(reason) from None
+            raise await closed_early(self.config, exc) from None
         finally:
             self._control = None
             for state in self.services.values():
@@ -398,9 +384,7 @@ class Client:
         connections.sort(key=lambda row: -row.age_s)
         server, resume = self.resume_stats.rows(self.server, self.online, self.reconnects, session)
         if self.paths is not None:
-            online = self.online and session is not None and not session.suspended
-            rows, switches = self.paths.rows(online), dict(self.paths.switches)
-            server = dataclasses.replace(server, paths=rows, path_switches=switches)
+            server = self.paths.server_row(server, self.online and not server.suspended)
         return ClientStatus(
             version=__version__,
             server=self.server,

@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import anyio.abc
 import structlog
 
 from mux import Session, SessionClosed
+from muxtunnel.client._carrier import Carrier, open_carrier
 from muxtunnel.client._pathscore import Chooser, PathScore
 from muxtunnel.client._resume import (
     Attached,
@@ -40,10 +42,10 @@ from muxtunnel.client._resume import (
     ResumeStats,
     attach,
 )
-from muxtunnel.client._session import Carrier, open_carrier
 from muxtunnel.client._state import FatalError, RetryableError, ServerGone, backoff_s
-from muxtunnel.model import ClientConfig, PathSpec
-from muxtunnel.resilience_status import PathRow
+from muxtunnel.model import ClientConfig
+from muxtunnel.path_config import PathSpec
+from muxtunnel.resilience_status import PathRow, ServerRow
 from muxtunnel.resume import Ticket
 from muxtunnel.specs import format_host_port
 
@@ -115,6 +117,10 @@ class Paths:
                 PathRow(path.spec.name, path.route, state, rtt, score.loss, value, path.switches_in)
             )
         return tuple(rows)
+
+    def server_row(self, row: ServerRow, online: bool) -> ServerRow:
+        """The server's status row, with its paths and the switches between them."""
+        return dataclasses.replace(row, paths=self.rows(online), path_switches=dict(self.switches))
 
     async def open_first(self) -> Carrier:
         """A fresh session's carrier: over each path in list order, the first that connects."""

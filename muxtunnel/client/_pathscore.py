@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from muxtunnel.model import PathTuning
+from muxtunnel.path_config import PathTuning
 
 __all__ = ["WINDOW", "Chooser", "Decision", "PathScore"]
 

@@ -25,7 +25,7 @@ import structlog
 from mux import Session, SessionClosed
 from muxtunnel import control, resume
 from muxtunnel.auth import new_nonce
-from muxtunnel.client._session import Carrier, open_carrier
+from muxtunnel.client._carrier import Carrier, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     FatalError,

@@ -10,7 +10,8 @@ from typing import Any
 
 from muxtunnel.config import _values as v
 from muxtunnel.config._tree import Map, Node, Scalar, check_keys, fail, present, string
-from muxtunnel.model import DEFAULT_CONTROL_PORT, PathSpec, PathTuning
+from muxtunnel.model import DEFAULT_CONTROL_PORT
+from muxtunnel.path_config import PathSpec, PathTuning
 from muxtunnel.specs import SpecError, parse_host_port, validate_service_name
 
 __all__ = ["PATH_KEYS", "TUNING_KEYS", "parse_path", "paths", "tuning"]
