@@ -187,6 +187,7 @@ class Paths:
             if i == self.chooser.active:  # the session came here meanwhile, by a fresh carrier
                 await attached.aclose()
                 continue
+            log.info("path up", path=path.spec.name, route=path.route, after=path.score.down_reason)
             attempt = 0
             path.standby = attached
             path.score.carrier_up()
@@ -198,6 +199,7 @@ class Paths:
                 if not attached.taken:
                     with anyio.CancelScope(shield=True):
                         await attached.aclose()
+                    log.info("path down", path=path.spec.name, reason=path.score.down_reason)
 
     async def _probe(self, path: _Path, attached: Attached, interval_s: float) -> None:
         """Probe a standby until it breaks, stalls, or the session takes it."""
