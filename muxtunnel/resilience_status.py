@@ -61,6 +61,8 @@ class PathRow:
     score: float | None = None
     #: Times the session moved onto this path.
     switches_in: int = 0
+    #: Why it is down (None: it is not).
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -72,6 +74,7 @@ class PathRow:
             "loss": round(self.loss, 3),
             "score": None if self.score is None else round(self.score, 4),
             "switches_in": self.switches_in,
+            "reason": self.reason,
         }
 
 

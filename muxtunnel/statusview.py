@@ -293,7 +293,7 @@ def _paths_table(server: dict[str, Any]) -> Table:
                 "*" if row["state"] == "active" else "",
                 row["name"],
                 row["route"],
-                row["state"],
+                row["state"] + (f": {row['reason'][:48]}" if row.get("reason") else ""),
                 ms(row["rtt_ms"]),
                 f"{row['loss'] * 100:.0f} %",
                 ms(None if row["score"] is None else round(row["score"] * 1000, 2)),

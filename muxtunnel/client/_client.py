@@ -91,7 +91,7 @@ class Client:
         #: Resumes of this client's sessions, and failures by reason.
         self.resume_stats = ResumeStats()
         #: The ways to reach the server (`client.paths`), measured and chosen (None: one).
-        self.paths = Paths(config, self.tls_context, self.resume_stats) if config.paths else None
+        self.paths = Paths(self) if config.paths else None
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""

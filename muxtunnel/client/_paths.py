@@ -40,6 +40,7 @@ from muxtunnel.client._resume import (
     ProbeTimeout,
     ResumeRefused,
     ResumeStats,
+    Resuming,
     attach,
 )
 from muxtunnel.client._state import FatalError, RetryableError, ServerGone, backoff_s
@@ -84,10 +85,11 @@ class _Path:
 class Paths:
     """The paths of one client to its server, measured and chosen across its sessions."""
 
-    def __init__(
-        self, config: ClientConfig, tls_context: ssl.SSLContext | None, stats: ResumeStats
-    ) -> None:
-        self.config, self.tls_context, self.stats = config, tls_context, stats
+    def __init__(self, client: Resuming) -> None:
+        #: Whose config, TLS context and resume counts these are (they change with a reload;
+        #: the paths themselves and their tuning are kept until a restart, `reload`).
+        self.client = client
+        config = client.config
         tuning = config.path_tuning
         self.paths = [
             _Path(spec, PathScore(tuning.stall_s, tuning.loss_penalty_s), route(spec, config))
@@ -97,6 +99,18 @@ class Paths:
         #: Switches made, by reason ("down", "stalled", "better", "preferred").
         self.switches: Counter[str] = Counter()
         self._switching = anyio.Lock()
+
+    @property
+    def config(self) -> ClientConfig:
+        return self.client.config
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self.client.tls_context
+
+    @property
+    def stats(self) -> ResumeStats:
+        return self.client.resume_stats
 
     @property
     def active(self) -> str:
@@ -113,8 +127,11 @@ class Paths:
                 state = "active" if online else "down"
             rtt = score.srtt_s if state != "down" else None
             value = score.score(now) if state != "down" else None
+            why = score.dead_reason(now) if state == "down" else None
             rows.append(
-                PathRow(path.spec.name, path.route, state, rtt, score.loss, value, path.switches_in)
+                PathRow(
+                    path.spec.name, path.route, state, rtt, score.loss, value, path.switches_in, why
+                )
             )
         return tuple(rows)
 
@@ -153,6 +170,7 @@ class Paths:
         finally:
             with anyio.CancelScope(shield=True):
                 for path in self.paths:
+                    path.score.carrier_down("the session ended")
                     if path.standby is not None:
                         await path.standby.aclose()
                         path.standby = None
@@ -161,7 +179,7 @@ class Paths:
 
     async def _keep(self, i: int, session: Session, ticket: Ticket) -> None:
         """Path `i`'s standby carrier: made, probed, made again (invariant 2)."""
-        path, attempt = self.paths[i], 0
+        path, attempt, failures = self.paths[i], 0, 0
         tuning, config = self.config.path_tuning, self.config
         while not session.closed:
             if i == self.chooser.active:
@@ -179,6 +197,10 @@ class Paths:
                 return
             except (RetryableError, FatalError) as exc:
                 path.score.carrier_down(str(exc))
+                failures += 1
+                if failures & (failures - 1) == 0:  # 1, 2, 4, ...: a dead path is not a flood
+                    log.warning("path unreachable", path=path.spec.name, error=str(exc),
+                                failures=failures)  # fmt: skip
                 await anyio.sleep(
                     backoff_s(attempt, config.reconnect_min_s, config.reconnect_max_s)
                 )
@@ -199,7 +221,8 @@ class Paths:
                 if not attached.taken:
                     with anyio.CancelScope(shield=True):
                         await attached.aclose()
-                    log.info("path down", path=path.spec.name, reason=path.score.down_reason)
+                    if path.score.down_reason is not None:  # it failed (else: the session ended)
+                        log.info("path down", path=path.spec.name, reason=path.score.down_reason)
 
     async def _probe(self, path: _Path, attached: Attached, interval_s: float) -> None:
         """Probe a standby until it breaks, stalls, or the session takes it."""
