@@ -252,3 +252,22 @@ def test_path_flags_replace_the_file(tmp_path: Path) -> None:
     config = load_client_config(write(tmp_path, text), {"paths": flags, "switch_after_s": 1.5})
     assert [p.name for p in config.paths] == ["x", "y"]
     assert config.path_tuning.switch_after_s == 1.5
+
+
+def test_a_path_left_for_a_better_one_comes_back_only_by_being_better() -> None:
+    """A slow first path, idle, looks as good as the second under load: it must not win the
+    session back on list order alone (rule 4), only by being better."""
+    scores = [measured(0.050), measured(0.010)]
+    chooser = Chooser(TUNING)
+    found = run(chooser, scores, 0.0, 10.0)
+    assert found is not None and found[1].reason == "better"
+    chooser.switched(1, "better")
+    scores[0] = measured(0.011)  # idle now: as good as path 1 within the margin
+    assert run(chooser, scores, 10.0, 40.0) is None
+    scores[0] = measured(0.001)  # clearly better: it wins
+    found = run(chooser, scores, 40.0, 60.0)
+    assert found is not None and found[1] == Decision(0, "better", found[1].detail)
+    chooser.switched(0, "better")
+    scores[1].carrier_down("gone")
+    decision = chooser.decide(60.0, scores)
+    assert decision is None  # path 0 active and live: nothing to do

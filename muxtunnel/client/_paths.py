@@ -328,7 +328,7 @@ class Paths:
             )
         target.standby = None
         target.score.carrier_kept()
-        self.chooser.switched(to)
+        self.chooser.switched(to, reason)
         for path in (left, target):
             path.changed.set()
             path.changed = anyio.Event()

@@ -22,7 +22,11 @@ Rules (`Chooser.decide`):
    active's by more than the margin, `max(margin_s, margin_ratio * active score)`) or
    *preferred* (earlier in the list, and not worse by more than the margin: the first path
    is back). It must qualify without a break for `switch_after_s` before the session moves.
-4. Every switch starts the qualifying periods afresh.
+4. A path the session left for a better one (not because it died) is no longer preferred: it
+   comes back only by being better. Else a slow first path would win back the session each
+   time it is idle (an idle path shows no queueing) and lose it again under the session's
+   load, every `switch_after_s`. It is preferred again once the session ran on it again.
+5. Every switch starts the qualifying periods afresh.
 """
 
 from __future__ import annotations
@@ -135,9 +139,14 @@ class Chooser:
         self.active = active
         #: Since when each candidate has qualified without a break (rule 3).
         self._since: dict[int, float] = {}
+        #: Paths left for a better one (rule 4).
+        self._demoted: set[int] = set()
 
-    def switched(self, to: int) -> None:
-        """The session runs on path `to` now (rule 4)."""
+    def switched(self, to: int, reason: str = "") -> None:
+        """The session runs on path `to` now, moved for `reason` (rules 4 and 5)."""
+        if reason in ("better", "preferred") and to != self.active:
+            self._demoted.add(self.active)
+        self._demoted.discard(to)
         self.active = to
         self._since.clear()
 
@@ -174,7 +183,7 @@ class Chooser:
                 continue
             if theirs < mine - margin:
                 qualified[i] = "better"
-            elif i < self.active and theirs <= mine + margin:
+            elif i < self.active and theirs <= mine + margin and i not in self._demoted:
                 qualified[i] = "preferred"
         self._since = {i: self._since.get(i, now) for i in qualified}
         ripe = [i for i in qualified if now - self._since[i] >= self.tuning.switch_after_s]
