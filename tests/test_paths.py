@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import pytest
 
 from muxtunnel.client._pathscore import WINDOW, Chooser, Decision, PathScore
@@ -12,6 +15,7 @@ from muxtunnel.config import ConfigError, load_client_config
 from muxtunnel.config._paths import parse_path
 from muxtunnel.path_config import PathSpec, PathTuning
 from muxtunnel.specs import SpecError
+from muxtunnel.transport import TransportError, connect
 
 TUNING = PathTuning(switch_after_s=5.0, stall_s=1.5, loss_penalty_s=0.5, margin_s=0.005)
 
@@ -271,3 +275,23 @@ def test_a_path_left_for_a_better_one_comes_back_only_by_being_better() -> None:
     scores[1].carrier_down("gone")
     decision = chooser.decide(60.0, scores)
     assert decision is None  # path 0 active and live: nothing to do
+
+
+# ---------------------------------------------------------------- connecting through a device
+
+
+@pytest.mark.anyio
+async def test_connect_through_an_interface() -> None:
+    """`interface` (SO_BINDTODEVICE, as `client.paths[].interface` uses it): through `lo` a
+    loopback listener is reached; through a device that does not exist, a TransportError."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener:
+        with anyio.fail_after(10):
+            stream = await connect("127.0.0.1", port, interface="lo")
+            async with stream:
+                raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                bound = raw.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16)
+                assert bound.rstrip(b"\0") == b"lo"
+            with pytest.raises(TransportError):
+                await connect("127.0.0.1", port, interface="mtnosuchdev", timeout_s=2)

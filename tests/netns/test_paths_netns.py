@@ -1,8 +1,8 @@
 """Several paths to one server across real links: namespaces a (`up`, the echo service) and b
 (`listen`, the visitors) joined by TWO veth pairs, `up` told of both (`client.paths`: path
-"one" from its address on the first link, path "two" from its address on the second, to the
-server's address there). The session runs on "one" (first in the list) while "two" holds a
-standby carrier, probed.
+"one" from its address on the first link, path "two" through the second link's interface
+(SO_BINDTODEVICE), to the server's address there). The session runs on "one" (first in the
+list) while "two" holds a standby carrier, probed.
 
 While a bulk echo (seeded random bytes, SHA-256 compared) and an interactive one (a slow
 steady echo) cross the tunnel, the active path is blackholed (nftables drop on its devices, both
@@ -90,9 +90,9 @@ class TwoPaths:
 
     def kill_carrier(self, name: str) -> None:
         """`ss -K` on `up`'s side of the carriers on path `name` (the active one: the
-        standby of the other path leaves from another address)."""
-        source = self.links[name][2]
-        run(*self.pair.argv(self.pair.a, "ss", "-K", "src", source, "dport", "=",
+        standby of the other path goes to another address of the server)."""
+        server = self.links[name][3]
+        run(*self.pair.argv(self.pair.a, "ss", "-K", "dst", server, "dport", "=",
                             str(CONTROL_PORT)))  # fmt: skip
 
     def echo_works(self, timeout_s: float = 2.0) -> bool:
@@ -107,13 +107,13 @@ class TwoPaths:
 
 def _start(pair: NetnsPair, harness: Harness, echo: TcpEchoServer, links: dict[str, Any]) -> Up:
     _, _, one_a, one_b = links["one"]
-    _, _, two_a, two_b = links["two"]
+    two_dev, _, _, two_b = links["two"]
     config = harness.write(
         "client.yaml",
         f"client:\n  admin: 127.0.0.1:{ADMIN_PORT}\n  reconnect_min_s: 0.2\n"
         f"  reconnect_max_s: 1.0\n  switch_after_s: {SWITCH_AFTER_S}\n  paths:\n"
         f"    - {{name: one, bind: {one_a}}}\n"
-        f"    - {{name: two, bind: {two_a}, server: '{two_b}:{CONTROL_PORT}'}}\n" + MUX,
+        f"    - {{name: two, interface: {two_dev}, server: '{two_b}:{CONTROL_PORT}'}}\n" + MUX,
     )
     up = Up(
         "up",
