@@ -40,7 +40,7 @@ from typing import Any
 from bench.delayproxy import DelayProxy
 from bench.paths import LOCAL, REPO
 from bench.proc import StartError, free_port
-from bench.resume import Visitor, _proc, measure_once
+from bench.resume import Visitor, _proc, _reset, measure_once
 
 Address = tuple[str, int]
 FAULTS = ("reset", "blackhole")
@@ -155,12 +155,6 @@ def run(
             finally:
                 visitor.close()
     return results
-
-
-def _reset(proxy: DelayProxy) -> int:
-    box: list[int] = []
-    _on_proxy(proxy, lambda: box.append(proxy.reset_connections()))
-    return box[0]
 
 
 def _blackhole(proxy: DelayProxy) -> int:

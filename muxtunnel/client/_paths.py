@@ -49,6 +49,7 @@ from muxtunnel.path_config import PathSpec
 from muxtunnel.resilience_status import PathRow, ServerRow
 from muxtunnel.resume import Ticket
 from muxtunnel.specs import format_host_port
+from muxtunnel.transport import CONNECT_TIMEOUT_S
 
 __all__ = ["Paths", "route"]
 
@@ -144,7 +145,7 @@ class Paths:
         failed: RetryableError | None = None
         for i, path in enumerate(self.paths):
             try:
-                carrier = await open_carrier(self.config, self.tls_context, path.spec)
+                carrier = await self._connect(i)
             except RetryableError as exc:
                 path.score.carrier_down(str(exc))
                 failed = failed if isinstance(exc, ServerGone) and failed else exc
@@ -154,6 +155,13 @@ class Paths:
             return carrier
         assert failed is not None  # `client.paths` is never empty here
         raise failed
+
+    async def _connect(self, i: int) -> Carrier:
+        """A carrier over path `i`, trying the paths in turn: a dead route is given up on
+        sooner while another path is left to try."""
+        timeout_s = _STANDBY_CONNECT_S if i < len(self.paths) - 1 else CONNECT_TIMEOUT_S
+        spec = self.paths[i].spec
+        return await open_carrier(self.config, self.tls_context, spec, connect_timeout_s=timeout_s)
 
     async def run(self, session: Session, ticket: Ticket) -> None:
         """Keep every path measured and the session on the best, until it ends."""
@@ -347,7 +355,7 @@ class Paths:
             gone = 0
             for i, path in enumerate(self.paths):
                 try:
-                    carrier = await open_carrier(self.config, self.tls_context, path.spec)
+                    carrier = await self._connect(i)
                     attached = await attach(carrier, ticket, session)
                     await attached.switch(session, reason)
                 except (ResumeRefused, FatalError) as exc:

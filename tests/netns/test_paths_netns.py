@@ -45,8 +45,8 @@ ADMIN_PORT = 7837
 SWITCH_AFTER_S = 3.0
 #: The issue's bound on the longest visitor stall at a switch.
 MAX_STALL_S = 3.0
-#: The slow echo that spans the cut: 384 KiB at 1 Mbit/s, about 3 s each way.
-INTERACTIVE = (384 * 1024, 1_000_000)
+#: The slow echo that spans the cut: 256 KiB at 1 Mbit/s, about 2 s each way.
+INTERACTIVE = (256 * 1024, 1_000_000)
 #: Keepalive as in the other netns tests (the paths' own stall detection, 1.5 s, is faster).
 MUX = "  mux:\n    keepalive_interval_s: 1.0\n    keepalive_timeout_s: 3.0\n"
 
