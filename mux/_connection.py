@@ -508,12 +508,18 @@ class Connection:
             was_full = stream.send_buffered >= mark
             stream.send_buffered -= size
             stream.send_window -= size
-            fin = False
-            if stream.state and not stream.send_buffered and stream.state in _FIN_PENDING:
-                fin = True
+            fin = bool(stream.state) and not stream.send_buffered and stream.state in _FIN_PENDING
+            if fin and not size:
                 flags |= _FIN
             out.append(_pack_header(PROTOCOL_VERSION, _DATA, flags, stream.id, size))
             self._take_chunks(stream, size, out)
+            if fin and size:
+                # The FIN goes in a frame of its own right behind the last bytes, never on a
+                # frame with a body: hashicorp/yamux applies a Data frame's flags before it
+                # reads the body, so a reader woken by the FIN in between sees the stream
+                # closed with nothing buffered and returns EOF, losing that body.
+                out.append(_pack_header(PROTOCOL_VERSION, _DATA, _FIN, stream.id, 0))
+                budget -= HEADER_SIZE
             budget -= size + HEADER_SIZE
             if was_full and stream.send_buffered < mark:
                 self._writable.append(stream.id)

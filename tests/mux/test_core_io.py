@@ -159,7 +159,34 @@ def test_fin_waits_for_queued_bytes() -> None:
     stream_id = client.open_stream(b"x" * 10)
     client.send_eof(stream_id)
     frames = drain_frames(client)
-    assert frames == [Frame(0, FrameType.DATA, Flag.SYN | Flag.FIN, stream_id, 10, b"x" * 10)]
+    assert frames == [
+        Frame(0, FrameType.DATA, Flag.SYN, stream_id, 10, b"x" * 10),
+        Frame(0, FrameType.DATA, Flag.FIN, stream_id, 0, b""),
+    ]
+
+
+def test_fin_never_rides_a_frame_with_a_body() -> None:
+    # hashicorp/yamux applies a Data frame's flags before it reads the body: a reader woken by
+    # the FIN in between returns EOF and the body is lost. So the FIN follows the last bytes in
+    # a frame of its own, whichever way the bytes were cut into frames.
+    client = Connection(client=True)
+    stream_id = client.open_stream()
+    for size in (1, 1000, 70_000, 300_000):
+        client.send_data(stream_id, b"y" * size)
+    client.send_eof(stream_id)
+    frames: list[Frame] = []
+    for _ in range(100):
+        batch = drain_frames(client, max_bytes=64 * 1024)
+        if not batch:
+            client.receive_data(F.window_update(stream_id, 1 << 20), 0.0)
+            continue
+        frames += batch
+        if batch[-1].flags & Flag.FIN:
+            break
+    with_fin = [f for f in frames if f.flags & Flag.FIN]
+    assert len(with_fin) == 1 and with_fin[0] is frames[-1]
+    assert with_fin[0].length == 0
+    assert sum(f.length for f in frames) == 1 + 1000 + 70_000 + 300_000
 
 
 def test_reset_before_the_syn_left_sends_nothing() -> None:
