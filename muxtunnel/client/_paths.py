@@ -142,19 +142,20 @@ class Paths:
 
     async def open_first(self) -> Carrier:
         """A fresh session's carrier: over each path in list order, the first that connects."""
-        failed: RetryableError | None = None
+        failed: list[RetryableError] = []
         for i, path in enumerate(self.paths):
             try:
                 carrier = await self._connect(i)
             except RetryableError as exc:
                 path.score.carrier_down(str(exc))
-                failed = failed if isinstance(exc, ServerGone) and failed else exc
+                failed.append(exc)
                 continue
             self.chooser.switched(i)
             path.score.carrier_up()
             return carrier
-        assert failed is not None  # `client.paths` is never empty here
-        raise failed
+        text = "; ".join(f"{p.spec.name}: {exc}" for p, exc in zip(self.paths, failed, strict=True))
+        gone = all(isinstance(exc, ServerGone) for exc in failed)  # refused on every path
+        raise (ServerGone if gone else RetryableError)(f"no path connects ({text})")
 
     async def _connect(self, i: int) -> Carrier:
         """A carrier over path `i`, trying the paths in turn: a dead route is given up on
@@ -188,8 +189,8 @@ class Paths:
     async def _keep(self, i: int, session: Session, ticket: Ticket) -> None:
         """Path `i`'s standby carrier: made, probed, made again (invariant 2)."""
         path, attempt, failures = self.paths[i], 0, 0
-        tuning, config = self.config.path_tuning, self.config
         while not session.closed:
+            config = self.config  # a reload's, from the next connect on
             if i == self.chooser.active:
                 await path.changed.wait()
                 continue
@@ -222,7 +223,7 @@ class Paths:
             path.standby = attached
             path.score.carrier_up()
             try:
-                await self._probe(path, attached, tuning.probe_interval_s)
+                await self._probe(path, attached, config.path_tuning.probe_interval_s)
             finally:
                 if path.standby is attached:
                     path.standby = None
@@ -235,7 +236,7 @@ class Paths:
     async def _probe(self, path: _Path, attached: Attached, interval_s: float) -> None:
         """Probe a standby until it breaks, stalls, or the session takes it."""
         score = path.score
-        while not attached.taken:
+        while path.standby is attached and not attached.taken:  # not the session's path now
             score.sent(anyio.current_time())
             try:
                 score.answered(await attached.probe(score.stall_s / 2))
@@ -358,13 +359,12 @@ class Paths:
                     carrier = await self._connect(i)
                     attached = await attach(carrier, ticket, session)
                     await attached.switch(session, reason)
-                except (ResumeRefused, FatalError) as exc:
-                    why = exc.reason if isinstance(exc, ResumeRefused) else "fatal"
-                    self.stats.failures[why] += 1
+                except ResumeRefused as exc:  # the server forgot the session: it is over
+                    self.stats.failures[exc.reason] += 1
                     log.warning("resume refused; registering afresh", error=str(exc))
                     await session.aclose()
                     return
-                except RetryableError as exc:
+                except (RetryableError, FatalError) as exc:  # this path's; another may do
                     gone += isinstance(exc, ServerGone)
                     path.score.carrier_down(str(exc))
                     continue
