@@ -81,9 +81,7 @@ _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.R
 # Stream states as plain ints, for the same reason (see `_state.py`). OPEN, by far the most
 # common, is 0: `if stream.state:` costs what testing one boolean did before the state table.
 _OPEN, _REMOTE_CLOSED, _CLOSED = (
-    int(StreamState.OPEN),
-    int(StreamState.REMOTE_CLOSED),
-    int(StreamState.CLOSED),
+    int(StreamState.OPEN), int(StreamState.REMOTE_CLOSED), int(StreamState.CLOSED)
 )
 assert _OPEN == 0
 #: States in which our FIN waits to be written.
@@ -623,15 +621,8 @@ class Connection:
             self._maybe_remove(stream)
 
     def _on_header(
-        self,
-        version: int,
-        type: int,
-        flags: int,
-        stream_id: int,
-        length: int,
-        *,
-        now: float,
-        events: list[Event],
+        self, version: int, type: int, flags: int, stream_id: int, length: int,
+        *, now: float, events: list[Event],
     ) -> None:
         if version != PROTOCOL_VERSION:
             raise RemoteProtocolError(f"unsupported protocol version {version}")

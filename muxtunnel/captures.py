@@ -99,7 +99,9 @@ def _text(body: bytes) -> str | None:
 class Captures:
     """The bounded ring of recent exchanges, newest last, and the tap's own counters."""
 
-    def __init__(self, size: int = RING_EXCHANGES, *, body_cap_bytes: int = BODY_CAP_BYTES) -> None:
+    def __init__(
+        self, size: int = RING_EXCHANGES, *, body_cap_bytes: int = BODY_CAP_BYTES
+    ) -> None:
         self.body_cap_bytes = body_cap_bytes
         self._ring: deque[Exchange] = deque(maxlen=size)
         self._ids = itertools.count(1)

@@ -171,14 +171,8 @@ def test_status_shows_what_compression_saved() -> None:
 
     from muxtunnel.statusview import print_status
 
-    zipped = ServiceRow(
-        "logs",
-        "tcp",
-        "h:1",
-        compression="zstd",
-        local="l:1",
-        carrier_bytes={"plain": 2 * 1024 * 1024, "compressed": 650 * 1024},
-    )
+    zipped = ServiceRow("logs", "tcp", "h:1", compression="zstd", local="l:1",
+                        carrier_bytes={"plain": 2 * 1024 * 1024, "compressed": 650 * 1024})
     plain = ServiceRow("raw", "tcp", "h:2", compression="zstd", local="l:2")  # no visitor yet
     document = ClientStatus("1", "server:7835", 0, services=(zipped, plain)).to_dict()
     out = io.StringIO()

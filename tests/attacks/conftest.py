@@ -36,7 +36,6 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     finally:
         h.close()
 
-
 #: Limits of the shared server (small, so tests reach them quickly).
 MAX_VISITORS = 64
 UDP_MAX_FLOWS = 32

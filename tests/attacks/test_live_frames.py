@@ -199,6 +199,7 @@ def test_frame_attack_on_a_live_server(live: LiveTunnel, attack: Attack, figures
     live.check_alive()
 
 
+
 def test_one_bad_frame_first_thing_does_not_stop_the_server(harness: Harness) -> None:
     """A raw connection whose very first frame breaks the protocol (a SYN with the server's
     parity), ten times over: each session ends, the server keeps running."""

@@ -40,7 +40,6 @@ def timed_up(harness: Harness, listen: Listen, **kwargs: Any) -> tuple[Up, float
     up = harness.up(listen, **kwargs)
     return up, time.monotonic() - started
 
-
 FAST_RECONNECT = """\
 client:
   reconnect_min_s: 0.1

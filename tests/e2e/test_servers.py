@@ -79,7 +79,9 @@ def test_one_server_killed_leaves_the_other_serving(
 
     shown = harness.run("status", "--admin", f"127.0.0.1:{admin}").stdout()
     lines = {line.split()[1]: line for line in shown.splitlines() if line.count(":") == 1}
-    assert "connecting" in lines.get(a.address, "") and "online" in lines.get(b.address, ""), shown
+    assert "connecting" in lines.get(a.address, "") and "online" in lines.get(b.address, ""), (
+        shown
+    )
 
     # A comes back (same port): up registers there again; B was never touched.
     again = harness.listen(port=a.port)

@@ -322,7 +322,9 @@ class LossyCarrier:
                 self.write(side)
                 if side.wire:
                     self.deliver(side, len(side.wire))
-            busy = any(s.outgoing or s.wire or s.conn.has_data_to_send() for s in (self.a, self.b))
+            busy = any(
+                s.outgoing or s.wire or s.conn.has_data_to_send() for s in (self.a, self.b)
+            )
             if not busy:
                 return
         raise AssertionError("the cores were still talking")

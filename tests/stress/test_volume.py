@@ -51,10 +51,9 @@ async def run_flood(total: int, size: int, figures, label: str) -> None:
     bad: list[str] = []
     rss_before = rss_mib(os.getpid())
     with anyio.fail_after(120):
-        async with session_pair("tcp", client_config=opener, server_config=acceptor) as (
-            client,
-            server,
-        ):
+        async with session_pair(
+            "tcp", client_config=opener, server_config=acceptor
+        ) as (client, server):
             # The acceptor holds every stream it accepts until it has answered every SYN (an
             # ACK or a refusal: the opener then has none un-ACKed): at most `max_streams` fit,
             # the rest must be refused. (Not a fixed sleep: on a loaded machine SYNs still in
