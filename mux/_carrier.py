@@ -447,6 +447,11 @@ class TlsTransportCarrier(TransportCarrier):
 
     #: A buffer when the SSL protocol gives no size (it asks for what it holds undecrypted).
     _DEFAULT_BUFFER_BYTES = 64 * 1024
+    #: The largest buffer, whatever it holds undecrypted (it reads the rest into the next):
+    #: a full 64 KiB Data frame (go-yamux's and our `max_frame_bytes`) is then at least a
+    #: quarter of its buffer, which `MuxStream` hands on as a view rather than copying it
+    #: (bigger buffers made every bulk frame a copy: 256 KiB + 256 is what a busy carrier asks).
+    _MAX_BUFFER_BYTES = 256 * 1024
 
     def __init__(self, stream: anyio.abc.ByteStream, transport: asyncio.Transport) -> None:
         super().__init__(stream, transport)
@@ -457,12 +462,15 @@ class TlsTransportCarrier(TransportCarrier):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """A fresh buffer each time: the session keeps views of what it has parsed."""
-        size = sizehint if sizehint > 0 else self._DEFAULT_BUFFER_BYTES
+        size = min(sizehint, self._MAX_BUFFER_BYTES) if sizehint > 0 else self._DEFAULT_BUFFER_BYTES
         self._buffer = memoryview(bytearray(size))
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes])
+        # Read-only from here on, as a plain transport's bytes are: a resumable session's
+        # replay log keeps such views as they are (a writable one it must copy), and so a
+        # frame spliced on to another session is copied by no one.
+        self.data_received(self._buffer[:nbytes].toreadonly())
         self._buffer = memoryview(b"")
 
 

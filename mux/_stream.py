@@ -36,7 +36,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from mux._config import MuxConfig
-from mux._connection import Connection
+from mux._connection import Buffer, Connection
 from mux._errors import LocalProtocolError
 
 __all__ = [
@@ -266,9 +266,14 @@ class MuxStream(anyio.abc.ByteStream):
         if conn.has_data_to_send():
             self.session._wake_writer()
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: Buffer, *, more: bool = False) -> bool:
         """Queue `data` without waiting. False once the send buffer has reached its mark: the
-        caller stops producing until `StreamConsumer.stream_writable` (the bytes are queued)."""
+        caller stops producing until `StreamConsumer.stream_writable` (the bytes are queued).
+        A view is queued as it is, not copied: it must not change until it has left.
+
+        `more`: more bytes follow in this loop turn (the frames of one carrier read, handed
+        on by a splice), so even bulk bytes wait for the turn's end and leave in one batch.
+        """
         self._check_sendable()
         conn = self._conn
         if self._half_closed_at is not None:  # still busy one way: not a stuck stream
@@ -277,7 +282,7 @@ class MuxStream(anyio.abc.ByteStream):
             conn.send_data(self.stream_id, data)
         except LocalProtocolError as exc:
             raise self._error or StreamResetError(str(exc)) from exc
-        self.session._wake_writer(len(data) >= _BULK_WRITE_BYTES)
+        self.session._wake_writer(not more and len(data) >= _BULK_WRITE_BYTES)
         return conn.send_buffered(self.stream_id) < self.session.config.stream_send_buffer_bytes
 
     def write_eof(self) -> None:

@@ -11,7 +11,8 @@ sides, for each visitor:
 - `forward` its bytes: metered as they flow (the admin API and metrics read the live counts,
   an idle timeout reads the time of the last byte and may cut it through `meter.scope`), the
   tunnel side compressed if agreed, piped both ways with half-close (by a `Relay`, the socket's
-  own protocol, when neither compression nor a bandwidth limit is in the way), and one
+  own protocol, when neither compression nor a bandwidth limit is in the way; by a `Splice`
+  when the "socket" is itself a mux stream of another session), and one
   "visitor closed" line with the byte counts: at debug level when both ways ended cleanly (a
   busy service sees thousands of visitors a second; the metrics count them), at info when the
   visitor failed.
@@ -35,6 +36,7 @@ from muxtunnel.log import debug_enabled
 from muxtunnel.proxy import PipeResult, pipe
 from muxtunnel.relay import Observer, Relay
 from muxtunnel.sockets import connect_protocol
+from muxtunnel.splice import Splice
 from muxtunnel.transport import abort
 
 __all__ = ["Visitors", "forward", "forward_to", "guarded", "relayable"]
@@ -127,13 +129,13 @@ async def forward(
 ) -> PipeResult:
     """Pipe one visitor between `socket` and its mux `stream` until both ways have ended.
 
-    `socket` is the visitor's own connection when `visitor_side` (the server), the local
-    service's otherwise (the client); either way, bytes from the visitor count as `bytes_in`
-    and the pipe's forward direction. `compression_level` (None: off) compresses the tunnel
-    side; `limiter` throttles the socket side. `preamble` goes down the tunnel first, before
-    the visitor's bytes (a PROXY protocol header). `sent_early` visitor bytes already went
-    down the stream with its SYN (see `relayable`): they count as forwarded. `context` goes
-    into both log lines.
+    `socket` is the visitor's own connection when `visitor_side` (the server), the local service's
+    otherwise (the client), or a mux stream of another session (a private service's visitor on the
+    server: the two streams are spliced); either way, bytes from the visitor count as `bytes_in` and
+    the pipe's forward direction. `compression_level` (None: off) compresses the tunnel side;
+    `limiter` throttles the socket side. `preamble` goes down the tunnel first, before the visitor's
+    bytes (a PROXY protocol header). `sent_early` visitor bytes already went down the stream with
+    its SYN (see `relayable`): they count as forwarded. `context` goes into both log lines.
     """
     started = time.monotonic()
     if debug_enabled():
@@ -160,13 +162,20 @@ async def forward(
         result: PipeResult | None = None
         with anyio.CancelScope() as meter.scope:  # an idle timeout may cancel it
             taken = None
-            if relayable(compression_level, limiter) and isinstance(stream, MuxStream):
-                relay = Relay(stream, meter, visitor_side=visitor_side)
-                taken = take_over(socket, relay)  # None: not an asyncio socket (tests, trio)
-            if taken is not None:
-                result = await relay.run(*taken)
+            direct = relayable(compression_level, limiter) and isinstance(stream, MuxStream)
+            if direct and isinstance(socket, MuxStream):  # a stream of another session
+                assert isinstance(stream, MuxStream)
+                ends = (socket, stream) if visitor_side else (stream, socket)
+                result = await Splice(*ends, meter).run()
             else:
-                result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
+                if direct:
+                    assert isinstance(stream, MuxStream)
+                    relay = Relay(stream, meter, visitor_side=visitor_side)
+                    taken = take_over(socket, relay)  # None: not an asyncio socket (trio)
+                if taken is not None:
+                    result = await relay.run(*taken)
+                else:
+                    result = await _pipe(socket, tunnel, meter, visitor_side, limiter)
         if result is None:  # cut from outside (both ends were aborted)
             error = "idle timeout" if meter.idle_closed else "cancelled"
             result = PipeResult(meter.bytes_in, meter.bytes_out, error)

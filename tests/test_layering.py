@@ -110,6 +110,7 @@ MUXTUNNEL_RANKS = {
     "limits": 2,
     "proxy": 2,
     "relay": 2,
+    "splice": 2,  # two mux streams relayed by callbacks (a private service's two hops)
     "captures": 1,  # recorded HTTP exchanges: what the inspector shows
     "httptap": 2,  # the inspector's passive HTTP parser, a wrapper of the local socket
     "control": 2,

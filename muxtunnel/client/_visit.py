@@ -7,11 +7,12 @@ attempt (a port in use ends `visit` at once), and its line `NAME tcp HOST:PORT -
 is printed once the server first granted the visit.
 
 A local TCP connection becomes a stream to the server whose SYN carries its `VisitorHeader`;
-its bytes follow at once (no hop waits for an ACK) and are piped with `forward`, as `listen`
-pipes a visitor of a public port. A local UDP address becomes a flow (`UdpForwarder`, as a
-public UDP port's). While there is no session, or the server said the provider is offline, a
-new connection is reset at once (a new flow dropped), counted and logged at doubling counts;
-connections open when the provider goes away are reset by the server.
+what it sent with its connect rides that SYN, the rest follows at once (no hop waits for an
+ACK), relayed by `forward` as `listen` relays a visitor of a public port. A local UDP address
+becomes a flow (`UdpForwarder`, as a public UDP port's). While there is no session, or the
+server said the provider is offline, a new connection is reset at once (a new flow dropped),
+counted and logged at doubling counts; connections open when the provider goes away are reset
+by the server.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from mux import MuxStream, Session
+from mux import MuxStream, Session, read_ready
 from muxtunnel import __version__, control
 from muxtunnel.client._carrier import open_carrier
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError, backoff_s
@@ -56,6 +57,9 @@ log = structlog.get_logger("muxtunnel.visit")
 #: Local connections of one service between their accept and their stream's opening (as a
 #: public port's, `server._visitors.SETTING_UP`).
 SETTING_UP = 16
+#: At most this much of what a local connection sent first rides its stream's SYN (as a
+#: public port's visitor's, `server._visitors.EARLY_BYTES`).
+EARLY_BYTES = 64 * 1024
 
 
 class _LocalFlows(UdpForwarder):
@@ -289,8 +293,12 @@ class Visitor:
             return
         compressed = state.compression is not None
         header = VisitorHeader(spec.name, "tcp", *address, compressed=compressed)
+        first = encode_visitor_header(header)
+        # What the connection sent with its connect rides the SYN (relayed bytes only: a
+        # compressed stream's bytes must pass its compressor).
+        early = b"" if compressed else read_ready(conn, EARLY_BYTES)
         try:
-            stream = await session.open_stream(encode_visitor_header(header))
+            stream = await session.open_stream(first + early)
         except anyio.BrokenResourceError:
             self.refusals.refuse("server_offline", "connection reset: not connected to the server",
                                  service=spec.name, server=self.server, peer=peer)  # fmt: skip
@@ -306,6 +314,7 @@ class Visitor:
                 peer=peer,
                 traffic=self.traffic_of(spec.name),
                 compression_level=state.compression_level if compressed else None,
+                sent_early=len(early),
             )
 
     # --- changes and status ---

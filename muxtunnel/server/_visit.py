@@ -10,11 +10,12 @@ provider's limits exactly as a visitor of a public port is (`_visitors.refusal`:
 service and per source address, the service's share of its session's streams, compression
 memory), then a new stream is opened on the provider's session, its header riding in the SYN,
 and the two are spliced: two mux hops, no new TCP connection, and no hop waits for an ACK
-before the visitor's bytes follow (the first byte costs no extra round trip). TCP is piped
-with `forward` (metered, throttled by the service's limiter, idle-timed, half-close and reset
-end to end); a UDP flow is relayed datagram by datagram (`udpflow.relay_flow`), counted in the
-service's UDP counters. Each splice runs in a cancel scope that both the service (when it
-ends) and the grant (when it is revoked) can cut.
+before the visitor's bytes follow (the first byte costs no extra round trip). TCP goes through
+`forward` (metered, throttled by the service's limiter, idle-timed, half-close and reset end
+to end): spliced by callbacks (`splice.Splice`) when neither hop is compressed nor throttled,
+piped by a task per direction otherwise; a UDP flow is relayed datagram by datagram
+(`udpflow.relay_flow`), counted in the service's UDP counters. Each splice runs in a cancel
+scope that both the service (when it ends) and the grant (when it is revoked) can cut.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from muxtunnel import control
 from muxtunnel.balance.ratelimit import Refusal
 from muxtunnel.compress import stream_memory_bytes
 from muxtunnel.control import Error, Presence, Visit, Visited, VisitorHeader
-from muxtunnel.forward import forward, guarded
+from muxtunnel.forward import forward, guarded, relayable
 from muxtunnel.quota import Quota
 from muxtunnel.server import _services
 from muxtunnel.server._host import Host
@@ -312,9 +313,15 @@ class VisitorSide:
             preamble = proxy_preamble(service.proxy_protocol, self.peer, self.local)
         plain = bool(service.compression) and not provider_compressed
         header = VisitorHeader(service.name, "tcp", peer_host, peer_port, compressed=not plain)
+        first = control.encode_visitor_header(header)
+        level = service.compression_level if provider_compressed else None
+        limiter = self.host.limiter_of(service.name)
+        if not visitor_compressed and relayable(level, limiter):
+            first += preamble  # spliced as they come: the PROXY header may ride the SYN too
+            preamble = b""
         with service.in_flight.track():
             try:
-                target = await service.provider.open_stream(control.encode_visitor_header(header))
+                target = await service.provider.open_stream(first)
             except anyio.BrokenResourceError:
                 stream.reset()
                 return
@@ -325,8 +332,8 @@ class VisitorSide:
                 service=service.name,
                 peer=_address(self.peer),
                 traffic=self.host.traffic_of(service.name),
-                compression_level=service.compression_level if provider_compressed else None,
-                limiter=self.host.limiter_of(service.name),
+                compression_level=level,
+                limiter=limiter,
                 preamble=preamble,
                 session=service.session_id,
                 visitor_session=self.id,

@@ -135,6 +135,27 @@ async def test_a_carrier_with_room_again_writes_without_the_writer_task() -> Non
             assert await peer.receive() == b"queued while paused"
 
 
+@pytest.mark.anyio
+async def test_bulk_bytes_go_at_once_unless_more_follow_in_the_same_turn() -> None:
+    """A bulk `write` is handed to the carrier at once; with `more` (a splice handing on the
+    frames of one read) it waits for the end of the loop turn, and the frames leave together."""
+    async with session_pair("tcp", QUIET) as (client, server):
+        stream = await client.open_stream()
+        peer = await server.accept_stream()
+        bulk = b"b" * (64 * 1024)
+        stream.write(bulk)
+        assert not client.conn.has_data_to_send()  # written inside `write`
+        stream.write(bulk, more=True)
+        stream.write(bulk, more=True)
+        assert client.conn.has_data_to_send()  # queued until the turn ends
+        with anyio.fail_after(5):
+            received = b""
+            while len(received) < 3 * len(bulk):
+                received += await peer.receive()
+        assert received == 3 * bulk
+        assert not client.conn.has_data_to_send()
+
+
 def _rcvbuf(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 

@@ -128,6 +128,61 @@ async def test_a_session_over_tls_takes_the_fast_path_and_loses_nothing(
             assert received["server"] == data and received["client"] == data
 
 
+async def test_bulk_frames_are_decrypted_into_buffers_small_enough_to_stay_views(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """However much the SSL protocol holds undecrypted, a buffer is at most four full Data
+    frames: a bulk frame is handed on as a view of it, not copied (`MuxStream._on_data`)."""
+    async with tls_pair(contexts) as (_client, server_stream, _):
+        async with Session(server_stream, client=False, config=MuxConfig()) as server:
+            carrier = server._carrier
+            assert isinstance(carrier, TlsTransportCarrier)
+            frame = MuxConfig().max_frame_bytes
+            assert len(carrier.get_buffer(16 * frame)) <= 4 * frame
+            assert len(carrier.get_buffer(1000)) == 1000  # a small read gets what it asked
+
+
+async def test_frames_received_over_tls_are_read_only_views(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Read-only, as a plain transport's bytes: a resumable session that sends them on (a
+    splice) keeps them in its replay log as they are, without a copy."""
+    data = bytes(range(256)) * 1024  # 256 KiB: bulk frames
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.chunks: list[memoryview] = []
+            self.done = anyio.Event()
+
+        def stream_data(self, chunk: memoryview) -> None:
+            self.chunks.append(chunk)
+
+        def stream_eof(self) -> None:
+            self.done.set()
+
+        def stream_failed(self, error: anyio.BrokenResourceError) -> None:
+            self.done.set()
+
+        def stream_writable(self) -> None:
+            pass
+
+    async with tls_pair(contexts) as (client_stream, server_stream, _):
+        async with (
+            Session(client_stream, client=True, config=MuxConfig()) as client,
+            Session(server_stream, client=False, config=MuxConfig()) as server,
+        ):
+            with anyio.fail_after(WAIT_S):
+                outgoing = await client.open_stream()
+                incoming = await server.accept_stream()
+                consumer = Consumer()
+                incoming.attach(consumer)
+                await outgoing.send(data)
+                await outgoing.send_eof()
+                await consumer.done.wait()
+    assert b"".join(consumer.chunks) == data
+    assert all(chunk.readonly for chunk in consumer.chunks)
+
+
 async def test_other_streams_are_left_to_the_caller(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
