@@ -184,7 +184,8 @@ async def test_no_new_carrier_within_the_timeout_ends_the_session() -> None:
         started = anyio.current_time()
         with anyio.fail_after(5):
             await link.client.wait_closed()
-        assert anyio.current_time() - started >= 0.3
+        # uvloop's clock moves in milliseconds: 0.300 s measured can be 0.29999... as a float
+        assert anyio.current_time() - started >= 0.3 - 0.002
         assert "resume_timeout_s" in (link.client.close_reason or "")
         with pytest.raises(SessionClosed):
             await stream.send(b"more")
