@@ -3,16 +3,20 @@
 `muxtunnel.httptap` records them from the bytes of `up`'s http visitors; the inspector
 (`muxtunnel.web.inspector`) reads the ring and adds the replays it makes. An exchange is a frozen
 record: heads as text, bodies cut at the ring's cap but counted whole.
+
+The tap records a `Raw` exchange (heads as the bytes that came): most are never looked at, so
+they are parsed into `Exchange`s only when the ring is read, once each.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BODY_CAP_BYTES", "RING_EXCHANGES", "Captures", "Exchange", "Headers"]
+__all__ = ["BODY_CAP_BYTES", "RING_EXCHANGES", "Captures", "Exchange", "Headers", "Raw"]
 
 #: Exchanges kept; with the body cap, at most 100 * 2 * 16 KiB = 3.2 MiB of bodies.
 RING_EXCHANGES = 100
@@ -96,6 +100,71 @@ def _text(body: bytes) -> str | None:
         return None
 
 
+#: A header line of a head the tap took whole (it judged only the start line and the framing):
+#: lenient, as the inspector shows what came rather than judging it again.
+_HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+
+
+def _parse_head(head: bytes) -> tuple[list[bytes], Headers]:
+    """The start line's three parts and the header pairs (names lowercased) of `head`."""
+    line_end = head.find(b"\n")
+    if line_end < 0:
+        line_end = len(head)
+    start = head[:line_end].rstrip(b"\r").split(b" ", 2)
+    block = head[line_end + 1 :] + b"\r\n"
+    headers = tuple(
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in _HEADER_LINE.findall(block)
+    )
+    return start, headers
+
+
+class Raw:
+    """An exchange as the tap records it: whole heads as bytes (up to their blank line),
+    bodies cut at the cap; `exchange()` parses it into what the inspector shows."""
+
+    __slots__ = ("error", "id", "peer", "request_body", "request_bytes", "request_head",
+                 "response_body", "response_bytes", "response_head", "service", "started", "t0",
+                 "t_end")  # fmt: skip
+
+    def __init__(self, id: int, service: str, peer: str, started: float, t0: float) -> None:
+        self.id = id
+        self.service = service
+        self.peer = peer
+        #: When the request head was seen: the wall clock (shown) and the monotonic one.
+        self.started = started
+        self.t0 = t0
+        #: When the response ended (monotonic), if it did.
+        self.t_end: float | None = None
+        self.error: str | None = None
+        self.request_head = b""
+        self.request_body = bytearray()
+        self.request_bytes = 0
+        self.response_head: bytes | None = None
+        self.response_body = bytearray()
+        self.response_bytes = 0
+
+    def exchange(self) -> Exchange:
+        """The parsed, frozen record."""
+        start, request_headers = _parse_head(self.request_head)
+        status: int | None = None
+        reason = ""
+        response_headers: Headers = ()
+        if self.response_head is not None:
+            line, response_headers = _parse_head(self.response_head)
+            status = int(line[1])
+            reason = line[2].decode("latin-1") if len(line) > 2 else ""
+        return Exchange(
+            id=self.id, service=self.service, peer=self.peer, started=self.started,
+            method=start[0].decode("latin-1"), target=start[1].decode("latin-1"),
+            request_headers=request_headers, request_body=bytes(self.request_body),
+            request_bytes=self.request_bytes, status=status, reason=reason,
+            response_headers=response_headers, response_body=bytes(self.response_body),
+            response_bytes=self.response_bytes,
+            duration_s=None if self.t_end is None else self.t_end - self.t0, error=self.error,
+        )  # fmt: skip
+
+
 class Captures:
     """The bounded ring of recent exchanges, newest last, and the tap's own counters."""
 
@@ -103,7 +172,7 @@ class Captures:
         self, size: int = RING_EXCHANGES, *, body_cap_bytes: int = BODY_CAP_BYTES
     ) -> None:
         self.body_cap_bytes = body_cap_bytes
-        self._ring: deque[Exchange] = deque(maxlen=size)
+        self._ring: deque[Exchange | Raw] = deque(maxlen=size)
         self._ids = itertools.count(1)
         #: Exchanges recorded, and connections the tap stopped following (not HTTP/1.1, ...).
         self.recorded = 0
@@ -113,15 +182,20 @@ class Captures:
         """A new exchange id."""
         return next(self._ids)
 
-    def add(self, exchange: Exchange) -> None:
+    def add(self, exchange: Exchange | Raw) -> None:
         """Keep `exchange`; the oldest goes when the ring is full."""
         self._ring.append(exchange)
         self.recorded += 1
 
     def exchanges(self) -> list[Exchange]:
-        """The ring, oldest first."""
-        return list(self._ring)
+        """The ring, oldest first (raw records parsed now, and kept parsed)."""
+        ring = self._ring
+        for i in range(len(ring)):
+            item = ring[i]
+            if isinstance(item, Raw):
+                ring[i] = item.exchange()
+        return list(ring)  # type: ignore[arg-type]  # all parsed just now
 
     def get(self, exchange_id: int) -> Exchange | None:
         """The exchange with this id, if the ring still has it."""
-        return next((e for e in self._ring if e.id == exchange_id), None)
+        return next((e for e in self.exchanges() if e.id == exchange_id), None)

@@ -104,6 +104,7 @@ MUXTUNNEL_RANKS = {
     "quota": 1,
     "admission": 2,
     "framing": 1,
+    "bodies": 1,  # where an HTTP message body ends (the inspector's tap)
     # wrappers, protocols and meters over the seam
     "tls": 2,
     "trust": 3,  # the state directory: the server's own pair, the client's known servers

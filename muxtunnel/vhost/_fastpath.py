@@ -1,9 +1,10 @@
-"""The fast path of a visitor connection: plain bodiless requests forwarded without h11.
+"""The fast path of a visitor connection: plain requests forwarded without h11.
 
 `HttpConnection` runs `FastPath.cycle` while `Heads` still owns the visitor's bytes. A head
 the fast parser accepts (`_wire.parse_request_head`), whose route is found and whose
 credentials (if the route asks for them) match, is rewritten (`headers.request_headers`, as
-h11's path does) and sent in one piece; `FastExchange` relays the response. Anything else
+h11's path does) and sent in one piece with its body (a Content-Length one, whole in the
+buffer: `FAST_BODY_BYTES`); `FastExchange` relays the response. Anything else
 (a refusal, a body, an upgrade, a malformed head) goes to h11 and `HttpConnection._handle`,
 which answer it exactly as before; answers of the proxy's own (502, 504, 429) are written by
 h11 too (`Heads.sync_h11`).
@@ -32,7 +33,12 @@ from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.routes import Route, routing_path
 from muxtunnel.vhost.streams import linger_close
 
-__all__ = ["ConnectionView", "FastPath"]
+__all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath"]
+
+#: A body with a Content-Length up to this size, all of it already read with its head, rides
+#: the fast path with the head in one write; a longer one, or one still coming, goes to h11,
+#: which streams it (a small POST's body nearly always comes in the head's segment).
+FAST_BODY_BYTES = 64 * 1024
 
 
 class ConnectionView(Protocol):
@@ -81,7 +87,7 @@ class FastPath:
             heads.to_h11()
             return None
         request, route, host = found
-        heads.take(request.size)
+        body = heads.take(request.size + request.length)[request.size :]
         options = route.target.options
         headers = request_headers(
             request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
@@ -92,6 +98,7 @@ class FastPath:
         lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
         lines.extend(b"%b: %b\r\n" % pair for pair in headers)
         lines.append(b"\r\n")
+        lines.append(body)
         data = b"".join(lines)
         timeout_s = options.response_timeout_s or conn.config.response_timeout_s
         retried = False
@@ -140,6 +147,8 @@ class FastPath:
         config = self.conn.config
         if (
             request is None
+            or request.length > FAST_BODY_BYTES
+            or len(self.conn.heads.buffer or b"") < request.size + request.length
             or request.method == b"CONNECT"
             or len(request.headers) > config.max_header_count
             or request.size > config.max_header_bytes

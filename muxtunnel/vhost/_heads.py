@@ -99,7 +99,7 @@ class Heads:
         return len(data)
 
     def take(self, size: int) -> bytes:
-        """Consume the first `size` bytes (a head the fast path forwards)."""
+        """Consume the first `size` bytes (a request the fast path forwards: head and body)."""
         buffer = self.buffer
         assert buffer is not None
         self._pending, self.buffer = buffer[:size], buffer[size:]
@@ -116,8 +116,9 @@ class Heads:
         conn = self.side.conn
         conn.receive_data(self._pending)
         self._pending = b""
-        conn.next_event()  # the Request: the fast parser accepted it, h11 does too
-        conn.next_event()  # its EndOfMessage (bodiless)
+        # The Request (the fast parser accepted it, h11 does too), its body (all there), its end.
+        while type(conn.next_event()) is not h11.EndOfMessage:
+            pass
 
     def to_h11(self) -> None:
         """From here on h11 reads the heads, starting with what is buffered."""

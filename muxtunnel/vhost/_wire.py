@@ -5,8 +5,9 @@ standard library (C): one `fullmatch` validates the whole header block, one `fin
 
 Invariants:
 - `parse_request_head` accepts only what needs no judgement: an origin-form HTTP/1.1 request
-  line, CRLF line ends, token names, values without control bytes, no body (no
-  Transfer-Encoding, Content-Length absent or 0), no Upgrade, no Expect. Anything else returns
+  line, CRLF line ends, token names, values without control bytes, no Transfer-Encoding, at
+  most one Content-Length (digits without a leading zero; several only when all are 0), no
+  Upgrade, no Expect. Anything else returns
   None and the caller hands the bytes to h11, the strict parser, which decides (400, 431, a
   body, an upgrade). So the fast path never frames a request differently than h11 would.
 - A response head is refused (`ValueError`, a 502 to the caller) unless its framing is
@@ -53,8 +54,8 @@ MAX_CHUNK_LINE_BYTES = 4096
 class FastRequest:
     """A bodiless HTTP/1.1 request head the fast path can forward without h11."""
 
-    __slots__ = ("authorization", "close", "connection_tokens", "headers", "host", "method",
-                 "size", "target")  # fmt: skip
+    __slots__ = ("authorization", "close", "connection_tokens", "headers", "host", "length",
+                 "method", "size", "target")  # fmt: skip
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class FastRequest:
         tokens: set[bytes],
         authorization: bytes | None,
         size: int,
+        length: int = 0,
     ) -> None:
         self.method = method
         self.target = target
@@ -75,6 +77,8 @@ class FastRequest:
         self.close = b"close" in tokens
         self.authorization = authorization
         self.size = size
+        #: The body's Content-Length (0: none).
+        self.length = length
 
 
 def parse_request_head(head: bytes) -> FastRequest | None:
@@ -94,6 +98,7 @@ def parse_request_head(head: bytes) -> FastRequest | None:
     host: bytes | None = None
     tokens: set[bytes] = set()
     authorization = None
+    length: bytes | None = None
     for name, value in headers:
         lower = name.lower()
         if lower == b"host":
@@ -101,8 +106,9 @@ def parse_request_head(head: bytes) -> FastRequest | None:
                 return None
             host = value
         elif lower == b"content-length":
-            if value != b"0":
-                return None
+            if length is not None and (value != length or value != b"0"):
+                return None  # several: h11 judges them
+            length = value
         elif lower in (b"transfer-encoding", b"upgrade", b"expect"):
             return None
         elif lower == b"connection":
@@ -113,7 +119,14 @@ def parse_request_head(head: bytes) -> FastRequest | None:
             authorization = value
     if host is None:
         return None
-    return FastRequest(line[1], line[2], headers, host, tokens, authorization, len(head) + 4)
+    size = 0
+    if length is not None and length != b"0":
+        if not length.isdigit() or length[:1] == b"0" or len(length) > 18:
+            return None
+        size = int(length)
+    return FastRequest(
+        line[1], line[2], headers, host, tokens, authorization, len(head) + 4, size
+    )
 
 
 def _strip(headers: list[Header]) -> list[Header]:

@@ -276,3 +276,27 @@ def test_an_idle_pause_keeps_a_live_upstream(proxy: Proxy) -> None:
         finally:
             conn.close()
         assert first.json()["client_port"] == second.json()["client_port"]
+
+
+def test_a_body_with_a_content_length_rides_the_fast_path(
+    proxy: Proxy, fast_count: list[int]
+) -> None:
+    with backend("app") as app:
+        proxy.add_http("app", ["app.example.com"], address_of(app))
+        host = "app.example.com"
+        post = f"POST /two HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello".encode()
+        with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(get("/one", host) + post + get("/three", host))
+            one, two, three = read_responses(sock, 3)
+            assert fast_count[0] == 3
+            # A body still coming when its head is read goes to h11, which streams it.
+            sock.sendall(post[:-2])
+            time.sleep(0.2)
+            sock.sendall(post[-2:] + get("/four", host))
+            late, four = read_responses(sock, 2)
+        assert [r.status for r in (one, two, three, late, four)] == [200] * 5
+        assert [json.loads(r.body)["path"] for r in (one, two, three, late, four)] == [
+            "/one", "/two", "/three", "/two", "/four",
+        ]  # fmt: skip
+        assert json.loads(two.body)["body_bytes"] == 5 == json.loads(late.body)["body_bytes"]
+    assert fast_count[0] == 3

@@ -41,12 +41,18 @@ def test_a_plain_get_is_taken_with_its_headers_as_sent() -> None:
         head_of(b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n")
     )
     assert closing is not None and closing.close
+    post = parse_request_head(head_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n"))
+    assert post is not None and post.length == 12
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",  # a body
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 05\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\n\r\n",  # h11 judges odd lengths

@@ -261,3 +261,147 @@ def test_the_tap_never_raises_whatever_it_is_fed(chunks: list[tuple[bool, bytes]
         (tap.feed_request if to_service else tap.feed_response)(data)
     tap.close()
     assert len(captures.exchanges()) <= 5
+
+
+def test_heads_that_come_a_byte_at_a_time() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    for byte in b"GET /slow HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n":
+        tap.feed_request(bytes([byte]))
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+        tap.feed_response(bytes([byte]))
+    (exchange,) = captures.exchanges()
+    assert (exchange.target, exchange.status, exchange.response_body) == ("/slow", 200, b"ok")
+    assert exchange.request_headers == (("host", "a"), ("x-a", "1"))
+
+
+def test_the_ring_holds_heads_unparsed_until_someone_looks() -> None:
+    """Parsing a head costs more than finding its end: most are never looked at."""
+    from muxtunnel.captures import Exchange, Raw
+
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /x HTTP/1.1\r\nHost: a\r\nAccept:  text/html \r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    assert [isinstance(e, Raw) for e in captures._ring] == [True]
+    (exchange,) = captures.exchanges()
+    assert type(exchange) is Exchange and captures._ring[0] is exchange  # parsed once
+    assert exchange.request_headers == (("host", "a"), ("accept", "text/html"))
+    assert (exchange.status, exchange.reason) == (404, "Not Found")
+    assert captures.get(exchange.id) is exchange
+
+
+def test_an_upgrade_refused_lets_the_requests_after_it_be_followed() -> None:
+    """Bytes after an upgrade request wait for the answer: on a 101 they are not HTTP."""
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+    tap.feed_request(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    tap.feed_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert [(e.target, e.status) for e in captures.exchanges()] == [("/ws", 400), ("/next", 200)]
+
+
+def test_informational_answers_before_the_response_are_passed_over() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(
+        b"PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    tap.feed_response(b"HTTP/1.1 100 Continue\r\n\r\n")
+    tap.feed_request(b"abc")
+    tap.feed_response(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    assert recorded(captures) == [("PUT", "/f", b"abc", 201, b"")]
+
+
+def test_an_answer_before_the_request_body_ended_waits_for_it() -> None:
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    tap.feed_request(b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+    tap.feed_response(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert captures.exchanges() == []
+    tap.feed_request(b"def")
+    assert recorded(captures) == [("POST", "/big", b"abcdef", 413, b"")]
+
+
+_NAME = st.sampled_from(["X-A", "accept", "X-Trace-Id", "Cookie", "user-agent"])
+_VALUE = st.text(alphabet="abcXYZ019 =;/.,-", max_size=12).map(str.strip)
+_BODY = st.binary(max_size=40)
+
+
+@st.composite
+def _exchanges(draw: st.DrawFn) -> list[tuple[str, bool, list[tuple[str, str]], bytes, int, bool]]:
+    """(method, chunked request, headers, body, status, chunked response) of a few exchanges."""
+    return draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]),
+                st.booleans(),
+                st.lists(st.tuples(_NAME, _VALUE), max_size=4),
+                _BODY,
+                st.sampled_from([200, 201, 204, 304, 404, 500]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=4,
+        )
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(_exchanges(), st.lists(st.integers(0, 4000), max_size=8), st.data())
+def test_the_tap_records_what_h11_wrote_however_it_is_cut(
+    exchanges: list[tuple[str, bool, list[tuple[str, str]], bytes, int, bool]],
+    cuts: list[int],
+    data: st.DataObject,
+) -> None:
+    """h11 (a strict implementation) writes both sides; the tap, fed them in any pieces, must
+    record each exchange as it was written."""
+    import h11
+
+    client, server = h11.Connection(h11.CLIENT), h11.Connection(h11.SERVER)
+    requests, responses, expected = bytearray(), bytearray(), []
+    for n, (method, chunked, headers, body, status, chunked_answer) in enumerate(exchanges):
+        length = str(len(body))
+        framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", length)
+        head = [("Host", "app"), *headers, framing]
+        out = client.send(h11.Request(method=method, target=f"/{n}", headers=head))
+        out += client.send(h11.Data(data=body)) if body else b""
+        out += client.send(h11.EndOfMessage())
+        requests += out
+        server.receive_data(out)
+        while type(server.next_event()) is not h11.EndOfMessage:
+            pass
+        answer = f"answer {n}".encode() if status not in (204, 304) else b""
+        response_head = [("X-N", str(n))]
+        if status not in (204, 304):
+            response_head.append(
+                ("Transfer-Encoding", "chunked")
+                if chunked_answer
+                else ("Content-Length", str(len(answer)))
+            )
+        responses += server.send(h11.Response(status_code=status, headers=response_head))
+        if answer and method != "HEAD":
+            responses += server.send(h11.Data(data=answer))
+        responses += server.send(h11.EndOfMessage())
+        server.start_next_cycle()
+        client = h11.Connection(h11.CLIENT)  # the same bytes as a client that read the answer
+        sent_headers = tuple((k.lower(), v) for k, v in head)
+        shown = answer if method != "HEAD" else b""
+        expected.append((method, f"/{n}", sent_headers, body, status, shown))
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    request_pieces = split(bytes(requests), cuts)
+    response_pieces = split(bytes(responses), data.draw(st.lists(st.integers(0, 4000), max_size=8)))
+    while request_pieces or response_pieces:  # requests lead, answers follow as they may
+        if request_pieces and (not response_pieces or data.draw(st.booleans())):
+            tap.feed_request(request_pieces.pop(0))
+        else:
+            tap.feed_response(response_pieces.pop(0))
+    tap.close()
+    seen = [
+        (e.method, e.target, e.request_headers, e.request_body, e.status, e.response_body)
+        for e in captures.exchanges()
+    ]
+    assert seen == expected and captures.abandoned == 0
+    assert all(e.error is None for e in captures.exchanges())

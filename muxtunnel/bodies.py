@@ -1,0 +1,144 @@
+"""Where an HTTP/1.x message body ends, from bytes that pass by: what a passive tap needs.
+
+`muxtunnel.httptap` frames each message it sees with these: the framing headers of a head
+(found by searches of the lowercased head, not by splitting it into pairs), a body's first
+bytes kept up to a cap, and a chunked body decoded as it comes (RFC 9112 §7.1), its chunk
+lines bounded by `MAX_CHUNK_LINE_BYTES`; and a PROXY protocol header the server wrote
+first on a stream, passed over. Every malformed input raises `ValueError`.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "MAX_CHUNK_LINE_BYTES",
+    "UNTIL_CLOSE",
+    "Chunked",
+    "body_framing",
+    "find_head_end",
+    "header_value",
+    "keep",
+    "without_proxy_header",
+]
+
+#: A chunk-size or trailer line may be this long (as `muxtunnel.vhost`'s scanner).
+MAX_CHUNK_LINE_BYTES = 4096
+#: The length of a body that ends with the connection.
+UNTIL_CLOSE = -1
+
+#: PROXY protocol v2's signature (HAProxy's spec, section 2.2; `muxtunnel.vhost.proxy_protocol`).
+_PROXY_V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
+
+
+#: What marks a framing header's line in a lowercased head.
+_TRANSFER_ENCODING = b"\ntransfer-encoding:"
+_CONTENT_LENGTH = b"\ncontent-length:"
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def find_head_end(data: bytes, start: int = 0) -> tuple[int, int] | None:
+    """(end of the head, start of the body) of the head `data` starts with, if it is whole;
+    the blank line is searched from `start` (what came before it was searched already)."""
+    at = data.find(b"\r\n\r\n", start)  # CRLF heads, nearly all: a C search, not a regex
+    if at >= 0 and data.find(b"\n\n", start, at) < 0 and data.find(b"\n\r\n", start, at + 2) < 0:
+        return at, at + 4
+    found = _HEAD_END.search(data, start)  # bare LF line ends (RFC 9112 §2.2 lets them be)
+    return None if found is None else (found.start(), found.end())
+
+
+def header_value(head: bytes, lower: bytes, needle: bytes) -> bytes | None:
+    """The value of the first header whose line `needle` (b"\\nname:", lowercase) marks in
+    `head` (`lower`: it lowercased)."""
+    at = lower.find(needle)
+    if at < 0:
+        return None
+    start = at + len(needle)
+    end = head.find(b"\n", start)
+    return head[start : end if end >= 0 else len(head)].strip(b" \t\r")
+
+
+def body_framing(head: bytes, lower: bytes) -> tuple[int, Chunked | None]:
+    """(Content-Length, or `UNTIL_CLOSE`; a chunked decoder) of a message head."""
+    codings = header_value(head, lower, _TRANSFER_ENCODING)
+    if codings is not None:
+        if codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+            return 0, Chunked()
+        return UNTIL_CLOSE, None
+    length = header_value(head, lower, _CONTENT_LENGTH)
+    if length is None:
+        return UNTIL_CLOSE, None
+    if not length.isdigit() or len(length) > 18:
+        raise ValueError(f"invalid Content-Length {length[:40]!r}")
+    return int(length), None
+
+
+def keep(kept: bytearray, cap: int, data: bytes, start: int = 0, end: int | None = None) -> None:
+    """Add to `kept` what it has room for of `data[start:end]`, up to `cap` bytes in all
+    (nothing is sliced once it is full: a long body past the cap is only counted)."""
+    room = cap - len(kept)
+    if room > 0:
+        stop = start + room if end is None else min(end, start + room)
+        kept += data[start:stop]
+
+
+class Chunked:
+    """Decodes a chunked body as it comes: data to `_keep`, its end found (RFC 9112 §7.1)."""
+
+    __slots__ = ("_left", "_line", "_phase", "done")
+
+    def __init__(self) -> None:
+        self._phase = 0  # 0: a size line, 1: data, 2: the CRLF after it, 3: trailers
+        self._left = 0
+        self._line = b""  # an unfinished line
+        self.done = False
+
+    def feed(self, data: bytes, kept: bytearray, cap: int) -> tuple[int, bytes]:
+        """(body bytes taken from `data`, what follows the body once it ended)."""
+        if self._line:
+            data = self._line + data
+            self._line = b""
+        pos, end, size = 0, len(data), 0
+        while pos < end:
+            if self._phase == 1:
+                take = min(self._left, end - pos)
+                keep(kept, cap, data, pos, pos + take)
+                size += take
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._phase = 2
+                continue
+            newline = data.find(b"\n", pos, pos + MAX_CHUNK_LINE_BYTES)
+            if newline < 0:
+                if end - pos >= MAX_CHUNK_LINE_BYTES:
+                    raise ValueError("a chunk-size or trailer line is too long")
+                self._line = data[pos:]
+                break
+            line = data[pos:newline]
+            pos = newline + 1
+            if self._phase == 0:
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    raise ValueError("invalid chunk-size line")
+                self._left = int(match[1], 16)
+                self._phase = 1 if self._left else 3
+            elif self._phase == 2:
+                if line not in (b"", b"\r"):
+                    raise ValueError("a chunk does not end with CRLF")
+                self._phase = 0
+            elif line in (b"", b"\r"):  # the blank line after the trailers
+                self.done = True
+                return size, data[pos:]
+        return size, b""
+
+
+def without_proxy_header(data: bytes) -> bytes:
+    """`data` past a PROXY protocol header it starts with (one the server wrote first, in one
+    piece); a header cut in two is left for the request parser to refuse."""
+    if data.startswith(b"PROXY ") and (end := data.find(b"\r\n", 0, 108)) != -1:
+        return data[end + 2 :]  # v1: one line of at most 107 bytes (section 2.1)
+    if data.startswith(_PROXY_V2) and len(data) >= 16:
+        return data[16 + int.from_bytes(data[14:16], "big") :]
+    return data
