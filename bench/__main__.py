@@ -21,7 +21,18 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import charts, cluster, http, machine, paths, proc, report, resume, targets
+from bench import (
+    charts,
+    cluster,
+    http,
+    machine,
+    paths,
+    pathswitch,
+    proc,
+    report,
+    resume,
+    targets,
+)
 from bench.iperf import IperfServer
 from bench.proc import Proc, StartError
 from bench.suite import Plan, Runner
@@ -72,7 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="skip the cluster rows (three listen --cluster nodes on a redis-server)",
     )
     ap.add_argument(
-        "--no-resume", action="store_true", help="skip the resume-time rows (bench.resume)"
+        "--no-resume",
+        action="store_true",
+        help="skip the resume-time and path-switch rows (bench.resume, bench.pathswitch)",
     )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
     ap.add_argument(
@@ -216,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             rtts = (0.0, *plan.lfn_rtts[:1])  # loopback, and the first long-fat-link RTT
             results["resume"] = resume.run(
                 tmp, rtts, 2 if a.quick else 5, env.muxtunnel,
+                lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
+            )  # fmt: skip
+            console.rule("path switch: the active path fails under a streaming visitor")
+            results["pathswitch"] = pathswitch.run(
+                tmp, rtts, 1 if a.quick else 3, env.muxtunnel,
                 lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
             )  # fmt: skip
         if not a.no_http:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import cluster, http, resume
+from bench import cluster, http, pathswitch, resume
 
 Rows = tuple[list[str], list[list[str]]]  # (header, rows)
 
@@ -271,6 +271,7 @@ SECTIONS = [
     ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
     ("Cluster: through the owning node and a forwarding one; one node vs three", cluster.rows),
     ("Resume time: up's carrier reset under a streaming visitor (delay proxy)", resume.rows),
+    ("Path switch: the active path fails under a streaming visitor (two paths)", pathswitch.rows),
     ("Targets for muxtunnel", target_rows),
     ("Notes", note_rows),
 ]

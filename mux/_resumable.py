@@ -40,6 +40,9 @@ __all__ = ["DetachedCarrier", "Resumable", "Suspension"]
 
 #: How long closing a lost carrier may take (in the background: nobody waits for it).
 _CLOSE_OLD_CARRIER_S = 1.0
+#: How long a detached carrier is held open at most, waiting for `detach`'s `close_after`
+#: (the peer's answer to a move takes a round trip; a stalled peer gets no more).
+_DETACH_HOLD_S = 10.0
 
 
 class DetachedCarrier:
@@ -193,13 +196,17 @@ class Resumable:
         self._raise_if_closed()
         return self._suspension.reason or "the carrier was lost"
 
-    def detach(self, reason: str) -> None:
+    def detach(self, reason: str, close_after: anyio.Event | None = None) -> None:
         """Stop using the carrier now and suspend, as if it had been lost (to move the session
-        to another carrier); the counts to exchange with the peer are final on return."""
+        to another carrier); the counts to exchange with the peer are final on return.
+
+        The carrier is closed at once, or once `close_after` is set (at most `_DETACH_HOLD_S`
+        later): a peer that reads the carrier's end before it hears of the move over another
+        one would take that end for the session's (an EOF is a deliberate end, not a break)."""
         if not self._suspension.enabled:
             raise LocalProtocolError("resumption is not enabled on this session")
         self._raise_if_closed()
-        self._suspend(reason)
+        self._suspend(reason, close_after)
 
     async def resume(
         self, transport: anyio.abc.ByteStream, peer_received: int, prefix: bytes = b""
@@ -238,7 +245,7 @@ class Resumable:
         else:
             await self._fail(reason)
 
-    def _suspend(self, reason: str) -> None:
+    def _suspend(self, reason: str, close_after: anyio.Event | None = None) -> None:
         if self._error is not None or not self._suspension.suspend(reason):
             return
         old, self._carrier = self._carrier, DetachedCarrier()
@@ -247,7 +254,7 @@ class Resumable:
         if self._carrier_scope is not None:
             self._carrier_scope.cancel()
         if self._tasks is not None:
-            self._tasks.start_soon(self._close_carrier, old, name="mux lost carrier")
+            self._tasks.start_soon(self._close_carrier, old, close_after, name="mux lost carrier")
 
     async def _wait_for_carrier(self) -> bool:
         """Suspended: wait for `resume`. False once `resume_timeout_s` ended the session."""
@@ -263,7 +270,10 @@ class Resumable:
         return self._error is None
 
     @staticmethod
-    async def _close_carrier(carrier: Carrier) -> None:
+    async def _close_carrier(carrier: Carrier, after: anyio.Event | None = None) -> None:
+        if after is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_DETACH_HOLD_S):
+                await after.wait()
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_OLD_CARRIER_S):
             try:
                 await carrier.aclose()

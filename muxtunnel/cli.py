@@ -26,6 +26,7 @@ from muxtunnel.config import (
     load_token_file,
     load_visitor_config,
 )
+from muxtunnel.config._paths import parse_path
 from muxtunnel.flags import TLS_FLAGS, build_parser, secret_values, secrets_on_command_line
 from muxtunnel.model import (
     MAX_WEIGHT,
@@ -36,6 +37,7 @@ from muxtunnel.model import (
     ServiceSpec,
     VisitSpec,
 )
+from muxtunnel.path_config import PathSpec
 from muxtunnel.specs import (
     DEFAULT_LOCAL_HOST,
     SERVICE_TYPES,
@@ -218,11 +220,22 @@ def _client_overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {**_token_overrides(args)}
     if servers:  # the command line's servers replace the file's, one or several
         overrides.update(server=servers[0], servers=tuple(servers))
+    if paths := getattr(args, "path", None):  # they replace the file's too
+        overrides["paths"] = tuple(_path(text) for text in paths)
+    if (switch_after := getattr(args, "switch_after", None)) is not None:
+        overrides["switch_after_s"] = switch_after
     overrides.update(_endpoint_overrides(args))
     if specs:
         overrides["services"] = specs
     overrides.update(_tls_overrides(args))
     return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _path(text: str) -> PathSpec:
+    try:
+        return parse_path(text)
+    except SpecError as exc:
+        raise SpecError(f"--path {text}: {exc}") from None
 
 
 def _private(specs: list[ServiceSpec], args: argparse.Namespace) -> list[ServiceSpec]:

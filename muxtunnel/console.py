@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from muxtunnel.log import redirect
-from muxtunnel.status import ClientStatus
+from muxtunnel.status import ClientStatus, PathRow
 
 __all__ = ["REFRESH_S", "LiveConsole", "Panel", "human_rate", "show"]
 
@@ -109,7 +109,8 @@ class Panel:
             table.add_column(title, justify="right", no_wrap=True, min_width=_RATE_CHARS)
         now = anyio.current_time()
         rows = status.services
-        shown = min(len(rows), max(1, height - _CHROME_LINES))
+        paths = [path for server in status.servers for path in server.paths]
+        shown = min(len(rows), max(1, height - _CHROME_LINES - bool(paths)))
         for index, row in enumerate(rows):  # every row's rate, shown or not: the next is right
             last_in, last_out, last_t = self._last.get(row.name, (row.bytes_in, row.bytes_out, now))
             span = max(now - last_t, 1e-3)
@@ -129,10 +130,23 @@ class Panel:
             cells = [cell[name] for name in names] + [cell["in"], cell["out"]]
             # Text, never markup: the public address is what the server answered.
             table.add_row(*(Text(cell) for cell in cells))
-        parts: list[Text | Table] = [header, table]
+        parts: list[Text | Table] = [header]
+        if paths:  # `client.paths`: which one the session runs on, and how each one does
+            parts.append(Text(_paths_line(paths), no_wrap=True, overflow="ellipsis"))
+        parts.append(table)
         if shown < len(rows):
             parts.append(Text(f"… {len(rows) - shown} more (muxtunnel status shows all)"))
         return Group(*parts)
+
+
+def _paths_line(paths: list[PathRow]) -> str:
+    cells = []
+    for path in paths:
+        rtt = f"{path.rtt_s * 1000:.1f} ms" if path.rtt_s is not None else "-"
+        loss = f" loss {path.loss * 100:.0f}%" if path.loss else ""
+        mark = "*" if path.state == "active" else ""
+        cells.append(f"{mark}{path.name} {path.state} {rtt}{loss}")
+    return "paths  " + "  ".join(cells)
 
 
 class LiveConsole:

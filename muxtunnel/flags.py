@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address (default port 7835); repeatable: every service on each server",
     )
     up.add_argument(
+        "--path",
+        action="append",
+        metavar="NAME=SOURCE[@HOST:PORT]",
+        help="a way to reach the server: from a local address (or dev:INTERFACE), optionally to "
+        "another address of it; repeatable: the session runs on the best path (client.paths)",
+    )
+    up.add_argument(
+        "--switch-after",
+        type=float,
+        metavar="SECONDS",
+        help="a better path must stay better this long before the session moves (default 5)",
+    )
+    up.add_argument(
         "--tcp",
         action="append",
         default=[],

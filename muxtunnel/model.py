@@ -20,6 +20,7 @@ from muxtunnel.balance.settings import (
     RateLimit,
 )
 from muxtunnel.cluster_config import ClusterConfig as ClusterConfig  # `server.cluster`
+from muxtunnel.path_config import PathSpec, PathTuning
 
 ServiceType = Literal["tcp", "udp", "http", "https"]
 #: HTTP services are routed by Host on the server's shared HTTP port (and its TLS port when the
@@ -380,6 +381,9 @@ class ClientConfig:
     #: `muxtunnel visit` (the `visitor:` section): the private services it reaches; `token`
     #: is then the default visitor token, and `services` is empty.
     visits: tuple[VisitSpec, ...] = ()
+    #: Ways to reach the server, the session on the best (`client._paths`); () : as routed.
+    paths: tuple[PathSpec, ...] = ()
+    path_tuning: PathTuning = field(default_factory=PathTuning)
 
     def per_server(self) -> tuple[ClientConfig, ...]:
         """This config once per server, each naming only that one."""

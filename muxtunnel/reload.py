@@ -216,7 +216,7 @@ def server_changes(old: ServerConfig, new: ServerConfig) -> ServerChanges:
 
 # --- client ---
 
-CLIENT_BOUND_FIELDS = ("metrics", "admin")
+CLIENT_BOUND_FIELDS = ("metrics", "admin", "paths", "path_tuning")
 #: A change to any of these needs a new session.
 _SESSION_FIELDS = ("server_host", "server_port", "tls", "mux")
 

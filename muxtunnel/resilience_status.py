@@ -61,6 +61,8 @@ class PathRow:
     score: float | None = None
     #: Times the session moved onto this path.
     switches_in: int = 0
+    #: Why it is down (None: it is not).
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -72,6 +74,7 @@ class PathRow:
             "loss": round(self.loss, 3),
             "score": None if self.score is None else round(self.score, 4),
             "switches_in": self.switches_in,
+            "reason": self.reason,
         }
 
 
@@ -91,6 +94,8 @@ class ServerRow:
     #: Bytes held now to write again on a new carrier.
     replay_bytes: int = 0
     paths: tuple[PathRow, ...] = ()
+    #: The session moved from path to path, by reason ("down", "stalled", "better", "preferred").
+    path_switches: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as the status document shows it."""
@@ -103,4 +108,5 @@ class ServerRow:
             "rtt_ms": _ms(self.rtt_s),
             "replay_bytes": self.replay_bytes,
             "paths": [path.to_dict() for path in self.paths],
+            "path_switches": dict(sorted(self.path_switches.items())),
         }

@@ -152,6 +152,7 @@ def _render(data: dict[str, Any]) -> Group:
         )
     if servers := data.get("servers"):  # up: a row per server it registers with
         parts.append(_servers_table(servers))
+        parts.extend(_paths_table(row) for row in servers if row.get("paths"))
     if resume := data.get("resume"):
         failures = ", ".join(f"{k} {v}" for k, v in resume["failures"].items()) or "none"
         parts.append(
@@ -275,6 +276,32 @@ def _servers_table(servers: list[dict[str, Any]]) -> Table:
                 _size(row["replay_bytes"]),
             ]
             for row in servers
+        ],
+    )
+
+
+def _paths_table(server: dict[str, Any]) -> Table:
+    """The paths to one server (`client.paths`): the active one marked, each one's measures."""
+    switches = ", ".join(f"{k} {v}" for k, v in server.get("path_switches", {}).items())
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:g} ms"
+
+    return _table(
+        f"paths to {server['address']} (switches: {switches or 'none'})",
+        ["", "path", "route", "state", "rtt", "loss", "score", "switched in"],
+        [
+            [
+                "*" if row["state"] == "active" else "",
+                row["name"],
+                row["route"],
+                row["state"] + (f": {row['reason'][:48]}" if row.get("reason") else ""),
+                ms(row["rtt_ms"]),
+                f"{row['loss'] * 100:.0f} %",
+                ms(None if row["score"] is None else round(row["score"] * 1000, 2)),
+                str(row["switches_in"]),
+            ]
+            for row in server["paths"]
         ],
     )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -219,12 +220,21 @@ def setup_done() -> None:
 
 
 async def connect(
-    host: str, port: int, *, timeout_s: float = CONNECT_TIMEOUT_S
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    local_host: str | None = None,
+    interface: str | None = None,
 ) -> anyio.abc.SocketStream:
-    """A TCP connection to `host:port`; `TransportError` if it cannot be made in time."""
+    """A TCP connection to `host:port` (from `local_host`, through `interface` if given; the
+    name resolved anew each time); `TransportError` if it cannot be made in time."""
     try:
         with anyio.fail_after(timeout_s):
-            stream = await anyio.connect_tcp(host, port)
+            if interface is not None:
+                stream = await _connect_through(host, port, interface, local_host)
+            else:
+                stream = await anyio.connect_tcp(host, port, local_host=local_host)
     except TimeoutError:
         where = format_host_port(host, port)
         raise TransportError(f"connecting to {where} timed out after {timeout_s} s") from None
@@ -246,6 +256,41 @@ async def connect(
         raise TransportError(f"the connection to {where} closed as it opened") from None
     read_one_chunk_per_wait(stream)
     return stream
+
+
+async def _connect_through(
+    host: str, port: int, interface: str, local_host: str | None
+) -> anyio.abc.SocketStream:
+    """`connect` bound to `interface` (SO_BINDTODEVICE: the route through it whatever the
+    routing table prefers); each resolved address in turn, the first that answers."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+            if local_host is not None:
+                sock.bind((local_host, 0))
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+            await anyio.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            return await anyio.abc.SocketStream.from_socket(sock)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+        except BaseException:
+            sock.close()
+            raise
+    if not errors:
+        raise OSError(f"{host} resolved to no address")
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError("; ".join(map(str, errors))) from ExceptionGroup("connect", errors)
 
 
 async def listen_tcp(

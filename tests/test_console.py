@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
 from rich.console import Console
 
 from muxtunnel.console import Panel
-from muxtunnel.status import ClientStatus, ServiceRow
+from muxtunnel.status import ClientStatus, PathRow, ServerRow, ServiceRow
 
 pytestmark = pytest.mark.anyio  # the panel reads the event loop's clock for its rates
 
@@ -49,3 +50,20 @@ async def test_at_80_columns_the_address_is_whole_and_rates_do_not_wrap() -> Non
     for row in rows:
         assert row.count("/s") == 2, row  # both rates, on the row's one line
     assert not any(line.strip().endswith(("KiB", "B/", "/")) for line in lines), lines
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (60, 10)])
+async def test_paths_get_a_line_and_the_panel_still_fits(width: int, height: int) -> None:
+    """With `client.paths` the panel says which path the session runs on, in one line."""
+    paths = (
+        PathRow("wifi", "192.168.1.23 -> t:7835", "active", 0.0031),
+        PathRow("lte", "wwan0 -> t:7835", "standby", 0.041, loss=0.25),
+    )
+    status = dataclasses.replace(_status(50), servers=(ServerRow("t:7835", True, paths=paths),))
+    lines = _lines(status, width, height)
+    assert len(lines) < height and all(len(line) <= width for line in lines), lines
+    line = next(line for line in lines if line.startswith("paths"))
+    assert "*wifi active 3.1 ms" in line, line
+    if width >= 80:  # a narrower terminal cuts the line short, with an ellipsis
+        assert "lte standby 41.0 ms loss 25%" in line, line
+    assert len([line for line in lines if LONG_PUBLIC in line]) == height - 5

@@ -84,6 +84,7 @@ MUXTUNNEL_RANKS = {
     "group_status": 0,
     "cluster_status": 0,
     "cluster_config": 0,
+    "path_config": 0,
     "resilience_status": 0,
     # the load-balancing engine's settings: vocabulary the resolved config holds (stdlib only)
     "balance.settings": 0,

@@ -20,9 +20,11 @@ from mux import GoAwayCode, MuxStream, Session
 from muxtunnel import __version__, control
 from muxtunnel.captures import Captures
 from muxtunnel.client import _visitors
+from muxtunnel.client._carrier import closed_early, open_carrier
 from muxtunnel.client._health import HealthChecks
+from muxtunnel.client._paths import Paths
 from muxtunnel.client._resume import ResumeStats, start_resuming
-from muxtunnel.client._session import Control, open_carrier
+from muxtunnel.client._session import Control
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     Announce,
@@ -39,7 +41,7 @@ from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.reload import ReloadError, client_changes
 from muxtunnel.specs import format_host_port
 from muxtunnel.status import ClientStatus, SessionRow
-from muxtunnel.tls import SERVER_SPEAKS_TLS, TlsError, client_context, speaks_tls
+from muxtunnel.tls import TlsError, client_context
 
 __all__ = ["Client", "backoff_s"]
 
@@ -88,6 +90,8 @@ class Client:
         self.captures: Captures | None = None
         #: Resumes of this client's sessions, and failures by reason.
         self.resume_stats = ResumeStats()
+        #: The ways to reach the server (`client.paths`), measured and chosen (None: one).
+        self.paths = Paths(self) if config.paths else None
 
     def traffic_of(self, name: str) -> ServiceTraffic:
         """Byte totals and live meters of a service."""
@@ -176,8 +180,11 @@ class Client:
         await session.aclose()
 
     async def _session_once(self, first: bool) -> None:
-        carrier = await open_carrier(self.config, self.tls_context)
-        config = self.config
+        config, paths = self.config, self.paths
+        if paths is not None:
+            carrier = await paths.open_first()
+        else:
+            carrier = await open_carrier(config, self.tls_context)
         try:
             async with Session(
                 carrier.stream, client=True, config=config.mux, resumable=config.resume
@@ -204,8 +211,12 @@ class Client:
                         tg.cancel_scope.cancel()  # the control channel's end ends the session
 
                     tg.start_soon(watch)
-                    if channel.ticket is not None:
+                    if channel.ticket is not None and paths is not None:
+                        tg.start_soon(paths.run, session, channel.ticket)
+                    elif channel.ticket is not None:
                         start_resuming(tg, session, channel.ticket, self)
+                    elif paths is not None:
+                        log.warning("the server does not resume sessions: one path only")
                     try:
                         while True:
                             tg.start_soon(self._on_stream, await session.accept_stream())
@@ -218,21 +229,7 @@ class Client:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             if self.connected.is_set():
                 return  # a session that was up ended: the caller reconnects
-            host, port = self.config.server_host, self.config.server_port
-            if self.config.tls is None and await speaks_tls(host, port, CONTROL_TIMEOUT_S):
-                raise FatalError(SERVER_SPEAKS_TLS) from None
-            # With TLS 1.3 a refused client certificate shows only now, as a closed connection
-            # (the server checks it after our side of the handshake has finished).
-            hint = ""
-            if self.config.tls is not None and self.config.tls.cert is None:
-                hint = " (does it want a client certificate? see --tls-cert/--tls-key)"
-            elif self.config.tls is not None:
-                hint = (
-                    " (does it trust our client certificate? listen's --tls-client-ca must be "
-                    "the CA (or the certificate) that signed our --tls-cert)"
-                )
-            reason = f"the server closed the connection: {exc or 'EOF'}{hint}"
-            raise RetryableError(reason) from None
+            raise await closed_early(self.config, exc) from None
         finally:
             self._control = None
             for state in self.services.values():
@@ -386,6 +383,8 @@ class Client:
         connections = [row for t in self.traffic.values() for row in t.connection_rows(now)]
         connections.sort(key=lambda row: -row.age_s)
         server, resume = self.resume_stats.rows(self.server, self.online, self.reconnects, session)
+        if self.paths is not None:
+            server = self.paths.server_row(server, self.online and not server.suspended)
         return ClientStatus(
             version=__version__,
             server=self.server,

@@ -25,7 +25,7 @@ import structlog
 from mux import Session, SessionClosed
 from muxtunnel import control, resume
 from muxtunnel.auth import new_nonce
-from muxtunnel.client._session import Carrier, open_carrier
+from muxtunnel.client._carrier import Carrier, open_carrier
 from muxtunnel.client._state import (
     CONTROL_TIMEOUT_S,
     FatalError,
@@ -41,6 +41,7 @@ from muxtunnel.transport import abort
 
 __all__ = [
     "Attached",
+    "ProbeTimeout",
     "ResumeRefused",
     "ResumeStats",
     "Resuming",
@@ -67,6 +68,10 @@ class ResumeRefused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ProbeTimeout(RetryableError):
+    """A probe got no answer in time (the carrier may still work: its answer may come late)."""
 
 
 class ResumeStats:
@@ -98,10 +103,14 @@ class Attached:
         self._switch_sent = switch_sent
         self._seq = 0
         self._lock = anyio.Lock()  # one exchange at a time: a probe or the switch
+        #: The session runs on this carrier now: no more probes on it.
+        self.taken = False
 
     async def probe(self, timeout_s: float) -> float:
         """One round trip on this carrier, in seconds; `RetryableError` if it failed."""
         async with self._lock:
+            if self.taken:
+                raise RetryableError("the session runs on this carrier now")
             self._seq = (self._seq + 1) % 2**32
             started = anyio.current_time()
             try:
@@ -113,6 +122,8 @@ class Attached:
                             raise ControlError(f"unexpected {type(answer).__name__}")
                         if answer.seq == self._seq:
                             return anyio.current_time() - started
+            except TimeoutError:
+                raise ProbeTimeout(f"no answer within {timeout_s:g} s") from None
             except _FAILURES as exc:
                 raise RetryableError(f"probe failed: {exc or type(exc).__name__}") from None
 
@@ -125,19 +136,27 @@ class Attached:
         """
         stream = self.carrier.stream
         async with self._lock:
+            # The old carrier stays open until the server has moved the session too: its end
+            # read first would end the session there.
+            moved = anyio.Event()
             if not session.suspended:
-                session.detach(reason)
+                session.detach(reason, close_after=moved)
             try:
                 with anyio.fail_after(CONTROL_TIMEOUT_S):
                     if not self._switch_sent:
                         await resume.send(stream, resume.Switch(session.bytes_received))
                     self._switch_sent = False
                     answer = await resume.receive(stream)
+                    while isinstance(answer, resume.Probe):  # late, for a probe that timed out
+                        answer = await resume.receive(stream)
                 if not isinstance(answer, resume.Switch):
                     raise ControlError(f"expected a switch, got {type(answer).__name__}")
             except _FAILURES as exc:
                 await abort(stream)
                 raise RetryableError(f"switch failed: {exc or type(exc).__name__}") from None
+            finally:
+                moved.set()
+            self.taken = True
             await session.resume(stream, answer.received)
 
     async def aclose(self) -> None:

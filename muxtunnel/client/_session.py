@@ -1,4 +1,4 @@
-"""The client's side of one session: the carrier, and the control channel on it.
+"""The client's side of one session: the control channel on its carrier (`_carrier`).
 
 The client opens the control channel (the session's first stream), proves it holds each
 service's token, and checks the server's proof in return. While the session lives the channel
@@ -9,16 +9,14 @@ get their answers through it.
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mux import MuxConfig, MuxStream, Session, SessionClosed
+from mux import MuxStream
 from muxtunnel import control, resume
 from muxtunnel.auth import (
     client_tag,
@@ -33,7 +31,6 @@ from muxtunnel.client._state import (
     Announce,
     FatalError,
     RetryableError,
-    ServerGone,
     ServiceState,
 )
 from muxtunnel.control import (
@@ -48,18 +45,9 @@ from muxtunnel.control import (
 )
 from muxtunnel.model import ClientConfig, Secret, ServiceSpec
 from muxtunnel.specs import format_host_port
-from muxtunnel.tls import (
-    FINGERPRINT_PREFIX,
-    SERVER_SPEAKS_PLAINTEXT,
-    TlsError,
-    TlsVerifyError,
-    connect_tls,
-)
-from muxtunnel.transport import ConnectionRefused, TransportError, abort, connect
-from muxtunnel.trust import KnownHosts, check_known_host
 from muxtunnel.visitauth import seal_keys, visitor_key
 
-__all__ = ["Carrier", "Control", "open_carrier"]
+__all__ = ["Control"]
 
 log = structlog.get_logger("muxtunnel.client")
 
@@ -78,87 +66,6 @@ _REPLY_BUFFER = 16
 
 Reply = Registered | Error
 _STREAM_ENDED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
-
-
-@dataclass(frozen=True, slots=True)
-class Carrier:
-    """The connection a session runs on, and what TLS made of it."""
-
-    stream: anyio.abc.ByteStream
-    #: SHA-256 of the server's certificate, fed into the auth tags (b"": plaintext).
-    binding: bytes = b""
-    #: Trust on first use: remembers the server's fingerprint; to be called once the server
-    #: has proven it holds the token (None: nothing to remember).
-    remember: Callable[[], None] | None = None
-
-
-async def open_carrier(config: ClientConfig, tls_context: ssl.SSLContext | None) -> Carrier:
-    """The carrier: TCP, in TLS unless configured off, the server's certificate checked."""
-    host, port = config.server_host, config.server_port
-    try:
-        stream = await connect(host, port)
-    except TransportError as exc:
-        kind = ServerGone if isinstance(exc, ConnectionRefused) else RetryableError
-        raise kind(str(exc)) from None
-    if config.tls is None:
-        return Carrier(stream)
-    try:
-        with anyio.fail_after(CONTROL_TIMEOUT_S):
-            tls, binding = await connect_tls(stream, config.tls, host, tls_context)
-    except TlsVerifyError as exc:
-        await abort(stream)
-        raise FatalError(str(exc)) from None
-    except (TlsError, TimeoutError) as exc:
-        await abort(stream)
-        if await _speaks_plaintext(host, port):  # a plaintext server: no retry fixes that
-            message = f"TLS handshake with {host} failed: {SERVER_SPEAKS_PLAINTEXT}"
-            raise FatalError(message) from None
-        raise RetryableError(str(exc) or "TLS handshake timed out") from None
-    settings = config.tls
-    if settings.ca or settings.fingerprints or settings.insecure or not settings.known_hosts:
-        return Carrier(tls, binding)
-    known_hosts, address = settings.known_hosts, format_host_port(host, port)
-    fingerprint = FINGERPRINT_PREFIX + binding.hex()
-    try:
-        if check_known_host(known_hosts, address, fingerprint):
-            return Carrier(tls, binding)
-    except TlsError as exc:  # a changed certificate, or a file that cannot be read
-        await abort(tls)
-        raise FatalError(str(exc)) from None
-
-    def remember() -> None:
-        try:
-            KnownHosts(known_hosts).remember(address, fingerprint)
-        except TlsError as exc:  # the session works; the next one asks again
-            log.warning("cannot remember the server", server=address, error=str(exc))
-            return
-        log.info(
-            "server trusted on first use",
-            server=address,
-            fingerprint=fingerprint,
-            known_hosts=known_hosts,
-        )
-
-    return Carrier(tls, binding, remember)
-
-
-#: How long the plaintext probe waits for the server's answer to a ping.
-PROBE_TIMEOUT_S = 5.0
-
-
-async def _speaks_plaintext(host: str, port: int) -> bool:
-    """Does `host:port` answer a multiplexer ping in plaintext? What a TLS client asks once
-    its handshake failed: what a plaintext server answers a TLS hello with varies (an alert
-    about the version or the message, or just the end of the connection)."""
-    try:
-        with anyio.fail_after(PROBE_TIMEOUT_S):
-            stream = await connect(host, port, timeout_s=PROBE_TIMEOUT_S)
-            config = MuxConfig(enable_keepalive=False)
-            async with Session(stream, client=True, config=config) as session:
-                await session.ping()
-    except (TransportError, TimeoutError, SessionClosed, *_STREAM_ENDED):
-        return False
-    return True
 
 
 class Control:

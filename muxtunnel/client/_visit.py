@@ -27,7 +27,7 @@ import structlog
 
 from mux import MuxStream, Session, read_ready
 from muxtunnel import __version__, control
-from muxtunnel.client._session import open_carrier
+from muxtunnel.client._carrier import open_carrier
 from muxtunnel.client._state import CONTROL_TIMEOUT_S, FatalError, RetryableError, backoff_s
 from muxtunnel.client._visit_control import VisitControl, VisitState
 from muxtunnel.control import VisitorHeader, encode_visitor_header

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from muxtunnel.auth import KEY_BYTES, TAG_BYTES
-from muxtunnel.config import _balance, _web
+from muxtunnel.config import _balance, _paths, _web
 from muxtunnel.config import _values as v
 from muxtunnel.config._tree import (
     List,
@@ -246,7 +246,10 @@ _FIELDS: dict[str, v.Reader] = {
     "resume": v.boolean,
 }
 #: Every key `client:` may hold.
-CLIENT_KEYS = ("server", "servers", *v.TOKEN_KEYS, "allow_weak_token", "tls", "state_dir", *_FIELDS)
+CLIENT_KEYS = (
+    "server", "servers", *v.TOKEN_KEYS, "allow_weak_token", "tls", "state_dir", *_FIELDS,
+    *_paths.PATH_KEYS, *_paths.TUNING_KEYS,
+)  # fmt: skip
 
 
 def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
@@ -265,6 +268,9 @@ def client(section: Map, env: Mapping[str, str]) -> ClientConfig:
         fail(section, "give server or servers, not both")
     if servers:
         (host, port), fields["servers"] = servers[0], servers if len(servers) > 1 else ()
+    fields["paths"], fields["path_tuning"] = _paths.paths(section, env), _paths.tuning(section, env)
+    if fields["paths"] and fields.get("servers"):
+        fail(section, "paths lead to one server: give paths or several servers, not both")
     config = ClientConfig(server_host=host, server_port=port, **fields)
     for spec in config.services:
         if spec.private and config.token is not None and config.token in spec.visitor_tokens:

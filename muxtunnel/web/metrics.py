@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from muxtunnel.cluster_status import ClusterRow
-from muxtunnel.status import ServerStatus, Status
+from muxtunnel.status import ClientStatus, ServerStatus, Status
 
 __all__ = ["CONTENT_TYPE", "StatusCollector", "render"]
 
@@ -157,6 +157,39 @@ class StatusCollector(Collector):
             for server in status.servers:
                 connected.add_metric([server.address], float(server.connected))
             yield connected
+            yield from _path_metrics(status)
+
+
+def _path_metrics(status: ClientStatus) -> Iterator[Metric]:
+    """The paths of `client.paths` (`PathRow`): each one's measures, and the switches."""
+    rtt = GaugeMetricFamily(
+        _P + "path_rtt_seconds", "Smoothed round trip on each path to the server", labels=["path"]
+    )
+    loss = GaugeMetricFamily(
+        _P + "path_loss_ratio", "Share of recent probes unanswered on each path", labels=["path"]
+    )
+    score = GaugeMetricFamily(
+        _P + "path_score_seconds",
+        "Each path's score, lower is better (min round trip plus loss penalty)",
+        labels=["path"],
+    )
+    active = GaugeMetricFamily(
+        _P + "path_active", "The session runs on this path (1) or not (0)", labels=["path"]
+    )
+    switches = CounterMetricFamily(
+        _P + "path_switches", "The session moved to another path, by reason", labels=["reason"]
+    )
+    for server in status.servers:
+        for path in server.paths:
+            if path.rtt_s is not None:
+                rtt.add_metric([path.name], path.rtt_s)
+            if path.score is not None:
+                score.add_metric([path.name], path.score)
+            loss.add_metric([path.name], path.loss)
+            active.add_metric([path.name], float(path.state == "active"))
+        for reason, count in sorted(server.path_switches.items()):
+            switches.add_metric([reason], count)
+    yield from (rtt, loss, score, active, switches)
 
 
 def _resume_metrics(status: Status) -> Iterator[Metric]:

@@ -93,6 +93,23 @@ class NetnsPair:
                 "{ type filter hook input priority 0; policy accept; }",
             )  # fmt: skip
 
+    def add_link(self) -> tuple[str, str, str, str]:
+        """A second veth pair between `a` and `b` (another subnet of 10.99.0.0/16): returns its
+        devices and addresses (dev in a, dev in b, address in a, address in b). `blackhole_dev`
+        and `heal` act on it by its devices."""
+        a, b = self.a, self.b
+        tag = self.a[:-1]
+        dev_a, dev_b = f"{tag}c", f"{tag}d"
+        subnet = (int(self.addr[a].split(".")[2]) + 125) % 250 + 1
+        addr_a, addr_b = f"10.99.{subnet}.1", f"10.99.{subnet}.2"
+        run("ip", "-n", a, "link", "add", dev_a, "type", "veth", "peer", "name", dev_b)
+        run("ip", "-n", a, "link", "set", dev_b, "netns", b)
+        for ns, dev, addr in ((a, dev_a, addr_a), (b, dev_b, addr_b)):
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "gso_max_segs", "1", check=False)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        return dev_a, dev_b, addr_a, addr_b
+
     # ------------------------------------------------------------------ impairments
 
     def heal(self) -> None:
@@ -116,6 +133,12 @@ class NetnsPair:
         for ns in (self.a, self.b):
             run("ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "chaos", "input",
                 "iifname", self.dev[ns], "drop")  # fmt: skip
+
+    def blackhole_dev(self, dev_a: str, dev_b: str) -> None:
+        """`blackhole`, on one link only (its device in `a` and in `b`)."""
+        for ns, dev in ((self.a, dev_a), (self.b, dev_b)):
+            run("ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "chaos", "input",
+                "iifname", dev, "drop")  # fmt: skip
 
     def bandwidth(self, rate: str = "10mbit") -> None:
         """Shape each direction to `rate` with tbf on each veth end's egress."""
