@@ -240,6 +240,7 @@ def test_256_mib_survives(rlink: ResumeLink, fault: str, figures: Any) -> None:
     survive(rlink, fault, 256 * MIB, figures)
 
 
+@pytest.mark.slow  # 15 s; in the default run: tests/ops/test_resume.py, the same over loopback
 def test_no_resume_after_resume_timeout(rlink: ResumeLink, figures: Any) -> None:
     """Cut off for longer than `resume_timeout_s` (plus the keepalive's 4 s): both sides end
     the session; its visitors get an error, never a clean short EOF; when the link is back,
