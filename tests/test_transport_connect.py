@@ -34,7 +34,7 @@ async def test_a_connection_reset_as_it_opens_is_a_transport_error(
 ) -> None:
     stream = GoneStream()
 
-    async def connect_tcp(host: str, port: int) -> GoneStream:
+    async def connect_tcp(host: str, port: int, **options: Any) -> GoneStream:
         return stream
 
     monkeypatch.setattr(transport.anyio, "connect_tcp", connect_tcp)
