@@ -29,7 +29,6 @@ import secrets
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -39,8 +38,8 @@ from typing import Any
 
 from bench.delayproxy import DelayProxy
 from bench.paths import LOCAL, REPO
-from bench.proc import StartError, free_port
-from bench.resume import Visitor, _proc, _reset, measure_once
+from bench.proc import free_port
+from bench.resume import Visitor, _ms, _proc, _reset, measure_once, on_proxy
 
 Address = tuple[str, int]
 FAULTS = ("reset", "blackhole")
@@ -97,24 +96,11 @@ def tunnel(
         yield (LOCAL, public), proxies, active
 
 
-def _on_proxy(proxy: DelayProxy, action: Callable[[], object]) -> None:
-    """Run `action` on the proxy's own loop (it runs in another thread), and wait for it."""
-    done = threading.Event()
-
-    def call() -> None:
-        action()
-        done.set()
-
-    proxy._loop.call_soon_threadsafe(call)  # the proxy's documented way (see its module doc)
-    if not done.wait(5):
-        raise StartError("the delay proxy did not answer")
-
-
 def _set_blackhole(proxy: DelayProxy, on: bool) -> None:
     def flip() -> None:
         proxy.blackhole = on
 
-    _on_proxy(proxy, flip)
+    on_proxy(proxy, flip)
 
 
 def _wait_active(active: Callable[[], str | None], name: str) -> bool:
@@ -190,10 +176,6 @@ def rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
          _ms(row["stall_s_max"]), _ms(row["back_s_median"])]
         for key, row in found.items()
     ]  # fmt: skip
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:

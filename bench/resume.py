@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.delayproxy import DelayProxy
 from bench.paths import LOCAL, REPO
@@ -199,19 +199,27 @@ def run(
     return results
 
 
-def _reset(proxy: DelayProxy) -> int:
-    """`reset_connections()` on the proxy's own loop (it runs in another thread)."""
+T = TypeVar("T")
+
+
+def on_proxy(proxy: DelayProxy, action: Callable[[], T]) -> T:
+    """Run `action` on the proxy's own loop (it runs in another thread); what it returned."""
     done = threading.Event()
-    box: list[int] = []
+    box: list[T] = []
 
     def call() -> None:
-        box.append(proxy.reset_connections())
+        box.append(action())
         done.set()
 
     proxy._loop.call_soon_threadsafe(call)  # the proxy's documented way (see its module doc)
     if not done.wait(5):
         raise StartError("the delay proxy did not answer")
     return box[0]
+
+
+def _reset(proxy: DelayProxy) -> int:
+    """`reset_connections()` on the proxy's own loop."""
+    return on_proxy(proxy, proxy.reset_connections)
 
 
 def _line(row: dict[str, Any]) -> str:
