@@ -235,11 +235,11 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
 class NameServer:
     """A local TCP service that answers each connection with its name, then closes."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, backlog: int = 64) -> None:
         self.name = name.encode()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -249,11 +249,14 @@ class NameServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                try:
-                    conn.sendall(self.name)
-                except OSError:
-                    pass
+            try:
+                self._answer(conn)
+            except OSError:
+                pass
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(self.name)
 
     def close(self) -> None:
         self.sock.close()
@@ -265,7 +268,7 @@ def read_name(host: str, port: int) -> bytes:
         return recv_all(sock)
 
 
-class TlsTarget:
+class TlsTarget(NameServer):
     """A local service speaking TLS itself (an `up --https` one): answers each connection,
     after the handshake, with its name."""
 
@@ -277,27 +280,11 @@ class TlsTarget:
         (directory / f"{name}.key").write_bytes(key)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(directory / f"{name}.crt", directory / f"{name}.key")
-        self.name = name.encode()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(name, backlog=16)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                with self.context.wrap_socket(conn, server_side=True) as tls:
-                    tls.sendall(self.name)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+    def _answer(self, conn: socket.socket) -> None:
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(self.name)
 
 
 def tls_name(host: str, port: int, sni: str) -> bytes:
