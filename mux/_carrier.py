@@ -137,11 +137,6 @@ class ReceiveBuffer:
             config.carrier_short_rtt_s,
         )
 
-    @property
-    def holding(self) -> bool:
-        """Whether the buffer is held small now: light and heavy streams share the carrier."""
-        return self._is_small
-
     def update(self, now: float, rtt_s: float | None) -> None:
         """After each carrier read: judge the window that ended, if one did. `rtt_s` is the
         session's own round trip (pings): only a short one lets the buffer shrink."""

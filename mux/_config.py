@@ -79,8 +79,6 @@ class MuxConfig:
     #: `carrier_mix_window_s`, on sessions whose round trip is under `carrier_short_rtt_s`
     #: (`mux._carrier.ReceiveBuffer`; Linux doubles the size for its bookkeeping).
     carrier_mixed_receive_buffer_bytes: int = 256 * KIB
-    #: And the most a stream's window grants at once meanwhile (`mux._window` rule 6).
-    carrier_mixed_stream_window_bytes: int = 1 * MIB
     carrier_mix_window_s: float = 0.1
     carrier_short_rtt_s: float = 0.005
 

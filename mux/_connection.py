@@ -168,9 +168,6 @@ class Connection:
         self._glitches = TokenBucket(self.config.glitch_burst, self.config.glitch_rate_per_s)
         #: Round trip time as measured by the driver; feeds window auto-tuning.
         self.rtt_s: float | None = None
-        #: Set by the driver while light and heavy streams share the carrier: the most credit
-        #: plus unread bytes a stream may have (`_window.py` rule 6); None: no cap.
-        self.window_cap: int | None = None
 
         self._control: list[Buffer] = []
         #: Replies to what the peer sent that sit in `_control`: pongs, refusals, and the ACKs
@@ -432,12 +429,7 @@ class Connection:
         if stream is None or stream.state >= _REMOTE_CLOSED or self.terminated is not None:
             return  # no more data will come: credit would be useless
         delta = stream.recv.read(
-            amount,
-            now,
-            self.rtt_s,
-            self.config.max_stream_window_bytes,
-            self._budget,
-            self.window_cap,
+            amount, now, self.rtt_s, self.config.max_stream_window_bytes, self._budget
         )
         if delta:
             self._control.append(window_update(stream_id, delta))

@@ -25,13 +25,6 @@ Policy (numbered so tests and SPEC.md can cite it):
    of both ends during one bulk stream 80-86 MiB at a 16 MiB cap, 77-78 at 4 MiB, idle 67).
    A long path still gets the full cap (50 ms: 62 MB wanted, `max_window` given). Loopback's
    round trip, measured by pings on a busy machine, is 1-3 ms: 4 MiB.
-6. While a light stream shares the carrier with heavy ones (the session judges it: see
-   `mux._carrier.ReceiveBuffer`), a stream's window may be capped (`Connection.window_cap`):
-   bytes read are credited back only as far as the credit and the unread bytes stay under the
-   cap, and the rest when the cap is lifted. Bulk bytes then wait in the sender's scheduler,
-   where a light stream's frames go first, instead of in the buffers between the two ends in
-   front of them (64 B echo beside one bulk stream on loopback: bulk bytes ahead of the echo
-   ~1.5 MB at a 4 MiB window, ~0.7 MB at 512 KiB).
 
 Invariant: credit + unread + consumed == window (unread = bytes delivered, not yet read).
 """
@@ -94,22 +87,10 @@ class ReceiveWindow:
         self.credit -= length
 
     def read(
-        self,
-        amount: int,
-        now: float,
-        rtt_s: float | None,
-        max_window: int,
-        budget: SessionBudget,
-        cap: int | None = None,
+        self, amount: int, now: float, rtt_s: float | None, max_window: int, budget: SessionBudget
     ) -> int:
-        """The consumer read `amount` bytes; returns the update delta to send now (0: none).
-
-        `cap` (rule 6): while set, at most this much is granted and unread at once; the
-        rest of what was read is held back until the cap is lifted.
-        """
+        """The consumer read `amount` bytes; returns the update delta to send now (0: none)."""
         self.consumed += amount
-        if cap is not None and cap < self.window:
-            return self._read_capped(cap)
         if self.consumed < self.window // 2:  # rule 3
             return 0
         unread = self.window - self.credit - self.consumed
@@ -128,18 +109,4 @@ class ReceiveWindow:
         self.credit += delta
         self.consumed = 0
         self.last_update_s = now
-        return delta
-
-    def _read_capped(self, cap: int) -> int:
-        """Rule 6. Never stalls the stream: after any read, granted + unread is at least
-        `cap // 2` (an update goes out once it would fall below), so the peer can still send
-        or the consumer still has bytes to read, and each read comes back here."""
-        if self.consumed < cap // 2:  # rule 3, on the capped window
-            return 0
-        outstanding = self.window - self.consumed  # granted and not arrived, or unread
-        delta = min(self.consumed, cap - outstanding)
-        if delta < cap // 4:  # enough is outstanding still: no update for a few bytes
-            return 0
-        self.credit += delta
-        self.consumed -= delta
         return delta

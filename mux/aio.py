@@ -361,7 +361,7 @@ class Session(Resumable):
                 now = _now()
                 self._dispatch(conn.receive_data(data, now))
                 if receive_buffer is not None:
-                    self._judge_mix(receive_buffer, now)
+                    receive_buffer.update(now, conn.rtt_s)
                 if conn.reading_paused:
                     await self._parse_held_back()
                 if conn.has_data_to_send():
@@ -374,14 +374,6 @@ class Session(Resumable):
             await self._fail("the peer closed the connection")
         except CARRIER_ERRORS as exc:
             await self._lost(f"connection lost: {exc!r}")
-
-    def _judge_mix(self, receive_buffer: ReceiveBuffer, now: float) -> None:
-        """After a carrier read: while light and heavy streams share the carrier, hold the
-        carrier's receive buffer and the streams' windows small (`_window.py` rule 6)."""
-        receive_buffer.update(now, self.conn.rtt_s)
-        self.conn.window_cap = (
-            self.config.carrier_mixed_stream_window_bytes if receive_buffer.holding else None
-        )
 
     async def _parse_held_back(self) -> None:
         """Parse what the core held back (`reading_paused`) as its replies get written."""
@@ -404,7 +396,7 @@ class Session(Resumable):
             now = _now()
             self._dispatch(conn.receive_data(data, now))
             if self._receive_buffer is not None:
-                self._judge_mix(self._receive_buffer, now)
+                self._receive_buffer.update(now, conn.rtt_s)
         except Exception as exc:  # the reader task raises it, as if it had read the bytes
             self._carrier.wake_reader(exc)
             return
