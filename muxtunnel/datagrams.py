@@ -94,7 +94,9 @@ class UdpEndpoint:
         """Send datagrams in order, runs of equal-sized ones in one system call where the kernel
         can cut them (`UDP_SEGMENT`); the number sent, the rest dropped (a full socket buffer)."""
         count = len(datagrams)
-        if count < 2 or self._gso is False:
+        if count == 1:  # the common case of request/response traffic: no batch to make
+            return 1 if self.send(datagrams[0], address) else 0
+        if self._gso is False:
             return self._send_each(datagrams, 0, address)
         transport = self._transport
         if transport.get_write_buffer_size() or transport.is_closing():  # type: ignore[attr-defined]
