@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
 from collections import deque
 from typing import Any
 
 import anyio
 import anyio.abc
-
-from mux._tls_socket import TlsSocketTransport
 
 __all__ = [
     "ANYIO_ASYNCIO_STREAM_MODULE",
@@ -235,13 +232,8 @@ async def start_tls(
     server_hostname: str | None = None,
     handshake_timeout_s: float | None = None,
     shutdown_timeout_s: float | None = None,
-) -> tuple[anyio.abc.SocketStream, ssl.SSLObject | ssl.SSLSocket] | None:
-    """Run a TLS handshake on an anyio asyncio socket stream's own transport.
-
-    Over a socket BIO when nothing was read yet (`TlsSocketTransport`: OpenSSL reads and
-    writes the descriptor itself, no memory-BIO copies); else, when the peer's first bytes
-    were already read (they cannot be handed to a socket BIO), on the loop's SSL transport
-    (`loop.start_tls`), as described below.
+) -> tuple[anyio.abc.SocketStream, ssl.SSLObject] | None:
+    """Run a TLS handshake on an anyio asyncio socket stream's own transport (`loop.start_tls`).
 
     Returns a new anyio `SocketStream` over the loop's SSL transport (the old `stream` must not
     be used again) and the connection's `SSLObject` (peer certificate, cipher, ...); None for
@@ -271,16 +263,6 @@ async def start_tls(
     transport.pause_reading()  # from now on nothing more reaches anyio's protocol...
     if internals.at_eof:
         raise anyio.EndOfStream
-    if SOCKET_BIO and not internals.unread:
-        return await _start_tls_socket(
-            stream,
-            internals,
-            context,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            handshake_timeout_s=handshake_timeout_s,
-            shutdown_timeout_s=shutdown_timeout_s,
-        )
     unread = b"".join(internals.unread)  # ...so this is all it read, and it goes first
     internals.unread.clear()
     protocol = type(internals.protocol)()  # anyio's StreamProtocol, fresh: no patched reads
@@ -314,74 +296,6 @@ async def start_tls(
     stream_class: Any = type(stream)  # anyio's asyncio SocketStream(transport, protocol)
     upgraded: anyio.abc.SocketStream = stream_class(tls_transport, protocol)
     return upgraded, ssl_object
-
-
-#: Whether `start_tls` may take the socket-BIO path (tests turn it off to cover the other).
-SOCKET_BIO = True
-#: asyncio's default `ssl_shutdown_timeout` (seconds), for a caller that gives none.
-_DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
-
-
-async def _start_tls_socket(
-    stream: anyio.abc.ByteStream,
-    internals: SocketInternals,
-    context: ssl.SSLContext,
-    *,
-    server_side: bool,
-    server_hostname: str | None,
-    handshake_timeout_s: float | None,
-    shutdown_timeout_s: float | None,
-) -> tuple[anyio.abc.SocketStream, ssl.SSLSocket]:
-    """The handshake over a socket BIO on a duplicate of the stream's descriptor.
-
-    The loop's transport is aborted first (it closes its own descriptor, not the connection:
-    ours is a duplicate, and nothing was written or read that it could lose), so from here on
-    only OpenSSL reads the socket.
-    """
-    transport = internals.transport
-    try:
-        raw = transport.get_extra_info("socket")
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
-    except (OSError, AttributeError, ValueError) as exc:  # gone already
-        raise ConnectionError("the connection closed before the TLS handshake") from exc
-    transport.abort()
-    try:
-        sock.setblocking(False)
-        tls = context.wrap_socket(
-            sock,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=False,  # a TCP end without close_notify is an error
-        )
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        with anyio.fail_after(handshake_timeout_s):
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    await anyio.wait_readable(tls)
-                except ssl.SSLWantWriteError:
-                    await anyio.wait_writable(tls)
-    except BaseException:
-        tls.close()
-        raise
-    protocol = type(internals.protocol)()  # anyio's StreamProtocol, as `connect_tcp` makes it
-    tls_transport = TlsSocketTransport(
-        asyncio.get_running_loop(),
-        tls,
-        protocol,
-        _DEFAULT_SHUTDOWN_TIMEOUT_S if shutdown_timeout_s is None else shutdown_timeout_s,
-    )
-    protocol.connection_made(tls_transport)
-    tls_transport.set_write_buffer_limits()  # not anyio's zero limit (see below)
-    stream_class: Any = type(stream)  # anyio's asyncio SocketStream(transport, protocol)
-    upgraded: anyio.abc.SocketStream = stream_class(tls_transport, protocol)
-    return upgraded, tls
 
 
 def _feed_unread(transport: Any, data: bytes) -> None:

@@ -1,15 +1,21 @@
-"""TLS on a non-blocking `ssl.SSLSocket` (socket BIO), as an asyncio transport.
+"""TLS on a non-blocking `ssl.SSLSocket` (socket BIO), as an asyncio transport: the subject of
+`bench.micro.tls_bio`, which compares it with the loop's SSL transport the carrier uses.
 
-Why: the loop's SSL transport (asyncio's and uvloop's `sslproto`) runs OpenSSL over memory
-BIOs: every received chunk is copied into the incoming BIO before it is decrypted, every record
-written is copied out of the outgoing BIO into a bytes object before the socket write. Over a
-socket BIO OpenSSL reads records straight from the descriptor and decrypts into the buffer it
-is given (`recv_into`), and `send` encrypts and writes with no copy in between.
+Why it was tried: the loop's SSL transport (asyncio's and uvloop's `sslproto`) runs OpenSSL
+over memory BIOs: every received chunk is copied into the incoming BIO before it is decrypted,
+every record written is copied out of the outgoing BIO before the socket write. Over a socket
+BIO OpenSSL reads records straight from the descriptor and decrypts into the buffer it is
+given, and `send` encrypts and writes with nothing in between.
 
-What it is: an `asyncio.Transport` driven by the loop's `add_reader`/`add_writer`, so that
-anyio's `SocketStream` (the handshake's caller exchanges its first messages through it) and
-the carrier fast path (`mux._carrier.TransportCarrier`, which installs a `BufferedProtocol`)
-use it as they use any other transport.
+Why it is not the carrier's: it does not pay on this OpenSSL (3.0). Its record layer reads one
+record per `read(2)` (without read-ahead two: header, then body; Python cannot switch
+read-ahead on) and writes one per `write(2)`, where the loop's transport moves 256 KiB per
+system call; the kernel's cost per call (and the receiver's window updates) eats the two
+copies saved. See `bench/PROFILES.md` (TLS) for the figures.
+
+It is an `asyncio.Transport` driven by the loop's `add_reader`/`add_writer`, as complete as the
+carrier needs (pause/resume, write limits, close_notify); it passed the project's TLS tests
+while `mux.start_tls` used it (the commit that introduced it).
 
 What must stay true:
 
@@ -365,9 +371,8 @@ class TlsSocketTransport(asyncio.Transport):
         if self._lost:
             return
         want_read = (
-            (self._reading and not self._eof and not self._read_wants_write)
-            or self._write_wants_read
-        )
+            self._reading and not self._eof and not self._read_wants_write
+        ) or self._write_wants_read
         want_write = (bool(self._pending) and not self._write_wants_read) or self._read_wants_write
         if want_read != self._reader_on:
             if want_read:
