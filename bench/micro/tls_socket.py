@@ -15,7 +15,9 @@ copies saved. See `bench/PROFILES.md` (TLS) for the figures.
 
 It is an `asyncio.Transport` driven by the loop's `add_reader`/`add_writer`, as complete as the
 carrier needs (pause/resume, write limits, close_notify); it passed the project's TLS tests
-while `mux.start_tls` used it (the commit that introduced it).
+while `mux.start_tls` used it (the commit that introduced it). Longer than 400 lines because a
+transport's states (reading, writing, each waiting on the other direction, shutting down) are
+one machine, easier to check in one place.
 
 What must stay true:
 
