@@ -121,7 +121,6 @@ class Session(Resumable):
         #: its end (`_wake_writer`); None for other carriers, whose writer task writes them.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_pending = False
-        self._batch_empty = False  # the last `_take_batch` took nothing
         self._receive_buffer: ReceiveBuffer | None = None
         self._drained = anyio.Event()
         self._pings: dict[int, anyio.Event] = {}
@@ -426,7 +425,6 @@ class Session(Resumable):
     def _take_batch(self) -> list[Buffer]:
         """The next frames for the carrier; wakes the senders whose buffers now have room."""
         buffers = self.conn.data_to_send()
-        self._batch_empty = not buffers
         for stream_id in self.conn.take_writable():
             stream = self._streams.get(stream_id)
             if stream is not None:
@@ -543,9 +541,10 @@ class Session(Resumable):
         """Frames were queued in the core: get them written at the end of this loop turn.
 
         One callback per turn writes what every stream queued meanwhile in one batch (one
-        writev for the small messages of fifty visitors, not fifty), without a task switch;
-        the writer task still does every write that has to wait for room. Bulk writes (`now`) and carriers that cannot write without waiting go at
-        once.
+        writev for the small messages of fifty visitors, not fifty), without a task switch,
+        and what is left beyond one batch in the next turn's callback; the writer task still
+        does every write that has to wait for room. Bulk writes (`now`) and carriers that
+        cannot write without waiting go at once.
         """
         if now or self._loop is None:
             self._flush()
@@ -557,17 +556,18 @@ class Session(Resumable):
 
     def _flush(self) -> None:
         self._flush_pending = False  # a pending callback finds nothing, or what came since
-        # Batch after batch while the carrier has room: a loop turn may queue more than one
-        # batch (`write_batch_bytes`), as a splice does with every frame of several carrier
-        # reads, and waking the writer task for the rest cost a task switch per turn (it
-        # would write the same batches, in the same order, without yielding in between).
-        # Bounded by the carrier's room (its high-water mark) and by what the core holds.
-        conn = self.conn
-        while self._carrier.write_nowait(self._take_batch):
-            if not conn.has_data_to_send():
+        if self._carrier.write_nowait(self._take_batch):
+            if not self.conn.has_data_to_send():
                 return
-            if self._batch_empty:  # nothing taken: never spin on it (the writer task tries)
-                break
+            if self._loop is not None:
+                # More than one batch (`write_batch_bytes`) was queued in this turn, as a
+                # splice queues every frame of several carrier reads: the next batch goes at
+                # the end of the next turn, from the loop as this one did rather than from the
+                # writer task (a task switch per turn), and after what other carriers queued
+                # meanwhile (the window update that lets the splice's sender go on).
+                self._flush_pending = True
+                self._loop.call_soon(self._flush)
+                return
         if self._writer_wakeup is not None:
             self._writer_wakeup.set()
 
