@@ -541,10 +541,10 @@ class Session(Resumable):
         """Frames were queued in the core: get them written at the end of this loop turn.
 
         One callback per turn writes what every stream queued meanwhile in one batch (one
-        writev for the small messages of fifty visitors, not fifty), without a task switch,
-        and what is left beyond one batch in the next turn's callback; the writer task still
-        does every write that has to wait for room. Bulk writes (`now`) and carriers that
-        cannot write without waiting go at once.
+        writev for the small messages of fifty visitors, not fifty), without a task switch;
+        the writer task still does every write that has to wait for room (and what one batch
+        left over). Bulk writes (`now`) and carriers that cannot write without waiting go at
+        once.
         """
         if now or self._loop is None:
             self._flush()
@@ -556,18 +556,8 @@ class Session(Resumable):
 
     def _flush(self) -> None:
         self._flush_pending = False  # a pending callback finds nothing, or what came since
-        if self._carrier.write_nowait(self._take_batch):
-            if not self.conn.has_data_to_send():
-                return
-            if self._loop is not None:
-                # More than one batch (`write_batch_bytes`) was queued in this turn, as a
-                # splice queues every frame of several carrier reads: the next batch goes at
-                # the end of the next turn, from the loop as this one did rather than from the
-                # writer task (a task switch per turn), and after what other carriers queued
-                # meanwhile (the window update that lets the splice's sender go on).
-                self._flush_pending = True
-                self._loop.call_soon(self._flush)
-                return
+        if self._carrier.write_nowait(self._take_batch) and not self.conn.has_data_to_send():
+            return
         if self._writer_wakeup is not None:
             self._writer_wakeup.set()
 
