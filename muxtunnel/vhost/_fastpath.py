@@ -18,7 +18,7 @@ connection over anyio streams, which is most of what is left.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from muxtunnel.vhost._deadline import Deadline
 from muxtunnel.vhost._engine_view import EngineView
@@ -32,6 +32,9 @@ from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.routes import Route, routing_path
 from muxtunnel.vhost.streams import linger_close
+
+if TYPE_CHECKING:
+    from muxtunnel.vhost._relay import CallbackPath
 
 __all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath"]
 
@@ -54,7 +57,7 @@ class ConnectionView(Protocol):
     proto: bytes
     #: Another node of our cluster set the forwarded headers (`Visitor.relayed`).
     relayed: bool
-    current: tuple[Route, Exchange | FastExchange] | None
+    current: tuple[Route, Exchange | FastExchange | CallbackPath] | None
 
     async def fast_failed(
         self, failure: ExchangeFailure, exchange: FastExchange | None, route: Route
@@ -82,25 +85,13 @@ class FastPath:
         if end < 0:
             return False
         assert heads.buffer is not None
-        found = self._route(heads.buffer[:end])
+        found = self.route(heads.buffer[:end])
         if found is None:
             heads.to_h11()
             return None
         request, route, host = found
-        body = heads.take(request.size + request.length)[request.size :]
+        data, timeout_s = self.build(request, route, host)
         options = route.target.options
-        headers = request_headers(
-            request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
-            host_rewrite=route.host_rewrite, remove=route.remove_headers,
-            set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
-            connection=request.connection_tokens, relayed=conn.relayed,
-        )  # fmt: skip
-        lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
-        lines.extend(b"%b: %b\r\n" % pair for pair in headers)
-        lines.append(b"\r\n")
-        lines.append(body)
-        data = b"".join(lines)
-        timeout_s = options.response_timeout_s or conn.config.response_timeout_s
         retried = False
         while True:
             try:
@@ -140,7 +131,25 @@ class FastPath:
         )
         return False
 
-    def _route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
+    def build(self, request: FastRequest, route: Route, host: bytes) -> tuple[bytes, float]:
+        """Take the request out of the buffer: its bytes for the service (head rewritten, as
+        h11's path does, and its body) and its response timeout."""
+        conn = self.conn
+        body = conn.heads.take(request.size + request.length)[request.size :]
+        headers = request_headers(
+            request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
+            host_rewrite=route.host_rewrite, remove=route.remove_headers,
+            set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
+            connection=request.connection_tokens, relayed=conn.relayed,
+        )  # fmt: skip
+        lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
+        lines.extend(b"%b: %b\r\n" % pair for pair in headers)
+        lines.append(b"\r\n")
+        lines.append(body)
+        timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
+        return b"".join(lines), timeout_s
+
+    def route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
         """The request and its route when the fast path can forward it as it is; None when
         h11 and `_handle` must judge it (any refusal, a body, an upgrade...)."""
         request = parse_request_head(head)
