@@ -18,11 +18,11 @@ connection over anyio streams, which is most of what is left.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from muxtunnel.vhost._deadline import Deadline
 from muxtunnel.vhost._engine_view import EngineView
-from muxtunnel.vhost._exchange import Exchange, ExchangeFailure, UpstreamBroken, VisitorSide
+from muxtunnel.vhost._exchange import ExchangeFailure, UpstreamBroken, VisitorSide
 from muxtunnel.vhost._fast import FastExchange
 from muxtunnel.vhost._heads import Heads
 from muxtunnel.vhost._slot import UpstreamSlot
@@ -33,15 +33,23 @@ from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.routes import Route, routing_path
 from muxtunnel.vhost.streams import linger_close
 
-if TYPE_CHECKING:
-    from muxtunnel.vhost._relay import CallbackPath
-
-__all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath"]
+__all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath", "InFlight"]
 
 #: A body with a Content-Length up to this size, all of it already read with its head, rides
 #: the fast path with the head in one write; a longer one, or one still coming, goes to h11,
 #: which streams it (a small POST's body nearly always comes in the head's segment).
 FAST_BODY_BYTES = 64 * 1024
+
+
+class InFlight(Protocol):
+    """What the connection reads of the exchange in flight (`Exchange`, `FastExchange`, or
+    `_relay.CallbackPath`) when it fails or a deadline passes in it."""
+
+    @property
+    def response_started(self) -> bool: ...
+
+    @property
+    def response_timeout_s(self) -> float: ...
 
 
 class ConnectionView(Protocol):
@@ -57,10 +65,10 @@ class ConnectionView(Protocol):
     proto: bytes
     #: Another node of our cluster set the forwarded headers (`Visitor.relayed`).
     relayed: bool
-    current: tuple[Route, Exchange | FastExchange | CallbackPath] | None
+    current: tuple[Route, InFlight] | None
 
     async def fast_failed(
-        self, failure: ExchangeFailure, exchange: FastExchange | None, route: Route
+        self, failure: ExchangeFailure, exchange: InFlight | None, route: Route
     ) -> bool: ...
 
 

@@ -1,25 +1,25 @@
 """Plain keep-alive requests relayed by callbacks: no task switch per request.
 
 Once a visitor connection holds an upstream it may reuse (`UpstreamSlot.current`, a raw mux
-stream: no compression, no bandwidth limit), its task lends the visitor's socket
-(`_socket.VisitorSocket`) and the upstream stream to a `CallbackPath` and waits. Then:
+stream: no compression, no bandwidth limit), its task lends the visitor's socket (taken over
+from anyio: `_socket.VisitorSocket`) and the upstream stream to a `CallbackPath` and waits:
 
 - the visitor's bytes collect in `Heads.buffer` as the loop reads them; a whole head that
   `FastPath.route` accepts, for the kept upstream's target, is rewritten (`FastPath.build`)
   and written to the stream in the same callback;
-- the stream's bytes (`mux.StreamConsumer`) are framed by the response head only (its
-  Content-Length, its chunks, or the service's close, re-framed as chunked as `_fast` does)
-  and written to the visitor's transport in the same callback; credit goes back to the
-  service only once the transport is below its mark (as `relay.Relay` does), so a visitor
-  that reads slowly stalls the service, not our memory;
-- the next request is taken when the response has ended (pipelined ones wait in order).
+- the stream's bytes (`mux.StreamConsumer`) go through a `_response.ResponseRelay` (framing
+  only) to the visitor's transport in the same callback; credit goes back to the service only
+  while the transport is below its mark (as `relay.Relay` does), so a visitor that reads slowly
+  stalls the service, not our memory;
+- the next request is taken once the response has ended (pipelined ones wait, in order).
 
-Whatever else comes (a head it does not take, another target, a kept upstream gone, an
-error, a visitor's close) ends the lending with an `Outcome`, the bytes not yet taken left in
-`Heads.buffer`: the task carries on exactly where the callbacks stopped (`FastPath.cycle`,
-h11, an error page by `fast_failed`, a reset). Timeouts stay the connection's `Deadline`
-(idle, head, response, send_visitor): when one passes, the task's scope is cancelled, the
-lending ends, and `HttpConnection._expired` answers from `current` as for the task's own waits.
+Anything else (a head it does not take, another target, a kept upstream gone, an error, the
+visitor's close) ends the lending with an `Outcome`, the bytes not yet taken left in
+`Heads.buffer`, and `run` carries on where the callbacks stopped: `FastPath.cycle` and h11 take
+the next request, `fast_failed` answers a failure (502), a reset, a lingering close. Timeouts
+stay the connection's `Deadline` (idle, head, response, send_visitor): when one passes, the
+task's scope is cancelled, the lending ends, and `HttpConnection._expired` answers from
+`current` as for the task's own waits.
 
 Invariants: at most one request in flight; a reused stream that closes or fails before any
 response byte has its request put back (`Heads.put_back`) for the task to send on a fresh one
@@ -34,18 +34,23 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from mux import MuxStream
+from mux import MuxStream, take_over
 from muxtunnel.limits import ConnectionMeter, MeteredStream
-from muxtunnel.vhost._exchange import ExchangeFailure, UpstreamBroken, UpstreamConnection
-from muxtunnel.vhost._fast import _head_bytes
-from muxtunnel.vhost._socket import VisitorSocket
-from muxtunnel.vhost._wire import ChunkScanner, find_response_head, parse_response_head
+from muxtunnel.vhost._exchange import (
+    ExchangeFailure,
+    UpstreamBroken,
+    UpstreamConnection,
+    VisitorGone,
+)
+from muxtunnel.vhost._response import ResponseRelay
+from muxtunnel.vhost._socket import LentStream, VisitorSocket
 from muxtunnel.vhost.routes import Route
+from muxtunnel.vhost.streams import linger_close
 
 if TYPE_CHECKING:
     from muxtunnel.vhost._fastpath import ConnectionView, FastPath
 
-__all__ = ["CallbackPath", "Outcome", "raw_stream"]
+__all__ = ["CallbackPath", "Outcome", "lend", "raw_stream"]
 
 _FAILURES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -77,11 +82,20 @@ def raw_stream(up: UpstreamConnection) -> tuple[MuxStream, ConnectionMeter | Non
     return None
 
 
-class _Body(enum.Enum):
-    HEAD = 0
-    LENGTH = 1
-    CHUNKED = 2
-    UNTIL_CLOSE = 3
+def lend(conn: ConnectionView, fast: FastPath) -> CallbackPath | None:
+    """A callback path for `conn` (its visitor socket taken over from anyio, the task's
+    stream a `LentStream` from now on), or None if it is no asyncio socket (TLS ended here,
+    a stream another node handed over)."""
+    socket = VisitorSocket()
+    taken = take_over(conn.side.stream, socket)
+    if taken is None:
+        return None
+    transport, unread, at_eof = taken
+    socket.connection_made(transport)
+    socket.unread += unread
+    socket.eof = at_eof
+    conn.side.stream = LentStream(socket)
+    return CallbackPath(conn, fast, socket)
 
 
 class CallbackPath:
@@ -95,45 +109,61 @@ class CallbackPath:
         self._done: asyncio.Future[Outcome] | None = None
         self.failure: ExchangeFailure | None = None
         self.route: Route | None = None
+        #: Close the kept upstream with a reset when the task takes it back dead.
+        self.abortive = False
         self._up: UpstreamConnection | None = None
         self._stream: MuxStream | None = None
         self._meter: ConnectionMeter | None = None
-        #: Close the kept upstream with a reset when the task takes it back dead.
-        self.abortive = False
         self._withheld = 0  # stream bytes written to the visitor, credit not yet given back
         self._head_timed = False  # the head being read has its deadline
-        # -- the request in flight (`busy`), also what `HttpConnection._expired` reads
-        self.busy = False
-        self.status: int | None = None
+        #: The response in flight (None: no request in flight).
+        self._response: ResponseRelay | None = None
+        #: What `HttpConnection._expired` reads of the request in flight.
         self.received_bytes = 0
         self.response_timeout_s = 0.0
-        self._head_only = False
-        self._visitor_close = False
-        self._body = _Body.HEAD
-        self._pending = b""  # the response head so far, or a chunked body's unscanned tail
-        self._left = 0
-        self._scanner: ChunkScanner | None = None
-        self._keep_alive = False
 
     @property
     def response_started(self) -> bool:
-        return self.status is not None
+        return self._response is not None and self._response.status is not None
 
-    async def serve(self, up: UpstreamConnection) -> Outcome:
-        """Relay requests on `up` by callbacks until one needs the task (`Outcome`)."""
+    async def run(self) -> bool:
+        """Relay requests by callbacks, then settle what stopped them; False: the connection
+        ended (else the task takes the next request)."""
+        conn = self.conn
+        slot = conn.slot
+        assert slot.current is not None
+        outcome = await self._serve(slot.current)
+        if outcome is Outcome.NEXT or outcome is Outcome.LINGER:
+            up = slot.current
+            if up is not None and up.dead:
+                await slot.drop(abortive=self.abortive)
+            if outcome is Outcome.NEXT:
+                return True
+            conn.deadline.clear()  # lingering is bounded by its own timeout
+            await linger_close(
+                conn.side.stream, timeout_s=conn.config.linger_s, max_bytes=conn.config.linger_bytes
+            )
+            return False
+        if outcome is Outcome.END:
+            return False
+        failure = self.failure
+        if outcome is Outcome.FAILED and failure is not None and self.route is not None:
+            return await conn.fast_failed(failure, self, self.route)
+        raise VisitorGone(str(failure) if failure is not None else "the visitor went")
+
+    async def _serve(self, up: UpstreamConnection) -> Outcome:
         raw = raw_stream(up)
         assert raw is not None
         self._up, (self._stream, self._meter) = up, raw
         done: asyncio.Future[Outcome] = self._loop.create_future()
         self._done = done
         self.failure = None
-        self.busy = False
+        self._response = None
         self.abortive = False
         self._head_timed = False
         socket = self.socket
-        heads = self.conn.heads
         if socket.unread:  # read while lent to the task, not received by it
-            heads.buffer += bytes(socket.unread)  # type: ignore[operator]
+            self.conn.heads.buffer += bytes(socket.unread)  # type: ignore[operator]
             socket.unread.clear()
         socket.handler = self
         try:
@@ -153,6 +183,12 @@ class CallbackPath:
                 except _FAILURES:
                     pass
             self._done = None
+
+    @property
+    def _lent(self) -> bool:
+        """The connection is ours (no outcome yet): the task waits."""
+        done = self._done
+        return done is not None and not done.done()
 
     def _finish(self, outcome: Outcome) -> None:
         done = self._done
@@ -179,7 +215,7 @@ class CallbackPath:
             heads.received = len(buffer)
             if not buffer:
                 conn.deadline.set(config.idle_timeout_s, "idle")
-            if self.socket.eof:
+            if self.socket.eof or self.socket.error is not None:
                 self._finish(Outcome.NEXT if buffer else Outcome.END)
             elif (
                 len(buffer) > config.max_header_bytes
@@ -203,15 +239,13 @@ class CallbackPath:
             return
         data, timeout_s = self.fast.build(request, route, host)
         self.route = route
-        self.busy = True
-        self.status = None
         self.received_bytes = 0
         self.response_timeout_s = timeout_s
-        self._head_only = request.method == b"HEAD"
-        self._visitor_close = request.close
-        self._body = _Body.HEAD
-        self._pending = b""
         self._head_timed = False
+        self._response = ResponseRelay(
+            self._to_visitor, route.counters, head_only=request.method == b"HEAD",
+            visitor_close=request.close, max_head_bytes=config.max_response_header_bytes,
+        )  # fmt: skip
         conn.current = (route, self)
         try:
             self._stream.write(data)
@@ -232,39 +266,41 @@ class CallbackPath:
         self.abortive = True
         self.conn.heads.put_back()
         self.conn.current = None
-        self.busy = False
+        self._response = None
         self._finish(Outcome.NEXT)
 
     def _complete(self) -> None:
-        """The response ended whole."""
+        """The response in flight ended whole."""
         conn = self.conn
-        assert self._up is not None and self.route is not None
+        response = self._response
+        assert self._up is not None and self.route is not None and response is not None
         conn.heads.done()
         conn.current = None
-        self.busy = False
-        if not self._keep_alive or self.route.target.options.per_request:
+        self._response = None
+        if response.trailing:
+            self._up.dead = True  # bytes after the response: not HTTP any more
+        if not response.keep_alive or self.route.target.options.per_request:
             self._up.dead = True  # the task closes it
-        if self._visitor_close:
+        if response.visitor_close:
             self._finish(Outcome.LINGER)
-            return
-        if self._up.dead:
+        elif self._up.dead:
             self._finish(Outcome.NEXT)
-            return
-        self._advance()
+        else:
+            self._advance()
 
     # ------------------------------------------------------------------ the visitor's socket
 
     def visitor_data(self, data: bytes) -> None:
         heads = self.conn.heads
         heads.buffer += data  # type: ignore[operator]
-        if self.busy or not self._lent:
+        if self._response is not None or not self._lent:
             if len(heads.buffer) > self.conn.config.max_header_bytes:
                 self.socket.set_reading(False)  # taken up again when the task reads
             return
         self._advance()
 
     def visitor_eof(self) -> None:
-        if not self.busy and self._lent:
+        if self._response is None and self._lent:
             self._advance()
 
     def visitor_lost(self) -> None:
@@ -273,10 +309,10 @@ class CallbackPath:
     def visitor_writable(self, writable: bool) -> None:
         deadline = self.conn.deadline
         if not writable:
-            if self.busy:
+            if self._response is not None:
                 deadline.set(self.conn.config.send_timeout_s, "send_visitor")
             return
-        if self.busy and self.response_started:
+        if self.response_started:
             deadline.clear()  # a streaming body may pause as long as it likes
         credit, self._withheld = self._withheld, 0
         if credit and self._stream is not None:
@@ -292,12 +328,6 @@ class CallbackPath:
 
     # ------------------------------------------------------------------ the stream (consumer)
 
-    @property
-    def _lent(self) -> bool:
-        """The connection is ours (no outcome yet): the task waits."""
-        done = self._done
-        return done is not None and not done.done()
-
     def stream_data(self, data: memoryview) -> None:
         size = len(data)
         stream = self._stream
@@ -310,37 +340,45 @@ class CallbackPath:
             self._withheld += size
         else:
             stream.consumed(size)
-        if not self.busy or not self._lent:
+        response = self._response
+        if response is None or not self._lent:
             self._up.dead = True  # bytes nobody asked for: not HTTP any more
             self.abortive = True
             return
         self.received_bytes += size
+        started = response.status is not None
         try:
-            self._response(bytes(data))
+            ended = response.feed(bytes(data))
         except ExchangeFailure as exc:
             self._fail(exc)
+            return
+        if not started and response.status is not None:
+            self.conn.deadline.clear()  # a streaming body may pause as long as it likes
+        if ended:
+            self._complete()
 
     def stream_eof(self) -> None:
         assert self._up is not None
         self._up.dead = True
-        if not self.busy or not self._lent:
+        response = self._response
+        if response is None or not self._lent:
             return
-        if self._body is _Body.UNTIL_CLOSE:
-            self._to_visitor(b"0\r\n\r\n")
-            self._keep_alive = False
-            self._complete()
-        elif self.received_bytes == 0:
+        if self.received_bytes == 0:
             self._retry()  # the service closed its idle keep-alive stream just now
-        elif self._body is _Body.HEAD:
-            self._fail(UpstreamBroken("the service closed before responding"))
-        else:
-            self._fail(UpstreamBroken("the service closed in the middle of the body"))
+            return
+        try:
+            ended = response.eof()
+        except ExchangeFailure as exc:
+            self._fail(exc)
+            return
+        if ended:
+            self._complete()
 
     def stream_failed(self, error: anyio.BrokenResourceError) -> None:
         assert self._up is not None
         self._up.dead = True
         self.abortive = True
-        if not self.busy or not self._lent:
+        if self._response is None or not self._lent:
             return
         if self.received_bytes == 0:
             self._retry()
@@ -349,106 +387,3 @@ class CallbackPath:
 
     def stream_writable(self) -> None:
         pass  # a request is written whole (bounded by `FAST_BODY_BYTES`)
-
-    # ------------------------------------------------------------------ the response
-
-    def _response(self, data: bytes) -> None:
-        body = self._body
-        if body is _Body.HEAD:
-            self._head(self._pending + data)
-            return
-        if body is _Body.LENGTH:
-            self._relay_length(b"", data)
-        elif body is _Body.CHUNKED:
-            self._relay_chunked(b"", self._pending + data)
-        elif data:
-            self._to_visitor(b"%x\r\n%b\r\n" % (len(data), data))
-
-    def _head(self, data: bytes) -> None:
-        """Parse response heads from `data`; once the final one is whole, send it with what
-        of the body came along (else keep `data` for later)."""
-        conn = self.conn
-        while True:
-            max_bytes = conn.config.max_response_header_bytes
-            found = find_response_head(data)
-            if found is None:
-                if len(data) > max_bytes:
-                    raise UpstreamBroken("the service's response head is too large")
-                self._pending = data
-                return
-            end, body_start = found
-            if end > max_bytes:
-                raise UpstreamBroken("the service's response head is too large")
-            try:
-                head = parse_response_head(data[:end])
-            except ValueError as exc:
-                raise UpstreamBroken(f"the service's response is not HTTP/1.1: {exc}") from None
-            data = data[body_start:]
-            if head.status >= 200:
-                break
-            if head.status == 101:
-                raise UpstreamBroken("the service switched protocols unasked")
-            if head.status != 100:  # 100: nobody asked (no Expect), h11 drops it as well
-                self._to_visitor(_head_bytes(head, b""))
-        self._pending = b""
-        extra = b""
-        bodiless = self._head_only or head.status in (204, 304)
-        close_delimited = not head.chunked and head.length is None
-        if head.chunked or (close_delimited and head.status not in (204, 304)):
-            extra = b"Transfer-Encoding: chunked\r\n"  # as `_fast` (and h11) frame it
-        if self._visitor_close:
-            extra += b"Connection: close\r\n"
-        out = _head_bytes(head, extra)
-        self.status = head.status
-        assert self.route is not None
-        self.route.counters.count_response(head.status)
-        conn.deadline.clear()  # a streaming body may pause as long as it likes
-        self._keep_alive = head.keep_alive
-        if bodiless:
-            self._keep_alive = head.keep_alive and not data
-            self._to_visitor(out)
-            self._complete()
-        elif head.length is not None:
-            self._body = _Body.LENGTH
-            self._left = head.length
-            self._relay_length(out, data)
-        elif head.chunked:
-            self._body = _Body.CHUNKED
-            self._scanner = ChunkScanner()
-            self._relay_chunked(out, data)
-        else:
-            self._body = _Body.UNTIL_CLOSE
-            self._keep_alive = False
-            if data:
-                out += b"%x\r\n%b\r\n" % (len(data), data)
-            self._to_visitor(out)
-
-    def _relay_length(self, out: bytes, data: bytes) -> None:
-        left = self._left
-        if len(data) > left:
-            assert self._up is not None
-            self._up.dead = True  # bytes after the response: not HTTP any more
-            data = data[:left]
-        self._left = left - len(data)
-        if out or data:
-            self._to_visitor(out + data)
-        if not self._left:
-            self._complete()
-
-    def _relay_chunked(self, out: bytes, data: bytes) -> None:
-        scanner = self._scanner
-        assert scanner is not None
-        try:
-            used = scanner.scan(data)
-        except ValueError as exc:
-            raise UpstreamBroken(f"the service's chunked body is broken: {exc}") from None
-        if out or used:
-            self._to_visitor(out + data[:used])
-        if scanner.done:
-            if used < len(data):
-                assert self._up is not None
-                self._up.dead = True
-            self._pending = b""
-            self._complete()
-        else:
-            self._pending = data[used:]

@@ -65,16 +65,14 @@ class VisitorSocket(asyncio.Protocol):
 
     def set_reading(self, on: bool) -> None:
         """Resume or pause reading the socket (no-op once it is gone)."""
-        if on == (not self.reading_paused) or self.transport is None or self.error is not None:
+        transport = self.transport
+        if on != self.reading_paused or transport is None or transport.is_closing():
             return
         self.reading_paused = not on
-        try:
-            if on:
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
-        except (RuntimeError, AttributeError):  # closed meanwhile
-            pass
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         handler = self.handler

@@ -31,7 +31,6 @@ import anyio.abc
 import h11
 import structlog
 
-from mux import take_over
 from muxtunnel.proxy import pipe
 from muxtunnel.transport import abort
 from muxtunnel.vhost._deadline import Deadline
@@ -46,10 +45,9 @@ from muxtunnel.vhost._exchange import (
     VisitorGone,
     VisitorSide,
 )
-from muxtunnel.vhost._fast import FastExchange
-from muxtunnel.vhost._fastpath import FastPath
+from muxtunnel.vhost._fastpath import FastPath, InFlight
 from muxtunnel.vhost._heads import Heads
-from muxtunnel.vhost._relay import CallbackPath, Outcome, raw_stream
+from muxtunnel.vhost._relay import CallbackPath, lend, raw_stream
 from muxtunnel.vhost._request import (
     CLOSING_STATUSES,
     Refusal,
@@ -59,7 +57,6 @@ from muxtunnel.vhost._request import (
     refusal_for,
 )
 from muxtunnel.vhost._slot import UpstreamSlot
-from muxtunnel.vhost._socket import LentStream, VisitorSocket
 from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
 from muxtunnel.vhost.limits import log_doubling
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
@@ -90,7 +87,7 @@ class HttpConnection:
         self.heads: Heads
         self.fast = FastPath(self)
         #: The route and exchange in flight, for answering a deadline that expired in it.
-        self.current: tuple[Route, Exchange | FastExchange | CallbackPath] | None = None
+        self.current: tuple[Route, InFlight] | None = None
         #: The callback path, once the visitor's socket was taken over from anyio (None: not
         #: yet; `_lendable` False: it cannot be, e.g. a TLS stream).
         self.callbacks: CallbackPath | None = None
@@ -132,10 +129,8 @@ class HttpConnection:
         first = True
         while True:
             if heads.buffer is not None:
-                if not first and self._can_lend():
-                    assert self.callbacks is not None and self.slot.current is not None
-                    outcome = await self.callbacks.serve(self.slot.current)
-                    if not await self._lent_back(outcome):
+                if not first and (callbacks := self._callbacks()) is not None:
+                    if not await callbacks.run():
                         return  # else the task takes the request the callbacks did not
                 go = await self.fast.cycle(first)
                 if go is False:
@@ -154,56 +149,18 @@ class HttpConnection:
             self.side.conn.start_next_cycle()
             first = False
 
-    def _can_lend(self) -> bool:
-        """Can the callback path take the next requests (a kept upstream it can drive)?"""
+    def _callbacks(self) -> CallbackPath | None:
+        """The callback path, if it can take the next requests (a kept upstream it drives)."""
         up = self.slot.current
-        if up is None or up.dead or raw_stream(up) is None:
-            return False
+        if up is None or up.dead or raw_stream(up) is None or not self._lendable:
+            return None
         if self.callbacks is None:
-            if not self._lendable:
-                return False
-            socket = VisitorSocket()
-            taken = take_over(self.side.stream, socket)
-            if taken is None:  # not an asyncio socket (a TLS stream, another node's stream)
-                self._lendable = False
-                return False
-            transport, unread, at_eof = taken
-            socket.connection_made(transport)
-            socket.unread += unread
-            socket.eof = at_eof
-            self.side.stream = LentStream(socket)
-            self.callbacks = CallbackPath(self, self.fast, socket)
-        return True
-
-    async def _lent_back(self, outcome: Outcome) -> bool:
-        """Carry on after the callback path gave the connection back; False: it ended."""
-        callbacks = self.callbacks
-        assert callbacks is not None
-        if outcome is Outcome.NEXT:
-            up = self.slot.current
-            if up is not None and up.dead:
-                await self.slot.drop(abortive=callbacks.abortive)
-            return True
-        if outcome is Outcome.END:
-            return False
-        if outcome is Outcome.LINGER:
-            if self.slot.current is not None and self.slot.current.dead:
-                await self.slot.drop(abortive=False)
-            self.deadline.clear()  # lingering is bounded by its own timeout
-            await linger_close(
-                self.side.stream, timeout_s=self.config.linger_s, max_bytes=self.config.linger_bytes
-            )
-            return False
-        failure = callbacks.failure
-        if outcome is Outcome.FAILED and failure is not None and callbacks.route is not None:
-            keep = await self._failed(failure, callbacks, callbacks.route)
-            if keep:
-                self.side.conn.start_next_cycle()  # h11 answered it (`sync_h11`)
-            return keep
-        raise VisitorGone(str(failure) if failure is not None else "the visitor went")
+            self.callbacks = lend(self, self.fast)
+            self._lendable = self.callbacks is not None
+        return self.callbacks
 
     async def fast_failed(
-        self, failure: ExchangeFailure, exchange: FastExchange | None, route: Route
+        self, failure: ExchangeFailure, exchange: InFlight | None, route: Route
     ) -> bool:
         keep = await self._failed(failure, exchange, route)
         if keep:
@@ -370,7 +327,7 @@ class HttpConnection:
     async def _failed(
         self,
         failure: ExchangeFailure,
-        exchange: Exchange | FastExchange | CallbackPath | None,
+        exchange: InFlight | None,
         route: Route,
     ) -> bool:
         self.heads.sync_h11()  # a fast request's answer comes from h11 as any other
