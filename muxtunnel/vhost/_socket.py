@@ -52,7 +52,7 @@ class VisitorSocket(asyncio.Protocol):
         self.eof = False
         self.error: str | None = None
         self.writing_paused = False
-        self.reading_paused = True  # accepted sockets are handed over paused (`take_over`)
+        self.reading_paused = True  # as the transport says, once it is ours
         self._readable: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
 
@@ -60,6 +60,7 @@ class VisitorSocket(asyncio.Protocol):
         # uvloop's TCP transports are not `asyncio.Transport` subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(_WRITE_MARK_BYTES)
+        self.reading_paused = not self.transport.is_reading()
 
     # -- reading
 

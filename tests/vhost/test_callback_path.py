@@ -90,6 +90,11 @@ class RecordingBackend:
                     return
                 if close:
                     return
+                if reply.startswith(b"HTTP/1.1 101 "):  # switched: an echo from here on
+                    while data := pending or conn.recv(65536):
+                        pending = b""
+                        conn.sendall(data)
+                    return
 
 
 @contextmanager
@@ -345,3 +350,40 @@ def test_response_deadline_on_the_callback_path_is_a_504(relayed: list[int]) -> 
                 assert time.monotonic() - started < 0.9
         assert proxy.snapshot().services["app"].refusals["upstream_timeout"] == 1
     assert relayed[0] == 1  # /slow
+
+
+def test_upgrade_after_relayed_requests_is_a_pipe(proxy: Proxy, relayed: list[int]) -> None:
+    """An Upgrade on a connection the callbacks served: the task takes it (h11, then a byte
+    pipe over the lent socket), bytes both ways, and the visitor's half-close."""
+
+    def script(head: bytes) -> tuple[bytes, bool]:
+        if b"\r\nUpgrade: echo" in head:
+            return (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n",
+                False,
+            )
+        return ok(path_of(head)), False
+
+    with recording(script) as service:
+        proxy.add_http("app", ["app.example.com"], service.address)
+        host = b"Host: app.example.com\r\n"
+        with socket.create_connection(("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S) as sock:
+            for path in (b"/1", b"/2"):
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\n" + host + b"\r\n")
+                assert read_responses(sock, 1)[0].body == path
+            sock.sendall(
+                b"GET /ws HTTP/1.1\r\n" + host + b"Upgrade: echo\r\nConnection: upgrade\r\n\r\n"
+            )
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(65536)
+            assert received.startswith(b"HTTP/1.1 101 ")
+            sock.sendall(b"ping through the pipe")
+            echoed = received.partition(b"\r\n\r\n")[2]
+            while len(echoed) < len(b"ping through the pipe"):
+                echoed += sock.recv(65536)
+            assert echoed == b"ping through the pipe"
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(65536) == b""  # the echo ended after our half-close
+    if muxed(proxy):
+        assert relayed[0] == 1  # /2
