@@ -12,8 +12,10 @@ h11 too (`Heads.sync_h11`).
 Measured with `bench/http_cost.py` (wrk -c16 keep-alive through listen + up, nginx behind,
 medians of 3 runs alternating with the h11-only proxy, load ~2): listen's CPU per request
 ~217 -> ~69 us, up's ~26 -> ~20 us. A `--tcp` service costs listen ~18 us: its bytes are
-relayed by callbacks (`muxtunnel.relay`), while this path still runs a task per visitor
-connection over anyio streams, which is most of what is left.
+relayed by callbacks (`muxtunnel.relay`). So once a connection keeps an upstream, its plain
+requests go by callbacks as well (`_relay.CallbackPath`, with `route` and `build` from here):
+listen's CPU per request ~91 -> ~58 us (`bench/PROFILES.md`); `cycle` runs the requests the
+callbacks hand back (a new upstream, a retry) and the first of each connection.
 """
 
 from __future__ import annotations

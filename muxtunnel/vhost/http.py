@@ -1,8 +1,10 @@
 """The HTTP/1.1 reverse proxy for one visitor connection: route each request, forward it.
 
 Theory of operation (one `HttpConnection` per visitor connection, one task):
-0. Plain bodiless requests (most keep-alive traffic) take the fast path (`_fastpath`), without
-   h11, until the first request it does not take; h11 reads every head from then on (`_heads`).
+0. Plain requests (most keep-alive traffic) take the fast path (`_fastpath`), without h11,
+   until the first request it does not take; h11 reads every head from then on (`_heads`).
+   Once the connection keeps an upstream mux stream, the task lends the socket and the stream
+   to callbacks (`_relay`) and waits until a request needs it again.
 1. Read a request head within its deadline: `head_timeout_s` from the first byte (or from the
    accept, for the first request), after at most `idle_timeout_s` of keep-alive idleness.
    Caps: `max_header_bytes` (h11 refuses beyond it: 431) and `max_header_count` (431).
