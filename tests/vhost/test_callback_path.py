@@ -433,3 +433,35 @@ def test_mangled_requests_after_relayed_ones_never_break_the_proxy(proxy: Proxy)
             sock.sendall(plain)
             assert read_responses(sock, 1)[0].body == b"fine"
     assert proxy.snapshot().internal_errors == 0
+
+
+def test_a_head_in_pieces_on_the_callback_path_is_due_within_the_head_timeout(
+    relayed: list[int],
+) -> None:
+    """The head clock runs on the callback path too: a slowloris after relayed requests gets
+    408 at the deadline; a visitor idle between requests is closed quietly at its own."""
+    config = VhostConfig(head_timeout_s=0.3, idle_timeout_s=0.6)
+    with running_proxy(config, muxed=True) as proxy:
+        with recording(lambda head: (ok(path_of(head)), False)) as service:
+            proxy.add_http("app", ["app.example.com"], service.address)
+            host = b"Host: app.example.com\r\n"
+            with socket.create_connection(
+                ("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S
+            ) as sock:
+                for path in (b"/1", b"/2"):
+                    sock.sendall(b"GET " + path + b" HTTP/1.1\r\n" + host + b"\r\n")
+                    assert read_responses(sock, 1)[0].body == path
+                started = time.monotonic()
+                sock.sendall(b"GET /3 HTTP/1.1\r\nHost: app.ex")
+                assert read_responses(sock, 1)[0].status == 408
+                assert 0.25 < time.monotonic() - started < 2.0
+            with socket.create_connection(
+                ("127.0.0.1", proxy.http_port), timeout=TIMEOUT_S
+            ) as sock:
+                for path in (b"/1", b"/2"):
+                    sock.sendall(b"GET " + path + b" HTTP/1.1\r\n" + host + b"\r\n")
+                    assert read_responses(sock, 1)[0].body == path
+                started = time.monotonic()
+                assert sock.recv(65536) == b""  # closed, without a page
+                assert 0.5 < time.monotonic() - started < 3.0
+    assert relayed[0] == 2  # each /2
