@@ -168,6 +168,8 @@ class CallbackPath:
         socket.handler = self
         try:
             self._stream.attach(self)
+            if up.dead:  # it closed (or spoke) since the task's last exchange
+                self._finish(Outcome.NEXT)
             if not done.done():
                 self._advance()
             if not done.done():
@@ -344,6 +346,7 @@ class CallbackPath:
         if response is None or not self._lent:
             self._up.dead = True  # bytes nobody asked for: not HTTP any more
             self.abortive = True
+            self._finish(Outcome.NEXT)  # the task closes it now, not at the next request
             return
         self.received_bytes += size
         started = response.status is not None
@@ -362,6 +365,7 @@ class CallbackPath:
         self._up.dead = True
         response = self._response
         if response is None or not self._lent:
+            self._finish(Outcome.NEXT)  # closed while idle: the task closes it now
             return
         if self.received_bytes == 0:
             self._retry()  # the service closed its idle keep-alive stream just now
@@ -379,6 +383,7 @@ class CallbackPath:
         self._up.dead = True
         self.abortive = True
         if self._response is None or not self._lent:
+            self._finish(Outcome.NEXT)
             return
         if self.received_bytes == 0:
             self._retry()
