@@ -11,7 +11,9 @@ What it does for its server (`Server.cluster`, None on a single server):
   while sessions and visitors already here carry on;
 - renews every lease (`LeaseKeeper`) and releases a service's claims when it ends; a claim
   taken by another node meanwhile (after a partition) closes the local service;
-- every sync interval reads who holds what and serves the names held elsewhere (`Mirror`).
+- every sync interval reads who holds what and serves the names held elsewhere (`Mirror`),
+  and writes the health of its group members that changed since (`_write_health`: at most
+  one write per sync interval, however often a member flaps).
 
 The registry is the only source of truth for ownership; mirrors are a cache of it, rebuilt at
 every sync, and a visitor sent on a stale one is refused by the node that no longer holds it.
@@ -19,6 +21,7 @@ every sync, and a visitor sent on a stale one is refused by the node that no lon
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import anyio
@@ -27,6 +30,7 @@ import structlog
 
 from mux import MuxStream
 from muxtunnel import control
+from muxtunnel.balance import CircuitState
 from muxtunnel.cluster import (
     Claim,
     ClaimKey,
@@ -55,6 +59,7 @@ from muxtunnel.server._private import RemoteVisit
 from muxtunnel.server._registry import (
     ActiveService,
     ClusterError,
+    MemberHandle,
     RegistrationError,
 )
 from muxtunnel.server._services import pinned_ports
@@ -158,6 +163,7 @@ class ClusterNode:
 
     async def sync_once(self) -> bool:
         """Read the registry and serve what other nodes hold; False if it did not answer."""
+        await self._write_health()
         try:
             with anyio.fail_after(self.settings.timeout_s * 2):
                 nodes = await self.store.nodes()
@@ -189,6 +195,39 @@ class ClusterNode:
         self.visits.holders = plan.holders
         self.mirror.sync(plan.wanted, grace_s)
         return True
+
+    async def _write_health(self) -> None:
+        """Members of groups here whose health changed: their leases carry the new value."""
+        changes: list[tuple[Membership, Membership]] = []
+        now = anyio.current_time()
+        for lease, service in self._held.items():
+            if not isinstance(lease, Membership) or service.member is None:
+                continue
+            healthy = self._able(service.member, now)
+            if healthy is not None and healthy != lease.healthy:
+                changes.append((lease, dataclasses.replace(lease, healthy=healthy)))
+        if not changes:
+            return
+        for old, new in changes:
+            service = self._held.pop(old)
+            self._held[new] = service
+            listed = self._by_service.get(service, [])
+            self._by_service[service] = [new if lease == old else lease for lease in listed]
+        log.info("group member health written to the registry",
+                 members=[f"{new.group}/{new.member.holder}={'up' if new.healthy else 'down'}"
+                          for _, new in changes])  # fmt: skip
+        await self.keeper.update(changes)
+
+    def _able(self, handle: MemberHandle, now: float) -> bool | None:
+        """Can this member take visitors (healthy, weighted, circuit not open)? None: gone."""
+        group = self.server.groups.by_name.get(handle.group)
+        if group is None or handle.member_id not in group.group:
+            return None
+        member = group.group.member(handle.member_id)
+        if member.handle is not handle:
+            return None
+        circuit_open = member.circuit.state(now) is CircuitState.OPEN
+        return member.healthy and member.weight > 0 and not circuit_open
 
     def row(self) -> ClusterRow:
         """This node and the cluster as last read, for status."""

@@ -8,7 +8,7 @@ import signal
 import urllib.request
 from pathlib import Path
 
-from e2e.harness import Harness
+from e2e.harness import Harness, free_port
 
 from .nodes import (
     LEASE_S,
@@ -93,6 +93,7 @@ def test_web_group_members_on_two_nodes_are_one_pool(
         assert other.wait_exit(15) != 0
         assert any("site.cluster.test is already served" in line for line in other.error_lines())
         _picked_port_is_the_groups_everywhere(cluster, harness)
+        _a_node_whose_members_are_unhealthy_gets_no_requests(cluster, harness, targets[1])
         b.proc.send_signal(signal.SIGKILL)
 
         def only_one() -> bool:
@@ -106,6 +107,30 @@ def test_web_group_members_on_two_nodes_are_one_pool(
     finally:
         for closable in [*targets, *tls_targets]:
             closable.close()
+
+
+def _a_node_whose_members_are_unhealthy_gets_no_requests(
+    cluster: Cluster, harness: Harness, target: HttpTarget
+) -> None:
+    """Group "frail": A's member fails its health check (its target is down), B's is well:
+    once A has written its member's health to the registry, every request at A (which has a
+    member) and at C (which has none) reaches B's member, none is answered 5xx by A."""
+    a, b, c = cluster.nodes
+    health = "health: {type: tcp, interval_s: 0.2, timeout_s: 0.2, unhealthy_after: 1}"
+    for node, name, port in ((a, "fa", free_port("127.0.0.1")), (b, "fb", target.port)):
+        config = harness.write(f"frail-{name}.yaml", "client:\n  services:\n"
+                               f"    - {{name: {name}, type: http, local: {port},"
+                               f" group: frail, {health}}}\n")  # fmt: skip
+        harness.up(node.proc, config=config)
+    vhost = "frail.cluster.test"
+
+    def only_b() -> bool:
+        answers = [*_names(a.host, a.http_port, vhost, 4), *_names(c.host, c.http_port, vhost, 4)]
+        return answers == [b"two"] * 8
+
+    wait_for(only_b, 10, "requests at A and C only to B's healthy member")
+    answers = [*_names(a.host, a.http_port, vhost, 6), *_names(c.host, c.http_port, vhost, 6)]
+    assert answers == [b"two"] * 12, answers
 
 
 def _picked_port_is_the_groups_everywhere(cluster: Cluster, harness: Harness) -> None:
