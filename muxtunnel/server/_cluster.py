@@ -119,7 +119,10 @@ class ClusterNode:
         self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         #: Visits here of private services other nodes hold.
-        self.visits = VisitsElsewhere(self.node_id, self.links, self.addresses, server.refusals)
+        self.visits = VisitsElsewhere(
+            self.node_id, self.links, self.addresses, server.refusals, self._holder
+        )
+        server.private.on_remote_revoked = self._revoked_here
 
     # --- running ---
 
@@ -391,6 +394,24 @@ class ClusterNode:
     ) -> MuxStream | None:
         """A stream to the node holding private service `name`, for one granted visitor."""
         return await self.visits.open(name, type, key, peer)
+
+    async def _holder(self, name: str) -> str | None:
+        """The node holding service `name` now, read from the registry (None: none, or the
+        registry did not answer)."""
+        key = ClaimKey.service(name)
+        try:
+            with anyio.fail_after(self.settings.timeout_s):
+                holding = (await self.store.lookup([key])).get(key)
+        except (RegistryError, TimeoutError, ValueError):
+            return None
+        if holding is None:
+            return None
+        plan = Plan.of([(key, holding)], self.node_id, self.addresses)
+        return plan.holders.get(name)
+
+    def _revoked_here(self, name: str, by_node: dict[str, set[bytes]], reason: str) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self.visits.tell_revoked, name, by_node, reason)
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)
