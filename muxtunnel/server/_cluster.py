@@ -123,6 +123,7 @@ class ClusterNode:
             self.node_id, self.links, self.addresses, server.refusals, self._holder
         )
         server.private.on_remote_revoked = self._revoked_here
+        server.private.on_remote_presence = self._presence_here
 
     # --- running ---
 
@@ -412,6 +413,10 @@ class ClusterNode:
     def _revoked_here(self, name: str, by_node: dict[str, set[bytes]], reason: str) -> None:
         if self._tg is not None:
             self._tg.start_soon(self.visits.tell_revoked, name, by_node, reason)
+
+    def _presence_here(self, name: str, nodes: set[str], online: bool) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self.visits.tell_presence, name, nodes, online)
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)

@@ -29,6 +29,10 @@ the visitor streams of that key it serves and tells each node it granted a visit
     -> peer_revoke  {service, key_ids, reason}
 
 and that node revokes those grants as its own (the visitor is told `access_revoked`).
+Likewise when the provider goes offline or comes back, each node that granted a visit of
+the name is told, and tells its visitors as a single server does:
+
+    -> peer_presence  {service, online}
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ log = structlog.get_logger("muxtunnel.cluster")
 
 __all__ = [
     "CHECK",
+    "PRESENCE",
     "PRIVATE",
     "REVOKE",
     "RemoteVisit",
@@ -65,10 +70,18 @@ __all__ = [
     "private_request",
     "read_check_answer",
     "revoke_request",
+    "take_presence",
     "take_revoke",
 ]
 
-CHECK, PRIVATE, REVOKE = "peer_visit_check", "peer_private", "peer_revoke"
+#: How soon a name the registry did not know is read again for a visit: a quarter of the
+#: sync interval's second, so a provider registering elsewhere is found within about that.
+LOOKUP_AGAIN_S = 0.25
+#: Names remembered as missed (then forgotten all at once): bounds the memory a visitor
+#: asking for made-up names can take.
+MISSES_KEPT = 1024
+CHECK, PRIVATE = "peer_visit_check", "peer_private"
+REVOKE, PRESENCE = "peer_revoke", "peer_presence"
 _OK, _NO = "peer_visit_ok", "peer_visit_no"
 
 
@@ -180,6 +193,17 @@ def take_revoke(host: Host, data: dict[str, Any], peer: str) -> None:
     log.info("visits revoked by the provider's node", service=name, node=peer, grants=revoked)
 
 
+def take_presence(host: Host, data: dict[str, Any], peer: str) -> None:
+    """The provider of a name `peer` holds came or went: the visitors here are told."""
+    name, online = data.get("service"), data.get("online")
+    if not isinstance(name, str) or not isinstance(online, bool):
+        host.refusals.refuse("cluster_forward_unknown", "malformed presence from another node",
+                             peer_node=peer)  # fmt: skip
+        return
+    if name in host.private.grants:
+        host.private.presence(name, online)
+
+
 class VisitsElsewhere:
     """The visitor's node's side: proofs passed on, streams sent to the provider's node."""
 
@@ -200,12 +224,25 @@ class VisitsElsewhere:
         #: Reads the registry for the node holding a name now (None: none): a visit of a
         #: name the last sync did not know (registered since) is not refused for that.
         self._holder = holder
+        #: Name -> when the registry last said nobody holds it (a visitor's streams to an
+        #: offline provider cost one registry read per `LOOKUP_AGAIN_S`, not one each).
+        self._missed: dict[str, float] = {}
 
     async def _find(self, name: str) -> tuple[str, str] | None:
         found = self._node(name)
-        if found is None and self._holder is not None and name not in self.holders:
+        now = anyio.current_time()
+        last_miss = self._missed.get(name)
+        if (
+            found is None
+            and self._holder is not None
+            and (last_miss is None or now - last_miss >= LOOKUP_AGAIN_S)
+        ):
+            if len(self._missed) >= MISSES_KEPT:
+                self._missed.clear()
+            self._missed[name] = now
             node = await self._holder(name)
             if node is not None:
+                self._missed.pop(name, None)
                 self.holders[name] = node
                 found = self._node(name)
         return found
@@ -244,28 +281,35 @@ class VisitsElsewhere:
     async def tell_revoked(self, name: str, by_node: dict[str, set[bytes]], reason: str) -> None:
         """Tell each node the keys of `name` it granted visits with that were revoked here."""
         for node, key_ids in by_node.items():
-            advertise = self.addresses.get(node)
-            if advertise is None or node == self.node_id:
-                continue
-            try:
-                with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    stream = await self.links.open(
-                        node, advertise, revoke_request(name, key_ids, reason)
-                    )
-                    await stream.aclose()
-            except (PeerUnavailable, TimeoutError, anyio.BrokenResourceError) as exc:
-                self.refusals.refuse(
-                    "cluster_forward_failed", "revocation not told: the node is unreachable "
-                    "(its visitor streams here are cut already)", service=name, node=node,
-                    error=str(exc) or "timeout",
-                )  # fmt: skip
+            await self._tell(node, name, revoke_request(name, key_ids, reason))
+
+    async def tell_presence(self, name: str, nodes: set[str], online: bool) -> None:
+        """Tell each node that granted visits of `name` that its provider came or went."""
+        first = frame({"kind": PRESENCE, "service": name, "online": online})
+        for node in sorted(nodes):
+            await self._tell(node, name, first)
+
+    async def _tell(self, node: str, name: str, first: bytes) -> None:
+        advertise = self.addresses.get(node)
+        if advertise is None or node == self.node_id:
+            return
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                stream = await self.links.open(node, advertise, first)
+                await stream.aclose()
+        except (PeerUnavailable, TimeoutError, anyio.BrokenResourceError) as exc:
+            self.refusals.refuse(
+                "cluster_forward_failed", "a private service's change not told: the node is "
+                "unreachable (its visitor streams here are cut already)", service=name,
+                node=node, error=str(exc) or "timeout",
+            )  # fmt: skip
 
     async def open(
         self, name: str, type: str, key: bytes, peer: tuple[str, int]
     ) -> MuxStream | None:
         """A stream to the node holding private service `name` for one visitor stream of a
         visit granted with key id `key` (None: no such node now, or unreachable)."""
-        found = self._node(name)
+        found = await self._find(name)
         if found is None:
             return None
         try:

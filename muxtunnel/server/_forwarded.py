@@ -36,8 +36,11 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
             if kind == _private.CHECK:  # a visit at that node, of a private service here
                 await _private.answer_check(server, stream, data, peer)
                 return
-            if kind == _private.REVOKE:
-                _private.take_revoke(server, data, peer)
+            if kind in (_private.REVOKE, _private.PRESENCE):
+                if kind == _private.REVOKE:
+                    _private.take_revoke(server, data, peer)
+                else:
+                    _private.take_presence(server, data, peer)
                 await stream.aclose()
                 return
             if kind == _private.PRIVATE:

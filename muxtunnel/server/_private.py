@@ -93,6 +93,9 @@ class PrivateBook:
         self.remote_streams: dict[str, dict[anyio.CancelScope, bytes]] = {}
         #: Told (name, {node id: key ids revoked}, reason) when visits granted elsewhere are.
         self.on_remote_revoked: Callable[[str, dict[str, set[bytes]], str], None] | None = None
+        #: Told (name, node ids, online) when the provider of a name visited from other nodes
+        #: comes or goes.
+        self.on_remote_presence: Callable[[str, set[str], bool], None] | None = None
         self.apply(config)
 
     def keys(self, name: str) -> frozenset[bytes]:
@@ -132,12 +135,19 @@ class PrivateBook:
                 del self.grants[grant.name]
 
     def presence(self, name: str, online: bool) -> None:
-        """Tell the visitors of `name` that its provider came online or went offline."""
+        """Tell the visitors of `name` that its provider came online or went offline (here,
+        and at the nodes that granted visits of it)."""
         log.info("private service " + ("online" if online else "offline"), service=name,
                  visitor_sessions=self.visitor_sessions(name))  # fmt: skip
         for grant in list(self.grants.get(name, ())):
             if not grant.presence(online):  # its visitor does not read its control channel
                 grant.revoke(grant, "its visitor does not read its control channel")
+        if not online:
+            for scope in list(self.remote_streams.get(name, {})):
+                scope.cancel()
+        nodes = set().union(*self.remote_grants.get(name, {}).values())
+        if nodes and self.on_remote_presence is not None:
+            self.on_remote_presence(name, nodes, online)
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop the kept keys of `names` (pruned: unregistered for a while), unless a visitor

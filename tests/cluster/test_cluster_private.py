@@ -53,12 +53,14 @@ def _a_revocation_at_the_providers_node_cuts_visits_at_other_nodes(
 ) -> None:
     """The provider at A drops one of its two tokens (its config is watched): the visit at B
     made with it is revoked as on one node (told, its connection reset); the visit at C made
-    with the other token never notices."""
+    with the other token never notices. Then the provider stops and comes back: the visit
+    at C is told both, as on one node."""
     a, b, c = cluster.nodes
     keep, revoke = visitor_token(), visitor_token()
     both = VAULT.format(port=tcp_echo.port, tokens=f"{keep}, {revoke}")
     config = harness.write("vault.yaml", both)
-    harness.up(a.proc, config=config).wait_announced(1)
+    provider = harness.up(a.proc, config=config)
+    provider.wait_announced(1)
     kept = start_visit(harness, c.proc, "vault", keep)
     revoked = start_visit(harness, b.proc, "vault", revoke)
     with (
@@ -77,3 +79,9 @@ def _a_revocation_at_the_providers_node_cuts_visits_at_other_nodes(
         stays.sendall(b"after")
         assert stays.recv(10) == b"after"
     assert b.proc.events("visits revoked by the provider's node")
+    provider.stop()
+    kept.wait_event("the provider is offline: connections are reset until it is back")
+    assert c.proc.events("private service offline")
+    harness.up(a.proc, config=config).wait_announced(1)
+    kept.wait_event("the provider is online")
+    assert echo_roundtrip(*kept.address("vault"), b"again") == b"again"
