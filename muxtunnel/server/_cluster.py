@@ -36,6 +36,7 @@ from muxtunnel.cluster import (
     ClaimKey,
     ClaimKind,
     ClusterView,
+    Grouped,
     LeaseKeeper,
     Lost,
     Membership,
@@ -49,7 +50,7 @@ from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig
-from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan
+from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan, service_of
 from muxtunnel.server._cluster_private import VisitsElsewhere
 from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
@@ -295,22 +296,40 @@ class ClusterNode:
             [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
         )
 
-    async def group_port(self, request: Register) -> int:
-        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet):
-        read from the registry as it is now (a scan, as a sync does: only for such groups)."""
+    async def picked_port(self, request: Register, client: str) -> int:
+        """The public port a TCP/UDP service asking for none has cluster-wide (0: none yet):
+        a group's (picked by its first member's node), or that of this client's service of the
+        same name registered at another node (picked there). A scan of the registry, as a
+        sync does: only for a group, or a client already holding the name elsewhere."""
         config = self.server.config
-        if request.group is None or request.type not in _PORTS or request.remote_port:
+        name = request.group or request.service
+        if request.type not in _PORTS or request.remote_port or pinned_ports(config).get(name):
             return 0
-        if pinned_ports(config).get(request.group):
+        group = request.group or (CLIENT_GROUP + client if client else "")
+        if not group:
             return 0
         try:
+            if request.group is None:  # held by this client at another node?
+                held = (await self.store.lookup([ClaimKey.service(name)])).get(
+                    ClaimKey.service(name)
+                )
+                if not isinstance(held, Grouped) or held.group != group:
+                    return 0
             holdings = await self.store.holdings()
         except RegistryError as exc:
             raise self._unavailable(request, exc) from None
-        for key, holding in holdings:
-            if key.kind.value == request.type and getattr(holding, "group", None) == request.group:
-                return int(key.name)
-        return 0
+        ports = [
+            int(key.name)
+            for key, holding in holdings
+            if key.kind.value == request.type
+            and isinstance(holding, Grouped)
+            and holding.group == group
+            and (
+                request.group is not None
+                or any(service_of(m.owner) == name for m in holding.members)
+            )
+        ]
+        return min(ports, default=0)  # two picked at once: the lowest wins (`_activate`)
 
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:
@@ -318,9 +337,9 @@ class ClusterNode:
         return any(lease.key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT) for lease in leases)
 
     @staticmethod
-    def port_keys(service: ActiveService) -> list[ClaimKey]:
-        """The key of the port a service's socket was bound on."""
-        return [ClaimKey.port(service.type, service.port)]
+    def port_keys(service: ActiveService, port: int = 0) -> list[ClaimKey]:
+        """The key of the port a service's socket was bound on (or of `port`, of its type)."""
+        return [ClaimKey.port(service.type, port or service.port)]
 
     async def claim(
         self, request: Register, session_id: int, keys: Sequence[ClaimKey], client: str = ""

@@ -136,7 +136,8 @@ def _a_node_whose_members_are_unhealthy_gets_no_requests(
 def _picked_port_is_the_groups_everywhere(cluster: Cluster, harness: Harness) -> None:
     """A TCP group asking for no port: its first member's picked port becomes the group's
     cluster-wide; a member joining on another node gets the same port, and every node
-    serves it (C, without a member, reaches both)."""
+    serves it (C, without a member, reaches both). Likewise one client's service at two
+    nodes."""
     a, b, c = cluster.nodes
     targets = [NameServer("one"), NameServer("two")]
     try:
@@ -152,6 +153,16 @@ def _picked_port_is_the_groups_everywhere(cluster: Cluster, harness: Harness) ->
 
         wait_for(both, 10, "both members through C")
         assert read_name(a.host, port) == b"one" and read_name(b.host, port) == b"two"
+        # One client at A and B (`up --server A --server B`) asking for no port: A's pick is
+        # the client's port cluster-wide, B binds the same one.
+        solo = harness.up(a.proc, tcp=[f"solo={targets[0].port}"],
+                          extra=["--server", b.proc.address])  # fmt: skip
+        wait_for(lambda: len(solo.announcements()) == 2, 10, "registered at A and B")
+        ports = {announcement.port for announcement in solo.announcements()}
+        assert len(ports) == 1, solo.announcements()
+        for node in cluster.nodes:
+            wait_for(lambda node=node: read_name(node.host, next(iter(ports))) == b"one", 10,
+                     f"the client's port through {node.node_id}")  # fmt: skip
     finally:
         for target in targets:
             target.close()
