@@ -115,9 +115,10 @@ async def _open_claimed(
             if exc.code != control.PORT_IN_USE or attempt + 1 == CLUSTER_PICK_ATTEMPTS:
                 raise
             continue
-        # One client registering at two nodes at once: each picked a port. The lowest one
-        # is the client's (both nodes see the same ports): the other node's rebinds to it.
-        first = await cluster.picked_port(request, client) if client else 0
+        # One client registering at two nodes at once: each picked a port. The pick of the
+        # node of its first session (in registry order, the same at every node) is the
+        # client's: another node's gives its own up and binds that one.
+        first = await cluster.client_port(request, client, service.port) if client else 0
         if not first or first == service.port:
             leases += mine
             return service, sock

@@ -79,6 +79,11 @@ REGISTRY_UNAVAILABLE = control.REGISTRY_UNAVAILABLE
 #: by the others within about a second, and three nodes reading 1000 names each cost Redis
 #: about a millisecond per read (SCAN + MGET).
 SYNC_INTERVAL_MAX_S = 1.0
+#: How long a node that picked a port for one client's service at the same time as another
+#: node waits to see the other's pick (a bind and one registry write: milliseconds), and how
+#: often it looks (a scan of the registry each time).
+CLIENT_PORT_WAIT_S = 2.0
+CLIENT_PORT_POLL_S = 0.1
 _WILDCARDS = ("0.0.0.0", "::", "")
 _PORTS = ("tcp", "udp")
 
@@ -197,6 +202,7 @@ class ClusterNode:
         self.addresses.update(listed)
         plan = Plan.of(holdings, self.node_id, self.addresses)
         self.web.group_nodes = plan.group_nodes
+        self.web.client_nodes = plan.client_nodes
         self.visits.holders = plan.holders
         self.mirror.sync(plan.wanted, grace_s)
         return True
@@ -296,7 +302,7 @@ class ClusterNode:
             [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
         )
 
-    async def picked_port(self, request: Register, client: str) -> int:
+    async def picked_port(self, request: Register, client: str, exclude: int = 0) -> int:
         """The public port a TCP/UDP service asking for none has cluster-wide (0: none yet):
         a group's (picked by its first member's node), or that of this client's service of the
         same name registered at another node (picked there). A scan of the registry, as a
@@ -322,6 +328,7 @@ class ClusterNode:
             int(key.name)
             for key, holding in holdings
             if key.kind.value == request.type
+            and int(key.name) != exclude
             and isinstance(holding, Grouped)
             and holding.group == group
             and (
@@ -329,7 +336,29 @@ class ClusterNode:
                 or any(service_of(m.owner) == name for m in holding.members)
             )
         ]
-        return min(ports, default=0)  # two picked at once: the lowest wins (`_activate`)
+        return min(ports, default=0)
+
+    async def client_port(self, request: Register, client: str, picked: int) -> int:
+        """The port of `client`'s service, which this node picked and claimed as `picked`:
+        if the client's first session (members sort by node, the same at every node) is at
+        another node, that node's pick, once it shows in the registry (within
+        `CLIENT_PORT_WAIT_S`; past that, or on a registry error, `picked` stays)."""
+        key = ClaimKey.service(request.service)
+        with anyio.move_on_after(CLIENT_PORT_WAIT_S):
+            while True:
+                try:
+                    held = (await self.store.lookup([key])).get(key)
+                    if not isinstance(held, Grouped) or held.group != CLIENT_GROUP + client:
+                        return picked
+                    if held.members[0].owner.node_id == self.node_id:
+                        return picked
+                    ports = await self.picked_port(request, client, exclude=picked)
+                except (RegistryError, RegistrationError):
+                    return picked
+                if ports:
+                    return ports
+                await anyio.sleep(CLIENT_PORT_POLL_S)
+        return picked
 
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:

@@ -48,6 +48,8 @@ class Plan:
     group_nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Service name -> a node holding it (not a group's).
     holders: dict[str, str] = field(default_factory=dict)
+    #: Service name -> every node where its client holds it (a client at several nodes).
+    client_nodes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -79,6 +81,7 @@ class Plan:
                 first = holding.members[0].owner
                 if key.kind is ClaimKind.SERVICE:
                     plan.holders[key.name] = first.node_id
+                    plan.client_nodes[key.name] = tuple(node for node, _ in members)
                 elif elsewhere:
                     plan.wanted[key] = Remote(*members[0], service_of(first), members)
             elif key.kind is ClaimKind.SERVICE:

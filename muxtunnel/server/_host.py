@@ -63,6 +63,11 @@ class ClusterClaims(Protocol):
         cluster-wide (0: none yet)."""
         ...
 
+    async def client_port(self, request: Register, client: str, picked: int) -> int:
+        """The port of `client`'s service picked at several nodes at once: the first
+        session's node's pick (`picked` if that is this node, or none was seen in time)."""
+        ...
+
     def has_port(self, leases: Sequence[Claim | Membership]) -> bool:
         """Do `leases` hold a public port?"""
         ...

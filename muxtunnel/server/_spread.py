@@ -11,7 +11,9 @@ node's share is its number of members); or at random for `random`. The member's 
 picks among its own members by the group's policy (the request arrives marked
 `Visitor.from_node`, so it is never handed on again). A member on a node that died stays in
 the registry until its lease runs out: a request sent there goes to another member's node
-(or stays here) instead of failing.
+(or stays here) instead of failing. Likewise a request for the name of one client holding it
+at several nodes (`up --server A --server B`) goes to the next of them when the first cannot
+be reached.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class WebRemote:
         self._settings = settings
         #: Group name -> node id -> its members there, from the last sync (this node's too).
         self.group_nodes: dict[str, dict[str, int]] = {}
+        #: Service name -> the nodes where its client holds it (a client at several nodes).
+        self.client_nodes: dict[str, tuple[str, ...]] = {}
         self._turns: dict[str, int] = {}
         #: Requests handed to the node holding their route; requests of a group with members
         #: here that went to a member's node.
@@ -81,14 +85,23 @@ class WebRemote:
         """A stream to the node holding `target` (owned by `node:ID`, `node:ID/tls`)."""
         node, _, tls = target.owner.removeprefix(NODE_OWNER).partition("/")
         counts = self.group_nodes.get(target.service)
-        if not counts:  # a service of one client: on its node
-            stream = await self._open_node(node, target.service, bool(tls), visitor)
-            self.forwarded_total += 1
-            return stream
+        if not counts:  # a service of one client: on its node, or any other where it is held
+            failure: UpstreamUnavailable | None = None
+            held = self.client_nodes.get(target.service, ())
+            for candidate in (node, *(n for n in held if n not in (node, self.node_id))):
+                try:
+                    stream = await self._open_node(candidate, target.service, bool(tls), visitor)
+                except UpstreamUnavailable as exc:  # dead, its lease not run out yet
+                    failure = failure or exc
+                    continue
+                self.forwarded_total += 1
+                return stream
+            assert failure is not None
+            raise failure
         # A group with no member here: the request takes a member's slot, cluster-wide.
         others = {n: c for n, c in counts.items() if n != self.node_id}
         first = self._pick(target.service, others, visitor, self._settings(target.service).policy)
-        failure: UpstreamUnavailable | None = None
+        failure = None
         for candidate in sorted(others, key=lambda n: n != first):
             try:
                 stream = await self._open_node(candidate, target.service, bool(tls), visitor)

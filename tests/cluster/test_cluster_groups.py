@@ -5,6 +5,7 @@ picked port the group's on every node."""
 from __future__ import annotations
 
 import signal
+import time
 import urllib.request
 from pathlib import Path
 
@@ -94,7 +95,18 @@ def test_web_group_members_on_two_nodes_are_one_pool(
         assert any("site.cluster.test is already served" in line for line in other.error_lines())
         _picked_port_is_the_groups_everywhere(cluster, harness)
         _a_node_whose_members_are_unhealthy_gets_no_requests(cluster, harness, targets[1])
+        # One client at B and C (`up --server B --server C`): A sends its requests to B, the
+        # first holder; once B is SIGKILLed, to C at once (B's lease has not run out yet).
+        both = harness.up(b.proc, http=[f"twice={targets[0].port}"],
+                          extra=["--server", c.proc.address])  # fmt: skip
+        wait_for(lambda: len(both.announcements()) == 2, 10, "registered at B and C")
+        wait_for(lambda: http_get(a.host, a.http_port, "twice.cluster.test")[0] == 200, 10,
+                 "the client's HTTP name through A")  # fmt: skip
         b.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        b.proc.popen.wait(5)
+        assert _names(a.host, a.http_port, "twice.cluster.test", 3) == [b"one"] * 3
+        assert time.monotonic() - killed < LEASE_S  # B's names still listed meanwhile
 
         def only_one() -> bool:
             answers = [
