@@ -21,7 +21,6 @@ every sync, and a visitor sent on a stale one is refused by the node that no lon
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import anyio
@@ -30,13 +29,11 @@ import structlog
 
 from mux import MuxStream
 from muxtunnel import control
-from muxtunnel.balance import CircuitState
 from muxtunnel.cluster import (
     Claim,
     ClaimKey,
     ClaimKind,
     ClusterView,
-    Grouped,
     LeaseKeeper,
     Lost,
     Membership,
@@ -50,7 +47,8 @@ from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig
-from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan, service_of
+from muxtunnel.server._cluster_claims import client_port, health_changes, picked_port
+from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan
 from muxtunnel.server._cluster_private import VisitsElsewhere
 from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
 from muxtunnel.server._forwarded import serve_forwarded
@@ -60,7 +58,6 @@ from muxtunnel.server._private import RemoteVisit
 from muxtunnel.server._registry import (
     ActiveService,
     ClusterError,
-    MemberHandle,
     RegistrationError,
 )
 from muxtunnel.server._services import pinned_ports
@@ -79,11 +76,6 @@ REGISTRY_UNAVAILABLE = control.REGISTRY_UNAVAILABLE
 #: by the others within about a second, and three nodes reading 1000 names each cost Redis
 #: about a millisecond per read (SCAN + MGET).
 SYNC_INTERVAL_MAX_S = 1.0
-#: How long a node that picked a port for one client's service at the same time as another
-#: node waits to see the other's pick (a bind and one registry write: milliseconds), and how
-#: often it looks (a scan of the registry each time).
-CLIENT_PORT_WAIT_S = 2.0
-CLIENT_PORT_POLL_S = 0.1
 _WILDCARDS = ("0.0.0.0", "::", "")
 _PORTS = ("tcp", "udp")
 
@@ -209,14 +201,7 @@ class ClusterNode:
 
     async def _write_health(self) -> None:
         """Members of groups here whose health changed: their leases carry the new value."""
-        changes: list[tuple[Membership, Membership]] = []
-        now = anyio.current_time()
-        for lease, service in self._held.items():
-            if not isinstance(lease, Membership) or service.member is None:
-                continue
-            healthy = self._able(service.member, now)
-            if healthy is not None and healthy != lease.healthy:
-                changes.append((lease, dataclasses.replace(lease, healthy=healthy)))
+        changes = health_changes(self._held, self.server.groups, anyio.current_time())
         if not changes:
             return
         for old, new in changes:
@@ -228,17 +213,6 @@ class ClusterNode:
                  members=[f"{new.group}/{new.member.holder}={'up' if new.healthy else 'down'}"
                           for _, new in changes])  # fmt: skip
         await self.keeper.update(changes)
-
-    def _able(self, handle: MemberHandle, now: float) -> bool | None:
-        """Can this member take visitors (healthy, weighted, circuit not open)? None: gone."""
-        group = self.server.groups.by_name.get(handle.group)
-        if group is None or handle.member_id not in group.group:
-            return None
-        member = group.group.member(handle.member_id)
-        if member.handle is not handle:
-            return None
-        circuit_open = member.circuit.state(now) is CircuitState.OPEN
-        return member.healthy and member.weight > 0 and not circuit_open
 
     def row(self) -> ClusterRow:
         """This node and the cluster as last read, for status."""
@@ -302,63 +276,18 @@ class ClusterNode:
             [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
         )
 
-    async def picked_port(self, request: Register, client: str, exclude: int = 0) -> int:
-        """The public port a TCP/UDP service asking for none has cluster-wide (0: none yet):
-        a group's (picked by its first member's node), or that of this client's service of the
-        same name registered at another node (picked there). A scan of the registry, as a
-        sync does: only for a group, or a client already holding the name elsewhere."""
-        config = self.server.config
-        name = request.group or request.service
-        if request.type not in _PORTS or request.remote_port or pinned_ports(config).get(name):
-            return 0
-        group = request.group or (CLIENT_GROUP + client if client else "")
-        if not group:
-            return 0
+    async def picked_port(self, request: Register, client: str) -> int:
+        """See `_cluster_claims.picked_port`; `RegistrationError` if the registry is down."""
         try:
-            if request.group is None:  # held by this client at another node?
-                held = (await self.store.lookup([ClaimKey.service(name)])).get(
-                    ClaimKey.service(name)
-                )
-                if not isinstance(held, Grouped) or held.group != group:
-                    return 0
-            holdings = await self.store.holdings()
+            return await picked_port(self.store, self.server.config, request, client)
         except RegistryError as exc:
             raise self._unavailable(request, exc) from None
-        ports = [
-            int(key.name)
-            for key, holding in holdings
-            if key.kind.value == request.type
-            and int(key.name) != exclude
-            and isinstance(holding, Grouped)
-            and holding.group == group
-            and (
-                request.group is not None
-                or any(service_of(m.owner) == name for m in holding.members)
-            )
-        ]
-        return min(ports, default=0)
 
     async def client_port(self, request: Register, client: str, picked: int) -> int:
-        """The port of `client`'s service, which this node picked and claimed as `picked`:
-        if the client's first session (members sort by node, the same at every node) is at
-        another node, that node's pick, once it shows in the registry (within
-        `CLIENT_PORT_WAIT_S`; past that, or on a registry error, `picked` stays)."""
-        key = ClaimKey.service(request.service)
-        with anyio.move_on_after(CLIENT_PORT_WAIT_S):
-            while True:
-                try:
-                    held = (await self.store.lookup([key])).get(key)
-                    if not isinstance(held, Grouped) or held.group != CLIENT_GROUP + client:
-                        return picked
-                    if held.members[0].owner.node_id == self.node_id:
-                        return picked
-                    ports = await self.picked_port(request, client, exclude=picked)
-                except (RegistryError, RegistrationError):
-                    return picked
-                if ports:
-                    return ports
-                await anyio.sleep(CLIENT_PORT_POLL_S)
-        return picked
+        """See `_cluster_claims.client_port`."""
+        return await client_port(
+            self.store, self.node_id, self.server.config, request, client, picked
+        )
 
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:
