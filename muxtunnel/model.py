@@ -252,6 +252,11 @@ class ServerConfig:
     #: name, proven with the same token) this long: the client's reconnect finds it free, and
     #: nobody else can take it meanwhile. A minute covers a keepalive timeout and a few retries.
     port_reservation_s: float = 60.0
+    #: Bind public TCP ports (services', mirrored ones, the web ports) with SO_REUSEPORT, so
+    #: that several cluster nodes on one machine share one public port and the kernel spreads
+    #: visitors over them. Off by default: any process of the same user could then bind the
+    #: same port too.
+    reuse_port: bool = False
     #: Failed auth attempts per source address: burst, then refill per minute.
     auth_failures_burst: int = 5
     auth_failures_per_min: float = 5.0

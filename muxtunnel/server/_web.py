@@ -151,10 +151,14 @@ class WebFront:
         front, https = self.front, self.config.https
         http_listener = https_listener = None
         if front.bind_host is not None:
-            http_listener = await listen_tcp(front.bind_host, front.bind_port)
+            http_listener = await listen_tcp(
+                front.bind_host, front.bind_port, reuse_port=self.config.reuse_port
+            )
             self.http_port = local_port(http_listener)
         if https is not None:
-            https_listener = await listen_tcp(https.bind_host, https.bind_port)
+            https_listener = await listen_tcp(
+                https.bind_host, https.bind_port, reuse_port=self.config.reuse_port
+            )
             self.https_port = local_port(https_listener)
         log.info("web ports listening", domain=front.domain, http=self.address("http"),
                  https=self.address("https"), terminates_tls=self.tls is not None)  # fmt: skip
