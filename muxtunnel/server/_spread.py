@@ -2,8 +2,9 @@
 (`WebRemote.open`), and a load-balancing group's to its members on other nodes, cluster-wide
 (`WebRemote.spread`, `pick_node`).
 
-The registry lists each member's node; a node sees the group as slots, one per member, in
-node id order (the same list on every node). A request takes one slot: by the hash of its
+The registry lists each member's node and health; a node sees the group as slots, one per
+healthy member (every member when none is healthy), in node id order (the same list on every
+node). A request takes one slot: by the hash of its
 policy's key (hash_source, hash_header), so that every node sends one key to the same node,
 whose own group then hashes it to the same member; otherwise in turn (round robin, and the
 policies whose inputs, connection counts and weights, only the member's node knows: each
