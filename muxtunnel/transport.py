@@ -294,19 +294,12 @@ async def _connect_through(
 
 
 async def listen_tcp(
-    host: str,
-    port: int,
-    *,
-    name: str = "tcp",
-    refusals: Refusals | None = None,
+    host: str, port: int, *, name: str = "tcp", refusals: Refusals | None = None,
     reuse_port: bool = False,
-) -> TcpListener:
-    """A TCP listener on `host:port` (0: any free port); `TransportError` if it cannot bind.
-
-    Its `serve` never ends for an accept error (see `TcpListener`): those are counted in
-    `refusals` as "accept_error", `name` saying which listener in the log. `reuse_port`:
-    SO_REUSEPORT, the port shared with other sockets that set it (`server.reuse_port`).
-    """
+) -> TcpListener:  # fmt: skip
+    """A TCP listener on `host:port` (0: any free port; `reuse_port`: SO_REUSEPORT, shared);
+    `TransportError` if it cannot bind. Its `serve` never ends for an accept error (see
+    `TcpListener`): those are counted in `refusals` as "accept_error", `name` saying which."""
     try:
         listener = await anyio.create_tcp_listener(
             local_host=host, local_port=port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port

@@ -118,10 +118,8 @@ class ClusterNode:
         self._tg: anyio.abc.TaskGroup | None = None
         #: Visits here of private services other nodes hold.
         self.visits = VisitsElsewhere(
-            self.node_id, self.links, self.addresses, server.refusals, self._holder
+            self.node_id, self.links, self.addresses, server.refusals, self.store
         )
-        server.private.on_remote_revoked = self._revoked_here
-        server.private.on_remote_presence = self._presence_here
 
     # --- running ---
 
@@ -147,6 +145,10 @@ class ClusterNode:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                # A revocation or a provider's presence here, told to nodes with its visitors.
+                private = self.server.private
+                private.on_remote_revoked = lambda *a: tg.start_soon(self.visits.tell_revoked, *a)
+                private.on_remote_presence = lambda *a: tg.start_soon(self.visits.tell_presence, *a)
                 await tg.start(self.links.run)
                 await tg.start(self.mirror.run)
                 tg.start_soon(self.keeper.run)
@@ -372,28 +374,6 @@ class ClusterNode:
     ) -> MuxStream | None:
         """A stream to the node holding private service `name`, for one granted visitor."""
         return await self.visits.open(name, type, key, peer)
-
-    async def _holder(self, name: str) -> str | None:
-        """The node holding service `name` now, read from the registry (None: none, or the
-        registry did not answer)."""
-        key = ClaimKey.service(name)
-        try:
-            with anyio.fail_after(self.settings.timeout_s):
-                holding = (await self.store.lookup([key])).get(key)
-        except (RegistryError, TimeoutError, ValueError):
-            return None
-        if holding is None:
-            return None
-        plan = Plan.of([(key, holding)], self.node_id, self.addresses)
-        return plan.holders.get(name)
-
-    def _revoked_here(self, name: str, by_node: dict[str, set[bytes]], reason: str) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(self.visits.tell_revoked, name, by_node, reason)
-
-    def _presence_here(self, name: str, nodes: set[str], online: bool) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(self.visits.tell_presence, name, nodes, online)
 
     async def _serve_forwarded(self, stream: MuxStream, peer: str) -> None:
         await guarded(serve_forwarded(self.server, stream, peer), stream, peer_node=peer)

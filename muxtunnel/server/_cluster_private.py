@@ -37,16 +37,18 @@ the name is told, and tells its visitors as a single server does:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 import structlog
 
 from mux import MuxStream, Session
+from muxtunnel.cluster import ClaimKey, RegistryError, RegistryStore
 from muxtunnel.control import Visit
 from muxtunnel.framing import ControlError, frame, receive_frame, unpack_map
 from muxtunnel.log import Refusals
+from muxtunnel.server._cluster_plan import Plan
 from muxtunnel.server._host import Host
 from muxtunnel.server._peers import HANDSHAKE_TIMEOUT_S, PeerLinks, PeerUnavailable
 from muxtunnel.server._private import RemoteVisit, key_id
@@ -213,7 +215,8 @@ class VisitsElsewhere:
         links: PeerLinks,
         addresses: Mapping[str, str],
         refusals: Refusals,
-        holder: Callable[[str], Awaitable[str | None]] | None = None,
+        store: RegistryStore | None = None,
+        timeout_s: float = 2.0,
     ) -> None:
         self.node_id = node_id
         self.links = links
@@ -221,9 +224,10 @@ class VisitsElsewhere:
         self.refusals = refusals
         #: Service name -> the node holding it alone (the cluster node's last sync).
         self.holders: dict[str, str] = {}
-        #: Reads the registry for the node holding a name now (None: none): a visit of a
-        #: name the last sync did not know (registered since) is not refused for that.
-        self._holder = holder
+        #: Read on a miss for the node holding a name now: a visit of a name the last sync
+        #: did not know (registered since) is not refused for that.
+        self._store = store
+        self._timeout_s = timeout_s
         #: Name -> when the registry last said nobody holds it (a visitor's streams to an
         #: offline provider cost one registry read per `LOOKUP_AGAIN_S`, not one each).
         self._missed: dict[str, float] = {}
@@ -234,13 +238,13 @@ class VisitsElsewhere:
         last_miss = self._missed.get(name)
         if (
             found is None
-            and self._holder is not None
+            and self._store is not None
             and (last_miss is None or now - last_miss >= LOOKUP_AGAIN_S)
         ):
             if len(self._missed) >= MISSES_KEPT:
                 self._missed.clear()
             self._missed[name] = now
-            node = await self._holder(name)
+            node = await self._holder(self._store, name)
             if node is not None:
                 self._missed.pop(name, None)
                 self.holders[name] = node
@@ -253,6 +257,18 @@ class VisitsElsewhere:
         if node is None or node == self.node_id or advertise is None:
             return None
         return node, advertise
+
+    async def _holder(self, store: RegistryStore, name: str) -> str | None:
+        """The node holding service `name` now (None: none, or the registry did not answer)."""
+        key = ClaimKey.service(name)
+        try:
+            with anyio.fail_after(self._timeout_s):
+                holding = (await store.lookup([key])).get(key)
+        except (RegistryError, TimeoutError, ValueError):
+            return None
+        if holding is None:
+            return None
+        return Plan.of([(key, holding)], self.node_id, self.addresses).holders.get(name)
 
     async def check(
         self, request: Visit, nonces: tuple[bytes, bytes], binding: bytes

@@ -59,7 +59,9 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
         if server.web is None:
             await abort(stream)
             return
-        await server.web.serve_forwarded(stream, address, tls=header.type == "https")
+        await server.web.serve_forwarded(
+            stream, address, tls=header.type == "https", handed_on=header.handed_on
+        )
         return
     group = server.groups.by_name.get(header.service)
     if group is not None and group.type == header.type == "tcp":

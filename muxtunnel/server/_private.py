@@ -92,10 +92,10 @@ class PrivateBook:
         #: Visitor streams other nodes sent here: name -> the scope serving each -> key id.
         self.remote_streams: dict[str, dict[anyio.CancelScope, bytes]] = {}
         #: Told (name, {node id: key ids revoked}, reason) when visits granted elsewhere are.
-        self.on_remote_revoked: Callable[[str, dict[str, set[bytes]], str], None] | None = None
+        self.on_remote_revoked: Callable[[str, dict[str, set[bytes]], str], object] | None = None
         #: Told (name, node ids, online) when the provider of a name visited from other nodes
         #: comes or goes.
-        self.on_remote_presence: Callable[[str, set[str], bool], None] | None = None
+        self.on_remote_presence: Callable[[str, set[str], bool], object] | None = None
         self.apply(config)
 
     def keys(self, name: str) -> frozenset[bytes]:

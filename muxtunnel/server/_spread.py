@@ -27,6 +27,7 @@ import anyio.abc
 
 from muxtunnel.balance.settings import GroupSettings, Policy, PolicyKind
 from muxtunnel.control import VisitorHeader, encode_visitor_header
+from muxtunnel.model import ServiceType
 from muxtunnel.server._peers import PeerLinks, PeerUnavailable
 from muxtunnel.server._registry import GroupService
 from muxtunnel.server._web import NODE_OWNER
@@ -113,17 +114,26 @@ class WebRemote:
             return stream
         raise failure or UpstreamUnavailable(f"group {target.service!r} has no member left")
 
-    async def spread(self, group: GroupService, visitor: Visitor) -> anyio.abc.ByteStream | None:
+    async def spread(
+        self, group: GroupService, visitor: Visitor, away: bool = False
+    ) -> anyio.abc.ByteStream | None:
         """A request of a group with members here: to the node whose member's slot it takes,
-        or None when it is one of this node's (or that node cannot be reached now)."""
+        or None when it is one of this node's (or that node cannot be reached now). `away`:
+        none of the members here can take it, whatever the registry says: another node's
+        slot. A request another node sent here goes on marked, so that it stays there."""
         counts = self.group_nodes.get(group.name)
+        hand_on = visitor.from_node
+        if away and counts:
+            counts = {node: n for node, n in counts.items() if node != self.node_id}
         if not counts or counts.keys() <= {self.node_id}:
             return None
         node = self._pick(group.name, counts, visitor, group.group.settings.policy)
         if node is None or node == self.node_id:
             return None
         try:
-            stream = await self._open_node(node, group.name, group.type == "https", visitor)
+            stream = await self._open_node(
+                node, group.name, group.type == "https", visitor, handed_on=hand_on
+            )
         except UpstreamUnavailable:
             return None  # a member here takes it
         self.spread_total += 1
@@ -136,12 +146,13 @@ class WebRemote:
         return pick_node(counts, policy.kind, balance_key(policy, visitor), turn)
 
     async def _open_node(
-        self, node: str, service: str, tls: bool, visitor: Visitor
+        self, node: str, service: str, tls: bool, visitor: Visitor, *, handed_on: bool = False
     ) -> anyio.abc.ByteStream:
         advertise = self.addresses.get(node)
         if advertise is None:
             raise UpstreamUnavailable(f"node {node} holding {service!r} has left")
-        header = VisitorHeader(service, "https" if tls else "http", visitor.host, visitor.port)
+        kind: ServiceType = "https" if tls else "http"
+        header = VisitorHeader(service, kind, visitor.host, visitor.port, handed_on=handed_on)
         try:
             return await self.links.open(node, advertise, encode_visitor_header(header))
         except PeerUnavailable as exc:
