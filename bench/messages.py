@@ -4,7 +4,9 @@
   64-byte echo, sends the next. Messages/s is the replies received over the measured window.
 * ``udp``: the same with `conns` UDP sockets (each its own visitor address, so its own flow
   through a tunnel): a 64-byte datagram, wait for its echo, send the next. A datagram whose
-  echo has not come back within `lost_after_s` counts as lost and the socket sends the next.
+  echo has not come back within `lost_after_s` counts as lost and the socket sends the next;
+  each request carries a sequence number, and the late echo of one counted lost is ignored
+  (`stale`), so every socket keeps exactly one request in flight.
 
 The load runs in this process on uvloop (asyncio if uvloop is missing), driven by protocol
 callbacks: one callback and one write per message, so the generator costs far less than
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -26,6 +29,8 @@ from bench.proc import Address
 #: A UDP echo slower than this counts as lost (loopback round trips are well under 10 ms
 #: even through a loaded tunnel; a lost datagram must not stall its sender for long).
 LOST_AFTER_S = 0.2
+#: A UDP request's sequence number, in its first bytes (the echo must carry it back).
+_SEQ = struct.Struct(">Q")
 #: Round-trip samples kept per run for the percentiles (one in `_SAMPLE_EVERY` messages).
 _SAMPLE_EVERY = 16
 
@@ -35,6 +40,7 @@ class _Tally:
     measuring: bool = False
     replies: int = 0
     lost: int = 0
+    stale: int = 0  # UDP echoes of requests already counted lost (ignored)
     samples: list[float] = field(default_factory=list)
 
     def reply(self, sent_at: float) -> None:
@@ -79,9 +85,19 @@ class _TcpClient(asyncio.Protocol):
 
 
 class _UdpClient(asyncio.DatagramProtocol):
+    """One visitor with exactly one datagram in flight.
+
+    Each request carries a sequence number; an echo of an older one (a datagram counted lost
+    and sent again, whose first copy came back late after all) is ignored, so a loss never
+    leaves two requests in flight on one socket (which would count pipelined echoes as round
+    trips of a few microseconds).
+    """
+
     def __init__(self, tally: _Tally, msg: bytes) -> None:
         self.tally = tally
-        self.msg = msg
+        self.body = msg[_SEQ.size :]
+        self.seq = 0
+        self.expect = b""
         self.sent_at = 0.0
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -90,11 +106,17 @@ class _UdpClient(asyncio.DatagramProtocol):
         self.send()
 
     def send(self) -> None:
+        """Send the next request (a new sequence number: the last one's echo no longer counts)."""
         assert self.transport is not None
+        self.seq += 1
+        self.expect = _SEQ.pack(self.seq)
         self.sent_at = time.perf_counter()
-        self.transport.sendto(self.msg)
+        self.transport.sendto(self.expect + self.body)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if not data.startswith(self.expect):
+            self.tally.stale += 1
+            return
         self.tally.reply(self.sent_at)
         self.send()
 
@@ -131,6 +153,7 @@ async def _measure(
     return {
         "msgs_per_s": tally.replies / elapsed,
         "lost": tally.lost,
+        "stale": tally.stale,
         "rtt": summary_ms(tally.samples),
     }
 

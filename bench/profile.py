@@ -79,6 +79,19 @@ def _load_latency(ep: paths.Endpoint, seconds: float) -> str:
     )
 
 
+def _udp(bitrate: str) -> Callable[[paths.Endpoint, float], str]:
+    def run(ep: paths.Endpoint, seconds: float) -> str:
+        assert ep.udp is not None
+        # -l 1400 as the bench's UDP rows (bench/suite.py's `udp_len`).
+        res = iperf.run(iperf.client_argv(ep.udp, seconds=seconds, udp_bitrate=bitrate), seconds)
+        loss = f", {res.loss_pct:.1f} % lost" if res.loss_pct is not None else ""
+        return f"UDP -b {bitrate}: {res.bps / 1e6:.0f} Mbit/s received{loss}" + (
+            "" if res.ok else f" ({res.error})"
+        )
+
+    return run
+
+
 def _messages(proto: str) -> Callable[[paths.Endpoint, float], str]:
     def run(ep: paths.Endpoint, seconds: float) -> str:
         addr = ep.echo if proto == "tcp" else ep.echo_udp
@@ -100,6 +113,7 @@ ROWS: dict[str, tuple[paths.Opener, Callable[[paths.Endpoint, float], str], str]
     "load-latency": (_PLAIN, _load_latency, "latency under load"),
     "new-visitors": (_PLAIN, _new_visitors, "new visitors"),
     "messages-udp": (_PLAIN, _messages("udp"), "small messages x50 UDP"),
+    "udp-1g": (_PLAIN, _udp("1G"), "UDP -b 1G"),
     "messages-tcp": (_PLAIN, _messages("tcp"), "small messages x50 TCP"),
 }
 

@@ -53,7 +53,7 @@ async def serve_flow(
     except TransportError:
         stream.reset()
         return
-    sink = DatagramSink(stream, endpoint.send, counters, ended.set)
+    sink = DatagramSink(stream, endpoint.send_many, counters, ended.set)
 
     async def expire() -> None:
         assert idle_s is not None and sink is not None
