@@ -7,6 +7,7 @@ SPEC.md beside this file for our reading of it.
 
 from mux._anyio_seam import (
     pause_reading,
+    peer_name,
     read_one_chunk_per_wait,
     read_ready,
     start_tls,
@@ -54,6 +55,7 @@ __all__ = [
     "StreamReset",
     "StreamResetError",
     "pause_reading",
+    "peer_name",
     "read_one_chunk_per_wait",
     "read_ready",
     "start_tls",

@@ -8,8 +8,10 @@ waits (`pause_reading`), a visitor socket must read at most one chunk per wait
 (`read_one_chunk_per_wait`), what a visitor sent with its connect is taken at once to ride its
 stream's SYN (`read_ready`), a carrier is upgraded to TLS on the transport itself
 (`start_tls`), so that the fast path drives the loop's SSL transport rather than a TLS wrapper
-that costs a task switch and a copy per read and per write, and the HTTP proxy writes a
-response to its visitor without anyio's yield after the write (`write_now`).
+that costs a task switch and a copy per read and per write, the HTTP proxy writes a
+response to its visitor without anyio's yield after the write (`write_now`), and a new visitor's
+address is read from what the transport noted at its accept (`peer_name`), not asked of the
+kernel again.
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
@@ -40,6 +42,7 @@ __all__ = [
     "ANYIO_ASYNCIO_STREAM_MODULE",
     "SocketInternals",
     "pause_reading",
+    "peer_name",
     "read_one_chunk_per_wait",
     "read_ready",
     "socket_internals",
@@ -108,6 +111,20 @@ def raw_socket(stream: anyio.abc.ByteStream) -> Any | None:
         return None
 
 
+def peer_name(stream: anyio.abc.ByteStream) -> Any | None:
+    """The peer's address as the transport noted it when the socket was made, or None (not an
+    open asyncio socket stream: ask `stream.extra` then).
+
+    anyio's `SocketAttribute.remote_address` asks the kernel each time, and building the
+    stream's attribute table costs two `getsockname` and a `getpeername` per call: three
+    system calls of a new visitor's ~58 on the server (bench/PROFILES.md).
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return None
+    return internals.transport.get_extra_info("peername")
+
+
 def take_over(
     stream: anyio.abc.ByteStream, protocol: asyncio.BaseProtocol
 ) -> tuple[asyncio.Transport, bytes, bool] | None:
@@ -172,7 +189,9 @@ def read_ready(stream: anyio.abc.ByteStream, max_bytes: int) -> bytes:
         data += unread.popleft()
     if not unread:
         internals.protocol.read_event.clear()  # else the next receive() sees a false EOF
-    if unread or internals.at_eof or len(data) >= max_bytes:
+    if data or unread or internals.at_eof or len(data) >= max_bytes:
+        # The loop's read that gave `data` asked for 256 KiB and got less: the kernel had no
+        # more then, and a second read now would almost always be EAGAIN (a system call).
         return data
     try:
         fd = internals.transport.get_extra_info("socket").fileno()

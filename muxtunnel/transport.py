@@ -39,7 +39,7 @@ import anyio.abc
 import structlog
 from anyio.streams.stapled import MultiListener
 
-from mux import pause_reading, read_one_chunk_per_wait
+from mux import pause_reading, peer_name, read_one_chunk_per_wait
 from muxtunnel.log import Refusals
 from muxtunnel.specs import format_host_port
 
@@ -58,6 +58,7 @@ __all__ = [
     "local_port",
     "peer_address",
     "setup_done",
+    "take_slot",
 ]
 
 #: How long a TCP connect may take (the server, or a local service) before it counts as failed.
@@ -142,7 +143,7 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
         backoff_s = 0.0
         while True:
             if slots is not None:
-                await slots.acquire()
+                await take_slot(slots)
             try:
                 stream = await sock.accept()
             except OSError as exc:
@@ -209,6 +210,19 @@ class _Slot:
 
 
 _SETUP_SLOT: contextvars.ContextVar[_Slot] = contextvars.ContextVar("muxtunnel_setup_slot")
+
+
+async def take_slot(slots: anyio.Semaphore) -> None:
+    """Take one of `slots`: at once when one is free, else wait for one.
+
+    anyio's `Semaphore.acquire` yields to the loop even when a slot is free: one more loop turn
+    on a new visitor's way to its service, for each semaphore it passes (the accept loop's
+    `setting_up`, the client's dial slots).
+    """
+    try:
+        slots.acquire_nowait()
+    except anyio.WouldBlock:
+        await slots.acquire()
 
 
 def setup_done() -> None:
@@ -352,10 +366,12 @@ def peer_address(stream: anyio.abc.ByteStream) -> Address | None:
     A peer that connects and resets at once can be gone before its handler runs; anyio under
     uvloop then fails with AttributeError (the raw socket is None), not with OSError.
     """
-    try:
-        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except (OSError, AttributeError, anyio.TypedAttributeLookupError):  # asyncio: closed
-        return None
+    address = peer_name(stream)  # noted at the accept: no system call
+    if address is None:
+        try:
+            address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        except (OSError, AttributeError, anyio.TypedAttributeLookupError):  # asyncio: closed
+            return None
     if isinstance(address, tuple):
         return str(address[0]), int(address[1])
     return str(address), 0
