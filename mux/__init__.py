@@ -6,6 +6,8 @@ SPEC.md beside this file for our reading of it.
 """
 
 from mux._anyio_seam import (
+    adopt_accepted,
+    listening_socket,
     pause_reading,
     peer_name,
     read_one_chunk_per_wait,
@@ -54,6 +56,8 @@ __all__ = [
     "StreamOpened",
     "StreamReset",
     "StreamResetError",
+    "adopt_accepted",
+    "listening_socket",
     "pause_reading",
     "peer_name",
     "read_one_chunk_per_wait",

@@ -11,14 +11,17 @@ stream's SYN (`read_ready`), a carrier is upgraded to TLS on the transport itsel
 that costs a task switch and a copy per read and per write, the HTTP proxy writes a
 response to its visitor without anyio's yield after the write (`write_now`), and a new visitor's
 address is read from what the transport noted at its accept (`peer_name`), not asked of the
-kernel again.
+kernel again, and a listener accepts for itself, as many connections as are queued per wake-up
+of its persistent reader (`listening_socket`, `adopt_accepted`).
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
 `StreamProtocol.read_event`, `StreamProtocol.is_at_eof`, `StreamProtocol.data_received`,
 `StreamProtocol.write_event` and `StreamProtocol.exception`; and
 `start_tls` builds a `StreamProtocol` and a `SocketStream` of its own (`type(protocol)()`,
-`type(stream)(transport, protocol)`), as anyio's `connect_tcp` does. `pyproject.toml` pins anyio
+`type(stream)(transport, protocol)`), as anyio's `connect_tcp` does, and so does
+`adopt_accepted` (importing both classes from `anyio._backends._asyncio`), as anyio's
+`TCPSocketListener.accept` does. `pyproject.toml` pins anyio
 to the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
 than letting the fast path silently switch off) when a stream of the asyncio backend no longer
 looks the way this module expects.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from collections import deque
 from typing import Any
@@ -41,6 +45,8 @@ import anyio.abc
 __all__ = [
     "ANYIO_ASYNCIO_STREAM_MODULE",
     "SocketInternals",
+    "adopt_accepted",
+    "listening_socket",
     "pause_reading",
     "peer_name",
     "read_one_chunk_per_wait",
@@ -109,6 +115,34 @@ def raw_socket(stream: anyio.abc.ByteStream) -> Any | None:
         return sock if sock.fileno() >= 0 else None
     except (anyio.TypedAttributeLookupError, AttributeError, OSError, ValueError):
         return None
+
+
+def listening_socket(listener: anyio.abc.Listener[Any]) -> socket.socket | None:
+    """The listening socket of one of anyio's asyncio TCP listeners, to accept from ourselves
+    (`adopt_accepted`), or None for any other listener (trio's, UNIX sockets, wrappers)."""
+    if (
+        type(listener).__module__ != ANYIO_ASYNCIO_STREAM_MODULE
+        or type(listener).__name__ != "TCPSocketListener"
+    ):
+        return None
+    try:
+        sock = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return None
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return None
+    return sock
+
+
+async def adopt_accepted(sock: socket.socket) -> anyio.abc.SocketStream:
+    """The anyio socket stream of a connection we accepted from a `listening_socket`: the
+    same transport, protocol and stream anyio's own `accept` makes (TCP_NODELAY is set by the
+    loop's transport, asyncio's and uvloop's alike). OSError if the socket is unusable."""
+    from anyio._backends._asyncio import SocketStream, StreamProtocol
+
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_accepted_socket(StreamProtocol, sock)
+    return SocketStream(transport, protocol)
 
 
 def peer_name(stream: anyio.abc.ByteStream) -> Any | None:
