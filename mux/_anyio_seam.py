@@ -11,7 +11,7 @@ stream's SYN (`read_ready`), a carrier is upgraded to TLS on the transport itsel
 that costs a task switch and a copy per read and per write, the HTTP proxy writes a
 response to its visitor without anyio's yield after the write (`write_now`), and a new visitor's
 address is read from what the transport noted at its accept (`peer_name`), not asked of the
-kernel again, and a listener accepts for itself, as many connections as are queued per wake-up
+kernel again, and a listener accepts for itself, several queued connections per wake-up
 of its persistent reader (`listening_socket`, `adopt_accepted`).
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:

@@ -97,7 +97,7 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     ends the loop: the connection stays in the kernel's queue, the loop sleeps (5 ms, doubling
     to 1 s: Go's net/http `Server.Serve`), counts the failure and logs it at counts 1, 2, 4, ...
     A handler that raises costs its own connection only (aborted, logged). anyio's asyncio
-    listeners are accepted from by `muxtunnel.accept.Acceptor` (every queued one per wake-up).
+    listeners are accepted from by `muxtunnel.accept.Acceptor` (batches per wake-up).
     """
 
     def __init__(
@@ -142,7 +142,7 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     ) -> None:
         backoff = Backoff(self._accept_failed)
         raw = listening_socket(sock)
-        if raw is not None:  # asyncio: accept ourselves, every queued one per wake-up
+        if raw is not None:  # asyncio: accept ourselves, in batches per wake-up
 
             def spawn(client: socket.socket) -> None:
                 task_group.start_soon(self._adopt_one, handler, client, slots)
