@@ -11,6 +11,7 @@ import anyio.abc
 import pytest
 import testenv
 
+from mux import adopt_accepted, listening_socket
 from muxtunnel.transport import listen_tcp, local_port, setup_done
 
 BURST = 24
@@ -80,3 +81,27 @@ async def test_closing_the_listener_ends_its_accept_loop() -> None:
                 await listener.aclose()
         assert caught.group_contains(anyio.ClosedResourceError)
         await anyio.sleep(0.05)  # a reader left behind would fail the loop here
+
+
+@pytest.mark.anyio
+async def test_the_seam_knows_anyios_listener() -> None:
+    """anyio's asyncio TCP listener is recognised (else every listener silently falls back to
+    anyio's accept and its per-connection reader churn), and what `adopt_accepted` makes of
+    an accepted socket is the stream anyio's own accept makes."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    inner = listener.listeners[0]
+    raw = listening_socket(inner)
+    assert raw is not None
+    with anyio.fail_after(5):
+        client = socket.create_connection(raw.getsockname()[:2])
+        await anyio.wait_readable(raw)
+        accepted, _ = raw.accept()
+        stream = await adopt_accepted(accepted)
+        async with await anyio.connect_tcp(*raw.getsockname()[:2]) as other:
+            assert type(stream) is type(other)
+        await stream.send(b"hi")
+        client.settimeout(5)
+        assert client.recv(2) == b"hi"
+        client.close()
+        await stream.aclose()
+    await listener.aclose()
