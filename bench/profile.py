@@ -1,14 +1,15 @@
-"""`python -m bench.profile ROW [ROW ...]`: py-spy profiles of `listen` and `up` during one
-bench row, so the rows muxtunnel misses can be explained by where its time goes.
+"""`python -m bench.profile ROW [ROW ...]`: py-spy profiles of muxtunnel's processes (`listen`
+and `up`; `visit` too for `visit-p1`) during one bench row, so the rows muxtunnel misses can be
+explained by where its time goes.
 
-Each row starts the muxtunnel path as `python -m bench` does (plaintext, or TLS for `tls-p1`),
-drives the row's load for `--seconds` while `py-spy record` is attached to both processes for
-that long (200 samples/s, speedscope JSON: open it at speedscope.app or in any speedscope
-viewer; start-up is not in it), and writes
+Each row starts the muxtunnel path as `python -m bench` does (plaintext, TLS for `tls-p1`,
+the visit path for `visit-p1`), drives the row's load for `--seconds` while `py-spy record` is
+attached to each of the path's processes for that long (200 samples/s, speedscope JSON: open
+it at speedscope.app or in any speedscope viewer; start-up is not in it), and writes
 
-- `bench/results/profiles/ROW-listen.json`, `ROW-up.json`: the profiles;
+- `bench/results/profiles/ROW-listen.json`, `ROW-up.json` (and `ROW-visit.json`): the profiles;
 - `bench/results/profiles/ROW.md`: the row's figure during the profiled run (py-spy's sampling
-  slows both processes: compare figures across rows of one run only) and each process's top
+  slows the processes: compare figures across rows of one run only) and each process's top
   frames by own time and by total time.
 
 `bench/PROFILES.md` cites these summaries. Profile on a machine as quiet as you can get: the
@@ -89,15 +90,17 @@ def _messages(proto: str) -> Callable[[paths.Endpoint, float], str]:
     return run
 
 
-#: Row -> (TLS carrier?, the load, what the bench row is called in the report).
-ROWS: dict[str, tuple[bool, Callable[[paths.Endpoint, float], str], str]] = {
-    "p1": (False, _bulk(1), "TCP -P1"),
-    "p8": (False, _bulk(8), "TCP -P8"),
-    "tls-p1": (True, _bulk(1), "muxtunnel TLS, TCP -P1"),
-    "load-latency": (False, _load_latency, "latency under load"),
-    "new-visitors": (False, _new_visitors, "new visitors"),
-    "messages-udp": (False, _messages("udp"), "small messages x50 UDP"),
-    "messages-tcp": (False, _messages("tcp"), "small messages x50 TCP"),
+_PLAIN, _TLS = paths.muxtunnel(False), paths.muxtunnel(True)
+#: Row -> (the path, the load, what the bench row is called in the report).
+ROWS: dict[str, tuple[paths.Opener, Callable[[paths.Endpoint, float], str], str]] = {
+    "p1": (_PLAIN, _bulk(1), "TCP -P1"),
+    "p8": (_PLAIN, _bulk(8), "TCP -P8"),
+    "tls-p1": (_TLS, _bulk(1), "muxtunnel TLS, TCP -P1"),
+    "visit-p1": (paths.visit, _bulk(1), "visit (TLS, visit -> listen -> up), TCP -P1"),
+    "load-latency": (_PLAIN, _load_latency, "latency under load"),
+    "new-visitors": (_PLAIN, _new_visitors, "new visitors"),
+    "messages-udp": (_PLAIN, _messages("udp"), "small messages x50 UDP"),
+    "messages-tcp": (_PLAIN, _messages("tcp"), "small messages x50 TCP"),
 }
 
 
@@ -163,7 +166,7 @@ def _spy(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
 
 def profile_row(row: str, seconds: float, out: Path, tmp: Path) -> Path:
     """Run `row` once under py-spy; returns the summary it wrote."""
-    tls, load, label = ROWS[row]
+    opener, load, label = ROWS[row]
     with IperfServer(tmp) as server:
         echo = Proc(
             "echo", [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"], log_dir=tmp
@@ -174,7 +177,8 @@ def profile_row(row: str, seconds: float, out: Path, tmp: Path) -> Path:
                 tmp=tmp, iperf=server.address, echo=(m.group(1), int(m.group(2))), results=tmp
             )
             load_avg = Path("/proc/loadavg").read_text().split()[:3]
-            with paths.muxtunnel(tls)(env, None) as ep:
+            with opener(env, None) as ep:
+                roles = list(ep.roles)
                 time.sleep(0.5)
                 spies = {
                     role: _spy(pids[0], math.ceil(seconds), out / f"{row}-{role}.json")
@@ -193,7 +197,7 @@ def profile_row(row: str, seconds: float, out: Path, tmp: Path) -> Path:
         f"average {' '.join(load_avg)} at the start. Under py-spy (200 samples/s): {figure}.",
         "",
     ]
-    for role in ("listen", "up"):
+    for role in roles:
         dst = out / f"{row}-{role}.json"
         own, total = top_frames(portable_profile(dst))
         lines += [f"## {role} (`{dst.name}`)", "", "own time:", "", "```", *own, "```", ""]
