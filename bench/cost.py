@@ -12,6 +12,12 @@ the two processes spent by that work:
 Wall-clock rates move with whatever else runs on the machine; the CPU a process spends per
 unit of work moves far less, so two checkouts can be compared on a loaded machine
 (`--pairs`, alternating with `--vs OTHER_CHECKOUT`).
+
+``--visit`` measures the private-service path instead: the same bulk probe through `visit`
+-> `listen` -> `up` (TLS, as `python -m bench` runs it) and through `ssh -L` to the
+throwaway sshd, CPU per MiB of each process (with its live children: sshd forks one per
+connection) and of the whole path, so the two can be compared where their throughput
+figures only measure the machine's load.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 
 from bench import iperf, latency, messages, procstat
 from bench.iperf import IperfServer
-from bench.paths import REPO, Env, muxtunnel
+from bench.paths import REPO, Env, Opener, muxtunnel, ssh_l, visit
 from bench.proc import Proc
 
 #: Work per probe: enough for the CPU counters (10 ms ticks) to be precise to ~1 %.
@@ -96,6 +102,48 @@ def measure(exe: Path) -> dict[str, float]:
     return out
 
 
+def measure_private(exe: Path) -> dict[str, float]:
+    """CPU microseconds per MiB of one bulk stream, per process and in all, through `visit`
+    and through `ssh -L`."""
+    tmp = Path(f"/tmp/bench-cost-{os.getpid()}")
+    tmp.mkdir(exist_ok=True)
+    out: dict[str, float] = {}
+    openers: dict[str, Opener] = {"visit": visit, "sshl": ssh_l}
+    with IperfServer(tmp) as server:
+        echo = Proc("echo", [sys.executable, "-m", "bench.echo"], log_dir=tmp)
+        try:
+            m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
+            env = Env(
+                tmp=tmp,
+                iperf=server.address,
+                echo=(m.group(1), int(m.group(2))),
+                results=tmp,
+                muxtunnel=exe,
+            )
+            for path, opener in openers.items():
+                with opener(env, None) as ep:
+                    time.sleep(0.5)
+                    trees = {role: procstat.descendants(pids) for role, pids in ep.roles.items()}
+                    c0 = {role: procstat.cpu_seconds(pids) for role, pids in trees.items()}
+                    subprocess.run(
+                        ["iperf3", "-c", ep.tcp[0], "-p", str(ep.tcp[1]), "-n", str(BULK_BYTES)],
+                        check=True,
+                        capture_output=True,
+                        timeout=120,
+                    )
+                    mib = BULK_BYTES / 2**20
+                    spent = {
+                        role: (procstat.cpu_seconds(pids) - c0[role]) / mib * 1e6
+                        for role, pids in trees.items()
+                    }
+                    for role, us in spent.items():
+                        out[f"{path}_{role}_us_per_mib"] = us
+                    out[f"{path}_us_per_mib"] = sum(spent.values())
+        finally:
+            echo.stop()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=1, help="runs per checkout (alternating)")
@@ -107,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         help="another muxtunnel executable to compare with, measured by this checkout's bench "
         "(a build of the same code: compiled, other interpreter flags)",
     )
+    ap.add_argument(
+        "--visit", action="store_true", help="the private-service path and ssh -L (bulk only)"
+    )
     a = ap.parse_args(argv)
+    probe = measure_private if a.visit else measure
     sides = {"this": REPO}
     if a.vs is not None:
         sides = {"vs": a.vs.resolve(), "this": REPO}
@@ -117,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(a.pairs):
         for name, checkout in sides.items():
             if checkout == REPO:
-                res = measure(checkout / ".venv" / "bin" / "muxtunnel")
+                res = probe(checkout / ".venv" / "bin" / "muxtunnel")
             elif not checkout.is_dir():  # --vs-exe
-                res = measure(checkout)
+                res = probe(checkout)
             else:  # the other checkout's bench and code, in its own venv
                 cp = subprocess.run(
-                    [str(checkout / ".venv" / "bin" / "python"), "-m", "bench.cost", "--json"],
+                    [
+                        str(checkout / ".venv" / "bin" / "python"),
+                        *("-m", "bench.cost", "--json"),
+                        *(["--visit"] if a.visit else []),
+                    ],
                     cwd=checkout,
                     capture_output=True,
                     text=True,
@@ -143,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--json"]:
-        print(json.dumps(measure(REPO / ".venv" / "bin" / "muxtunnel")))
+    if sys.argv[1:2] == ["--json"]:
+        probe = measure_private if sys.argv[2:] == ["--visit"] else measure
+        print(json.dumps(probe(REPO / ".venv" / "bin" / "muxtunnel")))
         sys.exit(0)
     sys.exit(main())

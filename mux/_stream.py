@@ -259,6 +259,11 @@ class MuxStream(anyio.abc.ByteStream):
         elif self._error is not None:
             consumer.stream_failed(self._error)
 
+    def detach(self) -> None:
+        """Stop handing bytes to the consumer: later ones wait for `receive()` again (a
+        consumer that lends the stream back to a task; it owes credit only for what it took)."""
+        self._consumer = None
+
     def consumed(self, amount: int) -> None:
         """The consumer has handed on `amount` bytes: the peer may send that much more."""
         conn = self._conn

@@ -284,7 +284,7 @@ class VisitorHeader(_Wire):
     """Server -> client, first bytes of every visitor stream: which service, and who is calling."""
 
     WIRE_KIND: ClassVar[str] = "visitor"
-    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compressed", "confirm")
+    EXTENSIONS: ClassVar[tuple[str, ...]] = ("compressed", "confirm", "handed_on")
     service: str
     type: ServiceType
     peer_host: str
@@ -293,6 +293,9 @@ class VisitorHeader(_Wire):
     compressed: bool = True
     #: A group member's stream: send `DIAL_CONFIRMED` before the service's bytes.
     confirm: bool = False
+    #: Between cluster nodes: a web request a node already handed on once (its group had no
+    #: usable member there), never handed on again.
+    handed_on: bool = False
 
     def __post_init__(self) -> None:
         fields.check_service(self.service)
@@ -301,6 +304,7 @@ class VisitorHeader(_Wire):
         fields.check_int("peer_port", self.peer_port, 0, 65535)
         fields.check_bool("compressed", self.compressed)
         fields.check_bool("confirm", self.confirm)
+        fields.check_bool("handed_on", self.handed_on)
 
 
 @dataclass(frozen=True, slots=True)

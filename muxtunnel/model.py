@@ -232,26 +232,26 @@ class ServerConfig:
     #: On SIGTERM: how long live visitor connections get to finish after the GoAway.
     drain_timeout_s: float = 10.0
     max_visitors_per_service: int = 1024
-    #: Concurrent visitors of one service from one source address (per /64 for IPv6): a
-    #: quarter of the service's, so one address (a NAT'd office) may have many, but it takes
-    #: four to fill a service.
+    #: Concurrent visitors of one service from one source address (per /64 for IPv6): a quarter
+    #: of the service's, so one (a NAT'd office) may have many, but it takes four to fill one.
     max_visitors_per_source: int = 256
     #: A visitor connection with no byte either way for this long is closed (0: never). Browsers
     #: keep idle connections for 5 minutes at most (Chrome's socket pool: 300 s).
     visitor_idle_timeout_s: float = 300.0
     udp_flow_idle_s: float = 60.0
-    #: UDP flows kept per service; each is a stream, so never more than the session's share of
-    #: `mux.max_streams` (see `quota.StreamQuota`) whatever this says.
+    #: UDP flows kept per service (each a stream: never past the session's `mux.max_streams`).
     udp_max_flows: int = 1024
     #: Authenticated sessions (clients) per source address (per /64 for IPv6).
     max_sessions_per_source: int = 16
-    #: Services one session may register; each holds one public port, so this caps ports too
-    #: (frp's `maxPortsPerClient`; ours has a default).
+    #: Services one session may register; each holds a public port, so this caps ports too (frp's
+    #: `maxPortsPerClient`).
     max_services_per_session: int = 64
     #: After a session ends, each of its public ports stays reserved for its service (the same
     #: name, proven with the same token) this long: the client's reconnect finds it free, and
     #: nobody else can take it meanwhile. A minute covers a keepalive timeout and a few retries.
     port_reservation_s: float = 60.0
+    #: Public TCP and web ports with SO_REUSEPORT: cluster nodes on one address share them.
+    reuse_port: bool = False
     #: Failed auth attempts per source address: burst, then refill per minute.
     auth_failures_burst: int = 5
     auth_failures_per_min: float = 5.0

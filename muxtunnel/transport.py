@@ -294,16 +294,15 @@ async def _connect_through(
 
 
 async def listen_tcp(
-    host: str, port: int, *, name: str = "tcp", refusals: Refusals | None = None
-) -> TcpListener:
-    """A TCP listener on `host:port` (0: any free port); `TransportError` if it cannot bind.
-
-    Its `serve` never ends for an accept error (see `TcpListener`): those are counted in
-    `refusals` as "accept_error", `name` saying which listener in the log.
-    """
+    host: str, port: int, *, name: str = "tcp", refusals: Refusals | None = None,
+    reuse_port: bool = False,
+) -> TcpListener:  # fmt: skip
+    """A TCP listener on `host:port` (0: any free port; `reuse_port`: SO_REUSEPORT, shared);
+    `TransportError` if it cannot bind. Its `serve` never ends for an accept error (see
+    `TcpListener`): those are counted in `refusals` as "accept_error", `name` saying which."""
     try:
         listener = await anyio.create_tcp_listener(
-            local_host=host, local_port=port, backlog=LISTEN_BACKLOG
+            local_host=host, local_port=port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
         )
     except OSError as exc:
         raise TransportError(bind_error(host, port, "tcp", exc)) from None

@@ -117,6 +117,10 @@ class Group(Generic[H]):
                  healthy=healthy, open_visitors=member.open_visitors)  # fmt: skip
         return True
 
+    def usable(self, now: float) -> bool:
+        """Could a visitor be given to a member now (one is healthy, weighted, circuit closed)?"""
+        return any(member.usable(now) for member in self._members)
+
     def set_weight(self, member_id: str, weight: int) -> None:
         """A new weight for a member (0: no new visitors)."""
         _check_weight(weight)

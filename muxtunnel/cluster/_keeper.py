@@ -15,6 +15,9 @@ registered, its group memberships). What must stay true:
    `on_lost` is called with what holds it now.
 4. A lease released while a round is in flight is never left held by that round: what the
    round took again after it was released is released again.
+5. A lease changed in place (`update`: a member's health) is written at once, and never
+   overwritten by a round that read the old value: rounds and updates write one at a time
+   (`_writing`), and each round reads the held set once it may write.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class LeaseKeeper:
         self._release_failures = 0
         self._last_error: str | None = None
         self._down_since: float | None = None
+        self._writing = anyio.Lock()
+        self._updates_failed = 0
 
     # ------------------------------------------------------------------------------ holding
 
@@ -116,6 +121,29 @@ class LeaseKeeper:
         """Stop renewing these (they run out in the store within a lease)."""
         for lease in leases:
             self._held.pop(lease, None)
+
+    async def update(self, changes: Sequence[tuple[Lease, Lease]]) -> None:
+        """Hold each new lease in place of its old one (same key and holder, a new value such
+        as a member's health) and write them now. Never raises a registry error: what could
+        not be written is written by the next round."""
+        for old, new in changes:
+            if old in self._held:
+                self._held = {new if lease == old else lease: None for lease in self._held}
+        leases = [new for _, new in changes if new in self._held]
+        if not leases:
+            return
+        async with self._writing:
+            try:
+                with anyio.fail_after(self.interval_s):
+                    await self.store.renew(leases, self.lease_s)
+            except (RegistryError, TimeoutError) as exc:
+                self._updates_failed += 1
+                if _power_of_two(self._updates_failed):
+                    log.warning(
+                        "registry update failed; the next renewal writes it",
+                        count=self._updates_failed,
+                        error=str(exc) or "timeout",
+                    )
 
     async def acquire(self, leases: Sequence[Lease], *, atomic: bool = True) -> ClaimOutcome:
         """Take `leases` in the store and hold those taken. Raises `RegistryUnavailable`."""
@@ -181,13 +209,14 @@ class LeaseKeeper:
 
         True when the store answered. Bounded by one renewal interval.
         """
-        leases = list(self._held)
         retaken: list[Lease] = []
         gone: list[Lost] = []
         self._rounds += 1
         try:
             with anyio.fail_after(self.interval_s):
-                lost = await self.store.renew(leases, self.lease_s) if leases else []
+                async with self._writing:
+                    leases = list(self._held)
+                    lost = await self.store.renew(leases, self.lease_s) if leases else []
                 dropped = [x.lease for x in lost if x.lease in self._held]
                 if dropped:
                     outcome = await self.store.acquire(dropped, self.lease_s, atomic=False)

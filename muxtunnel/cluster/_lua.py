@@ -1,19 +1,24 @@
 """The Lua scripts that make the Redis store's compare-and-set atomic (Redis runs a script alone).
 
 Every script takes a batch of leases: ARGV[1] and ARGV[2] are the script's own (the lease in
-ms, a mode), then two KEYS and three ARGV per lease i (1-based):
+ms, a mode), then three KEYS and three ARGV per lease i (1-based):
 
-    KEYS[2i-1]  the lease's key: `claim:KIND:NAME` or `node:ID`
-    KEYS[2i]    the members set of a group key: `members:KIND:NAME` (a claim repeats its key)
-    ARGV[3i]    kind: "c" (a value held alone: a claim or a node record) or "m" (a member)
+    KEYS[3i-2]  the lease's key: `claim:KIND:NAME` or `node:ID`
+    KEYS[3i-1]  the members set of a group key: `members:KIND:NAME` (a claim repeats its key)
+    KEYS[3i]    the members' health of a group key: `health:KIND:NAME` (a claim repeats its key)
+    ARGV[3i]    kind: "c" (a value held alone: a claim or a node record), "m" (a healthy
+                member) or "u" (an unhealthy member)
     ARGV[3i+1]  the value the key must hold: the owner ("x NODE HOLDER"), the group ("g NAME")
                 or the node record's JSON
     ARGV[3i+2]  the member ("NODE HOLDER"); "" for kind "c"
 
 A group key is a string holding "g NAME" beside a sorted set of members scored by the time
-(ms, the server's clock) their own lease ends. Both keys expire with the longest member lease,
-so a group with no live member disappears as a claim does. Times come from `TIME` on the
-server: no node's clock is trusted, and every node sees the same expiry.
+(ms, the server's clock) their own lease ends, and a hash of the members last written
+unhealthy (a member absent from it is healthy: a healthy group costs no hash). Every
+acquire and renewal of a member writes its health, so a lost write is mended within a
+renewal interval. The three keys expire with the longest member lease, so a group with no
+live member disappears as a claim does. Times come from `TIME` on the server: no node's
+clock is trusted, and every node sees the same expiry.
 """
 
 from __future__ import annotations
@@ -26,14 +31,22 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function int(x) return string.format('%.0f', x) end
--- The key and the members set live exactly as long as the longest member lease.
-local function stretch(key, mkey, now)
+-- The key, the members set and their health live exactly as long as the longest member lease.
+local function stretch(key, mkey, hkey, now)
   local top = redis.call('ZRANGE', mkey, -1, -1, 'WITHSCORES')
   if #top == 0 then return false end
   local left = int(tonumber(top[2]) - now)
   redis.call('PEXPIRE', key, left)
   redis.call('PEXPIRE', mkey, left)
+  redis.call('PEXPIRE', hkey, left)
   return true
+end
+local function set_health(hkey, member, kind)
+  if kind == 'u' then
+    redis.call('HSET', hkey, member, '0')
+  else
+    redis.call('HDEL', hkey, member)
+  end
 end
 local function member_alive(mkey, member, now)
   local score = redis.call('ZSCORE', mkey, member)
@@ -48,10 +61,10 @@ ACQUIRE = (
     + """
 local ttl = tonumber(ARGV[1])
 local atomic = ARGV[2] == '1'
-local n = #KEYS / 2
+local n = #KEYS / 3
 local refused, ok = {}, {}
 for i = 1, n do
-  local cur = redis.call('GET', KEYS[2*i-1])
+  local cur = redis.call('GET', KEYS[3*i-2])
   if cur and cur ~= ARGV[3*i+1] then
     refused[#refused+1] = i
   else
@@ -61,14 +74,15 @@ end
 if atomic and #refused > 0 then return refused end
 local now = now_ms()
 for _, i in ipairs(ok) do
-  local key, mkey, value = KEYS[2*i-1], KEYS[2*i], ARGV[3*i+1]
+  local key, mkey, hkey, value = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], ARGV[3*i+1]
   if ARGV[3*i] == 'c' then
     redis.call('SET', key, value, 'PX', ttl)
   else
     redis.call('ZREMRANGEBYSCORE', mkey, '-inf', int(now))
     redis.call('ZADD', mkey, int(now + ttl), ARGV[3*i+2])
+    set_health(hkey, ARGV[3*i+2], ARGV[3*i])
     redis.call('SET', key, value)
-    stretch(key, mkey, now)
+    stretch(key, mkey, hkey, now)
   end
 end
 return refused
@@ -82,8 +96,8 @@ RENEW = (
 local ttl = tonumber(ARGV[1])
 local now = now_ms()
 local lost = {}
-for i = 1, #KEYS / 2 do
-  local key, mkey, value = KEYS[2*i-1], KEYS[2*i], ARGV[3*i+1]
+for i = 1, #KEYS / 3 do
+  local key, mkey, hkey, value = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], ARGV[3*i+1]
   local held = redis.call('GET', key) == value
   if ARGV[3*i] == 'c' then
     if held then redis.call('PEXPIRE', key, ttl) else lost[#lost+1] = i end
@@ -91,7 +105,8 @@ for i = 1, #KEYS / 2 do
     local member = ARGV[3*i+2]
     if held and member_alive(mkey, member, now) then
       redis.call('ZADD', mkey, 'XX', int(now + ttl), member)
-      stretch(key, mkey, now)
+      set_health(hkey, member, ARGV[3*i])
+      stretch(key, mkey, hkey, now)
     else
       redis.call('ZREMRANGEBYSCORE', mkey, '-inf', int(now))
       lost[#lost+1] = i
@@ -108,8 +123,8 @@ RELEASE = (
     + """
 local now = now_ms()
 local released = 0
-for i = 1, #KEYS / 2 do
-  local key, mkey, value = KEYS[2*i-1], KEYS[2*i], ARGV[3*i+1]
+for i = 1, #KEYS / 3 do
+  local key, mkey, hkey, value = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i], ARGV[3*i+1]
   local held = redis.call('GET', key) == value
   if ARGV[3*i] == 'c' then
     if held then
@@ -120,8 +135,9 @@ for i = 1, #KEYS / 2 do
     local member = ARGV[3*i+2]
     if held and member_alive(mkey, member, now) then released = released + 1 end
     redis.call('ZREM', mkey, member)
+    redis.call('HDEL', hkey, member)
     redis.call('ZREMRANGEBYSCORE', mkey, '-inf', int(now))
-    if held and not stretch(key, mkey, now) then redis.call('DEL', key) end
+    if held and not stretch(key, mkey, hkey, now) then redis.call('DEL', key, hkey) end
   end
 end
 return released
@@ -129,14 +145,14 @@ return released
 )
 
 #: KEYS as above (claim keys only), ARGV unused. Returns per key: {} when free, else
-#: {value, ms left} and, for a group, a flat list {member, ms left, member, ms left, ...}.
+#: {value, ms left} and, for a group, a flat list {member, ms left, healthy (1 or 0), ...}.
 LOOKUP = (
     _PRELUDE
     + """
 local now = now_ms()
 local out = {}
-for i = 1, #KEYS / 2 do
-  local key, mkey = KEYS[2*i-1], KEYS[2*i]
+for i = 1, #KEYS / 3 do
+  local key, mkey, hkey = KEYS[3*i-2], KEYS[3*i-1], KEYS[3*i]
   local value = redis.call('GET', key)
   if not value then
     out[i] = {}
@@ -148,6 +164,7 @@ for i = 1, #KEYS / 2 do
       for j = 1, #scored, 2 do
         members[#members+1] = scored[j]
         members[#members+1] = tonumber(scored[j+1]) - now
+        members[#members+1] = 1 - redis.call('HEXISTS', hkey, scored[j])
       end
       item[3] = members
     end

@@ -45,6 +45,8 @@ class MemoryStore:
         self._exclusive: dict[ClaimKey, tuple[Owner, float]] = {}
         self._groups: dict[ClaimKey, tuple[str, dict[Owner, float]]] = {}
         self._nodes: dict[str, tuple[NodeRecord, float]] = {}
+        #: Members whose node last wrote them unhealthy.
+        self._unhealthy: set[tuple[ClaimKey, Owner]] = set()
         #: When set, every call raises `RegistryUnavailable` with this reason (fault injection).
         self.unavailable: str | None = None
         self.closed = False
@@ -62,8 +64,12 @@ class MemoryStore:
             name, members = group
             for owner in [o for o, until in members.items() if until <= now]:
                 del members[owner]
+                self._unhealthy.discard((key, owner))
             if members:
-                listed = tuple(Member(o, members[o] - now) for o in sorted(members))
+                listed = tuple(
+                    Member(o, members[o] - now, (key, o) not in self._unhealthy)
+                    for o in sorted(members)
+                )
                 return Grouped(name, listed, max(members.values()) - now)
             del self._groups[key]
         return None
@@ -111,6 +117,10 @@ class MemoryStore:
         elif isinstance(lease, Membership):
             group = self._groups.setdefault(lease.key, (lease.group, {}))
             group[1][lease.member] = until
+            if lease.healthy:
+                self._unhealthy.discard((lease.key, lease.member))
+            else:
+                self._unhealthy.add((lease.key, lease.member))
         else:
             self._nodes[lease.node_id] = (lease, until)
 
@@ -120,6 +130,7 @@ class MemoryStore:
         elif isinstance(lease, Membership):
             members = self._groups[lease.key][1]
             del members[lease.member]
+            self._unhealthy.discard((lease.key, lease.member))
             if not members:
                 del self._groups[lease.key]
         else:

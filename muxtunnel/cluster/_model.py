@@ -7,6 +7,8 @@ not write back unchanged. Three kinds of lease exist, and every store method tak
   alone. Exclusive: a second claimant anywhere is refused while the lease lives.
 - `Membership`: a key held by a load-balancing group; any number of members, on any nodes, each
   with a lease of its own. The key stays the group's while at least one member's lease lives.
+  Each member carries its health as its node last wrote it (`healthy`), so that every node
+  can send a group's visitors to nodes whose members can take them.
 - `NodeRecord`: a `listen` process announcing itself (node id, node-to-node address, start time).
   Each process start has its own `incarnation`, so two processes given one node id collide.
 
@@ -195,6 +197,9 @@ class Membership:
     key: ClaimKey
     group: str
     member: Owner
+    #: Can the member take visitors (health check passing, circuit not open)? Not part of
+    #: who holds the key: a renewal writes it, a change is the same lease with a new value.
+    healthy: bool = True
 
     def __post_init__(self) -> None:
         validate_group(self.group)
@@ -274,6 +279,8 @@ class Member:
 
     owner: Owner
     expires_in_s: float
+    #: As its node last wrote it (see `Membership.healthy`).
+    healthy: bool = True
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ or other applications:
 
     PREFIX claim:KIND:NAME    string "x NODE HOLDER" (exclusive) or "g GROUP", expiring (PX)
     PREFIX members:KIND:NAME  sorted set of "NODE HOLDER" scored by lease end (ms, server clock)
+    PREFIX health:KIND:NAME   hash of the members last written unhealthy ("NODE HOLDER" -> "0")
     PREFIX node:ID            string: the node record's JSON, expiring (PX)
 
 Every write is one Lua script (`_lua.py`) run through EVALSHA, falling back to loading it when
@@ -15,7 +16,8 @@ Server requirements: Redis 5 or newer (scripts replicate their effects, so they 
 `TIME` before writing; tested with Debian 12's 7.0), one primary (Redis Cluster is not
 supported: one script touches keys of many slots), and, with ACLs, on keys under the prefix:
 EVALSHA, SCRIPT LOAD, MGET, SCAN, CLIENT SETNAME and what the scripts run (GET, SET, DEL,
-PEXPIRE, PTTL, TIME, ZADD, ZREM, ZSCORE, ZRANGE, ZRANGEBYSCORE, ZREMRANGEBYSCORE). Nothing
+PEXPIRE, PTTL, TIME, ZADD, ZREM, ZSCORE, ZRANGE, ZRANGEBYSCORE, ZREMRANGEBYSCORE, HSET,
+HDEL, HEXISTS). Nothing
 needs persistence: after a restart that lost the data, every node's lease keeper takes its
 leases again within about one renewal interval.
 
@@ -177,9 +179,10 @@ class RedisStore:
         except redis_errors.RedisError as exc:
             raise RegistryError(f"{where}: {exc}") from None
 
-    def _claim_keys(self, key: ClaimKey) -> tuple[str, str]:
+    def _claim_keys(self, key: ClaimKey) -> tuple[str, str, str]:
         suffix = f"{key.kind.value}:{key.name}"
-        return f"{self.prefix}claim:{suffix}", f"{self.prefix}members:{suffix}"
+        prefix = self.prefix
+        return f"{prefix}claim:{suffix}", f"{prefix}members:{suffix}", f"{prefix}health:{suffix}"
 
     def _node_key(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
@@ -189,15 +192,15 @@ class RedisStore:
         args: list[str] = []
         for lease in leases:
             if isinstance(lease, Claim):
-                key, _ = self._claim_keys(lease.key)
-                keys += [key, key]
+                key = self._claim_keys(lease.key)[0]
+                keys += [key, key, key]
                 args += ["c", "x " + lease.owner.token(), ""]
             elif isinstance(lease, Membership):
                 keys += self._claim_keys(lease.key)
-                args += ["m", "g " + lease.group, lease.member.token()]
+                args += ["m" if lease.healthy else "u", "g " + lease.group, lease.member.token()]
             else:
                 key = self._node_key(lease.node_id)
-                keys += [key, key]
+                keys += [key, key, key]
                 args += ["c", lease.encode(), ""]
         return keys, args
 
@@ -216,8 +219,8 @@ class RedisStore:
                 flat = list(item[2])
                 members = sorted(
                     (
-                        Member(Owner.parse(str(m)), int(ms) / 1000)
-                        for m, ms in zip(flat[::2], flat[1::2], strict=True)
+                        Member(Owner.parse(str(m)), int(ms) / 1000, int(healthy) == 1)
+                        for m, ms, healthy in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
                     ),
                     key=lambda member: member.owner,
                 )

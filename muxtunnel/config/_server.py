@@ -168,6 +168,7 @@ _FIELDS: dict[str, v.Reader] = {
     "max_sessions_per_source": v.count,
     "max_services_per_session": v.count,
     "port_reservation_s": v.non_negative,
+    "reuse_port": v.boolean,
     "auth_failures_burst": v.count,
     "auth_failures_per_min": v.positive,
     "max_preauth_connections": v.count,

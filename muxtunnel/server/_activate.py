@@ -42,13 +42,13 @@ async def activate(
     """The active service of a registration (and its public socket, if it has one);
     `RegistrationError` if refused."""
     cluster = host.cluster
-    if cluster is not None and request.group is not None:
-        # A group whose first member (on any node) had its port picked: that port, here too.
-        if port := await cluster.group_port(request):
-            request = dataclasses.replace(request, remote_port=port)
     # The client, at every node: its token key and process instance (`up --server A --server
     # B` holds its names from both nodes; another client is refused them).
     client = client_identity(key, request.instance) if cluster is not None else ""
+    # A group whose first member (on any node) had its port picked, or this client's service
+    # registered at another node with a picked port: that port, here too.
+    if cluster is not None and (port := await cluster.picked_port(request, client)):
+        request = dataclasses.replace(request, remote_port=port)
     leases = (
         await cluster.claim(request, session_id, cluster.keys_for(request), client)
         if cluster is not None
@@ -109,18 +109,38 @@ async def _open_claimed(
         if cluster is None or sock is None or cluster.has_port(leases):
             return service, sock
         try:
-            leases += await cluster.claim(request, session_id, cluster.port_keys(service), client)
-            return service, sock
+            mine = await cluster.claim(request, session_id, cluster.port_keys(service), client)
         except RegistrationError as exc:
-            service.streams.leave()
-            service.compression_memory.leave()
-            if isinstance(sock, UdpForwarder):
-                sock.close()
-            else:
-                await sock.aclose()
+            await _close_opened(service, sock)
             if exc.code != control.PORT_IN_USE or attempt + 1 == CLUSTER_PICK_ATTEMPTS:
                 raise
+            continue
+        # One client registering at two nodes at once: each picked a port. The pick of the
+        # node of its first session (in registry order, the same at every node) is the
+        # client's: another node's gives its own up and binds that one.
+        first = await cluster.client_port(request, client, service.port) if client else 0
+        if not first or first == service.port:
+            leases += mine
+            return service, sock
+        await cluster.release(mine)
+        await _close_opened(service, sock)
+        request = dataclasses.replace(request, remote_port=first)
+        keys = cluster.port_keys(service, first)
+        leases += await cluster.claim(request, session_id, keys, client)
+        return await _services.open_service(
+            host, session, session_id, request, key, quotas, visitor_keys
+        )
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _close_opened(service: ActiveService, sock: PublicSocket) -> None:
+    """Undo `open_service` of a service that will not be activated."""
+    service.streams.leave()
+    service.compression_memory.leave()
+    if isinstance(sock, UdpForwarder):
+        sock.close()
+    elif sock is not None:
+        await sock.aclose()
 
 
 def client_identity(key: bytes, instance: bytes) -> str:

@@ -11,7 +11,9 @@ What it does for its server (`Server.cluster`, None on a single server):
   while sessions and visitors already here carry on;
 - renews every lease (`LeaseKeeper`) and releases a service's claims when it ends; a claim
   taken by another node meanwhile (after a partition) closes the local service;
-- every sync interval reads who holds what and serves the names held elsewhere (`Mirror`).
+- every sync interval reads who holds what and serves the names held elsewhere (`Mirror`),
+  and writes the health of its group members that changed since (`_write_health`: at most
+  one write per sync interval, however often a member flaps).
 
 The registry is the only source of truth for ownership; mirrors are a cache of it, rebuilt at
 every sync, and a visitor sent on a stale one is refused by the node that no longer holds it.
@@ -45,6 +47,7 @@ from muxtunnel.cluster_status import ClusterNodeRow, ClusterRow
 from muxtunnel.control import Register, Visit
 from muxtunnel.forward import guarded
 from muxtunnel.model import WEB_TYPES, ClusterConfig
+from muxtunnel.server._cluster_claims import client_port, health_changes, picked_port
 from muxtunnel.server._cluster_plan import CLIENT_GROUP, Plan
 from muxtunnel.server._cluster_private import VisitsElsewhere
 from muxtunnel.server._cluster_setup import cluster_settings, peer_tls, secret
@@ -114,7 +117,9 @@ class ClusterNode:
         self._by_service: dict[ActiveService, list[Claim | Membership]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         #: Visits here of private services other nodes hold.
-        self.visits = VisitsElsewhere(self.node_id, self.links, self.addresses, server.refusals)
+        self.visits = VisitsElsewhere(
+            self.node_id, self.links, self.addresses, server.refusals, self.store
+        )
 
     # --- running ---
 
@@ -140,6 +145,10 @@ class ClusterNode:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                # A revocation or a provider's presence here, told to nodes with its visitors.
+                private = self.server.private
+                private.on_remote_revoked = lambda *a: tg.start_soon(self.visits.tell_revoked, *a)
+                private.on_remote_presence = lambda *a: tg.start_soon(self.visits.tell_presence, *a)
                 await tg.start(self.links.run)
                 await tg.start(self.mirror.run)
                 tg.start_soon(self.keeper.run)
@@ -158,6 +167,7 @@ class ClusterNode:
 
     async def sync_once(self) -> bool:
         """Read the registry and serve what other nodes hold; False if it did not answer."""
+        await self._write_health()
         try:
             with anyio.fail_after(self.settings.timeout_s * 2):
                 nodes = await self.store.nodes()
@@ -186,9 +196,25 @@ class ClusterNode:
         self.addresses.update(listed)
         plan = Plan.of(holdings, self.node_id, self.addresses)
         self.web.group_nodes = plan.group_nodes
+        self.web.client_nodes = plan.client_nodes
         self.visits.holders = plan.holders
         self.mirror.sync(plan.wanted, grace_s)
         return True
+
+    async def _write_health(self) -> None:
+        """Members of groups here whose health changed: their leases carry the new value."""
+        changes = health_changes(self._held, self.server.groups, anyio.current_time())
+        if not changes:
+            return
+        for old, new in changes:
+            service = self._held.pop(old)
+            self._held[new] = service
+            listed = self._by_service.get(service, [])
+            self._by_service[service] = [new if lease == old else lease for lease in listed]
+        log.info("group member health written to the registry",
+                 members=[f"{new.group}/{new.member.holder}={'up' if new.healthy else 'down'}"
+                          for _, new in changes])  # fmt: skip
+        await self.keeper.update(changes)
 
     def row(self) -> ClusterRow:
         """This node and the cluster as last read, for status."""
@@ -252,22 +278,18 @@ class ClusterNode:
             [ClaimKey.port(request.type, port)] if port and request.type in _PORTS else []
         )
 
-    async def group_port(self, request: Register) -> int:
-        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet):
-        read from the registry as it is now (a scan, as a sync does: only for such groups)."""
-        config = self.server.config
-        if request.group is None or request.type not in _PORTS or request.remote_port:
-            return 0
-        if pinned_ports(config).get(request.group):
-            return 0
+    async def picked_port(self, request: Register, client: str) -> int:
+        """See `_cluster_claims.picked_port`; `RegistrationError` if the registry is down."""
         try:
-            holdings = await self.store.holdings()
+            return await picked_port(self.store, self.server.config, request, client)
         except RegistryError as exc:
             raise self._unavailable(request, exc) from None
-        for key, holding in holdings:
-            if key.kind.value == request.type and getattr(holding, "group", None) == request.group:
-                return int(key.name)
-        return 0
+
+    async def client_port(self, request: Register, client: str, picked: int) -> int:
+        """See `_cluster_claims.client_port`."""
+        return await client_port(
+            self.store, self.node_id, self.server.config, request, client, picked
+        )
 
     @staticmethod
     def has_port(leases: Sequence[Claim | Membership]) -> bool:
@@ -275,9 +297,9 @@ class ClusterNode:
         return any(lease.key.kind in (ClaimKind.TCP_PORT, ClaimKind.UDP_PORT) for lease in leases)
 
     @staticmethod
-    def port_keys(service: ActiveService) -> list[ClaimKey]:
-        """The key of the port a service's socket was bound on."""
-        return [ClaimKey.port(service.type, service.port)]
+    def port_keys(service: ActiveService, port: int = 0) -> list[ClaimKey]:
+        """The key of the port a service's socket was bound on (or of `port`, of its type)."""
+        return [ClaimKey.port(service.type, port or service.port)]
 
     async def claim(
         self, request: Register, session_id: int, keys: Sequence[ClaimKey], client: str = ""

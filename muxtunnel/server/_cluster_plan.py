@@ -11,6 +11,11 @@ sync (`ClusterNode.sync_once`):
 - a load-balancing group's port or web routes: served by the nodes with members; elsewhere
   each visitor goes to one of those (a web group's requests are spread over the members'
   nodes: `group_nodes`, see `_spread`).
+
+A group's members count only when healthy (as their nodes last wrote it): a node whose
+members all fail their health checks (or have an open circuit) gets no visitor from the others
+while a healthy member lives anywhere. When none is healthy, all count, as a single server's
+group would fail over to nobody either (each member's node then answers as it can).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from muxtunnel.cluster import ClaimKey, ClaimKind, Exclusive, Holding, Owner
+from muxtunnel.cluster import ClaimKey, ClaimKind, Exclusive, Grouped, Holding, Member, Owner
 from muxtunnel.server._mirror import Remote
 
 __all__ = ["CLIENT_GROUP", "Plan"]
@@ -43,6 +48,8 @@ class Plan:
     group_nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Service name -> a node holding it (not a group's).
     holders: dict[str, str] = field(default_factory=dict)
+    #: Service name -> every node where its client holds it (a client at several nodes).
+    client_nodes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -63,21 +70,30 @@ class Plan:
                 if owner.node_id != node_id and advertise is not None:
                     plan.wanted[key] = Remote(owner.node_id, advertise, service_of(owner))
                 continue
+            healthy = _able(holding)
             members = tuple(
-                (node, addresses[node]) for node in sorted(holding.node_ids) if node in addresses
+                (node, addresses[node])
+                for node in sorted({m.owner.node_id for m in healthy})
+                if node in addresses
             )
             elsewhere = bool(members) and node_id not in holding.node_ids
             if holding.group.startswith(CLIENT_GROUP):
                 first = holding.members[0].owner
                 if key.kind is ClaimKind.SERVICE:
                     plan.holders[key.name] = first.node_id
+                    plan.client_nodes[key.name] = tuple(node for node, _ in members)
                 elif elsewhere:
                     plan.wanted[key] = Remote(*members[0], service_of(first), members)
             elif key.kind is ClaimKind.SERVICE:
                 counts = plan.group_nodes.setdefault(holding.group, {})
-                for member in holding.members:
+                for member in healthy:
                     if member.owner.node_id in addresses:
                         counts[member.owner.node_id] = counts.get(member.owner.node_id, 0) + 1
             elif elsewhere:
                 plan.wanted[key] = Remote(*members[0], holding.group, members)
         return plan
+
+
+def _able(holding: Grouped) -> tuple[Member, ...]:
+    """The members that can take visitors: the healthy ones, or all when none is."""
+    return tuple(m for m in holding.members if m.healthy) or holding.members

@@ -22,30 +22,47 @@ and the provider's node checks again that `key_id` is one of the name's keys now
 revoked meanwhile refuses new streams there), then admits it as a visitor of the provider
 (its limits, rate limits, metering). The visitor's node keeps the grant, its compression and
 its session's limits.
+
+When the provider's node revokes a key (a reload of the provider or of the server), it cuts
+the visitor streams of that key it serves and tells each node it granted a visit with it:
+
+    -> peer_revoke  {service, key_ids, reason}
+
+and that node revokes those grants as its own (the visitor is told `access_revoked`).
+Likewise when the provider goes offline or comes back, each node that granted a visit of
+the name is told, and tells its visitors as a single server does:
+
+    -> peer_presence  {service, online}
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
+import structlog
 
 from mux import MuxStream, Session
+from muxtunnel.cluster import ClaimKey, RegistryError, RegistryStore
 from muxtunnel.control import Visit
 from muxtunnel.framing import ControlError, frame, receive_frame, unpack_map
 from muxtunnel.log import Refusals
+from muxtunnel.server._cluster_plan import Plan
 from muxtunnel.server._host import Host
 from muxtunnel.server._peers import HANDSHAKE_TIMEOUT_S, PeerLinks, PeerUnavailable
-from muxtunnel.server._private import RemoteVisit
+from muxtunnel.server._private import RemoteVisit, key_id
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.transport import abort
 from muxtunnel.visitauth import match_key, visit_server_tag
 
+log = structlog.get_logger("muxtunnel.cluster")
+
 __all__ = [
     "CHECK",
+    "PRESENCE",
     "PRIVATE",
+    "REVOKE",
     "RemoteVisit",
     "VisitsElsewhere",
     "admit_private",
@@ -54,15 +71,20 @@ __all__ = [
     "key_id",
     "private_request",
     "read_check_answer",
+    "revoke_request",
+    "take_presence",
+    "take_revoke",
 ]
 
+#: How soon a name the registry did not know is read again for a visit: a quarter of the
+#: sync interval's second, so a provider registering elsewhere is found within about that.
+LOOKUP_AGAIN_S = 0.25
+#: Names remembered as missed (then forgotten all at once): bounds the memory a visitor
+#: asking for made-up names can take.
+MISSES_KEPT = 1024
 CHECK, PRIVATE = "peer_visit_check", "peer_private"
+REVOKE, PRESENCE = "peer_revoke", "peer_presence"
 _OK, _NO = "peer_visit_ok", "peer_visit_no"
-
-
-def key_id(key: bytes) -> bytes:
-    """A visitor key's fingerprint: names the key between nodes without revealing it."""
-    return hashlib.sha256(b"muxtunnel visitor key id\0" + key).digest()[:16]
 
 
 def check_request(request: Visit, nonces: tuple[bytes, bytes], binding: bytes) -> bytes:
@@ -123,6 +145,7 @@ async def answer_check(host: Host, stream: MuxStream, data: dict[str, Any], peer
     assert service is not None and isinstance(nonces, list) and isinstance(binding, bytes)
     server_tag = visit_server_tag(key, service.name, service.type, nonces[0], nonces[1], binding)
     online = service.provider is not None
+    host.private.granted_elsewhere(service.name, key, peer)
     await stream.send(
         frame({"kind": _OK, "server_tag": server_tag, "key_id": key_id(key), "online": online})
     )
@@ -131,9 +154,10 @@ async def answer_check(host: Host, stream: MuxStream, data: dict[str, Any], peer
 
 def admit_private(
     host: Host, data: dict[str, Any], peer: str
-) -> tuple[ActiveService, Session, tuple[str, int]] | None:
+) -> tuple[ActiveService, Session, tuple[str, int], bytes] | None:
     """A visitor stream of a private service held here, from a visit at another node: the
-    service, its provider's session and the visitor's address, or None (refused, counted)."""
+    service, its provider's session, the visitor's address and the key id that let it in, or
+    None (refused, counted)."""
     name, type, found = data.get("service"), data.get("type"), data.get("key_id")
     peer_host, peer_port = data.get("peer_host"), data.get("peer_port")
     service = _provider(host, name, type)
@@ -149,14 +173,50 @@ def admit_private(
             service=str(name)[:64], peer_node=peer,
         )  # fmt: skip
         return None
-    return service, service.provider, (str(peer_host), int(str(peer_port)))
+    assert isinstance(found, bytes)
+    return service, service.provider, (str(peer_host), int(str(peer_port))), found
+
+
+def revoke_request(name: str, key_ids: set[bytes], reason: str) -> bytes:
+    """The first frame of a `peer_revoke` stream."""
+    return frame({"kind": REVOKE, "service": name, "key_ids": sorted(key_ids),
+                  "reason": reason[:200]})  # fmt: skip
+
+
+def take_revoke(host: Host, data: dict[str, Any], peer: str) -> None:
+    """The provider's node `peer` revoked keys of a name it holds: grants made here with them go."""
+    name, key_ids, reason = data.get("service"), data.get("key_ids"), data.get("reason")
+    if not isinstance(name, str) or not isinstance(key_ids, list) or not isinstance(reason, str):
+        host.refusals.refuse("cluster_forward_unknown", "malformed revocation from another node",
+                             peer_node=peer)  # fmt: skip
+        return
+    found = {k for k in key_ids if isinstance(k, bytes)}
+    revoked = host.private.revoke_remote(name, found, reason)
+    log.info("visits revoked by the provider's node", service=name, node=peer, grants=revoked)
+
+
+def take_presence(host: Host, data: dict[str, Any], peer: str) -> None:
+    """The provider of a name `peer` holds came or went: the visitors here are told."""
+    name, online = data.get("service"), data.get("online")
+    if not isinstance(name, str) or not isinstance(online, bool):
+        host.refusals.refuse("cluster_forward_unknown", "malformed presence from another node",
+                             peer_node=peer)  # fmt: skip
+        return
+    if name in host.private.grants:
+        host.private.presence(name, online)
 
 
 class VisitsElsewhere:
     """The visitor's node's side: proofs passed on, streams sent to the provider's node."""
 
     def __init__(
-        self, node_id: str, links: PeerLinks, addresses: Mapping[str, str], refusals: Refusals
+        self,
+        node_id: str,
+        links: PeerLinks,
+        addresses: Mapping[str, str],
+        refusals: Refusals,
+        store: RegistryStore | None = None,
+        timeout_s: float = 2.0,
     ) -> None:
         self.node_id = node_id
         self.links = links
@@ -164,6 +224,32 @@ class VisitsElsewhere:
         self.refusals = refusals
         #: Service name -> the node holding it alone (the cluster node's last sync).
         self.holders: dict[str, str] = {}
+        #: Read on a miss for the node holding a name now: a visit of a name the last sync
+        #: did not know (registered since) is not refused for that.
+        self._store = store
+        self._timeout_s = timeout_s
+        #: Name -> when the registry last said nobody holds it (a visitor's streams to an
+        #: offline provider cost one registry read per `LOOKUP_AGAIN_S`, not one each).
+        self._missed: dict[str, float] = {}
+
+    async def _find(self, name: str) -> tuple[str, str] | None:
+        found = self._node(name)
+        now = anyio.current_time()
+        last_miss = self._missed.get(name)
+        if (
+            found is None
+            and self._store is not None
+            and (last_miss is None or now - last_miss >= LOOKUP_AGAIN_S)
+        ):
+            if len(self._missed) >= MISSES_KEPT:
+                self._missed.clear()
+            self._missed[name] = now
+            node = await self._holder(self._store, name)
+            if node is not None:
+                self._missed.pop(name, None)
+                self.holders[name] = node
+                found = self._node(name)
+        return found
 
     def _node(self, name: str) -> tuple[str, str] | None:
         node = self.holders.get(name)
@@ -172,12 +258,24 @@ class VisitsElsewhere:
             return None
         return node, advertise
 
+    async def _holder(self, store: RegistryStore, name: str) -> str | None:
+        """The node holding service `name` now (None: none, or the registry did not answer)."""
+        key = ClaimKey.service(name)
+        try:
+            with anyio.fail_after(self._timeout_s):
+                holding = (await store.lookup([key])).get(key)
+        except (RegistryError, TimeoutError, ValueError):
+            return None
+        if holding is None:
+            return None
+        return Plan.of([(key, holding)], self.node_id, self.addresses).holders.get(name)
+
     async def check(
         self, request: Visit, nonces: tuple[bytes, bytes], binding: bytes
     ) -> RemoteVisit | None:
         """The provider's node's answer to a visitor's proof (None: refused, or the name is
         not held on another node)."""
-        found = self._node(request.service)
+        found = await self._find(request.service)
         if found is None:
             return None
         node, advertise = found
@@ -196,12 +294,38 @@ class VisitsElsewhere:
             )  # fmt: skip
             return None
 
+    async def tell_revoked(self, name: str, by_node: dict[str, set[bytes]], reason: str) -> None:
+        """Tell each node the keys of `name` it granted visits with that were revoked here."""
+        for node, key_ids in by_node.items():
+            await self._tell(node, name, revoke_request(name, key_ids, reason))
+
+    async def tell_presence(self, name: str, nodes: set[str], online: bool) -> None:
+        """Tell each node that granted visits of `name` that its provider came or went."""
+        first = frame({"kind": PRESENCE, "service": name, "online": online})
+        for node in sorted(nodes):
+            await self._tell(node, name, first)
+
+    async def _tell(self, node: str, name: str, first: bytes) -> None:
+        advertise = self.addresses.get(node)
+        if advertise is None or node == self.node_id:
+            return
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                stream = await self.links.open(node, advertise, first)
+                await stream.aclose()
+        except (PeerUnavailable, TimeoutError, anyio.BrokenResourceError) as exc:
+            self.refusals.refuse(
+                "cluster_forward_failed", "a private service's change not told: the node is "
+                "unreachable (its visitor streams here are cut already)", service=name,
+                node=node, error=str(exc) or "timeout",
+            )  # fmt: skip
+
     async def open(
         self, name: str, type: str, key: bytes, peer: tuple[str, int]
     ) -> MuxStream | None:
         """A stream to the node holding private service `name` for one visitor stream of a
         visit granted with key id `key` (None: no such node now, or unreachable)."""
-        found = self._node(name)
+        found = await self._find(name)
         if found is None:
             return None
         try:

@@ -36,6 +36,13 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
             if kind == _private.CHECK:  # a visit at that node, of a private service here
                 await _private.answer_check(server, stream, data, peer)
                 return
+            if kind in (_private.REVOKE, _private.PRESENCE):
+                if kind == _private.REVOKE:
+                    _private.take_revoke(server, data, peer)
+                else:
+                    _private.take_presence(server, data, peer)
+                await stream.aclose()
+                return
             if kind == _private.PRIVATE:
                 admitted = _private.admit_private(server, data, peer)
             else:
@@ -52,7 +59,9 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
         if server.web is None:
             await abort(stream)
             return
-        await server.web.serve_forwarded(stream, address, tls=header.type == "https")
+        await server.web.serve_forwarded(
+            stream, address, tls=header.type == "https", handed_on=header.handed_on
+        )
         return
     group = server.groups.by_name.get(header.service)
     if group is not None and group.type == header.type == "tcp":
@@ -80,18 +89,30 @@ async def serve_forwarded(server: NodeServer, stream: MuxStream, peer: str) -> N
 async def _serve_private(
     server: NodeServer,
     stream: MuxStream,
-    admitted: tuple[ActiveService, Session, tuple[str, int]] | None,
+    admitted: tuple[ActiveService, Session, tuple[str, int], bytes] | None,
 ) -> None:
     """A visitor stream of a visit at another node, to the private service's provider."""
     if admitted is None:  # refused, counted
         await abort(stream)
         return
-    private, provider, address = admitted
-    if private.type == "udp":
-        header = VisitorHeader(private.name, "udp", *address)
-        await _forward_udp(private, provider, stream, header)
-        return
-    await _visitors.serve_visitor(server, provider, private.session_id, private, stream, address)
+    private, provider, address, found = admitted
+    streams = server.private.remote_streams.setdefault(private.name, {})
+    with anyio.CancelScope() as scope:  # cancelled when `found` is revoked here
+        streams[scope] = found
+        try:
+            if private.type == "udp":
+                header = VisitorHeader(private.name, "udp", *address)
+                await _forward_udp(private, provider, stream, header)
+            else:
+                await _visitors.serve_visitor(
+                    server, provider, private.session_id, private, stream, address
+                )
+        finally:
+            streams.pop(scope, None)
+            if not streams and server.private.remote_streams.get(private.name) is streams:
+                del server.private.remote_streams[private.name]
+    if scope.cancelled_caught:
+        stream.reset()
 
 
 async def _forward_udp(

@@ -58,16 +58,22 @@ class ClusterClaims(Protocol):
         """A stream to the node holding private service `name`, for one granted visitor."""
         ...
 
-    async def group_port(self, request: Register) -> int:
-        """The public port a TCP/UDP group asking for none has cluster-wide (0: none yet)."""
+    async def picked_port(self, request: Register, client: str) -> int:
+        """The public port a TCP/UDP group, or one client's service, asking for none has
+        cluster-wide (0: none yet)."""
+        ...
+
+    async def client_port(self, request: Register, client: str, picked: int) -> int:
+        """The port of `client`'s service picked at several nodes at once: the first
+        session's node's pick (`picked` if that is this node, or none was seen in time)."""
         ...
 
     def has_port(self, leases: Sequence[Claim | Membership]) -> bool:
         """Do `leases` hold a public port?"""
         ...
 
-    def port_keys(self, service: ActiveService) -> list[ClaimKey]:
-        """The key of the port a service's socket was bound on."""
+    def port_keys(self, service: ActiveService, port: int = 0) -> list[ClaimKey]:
+        """The key of the port a service's socket was bound on (or of `port`, of its type)."""
         ...
 
     def hold(self, leases: Sequence[Claim | Membership], service: ActiveService) -> None:

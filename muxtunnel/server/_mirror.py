@@ -224,7 +224,7 @@ class Mirror:
                     try:
                         listener = await listen_tcp(
                             server.config.public_host, port, name=f"cluster tcp {port}",
-                            refusals=server.refusals,
+                            refusals=server.refusals, reuse_port=server.config.reuse_port,
                         )  # fmt: skip
                     except TransportError as exc:
                         self._bind_failed(sock, "tcp", port, exc)

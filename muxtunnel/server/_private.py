@@ -14,10 +14,16 @@ Where visitor tokens live, and how a revocation takes effect:
   once: its visitor is told (`Error(access_revoked)`), its spliced connections are cut, and a
   visitor session left with no grant is closed. New visits are checked against the new keys
   from the same moment.
+- On a cluster node, visits of a name held here may be granted at other nodes (the proof is
+  checked here, `_cluster_private`). This book remembers which nodes were granted which key
+  (by fingerprint, `key_id`) and the visitor streams they sent here; a revocation cuts those
+  streams at once and tells those nodes (`on_remote_revoked`), which revoke their grants as
+  this node revokes its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -27,9 +33,14 @@ import structlog
 from muxtunnel.model import ServerConfig, ServiceType
 from muxtunnel.visitauth import visitor_key
 
-__all__ = ["Grant", "PrivateBook", "RemoteVisit"]
+__all__ = ["Grant", "PrivateBook", "RemoteVisit", "key_id"]
 
 log = structlog.get_logger("muxtunnel.server")
+
+
+def key_id(key: bytes) -> bytes:
+    """A visitor key's fingerprint: names the key between nodes without revealing it."""
+    return hashlib.sha256(b"muxtunnel visitor key id\0" + key).digest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,15 @@ class PrivateBook:
         self.policy_keys: dict[str, frozenset[bytes]] = {}
         #: Live grants by name.
         self.grants: dict[str, set[Grant]] = {}
+        #: Visits of names held here granted at other nodes: name -> key id -> node ids.
+        self.remote_grants: dict[str, dict[bytes, set[str]]] = {}
+        #: Visitor streams other nodes sent here: name -> the scope serving each -> key id.
+        self.remote_streams: dict[str, dict[anyio.CancelScope, bytes]] = {}
+        #: Told (name, {node id: key ids revoked}, reason) when visits granted elsewhere are.
+        self.on_remote_revoked: Callable[[str, dict[str, set[bytes]], str], object] | None = None
+        #: Told (name, node ids, online) when the provider of a name visited from other nodes
+        #: comes or goes.
+        self.on_remote_presence: Callable[[str, set[str], bool], object] | None = None
         self.apply(config)
 
     def keys(self, name: str) -> frozenset[bytes]:
@@ -115,12 +135,19 @@ class PrivateBook:
                 del self.grants[grant.name]
 
     def presence(self, name: str, online: bool) -> None:
-        """Tell the visitors of `name` that its provider came online or went offline."""
+        """Tell the visitors of `name` that its provider came online or went offline (here,
+        and at the nodes that granted visits of it)."""
         log.info("private service " + ("online" if online else "offline"), service=name,
                  visitor_sessions=self.visitor_sessions(name))  # fmt: skip
         for grant in list(self.grants.get(name, ())):
             if not grant.presence(online):  # its visitor does not read its control channel
                 grant.revoke(grant, "its visitor does not read its control channel")
+        if not online:
+            for scope in list(self.remote_streams.get(name, {})):
+                scope.cancel()
+        nodes = set().union(*self.remote_grants.get(name, {}).values())
+        if nodes and self.on_remote_presence is not None:
+            self.on_remote_presence(name, nodes, online)
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop the kept keys of `names` (pruned: unregistered for a while), unless a visitor
@@ -129,8 +156,34 @@ class PrivateBook:
             if name not in self.grants:
                 self.provider_keys.pop(name, None)
 
+    def granted_elsewhere(self, name: str, key: bytes, node_id: str) -> None:
+        """Node `node_id` let a visitor of `name` in with `key` (checked here)."""
+        self.remote_grants.setdefault(name, {}).setdefault(key_id(key), set()).add(node_id)
+
+    def revoke_remote(self, name: str, key_ids: Iterable[bytes], reason: str) -> int:
+        """The provider's node revoked keys of `name`: grants here made with them go; how many."""
+        gone = set(key_ids)
+        revoked = [g for g in self.grants.get(name, ()) if not g.key and g.key_id in gone]
+        for grant in revoked:
+            grant.revoke(grant, reason)
+        return len(revoked)
+
     def _revoke_stale(self, name: str, reason: str) -> None:
         keys = self.keys(name)
         for grant in list(self.grants.get(name, ())):
-            if grant.key not in keys:
+            if grant.key and grant.key not in keys:
                 grant.revoke(grant, reason)
+        live = {key_id(key) for key in keys}
+        for scope, found in list(self.remote_streams.get(name, {}).items()):
+            if found not in live:
+                scope.cancel()
+        granted = self.remote_grants.get(name, {})
+        stale = {found: granted.pop(found) for found in list(granted) if found not in live}
+        if not granted:
+            self.remote_grants.pop(name, None)
+        by_node: dict[str, set[bytes]] = {}
+        for found, nodes in stale.items():
+            for node in nodes:
+                by_node.setdefault(node, set()).add(found)
+        if by_node and self.on_remote_revoked is not None:
+            self.on_remote_revoked(name, by_node, reason)

@@ -266,8 +266,9 @@ async def bind(
     async def binder(port: int) -> _Bound:
         if type == "tcp":
             return await listen_tcp(
-                public_host, port, name=f"service {name}", refusals=host.refusals
-            )
+                public_host, port, name=f"service {name}", refusals=host.refusals,
+                reuse_port=config.reuse_port,
+            )  # fmt: skip
         udp = forwarder()
         await udp.bind(public_host, port)
         return udp

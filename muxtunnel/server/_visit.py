@@ -36,9 +36,8 @@ from muxtunnel.control import Error, Presence, Visit, Visited, VisitorHeader
 from muxtunnel.forward import forward, guarded, relayable
 from muxtunnel.quota import Quota
 from muxtunnel.server import _services
-from muxtunnel.server._cluster_private import key_id
 from muxtunnel.server._host import Host
-from muxtunnel.server._private import Grant, RemoteVisit
+from muxtunnel.server._private import Grant, RemoteVisit, key_id
 from muxtunnel.server._registry import ActiveService
 from muxtunnel.server._visit_elsewhere import serve_elsewhere
 from muxtunnel.server._visitors import REFUSED, admit, proxy_preamble, refusal

@@ -112,16 +112,15 @@ class WebFront:
         self.registry = registry
         self.traffic_of = traffic_of
         self.limiter_of = limiter_of
-        #: Rate limits by service name; load-balancing groups by name (their routes are owned
-        #: by `group:NAME` and live as long as the group).
+        #: Rate limits, groups by name (their routes are owned by `group:NAME`, live as they do).
         self.visitor_limiter = visitor_limiter
         self.groups: Mapping[str, GroupService] = groups if groups is not None else {}
         self.refusals = refusals
         #: Opens a stream to the node holding a route owned by `node:ID` (set by a cluster).
         self.remote: Callable[[RouteTarget, Visitor], Awaitable[anyio.abc.ByteStream]] | None = None
-        #: A group's request to a member on another node, or None for one here (a cluster's).
+        #: A group's request to another node's member (None: one here); `WebRemote.spread`.
         self.spread: (
-            Callable[[GroupService, Visitor], Awaitable[anyio.abc.ByteStream | None]] | None
+            Callable[[GroupService, Visitor, bool], Awaitable[anyio.abc.ByteStream | None]] | None
         ) = None
         self.tls = self.load_tls(config.https)
         self.engine = VhostEngine(
@@ -150,11 +149,12 @@ class WebFront:
         """Bind the web ports (`TransportError` if one cannot bind), serve until cancelled."""
         front, https = self.front, self.config.https
         http_listener = https_listener = None
+        shared = self.config.reuse_port
         if front.bind_host is not None:
-            http_listener = await listen_tcp(front.bind_host, front.bind_port)
+            http_listener = await listen_tcp(front.bind_host, front.bind_port, reuse_port=shared)
             self.http_port = local_port(http_listener)
         if https is not None:
-            https_listener = await listen_tcp(https.bind_host, https.bind_port)
+            https_listener = await listen_tcp(https.bind_host, https.bind_port, reuse_port=shared)
             self.https_port = local_port(https_listener)
         log.info("web ports listening", domain=front.domain, http=self.address("http"),
                  https=self.address("https"), terminates_tls=self.tls is not None)  # fmt: skip
@@ -306,8 +306,10 @@ class WebFront:
         group = self.groups.get(name) if target.owner.startswith(GROUP_OWNER) else None
         limiter = self.limiter_of(name)
         if group is not None:
-            if self.spread is not None and not visitor.from_node:
-                elsewhere = await self.spread(group, visitor)
+            usable = group.group.usable(anyio.current_time())
+            stays = visitor.from_node and (visitor.handed_on or usable)  # or on, once at most
+            if self.spread is not None and not stays:
+                elsewhere = await self.spread(group, visitor, not usable)
                 if elsewhere is not None:  # that node's limits and metering apply
                     return elsewhere
             limit = limiter.connections_allowed(self.config.max_visitors_per_service)
@@ -350,15 +352,13 @@ class WebFront:
             peer=format_host_port(visitor.host, visitor.port),
         )  # fmt: skip
 
-    async def serve_forwarded(
-        self, stream: anyio.abc.ByteStream, peer: tuple[str, int], *, tls: bool = False
-    ) -> None:
+    async def serve_forwarded(self, stream: anyio.abc.ByteStream, peer: tuple[str, int], *,
+                              tls: bool = False, handed_on: bool = False) -> None:  # fmt: skip
         """Serve a visitor another node of a cluster handed over: HTTP (with this node's route
         options, basic auth included) or TLS routed by SNI."""
-        if tls:
-            await self.engine.serve_tls(stream, Visitor(*peer, scheme="https", from_node=True))
-        else:
-            await self.engine.serve_http(stream, Visitor(*peer, relayed=True, from_node=True))
+        visitor = Visitor(*peer, scheme="https" if tls else "http", relayed=not tls,
+                          from_node=True, handed_on=handed_on)  # fmt: skip
+        await (self.engine.serve_tls if tls else self.engine.serve_http)(stream, visitor)
 
     # --- changes and status ---
 
@@ -397,3 +397,4 @@ class WebFront:
             live.table.add(live.target, hosts)
         else:
             live.table.add(live.target, hosts, live.locations)
+

@@ -12,8 +12,10 @@ h11 too (`Heads.sync_h11`).
 Measured with `bench/http_cost.py` (wrk -c16 keep-alive through listen + up, nginx behind,
 medians of 3 runs alternating with the h11-only proxy, load ~2): listen's CPU per request
 ~217 -> ~69 us, up's ~26 -> ~20 us. A `--tcp` service costs listen ~18 us: its bytes are
-relayed by callbacks (`muxtunnel.relay`), while this path still runs a task per visitor
-connection over anyio streams, which is most of what is left.
+relayed by callbacks (`muxtunnel.relay`). So once a connection keeps an upstream, its plain
+requests go by callbacks as well (`_relay.CallbackPath`, with `route` and `build` from here):
+listen's CPU per request ~91 -> ~58 us (`bench/PROFILES.md`); `cycle` runs the requests the
+callbacks hand back (a new upstream, a retry) and the first of each connection.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Protocol
 
 from muxtunnel.vhost._deadline import Deadline
 from muxtunnel.vhost._engine_view import EngineView
-from muxtunnel.vhost._exchange import Exchange, ExchangeFailure, UpstreamBroken, VisitorSide
+from muxtunnel.vhost._exchange import ExchangeFailure, UpstreamBroken, VisitorSide
 from muxtunnel.vhost._fast import FastExchange
 from muxtunnel.vhost._heads import Heads
 from muxtunnel.vhost._slot import UpstreamSlot
@@ -33,12 +35,23 @@ from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.routes import Route, routing_path
 from muxtunnel.vhost.streams import linger_close
 
-__all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath"]
+__all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath", "InFlight"]
 
 #: A body with a Content-Length up to this size, all of it already read with its head, rides
 #: the fast path with the head in one write; a longer one, or one still coming, goes to h11,
 #: which streams it (a small POST's body nearly always comes in the head's segment).
 FAST_BODY_BYTES = 64 * 1024
+
+
+class InFlight(Protocol):
+    """What the connection reads of the exchange in flight (`Exchange`, `FastExchange`, or
+    `_relay.CallbackPath`) when it fails or a deadline passes in it."""
+
+    @property
+    def response_started(self) -> bool: ...
+
+    @property
+    def response_timeout_s(self) -> float: ...
 
 
 class ConnectionView(Protocol):
@@ -54,10 +67,10 @@ class ConnectionView(Protocol):
     proto: bytes
     #: Another node of our cluster set the forwarded headers (`Visitor.relayed`).
     relayed: bool
-    current: tuple[Route, Exchange | FastExchange] | None
+    current: tuple[Route, InFlight] | None
 
     async def fast_failed(
-        self, failure: ExchangeFailure, exchange: FastExchange | None, route: Route
+        self, failure: ExchangeFailure, exchange: InFlight | None, route: Route
     ) -> bool: ...
 
 
@@ -82,25 +95,13 @@ class FastPath:
         if end < 0:
             return False
         assert heads.buffer is not None
-        found = self._route(heads.buffer[:end])
+        found = self.route(heads.buffer[:end])
         if found is None:
             heads.to_h11()
             return None
         request, route, host = found
-        body = heads.take(request.size + request.length)[request.size :]
+        data, timeout_s = self.build(request, route, host)
         options = route.target.options
-        headers = request_headers(
-            request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
-            host_rewrite=route.host_rewrite, remove=route.remove_headers,
-            set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
-            connection=request.connection_tokens, relayed=conn.relayed,
-        )  # fmt: skip
-        lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
-        lines.extend(b"%b: %b\r\n" % pair for pair in headers)
-        lines.append(b"\r\n")
-        lines.append(body)
-        data = b"".join(lines)
-        timeout_s = options.response_timeout_s or conn.config.response_timeout_s
         retried = False
         while True:
             try:
@@ -140,7 +141,25 @@ class FastPath:
         )
         return False
 
-    def _route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
+    def build(self, request: FastRequest, route: Route, host: bytes) -> tuple[bytes, float]:
+        """Take the request out of the buffer: its bytes for the service (head rewritten, as
+        h11's path does, and its body) and its response timeout."""
+        conn = self.conn
+        body = conn.heads.take(request.size + request.length)[request.size :]
+        headers = request_headers(
+            request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
+            host_rewrite=route.host_rewrite, remove=route.remove_headers,
+            set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
+            connection=request.connection_tokens, relayed=conn.relayed,
+        )  # fmt: skip
+        lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
+        lines.extend(b"%b: %b\r\n" % pair for pair in headers)
+        lines.append(b"\r\n")
+        lines.append(body)
+        timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
+        return b"".join(lines), timeout_s
+
+    def route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
         """The request and its route when the fast path can forward it as it is; None when
         h11 and `_handle` must judge it (any refusal, a body, an upgrade...)."""
         request = parse_request_head(head)

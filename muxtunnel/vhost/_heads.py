@@ -109,6 +109,11 @@ class Heads:
         """The fast request in flight was answered without h11."""
         self._pending = b""
 
+    def put_back(self) -> None:
+        """The fast request in flight goes back to the front of the buffer (a retry)."""
+        assert self.buffer is not None
+        self.buffer, self._pending = self._pending + self.buffer, b""
+
     def sync_h11(self) -> None:
         """Let h11 read the fast request in flight, so it can answer it (an error page)."""
         if not self._pending:

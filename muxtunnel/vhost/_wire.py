@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from muxtunnel.bodies import find_head_end
+
 __all__ = [
     "ChunkScanner",
     "FastRequest",
@@ -45,7 +47,6 @@ _RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
 # The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form.
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([ \t\x21-\x7e\x80-\xff]*))?")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[ \t\x21-\x7e\x80-\xff]*)?\r\n")
 #: A chunk-size line (with extensions) or a trailer line may be this long before we give up.
 MAX_CHUNK_LINE_BYTES = 4096
@@ -135,9 +136,10 @@ def _strip(headers: list[Header]) -> list[Header]:
 
 
 def find_response_head(data: bytes) -> tuple[int, int] | None:
-    """(end of the head, start of the body) of a response head in `data`, if it is whole."""
-    match = _HEAD_END.search(data)
-    return None if match is None else (match.start(), match.end())
+    """(end of the head, start of the body) of a response head in `data`, if it is whole
+    (a C search for CRLF heads, nearly all; the regex only for bare LF line ends: the regex
+    alone cost ~2 us of a keep-alive request's ~50 in listen)."""
+    return find_head_end(data)
 
 
 class ResponseHead:

@@ -1,8 +1,10 @@
 """The HTTP/1.1 reverse proxy for one visitor connection: route each request, forward it.
 
 Theory of operation (one `HttpConnection` per visitor connection, one task):
-0. Plain bodiless requests (most keep-alive traffic) take the fast path (`_fastpath`), without
-   h11, until the first request it does not take; h11 reads every head from then on (`_heads`).
+0. Plain requests (most keep-alive traffic) take the fast path (`_fastpath`), without h11,
+   until the first request it does not take; h11 reads every head from then on (`_heads`).
+   Once the connection keeps an upstream mux stream, the task lends the socket and the stream
+   to callbacks (`_relay`) and waits until a request needs it again.
 1. Read a request head within its deadline: `head_timeout_s` from the first byte (or from the
    accept, for the first request), after at most `idle_timeout_s` of keep-alive idleness.
    Caps: `max_header_bytes` (h11 refuses beyond it: 431) and `max_header_count` (431).
@@ -45,9 +47,9 @@ from muxtunnel.vhost._exchange import (
     VisitorGone,
     VisitorSide,
 )
-from muxtunnel.vhost._fast import FastExchange
-from muxtunnel.vhost._fastpath import FastPath
+from muxtunnel.vhost._fastpath import FastPath, InFlight
 from muxtunnel.vhost._heads import Heads
+from muxtunnel.vhost._relay import CallbackPath, lend, raw_stream
 from muxtunnel.vhost._request import (
     CLOSING_STATUSES,
     Refusal,
@@ -87,7 +89,11 @@ class HttpConnection:
         self.heads: Heads
         self.fast = FastPath(self)
         #: The route and exchange in flight, for answering a deadline that expired in it.
-        self.current: tuple[Route, Exchange | FastExchange] | None = None
+        self.current: tuple[Route, InFlight] | None = None
+        #: The callback path, once the visitor's socket was taken over from anyio (None: not
+        #: yet; `_lendable` False: it cannot be, e.g. a TLS stream).
+        self.callbacks: CallbackPath | None = None
+        self._lendable = True
 
     async def run(self) -> None:
         scope = anyio.CancelScope()
@@ -125,6 +131,9 @@ class HttpConnection:
         first = True
         while True:
             if heads.buffer is not None:
+                if not first and (callbacks := self._callbacks()) is not None:
+                    if not await callbacks.run():
+                        return  # else the task takes the request the callbacks did not
                 go = await self.fast.cycle(first)
                 if go is False:
                     return
@@ -142,8 +151,18 @@ class HttpConnection:
             self.side.conn.start_next_cycle()
             first = False
 
+    def _callbacks(self) -> CallbackPath | None:
+        """The callback path, if it can take the next requests (a kept upstream it drives)."""
+        up = self.slot.current
+        if up is None or up.dead or raw_stream(up) is None or not self._lendable:
+            return None
+        if self.callbacks is None:
+            self.callbacks = lend(self, self.fast)
+            self._lendable = self.callbacks is not None
+        return self.callbacks
+
     async def fast_failed(
-        self, failure: ExchangeFailure, exchange: FastExchange | None, route: Route
+        self, failure: ExchangeFailure, exchange: InFlight | None, route: Route
     ) -> bool:
         keep = await self._failed(failure, exchange, route)
         if keep:
@@ -308,7 +327,10 @@ class HttpConnection:
     # ------------------------------------------------------------------ answers of our own
 
     async def _failed(
-        self, failure: ExchangeFailure, exchange: Exchange | FastExchange | None, route: Route
+        self,
+        failure: ExchangeFailure,
+        exchange: InFlight | None,
+        route: Route,
     ) -> bool:
         self.heads.sync_h11()  # a fast request's answer comes from h11 as any other
         await self.slot.drop(abortive=True)

@@ -60,8 +60,11 @@ class Visitor:
     #: Handed over by another node of our cluster, whose engine set the forwarded headers
     #: (X-Forwarded-*, Forwarded) already: they go to the service as they came.
     relayed: bool = False
-    #: Handed over by another node of our cluster: served here, never handed on again.
+    #: Handed over by another node of our cluster: served here, handed on again only when its
+    #: group has no usable member here, and only once (`handed_on`).
     from_node: bool = False
+    #: Handed on by a second node already: served here whatever happens.
+    handed_on: bool = False
 
     @classmethod
     def of(cls, stream: anyio.abc.ByteStream, scheme: Literal["http", "https"] = "http") -> Visitor:

@@ -8,7 +8,8 @@ import signal
 import urllib.request
 from pathlib import Path
 
-from e2e.harness import Harness
+import pytest
+from e2e.harness import Harness, free_port
 
 from .nodes import (
     LEASE_S,
@@ -22,6 +23,9 @@ from .nodes import (
     tls_name,
     wait_for,
 )
+
+#: A member's health check that notices a dead target within a fifth of a second.
+HEALTH = "health: {type: tcp, interval_s: 0.2, timeout_s: 0.2, unhealthy_after: 1}"
 
 
 def _metric(node: Node, sample: str) -> float:
@@ -93,6 +97,7 @@ def test_web_group_members_on_two_nodes_are_one_pool(
         assert other.wait_exit(15) != 0
         assert any("site.cluster.test is already served" in line for line in other.error_lines())
         _picked_port_is_the_groups_everywhere(cluster, harness)
+        _a_node_whose_members_are_unhealthy_gets_no_requests(cluster, harness, targets[1])
         b.proc.send_signal(signal.SIGKILL)
 
         def only_one() -> bool:
@@ -106,6 +111,61 @@ def test_web_group_members_on_two_nodes_are_one_pool(
     finally:
         for closable in [*targets, *tls_targets]:
             closable.close()
+
+
+def _a_node_whose_members_are_unhealthy_gets_no_requests(
+    cluster: Cluster, harness: Harness, target: HttpTarget
+) -> None:
+    """Group "frail": A's member fails its health check (its target is down), B's is well:
+    once A has written its member's health to the registry, every request at A (which has a
+    member) and at C (which has none) reaches B's member, none is answered 5xx by A."""
+    a, b, c = cluster.nodes
+    for node, name, port in ((a, "fa", free_port("127.0.0.1")), (b, "fb", target.port)):
+        config = harness.write(f"frail-{name}.yaml", "client:\n  services:\n"
+                               f"    - {{name: {name}, type: http, local: {port},"
+                               f" group: frail, {HEALTH}}}\n")  # fmt: skip
+        harness.up(node.proc, config=config)
+    vhost = "frail.cluster.test"
+
+    def only_b() -> bool:
+        answers = [*_names(a.host, a.http_port, vhost, 4), *_names(c.host, c.http_port, vhost, 4)]
+        return answers == [b"two"] * 8
+
+    wait_for(only_b, 10, "requests at A and C only to B's healthy member")
+    answers = [*_names(a.host, a.http_port, vhost, 6), *_names(c.host, c.http_port, vhost, 6)]
+    assert answers == [b"two"] * 12, answers
+
+
+@pytest.mark.slow
+def test_a_request_at_a_node_whose_members_failed_unseen_is_handed_on_once(
+    cluster: Cluster, harness: Harness
+) -> None:
+    """The registry is down, so A cannot write that its member failed its health check: C
+    (no member) still sends half of its requests to A, which hands each on to B's member
+    rather than answering 503."""
+    a, b, c = cluster.nodes
+    targets = [HttpTarget("one"), HttpTarget("two")]
+    try:
+        for node, name, target in ((a, "ha", targets[0]), (b, "hb", targets[1])):
+            config = harness.write(f"{name}.yaml", "client:\n  services:\n"
+                                   f"    - {{name: {name}, type: http, local: {target.port},"
+                                   f" group: handed, {HEALTH}}}\n")  # fmt: skip
+            harness.up(node.proc, config=config)
+        vhost = "handed.cluster.test"
+        seen: set[bytes] = set()
+
+        def both() -> bool:
+            seen.update(_names(c.host, c.http_port, vhost, 4))
+            return seen >= {b"one", b"two"}
+
+        wait_for(both, 10, "both members through C")
+        cluster.redis.stop()
+        targets[0].close()
+        a.proc.wait_event("group member health changed")
+        assert _names(c.host, c.http_port, vhost, 8) == [b"two"] * 8
+    finally:
+        for target in targets:
+            target.close()
 
 
 def _picked_port_is_the_groups_everywhere(cluster: Cluster, harness: Harness) -> None:

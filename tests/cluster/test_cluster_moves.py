@@ -13,6 +13,7 @@ from e2e.harness import Harness, TcpEchoServer, free_port, host_port
 from .nodes import (
     CLIENT_FAST,
     DOMAIN,
+    LEASE_S,
     Cluster,
     HttpTarget,
     Relay,
@@ -63,24 +64,38 @@ def test_one_client_on_two_nodes_holds_its_names_from_both(
     cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer
 ) -> None:
     """`up --server A --server B`: both nodes take the registration (one client, two
-    sessions), every node serves the port; A SIGKILLed: B and C serve on without a new
-    registration; another client is refused the name."""
+    sessions), every node serves the port; a port the server picks is one port at both
+    (A's pick: two nodes registering at once agree); A SIGKILLed: B and C serve on without
+    a new registration, HTTP included (C's requests go to B at once, not 502 until A's lease
+    runs out); another client is refused the name."""
     a, b, c = cluster.nodes
     port = free_port()
+    web = HttpTarget("web")
     up = harness.up(
-        a.proc, tcp=[f"echo={tcp_echo.port}:{port}"], extra=["--server", b.proc.address]
-    )
-    wait_for(lambda: len(up.announcements()) == 2, 10, "registered at A and B")
+        a.proc, tcp=[f"echo={tcp_echo.port}:{port}", f"picked={tcp_echo.port}"],
+        http=[f"twice={web.port}"], extra=["--server", b.proc.address],
+    )  # fmt: skip
+    wait_for(lambda: len(up.announcements()) == 6, 10, "registered at A and B")
+    picked = {x.port for x in up.announcements() if x.name == "picked"}
+    assert len(picked) == 1, up.announcements()
     payload = os.urandom(64 << 10)
     for node in cluster.nodes:
-        wait_for(lambda node=node: tcp_roundtrip(node.host, port, payload) == payload,
-                 10, f"through {node.node_id}")  # fmt: skip
+        for service_port in (port, *picked):
+            wait_for(lambda node=node, p=service_port: tcp_roundtrip(node.host, p, payload)
+                     == payload, 10, f"through {node.node_id}")  # fmt: skip
+    vhost = f"twice.{DOMAIN}"
+    wait_for(lambda: http_get(c.host, c.http_port, vhost)[0] == 200, 10, "HTTP through C")
     other = harness.up(c.proc, tcp=[f"echo={tcp_echo.port}"], wait=False)
     assert other.wait_exit(15) != 0
     assert any("already served by another client" in line for line in other.error_lines())
     a.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    a.proc.popen.wait(5)
+    assert [http_get(c.host, c.http_port, vhost)[0] for _ in range(3)] == [200] * 3
+    assert time.monotonic() - killed < LEASE_S  # A's names are still listed meanwhile
     assert tcp_roundtrip(b.host, port, payload) == payload  # B's own session: at once
     # Every visitor at C: to B (a visitor sent to A while its lease lives goes on to B).
     for _ in range(5):
         assert tcp_roundtrip(c.host, port, payload, 2.0) == payload
-    assert len(up.announcements()) == 2  # nothing registered again
+    assert len(up.announcements()) == 6  # nothing registered again
+    web.close()

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
-from e2e.harness import Harness, TcpEchoServer, UdpEchoServer, echo_roundtrip
+import pytest
+from e2e.harness import IO_TIMEOUT_S, Harness, TcpEchoServer, UdpEchoServer, echo_roundtrip
 from e2e.private import start_visit, visitor_token
 
 from .nodes import Cluster, udp_roundtrip, wait_for
+
+VAULT = "client:\n  services:\n    - {{name: vault, local: {port}, public: false,"\
+        " visitor_token: [{tokens}]}}\n"
 
 
 def test_visit_at_b_reaches_a_private_service_on_a(
@@ -27,6 +32,7 @@ def test_visit_at_b_reaches_a_private_service_on_a(
         return set(nodes.get("a", ())) >= {"ssh", "dns"}
 
     wait_for(known_at_b, 10, "the private services in B's view")
+    _a_revocation_at_the_providers_node_cuts_visits_at_other_nodes(cluster, harness, tcp_echo)
     visit = start_visit(harness, b.proc, "ssh", token)
     host, port = visit.address("ssh")
     payload = os.urandom(256 << 10)
@@ -40,3 +46,42 @@ def test_visit_at_b_reaches_a_private_service_on_a(
     assert any("refused the visitor token" in line for line in wrong.error_lines())
     assert a.proc.events("visit from another node refused: no such private service here, "
                          "or no valid visitor token")  # fmt: skip
+
+
+def _a_revocation_at_the_providers_node_cuts_visits_at_other_nodes(
+    cluster: Cluster, harness: Harness, tcp_echo: TcpEchoServer
+) -> None:
+    """The provider at A drops one of its two tokens (its config is watched): the visit at B
+    made with it is revoked as on one node (told, its connection reset); the visit at C made
+    with the other token never notices. Then the provider stops and comes back: the visit
+    at C is told both, as on one node."""
+    a, b, c = cluster.nodes
+    keep, revoke = visitor_token(), visitor_token()
+    both = VAULT.format(port=tcp_echo.port, tokens=f"{keep}, {revoke}")
+    config = harness.write("vault.yaml", both)
+    provider = harness.up(a.proc, config=config)
+    provider.wait_announced(1)
+    kept = start_visit(harness, c.proc, "vault", keep)
+    revoked = start_visit(harness, b.proc, "vault", revoke)
+    with (
+        socket.create_connection(kept.address("vault"), timeout=IO_TIMEOUT_S) as stays,
+        socket.create_connection(revoked.address("vault"), timeout=IO_TIMEOUT_S) as cut,
+    ):
+        for sock in (stays, cut):
+            sock.sendall(b"before")
+            assert sock.recv(10) == b"before"
+        config.write_text(VAULT.format(port=tcp_echo.port, tokens=keep))
+        assert revoked.wait_exit(10) == 1
+        assert any("visitor token revoked" in line for line in revoked.error_lines())
+        with pytest.raises(ConnectionResetError):
+            cut.sendall(b"after")
+            assert cut.recv(10) == b""
+        stays.sendall(b"after")
+        assert stays.recv(10) == b"after"
+    assert b.proc.events("visits revoked by the provider's node")
+    provider.stop()
+    kept.wait_event("the provider is offline: connections are reset until it is back")
+    assert c.proc.events("private service offline")
+    harness.up(a.proc, config=config).wait_announced(1)
+    kept.wait_event("the provider is online")
+    assert echo_roundtrip(*kept.address("vault"), b"again") == b"again"

@@ -257,6 +257,49 @@ async def test_a_lease_released_while_a_round_retakes_it_is_not_left_held() -> N
     assert await store.lookup([WEB]) == {}  # released again after the round took it
 
 
+class GatedRenewStore(MemoryStore):
+    """A memory store whose first `renew` waits for `gate` once it has its leases."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def renew(self, leases: Sequence[Lease], lease_s: float) -> list[Lost]:
+        if not self.entered.is_set():
+            self.entered.set()
+            await self.gate.wait()
+        return await super().renew(leases, lease_s)
+
+
+async def test_a_health_update_is_written_at_once_and_never_undone_by_a_stale_round() -> None:
+    clock = FakeClock()
+    store = GatedRenewStore(clock)
+    keeper = LeaseKeeper(store, lease_s=LEASE_S)
+    well = Membership(POOL, "pool", A1)
+    sick = Membership(POOL, "pool", A1, healthy=False)
+    assert (await keeper.acquire([well])).won
+
+    async def healthy() -> bool:
+        holding = (await store.lookup([POOL]))[POOL]
+        assert isinstance(holding, Grouped)
+        return holding.members[0].healthy
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keeper.renew_once)
+            await store.entered.wait()  # a round took the healthy lease to write...
+            tg.start_soon(keeper.update, [(well, sick)])  # ...when the member fell ill
+            await anyio.sleep(0.01)
+            store.gate.set()
+    assert keeper.held == frozenset({sick})
+    assert not await healthy()  # the update was written after the round, not before
+    assert await keeper.renew_once()
+    assert not await healthy()  # and every round writes it again
+    await keeper.update([(sick, well)])
+    assert await healthy()
+
+
 async def test_the_loop_renews_on_its_own_and_its_leases_end_when_it_stops() -> None:
     store = MemoryStore(time.monotonic)  # anyio's clock on asyncio
     keeper = LeaseKeeper(store, lease_s=0.3)

@@ -15,6 +15,7 @@ from muxtunnel.control import Register
 from muxtunnel.log import Refusals
 from muxtunnel.model import ClusterConfig, HttpFront, Secret, ServerConfig
 from muxtunnel.server._cluster import ClusterNode
+from muxtunnel.server._private import PrivateBook
 from muxtunnel.server._registry import RegistrationError
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +30,8 @@ CONFIG = ServerConfig(
 
 def node(node_id: str, store: object) -> ClusterNode:
     """A node of a stub server (config and refusals are all claims use) on `store`."""
-    server = SimpleNamespace(config=CONFIG, refusals=Refusals(structlog.get_logger()), web=None)
+    server = SimpleNamespace(config=CONFIG, refusals=Refusals(structlog.get_logger()), web=None,
+                             private=PrivateBook(CONFIG))  # fmt: skip
     cluster = ClusterConfig(url="memory://", node_id=node_id, advertise=f"10.0.0.1:{7836}")
     found = ClusterNode(server, cluster)  # type: ignore[arg-type]
     found.store = store  # type: ignore[assignment]

@@ -46,3 +46,21 @@ def test_a_node_without_an_address_is_left_out() -> None:
     assert [n for n, _ in remote.nodes] == ["a"]
     gone = [(ClaimKey.port("tcp", 4000), Exclusive(Owner("z", "1/s"), 5.0))]
     assert Plan.of(gone, "c", ADDRESSES).wanted == {}
+
+
+def test_a_groups_unhealthy_members_get_no_visitors_from_other_nodes() -> None:
+    """Only healthy members count (their node's slots, a port's nodes); none healthy: all."""
+    sick_a = Member(Owner("a", "3/w1"), 5.0, healthy=False)
+    b = Member(Owner("b", "8/w2"), 5.0)
+    sick_b = Member(Owner("b", "9/w3"), 5.0, healthy=False)
+    pool = Grouped("web", (sick_a, b, sick_b), 5.0)
+    holdings = [(ClaimKey.service("web"), pool), (ClaimKey.port("tcp", 3000), pool)]
+    at_c = Plan.of(holdings, "c", ADDRESSES)
+    assert at_c.group_nodes == {"web": {"b": 1}}
+    assert [n for n, _ in at_c.wanted[ClaimKey.port("tcp", 3000)].nodes] == ["b"]
+    assert Plan.of(holdings, "a", ADDRESSES).group_nodes == {"web": {"b": 1}}
+    all_sick = Grouped("web", (sick_a, sick_b), 5.0)
+    holdings = [(ClaimKey.service("web"), all_sick), (ClaimKey.port("tcp", 3000), all_sick)]
+    at_c = Plan.of(holdings, "c", ADDRESSES)
+    assert at_c.group_nodes == {"web": {"a": 1, "b": 1}}
+    assert [n for n, _ in at_c.wanted[ClaimKey.port("tcp", 3000)].nodes] == ["a", "b"]

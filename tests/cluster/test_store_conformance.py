@@ -185,6 +185,32 @@ async def test_a_group_member_that_stops_renewing_drops_out_and_the_last_frees_t
     assert (await b.acquire([Claim(WEB, B1)], LEASE_S)).won
 
 
+async def test_a_members_health_is_written_with_its_lease_and_read_by_every_node(
+    registry: Registry,
+) -> None:
+    a, b = registry.store(), registry.store()
+    sick = Membership(WEB, "pool", A1, healthy=False)
+    assert (await a.acquire([sick], LEASE_S)).won
+    assert (await b.acquire([Membership(WEB, "pool", B1)], LEASE_S)).won
+
+    async def health() -> list[bool]:
+        holding = (await b.lookup([WEB]))[WEB]
+        assert isinstance(holding, Grouped)
+        return [m.healthy for m in holding.members]
+
+    assert await health() == [False, True]
+    # A renewal carries the new value: the same lease, healthy again; and back.
+    assert await a.renew([Membership(WEB, "pool", A1)], LEASE_S) == []
+    assert await health() == [True, True]
+    assert await a.renew([sick], LEASE_S) == []
+    assert await health() == [False, True]
+    # Health is not part of who holds the name: either value releases the member.
+    assert await a.release([Membership(WEB, "pool", A1)]) == 1
+    assert await health() == [True]
+    assert (await a.acquire([Membership(WEB, "pool", A1)], LEASE_S)).won  # joins healthy
+    assert await health() == [True, True]
+
+
 async def test_the_last_member_leaving_frees_the_name_at_once(registry: Registry) -> None:
     a, b = registry.store(), registry.store()
     assert (await a.acquire([Membership(WEB, "pool", A1)], LEASE_S)).won

@@ -16,21 +16,28 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from mux import MuxStream, Session
+from mux.testing.pairs import session_pair
+from muxtunnel.proxy import pipe
 from muxtunnel.transport import listen_tcp, local_port
 from muxtunnel.vhost import (
     DirectUpstream,
     RouteOptions,
     RouteTarget,
+    UpstreamUnavailable,
     VhostConfig,
     VhostEngine,
+    Visitor,
 )
 from muxtunnel.vhost.counters import CountersSnapshot
 
@@ -234,12 +241,62 @@ class Proxy:
         return self.portal.call(self.engine.snapshot)
 
 
+class MuxUpstream(DirectUpstream):
+    """Reaches each service over a stream of a loopback mux session, as `listen` reaches
+    `up`: the session's far side (`serve_far_side`) dials the address and pipes."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__({}, timeout_s=2.0)
+        self.session = session
+
+    async def open(self, target: RouteTarget, visitor: Visitor) -> anyio.abc.ByteStream:
+        address = self.addresses.get(target.service)
+        if address is None:
+            raise UpstreamUnavailable(f"service {target.service!r} has no address")
+        return await self.session.open_stream(f"{address[0]} {address[1]}\n".encode())
+
+
+async def serve_far_side(session: Session) -> None:
+    """Dial the address each stream names in its first line, and pipe (a stand-in `up`)."""
+
+    async def dial(stream: MuxStream) -> None:
+        first = b""
+        while b"\n" not in first:
+            first += await stream.receive()
+        line, _, rest = first.partition(b"\n")
+        host, port = line.decode().split()
+        try:
+            sock = await anyio.connect_tcp(host, int(port))
+        except OSError:
+            stream.reset()  # the service is down: the stream fails before answering
+            return
+        if rest:
+            await sock.send(rest)
+        await pipe(sock, stream)
+
+    async with anyio.create_task_group() as tg:
+        while True:
+            tg.start_soon(dial, await session.accept_stream())
+
+
 @contextmanager
 def running_proxy(
-    config: VhostConfig | None = None, tls_context: ssl.SSLContext | None = None
+    config: VhostConfig | None = None,
+    tls_context: ssl.SSLContext | None = None,
+    *,
+    muxed: bool = False,
 ) -> Iterator[Proxy]:
-    with start_blocking_portal("asyncio") as portal:
-        upstream = DirectUpstream({}, timeout_s=2.0)
+    """The engine on loopback; `muxed`: services are reached over a mux session (as in
+    `listen`, where plain keep-alive requests are relayed by callbacks), else dialled."""
+    with start_blocking_portal("asyncio") as portal, ExitStack() as stack:
+        upstream: DirectUpstream
+        far_side = None
+        if muxed:
+            near, far = stack.enter_context(portal.wrap_async_context_manager(session_pair()))
+            far_side = portal.start_task_soon(serve_far_side, far)
+            upstream = MuxUpstream(near)
+        else:
+            upstream = DirectUpstream({}, timeout_s=2.0)
         engine = VhostEngine(upstream, config, tls_context=tls_context)
         http_listener = portal.call(listen_tcp, "127.0.0.1", 0)
         tls_listener = portal.call(listen_tcp, "127.0.0.1", 0)
@@ -254,6 +311,8 @@ def running_proxy(
         finally:
             for task in tasks:
                 task.cancel()
+            if far_side is not None:
+                far_side.cancel()
             portal.call(http_listener.aclose)
             portal.call(tls_listener.aclose)
 
