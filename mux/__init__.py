@@ -6,7 +6,10 @@ SPEC.md beside this file for our reading of it.
 """
 
 from mux._anyio_seam import (
+    adopt_accepted,
+    listening_socket,
     pause_reading,
+    peer_name,
     read_one_chunk_per_wait,
     read_ready,
     start_tls,
@@ -53,7 +56,10 @@ __all__ = [
     "StreamOpened",
     "StreamReset",
     "StreamResetError",
+    "adopt_accepted",
+    "listening_socket",
     "pause_reading",
+    "peer_name",
     "read_one_chunk_per_wait",
     "read_ready",
     "start_tls",

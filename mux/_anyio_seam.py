@@ -8,15 +8,20 @@ waits (`pause_reading`), a visitor socket must read at most one chunk per wait
 (`read_one_chunk_per_wait`), what a visitor sent with its connect is taken at once to ride its
 stream's SYN (`read_ready`), a carrier is upgraded to TLS on the transport itself
 (`start_tls`), so that the fast path drives the loop's SSL transport rather than a TLS wrapper
-that costs a task switch and a copy per read and per write, and the HTTP proxy writes a
-response to its visitor without anyio's yield after the write (`write_now`).
+that costs a task switch and a copy per read and per write, the HTTP proxy writes a
+response to its visitor without anyio's yield after the write (`write_now`), and a new visitor's
+address is read from what the transport noted at its accept (`peer_name`), not asked of the
+kernel again, and a listener accepts for itself, several queued connections per wake-up
+of its persistent reader (`listening_socket`, `adopt_accepted`).
 
 Every private attribute of anyio used anywhere in the code base is read here and nowhere else:
 `SocketStream._transport`, `SocketStream._protocol`, `StreamProtocol.read_queue`,
 `StreamProtocol.read_event`, `StreamProtocol.is_at_eof`, `StreamProtocol.data_received`,
 `StreamProtocol.write_event` and `StreamProtocol.exception`; and
 `start_tls` builds a `StreamProtocol` and a `SocketStream` of its own (`type(protocol)()`,
-`type(stream)(transport, protocol)`), as anyio's `connect_tcp` does. `pyproject.toml` pins anyio
+`type(stream)(transport, protocol)`), as anyio's `connect_tcp` does, and so does
+`adopt_accepted` (importing both classes from `anyio._backends._asyncio`), as anyio's
+`TCPSocketListener.accept` does. `pyproject.toml` pins anyio
 to the range these were checked against, and `tests/mux/test_anyio_seam.py` fails loudly (rather
 than letting the fast path silently switch off) when a stream of the asyncio backend no longer
 looks the way this module expects.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from collections import deque
 from typing import Any
@@ -39,7 +45,10 @@ import anyio.abc
 __all__ = [
     "ANYIO_ASYNCIO_STREAM_MODULE",
     "SocketInternals",
+    "adopt_accepted",
+    "listening_socket",
     "pause_reading",
+    "peer_name",
     "read_one_chunk_per_wait",
     "read_ready",
     "socket_internals",
@@ -108,6 +117,48 @@ def raw_socket(stream: anyio.abc.ByteStream) -> Any | None:
         return None
 
 
+def listening_socket(listener: anyio.abc.Listener[Any]) -> socket.socket | None:
+    """The listening socket of one of anyio's asyncio TCP listeners, to accept from ourselves
+    (`adopt_accepted`), or None for any other listener (trio's, UNIX sockets, wrappers)."""
+    if (
+        type(listener).__module__ != ANYIO_ASYNCIO_STREAM_MODULE
+        or type(listener).__name__ != "TCPSocketListener"
+    ):
+        return None
+    try:
+        sock = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return None
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return None
+    return sock
+
+
+async def adopt_accepted(sock: socket.socket) -> anyio.abc.SocketStream:
+    """The anyio socket stream of a connection we accepted from a `listening_socket`: the
+    same transport, protocol and stream anyio's own `accept` makes (TCP_NODELAY is set by the
+    loop's transport, asyncio's and uvloop's alike). OSError if the socket is unusable."""
+    from anyio._backends._asyncio import SocketStream, StreamProtocol
+
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_accepted_socket(StreamProtocol, sock)
+    return SocketStream(transport, protocol)
+
+
+def peer_name(stream: anyio.abc.ByteStream) -> Any | None:
+    """The peer's address as the transport noted it when the socket was made, or None (not an
+    open asyncio socket stream: ask `stream.extra` then).
+
+    anyio's `SocketAttribute.remote_address` asks the kernel each time, and building the
+    stream's attribute table costs two `getsockname` and a `getpeername` per call: three
+    system calls of a new visitor's ~58 on the server (bench/PROFILES.md).
+    """
+    internals = socket_internals(stream)
+    if internals is None:
+        return None
+    return internals.transport.get_extra_info("peername")
+
+
 def take_over(
     stream: anyio.abc.ByteStream, protocol: asyncio.BaseProtocol
 ) -> tuple[asyncio.Transport, bytes, bool] | None:
@@ -172,7 +223,9 @@ def read_ready(stream: anyio.abc.ByteStream, max_bytes: int) -> bytes:
         data += unread.popleft()
     if not unread:
         internals.protocol.read_event.clear()  # else the next receive() sees a false EOF
-    if unread or internals.at_eof or len(data) >= max_bytes:
+    if data or unread or internals.at_eof or len(data) >= max_bytes:
+        # The loop's read that gave `data` asked for 256 KiB and got less: the kernel had no
+        # more then, and a second read now would almost always be EAGAIN (a system call).
         return data
     try:
         fd = internals.transport.get_extra_info("socket").fileno()

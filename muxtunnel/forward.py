@@ -20,7 +20,6 @@ sides, for each visitor:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from muxtunnel.proxy import PipeResult, pipe
 from muxtunnel.relay import Observer, Relay
 from muxtunnel.sockets import connect_protocol
 from muxtunnel.splice import Splice
-from muxtunnel.transport import abort
+from muxtunnel.transport import abort, take_slot
 
 __all__ = ["Visitors", "forward", "forward_to", "guarded", "relayable"]
 
@@ -226,8 +225,13 @@ async def forward_to(
     meter = ConnectionMeter(service, peer)  # counted once connected: bytes may come first
     _count_out_as_taken(meter, stream)
     relay = Relay(stream, meter, visitor_side=False, greeting=greeting, observer=observer)
-    async with dial_slots if dial_slots is not None else contextlib.nullcontext():
+    if dial_slots is not None:
+        await take_slot(dial_slots)
+    try:
         transport = await connect_protocol(host, port, relay, timeout_s=connect_timeout_s)
+    finally:
+        if dial_slots is not None:
+            dial_slots.release()
     traffic.add(meter)
     try:
         if debug_enabled():

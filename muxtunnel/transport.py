@@ -26,7 +26,6 @@ retry, never end; a handler's bug costs that connection only.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import os
 import socket
@@ -39,7 +38,8 @@ import anyio.abc
 import structlog
 from anyio.streams.stapled import MultiListener
 
-from mux import pause_reading, read_one_chunk_per_wait
+from mux import adopt_accepted, listening_socket, pause_reading, peer_name, read_one_chunk_per_wait
+from muxtunnel.accept import SETUP_SLOT, Acceptor, Backoff, SetupSlot, setup_done, take_slot
 from muxtunnel.log import Refusals
 from muxtunnel.specs import format_host_port
 
@@ -58,6 +58,7 @@ __all__ = [
     "local_port",
     "peer_address",
     "setup_done",
+    "take_slot",
 ]
 
 #: How long a TCP connect may take (the server, or a local service) before it counts as failed.
@@ -65,14 +66,12 @@ CONNECT_TIMEOUT_S = 10.0
 #: Connections the kernel may queue per listener before we accept them: room for a burst of
 #: new visitors (picked; the kernel caps it at net.core.somaxconn, 4096 since Linux 5.4).
 LISTEN_BACKLOG = 1024
-#: After a failed accept, wait this long before the next, doubling up to the maximum (Go's
-#: net/http `Server.Serve`: 5 ms to 1 s): an fd shortage lasts until some connection closes.
-ACCEPT_BACKOFF_MIN_S = 0.005
-ACCEPT_BACKOFF_MAX_S = 1.0
 
 log = structlog.get_logger("muxtunnel.transport")
 
 Address = tuple[str, int]
+#: What a listener's `serve` calls with each connection.
+Handler = Callable[[anyio.abc.SocketStream], Any]
 
 
 class TransportError(Exception):
@@ -97,7 +96,8 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     out of file descriptors (EMFILE, ENFILE), buffers (ENOBUFS, ENOMEM) or anything else, never
     ends the loop: the connection stays in the kernel's queue, the loop sleeps (5 ms, doubling
     to 1 s: Go's net/http `Server.Serve`), counts the failure and logs it at counts 1, 2, 4, ...
-    A handler that raises costs its own connection only (aborted, logged).
+    A handler that raises costs its own connection only (aborted, logged). anyio's asyncio
+    listeners are accepted from by `muxtunnel.accept.Acceptor` (batches per wake-up).
     """
 
     def __init__(
@@ -109,10 +109,11 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
         self.name = name
         self.refusals = refusals
         self.handler_failures = 0
+        self._acceptors: set[Acceptor] = set()
 
     async def serve(
         self,
-        handler: Callable[[anyio.abc.SocketStream], Any],
+        handler: Handler,
         task_group: anyio.abc.TaskGroup | None = None,
         *,
         setting_up: int | None = None,
@@ -135,41 +136,63 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     async def _accept_loop(
         self,
         sock: anyio.abc.SocketListener,
-        handler: Callable[[anyio.abc.SocketStream], Any],
+        handler: Handler,
         task_group: anyio.abc.TaskGroup,
         slots: anyio.Semaphore | None,
     ) -> None:
-        backoff_s = 0.0
-        while True:
+        backoff = Backoff(self._accept_failed)
+        raw = listening_socket(sock)
+        if raw is not None:  # asyncio: accept ourselves, in batches per wake-up
+
+            def spawn(client: socket.socket) -> None:
+                task_group.start_soon(self._adopt_one, handler, client, slots)
+
+            acceptor = Acceptor(raw, spawn, slots, backoff)
+            self._acceptors.add(acceptor)
+            try:
+                await acceptor.run()
+            finally:
+                self._acceptors.discard(acceptor)
+            return
+        while True:  # any other listener: anyio's accept
             if slots is not None:
-                await slots.acquire()
+                await take_slot(slots)
             try:
                 stream = await sock.accept()
             except OSError as exc:
                 if slots is not None:
                     slots.release()
-                backoff_s = min(max(2 * backoff_s, ACCEPT_BACKOFF_MIN_S), ACCEPT_BACKOFF_MAX_S)
-                self.refusals.refuse(
-                    "accept_error",
-                    "accept failed; backing off",
-                    listener=self.name,
-                    error=exc.strerror or str(exc),
-                    errno=exc.errno,
-                    backoff_s=backoff_s,
-                )
-                await anyio.sleep(backoff_s)
+                await backoff.failed(exc)
                 continue
-            backoff_s = 0.0
+            backoff.reset()
             task_group.start_soon(self._serve_one, handler, stream, slots)
 
-    async def _serve_one(
-        self,
-        handler: Callable[[anyio.abc.SocketStream], Any],
-        stream: anyio.abc.SocketStream,
-        slots: anyio.Semaphore | None,
+    def _accept_failed(self, exc: OSError, backoff_s: float) -> None:
+        self.refusals.refuse(
+            "accept_error",
+            "accept failed; backing off",
+            listener=self.name,
+            error=exc.strerror or str(exc),
+            errno=exc.errno,
+            backoff_s=backoff_s,
+        )
+
+    async def _adopt_one(
+        self, handler: Handler, client: socket.socket, slots: anyio.Semaphore | None
     ) -> None:
-        slot = _Slot(slots)
-        token = _SETUP_SLOT.set(slot)
+        try:
+            stream = await adopt_accepted(client)
+        except OSError:  # gone before its transport was made: nothing to serve
+            client.close()
+            SetupSlot(slots).release()
+            return
+        await self._serve_one(handler, stream, slots)
+
+    async def _serve_one(
+        self, handler: Handler, stream: anyio.abc.SocketStream, slots: anyio.Semaphore | None
+    ) -> None:
+        slot = SetupSlot(slots)
+        token = SETUP_SLOT.set(slot)
         try:
             read_one_chunk_per_wait(stream)
             pause_reading(stream)
@@ -184,39 +207,16 @@ class TcpListener(anyio.abc.Listener[anyio.abc.SocketStream]):
             await abort(stream)
         finally:
             slot.release()
-            _SETUP_SLOT.reset(token)
+            SETUP_SLOT.reset(token)
 
     async def aclose(self) -> None:
+        for acceptor in list(self._acceptors):
+            acceptor.close()  # its reader goes before the socket
         await self._inner.aclose()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self._inner.extra_attributes
-
-
-class _Slot:
-    """A connection's place among those being set up; released once."""
-
-    __slots__ = ("_slots",)
-
-    def __init__(self, slots: anyio.Semaphore | None) -> None:
-        self._slots = slots
-
-    def release(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
-            self._slots = None
-
-
-_SETUP_SLOT: contextvars.ContextVar[_Slot] = contextvars.ContextVar("muxtunnel_setup_slot")
-
-
-def setup_done() -> None:
-    """The connection this task serves is set up: its listener may accept the next one (see
-    `setting_up` of a listener's `serve`). Nothing outside such a handler."""
-    slot = _SETUP_SLOT.get(None)
-    if slot is not None:
-        slot.release()
 
 
 async def connect(
@@ -351,10 +351,12 @@ def peer_address(stream: anyio.abc.ByteStream) -> Address | None:
     A peer that connects and resets at once can be gone before its handler runs; anyio under
     uvloop then fails with AttributeError (the raw socket is None), not with OSError.
     """
-    try:
-        address = stream.extra(anyio.abc.SocketAttribute.remote_address)
-    except (OSError, AttributeError, anyio.TypedAttributeLookupError):  # asyncio: closed
-        return None
+    address = peer_name(stream)  # noted at the accept: no system call
+    if address is None:
+        try:
+            address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        except (OSError, AttributeError, anyio.TypedAttributeLookupError):  # asyncio: closed
+            return None
     if isinstance(address, tuple):
         return str(address[0]), int(address[1])
     return str(address), 0

@@ -96,6 +96,7 @@ MUXTUNNEL_RANKS = {
     "log": 1,
     "termlog": 1,
     "transport": 1,  # the network seam
+    "accept": 1,  # its accept loop (stdlib and anyio only)
     "datagrams": 1,  # its UDP half
     "sockets": 2,  # its part for protocol-driven sockets (the relay)
     "argv": 1,  # masks secrets in the command line the kernel shows
@@ -320,6 +321,7 @@ FOREIGN_EXCEPTIONS_ALLOWED = {
     "muxtunnel.transport": "the network seam: maps them to TransportError and anyio's errors",
     "muxtunnel.datagrams": "the network seam's UDP half: bind errors, a 0-byte send's errors",
     "muxtunnel.sockets": "the network seam for protocol-driven sockets: connect, abort",
+    "muxtunnel.accept": "the network seam's accept loop: accept errors back off",
     "muxtunnel.tls": "the TLS handshake: ssl's errors are OSErrors, mapped to TlsError; files",
     "muxtunnel.config._tree": "reading config files",
     "muxtunnel.config._values": "reading token files",
