@@ -39,6 +39,12 @@ MIB = 1 << 20
 #: Keepalive for fault tests: a dead or frozen peer is noticed within 0.5 + 0.5 s.
 KEEPALIVE = "  mux:\n    keepalive_interval_s: 0.5\n    keepalive_timeout_s: 0.5\n"
 CLIENT_FAST = "client:\n  reconnect_min_s: 0.2\n  reconnect_max_s: 1.0\n" + KEEPALIVE
+#: For tests of a graceful stop, where `up` learns of the end from the carrier itself: a 0.5 s
+#: keepalive timeout only adds false alarms on a loaded machine (a carrier given up mid-drain).
+CLIENT_PATIENT = (
+    "client:\n  reconnect_min_s: 0.2\n  reconnect_max_s: 1.0\n"
+    "  mux:\n    keepalive_interval_s: 0.5\n    keepalive_timeout_s: 5.0\n"
+)
 
 
 def event_time(record: dict) -> float:
@@ -127,7 +133,7 @@ def test_sigterm_listen_with_transfers_running(
     drain_s = 4.0
     harness.tls = False  # the tap decodes the frames on the carrier: plaintext
     config = harness.write("server.yaml", f"server:\n  drain_timeout_s: {drain_s}\n")
-    client = harness.write("client.yaml", CLIENT_FAST)
+    client = harness.write("client.yaml", CLIENT_PATIENT)
     listen = harness.listen("--config", config)
     tap = FrameTap((listen.host, listen.port))
     remote = free_port()
