@@ -594,7 +594,7 @@ class Connection:
                         and (not stream.state or stream.state < _REMOTE_CLOSED)
                         and stream.recv.fits(length)
                     ):
-                        stream.recv.received(length)
+                        stream.recv.received(length, now)
                         events.append(DataReceived(stream_id, view[pos : pos + length]))
                         pos += length
                         continue
@@ -699,7 +699,7 @@ class Connection:
                         f"data frame of {length} bytes exceeds stream {stream_id}'s window "
                         f"({stream.recv.credit} bytes)"
                     )
-                stream.recv.received(length)
+                stream.recv.received(length, now)
                 self._body_left = length
                 self._body_stream = stream
             elif not flags:
