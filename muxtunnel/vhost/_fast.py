@@ -120,21 +120,12 @@ class FastExchange:
 
     async def _read_head(self, data: bytes) -> tuple[ResponseHead, bytes]:
         """The next response head (after `data` already received) and the bytes after it."""
-        while (found := find_response_head(data)) is None:
-            if len(data) > self.max_head_bytes:
-                raise UpstreamBroken("the service's response head is too large")
+        while (taken := take_response_head(data, self.max_head_bytes)) is None:
             more = await self._receive_up()
             if not more:
                 raise UpstreamBroken("the service closed before responding")
             data += more
-        end, body_start = found
-        if end > self.max_head_bytes:
-            raise UpstreamBroken("the service's response head is too large")
-        try:
-            head = parse_response_head(data[:end])
-        except ValueError as exc:
-            raise UpstreamBroken(f"the service's response is not HTTP/1.1: {exc}") from None
-        return head, data[body_start:]
+        return taken
 
     async def _response(self) -> None:
         data = b""
@@ -232,3 +223,21 @@ class FastExchange:
 
 def _head_bytes(head: ResponseHead, extra: bytes) -> bytes:
     return b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (head.status, head.reason, head.lines, extra)
+
+
+def take_response_head(data: bytes, max_head_bytes: int) -> tuple[ResponseHead, bytes] | None:
+    """The response head `data` starts with and the bytes after it; None while it is not all
+    there. A head past `max_head_bytes` or not HTTP/1.1 breaks the upstream."""
+    found = find_response_head(data)
+    if found is None:
+        if len(data) > max_head_bytes:
+            raise UpstreamBroken("the service's response head is too large")
+        return None
+    end, body_start = found
+    if end > max_head_bytes:
+        raise UpstreamBroken("the service's response head is too large")
+    try:
+        head = parse_response_head(data[:end])
+    except ValueError as exc:
+        raise UpstreamBroken(f"the service's response is not HTTP/1.1: {exc}") from None
+    return head, data[body_start:]

@@ -18,8 +18,8 @@ import enum
 from collections.abc import Callable
 
 from muxtunnel.vhost._exchange import UpstreamBroken
-from muxtunnel.vhost._fast import _head_bytes
-from muxtunnel.vhost._wire import ChunkScanner, find_response_head, parse_response_head
+from muxtunnel.vhost._fast import _head_bytes, take_response_head
+from muxtunnel.vhost._wire import ChunkScanner
 from muxtunnel.vhost.counters import ServiceCounters
 
 __all__ = ["ResponseRelay"]
@@ -86,20 +86,11 @@ class ResponseRelay:
 
     def _head(self, data: bytes) -> bool:
         while True:
-            found = find_response_head(data)
-            if found is None:
-                if len(data) > self.max_head_bytes:
-                    raise UpstreamBroken("the service's response head is too large")
+            taken = take_response_head(data, self.max_head_bytes)
+            if taken is None:
                 self._pending = data
                 return False
-            end, body_start = found
-            if end > self.max_head_bytes:
-                raise UpstreamBroken("the service's response head is too large")
-            try:
-                head = parse_response_head(data[:end])
-            except ValueError as exc:
-                raise UpstreamBroken(f"the service's response is not HTTP/1.1: {exc}") from None
-            data = data[body_start:]
+            head, data = taken
             if head.status >= 200:
                 break
             if head.status == 101:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,73 +16,17 @@ import pytest
 from muxtunnel.vhost import _fastpath, _relay
 
 from .helpers import TIMEOUT_S, MuxUpstream, Proxy, address_of, backend, read_responses, request
+from .recording import RecordingBackend, recording
 
 #: path -> (response bytes, close after sending)
 Script = Callable[[str], tuple[bytes, bool]]
 
 
-class ScriptedBackend:
-    """A raw HTTP/1.1 server: answers each request head with the bytes the script gives."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(TIMEOUT_S)
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.threads: list[threading.Thread] = []
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.server.getsockname()[:2]
-        return str(host), int(port)
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve_one, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve_one(self, conn: socket.socket) -> None:
-        conn.settimeout(TIMEOUT_S)
-        pending = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                self.requests.append(head)
-                path = head.split(b" ")[1].decode()
-                reply, close = self.script(path)
-                conn.sendall(reply)
-                if close:
-                    return
-
-
 @contextmanager
-def scripted(script: Script) -> Iterator[ScriptedBackend]:
-    server = ScriptedBackend(script)
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    try:
+def scripted(script: Script) -> Iterator[RecordingBackend]:
+    """A raw HTTP/1.1 service answering each request by its path."""
+    with recording(lambda head: script(head.split(b" ")[1].decode())) as server:
         yield server
-    finally:
-        server.server.shutdown(socket.SHUT_RDWR)  # wakes the accept
-        server.server.close()
-        thread.join(TIMEOUT_S)
-        for worker in server.threads:
-            worker.join(1.0)  # daemons: each ends when the proxy closes its connection
 
 
 def exchange(port: int, data: bytes, count: int) -> list[bytes]:
