@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,15 @@ def _messages(proto: str) -> Callable[[paths.Endpoint, float], str]:
 
 
 _PLAIN, _TLS = paths.muxtunnel(False), paths.muxtunnel(True)
+#: The long-fat-link row's round trip (the bench's first LFN column).
+LFN_RTT_MS = 50.0
+
+
+def _lfn_plain(env: paths.Env, _rtt_ms: float | None) -> AbstractContextManager[paths.Endpoint]:
+    """The plaintext path with the bench's delay proxy at 50 ms between listen and up."""
+    return _PLAIN(env, LFN_RTT_MS)
+
+
 #: Row -> (the path, the load, what the bench row is called in the report).
 ROWS: dict[str, tuple[paths.Opener, Callable[[paths.Endpoint, float], str], str]] = {
     "p1": (_PLAIN, _bulk(1), "TCP -P1"),
@@ -115,6 +125,7 @@ ROWS: dict[str, tuple[paths.Opener, Callable[[paths.Endpoint, float], str], str]
     "messages-udp": (_PLAIN, _messages("udp"), "small messages x50 UDP"),
     "udp-1g": (_PLAIN, _udp("1G"), "UDP -b 1G"),
     "messages-tcp": (_PLAIN, _messages("tcp"), "small messages x50 TCP"),
+    "lfn-50": (_lfn_plain, _bulk(1), "TCP -P1 through the delay proxy at 50 ms"),
 }
 
 
