@@ -12,7 +12,8 @@ Policy (numbered so tests and SPEC.md can cite it):
    `max_window`, as far as the session budget allows, but only while the reader keeps up (at
    most a quarter of the window delivered and unread): a reader working through a backlog is
    itself the bottleneck, and a bigger window would only queue more bytes in our memory and in
-   front of every other stream of the carrier. Bytes that arrived within `FRESH_S` of the read
+   front of every other stream of the carrier. On a long path (`LONG_PATH_RTT_S`), bytes that
+   arrived within `FRESH_S` of the read
    are not a backlog: one carrier read brings a whole window's frames, and the update falls due
    while the rest of them wait for their turn in the same loop turn. Counted as unread, they
    held a window at 256 KiB for a whole transfer in about one run in four (one stream at 50 ms:
@@ -48,8 +49,11 @@ PATH_RATE_BYTES_PER_S = 625_000_000
 PATH_WINDOW_RTTS = 2
 #: ... and never below this: what rule 4 reached on loopback before the ratchet (2-4 MiB).
 MIN_PATH_WINDOW_BYTES = 4 * 1024 * 1024
-#: Rule 4: bytes that arrived this recently are not a reader's backlog (a loop turn or two).
+#: Rule 4: bytes that arrived this recently are not a reader's backlog (a loop turn or two) ...
 FRESH_S = 2 * MIN_TUNING_RTT_S
+#: ... on a path at least this long. On a short one the window reaches its path size either
+#: way, and a stalled reader's counts (tests/ops/test_rates.py) rely on its staying there.
+LONG_PATH_RTT_S = 0.01
 
 
 def path_window(rtt_s: float, max_window: int) -> int:
@@ -108,7 +112,11 @@ class ReceiveWindow:
         if self.consumed < self.window // 2:  # rule 3
             return 0
         unread = self.window - self.credit - self.consumed
-        if now - self.fresh_since_s <= 2 * FRESH_S:
+        if (
+            rtt_s is not None
+            and rtt_s >= LONG_PATH_RTT_S
+            and now - self.fresh_since_s <= 2 * FRESH_S
+        ):
             unread -= self.fresh  # what arrived this loop turn is not a backlog
         if (
             rtt_s is not None
