@@ -23,12 +23,14 @@ figures only measure the machine's load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import iperf, latency, messages, procstat
@@ -47,100 +49,86 @@ def _cpu(roles: dict[str, list[int]]) -> float:
     return procstat.cpu_seconds([pid for pids in roles.values() for pid in pids])
 
 
-def measure(exe: Path) -> dict[str, float]:
-    """CPU microseconds per unit of work for each probe, on a fresh tunnel."""
+@contextlib.contextmanager
+def _env(exe: Path) -> Iterator[Env]:
+    """An iperf3 server and an echo server for the probes, and the bench's `Env` around them."""
     tmp = Path(f"/tmp/bench-cost-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
-    out: dict[str, float] = {}
     with IperfServer(tmp) as server:
         echo = Proc("echo", [sys.executable, "-m", "bench.echo"], log_dir=tmp)
         try:
             m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
-            env = Env(
-                tmp=tmp,
-                iperf=server.address,
-                echo=(m.group(1), int(m.group(2))),
-                results=tmp,
-                muxtunnel=exe,
-            )
-            with muxtunnel(tls=False)(env, None) as ep:
-                time.sleep(0.5)
-                out["rss_idle_mib"] = sum(procstat.current_rss_mib(ep.roles).values())
-                latency.request_response(ep.echo, count=50, interval=0)  # warm up
-                c0 = _cpu(ep.roles)
-                for _ in range(VISITORS):
-                    latency.first_byte(ep.echo)
-                out["visitor_us"] = (_cpu(ep.roles) - c0) / VISITORS * 1e6
-                for proto, probe, addr in (
-                    ("tcp", messages.tcp, ep.echo),
-                    ("udp", messages.udp, ep.echo_udp),
-                ):
-                    assert addr is not None
-                    c0 = _cpu(ep.roles)
-                    res = probe(addr, seconds=MESSAGE_S, warmup_s=0.0)
-                    count = res["msgs_per_s"] * MESSAGE_S
-                    out[f"msg_{proto}_us"] = (_cpu(ep.roles) - c0) / count * 1e6
-                    out[f"msg_{proto}_per_s"] = res["msgs_per_s"]
-                c0 = _cpu(ep.roles)
-                subprocess.run(
-                    ["iperf3", "-c", ep.tcp[0], "-p", str(ep.tcp[1]), "-n", str(BULK_BYTES)],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                out["bulk_us_per_mib"] = (_cpu(ep.roles) - c0) / (BULK_BYTES / 2**20) * 1e6
-                assert ep.udp is not None
-                argv = iperf.client_argv(ep.udp, seconds=UDP_S, udp_bitrate="1G", udp_len=1400)
-                c0 = _cpu(ep.roles)
-                res = iperf.run(argv, UDP_S)
-                received_mib = res.bps * UDP_S / 8 / 2**20
-                if res.ok and received_mib:
-                    out["udp_us_per_mib"] = (_cpu(ep.roles) - c0) / received_mib * 1e6
-                    out["udp_gbps"] = res.bps / 1e9
+            echo_at = (m.group(1), int(m.group(2)))
+            yield Env(tmp=tmp, iperf=server.address, echo=echo_at, results=tmp, muxtunnel=exe)
         finally:
             echo.stop()
+
+
+def measure(exe: Path) -> dict[str, float]:
+    """CPU microseconds per unit of work for each probe, on a fresh tunnel."""
+    out: dict[str, float] = {}
+    with _env(exe) as env, muxtunnel(tls=False)(env, None) as ep:
+        time.sleep(0.5)
+        out["rss_idle_mib"] = sum(procstat.current_rss_mib(ep.roles).values())
+        latency.request_response(ep.echo, count=50, interval=0)  # warm up
+        c0 = _cpu(ep.roles)
+        for _ in range(VISITORS):
+            latency.first_byte(ep.echo)
+        out["visitor_us"] = (_cpu(ep.roles) - c0) / VISITORS * 1e6
+        for proto, probe, addr in (
+            ("tcp", messages.tcp, ep.echo),
+            ("udp", messages.udp, ep.echo_udp),
+        ):
+            assert addr is not None
+            c0 = _cpu(ep.roles)
+            res = probe(addr, seconds=MESSAGE_S, warmup_s=0.0)
+            count = res["msgs_per_s"] * MESSAGE_S
+            out[f"msg_{proto}_us"] = (_cpu(ep.roles) - c0) / count * 1e6
+            out[f"msg_{proto}_per_s"] = res["msgs_per_s"]
+        c0 = _cpu(ep.roles)
+        subprocess.run(
+            ["iperf3", "-c", ep.tcp[0], "-p", str(ep.tcp[1]), "-n", str(BULK_BYTES)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        out["bulk_us_per_mib"] = (_cpu(ep.roles) - c0) / (BULK_BYTES / 2**20) * 1e6
+        assert ep.udp is not None
+        argv = iperf.client_argv(ep.udp, seconds=UDP_S, udp_bitrate="1G", udp_len=1400)
+        c0 = _cpu(ep.roles)
+        res = iperf.run(argv, UDP_S)
+        received_mib = res.bps * UDP_S / 8 / 2**20
+        if res.ok and received_mib:
+            out["udp_us_per_mib"] = (_cpu(ep.roles) - c0) / received_mib * 1e6
+            out["udp_gbps"] = res.bps / 1e9
     return out
 
 
 def measure_private(exe: Path) -> dict[str, float]:
     """CPU microseconds per MiB of one bulk stream, per process and in all, through `visit`
     and through `ssh -L`."""
-    tmp = Path(f"/tmp/bench-cost-{os.getpid()}")
-    tmp.mkdir(exist_ok=True)
     out: dict[str, float] = {}
     openers: dict[str, Opener] = {"visit": visit, "sshl": ssh_l}
-    with IperfServer(tmp) as server:
-        echo = Proc("echo", [sys.executable, "-m", "bench.echo"], log_dir=tmp)
-        try:
-            m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
-            env = Env(
-                tmp=tmp,
-                iperf=server.address,
-                echo=(m.group(1), int(m.group(2))),
-                results=tmp,
-                muxtunnel=exe,
-            )
-            for path, opener in openers.items():
-                with opener(env, None) as ep:
-                    time.sleep(0.5)
-                    trees = {role: procstat.descendants(pids) for role, pids in ep.roles.items()}
-                    c0 = {role: procstat.cpu_seconds(pids) for role, pids in trees.items()}
-                    subprocess.run(
-                        ["iperf3", "-c", ep.tcp[0], "-p", str(ep.tcp[1]), "-n", str(BULK_BYTES)],
-                        check=True,
-                        capture_output=True,
-                        timeout=120,
-                    )
-                    mib = BULK_BYTES / 2**20
-                    spent = {
-                        role: (procstat.cpu_seconds(pids) - c0[role]) / mib * 1e6
-                        for role, pids in trees.items()
-                    }
-                    for role, us in spent.items():
-                        out[f"{path}_{role}_us_per_mib"] = us
-                    out[f"{path}_us_per_mib"] = sum(spent.values())
-        finally:
-            echo.stop()
+    with _env(exe) as env:
+        for path, opener in openers.items():
+            with opener(env, None) as ep:
+                time.sleep(0.5)
+                trees = {role: procstat.descendants(pids) for role, pids in ep.roles.items()}
+                c0 = {role: procstat.cpu_seconds(pids) for role, pids in trees.items()}
+                subprocess.run(
+                    ["iperf3", "-c", ep.tcp[0], "-p", str(ep.tcp[1]), "-n", str(BULK_BYTES)],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+                mib = BULK_BYTES / 2**20
+                spent = {
+                    role: (procstat.cpu_seconds(pids) - c0[role]) / mib * 1e6
+                    for role, pids in trees.items()
+                }
+                for role, us in spent.items():
+                    out[f"{path}_{role}_us_per_mib"] = us
+                out[f"{path}_us_per_mib"] = sum(spent.values())
     return out
 
 
