@@ -43,6 +43,8 @@ _LINE = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")"
 _REQUEST_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
 _REQUEST_HEADER = re.compile(_LINE + rb"\r\n")
 _RESPONSE_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r?\n)*")
+#: The same for CRLF line ends only (nearly every head): half the regex's time of the above.
+_CRLF_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
 _RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
 # The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form.
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
@@ -167,8 +169,8 @@ _FRAMING = frozenset(
 )  # fmt: skip
 #: Connection options that name no header of their own.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
-#: What marks a line of each of those names in a lowercased CRLF header block after b"\n".
-_FRAMING_PROBES = tuple((name, b"\n" + name + b":") for name in sorted(_FRAMING))
+#: What marks a line of one of those names in a lowercased CRLF header block after b"\n".
+_FRAMING_LINE = re.compile(rb"\n(" + b"|".join(sorted(_FRAMING)) + rb"):")
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
@@ -189,34 +191,33 @@ def parse_response_head(head: bytes) -> ResponseHead:
     if line is None:
         raise ValueError(f"not an HTTP/1.x status line: {first[:80]!r}")
     block = head[line_end + 1 :] + b"\r\n" if line_end < len(head) else b""
-    if _RESPONSE_HEADERS.fullmatch(block) is None:
-        raise ValueError("malformed response header line")
     out = ResponseHead()
     out.status = int(line[2])
     out.reason = line[3] or b""
     out.keep_alive = line[1] == b"1"
-    if block.count(b"\n") == block.count(b"\r\n"):
-        # Validated, CRLF only: b"\nname:" in the lowercased block marks a header line.
-        probe = b"\n" + block.lower()
+    # A value holds no CR or LF, so a block this matches is valid and has CRLF line ends only.
+    if _CRLF_HEADERS.fullmatch(block) is not None:
+        # b"\nname:" in the lowercased block marks a header line (starting where it matched).
         lines: list[tuple[int, int, bytes]] = []
         framing: list[Header] = []
-        for name, needle in _FRAMING_PROBES:
-            start = probe.find(needle)
-            while start >= 0:
-                end = block.find(b"\r\n", start)
-                lines.append((start, end + 2, name))
-                framing.append((name, block[start + len(needle) - 1 : end].strip(b" \t")))
-                start = probe.find(needle, end)
+        for match in _FRAMING_LINE.finditer(b"\n" + block.lower()):
+            start = match.start()
+            end = block.find(b"\r\n", start)
+            name = match[1]
+            lines.append((start, end + 2, name))
+            framing.append((name, block[match.end() - 1 : end].strip(b" \t")))
         if _frame(out, framing):
             pieces = []
             start = 0
-            for line_start, line_end, name in sorted(lines):
+            for line_start, line_end, name in lines:  # in the block's order
                 if name != b"content-length" or out.chunked:
                     pieces.append(block[start:line_start])
                     start = line_end
             pieces.append(block[start:])
             out.lines = b"".join(pieces) if len(pieces) > 1 else block
             return out
+    elif _RESPONSE_HEADERS.fullmatch(block) is None:
+        raise ValueError("malformed response header line")
     raw: list[Header] = _strip(_RESPONSE_HEADER.findall(block))
     framing = [(name.lower(), value) for name, value in raw if name.lower() in _FRAMING]
     tokens: set[bytes] = set()
@@ -243,17 +244,24 @@ def _frame(out: ResponseHead, framing: list[Header]) -> bool:
         elif name == b"transfer-encoding":
             codings.extend(c.strip().lower() for c in value.split(b","))
         elif name == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"close" in tokens:
+            option = value.lower()
+            if option not in _CONNECTION_OPTIONS:  # a list, or names: split it (rare)
+                tokens = {t.strip() for t in option.split(b",")}
+                plain = plain and tokens <= _CONNECTION_OPTIONS
+                option = b"close" if b"close" in tokens else b""
+            if option == b"close":
                 out.keep_alive = False
-            plain = plain and tokens <= _CONNECTION_OPTIONS
     if codings:
         if codings != [b"chunked"]:
             raise ValueError(f"unsupported Transfer-Encoding: {b', '.join(codings)!r}")
         out.chunked = True  # RFC 9112 §6.3: chunked wins, the length goes
     elif lengths:
-        values = {v.strip() for value in lengths for v in value.split(b",")}
-        if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 18:
+        value = lengths[0]
+        if len(lengths) > 1 or not value.isdigit():  # several values: all must be one
+            values = {v.strip() for value in lengths for v in value.split(b",")}
+            if len(values) != 1 or not (value := values.pop()).isdigit():
+                raise ValueError(f"invalid Content-Length: {lengths!r}")
+        if len(value) > 18:
             raise ValueError(f"invalid Content-Length: {lengths!r}")
         out.length = int(value)
     return plain
