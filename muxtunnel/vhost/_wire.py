@@ -182,7 +182,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
     A CRLF head goes to the visitor as it came, less the lines of its hop-by-hop headers,
     found by one regex search of the lowercased head for b"\nname:" (splitting every header
     into pairs cost ~6 us of a typical head, a case-blind regex over it ~3, seven C searches,
-    one per name, a third more than the one regex). A head with bare LF line ends, or whose
+    one per name, ~2.3 against the regex's ~1.6). A head with bare LF line ends, or whose
     Connection header names other headers, is split into pairs and written anew.
     """
     line_end = head.find(b"\n")
