@@ -171,8 +171,14 @@ _FRAMING = frozenset(
 )  # fmt: skip
 #: Connection options that name no header of their own.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
-#: What marks a line of one of those names in a lowercased CRLF header block after b"\n".
-_FRAMING_LINE = re.compile(rb"\n(" + b"|".join(sorted(_FRAMING)) + rb"):")
+#: A line of one of those names in a lowercased CRLF head (from the b"\n" before it): its
+#: name and value (lowercased: what `_frame` makes of them is case-blind anyway).
+_FRAMING_LINE = re.compile(rb"\n(" + b"|".join(sorted(_FRAMING)) + rb"):([^\r]*)\r")
+#: A whole valid CRLF response head with a CRLF after it, in one pass: version, status,
+#: reason, and where the header lines start.
+_CRLF_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: ([ \t\x21-\x7e\x80-\xff]*))?\r\n()" + _CRLF_HEADERS.pattern
+)
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
@@ -185,6 +191,15 @@ def parse_response_head(head: bytes) -> ResponseHead:
     one per name, ~2.3 against the regex's ~1.6). A head with bare LF line ends, or whose
     Connection header names other headers, is split into pairs and written anew.
     """
+    full = head + b"\r\n"
+    match = _CRLF_RESPONSE.fullmatch(full)
+    if match is not None:  # nearly every head: valid, CRLF line ends only
+        out = ResponseHead()
+        out.status = int(match[2])
+        out.reason = match[3] or b""
+        out.keep_alive = match[1] == b"1"
+        if _pass_through(out, full, match.start(4)):
+            return out
     line_end = head.find(b"\n")
     if line_end < 0:
         line_end = len(head)
@@ -197,28 +212,10 @@ def parse_response_head(head: bytes) -> ResponseHead:
     out.status = int(line[2])
     out.reason = line[3] or b""
     out.keep_alive = line[1] == b"1"
-    # Validated with CRLF line ends only (half the regex's time of `_RESPONSE_HEADERS`).
-    if _CRLF_HEADERS.fullmatch(block) is not None:
-        # b"\nname:" in the lowercased block marks a header line (starting where it matched).
-        lines: list[tuple[int, int, bytes]] = []
-        framing: list[Header] = []
-        for match in _FRAMING_LINE.finditer(b"\n" + block.lower()):
-            start = match.start()
-            end = block.find(b"\r\n", start)
-            name = match[1]
-            lines.append((start, end + 2, name))
-            framing.append((name, block[match.end() - 1 : end].strip(b" \t")))
-        if _frame(out, framing):
-            pieces = []
-            start = 0
-            for line_start, line_end, name in lines:  # in the block's order
-                if name != b"content-length" or out.chunked:
-                    pieces.append(block[start:line_start])
-                    start = line_end
-            pieces.append(block[start:])
-            out.lines = b"".join(pieces) if len(pieces) > 1 else block
+    if match is None and _CRLF_HEADERS.fullmatch(block) is not None:
+        if _pass_through(out, b"\n" + block, 1):  # a status line that ends with a bare LF
             return out
-    elif _RESPONSE_HEADERS.fullmatch(block) is None:
+    elif match is None and _RESPONSE_HEADERS.fullmatch(block) is None:
         raise ValueError("malformed response header line")
     raw: list[Header] = _strip(_RESPONSE_HEADER.findall(block))
     framing = [(name.lower(), value) for name, value in raw if name.lower() in _FRAMING]
@@ -232,6 +229,28 @@ def parse_response_head(head: bytes) -> ResponseHead:
         drop = drop | {b"content-length"}
     out.lines = b"".join(b"%b: %b\r\n" % (n, v) for n, v in raw if n.lower() not in drop)
     return out
+
+
+def _pass_through(out: ResponseHead, text: bytes, start: int) -> bool:
+    """Set `out`'s framing, and its `lines` to `text[start:]` (valid CRLF header lines, a
+    b"\n" before them) less the hop-by-hop lines; False (no `lines`) when its Connection
+    header names other headers, which must go as well."""
+    lines: list[tuple[int, int, bytes]] = []
+    framing: list[Header] = []
+    for found in _FRAMING_LINE.finditer(text.lower(), start - 1):
+        name, value = found.group(1, 2)
+        lines.append((found.start() + 1, found.end() + 1, name))
+        framing.append((name, value.strip(b" \t")))
+    if not _frame(out, framing):
+        return False
+    pieces = []
+    for line_start, line_end, name in lines:  # in the head's order
+        if name != b"content-length" or out.chunked:
+            pieces.append(text[start:line_start])
+            start = line_end
+    pieces.append(text[start:])
+    out.lines = b"".join(pieces)
+    return True
 
 
 def _frame(out: ResponseHead, framing: list[Header]) -> bool:

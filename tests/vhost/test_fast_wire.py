@@ -152,6 +152,16 @@ def test_responses_whose_framing_is_ambiguous_are_refused(head: bytes) -> None:
         parse_response_head(head)
 
 
+@pytest.mark.parametrize("status_end", [b"\r\n", b"\n"])
+def test_crlf_header_lines_pass_through_as_they_came_less_hop_by_hop(status_end: bytes) -> None:
+    head = parse_response_head(
+        b"HTTP/1.1 200 OK" + status_end + b"Server:  x \r\nCONNECTION: Keep-Alive\r\n"
+        b"content-LENGTH: 7\r\nKeep-Alive: timeout=5\r\nX-A:\tb\r\nTE: trailers"
+    )
+    assert (head.status, head.reason, head.length, head.keep_alive) == (200, b"OK", 7, True)
+    assert head.lines == b"Server:  x \r\ncontent-LENGTH: 7\r\nX-A:\tb\r\n"
+
+
 def test_a_response_head_ends_at_its_blank_line() -> None:
     assert find_response_head(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody") == (21, 25)
     assert find_response_head(b"HTTP/1.1 200 OK\nA: b\n\nbody") == (20, 22)
