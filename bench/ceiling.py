@@ -41,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import procstat
 from bench.cost import _env
@@ -144,19 +146,26 @@ def _server_pid(env: Env) -> int:
     return int(m.group(1))
 
 
-def report(runs: list[dict[str, dict[str, float]]], ciphers: dict[str, float]) -> list[str]:
-    """The table: medians over `runs` of each path's CPU per GiB, its ceiling and its gap."""
+Rows = tuple[list[str], list[list[str]]]
+
+HEADER = ["path", "Gbit/s", "CPU s/GiB", "cipher passes", "ceiling", "measured", "beyond",
+          "per process (CPU s/GiB)"]  # fmt: skip
+#: What the columns mean, under the table.
+LEGEND = (
+    "CPU s/GiB: every process of the path, both iperf3s included; cipher passes: 2 per TLS "
+    "hop at the cipher's own cost (openssl speed); ceiling: plaintext twin / (twin + cipher "
+    "passes), the best TLS/plaintext ratio on a CPU-bound machine; measured: twin / path; "
+    "beyond: what the path spends past its twin and its cipher passes"
+)
+
+
+def table(runs: list[dict[str, dict[str, float]]], ciphers: dict[str, float]) -> Rows:
+    """Medians over `runs` of each path's CPU per GiB, its ceiling and its gap."""
     med = {
         path: {key: statistics.median(r[path][key] for r in runs) for key in runs[0][path]}
         for path in runs[0]
     }
-    lines = [f"TLS 1.3 suite of the carriers: {tls_suite()}"]
-    lines += [f"cipher {name}: {s:.3f} CPU s per GiB (openssl speed, 16 KiB)"
-              for name, s in ciphers.items()]  # fmt: skip
-    lines.append(
-        f"{'path':12s} {'Gbit/s':>7s} {'CPU s/GiB':>9s} {'cipher':>7s} {'ceiling':>8s} "
-        f"{'measured':>8s} {'beyond':>7s}  per process (CPU s/GiB)"
-    )
+    rows = []
     for path, fig in med.items():
         _, hops, cipher = PATHS[path]
         passes = 2 * hops * ciphers[cipher] if cipher else 0.0
@@ -171,15 +180,55 @@ def report(runs: list[dict[str, dict[str, float]]], ciphers: dict[str, float]) -
             for k, v in fig.items()
             if k.endswith("_s_per_gib") and k != "s_per_gib"
         )
-        lines.append(
-            f"{path:12s} {fig['gbit_s']:7.2f} {fig['s_per_gib']:9.2f} {passes:7.2f} "
-            f"{ceiling:>8s} {measured:>8s} {beyond:>7s}  {roles}"
-        )
-    lines.append(
-        "ceiling: plaintext twin / (twin + cipher passes); measured: twin / path, CPU per "
-        "GiB; beyond: CPU s per GiB the path spends past its twin and its cipher passes"
-    )
+        rows.append([path, f"{fig['gbit_s']:.2f}", f"{fig['s_per_gib']:.2f}", f"{passes:.2f}",
+                     ceiling, measured, beyond, roles])  # fmt: skip
+    if "visit-plain" in med and "sshl" in med and "aes-256-gcm" in ciphers:
+        # visit's floor: its plaintext twin plus its four cipher passes, against ssh -L whole.
+        floor = med["visit-plain"]["s_per_gib"] + 4 * ciphers["aes-256-gcm"]
+        sshl = med["sshl"]["s_per_gib"]
+        measured = f"{sshl / med['visit']['s_per_gib']:.2f}x" if "visit" in med else ""
+        why = "visit's floor (visit-plain + 4 passes) against ssh -L's CPU per GiB"
+        rows.append(["visit vs sshl", "", f"{floor:.2f}", "", f"{sshl / floor:.2f}x", measured,
+                     "", why])  # fmt: skip
+    return HEADER, rows
+
+
+def report(runs: list[dict[str, dict[str, float]]], ciphers: dict[str, float]) -> list[str]:
+    """`table` as text lines, with the suite and the ciphers' costs above it."""
+    lines = [f"TLS 1.3 suite of the carriers: {tls_suite()}"]
+    lines += [f"cipher {name}: {s:.3f} CPU s per GiB (openssl speed, 16 KiB)"
+              for name, s in ciphers.items()]  # fmt: skip
+    header, rows = table(runs, ciphers)
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+    lines.append(LEGEND)
     return lines
+
+
+def run(exe: Path, gib: float, rounds: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every path `rounds` times and the ciphers' costs: what `python -m bench` keeps."""
+    paths = list(PATHS)
+    ciphers = {c: cipher_s_per_gib(c) for c in sorted({PATHS[p][2] for p in paths} - {""})}
+    runs = []
+    for i in range(rounds):
+        runs.append(measure(exe, gib, paths))
+        say(f"round {i}: " + " ".join(
+            f"{p}={r['gbit_s']:.2f}G/{r['s_per_gib']:.2f}s" for p, r in runs[-1].items()
+        ))  # fmt: skip
+    return {"ciphers": ciphers, "runs": runs, "suite": tls_suite(), "gib": gib}
+
+
+def rows(results: dict[str, Any]) -> Rows:
+    """The report's section (`bench.report.SECTIONS`), empty when the run had none."""
+    found = results.get("ceiling")
+    if not found:
+        return HEADER, []
+    header, body = table(found["runs"], found["ciphers"])
+    ciphers = ", ".join(f"{n} {s:.3f}" for n, s in found["ciphers"].items())
+    body.append([f"ciphers (CPU s/GiB): {ciphers}; carriers' suite {found['suite']}",
+                 "", "", "", "", "", "", LEGEND])  # fmt: skip
+    return header, body
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,3 +38,11 @@ def test_the_cipher_cost_is_read_from_openssl_speed() -> None:
         skip_or_fail("no openssl command")
     s_per_gib = ceiling.cipher_s_per_gib("aes-256-gcm", seconds=1)
     assert 0.01 < s_per_gib < 20  # CPU s per GiB: AES-GCM runs at 0.05-100 GB/s anywhere
+
+
+def test_visit_is_bounded_against_ssh_l_by_its_plaintext_twin_and_four_passes() -> None:
+    runs = [{"visit-plain": _fig(3.0), "visit": _fig(4.5), "sshl": _fig(3.6)}]
+    _, rows = ceiling.table(runs, {"aes-256-gcm": 0.25, "chacha20-poly1305": 0.3})
+    row = next(r for r in rows if r[0] == "visit vs sshl")
+    # floor 3.0 + 4 * 0.25 = 4.0; ssh -L 3.6 / 4.0 = 0.90x at best; measured 3.6 / 4.5 = 0.80x
+    assert row[2] == "4.00" and row[4] == "0.90x" and row[5] == "0.80x"
