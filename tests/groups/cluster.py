@@ -62,8 +62,8 @@ class NamedEcho:
         Closing a listening socket resets the connections queued on it, yet to a member they
         are open: its dial succeeded and it wrote the visitor's bytes, so no retry may save
         that visitor. The accept thread lags under load, so `stop` serves the queue itself,
-        then closes at once: only a connection completed between those two calls (a few
-        microseconds) can still be reset."""
+        then closes at once: only a connection completed between its last accept() and the
+        close (microseconds, unless the thread is preempted right there) can still be reset."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
