@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import (
+    ceiling,
     charts,
     cluster,
     http,
@@ -87,6 +88,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the resume-time and path-switch rows (bench.resume, bench.pathswitch)",
     )
+    ap.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the cipher-ceiling rows (bench.ceiling: CPU per GiB of every process of a "
+        "bulk stream, plaintext vs TLS vs visit vs ssh -L, beside the cipher's own cost)",
+    )
     ap.add_argument("--no-charts", action="store_true", help="do not draw PNG charts")
     ap.add_argument(
         "--muxtunnel",
@@ -121,7 +128,7 @@ def make_plan(a: argparse.Namespace) -> tuple[Plan, str]:
         plan.lfn_rtts, custom = (), True
     if a.paths or a.mux_log_level or a.profile or a.no_http or a.http_only or a.muxtunnel:
         custom = True  # not comparable with the reference run
-    if a.no_cluster:
+    if a.no_cluster or a.no_ceiling:
         custom = True  # not comparable with the reference run
     mode = "quick" if a.quick else "custom" if custom else "full"
     return plan, mode
@@ -224,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[yellow]{env.gotunnel_note}[/yellow]")
         if specs:
             _run_paths(env, plan, specs, results, console, tmp)
+        if not (a.no_ceiling or a.http_only or a.paths):
+            console.rule("cipher ceiling: CPU per GiB of every process of one bulk stream")
+            results["ceiling"] = ceiling.run(
+                env.muxtunnel, 0.5 if a.quick else 1.0, 1 if a.quick else plan.repeats,
+                lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}"),
+            )  # fmt: skip
         if not (a.no_resume or a.http_only):
             console.rule("resume time: carrier reset under a streaming visitor")
             rtts = (0.0, *plan.lfn_rtts[:1])  # loopback, and the first long-fat-link RTT

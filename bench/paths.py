@@ -514,8 +514,17 @@ def _muxtunnel(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
         )
 
 
+def visit_path(tls: bool) -> Opener:
+    """The private-service path, with TLS carriers as it runs by default or `--no-tls` ones."""
+
+    def opener(env: Env, rtt_ms: float | None) -> AbstractContextManager[Endpoint]:
+        return _visit(env, rtt_ms, tls)
+
+    return opener
+
+
 @contextlib.contextmanager
-def visit(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
+def _visit(env: Env, rtt_ms: float | None, tls: bool) -> Iterator[Endpoint]:
     """`listen` + `up --private` + `muxtunnel visit`: the services have no public port; the
     visitor's connections cross two mux hops (visit -> listen -> up). With rtt_ms the delay
     proxy sits between visit and listen, the hop a visitor crosses (as for ssh -L)."""
@@ -527,6 +536,8 @@ def visit(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
     control, pub, echo = free_port(), free_port(udp_too=True), free_port()
     with ExitStack() as stack:
         log = ["--log-level", env.mux_log_level] if env.mux_log_level else []
+        if not tls:
+            log.append("--no-tls")
         listen = stack.enter_context(
             _proc("visit-listen", [str(exe), "listen", "--bind", f"{LOCAL}:{control}", *log], env,
                   extra_env=penv, stop_signal=signal.SIGINT)
@@ -568,6 +579,10 @@ def visit(env: Env, rtt_ms: float | None) -> Iterator[Endpoint]:
             {"listen": [listen.pid], "up": [up.pid], "visit": [visitor.pid]},
             ["two mux hops: visit -> listen -> up"],
         )
+
+
+#: The private-service path as `python -m bench` runs it (TLS carriers).
+visit = visit_path(tls=True)
 
 
 # -- registry -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import cluster, http, pathswitch, resume
+from bench import ceiling, cluster, http, pathswitch, resume
 
 Rows = tuple[list[str], list[list[str]]]  # (header, rows)
 
@@ -268,6 +268,7 @@ SECTIONS = [
     ("Latency: 64-byte request/response; short visitor connections", latency_rows),
     ("Small messages: 64-byte request/response, concurrent visitors", messages_rows),
     ("Long fat link: delay proxy between the tunnel's two halves", lfn_rows),
+    ("What the cipher leaves: CPU per GiB of every process of one bulk stream", ceiling.rows),
     ("HTTP requests through --http, --tcp and direct (wrk against nginx)", http.rows),
     ("Cluster: through the owning node and a forwarding one; one node vs three", cluster.rows),
     ("Resume time: up's carrier reset under a streaming visitor (delay proxy)", resume.rows),
