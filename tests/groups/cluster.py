@@ -56,12 +56,27 @@ class NamedEcho:
         threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
 
     def stop(self) -> None:
-        """Stop listening: new connections are refused; open ones carry on."""
+        """Stop listening: new connections are refused; open ones carry on, those still in the
+        listen queue too.
+
+        Closing a listening socket resets the connections queued on it, yet to a member they
+        are open: its dial succeeded and it wrote the visitor's bytes, so no retry may save
+        that visitor. The accept thread lags under load, so `stop` serves the queue itself,
+        then closes at once: only a connection completed between its last accept() and the
+        close (microseconds, unless the thread is preempted right there) can still be reset."""
         sock, self._sock = self._sock, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        if sock is None:
+            return
+        sock.setblocking(False)  # the accept thread returns at its next empty accept()
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            self._serve(conn)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
     def _accept(self, sock: socket.socket) -> None:
         while True:
@@ -69,9 +84,12 @@ class NamedEcho:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+        threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
 
     def _echo(self, conn: socket.socket) -> None:
         conn.settimeout(120)
