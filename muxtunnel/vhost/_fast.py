@@ -228,6 +228,16 @@ def _head_bytes(head: ResponseHead, extra: bytes) -> bytes:
 def take_response_head(data: bytes, max_head_bytes: int) -> tuple[ResponseHead, bytes] | None:
     """The response head `data` starts with and the bytes after it; None while it is not all
     there. A head past `max_head_bytes` or not HTTP/1.1 breaks the upstream."""
+    end = data.find(b"\r\n\r\n")
+    if 0 <= end <= max_head_bytes:
+        # Nearly every head. One that parses up to its first CRLF CRLF has no empty line, so
+        # no blank line of bare LFs ended it before: the two searches `find_response_head`
+        # makes to be sure of that (~1 us) are moot. A head that does not parse so is found
+        # and parsed as before (and refused as before if it is broken).
+        try:
+            return parse_response_head(data[:end]), data[end + 4 :]
+        except ValueError:
+            pass
     found = find_response_head(data)
     if found is None:
         if len(data) > max_head_bytes:

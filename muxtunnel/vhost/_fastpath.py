@@ -152,12 +152,12 @@ class FastPath:
             set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
             connection=request.connection_tokens, relayed=conn.relayed,
         )  # fmt: skip
-        lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
-        lines.extend(b"%b: %b\r\n" % pair for pair in headers)
-        lines.append(b"\r\n")
-        lines.append(body)
+        # Joined in C (`map` of bytes.join over the pairs): a format per line cost ~2 us.
+        data = b"%b %b HTTP/1.1\r\n%b\r\n\r\n%b" % (
+            request.method, request.target, b"\r\n".join(map(b": ".join, headers)), body
+        )  # fmt: skip
         timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
-        return b"".join(lines), timeout_s
+        return data, timeout_s
 
     def route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
         """The request and its route when the fast path can forward it as it is; None when

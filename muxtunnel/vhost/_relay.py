@@ -236,7 +236,8 @@ class CallbackPath:
             self._finish(Outcome.NEXT)
             return
         request, route, host = found
-        if route.target != up.target or route.target.options.per_request:
+        target = route.target  # nearly always the very object: `is` before a dataclass's ==
+        if (target is not up.target and target != up.target) or target.options.per_request:
             self._finish(Outcome.NEXT)
             return
         data, timeout_s = self.fast.build(request, route, host)

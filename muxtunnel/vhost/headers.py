@@ -42,12 +42,20 @@ HOP_BY_HOP = frozenset(
 )
 #: Headers the proxy writes itself on the way to the service.
 _FORWARDED_SET = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+#: What `request_headers` always drops, by `relayed`: hop-by-hop, Host (written first), Expect
+#: (we answer 100-continue ourselves; other expectations never get here) and, unless another
+#: node of ours set them, the forwarded headers we write.
+_DROP = {
+    False: HOP_BY_HOP | _FORWARDED_SET | {b"host", b"expect"},
+    True: HOP_BY_HOP | {b"host", b"expect"},
+}
+_AUTHORIZATION = (b"authorization",)
 
 
 class ForwardedFor:
     """The visitor's address, pre-formatted for `X-Forwarded-For` and `Forwarded` (once)."""
 
-    __slots__ = ("forwarded_for", "xff")
+    __slots__ = ("_element", "forwarded_for", "xff")
 
     def __init__(self, host: str, port: int) -> None:
         try:
@@ -67,6 +75,16 @@ class ForwardedFor:
             node = "unknown"
         #: The `for=` parameter of a Forwarded element (RFC 7239 §6: quoted when it holds ':').
         self.forwarded_for = node.encode()
+        #: The last element made, with its host and proto: a keep-alive visitor repeats them.
+        self._element: tuple[bytes | None, bytes, bytes] = (None, b"", b"")
+
+    def element(self, host: bytes | None, proto: bytes) -> bytes:
+        """`forwarded_element(self, host, proto)`, made once per host and proto in a row."""
+        last_host, last_proto, element = self._element
+        if host != last_host or proto != last_proto or not element:
+            element = forwarded_element(self, host, proto)
+            self._element = (host, proto, element)
+        return element
 
 
 def forwarded_element(visitor: ForwardedFor, host: bytes | None, proto: bytes) -> bytes:
@@ -121,15 +139,10 @@ def request_headers(
     the caller has them already. `relayed`: another node of our cluster set the forwarded
     headers already (for this visitor): they are kept as they came, none is added.
     """
-    drop = set(connection) if connection is not None else connection_tokens(raw)
-    drop.update(HOP_BY_HOP)
-    if not relayed:
-        drop.update(_FORWARDED_SET)
-    drop.update(remove)
-    drop.add(b"host")
-    drop.add(b"expect")  # we answer 100-continue ourselves; other expectations never get here
-    if strip_authorization:
-        drop.add(b"authorization")
+    drop = _DROP[relayed]  # one frozenset per request shape, no set built per request
+    tokens = connection if connection is not None else connection_tokens(raw)
+    if remove or strip_authorization or (tokens and not drop.issuperset(tokens)):
+        drop = drop.union(tokens, remove, _AUTHORIZATION if strip_authorization else ())
     out: list[Header] = [(b"Host", host_rewrite or host)]
     xff: list[bytes] = []
     forwarded: list[bytes] = []
@@ -148,7 +161,7 @@ def request_headers(
         out.append((b"X-Forwarded-For", b", ".join(xff)))
         out.append((b"X-Forwarded-Proto", proto))
         out.append((b"X-Forwarded-Host", host))
-        forwarded.append(forwarded_element(visitor, host, proto))
+        forwarded.append(visitor.element(host, proto))
         out.append((b"Forwarded", b", ".join(forwarded)))
     out.extend(set_headers)
     if upgrade is not None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from muxtunnel.vhost._fast import take_response_head
 from muxtunnel.vhost._wire import (
     ChunkScanner,
     find_response_head,
@@ -151,10 +152,40 @@ def test_responses_whose_framing_is_ambiguous_are_refused(head: bytes) -> None:
         parse_response_head(head)
 
 
+@pytest.mark.parametrize("status_end", [b"\r\n", b"\n"])
+def test_crlf_header_lines_pass_through_as_they_came_less_hop_by_hop(status_end: bytes) -> None:
+    head = parse_response_head(
+        b"HTTP/1.1 200 OK" + status_end + b"Server:  x \r\nCONNECTION: Keep-Alive\r\n"
+        b"content-LENGTH: 7\r\nKeep-Alive: timeout=5\r\nX-A:\tb\r\nTE: trailers"
+    )
+    assert (head.status, head.reason, head.length, head.keep_alive) == (200, b"OK", 7, True)
+    assert head.lines == b"Server:  x \r\ncontent-LENGTH: 7\r\nX-A:\tb\r\n"
+
+
 def test_a_response_head_ends_at_its_blank_line() -> None:
     assert find_response_head(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody") == (21, 25)
     assert find_response_head(b"HTTP/1.1 200 OK\nA: b\n\nbody") == (20, 22)
     assert find_response_head(b"HTTP/1.1 200 OK\r\nA: b\r\n") is None
+
+
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=4, max_size=4),
+    st.sampled_from([b"", b"\r\n\r\n", b"ab\r\n\r\ncd", b"\n\n\r\n\r\n", b"X-B: c\r\n\r\n"]),
+)
+def test_a_response_head_is_taken_up_to_its_own_blank_line(ends: list[bytes], body: bytes) -> None:
+    """However its lines end, a head ends at its own blank line, not at a CRLF CRLF in the
+    body after a blank line of bare LFs (`take_response_head` tries the CRLF CRLF first)."""
+    data = b"HTTP/1.1 200 OK%bContent-Length: %d%bX-A: b%b%b%b" % (
+        ends[0], len(body), ends[1], ends[2], ends[3], body
+    )  # fmt: skip
+    end, body_start = find_response_head(data) or (-1, -1)
+    assert data[body_start:] == body
+    head, rest = take_response_head(data, 64 * 1024)
+    assert rest == body and head.length == len(body)
+    written = parse_response_head(data[:end])
+    assert (head.status, head.lines, head.keep_alive) == (
+        written.status, written.lines, written.keep_alive
+    )  # fmt: skip
 
 
 BODY = b"5;ext=1\r\nhello\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nX-Trailer: t\r\n\r\n"

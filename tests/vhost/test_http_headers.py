@@ -95,6 +95,21 @@ def test_ipv6_visitor_is_quoted_in_forwarded() -> None:
     assert mapped.xff == b"192.0.2.7" and mapped.forwarded_for == b'"192.0.2.7:80"'
 
 
+def test_one_visitors_requests_to_other_hosts_and_protos_each_get_their_own_forwarded() -> None:
+    """The element a connection made for its last request is reused only for the same host
+    and proto: nothing of one request's leaks into the next."""
+    from muxtunnel.vhost.headers import ForwardedFor, forwarded_element, request_headers
+
+    visitor = ForwardedFor("192.0.2.7", 4711)
+    raw = [(b"Forwarded", b"for=client"), (b"Accept", b"*/*")]
+    for host, proto in [(b"a.example", b"http"), (b"a.example", b"http"), (b"b.example", b"http"),
+                        (b"b.example", b"https"), (b"a.example", b"http")]:  # fmt: skip
+        headers = dict(request_headers(raw, visitor=visitor, proto=proto, host=host))
+        fresh = forwarded_element(ForwardedFor("192.0.2.7", 4711), host, proto)
+        assert headers[b"Forwarded"] == b"for=client, " + fresh
+        assert headers[b"X-Forwarded-Host"] == host and headers[b"X-Forwarded-Proto"] == proto
+
+
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
