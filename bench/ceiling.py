@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.cost import _env
+from bench.cost import probe_env
 from bench.paths import REPO, Env, Opener, muxtunnel, ssh_l, visit_path
 
 GIB = 2**30
@@ -128,21 +128,12 @@ def measure_path(env: Env, opener: Opener, server_pid: int, nbytes: int) -> dict
 def measure(exe: Path, gib: float, paths: list[str]) -> dict[str, dict[str, float]]:
     """Every path of `paths` once, on fresh tunnels sharing one iperf3 server."""
     out: dict[str, dict[str, float]] = {}
-    with _env(exe) as env:
-        server_pid = _server_pid(env)
+    with probe_env(exe) as (env, server):
+        assert server.proc is not None
+        server_pid = server.proc.pid
         for name in paths:
             out[name] = measure_path(env, PATHS[name][0], server_pid, int(gib * GIB))
     return out
-
-
-def _server_pid(env: Env) -> int:
-    """The pid of the iperf3 server `_env` started (the one listening on its port)."""
-    port = env.iperf[1]
-    cp = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True)
-    m = re.search(r"pid=(\d+)", cp.stdout)
-    if m is None:
-        raise RuntimeError(f"no process listens on port {port}: {cp.stdout!r}")
-    return int(m.group(1))
 
 
 Rows = tuple[list[str], list[list[str]]]

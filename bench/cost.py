@@ -50,8 +50,9 @@ def _cpu(roles: dict[str, list[int]]) -> float:
 
 
 @contextlib.contextmanager
-def _env(exe: Path) -> Iterator[Env]:
-    """An iperf3 server and an echo server for the probes, and the bench's `Env` around them."""
+def probe_env(exe: Path) -> Iterator[tuple[Env, IperfServer]]:
+    """An iperf3 server and an echo server for the probes, and the bench's `Env` around them
+    (with the iperf3 server, whose process a probe may count)."""
     tmp = Path(f"/tmp/bench-cost-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
     with IperfServer(tmp) as server:
@@ -59,7 +60,10 @@ def _env(exe: Path) -> Iterator[Env]:
         try:
             m = echo.wait_line(r"^listening (\S+):(\d+)", 10)
             echo_at = (m.group(1), int(m.group(2)))
-            yield Env(tmp=tmp, iperf=server.address, echo=echo_at, results=tmp, muxtunnel=exe)
+            yield (
+                Env(tmp=tmp, iperf=server.address, echo=echo_at, results=tmp, muxtunnel=exe),
+                server,
+            )
         finally:
             echo.stop()
 
@@ -67,7 +71,7 @@ def _env(exe: Path) -> Iterator[Env]:
 def measure(exe: Path) -> dict[str, float]:
     """CPU microseconds per unit of work for each probe, on a fresh tunnel."""
     out: dict[str, float] = {}
-    with _env(exe) as env, muxtunnel(tls=False)(env, None) as ep:
+    with probe_env(exe) as (env, _), muxtunnel(tls=False)(env, None) as ep:
         time.sleep(0.5)
         out["rss_idle_mib"] = sum(procstat.current_rss_mib(ep.roles).values())
         latency.request_response(ep.echo, count=50, interval=0)  # warm up
@@ -109,7 +113,7 @@ def measure_private(exe: Path) -> dict[str, float]:
     and through `ssh -L`."""
     out: dict[str, float] = {}
     openers: dict[str, Opener] = {"visit": visit, "sshl": ssh_l}
-    with _env(exe) as env:
+    with probe_env(exe) as (env, _):
         for path, opener in openers.items():
             with opener(env, None) as ep:
                 time.sleep(0.5)
