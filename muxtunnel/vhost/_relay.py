@@ -42,6 +42,7 @@ from muxtunnel.vhost._exchange import (
     UpstreamConnection,
     VisitorGone,
 )
+from muxtunnel.vhost._fast import LastHead
 from muxtunnel.vhost._response import ResponseRelay
 from muxtunnel.vhost._socket import LentStream, VisitorSocket
 from muxtunnel.vhost.routes import Route
@@ -118,6 +119,8 @@ class CallbackPath:
         self._head_timed = False  # the head being read has its deadline
         #: The response in flight (None: no request in flight).
         self._response: ResponseRelay | None = None
+        #: The service's last response head, parsed (it sends the same one again and again).
+        self._last_head = LastHead()
         #: What `HttpConnection._expired` reads of the request in flight.
         self.received_bytes = 0
         self.response_timeout_s = 0.0
@@ -248,6 +251,7 @@ class CallbackPath:
         self._response = ResponseRelay(
             self._to_visitor, route.counters, head_only=request.method == b"HEAD",
             visitor_close=request.close, max_head_bytes=config.max_response_header_bytes,
+            last=self._last_head,
         )  # fmt: skip
         conn.current = (route, self)
         try:

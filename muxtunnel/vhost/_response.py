@@ -18,7 +18,7 @@ import enum
 from collections.abc import Callable
 
 from muxtunnel.vhost._exchange import UpstreamBroken
-from muxtunnel.vhost._fast import _head_bytes, take_response_head
+from muxtunnel.vhost._fast import LastHead, _head_bytes, take_response_head
 from muxtunnel.vhost._wire import ChunkScanner
 from muxtunnel.vhost.counters import ServiceCounters
 
@@ -36,7 +36,8 @@ class ResponseRelay:
     """Relays one response from the service's bytes to `write` (see the module doc)."""
 
     __slots__ = ("_body", "_left", "_pending", "_scanner", "counters", "head_only", "keep_alive",
-                 "max_head_bytes", "status", "trailing", "visitor_close", "write")  # fmt: skip
+                 "last", "max_head_bytes", "status", "trailing", "visitor_close",
+                 "write")  # fmt: skip
 
     def __init__(
         self,
@@ -46,8 +47,11 @@ class ResponseRelay:
         head_only: bool,
         visitor_close: bool,
         max_head_bytes: int,
+        last: LastHead | None = None,
     ) -> None:
         self.write = write
+        #: The connection's last response head (`take_response_head`).
+        self.last = last
         self.counters = counters
         self.head_only = head_only
         self.visitor_close = visitor_close
@@ -86,7 +90,7 @@ class ResponseRelay:
 
     def _head(self, data: bytes) -> bool:
         while True:
-            taken = take_response_head(data, self.max_head_bytes)
+            taken = take_response_head(data, self.max_head_bytes, self.last)
             if taken is None:
                 self._pending = data
                 return False
@@ -105,7 +109,8 @@ class ResponseRelay:
             extra = b"Transfer-Encoding: chunked\r\n"  # as `_fast` (and h11) frame it
         if self.visitor_close:
             extra += b"Connection: close\r\n"
-        out = _head_bytes(head, extra)
+        last = self.last
+        out = _head_bytes(head, extra) if last is None else last.head_bytes(head, extra)
         self.status = head.status
         self.counters.count_response(head.status)
         self.keep_alive = head.keep_alive
