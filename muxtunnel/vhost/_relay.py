@@ -119,8 +119,11 @@ class CallbackPath:
         self._head_timed = False  # the head being read has its deadline
         #: The response in flight (None: no request in flight).
         self._response: ResponseRelay | None = None
-        #: The service's last response head, parsed (it sends the same one again and again).
-        self._last_head = LastHead()
+        #: What relays every response of the connection in turn, with the service's last
+        #: response head, parsed (it sends the same one again and again).
+        self._relay = ResponseRelay(
+            self._to_visitor, conn.config.max_response_header_bytes, LastHead()
+        )
         #: What `HttpConnection._expired` reads of the request in flight.
         self.received_bytes = 0
         self.response_timeout_s = 0.0
@@ -248,11 +251,8 @@ class CallbackPath:
         self.received_bytes = 0
         self.response_timeout_s = timeout_s
         self._head_timed = False
-        self._response = ResponseRelay(
-            self._to_visitor, route.counters, head_only=request.method == b"HEAD",
-            visitor_close=request.close, max_head_bytes=config.max_response_header_bytes,
-            last=self._last_head,
-        )  # fmt: skip
+        self._response = response = self._relay
+        response.start(route.counters, request.method == b"HEAD", request.close)
         conn.current = (route, self)
         try:
             self._stream.write(data)

@@ -33,29 +33,23 @@ class _Body(enum.Enum):
 
 
 class ResponseRelay:
-    """Relays one response from the service's bytes to `write` (see the module doc)."""
+    """Relays a connection's responses, one at a time (`start`), from the service's bytes to
+    `write` (see the module doc)."""
 
     __slots__ = ("_body", "_left", "_pending", "_scanner", "counters", "head_only", "keep_alive",
                  "last", "max_head_bytes", "status", "trailing", "visitor_close",
                  "write")  # fmt: skip
 
     def __init__(
-        self,
-        write: Callable[[bytes], None],
-        counters: ServiceCounters,
-        *,
-        head_only: bool,
-        visitor_close: bool,
-        max_head_bytes: int,
-        last: LastHead | None = None,
+        self, write: Callable[[bytes], None], max_head_bytes: int, last: LastHead | None = None
     ) -> None:
         self.write = write
+        self.max_head_bytes = max_head_bytes
         #: The connection's last response head (`take_response_head`).
         self.last = last
-        self.counters = counters
-        self.head_only = head_only
-        self.visitor_close = visitor_close
-        self.max_head_bytes = max_head_bytes
+        self.counters = ServiceCounters()
+        self.head_only = False
+        self.visitor_close = False
         self.status: int | None = None
         #: The service keeps its connection open after this response.
         self.keep_alive = False
@@ -65,6 +59,21 @@ class ResponseRelay:
         self._pending = b""  # the head so far, or a chunked body's unscanned tail
         self._left = 0
         self._scanner: ChunkScanner | None = None
+
+    def start(self, counters: ServiceCounters, head_only: bool, visitor_close: bool) -> None:
+        """Relay the next response (of a request `head_only`, whose visitor asked to close
+        after it or not): one relay serves all the responses of a connection in turn (making
+        one per response cost ~1 us of a keep-alive request)."""
+        self.counters = counters
+        self.head_only = head_only
+        self.visitor_close = visitor_close
+        self.status = None
+        self.keep_alive = False
+        self.trailing = False
+        self._body = _Body.HEAD
+        self._pending = b""
+        self._left = 0
+        self._scanner = None
 
     def feed(self, data: bytes) -> bool:
         """Relay the service's next bytes; True once the response has ended."""

@@ -75,14 +75,13 @@ def test_the_same_head_again_is_the_same_parse_and_a_changed_one_is_parsed_anew(
 def relayed(data_list: list[bytes], last: LastHead | None, *, close: bool) -> list[bytes]:
     """What the visitor gets of each response (one `ResponseRelay` per response)."""
     out = []
+    written: list[bytes] = []
+    relay = ResponseRelay(written.append, 64 * 1024, last)  # one per connection
     for data in data_list:
-        written: list[bytes] = []
-        relay = ResponseRelay(
-            written.append, ServiceCounters(), head_only=False, visitor_close=close,
-            max_head_bytes=64 * 1024, last=last,
-        )  # fmt: skip
+        relay.start(ServiceCounters(), False, close)
         assert relay.feed(data)
         out.append(b"".join(written))
+        written.clear()
     return out
 
 
