@@ -225,10 +225,11 @@ class CallbackPath:
                 conn.deadline.set(config.idle_timeout_s, "idle")
             if self.socket.eof or self.socket.error is not None:
                 self._finish(Outcome.NEXT if buffer else Outcome.END)
-            elif (
+            elif (  # `find`, not `in`: `bytes in bytes` tries its operand as an int first,
+                # and raises and clears a TypeError (~1k instructions, here after every response)
                 len(buffer) > config.max_header_bytes
-                or b"\n\n" in buffer
-                or b"\n\r\n" in buffer
+                or buffer.find(b"\n\n") >= 0
+                or buffer.find(b"\n\r\n") >= 0
                 or buffer.startswith(b"\r\n")
             ):
                 self._finish(Outcome.NEXT)  # h11 says what is wrong with it
