@@ -6,11 +6,11 @@ from anyio: `_socket.VisitorSocket`) and the upstream stream to a `CallbackPath`
 
 - the visitor's bytes collect in `Heads.buffer` as the loop reads them; a whole head that
   `FastPath.route` accepts, for the kept upstream's target, is rewritten (`FastPath.build`)
-  and written to the stream in the same callback;
-- the stream's bytes (`mux.StreamConsumer`) go through a `_response.ResponseRelay` (framing
-  only) to the visitor's transport in the same callback; credit goes back to the service only
-  while the transport is below its mark (as `relay.Relay` does), so a visitor that reads slowly
-  stalls the service, not our memory;
+  and written to the stream in the same callback (a head equal to the last: as it was);
+- the stream's bytes (`mux.StreamConsumer`) go through the connection's `ResponseRelay`
+  (framing only; a head equal to the last is not parsed again) to the visitor's transport in
+  the same callback; credit goes back to the service only while the transport is below its
+  mark (as `relay.Relay` does), so a slow visitor stalls the service, not our memory;
 - the next request is taken once the response has ended (pipelined ones wait, in order).
 
 Anything else (a head it does not take, another target, a kept upstream gone, an error, the

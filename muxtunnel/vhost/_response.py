@@ -1,15 +1,18 @@
-"""One response relayed by its framing only, bytes in, bytes out: the callback path's half.
+"""Responses relayed by their framing only, bytes in, bytes out: the callback path's half.
 
+One `ResponseRelay` per connection relays its responses in turn (`start` for each).
 `ResponseRelay.feed` takes the service's bytes as they come and writes the visitor's at once:
 the head (parsed by `_wire.parse_response_head`, rewritten as `_fast` rewrites it), then the
 body by its Content-Length, its chunk framing (`ChunkScanner`, bytes unchanged), or until the
-service closes (`eof`; re-framed as chunked, so the visitor's connection stays alive). No
-clock, no I/O of its own: `_relay.CallbackPath` drives it and owns the deadlines.
+service closes (`eof`; re-framed as chunked, so the visitor's connection stays alive). A
+head equal to the service's last one, byte for byte, is not parsed again (`_fast.LastHead`).
+No clock, no I/O of its own: `_relay.CallbackPath` drives it and owns the deadlines.
 
-Invariants: `status` is set once the final head was written (from then on a failure must reset
-the visitor); `feed` and `eof` return True once, when the response ended whole; `trailing`
-says bytes came after it (the stream is not HTTP any more); malformed input raises
-`UpstreamBroken`.
+Invariants: nothing of one response outlives the next `start` but the connection's
+`LastHead` (a function of a head's bytes alone); `status` is set once the final head was
+written (from then on a failure must reset the visitor); `feed` and `eof` return True once,
+when the response ended whole; `trailing` says bytes came after it (the stream is not HTTP
+any more); malformed input raises `UpstreamBroken`.
 """
 
 from __future__ import annotations
