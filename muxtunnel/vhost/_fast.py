@@ -35,7 +35,7 @@ from muxtunnel.vhost._wire import (
 )
 from muxtunnel.vhost.routes import Route
 
-__all__ = ["FastExchange", "LastHead", "take_response_head"]
+__all__ = ["LAST_HEAD_BYTES", "FastExchange", "LastHead", "take_response_head"]
 
 
 class FastExchange:
@@ -225,6 +225,11 @@ def _head_bytes(head: ResponseHead, extra: bytes) -> bytes:
     return b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (head.status, head.reason, head.lines, extra)
 
 
+#: A response head up to this size is remembered (`LastHead`): most are well below it
+#: (nginx's ~250 bytes), and an idle connection must not keep a large one (up to 64 KiB).
+LAST_HEAD_BYTES = 4 * 1024
+
+
 class LastHead:
     """The last CRLF response head one connection's service sent, parsed, and what the
     visitor got of it: a keep-alive service sends the same head again and again (nginx's
@@ -276,7 +281,7 @@ def take_response_head(
         except ValueError:
             pass
         else:
-            if last is not None:
+            if last is not None and end <= LAST_HEAD_BYTES:
                 last.raw, last.head, last.out = data[: end + 4], head, b""
             return head, data[end + 4 :]
     found = find_response_head(data)

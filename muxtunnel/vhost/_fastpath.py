@@ -42,12 +42,16 @@ from muxtunnel.vhost.names import InvalidHostError, normalise_host
 from muxtunnel.vhost.routes import Route, RouteTable, routing_path
 from muxtunnel.vhost.streams import linger_close
 
-__all__ = ["FAST_BODY_BYTES", "ConnectionView", "FastPath", "InFlight"]
+__all__ = ["FAST_BODY_BYTES", "REMEMBER_HEAD_BYTES", "ConnectionView", "FastPath", "InFlight"]
 
 #: A body with a Content-Length up to this size, all of it already read with its head, rides
 #: the fast path with the head in one write; a longer one, or one still coming, goes to h11,
 #: which streams it (a small POST's body nearly always comes in the head's segment).
 FAST_BODY_BYTES = 64 * 1024
+#: A request head up to this size is remembered for the next (`_Rewrite`): what a client
+#: repeats is a small head (wrk's is ~60 bytes, a browser's 0.5-2 KiB), and a connection
+#: that keeps a head between requests must not keep a large one (a head may be 32 KiB).
+REMEMBER_HEAD_BYTES = 4 * 1024
 
 
 class InFlight(Protocol):
@@ -190,7 +194,8 @@ class FastPath:
             request.method, request.target, b"\r\n".join(map(b": ".join, headers)), body
         )  # fmt: skip
         timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
-        if not request.length:  # `route` ran just before, on the table as it is now
+        if not request.length and request.size <= REMEMBER_HEAD_BYTES:
+            # `route` ran just before, on the table as it is now
             routes = conn.engine.http_routes
             self._last = _Rewrite(taken[:-4], routes, request, route, host, data, timeout_s)
         return data, timeout_s

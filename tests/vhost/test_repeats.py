@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from muxtunnel.vhost._fast import LastHead, take_response_head
-from muxtunnel.vhost._fastpath import FastPath
+from muxtunnel.vhost._fast import LAST_HEAD_BYTES, LastHead, take_response_head
+from muxtunnel.vhost._fastpath import REMEMBER_HEAD_BYTES, FastPath
 from muxtunnel.vhost._response import ResponseRelay
 from muxtunnel.vhost.config import VhostConfig
 from muxtunnel.vhost.counters import ServiceCounters
@@ -70,6 +70,19 @@ def test_the_same_head_again_is_the_same_parse_and_a_changed_one_is_parsed_anew(
     assert again[0] is first[0] and again[1] == b"world"
     longer = take_response_head(HEADS[1] + b"x" * 50, 64 * 1024, last)
     assert longer is not None and longer[0].length == 50 and longer[0] is not first[0]
+
+
+def test_a_large_response_head_is_not_kept() -> None:
+    """An idle connection keeps no head past `LAST_HEAD_BYTES` (it still takes it whole)."""
+    last = LastHead()
+    small = take_response_head(HEADS[0], 64 * 1024, last)
+    assert small is not None and last.raw == HEADS[0]
+    pad = b"X-Pad: " + b"p" * LAST_HEAD_BYTES + b"\r\n"
+    large = HEADS[0].replace(b"X-A: 1\r\n", pad)
+    for _ in range(2):
+        taken = take_response_head(large + b"hello", 64 * 1024, last)
+        assert taken is not None and taken[1] == b"hello" and taken[0] is not small[0]
+        assert last.raw == HEADS[0]  # the small one stays (valid as ever), the large is not kept
 
 
 def relayed(data_list: list[bytes], last: LastHead | None, *, close: bool) -> list[bytes]:
@@ -169,6 +182,19 @@ def test_a_repeated_request_head_is_rewritten_as_a_fresh_one_until_the_table_cha
     moved = forward(fast, conn, to_a)
     assert moved is not None and moved[1] == "c" and b"\r\nX-Route: c\r\n" in moved[0]
     assert moved == fresh(to_a)
+
+
+def test_a_large_request_head_is_not_kept() -> None:
+    """A connection keeps no head past `REMEMBER_HEAD_BYTES`; it is forwarded as ever."""
+    conn = _Conn()
+    conn.engine.http_routes.add(RouteTarget("a", "owner"), ["a.example.com"])
+    fast = FastPath(conn)  # type: ignore[arg-type]
+    pad = b"X-Pad: " + b"p" * REMEMBER_HEAD_BYTES + b"\r\n"
+    large = b"GET /x HTTP/1.1\r\nHost: a.example.com\r\n" + pad + b"\r\n"
+    for _ in range(2):
+        sent = forward(fast, conn, large)
+        assert sent is not None and sent[1] == "a" and pad in sent[0]
+        assert fast._last is None
 
 
 def test_a_repeated_head_with_a_body_is_built_anew() -> None:
