@@ -305,7 +305,8 @@ class CallbackPath:
     def visitor_data(self, data: bytes) -> None:
         heads = self.conn.heads
         heads.buffer += data  # type: ignore[operator]
-        if self._response is not None or not self._lent:
+        done = self._done  # not lent (`_lent`, inline: a property call per request)
+        if self._response is not None or done is None or done.done():
             if len(heads.buffer) > self.conn.config.max_header_bytes:
                 self.socket.set_reading(False)  # taken up again when the task reads
             return
@@ -353,7 +354,8 @@ class CallbackPath:
         else:
             stream.consumed(size)
         response = self._response
-        if response is None or not self._lent:
+        done = self._done  # not lent (`_lent`, inline)
+        if response is None or done is None or done.done():
             self._up.dead = True  # bytes nobody asked for: not HTTP any more
             self.abortive = True
             self._finish(Outcome.NEXT)  # the task closes it now, not at the next request
