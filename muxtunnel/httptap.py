@@ -79,7 +79,7 @@ class _Pending(Raw):
     __slots__ = ("head_only", "request_done", "response_done", "switches", "tunnel")
 
     def __init__(self, id: int, service: str, peer: str) -> None:
-        super().__init__(id, service, peer, time.time(), time.monotonic())
+        Raw.__init__(self, id, service, peer, time.time(), time.monotonic())
         #: Its response has no body (HEAD); it may switch protocols (Upgrade, CONNECT); CONNECT.
         self.head_only = False
         self.switches = False
@@ -385,13 +385,18 @@ class Tap:
             keep(pending.response_body, self._cap, data)
             pending.response_bytes += len(data)
             return b""
-        take = min(self._response_left, len(data))
-        keep(pending.response_body, self._cap, data, 0, take)
+        left, size = self._response_left, len(data)
+        take = left if left < size else size
+        body = pending.response_body
+        room = self._cap - len(body)
+        if room > 0:  # as `keep`, inline: this runs for nearly every response
+            body += data[: take if take < room else room] if take < size or room < size else data
         pending.response_bytes += take
-        self._response_left -= take
-        if not self._response_left:
+        self._response_left = left - take
+        if left == take:
             self._response_ended(pending)
-        return data[take:]
+            return data[take:] if take < size else b""
+        return b""
 
     def _response_ended(self, pending: _Pending) -> None:
         pending.t_end = time.monotonic()
@@ -400,7 +405,7 @@ class Tap:
         self._open.popleft()
         self._open_bytes -= len(pending.request_head) + _PENDING_BYTES
         if pending.request_done:
-            self._record(pending)
+            self._captures.add(pending)  # as `_record`, without an error
         if self._requests_broken and not self._open:
             self._abandon()
 
