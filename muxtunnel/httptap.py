@@ -245,7 +245,7 @@ class Tap:
         method = line[1]
         lower = head.lower()
         tunnel = method == b"CONNECT"
-        switches = tunnel or b"\nupgrade:" in lower
+        switches = tunnel or lower.find(b"\nupgrade:") >= 0  # find: `in` tries an int first
         left, chunks = body_framing(head, lower)
         head_only = method == b"HEAD"
         pending = self._request_opened(head, head_only, switches, tunnel)
