@@ -67,8 +67,8 @@ class Heads:
             if (
                 self._eof
                 or len(buffer) > config.max_header_bytes
-                or b"\n\n" in buffer
-                or b"\n\r\n" in buffer
+                or buffer.find(b"\n\n") >= 0  # not `in`: see `_relay._advance`
+                or buffer.find(b"\n\r\n") >= 0
                 or buffer.startswith(b"\r\n")
             ):
                 if not timed and buffer:  # h11 reads the rest within head_timeout_s

@@ -6,11 +6,11 @@ from anyio: `_socket.VisitorSocket`) and the upstream stream to a `CallbackPath`
 
 - the visitor's bytes collect in `Heads.buffer` as the loop reads them; a whole head that
   `FastPath.route` accepts, for the kept upstream's target, is rewritten (`FastPath.build`)
-  and written to the stream in the same callback;
-- the stream's bytes (`mux.StreamConsumer`) go through a `_response.ResponseRelay` (framing
-  only) to the visitor's transport in the same callback; credit goes back to the service only
-  while the transport is below its mark (as `relay.Relay` does), so a visitor that reads slowly
-  stalls the service, not our memory;
+  and written to the stream in the same callback (a head equal to the last: as it was);
+- the stream's bytes (`mux.StreamConsumer`) go through the connection's `ResponseRelay`
+  (framing only; a head equal to the last is not parsed again) to the visitor's transport in
+  the same callback; credit goes back to the service only while the transport is below its
+  mark (as `relay.Relay` does), so a slow visitor stalls the service, not our memory;
 - the next request is taken once the response has ended (pipelined ones wait, in order).
 
 Anything else (a head it does not take, another target, a kept upstream gone, an error, the
@@ -42,6 +42,7 @@ from muxtunnel.vhost._exchange import (
     UpstreamConnection,
     VisitorGone,
 )
+from muxtunnel.vhost._fast import LastHead
 from muxtunnel.vhost._response import ResponseRelay
 from muxtunnel.vhost._socket import LentStream, VisitorSocket
 from muxtunnel.vhost.routes import Route
@@ -118,6 +119,11 @@ class CallbackPath:
         self._head_timed = False  # the head being read has its deadline
         #: The response in flight (None: no request in flight).
         self._response: ResponseRelay | None = None
+        #: What relays every response of the connection in turn, with the service's last
+        #: response head, parsed (it sends the same one again and again).
+        self._relay = ResponseRelay(
+            self._to_visitor, conn.config.max_response_header_bytes, LastHead()
+        )
         #: What `HttpConnection._expired` reads of the request in flight.
         self.received_bytes = 0
         self.response_timeout_s = 0.0
@@ -212,21 +218,26 @@ class CallbackPath:
         buffer = heads.buffer
         assert buffer is not None and self._up is not None and self._stream is not None
         config = conn.config
+        if not buffer:  # nearly always, after a response: no searches (~1k instructions each)
+            heads.received = 0
+            conn.deadline.set(config.idle_timeout_s, "idle")
+            if self.socket.eof or self.socket.error is not None:
+                self._finish(Outcome.END)
+            return
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             heads.received = len(buffer)
-            if not buffer:
-                conn.deadline.set(config.idle_timeout_s, "idle")
             if self.socket.eof or self.socket.error is not None:
-                self._finish(Outcome.NEXT if buffer else Outcome.END)
-            elif (
+                self._finish(Outcome.NEXT)
+            elif (  # `find`, not `in`: `bytes in bytes` tries its operand as an int first,
+                # and raises and clears a TypeError (~1k instructions)
                 len(buffer) > config.max_header_bytes
-                or b"\n\n" in buffer
-                or b"\n\r\n" in buffer
+                or buffer.find(b"\n\n") >= 0
+                or buffer.find(b"\n\r\n") >= 0
                 or buffer.startswith(b"\r\n")
             ):
                 self._finish(Outcome.NEXT)  # h11 says what is wrong with it
-            elif buffer and not self._head_timed:
+            elif not self._head_timed:
                 self._head_timed = True
                 conn.deadline.set(config.head_timeout_s, "head")
             return
@@ -245,10 +256,8 @@ class CallbackPath:
         self.received_bytes = 0
         self.response_timeout_s = timeout_s
         self._head_timed = False
-        self._response = ResponseRelay(
-            self._to_visitor, route.counters, head_only=request.method == b"HEAD",
-            visitor_close=request.close, max_head_bytes=config.max_response_header_bytes,
-        )  # fmt: skip
+        self._response = response = self._relay
+        response.start(route.counters, request.method == b"HEAD", request.close)
         conn.current = (route, self)
         try:
             self._stream.write(data)
@@ -296,7 +305,8 @@ class CallbackPath:
     def visitor_data(self, data: bytes) -> None:
         heads = self.conn.heads
         heads.buffer += data  # type: ignore[operator]
-        if self._response is not None or not self._lent:
+        done = self._done  # not lent (`_lent`, inline: a property call per request)
+        if self._response is not None or done is None or done.done():
             if len(heads.buffer) > self.conn.config.max_header_bytes:
                 self.socket.set_reading(False)  # taken up again when the task reads
             return
@@ -344,7 +354,8 @@ class CallbackPath:
         else:
             stream.consumed(size)
         response = self._response
-        if response is None or not self._lent:
+        done = self._done  # not lent (`_lent`, inline)
+        if response is None or done is None or done.done():
             self._up.dead = True  # bytes nobody asked for: not HTTP any more
             self.abortive = True
             self._finish(Outcome.NEXT)  # the task closes it now, not at the next request

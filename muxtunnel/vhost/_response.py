@@ -1,15 +1,18 @@
-"""One response relayed by its framing only, bytes in, bytes out: the callback path's half.
+"""Responses relayed by their framing only, bytes in, bytes out: the callback path's half.
 
+One `ResponseRelay` per connection relays its responses in turn (`start` for each).
 `ResponseRelay.feed` takes the service's bytes as they come and writes the visitor's at once:
 the head (parsed by `_wire.parse_response_head`, rewritten as `_fast` rewrites it), then the
 body by its Content-Length, its chunk framing (`ChunkScanner`, bytes unchanged), or until the
-service closes (`eof`; re-framed as chunked, so the visitor's connection stays alive). No
-clock, no I/O of its own: `_relay.CallbackPath` drives it and owns the deadlines.
+service closes (`eof`; re-framed as chunked, so the visitor's connection stays alive). A
+head equal to the service's last one, byte for byte, is not parsed again (`_fast.LastHead`).
+No clock, no I/O of its own: `_relay.CallbackPath` drives it and owns the deadlines.
 
-Invariants: `status` is set once the final head was written (from then on a failure must reset
-the visitor); `feed` and `eof` return True once, when the response ended whole; `trailing`
-says bytes came after it (the stream is not HTTP any more); malformed input raises
-`UpstreamBroken`.
+Invariants: nothing of one response outlives the next `start` but the connection's
+`LastHead` (a function of a head's bytes alone); `status` is set once the final head was
+written (from then on a failure must reset the visitor); `feed` and `eof` return True once,
+when the response ended whole; `trailing` says bytes came after it (the stream is not HTTP
+any more); malformed input raises `UpstreamBroken`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import enum
 from collections.abc import Callable
 
 from muxtunnel.vhost._exchange import UpstreamBroken
-from muxtunnel.vhost._fast import _head_bytes, take_response_head
+from muxtunnel.vhost._fast import LastHead, _head_bytes, take_response_head
 from muxtunnel.vhost._wire import ChunkScanner
 from muxtunnel.vhost.counters import ServiceCounters
 
@@ -33,25 +36,23 @@ class _Body(enum.Enum):
 
 
 class ResponseRelay:
-    """Relays one response from the service's bytes to `write` (see the module doc)."""
+    """Relays a connection's responses, one at a time (`start`), from the service's bytes to
+    `write` (see the module doc)."""
 
     __slots__ = ("_body", "_left", "_pending", "_scanner", "counters", "head_only", "keep_alive",
-                 "max_head_bytes", "status", "trailing", "visitor_close", "write")  # fmt: skip
+                 "last", "max_head_bytes", "status", "trailing", "visitor_close",
+                 "write")  # fmt: skip
 
     def __init__(
-        self,
-        write: Callable[[bytes], None],
-        counters: ServiceCounters,
-        *,
-        head_only: bool,
-        visitor_close: bool,
-        max_head_bytes: int,
+        self, write: Callable[[bytes], None], max_head_bytes: int, last: LastHead | None = None
     ) -> None:
         self.write = write
-        self.counters = counters
-        self.head_only = head_only
-        self.visitor_close = visitor_close
         self.max_head_bytes = max_head_bytes
+        #: The connection's last response head (`take_response_head`).
+        self.last = last
+        self.counters = ServiceCounters()
+        self.head_only = False
+        self.visitor_close = False
         self.status: int | None = None
         #: The service keeps its connection open after this response.
         self.keep_alive = False
@@ -61,6 +62,21 @@ class ResponseRelay:
         self._pending = b""  # the head so far, or a chunked body's unscanned tail
         self._left = 0
         self._scanner: ChunkScanner | None = None
+
+    def start(self, counters: ServiceCounters, head_only: bool, visitor_close: bool) -> None:
+        """Relay the next response (of a request `head_only`, whose visitor asked to close
+        after it or not): one relay serves all the responses of a connection in turn (making
+        one per response cost ~1 us of a keep-alive request)."""
+        self.counters = counters
+        self.head_only = head_only
+        self.visitor_close = visitor_close
+        self.status = None
+        self.keep_alive = False
+        self.trailing = False
+        self._body = _Body.HEAD
+        self._pending = b""
+        self._left = 0
+        self._scanner = None
 
     def feed(self, data: bytes) -> bool:
         """Relay the service's next bytes; True once the response has ended."""
@@ -86,7 +102,7 @@ class ResponseRelay:
 
     def _head(self, data: bytes) -> bool:
         while True:
-            taken = take_response_head(data, self.max_head_bytes)
+            taken = take_response_head(data, self.max_head_bytes, self.last)
             if taken is None:
                 self._pending = data
                 return False
@@ -105,7 +121,8 @@ class ResponseRelay:
             extra = b"Transfer-Encoding: chunked\r\n"  # as `_fast` (and h11) frame it
         if self.visitor_close:
             extra += b"Connection: close\r\n"
-        out = _head_bytes(head, extra)
+        last = self.last
+        out = _head_bytes(head, extra) if last is None else last.head_bytes(head, extra)
         self.status = head.status
         self.counters.count_response(head.status)
         self.keep_alive = head.keep_alive

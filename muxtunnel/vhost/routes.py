@@ -252,6 +252,9 @@ class RouteTable:
         self.counters = counters if counters is not None else VhostCounters()
         self._hosts: dict[str, _HostRoutes] = {}
         self._by_target: dict[tuple[str, str], list[Route]] = {}
+        #: Moves on at every change: a lookup's result holds while it stays the same (what
+        #: `FastPath` reuses the last request's route and rewrite by).
+        self.generation = 0
 
     def __len__(self) -> int:
         return sum(len(routes) for routes in self._by_target.values())
@@ -302,12 +305,15 @@ class RouteTable:
                 route = Route(host, location, target, counters)
                 entry.put(route)
                 added.append(route)
+        self.generation += 1
         self._by_target[(target.owner, target.service)] = added
         return added
 
     def remove(self, owner: str, service: str) -> int:
         """Drop every route of `service` registered by `owner`; returns how many."""
         routes = self._by_target.pop((owner, service), [])
+        if routes:
+            self.generation += 1
         for route in routes:
             entry = self._hosts.get(route.host)
             if entry is None:

@@ -16,7 +16,7 @@ def anyio_backend() -> str:
 
 #: Modules whose `proxy` tests run twice: services dialled, and reached over a mux session
 #: (as in `listen`, where plain keep-alive requests take the callback path).
-MUXED_MODULES = ("test_fast_path", "test_callback_path")
+MUXED_MODULES = ("test_fast_path", "test_callback_path", "test_repeats")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

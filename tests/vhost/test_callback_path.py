@@ -24,15 +24,15 @@ from .recording import Script, recording
 
 @pytest.fixture
 def relayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many requests the callback path relayed (each gets a `ResponseRelay`)."""
+    """How many requests the callback path relayed (each response `ResponseRelay.start`s)."""
     count = [0]
+    start = _relay.ResponseRelay.start
 
-    class Counted(_relay.ResponseRelay):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            count[0] += 1
-            super().__init__(*args, **kwargs)
+    def counted(self: _relay.ResponseRelay, *args: Any) -> None:
+        count[0] += 1
+        start(self, *args)
 
-    monkeypatch.setattr(_relay, "ResponseRelay", Counted)
+    monkeypatch.setattr(_relay.ResponseRelay, "start", counted)
     return count
 
 

@@ -46,7 +46,7 @@ def get(path: str, host: str = "fast.example.com", extra: str = "") -> bytes:
 @pytest.fixture
 def fast_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many exchanges ran on the fast path, by a task or by callbacks (`_relay`, whose
-    requests each get a `ResponseRelay`), so a test knows which path it exercised."""
+    responses each `ResponseRelay.start`), so a test knows which path it exercised."""
     count = [0]
     real = _fastpath.FastExchange
 
@@ -55,13 +55,14 @@ def fast_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             count[0] += 1
             await super().run()
 
-    class CountedRelay(_relay.ResponseRelay):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            count[0] += 1
-            super().__init__(*args, **kwargs)
+    start = _relay.ResponseRelay.start
+
+    def counted(self: _relay.ResponseRelay, *args: Any) -> None:
+        count[0] += 1
+        start(self, *args)
 
     monkeypatch.setattr(_fastpath, "FastExchange", Counted)
-    monkeypatch.setattr(_relay, "ResponseRelay", CountedRelay)
+    monkeypatch.setattr(_relay.ResponseRelay, "start", counted)
     return count
 
 
