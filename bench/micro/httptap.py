@@ -5,8 +5,10 @@
 
 In process: the tap alone (`muxtunnel.httptap.Tap`), fed what a connection would see: small
 exchanges (a browser-like GET of about 400 bytes, a 1 KiB JSON answer), one exchange per
-chunk each way, and a bulk download in 256 KiB chunks (the relay's read size). CPU seconds
-(process time) per exchange and per GiB.
+chunk each way, with the same heads every time (as a keep-alive client polling one URL, and a
+server within one Date second: the tap frames a repeated head from what it remembers) and
+with heads that change every time, and a bulk download in 256 KiB chunks (the relay's read
+size). CPU seconds (process time) per exchange and per GiB.
 
 `--processes`: real `listen` and `up` on loopback, an HTTP service behind `up --http`, and
 `--requests` GETs (1 KiB answers) over 8 keep-alive connections, once with the inspector on
@@ -50,14 +52,19 @@ RESPONSE = (
 CHUNK_BYTES = 256 * 1024  # muxtunnel.proxy.CHUNK_BYTES
 
 
-def small_exchanges(count: int) -> float:
-    """CPU seconds per exchange."""
+def small_exchanges(count: int, vary: bool = False) -> float:
+    """CPU seconds per exchange; `vary`: every head differs from the one before (a new page
+    and a new Date each time), so none is framed from what the tap remembers of the last."""
     captures = Captures()
     tap = Tap(captures, "app", "198.51.100.7:40000")
+    requests, responses = [REQUEST] * count, [RESPONSE] * count
+    if vary:
+        requests = [REQUEST.replace(b"page=3", b"page=%d" % (n % 10)) for n in range(count)]
+        responses = [RESPONSE.replace(b":00 GMT", b":%02d GMT" % (n % 10)) for n in range(count)]
     started = time.process_time()
-    for _ in range(count):
-        tap.feed_request(REQUEST)
-        tap.feed_response(RESPONSE)
+    for request, response in zip(requests, responses, strict=True):
+        tap.feed_request(request)
+        tap.feed_response(response)
     elapsed = time.process_time() - started
     assert captures.recorded == count and captures.abandoned == 0
     return elapsed / count
@@ -190,9 +197,10 @@ def main() -> None:
         for name, value in processes(args.requests).items():
             print(f"{name:45} {value:8.2f}")
         return
-    per_exchange = small_exchanges(args.exchanges)
-    print(f"small exchange ({len(REQUEST)} B request, {len(RESPONSE)} B response): "
-          f"{per_exchange * 1e6:.1f} us CPU each")  # fmt: skip
+    for vary, what in ((False, "the same heads each time"), (True, "heads that change")):
+        per_exchange = small_exchanges(args.exchanges, vary)
+        print(f"small exchange ({len(REQUEST)} B request, {len(RESPONSE)} B response), {what}: "
+              f"{per_exchange * 1e6:.1f} us CPU each")  # fmt: skip
     print(f"bulk response body, {CHUNK_BYTES // 1024} KiB chunks: "
           f"{bulk(args.megabytes):.3f} s CPU per GiB")  # fmt: skip
 
