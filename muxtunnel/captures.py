@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BODY_CAP_BYTES", "RING_EXCHANGES", "Captures", "Exchange", "Headers", "Raw"]
+__all__ = [
+    "BODY_CAP_BYTES",
+    "PENDING_BYTES",
+    "RING_EXCHANGES",
+    "Captures",
+    "Exchange",
+    "Headers",
+    "Pending",
+    "Raw",
+]
 
 #: Exchanges kept; with the body cap, at most 100 * 2 * 16 KiB = 3.2 MiB of bodies.
 RING_EXCHANGES = 100
@@ -163,6 +173,26 @@ class Raw:
             response_bytes=self.response_bytes,
             duration_s=None if self.t_end is None else self.t_end - self.t0, error=self.error,
         )  # fmt: skip
+
+
+#: What an open request holds beside its head: the sizes of a `Pending`, its two bytearrays
+#: and floats and the head's bytes object (`sys.getsizeof` on CPython 3.11: 176 + 2 * 56 + ...).
+PENDING_BYTES = 384
+
+
+class Pending(Raw):
+    """An exchange being recorded (`muxtunnel.httptap`), and what its tap must know of it."""
+
+    __slots__ = ("head_only", "request_done", "response_done", "switches", "tunnel")
+
+    def __init__(self, id: int, service: str, peer: str) -> None:
+        Raw.__init__(self, id, service, peer, time.time(), time.monotonic())
+        #: Its response has no body (HEAD); it may switch protocols (Upgrade, CONNECT); CONNECT.
+        self.head_only = False
+        self.switches = False
+        self.tunnel = False
+        self.request_done = False
+        self.response_done = False
 
 
 class Captures:

@@ -1,11 +1,12 @@
 """A passive HTTP/1.1 tap: what `up`'s inspector shows of the requests through an http service.
 
-`TappedStream` wraps the client's socket to the local service (and `Tap` is the observer of
-`muxtunnel.relay.Relay` on the callback path). Bytes pass through unchanged and at once; a copy
-of each chunk goes to a `Tap`, which finds each message's head and the end of its body (its
-framing: Content-Length, chunked, or the connection's end) in both directions, and puts each
-finished request/response pair into the bounded `muxtunnel.captures.Captures` ring as a
-`captures.Raw`: whole heads as bytes, parsed only if someone looks at them.
+`Tap` is the observer (`muxtunnel.relay.Observer`) of up's relay between a visitor's stream
+and the local service's socket, or of that socket (`muxtunnel.relay.ObservedStream`) on the
+general path. Bytes pass through unchanged and at once; the tap finds in a copy of each chunk
+each message's head and the end of its body (its framing: Content-Length, chunked, or the
+connection's end) in both directions, and puts each finished request/response pair into the
+bounded `muxtunnel.captures.Captures` ring as a `captures.Raw`: whole heads as bytes, parsed
+only if someone looks at them.
 
 Most requests are never looked at, so per message the tap only finds the blank line, matches
 the start line and searches the lowercased head for the framing headers (`muxtunnel.bodies`):
@@ -40,11 +41,6 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any
-
-import anyio
-import anyio.abc
 
 from muxtunnel.bodies import (
     UNTIL_CLOSE,
@@ -54,10 +50,9 @@ from muxtunnel.bodies import (
     keep,
     without_proxy_header,
 )
-from muxtunnel.captures import Captures, Raw
-from muxtunnel.transport import abort
+from muxtunnel.captures import PENDING_BYTES, Captures, Pending
 
-__all__ = ["MAX_HEAD_BYTES", "MAX_WAITING_BYTES", "Tap", "TappedStream"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_WAITING_BYTES", "Tap"]
 
 #: A request or response head larger than this is not followed (the admin API's cap).
 MAX_HEAD_BYTES = 16 * 1024
@@ -71,28 +66,9 @@ _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") [\x21-\x7e]+ HTTP/1\.[0-9]")
 _REQUEST_START = re.compile(_TOKEN + rb"(?: |$)")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [^\r\n]*)?")
 
-#: What an open request holds beside its head: the sizes of a `_Pending`, its two bytearrays
-#: and floats and the head's bytes object (`sys.getsizeof` on CPython 3.11: 176 + 2 * 56 + ...).
-_PENDING_BYTES = 384
-
 
 class _TooMuch(Exception):
     """More to hold than `MAX_WAITING_BYTES`: the connection is given up at once."""
-
-
-class _Pending(Raw):
-    """An exchange being recorded, and what the tap must know of it."""
-
-    __slots__ = ("head_only", "request_done", "response_done", "switches", "tunnel")
-
-    def __init__(self, id: int, service: str, peer: str) -> None:
-        Raw.__init__(self, id, service, peer, time.time(), time.monotonic())
-        #: Its response has no body (HEAD); it may switch protocols (Upgrade, CONNECT); CONNECT.
-        self.head_only = False
-        self.switches = False
-        self.tunnel = False
-        self.request_done = False
-        self.response_done = False
 
 
 class Tap:
@@ -104,28 +80,25 @@ class Tap:
         self._service = service
         self._peer = peer
         #: Requests whose head was seen and whose response has not ended, oldest first.
-        self._open: deque[_Pending] = deque()
+        self._open: deque[Pending] = deque()
         self._open_bytes = 0  # what they hold (bounded by MAX_WAITING_BYTES)
         # The request side: an unfinished head (or bytes after an upgrade request), the
         # request whose body is coming and how it ends.
         self._request_bytes = b""
         self._request_searched = 0  # how much of an unfinished head has no blank line
-        self._receiving: _Pending | None = None
+        self._receiving: Pending | None = None
         self._request_left = 0
         self._request_chunks: Chunked | None = None
-        self._switching: _Pending | None = None  # an upgrade request waiting for its answer
+        self._switching: Pending | None = None  # an upgrade request waiting for its answer
         # The response side, alike.
         self._response_bytes = b""
         self._response_searched = 0
-        self._answering: _Pending | None = None
+        self._answering: Pending | None = None
         self._response_left = 0
         self._response_chunks: Chunked | None = None
         self._first = True
-        #: The last request and response heads (with their blank lines) that had neither a
-        #: body to follow nor anything to decide per message, and what they mean: a message
-        #: that starts with the same bytes ends its head at the same place and is framed the
-        #: same, so it skips the head search and the framing (a keep-alive client repeats its
-        #: requests byte for byte, and a server its answers within the same Date second).
+        #: The last plain request and response heads (with their blank lines), and what they
+        #: mean (see the module doc).
         self._repeat_request = b""
         self._repeat_request_head = b""
         self._repeat_request_head_only = False
@@ -260,20 +233,20 @@ class Tap:
 
     def _request_opened(
         self, head: bytes, head_only: bool, switches: bool = False, tunnel: bool = False
-    ) -> _Pending:
+    ) -> Pending:
         """A request whose head is `head` is open (its body, if any, to come)."""
-        pending = _Pending(self._captures.next_id(), self._service, self._peer)
+        pending = Pending(self._captures.next_id(), self._service, self._peer)
         pending.request_head = head
         pending.head_only = head_only
         pending.switches = switches
         pending.tunnel = tunnel
         self._open.append(pending)
-        self._open_bytes += len(head) + _PENDING_BYTES
+        self._open_bytes += len(head) + PENDING_BYTES
         if self._open_bytes > MAX_WAITING_BYTES:
             raise _TooMuch("too many requests waiting for their answers")
         return pending
 
-    def _request_body(self, pending: _Pending, data: bytes) -> bytes:
+    def _request_body(self, pending: Pending, data: bytes) -> bytes:
         chunks = self._request_chunks
         if chunks is not None:
             size, rest = chunks.feed(data, pending.request_body, self._cap)
@@ -289,7 +262,7 @@ class Tap:
             self._request_ended(pending)
         return data[take:]
 
-    def _request_ended(self, pending: _Pending) -> None:
+    def _request_ended(self, pending: Pending) -> None:
         self._receiving = None
         pending.request_done = True
         if pending.switches and not pending.response_done:
@@ -340,7 +313,7 @@ class Tap:
                 self._repeat_response_length = length
             data = data[found[1] :]
 
-    def _response_head(self, pending: _Pending, head: bytes) -> int | None:
+    def _response_head(self, pending: Pending, head: bytes) -> int | None:
         """Frames the response `head` starts; its body's length if a response with the same
         head would be framed the same for any request without a body of its own to answer
         (HEAD) or a switch to ask for, else None."""
@@ -367,7 +340,7 @@ class Tap:
         plain = chunks is None and left != UNTIL_CLOSE and not pending.head_only
         return left if plain and not pending.switches else None
 
-    def _response_framed(self, pending: _Pending, left: int, chunks: Chunked | None) -> None:
+    def _response_framed(self, pending: Pending, left: int, chunks: Chunked | None) -> None:
         """`pending`'s response head was seen: its body is `left` bytes long, or `chunks`."""
         if pending is self._switching:  # refused: what the visitor sent since is HTTP again
             self._switching = None
@@ -380,7 +353,7 @@ class Tap:
         if self._switching is None and self._request_bytes and self._receiving is None:
             self._requests(b"")  # what waited for the answer to an upgrade request
 
-    def _response_body(self, pending: _Pending, data: bytes) -> bytes:
+    def _response_body(self, pending: Pending, data: bytes) -> bytes:
         chunks = self._response_chunks
         if chunks is not None:
             size, rest = chunks.feed(data, pending.response_body, self._cap)
@@ -405,18 +378,18 @@ class Tap:
             return data[take:] if take < size else b""
         return b""
 
-    def _response_ended(self, pending: _Pending) -> None:
+    def _response_ended(self, pending: Pending) -> None:
         pending.t_end = time.monotonic()
         pending.response_done = True
         self._answering = None
         self._open.popleft()
-        self._open_bytes -= len(pending.request_head) + _PENDING_BYTES
+        self._open_bytes -= len(pending.request_head) + PENDING_BYTES
         if pending.request_done:
             self._captures.add(pending)  # as `_record`, without an error
         if self._requests_broken and not self._open:
             self._abandon()
 
-    def _record(self, pending: _Pending, error: str | None = None) -> None:
+    def _record(self, pending: Pending, error: str | None = None) -> None:
         pending.error = error
         self._captures.add(pending)
 
@@ -424,44 +397,3 @@ class Tap:
         self.active = False
         self._open.clear()
         self._captures.abandoned += 1
-
-
-class TappedStream(anyio.abc.ByteStream):
-    """`inner` (the socket to the local service), with a copy of every byte for `tap`."""
-
-    def __init__(self, inner: anyio.abc.ByteStream, tap: Tap) -> None:
-        self.inner = inner
-        self.tap = tap
-        self._aborting = False
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            data = await self.inner.receive(max_bytes)
-        except anyio.EndOfStream:
-            self.tap.feed_response(b"")
-            raise
-        self.tap.feed_response(data)
-        return data
-
-    async def send(self, item: bytes) -> None:
-        await self.inner.send(item)
-        self.tap.feed_request(item)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-        self.tap.feed_request(b"")
-
-    async def aclose(self) -> None:
-        self.tap.close()
-        if self._aborting:
-            await abort(self.inner)
-        else:
-            await self.inner.aclose()
-
-    def reset(self) -> None:
-        """Make the coming `aclose` abortive (as `MeteredStream.reset`)."""
-        self._aborting = True
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.inner.extra_attributes

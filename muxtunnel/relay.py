@@ -22,14 +22,17 @@ It keeps `pipe`'s promises:
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import anyio
+import anyio.abc
 
 from mux import MuxStream
 from muxtunnel.limits import ConnectionMeter
 from muxtunnel.proxy import PipeResult
 from muxtunnel.sockets import abort_transport
+from muxtunnel.transport import abort
 
 __all__ = ["Observer", "Relay"]
 
@@ -232,3 +235,45 @@ class Relay(asyncio.Protocol):
             abort_transport(self._transport)
         if not self._done.done():
             self._done.set_result(None)
+
+
+class ObservedStream(anyio.abc.ByteStream):
+    """`inner` (a socket to a local service) with a copy of every byte for `observer`: what
+    the general path (a compressed stream, relayed by tasks) gives an `Observer`."""
+
+    def __init__(self, inner: anyio.abc.ByteStream, observer: Observer) -> None:
+        self.inner = inner
+        self.observer = observer
+        self._aborting = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self.inner.receive(max_bytes)
+        except anyio.EndOfStream:
+            self.observer.from_socket(b"")
+            raise
+        self.observer.from_socket(data)
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
+        self.observer.from_stream(item)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+        self.observer.from_stream(b"")
+
+    async def aclose(self) -> None:
+        self.observer.close()
+        if self._aborting:
+            await abort(self.inner)
+        else:
+            await self.inner.aclose()
+
+    def reset(self) -> None:
+        """Make the coming `aclose` abortive (as `MeteredStream.reset`)."""
+        self._aborting = True
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.inner.extra_attributes

@@ -162,9 +162,9 @@ async def _serve(host: Host, stream: MuxStream) -> None:
             await abort(target)  # the visitor went meanwhile: the service must see it fail
             return
     if tap is not None:
-        from muxtunnel.httptap import TappedStream
+        from muxtunnel.relay import ObservedStream
 
-        target = TappedStream(target, tap)
+        target = ObservedStream(target, tap)
     with host.visitors.track():
         await forward(
             target,

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from mux.testing.pairs import memory_stream_pair
 from muxtunnel.captures import Captures
-from muxtunnel.httptap import MAX_WAITING_BYTES, Tap, TappedStream
+from muxtunnel.httptap import MAX_WAITING_BYTES, Tap
+from muxtunnel.relay import ObservedStream
 
 REQUESTS = (
     b"GET /a?x=1 HTTP/1.1\r\nHost: app\r\n\r\n"
@@ -219,7 +220,7 @@ async def test_the_tapped_stream_passes_every_byte_unchanged() -> None:
     in order, both ways, with half-close."""
     captures = Captures()
     service_end, service_side = memory_stream_pair()
-    tapped = TappedStream(service_side, Tap(captures, "app", "p"))
+    tapped = ObservedStream(service_side, Tap(captures, "app", "p"))
     sent = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\x00\xffnot http at all" * 100]
     answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"\xfe" * 5000]
     got_by_service, got_back = bytearray(), bytearray()
