@@ -42,7 +42,6 @@ from muxtunnel.vhost._exchange import (
     UpstreamConnection,
     VisitorGone,
 )
-from muxtunnel.vhost._fast import LastHead
 from muxtunnel.vhost._response import ResponseRelay
 from muxtunnel.vhost._socket import LentStream, VisitorSocket
 from muxtunnel.vhost.routes import Route
@@ -119,11 +118,8 @@ class CallbackPath:
         self._head_timed = False  # the head being read has its deadline
         #: The response in flight (None: no request in flight).
         self._response: ResponseRelay | None = None
-        #: What relays every response of the connection in turn, with the service's last
-        #: response head, parsed (it sends the same one again and again).
-        self._relay = ResponseRelay(
-            self._to_visitor, conn.config.max_response_header_bytes, LastHead()
-        )
+        #: Relays each response in turn (and keeps the service's last head, parsed).
+        self._relay = ResponseRelay(self._to_visitor, conn.config.max_response_header_bytes)
         #: What `HttpConnection._expired` reads of the request in flight.
         self.received_bytes = 0
         self.response_timeout_s = 0.0
@@ -229,8 +225,7 @@ class CallbackPath:
             heads.received = len(buffer)
             if self.socket.eof or self.socket.error is not None:
                 self._finish(Outcome.NEXT)
-            elif (  # `find`, not `in`: `bytes in bytes` tries its operand as an int first,
-                # and raises and clears a TypeError (~1k instructions)
+            elif (  # `find`: `bytes in bytes` tries an int first (a TypeError raised, cleared)
                 len(buffer) > config.max_header_bytes
                 or buffer.find(b"\n\n") >= 0
                 or buffer.find(b"\n\r\n") >= 0
@@ -305,8 +300,7 @@ class CallbackPath:
     def visitor_data(self, data: bytes) -> None:
         heads = self.conn.heads
         heads.buffer += data  # type: ignore[operator]
-        done = self._done  # not lent (`_lent`, inline: a property call per request)
-        if self._response is not None or done is None or done.done():
+        if self._response is not None or self._done is None or self._done.done():  # `_lent`
             if len(heads.buffer) > self.conn.config.max_header_bytes:
                 self.socket.set_reading(False)  # taken up again when the task reads
             return
@@ -354,8 +348,7 @@ class CallbackPath:
         else:
             stream.consumed(size)
         response = self._response
-        done = self._done  # not lent (`_lent`, inline)
-        if response is None or done is None or done.done():
+        if response is None or self._done is None or self._done.done():  # not `_lent`
             self._up.dead = True  # bytes nobody asked for: not HTTP any more
             self.abortive = True
             self._finish(Outcome.NEXT)  # the task closes it now, not at the next request

@@ -43,13 +43,11 @@ class ResponseRelay:
                  "last", "max_head_bytes", "status", "trailing", "visitor_close",
                  "write")  # fmt: skip
 
-    def __init__(
-        self, write: Callable[[bytes], None], max_head_bytes: int, last: LastHead | None = None
-    ) -> None:
+    def __init__(self, write: Callable[[bytes], None], max_head_bytes: int) -> None:
         self.write = write
         self.max_head_bytes = max_head_bytes
-        #: The connection's last response head (`take_response_head`).
-        self.last = last
+        #: The service's last response head (`take_response_head`): it repeats its heads.
+        self.last = LastHead()
         self.counters = ServiceCounters()
         self.head_only = False
         self.visitor_close = False
@@ -121,8 +119,7 @@ class ResponseRelay:
             extra = b"Transfer-Encoding: chunked\r\n"  # as `_fast` (and h11) frame it
         if self.visitor_close:
             extra += b"Connection: close\r\n"
-        last = self.last
-        out = _head_bytes(head, extra) if last is None else last.head_bytes(head, extra)
+        out = self.last.head_bytes(head, extra)
         self.status = head.status
         self.counters.count_response(head.status)
         self.keep_alive = head.keep_alive

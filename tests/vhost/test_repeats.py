@@ -85,12 +85,15 @@ def test_a_large_response_head_is_not_kept() -> None:
         assert last.raw == HEADS[0]  # the small one stays (valid as ever), the large is not kept
 
 
-def relayed(data_list: list[bytes], last: LastHead | None, *, close: bool) -> list[bytes]:
-    """What the visitor gets of each response (one `ResponseRelay` per response)."""
+def relayed(responses: list[tuple[bytes, bool]], *, again: bool) -> list[bytes]:
+    """What the visitor gets of each (response, the visitor asked to close): by one relay (as a
+    connection has), which remembers the last head, or (`again` False) by a fresh relay each."""
     out = []
     written: list[bytes] = []
-    relay = ResponseRelay(written.append, 64 * 1024, last)  # one per connection
-    for data in data_list:
+    relay = ResponseRelay(written.append, 64 * 1024)
+    for data, close in responses:
+        if not again:
+            relay = ResponseRelay(written.append, 64 * 1024)
         relay.start(ServiceCounters(), False, close)
         assert relay.feed(data)
         out.append(b"".join(written))
@@ -101,16 +104,13 @@ def relayed(data_list: list[bytes], last: LastHead | None, *, close: bool) -> li
 def test_a_remembered_head_is_written_as_each_request_asks() -> None:
     """The visitor head made of a remembered response head follows the request in flight:
     `Connection: close` only when that visitor asked for it."""
-    responses = [HEADS[0] + b"hello", HEADS[0] + b"world"]
-    last = LastHead()
-    assert relayed(responses, last, close=False) == relayed(responses, None, close=False)
-    closing = relayed(responses, last, close=True)
-    assert closing == relayed(responses, None, close=True)
-    assert all(b"\r\nConnection: close\r\n\r\n" in reply for reply in closing)
-    assert relayed(responses, last, close=False) == [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nworld",
-    ]
+    closes = [False, True, True, False, False, True]
+    responses = [(HEADS[0] + b"%5d" % i, close) for i, close in enumerate(closes)]
+    replies = relayed(responses, again=True)
+    assert replies == relayed(responses, again=False)
+    for i, (reply, close) in enumerate(zip(replies, closes, strict=True)):
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n"
+        assert reply == head + (b"Connection: close\r\n" if close else b"") + b"\r\n%5d" % i
 
 
 # ---------------------------------------------------------------------- request heads
