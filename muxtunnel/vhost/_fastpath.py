@@ -35,7 +35,7 @@ from muxtunnel.vhost._exchange import ExchangeFailure, UpstreamBroken, VisitorSi
 from muxtunnel.vhost._fast import FastExchange
 from muxtunnel.vhost._heads import Heads
 from muxtunnel.vhost._slot import UpstreamSlot
-from muxtunnel.vhost._wire import FastRequest, parse_request_head
+from muxtunnel.vhost._wire import FastRequest, parse_request_head, retarget
 from muxtunnel.vhost.config import VhostConfig
 from muxtunnel.vhost.headers import ForwardedFor, basic_auth_ok, request_headers
 from muxtunnel.vhost.names import InvalidHostError, normalise_host
@@ -87,9 +87,13 @@ class ConnectionView(Protocol):
 
 #: The last bodiless request `build` made: its head (without its blank line, as `route` gets
 #: it), the route table and its generation then, what `route` found (the request, its route
-#: and Host), its bytes for the service and its response timeout. A tuple: a class's
-#: `__init__` cost ~2k instructions per request that repeats nothing.
-_Rewrite = tuple[bytes, RouteTable, int, tuple[FastRequest, Route, bytes], bytes, float]
+#: and Host), its bytes for the service, its response timeout, its header block as received
+#: and as rewritten (each from the CRLF that ends the request line), and its target's path
+#: (before any `?` or `#`). A tuple: a class's `__init__` cost ~2k instructions per request
+#: that repeats nothing.
+_Rewrite = tuple[
+    bytes, RouteTable, int, tuple[FastRequest, Route, bytes], bytes, float, bytes, bytes, bytes
+]
 
 
 class FastPath:
@@ -166,11 +170,20 @@ class FastPath:
         h11's path does, and its body) and its response timeout."""
         conn = self.conn
         last = self._last
-        if last is not None and request is last[3][0]:  # `route` found it repeated
-            conn.heads.take(request.size)
-            return last[4], last[5]
+        if last is not None:
+            if request is last[3][0]:  # `route` found it repeated
+                conn.heads.take(request.size)
+                return last[4], last[5]
+            if request.headers is last[3][0].headers and route is last[3][1]:
+                # `route` found the last header block under another request line (`retarget`,
+                # the only maker of a request sharing another's header list), and the same
+                # route: the rewrite reads the target nowhere (see the module doc).
+                taken = conn.heads.take(request.size)
+                data = b"%b %b HTTP/1.1%b" % (request.method, request.target, last[8])
+                if request.size <= REMEMBER_HEAD_BYTES:
+                    self._remember(taken, (request, route, host), data, last[5], last[6], last[8])
+                return data, last[5]
         taken = conn.heads.take(request.size + request.length)
-        body = taken[request.size :]
         headers = request_headers(
             request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
             host_rewrite=route.host_rewrite, remove=route.remove_headers,
@@ -178,25 +191,43 @@ class FastPath:
             connection=request.connection_tokens, relayed=conn.relayed,
         )  # fmt: skip
         # Joined in C (`map` of bytes.join over the pairs): a format per line cost ~2 us.
-        data = b"%b %b HTTP/1.1\r\n%b\r\n\r\n%b" % (
-            request.method, request.target, b"\r\n".join(map(b": ".join, headers)), body
-        )  # fmt: skip
+        block = b"\r\n%b\r\n\r\n" % b"\r\n".join(map(b": ".join, headers))
+        body = taken[request.size :]
+        data = b"%b %b HTTP/1.1%b%b" % (request.method, request.target, block, body)
         timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
         if not request.length and request.size <= REMEMBER_HEAD_BYTES:
-            # `route` ran just before, on the table as it is now
-            routes = conn.engine.http_routes
-            found = (request, route, host)
-            self._last = (taken[:-4], routes, routes.generation, found, data, timeout_s)
+            line = len(request.method) + len(request.target) + 10  # "M T HTTP/1.1"
+            self._remember(taken, (request, route, host), data, timeout_s, taken[line:-4], block)
         return data, timeout_s
+
+    def _remember(
+        self,
+        taken: bytes,
+        found: tuple[FastRequest, Route, bytes],
+        data: bytes,
+        timeout_s: float,
+        block: bytes,
+        rewritten: bytes,
+    ) -> None:
+        """Keep a bodiless request just built (`taken`, its whole head) for the next."""
+        routes = self.conn.engine.http_routes  # `route` ran just before, on the table as it is
+        path = found[0].target.partition(b"?")[0].partition(b"#")[0]
+        self._last = (taken[:-4], routes, routes.generation, found, data, timeout_s, block, path,
+                      rewritten)  # fmt: skip
 
     def route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
         """The request and its route when the fast path can forward it as it is; None when
         h11 and `_handle` must judge it (any refusal, a body, an upgrade...)."""
         last = self._last
-        if last is not None and head == last[0]:
-            routes = self.conn.engine.http_routes
-            if routes is last[1] and routes.generation == last[2]:
-                return last[3]
+        if last is not None:
+            if head == last[0]:
+                routes = self.conn.engine.http_routes
+                if routes is last[1] and routes.generation == last[2]:
+                    return last[3]
+            elif head.endswith(last[6]):  # the last header block: maybe another target
+                request = retarget(last[3][0], head, len(head) - len(last[6]))
+                if request is not None:
+                    return self._reroute(request, last)
         request = parse_request_head(head)
         config = self.conn.config
         if (
@@ -208,6 +239,26 @@ class FastPath:
             or request.size > config.max_header_bytes
         ):
             return None
+        return self._find(request)
+
+    def _reroute(
+        self, request: FastRequest, last: _Rewrite
+    ) -> tuple[FastRequest, Route, bytes] | None:
+        """`route` for the last request's headers under another request line (`retarget`):
+        every check of the headers passed for the last one; its size and route are its own."""
+        if request.size > self.conn.config.max_header_bytes:
+            return None
+        routes = self.conn.engine.http_routes
+        if (
+            request.target.partition(b"?")[0].partition(b"#")[0] == last[7]
+            and routes is last[1]
+            and routes.generation == last[2]
+        ):  # the same path and table: the same route, and its credentials held
+            return request, last[3][1], request.host
+        return self._find(request)
+
+    def _find(self, request: FastRequest) -> tuple[FastRequest, Route, bytes] | None:
+        """The route of a request the fast parser took, if its credentials hold."""
         host = request.host
         if host == self._host[0]:
             name = self._host[1]

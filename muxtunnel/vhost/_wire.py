@@ -29,6 +29,7 @@ __all__ = [
     "find_response_head",
     "parse_request_head",
     "parse_response_head",
+    "retarget",
 ]
 
 Header = tuple[bytes, bytes]
@@ -132,6 +133,19 @@ def parse_request_head(head: bytes) -> FastRequest | None:
     return FastRequest(
         line[1], line[2], headers, host, tokens, authorization, len(head) + 4, size
     )
+
+
+def retarget(request: FastRequest, head: bytes, line_end: int) -> FastRequest | None:
+    """`request` with the request line of `head`, whose bytes from `line_end` on are the
+    header block `request` was parsed from (so `parse_request_head(head)` would find the same
+    headers): None when its request line is refused or names another method."""
+    line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+    if line is None or line[1] != request.method:
+        return None
+    return FastRequest(
+        request.method, line[2], request.headers, request.host, request.connection_tokens,
+        request.authorization, len(head) + 4, request.length,
+    )  # fmt: skip
 
 
 def _strip(headers: list[Header]) -> list[Header]:
