@@ -88,11 +88,10 @@ class ConnectionView(Protocol):
 #: The last bodiless request `build` made: its head (without its blank line, as `route` gets
 #: it), the route table and its generation then, what `route` found (the request, its route
 #: and Host), its bytes for the service, its response timeout, its header block as received
-#: and as rewritten (each from the CRLF that ends the request line), and its target's path
-#: (before any `?` or `#`). A tuple: a class's `__init__` cost ~2k instructions per request
-#: that repeats nothing.
+#: and as rewritten (each from the CRLF that ends the request line). A tuple: a class's
+#: `__init__` cost ~2k instructions per request that repeats nothing.
 _Rewrite = tuple[
-    bytes, RouteTable, int, tuple[FastRequest, Route, bytes], bytes, float, bytes, bytes, bytes
+    bytes, RouteTable, int, tuple[FastRequest, Route, bytes], bytes, float, bytes, bytes
 ]
 
 
@@ -170,50 +169,40 @@ class FastPath:
         h11's path does, and its body) and its response timeout."""
         conn = self.conn
         last = self._last
-        if last is not None:
-            if request is last[3][0]:  # `route` found it repeated
-                conn.heads.take(request.size)
-                return last[4], last[5]
-            if request.headers is last[3][0].headers and route is last[3][1]:
-                # `route` found the last header block under another request line (`retarget`,
-                # the only maker of a request sharing another's header list), and the same
-                # route: the rewrite reads the target nowhere (see the module doc).
-                taken = conn.heads.take(request.size)
-                data = b"%b %b HTTP/1.1%b" % (request.method, request.target, last[8])
-                if request.size <= REMEMBER_HEAD_BYTES:
-                    self._remember(taken, (request, route, host), data, last[5], last[6], last[8])
-                return data, last[5]
-        taken = conn.heads.take(request.size + request.length)
-        headers = request_headers(
-            request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
-            host_rewrite=route.host_rewrite, remove=route.remove_headers,
-            set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
-            connection=request.connection_tokens, relayed=conn.relayed,
-        )  # fmt: skip
-        # Joined in C (`map` of bytes.join over the pairs): a format per line cost ~2 us.
-        block = b"\r\n%b\r\n\r\n" % b"\r\n".join(map(b": ".join, headers))
-        body = taken[request.size :]
-        data = b"%b %b HTTP/1.1%b%b" % (request.method, request.target, block, body)
-        timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
-        if not request.length and request.size <= REMEMBER_HEAD_BYTES:
-            line = len(request.method) + len(request.target) + 10  # "M T HTTP/1.1"
-            self._remember(taken, (request, route, host), data, timeout_s, taken[line:-4], block)
+        if last is not None and request is last[3][0]:  # `route` found it repeated
+            conn.heads.take(request.size)
+            return last[4], last[5]
+        if last is not None and request.headers is last[3][0].headers and route is last[3][1]:
+            # `route` found the last header block under another request line (`retarget`, the
+            # only maker of a request that shares another's header list), and the same route:
+            # nothing but the request line differs (see the module doc).
+            taken = conn.heads.take(request.size)
+            block, rewritten, timeout_s = last[6], last[7], last[5]
+            data = b"%b %b HTTP/1.1%b" % (request.method, request.target, rewritten)
+        else:
+            taken = conn.heads.take(request.size + request.length)
+            headers = request_headers(
+                request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
+                host_rewrite=route.host_rewrite, remove=route.remove_headers,
+                set_headers=route.set_headers,
+                strip_authorization=route.auth_credentials is not None,
+                connection=request.connection_tokens, relayed=conn.relayed,
+            )  # fmt: skip
+            # Joined in C (`map` of bytes.join over the pairs): a format per line cost ~2 us.
+            rewritten = b"\r\n%b\r\n\r\n" % b"\r\n".join(map(b": ".join, headers))
+            data = b"%b %b HTTP/1.1%b%b" % (
+                request.method, request.target, rewritten, taken[request.size :]
+            )  # fmt: skip
+            timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
+            if request.length:
+                return data, timeout_s
+            block = taken[len(request.method) + len(request.target) + 10 : -4]  # from its CRLF
+        if request.size <= REMEMBER_HEAD_BYTES:
+            routes = conn.engine.http_routes  # `route` ran just before, on the table as it is
+            found = (request, route, host)
+            self._last = (taken[:-4], routes, routes.generation, found, data, timeout_s, block,
+                          rewritten)  # fmt: skip
         return data, timeout_s
-
-    def _remember(
-        self,
-        taken: bytes,
-        found: tuple[FastRequest, Route, bytes],
-        data: bytes,
-        timeout_s: float,
-        block: bytes,
-        rewritten: bytes,
-    ) -> None:
-        """Keep a bodiless request just built (`taken`, its whole head) for the next."""
-        routes = self.conn.engine.http_routes  # `route` ran just before, on the table as it is
-        path = found[0].target.partition(b"?")[0].partition(b"#")[0]
-        self._last = (taken[:-4], routes, routes.generation, found, data, timeout_s, block, path,
-                      rewritten)  # fmt: skip
 
     def route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
         """The request and its route when the fast path can forward it as it is; None when
@@ -224,10 +213,19 @@ class FastPath:
                 routes = self.conn.engine.http_routes
                 if routes is last[1] and routes.generation == last[2]:
                     return last[3]
-            elif head.endswith(last[6]):  # the last header block: maybe another target
+            elif head.endswith(last[6]):  # the last header block: maybe another request line
                 request = retarget(last[3][0], head, len(head) - len(last[6]))
-                if request is not None:
-                    return self._reroute(request, last)
+                if request is not None:  # every check of its headers held for the last one
+                    if request.size > self.conn.config.max_header_bytes:
+                        return None
+                    routes = self.conn.engine.http_routes
+                    if (
+                        request.path == last[3][0].path
+                        and routes is last[1]
+                        and routes.generation == last[2]
+                    ):  # the same lookup, the same route, the same credentials
+                        return request, last[3][1], request.host
+                    return self._find(request)
         request = parse_request_head(head)
         config = self.conn.config
         if (
@@ -241,22 +239,6 @@ class FastPath:
             return None
         return self._find(request)
 
-    def _reroute(
-        self, request: FastRequest, last: _Rewrite
-    ) -> tuple[FastRequest, Route, bytes] | None:
-        """`route` for the last request's headers under another request line (`retarget`):
-        every check of the headers passed for the last one; its size and route are its own."""
-        if request.size > self.conn.config.max_header_bytes:
-            return None
-        routes = self.conn.engine.http_routes
-        if (
-            request.target.partition(b"?")[0].partition(b"#")[0] == last[7]
-            and routes is last[1]
-            and routes.generation == last[2]
-        ):  # the same path and table: the same route, and its credentials held
-            return request, last[3][1], request.host
-        return self._find(request)
-
     def _find(self, request: FastRequest) -> tuple[FastRequest, Route, bytes] | None:
         """The route of a request the fast parser took, if its credentials hold."""
         host = request.host
@@ -268,7 +250,7 @@ class FastPath:
             except InvalidHostError:
                 return None
             self._host = (host, name)
-        path = request.target.partition(b"?")[0].partition(b"#")[0].decode("latin-1")
+        path = request.path.decode("latin-1")
         route = self.conn.engine.http_routes.lookup(name, routing_path(path))
         if route is None:
             return None

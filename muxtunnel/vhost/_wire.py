@@ -49,8 +49,11 @@ _CRLF_HEADERS = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]++:" + _VALUE + rb"+\
 _REQUEST_HEADER = re.compile(_LINE + rb"\r\n")
 _RESPONSE_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r?\n)*")
 _RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
-# The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form.
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
+# The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form; its path (group 3)
+# is the target up to its first `?` or `#` (what it routes by), found in the same pass.
+_REQUEST_LINE = re.compile(
+    rb"(" + _TOKEN + rb") ((/[\x21\x22\x24-\x3e\x40-\x7e]*+)[\x21-\x7e]*+) HTTP/1\.1"
+)
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([ \t\x21-\x7e\x80-\xff]*))?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[ \t\x21-\x7e\x80-\xff]*)?\r\n")
 #: A chunk-size line (with extensions) or a trailer line may be this long before we give up.
@@ -61,12 +64,13 @@ class FastRequest:
     """A bodiless HTTP/1.1 request head the fast path can forward without h11."""
 
     __slots__ = ("authorization", "close", "connection_tokens", "headers", "host", "length",
-                 "method", "size", "target")  # fmt: skip
+                 "method", "path", "size", "target")  # fmt: skip
 
     def __init__(
         self,
         method: bytes,
         target: bytes,
+        path: bytes,
         headers: list[Header],
         host: bytes,
         tokens: set[bytes],
@@ -76,6 +80,8 @@ class FastRequest:
     ) -> None:
         self.method = method
         self.target = target
+        #: The target up to its first `?` or `#`: what it routes by.
+        self.path = path
         self.headers = headers
         self.host = host
         self.connection_tokens = tokens
@@ -130,8 +136,9 @@ def parse_request_head(head: bytes) -> FastRequest | None:
         if not length.isdigit() or length[:1] == b"0" or len(length) > 18:
             return None
         size = int(length)
+    method, target, path = line.group(1, 2, 3)
     return FastRequest(
-        line[1], line[2], headers, host, tokens, authorization, len(head) + 4, size
+        method, target, path, headers, host, tokens, authorization, len(head) + 4, size
     )
 
 
@@ -140,12 +147,28 @@ def retarget(request: FastRequest, head: bytes, line_end: int) -> FastRequest | 
     header block `request` was parsed from (so `parse_request_head(head)` would find the same
     headers): None when its request line is refused or names another method."""
     line = _REQUEST_LINE.fullmatch(head, 0, line_end)
-    if line is None or line[1] != request.method:
+    if line is None:
         return None
-    return FastRequest(
-        request.method, line[2], request.headers, request.host, request.connection_tokens,
-        request.authorization, len(head) + 4, request.length,
-    )  # fmt: skip
+    method, target, path = line.group(1, 2, 3)
+    if method != request.method:
+        return None
+    # Made by hand, not by `FastRequest(...)`: a class call with its `__init__` cost ~4k
+    # instructions, more than the rest of a request whose headers repeat.
+    copy: FastRequest = _new(FastRequest)
+    copy.method = method
+    copy.target = target
+    copy.path = path
+    copy.headers = request.headers
+    copy.host = request.host
+    copy.connection_tokens = request.connection_tokens
+    copy.close = request.close
+    copy.authorization = request.authorization
+    copy.size = len(head) + 4
+    copy.length = request.length
+    return copy
+
+
+_new = object.__new__
 
 
 def _strip(headers: list[Header]) -> list[Header]:
