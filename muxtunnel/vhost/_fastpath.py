@@ -214,7 +214,8 @@ class FastPath:
                 if routes is last[1] and routes.generation == last[2]:
                     return last[3]
             elif head.endswith(last[6]):  # the last header block: maybe another request line
-                request = retarget(last[3][0], head, len(head) - len(last[6]))
+                line_end = len(head) - len(last[6])
+                request = retarget(last[3][0], head, line_end)
                 if request is not None:  # every check of its headers held for the last one
                     if request.size > self.conn.config.max_header_bytes:
                         return None
@@ -223,8 +224,15 @@ class FastPath:
                         request.path == last[3][0].path
                         and routes is last[1]
                         and routes.generation == last[2]
-                    ):  # the same lookup, the same route, the same credentials
-                        return request, last[3][1], request.host
+                    ):  # the same lookup, the same route, the same credentials: the same
+                        # rewrite, made here (`build` finds it as for a repeated head); the
+                        # request line goes as it came (as `build` writes it)
+                        found = (request, last[3][1], request.host)
+                        if request.size <= REMEMBER_HEAD_BYTES:
+                            data = head[:line_end] + last[7]
+                            self._last = (head, routes, last[2], found, data, last[5], last[6],
+                                          last[7])  # fmt: skip
+                        return found
                     return self._find(request)
         request = parse_request_head(head)
         config = self.conn.config

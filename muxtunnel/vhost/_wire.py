@@ -136,7 +136,7 @@ def parse_request_head(head: bytes) -> FastRequest | None:
         if not length.isdigit() or length[:1] == b"0" or len(length) > 18:
             return None
         size = int(length)
-    method, target, path = line.group(1, 2, 3)
+    method, target, path = line.groups()
     return FastRequest(
         method, target, path, headers, host, tokens, authorization, len(head) + 4, size
     )
@@ -149,7 +149,7 @@ def retarget(request: FastRequest, head: bytes, line_end: int) -> FastRequest | 
     line = _REQUEST_LINE.fullmatch(head, 0, line_end)
     if line is None:
         return None
-    method, target, path = line.group(1, 2, 3)
+    method, target, path = line.groups()
     if method != request.method:
         return None
     # Made by hand, not by `FastRequest(...)`: a class call with its `__init__` cost ~4k
