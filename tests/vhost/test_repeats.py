@@ -412,6 +412,20 @@ def test_another_target_after_the_route_was_removed_and_added_again() -> None:
     assert moved is not None and b"X-Api" not in moved[0]
 
 
+def test_a_long_target_under_the_last_headers_is_not_kept() -> None:
+    """Another request line that makes the head longer than `REMEMBER_HEAD_BYTES` is
+    forwarded as ever, and the connection keeps the last head it may keep."""
+    conn = _paths_conn()
+    fast = FastPath(conn)  # type: ignore[arg-type]
+    short = _request(b"GET /x HTTP/1.1")
+    assert forward(fast, conn, short) is not None and fast._last is not None
+    long = _request(b"GET /x?" + b"q" * REMEMBER_HEAD_BYTES + b" HTTP/1.1")
+    for _ in range(2):
+        sent = forward(fast, conn, long)
+        assert sent == forward(FastPath(conn), conn, long)  # type: ignore[arg-type]
+        assert fast._last is not None and fast._last[0] == short[:-4]
+
+
 _LINES = st.sampled_from(
     [b"GET /", b"GET /x?a=1", b"GET /x?a=2", b"GET /docs/1", b"GET /api/1", b"GET /api/1?b",
      b"GET /private/1", b"GET /private/2?c", b"HEAD /x", b"POST /api/2", b"GET *",
