@@ -169,39 +169,28 @@ class FastPath:
         h11's path does, and its body) and its response timeout."""
         conn = self.conn
         last = self._last
-        if last is not None and request is last[3][0]:  # `route` found it repeated
+        if last is not None and request is last[3][0]:  # `route` found it, or made it
             conn.heads.take(request.size)
             return last[4], last[5]
-        if last is not None and request.headers is last[3][0].headers and route is last[3][1]:
-            # `route` found the last header block under another request line (`retarget`, the
-            # only maker of a request that shares another's header list), and the same route:
-            # nothing but the request line differs (see the module doc).
-            taken = conn.heads.take(request.size)
-            block, rewritten, timeout_s = last[6], last[7], last[5]
-            data = b"%b %b HTTP/1.1%b" % (request.method, request.target, rewritten)
-        else:
-            taken = conn.heads.take(request.size + request.length)
-            headers = request_headers(
-                request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
-                host_rewrite=route.host_rewrite, remove=route.remove_headers,
-                set_headers=route.set_headers,
-                strip_authorization=route.auth_credentials is not None,
-                connection=request.connection_tokens, relayed=conn.relayed,
-            )  # fmt: skip
-            # Joined in C (`map` of bytes.join over the pairs): a format per line cost ~2 us.
-            rewritten = b"\r\n%b\r\n\r\n" % b"\r\n".join(map(b": ".join, headers))
-            data = b"%b %b HTTP/1.1%b%b" % (
-                request.method, request.target, rewritten, taken[request.size :]
-            )  # fmt: skip
-            timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
-            if request.length:
-                return data, timeout_s
-            block = taken[len(request.method) + len(request.target) + 10 : -4]  # from its CRLF
-        if request.size <= REMEMBER_HEAD_BYTES:
-            routes = conn.engine.http_routes  # `route` ran just before, on the table as it is
-            found = (request, route, host)
-            self._last = (taken[:-4], routes, routes.generation, found, data, timeout_s, block,
-                          rewritten)  # fmt: skip
+        taken = conn.heads.take(request.size + request.length)
+        headers = request_headers(
+            request.headers, visitor=conn.forwarded, proto=conn.proto, host=host,
+            host_rewrite=route.host_rewrite, remove=route.remove_headers,
+            set_headers=route.set_headers, strip_authorization=route.auth_credentials is not None,
+            connection=request.connection_tokens, relayed=conn.relayed,
+        )  # fmt: skip
+        # Joined in C (`map` of bytes.join over the pairs): a format per line cost ~2 us.
+        data = b"%b %b HTTP/1.1\r\n%b\r\n\r\n%b" % (
+            request.method, request.target, b"\r\n".join(map(b": ".join, headers)),
+            taken[request.size :],
+        )  # fmt: skip
+        timeout_s = route.target.options.response_timeout_s or conn.config.response_timeout_s
+        if not request.length and request.size <= REMEMBER_HEAD_BYTES:
+            # `route` ran just before, on the table as it is now
+            routes = conn.engine.http_routes
+            line = len(request.method) + len(request.target) + 10  # the CRLF after the line
+            self._last = (taken[:-4], routes, routes.generation, (request, route, host), data,
+                          timeout_s, taken[line:-4], data[line:])  # fmt: skip
         return data, timeout_s
 
     def route(self, head: bytes) -> tuple[FastRequest, Route, bytes] | None:
@@ -220,20 +209,23 @@ class FastPath:
                     if request.size > self.conn.config.max_header_bytes:
                         return None
                     routes = self.conn.engine.http_routes
-                    if (
-                        request.path == last[3][0].path
+                    found = (
+                        (request, last[3][1], request.host)  # the same lookup: its credentials held
+                        if request.path == last[3][0].path
                         and routes is last[1]
                         and routes.generation == last[2]
-                    ):  # the same lookup, the same route, the same credentials: the same
-                        # rewrite, made here (`build` finds it as for a repeated head); the
-                        # request line goes as it came (as `build` writes it)
-                        found = (request, last[3][1], request.host)
-                        if request.size <= REMEMBER_HEAD_BYTES:
-                            data = head[:line_end] + last[7]
-                            self._last = (head, routes, last[2], found, data, last[5], last[6],
-                                          last[7])  # fmt: skip
-                        return found
-                    return self._find(request)
+                        else self._find(request)
+                    )
+                    if found is None or found[1] is not last[3][1]:
+                        return found  # `build` rewrites it for its route
+                    if request.size <= REMEMBER_HEAD_BYTES:
+                        # The same headers under the same route: the same rewrite (the
+                        # module doc), after the visitor's request line (as `build` writes
+                        # it); `build` finds it made, as for a repeated head.
+                        data = head[:line_end] + last[7]
+                        self._last = (head, routes, routes.generation, found, data, last[5],
+                                      last[6], last[7])  # fmt: skip
+                    return found
         request = parse_request_head(head)
         config = self.conn.config
         if (
