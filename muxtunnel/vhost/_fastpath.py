@@ -23,6 +23,18 @@ what a connection keeps for its life (its config, the visitor's address and sche
 bodiless head equal to the last one built, byte for byte, while the table's `generation`
 stayed the same, is routed and rewritten as the last one was (`_Rewrite`): ~51k -> ~3k
 instructions per wrk request (callgrind, the callback path's whole request ~149k).
+
+A browser, an API client or a crawler sends the same headers under another request line
+each time (`GET /a`, `GET /b?page=2`). A head whose bytes from its first CRLF on are the last
+one's, with the same method and a request line the fast parser accepts (`_wire.retarget`),
+is the last request's headers under another target: every check of them held already. Its
+route is the last one's while its path (before `?`/`#`) and the table's generation are;
+else it is looked up (and its credentials checked) as any. Under the same `Route` object its
+bytes for the service are its request line and the last rewritten header block:
+`request_headers` reads the headers, the Host, what the connection keeps for its life and the
+route's rules (Host rewrite, headers set and removed, credentials), never the target, and a
+`Route` does not change once made (the table replaces it). Callgrind, the callback path's
+whole request: ~92k -> ~55k instructions when only the query changes.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Invariants:
   Upgrade, no Expect. Anything else returns
   None and the caller hands the bytes to h11, the strict parser, which decides (400, 431, a
   body, an upgrade). So the fast path never frames a request differently than h11 would.
+- `retarget` accepts a request line exactly where `parse_request_head` would (one regex), so
+  a head made of a known header block and another line is judged as a fresh parse would.
 - A response head is refused (`ValueError`, a 502 to the caller) unless its framing is
   unambiguous (RFC 9112 §6.3): chunked as the only coding, or one Content-Length value.
 - `ChunkScanner` only finds where a chunked body ends: the bytes pass through unchanged, so

@@ -1,7 +1,9 @@
 """A keep-alive connection's repeated heads: a request head equal to the last one reuses its
-route and rewrite (`FastPath._last`), a response head equal to the last one its parse
-(`_fast.LastHead`). Whatever repeats, what each side sees is what a fresh parse would give,
-and nothing of one request carries over to a different one, another host, or a changed table.
+route and rewrite (`FastPath._last`), one with the last one's headers under another request
+line its parsed headers (and under the same route its rewritten header block), a response
+head equal to the last one its parse (`_fast.LastHead`). Whatever repeats, what each side
+sees is what a fresh parse would give, and nothing of one request carries over to a
+different one, another host, or a changed table.
 """
 
 from __future__ import annotations
