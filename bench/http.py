@@ -7,10 +7,12 @@ on loopback, three ways:
     --tcp         wrk -> listen (the service's own public port) == mux == up -> nginx
     --http        wrk -> listen (the shared web port: Host routing) == mux == up -> nginx
 
-each with keep-alive (wrk reuses its connections) and without (`Connection: close`: a new
-visitor connection per request). Per run: requests/s, p50/p99 latency (`wrk --latency`),
-non-2xx responses and socket errors, CPU of listen and up. The issue's target: with
-keep-alive, `--http` serves at least 70 % of the requests/s of the same service as `--tcp`.
+each with keep-alive (wrk reuses its connections), with keep-alive and another request target
+each time (a wrk script: what listen and up remember of a repeated head does not apply), and
+without keep-alive (`Connection: close`: a new visitor connection per request). Per run:
+requests/s, p50/p99 latency (`wrk --latency`), non-2xx responses and socket errors, CPU of
+listen and up. The issue's target: with keep-alive, `--http` serves at least 70 % of the
+requests/s of the same service as `--tcp`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import procstat
@@ -184,11 +187,34 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def _wrk(target: Address, host: str, keepalive: bool, plan: HttpPlan) -> dict[str, float]:
+#: wrk's script for the "another target each time" runs: the same headers, a new query on
+#: every request (as a browser's or an API client's keep-alive requests differ in their
+#: targets), so what listen and up remember of a head repeated byte for byte does not apply.
+VARY_SCRIPT = """\
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/index.html?n=" .. n)
+end
+"""
+
+
+def vary_script(folder: Path) -> Path:
+    """`VARY_SCRIPT` written in `folder`, for `_wrk`'s `script`."""
+    script = folder / "vary.lua"
+    script.write_text(VARY_SCRIPT)
+    return script
+
+
+def _wrk(
+    target: Address, host: str, keepalive: bool, plan: HttpPlan, script: Path | None = None
+) -> dict[str, float]:
     argv = [_tool("wrk"), "-t1", f"-c{plan.connections}", f"-d{plan.seconds:g}s", "--latency",
             "-H", f"Host: {host}"]  # fmt: skip
     if not keepalive:
         argv += ["-H", "Connection: close"]
+    if script is not None:
+        argv += ["-s", str(script)]
     argv.append(f"http://{target[0]}:{target[1]}/index.html")
     done = subprocess.run(argv, capture_output=True, text=True, timeout=plan.seconds + 60)
     if done.returncode != 0:
@@ -197,7 +223,11 @@ def _wrk(target: Address, host: str, keepalive: bool, plan: HttpPlan) -> dict[st
 
 
 def _series(
-    target: Target, keepalive: bool, plan: HttpPlan, log: Callable[[str], None]
+    target: Target,
+    keepalive: bool,
+    plan: HttpPlan,
+    log: Callable[[str], None],
+    script: Path | None = None,
 ) -> dict[str, Any]:
     runs: list[dict[str, float]] = []
     cpu: dict[str, list[float]] = {role: [] for role in target.roles}
@@ -205,13 +235,15 @@ def _series(
         meter = procstat.Meter(target.roles) if target.roles else None
         if meter:
             meter.start()
-        result = _wrk(target.address, target.host, keepalive, plan)
+        result = _wrk(target.address, target.host, keepalive, plan, script)
         if meter:
             usage = meter.stop()
             for role in target.roles:
                 cpu[role].append(usage.cpu_pct[role])
         runs.append(result)
         mode = "keep-alive" if keepalive else "new connection per request"
+        if script is not None:
+            mode += ", another target each time"
         log(f"{target.label}, {mode}, run {i + 1}/{plan.repeats}: {result['rps']:.0f} req/s, "
             f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
             f"non-2xx {result['non_2xx']:.0f}, errors {result['socket_errors']:.0f}")  # fmt: skip
@@ -221,6 +253,12 @@ def _series(
     }
     out["cpu_pct_by_role"] = {role: spread(values) for role, values in cpu.items()}
     return out
+
+
+#: (key, keep-alive, another target each time) of each run per path, in the report's order.
+MODES = (("keepalive", True, False), ("vary", True, True), ("close", False, False))
+LABELS = {"keepalive": "keep-alive", "vary": "keep-alive, another target each",
+          "close": "new per request"}  # fmt: skip
 
 
 def run(env: Env, plan: HttpPlan, log: Callable[[str], None]) -> dict[str, Any]:
@@ -236,11 +274,11 @@ def run(env: Env, plan: HttpPlan, log: Callable[[str], None]) -> dict[str, Any]:
         _tool("wrk")
         with _nginx(env) as nginx, _tunnel(env, nginx) as tunnelled:
             direct = Target("direct", "direct (nginx)", nginx, "localhost", {})
+            script = vary_script(env.tmp)
             for target in (direct, *tunnelled):
                 entry: dict[str, Any] = {"label": target.label}
-                for keepalive in (True, False):
-                    mode = "keepalive" if keepalive else "close"
-                    entry[mode] = _series(target, keepalive, plan, log)
+                for mode, keepalive, vary in MODES:
+                    entry[mode] = _series(target, keepalive, plan, log, script if vary else None)
                     time.sleep(0.5)  # let TIME_WAIT sockets and the processes settle
                 results["paths"][target.key] = entry
     except StartError as exc:
@@ -259,7 +297,7 @@ def rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     table = []
     paths = section.get("paths", {})
     for key, entry in paths.items():
-        for mode, label in (("keepalive", "keep-alive"), ("close", "new per request")):
+        for mode, label in LABELS.items():
             figures = entry.get(mode)
             if not figures:
                 continue
@@ -296,7 +334,10 @@ HOW = """\
   service exposed by `up --tcp` (its own public port) and by `up --http` (the shared web port,
   routed by Host; that up has the inspector on, its default with HTTP services), and through a
   second up with `--no-inspect` (what the inspector costs). Keep-alive: wrk reuses its
-  connections; new per request: `Connection: close`, a new visitor connection (and a new mux
-  stream) per request. CPU of listen and up over each run, per request (their CPU % /
+  connections, sending the same request each time; another target each: the same, but each
+  request asks for `/index.html?n=<a counter>` (a wrk script), as a browser's requests differ
+  in their targets, so what listen and up remember of a repeated head is no help; new per
+  request: `Connection: close`, a new visitor connection (and a new mux stream) per request.
+  CPU of listen and up over each run, per request (their CPU % /
   requests/s): the figure other load on the machine changes least.
 """

@@ -1,7 +1,7 @@
 """CPU per HTTP request through `--http` and `--tcp`: a figure that holds on a busy machine.
 
     .venv/bin/python -m bench.http_cost [--seconds 4] [--pairs 1] [--vs OTHER_CHECKOUT]
-        [--profile]
+        [--vary] [--profile]
 
 Starts nginx and `muxtunnel listen` + `up` exposing it twice (as `python -m bench`'s HTTP rows
 do: a `--tcp` service and an `--http` one), runs `wrk` with keep-alive against each in turn and
@@ -9,7 +9,9 @@ divides the CPU seconds (user + system) listen and up spent by the requests wrk 
 Wall-clock rates move with whatever else runs on the machine; CPU per request moves far less,
 so two checkouts can be compared on a loaded machine (`--vs`, alternating, `--pairs` each;
 the other checkout runs its own copy of this module in its own `.venv`).
-Also prints wrk's requests/s ratio --http / --tcp of the same run.
+Also prints wrk's requests/s ratio --http / --tcp of the same run. `--vary`: each request
+asks for another target (`http.VARY_SCRIPT`), so nothing is taken from a repeated head (the
+other checkout of `--vs` must know `--vary` too).
 
 `--profile` attaches py-spy (200 samples/s) to listen and up during the --tcp and the
 --http (inspector off) runs and writes `bench/results/profiles/http-keepalive-*.json` and
@@ -38,17 +40,22 @@ PROFILED = ("tcp", "http-no-inspect")
 PROFILE_ROW = "http-keepalive"
 
 
-def measure(exe: Path, seconds: float, profile: Path | None = None) -> dict[str, float]:
+def measure(
+    exe: Path, seconds: float, profile: Path | None = None, vary: bool = False
+) -> dict[str, float]:
     """µs of CPU per request (listen, up) and requests/s for --tcp and --http, keep-alive;
-    `profile`: a directory for py-spy profiles of the `PROFILED` runs."""
+    `profile`: a directory for py-spy profiles of the `PROFILED` runs; `vary`: another
+    target each request."""
     tmp = Path(f"/tmp/bench-http-cost-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
     env = Env(tmp=tmp, iperf=("127.0.0.1", 0), echo=("127.0.0.1", 0), results=tmp, muxtunnel=exe)
     plan = http.HttpPlan(seconds=seconds, repeats=1)
     out: dict[str, float] = {}
+    script = http.vary_script(tmp) if vary else None
     with http._nginx(env) as nginx, http._tunnel(env, nginx) as targets:
         for target in targets:
-            http._wrk(target.address, target.host, True, http.HttpPlan(seconds=1, repeats=1))
+            warm = http.HttpPlan(seconds=1, repeats=1)
+            http._wrk(target.address, target.host, True, warm, script)
             before = {role: procstat.cpu_seconds(pids) for role, pids in target.roles.items()}
             spies = {}
             if profile is not None and target.key in PROFILED:
@@ -58,7 +65,7 @@ def measure(exe: Path, seconds: float, profile: Path | None = None) -> dict[str,
                     )
                     for role, pids in target.roles.items()
                 }
-            result = http._wrk(target.address, target.host, True, plan)
+            result = http._wrk(target.address, target.host, True, plan, script)
             for spy in spies.values():
                 spy.wait(timeout=seconds + 30)
             if result["non_2xx"] or result["socket_errors"]:
@@ -106,25 +113,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vs", type=Path, default=None, help="another checkout to compare with")
     ap.add_argument("--json", action="store_true", help="one run of this checkout, as JSON")
     ap.add_argument("--profile", action="store_true", help="one profiled run (see the doc)")
+    ap.add_argument("--vary", action="store_true", help="another target each request")
     a = ap.parse_args(argv)
     if a.profile:
         OUT.mkdir(parents=True, exist_ok=True)
-        figures = measure(REPO / ".venv" / "bin" / "muxtunnel", a.seconds, OUT)
+        figures = measure(REPO / ".venv" / "bin" / "muxtunnel", a.seconds, OUT, a.vary)
         print(summarise(OUT, figures))
         return 0
     if a.json:
-        print(json.dumps(measure(REPO / ".venv" / "bin" / "muxtunnel", a.seconds)))
+        print(json.dumps(measure(REPO / ".venv" / "bin" / "muxtunnel", a.seconds, None, a.vary)))
         return 0
     sides = {"this": REPO} if a.vs is None else {"vs": a.vs.resolve(), "this": REPO}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
     for i in range(a.pairs):
         for name, checkout in sides.items():
             if checkout == REPO:
-                res = measure(checkout / ".venv" / "bin" / "muxtunnel", a.seconds)
+                res = measure(checkout / ".venv" / "bin" / "muxtunnel", a.seconds, None, a.vary)
             else:  # the other checkout's bench and code, in its own venv
                 done = subprocess.run(
                     [str(checkout / ".venv" / "bin" / "python"), "-m", "bench.http_cost",
-                     "--json", "--seconds", str(a.seconds)],
+                     "--json", "--seconds", str(a.seconds), *(["--vary"] if a.vary else [])],
                     cwd=checkout, capture_output=True, text=True, check=True, timeout=600,
                 )  # fmt: skip
                 res = json.loads(done.stdout.strip().splitlines()[-1])

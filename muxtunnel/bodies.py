@@ -3,8 +3,9 @@
 `muxtunnel.httptap` frames each message it sees with these: the framing headers of a head
 (found by searches of the lowercased head, not by splitting it into pairs), a body's first
 bytes kept up to a cap, and a chunked body decoded as it comes (RFC 9112 §7.1), its chunk
-lines bounded by `MAX_CHUNK_LINE_BYTES`; and a PROXY protocol header the server wrote
-first on a stream, passed over. Every malformed input raises `ValueError`.
+lines bounded by `MAX_CHUNK_LINE_BYTES`; a PROXY protocol header the server wrote first on a
+stream, passed over; and what a connection's last plain request head tells of the next
+(`RepeatedRequest`). Every malformed input raises `ValueError`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import re
 
 __all__ = [
     "MAX_CHUNK_LINE_BYTES",
+    "REQUEST_LINE",
+    "REQUEST_START",
     "UNTIL_CLOSE",
     "Chunked",
+    "RepeatedRequest",
     "body_framing",
     "find_head_end",
     "header_value",
@@ -26,6 +30,15 @@ __all__ = [
 MAX_CHUNK_LINE_BYTES = 4096
 #: The length of a body that ends with the connection.
 UNTIL_CLOSE = -1
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+#: A request line without its line end (RFC 9112 §3); group 1: the method.
+REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") [\x21-\x7e]+ HTTP/1\.[0-9]")
+#: What a request's first bytes may be before its line is whole: a method, then a space.
+REQUEST_START = re.compile(_TOKEN + rb"(?: |$)")
+#: A request line longer than this is not compared with the last (`RepeatedRequest`): it takes
+#: the whole search and parse, as any head.
+REPEAT_LINE_BYTES = 8 * 1024
 
 #: PROXY protocol v2's signature (HAProxy's spec, section 2.2; `muxtunnel.vhost.proxy_protocol`).
 _PROXY_V2 = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -145,3 +158,52 @@ def without_proxy_header(data: bytes) -> bytes:
     if data.startswith(_PROXY_V2) and len(data) >= 16:
         return data[16 + int.from_bytes(data[14:16], "big") :]
     return data
+
+
+class RepeatedRequest:
+    """What a passive tap remembers of its connection's last request head framed as bodiless
+    and not switching protocols: a keep-alive client sends its headers again and again, often
+    its whole head, else all but its request target (a browser's next page, a poller's next
+    query).
+
+    A head whose bytes from the request line's CRLF through its CRLF blank line equal the
+    remembered one's (`rest`), and whose method is the same, is framed as that one was: every
+    header the framing reads (`body_framing`'s, `Upgrade`) is found at a line feed, so it lies
+    in `rest`, and the method alone decides HEAD and CONNECT (never remembered: it switches).
+    """
+
+    __slots__ = ("head", "head_only", "method", "rest", "whole")
+
+    def __init__(self) -> None:
+        #: The head and its blank line (b"": nothing remembered); the head without it.
+        self.whole = b""
+        self.head = b""
+        self.rest = b""
+        self.method = b""
+        self.head_only = False
+
+    def remember(self, whole: bytes, method: bytes) -> None:
+        """`whole`: a request head and its CRLF blank line, framed as bodiless and not
+        switching; `method`: its method. (A request line ended by a bare LF is remembered
+        whole only: no other line matches `REQUEST_LINE` up to the first CRLF after it.)"""
+        line_end = whole.find(b"\r\n")
+        self.whole, self.head, self.rest = whole, whole[:-4], whole[line_end:]
+        self.method, self.head_only = method, method == b"HEAD"
+
+    def match(self, data: bytes) -> int:
+        """The length of the head and blank line `data` starts with when it is framed as the
+        remembered one (which it then becomes: `head`), else 0."""
+        whole = self.whole
+        if not whole:
+            return 0
+        if data.startswith(whole):
+            return len(whole)
+        line_end = data.find(b"\r\n", 0, REPEAT_LINE_BYTES)
+        if line_end < 0 or not data.startswith(self.rest, line_end):
+            return 0
+        line = REQUEST_LINE.fullmatch(data, 0, line_end)
+        if line is None or line[1] != self.method:
+            return 0
+        end = line_end + len(self.rest)
+        self.whole, self.head = data[:end], data[: end - 4]
+        return end

@@ -6,9 +6,10 @@
 In process: the tap alone (`muxtunnel.httptap.Tap`), fed what a connection would see: small
 exchanges (a browser-like GET of about 400 bytes, a 1 KiB JSON answer), one exchange per
 chunk each way, with the same heads every time (as a keep-alive client polling one URL, and a
-server within one Date second: the tap frames a repeated head from what it remembers) and
-with heads that change every time, and a bulk download in 256 KiB chunks (the relay's read
-size). CPU seconds (process time) per exchange and per GiB.
+server within one Date second: the tap frames a repeated head from what it remembers), with
+another request target each time (a browser's or an API client's next request: the same
+headers), and with heads that change every time; and a bulk download in 256 KiB chunks (the
+relay's read size). CPU seconds (process time) per exchange and per GiB.
 
 `--processes`: real `listen` and `up` on loopback, an HTTP service behind `up --http`, and
 `--requests` GETs (1 KiB answers) over 8 keep-alive connections, once with the inspector on
@@ -52,14 +53,26 @@ RESPONSE = (
 CHUNK_BYTES = 256 * 1024  # muxtunnel.proxy.CHUNK_BYTES
 
 
-def small_exchanges(count: int, vary: bool = False) -> float:
-    """CPU seconds per exchange; `vary`: every head differs from the one before (a new page
-    and a new Date each time), so none is framed from what the tap remembers of the last."""
+#: How the heads of `small_exchanges` change from one exchange to the next.
+VARY = {
+    "same": "the same heads each time",
+    "target": "another request target each time, the same answer head",
+    "all": "heads that change (target, a cookie, the Date)",
+}
+
+
+def small_exchanges(count: int, vary: str = "same") -> float:
+    """CPU seconds per exchange; `vary` (a key of `VARY`): "target" asks for another page each
+    time with the same headers (what the tap remembers of the last request but its target
+    still frames it); "all" changes a header and the answer's Date too, so no head is framed
+    from what the tap remembers of the last."""
     captures = Captures()
     tap = Tap(captures, "app", "198.51.100.7:40000")
     requests, responses = [REQUEST] * count, [RESPONSE] * count
-    if vary:
+    if vary != "same":
         requests = [REQUEST.replace(b"page=3", b"page=%d" % (n % 10)) for n in range(count)]
+    if vary == "all":
+        requests = [r.replace(b"=abcdef", b"=%06d" % (n % 10)) for n, r in enumerate(requests)]
         responses = [RESPONSE.replace(b":00 GMT", b":%02d GMT" % (n % 10)) for n in range(count)]
     started = time.process_time()
     for request, response in zip(requests, responses, strict=True):
@@ -197,7 +210,7 @@ def main() -> None:
         for name, value in processes(args.requests).items():
             print(f"{name:45} {value:8.2f}")
         return
-    for vary, what in ((False, "the same heads each time"), (True, "heads that change")):
+    for vary, what in VARY.items():
         per_exchange = small_exchanges(args.exchanges, vary)
         print(f"small exchange ({len(REQUEST)} B request, {len(RESPONSE)} B response), {what}: "
               f"{per_exchange * 1e6:.1f} us CPU each")  # fmt: skip

@@ -331,14 +331,20 @@ _BODY = st.binary(max_size=40)
 
 
 @st.composite
-def _exchanges(draw: st.DrawFn) -> list[tuple[str, bool, list[tuple[str, str]], bytes, int, bool]]:
-    """(method, chunked request, headers, body, status, chunked response) of a few exchanges."""
+def _exchanges(
+    draw: st.DrawFn,
+) -> list[tuple[str, bool, list[tuple[str, str]], str, bytes, int, bool]]:
+    """(method, chunked request, headers, target, body, status, chunked response) of a few
+    exchanges."""
     return draw(
         st.lists(
             st.tuples(
                 st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]),
                 st.booleans(),
-                st.lists(st.tuples(_NAME, _VALUE), max_size=4),
+                st.one_of(
+                    st.just([("Accept", "*/*")]), st.lists(st.tuples(_NAME, _VALUE), max_size=4)
+                ),
+                st.sampled_from(["/0", "/1", "/a?b=1"]),
                 _BODY,
                 st.sampled_from([200, 201, 204, 304, 404, 500]),
                 st.booleans(),
@@ -352,22 +358,23 @@ def _exchanges(draw: st.DrawFn) -> list[tuple[str, bool, list[tuple[str, str]], 
 @settings(max_examples=150, deadline=None)
 @given(_exchanges(), st.lists(st.integers(0, 4000), max_size=8), st.data())
 def test_the_tap_records_what_h11_wrote_however_it_is_cut(
-    exchanges: list[tuple[str, bool, list[tuple[str, str]], bytes, int, bool]],
+    exchanges: list[tuple[str, bool, list[tuple[str, str]], str, bytes, int, bool]],
     cuts: list[int],
     data: st.DataObject,
 ) -> None:
     """h11 (a strict implementation) writes both sides; the tap, fed them in any pieces, must
-    record each exchange as it was written. Targets and answer heads repeat (two of each), so
-    heads the tap saw before, framed from what it remembers of them, meet heads it did not."""
+    record each exchange as it was written. Targets, header lines and answer heads repeat (a
+    few of each), so heads the tap saw before (whole, or but their request line), framed from
+    what it remembers of them, meet heads it did not."""
     import h11
 
     client, server = h11.Connection(h11.CLIENT), h11.Connection(h11.SERVER)
     requests, responses, expected = bytearray(), bytearray(), []
-    for n, (method, chunked, headers, body, status, chunked_answer) in enumerate(exchanges):
+    for n, (method, chunked, headers, target, body, status, chunked_answer) in enumerate(exchanges):
         length = str(len(body))
         framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", length)
         head = [("Host", "app"), *headers, framing]
-        out = client.send(h11.Request(method=method, target=f"/{n % 2}", headers=head))
+        out = client.send(h11.Request(method=method, target=target, headers=head))
         out += client.send(h11.Data(data=body)) if body else b""
         out += client.send(h11.EndOfMessage())
         requests += out
@@ -390,7 +397,7 @@ def test_the_tap_records_what_h11_wrote_however_it_is_cut(
         client = h11.Connection(h11.CLIENT)  # the same bytes as a client that read the answer
         sent_headers = tuple((k.lower(), v) for k, v in head)
         shown = answer if method != "HEAD" else b""
-        expected.append((method, f"/{n % 2}", sent_headers, body, status, shown))
+        expected.append((method, target, sent_headers, body, status, shown))
     captures = Captures()
     tap = Tap(captures, "app", "p")
     request_pieces = split(bytes(requests), cuts)
@@ -460,3 +467,46 @@ def test_a_repeated_head_that_came_in_pieces_then_a_short_one() -> None:
     tap.close()
     assert [e.target for e in captures.exchanges()] == ["/long", "/long", "/s", "/t"]
     assert captures.exchanges()[2].request_headers == ()
+
+
+def test_another_target_with_the_same_headers_is_framed_as_seen_first() -> None:
+    """The same header lines after another request line (what the tap takes from the last
+    request head but its target): another target, another method (a HEAD: no answer body), a
+    body, a bare-LF request line, an upgrade and a request line too long to compare, each
+    framed and recorded as if seen first."""
+    lines = b"\r\nHost: app\r\nAccept: */*\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"
+    long_target = b"/l?" + b"q" * 9000
+    captures = Captures()
+    tap = Tap(captures, "app", "p")
+    for request, response in [
+        (b"GET /a" + lines, ok + b"abcd"),
+        (b"GET /b?x=1 HTTP/1.1" + lines, ok + b"efgh"),
+        (b"HEAD /c HTTP/1.1" + lines, ok),
+        (b"HEAD /c2 HTTP/1.1" + lines, ok),
+        (b"GET /d HTTP/1.1" + lines[:-2] + b"Content-Length: 2\r\n\r\nzz", ok + b"ijkl"),
+        (b"GET /e HTTP/1.1" + lines + b"GET /f HTTP/1.1" + lines, ok + b"mnop" + ok + b"qrst"),
+        (b"GET /g HTTP/1.1\n" + lines[2:], ok + b"uvwx"),
+        (b"GET " + long_target + b" HTTP/1.1" + lines, ok + b"yzAB"),
+    ]:
+        tap.feed_request(request.replace(b"GET /a", b"GET /a HTTP/1.1"))
+        tap.feed_response(response)
+    tap.feed_request(b"GET /ws HTTP/1.1" + lines[:-2] + b"Connection: upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\n")  # fmt: skip
+    tap.feed_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    tap.close()
+    assert recorded(captures) == [
+        ("GET", "/a", b"", 200, b"abcd"),
+        ("GET", "/b?x=1", b"", 200, b"efgh"),
+        ("HEAD", "/c", b"", 200, b""),
+        ("HEAD", "/c2", b"", 200, b""),
+        ("GET", "/d", b"zz", 200, b"ijkl"),
+        ("GET", "/e", b"", 200, b"mnop"),
+        ("GET", "/f", b"", 200, b"qrst"),
+        ("GET", "/g", b"", 200, b"uvwx"),
+        ("GET", long_target.decode(), b"", 200, b"yzAB"),
+        ("GET", "/ws", b"", 101, b""),
+    ]
+    exchanges = captures.exchanges()
+    assert all(e.request_headers == (("host", "app"), ("accept", "*/*")) for e in exchanges[:4])
+    assert captures.abandoned == 0 and all(e.error is None for e in exchanges)
