@@ -10,6 +10,8 @@ Invariants:
   Upgrade, no Expect. Anything else returns
   None and the caller hands the bytes to h11, the strict parser, which decides (400, 431, a
   body, an upgrade). So the fast path never frames a request differently than h11 would.
+- `retarget` accepts a request line exactly where `parse_request_head` would (one regex), so
+  a head made of a known header block and another line is judged as a fresh parse would.
 - A response head is refused (`ValueError`, a 502 to the caller) unless its framing is
   unambiguous (RFC 9112 §6.3): chunked as the only coding, or one Content-Length value.
 - `ChunkScanner` only finds where a chunked body ends: the bytes pass through unchanged, so
@@ -29,6 +31,7 @@ __all__ = [
     "find_response_head",
     "parse_request_head",
     "parse_response_head",
+    "retarget",
 ]
 
 Header = tuple[bytes, bytes]
@@ -48,8 +51,11 @@ _CRLF_HEADERS = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]++:" + _VALUE + rb"+\
 _REQUEST_HEADER = re.compile(_LINE + rb"\r\n")
 _RESPONSE_HEADERS = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r?\n)*")
 _RESPONSE_HEADER = re.compile(_LINE + rb"\r?\n")
-# The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form.
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/1\.1")
+# The target as h11 has it (RFC 9112 §3.2: visible ASCII), in origin form; its path (group 3)
+# is the target up to its first `?` or `#` (what it routes by), found in the same pass.
+_REQUEST_LINE = re.compile(
+    rb"(" + _TOKEN + rb") ((/[\x21\x22\x24-\x3e\x40-\x7e]*+)[\x21-\x7e]*+) HTTP/1\.1"
+)
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([ \t\x21-\x7e\x80-\xff]*))?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[ \t\x21-\x7e\x80-\xff]*)?\r\n")
 #: A chunk-size line (with extensions) or a trailer line may be this long before we give up.
@@ -60,12 +66,13 @@ class FastRequest:
     """A bodiless HTTP/1.1 request head the fast path can forward without h11."""
 
     __slots__ = ("authorization", "close", "connection_tokens", "headers", "host", "length",
-                 "method", "size", "target")  # fmt: skip
+                 "method", "path", "size", "target")  # fmt: skip
 
     def __init__(
         self,
         method: bytes,
         target: bytes,
+        path: bytes,
         headers: list[Header],
         host: bytes,
         tokens: set[bytes],
@@ -75,6 +82,8 @@ class FastRequest:
     ) -> None:
         self.method = method
         self.target = target
+        #: The target up to its first `?` or `#`: what it routes by.
+        self.path = path
         self.headers = headers
         self.host = host
         self.connection_tokens = tokens
@@ -129,9 +138,39 @@ def parse_request_head(head: bytes) -> FastRequest | None:
         if not length.isdigit() or length[:1] == b"0" or len(length) > 18:
             return None
         size = int(length)
+    method, target, path = line.groups()
     return FastRequest(
-        line[1], line[2], headers, host, tokens, authorization, len(head) + 4, size
+        method, target, path, headers, host, tokens, authorization, len(head) + 4, size
     )
+
+
+def retarget(request: FastRequest, head: bytes, line_end: int) -> FastRequest | None:
+    """`request` with the request line of `head`, whose bytes from `line_end` on are the
+    header block `request` was parsed from (so `parse_request_head(head)` would find the same
+    headers): None when its request line is refused or names another method."""
+    line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+    if line is None:
+        return None
+    method, target, path = line.groups()
+    if method != request.method:
+        return None
+    # Made by hand, not by `FastRequest(...)`: a class call with its `__init__` cost ~4k
+    # instructions, more than the rest of a request whose headers repeat.
+    copy: FastRequest = _new(FastRequest)
+    copy.method = method
+    copy.target = target
+    copy.path = path
+    copy.headers = request.headers
+    copy.host = request.host
+    copy.connection_tokens = request.connection_tokens
+    copy.close = request.close
+    copy.authorization = request.authorization
+    copy.size = len(head) + 4
+    copy.length = request.length
+    return copy
+
+
+_new = object.__new__
 
 
 def _strip(headers: list[Header]) -> list[Header]:

@@ -15,6 +15,7 @@ from muxtunnel.vhost._wire import (
     find_response_head,
     parse_request_head,
     parse_response_head,
+    retarget,
 )
 
 
@@ -103,6 +104,39 @@ def test_what_the_fast_parser_takes_h11_takes_as_a_bodiless_request(
     assert isinstance(event, h11.Request)
     assert request.headers == list(event.headers.raw_items())
     assert type(conn.next_event()) is h11.EndOfMessage
+
+
+_LINE_BYTES = st.sampled_from([b"/", b"?", b"#", b"a", b"%", b" ", b"\t", b"\x7f", b"\xff", b":"])
+
+
+@given(
+    st.sampled_from([b"GET", b"HEAD", b"G=T", b""]),
+    st.tuples(
+        st.sampled_from([b"/", b"", b"*", b"http://a"]), st.lists(_LINE_BYTES, max_size=8)
+    ).map(lambda parts: parts[0] + b"".join(parts[1])),
+    st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b"HTTP/1.1", b" HTTP/1.1 "]),
+)
+@settings(max_examples=300, deadline=None)
+def test_another_request_line_over_known_headers_is_taken_as_a_fresh_parse_takes_it(
+    method: bytes, target: bytes, version: bytes
+) -> None:
+    """`retarget` of a known request (same method) takes a line exactly where
+    `parse_request_head` takes it, with the same fields, path (before `?`/`#`) included."""
+    block = b"\r\nHost: a\r\nConnection: close\r\nAuthorization: Basic eDp5"
+    known = parse_request_head(b"GET /k HTTP/1.1" + block)
+    assert known is not None
+    head = method + b" " + target + version + block
+    fresh = parse_request_head(head)
+    again = retarget(known, head, len(head) - len(block))
+    if method != b"GET":
+        assert again is None
+        return
+    assert (again is None) == (fresh is None)
+    if again is not None and fresh is not None:
+        fields = ("method", "target", "path", "headers", "host", "connection_tokens", "close",
+                  "authorization", "size", "length")  # fmt: skip
+        assert [getattr(again, f) for f in fields] == [getattr(fresh, f) for f in fields]
+        assert again.path == again.target.partition(b"?")[0].partition(b"#")[0]
 
 
 def test_response_framing_follows_rfc_9112() -> None:
